@@ -1,0 +1,182 @@
+//! The error type of the Halyard API.
+//!
+//! Every failure a client can see is one of these. Each has a stable `error_code`, an HTTP
+//! status, and a message written for the person reading it: what went wrong and what to do.
+//! Internal details stay in logs: `InternalError` shows the client only a generic message.
+
+use std::fmt;
+use uuid::Uuid;
+
+/// The kinds of object an error can be about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceType {
+    Project,
+    Instance,
+    Vmm,
+    Sled,
+    SledReservation,
+    Migration,
+    Saga,
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResourceType::Project => "project",
+            ResourceType::Instance => "instance",
+            ResourceType::Vmm => "vmm",
+            ResourceType::Sled => "sled",
+            ResourceType::SledReservation => "sled reservation",
+            ResourceType::Migration => "migration",
+            ResourceType::Saga => "saga",
+        })
+    }
+}
+
+/// How an object was looked up, so a not-found error can say what was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupType {
+    ById(Uuid),
+    ByName(String),
+}
+
+impl fmt::Display for LookupType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LookupType::ById(id) => write!(f, "id \"{id}\""),
+            LookupType::ByName(name) => write!(f, "name \"{name}\""),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The object does not exist (or was deleted).
+    #[error("not found: {type_name} with {lookup}")]
+    ObjectNotFound { type_name: ResourceType, lookup: LookupType },
+
+    /// An object with this name already exists where names must be unique.
+    #[error("already exists: {type_name} \"{name}\"; choose another name or delete the existing one")]
+    ObjectAlreadyExists { type_name: ResourceType, name: String },
+
+    /// The request is malformed or asks for something impossible.
+    #[error("{message}")]
+    InvalidRequest { message: String },
+
+    /// One value in the request is out of range or malformed.
+    #[error("unsupported value for \"{label}\": {message}")]
+    InvalidValue { label: String, message: String },
+
+    /// The request is valid but the object's current state does not allow it (retrying later
+    /// may succeed; the message says what state is needed).
+    #[error("{message}")]
+    Conflict { message: String },
+
+    /// There is not enough capacity anywhere to do this now.
+    #[error("{message}")]
+    InsufficientCapacity { message: String },
+
+    /// A dependency (the database, a sled agent) is unavailable; retry later.
+    #[error("service unavailable: {message}")]
+    ServiceUnavailable { message: String },
+
+    /// A bug or an unexpected failure. The message is for logs only.
+    #[error("internal error: {internal_message}")]
+    InternalError { internal_message: String },
+}
+
+impl Error {
+    pub fn not_found_by_id(type_name: ResourceType, id: impl Into<Uuid>) -> Error {
+        Error::ObjectNotFound { type_name, lookup: LookupType::ById(id.into()) }
+    }
+
+    pub fn not_found_by_name(type_name: ResourceType, name: impl fmt::Display) -> Error {
+        Error::ObjectNotFound { type_name, lookup: LookupType::ByName(name.to_string()) }
+    }
+
+    pub fn invalid_value(label: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::InvalidValue { label: label.into(), message: message.into() }
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> Error {
+        Error::InvalidRequest { message: message.into() }
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Error {
+        Error::Conflict { message: message.into() }
+    }
+
+    pub fn insufficient_capacity(message: impl Into<String>) -> Error {
+        Error::InsufficientCapacity { message: message.into() }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Error {
+        Error::ServiceUnavailable { message: message.into() }
+    }
+
+    pub fn internal(internal_message: impl Into<String>) -> Error {
+        Error::InternalError { internal_message: internal_message.into() }
+    }
+
+    /// The stable machine-readable code clients match on.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            Error::ObjectNotFound { .. } => "ObjectNotFound",
+            Error::ObjectAlreadyExists { .. } => "ObjectAlreadyExists",
+            Error::InvalidRequest { .. } => "InvalidRequest",
+            Error::InvalidValue { .. } => "InvalidValue",
+            Error::Conflict { .. } => "Conflict",
+            Error::InsufficientCapacity { .. } => "InsufficientCapacity",
+            Error::ServiceUnavailable { .. } => "ServiceNotAvailable",
+            Error::InternalError { .. } => "Internal",
+        }
+    }
+
+    /// The HTTP status this error is served with.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            Error::ObjectNotFound { .. } => 404,
+            Error::ObjectAlreadyExists { .. } => 400,
+            Error::InvalidRequest { .. } | Error::InvalidValue { .. } => 400,
+            Error::Conflict { .. } => 409,
+            Error::InsufficientCapacity { .. } => 507,
+            Error::ServiceUnavailable { .. } => 503,
+            Error::InternalError { .. } => 500,
+        }
+    }
+
+    /// The message shown to the client. Internal details are withheld.
+    pub fn external_message(&self) -> String {
+        match self {
+            Error::InternalError { .. } => "Internal Server Error".to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::ServiceUnavailable { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_codes_statuses_and_actionable_messages() {
+        let e = Error::not_found_by_name(ResourceType::Instance, "web");
+        assert_eq!(e.error_code(), "ObjectNotFound");
+        assert_eq!(e.status_code(), 404);
+        assert_eq!(e.external_message(), "not found: instance with name \"web\"");
+
+        let e = Error::ObjectAlreadyExists { type_name: ResourceType::Project, name: "p".into() };
+        assert!(e.external_message().contains("choose another name"));
+
+        let e = Error::internal("connection pool exploded");
+        assert_eq!(e.status_code(), 500);
+        assert!(!e.external_message().contains("pool"));
+        assert!(Error::unavailable("database").is_retryable());
+        assert!(!Error::conflict("instance is running").is_retryable());
+    }
+}

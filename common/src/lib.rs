@@ -1,0 +1,21 @@
+//! Types every Halyard crate shares.
+//!
+//! These are the vocabulary of the system: typed identifiers (so an instance id can never be
+//! handed to something that wants a VMM id), the generation numbers that order state writes,
+//! sizes, user-facing names, the state machines of instances, VMMs and migrations, and the one
+//! error type the API speaks. Nothing here talks to a database or the network.
+
+mod byte_count;
+mod error;
+mod generation;
+pub mod ids;
+mod labelled;
+mod name;
+mod states;
+
+pub use byte_count::{ByteCount, ByteCountError};
+pub use error::{Error, LookupType, ResourceType};
+pub use generation::{Generation, GenerationError};
+pub use labelled::{Labelled, UnknownLabel};
+pub use name::{Name, NameError, NameOrId};
+pub use states::{InstanceNexusState, InstanceState, MigrationState, VmmState};

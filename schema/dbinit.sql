@@ -1,0 +1,182 @@
+-- Halyard's whole database schema, at the version named at the end of this file.
+--
+-- This file creates a fresh database. An existing database is upgraded by the steps under
+-- migrations/<version>/; a test proves both paths produce the same schema, so every change
+-- here needs a matching migration step (see docs/schema-change.md).
+--
+-- The SQL stays within what both PostgreSQL and CockroachDB accept: UUID keys, no SERIAL, no
+-- extensions, no ENUM types (states are TEXT with a CHECK), explicit transactions in the code.
+-- Rows of user-visible objects are soft-deleted (`time_deleted`), so their history stays.
+
+-- The schema version of this database: one row, forever.
+CREATE TABLE IF NOT EXISTS db_metadata (
+    singleton BOOL NOT NULL PRIMARY KEY CHECK (singleton = TRUE),
+    version TEXT NOT NULL,
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS project (
+    id UUID NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ,
+    -- Child resource generation: every instance insert bumps it, so a delete that found the
+    -- project empty cannot race an insert (the delete is conditional on the rcgen it saw).
+    rcgen INT8 NOT NULL CHECK (rcgen >= 1)
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_project_by_name
+    ON project (name) WHERE time_deleted IS NULL;
+
+-- A host that runs VMMs. Its agent registers it (and re-registers periodically).
+CREATE TABLE IF NOT EXISTS sled (
+    id UUID NOT NULL PRIMARY KEY,
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL,
+    -- When the sled agent last registered.
+    time_last_seen TIMESTAMPTZ NOT NULL,
+    ip INET NOT NULL,
+    port INT4 NOT NULL CHECK (port BETWEEN 0 AND 65535),
+    backend TEXT NOT NULL CHECK (backend IN ('sim', 'qemu')),
+    usable_hardware_threads INT8 NOT NULL CHECK (usable_hardware_threads >= 0),
+    usable_physical_ram INT8 NOT NULL CHECK (usable_physical_ram >= 0),
+    -- Running totals of the sled_reservation rows on this sled. Reservations update these
+    -- with a conditional UPDATE, which is what stops racing reservations over-committing.
+    reserved_hardware_threads INT8 NOT NULL CHECK (reserved_hardware_threads >= 0),
+    reserved_physical_ram INT8 NOT NULL CHECK (reserved_physical_ram >= 0),
+    CONSTRAINT reservations_within_capacity CHECK (
+        reserved_hardware_threads <= usable_hardware_threads
+        AND reserved_physical_ram <= usable_physical_ram
+    )
+);
+
+-- The resources one non-terminal VMM holds on its sled. Exactly one row per such VMM.
+CREATE TABLE IF NOT EXISTS sled_reservation (
+    vmm_id UUID NOT NULL PRIMARY KEY,
+    sled_id UUID NOT NULL REFERENCES sled (id),
+    instance_id UUID NOT NULL,
+    hardware_threads INT8 NOT NULL CHECK (hardware_threads >= 0),
+    physical_ram INT8 NOT NULL CHECK (physical_ram >= 0),
+    time_created TIMESTAMPTZ NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS sled_reservation_by_sled ON sled_reservation (sled_id);
+
+CREATE TABLE IF NOT EXISTS instance (
+    id UUID NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    project_id UUID NOT NULL REFERENCES project (id),
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ,
+    ncpus INT8 NOT NULL CHECK (ncpus >= 1),
+    memory INT8 NOT NULL CHECK (memory >= 1),
+    hostname TEXT NOT NULL,
+
+    -- Runtime state, all protected by state_generation: it changes iff one of these does.
+    nexus_state TEXT NOT NULL
+        CHECK (nexus_state IN ('creating', 'no_vmm', 'vmm', 'failed', 'destroyed')),
+    active_propolis_id UUID,
+    target_propolis_id UUID,
+    migration_id UUID,
+    state_generation INT8 NOT NULL CHECK (state_generation >= 1),
+    time_state_updated TIMESTAMPTZ NOT NULL,
+
+    -- Nexus says "vmm" exactly when there is an active VMM.
+    CONSTRAINT vmm_state_iff_active_vmm CHECK (
+        (nexus_state = 'vmm') = (active_propolis_id IS NOT NULL)
+    ),
+    -- A migration has both a target VMM and a migration record, and needs a source.
+    CONSTRAINT migration_needs_target_and_source CHECK (
+        (migration_id IS NULL) = (target_propolis_id IS NULL)
+        AND (target_propolis_id IS NULL OR active_propolis_id IS NOT NULL)
+    ),
+    CONSTRAINT target_differs_from_active CHECK (
+        target_propolis_id IS NULL OR target_propolis_id != active_propolis_id
+    )
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_instance_by_project
+    ON instance (project_id, name) WHERE time_deleted IS NULL;
+
+-- One incarnation of an instance on one sled ("propolis" in the design we learn from).
+CREATE TABLE IF NOT EXISTS vmm (
+    id UUID NOT NULL PRIMARY KEY,
+    instance_id UUID NOT NULL REFERENCES instance (id),
+    sled_id UUID NOT NULL REFERENCES sled (id),
+    propolis_ip INET NOT NULL,
+    propolis_port INT4 NOT NULL CHECK (propolis_port BETWEEN 0 AND 65535),
+    state TEXT NOT NULL CHECK (state IN (
+        'creating', 'starting', 'running', 'stopping', 'stopped', 'rebooting', 'migrating',
+        'failed', 'destroyed', 'saga_unwound'
+    )),
+    generation INT8 NOT NULL CHECK (generation >= 1),
+    time_state_updated TIMESTAMPTZ NOT NULL,
+    time_created TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ
+);
+
+CREATE INDEX IF NOT EXISTS vmm_history_by_instance ON vmm (instance_id, time_created);
+CREATE INDEX IF NOT EXISTS live_vmm_by_sled ON vmm (sled_id) WHERE time_deleted IS NULL;
+
+CREATE TABLE IF NOT EXISTS migration (
+    id UUID NOT NULL PRIMARY KEY,
+    instance_id UUID NOT NULL REFERENCES instance (id),
+    source_propolis_id UUID NOT NULL,
+    target_propolis_id UUID NOT NULL,
+    source_state TEXT NOT NULL
+        CHECK (source_state IN ('pending', 'in_progress', 'completed', 'failed')),
+    source_generation INT8 NOT NULL CHECK (source_generation >= 1),
+    time_source_updated TIMESTAMPTZ,
+    target_state TEXT NOT NULL
+        CHECK (target_state IN ('pending', 'in_progress', 'completed', 'failed')),
+    target_generation INT8 NOT NULL CHECK (target_generation >= 1),
+    time_target_updated TIMESTAMPTZ,
+    time_created TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ,
+    CONSTRAINT source_differs_from_target CHECK (source_propolis_id != target_propolis_id)
+);
+
+CREATE INDEX IF NOT EXISTS migration_by_instance ON migration (instance_id, time_created);
+
+-- The saga log: what steno's SecStore writes, so a restarted Nexus can resume its sagas.
+CREATE TABLE IF NOT EXISTS saga (
+    id UUID NOT NULL PRIMARY KEY,
+    -- The Nexus (saga execution coordinator) that created the saga.
+    creator UUID NOT NULL,
+    -- The Nexus that currently owns it and must drive it to completion.
+    current_sec UUID NOT NULL,
+    name TEXT NOT NULL,
+    -- The saga's DAG as steno serializes it, including the saga's parameters.
+    dag JSONB NOT NULL,
+    saga_state TEXT NOT NULL CHECK (saga_state IN ('running', 'unwinding', 'done')),
+    -- Bumped whenever another Nexus adopts the saga.
+    adopt_generation INT8 NOT NULL CHECK (adopt_generation >= 1),
+    time_created TIMESTAMPTZ NOT NULL,
+    adopt_time TIMESTAMPTZ NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS unfinished_saga_by_sec
+    ON saga (current_sec, id) WHERE saga_state != 'done';
+
+CREATE TABLE IF NOT EXISTS saga_node_event (
+    saga_id UUID NOT NULL REFERENCES saga (id),
+    node_id INT8 NOT NULL CHECK (node_id >= 0),
+    event_type TEXT NOT NULL CHECK (event_type IN (
+        'started', 'succeeded', 'failed', 'undo_started', 'undo_finished', 'undo_failed'
+    )),
+    -- The action's output (succeeded) or error (failed, undo_failed).
+    data JSONB,
+    event_time TIMESTAMPTZ NOT NULL,
+    creator UUID NOT NULL,
+    -- One event of each type per node: recording an event twice is a no-op.
+    PRIMARY KEY (saga_id, node_id, event_type)
+);
+
+INSERT INTO db_metadata (singleton, version, time_created, time_modified)
+    VALUES (TRUE, '1.0.0', now(), now())
+    ON CONFLICT (singleton) DO NOTHING;

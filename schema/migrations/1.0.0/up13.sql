@@ -1,0 +1,1 @@
+CREATE INDEX IF NOT EXISTS migration_by_instance ON migration (instance_id, time_created);
