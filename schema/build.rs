@@ -13,11 +13,19 @@ fn main() {
     let mut versions = Vec::new();
     for entry in fs::read_dir(&migrations).expect("schema/migrations exists") {
         let entry = entry.expect("readable migrations directory");
-        let name = entry.file_name().into_string().expect("UTF-8 version directory name");
+        let name = entry
+            .file_name()
+            .into_string()
+            .expect("UTF-8 version directory name");
         println!("cargo:rerun-if-changed={}", entry.path().display());
         let mut steps: Vec<String> = fs::read_dir(entry.path())
             .expect("readable version directory")
-            .map(|step| step.expect("readable step").file_name().into_string().expect("UTF-8"))
+            .map(|step| {
+                step.expect("readable step")
+                    .file_name()
+                    .into_string()
+                    .expect("UTF-8")
+            })
             .filter(|file| file.starts_with("up") && file.ends_with(".sql"))
             .collect();
         // up01.sql, up02.sql, ...: zero-padded, so lexical order is step order.
@@ -27,7 +35,9 @@ fn main() {
 
     let mut out = String::from("&[\n");
     for (version, steps) in &versions {
-        out.push_str(&format!("    RawMigration {{ version: {version:?}, steps: &[\n"));
+        out.push_str(&format!(
+            "    RawMigration {{ version: {version:?}, steps: &[\n"
+        ));
         for step in steps {
             let path = migrations.join(version).join(step);
             out.push_str(&format!(

@@ -100,11 +100,19 @@ mod tests {
 
     #[test]
     fn byte_counts_reject_negative_and_oversized_values() {
-        assert_eq!(ByteCount::try_from(-1i64), Err(ByteCountError::Negative(-1)));
+        assert_eq!(
+            ByteCount::try_from(-1i64),
+            Err(ByteCountError::Negative(-1))
+        );
         assert!(ByteCount::try_from(u64::MAX).is_err());
         assert!(serde_json::from_str::<ByteCount>("-4096").is_err());
         assert_eq!(ByteCount::from_gibibytes_u32(2).to_string(), "2 GiB");
         assert_eq!(ByteCount::from_mebibytes_u32(512).to_whole_mebibytes(), 512);
-        assert_eq!(ByteCount::try_from(i64::MAX as u64).unwrap().checked_add(ByteCount(1)), None);
+        assert_eq!(
+            ByteCount::try_from(i64::MAX as u64)
+                .unwrap()
+                .checked_add(ByteCount(1)),
+            None
+        );
     }
 }

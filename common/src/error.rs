@@ -53,11 +53,19 @@ impl fmt::Display for LookupType {
 pub enum Error {
     /// The object does not exist (or was deleted).
     #[error("not found: {type_name} with {lookup}")]
-    ObjectNotFound { type_name: ResourceType, lookup: LookupType },
+    ObjectNotFound {
+        type_name: ResourceType,
+        lookup: LookupType,
+    },
 
     /// An object with this name already exists where names must be unique.
-    #[error("already exists: {type_name} \"{name}\"; choose another name or delete the existing one")]
-    ObjectAlreadyExists { type_name: ResourceType, name: String },
+    #[error(
+        "already exists: {type_name} \"{name}\"; choose another name or delete the existing one"
+    )]
+    ObjectAlreadyExists {
+        type_name: ResourceType,
+        name: String,
+    },
 
     /// The request is malformed or asks for something impossible.
     #[error("{message}")]
@@ -87,35 +95,54 @@ pub enum Error {
 
 impl Error {
     pub fn not_found_by_id(type_name: ResourceType, id: impl Into<Uuid>) -> Error {
-        Error::ObjectNotFound { type_name, lookup: LookupType::ById(id.into()) }
+        Error::ObjectNotFound {
+            type_name,
+            lookup: LookupType::ById(id.into()),
+        }
     }
 
     pub fn not_found_by_name(type_name: ResourceType, name: impl fmt::Display) -> Error {
-        Error::ObjectNotFound { type_name, lookup: LookupType::ByName(name.to_string()) }
+        Error::ObjectNotFound {
+            type_name,
+            lookup: LookupType::ByName(name.to_string()),
+        }
     }
 
     pub fn invalid_value(label: impl Into<String>, message: impl Into<String>) -> Error {
-        Error::InvalidValue { label: label.into(), message: message.into() }
+        Error::InvalidValue {
+            label: label.into(),
+            message: message.into(),
+        }
     }
 
     pub fn invalid_request(message: impl Into<String>) -> Error {
-        Error::InvalidRequest { message: message.into() }
+        Error::InvalidRequest {
+            message: message.into(),
+        }
     }
 
     pub fn conflict(message: impl Into<String>) -> Error {
-        Error::Conflict { message: message.into() }
+        Error::Conflict {
+            message: message.into(),
+        }
     }
 
     pub fn insufficient_capacity(message: impl Into<String>) -> Error {
-        Error::InsufficientCapacity { message: message.into() }
+        Error::InsufficientCapacity {
+            message: message.into(),
+        }
     }
 
     pub fn unavailable(message: impl Into<String>) -> Error {
-        Error::ServiceUnavailable { message: message.into() }
+        Error::ServiceUnavailable {
+            message: message.into(),
+        }
     }
 
     pub fn internal(internal_message: impl Into<String>) -> Error {
-        Error::InternalError { internal_message: internal_message.into() }
+        Error::InternalError {
+            internal_message: internal_message.into(),
+        }
     }
 
     /// The stable machine-readable code clients match on.
@@ -168,9 +195,15 @@ mod tests {
         let e = Error::not_found_by_name(ResourceType::Instance, "web");
         assert_eq!(e.error_code(), "ObjectNotFound");
         assert_eq!(e.status_code(), 404);
-        assert_eq!(e.external_message(), "not found: instance with name \"web\"");
+        assert_eq!(
+            e.external_message(),
+            "not found: instance with name \"web\""
+        );
 
-        let e = Error::ObjectAlreadyExists { type_name: ResourceType::Project, name: "p".into() };
+        let e = Error::ObjectAlreadyExists {
+            type_name: ResourceType::Project,
+            name: "p".into(),
+        };
         assert!(e.external_message().contains("choose another name"));
 
         let e = Error::internal("connection pool exploded");

@@ -11,10 +11,14 @@ pub trait Labelled: Sized + Copy + 'static {
     fn label(&self) -> &'static str;
 
     fn from_label(label: &str) -> Result<Self, UnknownLabel> {
-        Self::ALL.iter().copied().find(|v| v.label() == label).ok_or_else(|| UnknownLabel {
-            what: Self::WHAT,
-            label: label.to_string(),
-        })
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|v| v.label() == label)
+            .ok_or_else(|| UnknownLabel {
+                what: Self::WHAT,
+                label: label.to_string(),
+            })
     }
 }
 
@@ -27,7 +31,8 @@ pub struct UnknownLabel {
 }
 
 /// Declares a `Labelled` enum with serde, JSON schema, `Display` and `FromStr` that all agree
-/// on the same snake_case labels.
+/// on the same snake_case labels. The using crate needs `serde` and `schemars`.
+#[macro_export]
 macro_rules! labelled_enum {
     (
         $(#[$meta:meta])*
@@ -71,5 +76,3 @@ macro_rules! labelled_enum {
         }
     };
 }
-
-pub(crate) use labelled_enum;

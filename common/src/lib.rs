@@ -18,4 +18,4 @@ pub use error::{Error, LookupType, ResourceType};
 pub use generation::{Generation, GenerationError};
 pub use labelled::{Labelled, UnknownLabel};
 pub use name::{Name, NameError, NameOrId};
-pub use states::{InstanceNexusState, InstanceState, MigrationState, VmmState};
+pub use states::{InstanceNexusState, InstanceState, MigrationState, SledBackend, VmmState};

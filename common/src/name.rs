@@ -29,9 +29,7 @@ pub enum NameError {
     TooLong(String),
     #[error("name {0:?} must begin with a lowercase ASCII letter")]
     BadFirstCharacter(String),
-    #[error(
-        "name {0:?} may contain only lowercase ASCII letters, digits and \"-\""
-    )]
+    #[error("name {0:?} may contain only lowercase ASCII letters, digits and \"-\"")]
     BadCharacter(String),
     #[error("name {0:?} must not end with \"-\"")]
     TrailingHyphen(String),
@@ -190,7 +188,14 @@ mod tests {
 
     #[test]
     fn valid_names_are_accepted() {
-        for ok in ["a", "web-1", "x0", &"a".repeat(63), "a-b-c", "abc-123e4567-e89b-12d3-a456-426614174000"] {
+        for ok in [
+            "a",
+            "web-1",
+            "x0",
+            &"a".repeat(63),
+            "a-b-c",
+            "abc-123e4567-e89b-12d3-a456-426614174000",
+        ] {
             assert_eq!(Name::try_from(ok.to_string()).unwrap().as_str(), ok);
         }
     }
@@ -218,14 +223,20 @@ mod tests {
             assert!(!err.to_string().is_empty());
         }
         let long = "a".repeat(64);
-        assert!(matches!(Name::try_from(long).unwrap_err(), NameError::TooLong(_)));
+        assert!(matches!(
+            Name::try_from(long).unwrap_err(),
+            NameError::TooLong(_)
+        ));
         assert!(serde_json::from_str::<Name>("\"Bad\"").is_err());
     }
 
     #[test]
     fn name_or_id_prefers_ids() {
         let id = Uuid::new_v4();
-        assert_eq!(id.to_string().parse::<NameOrId>().unwrap(), NameOrId::Id(id));
+        assert_eq!(
+            id.to_string().parse::<NameOrId>().unwrap(),
+            NameOrId::Id(id)
+        );
         assert_eq!(
             "web".parse::<NameOrId>().unwrap(),
             NameOrId::Name("web".parse().unwrap())

@@ -4,7 +4,7 @@
 //! alone decides [`InstanceNexusState`]; sled agents report [`VmmState`] and the two sides of a
 //! [`MigrationState`]; what the user sees, [`InstanceState`], is derived from both.
 
-use crate::labelled::labelled_enum;
+use crate::labelled_enum;
 
 labelled_enum! {
     /// The state of an instance as the API shows it (Oxide's `run_state`).
@@ -65,10 +65,23 @@ labelled_enum! {
     }
 }
 
+labelled_enum! {
+    /// What runs a sled's VMMs.
+    pub enum SledBackend {
+        /// In-memory simulated VMMs, for tests and scale.
+        Sim => "sim",
+        /// A real QEMU process per VMM.
+        Qemu => "qemu",
+    }
+}
+
 impl VmmState {
     /// A terminal VMM never runs again and holds no sled reservation.
     pub fn is_terminal(self) -> bool {
-        matches!(self, VmmState::Destroyed | VmmState::Failed | VmmState::SagaUnwound)
+        matches!(
+            self,
+            VmmState::Destroyed | VmmState::Failed | VmmState::SagaUnwound
+        )
     }
 }
 
@@ -112,7 +125,11 @@ mod tests {
     fn labels_round_trip_through_serde_and_from_str() {
         fn check<T>()
         where
-            T: Labelled + std::fmt::Debug + PartialEq + serde::Serialize + serde::de::DeserializeOwned,
+            T: Labelled
+                + std::fmt::Debug
+                + PartialEq
+                + serde::Serialize
+                + serde::de::DeserializeOwned,
         {
             for value in T::ALL {
                 let json = serde_json::to_string(value).unwrap();
@@ -131,8 +148,14 @@ mod tests {
     #[test]
     fn derived_state_follows_the_active_vmm() {
         use InstanceNexusState as N;
-        assert_eq!(InstanceState::derive(N::NoVmm, None), InstanceState::Stopped);
-        assert_eq!(InstanceState::derive(N::Creating, None), InstanceState::Creating);
+        assert_eq!(
+            InstanceState::derive(N::NoVmm, None),
+            InstanceState::Stopped
+        );
+        assert_eq!(
+            InstanceState::derive(N::Creating, None),
+            InstanceState::Creating
+        );
         assert_eq!(
             InstanceState::derive(N::Vmm, Some(VmmState::Starting)),
             InstanceState::Starting
@@ -141,7 +164,10 @@ mod tests {
             InstanceState::derive(N::Vmm, Some(VmmState::Migrating)),
             InstanceState::Migrating
         );
-        assert_eq!(InstanceState::derive(N::Failed, None), InstanceState::Failed);
+        assert_eq!(
+            InstanceState::derive(N::Failed, None),
+            InstanceState::Failed
+        );
         assert!(VmmState::SagaUnwound.is_terminal() && !VmmState::Stopped.is_terminal());
     }
 }

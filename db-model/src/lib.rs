@@ -1,1 +1,25 @@
+//! Diesel's view of Halyard's database: `table!` definitions matching `schema/dbinit.sql`, the
+//! row structs, and the SQL mappings of the `halyard-common` types.
+//!
+//! Row structs use typed wrappers ([`DbTypedUuid`], [`DbEnum`], [`DbGeneration`], ...) so the
+//! typing of `halyard-common` reaches all the way to the SQL boundary. The `schema_matches_dbinit`
+//! test fails when these definitions drift from `dbinit.sql`.
 
+mod db_metadata;
+mod instance;
+mod migration;
+mod project;
+mod saga;
+pub mod schema;
+mod sled;
+mod sql_types;
+mod vmm;
+
+pub use db_metadata::DbMetadata;
+pub use instance::{Instance, InstanceRuntimeState, NewInstanceParams};
+pub use migration::Migration;
+pub use project::Project;
+pub use saga::{Saga, SagaNodeEvent, SagaState};
+pub use sled::{Sled, SledBackend, SledReservation, SledResources};
+pub use sql_types::{DbByteCount, DbEnum, DbGeneration, DbName, DbTypedUuid};
+pub use vmm::{Vmm, VmmRuntimeState};

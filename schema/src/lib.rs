@@ -33,7 +33,11 @@ pub struct SchemaVersion {
 
 impl SchemaVersion {
     pub const fn new(major: u32, minor: u32, patch: u32) -> SchemaVersion {
-        SchemaVersion { major, minor, patch }
+        SchemaVersion {
+            major,
+            minor,
+            patch,
+        }
     }
 }
 
@@ -108,11 +112,17 @@ pub fn all_migrations() -> Vec<Migration> {
     let mut migrations: Vec<Migration> = RAW_MIGRATIONS
         .iter()
         .map(|raw| Migration {
-            version: raw.version.parse().unwrap_or_else(|e| panic!("schema/migrations: {e}")),
+            version: raw
+                .version
+                .parse()
+                .unwrap_or_else(|e| panic!("schema/migrations: {e}")),
             steps: raw
                 .steps
                 .iter()
-                .map(|step| MigrationStep { file: step.file, sql: step.sql })
+                .map(|step| MigrationStep {
+                    file: step.file,
+                    sql: step.sql,
+                })
                 .collect(),
         })
         .collect();
@@ -122,7 +132,10 @@ pub fn all_migrations() -> Vec<Migration> {
 
 /// The migrations that take a database at `from` to [`SCHEMA_VERSION`], in order.
 pub fn migrations_after(from: SchemaVersion) -> Vec<Migration> {
-    all_migrations().into_iter().filter(|m| m.version > from).collect()
+    all_migrations()
+        .into_iter()
+        .filter(|m| m.version > from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -134,7 +147,9 @@ mod tests {
         let v: SchemaVersion = "1.10.0".parse().unwrap();
         assert!(v > "1.9.3".parse().unwrap());
         assert_eq!(v.to_string(), "1.10.0");
-        for bad in ["", "1", "1.0", "1.0.0.0", "a.b.c", "1.-1.0", "1.+1.0", " 1.0.0"] {
+        for bad in [
+            "", "1", "1.0", "1.0.0.0", "a.b.c", "1.-1.0", "1.+1.0", " 1.0.0",
+        ] {
             assert!(bad.parse::<SchemaVersion>().is_err(), "{bad:?} parsed");
         }
     }
@@ -143,9 +158,17 @@ mod tests {
     fn migrations_end_at_the_current_version_and_are_well_formed() {
         let all = all_migrations();
         assert!(!all.is_empty());
-        assert_eq!(all.last().unwrap().version, SCHEMA_VERSION, "the newest migration folder must be SCHEMA_VERSION");
+        assert_eq!(
+            all.last().unwrap().version,
+            SCHEMA_VERSION,
+            "the newest migration folder must be SCHEMA_VERSION"
+        );
         for migration in &all {
-            assert!(!migration.steps.is_empty(), "{} has no up*.sql steps", migration.version);
+            assert!(
+                !migration.steps.is_empty(),
+                "{} has no up*.sql steps",
+                migration.version
+            );
             for (i, step) in migration.steps.iter().enumerate() {
                 assert_eq!(
                     step.file,
@@ -153,7 +176,12 @@ mod tests {
                     "steps of {} must be numbered up01.sql, up02.sql, ... without gaps",
                     migration.version
                 );
-                assert!(!step.sql.trim().is_empty(), "{} {} is empty", migration.version, step.file);
+                assert!(
+                    !step.sql.trim().is_empty(),
+                    "{} {} is empty",
+                    migration.version,
+                    step.file
+                );
             }
         }
     }

@@ -697,10 +697,7 @@ fn start_shared() -> Result<SharedCluster, String> {
     options.fsync = false;
     let cluster = PostgresCluster::start(options).map_err(|e| fail(e.to_string()))?;
 
-    let schema = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../schema/dbinit.sql"
-    )); // TEMP
+    let schema = halyard_schema::dbinit_sql_path();
     let loaded = cluster
         .psql("postgres", &format!("CREATE DATABASE {TEMPLATE_DATABASE}"))
         .and_then(|_| cluster.psql_file(TEMPLATE_DATABASE, &schema));
@@ -763,7 +760,6 @@ fn spawn_watchdog(
 
     // Never waited for: it outlives this process by design (and is reaped by
     // init), and while this process lives it does not exit.
-    #[allow(clippy::zombie_processes)]
     Command::new("/bin/sh")
         .arg("-c")
         .arg(OsString::from_vec(script))
