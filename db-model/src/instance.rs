@@ -54,7 +54,7 @@ pub struct InstanceRuntimeState {
 impl Instance {
     /// A new instance record, in `nexus_state` `creating` with no VMM.
     pub fn new(params: NewInstanceParams) -> Instance {
-        let now = Utc::now();
+        let now = crate::now();
         Instance {
             id: params.id.into(),
             name: params.name.into(),
@@ -115,7 +115,7 @@ impl InstanceRuntimeState {
     pub fn next(&self) -> InstanceRuntimeState {
         InstanceRuntimeState {
             state_generation: self.generation().next().into(),
-            time_state_updated: Utc::now(),
+            time_state_updated: crate::now(),
             ..self.clone()
         }
     }

@@ -23,3 +23,11 @@ pub use saga::{Saga, SagaNodeEvent, SagaState};
 pub use sled::{Sled, SledBackend, SledReservation, SledResources};
 pub use sql_types::{DbByteCount, DbEnum, DbGeneration, DbName, DbTypedUuid};
 pub use vmm::{Vmm, VmmRuntimeState};
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+/// The current time at the database's precision (microseconds), so a record built in memory
+/// equals the same record read back.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}

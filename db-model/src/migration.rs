@@ -45,7 +45,7 @@ impl Migration {
             target_state: MigrationState::Pending.into(),
             target_generation: Generation::new().into(),
             time_target_updated: None,
-            time_created: Utc::now(),
+            time_created: crate::now(),
             time_deleted: None,
         }
     }

@@ -21,7 +21,7 @@ pub struct Project {
 
 impl Project {
     pub fn new(id: ProjectUuid, name: Name, description: String) -> Project {
-        let now = Utc::now();
+        let now = crate::now();
         Project {
             id: id.into(),
             name: name.into(),

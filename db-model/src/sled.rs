@@ -41,7 +41,7 @@ impl Sled {
         backend: SledBackend,
         capacity: SledResources,
     ) -> Sled {
-        let now = Utc::now();
+        let now = crate::now();
         Sled {
             id: id.into(),
             time_created: now,
@@ -92,7 +92,7 @@ impl SledReservation {
             instance_id: instance_id.into(),
             hardware_threads: resources.hardware_threads.into(),
             physical_ram: resources.physical_ram.into(),
-            time_created: Utc::now(),
+            time_created: crate::now(),
         }
     }
 

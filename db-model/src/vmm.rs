@@ -39,7 +39,7 @@ impl Vmm {
         sled_id: SledUuid,
         address: SocketAddr,
     ) -> Vmm {
-        let now = Utc::now();
+        let now = crate::now();
         Vmm {
             id: id.into(),
             instance_id: instance_id.into(),
@@ -80,7 +80,7 @@ impl VmmRuntimeState {
         VmmRuntimeState {
             state: state.into(),
             generation: generation.into(),
-            time_state_updated: Utc::now(),
+            time_state_updated: crate::now(),
         }
     }
 

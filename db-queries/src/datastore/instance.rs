@@ -1,0 +1,265 @@
+//! Instances.
+
+use super::DataStore;
+use super::project::project_bump_rcgen;
+use crate::error::{TxnError, is_unique_violation, public_error_from_diesel};
+use crate::pagination::{PaginatedBy, paginate};
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use halyard_common::ids::{GenericUuid, InstanceUuid, ProjectUuid};
+use halyard_common::{Error, InstanceNexusState, Name, ResourceType};
+use halyard_db_model::schema::instance;
+use halyard_db_model::{
+    DbEnum, DbName, DbTypedUuid, Instance, InstanceRuntimeState, NewInstanceParams,
+};
+
+/// The longest description accepted.
+const MAX_DESCRIPTION_LEN: usize = 512;
+const MIB: u64 = 1024 * 1024;
+
+impl DataStore {
+    /// Inserts a new instance (in `nexus_state` `creating`) into a live project.
+    ///
+    /// Rejects out-of-range sizes and malformed hostnames with `InvalidValue`, a name already
+    /// used in the project with `ObjectAlreadyExists`, and a missing project with
+    /// `ObjectNotFound`. Inserting the same instance id twice returns the existing record
+    /// (sagas repeat actions).
+    pub async fn instance_insert(&self, params: NewInstanceParams) -> Result<Instance, Error> {
+        validate_new_instance(&params)?;
+        let new = Instance::new(params);
+        let new = &new;
+        self.retry_conflicts(|| async move {
+            let conn = &mut *self.connection().await?;
+            if let Some(existing) = instance_fetch_any(conn, new.id()).await? {
+                return Ok(existing);
+            }
+            conn.transaction(async |conn| {
+                project_bump_rcgen(conn, new.project_id()).await?;
+                diesel::insert_into(instance::table)
+                    .values(new)
+                    .returning(Instance::as_returning())
+                    .get_result(conn)
+                    .await
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            TxnError::Public(Error::ObjectAlreadyExists {
+                                type_name: ResourceType::Instance,
+                                name: new.name().to_string(),
+                            })
+                        } else {
+                            TxnError::Database(e)
+                        }
+                    })
+            })
+            .await
+        })
+        .await
+    }
+
+    /// A live instance by id.
+    pub async fn instance_fetch(&self, id: InstanceUuid) -> Result<Instance, Error> {
+        let conn = &mut *self.connection().await?;
+        instance_fetch_any(conn, id)
+            .await
+            .map_err(TxnError::into_public)?
+            .filter(|found| found.time_deleted.is_none())
+            .ok_or_else(|| instance_not_found(id))
+    }
+
+    /// A live instance by its name within a project.
+    pub async fn instance_fetch_by_name(
+        &self,
+        project_id: ProjectUuid,
+        name: &Name,
+    ) -> Result<Instance, Error> {
+        let conn = &mut *self.connection().await?;
+        instance::table
+            .filter(instance::project_id.eq(DbTypedUuid(project_id)))
+            .filter(instance::name.eq(DbName(name.clone())))
+            .filter(instance::time_deleted.is_null())
+            .select(Instance::as_select())
+            .first(conn)
+            .await
+            .optional()
+            .map_err(public_error_from_diesel)?
+            .ok_or_else(|| Error::not_found_by_name(ResourceType::Instance, name))
+    }
+
+    /// One page of a project's live instances.
+    pub async fn instance_list(
+        &self,
+        project_id: ProjectUuid,
+        page: &PaginatedBy<'_>,
+    ) -> Result<Vec<Instance>, Error> {
+        let conn = &mut *self.connection().await?;
+        let query = instance::table
+            .filter(instance::project_id.eq(DbTypedUuid(project_id)))
+            .filter(instance::time_deleted.is_null())
+            .select(Instance::as_select())
+            .into_boxed();
+        let query = match page {
+            PaginatedBy::Name(params) => paginate!(query, instance::name, params, DbName),
+            PaginatedBy::Id(params) => paginate!(query, instance::id, params, |id| id),
+        };
+        query.load(conn).await.map_err(public_error_from_diesel)
+    }
+
+    /// Writes an instance's runtime state if `new`'s generation is newer than the stored one.
+    ///
+    /// Returns whether it applied: `false` means a write with this or a later generation
+    /// already happened (a stale or repeated write), and nothing changed.
+    pub async fn instance_update_runtime(
+        &self,
+        id: InstanceUuid,
+        new: &InstanceRuntimeState,
+    ) -> Result<bool, Error> {
+        let conn = &mut *self.connection().await?;
+        let updated = diesel::update(instance::table)
+            .filter(instance::id.eq(DbTypedUuid(id)))
+            .filter(instance::time_deleted.is_null())
+            .filter(instance::state_generation.lt(new.state_generation))
+            .set(new)
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        if updated == 0 {
+            // Distinguish "stale" from "no such instance".
+            self.instance_fetch(id).await?;
+        }
+        Ok(updated > 0)
+    }
+
+    /// Marks an instance destroyed (and frees its name), only if no VMM incarnates it.
+    ///
+    /// Returns `true` if this call destroyed it, `false` if it already was. An instance with
+    /// an active or target VMM gets `Conflict`: stop it first.
+    pub async fn instance_mark_destroyed(&self, id: InstanceUuid) -> Result<bool, Error> {
+        let conn = &mut *self.connection().await?;
+        let now = Utc::now();
+        let updated = diesel::update(instance::table)
+            .filter(instance::id.eq(DbTypedUuid(id)))
+            .filter(instance::time_deleted.is_null())
+            .filter(instance::active_propolis_id.is_null())
+            .filter(instance::target_propolis_id.is_null())
+            .set((
+                instance::time_deleted.eq(now),
+                instance::nexus_state.eq(DbEnum(InstanceNexusState::Destroyed)),
+                instance::state_generation.eq(instance::state_generation + 1),
+                instance::time_state_updated.eq(now),
+            ))
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        if updated > 0 {
+            return Ok(true);
+        }
+        match instance_fetch_any(conn, id)
+            .await
+            .map_err(TxnError::into_public)?
+        {
+            None => Err(instance_not_found(id)),
+            Some(found) if found.time_deleted.is_some() => Ok(false),
+            Some(found) => Err(Error::conflict(format!(
+                "instance \"{}\" is running (it has an active VMM); stop it before deleting it",
+                found.name()
+            ))),
+        }
+    }
+}
+
+/// An instance by id, deleted or not.
+pub(crate) async fn instance_fetch_any(
+    conn: &mut AsyncPgConnection,
+    id: InstanceUuid,
+) -> Result<Option<Instance>, TxnError> {
+    Ok(instance::table
+        .filter(instance::id.eq(DbTypedUuid(id)))
+        .select(Instance::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub(crate) fn instance_not_found(id: InstanceUuid) -> Error {
+    Error::not_found_by_id(ResourceType::Instance, id.into_untyped_uuid())
+}
+
+/// Checks what the types alone do not: sizes in range, a well-formed hostname.
+fn validate_new_instance(params: &NewInstanceParams) -> Result<(), Error> {
+    if params.ncpus == 0 {
+        return Err(Error::invalid_value(
+            "ncpus",
+            "an instance needs at least 1 vCPU",
+        ));
+    }
+    let memory = params.memory.to_bytes();
+    if memory == 0 || memory % MIB != 0 {
+        return Err(Error::invalid_value(
+            "memory",
+            format!("memory must be a positive whole number of MiB, got {memory} bytes"),
+        ));
+    }
+    if params.description.len() > MAX_DESCRIPTION_LEN {
+        return Err(Error::invalid_value(
+            "description",
+            format!("at most {MAX_DESCRIPTION_LEN} bytes"),
+        ));
+    }
+    validate_hostname(&params.hostname)
+}
+
+/// RFC 1123 host names: dot-separated labels of letters, digits and `-`, each 1–63 long and
+/// not starting or ending with `-`; 253 characters at most.
+fn validate_hostname(hostname: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Error::invalid_value(
+            "hostname",
+            format!("{hostname:?} is not a valid host name: {why}"),
+        )
+    };
+    if hostname.is_empty() || hostname.len() > 253 {
+        return Err(bad("it must be 1 to 253 characters long"));
+    }
+    for label in hostname.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(bad(
+                "each dot-separated part must be 1 to 63 characters long",
+            ));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad("only letters, digits, '-' and '.' are allowed"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(bad("a part cannot begin or end with '-'"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_hostname;
+
+    #[test]
+    fn hostnames_follow_rfc_1123() {
+        for ok in ["web", "web-1", "a.b.c", "A1", &"a".repeat(63)] {
+            assert!(validate_hostname(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-web",
+            "web-",
+            "a..b",
+            "we_b",
+            "wéb",
+            &"a".repeat(64),
+            "a b",
+        ] {
+            assert!(validate_hostname(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The [`DataStore`]: a connection pool plus every query, grouped by the object they touch.
+
+mod instance;
+mod migration;
+mod project;
+mod saga;
+mod sled;
+mod vmm;
+
+pub use sled::SledChoice;
+pub use vmm::{MigrationReport, ReportApplied, RetireOutcome, VmmStateReport};
+
+use crate::error::TxnError;
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
+use halyard_common::Error;
+use slog::{Logger, o, warn};
+use std::future::Future;
+use std::time::Duration;
+
+/// How many times a transaction that lost a serialization conflict is run again.
+const MAX_CONFLICT_RETRIES: u32 = 10;
+
+/// Settings of the connection pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The most connections the pool opens.
+    pub max_connections: u32,
+    /// How long a query waits for a free (or new) connection before the database counts as
+    /// unavailable.
+    pub connection_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_connections: 16,
+            connection_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The database, as Halyard uses it.
+#[derive(Clone)]
+pub struct DataStore {
+    log: Logger,
+    pool: Pool<AsyncPgConnection>,
+}
+
+impl std::fmt::Debug for DataStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataStore").finish_non_exhaustive()
+    }
+}
+
+impl DataStore {
+    /// A datastore for the database at `url` (libpq style, e.g.
+    /// `postgresql://user@host:port/db`; several hosts may be listed for a replicated setup).
+    ///
+    /// No connection is made yet, so this succeeds while the database is down; the first
+    /// query then fails with `ServiceUnavailable`. Check the schema version before use.
+    pub fn new(log: &Logger, url: &str, config: PoolConfig) -> DataStore {
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        let pool = Pool::builder()
+            .max_size(config.max_connections)
+            .connection_timeout(config.connection_timeout)
+            // A connection that broke (database restarted) is dropped, not handed out again.
+            .test_on_check_out(true)
+            .build_unchecked(manager);
+        DataStore {
+            log: log.new(o!("component" => "DataStore")),
+            pool,
+        }
+    }
+
+    pub fn log(&self) -> &Logger {
+        &self.log
+    }
+
+    /// A connection from the pool.
+    pub(crate) async fn connection(
+        &self,
+    ) -> Result<PooledConnection<'_, AsyncPgConnection>, Error> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| Error::unavailable(format!("cannot get a database connection: {e}")))
+    }
+
+    /// Runs `attempt` (which should open one transaction) until it does not lose a
+    /// serialization conflict. CockroachDB aborts one of two conflicting SERIALIZABLE
+    /// transactions with SQLSTATE 40001 and expects the client to run it again.
+    pub(crate) async fn retry_conflicts<R, F, Fut>(&self, mut attempt: F) -> Result<R, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<R, TxnError>>,
+    {
+        let mut retries = 0;
+        loop {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(e) if e.is_retryable_conflict() && retries < MAX_CONFLICT_RETRIES => {
+                    retries += 1;
+                    warn!(self.log, "transaction conflict; running it again";
+                        "retries" => retries, "error" => ?e);
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(retries))).await;
+                }
+                Err(e) => return Err(e.into_public()),
+            }
+        }
+    }
+}

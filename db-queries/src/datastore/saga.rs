@@ -1,0 +1,117 @@
+//! The saga log: sagas and their node events.
+
+use super::DataStore;
+use crate::error::public_error_from_diesel;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use halyard_common::Error;
+use halyard_common::ids::{GenericUuid, NexusUuid, SagaUuid};
+use halyard_db_model::schema::{saga, saga_node_event};
+use halyard_db_model::{DbEnum, DbTypedUuid, Saga, SagaNodeEvent, SagaState};
+
+impl DataStore {
+    /// Records a new saga. Recording the same saga twice is a no-op.
+    pub async fn saga_create(&self, new: &Saga) -> Result<(), Error> {
+        let conn = &mut *self.connection().await?;
+        diesel::insert_into(saga::table)
+            .values(new)
+            .on_conflict(saga::id)
+            .do_nothing()
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(())
+    }
+
+    /// Appends an event to a saga's log. Recording the same event twice is a no-op (the key
+    /// is saga, node and event type), so a replayed action can record its events again.
+    pub async fn saga_record_event(&self, event: &SagaNodeEvent) -> Result<(), Error> {
+        let conn = &mut *self.connection().await?;
+        diesel::insert_into(saga_node_event::table)
+            .values(event)
+            .on_conflict((
+                saga_node_event::saga_id,
+                saga_node_event::node_id,
+                saga_node_event::event_type,
+            ))
+            .do_nothing()
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(())
+    }
+
+    /// Updates a saga's cached state, only while `sec` owns it. Returns whether it applied.
+    pub async fn saga_update_state(
+        &self,
+        id: SagaUuid,
+        state: SagaState,
+        sec: NexusUuid,
+    ) -> Result<bool, Error> {
+        let conn = &mut *self.connection().await?;
+        let updated = diesel::update(saga::table)
+            .filter(saga::id.eq(DbTypedUuid(id)))
+            .filter(saga::current_sec.eq(DbTypedUuid(sec)))
+            .set(saga::saga_state.eq(DbEnum(state)))
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(updated > 0)
+    }
+
+    pub async fn saga_fetch(&self, id: SagaUuid) -> Result<Saga, Error> {
+        let conn = &mut *self.connection().await?;
+        saga::table
+            .filter(saga::id.eq(DbTypedUuid(id)))
+            .select(Saga::as_select())
+            .first(conn)
+            .await
+            .optional()
+            .map_err(public_error_from_diesel)?
+            .ok_or_else(|| {
+                Error::not_found_by_id(halyard_common::ResourceType::Saga, id.into_untyped_uuid())
+            })
+    }
+
+    /// The sagas `sec` owns that are not done: what it must resume when it starts.
+    pub async fn saga_list_unfinished(&self, sec: NexusUuid) -> Result<Vec<Saga>, Error> {
+        let conn = &mut *self.connection().await?;
+        saga::table
+            .filter(saga::current_sec.eq(DbTypedUuid(sec)))
+            .filter(saga::saga_state.ne(DbEnum(SagaState::Done)))
+            .order((saga::time_created.asc(), saga::id.asc()))
+            .select(Saga::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// Every saga (only unfinished ones unless `include_done`), oldest first.
+    pub async fn saga_list(&self, include_done: bool) -> Result<Vec<Saga>, Error> {
+        let conn = &mut *self.connection().await?;
+        let mut query = saga::table.select(Saga::as_select()).into_boxed();
+        if !include_done {
+            query = query.filter(saga::saga_state.ne(DbEnum(SagaState::Done)));
+        }
+        query
+            .order((saga::time_created.asc(), saga::id.asc()))
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// A saga's whole log, in the order it was written.
+    pub async fn saga_node_events(&self, id: SagaUuid) -> Result<Vec<SagaNodeEvent>, Error> {
+        let conn = &mut *self.connection().await?;
+        saga_node_event::table
+            .filter(saga_node_event::saga_id.eq(DbTypedUuid(id)))
+            .order((
+                saga_node_event::event_time.asc(),
+                saga_node_event::node_id.asc(),
+            ))
+            .select(SagaNodeEvent::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+}

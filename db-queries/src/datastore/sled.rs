@@ -1,0 +1,369 @@
+//! Sleds and the reservations that VMMs hold on them.
+//!
+//! A sled's `reserved_*` columns are the running totals of its `sled_reservation` rows.
+//! Reserving is one conditional `UPDATE` of those totals (`WHERE reserved + n <= usable`)
+//! followed by the reservation insert, in one transaction. Two racing reservations on one
+//! sled both write its row, so the database orders them and the second re-checks the
+//! condition against the first's result: a sled is never over-committed, whether the database
+//! runs READ COMMITTED (PostgreSQL) or SERIALIZABLE (CockroachDB). A CHECK constraint on the
+//! sled row backs this up.
+
+use super::DataStore;
+use crate::error::{TxnError, public_error_from_diesel};
+use crate::pagination::{DataPageParams, paginate};
+use chrono::Utc;
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::upsert::excluded;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use halyard_common::ids::{GenericUuid, InstanceUuid, SledKind, SledUuid, VmmUuid};
+use halyard_common::{ByteCount, Error, ResourceType};
+use halyard_db_model::schema::{sled, sled_reservation};
+use halyard_db_model::{DbByteCount, DbTypedUuid, Sled, SledReservation, SledResources};
+use uuid::Uuid;
+
+/// How many times placement picks another sled after losing a race for the one it picked.
+const MAX_PLACEMENT_ATTEMPTS: u32 = 16;
+
+/// Where a reservation may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SledChoice {
+    /// Any sled with room (chosen at random among them, to spread load).
+    Any,
+    /// This sled, or fail.
+    Specific(SledUuid),
+}
+
+/// Why one placement attempt did not reserve anything.
+enum AttemptFailed {
+    /// The sled picked filled up between the pick and the claim: pick again.
+    LostRace,
+    /// Nothing fits, or the request is bad: give up with this error.
+    Final(TxnError),
+}
+
+impl<E: Into<TxnError>> From<E> for AttemptFailed {
+    fn from(e: E) -> Self {
+        AttemptFailed::Final(e.into())
+    }
+}
+
+impl DataStore {
+    /// Records a sled agent's registration: a new sled, or a known one's new address,
+    /// backend and capacity (its reservations are kept). Refuses, with `Conflict`, a capacity
+    /// below what is already reserved on the sled.
+    pub async fn sled_upsert(&self, new: Sled) -> Result<Sled, Error> {
+        let conn = &mut *self.connection().await?;
+        diesel::insert_into(sled::table)
+            .values(&new)
+            .on_conflict(sled::id)
+            .do_update()
+            .set((
+                sled::time_modified.eq(Utc::now()),
+                sled::time_last_seen.eq(Utc::now()),
+                sled::ip.eq(excluded(sled::ip)),
+                sled::port.eq(excluded(sled::port)),
+                sled::backend.eq(excluded(sled::backend)),
+                sled::usable_hardware_threads.eq(excluded(sled::usable_hardware_threads)),
+                sled::usable_physical_ram.eq(excluded(sled::usable_physical_ram)),
+            ))
+            .returning(Sled::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(|e| match e {
+                DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, _) => {
+                    Error::conflict(format!(
+                        "sled {} reports less capacity than its VMMs already hold; \
+                         stop or migrate instances off it first",
+                        new.id()
+                    ))
+                }
+                e => public_error_from_diesel(e),
+            })
+    }
+
+    pub async fn sled_fetch(&self, id: SledUuid) -> Result<Sled, Error> {
+        let conn = &mut *self.connection().await?;
+        sled_fetch(conn, id).await.map_err(TxnError::into_public)
+    }
+
+    /// One page of sleds, by id.
+    pub async fn sled_list(&self, page: &DataPageParams<'_, Uuid>) -> Result<Vec<Sled>, Error> {
+        let conn = &mut *self.connection().await?;
+        let query = sled::table.select(Sled::as_select()).into_boxed();
+        paginate!(query, sled::id, page, |id| id)
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// Reserves `resources` for VMM `vmm_id` on a sled with room (or on the one named).
+    ///
+    /// Idempotent: if the VMM already holds a reservation, that one is returned unchanged.
+    /// Fails with `InsufficientCapacity` when no (or the named) sled has room, and with
+    /// `ObjectNotFound` for an unknown sled.
+    pub async fn sled_reserve(
+        &self,
+        vmm_id: VmmUuid,
+        instance_id: InstanceUuid,
+        choice: SledChoice,
+        resources: SledResources,
+    ) -> Result<SledReservation, Error> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let attempt = self
+                .retry_conflicts(|| async move {
+                    let conn = &mut *self.connection().await?;
+                    if let Some(existing) = reservation_fetch(conn, vmm_id).await? {
+                        return Ok(Ok(existing));
+                    }
+                    let outcome = conn
+                        .transaction(async |conn| {
+                            reserve_once(conn, vmm_id, instance_id, choice, resources).await
+                        })
+                        .await;
+                    match outcome {
+                        Ok(reservation) => Ok(Ok(reservation)),
+                        Err(AttemptFailed::LostRace) => Ok(Err(())),
+                        Err(AttemptFailed::Final(TxnError::Database(e)))
+                            if crate::error::is_unique_violation(&e) =>
+                        {
+                            // A repeat of this same reservation won the race: return it.
+                            reservation_fetch(conn, vmm_id)
+                                .await?
+                                .map(Ok)
+                                .ok_or(TxnError::Database(e))
+                        }
+                        Err(AttemptFailed::Final(e)) => Err(e),
+                    }
+                })
+                .await?;
+            match attempt {
+                Ok(reservation) => return Ok(reservation),
+                Err(()) if attempts < MAX_PLACEMENT_ATTEMPTS => continue,
+                Err(()) => {
+                    return Err(Error::unavailable(format!(
+                        "placement lost {attempts} races for sled capacity in a row; retry"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Releases the reservation VMM `vmm_id` holds, if any. Returns whether there was one.
+    pub async fn sled_reservation_release(&self, vmm_id: VmmUuid) -> Result<bool, Error> {
+        self.retry_conflicts(|| async move {
+            let conn = &mut *self.connection().await?;
+            conn.transaction(async |conn| release_reservation(conn, vmm_id).await)
+                .await
+        })
+        .await
+    }
+
+    /// The reservation VMM `vmm_id` holds, if any.
+    pub async fn sled_reservation_fetch(
+        &self,
+        vmm_id: VmmUuid,
+    ) -> Result<Option<SledReservation>, Error> {
+        let conn = &mut *self.connection().await?;
+        reservation_fetch(conn, vmm_id)
+            .await
+            .map_err(TxnError::into_public)
+    }
+
+    /// Every reservation (on one sled, if given), oldest first.
+    pub async fn sled_reservation_list(
+        &self,
+        on_sled: Option<SledUuid>,
+    ) -> Result<Vec<SledReservation>, Error> {
+        let conn = &mut *self.connection().await?;
+        let mut query = sled_reservation::table
+            .select(SledReservation::as_select())
+            .into_boxed();
+        if let Some(id) = on_sled {
+            query = query.filter(sled_reservation::sled_id.eq(DbTypedUuid(id)));
+        }
+        query
+            .order((
+                sled_reservation::time_created.asc(),
+                sled_reservation::vmm_id.asc(),
+            ))
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+}
+
+/// One try at placing a reservation, inside a transaction.
+async fn reserve_once(
+    conn: &mut AsyncPgConnection,
+    vmm_id: VmmUuid,
+    instance_id: InstanceUuid,
+    choice: SledChoice,
+    resources: SledResources,
+) -> Result<SledReservation, AttemptFailed> {
+    let threads = i64::from(resources.hardware_threads);
+    let ram = DbByteCount(resources.physical_ram);
+    // "The sled has room": written against the row as the UPDATE sees it, so a racing
+    // reservation that committed first is taken into account.
+    // (Free space is compared, not `reserved + n`, which could overflow INT8 for absurd n.)
+    let has_room = (sled::usable_hardware_threads - sled::reserved_hardware_threads)
+        .ge(threads)
+        .and((sled::usable_physical_ram - sled::reserved_physical_ram).ge(ram));
+
+    let claim = diesel::update(sled::table)
+        .filter(has_room)
+        .set((
+            sled::reserved_hardware_threads.eq(sled::reserved_hardware_threads + threads),
+            sled::reserved_physical_ram.eq(sled::reserved_physical_ram + ram),
+        ))
+        .returning(sled::id);
+    let claimed: Option<DbTypedUuid<SledKind>> = match choice {
+        SledChoice::Specific(sled_id) => claim
+            .filter(sled::id.eq(DbTypedUuid(sled_id)))
+            .get_result(conn)
+            .await
+            .optional()?,
+        SledChoice::Any => {
+            // Choice and claim in one statement: pick a random sled with room, then take the
+            // capacity only if it still has room when the row is written.
+            // (The subquery reads `sled` under another name, as SQL requires.)
+            let candidate = diesel::alias!(sled as candidate);
+            let pick = candidate
+                .filter(
+                    (candidate.field(sled::usable_hardware_threads)
+                        - candidate.field(sled::reserved_hardware_threads))
+                    .ge(threads),
+                )
+                .filter(
+                    (candidate.field(sled::usable_physical_ram)
+                        - candidate.field(sled::reserved_physical_ram))
+                    .ge(ram),
+                )
+                .select(candidate.field(sled::id))
+                .order(sql::<diesel::sql_types::Double>("random()"))
+                .limit(1);
+            claim
+                .filter(sled::id.nullable().eq(pick.single_value()))
+                .get_result(conn)
+                .await
+                .optional()?
+        }
+    };
+
+    let Some(sled_id) = claimed else {
+        return Err(no_room(conn, choice, resources).await);
+    };
+    let reservation = SledReservation::new(vmm_id, sled_id.0, instance_id, resources);
+    Ok(diesel::insert_into(sled_reservation::table)
+        .values(&reservation)
+        .returning(SledReservation::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Explains an unsuccessful claim: a lost race (pick again) or a real lack of room.
+async fn no_room(
+    conn: &mut AsyncPgConnection,
+    choice: SledChoice,
+    resources: SledResources,
+) -> AttemptFailed {
+    let need = format!(
+        "{} hardware thread(s) and {} of memory",
+        resources.hardware_threads, resources.physical_ram
+    );
+    match choice {
+        SledChoice::Specific(sled_id) => match sled_fetch(conn, sled_id).await {
+            Err(e) => AttemptFailed::Final(e),
+            Ok(found) => {
+                let free_threads = found.usable_hardware_threads - found.reserved_hardware_threads;
+                let free_ram =
+                    found.usable_physical_ram.0.to_i64() - found.reserved_physical_ram.0.to_i64();
+                let free_ram =
+                    ByteCount::try_from(free_ram.max(0)).unwrap_or(found.usable_physical_ram.0);
+                AttemptFailed::Final(TxnError::Public(Error::insufficient_capacity(format!(
+                    "sled {sled_id} has room for {free_threads} hardware thread(s) and \
+                     {free_ram} of memory, but {need} are needed; choose another sled or \
+                     free capacity on this one"
+                ))))
+            }
+        },
+        SledChoice::Any => {
+            let threads = i64::from(resources.hardware_threads);
+            let ram = DbByteCount(resources.physical_ram);
+            let any_fits = sled::table
+                .filter(
+                    (sled::usable_hardware_threads - sled::reserved_hardware_threads).ge(threads),
+                )
+                .filter((sled::usable_physical_ram - sled::reserved_physical_ram).ge(ram))
+                .select(sled::id)
+                .first::<DbTypedUuid<SledKind>>(conn)
+                .await
+                .optional();
+            match any_fits {
+                Err(e) => AttemptFailed::Final(e.into()),
+                Ok(Some(_)) => AttemptFailed::LostRace,
+                Ok(None) => {
+                    AttemptFailed::Final(TxnError::Public(Error::insufficient_capacity(format!(
+                        "no sled has room for {need}; stop or delete other instances, \
+                         or add sleds"
+                    ))))
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn sled_fetch(
+    conn: &mut AsyncPgConnection,
+    id: SledUuid,
+) -> Result<Sled, TxnError> {
+    sled::table
+        .filter(sled::id.eq(DbTypedUuid(id)))
+        .select(Sled::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| Error::not_found_by_id(ResourceType::Sled, id.into_untyped_uuid()).into())
+}
+
+async fn reservation_fetch(
+    conn: &mut AsyncPgConnection,
+    vmm_id: VmmUuid,
+) -> Result<Option<SledReservation>, TxnError> {
+    Ok(sled_reservation::table
+        .filter(sled_reservation::vmm_id.eq(DbTypedUuid(vmm_id)))
+        .select(SledReservation::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Deletes a VMM's reservation and gives its resources back to the sled, inside a
+/// transaction. Returns whether there was a reservation; a second call is a no-op.
+pub(crate) async fn release_reservation(
+    conn: &mut AsyncPgConnection,
+    vmm_id: VmmUuid,
+) -> Result<bool, TxnError> {
+    let released: Option<SledReservation> = diesel::delete(
+        sled_reservation::table.filter(sled_reservation::vmm_id.eq(DbTypedUuid(vmm_id))),
+    )
+    .returning(SledReservation::as_returning())
+    .get_result(conn)
+    .await
+    .optional()?;
+    let Some(released) = released else {
+        return Ok(false);
+    };
+    diesel::update(sled::table.filter(sled::id.eq(released.sled_id)))
+        .set((
+            sled::reserved_hardware_threads
+                .eq(sled::reserved_hardware_threads - released.hardware_threads),
+            sled::reserved_physical_ram.eq(sled::reserved_physical_ram - released.physical_ram),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(true)
+}

@@ -1,0 +1,394 @@
+//! VMMs: their records, sled agents' state reports, and retirement.
+
+use super::DataStore;
+use super::instance::instance_not_found;
+use super::sled::release_reservation;
+use crate::error::{TxnError, public_error_from_diesel};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use halyard_common::ids::{
+    GenericUuid, InstanceUuid, MigrationKind, MigrationUuid, SledUuid, VmmKind, VmmUuid,
+};
+use halyard_common::{
+    Error, Generation, InstanceNexusState, MigrationState, ResourceType, VmmState,
+};
+use halyard_db_model::schema::{instance, migration, vmm};
+use halyard_db_model::{DbEnum, DbGeneration, DbTypedUuid, Vmm, VmmRuntimeState};
+
+/// What a sled agent reports about one VMM: its state, and the state of the migration it is
+/// the target of (`migration_in`) or the source of (`migration_out`), each with its own
+/// generation.
+#[derive(Debug, Clone)]
+pub struct VmmStateReport {
+    pub vmm_id: VmmUuid,
+    pub vmm: VmmRuntimeState,
+    pub migration_in: Option<MigrationReport>,
+    pub migration_out: Option<MigrationReport>,
+}
+
+/// One side of a migration, as the sled agent of that side reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationReport {
+    pub migration_id: MigrationUuid,
+    pub state: MigrationState,
+    pub generation: Generation,
+    pub time_updated: DateTime<Utc>,
+}
+
+/// Which parts of a report were newer than what was stored, and so were applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportApplied {
+    pub vmm_updated: bool,
+    pub migration_in_updated: bool,
+    pub migration_out_updated: bool,
+}
+
+/// What retiring a VMM changed. Retiring an already retired VMM changes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetireOutcome {
+    /// The VMM was moved to its terminal state (it was not terminal yet).
+    pub vmm_state_changed: bool,
+    /// The VMM's record was marked deleted.
+    pub vmm_marked_deleted: bool,
+    /// Its sled reservation was released.
+    pub reservation_released: bool,
+    /// The instance's active or target VMM pointer was cleared.
+    pub instance_updated: bool,
+    /// Retiring the active VMM ended a migration in progress: this target VMM is now
+    /// orphaned and must be retired too.
+    pub orphaned_target: Option<VmmUuid>,
+}
+
+impl DataStore {
+    /// Inserts a VMM record. Inserting the same VMM twice returns the stored record.
+    pub async fn vmm_insert(&self, new: Vmm) -> Result<Vmm, Error> {
+        let conn = &mut *self.connection().await?;
+        let inserted = diesel::insert_into(vmm::table)
+            .values(&new)
+            .on_conflict(vmm::id)
+            .do_nothing()
+            .execute(conn)
+            .await;
+        match inserted {
+            Ok(_) => vmm_fetch(conn, new.id())
+                .await
+                .map_err(TxnError::into_public),
+            Err(e) if crate::error::is_foreign_key_violation(&e) => {
+                Err(Error::invalid_request(format!(
+                    "VMM {} refers to an unknown instance ({}) or sled ({})",
+                    new.id(),
+                    new.instance_id(),
+                    new.sled_id()
+                )))
+            }
+            Err(e) => Err(public_error_from_diesel(e)),
+        }
+    }
+
+    /// A VMM by id, retired or not.
+    pub async fn vmm_fetch(&self, id: VmmUuid) -> Result<Vmm, Error> {
+        let conn = &mut *self.connection().await?;
+        vmm_fetch(conn, id).await.map_err(TxnError::into_public)
+    }
+
+    /// Every VMM that ever incarnated the instance, oldest first.
+    pub async fn instance_vmm_history(&self, instance_id: InstanceUuid) -> Result<Vec<Vmm>, Error> {
+        let conn = &mut *self.connection().await?;
+        vmm::table
+            .filter(vmm::instance_id.eq(DbTypedUuid(instance_id)))
+            .order((vmm::time_created.asc(), vmm::id.asc()))
+            .select(Vmm::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// VMMs on a sled (all sleds if `None`); retired ones only if `include_deleted`.
+    pub async fn vmm_list(
+        &self,
+        on_sled: Option<SledUuid>,
+        include_deleted: bool,
+    ) -> Result<Vec<Vmm>, Error> {
+        let conn = &mut *self.connection().await?;
+        let mut query = vmm::table.select(Vmm::as_select()).into_boxed();
+        if let Some(sled_id) = on_sled {
+            query = query.filter(vmm::sled_id.eq(DbTypedUuid(sled_id)));
+        }
+        if !include_deleted {
+            query = query.filter(vmm::time_deleted.is_null());
+        }
+        query
+            .order((vmm::time_created.asc(), vmm::id.asc()))
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// Writes a VMM's state if its generation is newer than the stored one (and the VMM is
+    /// not retired). Returns whether it applied.
+    pub async fn vmm_update_runtime(
+        &self,
+        id: VmmUuid,
+        new: &VmmRuntimeState,
+    ) -> Result<bool, Error> {
+        let conn = &mut *self.connection().await?;
+        update_vmm_runtime(conn, id, new)
+            .await
+            .map_err(TxnError::into_public)
+    }
+
+    /// Applies a sled agent's report of a VMM and its migrations, all in one transaction:
+    /// each part applies only if its generation is newer than the stored one, and a report
+    /// naming a migration this VMM is not part of is rejected whole (nothing is applied).
+    pub async fn vmm_apply_report(&self, report: &VmmStateReport) -> Result<ReportApplied, Error> {
+        self.retry_conflicts(|| async move {
+            let conn = &mut *self.connection().await?;
+            conn.transaction(async |conn| {
+                let vmm_updated = update_vmm_runtime(conn, report.vmm_id, &report.vmm).await?;
+                let migration_in_updated = match &report.migration_in {
+                    Some(side) => {
+                        update_migration_side(conn, report.vmm_id, side, Side::Target).await?
+                    }
+                    None => false,
+                };
+                let migration_out_updated = match &report.migration_out {
+                    Some(side) => {
+                        update_migration_side(conn, report.vmm_id, side, Side::Source).await?
+                    }
+                    None => false,
+                };
+                Ok(ReportApplied {
+                    vmm_updated,
+                    migration_in_updated,
+                    migration_out_updated,
+                })
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Retires a VMM, atomically: moves it to `final_state` (unless it already is terminal),
+    /// marks its record deleted, releases its sled reservation, and clears the instance's
+    /// active (or target) VMM pointer if it names this VMM, bumping the instance's generation.
+    ///
+    /// Idempotent: a second call changes nothing and reports nothing changed. Unregistering
+    /// the VMM from its sled agent is the caller's part.
+    pub async fn vmm_retire(
+        &self,
+        id: VmmUuid,
+        final_state: VmmState,
+    ) -> Result<RetireOutcome, Error> {
+        if !final_state.is_terminal() {
+            return Err(Error::invalid_request(format!(
+                "a VMM can only be retired into a terminal state, not \"{final_state}\""
+            )));
+        }
+        self.retry_conflicts(|| async move {
+            let conn = &mut *self.connection().await?;
+            conn.transaction(async |conn| retire(conn, id, final_state).await)
+                .await
+        })
+        .await
+    }
+}
+
+async fn retire(
+    conn: &mut AsyncPgConnection,
+    id: VmmUuid,
+    final_state: VmmState,
+) -> Result<RetireOutcome, TxnError> {
+    let mut outcome = RetireOutcome::default();
+    // Lock the VMM row so concurrent retirements of one VMM serialize.
+    let found: Vmm = vmm::table
+        .filter(vmm::id.eq(DbTypedUuid(id)))
+        .select(Vmm::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| Error::not_found_by_id(ResourceType::Vmm, id.into_untyped_uuid()))?;
+    let now = Utc::now();
+
+    if !found.state().is_terminal() {
+        diesel::update(vmm::table.filter(vmm::id.eq(found.id)))
+            .set((
+                vmm::state.eq(DbEnum(final_state)),
+                vmm::generation.eq(DbGeneration(found.runtime.generation().next())),
+                vmm::time_state_updated.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+        outcome.vmm_state_changed = true;
+    }
+    if found.time_deleted.is_none() {
+        diesel::update(vmm::table.filter(vmm::id.eq(found.id)))
+            .set(vmm::time_deleted.eq(now))
+            .execute(conn)
+            .await?;
+        outcome.vmm_marked_deleted = true;
+    }
+    outcome.reservation_released = release_reservation(conn, id).await?;
+
+    // The state the VMM ended in decides what the instance becomes if this was its active VMM.
+    let ended_in = if found.state().is_terminal() {
+        found.state()
+    } else {
+        final_state
+    };
+    let instance_state = if ended_in == VmmState::Failed {
+        InstanceNexusState::Failed
+    } else {
+        InstanceNexusState::NoVmm
+    };
+    let this_vmm = Some(DbTypedUuid(id));
+    let row = instance::table
+        .filter(instance::id.eq(found.instance_id))
+        .select((instance::active_propolis_id, instance::target_propolis_id))
+        .for_update()
+        .first::<(Option<DbTypedUuid<VmmKind>>, Option<DbTypedUuid<VmmKind>>)>(conn)
+        .await
+        .optional()?;
+    let Some((active, target)) = row else {
+        return Err(instance_not_found(found.instance_id()).into());
+    };
+    if active == this_vmm {
+        // Without its source a migration cannot finish: it ends here too.
+        outcome.orphaned_target = target.map(|t| t.0);
+        diesel::update(instance::table.filter(instance::id.eq(found.instance_id)))
+            .set((
+                instance::active_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
+                instance::target_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
+                instance::migration_id.eq(None::<DbTypedUuid<MigrationKind>>),
+                instance::nexus_state.eq(DbEnum(instance_state)),
+                instance::state_generation.eq(instance::state_generation + 1),
+                instance::time_state_updated.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+        outcome.instance_updated = true;
+    } else if target == this_vmm {
+        diesel::update(instance::table.filter(instance::id.eq(found.instance_id)))
+            .set((
+                instance::target_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
+                instance::migration_id.eq(None::<DbTypedUuid<MigrationKind>>),
+                instance::state_generation.eq(instance::state_generation + 1),
+                instance::time_state_updated.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+        outcome.instance_updated = true;
+    }
+    Ok(outcome)
+}
+
+pub(crate) async fn vmm_fetch(conn: &mut AsyncPgConnection, id: VmmUuid) -> Result<Vmm, TxnError> {
+    vmm::table
+        .filter(vmm::id.eq(DbTypedUuid(id)))
+        .select(Vmm::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| Error::not_found_by_id(ResourceType::Vmm, id.into_untyped_uuid()).into())
+}
+
+/// The generation-guarded VMM state write. `Ok(false)`: stale, repeated, or the VMM is retired.
+async fn update_vmm_runtime(
+    conn: &mut AsyncPgConnection,
+    id: VmmUuid,
+    new: &VmmRuntimeState,
+) -> Result<bool, TxnError> {
+    let updated = diesel::update(vmm::table)
+        .filter(vmm::id.eq(DbTypedUuid(id)))
+        .filter(vmm::time_deleted.is_null())
+        .filter(vmm::generation.lt(new.generation))
+        .set(new)
+        .execute(conn)
+        .await?;
+    if updated == 0 {
+        vmm_fetch(conn, id).await?;
+    }
+    Ok(updated > 0)
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Target,
+}
+
+/// The generation-guarded write of one side of a migration. Rejects a migration that does
+/// not exist or that this VMM is not on the given side of.
+async fn update_migration_side(
+    conn: &mut AsyncPgConnection,
+    vmm_id: VmmUuid,
+    report: &MigrationReport,
+    side: Side,
+) -> Result<bool, TxnError> {
+    let this_migration =
+        migration::table.filter(migration::id.eq(DbTypedUuid(report.migration_id)));
+    let vmm_id = DbTypedUuid(vmm_id);
+    let state = DbEnum(report.state);
+    let generation = DbGeneration(report.generation);
+    let updated = match side {
+        Side::Source => {
+            diesel::update(this_migration.filter(migration::source_propolis_id.eq(vmm_id)))
+                .filter(migration::source_generation.lt(generation))
+                .set((
+                    migration::source_state.eq(state),
+                    migration::source_generation.eq(generation),
+                    migration::time_source_updated.eq(report.time_updated),
+                ))
+                .execute(conn)
+                .await?
+        }
+        Side::Target => {
+            diesel::update(this_migration.filter(migration::target_propolis_id.eq(vmm_id)))
+                .filter(migration::target_generation.lt(generation))
+                .set((
+                    migration::target_state.eq(state),
+                    migration::target_generation.eq(generation),
+                    migration::time_target_updated.eq(report.time_updated),
+                ))
+                .execute(conn)
+                .await?
+        }
+    };
+    if updated > 0 {
+        return Ok(true);
+    }
+    // Stale, or not this VMM's migration at all? Only the first is a valid report.
+    let is_party: bool = match side {
+        Side::Source => {
+            diesel::select(diesel::dsl::exists(
+                migration::table
+                    .filter(migration::id.eq(DbTypedUuid(report.migration_id)))
+                    .filter(migration::source_propolis_id.eq(vmm_id)),
+            ))
+            .get_result(conn)
+            .await?
+        }
+        Side::Target => {
+            diesel::select(diesel::dsl::exists(
+                migration::table
+                    .filter(migration::id.eq(DbTypedUuid(report.migration_id)))
+                    .filter(migration::target_propolis_id.eq(vmm_id)),
+            ))
+            .get_result(conn)
+            .await?
+        }
+    };
+    if !is_party {
+        let role = match side {
+            Side::Source => "source",
+            Side::Target => "target",
+        };
+        return Err(Error::invalid_request(format!(
+            "VMM {} is not the {role} of migration {}",
+            vmm_id.0, report.migration_id
+        ))
+        .into());
+    }
+    Ok(false)
+}

@@ -1,0 +1,202 @@
+use crate::{Harness, instance_params};
+use halyard_common::ids::{GenericUuid, ProjectUuid};
+use halyard_common::{Error, NameOrId, ResourceType};
+use halyard_db_model::Project;
+use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
+use std::num::NonZeroU32;
+
+#[tokio::test]
+async fn projects_are_created_fetched_by_name_or_id_and_named_uniquely() {
+    let h = Harness::new();
+    let created = h.project("alpha").await;
+    let by_name = h
+        .datastore
+        .project_fetch(&"alpha".parse().unwrap())
+        .await
+        .unwrap();
+    let by_id = h
+        .datastore
+        .project_fetch(&NameOrId::Id(created.id().into_untyped_uuid()))
+        .await
+        .unwrap();
+    assert_eq!(by_name, created);
+    assert_eq!(by_id, created);
+
+    let duplicate = h
+        .datastore
+        .project_create(Project::new(
+            ProjectUuid::new_v4(),
+            "alpha".parse().unwrap(),
+            String::new(),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&duplicate, Error::ObjectAlreadyExists { type_name: ResourceType::Project, name } if name == "alpha"),
+        "{duplicate:?}"
+    );
+
+    let missing = h
+        .datastore
+        .project_fetch(&"nope".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(missing.error_code(), "ObjectNotFound");
+    assert!(missing.to_string().contains("\"nope\""), "{missing}");
+}
+
+#[tokio::test]
+async fn projects_page_by_name_and_id_in_both_directions() {
+    let h = Harness::new();
+    let names = ["p-c", "p-a", "p-e", "p-b", "p-d"];
+    let mut ids = Vec::new();
+    for name in names {
+        ids.push(h.project(name).await.id().into_untyped_uuid());
+    }
+    let two = NonZeroU32::new(2).unwrap();
+
+    // Walk every page by name, ascending.
+    let mut seen = Vec::new();
+    let mut marker = None;
+    loop {
+        let params = DataPageParams {
+            marker: marker.as_ref(),
+            direction: PaginationOrder::Ascending,
+            limit: two,
+        };
+        let page = h
+            .datastore
+            .project_list(&PaginatedBy::Name(params))
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        marker = Some(last.name().clone());
+        seen.extend(page.iter().map(|p| p.name().to_string()));
+    }
+    assert_eq!(seen, ["p-a", "p-b", "p-c", "p-d", "p-e"]);
+
+    // Descending by name, after a marker.
+    let marker = "p-d".parse().unwrap();
+    let params = DataPageParams {
+        marker: Some(&marker),
+        direction: PaginationOrder::Descending,
+        limit: two,
+    };
+    let page = h
+        .datastore
+        .project_list(&PaginatedBy::Name(params))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|p| p.name().to_string())
+            .collect::<Vec<_>>(),
+        ["p-c", "p-b"]
+    );
+
+    // By id: every project exactly once, in id order.
+    let params = DataPageParams {
+        marker: None,
+        direction: PaginationOrder::Ascending,
+        limit: NonZeroU32::new(100).unwrap(),
+    };
+    let listed: Vec<_> = h
+        .datastore
+        .project_list(&PaginatedBy::Id(params))
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id().into_untyped_uuid())
+        .collect();
+    ids.sort();
+    assert_eq!(listed, ids);
+}
+
+#[tokio::test]
+async fn only_empty_projects_can_be_deleted() {
+    let h = Harness::new();
+    let project = h.project("busy").await;
+    let instance = h.instance(&project, "web").await;
+
+    let refused = h
+        .datastore
+        .project_delete(&"busy".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.error_code(), "InvalidRequest");
+    assert!(
+        refused.to_string().contains("delete them first"),
+        "{refused}"
+    );
+    assert!(
+        h.datastore
+            .project_fetch(&"busy".parse().unwrap())
+            .await
+            .is_ok()
+    );
+
+    h.datastore
+        .instance_mark_destroyed(instance.id())
+        .await
+        .unwrap();
+    assert_eq!(
+        h.datastore
+            .project_delete(&"busy".parse().unwrap())
+            .await
+            .unwrap(),
+        project.id()
+    );
+    let gone = h
+        .datastore
+        .project_fetch(&"busy".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(gone.error_code(), "ObjectNotFound");
+    // Deleting again is "not found", and the name is free again.
+    assert!(
+        h.datastore
+            .project_delete(&"busy".parse().unwrap())
+            .await
+            .is_err()
+    );
+    h.project("busy").await;
+}
+
+#[tokio::test]
+async fn a_project_delete_racing_instance_creates_never_orphans_an_instance() {
+    for round in 0..5 {
+        let h = Harness::with_pool(24);
+        let project = h.project("racy").await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..10 {
+            let datastore = h.datastore.clone();
+            let params = instance_params(&project, &format!("vm-{i}"));
+            tasks.spawn(async move { datastore.instance_insert(params).await.map(|_| ()) });
+        }
+        let datastore = h.datastore.clone();
+        let delete =
+            tokio::spawn(async move { datastore.project_delete(&"racy".parse().unwrap()).await });
+        let mut created = 0;
+        while let Some(result) = tasks.join_next().await {
+            match result.unwrap() {
+                Ok(()) => created += 1,
+                Err(e) => assert_eq!(e.error_code(), "ObjectNotFound", "round {round}: {e}"),
+            }
+        }
+        let deleted = delete.await.unwrap().is_ok();
+        let live_instances: i64 = h
+            .sql(&format!(
+                "SELECT count(*) FROM instance WHERE project_id = '{}' AND time_deleted IS NULL",
+                project.id()
+            ))
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(live_instances, created, "round {round}");
+        assert!(
+            !(deleted && created > 0),
+            "round {round}: project deleted with {created} live instances"
+        );
+    }
+}
