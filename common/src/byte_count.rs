@@ -84,9 +84,9 @@ impl From<ByteCount> for u64 {
 impl fmt::Display for ByteCount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= GIB && b % GIB == 0 {
+        if b >= GIB && b.is_multiple_of(GIB) {
             write!(f, "{} GiB", b / GIB)
-        } else if b >= MIB && b % MIB == 0 {
+        } else if b >= MIB && b.is_multiple_of(MIB) {
             write!(f, "{} MiB", b / MIB)
         } else {
             write!(f, "{b} B")

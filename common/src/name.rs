@@ -202,7 +202,8 @@ mod tests {
 
     #[test]
     fn invalid_names_say_why() {
-        let cases: &[(&str, fn(&NameError) -> bool)] = &[
+        type IsExpected = fn(&NameError) -> bool;
+        let cases: &[(&str, IsExpected)] = &[
             ("", |e| matches!(e, NameError::Empty)),
             ("1abc", |e| matches!(e, NameError::BadFirstCharacter(_))),
             ("-abc", |e| matches!(e, NameError::BadFirstCharacter(_))),

@@ -194,7 +194,7 @@ fn validate_new_instance(params: &NewInstanceParams) -> Result<(), Error> {
         ));
     }
     let memory = params.memory.to_bytes();
-    if memory == 0 || memory % MIB != 0 {
+    if memory == 0 || !memory.is_multiple_of(MIB) {
         return Err(Error::invalid_value(
             "memory",
             format!("memory must be a positive whole number of MiB, got {memory} bytes"),

@@ -27,7 +27,7 @@ pub fn log() -> slog::Logger {
 }
 
 impl Harness {
-    pub fn new() -> Harness {
+    pub(crate) fn new() -> Harness {
         Harness::with_pool(16)
     }
 

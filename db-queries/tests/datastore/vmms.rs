@@ -17,7 +17,7 @@ async fn running_instance(h: &Harness, sled: &Sled, name: &str) -> (Instance, Vm
     let vmm = start_vmm(h, sled, &instance).await;
     let mut runtime = instance.runtime.next();
     runtime.nexus_state = InstanceNexusState::Vmm.into();
-    runtime.active_propolis_id = Some(vmm.id.into());
+    runtime.active_propolis_id = Some(vmm.id);
     assert!(
         h.datastore
             .instance_update_runtime(instance.id(), &runtime)
@@ -72,8 +72,8 @@ async fn migrating(
         .await
         .unwrap();
     let mut runtime = instance.runtime.next();
-    runtime.target_propolis_id = Some(target.id.into());
-    runtime.migration_id = Some(migration.id.into());
+    runtime.target_propolis_id = Some(target.id);
+    runtime.migration_id = Some(migration.id);
     assert!(
         h.datastore
             .instance_update_runtime(instance.id(), &runtime)

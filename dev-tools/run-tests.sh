@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every Halyard check on a fresh Debian machine: installs what is missing (PostgreSQL for
+# the test harness), then formatting, clippy and every test. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+if ((${#missing[@]})); then
+    echo "==> installing: ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy -j2 --workspace --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test -j2 --workspace
