@@ -124,8 +124,13 @@ impl DataStore {
             .await
             .map_err(public_error_from_diesel)?;
         if updated == 0 {
-            // Distinguish "stale" from "no such instance".
-            self.instance_fetch(id).await?;
+            // Distinguish "stale" from "no such instance" (on this connection: taking a second
+            // one while holding the first can starve the pool).
+            instance_fetch_any(conn, id)
+                .await
+                .map_err(TxnError::into_public)?
+                .filter(|found| found.time_deleted.is_none())
+                .ok_or_else(|| instance_not_found(id))?;
         }
         Ok(updated > 0)
     }

@@ -3,7 +3,7 @@
 use super::DataStore;
 use crate::error::{is_foreign_key_violation, public_error_from_diesel};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{GenericUuid, InstanceUuid, MigrationUuid};
 use halyard_common::{Error, ResourceType};
 use halyard_db_model::schema::migration;
@@ -29,19 +29,12 @@ impl DataStore {
                     public_error_from_diesel(e)
                 }
             })?;
-        self.migration_fetch(new.id()).await
+        migration_fetch(conn, new.id()).await
     }
 
     pub async fn migration_fetch(&self, id: MigrationUuid) -> Result<Migration, Error> {
         let conn = &mut *self.connection().await?;
-        migration::table
-            .filter(migration::id.eq(DbTypedUuid(id)))
-            .select(Migration::as_select())
-            .first(conn)
-            .await
-            .optional()
-            .map_err(public_error_from_diesel)?
-            .ok_or_else(|| Error::not_found_by_id(ResourceType::Migration, id.into_untyped_uuid()))
+        migration_fetch(conn, id).await
     }
 
     /// An instance's migrations (every instance's if `None`), oldest first.
@@ -60,4 +53,18 @@ impl DataStore {
             .await
             .map_err(public_error_from_diesel)
     }
+}
+
+async fn migration_fetch(
+    conn: &mut AsyncPgConnection,
+    id: MigrationUuid,
+) -> Result<Migration, Error> {
+    migration::table
+        .filter(migration::id.eq(DbTypedUuid(id)))
+        .select(Migration::as_select())
+        .first(conn)
+        .await
+        .optional()
+        .map_err(public_error_from_diesel)?
+        .ok_or_else(|| Error::not_found_by_id(ResourceType::Migration, id.into_untyped_uuid()))
 }

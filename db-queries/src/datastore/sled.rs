@@ -254,6 +254,11 @@ async fn reserve_once(
     };
 
     let Some(sled_id) = claimed else {
+        // A repeat of this same reservation may have committed while this claim waited for
+        // the sled row (and so found the room gone): then that reservation is the answer.
+        if let Some(existing) = reservation_fetch(conn, vmm_id).await? {
+            return Ok(existing);
+        }
         return Err(no_room(conn, choice, resources).await);
     };
     let reservation = SledReservation::new(vmm_id, sled_id.0, instance_id, resources);
