@@ -186,6 +186,20 @@ impl Error {
     }
 }
 
+impl From<Error> for dropshot::HttpError {
+    fn from(error: Error) -> Self {
+        let status = dropshot::ErrorStatusCode::from_u16(error.status_code())
+            .unwrap_or(dropshot::ErrorStatusCode::INTERNAL_SERVER_ERROR);
+        dropshot::HttpError {
+            status_code: status,
+            error_code: Some(error.error_code().to_string()),
+            external_message: error.external_message(),
+            internal_message: error.to_string(),
+            headers: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +225,17 @@ mod tests {
         assert!(!e.external_message().contains("pool"));
         assert!(Error::unavailable("database").is_retryable());
         assert!(!Error::conflict("instance is running").is_retryable());
+    }
+
+    #[test]
+    fn errors_become_http_errors_with_code_status_and_message() {
+        let http: dropshot::HttpError = Error::insufficient_capacity("no room").into();
+        assert_eq!(http.status_code.as_u16(), 507);
+        assert_eq!(http.error_code.as_deref(), Some("InsufficientCapacity"));
+        assert_eq!(http.external_message, "no room");
+        let http: dropshot::HttpError = Error::internal("secret detail").into();
+        assert_eq!(http.status_code.as_u16(), 500);
+        assert!(!http.external_message.contains("secret"));
+        assert!(http.internal_message.contains("secret"));
     }
 }

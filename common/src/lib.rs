@@ -9,6 +9,7 @@ mod byte_count;
 mod error;
 mod generation;
 pub mod ids;
+pub mod internal_api;
 mod labelled;
 mod name;
 mod states;

@@ -1,0 +1,202 @@
+//! The sled agent's HTTP API, as a dropshot trait apart from its implementation.
+//!
+//! Nexus calls it to register, drive and unregister VMMs; other sled agents call it to push a
+//! live migration into a target VMM; operators (omdb) read it. `openapi/sled-agent.json` is
+//! generated from this trait (`cargo xtask openapi generate`) and the `sled-agent-client`
+//! crate from that document.
+
+use dropshot::{
+    HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody,
+};
+use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
+use halyard_common::internal_api::SledVmmState;
+use halyard_common::{ByteCount, SledBackend};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+#[dropshot::api_description]
+pub trait SledAgentApi {
+    type Context;
+
+    /// Register a VMM on this sled (idempotent: the same body again is a no-op; a different
+    /// body for a known id is refused with 409). The VMM does not run until asked to.
+    #[endpoint { method = PUT, path = "/vmms/{propolis_id}" }]
+    async fn vmm_register(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        body: TypedBody<VmmRegisterBody>,
+    ) -> Result<HttpResponseOk<SledVmmState>, HttpError>;
+
+    /// Unregister a VMM: stop it if it runs and forget it. Idempotent: an unknown VMM is
+    /// already unregistered.
+    #[endpoint { method = DELETE, path = "/vmms/{propolis_id}" }]
+    async fn vmm_unregister(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    /// Ask a VMM to move to a state: run, stop, reboot, or migrate out to a target VMM.
+    #[endpoint { method = PUT, path = "/vmms/{propolis_id}/state" }]
+    async fn vmm_put_state(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        body: TypedBody<VmmPutStateBody>,
+    ) -> Result<HttpResponseOk<SledVmmState>, HttpError>;
+
+    /// A VMM's current state (including destroyed VMMs not yet unregistered).
+    #[endpoint { method = GET, path = "/vmms/{propolis_id}/state" }]
+    async fn vmm_get_state(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+    ) -> Result<HttpResponseOk<SledVmmState>, HttpError>;
+
+    /// The VMMs this sled runs (destroyed ones are gone from this list).
+    #[endpoint { method = GET, path = "/vmms" }]
+    async fn vmm_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<VmmSummary>>, HttpError>;
+
+    /// Sled agent to sled agent: the source of a live migration pushes one phase into the
+    /// target VMM (which must have been registered as this migration's target).
+    #[endpoint { method = PUT, path = "/vmms/{propolis_id}/migration-in" }]
+    async fn vmm_migration_in(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        body: TypedBody<MigrationInStep>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    /// Inject a fault into a VMM (simulated backend only; other backends refuse with 400).
+    #[endpoint { method = PUT, path = "/vmms/{propolis_id}/sim-fault" }]
+    async fn vmm_inject_fault(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        body: TypedBody<SimFault>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    /// What this sled is and has.
+    #[endpoint { method = GET, path = "/inventory" }]
+    async fn inventory(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Inventory>, HttpError>;
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct VmmPathParam {
+    pub propolis_id: VmmUuid,
+}
+
+/// What a VMM incarnates, and where it comes from if it is a migration target.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VmmRegisterBody {
+    pub instance_id: InstanceUuid,
+    pub ncpus: u16,
+    pub memory: ByteCount,
+    pub hostname: String,
+    /// Set when this VMM is the target of a live migration.
+    pub migration_target: Option<MigrationTarget>,
+}
+
+/// The source a migration target will receive its instance from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct MigrationTarget {
+    pub migration_id: MigrationUuid,
+    pub source_propolis_id: VmmUuid,
+    /// The source VMM's sled agent.
+    pub source_address: SocketAddr,
+}
+
+/// A state a VMM can be asked to move to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum VmmStateRequested {
+    /// Boot the VMM (a no-op if it is already starting or running).
+    Run,
+    /// Shut it down; it is destroyed once stopped (a no-op if already on its way).
+    Stop,
+    /// Reboot a running VMM.
+    Reboot,
+    /// Send the running instance to a target VMM registered for this migration.
+    MigrateOut {
+        migration_id: MigrationUuid,
+        target_propolis_id: VmmUuid,
+        /// The target VMM's sled agent.
+        target_address: SocketAddr,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VmmPutStateBody {
+    pub state: VmmStateRequested,
+}
+
+/// One VMM this sled runs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VmmSummary {
+    pub propolis_id: VmmUuid,
+    pub instance_id: InstanceUuid,
+    pub ncpus: u16,
+    pub memory: ByteCount,
+    pub hostname: String,
+    pub state: SledVmmState,
+}
+
+/// The phases of a live migration, in order. The source pushes each to the target.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPhase {
+    /// Copy memory while the source keeps running.
+    Sync,
+    /// Pause the source.
+    Pause,
+    /// Copy the remaining memory and device state.
+    Transfer,
+    /// Resume the instance on the target.
+    Finish,
+}
+
+impl MigrationPhase {
+    pub const ALL: [MigrationPhase; 4] = [
+        MigrationPhase::Sync,
+        MigrationPhase::Pause,
+        MigrationPhase::Transfer,
+        MigrationPhase::Finish,
+    ];
+}
+
+/// One step of an inbound migration, from the source's sled agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct MigrationInStep {
+    pub migration_id: MigrationUuid,
+    pub source_propolis_id: VmmUuid,
+    pub phase: MigrationPhase,
+}
+
+/// A fault to inject into a simulated VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SimFault {
+    /// The next start fails: the VMM goes from starting to failed.
+    FailNextStart,
+    /// A running VMM crashes now: it goes to failed.
+    Crash,
+    /// The next transition (start, stop, reboot) never finishes until the VMM is
+    /// unregistered.
+    HangNextTransition,
+    /// The VMM's next migration (in or out) fails at this phase.
+    FailMigration { phase: MigrationPhase },
+}
+
+/// What this sled is and has.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct Inventory {
+    pub sled_id: SledUuid,
+    pub address: SocketAddr,
+    pub backend: SledBackend,
+    pub hardware_threads: u32,
+    pub physical_ram: ByteCount,
+    /// VMMs registered and not yet destroyed.
+    pub vmm_count: u64,
+}

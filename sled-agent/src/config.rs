@@ -1,0 +1,157 @@
+//! The sled agent's TOML configuration.
+
+use halyard_common::ids::SledUuid;
+use halyard_common::{ByteCount, SledBackend};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything a sled agent needs to know at start.
+///
+/// ```toml
+/// sled_id = "4a1b8f2e-8d7c-4a8e-9f0a-2b3c4d5e6f70"
+/// listen_address = "127.0.0.1:12400"
+/// nexus_address = "127.0.0.1:12221"
+/// backend = "sim"
+/// hardware_threads = 32
+/// physical_ram = 68719476736            # bytes
+/// registration_interval_ms = 10000     # optional
+///
+/// [sim]                                 # optional; all delays default to 0
+/// start_delay_ms = 200
+/// stop_delay_ms = 100
+/// reboot_delay_ms = 100
+/// migration_phase_delay_ms = 50
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub sled_id: SledUuid,
+    /// Where the API listens (port 0: any free port; the real one is what gets registered).
+    pub listen_address: SocketAddr,
+    /// Nexus's internal API.
+    pub nexus_address: SocketAddr,
+    pub backend: SledBackend,
+    /// Hardware threads offered to VMMs.
+    pub hardware_threads: u32,
+    /// Memory offered to VMMs, in bytes.
+    pub physical_ram: ByteCount,
+    /// How often the sled re-registers with Nexus, so a restarted Nexus learns it again.
+    #[serde(default = "default_registration_interval_ms")]
+    pub registration_interval_ms: u64,
+    #[serde(default)]
+    pub sim: SimConfig,
+}
+
+/// How the simulated backend behaves: the time each transition takes.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    #[serde(default)]
+    pub start_delay_ms: u64,
+    #[serde(default)]
+    pub stop_delay_ms: u64,
+    #[serde(default)]
+    pub reboot_delay_ms: u64,
+    #[serde(default)]
+    pub migration_phase_delay_ms: u64,
+}
+
+fn default_registration_interval_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: display,
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.backend != SledBackend::Sim {
+            return Err(ConfigError::Invalid(format!(
+                "backend \"{}\" is not available in this build; use \"sim\"",
+                self.backend
+            )));
+        }
+        if self.registration_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "registration_interval_ms must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn registration_interval(&self) -> Duration {
+        Duration::from_millis(self.registration_interval_ms)
+    }
+}
+
+impl SimConfig {
+    pub fn start_delay(&self) -> Duration {
+        Duration::from_millis(self.start_delay_ms)
+    }
+    pub fn stop_delay(&self) -> Duration {
+        Duration::from_millis(self.stop_delay_ms)
+    }
+    pub fn reboot_delay(&self) -> Duration {
+        Duration::from_millis(self.reboot_delay_ms)
+    }
+    pub fn migration_phase_delay(&self) -> Duration {
+        Duration::from_millis(self.migration_phase_delay_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = "sled_id = \"4a1b8f2e-8d7c-4a8e-9f0a-2b3c4d5e6f70\"\n\
+            listen_address = \"127.0.0.1:0\"\nnexus_address = \"127.0.0.1:12221\"\n\
+            backend = \"sim\"\nhardware_threads = 32\nphysical_ram = 68719476736\n\
+            [sim]\nstart_delay_ms = 200\n";
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.sim.start_delay(), Duration::from_millis(200));
+        assert_eq!(config.registration_interval(), Duration::from_secs(10));
+        assert!(toml::from_str::<Config>(&format!("{text}bogus = 1\n")).is_err());
+        let qemu = Config {
+            backend: SledBackend::Qemu,
+            ..config
+        };
+        assert!(
+            qemu.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("use \"sim\"")
+        );
+    }
+}

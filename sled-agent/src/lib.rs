@@ -1,0 +1,75 @@
+//! The sled agent: runs the VMMs of one sled and reports their state to Nexus.
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`sled_agent`]: the table of VMMs and what each API call does to it.
+//! - `sim`: the simulated backend (one task per VMM walking the VMM state machine).
+//! - `reporter`: one task per VMM pushing its newest state to Nexus, in order, with retries.
+//! - `registration`: keeps the sled registered with Nexus.
+//! - `http_entrypoints`: the `SledAgentApi` implementation.
+
+pub mod config;
+mod http_entrypoints;
+mod registration;
+mod reporter;
+mod sim;
+pub mod sled_agent;
+
+pub use config::{Config, SimConfig};
+pub use sled_agent::SledAgent;
+
+use anyhow::Context;
+use slog::Logger;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A running sled agent: its HTTP server and background tasks.
+pub struct Server {
+    http: dropshot::HttpServer<Arc<SledAgent>>,
+    agent: Arc<SledAgent>,
+    registration: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts the API server, then begins registering with Nexus.
+    pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Server> {
+        config.validate()?;
+        let agent = SledAgent::new(config, log);
+        let api = halyard_sled_agent_api::sled_agent_api_mod::api_description::<
+            http_entrypoints::SledAgentImpl,
+        >()
+        .map_err(|e| anyhow::anyhow!("building the sled agent API: {e}"))?;
+        let dropshot_config = dropshot::ConfigDropshot {
+            bind_address: config.listen_address,
+            default_request_body_max_bytes: 1024 * 1024,
+            ..Default::default()
+        };
+        let http = dropshot::ServerBuilder::new(api, Arc::clone(&agent), log.clone())
+            .config(dropshot_config)
+            .start()
+            .with_context(|| format!("starting the sled agent API on {}", config.listen_address))?;
+        agent.set_address(http.local_addr());
+        let registration = registration::spawn(Arc::clone(&agent), config.registration_interval());
+        Ok(Server {
+            http,
+            agent,
+            registration,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    pub fn agent(&self) -> &Arc<SledAgent> {
+        &self.agent
+    }
+
+    /// Stops serving and registering. VMM tasks end with the runtime.
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.registration.abort();
+        self.http
+            .close()
+            .await
+            .map_err(|e| anyhow::anyhow!("stopping the API server: {e}"))
+    }
+}

@@ -1,0 +1,529 @@
+//! The simulated VMM backend: each VMM is one task walking the VMM state machine.
+//!
+//! ```text
+//!  creating ──run──► starting ──(start delay)──► running ──reboot──► rebooting ─┐
+//!     │                 │                          │  ▲                       │
+//!     │                 │                          │  └──(reboot delay)───────┘
+//!     └──────stop───────┴─────────stop─────────────┴──► stopping ──(stop delay)──► stopped ─► gone
+//!  running ──migrate out──► migrating ──(phases pushed to the target)──► stopped ─► gone
+//!                                      └──(a phase fails)──► running
+//!  target: creating ──sync──► migrating ──finish──► running
+//! ```
+//!
+//! "Gone" is the task returning; the sled agent then removes the VMM from its table and only
+//! then publishes the terminal state (destroyed, or failed after a crash or failed start), so
+//! a VMM is never reported destroyed while it still exists. Faults can be injected through the
+//! API: fail the next start, crash now, hang the next transition, fail a migration at a phase.
+//! Delays come from the config and may be zero; a VMM costs one task and a few hundred bytes,
+//! so a sled agent holds thousands.
+
+use crate::config::SimConfig;
+use chrono::Utc;
+use halyard_common::ids::{MigrationUuid, VmmUuid};
+use halyard_common::internal_api::{MigrationRuntimeState, SledVmmState, VmmRuntimeState};
+use halyard_common::{Error, Generation, MigrationState, VmmState};
+use halyard_sled_agent_api::{
+    MigrationInStep, MigrationPhase, MigrationTarget, SimFault, VmmStateRequested,
+};
+use slog::{Logger, info, warn};
+use std::net::SocketAddr;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+/// What the sled agent (or the VMM's own migration driver) asks of a VMM's task.
+pub(crate) enum Command {
+    Request {
+        requested: VmmStateRequested,
+        reply: oneshot::Sender<Result<SledVmmState, Error>>,
+    },
+    MigrationIn {
+        step: MigrationInStep,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Fault {
+        fault: SimFault,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// From the migration driver: may this phase proceed on the source?
+    MigrationOutPhase {
+        phase: MigrationPhase,
+        reply: oneshot::Sender<bool>,
+    },
+    /// From the migration driver: how the migration ended.
+    MigrationOutFinished { result: Result<(), String> },
+    /// Unregister: the VMM is destroyed at once.
+    Kill,
+}
+
+/// A state change waiting for its delay to pass.
+#[derive(Debug, Clone, Copy)]
+enum Transition {
+    BootDone,
+    RebootDone,
+    StopDone,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    transition: Transition,
+    /// `None`: hung (an injected fault); it never completes.
+    at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    fail_next_start: bool,
+    hang_next_transition: bool,
+    fail_migration_at: Option<MigrationPhase>,
+}
+
+/// An outbound migration in progress.
+#[derive(Debug, Clone, Copy)]
+struct MigrationOut {
+    migration_id: MigrationUuid,
+    target_propolis_id: VmmUuid,
+}
+
+/// One simulated VMM. Owned by its task; everything else talks to it through [`Command`]s
+/// and reads its state from the watch channel it publishes to.
+pub(crate) struct SimVmm {
+    id: VmmUuid,
+    config: SimConfig,
+    state: SledVmmState,
+    publish: watch::Sender<SledVmmState>,
+    pending: Option<Pending>,
+    faults: Faults,
+    migration_target: Option<MigrationTarget>,
+    /// The last phase of an inbound migration accepted so far.
+    migration_in_phase: Option<MigrationPhase>,
+    migration_out: Option<MigrationOut>,
+    /// For the migration driver to talk back to this task.
+    commands: mpsc::WeakSender<Command>,
+    log: Logger,
+}
+
+/// How a VMM's task ended: its terminal state and the channel to publish it on.
+pub(crate) struct Ended {
+    pub final_state: VmmState,
+    pub publish: watch::Sender<SledVmmState>,
+}
+
+impl SimVmm {
+    /// A registered VMM in state `creating` (with its inbound migration pending, for a
+    /// migration target), and the receiver of its state.
+    pub(crate) fn new(
+        id: VmmUuid,
+        config: SimConfig,
+        migration_target: Option<MigrationTarget>,
+        commands: mpsc::WeakSender<Command>,
+        log: Logger,
+    ) -> (SimVmm, watch::Receiver<SledVmmState>) {
+        let now = Utc::now();
+        let state = SledVmmState {
+            vmm_state: VmmRuntimeState {
+                state: VmmState::Creating,
+                generation: Generation::new(),
+                time_updated: now,
+            },
+            migration_in: migration_target.map(|target| MigrationRuntimeState {
+                migration_id: target.migration_id,
+                state: MigrationState::Pending,
+                generation: Generation::new(),
+                time_updated: now,
+            }),
+            migration_out: None,
+        };
+        let (publish, receiver) = watch::channel(state);
+        let vmm = SimVmm {
+            id,
+            config,
+            state,
+            publish,
+            pending: None,
+            faults: Faults::default(),
+            migration_target,
+            migration_in_phase: None,
+            migration_out: None,
+            commands,
+            log,
+        };
+        (vmm, receiver)
+    }
+
+    /// Runs the VMM until it is gone.
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Ended {
+        loop {
+            let deadline = self.pending.and_then(|p| p.at);
+            let done = tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    // The sled agent is shutting down.
+                    None => Some(VmmState::Destroyed),
+                },
+                _ = sleep_until(deadline) => self.complete_pending(),
+            };
+            if let Some(final_state) = done {
+                info!(self.log, "VMM is gone"; "final_state" => %final_state);
+                return Ended {
+                    final_state,
+                    publish: self.publish,
+                };
+            }
+        }
+    }
+
+    fn current(&self) -> VmmState {
+        self.state.vmm_state.state
+    }
+
+    fn set_state(&mut self, state: VmmState) {
+        let vmm = &mut self.state.vmm_state;
+        if vmm.state != state {
+            *vmm = VmmRuntimeState {
+                state,
+                generation: vmm.generation.next(),
+                time_updated: Utc::now(),
+            };
+            self.publish.send_replace(self.state);
+        }
+    }
+
+    fn set_migration_in(&mut self, state: MigrationState) {
+        if let Some(side) = self
+            .state
+            .migration_in
+            .as_mut()
+            .filter(|s| s.state != state)
+        {
+            side.state = state;
+            side.generation = side.generation.next();
+            side.time_updated = Utc::now();
+            self.publish.send_replace(self.state);
+        }
+    }
+
+    fn set_migration_out(&mut self, migration_id: MigrationUuid, state: MigrationState) {
+        let now = Utc::now();
+        let side = match self.state.migration_out.as_mut() {
+            Some(side) if side.migration_id == migration_id => side,
+            _ => self.state.migration_out.insert(MigrationRuntimeState {
+                migration_id,
+                state: MigrationState::Pending,
+                generation: Generation::new(),
+                time_updated: now,
+            }),
+        };
+        if side.state != state {
+            side.state = state;
+            side.generation = side.generation.next();
+            side.time_updated = now;
+            self.publish.send_replace(self.state);
+        }
+    }
+
+    /// Schedules `transition` after `delay`, unless a hang was injected.
+    fn schedule(&mut self, transition: Transition, delay: std::time::Duration) {
+        let hang = std::mem::take(&mut self.faults.hang_next_transition);
+        self.pending = Some(Pending {
+            transition,
+            at: (!hang).then(|| Instant::now() + delay),
+        });
+    }
+
+    /// Handles one command; returns the final state if the VMM is now gone.
+    fn handle(&mut self, command: Command) -> Option<VmmState> {
+        match command {
+            Command::Request { requested, reply } => {
+                let result = self.request(requested);
+                let _ = reply.send(result.map(|()| self.state));
+                None
+            }
+            Command::MigrationIn { step, reply } => {
+                let (result, gone) = self.migration_in(step);
+                let _ = reply.send(result);
+                gone
+            }
+            Command::Fault { fault, reply } => {
+                let (result, gone) = self.inject(fault);
+                let _ = reply.send(result);
+                gone
+            }
+            Command::MigrationOutPhase { phase, reply } => {
+                let fail = self.faults.fail_migration_at == Some(phase);
+                let _ = reply.send(!fail);
+                None
+            }
+            Command::MigrationOutFinished { result } => self.migration_out_finished(result),
+            Command::Kill => Some(VmmState::Destroyed),
+        }
+    }
+
+    fn conflict(&self, what: &str, why: &str) -> Error {
+        Error::conflict(format!(
+            "cannot {what} VMM {}: it is {}; {why}",
+            self.id,
+            self.current()
+        ))
+    }
+
+    fn request(&mut self, requested: VmmStateRequested) -> Result<(), Error> {
+        use VmmState::*;
+        match requested {
+            VmmStateRequested::Run => match self.current() {
+                Creating if self.migration_target.is_some() => Err(self.conflict(
+                    "run",
+                    "it is a migration target and starts when its migration completes",
+                )),
+                Creating => {
+                    self.set_state(Starting);
+                    let delay = self.config.start_delay();
+                    self.schedule(Transition::BootDone, delay);
+                    Ok(())
+                }
+                Starting | Running | Rebooting => Ok(()),
+                Migrating => Err(self.conflict("run", "wait for its migration to finish")),
+                _ => Err(self.conflict(
+                    "run",
+                    "a stopped VMM never runs again; start the instance on a new VMM",
+                )),
+            },
+            VmmStateRequested::Stop => match self.current() {
+                Stopping | Stopped => Ok(()),
+                Migrating => Err(self.conflict("stop", "wait for its migration to finish")),
+                _ => {
+                    self.set_state(Stopping);
+                    let delay = self.config.stop_delay();
+                    self.schedule(Transition::StopDone, delay);
+                    Ok(())
+                }
+            },
+            VmmStateRequested::Reboot => match self.current() {
+                Rebooting => Ok(()),
+                Running => {
+                    self.set_state(Rebooting);
+                    let delay = self.config.reboot_delay();
+                    self.schedule(Transition::RebootDone, delay);
+                    Ok(())
+                }
+                _ => Err(self.conflict("reboot", "only a running VMM can reboot")),
+            },
+            VmmStateRequested::MigrateOut {
+                migration_id,
+                target_propolis_id,
+                target_address,
+            } => match (self.current(), self.migration_out) {
+                (Migrating, Some(out))
+                    if out.migration_id == migration_id
+                        && out.target_propolis_id == target_propolis_id =>
+                {
+                    Ok(())
+                }
+                (Running, None) => {
+                    self.start_migration_out(migration_id, target_propolis_id, target_address);
+                    Ok(())
+                }
+                (Running, Some(out)) => Err(self.conflict(
+                    "migrate",
+                    &format!("it already migrated out (migration {})", out.migration_id),
+                )),
+                _ => Err(self.conflict("migrate", "only a running VMM can migrate out")),
+            },
+        }
+    }
+
+    fn complete_pending(&mut self) -> Option<VmmState> {
+        let pending = self.pending.take()?;
+        match pending.transition {
+            Transition::BootDone if std::mem::take(&mut self.faults.fail_next_start) => {
+                warn!(self.log, "injected fault: start failed");
+                Some(VmmState::Failed)
+            }
+            Transition::BootDone | Transition::RebootDone => {
+                self.set_state(VmmState::Running);
+                None
+            }
+            Transition::StopDone => {
+                self.set_state(VmmState::Stopped);
+                Some(VmmState::Destroyed)
+            }
+        }
+    }
+
+    fn inject(&mut self, fault: SimFault) -> (Result<(), Error>, Option<VmmState>) {
+        info!(self.log, "injecting fault"; "fault" => ?fault);
+        match fault {
+            SimFault::FailNextStart => self.faults.fail_next_start = true,
+            SimFault::HangNextTransition => self.faults.hang_next_transition = true,
+            SimFault::FailMigration { phase } => self.faults.fail_migration_at = Some(phase),
+            SimFault::Crash => {
+                return match self.current() {
+                    VmmState::Starting
+                    | VmmState::Running
+                    | VmmState::Rebooting
+                    | VmmState::Migrating => (Ok(()), Some(VmmState::Failed)),
+                    _ => (
+                        Err(self.conflict("crash", "only a VMM that runs can crash")),
+                        None,
+                    ),
+                };
+            }
+        }
+        (Ok(()), None)
+    }
+
+    fn start_migration_out(
+        &mut self,
+        migration_id: MigrationUuid,
+        target_propolis_id: VmmUuid,
+        target_address: SocketAddr,
+    ) {
+        info!(self.log, "migrating out"; "migration_id" => %migration_id,
+            "target" => %target_propolis_id, "target_address" => %target_address);
+        self.migration_out = Some(MigrationOut {
+            migration_id,
+            target_propolis_id,
+        });
+        self.set_migration_out(migration_id, MigrationState::InProgress);
+        self.set_state(VmmState::Migrating);
+        let driver = MigrationDriver {
+            source_propolis_id: self.id,
+            migration_id,
+            target_propolis_id,
+            target: halyard_sled_agent_client::Client::new(&format!("http://{target_address}")),
+            phase_delay: self.config.migration_phase_delay(),
+            commands: self.commands.clone(),
+        };
+        tokio::spawn(driver.run());
+    }
+
+    fn migration_out_finished(&mut self, result: Result<(), String>) -> Option<VmmState> {
+        let out = self.migration_out?;
+        match result {
+            Ok(()) => {
+                info!(self.log, "migrated out"; "migration_id" => %out.migration_id);
+                self.set_migration_out(out.migration_id, MigrationState::Completed);
+                // The instance lives on the target now; this VMM's work is done.
+                self.set_state(VmmState::Stopped);
+                Some(VmmState::Destroyed)
+            }
+            Err(reason) => {
+                warn!(self.log, "migration out failed; still running here";
+                    "migration_id" => %out.migration_id, "reason" => reason);
+                self.set_migration_out(out.migration_id, MigrationState::Failed);
+                self.set_state(VmmState::Running);
+                None
+            }
+        }
+    }
+
+    fn migration_in(&mut self, step: MigrationInStep) -> (Result<(), Error>, Option<VmmState>) {
+        let expected = self.migration_target.filter(|t| {
+            t.migration_id == step.migration_id && t.source_propolis_id == step.source_propolis_id
+        });
+        if expected.is_none() {
+            let err = Error::conflict(format!(
+                "VMM {} is not the target of migration {} from VMM {}",
+                self.id, step.migration_id, step.source_propolis_id
+            ));
+            return (Err(err), None);
+        }
+        if self
+            .migration_in_phase
+            .is_some_and(|last| step.phase < last)
+        {
+            return (Ok(()), None); // a repeat of an earlier phase
+        }
+        if self.faults.fail_migration_at == Some(step.phase) {
+            warn!(self.log, "injected fault: inbound migration fails"; "phase" => ?step.phase);
+            self.set_migration_in(MigrationState::Failed);
+            let err = Error::conflict(format!(
+                "migration {} failed on target VMM {} at phase {:?}",
+                step.migration_id, self.id, step.phase
+            ));
+            // Half an instance is no instance: the target is gone.
+            return (Err(err), Some(VmmState::Destroyed));
+        }
+        let expected_next = match self.migration_in_phase {
+            None => MigrationPhase::Sync,
+            Some(last) => MigrationPhase::ALL
+                .into_iter()
+                .find(|p| *p > last)
+                .unwrap_or(MigrationPhase::Finish),
+        };
+        if step.phase != expected_next && Some(step.phase) != self.migration_in_phase {
+            let err = Error::conflict(format!(
+                "migration {} phase {:?} arrived out of order (expected {:?})",
+                step.migration_id, step.phase, expected_next
+            ));
+            return (Err(err), None);
+        }
+        self.migration_in_phase = Some(step.phase);
+        match step.phase {
+            MigrationPhase::Sync => {
+                self.set_migration_in(MigrationState::InProgress);
+                self.set_state(VmmState::Migrating);
+            }
+            MigrationPhase::Pause | MigrationPhase::Transfer => {}
+            MigrationPhase::Finish => {
+                self.set_migration_in(MigrationState::Completed);
+                self.set_state(VmmState::Running);
+            }
+        }
+        (Ok(()), None)
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Pushes an outbound migration's phases to the target's sled agent, asking the source VMM
+/// before each phase whether it may go on (so a fault can stop it at any phase).
+struct MigrationDriver {
+    source_propolis_id: VmmUuid,
+    migration_id: MigrationUuid,
+    target_propolis_id: VmmUuid,
+    target: halyard_sled_agent_client::Client,
+    phase_delay: std::time::Duration,
+    commands: mpsc::WeakSender<Command>,
+}
+
+impl MigrationDriver {
+    async fn run(self) {
+        let result = self.push_phases().await;
+        if let Some(commands) = self.commands.upgrade() {
+            let _ = commands
+                .send(Command::MigrationOutFinished { result })
+                .await;
+        }
+    }
+
+    async fn push_phases(&self) -> Result<(), String> {
+        for phase in MigrationPhase::ALL {
+            tokio::time::sleep(self.phase_delay).await;
+            let (reply, may_proceed) = oneshot::channel();
+            let commands = self.commands.upgrade().ok_or("the source VMM is gone")?;
+            commands
+                .send(Command::MigrationOutPhase { phase, reply })
+                .await
+                .map_err(|_| "the source VMM is gone")?;
+            drop(commands);
+            if !may_proceed.await.map_err(|_| "the source VMM is gone")? {
+                return Err(format!("injected fault on the source at phase {phase:?}"));
+            }
+            let step = MigrationInStep {
+                migration_id: self.migration_id,
+                source_propolis_id: self.source_propolis_id,
+                phase,
+            };
+            self.target
+                .vmm_migration_in(&self.target_propolis_id, &step)
+                .await
+                .map_err(|e| format!("target refused phase {phase:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}

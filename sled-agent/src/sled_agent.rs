@@ -1,0 +1,326 @@
+//! The sled agent's state: the table of its VMMs, and what each API call does to it.
+
+use crate::config::{Config, SimConfig};
+use crate::reporter;
+use crate::sim::{Command, Ended, SimVmm};
+use chrono::Utc;
+use halyard_common::ids::{GenericUuid, SledUuid, VmmUuid};
+use halyard_common::internal_api::{SledAgentInfo, SledVmmState, VmmRuntimeState};
+use halyard_common::{ByteCount, Error, ResourceType, SledBackend};
+use halyard_sled_agent_api::{
+    Inventory, MigrationInStep, SimFault, VmmRegisterBody, VmmStateRequested, VmmSummary,
+};
+use slog::{Logger, info, o};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// One registered VMM: live (it has a task to command) or gone (destroyed or failed, kept so
+/// its final state can still be read until Nexus unregisters it).
+struct VmmEntry {
+    params: VmmRegisterBody,
+    state: watch::Receiver<SledVmmState>,
+    commands: Option<mpsc::Sender<Command>>,
+}
+
+pub struct SledAgent {
+    id: SledUuid,
+    backend: SledBackend,
+    hardware_threads: u32,
+    physical_ram: ByteCount,
+    sim: SimConfig,
+    /// Set once the HTTP server is bound.
+    address: OnceLock<SocketAddr>,
+    vmms: Mutex<BTreeMap<VmmUuid, VmmEntry>>,
+    nexus: halyard_nexus_client::Client,
+    log: Logger,
+}
+
+impl SledAgent {
+    pub fn new(config: &Config, log: &Logger) -> Arc<SledAgent> {
+        let nexus = halyard_nexus_client::Client::new(&format!("http://{}", config.nexus_address));
+        Arc::new(SledAgent {
+            id: config.sled_id,
+            backend: config.backend,
+            hardware_threads: config.hardware_threads,
+            physical_ram: config.physical_ram,
+            sim: config.sim,
+            address: OnceLock::new(),
+            vmms: Mutex::new(BTreeMap::new()),
+            nexus,
+            log: log.new(o!("sled_id" => config.sled_id.to_string())),
+        })
+    }
+
+    pub(crate) fn set_address(&self, address: SocketAddr) {
+        let _ = self.address.set(address);
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        *self
+            .address
+            .get()
+            .expect("the server binds before anything asks")
+    }
+
+    pub(crate) fn nexus(&self) -> &halyard_nexus_client::Client {
+        &self.nexus
+    }
+
+    pub(crate) fn log(&self) -> &Logger {
+        &self.log
+    }
+
+    /// What this sled tells Nexus when it registers.
+    pub fn registration(&self) -> SledAgentInfo {
+        SledAgentInfo {
+            address: self.address(),
+            backend: self.backend,
+            hardware_threads: self.hardware_threads,
+            physical_ram: self.physical_ram,
+        }
+    }
+
+    pub fn id(&self) -> SledUuid {
+        self.id
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<VmmUuid, VmmEntry>> {
+        // A panic while holding the lock leaves the table consistent (every change is one
+        // insert or update), so a poisoned lock is still usable.
+        self.vmms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn not_found(id: VmmUuid) -> Error {
+        Error::not_found_by_id(ResourceType::Vmm, id.into_untyped_uuid())
+    }
+
+    /// Registers a VMM (idempotent for the same body; a different body is a conflict).
+    pub fn vmm_register(
+        self: &Arc<Self>,
+        id: VmmUuid,
+        params: VmmRegisterBody,
+    ) -> Result<SledVmmState, Error> {
+        validate_register(&params)?;
+        let mut table = self.table();
+        if let Some(existing) = table.get(&id) {
+            if existing.params != params {
+                return Err(Error::conflict(format!(
+                    "VMM {id} is already registered with different parameters; \
+                     unregister it first or use a new VMM id"
+                )));
+            }
+            return Ok(*existing.state.borrow());
+        }
+        let log = self.log.new(o!("propolis_id" => id.to_string(),
+            "instance_id" => params.instance_id.to_string()));
+        let (commands, receiver) = mpsc::channel(16);
+        let (vmm, state) = SimVmm::new(
+            id,
+            self.sim,
+            params.migration_target,
+            commands.downgrade(),
+            log.clone(),
+        );
+        let initial = *state.borrow();
+        table.insert(
+            id,
+            VmmEntry {
+                params,
+                state: state.clone(),
+                commands: Some(commands),
+            },
+        );
+        drop(table);
+
+        info!(log, "VMM registered");
+        reporter::spawn(id, state, self.nexus.clone(), log);
+        let task = tokio::spawn(vmm.run(receiver));
+        let agent = Arc::clone(self);
+        tokio::spawn(async move {
+            let ended = match task.await {
+                Ok(ended) => ended,
+                Err(e) => {
+                    // The VMM's task panicked: it is gone, and failed.
+                    slog::error!(agent.log, "VMM task died"; "propolis_id" => %id, "error" => %e);
+                    return agent.vmm_gone_without_publisher(id);
+                }
+            };
+            agent.vmm_gone(id, ended);
+        });
+        Ok(initial)
+    }
+
+    /// The VMM's task has ended: take it out of the live table, and only then publish its
+    /// terminal state (so Nexus never hears "destroyed" about a VMM that still exists).
+    fn vmm_gone(&self, id: VmmUuid, ended: Ended) {
+        if let Some(entry) = self.table().get_mut(&id) {
+            entry.commands = None;
+        }
+        let previous = ended.publish.borrow().vmm_state;
+        ended.publish.send_replace(SledVmmState {
+            vmm_state: VmmRuntimeState {
+                state: ended.final_state,
+                generation: previous.generation.next(),
+                time_updated: Utc::now(),
+            },
+            ..*ended.publish.borrow()
+        });
+    }
+
+    fn vmm_gone_without_publisher(&self, id: VmmUuid) {
+        if let Some(entry) = self.table().get_mut(&id) {
+            entry.commands = None;
+        }
+    }
+
+    fn commands_of(&self, id: VmmUuid) -> Result<Option<mpsc::Sender<Command>>, Error> {
+        let table = self.table();
+        let entry = table.get(&id).ok_or_else(|| Self::not_found(id))?;
+        Ok(entry.commands.clone())
+    }
+
+    pub fn vmm_state(&self, id: VmmUuid) -> Result<SledVmmState, Error> {
+        let table = self.table();
+        let entry = table.get(&id).ok_or_else(|| Self::not_found(id))?;
+        Ok(*entry.state.borrow())
+    }
+
+    /// Sends a command to a live VMM and waits for its answer.
+    async fn ask<T>(
+        &self,
+        id: VmmUuid,
+        what: &str,
+        make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
+    ) -> Result<T, Error> {
+        let gone = || {
+            let state = self.vmm_state(id).map(|s| s.vmm_state.state);
+            match state {
+                Ok(state) => Error::conflict(format!(
+                    "cannot {what} VMM {id}: it is {state} and gone; a VMM never runs again, \
+                     start the instance on a new VMM"
+                )),
+                Err(e) => e,
+            }
+        };
+        let Some(commands) = self.commands_of(id)? else {
+            return Err(gone());
+        };
+        let (reply, answer) = oneshot::channel();
+        commands.send(make(reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    pub async fn vmm_put_state(
+        &self,
+        id: VmmUuid,
+        requested: VmmStateRequested,
+    ) -> Result<SledVmmState, Error> {
+        if let Ok(state) = self.vmm_state(id) {
+            let gone = state.vmm_state.state.is_terminal();
+            let idempotent_stop = matches!(requested, VmmStateRequested::Stop);
+            if gone && idempotent_stop {
+                return Ok(state); // already as stopped as it gets
+            }
+        }
+        let what = match requested {
+            VmmStateRequested::Run => "run",
+            VmmStateRequested::Stop => "stop",
+            VmmStateRequested::Reboot => "reboot",
+            VmmStateRequested::MigrateOut { .. } => "migrate",
+        };
+        self.ask(id, what, |reply| Command::Request { requested, reply })
+            .await
+    }
+
+    pub async fn vmm_migration_in(&self, id: VmmUuid, step: MigrationInStep) -> Result<(), Error> {
+        self.ask(id, "migrate into", |reply| Command::MigrationIn {
+            step,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn vmm_inject_fault(&self, id: VmmUuid, fault: SimFault) -> Result<(), Error> {
+        if self.backend != SledBackend::Sim {
+            return Err(Error::invalid_request(
+                "faults can only be injected into simulated VMMs",
+            ));
+        }
+        self.ask(id, "inject a fault into", |reply| Command::Fault {
+            fault,
+            reply,
+        })
+        .await
+    }
+
+    /// Destroys a VMM if it still runs, waits until it is gone, and forgets it.
+    pub async fn vmm_unregister(&self, id: VmmUuid) -> Result<(), Error> {
+        let (commands, mut state) = {
+            let table = self.table();
+            let Some(entry) = table.get(&id) else {
+                return Ok(());
+            };
+            (entry.commands.clone(), entry.state.clone())
+        };
+        if let Some(commands) = commands {
+            let _ = commands.send(Command::Kill).await;
+            // Gone means the task ended and the terminal state was published.
+            let _ = state.wait_for(|s| s.vmm_state.state.is_terminal()).await;
+        }
+        self.table().remove(&id);
+        info!(self.log, "VMM unregistered"; "propolis_id" => %id);
+        Ok(())
+    }
+
+    /// The live VMMs.
+    pub fn vmm_list(&self) -> Vec<VmmSummary> {
+        self.table()
+            .iter()
+            .filter(|(_, entry)| entry.commands.is_some())
+            .map(|(id, entry)| VmmSummary {
+                propolis_id: *id,
+                instance_id: entry.params.instance_id,
+                ncpus: entry.params.ncpus,
+                memory: entry.params.memory,
+                hostname: entry.params.hostname.clone(),
+                state: *entry.state.borrow(),
+            })
+            .collect()
+    }
+
+    pub fn inventory(&self) -> Inventory {
+        let vmm_count = self
+            .table()
+            .values()
+            .filter(|e| e.commands.is_some())
+            .count();
+        Inventory {
+            sled_id: self.id,
+            address: self.address(),
+            backend: self.backend,
+            hardware_threads: self.hardware_threads,
+            physical_ram: self.physical_ram,
+            vmm_count: vmm_count as u64,
+        }
+    }
+}
+
+fn validate_register(params: &VmmRegisterBody) -> Result<(), Error> {
+    if params.ncpus == 0 {
+        return Err(Error::invalid_value("ncpus", "a VMM needs at least 1 vCPU"));
+    }
+    if params.memory.to_bytes() == 0 {
+        return Err(Error::invalid_value("memory", "a VMM needs memory"));
+    }
+    if params.hostname.is_empty() || params.hostname.len() > 253 {
+        return Err(Error::invalid_value(
+            "hostname",
+            "must be 1 to 253 characters long",
+        ));
+    }
+    Ok(())
+}
