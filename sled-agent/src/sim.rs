@@ -58,9 +58,9 @@ pub(crate) enum Command {
 /// A state change waiting for its delay to pass.
 #[derive(Debug, Clone, Copy)]
 enum Transition {
-    BootDone,
-    RebootDone,
-    StopDone,
+    Booted,
+    Rebooted,
+    Stopped,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -277,7 +277,7 @@ impl SimVmm {
                 Creating => {
                     self.set_state(Starting);
                     let delay = self.config.start_delay();
-                    self.schedule(Transition::BootDone, delay);
+                    self.schedule(Transition::Booted, delay);
                     Ok(())
                 }
                 Starting | Running | Rebooting => Ok(()),
@@ -293,7 +293,7 @@ impl SimVmm {
                 _ => {
                     self.set_state(Stopping);
                     let delay = self.config.stop_delay();
-                    self.schedule(Transition::StopDone, delay);
+                    self.schedule(Transition::Stopped, delay);
                     Ok(())
                 }
             },
@@ -302,7 +302,7 @@ impl SimVmm {
                 Running => {
                     self.set_state(Rebooting);
                     let delay = self.config.reboot_delay();
-                    self.schedule(Transition::RebootDone, delay);
+                    self.schedule(Transition::Rebooted, delay);
                     Ok(())
                 }
                 _ => Err(self.conflict("reboot", "only a running VMM can reboot")),
@@ -334,15 +334,15 @@ impl SimVmm {
     fn complete_pending(&mut self) -> Option<VmmState> {
         let pending = self.pending.take()?;
         match pending.transition {
-            Transition::BootDone if std::mem::take(&mut self.faults.fail_next_start) => {
+            Transition::Booted if std::mem::take(&mut self.faults.fail_next_start) => {
                 warn!(self.log, "injected fault: start failed");
                 Some(VmmState::Failed)
             }
-            Transition::BootDone | Transition::RebootDone => {
+            Transition::Booted | Transition::Rebooted => {
                 self.set_state(VmmState::Running);
                 None
             }
-            Transition::StopDone => {
+            Transition::Stopped => {
                 self.set_state(VmmState::Stopped);
                 Some(VmmState::Destroyed)
             }

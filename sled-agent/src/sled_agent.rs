@@ -160,14 +160,15 @@ impl SledAgent {
         if let Some(entry) = self.table().get_mut(&id) {
             entry.commands = None;
         }
-        let previous = ended.publish.borrow().vmm_state;
+        // Copy first: holding a borrow of the channel while sending on it deadlocks.
+        let last = *ended.publish.borrow();
         ended.publish.send_replace(SledVmmState {
             vmm_state: VmmRuntimeState {
                 state: ended.final_state,
-                generation: previous.generation.next(),
+                generation: last.vmm_state.generation.next(),
                 time_updated: Utc::now(),
             },
-            ..*ended.publish.borrow()
+            ..last
         });
     }
 

@@ -1,0 +1,172 @@
+//! Bad requests get 4xx with the error body (request_id, error_code, message), and change
+//! nothing.
+
+use crate::{TestEnv, register_body, visible_delays, wait_for_state};
+use halyard_common::VmmState;
+use halyard_common::ids::VmmUuid;
+use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
+use serde_json::Value;
+
+/// A raw HTTP request, so malformed bodies can be sent; returns status and parsed body.
+async fn raw(env: &TestEnv, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", env.sled.local_addr()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn assert_error_body(body: &Value, code: Option<&str>) {
+    assert!(body["request_id"].is_string(), "no request_id in {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "no message in {body}"
+    );
+    if let Some(code) = code {
+        assert_eq!(body["error_code"], code, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let env = TestEnv::new(visible_delays()).await;
+    let unknown = VmmUuid::new_v4();
+
+    let (status, body) = raw(
+        &env,
+        reqwest::Method::GET,
+        &format!("/vmms/{unknown}/state"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_error_body(&body, Some("ObjectNotFound"));
+    let (status, body) = raw(
+        &env,
+        reqwest::Method::PUT,
+        &format!("/vmms/{unknown}/state"),
+        r#"{"state":{"type":"run"}}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_error_body(&body, Some("ObjectNotFound"));
+
+    // Registering twice: same body is a no-op, a different body is a conflict.
+    let id = VmmUuid::new_v4();
+    let body = register_body();
+    let first = env
+        .client
+        .vmm_register(&id, &body)
+        .await
+        .unwrap()
+        .into_inner();
+    let second = env
+        .client
+        .vmm_register(&id, &body)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, second);
+    let mut different = body.clone();
+    different.ncpus = 8;
+    let (status, response) = raw(
+        &env,
+        reqwest::Method::PUT,
+        &format!("/vmms/{id}"),
+        &serde_json::to_string(&different).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_error_body(&response, Some("Conflict"));
+    assert!(
+        response["message"]
+            .as_str()
+            .unwrap()
+            .contains("different parameters")
+    );
+    assert_eq!(env.sled.agent().vmm_list()[0].ncpus, 2);
+
+    // Requests that make no sense in the current state.
+    let (status, response) = raw(
+        &env,
+        reqwest::Method::PUT,
+        &format!("/vmms/{id}/state"),
+        r#"{"state":{"type":"reboot"}}"#,
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_error_body(&response, Some("Conflict"));
+    assert!(
+        response["message"]
+            .as_str()
+            .unwrap()
+            .contains("only a running VMM can reboot"),
+        "{response}"
+    );
+
+    env.client
+        .vmm_put_state(
+            &id,
+            &VmmPutStateBody {
+                state: VmmStateRequested::Stop,
+            },
+        )
+        .await
+        .unwrap();
+    wait_for_state(&env.client, id, VmmState::Destroyed).await;
+    let (status, response) = raw(
+        &env,
+        reqwest::Method::PUT,
+        &format!("/vmms/{id}/state"),
+        r#"{"state":{"type":"run"}}"#,
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_error_body(&response, Some("Conflict"));
+    let message = response["message"].as_str().unwrap();
+    assert!(
+        message.contains("destroyed") && message.contains("new VMM"),
+        "{message}"
+    );
+
+    // Malformed input.
+    let fresh = VmmUuid::new_v4();
+    for (path, body) in [
+        (format!("/vmms/{fresh}"), "{not json"),
+        (format!("/vmms/{fresh}"), r#"{"instance_id": 7}"#),
+        (
+            format!("/vmms/{fresh}"),
+            r#"{"instance_id":"6e5b4a3c-0000-4000-8000-000000000000","ncpus":-1,"memory":1024,"hostname":"x","migration_target":null}"#,
+        ),
+        ("/vmms/not-a-uuid".to_string(), "{}"),
+        (
+            format!("/vmms/{fresh}/state"),
+            r#"{"state":{"type":"levitate"}}"#,
+        ),
+    ] {
+        let (status, response) = raw(&env, reqwest::Method::PUT, &path, body).await;
+        assert_eq!(status, 400, "{path} {body}: {response}");
+        assert_error_body(&response, None);
+    }
+    let mut zero_cpus = register_body();
+    zero_cpus.ncpus = 0;
+    let (status, response) = raw(
+        &env,
+        reqwest::Method::PUT,
+        &format!("/vmms/{fresh}"),
+        &serde_json::to_string(&zero_cpus).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_error_body(&response, Some("InvalidValue"));
+    assert!(
+        env.client.vmm_get_state(&fresh).await.is_err(),
+        "a refused VMM must not exist"
+    );
+    assert!(env.sled.agent().vmm_list().is_empty());
+}

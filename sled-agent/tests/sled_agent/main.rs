@@ -1,0 +1,103 @@
+//! The real sled agent, over HTTP with the generated client, against a recording stand-in for
+//! Nexus built from the same `NexusInternalApi` trait.
+
+mod bad_input;
+mod lifecycle;
+mod migration;
+mod nexus_outage;
+mod recording_nexus;
+
+use halyard_common::ByteCount;
+use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
+use halyard_common::internal_api::SledVmmState;
+use halyard_common::{SledBackend, VmmState};
+use halyard_sled_agent::{Config, Server, SimConfig};
+use halyard_sled_agent_api::VmmRegisterBody;
+use halyard_sled_agent_client::Client;
+use recording_nexus::RecordingNexus;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn log() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+/// A recording Nexus and one sled agent pointed at it.
+pub struct TestEnv {
+    pub nexus: Arc<RecordingNexus>,
+    pub sled: Server,
+    pub client: Client,
+}
+
+pub fn sled_config(nexus: SocketAddr, sim: SimConfig) -> Config {
+    Config {
+        sled_id: SledUuid::new_v4(),
+        listen_address: "127.0.0.1:0".parse().unwrap(),
+        nexus_address: nexus,
+        backend: SledBackend::Sim,
+        hardware_threads: 64,
+        physical_ram: ByteCount::from_gibibytes_u32(256),
+        registration_interval_ms: 100,
+        sim,
+    }
+}
+
+impl TestEnv {
+    pub async fn new(sim: SimConfig) -> TestEnv {
+        let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+        let sled = Server::start(&sled_config(nexus.address(), sim), &log())
+            .await
+            .unwrap();
+        nexus.watch_sled(sled.local_addr());
+        let client = Client::new(&format!("http://{}", sled.local_addr()));
+        TestEnv {
+            nexus,
+            sled,
+            client,
+        }
+    }
+}
+
+/// Delays small enough for fast tests, large enough to observe each state.
+pub fn visible_delays() -> SimConfig {
+    SimConfig {
+        start_delay_ms: 100,
+        stop_delay_ms: 100,
+        reboot_delay_ms: 100,
+        migration_phase_delay_ms: 50,
+    }
+}
+
+pub fn register_body() -> VmmRegisterBody {
+    VmmRegisterBody {
+        instance_id: InstanceUuid::new_v4(),
+        ncpus: 2,
+        memory: ByteCount::from_gibibytes_u32(1),
+        hostname: "guest".into(),
+        migration_target: None,
+    }
+}
+
+/// Polls the sled agent until the VMM reaches `state` (or fails the test after 10 s).
+pub async fn wait_for_state(client: &Client, id: VmmUuid, state: VmmState) -> SledVmmState {
+    for _ in 0..1000 {
+        let current = client.vmm_get_state(&id).await.unwrap().into_inner();
+        if current.vmm_state.state == state {
+            return current;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("VMM {id} never reached {state}");
+}
+
+/// Waits until `check` holds (or fails the test after 10 s with `what`).
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

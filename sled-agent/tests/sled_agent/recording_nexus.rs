@@ -1,0 +1,180 @@
+//! A stand-in for Nexus's internal API that records what sled agents tell it, can pretend to
+//! be down (503), and checks, when told a VMM is gone, that the sled agent no longer lists it.
+
+use dropshot::{HttpError, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody};
+use halyard_common::ids::{SledUuid, VmmUuid};
+use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
+use halyard_nexus_internal_api::{NexusInternalApi, SledPathParam, VmmPathParam};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// One VMM report as received.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    pub propolis_id: VmmUuid,
+    pub state: SledVmmState,
+    /// For a terminal state: was the VMM still in the sled agent's `GET /vmms` when reported?
+    pub still_listed: Option<bool>,
+}
+
+pub struct RecordingNexus {
+    address: OnceLock<SocketAddr>,
+    server: Mutex<Option<dropshot::HttpServer<Arc<RecordingNexus>>>>,
+    pub registrations: Mutex<Vec<(SledUuid, SledAgentInfo)>>,
+    pub reports: Mutex<Vec<Report>>,
+    /// While false, every request gets 503.
+    pub available: AtomicBool,
+    pub refused: AtomicUsize,
+    sleds: Mutex<Vec<SocketAddr>>,
+}
+
+enum RecordingNexusImpl {}
+
+impl NexusInternalApi for RecordingNexusImpl {
+    type Context = Arc<RecordingNexus>;
+
+    async fn sled_agent_put(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<SledPathParam>,
+        body: TypedBody<SledAgentInfo>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let nexus = rqctx.context();
+        nexus.check_available()?;
+        nexus
+            .registrations
+            .lock()
+            .unwrap()
+            .push((path.into_inner().sled_id, body.into_inner()));
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn vmm_put_state(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        body: TypedBody<SledVmmState>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let nexus = rqctx.context();
+        nexus.check_available()?;
+        let propolis_id = path.into_inner().propolis_id;
+        let state = body.into_inner();
+        let still_listed = if state.vmm_state.state.is_terminal() {
+            Some(nexus.listed_anywhere(propolis_id).await)
+        } else {
+            None
+        };
+        nexus.reports.lock().unwrap().push(Report {
+            propolis_id,
+            state,
+            still_listed,
+        });
+        Ok(HttpResponseUpdatedNoContent())
+    }
+}
+
+impl RecordingNexus {
+    pub fn start(address: SocketAddr) -> Arc<RecordingNexus> {
+        let nexus = Arc::new(RecordingNexus {
+            address: OnceLock::new(),
+            server: Mutex::new(None),
+            registrations: Mutex::new(Vec::new()),
+            reports: Mutex::new(Vec::new()),
+            available: AtomicBool::new(true),
+            refused: AtomicUsize::new(0),
+            sleds: Mutex::new(Vec::new()),
+        });
+        let api = halyard_nexus_internal_api::nexus_internal_api_mod::api_description::<
+            RecordingNexusImpl,
+        >()
+        .unwrap();
+        let server = dropshot::ServerBuilder::new(api, Arc::clone(&nexus), crate::log())
+            .config(dropshot::ConfigDropshot {
+                bind_address: address,
+                ..Default::default()
+            })
+            .start()
+            .unwrap();
+        nexus.address.set(server.local_addr()).unwrap();
+        *nexus.server.lock().unwrap() = Some(server);
+        nexus
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        *self.address.get().unwrap()
+    }
+
+    /// Sled agents to ask "do you still list this VMM?" when told it is gone.
+    pub fn watch_sled(&self, address: SocketAddr) {
+        self.sleds.lock().unwrap().push(address);
+    }
+
+    pub async fn stop(&self) {
+        let server = self.server.lock().unwrap().take();
+        if let Some(server) = server {
+            server.close().await.unwrap();
+        }
+    }
+
+    fn check_available(&self) -> Result<(), HttpError> {
+        if self.available.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            Err(HttpError::for_unavail(None, "pretending to be down".into()))
+        }
+    }
+
+    async fn listed_anywhere(&self, id: VmmUuid) -> bool {
+        let sleds = self.sleds.lock().unwrap().clone();
+        for sled in sleds {
+            let client = halyard_sled_agent_client::Client::new(&format!("http://{sled}"));
+            let vmms = client.vmm_list().await.unwrap().into_inner();
+            if vmms.iter().any(|v| v.propolis_id == id) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The reports received about one VMM, in arrival order.
+    pub fn reports_for(&self, id: VmmUuid) -> Vec<Report> {
+        self.reports
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.propolis_id == id)
+            .copied()
+            .collect()
+    }
+
+    /// The last report about one VMM, if its state is terminal.
+    pub fn final_report(&self, id: VmmUuid) -> Option<Report> {
+        self.reports_for(id)
+            .last()
+            .copied()
+            .filter(|r| r.state.vmm_state.state.is_terminal())
+    }
+}
+
+/// Reports of one VMM must arrive in strictly increasing generation order (per part).
+pub fn assert_in_order(reports: &[Report]) {
+    for pair in reports.windows(2) {
+        let (a, b) = (&pair[0].state, &pair[1].state);
+        assert!(
+            b.vmm_state.generation > a.vmm_state.generation
+                || (b.vmm_state.generation == a.vmm_state.generation && b != a),
+            "VMM reports out of order or repeated: {a:?} then {b:?}"
+        );
+        for (x, y) in [
+            (a.migration_in, b.migration_in),
+            (a.migration_out, b.migration_out),
+        ] {
+            if let (Some(x), Some(y)) = (x, y) {
+                assert!(
+                    y.generation >= x.generation,
+                    "migration reports out of order"
+                );
+            }
+        }
+    }
+}
