@@ -4,11 +4,12 @@
 //! status, and a message written for the person reading it: what went wrong and what to do.
 //! Internal details stay in logs: `InternalError` shows the client only a generic message.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
 /// The kinds of object an error can be about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResourceType {
     Project,
     Instance,
@@ -34,7 +35,7 @@ impl fmt::Display for ResourceType {
 }
 
 /// How an object was looked up, so a not-found error can say what was asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LookupType {
     ById(Uuid),
     ByName(String),
@@ -49,7 +50,8 @@ impl fmt::Display for LookupType {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serializable so a saga action can fail with one and the caller get it back intact.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Error {
     /// The object does not exist (or was deleted).
     #[error("not found: {type_name} with {lookup}")]

@@ -2,7 +2,9 @@
 
 use schemars::JsonSchema;
 use schemars::r#gen::SchemaGenerator;
-use schemars::schema::{InstanceType, Schema, SchemaObject, StringValidation};
+use schemars::schema::{
+    InstanceType, Metadata, Schema, SchemaObject, StringValidation, SubschemaValidation,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -129,11 +131,55 @@ impl JsonSchema for Name {
 /// A reference to an object by its name or its id, as API paths and selectors accept.
 ///
 /// A string that parses as a UUID is an id; anything else must be a valid name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum NameOrId {
     Id(Uuid),
     Name(Name),
+}
+
+/// On the wire a `NameOrId` is one string: Oxide's schema, a UUID or a [`Name`] (dropshot
+/// needs a scalar schema for path and query parameters).
+impl JsonSchema for NameOrId {
+    fn schema_name() -> String {
+        "NameOrId".to_string()
+    }
+
+    fn json_schema(r#gen: &mut SchemaGenerator) -> Schema {
+        fn titled(title: &str, schema: Schema) -> Schema {
+            SchemaObject {
+                metadata: Some(Box::new(Metadata {
+                    title: Some(title.to_string()),
+                    ..Default::default()
+                })),
+                subschemas: Some(Box::new(SubschemaValidation {
+                    all_of: Some(vec![schema]),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }
+            .into()
+        }
+        SchemaObject {
+            metadata: Some(Box::new(Metadata {
+                description: Some(
+                    "A reference to an object by its name or its id: a string that parses as \
+                     a UUID is an id; anything else must be a valid name."
+                        .to_string(),
+                ),
+                ..Default::default()
+            })),
+            subschemas: Some(Box::new(SubschemaValidation {
+                one_of: Some(vec![
+                    titled("id", r#gen.subschema_for::<Uuid>()),
+                    titled("name", r#gen.subschema_for::<Name>()),
+                ]),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+        .into()
+    }
 }
 
 impl TryFrom<String> for NameOrId {

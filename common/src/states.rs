@@ -110,7 +110,9 @@ impl InstanceState {
                 VmmState::Rebooting => InstanceState::Rebooting,
                 VmmState::Migrating => InstanceState::Migrating,
                 VmmState::Failed => InstanceState::Failed,
-                VmmState::Destroyed | VmmState::SagaUnwound => InstanceState::Stopped,
+                // Gone, but Nexus has not retired it yet (its resources are still held): the
+                // instance is stopped only once that is done.
+                VmmState::Destroyed | VmmState::SagaUnwound => InstanceState::Stopping,
             },
         }
     }

@@ -125,6 +125,25 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
+    /// VMMs that reached a terminal state but were not retired yet: what a crash between a
+    /// VMM's end and its retirement leaves behind.
+    pub async fn vmm_list_unretired_terminal(&self) -> Result<Vec<Vmm>, Error> {
+        let conn = &mut *self.connection().await?;
+        let terminal: Vec<DbEnum<VmmState>> =
+            [VmmState::Destroyed, VmmState::Failed, VmmState::SagaUnwound]
+                .into_iter()
+                .map(DbEnum)
+                .collect();
+        vmm::table
+            .filter(vmm::time_deleted.is_null())
+            .filter(vmm::state.eq_any(terminal))
+            .order(vmm::time_state_updated.asc())
+            .select(Vmm::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
     /// Writes a VMM's state if its generation is newer than the stored one (and the VMM is
     /// not retired). Returns whether it applied.
     pub async fn vmm_update_runtime(

@@ -18,7 +18,11 @@ pub fn openapi_documents() -> anyhow::Result<Vec<OpenapiDocument>> {
         .json()?;
     let nexus_internal = halyard_nexus_internal_api::nexus_internal_api_mod::stub_api_description()
         .map_err(|e| anyhow::anyhow!("Nexus internal API: {e}"))?
-        .openapi("Halyard Nexus Internal API", version)
+        .openapi("Halyard Nexus Internal API", version.clone())
+        .json()?;
+    let nexus_external = halyard_nexus_external_api::nexus_external_api_mod::stub_api_description()
+        .map_err(|e| anyhow::anyhow!("Nexus external API: {e}"))?
+        .openapi("Halyard Nexus External API", version)
         .json()?;
     Ok(vec![
         OpenapiDocument {
@@ -28,6 +32,10 @@ pub fn openapi_documents() -> anyhow::Result<Vec<OpenapiDocument>> {
         OpenapiDocument {
             file_name: "nexus-internal.json",
             contents: pretty(&nexus_internal)?,
+        },
+        OpenapiDocument {
+            file_name: "nexus-external.json",
+            contents: pretty(&nexus_external)?,
         },
     ])
 }

@@ -1,0 +1,173 @@
+//! `halyard-run-all`: the whole system on one machine, for development.
+//!
+//! Starts PostgreSQL (data under `.halyard-dev/` in the current directory, kept across runs;
+//! `--fresh` wipes it), creates or upgrades the schema, starts Nexus and several simulated sled
+//! agents in this process, waits until every sled has registered, prints where everything
+//! is, and on Ctrl-C (or SIGTERM) stops it all, PostgreSQL included.
+//!
+//! Identities (Nexus's, each sled's) are kept under `.halyard-dev/` too, so a restarted
+//! environment resumes its unfinished sagas and its sleds keep their ids.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use halyard_common::ids::{NexusUuid, SledUuid};
+use halyard_common::{ByteCount, SledBackend};
+use halyard_db_queries::{DataStore, PoolConfig};
+use halyard_test_db::{ClusterOptions, PostgresCluster};
+use slog::{Drain, Logger, info, o};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "Run Halyard (PostgreSQL, Nexus, simulated sled agents) for development")]
+struct Args {
+    /// Where the database and identities live.
+    #[arg(long, default_value = ".halyard-dev")]
+    dir: PathBuf,
+    /// Wipe the database and identities first.
+    #[arg(long)]
+    fresh: bool,
+    /// How many simulated sled agents to run.
+    #[arg(long, default_value_t = 3)]
+    sleds: u16,
+    /// PostgreSQL's port.
+    #[arg(long, default_value_t = 32221)]
+    db_port: u16,
+    /// Nexus's external (/v1) API.
+    #[arg(long, default_value = "127.0.0.1:12220")]
+    external_address: SocketAddr,
+    /// Nexus's internal API (for sled agents).
+    #[arg(long, default_value = "127.0.0.1:12221")]
+    internal_address: SocketAddr,
+    /// The first sled agent's port; the others follow.
+    #[arg(long, default_value_t = 12400)]
+    first_sled_port: u16,
+}
+
+const DATABASE: &str = "halyard";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let decorator = slog_term::TermDecorator::new().stderr().build();
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog::LevelFilter::new(drain, slog::Level::Info).fuse();
+    let drain = slog_async::Async::new(drain).build().fuse();
+    let log = Logger::root(drain, o!());
+
+    if args.fresh && args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("wiping {}", args.dir.display()))?;
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+
+    let cluster = PostgresCluster::start(ClusterOptions {
+        port: Some(args.db_port),
+        ..ClusterOptions::new(args.dir.join("postgres"))
+    })
+    .context("starting PostgreSQL")?;
+    let result = run(&args, &cluster, &log).await;
+    info!(log, "stopping PostgreSQL");
+    cluster.stop().context("stopping PostgreSQL")?;
+    result
+}
+
+async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Result<()> {
+    let exists = cluster.psql(
+        "postgres",
+        &format!("SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"),
+    )?;
+    if exists.trim().is_empty() {
+        cluster.psql("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
+    }
+    let database_url = cluster.url_for(DATABASE);
+    let datastore = DataStore::new(log, &database_url, PoolConfig::default());
+    let version = datastore
+        .apply_schema_migrations()
+        .await
+        .context("applying the schema")?;
+    info!(log, "database ready"; "url" => &database_url, "schema_version" => %version);
+
+    let nexus_config = halyard_nexus::Config {
+        id: NexusUuid::from_str(&identity(&args.dir.join("nexus-id"))?)?,
+        database_url: database_url.clone(),
+        external_address: args.external_address,
+        internal_address: args.internal_address,
+        retirement_interval_ms: 5_000,
+    };
+    let nexus = halyard_nexus::Server::start(&nexus_config, log).await?;
+
+    let mut sleds = Vec::new();
+    for i in 0..args.sleds {
+        let config = halyard_sled_agent::Config {
+            sled_id: SledUuid::from_str(&identity(&args.dir.join(format!("sled-{i}-id")))?)?,
+            listen_address: SocketAddr::new(args.internal_address.ip(), args.first_sled_port + i),
+            nexus_address: nexus.internal_address(),
+            backend: SledBackend::Sim,
+            hardware_threads: 32,
+            physical_ram: ByteCount::from_gibibytes_u32(64),
+            registration_interval_ms: 10_000,
+            sim: halyard_sled_agent::SimConfig {
+                start_delay_ms: 500,
+                stop_delay_ms: 300,
+                reboot_delay_ms: 300,
+                migration_phase_delay_ms: 200,
+            },
+        };
+        sleds.push(halyard_sled_agent::Server::start(&config, log).await?);
+    }
+    wait_for_sleds(&datastore, usize::from(args.sleds)).await?;
+
+    println!();
+    println!("Halyard is running.");
+    println!("  Nexus internal API:  http://{}", nexus.internal_address());
+    for sled in &sleds {
+        println!(
+            "  sled agent {}:  http://{}",
+            sled.agent().id(),
+            sled.local_addr()
+        );
+    }
+    println!("  database:            {database_url}");
+    println!("    psql \"{database_url}\"");
+    println!("Press Ctrl-C to stop everything.");
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    info!(log, "shutting down");
+    for sled in sleds {
+        sled.close().await?;
+    }
+    nexus.close().await
+}
+
+/// A UUID kept in `path`: read if present, else made and written.
+fn identity(path: &Path) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        return Ok(existing.trim().to_string());
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    std::fs::write(path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+async fn wait_for_sleds(datastore: &DataStore, count: usize) -> anyhow::Result<()> {
+    let page = halyard_db_queries::DataPageParams {
+        marker: None,
+        direction: halyard_db_queries::PaginationOrder::Ascending,
+        limit: std::num::NonZeroU32::new(1000).unwrap(),
+    };
+    for _ in 0..100 {
+        if datastore.sled_list(&page).await?.len() >= count {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the sled agents did not register within 10 s")
+}

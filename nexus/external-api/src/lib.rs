@@ -1,0 +1,137 @@
+//! Nexus's external HTTP API: what users (and the official Oxide SDK) call. A dropshot trait
+//! apart from its implementation (in Nexus); `openapi/nexus-external.json` is generated from it
+//! and `nexus-external-client` from that.
+//!
+//! The API is a subset of Oxide's `/v1` API, wire-compatible with it: the paths, methods,
+//! status codes, operation ids (the trait's method names), query parameters and JSON field
+//! names are Oxide's, so the `oxide` crate (0.19) works against a Halyard Nexus unmodified.
+//!
+//! - [`params`]: request bodies and selectors (`ProjectCreate`, `InstanceCreate`, ...).
+//! - [`views`]: what the API returns (`Project`, `Instance`, `Sled`).
+//! - [`pagination`]: Oxide's list parameters (`limit`, `page_token`, `sort_by`) on dropshot's
+//!   pagination, and the helpers handlers use to read a page request and build a page.
+
+pub mod pagination;
+pub mod params;
+pub mod views;
+
+use dropshot::{
+    HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted, HttpResponseOk,
+    Path, Query, RequestContext, ResultsPage, TypedBody,
+};
+use pagination::{PaginatedById, PaginatedByNameOrId};
+use params::{
+    InstanceCreate, InstancePath, OptionalProjectSelector, ProjectCreate, ProjectPath,
+    ProjectSelector,
+};
+use views::{Instance, Project, Sled};
+
+#[dropshot::api_description]
+pub trait NexusExternalApi {
+    type Context;
+
+    // Projects
+
+    /// List projects.
+    #[endpoint { method = GET, path = "/v1/projects", tags = ["projects"] }]
+    async fn project_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId>,
+    ) -> Result<HttpResponseOk<ResultsPage<Project>>, HttpError>;
+
+    /// Create a project.
+    #[endpoint { method = POST, path = "/v1/projects", tags = ["projects"] }]
+    async fn project_create(
+        rqctx: RequestContext<Self::Context>,
+        body: TypedBody<ProjectCreate>,
+    ) -> Result<HttpResponseCreated<Project>, HttpError>;
+
+    /// Fetch a project, by name or id.
+    #[endpoint { method = GET, path = "/v1/projects/{project}", tags = ["projects"] }]
+    async fn project_view(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ProjectPath>,
+    ) -> Result<HttpResponseOk<Project>, HttpError>;
+
+    /// Delete a project. Only an empty project (no instances) can be deleted.
+    #[endpoint { method = DELETE, path = "/v1/projects/{project}", tags = ["projects"] }]
+    async fn project_delete(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ProjectPath>,
+    ) -> Result<HttpResponseDeleted, HttpError>;
+
+    // Instances
+
+    /// List the instances of a project. `project` is required on the first page (later pages
+    /// carry it in `page_token`).
+    #[endpoint { method = GET, path = "/v1/instances", tags = ["instances"] }]
+    async fn instance_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<ProjectSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<Instance>>, HttpError>;
+
+    /// Create an instance in a project. It starts right away unless `start` is `false`.
+    #[endpoint { method = POST, path = "/v1/instances", tags = ["instances"] }]
+    async fn instance_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<ProjectSelector>,
+        body: TypedBody<InstanceCreate>,
+    ) -> Result<HttpResponseCreated<Instance>, HttpError>;
+
+    /// Fetch an instance. `project` is required when `{instance}` is a name and must be absent
+    /// when it is an id.
+    #[endpoint { method = GET, path = "/v1/instances/{instance}", tags = ["instances"] }]
+    async fn instance_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<Instance>, HttpError>;
+
+    /// Delete an instance. Only a stopped (or failed) instance can be deleted. `project` is
+    /// required when `{instance}` is a name and must be absent when it is an id.
+    #[endpoint { method = DELETE, path = "/v1/instances/{instance}", tags = ["instances"] }]
+    async fn instance_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseDeleted, HttpError>;
+
+    /// Boot an instance. Returns once the start is under way (202), with the instance as it
+    /// is then; poll `instance_view` for `running`. `project` as for `instance_view`.
+    #[endpoint { method = POST, path = "/v1/instances/{instance}/start", tags = ["instances"] }]
+    async fn instance_start(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseAccepted<Instance>, HttpError>;
+
+    /// Stop an instance. Returns once the stop is under way (202); poll `instance_view` for
+    /// `stopped`. `project` as for `instance_view`.
+    #[endpoint { method = POST, path = "/v1/instances/{instance}/stop", tags = ["instances"] }]
+    async fn instance_stop(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseAccepted<Instance>, HttpError>;
+
+    /// Reboot a running instance. Returns once the reboot is under way (202). `project` as for
+    /// `instance_view`.
+    #[endpoint { method = POST, path = "/v1/instances/{instance}/reboot", tags = ["instances"] }]
+    async fn instance_reboot(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseAccepted<Instance>, HttpError>;
+
+    // System hardware
+
+    /// List the sleds, by id.
+    #[endpoint { method = GET, path = "/v1/system/hardware/sleds", tags = ["system/hardware"] }]
+    async fn sled_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedById>,
+    ) -> Result<HttpResponseOk<ResultsPage<Sled>>, HttpError>;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+//! What callers send: path and query parameters, and request bodies.
+//!
+//! Field names, defaults and enum labels are Oxide's (`oxide` 0.19), so a body the SDK
+//! serializes always deserializes here. Parts of Oxide's `InstanceCreate` that Halyard does not
+//! implement yet (disks, external IPs, NICs, anti-affinity, multicast, ...) are accepted as
+//! opaque JSON so that the request still parses; the implementation refuses a non-empty value
+//! with a 400 that says the feature is not supported, rather than failing to parse or ignoring
+//! it silently. See each field.
+
+use halyard_common::{ByteCount, Name, NameOrId};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// Path parameters
+
+/// `{project}`: a project, by name or id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct ProjectPath {
+    /// Name or ID of the project
+    pub project: NameOrId,
+}
+
+/// `{instance}`: an instance, by name (then `?project=` is required) or id (then `?project=`
+/// must be absent).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct InstancePath {
+    /// Name or ID of the instance
+    pub instance: NameOrId,
+}
+
+// Query selectors
+
+/// `?project=`, required: the project to list instances of, or to create an instance in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct ProjectSelector {
+    /// Name or ID of the project
+    pub project: NameOrId,
+}
+
+/// `?project=`, optional: qualifies an instance named in the path.
+///
+/// Oxide's rule, which the implementation enforces (a 400 otherwise): when the instance is
+/// given by **name** the project is required (names are unique only within a project); when it
+/// is given by **id** the project must be absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct OptionalProjectSelector {
+    /// Name or ID of the project, only required if `instance` is provided as a `Name`
+    pub project: Option<NameOrId>,
+}
+
+// Projects
+
+/// Create-time parameters for a `Project`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct ProjectCreate {
+    pub name: Name,
+    pub description: String,
+    /// Default resources to create in the project (Oxide: a default VPC). Halyard has no
+    /// VPCs, so it creates none whatever this says; accepted (and ignored) so that callers
+    /// that send it still work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<serde_json::Value>,
+}
+
+// Instances
+
+/// Create-time parameters for an `Instance`
+///
+/// Everything Oxide's SDK 0.19 may send parses. What Halyard does not support yet is kept as
+/// opaque JSON, and the implementation refuses (400, naming the field) any value other than
+/// the default: `disks`, `boot_disk`, `external_ips`, `anti_affinity_groups`,
+/// `multicast_groups`, a non-empty `ssh_public_keys`, `network_interfaces` of type `create`,
+/// `enable_jumbo_frames: true`, `cpu_platform`, and a non-empty `user_data`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceCreate {
+    pub name: Name,
+    pub description: String,
+    /// The hostname to be assigned to the instance (RFC 1035: dot-separated labels of ASCII
+    /// letters, digits and `-`, at most 253 characters). Validated by the implementation.
+    pub hostname: String,
+    /// The number of vCPUs to be allocated to the instance
+    pub ncpus: u16,
+    /// The amount of RAM (in bytes) to be allocated to the instance
+    pub memory: ByteCount,
+    /// Should this instance be started upon creation; true by default.
+    #[serde(default = "bool_true")]
+    pub start: bool,
+    /// User data for instance initialization systems (such as cloud-init), Base64-encoded.
+    /// Halyard runs no guest agent: must be empty.
+    #[serde(default)]
+    pub user_data: String,
+    /// Enable jumbo frames on the primary network interface. Halyard has no networking: must
+    /// be `false`.
+    #[serde(default)]
+    pub enable_jumbo_frames: bool,
+    /// The network interfaces to be created for this instance. Halyard has no networking yet:
+    /// the `default_*` kinds and `none` are accepted and create no interface; `create` is
+    /// refused.
+    #[serde(default)]
+    pub network_interfaces: InstanceNetworkInterfaceAttachment,
+    /// Disks to create or attach (Oxide's `InstanceDiskAttachment`). Not supported yet: must
+    /// be empty.
+    #[serde(default)]
+    pub disks: Vec<serde_json::Value>,
+    /// The disk to boot from (Oxide's `InstanceDiskAttachment`). Not supported yet: must be
+    /// absent or `null`.
+    #[serde(default)]
+    pub boot_disk: Option<serde_json::Value>,
+    /// External IP addresses (Oxide's `ExternalIpCreate`). Not supported yet: must be empty.
+    #[serde(default)]
+    pub external_ips: Vec<serde_json::Value>,
+    /// SSH public keys to pass to the guest, by name or id. Absent/`null` and `[]` both mean
+    /// none (Halyard has no user keys); a non-empty list is refused.
+    #[serde(default)]
+    pub ssh_public_keys: Option<Vec<serde_json::Value>>,
+    /// Whether the control plane restarts the instance after a failure. Halyard never
+    /// restarts instances by itself; `never` and absent/`null` are accepted, `best_effort` is
+    /// refused.
+    #[serde(default)]
+    pub auto_restart_policy: Option<InstanceAutoRestartPolicy>,
+    /// Anti-affinity groups to join (names or ids). Not supported yet: must be empty.
+    #[serde(default)]
+    pub anti_affinity_groups: Vec<serde_json::Value>,
+    /// A required CPU platform. Not supported yet: must be absent or `null`.
+    #[serde(default)]
+    pub cpu_platform: Option<InstanceCpuPlatform>,
+    /// Multicast groups to join (Oxide's `MulticastGroupJoinSpec`). Not supported yet: must be
+    /// empty.
+    #[serde(default)]
+    pub multicast_groups: Vec<serde_json::Value>,
+}
+
+fn bool_true() -> bool {
+    true
+}
+
+impl InstanceCreate {
+    /// A request with only the required fields, the rest at Oxide's defaults.
+    pub fn new(
+        name: Name,
+        description: impl Into<String>,
+        hostname: impl Into<String>,
+        ncpus: u16,
+        memory: ByteCount,
+    ) -> InstanceCreate {
+        InstanceCreate {
+            name,
+            description: description.into(),
+            hostname: hostname.into(),
+            ncpus,
+            memory,
+            start: true,
+            user_data: String::new(),
+            enable_jumbo_frames: false,
+            network_interfaces: InstanceNetworkInterfaceAttachment::default(),
+            disks: Vec::new(),
+            boot_disk: None,
+            external_ips: Vec::new(),
+            ssh_public_keys: None,
+            auto_restart_policy: None,
+            anti_affinity_groups: Vec::new(),
+            cpu_platform: None,
+            multicast_groups: Vec::new(),
+        }
+    }
+
+    /// The names of the fields whose values Halyard does not support yet (see the type's
+    /// documentation), in declaration order; empty when the request asks only for what Halyard
+    /// can do. The implementation refuses a request for which this is not empty.
+    pub fn unsupported_fields(&self) -> Vec<&'static str> {
+        let mut unsupported = Vec::new();
+        if !self.user_data.is_empty() {
+            unsupported.push("user_data");
+        }
+        if self.enable_jumbo_frames {
+            unsupported.push("enable_jumbo_frames");
+        }
+        if matches!(
+            self.network_interfaces,
+            InstanceNetworkInterfaceAttachment::Create(_)
+        ) {
+            unsupported.push("network_interfaces");
+        }
+        if !self.disks.is_empty() {
+            unsupported.push("disks");
+        }
+        if self.boot_disk.is_some() {
+            unsupported.push("boot_disk");
+        }
+        if !self.external_ips.is_empty() {
+            unsupported.push("external_ips");
+        }
+        if self.ssh_public_keys.as_ref().is_some_and(|k| !k.is_empty()) {
+            unsupported.push("ssh_public_keys");
+        }
+        if self.auto_restart_policy == Some(InstanceAutoRestartPolicy::BestEffort) {
+            unsupported.push("auto_restart_policy");
+        }
+        if !self.anti_affinity_groups.is_empty() {
+            unsupported.push("anti_affinity_groups");
+        }
+        if self.cpu_platform.is_some() {
+            unsupported.push("cpu_platform");
+        }
+        if !self.multicast_groups.is_empty() {
+            unsupported.push("multicast_groups");
+        }
+        unsupported
+    }
+}
+
+/// Describes an attachment of an `InstanceNetworkInterface` to an `Instance`, at the time the
+/// instance is created (Oxide's enum, adjacently tagged: `{"type": "default_dual_stack"}`,
+/// `{"type": "create", "params": [...]}`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", content = "params", rename_all = "snake_case")]
+pub enum InstanceNetworkInterfaceAttachment {
+    /// Create these interfaces (Oxide's `InstanceNetworkInterfaceCreate`s). Not supported yet.
+    Create(Vec<serde_json::Value>),
+    /// The default IPv4 interface.
+    DefaultIpv4,
+    /// The default IPv6 interface.
+    DefaultIpv6,
+    /// The default dual-stack interface (the SDK's default).
+    #[default]
+    DefaultDualStack,
+    /// No network interfaces at all.
+    None,
+}
+
+/// A policy determining when an instance should be automatically restarted by the control
+/// plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceAutoRestartPolicy {
+    /// The instance should not be automatically restarted by the control plane if it fails.
+    Never,
+    /// The control plane makes a best-effort attempt to restart the instance if it fails.
+    BestEffort,
+}
+
+/// A required CPU platform for an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceCpuPlatform {
+    /// An AMD Milan-like CPU platform.
+    AmdMilan,
+    /// An AMD Turin-like CPU platform (without cache information in CPUID leaf 8000_0006).
+    AmdTurin,
+    /// An AMD Turin-like CPU platform.
+    AmdTurinV2,
+}

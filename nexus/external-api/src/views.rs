@@ -1,0 +1,137 @@
+//! What the API returns. Field names and types are Oxide's (`oxide` 0.19 deserializes these
+//! strictly: every field it does not have as optional must be present).
+
+use crate::params::{InstanceAutoRestartPolicy, InstanceCpuPlatform};
+use chrono::{DateTime, Utc};
+use halyard_common::ids::{InstanceUuid, ProjectUuid, SledUuid};
+use halyard_common::{ByteCount, InstanceState, Name};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// View of a Project
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct Project {
+    /// Unique, immutable, system-controlled identifier for each resource
+    pub id: ProjectUuid,
+    /// Unique, mutable, user-controlled identifier for each resource
+    pub name: Name,
+    /// Human-readable free-form text about a resource
+    pub description: String,
+    /// Timestamp when this resource was created
+    pub time_created: DateTime<Utc>,
+    /// Timestamp when this resource was last modified
+    pub time_modified: DateTime<Utc>,
+}
+
+/// View of an Instance
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct Instance {
+    /// Unique, immutable, system-controlled identifier for each resource
+    pub id: InstanceUuid,
+    /// Unique, mutable, user-controlled identifier for each resource
+    pub name: Name,
+    /// Human-readable free-form text about a resource
+    pub description: String,
+    /// Timestamp when this resource was created
+    pub time_created: DateTime<Utc>,
+    /// Timestamp when this resource was last modified
+    pub time_modified: DateTime<Utc>,
+    /// ID for the project containing this instance
+    pub project_id: ProjectUuid,
+    /// RFC1035-compliant hostname for the instance
+    pub hostname: String,
+    /// Number of CPUs allocated for this instance
+    pub ncpus: u16,
+    /// Memory allocated for this instance, in bytes
+    pub memory: ByteCount,
+    /// Running state of the instance
+    pub run_state: InstanceState,
+    /// When `run_state` last changed
+    pub time_run_state_updated: DateTime<Utc>,
+    /// `true` if this instance's auto-restart policy will permit the control plane to
+    /// automatically restart it if it enters the `Failed` state. Always `false` in Halyard,
+    /// which never restarts an instance by itself.
+    pub auto_restart_enabled: bool,
+    /// The auto-restart policy configured for this instance, or `null` if none was.
+    pub auto_restart_policy: Option<InstanceAutoRestartPolicy>,
+    /// The time at which the auto-restart cooldown period for this instance completes
+    /// (`null`: never auto-restarted, or the cooldown has expired).
+    pub auto_restart_cooldown_expiration: Option<DateTime<Utc>>,
+    /// The most recent time this instance was automatically restarted (`null`: never).
+    pub time_last_auto_restarted: Option<DateTime<Utc>>,
+    /// The ID of the disk used to boot this instance, if a specific one is assigned
+    pub boot_disk_id: Option<Uuid>,
+    /// The CPU platform for this instance (`null`: no particular platform required).
+    pub cpu_platform: Option<InstanceCpuPlatform>,
+    /// Whether this instance has opted in to jumbo frames on its primary network interface.
+    pub enable_jumbo_frames: bool,
+}
+
+/// An operator's view of a Sled.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct Sled {
+    /// Unique, immutable, system-controlled identifier for each resource
+    pub id: SledUuid,
+    /// Timestamp when this resource was created
+    pub time_created: DateTime<Utc>,
+    /// Timestamp when this resource was last modified
+    pub time_modified: DateTime<Utc>,
+    pub baseboard: Baseboard,
+    /// The rack to which this Sled is currently attached
+    pub rack_id: Uuid,
+    /// The physical slot in the rack where this sled was last observed to be located, or
+    /// `null` if its location is not known.
+    pub slot: Option<u16>,
+    /// The operator-defined policy of a sled.
+    pub policy: SledPolicy,
+    /// The current state of the sled.
+    pub state: SledState,
+    /// The number of hardware threads which can execute on this sled
+    pub usable_hardware_threads: u32,
+    /// Amount of RAM which may be used by the Sled's OS
+    pub usable_physical_ram: ByteCount,
+}
+
+/// Properties that uniquely identify an Oxide hardware component
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct Baseboard {
+    pub serial: String,
+    pub part: String,
+    pub revision: u32,
+}
+
+/// The operator-defined policy of a sled (Oxide's: `{"kind": "in_service",
+/// "provision_policy": "provisionable"}` or `{"kind": "expunged"}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SledPolicy {
+    /// The operator has indicated that the sled is in-service.
+    InService {
+        /// Determines whether new resources can be provisioned onto the sled.
+        provision_policy: SledProvisionPolicy,
+    },
+    /// The operator has indicated that the sled has been permanently removed from service.
+    Expunged,
+}
+
+/// The operator-defined provision policy of a sled: whether new resources are going to be
+/// provisioned on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SledProvisionPolicy {
+    /// New resources will be provisioned on this sled.
+    Provisionable,
+    /// New resources will not be provisioned on this sled.
+    NonProvisionable,
+}
+
+/// The current state of the sled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SledState {
+    /// The sled is currently active, and has resources allocated on it.
+    Active,
+    /// The sled has been permanently removed from service.
+    Decommissioned,
+}

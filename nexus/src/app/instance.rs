@@ -1,0 +1,330 @@
+//! Instances (and the projects that hold them): what the external API's calls do, and how
+//! sled agents' VMM reports change instances.
+
+use super::Nexus;
+use super::sagas::{instance_create, instance_delete, instance_start};
+use crate::app::sled_agent_error;
+use halyard_common::ids::{GenericUuid, InstanceUuid, ProjectUuid, SledUuid, VmmUuid};
+use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
+use halyard_common::{ByteCount, Error, InstanceNexusState, Name, NameOrId, VmmState};
+use halyard_db_model::{Instance, Project, Sled, SledResources, Vmm, VmmRuntimeState};
+use halyard_db_queries::{MigrationReport, PaginatedBy, VmmStateReport};
+use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
+use slog::info;
+use std::sync::Arc;
+
+/// An instance and its active VMM (if it has one and its record exists yet).
+#[derive(Debug, Clone)]
+pub struct InstanceAndVmm {
+    pub instance: Instance,
+    pub active_vmm: Option<Vmm>,
+}
+
+impl InstanceAndVmm {
+    /// What the user sees. An instance whose VMM record a start saga has not written yet is
+    /// starting.
+    pub fn run_state(&self) -> halyard_common::InstanceState {
+        let nexus_state = self.instance.runtime.nexus_state();
+        let vmm_state = match (&self.active_vmm, self.instance.runtime.active_vmm()) {
+            (Some(vmm), _) => Some(vmm.state()),
+            (None, Some(_)) => Some(VmmState::Starting),
+            (None, None) => None,
+        };
+        halyard_common::InstanceState::derive(nexus_state, vmm_state)
+    }
+
+    /// When the state the user sees last changed.
+    pub fn time_run_state_updated(&self) -> chrono::DateTime<chrono::Utc> {
+        let instance = self.instance.runtime.time_state_updated;
+        self.active_vmm
+            .as_ref()
+            .map_or(instance, |vmm| vmm.runtime.time_state_updated.max(instance))
+    }
+}
+
+/// What a user asks for when creating an instance.
+#[derive(Debug, Clone)]
+pub struct InstanceCreate {
+    pub name: Name,
+    pub description: String,
+    pub hostname: String,
+    pub ncpus: u16,
+    pub memory: ByteCount,
+    pub start: bool,
+}
+
+impl Nexus {
+    // Projects
+
+    pub async fn project_create(&self, name: Name, description: String) -> Result<Project, Error> {
+        self.datastore()
+            .project_create(Project::new(ProjectUuid::new_v4(), name, description))
+            .await
+    }
+
+    pub async fn project_view(&self, project: &NameOrId) -> Result<Project, Error> {
+        self.datastore().project_fetch(project).await
+    }
+
+    pub async fn project_list(&self, page: &PaginatedBy<'_>) -> Result<Vec<Project>, Error> {
+        self.datastore().project_list(page).await
+    }
+
+    pub async fn project_delete(&self, project: &NameOrId) -> Result<(), Error> {
+        self.datastore().project_delete(project).await.map(|_| ())
+    }
+
+    // Instances
+
+    /// Finds a live instance: by id (then no project may be given), or by name within a
+    /// project.
+    pub async fn instance_lookup(
+        &self,
+        project: Option<&NameOrId>,
+        instance: &NameOrId,
+    ) -> Result<Instance, Error> {
+        match (instance, project) {
+            (NameOrId::Id(id), None) => {
+                self.datastore()
+                    .instance_fetch(InstanceUuid::from_untyped_uuid(*id))
+                    .await
+            }
+            (NameOrId::Id(_), Some(_)) => Err(Error::invalid_request(
+                "when the instance is given by id, do not also give a project",
+            )),
+            (NameOrId::Name(_), None) => Err(Error::invalid_request(
+                "when the instance is given by name, its project must be given too \
+                 (?project=<name or id>)",
+            )),
+            (NameOrId::Name(name), Some(project)) => {
+                let project = self.datastore().project_fetch(project).await?;
+                self.datastore()
+                    .instance_fetch_by_name(project.id(), name)
+                    .await
+            }
+        }
+    }
+
+    pub async fn instance_with_vmm(&self, instance: Instance) -> Result<InstanceAndVmm, Error> {
+        let active_vmm = match instance.runtime.active_vmm() {
+            None => None,
+            Some(id) => match self.datastore().vmm_fetch(id).await {
+                Ok(vmm) => Some(vmm),
+                Err(Error::ObjectNotFound { .. }) => None, // a start saga is creating it
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(InstanceAndVmm {
+            instance,
+            active_vmm,
+        })
+    }
+
+    pub async fn instance_view(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
+        let instance = self.datastore().instance_fetch(id).await?;
+        self.instance_with_vmm(instance).await
+    }
+
+    pub async fn instance_list(
+        &self,
+        project: &NameOrId,
+        page: &PaginatedBy<'_>,
+    ) -> Result<Vec<InstanceAndVmm>, Error> {
+        let project = self.datastore().project_fetch(project).await?;
+        let mut views = Vec::new();
+        for instance in self.datastore().instance_list(project.id(), page).await? {
+            views.push(self.instance_with_vmm(instance).await?);
+        }
+        Ok(views)
+    }
+
+    /// Creates an instance (the instance-create saga), then starts it if asked.
+    pub async fn instance_create(
+        self: &Arc<Self>,
+        project: &NameOrId,
+        params: InstanceCreate,
+    ) -> Result<InstanceAndVmm, Error> {
+        let project = self.datastore().project_fetch(project).await?;
+        let instance_id = InstanceUuid::new_v4();
+        self.run_saga::<instance_create::SagaInstanceCreate>(instance_create::Params {
+            instance_id,
+            project_id: project.id(),
+            name: params.name,
+            description: params.description,
+            ncpus: params.ncpus,
+            memory: params.memory,
+            hostname: params.hostname,
+        })
+        .await?;
+        if params.start {
+            self.instance_start(instance_id).await
+        } else {
+            self.instance_view(instance_id).await
+        }
+    }
+
+    /// Starts a stopped instance (the instance-start saga). Starting an instance that already
+    /// has a VMM is a no-op that returns it, also when a racing start won.
+    pub async fn instance_start(
+        self: &Arc<Self>,
+        id: InstanceUuid,
+    ) -> Result<InstanceAndVmm, Error> {
+        let current = self.datastore().instance_fetch(id).await?;
+        if current.runtime.active_vmm().is_none() {
+            let started = self
+                .run_saga::<instance_start::SagaInstanceStart>(instance_start::Params {
+                    instance_id: id,
+                })
+                .await;
+            if let Err(e) = started {
+                let now = self.datastore().instance_fetch(id).await?;
+                let lost_race =
+                    matches!(e, Error::Conflict { .. }) && now.runtime.active_vmm().is_some();
+                if !lost_race {
+                    return Err(e);
+                }
+            }
+        }
+        self.instance_view(id).await
+    }
+
+    /// Asks the sled agent running the instance's VMM to stop it. A stopped instance stays
+    /// stopped (no-op). The VMM is retired when its sled agent reports it gone.
+    pub async fn instance_stop(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
+        let view = self.instance_view(id).await?;
+        let Some(vmm) = &view.active_vmm else {
+            if view.instance.runtime.active_vmm().is_some() {
+                return Err(Error::conflict(
+                    "the instance is still starting; stop it once it is running",
+                ));
+            }
+            return Ok(view);
+        };
+        self.request_vmm_state(vmm, VmmStateRequested::Stop).await?;
+        self.instance_view(id).await
+    }
+
+    /// Asks the sled agent running the instance's VMM to reboot it.
+    pub async fn instance_reboot(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
+        let view = self.instance_view(id).await?;
+        match &view.active_vmm {
+            Some(vmm) if vmm.state() == VmmState::Running => {
+                self.request_vmm_state(vmm, VmmStateRequested::Reboot)
+                    .await?;
+                self.instance_view(id).await
+            }
+            _ => Err(Error::conflict(format!(
+                "instance \"{}\" is {}; only a running instance can reboot",
+                view.instance.name(),
+                view.run_state()
+            ))),
+        }
+    }
+
+    /// Deletes a stopped instance (the instance-delete saga).
+    pub async fn instance_delete(self: &Arc<Self>, id: InstanceUuid) -> Result<(), Error> {
+        self.run_saga::<instance_delete::SagaInstanceDelete>(instance_delete::Params {
+            instance_id: id,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn request_vmm_state(
+        &self,
+        vmm: &Vmm,
+        requested: VmmStateRequested,
+    ) -> Result<(), Error> {
+        let client = self.sled_client(vmm.sled_id()).await?;
+        match client
+            .vmm_put_state(&vmm.id(), &VmmPutStateBody { state: requested })
+            .await
+        {
+            Ok(state) => self.apply_vmm_report(vmm.id(), state.into_inner()).await,
+            Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {
+                // The sled agent no longer has this VMM (it restarted): the VMM is gone.
+                info!(self.log(), "sled agent lost a VMM; retiring it"; "propolis_id" => %vmm.id());
+                self.retire_vmm(vmm.sled_id(), vmm.id(), VmmState::Failed)
+                    .await
+            }
+            Err(e) => Err(sled_agent_error(e)),
+        }
+    }
+
+    /// Clears an instance's active VMM if it is `vmm_id` (a start that unwound), whatever else
+    /// changed meanwhile. Idempotent.
+    pub(crate) async fn instance_release_vmm(
+        &self,
+        instance_id: InstanceUuid,
+        vmm_id: VmmUuid,
+    ) -> Result<(), Error> {
+        for _ in 0..10 {
+            let instance = match self.datastore().instance_fetch(instance_id).await {
+                Ok(instance) => instance,
+                Err(Error::ObjectNotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if instance.runtime.active_vmm() != Some(vmm_id) {
+                return Ok(());
+            }
+            let mut released = instance.runtime.next();
+            released.nexus_state = InstanceNexusState::NoVmm.into();
+            released.active_propolis_id = None;
+            released.target_propolis_id = None;
+            released.migration_id = None;
+            if self
+                .datastore()
+                .instance_update_runtime(instance_id, &released)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(Error::unavailable(format!(
+            "instance {instance_id} keeps changing; retry"
+        )))
+    }
+
+    // VMM reports and sleds
+
+    /// Applies a sled agent's report of a VMM (only what is newer than what Nexus has), and
+    /// retires the VMM if the report says it is gone.
+    pub async fn apply_vmm_report(&self, id: VmmUuid, state: SledVmmState) -> Result<(), Error> {
+        let side = |s: halyard_common::internal_api::MigrationRuntimeState| MigrationReport {
+            migration_id: s.migration_id,
+            state: s.state,
+            generation: s.generation,
+            time_updated: s.time_updated,
+        };
+        let report = VmmStateReport {
+            vmm_id: id,
+            vmm: VmmRuntimeState {
+                state: state.vmm_state.state.into(),
+                generation: state.vmm_state.generation.into(),
+                time_state_updated: state.vmm_state.time_updated,
+            },
+            migration_in: state.migration_in.map(side),
+            migration_out: state.migration_out.map(side),
+        };
+        self.datastore().vmm_apply_report(&report).await?;
+        let reported = state.vmm_state.state;
+        if reported.is_terminal() {
+            let vmm = self.datastore().vmm_fetch(id).await?;
+            if vmm.time_deleted.is_none() {
+                self.retire_vmm(vmm.sled_id(), id, reported).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a sled agent's registration.
+    pub async fn sled_register(&self, id: SledUuid, info: SledAgentInfo) -> Result<Sled, Error> {
+        let resources = SledResources {
+            hardware_threads: info.hardware_threads,
+            physical_ram: info.physical_ram,
+        };
+        self.datastore()
+            .sled_upsert(Sled::new(id, info.address, info.backend, resources))
+            .await
+    }
+}

@@ -1,0 +1,254 @@
+//! Nexus's application logic: what each API call does, the saga runner, saga recovery, and
+//! the retirement of VMMs that have ended.
+
+pub mod instance;
+pub mod sagas;
+
+use halyard_common::Error;
+use halyard_common::ids::{GenericUuid, NexusUuid, SledUuid, VmmUuid};
+use halyard_db_queries::{DataStore, DbSecStore, saga_node_event_to_steno};
+use sagas::{ActionRegistry, NexusSaga, SagaContext, create_saga_dag, error_from_action};
+use slog::{Logger, error, info, o, warn};
+use std::sync::Arc;
+use std::time::Duration;
+use steno::{SagaDag, SagaId, SagaResult, SagaResultOk};
+
+/// The Nexus application: its database, its saga executor, and how it reaches sled agents.
+pub struct Nexus {
+    id: NexusUuid,
+    datastore: DataStore,
+    sec: steno::SecClient,
+    registry: Arc<ActionRegistry>,
+    log: Logger,
+}
+
+/// A saga created and ready to start (tests inject faults into it first).
+pub struct RunnableSaga {
+    pub id: SagaId,
+    pub dag: Arc<SagaDag>,
+    future: futures::future::BoxFuture<'static, SagaResult>,
+}
+
+impl Nexus {
+    pub fn new(id: NexusUuid, datastore: DataStore, log: &Logger) -> Arc<Nexus> {
+        let log = log.new(o!("nexus_id" => id.to_string()));
+        let store = Arc::new(DbSecStore::new(datastore.clone(), id, &log));
+        let sec = steno::sec(log.new(o!("component" => "SEC")), store);
+        Arc::new(Nexus {
+            id,
+            datastore,
+            sec,
+            registry: sagas::action_registry(),
+            log,
+        })
+    }
+
+    pub fn id(&self) -> NexusUuid {
+        self.id
+    }
+
+    pub fn datastore(&self) -> &DataStore {
+        &self.datastore
+    }
+
+    /// The saga executor (tests use it to inject errors into saga nodes).
+    pub fn sec(&self) -> &steno::SecClient {
+        &self.sec
+    }
+
+    pub fn log(&self) -> &Logger {
+        &self.log
+    }
+
+    // Sagas
+
+    /// Creates a saga of kind `S` (recorded in the saga log) without starting it.
+    pub async fn saga_prepare<S: NexusSaga>(
+        self: &Arc<Self>,
+        params: S::Params,
+    ) -> Result<RunnableSaga, Error> {
+        let dag = Arc::new(create_saga_dag::<S>(params)?);
+        let id = SagaId::new_v4();
+        let context = Arc::new(SagaContext {
+            nexus: Arc::clone(self),
+        });
+        let future = self
+            .sec
+            .saga_create(id, context, Arc::clone(&dag), Arc::clone(&self.registry))
+            .await
+            .map_err(|e| Error::unavailable(format!("cannot record saga {}: {e:#}", S::NAME)))?;
+        Ok(RunnableSaga { id, dag, future })
+    }
+
+    /// Starts a prepared saga and waits for its outcome. A failed saga has fully unwound; its
+    /// error is the failing action's. A saga whose undo also failed is stuck: reported as an
+    /// internal error (and logged), never as a clean failure.
+    pub async fn saga_execute(&self, saga: RunnableSaga) -> Result<SagaResultOk, Error> {
+        self.sec
+            .saga_start(saga.id)
+            .await
+            .map_err(|e| Error::internal(format!("cannot start saga {}: {e:#}", saga.id)))?;
+        let result = saga.future.await;
+        saga_outcome(&self.log, result)
+    }
+
+    pub async fn run_saga<S: NexusSaga>(
+        self: &Arc<Self>,
+        params: S::Params,
+    ) -> Result<SagaResultOk, Error> {
+        let saga = self.saga_prepare::<S>(params).await?;
+        self.saga_execute(saga).await
+    }
+
+    /// Resumes every unfinished saga this Nexus owns, from the saga log. Returns how many.
+    pub async fn resume_sagas(self: &Arc<Self>) -> Result<usize, Error> {
+        let unfinished = self.datastore.saga_list_unfinished(self.id).await?;
+        for saga in &unfinished {
+            let events = self
+                .datastore
+                .saga_node_events(saga.id())
+                .await?
+                .iter()
+                .map(saga_node_event_to_steno)
+                .collect::<Result<Vec<_>, _>>()?;
+            let id = SagaId::from_untyped_uuid(saga.id().into_untyped_uuid());
+            let context = Arc::new(SagaContext {
+                nexus: Arc::clone(self),
+            });
+            let future = self
+                .sec
+                .saga_resume(
+                    id,
+                    context,
+                    saga.dag.clone(),
+                    Arc::clone(&self.registry),
+                    events,
+                )
+                .await
+                .map_err(|e| Error::internal(format!("cannot resume saga {id}: {e:#}")))?;
+            self.sec
+                .saga_start(id)
+                .await
+                .map_err(|e| Error::internal(format!("cannot start saga {id}: {e:#}")))?;
+            info!(self.log, "resumed saga"; "saga_id" => %id, "saga_name" => &saga.name);
+            let log = self.log.new(o!("saga_id" => id.to_string()));
+            tokio::spawn(async move {
+                let _ = saga_outcome(&log, future.await);
+            });
+        }
+        Ok(unfinished.len())
+    }
+
+    // Sled agents
+
+    /// A client for a sled's agent, at the address it last registered.
+    pub async fn sled_client(
+        &self,
+        sled_id: SledUuid,
+    ) -> Result<halyard_sled_agent_client::Client, Error> {
+        let sled = self.datastore.sled_fetch(sled_id).await?;
+        Ok(halyard_sled_agent_client::Client::new(&format!(
+            "http://{}",
+            sled.address()
+        )))
+    }
+
+    /// Unregisters a VMM from its sled agent (idempotent there), retrying briefly.
+    pub async fn unregister_vmm(&self, sled_id: SledUuid, vmm_id: VmmUuid) -> Result<(), Error> {
+        let client = self.sled_client(sled_id).await?;
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=4 {
+            match client.vmm_unregister(&vmm_id).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt == 4 => return Err(sled_agent_error(e)),
+                Err(e) => {
+                    warn!(self.log, "cannot unregister VMM; retrying";
+                        "propolis_id" => %vmm_id, "sled_id" => %sled_id, "error" => %e);
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Re-drives the retirement of VMMs that ended but were not retired (a crash between the
+    /// report and the retirement), forever.
+    pub(crate) fn spawn_retirement_task(
+        self: &Arc<Self>,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let nexus = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if let Err(e) = nexus.retire_ended_vmms().await {
+                    warn!(nexus.log, "retiring ended VMMs failed; will retry"; "error" => %e);
+                }
+            }
+        })
+    }
+
+    /// Retires every VMM that reached a terminal state but was not retired yet.
+    pub async fn retire_ended_vmms(&self) -> Result<usize, Error> {
+        let ended = self.datastore.vmm_list_unretired_terminal().await?;
+        for vmm in &ended {
+            info!(self.log, "retiring an ended VMM"; "propolis_id" => %vmm.id(), "state" => %vmm.state());
+            self.retire_vmm(vmm.sled_id(), vmm.id(), vmm.state())
+                .await?;
+        }
+        Ok(ended.len())
+    }
+
+    /// Retires an ended VMM: unregisters it from its sled agent, then (in one transaction)
+    /// marks it retired, releases its reservation and clears the instance's pointer to it.
+    /// Idempotent. A migration target orphaned by the end of its source is retired too.
+    pub async fn retire_vmm(
+        &self,
+        sled_id: SledUuid,
+        vmm_id: VmmUuid,
+        final_state: halyard_common::VmmState,
+    ) -> Result<(), Error> {
+        self.unregister_vmm(sled_id, vmm_id).await?;
+        let outcome = self.datastore.vmm_retire(vmm_id, final_state).await?;
+        if let Some(target) = outcome.orphaned_target {
+            let target = self.datastore.vmm_fetch(target).await?;
+            self.unregister_vmm(target.sled_id(), target.id()).await?;
+            self.datastore
+                .vmm_retire(target.id(), halyard_common::VmmState::SagaUnwound)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn saga_outcome(log: &Logger, result: SagaResult) -> Result<SagaResultOk, Error> {
+    match result.kind {
+        Ok(ok) => Ok(ok),
+        Err(failed) => {
+            if let Some((node, undo_error)) = &failed.undo_failure {
+                error!(log, "saga is stuck: an undo action failed";
+                    "saga_id" => %result.saga_id, "node" => ?node, "error" => %undo_error,
+                    "first_failure" => %failed.error_source);
+                return Err(Error::internal(format!(
+                    "saga {} is stuck: undoing {node:?} failed ({undo_error}) after {} failed",
+                    result.saga_id,
+                    failed.error_node_name.as_ref()
+                )));
+            }
+            Err(error_from_action(failed.error_source))
+        }
+    }
+}
+
+/// Maps a sled agent client error to an API error: the sled agent's own 4xx keeps its
+/// meaning; anything else means the sled agent could not be reached or failed.
+pub(crate) fn sled_agent_error<E: std::fmt::Debug>(e: progenitor_client::Error<E>) -> Error {
+    match e.status().map(|s| s.as_u16()) {
+        Some(404) => Error::conflict(format!("the sled agent does not know this VMM: {e}")),
+        Some(status) if (400..500).contains(&status) => {
+            Error::conflict(format!("the sled agent refused: {e}"))
+        }
+        _ => Error::unavailable(format!("sled agent: {e}")),
+    }
+}

@@ -1,0 +1,107 @@
+//! instance-create: records a new instance, stopped.
+//!
+//! ```text
+//!   create_record ──► mark_stopped
+//! ```
+//!
+//! - `create_record` inserts the instance in `nexus_state` `creating` (idempotent by instance
+//!   id). Undo: marks it destroyed, which frees its name.
+//! - `mark_stopped` moves it to `no_vmm` (stopped), generation-guarded; a repeat finds it
+//!   already stopped. Last node: nothing after it can fail, so its undo is a no-op.
+//!
+//! With `start: true` the caller runs instance-start after this saga finishes.
+
+use super::{NexusActionContext, NexusSaga, action_failed, declare_action};
+use halyard_common::ids::{InstanceUuid, ProjectUuid};
+use halyard_common::{ByteCount, InstanceNexusState, Name};
+use halyard_db_model::NewInstanceParams;
+use serde::{Deserialize, Serialize};
+use steno::{ActionError, DagBuilder, Node};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub instance_id: InstanceUuid,
+    pub project_id: ProjectUuid,
+    pub name: Name,
+    pub description: String,
+    pub ncpus: u16,
+    pub memory: ByteCount,
+    pub hostname: String,
+}
+
+pub struct SagaInstanceCreate;
+
+declare_action!(
+    CREATE_RECORD,
+    "instance_create.create_record",
+    create_record,
+    undo_create_record
+);
+declare_action!(MARK_STOPPED, "instance_create.mark_stopped", mark_stopped);
+
+impl NexusSaga for SagaInstanceCreate {
+    const NAME: &'static str = "instance-create";
+    type Params = Params;
+
+    fn register_actions(registry: &mut super::ActionRegistry) {
+        registry.register(CREATE_RECORD.clone());
+        registry.register(MARK_STOPPED.clone());
+    }
+
+    fn make_dag(_: &Params, builder: &mut DagBuilder) {
+        builder.append(Node::action(
+            "instance",
+            "CreateRecord",
+            CREATE_RECORD.as_ref(),
+        ));
+        builder.append(Node::action(
+            "stopped",
+            "MarkStopped",
+            MARK_STOPPED.as_ref(),
+        ));
+    }
+}
+
+async fn create_record(ctx: NexusActionContext) -> Result<InstanceUuid, ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let created = datastore
+        .instance_insert(NewInstanceParams {
+            id: params.instance_id,
+            project_id: params.project_id,
+            name: params.name,
+            description: params.description,
+            ncpus: params.ncpus,
+            memory: params.memory,
+            hostname: params.hostname,
+        })
+        .await
+        .map_err(action_failed)?;
+    Ok(created.id())
+}
+
+async fn undo_create_record(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+    let params = ctx.saga_params::<Params>()?;
+    let datastore = ctx.user_data().nexus.datastore();
+    match datastore.instance_mark_destroyed(params.instance_id).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.error_code() == "ObjectNotFound" => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn mark_stopped(ctx: NexusActionContext) -> Result<(), ActionError> {
+    let id = ctx.lookup::<InstanceUuid>("instance")?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let instance = datastore.instance_fetch(id).await.map_err(action_failed)?;
+    if instance.runtime.nexus_state() != InstanceNexusState::Creating {
+        return Ok(()); // a repeat: already done
+    }
+    let mut stopped = instance.runtime.next();
+    stopped.nexus_state = InstanceNexusState::NoVmm.into();
+    datastore
+        .instance_update_runtime(id, &stopped)
+        .await
+        .map_err(action_failed)?;
+    Ok(())
+}

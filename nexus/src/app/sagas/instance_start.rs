@@ -1,0 +1,261 @@
+//! instance-start: gives a stopped instance a new VMM on a sled with room, and runs it.
+//!
+//! ```text
+//!   propolis_id ──► claim ──► reservation ──► vmm ──► registered ──► running
+//! ```
+//!
+//! | node | action | undo |
+//! |---|---|---|
+//! | `propolis_id` | picks the new VMM's id (a node, so a resumed saga reuses it) | — |
+//! | `claim` | sets the instance's active VMM to the new id, generation-checked against the stopped instance it read: of racing starts exactly one claims it, the others fail with `Conflict` before taking anything | clears the active VMM if it is still ours |
+//! | `reservation` | picks a sled with room and reserves the VMM's threads and memory there, in one statement | releases the reservation |
+//! | `vmm` | inserts the VMM record (state `creating`) at the sled agent's address | retires the VMM as `saga_unwound`: terminal state, record deleted, reservation released, the instance's pointer cleared, in one transaction |
+//! | `registered` | registers the VMM with the sled agent | unregisters it (idempotent) |
+//! | `running` | asks the sled agent to run it and records the state it answers | — (unregistering stops it) |
+//!
+//! Every action and undo is idempotent, so steno may repeat any of them after a crash. From
+//! here on the VMM's state comes from the sled agent's reports; when it ends (stopped, failed)
+//! Nexus retires it (see `app::instance`).
+
+use super::{NexusActionContext, NexusSaga, action_failed, declare_action};
+use crate::app::sled_agent_error;
+use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
+use halyard_common::{Error, InstanceNexusState, VmmState};
+use halyard_db_model::{SledResources, Vmm};
+use halyard_db_queries::SledChoice;
+use halyard_sled_agent_api::{VmmPutStateBody, VmmRegisterBody, VmmStateRequested};
+use serde::{Deserialize, Serialize};
+use steno::{ActionError, DagBuilder, Node};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub instance_id: InstanceUuid,
+}
+
+pub struct SagaInstanceStart;
+
+declare_action!(
+    GENERATE_PROPOLIS_ID,
+    "instance_start.generate_propolis_id",
+    generate_propolis_id
+);
+declare_action!(CLAIM, "instance_start.claim", claim, undo_claim);
+declare_action!(RESERVE, "instance_start.reserve", reserve, undo_reserve);
+declare_action!(
+    CREATE_VMM,
+    "instance_start.create_vmm",
+    create_vmm,
+    undo_create_vmm
+);
+declare_action!(REGISTER, "instance_start.register", register, undo_register);
+declare_action!(RUN, "instance_start.run", run);
+
+impl NexusSaga for SagaInstanceStart {
+    const NAME: &'static str = "instance-start";
+    type Params = Params;
+
+    fn register_actions(registry: &mut super::ActionRegistry) {
+        for action in [
+            &GENERATE_PROPOLIS_ID,
+            &CLAIM,
+            &RESERVE,
+            &CREATE_VMM,
+            &REGISTER,
+            &RUN,
+        ] {
+            registry.register((*action).clone());
+        }
+    }
+
+    fn make_dag(_: &Params, builder: &mut DagBuilder) {
+        builder.append(Node::action(
+            "propolis_id",
+            "GeneratePropolisId",
+            GENERATE_PROPOLIS_ID.as_ref(),
+        ));
+        builder.append(Node::action("claim", "Claim", CLAIM.as_ref()));
+        builder.append(Node::action("reservation", "Reserve", RESERVE.as_ref()));
+        builder.append(Node::action("vmm", "CreateVmm", CREATE_VMM.as_ref()));
+        builder.append(Node::action("registered", "Register", REGISTER.as_ref()));
+        builder.append(Node::action("running", "Run", RUN.as_ref()));
+    }
+}
+
+async fn generate_propolis_id(_: NexusActionContext) -> Result<VmmUuid, ActionError> {
+    Ok(VmmUuid::new_v4())
+}
+
+async fn claim(ctx: NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let instance = datastore
+        .instance_fetch(params.instance_id)
+        .await
+        .map_err(action_failed)?;
+    let runtime = &instance.runtime;
+    if runtime.active_vmm() == Some(propolis_id) {
+        return Ok(()); // a repeat: ours already
+    }
+    if let Some(active) = runtime.active_vmm() {
+        return Err(action_failed(Error::conflict(format!(
+            "instance \"{}\" is already running (VMM {active}); stop it first to start it anew",
+            instance.name()
+        ))));
+    }
+    match runtime.nexus_state() {
+        InstanceNexusState::NoVmm | InstanceNexusState::Failed => {}
+        other => {
+            return Err(action_failed(Error::conflict(format!(
+                "instance \"{}\" cannot start while it is {other}",
+                instance.name()
+            ))));
+        }
+    }
+    let mut claimed = runtime.next();
+    claimed.nexus_state = InstanceNexusState::Vmm.into();
+    claimed.active_propolis_id = Some(propolis_id.into());
+    if datastore
+        .instance_update_runtime(params.instance_id, &claimed)
+        .await
+        .map_err(action_failed)?
+    {
+        return Ok(());
+    }
+    // Someone changed the instance since we read it: ours, if this is a replay that already
+    // wrote, or a racing start that won.
+    let now = datastore
+        .instance_fetch(params.instance_id)
+        .await
+        .map_err(action_failed)?;
+    if now.runtime.active_vmm() == Some(propolis_id) {
+        return Ok(());
+    }
+    Err(action_failed(Error::conflict(format!(
+        "instance \"{}\" changed while starting (another start or stop won); retry",
+        instance.name()
+    ))))
+}
+
+async fn undo_claim(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+    let params = ctx.saga_params::<Params>()?;
+    let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    ctx.user_data()
+        .nexus
+        .instance_release_vmm(params.instance_id, propolis_id)
+        .await?;
+    Ok(())
+}
+
+async fn reserve(ctx: NexusActionContext) -> Result<SledUuid, ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let instance = datastore
+        .instance_fetch(params.instance_id)
+        .await
+        .map_err(action_failed)?;
+    let resources = SledResources {
+        hardware_threads: u32::try_from(instance.ncpus).unwrap_or(u32::MAX),
+        physical_ram: instance.memory.0,
+    };
+    let reservation = datastore
+        .sled_reserve(propolis_id, params.instance_id, SledChoice::Any, resources)
+        .await
+        .map_err(action_failed)?;
+    Ok(reservation.sled_id())
+}
+
+async fn undo_reserve(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+    let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .sled_reservation_release(propolis_id)
+        .await?;
+    Ok(())
+}
+
+async fn create_vmm(ctx: NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let sled = datastore.sled_fetch(sled_id).await.map_err(action_failed)?;
+    // The sled agent serves its VMMs; a VMM's address is where Nexus reaches it.
+    let vmm = Vmm::new(propolis_id, params.instance_id, sled_id, sled.address());
+    datastore.vmm_insert(vmm).await.map_err(action_failed)?;
+    Ok(())
+}
+
+async fn undo_create_vmm(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+    let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    match ctx
+        .user_data()
+        .nexus
+        .datastore()
+        .vmm_retire(propolis_id, VmmState::SagaUnwound)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.error_code() == "ObjectNotFound" => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn register(ctx: NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    let nexus = &ctx.user_data().nexus;
+    let instance = nexus
+        .datastore()
+        .instance_fetch(params.instance_id)
+        .await
+        .map_err(action_failed)?;
+    let body = VmmRegisterBody {
+        instance_id: params.instance_id,
+        ncpus: u16::try_from(instance.ncpus).unwrap_or(u16::MAX),
+        memory: instance.memory.0,
+        hostname: instance.hostname.clone(),
+        migration_target: None,
+    };
+    let client = nexus.sled_client(sled_id).await.map_err(action_failed)?;
+    client
+        .vmm_register(&propolis_id, &body)
+        .await
+        .map_err(|e| action_failed(sled_agent_error(e)))?;
+    Ok(())
+}
+
+async fn undo_register(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+    let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    ctx.user_data()
+        .nexus
+        .unregister_vmm(sled_id, propolis_id)
+        .await?;
+    Ok(())
+}
+
+async fn run(ctx: NexusActionContext) -> Result<(), ActionError> {
+    let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    let nexus = &ctx.user_data().nexus;
+    let client = nexus.sled_client(sled_id).await.map_err(action_failed)?;
+    let state = client
+        .vmm_put_state(
+            &propolis_id,
+            &VmmPutStateBody {
+                state: VmmStateRequested::Run,
+            },
+        )
+        .await
+        .map_err(|e| action_failed(sled_agent_error(e)))?
+        .into_inner();
+    nexus
+        .apply_vmm_report(propolis_id, state)
+        .await
+        .map_err(action_failed)?;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Sagas: every multi-step operation, as a steno DAG whose every action has an undo.
+//!
+//! One saga per file, each with its DAG and undo story in its module comment. Action names
+//! (e.g. `instance_start.reserve`) are stored in the saga log, so they must never change:
+//! a Nexus resuming a saga looks its actions up by these names.
+
+pub mod instance_create;
+pub mod instance_delete;
+pub mod instance_start;
+
+use crate::app::Nexus;
+use halyard_common::Error;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::sync::Arc;
+use steno::{ActionError, DagBuilder, SagaDag, SagaName};
+
+/// The steno saga type of every Nexus saga.
+#[derive(Debug)]
+pub struct NexusSagaType;
+
+impl steno::SagaType for NexusSagaType {
+    type ExecContextType = SagaContext;
+}
+
+/// What actions see: the Nexus that runs them.
+pub struct SagaContext {
+    pub(crate) nexus: Arc<Nexus>,
+}
+
+impl Debug for SagaContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SagaContext")
+    }
+}
+
+pub type ActionRegistry = steno::ActionRegistry<NexusSagaType>;
+pub(crate) type NexusActionContext = steno::ActionContext<NexusSagaType>;
+pub(crate) type NexusAction = Arc<dyn steno::Action<NexusSagaType>>;
+
+/// A kind of saga: its name, parameters, actions and DAG.
+pub trait NexusSaga {
+    const NAME: &'static str;
+    type Params: Serialize + DeserializeOwned + Debug;
+
+    /// Adds this saga's actions to the registry every Nexus builds at start.
+    fn register_actions(registry: &mut ActionRegistry);
+
+    /// Appends this saga's nodes.
+    fn make_dag(params: &Self::Params, builder: &mut DagBuilder);
+}
+
+/// Every action of every saga, by name.
+pub fn action_registry() -> Arc<ActionRegistry> {
+    let mut registry = ActionRegistry::new();
+    instance_create::SagaInstanceCreate::register_actions(&mut registry);
+    instance_start::SagaInstanceStart::register_actions(&mut registry);
+    instance_delete::SagaInstanceDelete::register_actions(&mut registry);
+    Arc::new(registry)
+}
+
+/// The DAG of one run of saga `S` with these parameters.
+pub fn create_saga_dag<S: NexusSaga>(params: S::Params) -> Result<SagaDag, Error> {
+    let mut builder = DagBuilder::new(SagaName::new(S::NAME));
+    S::make_dag(&params, &mut builder);
+    let dag = builder
+        .build()
+        .map_err(|e| Error::internal(format!("building the {} saga: {e}", S::NAME)))?;
+    let params = serde_json::to_value(&params)
+        .map_err(|e| Error::internal(format!("serializing {} parameters: {e}", S::NAME)))?;
+    Ok(SagaDag::new(dag, params))
+}
+
+/// An API error as a saga action failure (so the caller gets the same error back).
+pub(crate) fn action_failed(error: Error) -> ActionError {
+    ActionError::action_failed(error)
+}
+
+/// The API error behind a saga action failure.
+pub(crate) fn error_from_action(error: ActionError) -> Error {
+    match error.convert::<Error>() {
+        Ok(error) => error,
+        Err(other) => Error::internal(format!("saga action failed: {other:#}")),
+    }
+}
+
+/// Declares a lazily built action (so DAGs and the registry share one instance).
+macro_rules! declare_action {
+    ($static:ident, $name:literal, $action:expr, $undo:expr) => {
+        static $static: std::sync::LazyLock<$crate::app::sagas::NexusAction> =
+            std::sync::LazyLock::new(|| steno::ActionFunc::new_action($name, $action, $undo));
+    };
+    ($static:ident, $name:literal, $action:expr) => {
+        static $static: std::sync::LazyLock<$crate::app::sagas::NexusAction> =
+            std::sync::LazyLock::new(|| steno::new_action_noop_undo($name, $action));
+    };
+}
+pub(crate) use declare_action;

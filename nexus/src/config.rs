@@ -1,0 +1,57 @@
+//! Nexus's TOML configuration.
+
+use halyard_common::ids::NexusUuid;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// ```toml
+/// id = "0b7e5a34-5c39-4b6c-9b0e-3a6c2d1f8e90"   # this Nexus, the owner of the sagas it runs
+/// database_url = "postgresql://postgres@127.0.0.1:5432/halyard"
+/// external_address = "127.0.0.1:12220"          # the /v1 API
+/// internal_address = "127.0.0.1:12221"          # what sled agents call
+/// retirement_interval_ms = 5000                  # optional
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub id: NexusUuid,
+    pub database_url: String,
+    pub external_address: SocketAddr,
+    pub internal_address: SocketAddr,
+    /// How often the background task looks for VMMs whose retirement a crash interrupted.
+    #[serde(default = "default_retirement_interval_ms")]
+    pub retirement_interval_ms: u64,
+}
+
+fn default_retirement_interval_ms() -> u64 {
+    5_000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: display,
+            source,
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! Nexus's implementation of the internal API that sled agents call.
+
+use crate::app::Nexus;
+use dropshot::{HttpError, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody};
+use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
+use halyard_nexus_internal_api::{NexusInternalApi, SledPathParam, VmmPathParam};
+use std::sync::Arc;
+
+pub enum NexusInternalImpl {}
+
+impl NexusInternalApi for NexusInternalImpl {
+    type Context = Arc<Nexus>;
+
+    async fn sled_agent_put(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<SledPathParam>,
+        body: TypedBody<SledAgentInfo>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let nexus = rqctx.context();
+        nexus
+            .sled_register(path.into_inner().sled_id, body.into_inner())
+            .await?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn vmm_put_state(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        body: TypedBody<SledVmmState>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let nexus = rqctx.context();
+        nexus
+            .apply_vmm_report(path.into_inner().propolis_id, body.into_inner())
+            .await?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+}

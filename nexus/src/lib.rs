@@ -1,0 +1,85 @@
+//! Nexus: the control plane's central service.
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`app`]: what each operation does; the sagas (`app::sagas`, one file each); the saga
+//!   runner and recovery; VMM retirement.
+//! - `internal_api`: the internal API sled agents call (registration, VMM reports).
+//!
+//! Start-up order: check the database's schema version, resume this Nexus's unfinished
+//! sagas, serve the APIs, start the background tasks.
+
+pub mod app;
+pub mod config;
+mod internal_api;
+
+pub use app::Nexus;
+pub use config::Config;
+
+use anyhow::Context;
+use halyard_db_queries::{DataStore, PoolConfig};
+use slog::{Logger, info};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A running Nexus: its servers and background tasks.
+pub struct Server {
+    nexus: Arc<Nexus>,
+    internal: dropshot::HttpServer<Arc<Nexus>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Server> {
+        let datastore = DataStore::new(log, &config.database_url, PoolConfig::default());
+        datastore
+            .check_schema_version()
+            .await
+            .context("refusing to start against this database")?;
+        let nexus = Nexus::new(config.id, datastore, log);
+        let resumed = nexus
+            .resume_sagas()
+            .await
+            .context("resuming unfinished sagas")?;
+        info!(log, "resumed unfinished sagas"; "count" => resumed);
+
+        let internal_api = halyard_nexus_internal_api::nexus_internal_api_mod::api_description::<
+            internal_api::NexusInternalImpl,
+        >()
+        .map_err(|e| anyhow::anyhow!("building the internal API: {e}"))?;
+        let internal = dropshot::ServerBuilder::new(internal_api, Arc::clone(&nexus), log.clone())
+            .config(dropshot::ConfigDropshot {
+                bind_address: config.internal_address,
+                default_request_body_max_bytes: 1024 * 1024,
+                ..Default::default()
+            })
+            .start()
+            .with_context(|| format!("starting the internal API on {}", config.internal_address))?;
+
+        let retirement =
+            nexus.spawn_retirement_task(Duration::from_millis(config.retirement_interval_ms));
+        Ok(Server {
+            nexus,
+            internal,
+            background: vec![retirement],
+        })
+    }
+
+    pub fn nexus(&self) -> &Arc<Nexus> {
+        &self.nexus
+    }
+
+    pub fn internal_address(&self) -> SocketAddr {
+        self.internal.local_addr()
+    }
+
+    pub async fn close(self) -> anyhow::Result<()> {
+        for task in &self.background {
+            task.abort();
+        }
+        self.internal
+            .close()
+            .await
+            .map_err(|e| anyhow::anyhow!("stopping the internal API: {e}"))
+    }
+}

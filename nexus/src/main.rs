@@ -1,0 +1,37 @@
+//! `halyard-nexus --config <file>`: runs Nexus until SIGINT or SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use halyard_nexus::{Config, Server};
+use slog::{Drain, info, o};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(about = "Halyard Nexus: the control plane's central service")]
+struct Args {
+    /// The TOML configuration file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::from_file(&args.config)?;
+    let decorator = slog_term::TermDecorator::new().stderr().build();
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog_async::Async::new(drain).build().fuse();
+    let log = slog::Logger::root(drain, o!("component" => "nexus"));
+
+    let server = Server::start(&config, &log).await?;
+    info!(log, "Nexus running"; "internal_api" => %server.internal_address(), "id" => %config.id);
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    info!(log, "shutting down");
+    server.close().await
+}

@@ -1,0 +1,212 @@
+//! The test context: a fresh database, Nexus in-process, and simulated sled agents over real
+//! HTTP, plus an invariant checker that reports every violation it finds.
+
+use halyard_common::ids::{InstanceUuid, NexusUuid};
+use halyard_common::{ByteCount, InstanceState, Name, NameOrId, SledBackend};
+use halyard_nexus::app::instance::{InstanceAndVmm, InstanceCreate};
+use halyard_nexus::{Config, Nexus, Server};
+use halyard_sled_agent::SimConfig;
+use halyard_test_db::{TestDatabase, shared_cluster};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn log() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+pub struct TestContext {
+    pub db: TestDatabase,
+    pub server: Server,
+    pub sleds: Vec<halyard_sled_agent::Server>,
+}
+
+/// Each sled offers this many hardware threads and GiB of memory.
+pub const SLED_THREADS: u32 = 8;
+pub const SLED_RAM_GIB: u32 = 16;
+
+impl TestContext {
+    pub async fn new() -> TestContext {
+        TestContext::with_sleds(2).await
+    }
+
+    pub async fn with_sleds(count: usize) -> TestContext {
+        let db = TestDatabase::new();
+        let config = Config {
+            id: NexusUuid::new_v4(),
+            database_url: db.url().to_string(),
+            external_address: "127.0.0.1:0".parse().unwrap(),
+            internal_address: "127.0.0.1:0".parse().unwrap(),
+            retirement_interval_ms: 200,
+        };
+        let server = Server::start(&config, &log()).await.unwrap();
+        let mut sleds = Vec::new();
+        for _ in 0..count {
+            let sled_config = halyard_sled_agent::Config {
+                sled_id: halyard_common::ids::SledUuid::new_v4(),
+                listen_address: "127.0.0.1:0".parse().unwrap(),
+                nexus_address: server.internal_address(),
+                backend: SledBackend::Sim,
+                hardware_threads: SLED_THREADS,
+                physical_ram: ByteCount::from_gibibytes_u32(SLED_RAM_GIB),
+                registration_interval_ms: 1000,
+                sim: SimConfig {
+                    start_delay_ms: 20,
+                    stop_delay_ms: 20,
+                    reboot_delay_ms: 20,
+                    migration_phase_delay_ms: 10,
+                },
+            };
+            sleds.push(
+                halyard_sled_agent::Server::start(&sled_config, &log())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let ctx = TestContext { db, server, sleds };
+        let want = count;
+        ctx.eventually("every sled registered", async |ctx: &TestContext| {
+            ctx.sql("SELECT count(*) FROM sled").trim() == want.to_string()
+        })
+        .await;
+        ctx
+    }
+
+    pub fn nexus(&self) -> &Arc<Nexus> {
+        self.server.nexus()
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        shared_cluster().psql(self.db.name(), sql).expect("psql")
+    }
+
+    pub async fn eventually(&self, what: &str, check: impl AsyncFn(&TestContext) -> bool) {
+        for _ in 0..1000 {
+            if check(self).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    pub async fn project(&self, name: &str) -> NameOrId {
+        let name: Name = name.parse().unwrap();
+        self.nexus()
+            .project_create(name.clone(), String::new())
+            .await
+            .unwrap();
+        NameOrId::Name(name)
+    }
+
+    pub async fn instance(&self, project: &NameOrId, name: &str, ncpus: u16) -> InstanceUuid {
+        let created = self
+            .nexus()
+            .instance_create(
+                project,
+                InstanceCreate {
+                    name: name.parse().unwrap(),
+                    description: String::new(),
+                    hostname: name.to_string(),
+                    ncpus,
+                    memory: ByteCount::from_gibibytes_u32(1),
+                    start: false,
+                },
+            )
+            .await
+            .unwrap();
+        created.instance.id()
+    }
+
+    pub async fn view(&self, id: InstanceUuid) -> InstanceAndVmm {
+        self.nexus().instance_view(id).await.unwrap()
+    }
+
+    pub async fn wait_for(&self, id: InstanceUuid, state: InstanceState) {
+        self.eventually(
+            &format!("instance {id} {state}"),
+            async |ctx: &TestContext| ctx.view(id).await.run_state() == state,
+        )
+        .await;
+    }
+
+    /// Waits until nothing is in flight (no unfinished saga, no VMM mid-transition) and then
+    /// checks every invariant.
+    pub async fn assert_quiet_and_consistent(&self) {
+        self.eventually("the system to quiesce", async |ctx: &TestContext| {
+            ctx.sql("SELECT count(*) FROM saga WHERE saga_state != 'done'").trim() == "0"
+                && ctx
+                    .sql("SELECT count(*) FROM vmm WHERE time_deleted IS NULL AND state IN ('creating','starting','stopping','stopped','rebooting','migrating','destroyed','failed','saga_unwound')")
+                    .trim()
+                    == "0"
+        })
+        .await;
+        let violations = self.invariant_violations().await;
+        assert!(
+            violations.is_empty(),
+            "invariants violated:\n{}",
+            violations.join("\n")
+        );
+    }
+
+    /// Every invariant violation found, not just the first.
+    pub async fn invariant_violations(&self) -> Vec<String> {
+        let mut violations = Vec::new();
+        let mut check = |query: &str, what: &str| {
+            let rows = self.sql(query);
+            for row in rows.lines().filter(|l| !l.is_empty()) {
+                violations.push(format!("{what}: {row}"));
+            }
+        };
+        check(
+            "SELECT v.id FROM vmm v LEFT JOIN sled_reservation r ON r.vmm_id = v.id \
+             WHERE v.time_deleted IS NULL AND v.state NOT IN ('destroyed','failed','saga_unwound') AND r.vmm_id IS NULL",
+            "live VMM without a reservation",
+        );
+        check(
+            "SELECT r.vmm_id FROM sled_reservation r LEFT JOIN vmm v ON v.id = r.vmm_id \
+             WHERE v.id IS NULL OR v.time_deleted IS NOT NULL OR v.state IN ('destroyed','failed','saga_unwound')",
+            "reservation without a live VMM",
+        );
+        check(
+            "SELECT s.id, s.reserved_hardware_threads, coalesce(sum(r.hardware_threads), 0) FROM sled s \
+             LEFT JOIN sled_reservation r ON r.sled_id = s.id GROUP BY s.id \
+             HAVING s.reserved_hardware_threads != coalesce(sum(r.hardware_threads), 0) \
+                 OR s.reserved_physical_ram != coalesce(sum(r.physical_ram), 0) \
+                 OR s.reserved_hardware_threads > s.usable_hardware_threads",
+            "sled totals disagree with reservations or exceed capacity",
+        );
+        check(
+            "SELECT i.id, i.active_propolis_id FROM instance i LEFT JOIN vmm v ON v.id = i.active_propolis_id \
+             WHERE i.active_propolis_id IS NOT NULL AND (v.id IS NULL OR v.time_deleted IS NOT NULL)",
+            "instance pointing at a missing or retired VMM",
+        );
+        check(
+            "SELECT instance_id, count(*) FROM vmm WHERE time_deleted IS NULL GROUP BY instance_id HAVING count(*) > 2",
+            "instance with more than an active and a target VMM",
+        );
+        // What the sled agents run must be exactly the live VMMs in the database.
+        let live: std::collections::BTreeSet<String> = self
+            .sql("SELECT id FROM vmm WHERE time_deleted IS NULL")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        let mut on_sleds = std::collections::BTreeSet::new();
+        for sled in &self.sleds {
+            for vmm in sled.agent().vmm_list() {
+                on_sleds.insert(vmm.propolis_id.to_string());
+            }
+        }
+        for id in live.difference(&on_sleds) {
+            violations.push(format!(
+                "VMM {id} is live in the database but no sled agent runs it"
+            ));
+        }
+        for id in on_sleds.difference(&live) {
+            violations.push(format!(
+                "VMM {id} runs on a sled agent but is not live in the database"
+            ));
+        }
+        violations
+    }
+}

@@ -1,0 +1,235 @@
+//! Every node of every saga: an injected failure unwinds completely, and a repeated action
+//! (or undo) ends exactly as running it once does. The helpers are generic over the saga so
+//! later sagas reuse them.
+
+use crate::context::TestContext;
+use halyard_common::ids::InstanceUuid;
+use halyard_common::{ByteCount, InstanceState};
+use halyard_nexus::app::sagas::{
+    NexusSaga, create_saga_dag, instance_create, instance_delete, instance_start,
+};
+use std::num::NonZeroU32;
+use steno::RepeatInjected;
+
+/// The action nodes of saga `S`, by name.
+fn node_names<S: NexusSaga>(params: S::Params) -> Vec<String> {
+    create_saga_dag::<S>(params)
+        .unwrap()
+        .get_nodes()
+        .map(|n| n.name().as_ref().to_string())
+        .collect()
+}
+
+/// For each node of `S`: sets the world up with `setup`, runs the saga with an error injected
+/// at that node, and checks it failed, everything unwound (`check_unwound`), and the
+/// invariants hold. Returns how many nodes were covered.
+pub async fn inject_error_at_every_node<S: NexusSaga>(
+    ctx: &TestContext,
+    setup: impl AsyncFn(&TestContext) -> S::Params,
+    check_unwound: impl AsyncFn(&TestContext, &S::Params),
+) -> usize
+where
+    S::Params: Clone,
+{
+    let nodes = node_names::<S>(setup(ctx).await);
+    for name in &nodes {
+        let params = setup(ctx).await;
+        let saga = ctx.nexus().saga_prepare::<S>(params.clone()).await.unwrap();
+        let index = saga.dag.get_index(name).unwrap();
+        ctx.nexus()
+            .sec()
+            .saga_inject_error(saga.id, index)
+            .await
+            .unwrap();
+        let result = ctx.nexus().saga_execute(saga).await;
+        assert!(
+            result.is_err(),
+            "{}: an error injected at {name} must fail the saga",
+            S::NAME
+        );
+        ctx.assert_quiet_and_consistent().await;
+        check_unwound(ctx, &params).await;
+    }
+    nodes.len()
+}
+
+/// For each node of `S`: runs it with that node's action (and undo) run twice, and checks the
+/// end state with `check_done`, as after a single clean run.
+pub async fn repeat_every_node<S: NexusSaga>(
+    ctx: &TestContext,
+    setup: impl AsyncFn(&TestContext) -> S::Params,
+    check_done: impl AsyncFn(&TestContext, &S::Params),
+) -> usize
+where
+    S::Params: Clone,
+{
+    let nodes = node_names::<S>(setup(ctx).await);
+    let twice = NonZeroU32::new(2).unwrap();
+    for name in &nodes {
+        let params = setup(ctx).await;
+        let saga = ctx.nexus().saga_prepare::<S>(params.clone()).await.unwrap();
+        let index = saga.dag.get_index(name).unwrap();
+        ctx.nexus()
+            .sec()
+            .saga_inject_repeat(
+                saga.id,
+                index,
+                RepeatInjected {
+                    action: twice,
+                    undo: twice,
+                },
+            )
+            .await
+            .unwrap();
+        ctx.nexus()
+            .saga_execute(saga)
+            .await
+            .unwrap_or_else(|e| panic!("{}: repeating {name} failed the saga: {e:?}", S::NAME));
+        ctx.assert_quiet_and_consistent().await;
+        check_done(ctx, &params).await;
+    }
+    nodes.len()
+}
+
+async fn stopped_instance(ctx: &TestContext) -> InstanceUuid {
+    let project = match ctx.nexus().project_view(&"p".parse().unwrap()).await {
+        Ok(_) => "p".parse().unwrap(),
+        Err(_) => ctx.project("p").await,
+    };
+    let name = format!("vm-{}", &InstanceUuid::new_v4().to_string()[..8]);
+    ctx.instance(&project, &name, 2).await
+}
+
+async fn assert_stopped_with_nothing_held(ctx: &TestContext, id: InstanceUuid) {
+    let view = ctx.view(id).await;
+    assert_eq!(view.run_state(), InstanceState::Stopped);
+    assert_eq!(view.instance.runtime.active_vmm(), None);
+    let live = ctx.sql(&format!(
+        "SELECT count(*) FROM vmm WHERE instance_id = '{id}' AND time_deleted IS NULL"
+    ));
+    assert_eq!(live.trim(), "0");
+    assert_eq!(ctx.sql("SELECT count(*) FROM sled_reservation").trim(), "0");
+}
+
+#[tokio::test]
+async fn instance_start_unwinds_from_every_node() {
+    let ctx = TestContext::new().await;
+    let covered = inject_error_at_every_node::<instance_start::SagaInstanceStart>(
+        &ctx,
+        async |ctx| instance_start::Params {
+            instance_id: stopped_instance(ctx).await,
+        },
+        async |ctx, params| assert_stopped_with_nothing_held(ctx, params.instance_id).await,
+    )
+    .await;
+    assert_eq!(covered, 6);
+}
+
+#[tokio::test]
+async fn instance_start_repeated_at_every_node_ends_as_one_run() {
+    let ctx = TestContext::new().await;
+    let covered = repeat_every_node::<instance_start::SagaInstanceStart>(
+        &ctx,
+        async |ctx| instance_start::Params {
+            instance_id: stopped_instance(ctx).await,
+        },
+        async |ctx, params| {
+            ctx.wait_for(params.instance_id, InstanceState::Running)
+                .await;
+            let history = ctx
+                .nexus()
+                .datastore()
+                .instance_vmm_history(params.instance_id)
+                .await
+                .unwrap();
+            assert_eq!(history.len(), 1);
+            // Leave room for the next round.
+            ctx.nexus().instance_stop(params.instance_id).await.unwrap();
+            ctx.wait_for(params.instance_id, InstanceState::Stopped)
+                .await;
+        },
+    )
+    .await;
+    assert_eq!(covered, 6);
+}
+
+fn create_params(project_id: halyard_common::ids::ProjectUuid) -> instance_create::Params {
+    let id = InstanceUuid::new_v4();
+    instance_create::Params {
+        instance_id: id,
+        project_id,
+        name: format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
+        description: String::new(),
+        ncpus: 1,
+        memory: ByteCount::from_gibibytes_u32(1),
+        hostname: "vm".into(),
+    }
+}
+
+#[tokio::test]
+async fn instance_create_and_delete_unwind_from_every_node_and_tolerate_repeats() {
+    let ctx = TestContext::new().await;
+    ctx.project("p").await;
+    let project_id = ctx
+        .nexus()
+        .project_view(&"p".parse().unwrap())
+        .await
+        .unwrap()
+        .id();
+
+    let covered = inject_error_at_every_node::<instance_create::SagaInstanceCreate>(
+        &ctx,
+        async |_| create_params(project_id),
+        async |ctx, params| {
+            let err = ctx
+                .nexus()
+                .instance_view(params.instance_id)
+                .await
+                .unwrap_err();
+            assert_eq!(err.error_code(), "ObjectNotFound");
+        },
+    )
+    .await;
+    assert_eq!(covered, 2);
+    repeat_every_node::<instance_create::SagaInstanceCreate>(
+        &ctx,
+        async |_| create_params(project_id),
+        async |ctx, params| {
+            assert_eq!(
+                ctx.view(params.instance_id).await.run_state(),
+                InstanceState::Stopped
+            );
+        },
+    )
+    .await;
+
+    let covered = inject_error_at_every_node::<instance_delete::SagaInstanceDelete>(
+        &ctx,
+        async |ctx| instance_delete::Params {
+            instance_id: stopped_instance(ctx).await,
+        },
+        async |ctx, params| {
+            assert_eq!(
+                ctx.view(params.instance_id).await.run_state(),
+                InstanceState::Stopped
+            );
+        },
+    )
+    .await;
+    assert_eq!(covered, 1);
+    repeat_every_node::<instance_delete::SagaInstanceDelete>(
+        &ctx,
+        async |ctx| instance_delete::Params {
+            instance_id: stopped_instance(ctx).await,
+        },
+        async |ctx, params| {
+            let err = ctx
+                .nexus()
+                .instance_view(params.instance_id)
+                .await
+                .unwrap_err();
+            assert_eq!(err.error_code(), "ObjectNotFound");
+        },
+    )
+    .await;
+}
