@@ -3,13 +3,17 @@
 //! - [`config`]: the TOML configuration.
 //! - [`app`]: what each operation does; the sagas (`app::sagas`, one file each); the saga
 //!   runner and recovery; VMM retirement.
+//! - `external_api`: the Oxide-compatible `/v1` API users call; `authn`: where every external
+//!   request is authenticated.
 //! - `internal_api`: the internal API sled agents call (registration, VMM reports).
 //!
 //! Start-up order: check the database's schema version, resume this Nexus's unfinished
 //! sagas, serve the APIs, start the background tasks.
 
 pub mod app;
+mod authn;
 pub mod config;
+mod external_api;
 mod internal_api;
 
 pub use app::Nexus;
@@ -26,6 +30,7 @@ use std::time::Duration;
 pub struct Server {
     nexus: Arc<Nexus>,
     internal: dropshot::HttpServer<Arc<Nexus>>,
+    external: dropshot::HttpServer<Arc<Nexus>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -56,11 +61,25 @@ impl Server {
             .start()
             .with_context(|| format!("starting the internal API on {}", config.internal_address))?;
 
+        let external_api = halyard_nexus_external_api::nexus_external_api_mod::api_description::<
+            external_api::NexusExternalImpl,
+        >()
+        .map_err(|e| anyhow::anyhow!("building the external API: {e}"))?;
+        let external = dropshot::ServerBuilder::new(external_api, Arc::clone(&nexus), log.clone())
+            .config(dropshot::ConfigDropshot {
+                bind_address: config.external_address,
+                default_request_body_max_bytes: 1024 * 1024,
+                ..Default::default()
+            })
+            .start()
+            .with_context(|| format!("starting the external API on {}", config.external_address))?;
+
         let retirement =
             nexus.spawn_retirement_task(Duration::from_millis(config.retirement_interval_ms));
         Ok(Server {
             nexus,
             internal,
+            external,
             background: vec![retirement],
         })
     }
@@ -73,10 +92,18 @@ impl Server {
         self.internal.local_addr()
     }
 
+    pub fn external_address(&self) -> SocketAddr {
+        self.external.local_addr()
+    }
+
     pub async fn close(self) -> anyhow::Result<()> {
         for task in &self.background {
             task.abort();
         }
+        self.external
+            .close()
+            .await
+            .map_err(|e| anyhow::anyhow!("stopping the external API: {e}"))?;
         self.internal
             .close()
             .await

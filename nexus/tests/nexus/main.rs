@@ -1,6 +1,7 @@
 //! Nexus against a real PostgreSQL and real simulated sled agents over HTTP.
 
 mod context;
+mod external_api;
 mod instances;
 mod saga_faults;
 mod saga_replay;

@@ -1,0 +1,335 @@
+//! Nexus's implementation of the external (`/v1`, Oxide-compatible) API: authenticate, turn
+//! the request into an `app` call, and the result into Oxide's views.
+
+use crate::app::Nexus;
+use crate::app::instance::{InstanceAndVmm, InstanceCreate as AppInstanceCreate};
+use crate::authn::authenticate;
+use dropshot::{
+    HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted, HttpResponseOk,
+    PaginationOrder as DropshotOrder, Path, Query, RequestContext, ResultsPage, TypedBody,
+};
+use halyard_common::ids::InstanceUuid;
+use halyard_common::{ByteCount, Error};
+use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
+use halyard_nexus_external_api::NexusExternalApi;
+use halyard_nexus_external_api::pagination::{
+    PageByNameOrId, PaginatedById, PaginatedByNameOrId, id_pagination, name_or_id_pagination,
+    results_page_by_id, results_page_by_name_or_id, scan_params,
+};
+use halyard_nexus_external_api::params::{
+    InstanceCreate, InstancePath, OptionalProjectSelector, ProjectCreate, ProjectPath,
+    ProjectSelector,
+};
+use halyard_nexus_external_api::views::{
+    Baseboard, Instance, Project, Sled, SledPolicy, SledProvisionPolicy, SledState,
+};
+use std::sync::Arc;
+
+/// The largest instance Nexus accepts: 64 vCPUs and 1 TiB; the smallest memory is 64 MiB.
+const MAX_NCPUS: u16 = 64;
+const MIN_MEMORY: ByteCount = ByteCount::from_mebibytes_u32(64);
+const MAX_MEMORY: ByteCount = ByteCount::from_gibibytes_u32(1024);
+
+pub enum NexusExternalImpl {}
+
+fn order(direction: DropshotOrder) -> PaginationOrder {
+    match direction {
+        DropshotOrder::Ascending => PaginationOrder::Ascending,
+        DropshotOrder::Descending => PaginationOrder::Descending,
+    }
+}
+
+fn paginated_by(page: PageByNameOrId<'_>) -> PaginatedBy<'_> {
+    match page {
+        PageByNameOrId::Name(p) => PaginatedBy::Name(DataPageParams {
+            marker: p.marker,
+            direction: order(p.direction),
+            limit: p.limit,
+        }),
+        PageByNameOrId::Id(p) => PaginatedBy::Id(DataPageParams {
+            marker: p.marker,
+            direction: order(p.direction),
+            limit: p.limit,
+        }),
+    }
+}
+
+fn project_view(project: halyard_db_model::Project) -> Project {
+    Project {
+        id: project.id(),
+        name: project.name().clone(),
+        description: project.description,
+        time_created: project.time_created,
+        time_modified: project.time_modified,
+    }
+}
+
+fn instance_view(view: InstanceAndVmm) -> Instance {
+    let run_state = view.run_state();
+    let time_run_state_updated = view.time_run_state_updated();
+    let instance = view.instance;
+    Instance {
+        id: instance.id(),
+        name: instance.name().clone(),
+        project_id: instance.project_id(),
+        hostname: instance.hostname.clone(),
+        ncpus: u16::try_from(instance.ncpus).unwrap_or(u16::MAX),
+        memory: instance.memory.0,
+        run_state,
+        time_run_state_updated,
+        time_created: instance.time_created,
+        time_modified: instance.time_modified,
+        description: instance.description,
+        auto_restart_enabled: false,
+        auto_restart_policy: None,
+        auto_restart_cooldown_expiration: None,
+        time_last_auto_restarted: None,
+        boot_disk_id: None,
+        cpu_platform: None,
+        enable_jumbo_frames: false,
+    }
+}
+
+fn sled_view(sled: halyard_db_model::Sled) -> Sled {
+    Sled {
+        id: sled.id(),
+        time_created: sled.time_created,
+        time_modified: sled.time_modified,
+        // Halyard does not track hardware identity yet: the sled id stands in for the serial.
+        baseboard: Baseboard {
+            serial: sled.id().to_string(),
+            part: "halyard-sled".into(),
+            revision: 0,
+        },
+        rack_id: uuid::Uuid::nil(),
+        slot: None,
+        policy: SledPolicy::InService {
+            provision_policy: SledProvisionPolicy::Provisionable,
+        },
+        state: SledState::Active,
+        usable_hardware_threads: u32::try_from(sled.usable_hardware_threads).unwrap_or(u32::MAX),
+        usable_physical_ram: sled.usable_physical_ram.0,
+    }
+}
+
+fn validate_instance_create(params: &InstanceCreate) -> Result<(), Error> {
+    let unsupported = params.unsupported_fields();
+    if !unsupported.is_empty() {
+        return Err(Error::invalid_request(format!(
+            "Halyard does not support these instance features yet: {}; leave them unset",
+            unsupported.join(", ")
+        )));
+    }
+    if params.ncpus == 0 || params.ncpus > MAX_NCPUS {
+        return Err(Error::invalid_value(
+            "ncpus",
+            format!(
+                "an instance has 1 to {MAX_NCPUS} vCPUs, not {}",
+                params.ncpus
+            ),
+        ));
+    }
+    if params.memory < MIN_MEMORY || params.memory > MAX_MEMORY {
+        return Err(Error::invalid_value(
+            "memory",
+            format!(
+                "an instance has {MIN_MEMORY} to {MAX_MEMORY} of memory, not {}",
+                params.memory
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn lookup_instance(
+    nexus: &Nexus,
+    query: Query<OptionalProjectSelector>,
+    path: Path<InstancePath>,
+) -> Result<InstanceUuid, Error> {
+    let project = query.into_inner().project;
+    let instance = path.into_inner().instance;
+    Ok(nexus
+        .instance_lookup(project.as_ref(), &instance)
+        .await?
+        .id())
+}
+
+impl NexusExternalApi for NexusExternalImpl {
+    type Context = Arc<Nexus>;
+
+    async fn project_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId>,
+    ) -> Result<HttpResponseOk<ResultsPage<Project>>, HttpError> {
+        authenticate(&rqctx)?;
+        let query = query.into_inner();
+        let limit = rqctx.page_limit(&query)?;
+        let page = paginated_by(name_or_id_pagination(&query, limit)?);
+        let projects = rqctx.context().project_list(&page).await?;
+        let views = projects.into_iter().map(project_view).collect();
+        Ok(HttpResponseOk(results_page_by_name_or_id(
+            views,
+            scan_params(&query),
+        )?))
+    }
+
+    async fn project_create(
+        rqctx: RequestContext<Self::Context>,
+        body: TypedBody<ProjectCreate>,
+    ) -> Result<HttpResponseCreated<Project>, HttpError> {
+        authenticate(&rqctx)?;
+        let body = body.into_inner();
+        let project = rqctx
+            .context()
+            .project_create(body.name, body.description)
+            .await?;
+        Ok(HttpResponseCreated(project_view(project)))
+    }
+
+    async fn project_view(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ProjectPath>,
+    ) -> Result<HttpResponseOk<Project>, HttpError> {
+        authenticate(&rqctx)?;
+        let project = rqctx
+            .context()
+            .project_view(&path.into_inner().project)
+            .await?;
+        Ok(HttpResponseOk(project_view(project)))
+    }
+
+    async fn project_delete(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ProjectPath>,
+    ) -> Result<HttpResponseDeleted, HttpError> {
+        authenticate(&rqctx)?;
+        rqctx
+            .context()
+            .project_delete(&path.into_inner().project)
+            .await?;
+        Ok(HttpResponseDeleted())
+    }
+
+    async fn instance_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<ProjectSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<Instance>>, HttpError> {
+        authenticate(&rqctx)?;
+        let query = query.into_inner();
+        let limit = rqctx.page_limit(&query)?;
+        let scan = scan_params(&query);
+        let page = paginated_by(name_or_id_pagination(&query, limit)?);
+        let instances = rqctx
+            .context()
+            .instance_list(&scan.selector.project, &page)
+            .await?;
+        let views = instances.into_iter().map(instance_view).collect();
+        Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
+    }
+
+    async fn instance_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<ProjectSelector>,
+        body: TypedBody<InstanceCreate>,
+    ) -> Result<HttpResponseCreated<Instance>, HttpError> {
+        authenticate(&rqctx)?;
+        let body = body.into_inner();
+        validate_instance_create(&body)?;
+        let params = AppInstanceCreate {
+            name: body.name,
+            description: body.description,
+            hostname: body.hostname,
+            ncpus: body.ncpus,
+            memory: body.memory,
+            start: body.start,
+        };
+        let project = query.into_inner().project;
+        let created = rqctx.context().instance_create(&project, params).await?;
+        Ok(HttpResponseCreated(instance_view(created)))
+    }
+
+    async fn instance_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<Instance>, HttpError> {
+        authenticate(&rqctx)?;
+        let nexus = rqctx.context();
+        let id = lookup_instance(nexus, query, path).await?;
+        Ok(HttpResponseOk(instance_view(
+            nexus.instance_view(id).await?,
+        )))
+    }
+
+    async fn instance_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseDeleted, HttpError> {
+        authenticate(&rqctx)?;
+        let nexus = rqctx.context();
+        let id = lookup_instance(nexus, query, path).await?;
+        nexus.instance_delete(id).await?;
+        Ok(HttpResponseDeleted())
+    }
+
+    async fn instance_start(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
+        authenticate(&rqctx)?;
+        let nexus = rqctx.context();
+        let id = lookup_instance(nexus, query, path).await?;
+        Ok(HttpResponseAccepted(instance_view(
+            nexus.instance_start(id).await?,
+        )))
+    }
+
+    async fn instance_stop(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
+        authenticate(&rqctx)?;
+        let nexus = rqctx.context();
+        let id = lookup_instance(nexus, query, path).await?;
+        Ok(HttpResponseAccepted(instance_view(
+            nexus.instance_stop(id).await?,
+        )))
+    }
+
+    async fn instance_reboot(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
+        authenticate(&rqctx)?;
+        let nexus = rqctx.context();
+        let id = lookup_instance(nexus, query, path).await?;
+        Ok(HttpResponseAccepted(instance_view(
+            nexus.instance_reboot(id).await?,
+        )))
+    }
+
+    async fn sled_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedById>,
+    ) -> Result<HttpResponseOk<ResultsPage<Sled>>, HttpError> {
+        authenticate(&rqctx)?;
+        let query = query.into_inner();
+        let limit = rqctx.page_limit(&query)?;
+        let page = id_pagination(&query, limit);
+        let params = DataPageParams {
+            marker: page.marker,
+            direction: order(page.direction),
+            limit: page.limit,
+        };
+        let sleds = rqctx.context().datastore().sled_list(&params).await?;
+        let views = sleds.into_iter().map(sled_view).collect();
+        Ok(HttpResponseOk(results_page_by_id(
+            views,
+            scan_params(&query),
+        )?))
+    }
+}
