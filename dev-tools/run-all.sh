@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Starts the whole system for development: PostgreSQL (data in .halyard-dev/, kept across runs;
+# pass --fresh to wipe it), Nexus and simulated sled agents. Installs what is missing first.
+# Ctrl-C stops everything. Options are halyard-run-all's (--help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y postgresql
+fi
+cargo build -j2 -q -p halyard-run-all
+exec target/debug/halyard-run-all "$@"
