@@ -127,8 +127,12 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     println!("  Nexus external API:  {external}");
     println!("    curl -s -X POST {external}/v1/projects -H 'content-type: application/json' \\");
     println!("      -d '{{\"name\": \"demo\", \"description\": \"\"}}'");
-    println!("    curl -s -X POST '{external}/v1/instances?project=demo' -H 'content-type: application/json' \\");
-    println!("      -d '{{\"name\": \"web\", \"description\": \"\", \"hostname\": \"web\", \"ncpus\": 2, \"memory\": 1073741824}}'");
+    println!(
+        "    curl -s -X POST '{external}/v1/instances?project=demo' -H 'content-type: application/json' \\"
+    );
+    println!(
+        "      -d '{{\"name\": \"web\", \"description\": \"\", \"hostname\": \"web\", \"ncpus\": 2, \"memory\": 1073741824}}'"
+    );
     println!("    curl -s '{external}/v1/instances?project=demo'");
     println!("  Nexus internal API:  http://{}", nexus.internal_address());
     for sled in &sleds {
