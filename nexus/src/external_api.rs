@@ -17,11 +17,11 @@ use halyard_nexus_external_api::pagination::{
     results_page_by_id, results_page_by_name_or_id, scan_params,
 };
 use halyard_nexus_external_api::params::{
-    InstanceCreate, InstancePath, OptionalProjectSelector, ProjectCreate, ProjectPath,
-    ProjectSelector,
+    InstanceCreate, InstanceMigrate, InstancePath, OptionalProjectSelector, ProjectCreate,
+    ProjectPath, ProjectSelector,
 };
 use halyard_nexus_external_api::views::{
-    Baseboard, Instance, Project, Sled, SledPolicy, SledProvisionPolicy, SledState,
+    Baseboard, Instance, Migration, Project, Sled, SledPolicy, SledProvisionPolicy, SledState,
 };
 use std::sync::Arc;
 
@@ -87,6 +87,22 @@ fn instance_view(view: InstanceAndVmm) -> Instance {
         boot_disk_id: None,
         cpu_platform: None,
         enable_jumbo_frames: false,
+        migration_id: instance.runtime.migration(),
+    }
+}
+
+fn migration_view(migration: halyard_db_model::Migration) -> Migration {
+    Migration {
+        id: migration.id(),
+        instance_id: migration.instance_id.0,
+        source_propolis_id: migration.source_propolis_id.0,
+        target_propolis_id: migration.target_propolis_id.0,
+        source_state: migration.source_state(),
+        target_state: migration.target_state(),
+        time_created: migration.time_created,
+        time_source_updated: migration.time_source_updated,
+        time_target_updated: migration.time_target_updated,
+        time_deleted: migration.time_deleted,
     }
 }
 
@@ -310,6 +326,35 @@ impl NexusExternalApi for NexusExternalImpl {
         Ok(HttpResponseAccepted(instance_view(
             nexus.instance_reboot(id).await?,
         )))
+    }
+
+    async fn instance_migrate(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+        body: TypedBody<InstanceMigrate>,
+    ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
+        authenticate(&rqctx)?;
+        let nexus = rqctx.context();
+        let id = lookup_instance(nexus, query, path).await?;
+        let destination = body.into_inner().dst_sled_id;
+        Ok(HttpResponseAccepted(instance_view(
+            nexus.instance_migrate(id, destination).await?,
+        )))
+    }
+
+    async fn instance_migration_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<Vec<Migration>>, HttpError> {
+        authenticate(&rqctx)?;
+        let nexus = rqctx.context();
+        let id = lookup_instance(nexus, query, path).await?;
+        let migrations = nexus.datastore().migration_list(Some(id)).await?;
+        Ok(HttpResponseOk(
+            migrations.into_iter().map(migration_view).collect(),
+        ))
     }
 
     async fn sled_list(

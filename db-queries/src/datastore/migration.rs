@@ -1,11 +1,17 @@
 //! Migration records.
 
 use super::DataStore;
+use super::vmm::retire;
 use crate::error::{is_foreign_key_violation, public_error_from_diesel};
+use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use halyard_common::ids::VmmUuid;
 use halyard_common::ids::{GenericUuid, InstanceUuid, MigrationUuid};
 use halyard_common::{Error, ResourceType};
+use halyard_common::{InstanceNexusState, VmmState};
+use halyard_db_model::DbEnum;
+use halyard_db_model::schema::instance;
 use halyard_db_model::schema::migration;
 use halyard_db_model::{DbTypedUuid, Migration};
 
@@ -67,4 +73,64 @@ async fn migration_fetch(
         .optional()
         .map_err(public_error_from_diesel)?
         .ok_or_else(|| Error::not_found_by_id(ResourceType::Migration, id.into_untyped_uuid()))
+}
+
+impl DataStore {
+    /// Marks a migration record deleted (its saga unwound). Idempotent; returns whether this
+    /// call did it.
+    pub async fn migration_mark_deleted(&self, id: MigrationUuid) -> Result<bool, Error> {
+        let conn = &mut *self.connection().await?;
+        let updated = diesel::update(migration::table)
+            .filter(migration::id.eq(DbTypedUuid(id)))
+            .filter(migration::time_deleted.is_null())
+            .set(migration::time_deleted.eq(Utc::now()))
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(updated > 0)
+    }
+
+    /// Records a completed migration, in one transaction: the target becomes the instance's
+    /// active VMM, its migration ids are cleared, and the source is retired (destroyed,
+    /// record deleted, reservation released). Applies only while the instance still names
+    /// this migration, source and target, so it is idempotent; returns whether it applied.
+    pub async fn instance_migration_complete(
+        &self,
+        instance_id: InstanceUuid,
+        migration_id: MigrationUuid,
+        source: VmmUuid,
+        target: VmmUuid,
+    ) -> Result<bool, Error> {
+        self.retry_conflicts(|| async move {
+            let conn = &mut *self.connection().await?;
+            conn.transaction(async |conn| {
+                let now = Utc::now();
+                let updated = diesel::update(instance::table)
+                    .filter(instance::id.eq(DbTypedUuid(instance_id)))
+                    .filter(instance::time_deleted.is_null())
+                    .filter(instance::migration_id.eq(DbTypedUuid(migration_id)))
+                    .filter(instance::active_propolis_id.eq(DbTypedUuid(source)))
+                    .filter(instance::target_propolis_id.eq(DbTypedUuid(target)))
+                    .set((
+                        instance::active_propolis_id.eq(Some(DbTypedUuid(target))),
+                        instance::target_propolis_id
+                            .eq(None::<DbTypedUuid<halyard_common::ids::VmmKind>>),
+                        instance::migration_id
+                            .eq(None::<DbTypedUuid<halyard_common::ids::MigrationKind>>),
+                        instance::nexus_state.eq(DbEnum(InstanceNexusState::Vmm)),
+                        instance::state_generation.eq(instance::state_generation + 1),
+                        instance::time_state_updated.eq(now),
+                    ))
+                    .execute(conn)
+                    .await?;
+                if updated == 0 {
+                    return Ok(false);
+                }
+                retire(conn, source, VmmState::Destroyed).await?;
+                Ok(true)
+            })
+            .await
+        })
+        .await
+    }
 }

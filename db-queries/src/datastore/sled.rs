@@ -33,6 +33,18 @@ pub enum SledChoice {
     Any,
     /// This sled, or fail.
     Specific(SledUuid),
+    /// Any sled with room but this one (a migration's destination: not its source).
+    AnyExcept(SledUuid),
+}
+
+impl SledChoice {
+    /// The sled an "any" placement must avoid (the nil id, which no sled has, if none).
+    fn excluded(self) -> SledUuid {
+        match self {
+            SledChoice::AnyExcept(sled) => sled,
+            _ => SledUuid::from_untyped_uuid(Uuid::nil()),
+        }
+    }
 }
 
 /// Why one placement attempt did not reserve anything.
@@ -226,12 +238,13 @@ async fn reserve_once(
             .get_result(conn)
             .await
             .optional()?,
-        SledChoice::Any => {
+        SledChoice::Any | SledChoice::AnyExcept(_) => {
             // Choice and claim in one statement: pick a random sled with room, then take the
             // capacity only if it still has room when the row is written.
             // (The subquery reads `sled` under another name, as SQL requires.)
             let candidate = diesel::alias!(sled as candidate);
             let pick = candidate
+                .filter(candidate.field(sled::id).ne(DbTypedUuid(choice.excluded())))
                 .filter(
                     (candidate.field(sled::usable_hardware_threads)
                         - candidate.field(sled::reserved_hardware_threads))
@@ -295,10 +308,11 @@ async fn no_room(
                 ))))
             }
         },
-        SledChoice::Any => {
+        SledChoice::Any | SledChoice::AnyExcept(_) => {
             let threads = i64::from(resources.hardware_threads);
             let ram = DbByteCount(resources.physical_ram);
             let any_fits = sled::table
+                .filter(sled::id.ne(DbTypedUuid(choice.excluded())))
                 .filter(
                     (sled::usable_hardware_threads - sled::reserved_hardware_threads).ge(threads),
                 )
@@ -312,8 +326,13 @@ async fn no_room(
                 Ok(Some(_)) => AttemptFailed::LostRace,
                 Ok(None) => {
                     AttemptFailed::Final(TxnError::Public(Error::insufficient_capacity(format!(
-                        "no sled has room for {need}; stop or delete other instances, \
-                         or add sleds"
+                        "no {}sled has room for {need}; stop or delete other instances, \
+                         or add sleds",
+                        if matches!(choice, SledChoice::AnyExcept(_)) {
+                            "other "
+                        } else {
+                            ""
+                        }
                     ))))
                 }
             }

@@ -213,7 +213,7 @@ impl DataStore {
     }
 }
 
-async fn retire(
+pub(crate) async fn retire(
     conn: &mut AsyncPgConnection,
     id: VmmUuid,
     final_state: VmmState,

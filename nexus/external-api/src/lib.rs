@@ -21,10 +21,10 @@ use dropshot::{
 };
 use pagination::{PaginatedById, PaginatedByNameOrId};
 use params::{
-    InstanceCreate, InstancePath, OptionalProjectSelector, ProjectCreate, ProjectPath,
-    ProjectSelector,
+    InstanceCreate, InstanceMigrate, InstancePath, OptionalProjectSelector, ProjectCreate,
+    ProjectPath, ProjectSelector,
 };
-use views::{Instance, Project, Sled};
+use views::{Instance, Migration, Project, Sled};
 
 #[dropshot::api_description]
 pub trait NexusExternalApi {
@@ -122,6 +122,25 @@ pub trait NexusExternalApi {
         query: Query<OptionalProjectSelector>,
         path: Path<InstancePath>,
     ) -> Result<HttpResponseAccepted<Instance>, HttpError>;
+
+    /// Live-migrate a running instance to another sled (operator action; a Halyard
+    /// extension). Returns once the migration has begun (202); the instance shows
+    /// `migrating` until it ends, and its migrations list says how it ended.
+    #[endpoint { method = POST, path = "/v1/instances/{instance}/migrate", tags = ["instances"] }]
+    async fn instance_migrate(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+        body: TypedBody<InstanceMigrate>,
+    ) -> Result<HttpResponseAccepted<Instance>, HttpError>;
+
+    /// An instance's live migrations, oldest first (a Halyard extension).
+    #[endpoint { method = GET, path = "/v1/instances/{instance}/migrations", tags = ["instances"] }]
+    async fn instance_migration_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<Vec<Migration>>, HttpError>;
 
     // System hardware
 

@@ -250,3 +250,11 @@ pub enum InstanceCpuPlatform {
     /// An AMD Turin-like CPU platform.
     AmdTurinV2,
 }
+
+/// Where to live-migrate an instance (a Halyard extension).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceMigrate {
+    /// The sled to move to; any other sled with room if absent.
+    #[serde(default)]
+    pub dst_sled_id: Option<halyard_common::ids::SledUuid>,
+}

@@ -225,6 +225,7 @@ fn instance() -> Instance {
         boot_disk_id: None,
         cpu_platform: None,
         enable_jumbo_frames: false,
+        migration_id: None,
     }
 }
 

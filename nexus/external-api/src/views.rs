@@ -3,8 +3,8 @@
 
 use crate::params::{InstanceAutoRestartPolicy, InstanceCpuPlatform};
 use chrono::{DateTime, Utc};
-use halyard_common::ids::{InstanceUuid, ProjectUuid, SledUuid};
-use halyard_common::{ByteCount, InstanceState, Name};
+use halyard_common::ids::{InstanceUuid, MigrationUuid, ProjectUuid, SledUuid, VmmUuid};
+use halyard_common::{ByteCount, InstanceState, MigrationState, Name};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -66,6 +66,27 @@ pub struct Instance {
     pub cpu_platform: Option<InstanceCpuPlatform>,
     /// Whether this instance has opted in to jumbo frames on its primary network interface.
     pub enable_jumbo_frames: bool,
+    /// The live migration in progress, if any (a Halyard extension; see `instance_migrate`).
+    #[serde(default)]
+    pub migration_id: Option<MigrationUuid>,
+}
+
+/// A live migration of an instance from one VMM to another (a Halyard extension).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct Migration {
+    pub id: MigrationUuid,
+    pub instance_id: InstanceUuid,
+    pub source_propolis_id: VmmUuid,
+    pub target_propolis_id: VmmUuid,
+    /// The source side's state, as its sled agent reported it.
+    pub source_state: MigrationState,
+    /// The target side's state, as its sled agent reported it.
+    pub target_state: MigrationState,
+    pub time_created: DateTime<Utc>,
+    pub time_source_updated: Option<DateTime<Utc>>,
+    pub time_target_updated: Option<DateTime<Utc>>,
+    /// Set when the migration's saga unwound before the migration began.
+    pub time_deleted: Option<DateTime<Utc>>,
 }
 
 /// An operator's view of a Sled.

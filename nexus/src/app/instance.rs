@@ -2,11 +2,13 @@
 //! sled agents' VMM reports change instances.
 
 use super::Nexus;
-use super::sagas::{instance_create, instance_delete, instance_start};
+use super::sagas::{instance_create, instance_delete, instance_migrate, instance_start};
 use crate::app::sled_agent_error;
 use halyard_common::ids::{GenericUuid, InstanceUuid, ProjectUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
-use halyard_common::{ByteCount, Error, InstanceNexusState, Name, NameOrId, VmmState};
+use halyard_common::{
+    ByteCount, Error, InstanceNexusState, MigrationState, Name, NameOrId, VmmState,
+};
 use halyard_db_model::{Instance, Project, Sled, SledResources, Vmm, VmmRuntimeState};
 use halyard_db_queries::{MigrationReport, PaginatedBy, VmmStateReport};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
@@ -192,6 +194,15 @@ impl Nexus {
     /// stopped (no-op). The VMM is retired when its sled agent reports it gone.
     pub async fn instance_stop(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
         let view = self.instance_view(id).await?;
+        if let Some(migration) = view.instance.runtime.migration() {
+            // Stopping mid-migration would leave two half-instances; the sled agents refuse it
+            // too. The user retries once the migration has finished (it takes seconds).
+            return Err(Error::conflict(format!(
+                "instance \"{}\" is migrating (migration {migration}); stop it once the \
+                 migration has finished",
+                view.instance.name()
+            )));
+        }
         let Some(vmm) = &view.active_vmm else {
             if view.instance.runtime.active_vmm().is_some() {
                 return Err(Error::conflict(
@@ -219,6 +230,53 @@ impl Nexus {
                 view.run_state()
             ))),
         }
+    }
+
+    /// Live-migrates a running instance to another sled (the instance-migrate saga). Returns
+    /// once the migration has begun; its outcome arrives in the sled agents' reports.
+    pub async fn instance_migrate(
+        self: &Arc<Self>,
+        id: InstanceUuid,
+        destination: Option<SledUuid>,
+    ) -> Result<InstanceAndVmm, Error> {
+        self.run_saga::<instance_migrate::SagaInstanceMigrate>(instance_migrate::Params {
+            instance_id: id,
+            destination,
+        })
+        .await?;
+        self.instance_view(id).await
+    }
+
+    /// Clears an instance's target VMM and migration id if they are `migration_id`'s (a
+    /// migration that unwound). Idempotent.
+    pub(crate) async fn instance_clear_migration(
+        &self,
+        instance_id: InstanceUuid,
+        migration_id: halyard_common::ids::MigrationUuid,
+    ) -> Result<(), Error> {
+        for _ in 0..10 {
+            let instance = match self.datastore().instance_fetch(instance_id).await {
+                Ok(instance) => instance,
+                Err(Error::ObjectNotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if instance.runtime.migration() != Some(migration_id) {
+                return Ok(());
+            }
+            let mut cleared = instance.runtime.next();
+            cleared.target_propolis_id = None;
+            cleared.migration_id = None;
+            if self
+                .datastore()
+                .instance_update_runtime(instance_id, &cleared)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(Error::unavailable(format!(
+            "instance {instance_id} keeps changing; retry"
+        )))
     }
 
     /// Deletes a stopped instance (the instance-delete saga).
@@ -306,13 +364,71 @@ impl Nexus {
             migration_in: state.migration_in.map(side),
             migration_out: state.migration_out.map(side),
         };
+        let sides = [state.migration_in, state.migration_out];
+        // A completed migration first: the target becomes the active VMM before the source's
+        // "destroyed" is recorded, so the instance never looks stopped in between, and a
+        // source that reports "migrated out, destroyed" is not retired as the active VMM.
+        for side in sides
+            .iter()
+            .flatten()
+            .filter(|s| s.state == MigrationState::Completed)
+        {
+            self.migration_completed(side.migration_id).await?;
+        }
         self.datastore().vmm_apply_report(&report).await?;
+        for side in sides
+            .iter()
+            .flatten()
+            .filter(|s| s.state == MigrationState::Failed)
+        {
+            self.migration_failed(side.migration_id).await?;
+        }
         let reported = state.vmm_state.state;
         if reported.is_terminal() {
             let vmm = self.datastore().vmm_fetch(id).await?;
             if vmm.time_deleted.is_none() {
                 self.retire_vmm(vmm.sled_id(), id, reported).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// A migration completed (either side said so; each says so only once the target runs):
+    /// the target becomes the active VMM and the source is retired, in one transaction; then
+    /// the source is unregistered from its sled agent. Idempotent.
+    async fn migration_completed(
+        &self,
+        id: halyard_common::ids::MigrationUuid,
+    ) -> Result<(), Error> {
+        let record = self.datastore().migration_fetch(id).await?;
+        let (source, target) = (record.source_propolis_id.0, record.target_propolis_id.0);
+        let instance_id = record.instance_id.0;
+        if self
+            .datastore()
+            .instance_migration_complete(instance_id, id, source, target)
+            .await?
+        {
+            info!(self.log(), "migration completed"; "migration_id" => %id,
+                "instance_id" => %instance_id, "active" => %target);
+            let source_vmm = self.datastore().vmm_fetch(source).await?;
+            self.unregister_vmm(source_vmm.sled_id(), source).await?;
+        }
+        Ok(())
+    }
+
+    /// A migration failed (on either side): the target is retired; the instance runs on, on
+    /// its source. Idempotent.
+    async fn migration_failed(&self, id: halyard_common::ids::MigrationUuid) -> Result<(), Error> {
+        let record = self.datastore().migration_fetch(id).await?;
+        let target = self
+            .datastore()
+            .vmm_fetch(record.target_propolis_id.0)
+            .await?;
+        if target.time_deleted.is_none() {
+            info!(self.log(), "migration failed; retiring its target"; "migration_id" => %id,
+                "target" => %target.id());
+            self.retire_vmm(target.sled_id(), target.id(), VmmState::SagaUnwound)
+                .await?;
         }
         Ok(())
     }

@@ -30,6 +30,19 @@ impl TestContext {
     }
 
     pub async fn with_sleds(count: usize) -> TestContext {
+        TestContext::with_sim(
+            count,
+            SimConfig {
+                start_delay_ms: 20,
+                stop_delay_ms: 20,
+                reboot_delay_ms: 20,
+                migration_phase_delay_ms: 10,
+            },
+        )
+        .await
+    }
+
+    pub async fn with_sim(count: usize, sim: SimConfig) -> TestContext {
         let db = TestDatabase::new();
         let config = Config {
             id: NexusUuid::new_v4(),
@@ -49,12 +62,7 @@ impl TestContext {
                 hardware_threads: SLED_THREADS,
                 physical_ram: ByteCount::from_gibibytes_u32(SLED_RAM_GIB),
                 registration_interval_ms: 1000,
-                sim: SimConfig {
-                    start_delay_ms: 20,
-                    stop_delay_ms: 20,
-                    reboot_delay_ms: 20,
-                    migration_phase_delay_ms: 10,
-                },
+                sim,
             };
             sleds.push(
                 halyard_sled_agent::Server::start(&sled_config, &log())
@@ -115,6 +123,21 @@ impl TestContext {
             .await
             .unwrap();
         created.instance.id()
+    }
+
+    /// A client for the sled agent that runs (or ran) this VMM.
+    pub async fn sled_client_for(
+        &self,
+        vmm: halyard_common::ids::VmmUuid,
+    ) -> halyard_sled_agent_client::Client {
+        let sled = self
+            .nexus()
+            .datastore()
+            .vmm_fetch(vmm)
+            .await
+            .unwrap()
+            .sled_id();
+        self.nexus().sled_client(sled).await.unwrap()
     }
 
     pub async fn view(&self, id: InstanceUuid) -> InstanceAndVmm {

@@ -377,3 +377,71 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     assert_eq!(status, 204);
     ctx.assert_quiet_and_consistent().await;
 }
+
+#[tokio::test]
+async fn migrations_are_requested_and_visible_through_the_api() {
+    use reqwest::Method;
+    let ctx = TestContext::new().await;
+    raw(
+        &ctx,
+        Method::POST,
+        "/v1/projects",
+        Some(json!({"name": "p", "description": ""})),
+    )
+    .await;
+    let (status, body) = raw(&ctx, Method::POST, "/v1/instances?project=p", Some(json!({"name": "vm", "description": "", "hostname": "vm", "ncpus": 1, "memory": 1 << 30}))).await;
+    assert_eq!(status, 201, "{body}");
+    let id: halyard_common::ids::InstanceUuid = body["id"].as_str().unwrap().parse().unwrap();
+    ctx.wait_for(id, halyard_common::InstanceState::Running)
+        .await;
+
+    let unknown = uuid::Uuid::new_v4();
+    let (status, body) = raw(
+        &ctx,
+        Method::POST,
+        "/v1/instances/vm/migrate?project=p",
+        Some(json!({"dst_sled_id": unknown})),
+    )
+    .await;
+    assert_error(status, &body, 404, Some("ObjectNotFound"));
+
+    let (status, body) = raw(
+        &ctx,
+        Method::POST,
+        "/v1/instances/vm/migrate?project=p",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        body["migration_id"].is_string(),
+        "the view shows the migration: {body}"
+    );
+    ctx.eventually("the migration to complete", async |ctx: &TestContext| {
+        let (_, list) = raw(
+            ctx,
+            Method::GET,
+            "/v1/instances/vm/migrations?project=p",
+            None,
+        )
+        .await;
+        // The refused migration's record is there too, marked deleted (its saga unwound).
+        list.as_array().is_some_and(|l| {
+            let live: Vec<_> = l.iter().filter(|m| m["time_deleted"].is_null()).collect();
+            l.len() == 2
+                && live.len() == 1
+                && live[0]["source_state"] == "completed"
+                && live[0]["target_state"] == "completed"
+        })
+    })
+    .await;
+    ctx.eventually(
+        "the instance to run on its target",
+        async |ctx: &TestContext| {
+            let (_, view) = raw(ctx, Method::GET, "/v1/instances/vm?project=p", None).await;
+            view["run_state"] == "running" && view["migration_id"].is_null()
+        },
+    )
+    .await;
+    ctx.assert_quiet_and_consistent().await;
+}

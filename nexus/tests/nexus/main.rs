@@ -3,5 +3,6 @@
 mod context;
 mod external_api;
 mod instances;
+mod migration;
 mod saga_faults;
 mod saga_replay;

@@ -6,6 +6,7 @@
 
 pub mod instance_create;
 pub mod instance_delete;
+pub mod instance_migrate;
 pub mod instance_start;
 
 use crate::app::Nexus;
@@ -57,6 +58,7 @@ pub fn action_registry() -> Arc<ActionRegistry> {
     instance_create::SagaInstanceCreate::register_actions(&mut registry);
     instance_start::SagaInstanceStart::register_actions(&mut registry);
     instance_delete::SagaInstanceDelete::register_actions(&mut registry);
+    instance_migrate::SagaInstanceMigrate::register_actions(&mut registry);
     Arc::new(registry)
 }
 

@@ -1,0 +1,423 @@
+//! instance-migrate: moves a running instance to a new VMM on another sled, live.
+//!
+//! ```text
+//!   ids ──► source ──► migration_record ──► reservation ──► target_vmm ──► set_ids
+//!       ──► registered_target ──► migrate_out
+//! ```
+//!
+//! | node | action | undo |
+//! |---|---|---|
+//! | `ids` | picks the migration's and the target VMM's ids | — |
+//! | `source` | checks the instance runs (its active VMM is `running`) and is not migrating; returns the source VMM and sled | — |
+//! | `migration_record` | inserts the migration record, both sides `pending` | marks it deleted |
+//! | `reservation` | reserves the target's threads and memory on the requested sled, or on any sled with room but the source's | releases it |
+//! | `target_vmm` | inserts the target VMM record on that sled | retires it as `saga_unwound` (which also clears the instance's target and migration ids if they name it) |
+//! | `set_ids` | sets the instance's `target_propolis_id` and `migration_id`, generation-checked against the instance it read: of racing migrations (or a racing stop) exactly one proceeds | clears them if they are still ours |
+//! | `registered_target` | registers the target VMM with its sled agent as this migration's target | unregisters it |
+//! | `migrate_out` | asks the source's sled agent to migrate out to the target | — (last node) |
+//!
+//! The outcome arrives later, in the sled agents' reports (see `Nexus::apply_vmm_report`):
+//! completed → the target becomes the active VMM and the source is retired, in one
+//! transaction; failed → the target is retired and the instance runs on, on its source.
+
+use super::{NexusActionContext, NexusSaga, action_failed, declare_action};
+use crate::app::sled_agent_error;
+use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
+use halyard_common::{Error, VmmState};
+use halyard_db_model::{Migration, SledResources, Vmm};
+use halyard_db_queries::SledChoice;
+use halyard_sled_agent_api::{
+    MigrationTarget, VmmPutStateBody, VmmRegisterBody, VmmStateRequested,
+};
+use serde::{Deserialize, Serialize};
+use steno::{ActionError, DagBuilder, Node};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub instance_id: InstanceUuid,
+    /// The sled to migrate to; any other sled with room if `None`.
+    pub destination: Option<SledUuid>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct MigrateIds {
+    migration_id: MigrationUuid,
+    target_propolis_id: VmmUuid,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Source {
+    propolis_id: VmmUuid,
+    sled_id: SledUuid,
+}
+
+pub struct SagaInstanceMigrate;
+
+declare_action!(GENERATE_IDS, "instance_migrate.generate_ids", generate_ids);
+declare_action!(CHECK_SOURCE, "instance_migrate.check_source", check_source);
+declare_action!(
+    CREATE_MIGRATION,
+    "instance_migrate.create_migration",
+    create_migration,
+    undo_create_migration
+);
+declare_action!(RESERVE, "instance_migrate.reserve", reserve, undo_reserve);
+declare_action!(
+    CREATE_TARGET_VMM,
+    "instance_migrate.create_target_vmm",
+    create_target_vmm,
+    undo_create_target_vmm
+);
+declare_action!(SET_IDS, "instance_migrate.set_ids", set_ids, undo_set_ids);
+declare_action!(
+    REGISTER_TARGET,
+    "instance_migrate.register_target",
+    register_target,
+    undo_register_target
+);
+declare_action!(MIGRATE_OUT, "instance_migrate.migrate_out", migrate_out);
+
+impl NexusSaga for SagaInstanceMigrate {
+    const NAME: &'static str = "instance-migrate";
+    type Params = Params;
+
+    fn register_actions(registry: &mut super::ActionRegistry) {
+        for action in [
+            &GENERATE_IDS,
+            &CHECK_SOURCE,
+            &CREATE_MIGRATION,
+            &RESERVE,
+            &CREATE_TARGET_VMM,
+            &SET_IDS,
+            &REGISTER_TARGET,
+            &MIGRATE_OUT,
+        ] {
+            registry.register((*action).clone());
+        }
+    }
+
+    fn make_dag(_: &Params, builder: &mut DagBuilder) {
+        builder.append(Node::action("ids", "GenerateIds", GENERATE_IDS.as_ref()));
+        builder.append(Node::action("source", "CheckSource", CHECK_SOURCE.as_ref()));
+        builder.append(Node::action(
+            "migration_record",
+            "CreateMigration",
+            CREATE_MIGRATION.as_ref(),
+        ));
+        builder.append(Node::action("reservation", "Reserve", RESERVE.as_ref()));
+        builder.append(Node::action(
+            "target_vmm",
+            "CreateTargetVmm",
+            CREATE_TARGET_VMM.as_ref(),
+        ));
+        builder.append(Node::action("set_ids", "SetIds", SET_IDS.as_ref()));
+        builder.append(Node::action(
+            "registered_target",
+            "RegisterTarget",
+            REGISTER_TARGET.as_ref(),
+        ));
+        builder.append(Node::action(
+            "migrate_out",
+            "MigrateOut",
+            MIGRATE_OUT.as_ref(),
+        ));
+    }
+}
+
+async fn generate_ids(_: NexusActionContext) -> Result<MigrateIds, ActionError> {
+    Ok(MigrateIds {
+        migration_id: MigrationUuid::new_v4(),
+        target_propolis_id: VmmUuid::new_v4(),
+    })
+}
+
+async fn check_source(ctx: NexusActionContext) -> Result<Source, ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let nexus = &ctx.user_data().nexus;
+    // A repeat once the migration record exists: the source is the one it names, whatever
+    // happened since (the migration may even have finished).
+    match nexus.datastore().migration_fetch(ids.migration_id).await {
+        Ok(record) => {
+            let source = nexus
+                .datastore()
+                .vmm_fetch(record.source_propolis_id.0)
+                .await
+                .map_err(action_failed)?;
+            return Ok(Source {
+                propolis_id: source.id(),
+                sled_id: source.sled_id(),
+            });
+        }
+        Err(Error::ObjectNotFound { .. }) => {}
+        Err(e) => return Err(action_failed(e)),
+    }
+    let view = nexus
+        .instance_view(params.instance_id)
+        .await
+        .map_err(action_failed)?;
+    let name = view.instance.name().clone();
+    if let Some(migration) = view.instance.runtime.migration() {
+        return Err(action_failed(Error::conflict(format!(
+            "instance \"{name}\" is already migrating (migration {migration}); \
+             wait for it to finish"
+        ))));
+    }
+    let Some(vmm) = view
+        .active_vmm
+        .clone()
+        .filter(|v| v.state() == VmmState::Running)
+    else {
+        return Err(action_failed(Error::conflict(format!(
+            "instance \"{name}\" is {}; only a running instance can migrate",
+            view.run_state()
+        ))));
+    };
+    if params.destination == Some(vmm.sled_id()) {
+        return Err(action_failed(Error::invalid_request(format!(
+            "instance \"{name}\" already runs on sled {}; choose another sled",
+            vmm.sled_id()
+        ))));
+    }
+    Ok(Source {
+        propolis_id: vmm.id(),
+        sled_id: vmm.sled_id(),
+    })
+}
+
+async fn create_migration(ctx: NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let source = ctx.lookup::<Source>("source")?;
+    let record = Migration::new(
+        ids.migration_id,
+        params.instance_id,
+        source.propolis_id,
+        ids.target_propolis_id,
+    );
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .migration_insert(record)
+        .await
+        .map_err(action_failed)?;
+    Ok(())
+}
+
+async fn undo_create_migration(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .migration_mark_deleted(ids.migration_id)
+        .await?;
+    Ok(())
+}
+
+async fn reserve(ctx: NexusActionContext) -> Result<SledUuid, ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let source = ctx.lookup::<Source>("source")?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let instance = datastore
+        .instance_fetch(params.instance_id)
+        .await
+        .map_err(action_failed)?;
+    let resources = SledResources {
+        hardware_threads: u32::try_from(instance.ncpus).unwrap_or(u32::MAX),
+        physical_ram: instance.memory.0,
+    };
+    let choice = match params.destination {
+        Some(sled) => SledChoice::Specific(sled),
+        None => SledChoice::AnyExcept(source.sled_id),
+    };
+    let reservation = datastore
+        .sled_reserve(
+            ids.target_propolis_id,
+            params.instance_id,
+            choice,
+            resources,
+        )
+        .await
+        .map_err(action_failed)?;
+    Ok(reservation.sled_id())
+}
+
+async fn undo_reserve(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .sled_reservation_release(ids.target_propolis_id)
+        .await?;
+    Ok(())
+}
+
+async fn create_target_vmm(ctx: NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let sled = datastore.sled_fetch(sled_id).await.map_err(action_failed)?;
+    let vmm = Vmm::new(
+        ids.target_propolis_id,
+        params.instance_id,
+        sled_id,
+        sled.address(),
+    );
+    datastore.vmm_insert(vmm).await.map_err(action_failed)?;
+    Ok(())
+}
+
+async fn undo_create_target_vmm(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let datastore = ctx.user_data().nexus.datastore();
+    match datastore
+        .vmm_retire(ids.target_propolis_id, VmmState::SagaUnwound)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.error_code() == "ObjectNotFound" => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn set_ids(ctx: NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let source = ctx.lookup::<Source>("source")?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let instance = datastore
+        .instance_fetch(params.instance_id)
+        .await
+        .map_err(action_failed)?;
+    let runtime = &instance.runtime;
+    if runtime.migration() == Some(ids.migration_id)
+        || runtime.active_vmm() == Some(ids.target_propolis_id)
+    {
+        return Ok(()); // a repeat (the migration may even have completed since)
+    }
+    let conflict = || {
+        action_failed(Error::conflict(format!(
+            "instance \"{}\" changed while preparing its migration (another migration, a stop \
+             or a failure); retry",
+            instance.name()
+        )))
+    };
+    if runtime.active_vmm() != Some(source.propolis_id) || runtime.migration().is_some() {
+        return Err(conflict());
+    }
+    let mut migrating = runtime.next();
+    migrating.target_propolis_id = Some(ids.target_propolis_id.into());
+    migrating.migration_id = Some(ids.migration_id.into());
+    if datastore
+        .instance_update_runtime(params.instance_id, &migrating)
+        .await
+        .map_err(action_failed)?
+    {
+        return Ok(());
+    }
+    let now = datastore
+        .instance_fetch(params.instance_id)
+        .await
+        .map_err(action_failed)?;
+    if now.runtime.migration() == Some(ids.migration_id) {
+        return Ok(());
+    }
+    Err(conflict())
+}
+
+async fn undo_set_ids(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+    let params = ctx.saga_params::<Params>()?;
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    ctx.user_data()
+        .nexus
+        .instance_clear_migration(params.instance_id, ids.migration_id)
+        .await?;
+    Ok(())
+}
+
+async fn register_target(ctx: NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let source = ctx.lookup::<Source>("source")?;
+    let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    let nexus = &ctx.user_data().nexus;
+    let instance = nexus
+        .datastore()
+        .instance_fetch(params.instance_id)
+        .await
+        .map_err(action_failed)?;
+    let source_sled = nexus
+        .datastore()
+        .sled_fetch(source.sled_id)
+        .await
+        .map_err(action_failed)?;
+    let body = VmmRegisterBody {
+        instance_id: params.instance_id,
+        ncpus: u16::try_from(instance.ncpus).unwrap_or(u16::MAX),
+        memory: instance.memory.0,
+        hostname: instance.hostname.clone(),
+        migration_target: Some(MigrationTarget {
+            migration_id: ids.migration_id,
+            source_propolis_id: source.propolis_id,
+            source_address: source_sled.address(),
+        }),
+    };
+    let client = nexus.sled_client(sled_id).await.map_err(action_failed)?;
+    client
+        .vmm_register(&ids.target_propolis_id, &body)
+        .await
+        .map_err(|e| action_failed(sled_agent_error(e)))?;
+    Ok(())
+}
+
+async fn undo_register_target(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    ctx.user_data()
+        .nexus
+        .unregister_vmm(sled_id, ids.target_propolis_id)
+        .await?;
+    Ok(())
+}
+
+async fn migrate_out(ctx: NexusActionContext) -> Result<(), ActionError> {
+    let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let source = ctx.lookup::<Source>("source")?;
+    let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    let nexus = &ctx.user_data().nexus;
+    // A repeat after the migration ended: nothing more to ask of the source (it may be gone).
+    let record = nexus
+        .datastore()
+        .migration_fetch(ids.migration_id)
+        .await
+        .map_err(action_failed)?;
+    if record.source_state().is_terminal() || record.target_state().is_terminal() {
+        return Ok(());
+    }
+    let target_sled = nexus
+        .datastore()
+        .sled_fetch(sled_id)
+        .await
+        .map_err(action_failed)?;
+    let client = nexus
+        .sled_client(source.sled_id)
+        .await
+        .map_err(action_failed)?;
+    let request = VmmStateRequested::MigrateOut {
+        migration_id: ids.migration_id,
+        target_propolis_id: ids.target_propolis_id,
+        target_address: target_sled.address(),
+    };
+    let state = client
+        .vmm_put_state(&source.propolis_id, &VmmPutStateBody { state: request })
+        .await
+        .map_err(|e| action_failed(sled_agent_error(e)))?
+        .into_inner();
+    nexus
+        .apply_vmm_report(source.propolis_id, state)
+        .await
+        .map_err(action_failed)?;
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! Live migration: the instance-migrate saga and its outcome in the sled agents' reports.
+
+use crate::context::{SLED_THREADS, TestContext, log};
+use crate::saga_faults::{inject_error_at_every_node, repeat_every_node};
+use halyard_common::ids::{InstanceUuid, VmmUuid};
+use halyard_common::{Error, InstanceState, MigrationState, VmmState};
+use halyard_nexus::Nexus;
+use halyard_nexus::app::sagas::{create_saga_dag, instance_migrate};
+use halyard_sled_agent::SimConfig;
+use halyard_sled_agent_api::{MigrationPhase, SimFault};
+
+async fn running_instance(ctx: &TestContext, ncpus: u16) -> (InstanceUuid, VmmUuid) {
+    let project = match ctx.nexus().project_view(&"p".parse().unwrap()).await {
+        Ok(_) => "p".parse().unwrap(),
+        Err(_) => ctx.project("p").await,
+    };
+    let name = format!("vm-{}", &InstanceUuid::new_v4().to_string()[..8]);
+    let id = ctx.instance(&project, &name, ncpus).await;
+    ctx.nexus().instance_start(id).await.unwrap();
+    ctx.wait_for(id, InstanceState::Running).await;
+    (
+        id,
+        ctx.view(id).await.instance.runtime.active_vmm().unwrap(),
+    )
+}
+
+/// Waits until no migration is in progress and the instance runs; returns its active VMM.
+async fn settled(ctx: &TestContext, id: InstanceUuid) -> VmmUuid {
+    ctx.eventually("the migration to end", async |ctx: &TestContext| {
+        let view = ctx.view(id).await;
+        view.instance.runtime.migration().is_none() && view.run_state() == InstanceState::Running
+    })
+    .await;
+    ctx.assert_quiet_and_consistent().await;
+    ctx.view(id).await.instance.runtime.active_vmm().unwrap()
+}
+
+async fn stop(ctx: &TestContext, id: InstanceUuid) {
+    ctx.nexus().instance_stop(id).await.unwrap();
+    ctx.wait_for(id, InstanceState::Stopped).await;
+}
+
+fn params(id: InstanceUuid) -> instance_migrate::Params {
+    instance_migrate::Params {
+        instance_id: id,
+        destination: None,
+    }
+}
+
+#[tokio::test]
+async fn a_migration_moves_a_running_instance_to_another_sled() {
+    let ctx = TestContext::new().await;
+    let (id, source) = running_instance(&ctx, 2).await;
+    let source_sled = ctx
+        .nexus()
+        .datastore()
+        .vmm_fetch(source)
+        .await
+        .unwrap()
+        .sled_id();
+    let during = ctx.nexus().instance_migrate(id, None).await.unwrap();
+    assert!(during.instance.runtime.migration().is_some());
+    let target = settled(&ctx, id).await;
+    assert_ne!(target, source);
+
+    let store = ctx.nexus().datastore();
+    let source_vmm = store.vmm_fetch(source).await.unwrap();
+    assert_eq!(source_vmm.state(), VmmState::Destroyed);
+    assert!(source_vmm.time_deleted.is_some());
+    let target_vmm = store.vmm_fetch(target).await.unwrap();
+    assert_ne!(target_vmm.sled_id(), source_sled);
+    assert_eq!(target_vmm.state(), VmmState::Running);
+    let reservations = store.sled_reservation_list(None).await.unwrap();
+    assert_eq!(
+        reservations.iter().map(|r| r.vmm_id()).collect::<Vec<_>>(),
+        vec![target]
+    );
+    ctx.eventually(
+        "both sides to report completion",
+        async |ctx: &TestContext| {
+            let migrations = ctx
+                .nexus()
+                .datastore()
+                .migration_list(Some(id))
+                .await
+                .unwrap();
+            migrations.len() == 1
+                && migrations[0].source_state() == MigrationState::Completed
+                && migrations[0].target_state() == MigrationState::Completed
+        },
+    )
+    .await;
+    // And it can move back.
+    ctx.nexus()
+        .instance_migrate(id, Some(source_sled))
+        .await
+        .unwrap();
+    let back = settled(&ctx, id).await;
+    assert_eq!(store.vmm_fetch(back).await.unwrap().sled_id(), source_sled);
+    assert_eq!(store.instance_vmm_history(id).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn instance_migrate_unwinds_from_every_node_and_tolerates_repeats() {
+    let ctx = TestContext::new().await;
+    let covered = inject_error_at_every_node::<instance_migrate::SagaInstanceMigrate>(
+        &ctx,
+        async |ctx| params(running_instance(ctx, 2).await.0),
+        async |ctx, params| {
+            let id = params.instance_id;
+            let view = ctx.view(id).await;
+            assert_eq!(view.run_state(), InstanceState::Running);
+            assert_eq!(
+                (
+                    view.instance.runtime.migration(),
+                    view.instance.runtime.target_vmm()
+                ),
+                (None, None)
+            );
+            let history = ctx
+                .nexus()
+                .datastore()
+                .instance_vmm_history(id)
+                .await
+                .unwrap();
+            assert_eq!(
+                history.iter().filter(|v| v.time_deleted.is_none()).count(),
+                1
+            );
+            stop(ctx, id).await;
+        },
+    )
+    .await;
+    assert_eq!(covered, 8);
+    let covered = repeat_every_node::<instance_migrate::SagaInstanceMigrate>(
+        &ctx,
+        async |ctx| params(running_instance(ctx, 2).await.0),
+        async |ctx, params| {
+            let id = params.instance_id;
+            settled(ctx, id).await;
+            let history = ctx
+                .nexus()
+                .datastore()
+                .instance_vmm_history(id)
+                .await
+                .unwrap();
+            assert_eq!(history.len(), 2, "one source, one target");
+            stop(ctx, id).await;
+        },
+    )
+    .await;
+    assert_eq!(covered, 8);
+}
+
+#[tokio::test]
+async fn instance_migrate_resumes_from_a_log_cut_at_every_node() {
+    let ctx = TestContext::new().await;
+    let nodes: Vec<(usize, String)> =
+        create_saga_dag::<instance_migrate::SagaInstanceMigrate>(params(InstanceUuid::new_v4()))
+            .unwrap()
+            .get_nodes()
+            .map(|n| (n.index().index(), n.name().as_ref().to_string()))
+            .collect();
+    let start_node = nodes.len();
+    for (index, name) in &nodes {
+        let (id, _) = running_instance(&ctx, 2).await;
+        ctx.nexus().instance_migrate(id, None).await.unwrap();
+        settled(&ctx, id).await;
+        let saga_id = ctx.sql("SELECT id FROM saga WHERE name = 'instance-migrate' ORDER BY time_created DESC LIMIT 1");
+        let saga_id = saga_id.trim();
+        ctx.sql(&format!(
+            "DELETE FROM saga_node_event WHERE saga_id = '{saga_id}' \
+             AND node_id >= {index} AND node_id != {start_node} \
+             AND NOT (node_id = {index} AND event_type = 'started'); \
+             UPDATE saga SET saga_state = 'running' WHERE id = '{saga_id}'"
+        ));
+        let fresh = Nexus::new(ctx.nexus().id(), ctx.nexus().datastore().clone(), &log());
+        assert_eq!(fresh.resume_sagas().await.unwrap(), 1);
+        ctx.eventually(
+            &format!("the saga resumed at {name} to finish"),
+            async |ctx: &TestContext| {
+                ctx.sql(&format!(
+                    "SELECT saga_state FROM saga WHERE id = '{saga_id}'"
+                ))
+                .trim()
+                    == "done"
+            },
+        )
+        .await;
+        settled(&ctx, id).await;
+        let history = ctx
+            .nexus()
+            .datastore()
+            .instance_vmm_history(id)
+            .await
+            .unwrap();
+        // Cut at `ids`, the saga picks new ids and so makes a new migration (of an instance
+        // that already moved); cut anywhere later, it must reuse the first one's records.
+        let expected = if *index == 0 { 3 } else { 2 };
+        assert_eq!(history.len(), expected, "replay at {name}");
+        stop(&ctx, id).await;
+    }
+}
+
+#[tokio::test]
+async fn a_transfer_failing_at_any_phase_on_either_side_leaves_the_instance_on_its_source() {
+    // Slow phases, so a fault can be injected into the target before its first phase.
+    let sim = SimConfig {
+        start_delay_ms: 10,
+        stop_delay_ms: 10,
+        reboot_delay_ms: 10,
+        migration_phase_delay_ms: 150,
+    };
+    let ctx = TestContext::with_sim(2, sim).await;
+    for on_target in [false, true] {
+        for phase in MigrationPhase::ALL {
+            let (id, source) = running_instance(&ctx, 2).await;
+            let fault = SimFault::FailMigration { phase };
+            if !on_target {
+                ctx.sled_client_for(source)
+                    .await
+                    .vmm_inject_fault(&source, &fault)
+                    .await
+                    .unwrap();
+            }
+            let during = ctx.nexus().instance_migrate(id, None).await.unwrap();
+            let target = during.instance.runtime.target_vmm().unwrap();
+            if on_target {
+                ctx.sled_client_for(target)
+                    .await
+                    .vmm_inject_fault(&target, &fault)
+                    .await
+                    .unwrap();
+            }
+            let active = settled(&ctx, id).await;
+            assert_eq!(
+                active, source,
+                "failure at {phase:?} (target: {on_target}) moved the instance"
+            );
+            let target_vmm = ctx.nexus().datastore().vmm_fetch(target).await.unwrap();
+            assert!(target_vmm.time_deleted.is_some());
+            let migration = ctx
+                .nexus()
+                .datastore()
+                .migration_list(Some(id))
+                .await
+                .unwrap()
+                .remove(0);
+            assert!(
+                migration.source_state() == MigrationState::Failed
+                    || migration.target_state() == MigrationState::Failed,
+                "{migration:?}"
+            );
+            assert_eq!(ctx.sql("SELECT count(*) FROM sled_reservation").trim(), "1");
+            stop(&ctx, id).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn racing_stopped_full_and_interrupted_migrations_are_refused_and_leak_nothing() {
+    let sim = SimConfig {
+        start_delay_ms: 10,
+        stop_delay_ms: 10,
+        reboot_delay_ms: 10,
+        migration_phase_delay_ms: 100,
+    };
+    let ctx = TestContext::with_sim(2, sim).await;
+    let (id, _) = running_instance(&ctx, 2).await;
+
+    // Two at once: one runs, the other is refused.
+    let (a, b) = tokio::join!(
+        ctx.nexus().instance_migrate(id, None),
+        ctx.nexus().instance_migrate(id, None)
+    );
+    let refused: Vec<_> = [&a, &b]
+        .into_iter()
+        .filter_map(|r| r.as_ref().err())
+        .collect();
+    assert_eq!(refused.len(), 1, "{a:?} {b:?}");
+    assert_eq!(refused[0].status_code(), 409, "{:?}", refused[0]);
+
+    // Stop during the migration: refused, and nothing leaks.
+    let err = ctx.nexus().instance_stop(id).await.unwrap_err();
+    assert_eq!(err.status_code(), 409, "{err:?}");
+    assert!(err.to_string().contains("migrating"), "{err}");
+    let active = settled(&ctx, id).await;
+    // The source and the winner's target; the loser's target (if it got that far) unwound.
+    let history = ctx
+        .nexus()
+        .datastore()
+        .instance_vmm_history(id)
+        .await
+        .unwrap();
+    let not_unwound = history
+        .iter()
+        .filter(|v| v.state() != VmmState::SagaUnwound)
+        .count();
+    assert_eq!(not_unwound, 2, "{history:?}");
+
+    // A stopped instance cannot migrate.
+    stop(&ctx, id).await;
+    let err = ctx.nexus().instance_migrate(id, None).await.unwrap_err();
+    assert_eq!(err.status_code(), 409, "{err:?}");
+    let _ = active;
+
+    // A migration to a full sled: insufficient capacity, nothing leaked.
+    let (small, source) = running_instance(&ctx, 2).await;
+    let source_sled = ctx
+        .nexus()
+        .datastore()
+        .vmm_fetch(source)
+        .await
+        .unwrap()
+        .sled_id();
+    let (_big, _) = running_instance(&ctx, SLED_THREADS as u16).await; // fills the other sled
+    let other = ctx
+        .sleds
+        .iter()
+        .map(|s| s.agent().id())
+        .find(|s| *s != source_sled)
+        .unwrap();
+    let err = ctx
+        .nexus()
+        .instance_migrate(small, Some(other))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InsufficientCapacity { .. }), "{err:?}");
+    assert_eq!(settled(&ctx, small).await, source);
+    assert_eq!(
+        ctx.sql("SELECT count(*) FROM sled_reservation").trim(),
+        "2",
+        "{}\n{}",
+        ctx.sql("SELECT * FROM sled_reservation"),
+        ctx.sql("SELECT id, instance_id, state, time_deleted FROM vmm")
+    );
+    let err = ctx.nexus().instance_migrate(small, None).await.unwrap_err();
+    assert_eq!(err.status_code(), 507, "{err:?}");
+    // To its own sled: a bad request.
+    let err = ctx
+        .nexus()
+        .instance_migrate(small, Some(source_sled))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), 400, "{err:?}");
+    ctx.assert_quiet_and_consistent().await;
+}
