@@ -1,9 +1,11 @@
 //! Nexus's implementation of the internal API that sled agents call.
 
 use crate::app::Nexus;
-use dropshot::{HttpError, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody};
+use dropshot::{
+    HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody,
+};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
-use halyard_nexus_internal_api::{NexusInternalApi, SledPathParam, VmmPathParam};
+use halyard_nexus_internal_api::{NexusInternalApi, SagaInMemory, SledPathParam, VmmPathParam};
 use std::sync::Arc;
 
 pub enum NexusInternalImpl {}
@@ -33,5 +35,11 @@ impl NexusInternalApi for NexusInternalImpl {
             .apply_vmm_report(path.into_inner().propolis_id, body.into_inner())
             .await?;
         Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn saga_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<SagaInMemory>>, HttpError> {
+        Ok(HttpResponseOk(rqctx.context().sagas_in_memory().await))
     }
 }

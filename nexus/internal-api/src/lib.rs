@@ -2,8 +2,10 @@
 //! implementation (in Nexus, and in the sled agent's tests a recording stand-in);
 //! `openapi/nexus-internal.json` is generated from it and `nexus-client` from that.
 
-use dropshot::{HttpError, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody};
-use halyard_common::ids::{SledUuid, VmmUuid};
+use dropshot::{
+    HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody,
+};
+use halyard_common::ids::{SagaUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -29,6 +31,22 @@ pub trait NexusInternalApi {
         path: Path<VmmPathParam>,
         body: TypedBody<SledVmmState>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    /// The sagas this Nexus's executor holds in memory (running, and finished since start).
+    #[endpoint { method = GET, path = "/sagas" }]
+    async fn saga_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<SagaInMemory>>, HttpError>;
+}
+
+/// A saga as this Nexus's saga executor holds it in memory (for operators: `omdb nexus sagas`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct SagaInMemory {
+    pub id: SagaUuid,
+    /// `ready`, `running`, `succeeded`, `failed` (unwound cleanly) or `stuck` (an undo failed).
+    pub state: String,
+    /// The executor's own rendering of the saga's nodes and their states.
+    pub status: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

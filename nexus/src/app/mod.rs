@@ -139,6 +139,37 @@ impl Nexus {
         Ok(unfinished.len())
     }
 
+    /// The sagas the executor holds in memory, oldest id first.
+    pub async fn sagas_in_memory(&self) -> Vec<halyard_nexus_internal_api::SagaInMemory> {
+        let limit = std::num::NonZeroU32::new(10_000).expect("non-zero");
+        self.sec
+            .saga_list(None, limit)
+            .await
+            .into_iter()
+            .map(|view| {
+                let (state, status) = match &view.state {
+                    steno::SagaStateView::Ready { status } => ("ready", status.to_string()),
+                    steno::SagaStateView::Running { status } => ("running", status.to_string()),
+                    steno::SagaStateView::Done { status, result } => {
+                        let state = match &result.kind {
+                            Ok(_) => "succeeded",
+                            Err(e) if e.undo_failure.is_some() => "stuck",
+                            Err(_) => "failed",
+                        };
+                        (state, status.to_string())
+                    }
+                };
+                halyard_nexus_internal_api::SagaInMemory {
+                    id: halyard_common::ids::SagaUuid::from_untyped_uuid(
+                        view.id.into_untyped_uuid(),
+                    ),
+                    state: state.to_string(),
+                    status,
+                }
+            })
+            .collect()
+    }
+
     // Sled agents
 
     /// A client for a sled's agent, at the address it last registered.
