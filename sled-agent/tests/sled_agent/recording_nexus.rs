@@ -1,10 +1,12 @@
 //! A stand-in for Nexus's internal API that records what sled agents tell it, can pretend to
 //! be down (503), and checks, when told a VMM is gone, that the sled agent no longer lists it.
 
-use dropshot::{HttpError, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody};
+use dropshot::{
+    HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody,
+};
 use halyard_common::ids::{SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
-use halyard_nexus_internal_api::{NexusInternalApi, SledPathParam, VmmPathParam};
+use halyard_nexus_internal_api::{NexusInternalApi, SagaInMemory, SledPathParam, VmmPathParam};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -69,6 +71,12 @@ impl NexusInternalApi for RecordingNexusImpl {
             still_listed,
         });
         Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn saga_list(
+        _: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<SagaInMemory>>, HttpError> {
+        Ok(HttpResponseOk(Vec::new())) // this stand-in runs no sagas
     }
 }
 
