@@ -300,7 +300,15 @@ impl Nexus {
         {
             Ok(state) => self.apply_vmm_report(vmm.id(), state.into_inner()).await,
             Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {
-                // The sled agent no longer has this VMM (it restarted): the VMM is gone.
+                if vmm.state() == VmmState::Creating {
+                    // A start saga has recorded the VMM but not registered it yet: nothing to
+                    // ask the sled agent about, and nothing lost.
+                    return Err(Error::conflict(
+                        "the instance is still starting; retry once it is running",
+                    ));
+                }
+                // The sled agent no longer has a VMM it reported on (it restarted): the VMM
+                // is gone.
                 info!(self.log(), "sled agent lost a VMM; retiring it"; "propolis_id" => %vmm.id());
                 self.retire_vmm(vmm.sled_id(), vmm.id(), VmmState::Failed)
                     .await

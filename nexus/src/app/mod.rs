@@ -184,6 +184,19 @@ impl Nexus {
         )))
     }
 
+    /// Fails with `Conflict` if the VMM was retired meanwhile (e.g. its instance failed or was
+    /// stopped while a saga prepared it): registering it then would leave a VMM running that
+    /// the database has given up on.
+    pub(crate) async fn ensure_vmm_not_retired(&self, vmm_id: VmmUuid) -> Result<(), Error> {
+        let vmm = self.datastore.vmm_fetch(vmm_id).await?;
+        if vmm.time_deleted.is_some() {
+            return Err(Error::conflict(format!(
+                "VMM {vmm_id} was retired while it was being prepared; retry"
+            )));
+        }
+        Ok(())
+    }
+
     /// Unregisters a VMM from its sled agent (idempotent there), retrying briefly.
     pub async fn unregister_vmm(&self, sled_id: SledUuid, vmm_id: VmmUuid) -> Result<(), Error> {
         let client = self.sled_client(sled_id).await?;

@@ -155,14 +155,25 @@ impl TestContext {
     /// Waits until nothing is in flight (no unfinished saga, no VMM mid-transition) and then
     /// checks every invariant.
     pub async fn assert_quiet_and_consistent(&self) {
-        self.eventually("the system to quiesce", async |ctx: &TestContext| {
-            ctx.sql("SELECT count(*) FROM saga WHERE saga_state != 'done'").trim() == "0"
-                && ctx
+        let mut quiet = false;
+        for _ in 0..1000 {
+            quiet = self.sql("SELECT count(*) FROM saga WHERE saga_state != 'done'").trim() == "0"
+                && self
                     .sql("SELECT count(*) FROM vmm WHERE time_deleted IS NULL AND state IN ('creating','starting','stopping','stopped','rebooting','migrating','destroyed','failed','saga_unwound')")
                     .trim()
-                    == "0"
-        })
-        .await;
+                    == "0";
+            if quiet {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            quiet,
+            "the system never quiesced:\nunfinished sagas:\n{}\nunsettled VMMs:\n{}\ninstances:\n{}",
+            self.sql("SELECT id, name, saga_state FROM saga WHERE saga_state != 'done'"),
+            self.sql("SELECT id, instance_id, sled_id, state, generation FROM vmm WHERE time_deleted IS NULL AND state != 'running'"),
+            self.sql("SELECT name, nexus_state, active_propolis_id, target_propolis_id, migration_id FROM instance WHERE time_deleted IS NULL"),
+        );
         let violations = self.invariant_violations().await;
         assert!(
             violations.is_empty(),

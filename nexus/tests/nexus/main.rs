@@ -4,5 +4,6 @@ mod context;
 mod external_api;
 mod instances;
 mod migration;
+mod races;
 mod saga_faults;
 mod saga_replay;

@@ -364,6 +364,10 @@ async fn register_target(ctx: NexusActionContext) -> Result<(), ActionError> {
             source_address: source_sled.address(),
         }),
     };
+    nexus
+        .ensure_vmm_not_retired(ids.target_propolis_id)
+        .await
+        .map_err(action_failed)?;
     let client = nexus.sled_client(sled_id).await.map_err(action_failed)?;
     client
         .vmm_register(&ids.target_propolis_id, &body)

@@ -220,6 +220,10 @@ async fn register(ctx: NexusActionContext) -> Result<(), ActionError> {
         hostname: instance.hostname.clone(),
         migration_target: None,
     };
+    nexus
+        .ensure_vmm_not_retired(propolis_id)
+        .await
+        .map_err(action_failed)?;
     let client = nexus.sled_client(sled_id).await.map_err(action_failed)?;
     client
         .vmm_register(&propolis_id, &body)
