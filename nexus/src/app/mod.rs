@@ -1,6 +1,7 @@
 //! Nexus's application logic: what each API call does, the saga runner, saga recovery, and
 //! the retirement of VMMs that have ended.
 
+pub mod crash_point;
 pub mod instance;
 pub mod sagas;
 
@@ -32,7 +33,14 @@ pub struct RunnableSaga {
 impl Nexus {
     pub fn new(id: NexusUuid, datastore: DataStore, log: &Logger) -> Arc<Nexus> {
         let log = log.new(o!("nexus_id" => id.to_string()));
-        let store = Arc::new(DbSecStore::new(datastore.clone(), id, &log));
+        let store = DbSecStore::new(datastore.clone(), id, &log);
+        let store: Arc<dyn steno::SecStore> = match crash_point::CrashPoint::from_env() {
+            Some(point) => {
+                warn!(log, "test crash point armed"; "crash_at" => ?point);
+                Arc::new(crash_point::CrashingSecStore::new(store, point))
+            }
+            None => Arc::new(store),
+        };
         let sec = steno::sec(log.new(o!("component" => "SEC")), store);
         Arc::new(Nexus {
             id,

@@ -184,9 +184,20 @@ impl TestContext {
 
     /// Every invariant violation found, not just the first.
     pub async fn invariant_violations(&self) -> Vec<String> {
+        invariant_violations(&self.db, &self.sleds)
+    }
+}
+
+/// Every invariant violation in this database and these sled agents, not just the first.
+pub fn invariant_violations(
+    db: &TestDatabase,
+    sleds: &[halyard_sled_agent::Server],
+) -> Vec<String> {
+    let sql = |query: &str| shared_cluster().psql(db.name(), query).expect("psql");
+    {
         let mut violations = Vec::new();
         let mut check = |query: &str, what: &str| {
-            let rows = self.sql(query);
+            let rows = sql(query);
             for row in rows.lines().filter(|l| !l.is_empty()) {
                 violations.push(format!("{what}: {row}"));
             }
@@ -218,15 +229,19 @@ impl TestContext {
             "SELECT instance_id, count(*) FROM vmm WHERE time_deleted IS NULL GROUP BY instance_id HAVING count(*) > 2",
             "instance with more than an active and a target VMM",
         );
+        check(
+            "SELECT id, name, saga_state FROM saga WHERE saga_state != 'done'",
+            "saga left unfinished",
+        );
         // What the sled agents run must be exactly the live VMMs in the database.
-        let live: std::collections::BTreeSet<String> = self
-            .sql("SELECT id FROM vmm WHERE time_deleted IS NULL")
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
+        let live: std::collections::BTreeSet<String> =
+            sql("SELECT id FROM vmm WHERE time_deleted IS NULL")
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
         let mut on_sleds = std::collections::BTreeSet::new();
-        for sled in &self.sleds {
+        for sled in sleds {
             for vmm in sled.agent().vmm_list() {
                 on_sleds.insert(vmm.propolis_id.to_string());
             }

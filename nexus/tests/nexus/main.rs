@@ -1,6 +1,7 @@
 //! Nexus against a real PostgreSQL and real simulated sled agents over HTTP.
 
 mod context;
+mod crash_replay;
 mod external_api;
 mod instances;
 mod migration;
