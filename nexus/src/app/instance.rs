@@ -441,14 +441,86 @@ impl Nexus {
         Ok(())
     }
 
-    /// Records a sled agent's registration.
-    pub async fn sled_register(&self, id: SledUuid, info: SledAgentInfo) -> Result<Sled, Error> {
+    /// Records a sled agent's registration, then (in the background) reconciles what the
+    /// database and the sled agent each think runs there.
+    pub async fn sled_register(
+        self: &Arc<Self>,
+        id: SledUuid,
+        info: SledAgentInfo,
+    ) -> Result<Sled, Error> {
         let resources = SledResources {
             hardware_threads: info.hardware_threads,
             physical_ram: info.physical_ram,
         };
-        self.datastore()
+        let sled = self
+            .datastore()
             .sled_upsert(Sled::new(id, info.address, info.backend, resources))
+            .await?;
+        let nexus = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = nexus.reconcile_sled(id).await {
+                slog::warn!(nexus.log(), "reconciling a sled failed; the next registration retries";
+                    "sled_id" => %id, "error" => %e);
+            }
+        });
+        Ok(sled)
+    }
+
+    /// Makes the database and a sled agent agree on what runs there. A sled agent registers
+    /// at start and periodically, so this runs after a sled agent restart (when it has lost its
+    /// VMMs) and now and then otherwise:
+    ///
+    /// - a VMM the database thinks runs on the sled (live, past `creating`) that the sled
+    ///   agent does not have is gone: it is retired as `failed`, so its instance shows failed
+    ///   and can be started again, and its reservation is released. (A VMM still `creating`
+    ///   belongs to a start or migrate saga that has not registered it yet; the saga deals
+    ///   with it.)
+    /// - a VMM the sled agent runs that the database has retired is unregistered.
+    ///
+    /// A sled agent that stops answering is left alone: its VMMs may well still run, so they
+    /// keep their reservations until the sled agent answers again (or an operator retires the
+    /// sled, which Halyard cannot do yet).
+    pub async fn reconcile_sled(&self, sled_id: SledUuid) -> Result<(), Error> {
+        let client = self.sled_client(sled_id).await?;
+        let on_sled: std::collections::BTreeSet<VmmUuid> = client
+            .vmm_list()
             .await
+            .map_err(sled_agent_error)?
+            .into_inner()
+            .into_iter()
+            .map(|v| v.propolis_id)
+            .collect();
+        let in_db = self.datastore().vmm_list(Some(sled_id), false).await?;
+        let live: std::collections::BTreeSet<VmmUuid> = in_db.iter().map(|v| v.id()).collect();
+        for vmm in &in_db {
+            let past_creating = vmm.state() != VmmState::Creating && !vmm.state().is_terminal();
+            if past_creating && !on_sled.contains(&vmm.id()) {
+                // Look again: a report may have ended it meanwhile.
+                match client.vmm_get_state(&vmm.id()).await {
+                    // It ended just now and its last report is on its way: apply it here.
+                    Ok(state) => self.apply_vmm_report(vmm.id(), state.into_inner()).await?,
+                    // The sled agent never heard of it: it restarted and lost it.
+                    Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {
+                        info!(self.log(), "sled agent lost a VMM; retiring it as failed";
+                            "sled_id" => %sled_id, "propolis_id" => %vmm.id());
+                        self.retire_vmm(sled_id, vmm.id(), VmmState::Failed).await?;
+                    }
+                    Err(e) => return Err(sled_agent_error(e)),
+                }
+            }
+        }
+        for stray in on_sled.difference(&live) {
+            let retired = match self.datastore().vmm_fetch(*stray).await {
+                Ok(vmm) => vmm.time_deleted.is_some(),
+                Err(Error::ObjectNotFound { .. }) => true,
+                Err(e) => return Err(e),
+            };
+            if retired {
+                info!(self.log(), "sled agent runs a VMM the database has retired; unregistering it";
+                    "sled_id" => %sled_id, "propolis_id" => %stray);
+                self.unregister_vmm(sled_id, *stray).await?;
+            }
+        }
+        Ok(())
     }
 }

@@ -79,6 +79,28 @@ impl TestContext {
         ctx
     }
 
+    /// Restarts sled agent `index`: a new sled agent process-alike with the same sled id and
+    /// an empty VMM table (the old one's VMMs are gone with it, as far as anyone can ask).
+    pub async fn restart_sled(&mut self, index: usize, sim: SimConfig) {
+        let old = self.sleds.remove(index);
+        let id = old.agent().id();
+        old.close().await.unwrap();
+        let config = halyard_sled_agent::Config {
+            sled_id: id,
+            listen_address: "127.0.0.1:0".parse().unwrap(),
+            nexus_address: self.server.internal_address(),
+            backend: SledBackend::Sim,
+            hardware_threads: SLED_THREADS,
+            physical_ram: ByteCount::from_gibibytes_u32(SLED_RAM_GIB),
+            registration_interval_ms: 1000,
+            sim,
+        };
+        let new = halyard_sled_agent::Server::start(&config, &log())
+            .await
+            .unwrap();
+        self.sleds.insert(index, new);
+    }
+
     pub fn nexus(&self) -> &Arc<Nexus> {
         self.server.nexus()
     }

@@ -5,6 +5,7 @@ mod crash_replay;
 mod external_api;
 mod instances;
 mod migration;
+mod outages;
 mod races;
 mod saga_faults;
 mod saga_replay;
