@@ -1,5 +1,6 @@
 //! Nexus against a real PostgreSQL and real simulated sled agents over HTTP.
 
+mod bad_input;
 mod context;
 mod crash_replay;
 mod external_api;
