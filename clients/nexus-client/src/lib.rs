@@ -11,6 +11,7 @@ progenitor::generate_api!(
         MigrationRuntimeState = halyard_common::internal_api::MigrationRuntimeState,
         MigrationState = halyard_common::MigrationState,
         MigrationUuid = halyard_common::ids::MigrationUuid,
+        SagaUuid = halyard_common::ids::SagaUuid,
         SledAgentInfo = halyard_common::internal_api::SledAgentInfo,
         SledBackend = halyard_common::SledBackend,
         SledUuid = halyard_common::ids::SledUuid,

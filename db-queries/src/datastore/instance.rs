@@ -105,6 +105,47 @@ impl DataStore {
         query.load(conn).await.map_err(public_error_from_diesel)
     }
 
+    /// Every instance in every project, oldest first; deleted ones too if `include_deleted`.
+    /// For operators (omdb): unpaginated, so not for the API.
+    pub async fn instance_list_all(&self, include_deleted: bool) -> Result<Vec<Instance>, Error> {
+        let conn = &mut *self.connection().await?;
+        let mut query = instance::table.select(Instance::as_select()).into_boxed();
+        if !include_deleted {
+            query = query.filter(instance::time_deleted.is_null());
+        }
+        query
+            .order((instance::time_created.asc(), instance::id.asc()))
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// An instance by id, deleted or not (for operators).
+    pub async fn instance_fetch_including_deleted(
+        &self,
+        id: InstanceUuid,
+    ) -> Result<Instance, Error> {
+        let conn = &mut *self.connection().await?;
+        instance_fetch_any(conn, id)
+            .await
+            .map_err(TxnError::into_public)?
+            .ok_or_else(|| instance_not_found(id))
+    }
+
+    /// The live instances with this name, in any project, oldest first (for operators, who
+    /// may not know the project).
+    pub async fn instance_list_by_name(&self, name: &Name) -> Result<Vec<Instance>, Error> {
+        let conn = &mut *self.connection().await?;
+        instance::table
+            .filter(instance::name.eq(DbName(name.clone())))
+            .filter(instance::time_deleted.is_null())
+            .order((instance::time_created.asc(), instance::id.asc()))
+            .select(Instance::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
     /// Writes an instance's runtime state if `new`'s generation is newer than the stored one.
     ///
     /// Returns whether it applied: `false` means a write with this or a later generation

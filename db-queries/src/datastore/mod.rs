@@ -74,6 +74,28 @@ impl DataStore {
         }
     }
 
+    /// Opens one connection to `url` outside any pool, within `timeout`, and closes it.
+    ///
+    /// For tools (omdb) that want to say why a database cannot be reached: a pool only
+    /// reports that it timed out, this returns the network's or the database's own reason
+    /// ("connection refused", "database ... does not exist") as `ServiceUnavailable`.
+    pub async fn probe_connection(url: &str, timeout: Duration) -> Result<(), Error> {
+        let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok((client, connection))) => {
+                // Dropping the client ends the connection cleanly.
+                drop(client);
+                let _ = tokio::time::timeout(timeout, connection).await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Error::unavailable(error_chain(&e))),
+            Err(_) => Err(Error::unavailable(format!(
+                "no connection within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
     pub fn log(&self) -> &Logger {
         &self.log
     }
@@ -110,4 +132,19 @@ impl DataStore {
             }
         }
     }
+}
+
+/// An error and its sources on one line ("error connecting to server: Connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message.replace('\n', " ")
 }

@@ -54,6 +54,18 @@ impl DataStore {
         query.load(conn).await.map_err(public_error_from_diesel)
     }
 
+    /// Every project, deleted ones too, by name (for operators: to name the project of any
+    /// instance, even a deleted one's).
+    pub async fn project_list_all(&self) -> Result<Vec<Project>, Error> {
+        let conn = &mut *self.connection().await?;
+        project::table
+            .order((project::name.asc(), project::time_created.asc()))
+            .select(Project::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
     /// Deletes a project, only if it holds no live instances.
     ///
     /// The emptiness check and the delete cannot race an instance insert: the delete is

@@ -5,7 +5,7 @@ use crate::error::public_error_from_diesel;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use halyard_common::Error;
-use halyard_common::ids::{GenericUuid, NexusUuid, SagaUuid};
+use halyard_common::ids::{GenericUuid, NexusUuid, SagaKind, SagaUuid};
 use halyard_db_model::schema::{saga, saga_node_event};
 use halyard_db_model::{DbEnum, DbTypedUuid, Saga, SagaNodeEvent, SagaState};
 
@@ -106,6 +106,45 @@ impl DataStore {
         saga_node_event::table
             .filter(saga_node_event::saga_id.eq(DbTypedUuid(id)))
             .order((
+                saga_node_event::event_time.asc(),
+                saga_node_event::node_id.asc(),
+            ))
+            .select(SagaNodeEvent::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// The sagas an undo failed in (stuck: done, but only partly undone), oldest first.
+    pub async fn saga_list_stuck(&self) -> Result<Vec<Saga>, Error> {
+        let conn = &mut *self.connection().await?;
+        let stuck = saga_node_event::table
+            .filter(saga_node_event::event_type.eq("undo_failed"))
+            .select(saga_node_event::saga_id);
+        saga::table
+            .filter(saga::id.eq_any(stuck))
+            .order((saga::time_created.asc(), saga::id.asc()))
+            .select(Saga::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// The logs of several sagas in one query (for listings), each in the order it was
+    /// written.
+    pub async fn saga_node_events_for(
+        &self,
+        ids: &[SagaUuid],
+    ) -> Result<Vec<SagaNodeEvent>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = &mut *self.connection().await?;
+        let ids: Vec<DbTypedUuid<SagaKind>> = ids.iter().copied().map(DbTypedUuid).collect();
+        saga_node_event::table
+            .filter(saga_node_event::saga_id.eq_any(ids))
+            .order((
+                saga_node_event::saga_id.asc(),
                 saga_node_event::event_time.asc(),
                 saga_node_event::node_id.asc(),
             ))

@@ -110,6 +110,17 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
+    /// Every sled, oldest first (for operators: unpaginated).
+    pub async fn sled_list_all(&self) -> Result<Vec<Sled>, Error> {
+        let conn = &mut *self.connection().await?;
+        sled::table
+            .order((sled::time_created.asc(), sled::id.asc()))
+            .select(Sled::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
     /// Reserves `resources` for VMM `vmm_id` on a sled with room (or on the one named).
     ///
     /// Idempotent: if the VMM already holds a reservation, that one is returned unchanged.

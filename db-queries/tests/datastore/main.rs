@@ -2,6 +2,7 @@
 //! fresh database per test (see `halyard-test-db`).
 
 mod instances;
+mod operator;
 mod projects;
 mod reservations;
 mod saga_log;

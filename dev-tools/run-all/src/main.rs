@@ -144,6 +144,21 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     }
     println!("  database:            {database_url}");
     println!("    psql \"{database_url}\"");
+    // omdb's defaults are this environment's default addresses; say so when they differ.
+    let mut omdb = "cargo run -q -p halyard-omdb --".to_string();
+    if database_url != "postgresql://postgres@127.0.0.1:32221/halyard" {
+        omdb.push_str(&format!(" --db-url {database_url}"));
+    }
+    let nexus_flag = if nexus.internal_address().to_string() == "127.0.0.1:12221" {
+        String::new()
+    } else {
+        format!(" --nexus-url http://{}", nexus.internal_address())
+    };
+    println!("  omdb, to inspect it (the database, Nexus, the sled agents):");
+    println!("    {omdb} db instances");
+    println!("    {omdb} db check");
+    println!("    {omdb} nexus sagas{nexus_flag}");
+    println!("    {omdb} --help");
     println!("Press Ctrl-C to stop everything.");
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

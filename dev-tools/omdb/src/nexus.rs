@@ -1,0 +1,90 @@
+//! `omdb nexus ...`: what the running Nexus holds in memory, over its internal API.
+
+use crate::Outcome;
+use crate::output::{print_json, print_rows};
+use crate::sled_agent::client_error;
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use halyard_common::ids::SagaUuid;
+use serde::Serialize;
+use std::time::Duration;
+use tabled::Tabled;
+
+/// Where the development environment's Nexus serves its internal API.
+pub const DEFAULT_NEXUS_URL: &str = "http://127.0.0.1:12221";
+
+#[derive(Debug, Args)]
+pub struct NexusArgs {
+    /// Nexus's internal API.
+    #[arg(long, global = true, value_name = "URL", default_value = DEFAULT_NEXUS_URL)]
+    nexus_url: String,
+
+    #[command(subcommand)]
+    command: NexusCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum NexusCommand {
+    /// The sagas Nexus's saga executor holds in memory: those running, and those finished
+    /// since Nexus started (compare `omdb db sagas`, the log).
+    Sagas {
+        /// Also print the executor's own rendering of each saga's nodes.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+}
+
+#[derive(Debug, Serialize, Tabled)]
+#[tabled(rename_all = "SCREAMING_SNAKE_CASE")]
+struct SagaRow {
+    id: SagaUuid,
+    /// ready, running, succeeded, failed (unwound cleanly) or stuck (an undo failed).
+    state: String,
+    #[tabled(skip)]
+    status: String,
+}
+
+pub async fn run(args: &NexusArgs, json: bool) -> anyhow::Result<Outcome> {
+    let url = args.nexus_url.trim_end_matches('/').to_string();
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let client = halyard_nexus_client::Client::new_with_client(&url, http);
+    match &args.command {
+        NexusCommand::Sagas { verbose } => {
+            let sagas = client
+                .saga_list()
+                .await
+                .map_err(|e| anyhow!("{}", client_error("Nexus", &url, &e)))?
+                .into_inner();
+            let rows: Vec<SagaRow> = sagas
+                .into_iter()
+                .map(|s| SagaRow {
+                    id: s.id,
+                    state: s.state,
+                    status: s.status,
+                })
+                .collect();
+            if json {
+                print_json(&rows)?;
+            } else if *verbose {
+                for (i, row) in rows.iter().enumerate() {
+                    if i > 0 {
+                        println!();
+                    }
+                    println!("saga {}: {}", row.id, row.state);
+                    for line in row.status.lines() {
+                        println!("  {}", line.trim_end());
+                    }
+                }
+                if rows.is_empty() {
+                    println!("no sagas in memory");
+                }
+            } else {
+                print_rows(&rows, false, "no sagas in memory")?;
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,412 @@
+//! omdb's output over a system in every interesting state, as snapshots.
+//!
+//! One sled, so placement (random among sleds with room) cannot change the output. The
+//! instances, in project `alpha` unless said otherwise:
+//!
+//! - `idle`: created, never started (stopped, no VMM);
+//! - `web`: created with `start: true` (running);
+//! - `crashy`: running, then its VMM crashed (the sled agent's `Crash` fault): failed;
+//! - `cycler`: started, stopped, started, stopped, started: three VMMs, the last running;
+//! - `unlucky`: its instance-start saga failed at `registered` and unwound (one
+//!   `saga_unwound` VMM, stopped again);
+//! - `doomed`: created and deleted (instance-delete);
+//! - `web` in project `beta` too, stopped (so the name `web` alone is ambiguous).
+//!
+//! Two more sagas are written into the log directly (Nexus cannot be made to leave them):
+//! a copy of unlucky's instance-start whose undo of `vmm` failed (stuck), and a copy of
+//! web's cut off while `vmm` runs, owned by another Nexus (in flight).
+
+use crate::context::{TestContext, omdb};
+use crate::snapshot::{Redactor, Snapshots};
+use halyard_common::InstanceState;
+use halyard_common::ids::{GenericUuid, InstanceUuid, NexusUuid, SagaUuid};
+use halyard_nexus::app::sagas::instance_start::{Params, SagaInstanceStart};
+use halyard_sled_agent_api::SimFault;
+use serde_json::Value;
+
+struct Scenario {
+    ctx: TestContext,
+    redactor: Redactor,
+    web: InstanceUuid,
+    stuck: SagaUuid,
+    in_flight: SagaUuid,
+}
+
+async fn scenario() -> Scenario {
+    let ctx = TestContext::new(1).await;
+    let alpha = ctx.project("alpha").await;
+    let beta = ctx.project("beta").await;
+
+    let idle = ctx.instance(&alpha, "idle", 1, false).await;
+    let web = ctx.instance(&alpha, "web", 2, true).await;
+
+    let crashy = ctx.instance(&alpha, "crashy", 1, true).await;
+    let vmm = ctx.active_vmm(crashy).await;
+    ctx.sled_client(0)
+        .vmm_inject_fault(&vmm, &SimFault::Crash)
+        .await
+        .unwrap();
+    ctx.wait_for(crashy, InstanceState::Failed).await;
+
+    let cycler = ctx.instance(&alpha, "cycler", 1, false).await;
+    ctx.start(cycler).await;
+    ctx.stop(cycler).await;
+    ctx.start(cycler).await;
+    ctx.stop(cycler).await;
+    ctx.start(cycler).await;
+
+    let unlucky = ctx.instance(&alpha, "unlucky", 1, false).await;
+    let saga = ctx
+        .nexus
+        .saga_prepare::<SagaInstanceStart>(Params {
+            instance_id: unlucky,
+        })
+        .await
+        .unwrap();
+    let unwound = SagaUuid::from_untyped_uuid(saga.id.into_untyped_uuid());
+    let registered = saga.dag.get_index("registered").unwrap();
+    ctx.nexus
+        .sec()
+        .saga_inject_error(saga.id, registered)
+        .await
+        .unwrap();
+    assert!(ctx.nexus.saga_execute(saga).await.is_err());
+
+    let doomed = ctx.instance(&alpha, "doomed", 1, false).await;
+    ctx.nexus.instance_delete(doomed).await.unwrap();
+
+    let web_beta = ctx.instance(&beta, "web", 1, false).await;
+    ctx.quiesce().await;
+
+    // instance-start's nodes: propolis_id 0, claim 1, reservation 2, vmm 3, registered 4,
+    // running 5, start 6, end 7.
+    let stuck = SagaUuid::new_v4();
+    ctx.sql(&format!(
+        "INSERT INTO saga (id, creator, current_sec, name, dag, saga_state, adopt_generation, \
+             time_created, adopt_time) \
+         SELECT '{stuck}', creator, current_sec, name, dag, 'done', 1, now(), now() \
+         FROM saga WHERE id = '{unwound}'; \
+         INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) \
+         SELECT '{stuck}', node_id, event_type, data, \
+             now() + (row_number() OVER (ORDER BY event_time, node_id)) * interval '1 ms', \
+             creator \
+         FROM saga_node_event WHERE saga_id = '{unwound}' \
+             AND event_type NOT IN ('undo_started', 'undo_finished'); \
+         INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) \
+         SELECT '{stuck}', 3, t.event_type, t.data, now() + t.after, creator \
+         FROM saga, (VALUES ('undo_started', NULL::jsonb, interval '1 s'), \
+             ('undo_failed', '{{\"PermanentFailure\": {{\"source_error\": \
+                 {{\"message\": \"sled agent unreachable\"}}}}}}'::jsonb, interval '2 s')) \
+             AS t(event_type, data, after) \
+         WHERE saga.id = '{unwound}';"
+    ));
+    let in_flight = SagaUuid::new_v4();
+    let other_nexus = NexusUuid::new_v4();
+    ctx.sql(&format!(
+        "INSERT INTO saga (id, creator, current_sec, name, dag, saga_state, adopt_generation, \
+             time_created, adopt_time) \
+         SELECT '{in_flight}', '{other_nexus}', '{other_nexus}', name, dag, 'running', 1, \
+             now(), now() \
+         FROM saga WHERE name = 'instance-start' ORDER BY time_created LIMIT 1; \
+         INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) \
+         SELECT '{in_flight}', node_id, event_type, data, \
+             now() + (row_number() OVER (ORDER BY event_time, node_id)) * interval '1 ms', \
+             '{other_nexus}' \
+         FROM saga_node_event WHERE saga_id = (SELECT id FROM saga \
+                 WHERE name = 'instance-start' ORDER BY time_created LIMIT 1) \
+             AND (node_id IN (6, 0, 1, 2) OR (node_id = 3 AND event_type = 'started'));"
+    ));
+
+    let mut redactor = Redactor::new();
+    redactor
+        .name(ctx.sled_id(0), "sled")
+        .name(ctx.nexus.id(), "nexus")
+        .name(idle, "idle")
+        .name(web, "web")
+        .name(crashy, "crashy")
+        .name(cycler, "cycler")
+        .name(unlucky, "unlucky")
+        .name(doomed, "doomed")
+        .name(web_beta, "beta-web")
+        .name(other_nexus, "other-nexus")
+        .name(stuck, "stuck-saga")
+        .name(in_flight, "in-flight-saga");
+    Scenario {
+        ctx,
+        redactor,
+        web,
+        stuck,
+        in_flight,
+    }
+}
+
+/// omdb's stdout, redacted, after asserting it succeeded.
+async fn stdout(s: &Scenario, args: &[&str]) -> String {
+    s.redactor.redact(&s.ctx.omdb(args).await.ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_of_every_command() {
+    let s = scenario().await;
+    let mut snapshots = Snapshots::new();
+
+    snapshots.check("db-instances", &stdout(&s, &["db", "instances"]).await);
+    snapshots.check(
+        "db-instances-include-deleted",
+        &stdout(&s, &["db", "instances", "--include-deleted"]).await,
+    );
+    snapshots.check(
+        "db-instance-cycler",
+        &stdout(&s, &["db", "instance", "cycler"]).await,
+    );
+    snapshots.check(
+        "db-instance-crashy",
+        &stdout(&s, &["db", "instance", "crashy"]).await,
+    );
+    snapshots.check(
+        "db-instance-unlucky",
+        &stdout(&s, &["db", "instance", "unlucky"]).await,
+    );
+    snapshots.check(
+        "db-instance-web-beta",
+        &stdout(&s, &["db", "instance", "web", "--project", "beta"]).await,
+    );
+    let by_id = s.web.to_string();
+    snapshots.check(
+        "db-instance-web-by-id",
+        &stdout(&s, &["db", "instance", &by_id]).await,
+    );
+    let ambiguous = s.ctx.omdb(&["db", "instance", "web"]).await;
+    assert_eq!(ambiguous.code, 1, "{ambiguous:?}");
+    snapshots.check(
+        "db-instance-web-ambiguous",
+        &s.redactor.redact(&ambiguous.stderr),
+    );
+
+    snapshots.check("db-vmms", &stdout(&s, &["db", "vmms"]).await);
+    snapshots.check(
+        "db-vmms-include-deleted",
+        &stdout(&s, &["db", "vmms", "--include-deleted"]).await,
+    );
+    snapshots.check(
+        "db-vmms-cycler",
+        &stdout(
+            &s,
+            &["db", "vmms", "--instance", "cycler", "--include-deleted"],
+        )
+        .await,
+    );
+    let sled = s.ctx.sled_address(0).to_string();
+    snapshots.check(
+        "db-vmms-sled",
+        &stdout(&s, &["db", "vmms", "--sled", &sled]).await,
+    );
+    snapshots.check("db-sleds", &stdout(&s, &["db", "sleds"]).await);
+    snapshots.check(
+        "db-reservations",
+        &stdout(&s, &["db", "reservations"]).await,
+    );
+    snapshots.check("db-migrations", &stdout(&s, &["db", "migrations"]).await);
+    snapshots.check("db-sagas", &stdout(&s, &["db", "sagas"]).await);
+    snapshots.check("db-sagas-all", &stdout(&s, &["db", "sagas", "--all"]).await);
+
+    // The sagas, from the JSON listing: the first instance-start (web's, succeeded) and the
+    // one that unwound (unlucky's).
+    let sagas: Value =
+        serde_json::from_str(&s.ctx.omdb(&["db", "sagas", "--all", "--json"]).await.ok()).unwrap();
+    let sagas = sagas.as_array().unwrap();
+    let find = |name: &str, outcome: &str| {
+        sagas
+            .iter()
+            .find(|saga| saga["name"] == name && saga["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {name} saga that {outcome}: {sagas:?}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let succeeded = find("instance-start", "succeeded");
+    let unwound = find("instance-start", "unwound");
+    assert_eq!(
+        sagas.iter().filter(|s| s["outcome"] == "unwound").count(),
+        1
+    );
+    assert_eq!(sagas.iter().filter(|s| s["outcome"] == "STUCK").count(), 1);
+    snapshots.check(
+        "db-saga-succeeded",
+        &stdout(&s, &["db", "saga", &succeeded]).await,
+    );
+    snapshots.check(
+        "db-saga-unwound",
+        &stdout(&s, &["db", "saga", &unwound]).await,
+    );
+    snapshots.check(
+        "db-saga-unwound-dot",
+        &stdout(&s, &["db", "saga", &unwound, "--dot"]).await,
+    );
+    let stuck = s.stuck.to_string();
+    snapshots.check("db-saga-stuck", &stdout(&s, &["db", "saga", &stuck]).await);
+    let in_flight = s.in_flight.to_string();
+    snapshots.check(
+        "db-saga-in-flight",
+        &stdout(&s, &["db", "saga", &in_flight]).await,
+    );
+    let saga_json: Value =
+        serde_json::from_str(&s.ctx.omdb(&["db", "saga", &unwound, "--json"]).await.ok()).unwrap();
+    let states: Vec<(&str, &str)> = saga_json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["state"].as_str().unwrap()))
+        .collect();
+    assert!(states.contains(&("registered", "failed")), "{states:?}");
+    assert!(states.contains(&("vmm", "undone")), "{states:?}");
+    assert!(states.contains(&("running", "not_started")), "{states:?}");
+
+    // Nexus's executor lists sagas by id (random): compare the lines sorted.
+    let nexus_url = s.ctx.nexus_url().to_string();
+    let in_memory = s
+        .ctx
+        .omdb(&["nexus", "sagas", "--nexus-url", &nexus_url])
+        .await
+        .ok();
+    let anonymous = s.redactor.clone().anonymous().redact(&in_memory);
+    snapshots.check("nexus-sagas", &sorted_body(&anonymous));
+    let verbose = s
+        .ctx
+        .omdb(&["nexus", "sagas", "--nexus-url", &nexus_url, "--verbose"])
+        .await
+        .ok();
+    assert!(verbose.contains("failed"), "{verbose}");
+    assert_eq!(
+        verbose.lines().filter(|l| l.starts_with("saga ")).count(),
+        sagas.len() - 2,
+        "one block per saga: {verbose}"
+    );
+
+    snapshots.check(
+        "sled-agent-vmms",
+        &stdout(&s, &["sled-agent", "vmms", "--sled", &sled]).await,
+    );
+    let sled_id = s.ctx.sled_id(0).to_string();
+    snapshots.check(
+        "sled-agent-vmms",
+        &stdout(&s, &["sled-agent", "vmms", "--sled", &sled_id]).await,
+    );
+    snapshots.check("db-check", &stdout(&s, &["db", "check"]).await);
+    snapshots.finish();
+
+    // --json: the same rows, typed, for scripts.
+    let instances: Value =
+        serde_json::from_str(&s.ctx.omdb(&["db", "instances", "--json"]).await.ok()).unwrap();
+    let states: Vec<(String, String, String)> = instances
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["project"].as_str().unwrap().to_string(),
+                i["name"].as_str().unwrap().to_string(),
+                i["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = |p: &str, n: &str, st: &str| (p.to_string(), n.to_string(), st.to_string());
+    assert_eq!(
+        states,
+        vec![
+            expect("alpha", "crashy", "failed"),
+            expect("alpha", "cycler", "running"),
+            expect("alpha", "idle", "stopped"),
+            expect("alpha", "unlucky", "stopped"),
+            expect("alpha", "web", "running"),
+            expect("beta", "web", "stopped"),
+        ]
+    );
+    for args in [
+        &["db", "vmms", "--json"][..],
+        &["db", "sleds", "--json"],
+        &["db", "reservations", "--json"],
+        &["db", "migrations", "--json"],
+        &["db", "check", "--json"],
+        &["db", "instance", "cycler", "--json"],
+    ] {
+        let out = s.ctx.omdb(args).await.ok();
+        serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
+    }
+    let detail: Value = serde_json::from_str(
+        &s.ctx
+            .omdb(&["db", "instance", "cycler", "--json"])
+            .await
+            .ok(),
+    )
+    .unwrap();
+    assert_eq!(detail["vmms"].as_array().unwrap().len(), 3);
+    assert_eq!(detail["instance"]["state"], "running");
+    let in_memory: Value = serde_json::from_str(
+        &omdb(
+            &["nexus", "sagas", "--nexus-url", &nexus_url, "--json"],
+            &[],
+        )
+        .await
+        .ok(),
+    )
+    .unwrap();
+    assert_eq!(in_memory.as_array().unwrap().len(), sagas.len() - 2);
+}
+
+/// The header line, then the other lines sorted.
+fn sorted_body(text: &str) -> String {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default().to_string();
+    let mut body: Vec<&str> = lines.collect();
+    body.sort();
+    std::iter::once(header.as_str())
+        .chain(body)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// A live migration, on two sleds: `db migrations` and the migrated instance's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_shows_in_migrations_and_the_vmm_history() {
+    let ctx = TestContext::new(2).await;
+    let project = ctx.project("alpha").await;
+    let mover = ctx.instance(&project, "mover", 1, true).await;
+    let source = ctx.active_vmm(mover).await;
+    let other = 1 - ctx.sled_of(source).await;
+    ctx.nexus
+        .instance_migrate(mover, Some(ctx.sled_id(other)))
+        .await
+        .unwrap();
+    ctx.eventually("the migration to complete", async |ctx: &TestContext| {
+        let view = ctx.view(mover).await;
+        view.instance.runtime.migration().is_none()
+            && view.instance.runtime.active_vmm() != Some(source)
+            && view.run_state() == InstanceState::Running
+    })
+    .await;
+    ctx.quiesce().await;
+
+    let mut redactor = Redactor::new();
+    redactor
+        .name(mover, "mover")
+        .name(source, "source-vmm")
+        .name(ctx.active_vmm(mover).await, "target-vmm")
+        .name(ctx.sled_id(0), "sled-0")
+        .name(ctx.sled_id(1), "sled-1")
+        .name(ctx.nexus.id(), "nexus");
+    // Which sled is which depends on placement: name them by role instead.
+    let (from, to) = (ctx.sled_id(1 - other), ctx.sled_id(other));
+    redactor.name(from, "source-sled").name(to, "target-sled");
+
+    let mut snapshots = Snapshots::new();
+    let run = async |args: &[&str]| redactor.redact(&ctx.omdb(args).await.ok());
+    snapshots.check("migration-db-migrations", &run(&["db", "migrations"]).await);
+    snapshots.check(
+        "migration-db-instance",
+        &run(&["db", "instance", "mover"]).await,
+    );
+    snapshots.check("migration-db-check", &run(&["db", "check"]).await);
+    snapshots.finish();
+}
