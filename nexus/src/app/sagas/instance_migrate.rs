@@ -20,15 +20,13 @@
 //! completed → the target becomes the active VMM and the source is retired, in one
 //! transaction; failed → the target is retired and the instance runs on, on its source.
 
-use super::{NexusActionContext, NexusSaga, action_failed, declare_action};
+use super::{NexusActionContext, NexusSaga, action_failed, declare_action, vmm_steps};
 use crate::app::sled_agent_error;
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{Error, VmmState};
-use halyard_db_model::{Migration, SledResources, Vmm};
+use halyard_db_model::Migration;
 use halyard_db_queries::SledChoice;
-use halyard_sled_agent_api::{
-    MigrationTarget, VmmPutStateBody, VmmRegisterBody, VmmStateRequested,
-};
+use halyard_sled_agent_api::{MigrationTarget, VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
 use steno::{ActionError, DagBuilder, Node};
 
@@ -218,68 +216,30 @@ async fn reserve(ctx: NexusActionContext) -> Result<SledUuid, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let source = ctx.lookup::<Source>("source")?;
-    let datastore = ctx.user_data().nexus.datastore();
-    let instance = datastore
-        .instance_fetch(params.instance_id)
-        .await
-        .map_err(action_failed)?;
-    let resources = SledResources {
-        hardware_threads: u32::try_from(instance.ncpus).unwrap_or(u32::MAX),
-        physical_ram: instance.memory.0,
-    };
     let choice = match params.destination {
         Some(sled) => SledChoice::Specific(sled),
         None => SledChoice::AnyExcept(source.sled_id),
     };
-    let reservation = datastore
-        .sled_reserve(
-            ids.target_propolis_id,
-            params.instance_id,
-            choice,
-            resources,
-        )
-        .await
-        .map_err(action_failed)?;
-    Ok(reservation.sled_id())
+    let nexus = &ctx.user_data().nexus;
+    vmm_steps::reserve(nexus, params.instance_id, ids.target_propolis_id, choice).await
 }
 
 async fn undo_reserve(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
-    ctx.user_data()
-        .nexus
-        .datastore()
-        .sled_reservation_release(ids.target_propolis_id)
-        .await?;
-    Ok(())
+    vmm_steps::unreserve(&ctx.user_data().nexus, ids.target_propolis_id).await
 }
 
 async fn create_target_vmm(ctx: NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
-    let datastore = ctx.user_data().nexus.datastore();
-    let sled = datastore.sled_fetch(sled_id).await.map_err(action_failed)?;
-    let vmm = Vmm::new(
-        ids.target_propolis_id,
-        params.instance_id,
-        sled_id,
-        sled.address(),
-    );
-    datastore.vmm_insert(vmm).await.map_err(action_failed)?;
-    Ok(())
+    let nexus = &ctx.user_data().nexus;
+    vmm_steps::create_record(nexus, params.instance_id, ids.target_propolis_id, sled_id).await
 }
 
 async fn undo_create_target_vmm(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
-    let datastore = ctx.user_data().nexus.datastore();
-    match datastore
-        .vmm_retire(ids.target_propolis_id, VmmState::SagaUnwound)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.error_code() == "ObjectNotFound" => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    vmm_steps::retire_record(&ctx.user_data().nexus, ids.target_propolis_id).await
 }
 
 async fn set_ids(ctx: NexusActionContext) -> Result<(), ActionError> {
@@ -343,47 +303,30 @@ async fn register_target(ctx: NexusActionContext) -> Result<(), ActionError> {
     let source = ctx.lookup::<Source>("source")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
     let nexus = &ctx.user_data().nexus;
-    let instance = nexus
-        .datastore()
-        .instance_fetch(params.instance_id)
-        .await
-        .map_err(action_failed)?;
     let source_sled = nexus
         .datastore()
         .sled_fetch(source.sled_id)
         .await
         .map_err(action_failed)?;
-    let body = VmmRegisterBody {
-        instance_id: params.instance_id,
-        ncpus: u16::try_from(instance.ncpus).unwrap_or(u16::MAX),
-        memory: instance.memory.0,
-        hostname: instance.hostname.clone(),
-        migration_target: Some(MigrationTarget {
-            migration_id: ids.migration_id,
-            source_propolis_id: source.propolis_id,
-            source_address: source_sled.address(),
-        }),
+    let target = MigrationTarget {
+        migration_id: ids.migration_id,
+        source_propolis_id: source.propolis_id,
+        source_address: source_sled.address(),
     };
-    nexus
-        .ensure_vmm_not_retired(ids.target_propolis_id)
-        .await
-        .map_err(action_failed)?;
-    let client = nexus.sled_client(sled_id).await.map_err(action_failed)?;
-    client
-        .vmm_register(&ids.target_propolis_id, &body)
-        .await
-        .map_err(|e| action_failed(sled_agent_error(e)))?;
-    Ok(())
+    vmm_steps::register(
+        nexus,
+        params.instance_id,
+        ids.target_propolis_id,
+        sled_id,
+        Some(target),
+    )
+    .await
 }
 
 async fn undo_register_target(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
-    ctx.user_data()
-        .nexus
-        .unregister_vmm(sled_id, ids.target_propolis_id)
-        .await?;
-    Ok(())
+    vmm_steps::unregister(&ctx.user_data().nexus, ids.target_propolis_id, sled_id).await
 }
 
 async fn migrate_out(ctx: NexusActionContext) -> Result<(), ActionError> {

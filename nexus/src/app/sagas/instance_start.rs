@@ -17,13 +17,12 @@
 //! here on the VMM's state comes from the sled agent's reports; when it ends (stopped, failed)
 //! Nexus retires it (see `app::instance`).
 
-use super::{NexusActionContext, NexusSaga, action_failed, declare_action};
+use super::{NexusActionContext, NexusSaga, action_failed, declare_action, vmm_steps};
 use crate::app::sled_agent_error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
-use halyard_common::{Error, InstanceNexusState, VmmState};
-use halyard_db_model::{SledResources, Vmm};
+use halyard_common::{Error, InstanceNexusState};
 use halyard_db_queries::SledChoice;
-use halyard_sled_agent_api::{VmmPutStateBody, VmmRegisterBody, VmmStateRequested};
+use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
 use steno::{ActionError, DagBuilder, Node};
 
@@ -150,57 +149,26 @@ async fn undo_claim(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
 async fn reserve(ctx: NexusActionContext) -> Result<SledUuid, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
-    let datastore = ctx.user_data().nexus.datastore();
-    let instance = datastore
-        .instance_fetch(params.instance_id)
-        .await
-        .map_err(action_failed)?;
-    let resources = SledResources {
-        hardware_threads: u32::try_from(instance.ncpus).unwrap_or(u32::MAX),
-        physical_ram: instance.memory.0,
-    };
-    let reservation = datastore
-        .sled_reserve(propolis_id, params.instance_id, SledChoice::Any, resources)
-        .await
-        .map_err(action_failed)?;
-    Ok(reservation.sled_id())
+    let nexus = &ctx.user_data().nexus;
+    vmm_steps::reserve(nexus, params.instance_id, propolis_id, SledChoice::Any).await
 }
 
 async fn undo_reserve(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
-    ctx.user_data()
-        .nexus
-        .datastore()
-        .sled_reservation_release(propolis_id)
-        .await?;
-    Ok(())
+    vmm_steps::unreserve(&ctx.user_data().nexus, propolis_id).await
 }
 
 async fn create_vmm(ctx: NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
-    let datastore = ctx.user_data().nexus.datastore();
-    let sled = datastore.sled_fetch(sled_id).await.map_err(action_failed)?;
-    // The sled agent serves its VMMs; a VMM's address is where Nexus reaches it.
-    let vmm = Vmm::new(propolis_id, params.instance_id, sled_id, sled.address());
-    datastore.vmm_insert(vmm).await.map_err(action_failed)?;
-    Ok(())
+    let nexus = &ctx.user_data().nexus;
+    vmm_steps::create_record(nexus, params.instance_id, propolis_id, sled_id).await
 }
 
 async fn undo_create_vmm(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
-    match ctx
-        .user_data()
-        .nexus
-        .datastore()
-        .vmm_retire(propolis_id, VmmState::SagaUnwound)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.error_code() == "ObjectNotFound" => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    vmm_steps::retire_record(&ctx.user_data().nexus, propolis_id).await
 }
 
 async fn register(ctx: NexusActionContext) -> Result<(), ActionError> {
@@ -208,38 +176,13 @@ async fn register(ctx: NexusActionContext) -> Result<(), ActionError> {
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
     let nexus = &ctx.user_data().nexus;
-    let instance = nexus
-        .datastore()
-        .instance_fetch(params.instance_id)
-        .await
-        .map_err(action_failed)?;
-    let body = VmmRegisterBody {
-        instance_id: params.instance_id,
-        ncpus: u16::try_from(instance.ncpus).unwrap_or(u16::MAX),
-        memory: instance.memory.0,
-        hostname: instance.hostname.clone(),
-        migration_target: None,
-    };
-    nexus
-        .ensure_vmm_not_retired(propolis_id)
-        .await
-        .map_err(action_failed)?;
-    let client = nexus.sled_client(sled_id).await.map_err(action_failed)?;
-    client
-        .vmm_register(&propolis_id, &body)
-        .await
-        .map_err(|e| action_failed(sled_agent_error(e)))?;
-    Ok(())
+    vmm_steps::register(nexus, params.instance_id, propolis_id, sled_id, None).await
 }
 
 async fn undo_register(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
-    ctx.user_data()
-        .nexus
-        .unregister_vmm(sled_id, propolis_id)
-        .await?;
-    Ok(())
+    vmm_steps::unregister(&ctx.user_data().nexus, propolis_id, sled_id).await
 }
 
 async fn run(ctx: NexusActionContext) -> Result<(), ActionError> {

@@ -8,6 +8,7 @@ pub mod instance_create;
 pub mod instance_delete;
 pub mod instance_migrate;
 pub mod instance_start;
+mod vmm_steps;
 
 use crate::app::Nexus;
 use halyard_common::Error;

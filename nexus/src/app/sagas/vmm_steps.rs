@@ -1,0 +1,112 @@
+//! The steps every saga that brings up a new VMM shares (instance-start for a first VMM,
+//! instance-migrate for a target): reserve room on a sled, record the VMM, register it with
+//! its sled agent, and each one's undo. Each is idempotent, as saga actions must be.
+
+use super::action_failed;
+use crate::app::{Nexus, sled_agent_error};
+use halyard_common::VmmState;
+use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
+use halyard_db_model::{SledResources, Vmm};
+use halyard_db_queries::SledChoice;
+use halyard_sled_agent_api::{MigrationTarget, VmmRegisterBody};
+use steno::ActionError;
+
+/// Reserves the instance's threads and memory for VMM `vmm_id` on a sled `choice` allows;
+/// returns the sled.
+pub(super) async fn reserve(
+    nexus: &Nexus,
+    instance_id: InstanceUuid,
+    vmm_id: VmmUuid,
+    choice: SledChoice,
+) -> Result<SledUuid, ActionError> {
+    let datastore = nexus.datastore();
+    let instance = datastore
+        .instance_fetch(instance_id)
+        .await
+        .map_err(action_failed)?;
+    let resources = SledResources {
+        hardware_threads: u32::try_from(instance.ncpus).unwrap_or(u32::MAX),
+        physical_ram: instance.memory.0,
+    };
+    let reservation = datastore
+        .sled_reserve(vmm_id, instance_id, choice, resources)
+        .await
+        .map_err(action_failed)?;
+    Ok(reservation.sled_id())
+}
+
+pub(super) async fn unreserve(nexus: &Nexus, vmm_id: VmmUuid) -> Result<(), anyhow::Error> {
+    nexus.datastore().sled_reservation_release(vmm_id).await?;
+    Ok(())
+}
+
+/// Records the VMM (state `creating`) at its sled agent's address: the sled agent serves its
+/// VMMs, so that is where Nexus reaches it.
+pub(super) async fn create_record(
+    nexus: &Nexus,
+    instance_id: InstanceUuid,
+    vmm_id: VmmUuid,
+    sled_id: SledUuid,
+) -> Result<(), ActionError> {
+    let datastore = nexus.datastore();
+    let sled = datastore.sled_fetch(sled_id).await.map_err(action_failed)?;
+    let vmm = Vmm::new(vmm_id, instance_id, sled_id, sled.address());
+    datastore.vmm_insert(vmm).await.map_err(action_failed)?;
+    Ok(())
+}
+
+/// Retires the VMM as `saga_unwound` (which also releases its reservation and clears any
+/// instance pointer to it); a VMM never recorded is fine.
+pub(super) async fn retire_record(nexus: &Nexus, vmm_id: VmmUuid) -> Result<(), anyhow::Error> {
+    match nexus
+        .datastore()
+        .vmm_retire(vmm_id, VmmState::SagaUnwound)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.error_code() == "ObjectNotFound" => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Registers the VMM with its sled agent (as a migration target, if given), unless it was
+/// retired meanwhile.
+pub(super) async fn register(
+    nexus: &Nexus,
+    instance_id: InstanceUuid,
+    vmm_id: VmmUuid,
+    sled_id: SledUuid,
+    migration_target: Option<MigrationTarget>,
+) -> Result<(), ActionError> {
+    let instance = nexus
+        .datastore()
+        .instance_fetch(instance_id)
+        .await
+        .map_err(action_failed)?;
+    let body = VmmRegisterBody {
+        instance_id,
+        ncpus: u16::try_from(instance.ncpus).unwrap_or(u16::MAX),
+        memory: instance.memory.0,
+        hostname: instance.hostname.clone(),
+        migration_target,
+    };
+    nexus
+        .ensure_vmm_not_retired(vmm_id)
+        .await
+        .map_err(action_failed)?;
+    let client = nexus.sled_client(sled_id).await.map_err(action_failed)?;
+    client
+        .vmm_register(&vmm_id, &body)
+        .await
+        .map_err(|e| action_failed(sled_agent_error(e)))?;
+    Ok(())
+}
+
+pub(super) async fn unregister(
+    nexus: &Nexus,
+    vmm_id: VmmUuid,
+    sled_id: SledUuid,
+) -> Result<(), anyhow::Error> {
+    nexus.unregister_vmm(sled_id, vmm_id).await?;
+    Ok(())
+}
