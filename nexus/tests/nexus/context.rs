@@ -191,10 +191,12 @@ impl TestContext {
         }
         assert!(
             quiet,
-            "the system never quiesced:\nunfinished sagas:\n{}\nunsettled VMMs:\n{}\ninstances:\n{}",
+            "the system never quiesced:\nunfinished sagas:\n{}\nunsettled VMMs:\n{}\ninstances:\n{}\nmigrations:\n{}\nsagas naming them:\n{}",
             self.sql("SELECT id, name, saga_state FROM saga WHERE saga_state != 'done'"),
             self.sql("SELECT id, instance_id, sled_id, state, generation FROM vmm WHERE time_deleted IS NULL AND state != 'running'"),
             self.sql("SELECT name, nexus_state, active_propolis_id, target_propolis_id, migration_id FROM instance WHERE time_deleted IS NULL"),
+            self.sql("SELECT id, source_propolis_id, target_propolis_id, source_state, target_state, time_deleted FROM migration"),
+            self.sql("SELECT s.name, s.id, (SELECT string_agg(e.node_id || ':' || e.event_type, ' ' ORDER BY e.event_time) FROM saga_node_event e WHERE e.saga_id = s.id) FROM saga s WHERE s.dag::text LIKE ANY (SELECT '%' || id::text || '%' FROM vmm WHERE time_deleted IS NULL AND state = 'creating') OR EXISTS (SELECT 1 FROM saga_node_event e, vmm v WHERE e.saga_id = s.id AND v.time_deleted IS NULL AND v.state = 'creating' AND e.data::text LIKE '%' || v.id::text || '%')"),
         );
         let violations = self.invariant_violations().await;
         assert!(
