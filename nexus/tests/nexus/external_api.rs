@@ -10,6 +10,29 @@ fn url(ctx: &TestContext) -> String {
     format!("http://{}", ctx.server.external_address())
 }
 
+/// Polls an instance through the SDK until it reaches `state` (or fails the test after 5 s).
+async fn wait_for_sdk_state(
+    client: &oxide::Client,
+    name: &str,
+    state: oxide::types::InstanceState,
+) {
+    use oxide::prelude::*;
+    for _ in 0..500 {
+        let view = client
+            .instance_view()
+            .project("demo")
+            .instance(name)
+            .send()
+            .await
+            .unwrap();
+        if view.run_state == state {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} never reached {state:?}");
+}
+
 #[tokio::test]
 async fn the_oxide_sdk_drives_the_system_unmodified() {
     use oxide::prelude::*;
@@ -53,22 +76,7 @@ async fn the_oxide_sdk_drives_the_system_unmodified() {
         started.run_state,
         oxide::types::InstanceState::Starting | oxide::types::InstanceState::Running
     ));
-    let mut running = false;
-    for _ in 0..500 {
-        let view = client
-            .instance_view()
-            .project("demo")
-            .instance("web-a")
-            .send()
-            .await
-            .unwrap();
-        if view.run_state == oxide::types::InstanceState::Running {
-            running = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(running, "web-a never ran");
+    wait_for_sdk_state(&client, "web-a", oxide::types::InstanceState::Running).await;
 
     client
         .instance_stop()
@@ -77,22 +85,7 @@ async fn the_oxide_sdk_drives_the_system_unmodified() {
         .send()
         .await
         .unwrap();
-    let mut stopped = false;
-    for _ in 0..500 {
-        let view = client
-            .instance_view()
-            .project("demo")
-            .instance("web-a")
-            .send()
-            .await
-            .unwrap();
-        if view.run_state == oxide::types::InstanceState::Stopped {
-            stopped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(stopped, "web-a never stopped");
+    wait_for_sdk_state(&client, "web-a", oxide::types::InstanceState::Stopped).await;
 
     // Pagination: one item per page, both name orders.
     let names: Vec<String> = client
