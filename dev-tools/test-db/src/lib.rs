@@ -42,6 +42,9 @@
 //! it is empty or missing) and [`PostgresCluster::stop`] stops it; nothing is
 //! removed and nothing is stopped on drop, so a long-lived cluster (e.g. a
 //! project-local dev environment) can be started and stopped explicitly.
+//! [`PrivateCluster`] is the throwaway kind for a test that stops and restarts
+//! its own server (an outage test): it is removed when dropped, also when the
+//! test panics, and by a watchdog if the process dies first.
 //!
 //! PostgreSQL is found under `/usr/lib/postgresql/<version>/bin` (the Debian
 //! and Ubuntu layout); the highest version wins.
@@ -774,6 +777,94 @@ fn spawn_watchdog(
 }
 
 // ---------------------------------------------------------------------------
+// Private clusters
+
+/// A cluster of one test's own, for tests that stop and restart PostgreSQL
+/// (outage tests) and so must not share the process's cluster.
+///
+/// It lives in a fresh `$TMPDIR/halyard-test-pg-private-<pid>-<n>-<nanos>`
+/// with fsync off, and cleans up after itself however the test ends: dropping
+/// it (also while a failed assertion unwinds the test) stops the server and
+/// removes the directory, and a watchdog does the same if the process dies
+/// without unwinding (SIGKILL, abort).
+#[derive(Debug)]
+pub struct PrivateCluster {
+    cluster: PostgresCluster,
+    options: ClusterOptions,
+    root: PathBuf,
+}
+
+impl PrivateCluster {
+    /// Initialises and starts a new cluster on a free port.
+    pub fn start() -> Result<PrivateCluster, ClusterError> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let bin_dir = postgres_bin_dir()?;
+        let user = server_user()?;
+        let pid = std::process::id();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("halyard-test-pg-private-{pid}-{n}-{nanos}"));
+        fs::create_dir(&root)
+            .map_err(|e| ClusterError::io(format!("creating {}", root.display()), e))?;
+        let remove_root = |e: ClusterError| {
+            let _ = fs::remove_dir_all(&root);
+            e
+        };
+        // The server user must be able to reach the data directory inside.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
+            .map_err(|e| ClusterError::io(format!("setting permissions on {}", root.display()), e))
+            .map_err(remove_root)?;
+        let data_dir = root.join("data");
+        spawn_watchdog(pid, &bin_dir, &data_dir, user, &root).map_err(remove_root)?;
+        let mut options = ClusterOptions::new(&data_dir);
+        options.fsync = false;
+        let cluster = PostgresCluster::start(options.clone()).map_err(remove_root)?;
+        // Restarts reuse the port, so that clients configured with its URL find it again.
+        options.port = Some(cluster.port());
+        Ok(PrivateCluster {
+            cluster,
+            options,
+            root,
+        })
+    }
+
+    pub fn cluster(&self) -> &PostgresCluster {
+        &self.cluster
+    }
+
+    /// Creates database `name` with the Halyard schema loaded; returns its URL.
+    pub fn create_database(&self, name: &str) -> Result<String, ClusterError> {
+        self.cluster
+            .psql("postgres", &format!("CREATE DATABASE \"{name}\""))?;
+        self.cluster
+            .psql_file(name, &halyard_schema::dbinit_sql_path())?;
+        Ok(self.cluster.url_for(name))
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: open sessions are ended). Its data stays.
+    pub fn stop(&self) -> Result<(), ClusterError> {
+        self.cluster.stop()
+    }
+
+    /// Starts the stopped server again, on the same port.
+    pub fn restart(&mut self) -> Result<(), ClusterError> {
+        self.cluster = PostgresCluster::start(self.options.clone())?;
+        Ok(())
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        // It may be stopped already; then this fails, harmlessly.
+        let _ = self.cluster.stop_immediate();
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Test databases
 
 /// A fresh database cloned from the schema template, in the process's shared
@@ -875,6 +966,27 @@ mod tests {
         let db = TestDatabase::new_empty();
         let count = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'";
         assert_eq!(query(db.name(), count), "0");
+    }
+
+    #[test]
+    fn a_private_cluster_restarts_on_its_port_and_is_removed_when_dropped() {
+        let mut private = PrivateCluster::start().unwrap_or_else(|e| panic!("{e}"));
+        let root = private.root.clone();
+        let url = private.create_database("outage").unwrap();
+        let port = private.cluster().port();
+        private
+            .cluster()
+            .psql("outage", "CREATE TABLE t (x int)")
+            .unwrap();
+        private.stop().unwrap();
+        assert!(private.cluster().psql("outage", "SELECT 1").is_err());
+        private.restart().unwrap();
+        assert_eq!(private.cluster().port(), port);
+        assert_eq!(private.cluster().url_for("outage"), url);
+        let count = "SELECT count(*) FROM pg_tables WHERE tablename IN ('t', 'db_metadata')";
+        assert_eq!(private.cluster().psql("outage", count).unwrap().trim(), "2");
+        drop(private);
+        assert!(!root.exists(), "{} is left behind", root.display());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod sagas;
 use halyard_common::Error;
 use halyard_common::ids::{GenericUuid, NexusUuid, SledUuid, VmmUuid};
 use halyard_db_queries::{DataStore, DbSecStore, saga_node_event_to_steno};
+use sagas::retry::SagaRetryPolicy;
 use sagas::{ActionRegistry, NexusSaga, SagaContext, create_saga_dag, error_from_action};
 use slog::{Logger, error, info, o, warn};
 use std::sync::Arc;
@@ -20,6 +21,8 @@ pub struct Nexus {
     datastore: DataStore,
     sec: steno::SecClient,
     registry: Arc<ActionRegistry>,
+    /// How saga actions retry transient errors (see `sagas::retry`).
+    saga_retry: std::sync::Mutex<SagaRetryPolicy>,
     log: Logger,
 }
 
@@ -47,6 +50,7 @@ impl Nexus {
             datastore,
             sec,
             registry: sagas::action_registry(),
+            saga_retry: std::sync::Mutex::new(SagaRetryPolicy::default()),
             log,
         })
     }
@@ -66,6 +70,17 @@ impl Nexus {
 
     pub fn log(&self) -> &Logger {
         &self.log
+    }
+
+    /// How saga actions retry transient errors (the database or a sled agent out of reach).
+    pub fn saga_retry_policy(&self) -> SagaRetryPolicy {
+        *self.saga_retry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes how saga actions retry transient errors, for the sagas' next attempts (tests
+    /// use a short forward budget to see a saga give up and unwind).
+    pub fn set_saga_retry_policy(&self, policy: SagaRetryPolicy) {
+        *self.saga_retry.lock().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
     // Sagas

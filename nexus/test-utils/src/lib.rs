@@ -1,7 +1,7 @@
 //! What Halyard's tests share: the invariant checker of DESIGN.md, run after every fault,
 //! race and crash test (and by the QEMU backend's tests in turn).
 
-use halyard_test_db::{TestDatabase, shared_cluster};
+use halyard_test_db::{PostgresCluster, TestDatabase, shared_cluster};
 
 /// Every invariant violation in this database and these sled agents, not just the first:
 ///
@@ -15,7 +15,16 @@ pub fn invariant_violations(
     db: &TestDatabase,
     sleds: &[halyard_sled_agent::Server],
 ) -> Vec<String> {
-    let sql = |query: &str| shared_cluster().psql(db.name(), query).expect("psql");
+    invariant_violations_in(shared_cluster(), db.name(), sleds)
+}
+
+/// [`invariant_violations`] for database `database` of `cluster` (a test's private cluster).
+pub fn invariant_violations_in(
+    cluster: &PostgresCluster,
+    database: &str,
+    sleds: &[halyard_sled_agent::Server],
+) -> Vec<String> {
+    let sql = |query: &str| cluster.psql(database, query).expect("psql");
     {
         let mut violations = Vec::new();
         let mut check = |query: &str, what: &str| {

@@ -1,13 +1,20 @@
 //! Outages: a sled agent that restarts (and so has lost its VMMs), and the database going away
-//! and coming back.
+//! and coming back: between requests (503, then service again) and under a saga in flight
+//! (its actions and undos retry through the outage).
+//!
+//! The database tests each run their own PostgreSQL cluster ([`PrivateCluster`]), since they
+//! stop it; it is removed however the test ends.
 
 use crate::context::{TestContext, log};
-use halyard_common::ids::NexusUuid;
-use halyard_common::{InstanceState, SledBackend};
+use halyard_common::ids::{InstanceUuid, NexusUuid, SledUuid};
+use halyard_common::{ByteCount, Error, InstanceState};
+use halyard_nexus::app::instance::InstanceCreate;
+use halyard_nexus::app::sagas::retry::SagaRetryPolicy;
 use halyard_sled_agent::SimConfig;
-use halyard_test_db::{ClusterOptions, PostgresCluster};
+use halyard_test_db::PrivateCluster;
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_restarted_sled_agent_re_registers_and_nexus_reconciles_what_it_lost() {
@@ -61,47 +68,202 @@ async fn a_restarted_sled_agent_re_registers_and_nexus_reconciles_what_it_lost()
     ctx.assert_quiet_and_consistent().await;
 }
 
+/// Nexus and sim sled agents on a private database cluster the test may stop.
+struct OutageSystem {
+    server: halyard_nexus::Server,
+    sleds: Vec<halyard_sled_agent::Server>,
+    // Last: dropped (stopped and removed) after everything that uses it, also on a panic.
+    db: PrivateCluster,
+}
+
+const DATABASE: &str = "halyard";
+
+impl OutageSystem {
+    async fn start(sled_count: usize) -> OutageSystem {
+        let db = PrivateCluster::start().unwrap_or_else(|e| panic!("{e}"));
+        let url = db
+            .create_database(DATABASE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config = halyard_nexus::Config {
+            id: NexusUuid::new_v4(),
+            database_url: url,
+            external_address: "127.0.0.1:0".parse().unwrap(),
+            internal_address: "127.0.0.1:0".parse().unwrap(),
+            retirement_interval_ms: 200,
+        };
+        let server = halyard_nexus::Server::start(&config, &log()).await.unwrap();
+        let mut sleds = Vec::new();
+        for _ in 0..sled_count {
+            // From TOML, so that options the sled agent gains keep their defaults here.
+            let sled_config: halyard_sled_agent::Config = toml::from_str(&format!(
+                "sled_id = \"{}\"\nlisten_address = \"127.0.0.1:0\"\n\
+                 nexus_address = \"{}\"\nbackend = \"sim\"\nhardware_threads = 8\n\
+                 physical_ram = {}\nregistration_interval_ms = 1000\n\
+                 [sim]\nstart_delay_ms = 10\nstop_delay_ms = 10\n\
+                 reboot_delay_ms = 10\nmigration_phase_delay_ms = 10\n",
+                SledUuid::new_v4(),
+                server.internal_address(),
+                8u64 << 30,
+            ))
+            .unwrap();
+            sleds.push(
+                halyard_sled_agent::Server::start(&sled_config, &log())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let system = OutageSystem { server, sleds, db };
+        system
+            .eventually("every sled registered", || {
+                system.sql("SELECT count(*) FROM sled").trim() == sled_count.to_string()
+            })
+            .await;
+        system
+    }
+
+    fn nexus(&self) -> &std::sync::Arc<halyard_nexus::Nexus> {
+        self.server.nexus()
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        self.db.cluster().psql(DATABASE, sql).expect("psql")
+    }
+
+    async fn eventually(&self, what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn instance(&self, name: &str) -> InstanceUuid {
+        let project: halyard_common::NameOrId =
+            halyard_common::NameOrId::Name("p".parse().unwrap());
+        if self.sql("SELECT count(*) FROM project").trim() == "0" {
+            self.nexus()
+                .project_create("p".parse().unwrap(), String::new())
+                .await
+                .unwrap();
+        }
+        self.nexus()
+            .instance_create(
+                &project,
+                InstanceCreate {
+                    name: name.parse().unwrap(),
+                    description: String::new(),
+                    hostname: name.to_string(),
+                    ncpus: 2,
+                    memory: ByteCount::from_gibibytes_u32(1),
+                    start: false,
+                },
+            )
+            .await
+            .unwrap()
+            .instance
+            .id()
+    }
+
+    async fn run_state(&self, id: InstanceUuid) -> InstanceState {
+        self.nexus().instance_view(id).await.unwrap().run_state()
+    }
+
+    /// Holds an exclusive lock on table `table` from another session, so the next statement
+    /// that touches it waits; the lock (and the session) ends when the database stops.
+    fn lock_table(&self, table: &str) -> LockHolder {
+        let psql = halyard_test_db::postgres_bin_dir().unwrap().join("psql");
+        let child = Command::new(psql)
+            .args(["-X", "-q", "-w", "-h", "127.0.0.1", "-p"])
+            .arg(self.db.cluster().port().to_string())
+            .args(["-U", "postgres", "-d", DATABASE, "-c"])
+            .arg(format!(
+                "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);"
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let holder = LockHolder(child);
+        let granted = format!(
+            "SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass \
+             AND mode = 'AccessExclusiveLock' AND granted"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.sql(&granted).trim() != "1" {
+            assert!(
+                Instant::now() < deadline,
+                "the lock on {table} was never granted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        holder
+    }
+
+    /// Waits until a statement starting with `prefix` waits for a lock.
+    async fn wait_for_blocked(&self, prefix: &str) {
+        let query = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '{prefix}%'"
+        );
+        self.eventually(
+            &format!("a statement `{prefix}...` to wait for its lock"),
+            || self.sql(&query).trim() != "0",
+        )
+        .await;
+    }
+
+    /// Waits until no saga is unfinished and no VMM is mid-transition, then checks every
+    /// invariant.
+    async fn assert_quiet_and_consistent(&self) {
+        self.eventually("the system to quiesce", || {
+            self.sql("SELECT count(*) FROM saga WHERE saga_state != 'done'").trim() == "0"
+                && self
+                    .sql("SELECT count(*) FROM vmm WHERE time_deleted IS NULL AND state != 'running'")
+                    .trim()
+                    == "0"
+        })
+        .await;
+        let violations = halyard_nexus_test_utils::invariant_violations_in(
+            self.db.cluster(),
+            DATABASE,
+            &self.sleds,
+        );
+        assert!(
+            violations.is_empty(),
+            "invariants violated:\n{}",
+            violations.join("\n")
+        );
+        assert_eq!(
+            self.sql("SELECT count(*) FROM saga_node_event WHERE event_type = 'undo_failed'")
+                .trim(),
+            "0",
+            "a saga is stuck"
+        );
+    }
+
+    async fn close(self) {
+        for sled in self.sleds {
+            sled.close().await.unwrap();
+        }
+        self.server.close().await.unwrap();
+    }
+}
+
+/// A `psql` holding a lock; killed when dropped (if the database has not ended it already).
+struct LockHolder(Child);
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn nexus_answers_503_while_the_database_is_down_and_recovers_after() {
-    // A private cluster: this test stops it, which must not disturb the other tests.
-    let dir = std::env::temp_dir().join(format!(
-        "halyard-outage-{}-{}",
-        std::process::id(),
-        NexusUuid::new_v4()
-    ));
-    let options = ClusterOptions {
-        fsync: false,
-        ..ClusterOptions::new(&dir)
-    };
-    let cluster = PostgresCluster::start(options.clone()).unwrap();
-    cluster.psql("postgres", "CREATE DATABASE halyard").unwrap();
-    cluster
-        .psql_file("halyard", &halyard_schema::dbinit_sql_path())
-        .unwrap();
-    let config = halyard_nexus::Config {
-        id: NexusUuid::new_v4(),
-        database_url: cluster.url_for("halyard"),
-        external_address: "127.0.0.1:0".parse().unwrap(),
-        internal_address: "127.0.0.1:0".parse().unwrap(),
-        retirement_interval_ms: 200,
-    };
-    let server = halyard_nexus::Server::start(&config, &log()).await.unwrap();
-    let sled = halyard_sled_agent::Server::start(
-        &halyard_sled_agent::Config {
-            sled_id: halyard_common::ids::SledUuid::new_v4(),
-            listen_address: "127.0.0.1:0".parse().unwrap(),
-            nexus_address: server.internal_address(),
-            backend: SledBackend::Sim,
-            hardware_threads: 8,
-            physical_ram: halyard_common::ByteCount::from_gibibytes_u32(8),
-            registration_interval_ms: 200,
-            sim: SimConfig::default(),
-        },
-        &log(),
-    )
-    .await
-    .unwrap();
-    let base = format!("http://{}", server.external_address());
+    let mut system = OutageSystem::start(1).await;
+    let base = format!("http://{}", system.server.external_address());
     let http = reqwest::Client::new();
     let post = async |path: &str, body: Value| {
         let response = http
@@ -119,7 +281,7 @@ async fn nexus_answers_503_while_the_database_is_down_and_recovers_after() {
     let (status, _) = post("/v1/projects", json!({"name": "p", "description": ""})).await;
     assert_eq!(status, 201);
 
-    cluster.stop().unwrap();
+    system.db.stop().unwrap();
     for (path, body) in [
         ("/v1/projects", json!({"name": "q", "description": ""})),
         (
@@ -133,11 +295,7 @@ async fn nexus_answers_503_while_the_database_is_down_and_recovers_after() {
     }
 
     // The database comes back on the same port: Nexus serves again, sagas run.
-    let restarted = PostgresCluster::start(ClusterOptions {
-        port: Some(cluster.port()),
-        ..options
-    })
-    .unwrap();
+    system.db.restart().unwrap();
     let mut status = 0;
     for _ in 0..200 {
         status = post("/v1/projects", json!({"name": "q", "description": ""}))
@@ -168,8 +326,172 @@ async fn nexus_answers_503_while_the_database_is_down_and_recovers_after() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(running);
-    sled.close().await.unwrap();
-    server.close().await.unwrap();
-    restarted.stop().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    system.assert_quiet_and_consistent().await;
+    system.close().await;
+}
+
+/// Starts `id` and stops the database while the start saga's `vmm` node (which runs after
+/// the claim and the reservation, so there is something to undo) waits on a table lock.
+/// Returns the start, still running, once the database is down.
+async fn start_and_stop_the_database_mid_saga(
+    system: &OutageSystem,
+    id: InstanceUuid,
+) -> tokio::task::JoinHandle<Result<halyard_nexus::app::instance::InstanceAndVmm, Error>> {
+    let lock = system.lock_table("vmm");
+    let nexus = std::sync::Arc::clone(system.nexus());
+    let start = tokio::spawn(async move { nexus.instance_start(id).await });
+    system.wait_for_blocked("INSERT INTO \"vmm\"").await;
+    // The claim and the reservation are done; the VMM record is being written.
+    assert_eq!(
+        system.sql("SELECT count(*) FROM sled_reservation").trim(),
+        "1"
+    );
+    system.db.stop().unwrap();
+    drop(lock);
+    start
+}
+
+#[tokio::test]
+async fn a_start_saga_in_flight_survives_a_database_outage() {
+    let mut system = OutageSystem::start(1).await;
+    let id = system.instance("vm").await;
+    let start = start_and_stop_the_database_mid_saga(&system, id).await;
+
+    // Down for a few seconds: the saga's action keeps retrying, and does not fail.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !start.is_finished(),
+        "the start ended while the database was down"
+    );
+    system.db.restart().unwrap();
+
+    let started = tokio::time::timeout(Duration::from_secs(60), start)
+        .await
+        .expect("the start finished")
+        .unwrap();
+    assert!(started.is_ok(), "the start failed: {started:?}");
+    system
+        .eventually("the instance to run", || {
+            system.sql(&format!(
+                "SELECT v.state FROM instance i JOIN vmm v ON v.id = i.active_propolis_id WHERE i.id = '{id}'"
+            ))
+            .trim()
+                == "running"
+        })
+        .await;
+    assert_eq!(system.run_state(id).await, InstanceState::Running);
+    system.assert_quiet_and_consistent().await;
+    system.close().await;
+}
+
+#[tokio::test]
+async fn a_start_saga_that_outlasts_its_retries_unwinds_once_the_database_is_back() {
+    let mut system = OutageSystem::start(1).await;
+    // Forward actions give up after a second; undos never do.
+    system.nexus().set_saga_retry_policy(SagaRetryPolicy {
+        action_budget: Duration::from_secs(1),
+        ..SagaRetryPolicy::default()
+    });
+    let id = system.instance("vm").await;
+    let start = start_and_stop_the_database_mid_saga(&system, id).await;
+
+    // Longer than the action's budget (one more attempt waits out the pool's 5 s connection
+    // timeout): the action fails, and the undos wait for the database rather than give up.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        !start.is_finished(),
+        "the saga ended while the database was down"
+    );
+    system.db.restart().unwrap();
+
+    let started = tokio::time::timeout(Duration::from_secs(60), start)
+        .await
+        .expect("the start finished")
+        .unwrap();
+    assert!(
+        matches!(started, Err(Error::ServiceUnavailable { .. })),
+        "the start should fail with 503: {started:?}"
+    );
+    // Fully unwound: stopped, no VMM, no reservation.
+    system.assert_quiet_and_consistent().await;
+    assert_eq!(system.run_state(id).await, InstanceState::Stopped);
+    assert_eq!(
+        system.sql("SELECT count(*) FROM sled_reservation").trim(),
+        "0"
+    );
+    // And it starts now.
+    system
+        .nexus()
+        .set_saga_retry_policy(SagaRetryPolicy::default());
+    system.nexus().instance_start(id).await.unwrap();
+    system
+        .eventually("the instance to run", || {
+            system.sql(&format!(
+                "SELECT v.state FROM instance i JOIN vmm v ON v.id = i.active_propolis_id WHERE i.id = '{id}'"
+            ))
+            .trim()
+                == "running"
+        })
+        .await;
+    system.assert_quiet_and_consistent().await;
+    system.close().await;
+}
+
+#[tokio::test]
+async fn an_undo_that_meets_a_database_outage_waits_for_it_and_finishes_the_unwind() {
+    let mut system = OutageSystem::start(1).await;
+    let id = system.instance("vm").await;
+    // The start's `vmm` node waits on a lock, after the claim and the reservation.
+    let vmm_lock = system.lock_table("vmm");
+    let nexus = std::sync::Arc::clone(system.nexus());
+    let start = tokio::spawn(async move { nexus.instance_start(id).await });
+    system.wait_for_blocked("INSERT INTO \"vmm\"").await;
+    // Its undo (releasing the reservation) will wait on this one.
+    let reservation_lock = system.lock_table("sled_reservation");
+    // The `vmm` node fails for good (its statement is cancelled: not a transient error), so
+    // the saga unwinds; the database goes down while the undo waits.
+    system.sql(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+         WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"vmm\"%'",
+    );
+    system
+        .wait_for_blocked("DELETE FROM \"sled_reservation\"")
+        .await;
+    system.db.stop().unwrap();
+    drop((vmm_lock, reservation_lock));
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !start.is_finished(),
+        "the saga ended while the database was down"
+    );
+    system.db.restart().unwrap();
+
+    let started = tokio::time::timeout(Duration::from_secs(60), start)
+        .await
+        .expect("the start finished")
+        .unwrap();
+    assert!(
+        started.is_err(),
+        "the start should have failed: {started:?}"
+    );
+    // The undo waited for the database: fully unwound, nothing stuck or leaked.
+    system.assert_quiet_and_consistent().await;
+    assert_eq!(system.run_state(id).await, InstanceState::Stopped);
+    assert_eq!(
+        system.sql("SELECT count(*) FROM sled_reservation").trim(),
+        "0"
+    );
+    system.nexus().instance_start(id).await.unwrap();
+    system
+        .eventually("the instance to run", || {
+            system.sql(&format!(
+                "SELECT v.state FROM instance i JOIN vmm v ON v.id = i.active_propolis_id WHERE i.id = '{id}'"
+            ))
+            .trim()
+                == "running"
+        })
+        .await;
+    system.assert_quiet_and_consistent().await;
+    system.close().await;
 }

@@ -62,7 +62,7 @@ impl NexusSaga for SagaInstanceCreate {
     }
 }
 
-async fn create_record(ctx: NexusActionContext) -> Result<InstanceUuid, ActionError> {
+async fn create_record(ctx: &NexusActionContext) -> Result<InstanceUuid, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let datastore = ctx.user_data().nexus.datastore();
     let created = datastore
@@ -80,7 +80,7 @@ async fn create_record(ctx: NexusActionContext) -> Result<InstanceUuid, ActionEr
     Ok(created.id())
 }
 
-async fn undo_create_record(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+async fn undo_create_record(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let params = ctx.saga_params::<Params>()?;
     let datastore = ctx.user_data().nexus.datastore();
     match datastore.instance_mark_destroyed(params.instance_id).await {
@@ -90,7 +90,7 @@ async fn undo_create_record(ctx: NexusActionContext) -> Result<(), anyhow::Error
     }
 }
 
-async fn mark_stopped(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn mark_stopped(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let id = ctx.lookup::<InstanceUuid>("instance")?;
     let datastore = ctx.user_data().nexus.datastore();
     let instance = datastore.instance_fetch(id).await.map_err(action_failed)?;

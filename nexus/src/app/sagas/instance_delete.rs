@@ -44,7 +44,7 @@ impl NexusSaga for SagaInstanceDelete {
     }
 }
 
-async fn destroy_record(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn destroy_record(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let datastore = ctx.user_data().nexus.datastore();
     datastore

@@ -122,14 +122,14 @@ impl NexusSaga for SagaInstanceMigrate {
     }
 }
 
-async fn generate_ids(_: NexusActionContext) -> Result<MigrateIds, ActionError> {
+async fn generate_ids(_: &NexusActionContext) -> Result<MigrateIds, ActionError> {
     Ok(MigrateIds {
         migration_id: MigrationUuid::new_v4(),
         target_propolis_id: VmmUuid::new_v4(),
     })
 }
 
-async fn check_source(ctx: NexusActionContext) -> Result<Source, ActionError> {
+async fn check_source(ctx: &NexusActionContext) -> Result<Source, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let nexus = &ctx.user_data().nexus;
@@ -183,7 +183,7 @@ async fn check_source(ctx: NexusActionContext) -> Result<Source, ActionError> {
     })
 }
 
-async fn create_migration(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn create_migration(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let source = ctx.lookup::<Source>("source")?;
@@ -202,7 +202,7 @@ async fn create_migration(ctx: NexusActionContext) -> Result<(), ActionError> {
     Ok(())
 }
 
-async fn undo_create_migration(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+async fn undo_create_migration(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     ctx.user_data()
         .nexus
@@ -212,7 +212,7 @@ async fn undo_create_migration(ctx: NexusActionContext) -> Result<(), anyhow::Er
     Ok(())
 }
 
-async fn reserve(ctx: NexusActionContext) -> Result<SledUuid, ActionError> {
+async fn reserve(ctx: &NexusActionContext) -> Result<SledUuid, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let source = ctx.lookup::<Source>("source")?;
@@ -224,12 +224,12 @@ async fn reserve(ctx: NexusActionContext) -> Result<SledUuid, ActionError> {
     vmm_steps::reserve(nexus, params.instance_id, ids.target_propolis_id, choice).await
 }
 
-async fn undo_reserve(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+async fn undo_reserve(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     vmm_steps::unreserve(&ctx.user_data().nexus, ids.target_propolis_id).await
 }
 
-async fn create_target_vmm(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn create_target_vmm(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
@@ -237,12 +237,12 @@ async fn create_target_vmm(ctx: NexusActionContext) -> Result<(), ActionError> {
     vmm_steps::create_record(nexus, params.instance_id, ids.target_propolis_id, sled_id).await
 }
 
-async fn undo_create_target_vmm(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+async fn undo_create_target_vmm(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     vmm_steps::retire_record(&ctx.user_data().nexus, ids.target_propolis_id).await
 }
 
-async fn set_ids(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn set_ids(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let source = ctx.lookup::<Source>("source")?;
@@ -287,7 +287,7 @@ async fn set_ids(ctx: NexusActionContext) -> Result<(), ActionError> {
     Err(conflict())
 }
 
-async fn undo_set_ids(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+async fn undo_set_ids(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     ctx.user_data()
@@ -297,7 +297,7 @@ async fn undo_set_ids(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
     Ok(())
 }
 
-async fn register_target(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn register_target(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let source = ctx.lookup::<Source>("source")?;
@@ -323,13 +323,13 @@ async fn register_target(ctx: NexusActionContext) -> Result<(), ActionError> {
     .await
 }
 
-async fn undo_register_target(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+async fn undo_register_target(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
     vmm_steps::unregister(&ctx.user_data().nexus, ids.target_propolis_id, sled_id).await
 }
 
-async fn migrate_out(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn migrate_out(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let source = ctx.lookup::<Source>("source")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;

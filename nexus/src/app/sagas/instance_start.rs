@@ -80,11 +80,11 @@ impl NexusSaga for SagaInstanceStart {
     }
 }
 
-async fn generate_propolis_id(_: NexusActionContext) -> Result<VmmUuid, ActionError> {
+async fn generate_propolis_id(_: &NexusActionContext) -> Result<VmmUuid, ActionError> {
     Ok(VmmUuid::new_v4())
 }
 
-async fn claim(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn claim(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let datastore = ctx.user_data().nexus.datastore();
@@ -136,7 +136,7 @@ async fn claim(ctx: NexusActionContext) -> Result<(), ActionError> {
     ))))
 }
 
-async fn undo_claim(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+async fn undo_claim(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     ctx.user_data()
@@ -146,19 +146,19 @@ async fn undo_claim(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
     Ok(())
 }
 
-async fn reserve(ctx: NexusActionContext) -> Result<SledUuid, ActionError> {
+async fn reserve(ctx: &NexusActionContext) -> Result<SledUuid, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let nexus = &ctx.user_data().nexus;
     vmm_steps::reserve(nexus, params.instance_id, propolis_id, SledChoice::Any).await
 }
 
-async fn undo_reserve(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+async fn undo_reserve(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     vmm_steps::unreserve(&ctx.user_data().nexus, propolis_id).await
 }
 
-async fn create_vmm(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn create_vmm(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
@@ -166,12 +166,12 @@ async fn create_vmm(ctx: NexusActionContext) -> Result<(), ActionError> {
     vmm_steps::create_record(nexus, params.instance_id, propolis_id, sled_id).await
 }
 
-async fn undo_create_vmm(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+async fn undo_create_vmm(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     vmm_steps::retire_record(&ctx.user_data().nexus, propolis_id).await
 }
 
-async fn register(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn register(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
@@ -179,13 +179,13 @@ async fn register(ctx: NexusActionContext) -> Result<(), ActionError> {
     vmm_steps::register(nexus, params.instance_id, propolis_id, sled_id, None).await
 }
 
-async fn undo_register(ctx: NexusActionContext) -> Result<(), anyhow::Error> {
+async fn undo_register(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
     vmm_steps::unregister(&ctx.user_data().nexus, propolis_id, sled_id).await
 }
 
-async fn run(ctx: NexusActionContext) -> Result<(), ActionError> {
+async fn run(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
     let nexus = &ctx.user_data().nexus;

@@ -8,6 +8,7 @@ pub mod instance_create;
 pub mod instance_delete;
 pub mod instance_migrate;
 pub mod instance_start;
+pub mod retry;
 mod vmm_steps;
 
 use crate::app::Nexus;
@@ -89,14 +90,38 @@ pub(crate) fn error_from_action(error: ActionError) -> Error {
 }
 
 /// Declares a lazily built action (so DAGs and the registry share one instance).
+///
+/// Action and undo functions take the context by reference (`async fn(&NexusActionContext)`),
+/// so that the declared action can run them again through transient errors (see
+/// [`retry`]): a forward action for a bounded time, an undo until it succeeds.
 macro_rules! declare_action {
     ($static:ident, $name:literal, $action:expr, $undo:expr) => {
         static $static: std::sync::LazyLock<$crate::app::sagas::NexusAction> =
-            std::sync::LazyLock::new(|| steno::ActionFunc::new_action($name, $action, $undo));
+            std::sync::LazyLock::new(|| {
+                steno::ActionFunc::new_action(
+                    $name,
+                    |ctx: $crate::app::sagas::NexusActionContext| async move {
+                        let ctx = &ctx;
+                        $crate::app::sagas::retry::retry_action($name, ctx, || $action(ctx)).await
+                    },
+                    |ctx: $crate::app::sagas::NexusActionContext| async move {
+                        let ctx = &ctx;
+                        $crate::app::sagas::retry::retry_undo($name, ctx, || $undo(ctx)).await
+                    },
+                )
+            });
     };
     ($static:ident, $name:literal, $action:expr) => {
         static $static: std::sync::LazyLock<$crate::app::sagas::NexusAction> =
-            std::sync::LazyLock::new(|| steno::new_action_noop_undo($name, $action));
+            std::sync::LazyLock::new(|| {
+                steno::new_action_noop_undo(
+                    $name,
+                    |ctx: $crate::app::sagas::NexusActionContext| async move {
+                        let ctx = &ctx;
+                        $crate::app::sagas::retry::retry_action($name, ctx, || $action(ctx)).await
+                    },
+                )
+            });
     };
 }
 pub(crate) use declare_action;
