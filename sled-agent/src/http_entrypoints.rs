@@ -1,15 +1,26 @@
 //! The sled agent's implementation of `SledAgentApi`.
 
+use crate::console::{ConsoleOffset, ConsoleStream, SerialConsole};
 use crate::sled_agent::SledAgent;
 use dropshot::{
-    HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody,
+    HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, Query, RequestContext,
+    TypedBody, WebsocketChannelResult, WebsocketConnection, WebsocketEndpointResult,
+    WebsocketUpgrade,
 };
+use futures::{SinkExt, StreamExt};
+use halyard_common::Error;
 use halyard_common::internal_api::SledVmmState;
 use halyard_sled_agent_api::{
     Inventory, MigrationInStep, SimFault, SledAgentApi, VmmPathParam, VmmPutStateBody,
-    VmmRegisterBody, VmmSummary,
+    VmmRegisterBody, VmmSerialConsoleData, VmmSerialConsoleRequest, VmmSerialConsoleStreamRequest,
+    VmmSummary,
 };
+use slog::{Logger, debug};
 use std::sync::Arc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 pub enum SledAgentImpl {}
 
@@ -88,9 +99,97 @@ impl SledAgentApi for SledAgentImpl {
         Ok(HttpResponseUpdatedNoContent())
     }
 
+    async fn vmm_serial_console(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        query: Query<VmmSerialConsoleRequest>,
+    ) -> Result<HttpResponseOk<VmmSerialConsoleData>, HttpError> {
+        let query = query.into_inner();
+        let from = match (query.from_start, query.most_recent) {
+            (Some(offset), None) => ConsoleOffset::FromStart(offset),
+            (None, Some(back)) => ConsoleOffset::MostRecent(back),
+            _ => {
+                return Err(Error::invalid_request(
+                    "give exactly one of `from_start` and `most_recent`",
+                )
+                .into());
+            }
+        };
+        let console = rqctx.context().vmm_console(path.into_inner().propolis_id)?;
+        let (data, last_byte_offset) = console.read(from, query.max_bytes);
+        Ok(HttpResponseOk(VmmSerialConsoleData {
+            data,
+            last_byte_offset,
+        }))
+    }
+
+    async fn vmm_serial_console_stream(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        query: Query<VmmSerialConsoleStreamRequest>,
+        websocket: WebsocketUpgrade,
+    ) -> WebsocketEndpointResult {
+        let id = path.into_inner().propolis_id;
+        let from = match query.into_inner().most_recent {
+            Some(back) => ConsoleOffset::MostRecent(back),
+            None => ConsoleOffset::FromStart(0),
+        };
+        // Before the upgrade: an unknown VMM is a 404, and the stream is subscribed now.
+        let console = rqctx.context().vmm_console(id)?;
+        let stream = console.stream(from);
+        let log = rqctx.log.new(slog::o!("propolis_id" => id.to_string()));
+        websocket.handle(move |connection| serve_console(connection, console, stream, log))
+    }
+
     async fn inventory(
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<Inventory>, HttpError> {
         Ok(HttpResponseOk(rqctx.context().inventory()))
+    }
+}
+
+/// Relays a console over a WebSocket until the VMM is gone (then a close frame) or the client
+/// leaves: output as binary frames, binary or text frames in as input.
+async fn serve_console(
+    connection: WebsocketConnection,
+    console: Arc<SerialConsole>,
+    mut output: ConsoleStream,
+    log: Logger,
+) -> WebsocketChannelResult {
+    let websocket =
+        WebSocketStream::from_raw_socket(connection.into_inner(), Role::Server, None).await;
+    let (mut sink, mut incoming) = websocket.split();
+    loop {
+        tokio::select! {
+            chunk = output.next() => match chunk {
+                Some((_, bytes)) => sink.send(Message::Binary(bytes.into())).await?,
+                None => {
+                    debug!(log, "console closed; closing the stream");
+                    let frame = CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "the VMM is gone".into(),
+                    };
+                    sink.send(Message::Close(Some(frame))).await?;
+                    return Ok(());
+                }
+            },
+            message = incoming.next() => match message {
+                Some(Ok(Message::Binary(bytes))) => {
+                    // Closed: the VMM is gone, and the output side ends the stream.
+                    let _ = console.send_input(bytes.to_vec()).await;
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let _ = console.send_input(text.as_bytes().to_vec()).await;
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    debug!(log, "client closed the console stream");
+                    // Flushes the close reply tungstenite queued.
+                    let _ = sink.close().await;
+                    return Ok(());
+                }
+                Some(Ok(_)) => {} // ping and pong: tungstenite answers pings itself
+                Some(Err(e)) => return Err(e.into()),
+            },
+        }
     }
 }

@@ -3,11 +3,13 @@
 //! - [`config`]: the TOML configuration.
 //! - [`sled_agent`]: the table of VMMs and what each API call does to it.
 //! - `sim`: the simulated backend (one task per VMM walking the VMM state machine).
+//! - `console`: each VMM's serial console (a ring buffer of its output, live streams, input).
 //! - `reporter`: one task per VMM pushing its newest state to Nexus, in order, with retries.
 //! - `registration`: keeps the sled registered with Nexus.
 //! - `http_entrypoints`: the `SledAgentApi` implementation.
 
 pub mod config;
+mod console;
 mod http_entrypoints;
 mod registration;
 mod reporter;

@@ -16,8 +16,13 @@
 //! API: fail the next start, crash now, hang the next transition, fail a migration at a phase.
 //! Delays come from the config and may be zero; a VMM costs one task and a few hundred bytes,
 //! so a sled agent holds thousands.
+//!
+//! The console behaves like the real guest's, minimally: each boot (and each reboot) writes
+//! `HALYARD-GUEST BOOTED hostname=<hostname>`, and typed input is echoed back while the VMM
+//! runs, as a tty would.
 
 use crate::config::SimConfig;
+use crate::console::SerialConsole;
 use chrono::Utc;
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::{MigrationRuntimeState, SledVmmState, VmmRuntimeState};
@@ -27,6 +32,7 @@ use halyard_sled_agent_api::{
 };
 use slog::{Logger, info, warn};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -89,6 +95,8 @@ struct MigrationOut {
 pub(crate) struct SimVmm {
     id: VmmUuid,
     config: SimConfig,
+    hostname: String,
+    console: Arc<SerialConsole>,
     state: SledVmmState,
     publish: watch::Sender<SledVmmState>,
     pending: Option<Pending>,
@@ -111,10 +119,13 @@ pub(crate) struct Ended {
 impl SimVmm {
     /// A registered VMM in state `creating` (with its inbound migration pending, for a
     /// migration target), and the receiver of its state.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: VmmUuid,
         config: SimConfig,
+        hostname: String,
         migration_target: Option<MigrationTarget>,
+        console: Arc<SerialConsole>,
         commands: mpsc::WeakSender<Command>,
         log: Logger,
     ) -> (SimVmm, watch::Receiver<SledVmmState>) {
@@ -137,6 +148,8 @@ impl SimVmm {
         let vmm = SimVmm {
             id,
             config,
+            hostname,
+            console,
             state,
             publish,
             pending: None,
@@ -152,6 +165,7 @@ impl SimVmm {
 
     /// Runs the VMM until it is gone.
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Ended {
+        let mut input = self.console.take_input();
         loop {
             let deadline = self.pending.and_then(|p| p.at);
             let done = tokio::select! {
@@ -161,6 +175,13 @@ impl SimVmm {
                     None => Some(VmmState::Destroyed),
                 },
                 _ = sleep_until(deadline) => self.complete_pending(),
+                Some(typed) = recv_input(&mut input) => {
+                    // A tty echoes what is typed, while there is a guest to type to.
+                    if self.current() == VmmState::Running {
+                        self.console.record_output(&typed);
+                    }
+                    None
+                }
             };
             if let Some(final_state) = done {
                 info!(self.log, "VMM is gone"; "final_state" => %final_state);
@@ -340,6 +361,8 @@ impl SimVmm {
             }
             Transition::Booted | Transition::Rebooted => {
                 self.set_state(VmmState::Running);
+                let banner = format!("HALYARD-GUEST BOOTED hostname={}\r\n", self.hostname);
+                self.console.record_output(banner.as_bytes());
                 None
             }
             Transition::Stopped => {
@@ -470,6 +493,14 @@ impl SimVmm {
             }
         }
         (Ok(()), None)
+    }
+}
+
+/// The next typed input, or never if there is no input channel.
+async fn recv_input(input: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match input {
+        Some(input) => input.recv().await,
+        None => std::future::pending().await,
     }
 }
 

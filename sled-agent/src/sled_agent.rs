@@ -1,6 +1,7 @@
 //! The sled agent's state: the table of its VMMs, and what each API call does to it.
 
 use crate::config::{Config, SimConfig};
+use crate::console::SerialConsole;
 use crate::reporter;
 use crate::sim::{Command, Ended, SimVmm};
 use chrono::Utc;
@@ -22,6 +23,8 @@ struct VmmEntry {
     params: VmmRegisterBody,
     state: watch::Receiver<SledVmmState>,
     commands: Option<mpsc::Sender<Command>>,
+    /// Its serial console; closed when the VMM is gone, readable until it is unregistered.
+    console: Arc<SerialConsole>,
 }
 
 pub struct SledAgent {
@@ -118,10 +121,13 @@ impl SledAgent {
         let log = self.log.new(o!("propolis_id" => id.to_string(),
             "instance_id" => params.instance_id.to_string()));
         let (commands, receiver) = mpsc::channel(16);
+        let console = SerialConsole::new();
         let (vmm, state) = SimVmm::new(
             id,
             self.sim,
+            params.hostname.clone(),
             params.migration_target,
+            Arc::clone(&console),
             commands.downgrade(),
             log.clone(),
         );
@@ -132,6 +138,7 @@ impl SledAgent {
                 params,
                 state: state.clone(),
                 commands: Some(commands),
+                console: Arc::clone(&console),
             },
         );
         drop(table);
@@ -141,7 +148,10 @@ impl SledAgent {
         let task = tokio::spawn(vmm.run(receiver));
         let agent = Arc::clone(self);
         tokio::spawn(async move {
-            let ended = match task.await {
+            let ended = task.await;
+            // The VMM is gone: its console's live streams end.
+            console.close();
+            let ended = match ended {
                 Ok(ended) => ended,
                 Err(e) => {
                     // The VMM's task panicked: it is gone, and failed.
@@ -188,6 +198,13 @@ impl SledAgent {
         let table = self.table();
         let entry = table.get(&id).ok_or_else(|| Self::not_found(id))?;
         Ok(*entry.state.borrow())
+    }
+
+    /// A VMM's serial console (live or gone, until the VMM is unregistered).
+    pub(crate) fn vmm_console(&self, id: VmmUuid) -> Result<Arc<SerialConsole>, Error> {
+        let table = self.table();
+        let entry = table.get(&id).ok_or_else(|| Self::not_found(id))?;
+        Ok(Arc::clone(&entry.console))
     }
 
     /// Sends a command to a live VMM and waits for its answer.

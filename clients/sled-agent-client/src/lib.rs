@@ -3,6 +3,10 @@
 //! The types are the real ones — `halyard-common`'s (ids, sizes, generations, states, VMM
 //! reports) and the API crate's (request and response bodies) — not generated copies, so
 //! values pass between Nexus and sled agents without conversion.
+//!
+//! The serial console stream (`vmm_serial_console_stream`, a WebSocket endpoint) returns the
+//! upgraded connection (`reqwest::Upgraded`); wrap it in a WebSocket client, e.g.
+//! `tokio_tungstenite::WebSocketStream::from_raw_socket(upgraded, Role::Client, None)`.
 
 progenitor::generate_api!(
     spec = "../../openapi/sled-agent.json",
@@ -28,6 +32,7 @@ progenitor::generate_api!(
         VmmRuntimeState = halyard_common::internal_api::VmmRuntimeState,
         VmmStateRequested = halyard_sled_agent_api::VmmStateRequested,
         VmmSummary = halyard_sled_agent_api::VmmSummary,
+        VmmSerialConsoleData = halyard_sled_agent_api::VmmSerialConsoleData,
         VmmState = halyard_common::VmmState,
         VmmUuid = halyard_common::ids::VmmUuid,
     }

@@ -6,7 +6,8 @@
 //! crate from that document.
 
 use dropshot::{
-    HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody,
+    HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, Query, RequestContext,
+    TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
@@ -73,6 +74,33 @@ pub trait SledAgentApi {
         path: Path<VmmPathParam>,
         body: TypedBody<SimFault>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    /// Read a VMM's serial console history.
+    ///
+    /// Exactly one of `from_start` and `most_recent` (else 400). The sled agent keeps each
+    /// VMM's newest 1 MiB of output; older output is gone, and a read that starts there gets
+    /// what remains (it starts at `last_byte_offset - data.len()`). Readable until the VMM is
+    /// unregistered.
+    #[endpoint { method = GET, path = "/vmms/{propolis_id}/serial-console" }]
+    async fn vmm_serial_console(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        query: Query<VmmSerialConsoleRequest>,
+    ) -> Result<HttpResponseOk<VmmSerialConsoleData>, HttpError>;
+
+    /// Stream a VMM's serial console over a WebSocket.
+    ///
+    /// First the history from `most_recent` bytes back (absent: all the history held), then
+    /// live output, as binary frames; binary or text frames sent in are typed into the
+    /// console. The server sends a close frame when the VMM is gone. An unknown VMM is
+    /// refused (404) before the upgrade.
+    #[endpoint { method = GET, path = "/vmms/{propolis_id}/serial-console/stream" }]
+    async fn vmm_serial_console_stream(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        query: Query<VmmSerialConsoleStreamRequest>,
+        websocket: WebsocketUpgrade,
+    ) -> WebsocketEndpointResult;
 
     /// What this sled is and has.
     #[endpoint { method = GET, path = "/inventory" }]
@@ -187,6 +215,37 @@ pub enum SimFault {
     HangNextTransition,
     /// The VMM's next migration (in or out) fails at this phase.
     FailMigration { phase: MigrationPhase },
+}
+
+/// Which part of a VMM's serial console history to read (Oxide's
+/// `InstanceSerialConsoleRequest`, less the instance selector).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VmmSerialConsoleRequest {
+    /// Byte offset from which to read, counting the bytes output since the VMM was created.
+    /// Exactly one of `from_start` and `most_recent` must be given.
+    pub from_start: Option<u64>,
+    /// Byte offset from which to read, counting backward from the newest byte output.
+    pub most_recent: Option<u64>,
+    /// At most this many bytes (default 16 KiB); fewer when the output ends sooner.
+    pub max_bytes: Option<u64>,
+}
+
+/// Bytes of a VMM's serial console history (Oxide's `InstanceSerialConsoleData`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VmmSerialConsoleData {
+    /// The bytes, not necessarily UTF-8.
+    pub data: Vec<u8>,
+    /// The absolute offset one past the last byte in `data`: the `from_start` to read on
+    /// from.
+    pub last_byte_offset: u64,
+}
+
+/// Where a serial console stream starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VmmSerialConsoleStreamRequest {
+    /// Start this many bytes before the newest byte output; absent: with the oldest byte
+    /// still held.
+    pub most_recent: Option<u64>,
 }
 
 /// What this sled is and has.

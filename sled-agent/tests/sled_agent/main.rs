@@ -2,6 +2,7 @@
 //! Nexus built from the same `NexusInternalApi` trait.
 
 mod bad_input;
+mod console;
 mod lifecycle;
 mod migration;
 mod nexus_outage;
