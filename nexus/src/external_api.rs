@@ -3,10 +3,12 @@
 
 use crate::app::Nexus;
 use crate::app::instance::{InstanceAndVmm, InstanceCreate as AppInstanceCreate};
+use crate::app::serial_console::{ConsoleOffset, relay_serial_console};
 use crate::authn::authenticate;
 use dropshot::{
     HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted, HttpResponseOk,
     PaginationOrder as DropshotOrder, Path, Query, RequestContext, ResultsPage, TypedBody,
+    WebsocketEndpointResult, WebsocketUpgrade,
 };
 use halyard_common::ids::InstanceUuid;
 use halyard_common::{ByteCount, Error};
@@ -17,11 +19,13 @@ use halyard_nexus_external_api::pagination::{
     results_page_by_id, results_page_by_name_or_id, scan_params,
 };
 use halyard_nexus_external_api::params::{
-    InstanceCreate, InstanceMigrate, InstancePath, OptionalProjectSelector, ProjectCreate,
-    ProjectPath, ProjectSelector,
+    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
+    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
+    ProjectSelector,
 };
 use halyard_nexus_external_api::views::{
-    Baseboard, Instance, Migration, Project, Sled, SledPolicy, SledProvisionPolicy, SledState,
+    Baseboard, Instance, InstanceSerialConsoleData, Migration, Project, Sled, SledPolicy,
+    SledProvisionPolicy, SledState,
 };
 use std::sync::Arc;
 
@@ -326,6 +330,54 @@ impl NexusExternalApi for NexusExternalImpl {
         Ok(HttpResponseAccepted(instance_view(
             nexus.instance_reboot(id).await?,
         )))
+    }
+
+    async fn instance_serial_console(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+        query: Query<InstanceSerialConsoleRequest>,
+    ) -> Result<HttpResponseOk<InstanceSerialConsoleData>, HttpError> {
+        authenticate(&rqctx)?;
+        let nexus = rqctx.context();
+        let query = query.into_inner();
+        let from = ConsoleOffset::from_query(query.from_start, query.most_recent)?;
+        let instance = path.into_inner().instance;
+        let id = nexus
+            .instance_lookup(query.project.as_ref(), &instance)
+            .await?
+            .id();
+        let (data, last_byte_offset) = nexus
+            .instance_serial_console(id, from, query.max_bytes)
+            .await?;
+        Ok(HttpResponseOk(InstanceSerialConsoleData {
+            data,
+            last_byte_offset,
+        }))
+    }
+
+    async fn instance_serial_console_stream(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+        query: Query<InstanceSerialConsoleStreamRequest>,
+        websocket: WebsocketUpgrade,
+    ) -> WebsocketEndpointResult {
+        authenticate(&rqctx)?;
+        let nexus = rqctx.context();
+        let query = query.into_inner();
+        let instance = path.into_inner().instance;
+        let id = nexus
+            .instance_lookup(query.project.as_ref(), &instance)
+            .await?
+            .id();
+        // Connected to the sled agent before the user's upgrade is accepted: a failure is
+        // still an HTTP error with its body.
+        let sled = nexus
+            .instance_serial_console_connect(id, query.most_recent)
+            .await?;
+        websocket.handle(move |connection| async move {
+            relay_serial_console(connection.into_inner(), sled).await?;
+            Ok(())
+        })
     }
 
     async fn instance_migrate(

@@ -17,14 +17,15 @@ pub mod views;
 
 use dropshot::{
     HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted, HttpResponseOk,
-    Path, Query, RequestContext, ResultsPage, TypedBody,
+    Path, Query, RequestContext, ResultsPage, TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
 use pagination::{PaginatedById, PaginatedByNameOrId};
 use params::{
-    InstanceCreate, InstanceMigrate, InstancePath, OptionalProjectSelector, ProjectCreate,
-    ProjectPath, ProjectSelector,
+    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
+    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
+    ProjectSelector,
 };
-use views::{Instance, Migration, Project, Sled};
+use views::{Instance, InstanceSerialConsoleData, Migration, Project, Sled};
 
 #[dropshot::api_description]
 pub trait NexusExternalApi {
@@ -122,6 +123,42 @@ pub trait NexusExternalApi {
         query: Query<OptionalProjectSelector>,
         path: Path<InstancePath>,
     ) -> Result<HttpResponseAccepted<Instance>, HttpError>;
+
+    /// Fetch instance serial console
+    ///
+    /// Bytes of a running instance's console output, by offset: exactly one of `from_start`
+    /// and `most_recent` (else 400). The newest 1 MiB is kept; older output is gone, and a
+    /// read that starts there gets what remains. An instance that is not running (or
+    /// rebooting, or migrating) has no console to read: 400. `project` as for `instance_view`.
+    #[endpoint {
+        method = GET,
+        path = "/v1/instances/{instance}/serial-console",
+        tags = ["instances"],
+    }]
+    async fn instance_serial_console(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+        query: Query<InstanceSerialConsoleRequest>,
+    ) -> Result<HttpResponseOk<InstanceSerialConsoleData>, HttpError>;
+
+    /// Stream instance serial console
+    ///
+    /// A WebSocket: the console's history from `most_recent` bytes back (absent: all that is
+    /// kept), then live output, as binary frames; binary or text frames sent are typed into
+    /// the console. The server closes it (with a close frame) when the VMM serving it is
+    /// gone: the instance stopped or migrated (a reboot keeps the stream). An instance that is
+    /// not running is refused with 400 before the upgrade. `project` as for `instance_view`.
+    #[endpoint {
+        method = GET,
+        path = "/v1/instances/{instance}/serial-console/stream",
+        tags = ["instances"],
+    }]
+    async fn instance_serial_console_stream(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<InstancePath>,
+        query: Query<InstanceSerialConsoleStreamRequest>,
+        websocket: WebsocketUpgrade,
+    ) -> WebsocketEndpointResult;
 
     /// Live-migrate a running instance to another sled (operator action; a Halyard
     /// extension). Returns once the migration has begun (202); the instance shows

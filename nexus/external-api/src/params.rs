@@ -251,6 +251,40 @@ pub enum InstanceCpuPlatform {
     AmdTurinV2,
 }
 
+// Serial console
+
+/// Which part of an instance's serial console history to read, and the instance's project
+/// (`?project=` as for `OptionalProjectSelector`). Exactly one of `from_start` and
+/// `most_recent` must be given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceSerialConsoleRequest {
+    /// Name or ID of the project, only required if `instance` is provided as a `Name`
+    pub project: Option<NameOrId>,
+    /// Character index in the serial buffer from which to read, counting the bytes output
+    /// since instance start. If this is not provided, `most_recent` must be provided, and if
+    /// this *is* provided, `most_recent` must *not* be provided.
+    pub from_start: Option<u64>,
+    /// Maximum number of bytes of buffered serial console contents to return (default 16
+    /// KiB). If the requested range runs to the end of the available buffer, the data
+    /// returned will be shorter than `max_bytes`.
+    pub max_bytes: Option<u64>,
+    /// Character index in the serial buffer from which to read, counting *backward* from the
+    /// most recently buffered data retrieved from the instance. (See note on `from_start`
+    /// about mutual exclusivity)
+    pub most_recent: Option<u64>,
+}
+
+/// Where an instance's serial console stream starts, and the instance's project.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceSerialConsoleStreamRequest {
+    /// Name or ID of the project, only required if `instance` is provided as a `Name`
+    pub project: Option<NameOrId>,
+    /// Character index in the serial buffer from which to read, counting *backward* from the
+    /// most recently buffered data retrieved from the instance. Absent: from the oldest byte
+    /// still buffered.
+    pub most_recent: Option<u64>,
+}
+
 /// Where to live-migrate an instance (a Halyard extension).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct InstanceMigrate {

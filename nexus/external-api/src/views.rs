@@ -24,6 +24,18 @@ pub struct Project {
     pub time_modified: DateTime<Utc>,
 }
 
+/// Contents of an Instance's serial console buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceSerialConsoleData {
+    /// The bytes starting from the requested offset up to either the end of the buffer or
+    /// the request's `max_bytes`. Provided as a u8 array rather than a string, as it may not
+    /// be UTF-8.
+    pub data: Vec<u8>,
+    /// The absolute offset since boot (suitable for use as `byte_offset` in a subsequent
+    /// request) of the last byte returned in `data`.
+    pub last_byte_offset: u64,
+}
+
 /// View of an Instance
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 pub struct Instance {

@@ -4,6 +4,7 @@
 pub mod crash_point;
 pub mod instance;
 pub mod sagas;
+pub mod serial_console;
 
 use halyard_common::Error;
 use halyard_common::ids::{GenericUuid, NexusUuid, SledUuid, VmmUuid};

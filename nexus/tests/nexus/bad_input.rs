@@ -168,6 +168,55 @@ async fn malformed_requests_to_every_endpoint_get_4xx_and_change_nothing() {
             "/v1/instances/nope/migrations?project=p",
             "",
         ),
+        // Serial console.
+        case(
+            External,
+            "GET",
+            "/v1/instances/vm/serial-console?project=p&from_start=0&most_recent=0",
+            "",
+        ), // both offsets
+        case(
+            External,
+            "GET",
+            "/v1/instances/vm/serial-console?project=p",
+            "",
+        ), // neither
+        case(
+            External,
+            "GET",
+            "/v1/instances/vm/serial-console?project=p&from_start=-1",
+            "",
+        ),
+        case(
+            External,
+            "GET",
+            "/v1/instances/vm/serial-console?project=p&from_start=0",
+            "",
+        ), // not running
+        case(
+            External,
+            "GET",
+            "/v1/instances/nope/serial-console?project=p&most_recent=5",
+            "",
+        ),
+        case(
+            External,
+            "GET",
+            "/v1/instances/vm/serial-console?from_start=0",
+            "",
+        ), // a name without its project
+        case(
+            External,
+            "GET",
+            "/v1/instances/vm/serial-console/stream?project=p",
+            "",
+        ), // not a WebSocket request
+        case(
+            External,
+            "GET",
+            "/v1/instances/vm/serial-console/stream?project=p&most_recent=x",
+            "",
+        ),
         case(External, "GET", "/v1/system/hardware/sleds?limit=-1", ""),
         // Internal API.
         case(

@@ -10,3 +10,4 @@ mod outages;
 mod races;
 mod saga_faults;
 mod saga_replay;
+mod serial_console;
