@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the whole system for development: PostgreSQL (data in .halyard-dev/, kept across runs;
-# pass --fresh to wipe it), Nexus and simulated sled agents. Installs what is missing first.
+# pass --fresh to wipe it), Nexus, simulated sled agents and a QEMU sled agent. Installs what is
+# missing first (PostgreSQL; QEMU and the guest image, built once per machine).
 # Ctrl-C stops everything. Options are halyard-run-all's (--help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,5 +11,6 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y postgresql
 fi
+bash dev-tools/guest-image.sh
 cargo build -j2 -q -p halyard-run-all
 exec target/debug/halyard-run-all "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Halyard check on a fresh Debian machine: installs what is missing (PostgreSQL for
-# the test harness), then formatting, clippy and every test. CI runs exactly this.
+# the test harness; QEMU and the guest image for the QEMU backend's tests), then formatting,
+# clippy and every test. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,9 @@ if ((${#missing[@]})); then
     $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
 fi
+
+echo "==> guest image for the QEMU tests (installs qemu-system-x86; built once per machine)"
+bash dev-tools/guest-image.sh
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -201,6 +201,15 @@ impl FromStr for NameOrId {
     }
 }
 
+/// So that clients can say `.project("demo")`.
+impl TryFrom<&str> for NameOrId {
+    type Error = NameError;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 impl From<NameOrId> for String {
     fn from(value: NameOrId) -> String {
         value.to_string()

@@ -4,7 +4,7 @@ use halyard_common::ids::SledUuid;
 use halyard_common::{ByteCount, SledBackend};
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Everything a sled agent needs to know at start.
@@ -23,6 +23,13 @@ use std::time::Duration;
 /// stop_delay_ms = 100
 /// reboot_delay_ms = 100
 /// migration_phase_delay_ms = 50
+///
+/// [qemu]                                # optional; used when backend = "qemu"
+/// binary = "qemu-system-x86_64"         # looked up on PATH
+/// guest_dir = "/var/cache/halyard/guest"  # built by dev-tools/guest-image.sh
+/// state_dir = "/tmp/halyard-qemu"       # per-VMM sockets and pid files, under <sled_id>/
+/// accelerator = "auto"                  # "auto" (kvm if a probe guest boots), "kvm", "tcg"
+/// stop_timeout_ms = 10000               # ACPI powerdown, then a hard stop
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +49,8 @@ pub struct Config {
     pub registration_interval_ms: u64,
     #[serde(default)]
     pub sim: SimConfig,
+    #[serde(default)]
+    pub qemu: QemuConfig,
 }
 
 /// How the simulated backend behaves: the time each transition takes.
@@ -56,6 +65,78 @@ pub struct SimConfig {
     pub reboot_delay_ms: u64,
     #[serde(default)]
     pub migration_phase_delay_ms: u64,
+}
+
+/// How the QEMU backend runs its VMMs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuConfig {
+    /// The QEMU binary (a bare name is looked up on PATH).
+    #[serde(default = "default_qemu_binary")]
+    pub binary: PathBuf,
+    /// Where the guest image (`vmlinuz`, `initramfs.cpio.gz`) is: what
+    /// `dev-tools/guest-image.sh` builds. Defaults to `$HALYARD_GUEST_DIR`, else
+    /// `/var/cache/halyard/guest`.
+    #[serde(default = "default_guest_dir")]
+    pub guest_dir: PathBuf,
+    /// Where each VMM's QMP and console sockets and pid file live, under `<sled_id>/`.
+    /// What an earlier run of this sled agent left there is cleaned up at start.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub accelerator: AcceleratorChoice,
+    /// How long a stop waits for the guest to power off after ACPI powerdown before the
+    /// QEMU process is ended.
+    #[serde(default = "default_stop_timeout_ms")]
+    pub stop_timeout_ms: u64,
+}
+
+impl Default for QemuConfig {
+    fn default() -> QemuConfig {
+        QemuConfig {
+            binary: default_qemu_binary(),
+            guest_dir: default_guest_dir(),
+            state_dir: default_state_dir(),
+            accelerator: AcceleratorChoice::default(),
+            stop_timeout_ms: default_stop_timeout_ms(),
+        }
+    }
+}
+
+impl QemuConfig {
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_millis(self.stop_timeout_ms)
+    }
+}
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AcceleratorChoice {
+    /// KVM if /dev/kvm opens and a probe guest really boots under it, otherwise TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+fn default_qemu_binary() -> PathBuf {
+    PathBuf::from("qemu-system-x86_64")
+}
+
+/// The guest image's default home, shared with `dev-tools/guest-image.sh`.
+pub fn default_guest_dir() -> PathBuf {
+    std::env::var_os("HALYARD_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/halyard/guest"))
+}
+
+fn default_state_dir() -> PathBuf {
+    std::env::temp_dir().join("halyard-qemu")
+}
+
+fn default_stop_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_registration_interval_ms() -> u64 {
@@ -94,11 +175,10 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.backend != SledBackend::Sim {
-            return Err(ConfigError::Invalid(format!(
-                "backend \"{}\" is not available in this build; use \"sim\"",
-                self.backend
-            )));
+        if self.backend == SledBackend::Qemu && self.qemu.stop_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "qemu.stop_timeout_ms must be positive".into(),
+            ));
         }
         if self.registration_interval_ms == 0 {
             return Err(ConfigError::Invalid(
@@ -143,15 +223,18 @@ mod tests {
         assert_eq!(config.sim.start_delay(), Duration::from_millis(200));
         assert_eq!(config.registration_interval(), Duration::from_secs(10));
         assert!(toml::from_str::<Config>(&format!("{text}bogus = 1\n")).is_err());
-        let qemu = Config {
-            backend: SledBackend::Qemu,
-            ..config
-        };
+        assert_eq!(config.qemu, QemuConfig::default());
+        let qemu: Config = toml::from_str(&format!(
+            "{}[qemu]\naccelerator = \"tcg\"\nstop_timeout_ms = 0\n",
+            text.replace("\"sim\"", "\"qemu\"")
+        ))
+        .unwrap();
+        assert_eq!(qemu.qemu.accelerator, AcceleratorChoice::Tcg);
         assert!(
             qemu.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("use \"sim\"")
+                .contains("stop_timeout_ms")
         );
     }
 }

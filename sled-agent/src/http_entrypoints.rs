@@ -11,9 +11,9 @@ use futures::{SinkExt, StreamExt};
 use halyard_common::Error;
 use halyard_common::internal_api::SledVmmState;
 use halyard_sled_agent_api::{
-    Inventory, MigrationInStep, SimFault, SledAgentApi, VmmPathParam, VmmPutStateBody,
-    VmmRegisterBody, VmmSerialConsoleData, VmmSerialConsoleRequest, VmmSerialConsoleStreamRequest,
-    VmmSummary,
+    Inventory, MigrationInReply, MigrationInStep, SimFault, SledAgentApi, VmmPathParam,
+    VmmPutStateBody, VmmRegisterBody, VmmSerialConsoleData, VmmSerialConsoleRequest,
+    VmmSerialConsoleStreamRequest, VmmSummary,
 };
 use slog::{Logger, debug};
 use std::sync::Arc;
@@ -79,12 +79,13 @@ impl SledAgentApi for SledAgentImpl {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPathParam>,
         body: TypedBody<MigrationInStep>,
-    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+    ) -> Result<HttpResponseOk<MigrationInReply>, HttpError> {
         let agent = rqctx.context();
-        agent
-            .vmm_migration_in(path.into_inner().propolis_id, body.into_inner())
-            .await?;
-        Ok(HttpResponseUpdatedNoContent())
+        Ok(HttpResponseOk(
+            agent
+                .vmm_migration_in(path.into_inner().propolis_id, body.into_inner())
+                .await?,
+        ))
     }
 
     async fn vmm_inject_fault(

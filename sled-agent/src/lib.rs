@@ -3,6 +3,8 @@
 //! - [`config`]: the TOML configuration.
 //! - [`sled_agent`]: the table of VMMs and what each API call does to it.
 //! - `sim`: the simulated backend (one task per VMM walking the VMM state machine).
+//! - `qemu`: the QEMU backend (one `qemu-system-x86_64` per VMM, driven over QMP).
+//! - `vmm_runtime`: a VMM's published state, numbered the same way by both backends.
 //! - `console`: each VMM's serial console (a ring buffer of its output, live streams, input).
 //! - `reporter`: one task per VMM pushing its newest state to Nexus, in order, with retries.
 //! - `registration`: keeps the sled registered with Nexus.
@@ -11,15 +13,20 @@
 pub mod config;
 mod console;
 mod http_entrypoints;
+mod qemu;
 mod registration;
 mod reporter;
 mod sim;
 pub mod sled_agent;
+mod vmm_runtime;
 
-pub use config::{Config, SimConfig};
+pub use config::{AcceleratorChoice, Config, QemuConfig, SimConfig};
+pub use qemu::build_guest_image;
 pub use sled_agent::SledAgent;
 
 use anyhow::Context;
+use halyard_common::SledBackend;
+use sled_agent::Backend;
 use slog::Logger;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +42,14 @@ impl Server {
     /// Starts the API server, then begins registering with Nexus.
     pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Server> {
         config.validate()?;
-        let agent = SledAgent::new(config, log);
+        let backend = match config.backend {
+            SledBackend::Sim => Backend::Sim(config.sim),
+            SledBackend::Qemu => {
+                let log = log.new(slog::o!("sled_id" => config.sled_id.to_string()));
+                Backend::Qemu(qemu::QemuBackend::start(&config.qemu, config.sled_id, &log).await?)
+            }
+        };
+        let agent = SledAgent::new(config, backend, log);
         let api = halyard_sled_agent_api::sled_agent_api_mod::api_description::<
             http_entrypoints::SledAgentImpl,
         >()
@@ -66,9 +80,11 @@ impl Server {
         &self.agent
     }
 
-    /// Stops serving and registering. VMM tasks end with the runtime.
+    /// Stops serving and registering. Simulated VMMs end with the runtime; QEMU processes
+    /// are ended here, so none outlives a sled agent that shut down.
     pub async fn close(self) -> anyhow::Result<()> {
         self.registration.abort();
+        self.agent.end_qemu_vmms().await;
         self.http
             .close()
             .await

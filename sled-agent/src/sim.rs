@@ -28,7 +28,7 @@ use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::{MigrationRuntimeState, SledVmmState, VmmRuntimeState};
 use halyard_common::{Error, Generation, MigrationState, VmmState};
 use halyard_sled_agent_api::{
-    MigrationInStep, MigrationPhase, MigrationTarget, SimFault, VmmStateRequested,
+    MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget, SimFault, VmmStateRequested,
 };
 use slog::{Logger, info, warn};
 use std::net::SocketAddr;
@@ -44,7 +44,7 @@ pub(crate) enum Command {
     },
     MigrationIn {
         step: MigrationInStep,
-        reply: oneshot::Sender<Result<(), Error>>,
+        reply: oneshot::Sender<Result<MigrationInReply, Error>>,
     },
     Fault {
         fault: SimFault,
@@ -261,7 +261,10 @@ impl SimVmm {
             }
             Command::MigrationIn { step, reply } => {
                 let (result, gone) = self.migration_in(step);
-                let _ = reply.send(result);
+                // Simulated phases carry no data: there is nowhere to send any.
+                let _ = reply.send(result.map(|()| MigrationInReply {
+                    incoming_address: None,
+                }));
                 gone
             }
             Command::Fault { fault, reply } => {

@@ -2,14 +2,17 @@
 
 use crate::config::{Config, SimConfig};
 use crate::console::SerialConsole;
+use crate::qemu::QemuBackend;
 use crate::reporter;
 use crate::sim::{Command, Ended, SimVmm};
 use chrono::Utc;
+use futures::future::BoxFuture;
 use halyard_common::ids::{GenericUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState, VmmRuntimeState};
 use halyard_common::{ByteCount, Error, ResourceType, SledBackend};
 use halyard_sled_agent_api::{
-    Inventory, MigrationInStep, SimFault, VmmRegisterBody, VmmStateRequested, VmmSummary,
+    Inventory, MigrationInReply, MigrationInStep, SimFault, VmmRegisterBody, VmmStateRequested,
+    VmmSummary,
 };
 use slog::{Logger, info, o};
 use std::collections::BTreeMap;
@@ -27,12 +30,26 @@ struct VmmEntry {
     console: Arc<SerialConsole>,
 }
 
+/// What runs this sled's VMMs.
+pub(crate) enum Backend {
+    Sim(SimConfig),
+    Qemu(QemuBackend),
+}
+
+impl Backend {
+    fn kind(&self) -> SledBackend {
+        match self {
+            Backend::Sim(_) => SledBackend::Sim,
+            Backend::Qemu(_) => SledBackend::Qemu,
+        }
+    }
+}
+
 pub struct SledAgent {
     id: SledUuid,
-    backend: SledBackend,
+    backend: Backend,
     hardware_threads: u32,
     physical_ram: ByteCount,
-    sim: SimConfig,
     /// Set once the HTTP server is bound.
     address: OnceLock<SocketAddr>,
     vmms: Mutex<BTreeMap<VmmUuid, VmmEntry>>,
@@ -41,14 +58,13 @@ pub struct SledAgent {
 }
 
 impl SledAgent {
-    pub fn new(config: &Config, log: &Logger) -> Arc<SledAgent> {
+    pub(crate) fn new(config: &Config, backend: Backend, log: &Logger) -> Arc<SledAgent> {
         let nexus = halyard_nexus_client::Client::new(&format!("http://{}", config.nexus_address));
         Arc::new(SledAgent {
             id: config.sled_id,
-            backend: config.backend,
+            backend,
             hardware_threads: config.hardware_threads,
             physical_ram: config.physical_ram,
-            sim: config.sim,
             address: OnceLock::new(),
             vmms: Mutex::new(BTreeMap::new()),
             nexus,
@@ -79,7 +95,7 @@ impl SledAgent {
     pub fn registration(&self) -> SledAgentInfo {
         SledAgentInfo {
             address: self.address(),
-            backend: self.backend,
+            backend: self.backend.kind(),
             hardware_threads: self.hardware_threads,
             physical_ram: self.physical_ram,
         }
@@ -107,7 +123,7 @@ impl SledAgent {
         id: VmmUuid,
         params: VmmRegisterBody,
     ) -> Result<SledVmmState, Error> {
-        validate_register(&params)?;
+        self.validate_register(&params)?;
         let mut table = self.table();
         if let Some(existing) = table.get(&id) {
             if existing.params != params {
@@ -122,15 +138,31 @@ impl SledAgent {
             "instance_id" => params.instance_id.to_string()));
         let (commands, receiver) = mpsc::channel(16);
         let console = SerialConsole::new();
-        let (vmm, state) = SimVmm::new(
-            id,
-            self.sim,
-            params.hostname.clone(),
-            params.migration_target,
-            Arc::clone(&console),
-            commands.downgrade(),
-            log.clone(),
-        );
+        let (task, state): (BoxFuture<'static, Ended>, _) = match &self.backend {
+            Backend::Sim(sim) => {
+                let (vmm, state) = SimVmm::new(
+                    id,
+                    *sim,
+                    params.hostname.clone(),
+                    params.migration_target,
+                    Arc::clone(&console),
+                    commands.downgrade(),
+                    log.clone(),
+                );
+                (Box::pin(vmm.run(receiver)), state)
+            }
+            Backend::Qemu(qemu) => {
+                let (vmm, state) = qemu.launch(
+                    id,
+                    &params,
+                    self.address().ip(),
+                    Arc::clone(&console),
+                    commands.downgrade(),
+                    log.clone(),
+                )?;
+                (Box::pin(vmm.run(receiver)), state)
+            }
+        };
         let initial = *state.borrow();
         table.insert(
             id,
@@ -145,7 +177,7 @@ impl SledAgent {
 
         info!(log, "VMM registered");
         reporter::spawn(id, state, self.nexus.clone(), log);
-        let task = tokio::spawn(vmm.run(receiver));
+        let task = tokio::spawn(task);
         let agent = Arc::clone(self);
         tokio::spawn(async move {
             let ended = task.await;
@@ -254,7 +286,11 @@ impl SledAgent {
             .await
     }
 
-    pub async fn vmm_migration_in(&self, id: VmmUuid, step: MigrationInStep) -> Result<(), Error> {
+    pub async fn vmm_migration_in(
+        &self,
+        id: VmmUuid,
+        step: MigrationInStep,
+    ) -> Result<MigrationInReply, Error> {
         self.ask(id, "migrate into", |reply| Command::MigrationIn {
             step,
             reply,
@@ -263,7 +299,7 @@ impl SledAgent {
     }
 
     pub async fn vmm_inject_fault(&self, id: VmmUuid, fault: SimFault) -> Result<(), Error> {
-        if self.backend != SledBackend::Sim {
+        if self.backend.kind() != SledBackend::Sim {
             return Err(Error::invalid_request(
                 "faults can only be injected into simulated VMMs",
             ));
@@ -294,6 +330,16 @@ impl SledAgent {
         Ok(())
     }
 
+    /// Ends every QEMU VMM (when the sled agent shuts down).
+    pub(crate) async fn end_qemu_vmms(&self) {
+        if let Backend::Qemu(_) = self.backend {
+            let ids: Vec<VmmUuid> = self.table().keys().copied().collect();
+            for id in ids {
+                let _ = self.vmm_unregister(id).await;
+            }
+        }
+    }
+
     /// The live VMMs.
     pub fn vmm_list(&self) -> Vec<VmmSummary> {
         self.table()
@@ -319,26 +365,70 @@ impl SledAgent {
         Inventory {
             sled_id: self.id,
             address: self.address(),
-            backend: self.backend,
+            backend: self.backend.kind(),
             hardware_threads: self.hardware_threads,
             physical_ram: self.physical_ram,
             vmm_count: vmm_count as u64,
+            accelerator: match &self.backend {
+                Backend::Sim(_) => None,
+                Backend::Qemu(qemu) => Some(qemu.accelerator()),
+            },
         }
     }
-}
 
-fn validate_register(params: &VmmRegisterBody) -> Result<(), Error> {
-    if params.ncpus == 0 {
-        return Err(Error::invalid_value("ncpus", "a VMM needs at least 1 vCPU"));
+    /// Refuses what no VMM of this sled could be, before anything starts.
+    fn validate_register(&self, params: &VmmRegisterBody) -> Result<(), Error> {
+        if params.ncpus == 0 {
+            return Err(Error::invalid_value("ncpus", "a VMM needs at least 1 vCPU"));
+        }
+        if params.memory.to_bytes() == 0 {
+            return Err(Error::invalid_value("memory", "a VMM needs memory"));
+        }
+        if let Backend::Qemu(_) = self.backend {
+            let min = crate::qemu::MIN_GUEST_MEMORY_MIB;
+            if params.memory.to_bytes() < min * 1024 * 1024 {
+                return Err(Error::invalid_value(
+                    "memory",
+                    format!("the guest image needs at least {min} MiB to boot"),
+                ));
+            }
+        }
+        if u32::from(params.ncpus) > self.hardware_threads {
+            return Err(Error::invalid_value(
+                "ncpus",
+                format!(
+                    "{} vCPUs is more than this sled has ({} hardware threads)",
+                    params.ncpus, self.hardware_threads
+                ),
+            ));
+        }
+        if params.memory.to_bytes() > self.physical_ram.to_bytes() {
+            return Err(Error::invalid_value(
+                "memory",
+                format!(
+                    "{} bytes is more than this sled has ({} bytes)",
+                    params.memory.to_bytes(),
+                    self.physical_ram.to_bytes()
+                ),
+            ));
+        }
+        if params.hostname.is_empty() || params.hostname.len() > 253 {
+            return Err(Error::invalid_value(
+                "hostname",
+                "must be 1 to 253 characters long",
+            ));
+        }
+        // It goes onto the guest's kernel command line: letters, digits, '-' and '.' only.
+        if !params
+            .hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            return Err(Error::invalid_value(
+                "hostname",
+                "may contain only ASCII letters, digits, '-' and '.'",
+            ));
+        }
+        Ok(())
     }
-    if params.memory.to_bytes() == 0 {
-        return Err(Error::invalid_value("memory", "a VMM needs memory"));
-    }
-    if params.hostname.is_empty() || params.hostname.len() > 253 {
-        return Err(Error::invalid_value(
-            "hostname",
-            "must be 1 to 253 characters long",
-        ));
-    }
-    Ok(())
 }

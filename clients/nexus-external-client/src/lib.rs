@@ -13,9 +13,12 @@ progenitor::generate_api!(
         ByteCount = halyard_common::ByteCount,
         InstanceState = halyard_common::InstanceState,
         InstanceUuid = halyard_common::ids::InstanceUuid,
+        MigrationState = halyard_common::MigrationState,
+        MigrationUuid = halyard_common::ids::MigrationUuid,
         Name = halyard_common::Name,
         NameOrId = halyard_common::NameOrId,
         ProjectUuid = halyard_common::ids::ProjectUuid,
         SledUuid = halyard_common::ids::SledUuid,
+        VmmUuid = halyard_common::ids::VmmUuid,
     }
 );

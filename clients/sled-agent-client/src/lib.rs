@@ -13,10 +13,12 @@ progenitor::generate_api!(
     interface = Positional,
     derives = [PartialEq],
     replace = {
+        Accelerator = halyard_sled_agent_api::Accelerator,
         ByteCount = halyard_common::ByteCount,
         Generation = halyard_common::Generation,
         InstanceUuid = halyard_common::ids::InstanceUuid,
         Inventory = halyard_sled_agent_api::Inventory,
+        MigrationInReply = halyard_sled_agent_api::MigrationInReply,
         MigrationInStep = halyard_sled_agent_api::MigrationInStep,
         MigrationPhase = halyard_sled_agent_api::MigrationPhase,
         MigrationTarget = halyard_sled_agent_api::MigrationTarget,
@@ -30,9 +32,9 @@ progenitor::generate_api!(
         VmmPutStateBody = halyard_sled_agent_api::VmmPutStateBody,
         VmmRegisterBody = halyard_sled_agent_api::VmmRegisterBody,
         VmmRuntimeState = halyard_common::internal_api::VmmRuntimeState,
+        VmmSerialConsoleData = halyard_sled_agent_api::VmmSerialConsoleData,
         VmmStateRequested = halyard_sled_agent_api::VmmStateRequested,
         VmmSummary = halyard_sled_agent_api::VmmSummary,
-        VmmSerialConsoleData = halyard_sled_agent_api::VmmSerialConsoleData,
         VmmState = halyard_common::VmmState,
         VmmUuid = halyard_common::ids::VmmUuid,
     }

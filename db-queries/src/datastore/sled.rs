@@ -29,11 +29,14 @@ const MAX_PLACEMENT_ATTEMPTS: u32 = 16;
 /// Where a reservation may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SledChoice {
-    /// Any sled with room (chosen at random among them, to spread load).
+    /// Any sled with room, chosen at random among them to spread load; QEMU sleds first
+    /// while they have room, so a development environment that mixes simulated sleds with a
+    /// real one puts VMs where they really run (a deployment has one kind only).
     Any,
     /// This sled, or fail.
     Specific(SledUuid),
-    /// Any sled with room but this one (a migration's destination: not its source).
+    /// Any sled with room but this one, of the same backend as this one (a migration's
+    /// destination: not its source, and a VMM moves only between sleds of one kind).
     AnyExcept(SledUuid),
 }
 
@@ -254,8 +257,9 @@ async fn reserve_once(
             // capacity only if it still has room when the row is written.
             // (The subquery reads `sled` under another name, as SQL requires.)
             let candidate = diesel::alias!(sled as candidate);
-            let pick = candidate
-                .filter(candidate.field(sled::id).ne(DbTypedUuid(choice.excluded())))
+            let excluded = DbTypedUuid(choice.excluded());
+            let mut pick = candidate
+                .filter(candidate.field(sled::id).ne(excluded))
                 .filter(
                     (candidate.field(sled::usable_hardware_threads)
                         - candidate.field(sled::reserved_hardware_threads))
@@ -267,8 +271,20 @@ async fn reserve_once(
                     .ge(ram),
                 )
                 .select(candidate.field(sled::id))
-                .order(sql::<diesel::sql_types::Double>("random()"))
-                .limit(1);
+                .order((
+                    candidate.field(sled::backend).eq("qemu").desc(),
+                    sql::<diesel::sql_types::Double>("random()").asc(),
+                ))
+                .limit(1)
+                .into_boxed();
+            if let SledChoice::AnyExcept(source) = choice {
+                pick = pick.filter(
+                    candidate
+                        .field(sled::backend)
+                        .nullable()
+                        .eq(backend_of(source)),
+                );
+            }
             claim
                 .filter(sled::id.nullable().eq(pick.single_value()))
                 .get_result(conn)
@@ -291,6 +307,22 @@ async fn reserve_once(
         .returning(SledReservation::as_returning())
         .get_result(conn)
         .await?)
+}
+
+/// `SELECT backend FROM sled WHERE id = $1`, as a scalar subquery.
+type BackendOfSled = diesel::dsl::SingleValue<
+    diesel::dsl::Select<
+        diesel::dsl::Filter<sled::table, diesel::dsl::Eq<sled::id, DbTypedUuid<SledKind>>>,
+        sled::backend,
+    >,
+>;
+
+/// The backend of sled `id`, as a subquery (a migration stays among sleds of that kind).
+fn backend_of(id: SledUuid) -> BackendOfSled {
+    sled::table
+        .filter(sled::id.eq(DbTypedUuid(id)))
+        .select(sled::backend)
+        .single_value()
 }
 
 /// Explains an unsuccessful claim: a lost race (pick again) or a real lack of room.
@@ -322,16 +354,31 @@ async fn no_room(
         SledChoice::Any | SledChoice::AnyExcept(_) => {
             let threads = i64::from(resources.hardware_threads);
             let ram = DbByteCount(resources.physical_ram);
-            let any_fits = sled::table
-                .filter(sled::id.ne(DbTypedUuid(choice.excluded())))
+            // (Under another name, as the backend subquery reads `sled` itself.)
+            let candidate = diesel::alias!(sled as candidate);
+            let mut fits = candidate
+                .filter(candidate.field(sled::id).ne(DbTypedUuid(choice.excluded())))
                 .filter(
-                    (sled::usable_hardware_threads - sled::reserved_hardware_threads).ge(threads),
+                    (candidate.field(sled::usable_hardware_threads)
+                        - candidate.field(sled::reserved_hardware_threads))
+                    .ge(threads),
                 )
-                .filter((sled::usable_physical_ram - sled::reserved_physical_ram).ge(ram))
-                .select(sled::id)
-                .first::<DbTypedUuid<SledKind>>(conn)
-                .await
-                .optional();
+                .filter(
+                    (candidate.field(sled::usable_physical_ram)
+                        - candidate.field(sled::reserved_physical_ram))
+                    .ge(ram),
+                )
+                .select(candidate.field(sled::id))
+                .into_boxed();
+            if let SledChoice::AnyExcept(source) = choice {
+                fits = fits.filter(
+                    candidate
+                        .field(sled::backend)
+                        .nullable()
+                        .eq(backend_of(source)),
+                );
+            }
+            let any_fits = fits.first::<DbTypedUuid<SledKind>>(conn).await.optional();
             match any_fits {
                 Err(e) => AttemptFailed::Final(e.into()),
                 Ok(Some(_)) => AttemptFailed::LostRace,

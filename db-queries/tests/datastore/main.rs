@@ -85,11 +85,16 @@ impl Harness {
     }
 
     pub async fn sled(&self, hardware_threads: u32, ram_gib: u32) -> Sled {
+        self.sled_of(SledBackend::Sim, hardware_threads, ram_gib)
+            .await
+    }
+
+    pub async fn sled_of(&self, backend: SledBackend, hardware_threads: u32, ram_gib: u32) -> Sled {
         self.datastore
             .sled_upsert(Sled::new(
                 SledUuid::new_v4(),
                 "127.0.0.1:12345".parse::<SocketAddr>().unwrap(),
-                SledBackend::Sim,
+                backend,
                 SledResources {
                     hardware_threads,
                     physical_ram: ByteCount::from_gibibytes_u32(ram_gib),

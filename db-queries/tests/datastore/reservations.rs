@@ -1,6 +1,6 @@
 use crate::{Harness, one_vmm};
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
-use halyard_common::{ByteCount, Error};
+use halyard_common::{ByteCount, Error, SledBackend};
 use halyard_db_model::SledResources;
 use halyard_db_queries::SledChoice;
 use std::collections::BTreeMap;
@@ -284,4 +284,49 @@ async fn sleds_reregister_keeping_reservations_but_cannot_shrink_below_them() {
             .usable_hardware_threads,
         16
     );
+}
+
+#[tokio::test]
+async fn placement_prefers_qemu_sleds_and_migrates_only_between_sleds_of_one_kind() {
+    let h = Harness::new();
+    let sims = [h.sled(64, 64).await, h.sled(64, 64).await];
+    // Room for two VMMs of 2 threads each on each QEMU sled.
+    let qemus = [
+        h.sled_of(SledBackend::Qemu, 4, 8).await,
+        h.sled_of(SledBackend::Qemu, 4, 8).await,
+    ];
+    let reserve = |choice| {
+        let datastore = h.datastore.clone();
+        async move {
+            datastore
+                .sled_reserve(VmmUuid::new_v4(), InstanceUuid::new_v4(), choice, one_vmm())
+                .await
+        }
+    };
+    let is_qemu = |sled: SledUuid| qemus.iter().any(|q| q.id() == sled);
+    // The QEMU sleds fill first, then the simulated ones take the rest.
+    for _ in 0..4 {
+        let placed = reserve(SledChoice::Any).await.unwrap();
+        assert!(
+            is_qemu(placed.sled_id()),
+            "QEMU sleds are preferred while they have room"
+        );
+    }
+    let placed = reserve(SledChoice::Any).await.unwrap();
+    assert!(!is_qemu(placed.sled_id()), "then the simulated ones");
+
+    // A VMM migrating off a simulated sled lands on the other simulated sled, never QEMU.
+    for _ in 0..5 {
+        let placed = reserve(SledChoice::AnyExcept(sims[0].id())).await.unwrap();
+        assert_eq!(placed.sled_id(), sims[1].id());
+    }
+    // Off a QEMU sled, only the other QEMU sled will do; when it is full, nothing does.
+    let error = reserve(SledChoice::AnyExcept(qemus[0].id()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::InsufficientCapacity { .. }),
+        "{error:?}"
+    );
+    assert_books_balance(&h);
 }

@@ -1,9 +1,10 @@
 //! `halyard-run-all`: the whole system on one machine, for development.
 //!
 //! Starts PostgreSQL (data under `.halyard-dev/` in the current directory, kept across runs;
-//! `--fresh` wipes it), creates or upgrades the schema, starts Nexus and several simulated sled
-//! agents in this process, waits until every sled has registered, prints where everything
-//! is, and on Ctrl-C (or SIGTERM) stops it all, PostgreSQL included.
+//! `--fresh` wipes it), creates or upgrades the schema, starts Nexus, several simulated sled
+//! agents and a QEMU sled agent (real VMs, booting the guest image `dev-tools/guest-image.sh`
+//! builds) in this process, waits until every sled has registered, prints where everything
+//! is, and on Ctrl-C (or SIGTERM) stops it all, PostgreSQL and QEMU included.
 //!
 //! Identities (Nexus's, each sled's) are kept under `.halyard-dev/` too, so a restarted
 //! environment resumes its unfinished sagas and its sleds keep their ids.
@@ -21,7 +22,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(about = "Run Halyard (PostgreSQL, Nexus, simulated sled agents) for development")]
+#[command(
+    about = "Run Halyard (PostgreSQL, Nexus, simulated and QEMU sled agents) for development"
+)]
 struct Args {
     /// Where the database and identities live.
     #[arg(long, default_value = ".halyard-dev")]
@@ -32,6 +35,10 @@ struct Args {
     /// How many simulated sled agents to run.
     #[arg(long, default_value_t = 3)]
     sleds: u16,
+    /// How many QEMU sled agents to run (real VMs; placement prefers them while they have
+    /// room). Their ports follow the simulated sleds'.
+    #[arg(long, default_value_t = 1)]
+    qemu_sleds: u16,
     /// PostgreSQL's port.
     #[arg(long, default_value_t = 32221)]
     db_port: u16,
@@ -116,10 +123,33 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
                 reboot_delay_ms: 300,
                 migration_phase_delay_ms: 200,
             },
+            qemu: Default::default(),
         };
         sleds.push(halyard_sled_agent::Server::start(&config, log).await?);
     }
-    wait_for_sleds(&datastore, usize::from(args.sleds)).await?;
+    for i in 0..args.qemu_sleds {
+        let config = halyard_sled_agent::Config {
+            sled_id: SledUuid::from_str(&identity(&args.dir.join(format!("qemu-sled-{i}-id")))?)?,
+            listen_address: SocketAddr::new(
+                args.internal_address.ip(),
+                args.first_sled_port + args.sleds + i,
+            ),
+            nexus_address: nexus.internal_address(),
+            backend: SledBackend::Qemu,
+            // Room for a few small guests (under TCG each vCPU is a busy host thread).
+            hardware_threads: 4,
+            physical_ram: ByteCount::from_gibibytes_u32(4),
+            registration_interval_ms: 10_000,
+            sim: Default::default(),
+            qemu: halyard_sled_agent::QemuConfig::default(),
+        };
+        sleds.push(
+            halyard_sled_agent::Server::start(&config, log)
+                .await
+                .context("starting a QEMU sled agent (--qemu-sleds 0 runs without)")?,
+        );
+    }
+    wait_for_sleds(&datastore, usize::from(args.sleds + args.qemu_sleds)).await?;
 
     println!();
     let external = format!("http://{}", nexus.external_address());
@@ -131,13 +161,30 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         "    curl -s -X POST '{external}/v1/instances?project=demo' -H 'content-type: application/json' \\"
     );
     println!(
-        "      -d '{{\"name\": \"web\", \"description\": \"\", \"hostname\": \"web\", \"ncpus\": 2, \"memory\": 1073741824}}'"
+        "      -d '{{\"name\": \"web\", \"description\": \"\", \"hostname\": \"web\", \"ncpus\": 1, \"memory\": 268435456}}'"
     );
     println!("    curl -s '{external}/v1/instances?project=demo'");
+    if args.qemu_sleds > 0 {
+        println!(
+            "    # on a QEMU sled (placement prefers them), the guest boots in a few seconds; its console:"
+        );
+        println!(
+            "    curl -s '{external}/v1/instances/web/serial-console?project=demo&most_recent=2000' | jq -r '.data | implode'"
+        );
+        println!(
+            "    websocat '{}/v1/instances/web/serial-console/stream?project=demo'   # live, and type into its shell",
+            external.replacen("http", "ws", 1)
+        );
+    }
     println!("  Nexus internal API:  http://{}", nexus.internal_address());
     for sled in &sleds {
+        let inventory = sled.agent().inventory();
+        let backend = match inventory.accelerator {
+            Some(accelerator) => format!("qemu, {accelerator}"),
+            None => inventory.backend.to_string(),
+        };
         println!(
-            "  sled agent {}:  http://{}",
+            "  sled agent {} ({backend}):  http://{}",
             sled.agent().id(),
             sled.local_addr()
         );

@@ -239,12 +239,41 @@ impl Nexus {
         id: InstanceUuid,
         destination: Option<SledUuid>,
     ) -> Result<InstanceAndVmm, Error> {
+        if let Some(destination) = destination {
+            self.check_migration_destination(id, destination).await?;
+        }
         self.run_saga::<instance_migrate::SagaInstanceMigrate>(instance_migrate::Params {
             instance_id: id,
             destination,
         })
         .await?;
         self.instance_view(id).await
+    }
+
+    /// A VMM moves only between sleds of one kind (a simulated VMM has no memory to send to
+    /// a QEMU, and the other way round): refuse a destination of another kind up front.
+    async fn check_migration_destination(
+        &self,
+        id: InstanceUuid,
+        destination: SledUuid,
+    ) -> Result<(), Error> {
+        let instance = self.datastore().instance_fetch(id).await?;
+        let Some(active) = instance.runtime.active_propolis_id else {
+            return Ok(()); // the saga refuses a migration of an instance that does not run
+        };
+        let source = self.datastore().vmm_fetch(active.0).await?.sled_id();
+        let source_backend = self.datastore().sled_fetch(source).await?.backend.0;
+        let destination_backend = self.datastore().sled_fetch(destination).await?.backend.0;
+        if source_backend != destination_backend {
+            return Err(Error::invalid_value(
+                "dst_sled_id",
+                format!(
+                    "sled {destination} runs {destination_backend} VMMs, but the instance runs \
+                     on a {source_backend} sled; a VMM migrates only between sleds of one kind"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Clears an instance's target VMM and migration id if they are `migration_id`'s (a

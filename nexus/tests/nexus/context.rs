@@ -5,13 +5,43 @@ use halyard_common::ids::{InstanceUuid, NexusUuid};
 use halyard_common::{ByteCount, InstanceState, Name, NameOrId, SledBackend};
 use halyard_nexus::app::instance::{InstanceAndVmm, InstanceCreate};
 use halyard_nexus::{Config, Nexus, Server};
-use halyard_sled_agent::SimConfig;
+use halyard_sled_agent::{QemuConfig, SimConfig};
 use halyard_test_db::{TestDatabase, shared_cluster};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub fn log() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
+}
+
+/// What a test's sled agents run their VMMs with.
+#[derive(Clone)]
+enum SledKind {
+    Sim(SimConfig),
+    Qemu(QemuConfig),
+}
+
+impl SledKind {
+    fn backend(&self) -> SledBackend {
+        match self {
+            SledKind::Sim(_) => SledBackend::Sim,
+            SledKind::Qemu(_) => SledBackend::Qemu,
+        }
+    }
+
+    fn sim(&self) -> SimConfig {
+        match self {
+            SledKind::Sim(sim) => *sim,
+            SledKind::Qemu(_) => SimConfig::default(),
+        }
+    }
+
+    fn qemu(&self) -> QemuConfig {
+        match self {
+            SledKind::Sim(_) => QemuConfig::default(),
+            SledKind::Qemu(qemu) => qemu.clone(),
+        }
+    }
 }
 
 pub struct TestContext {
@@ -43,6 +73,31 @@ impl TestContext {
     }
 
     pub async fn with_sim(count: usize, sim: SimConfig) -> TestContext {
+        TestContext::start(count, SledKind::Sim(sim)).await
+    }
+
+    /// Sleds that run real QEMU VMMs (TCG here), booting the guest image (built first if
+    /// this machine has none yet).
+    pub async fn with_qemu(count: usize) -> TestContext {
+        let guest_dir = halyard_sled_agent::build_guest_image().await.unwrap();
+        // Short: unix socket paths live below it.
+        let state_dir = std::env::temp_dir().join(format!(
+            "hq-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        TestContext::start(
+            count,
+            SledKind::Qemu(QemuConfig {
+                guest_dir,
+                state_dir,
+                stop_timeout_ms: 10_000,
+                ..Default::default()
+            }),
+        )
+        .await
+    }
+
+    async fn start(count: usize, kind: SledKind) -> TestContext {
         let db = TestDatabase::new();
         let config = Config {
             id: NexusUuid::new_v4(),
@@ -58,11 +113,12 @@ impl TestContext {
                 sled_id: halyard_common::ids::SledUuid::new_v4(),
                 listen_address: "127.0.0.1:0".parse().unwrap(),
                 nexus_address: server.internal_address(),
-                backend: SledBackend::Sim,
+                backend: kind.backend(),
                 hardware_threads: SLED_THREADS,
                 physical_ram: ByteCount::from_gibibytes_u32(SLED_RAM_GIB),
                 registration_interval_ms: 1000,
-                sim,
+                sim: kind.sim(),
+                qemu: kind.qemu(),
             };
             sleds.push(
                 halyard_sled_agent::Server::start(&sled_config, &log())
@@ -94,6 +150,7 @@ impl TestContext {
             physical_ram: ByteCount::from_gibibytes_u32(SLED_RAM_GIB),
             registration_interval_ms: 1000,
             sim,
+            qemu: Default::default(),
         };
         let new = halyard_sled_agent::Server::start(&config, &log())
             .await
@@ -110,13 +167,23 @@ impl TestContext {
     }
 
     pub async fn eventually(&self, what: &str, check: impl AsyncFn(&TestContext) -> bool) {
-        for _ in 0..1000 {
-            if check(self).await {
-                return;
+        self.eventually_within(Duration::from_secs(10), what, check)
+            .await
+    }
+
+    pub async fn eventually_within(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl AsyncFn(&TestContext) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !check(self).await {
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("timed out waiting for {what}");
     }
 
     pub async fn project(&self, name: &str) -> NameOrId {

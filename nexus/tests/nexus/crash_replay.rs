@@ -65,6 +65,7 @@ impl Cluster {
                     reboot_delay_ms: 10,
                     migration_phase_delay_ms: 10,
                 },
+                qemu: Default::default(),
             };
             sleds.push(
                 halyard_sled_agent::Server::start(&config, &log())

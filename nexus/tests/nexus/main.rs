@@ -7,6 +7,7 @@ mod external_api;
 mod instances;
 mod migration;
 mod outages;
+mod qemu;
 mod races;
 mod saga_faults;
 mod saga_replay;

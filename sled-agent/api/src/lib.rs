@@ -65,7 +65,7 @@ pub trait SledAgentApi {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPathParam>,
         body: TypedBody<MigrationInStep>,
-    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+    ) -> Result<HttpResponseOk<MigrationInReply>, HttpError>;
 
     /// Inject a fault into a VMM (simulated backend only; other backends refuse with 400).
     #[endpoint { method = PUT, path = "/vmms/{propolis_id}/sim-fault" }]
@@ -202,6 +202,34 @@ pub struct MigrationInStep {
     pub phase: MigrationPhase,
 }
 
+/// The target's answer to one phase of an inbound migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct MigrationInReply {
+    /// Where the source sends the guest's memory and device state, for VMMs that transfer
+    /// it themselves (qemu: the target QEMU's listening socket, known from the `sync`
+    /// phase on). None for simulated VMMs, whose phases carry no data.
+    pub incoming_address: Option<SocketAddr>,
+}
+
+/// How a QEMU sled runs its guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Accelerator {
+    /// Hardware virtualisation.
+    Kvm,
+    /// QEMU's software emulation (no usable KVM on this host).
+    Tcg,
+}
+
+impl std::fmt::Display for Accelerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        })
+    }
+}
+
 /// A fault to inject into a simulated VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -258,4 +286,7 @@ pub struct Inventory {
     pub physical_ram: ByteCount,
     /// VMMs registered and not yet destroyed.
     pub vmm_count: u64,
+    /// The accelerator QEMU runs guests with (decided once at start); none for a
+    /// simulated sled.
+    pub accelerator: Option<Accelerator>,
 }

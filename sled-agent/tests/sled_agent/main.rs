@@ -6,6 +6,7 @@ mod console;
 mod lifecycle;
 mod migration;
 mod nexus_outage;
+mod qemu;
 mod recording_nexus;
 
 use halyard_common::ByteCount;
@@ -41,6 +42,7 @@ pub fn sled_config(nexus: SocketAddr, sim: SimConfig) -> Config {
         physical_ram: ByteCount::from_gibibytes_u32(256),
         registration_interval_ms: 100,
         sim,
+        qemu: Default::default(),
     }
 }
 
@@ -82,14 +84,27 @@ pub fn register_body() -> VmmRegisterBody {
 
 /// Polls the sled agent until the VMM reaches `state` (or fails the test after 10 s).
 pub async fn wait_for_state(client: &Client, id: VmmUuid, state: VmmState) -> SledVmmState {
-    for _ in 0..1000 {
+    wait_for_state_within(client, id, state, Duration::from_secs(10)).await
+}
+
+/// Polls the sled agent until the VMM reaches `state` (or fails the test after `timeout`).
+pub async fn wait_for_state_within(
+    client: &Client,
+    id: VmmUuid,
+    state: VmmState,
+    timeout: Duration,
+) -> SledVmmState {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
         let current = client.vmm_get_state(&id).await.unwrap().into_inner();
         if current.vmm_state.state == state {
             return current;
         }
+        if tokio::time::Instant::now() > deadline {
+            panic!("VMM {id} never reached {state}; it is {current:?}");
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("VMM {id} never reached {state}");
 }
 
 /// Waits until `check` holds (or fails the test after 10 s with `what`).

@@ -77,6 +77,7 @@ impl TestContext {
                 physical_ram: ByteCount::from_gibibytes_u32(SLED_RAM_GIB),
                 registration_interval_ms: 1000,
                 sim,
+                qemu: Default::default(),
             };
             sled_servers.push(
                 halyard_sled_agent::Server::start(&sled_config, &log())

@@ -1,0 +1,132 @@
+//! An outbound live migration between two QEMU VMMs, carried out by QEMU itself.
+//!
+//! The protocol is the one every backend speaks (the source's sled agent pushes phases into
+//! the target's `migration-in` endpoint), with QEMU moving the memory:
+//!
+//! 1. `sync`: the target's QEMU starts listening (`migrate-incoming`) and the target's sled
+//!    agent answers with the address.
+//! 2. The source's QEMU sends the guest there (QMP `migrate`) while it keeps running, pauses
+//!    it for the last pass, and reports `completed` (or `failed`); the source watches
+//!    `query-migrate`.
+//! 3. `finish`: the target's QEMU resumes the guest. Only then does the source's QEMU end.
+//!
+//! If anything fails before `finish` succeeds, the guest is resumed on the source (QEMU does
+//! that itself for a failed transfer; the VMM task does it for a completed transfer whose
+//! target could not take over), so the instance keeps running where it was.
+
+use super::vmm::{Qmp, qmp_error};
+use crate::sim::Command;
+use halyard_common::ids::{MigrationUuid, VmmUuid};
+use halyard_sled_agent_api::{MigrationInStep, MigrationPhase};
+use qapi::qmp;
+use slog::{Logger, info};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How often the source asks QEMU how the transfer goes.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// A transfer that has not completed by then is given up (the guest stays on the source).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What QEMU reports about a completed transfer.
+struct Transfer {
+    /// From `migrate` to completion.
+    total_ms: i64,
+    /// How long the guest was paused.
+    downtime_ms: i64,
+}
+
+pub(super) struct OutboundMigration {
+    pub source_propolis_id: VmmUuid,
+    pub migration_id: MigrationUuid,
+    pub target_propolis_id: VmmUuid,
+    pub target: halyard_sled_agent_client::Client,
+    pub qmp: Arc<Qmp>,
+    pub commands: mpsc::WeakSender<Command>,
+    pub log: Logger,
+}
+
+impl OutboundMigration {
+    pub(super) async fn run(self) {
+        let result = self.migrate().await;
+        if let Some(commands) = self.commands.upgrade() {
+            let _ = commands
+                .send(Command::MigrationOutFinished { result })
+                .await;
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), String> {
+        let started = tokio::time::Instant::now();
+        let reply = self.push(MigrationPhase::Sync).await?;
+        let address = reply.ok_or_else(|| {
+            "the target VMM gave no address to send to (is it a QEMU VMM?)".to_string()
+        })?;
+        self.qmp
+            .execute(qmp::migrate {
+                uri: Some(format!("tcp:{address}")),
+                channels: None,
+                detach: None,
+                resume: None,
+            })
+            .await
+            .map_err(|e| qmp_error("migrate", e).to_string())?;
+        let transfer = self.wait_for_transfer().await?;
+        self.push(MigrationPhase::Finish).await?;
+        info!(self.log, "migration completed";
+            "migration_id" => %self.migration_id,
+            "total_ms" => started.elapsed().as_millis(),
+            "qemu_total_ms" => transfer.total_ms,
+            "downtime_ms" => transfer.downtime_ms);
+        Ok(())
+    }
+
+    /// Pushes one phase to the target; its answer carries the incoming address.
+    async fn push(&self, phase: MigrationPhase) -> Result<Option<SocketAddr>, String> {
+        let step = MigrationInStep {
+            migration_id: self.migration_id,
+            source_propolis_id: self.source_propolis_id,
+            phase,
+        };
+        let reply = self
+            .target
+            .vmm_migration_in(&self.target_propolis_id, &step)
+            .await
+            .map_err(|e| format!("target refused phase {phase:?}: {e}"))?;
+        Ok(reply.into_inner().incoming_address)
+    }
+
+    /// Waits until QEMU has sent everything.
+    async fn wait_for_transfer(&self) -> Result<Transfer, String> {
+        let deadline = tokio::time::Instant::now() + TRANSFER_TIMEOUT;
+        loop {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            let info = self
+                .qmp
+                .execute(qmp::query_migrate {})
+                .await
+                .map_err(|e| qmp_error("report the migration", e).to_string())?;
+            match info.status {
+                Some(qmp::MigrationStatus::completed) => {
+                    return Ok(Transfer {
+                        total_ms: info.total_time.unwrap_or(0),
+                        downtime_ms: info.downtime.unwrap_or(0),
+                    });
+                }
+                Some(qmp::MigrationStatus::failed | qmp::MigrationStatus::cancelled) => {
+                    return Err(format!(
+                        "QEMU could not send the guest: {}",
+                        info.error_desc.as_deref().unwrap_or("no reason given")
+                    ));
+                }
+                _ if tokio::time::Instant::now() > deadline => {
+                    let _ = self.qmp.execute(qmp::migrate_cancel {}).await;
+                    return Err("the transfer did not complete in time; cancelled".into());
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The QEMU backend: one `qemu-system-x86_64` process per VMM, driven over QMP.
+//!
+//! - [`QemuBackend`]: what all VMMs of this sled share: the configuration, the accelerator
+//!   decided once at start ([`accelerator`]), and the directory of per-VMM runtime files,
+//!   where whatever an earlier run of this sled agent left is cleaned up at start
+//!   ([`leftovers`]).
+//! - [`vmm`]: one VMM's task: the process, its QMP connection and its serial console.
+//! - [`migration`]: an outbound live migration, carried out by QEMU itself.
+//!
+//! Each VMM has a directory `<state_dir>/<sled_id>/<vmm_id>/` holding its QMP socket, its
+//! console socket, its pid file and QEMU's own log. The directory exists exactly as long as
+//! the process may: it is removed after the process has been reaped, and only then is the
+//! VMM reported destroyed or failed.
+
+mod accelerator;
+mod leftovers;
+mod migration;
+pub(crate) mod vmm;
+
+use crate::config::QemuConfig;
+use halyard_common::Error;
+use halyard_common::ids::{GenericUuid, SledUuid, VmmUuid};
+use halyard_sled_agent_api::Accelerator;
+use slog::{Logger, info};
+use std::path::{Path, PathBuf};
+
+/// The files the guest boots from, as `dev-tools/guest-image.sh` builds them.
+#[derive(Debug, Clone)]
+pub(crate) struct GuestImage {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// The command that builds the guest image (named in every error about a missing image).
+pub(crate) const GUEST_IMAGE_COMMAND: &str = "bash dev-tools/guest-image.sh";
+
+impl GuestImage {
+    /// The image in `dir`, or an error naming the command that builds it.
+    pub(crate) fn find(dir: &Path) -> Result<GuestImage, Error> {
+        let image = GuestImage {
+            kernel: dir.join("vmlinuz"),
+            initramfs: dir.join("initramfs.cpio.gz"),
+        };
+        for file in [&image.kernel, &image.initramfs] {
+            if !file.is_file() {
+                return Err(Error::unavailable(format!(
+                    "the guest image is missing ({} not found); build it with \
+                     `{GUEST_IMAGE_COMMAND}` (or set HALYARD_GUEST_DIR / qemu.guest_dir to \
+                     where it was built)",
+                    file.display()
+                )));
+            }
+        }
+        Ok(image)
+    }
+}
+
+/// Builds the guest image into the default directory unless it is already there (the
+/// script caches it per machine), for tests and development tools running from this
+/// repository. Returns the directory.
+pub async fn build_guest_image() -> anyhow::Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev-tools/guest-image.sh");
+    let status = tokio::process::Command::new("bash")
+        .arg(&script)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", script.display()))?;
+    anyhow::ensure!(
+        status.success(),
+        "`{GUEST_IMAGE_COMMAND}` failed ({status})"
+    );
+    Ok(crate::config::default_guest_dir())
+}
+
+/// The least memory the guest image boots in (measured: below ~72 MiB the kernel resets in a
+/// loop, silently), with a margin.
+pub(crate) const MIN_GUEST_MEMORY_MIB: u64 = 96;
+
+/// What every QEMU VMM of this sled shares.
+pub(crate) struct QemuBackend {
+    config: QemuConfig,
+    accelerator: Accelerator,
+    /// `<state_dir>/<sled_id>`: one directory per VMM below it.
+    vmm_root: PathBuf,
+}
+
+/// The longest path a unix socket can have (`sun_path`, with its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+impl QemuBackend {
+    /// Cleans up after an earlier run of this sled agent, checks the guest image, and
+    /// decides the accelerator.
+    pub(crate) async fn start(
+        config: &QemuConfig,
+        sled_id: SledUuid,
+        log: &Logger,
+    ) -> anyhow::Result<QemuBackend> {
+        let vmm_root = config.state_dir.join(sled_id.to_string());
+        // Every VMM id has the same length as the nil one.
+        let longest_socket = vmm_root
+            .join(VmmUuid::from_untyped_uuid(Default::default()).to_string())
+            .join(vmm::CONSOLE_SOCKET);
+        anyhow::ensure!(
+            longest_socket.as_os_str().len() <= MAX_SOCKET_PATH,
+            "qemu.state_dir {} is too long for unix socket paths below it (at most {} bytes \
+             in all); choose a shorter one",
+            config.state_dir.display(),
+            MAX_SOCKET_PATH
+        );
+        leftovers::clean_up(&vmm_root, log).await?;
+        std::fs::create_dir_all(&vmm_root).map_err(|e| {
+            anyhow::anyhow!(
+                "creating the VMM state directory {}: {e}",
+                vmm_root.display()
+            )
+        })?;
+        let image = GuestImage::find(&config.guest_dir)?;
+        let accelerator = accelerator::decide(config, &image, log).await;
+        info!(log, "QEMU backend ready"; "accelerator" => %accelerator,
+            "binary" => %config.binary.display(), "guest_dir" => %config.guest_dir.display(),
+            "vmm_root" => %vmm_root.display());
+        Ok(QemuBackend {
+            config: config.clone(),
+            accelerator,
+            vmm_root,
+        })
+    }
+
+    pub(crate) fn accelerator(&self) -> Accelerator {
+        self.accelerator
+    }
+}

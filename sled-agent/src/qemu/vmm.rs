@@ -1,0 +1,672 @@
+//! One QEMU VMM: its process, its QMP connection, its console, and the task that owns them.
+//!
+//! ```text
+//!  register: QEMU starts paused (-S); a migration target also waits for its stream
+//!  creating ──run (cont)──► starting ──► running ──reboot (system_reset)──► rebooting ─► running
+//!     │                                   │
+//!     └──stop (kill)──┐                   └──stop (ACPI powerdown; after stop_timeout, kill)──► stopping
+//!                     ▼                                                                        │
+//!                  stopped ◄───────────────────── the process exits ◄───────────────────────────┘
+//!  running ──migrate out──► migrating ──QEMU sends it──► (target resumes) ──► stopped
+//!                                     └──QEMU reports failure──► running
+//!  target: creating ──sync (migrate-incoming)──► migrating ──finish (cont)──► running
+//! ```
+//!
+//! The process ending decides the VMM's final state: destroyed if it was asked to end (a
+//! stop, a completed migration out, or the guest powering itself off), failed otherwise (it
+//! crashed or was killed). Either is published only after the process has been reaped, the
+//! console closed and the VMM's directory removed.
+
+use super::migration::OutboundMigration;
+use super::{GuestImage, QemuBackend};
+use crate::console::SerialConsole;
+use crate::sim::{Command, Ended};
+use crate::vmm_runtime::VmmRuntime;
+use futures::StreamExt;
+use halyard_common::ids::{MigrationUuid, VmmUuid};
+use halyard_common::internal_api::SledVmmState;
+use halyard_common::{Error, MigrationState, VmmState};
+use halyard_sled_agent_api::{
+    Accelerator, MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget,
+    VmmRegisterBody, VmmStateRequested,
+};
+use qapi::qmp;
+use slog::{Logger, error, info, warn};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::net::UnixStream;
+use tokio::process::Child;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+pub(crate) const QMP_SOCKET: &str = "qmp.sock";
+pub(crate) const CONSOLE_SOCKET: &str = "console.sock";
+pub(crate) const PID_FILE: &str = "qemu.pid";
+const QEMU_LOG: &str = "qemu.log";
+
+/// How long QEMU may take to open its sockets after it starts.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a migration target waits for its incoming stream to finish once the source
+/// says it has sent everything.
+const INCOMING_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A QMP connection, shared by the VMM's task and its outbound migration.
+pub(crate) type Qmp =
+    qapi::futures::QapiService<qapi::futures::QmpStreamTokio<WriteHalf<UnixStream>>>;
+
+/// QMP errors as the sled agent's errors: the VMM could not do what was asked.
+pub(crate) fn qmp_error(what: &str, e: qapi::ExecuteError) -> Error {
+    Error::unavailable(format!("QEMU refused to {what}: {e}"))
+}
+
+/// A launched QEMU VMM, before its task runs.
+pub(crate) struct QemuVmm {
+    id: VmmUuid,
+    runtime: VmmRuntime,
+    dir: PathBuf,
+    child: Child,
+    console: Arc<SerialConsole>,
+    migration_target: Option<MigrationTarget>,
+    /// The inbound migration's listening address, once the source asked for it.
+    incoming: Option<SocketAddr>,
+    migration_out: Option<MigrationUuid>,
+    /// Where a migration target listens (the sled agent's own address).
+    listen_ip: IpAddr,
+    stop_timeout: Duration,
+    /// The process is meant to end (a stop, a migration out that completed, or the guest
+    /// powering off): its exit means destroyed, not failed.
+    exit_expected: bool,
+    /// When a stop stops waiting for the guest and ends the process.
+    hard_stop_at: Option<Instant>,
+    commands: mpsc::WeakSender<Command>,
+    log: Logger,
+}
+
+impl QemuBackend {
+    /// Starts the QEMU process of a newly registered VMM, paused, and returns it with the
+    /// receiver of its state. Nothing runs in the guest until it is asked to run.
+    #[allow(clippy::too_many_arguments)] // each is one thing the VMM is made of
+    pub(crate) fn launch(
+        &self,
+        id: VmmUuid,
+        params: &VmmRegisterBody,
+        listen_ip: IpAddr,
+        console: Arc<SerialConsole>,
+        commands: mpsc::WeakSender<Command>,
+        log: Logger,
+    ) -> Result<(QemuVmm, watch::Receiver<SledVmmState>), Error> {
+        let image = GuestImage::find(&self.config.guest_dir)?;
+        let dir = self.vmm_root.join(id.to_string());
+        let internal = |what: &str, e: std::io::Error| {
+            Error::internal(format!("{what} for VMM {id} in {}: {e}", dir.display()))
+        };
+        // A directory left from an earlier registration of this id (its process is gone:
+        // the table had no entry) would confuse QEMU's socket setup.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| internal("removing an old directory", e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| internal("creating the directory", e))?;
+        let log_file = std::fs::File::create(dir.join(QEMU_LOG))
+            .map_err(|e| internal("creating QEMU's log", e))?;
+        let mut command = self.command_line(params, &image, &dir);
+        if params.migration_target.is_some() {
+            command.args(["-incoming", "defer"]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&dir);
+                Error::unavailable(format!(
+                    "starting {} failed: {e} (is qemu-system-x86 installed?)",
+                    self.config.binary.display()
+                ))
+            })?;
+        info!(log, "QEMU started"; "pid" => child.id(), "dir" => %dir.display(),
+            "accelerator" => %self.accelerator);
+        let (runtime, state) = VmmRuntime::new(params.migration_target);
+        let vmm = QemuVmm {
+            id,
+            runtime,
+            dir,
+            child,
+            console,
+            migration_target: params.migration_target,
+            incoming: None,
+            migration_out: None,
+            listen_ip,
+            stop_timeout: self.config.stop_timeout(),
+            exit_expected: false,
+            hard_stop_at: None,
+            commands,
+            log,
+        };
+        Ok((vmm, state))
+    }
+
+    fn command_line(
+        &self,
+        params: &VmmRegisterBody,
+        image: &GuestImage,
+        dir: &std::path::Path,
+    ) -> tokio::process::Command {
+        let (machine, cpu) = match self.accelerator {
+            Accelerator::Kvm => ("q35,accel=kvm", "host"),
+            Accelerator::Tcg => ("q35,accel=tcg", "max"),
+        };
+        let memory_mib = params.memory.to_bytes() / (1024 * 1024);
+        let console = dir.join(CONSOLE_SOCKET);
+        let qmp = dir.join(QMP_SOCKET);
+        let mut command = tokio::process::Command::new(&self.config.binary);
+        command
+            .arg("-name")
+            .arg(format!("guest={},process=halyard-vmm", params.hostname))
+            .args(["-machine", machine, "-cpu", cpu])
+            .arg("-smp")
+            .arg(params.ncpus.to_string())
+            .arg("-m")
+            .arg(format!("{memory_mib}M"))
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-nic",
+                "none",
+            ])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=console,path={},server=on,wait=off",
+                console.display()
+            ))
+            .args(["-serial", "chardev:console"])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=qmp,path={},server=on,wait=off",
+                qmp.display()
+            ))
+            .args(["-mon", "chardev=qmp,mode=control"])
+            .arg("-pidfile")
+            .arg(dir.join(PID_FILE))
+            .arg("-kernel")
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&image.initramfs)
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 quiet panic=-1 halyard.hostname={}",
+                params.hostname
+            ))
+            // Paused until the sled agent is connected and Nexus asks it to run.
+            .arg("-S");
+        command
+    }
+}
+
+/// What woke the VMM's task.
+enum Wakeup {
+    Command(Option<Command>),
+    Event(Option<qmp::Event>),
+    Exited(std::io::Result<ExitStatus>),
+    HardStop,
+}
+
+impl QemuVmm {
+    /// Runs the VMM until its process is gone.
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Ended {
+        let (qmp, mut events) = match self.connect().await {
+            Ok((qmp, events)) => (qmp, Some(events)),
+            Err(e) => {
+                error!(self.log, "could not connect to QEMU"; "error" => %e,
+                    "qemu_log" => self.qemu_log());
+                let _ = self.child.start_kill();
+                let status = self.child.wait().await;
+                return self.exited(status).await;
+            }
+        };
+        loop {
+            let hard_stop_at = self.hard_stop_at;
+            let wakeup = tokio::select! {
+                command = commands.recv() => Wakeup::Command(command),
+                event = next_event(&mut events) => Wakeup::Event(event),
+                status = self.child.wait() => Wakeup::Exited(status),
+                _ = sleep_until(hard_stop_at) => Wakeup::HardStop,
+            };
+            match wakeup {
+                Wakeup::Command(Some(command)) => self.handle(command, &qmp).await,
+                // The sled agent is shutting down, or unregistered the VMM: end it now.
+                Wakeup::Command(None) => self.end_now("the sled agent let go of it"),
+                Wakeup::Event(Some(event)) => self.on_event(event),
+                // QMP closed: the process is ending; its exit follows.
+                Wakeup::Event(None) => events = None,
+                Wakeup::Exited(status) => return self.exited(status).await,
+                Wakeup::HardStop => {
+                    warn!(self.log, "the guest did not power off in time; ending QEMU";
+                        "stop_timeout_ms" => self.stop_timeout.as_millis());
+                    self.hard_stop_at = None;
+                    let _ = self.child.start_kill();
+                }
+            }
+        }
+    }
+
+    /// Connects to QMP (with events pumped into a channel) and to the serial console.
+    async fn connect(&mut self) -> anyhow::Result<(Arc<Qmp>, mpsc::Receiver<qmp::Event>)> {
+        let qmp_socket = wait_for_socket(&self.dir.join(QMP_SOCKET), &mut self.child).await?;
+        let console_socket =
+            wait_for_socket(&self.dir.join(CONSOLE_SOCKET), &mut self.child).await?;
+        let stream = qapi::futures::QmpStreamTokio::open(qmp_socket)
+            .await?
+            .negotiate()
+            .await?;
+        let (service, mut qmp_events) = stream.into_parts();
+        let (events, receiver) = mpsc::channel(64);
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            // Polling the stream is also what delivers command responses.
+            while let Some(event) = qmp_events.next().await {
+                match event {
+                    Ok(event) => {
+                        if events.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!(log, "unreadable QMP message"; "error" => %e),
+                }
+            }
+        });
+        pump_console(console_socket, Arc::clone(&self.console), self.log.clone());
+        Ok((Arc::new(service), receiver))
+    }
+
+    fn conflict(&self, what: &str, why: &str) -> Error {
+        Error::conflict(format!(
+            "cannot {what} VMM {}: it is {}; {why}",
+            self.id,
+            self.runtime.current()
+        ))
+    }
+
+    async fn handle(&mut self, command: Command, qmp: &Arc<Qmp>) {
+        match command {
+            Command::Request { requested, reply } => {
+                let result = self.request(requested, qmp).await;
+                let _ = reply.send(result.map(|()| self.runtime.snapshot()));
+            }
+            Command::MigrationIn { step, reply } => {
+                let _ = reply.send(self.migration_in(step, qmp).await);
+            }
+            Command::Fault { reply, .. } => {
+                let _ = reply.send(Err(Error::invalid_request(
+                    "faults can only be injected into simulated VMMs",
+                )));
+            }
+            // The simulated backend's migration driver; QEMU migrates on its own.
+            Command::MigrationOutPhase { reply, .. } => {
+                let _ = reply.send(true);
+            }
+            Command::MigrationOutFinished { result } => {
+                self.migration_out_finished(result, qmp).await
+            }
+            Command::Kill => self.end_now("it was unregistered"),
+        }
+    }
+
+    async fn request(&mut self, requested: VmmStateRequested, qmp: &Arc<Qmp>) -> Result<(), Error> {
+        use VmmState::*;
+        match requested {
+            VmmStateRequested::Run => match self.runtime.current() {
+                Creating if self.migration_target.is_some() => Err(self.conflict(
+                    "run",
+                    "it is a migration target and starts when its migration completes",
+                )),
+                Creating => {
+                    self.runtime.set_state(Starting);
+                    qmp.execute(qmp::cont {})
+                        .await
+                        .map_err(|e| qmp_error("run the guest", e))?;
+                    self.runtime.set_state(Running);
+                    Ok(())
+                }
+                Starting | Running | Rebooting => Ok(()),
+                Migrating => Err(self.conflict("run", "wait for its migration to finish")),
+                _ => Err(self.conflict(
+                    "run",
+                    "a stopped VMM never runs again; start the instance on a new VMM",
+                )),
+            },
+            VmmStateRequested::Stop => match self.runtime.current() {
+                Stopping | Stopped => Ok(()),
+                Migrating => Err(self.conflict("stop", "wait for its migration to finish")),
+                // Never ran: nothing in it to shut down gracefully.
+                Creating => {
+                    self.runtime.set_state(Stopping);
+                    self.end_now("it was stopped before it ran");
+                    Ok(())
+                }
+                _ => {
+                    self.runtime.set_state(Stopping);
+                    self.exit_expected = true;
+                    self.hard_stop_at = Some(Instant::now() + self.stop_timeout);
+                    if let Err(e) = qmp.execute(qmp::system_powerdown {}).await {
+                        warn!(self.log, "ACPI powerdown failed; ending QEMU"; "error" => %e);
+                        self.end_now("ACPI powerdown failed");
+                    }
+                    Ok(())
+                }
+            },
+            VmmStateRequested::Reboot => match self.runtime.current() {
+                Rebooting => Ok(()),
+                Running => {
+                    self.runtime.set_state(Rebooting);
+                    let reset = qmp.execute(qmp::system_reset {}).await;
+                    self.runtime.set_state(Running);
+                    reset
+                        .map(|_| ())
+                        .map_err(|e| qmp_error("reset the guest", e))
+                }
+                _ => Err(self.conflict("reboot", "only a running VMM can reboot")),
+            },
+            VmmStateRequested::MigrateOut {
+                migration_id,
+                target_propolis_id,
+                target_address,
+            } => match (self.runtime.current(), self.migration_out) {
+                (Migrating, Some(out)) if out == migration_id => Ok(()),
+                (Running, None) => {
+                    info!(self.log, "migrating out"; "migration_id" => %migration_id,
+                        "target" => %target_propolis_id, "target_address" => %target_address);
+                    self.migration_out = Some(migration_id);
+                    self.runtime
+                        .set_migration_out(migration_id, MigrationState::InProgress);
+                    self.runtime.set_state(Migrating);
+                    let migration = OutboundMigration {
+                        source_propolis_id: self.id,
+                        migration_id,
+                        target_propolis_id,
+                        target: halyard_sled_agent_client::Client::new(&format!(
+                            "http://{target_address}"
+                        )),
+                        qmp: Arc::clone(qmp),
+                        commands: self.commands.clone(),
+                        log: self.log.clone(),
+                    };
+                    tokio::spawn(migration.run());
+                    Ok(())
+                }
+                (Running, Some(out)) => Err(self.conflict(
+                    "migrate",
+                    &format!("it already migrated out (migration {out})"),
+                )),
+                _ => Err(self.conflict("migrate", "only a running VMM can migrate out")),
+            },
+        }
+    }
+
+    async fn migration_out_finished(&mut self, result: Result<(), String>, qmp: &Arc<Qmp>) {
+        let Some(migration_id) = self.migration_out else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                info!(self.log, "migrated out; ending the source QEMU";
+                    "migration_id" => %migration_id);
+                self.runtime
+                    .set_migration_out(migration_id, MigrationState::Completed);
+                self.end_now("its instance moved to the migration target");
+            }
+            Err(reason) => {
+                warn!(self.log, "migration out failed; the guest keeps running here";
+                    "migration_id" => %migration_id, "reason" => %reason);
+                // QEMU resumes a guest whose migration failed; one whose migration completed
+                // but whose target then could not take over is paused and resumed here.
+                if let Err(e) = qmp.execute(qmp::cont {}).await {
+                    warn!(self.log, "resuming the guest after the failed migration"; "error" => %e);
+                }
+                self.runtime
+                    .set_migration_out(migration_id, MigrationState::Failed);
+                self.runtime.set_state(VmmState::Running);
+            }
+        }
+    }
+
+    async fn migration_in(
+        &mut self,
+        step: MigrationInStep,
+        qmp: &Arc<Qmp>,
+    ) -> Result<MigrationInReply, Error> {
+        let expected = self.migration_target.filter(|t| {
+            t.migration_id == step.migration_id && t.source_propolis_id == step.source_propolis_id
+        });
+        if expected.is_none() {
+            return Err(Error::conflict(format!(
+                "VMM {} is not the target of migration {} from VMM {}",
+                self.id, step.migration_id, step.source_propolis_id
+            )));
+        }
+        if self.runtime.migration_in() == Some(MigrationState::Failed) {
+            return Err(Error::conflict(format!(
+                "migration {} already failed on target VMM {}",
+                step.migration_id, self.id
+            )));
+        }
+        match step.phase {
+            MigrationPhase::Sync => {
+                if self.incoming.is_none() {
+                    let address = self.listen_for_migration(qmp).await?;
+                    self.incoming = Some(address);
+                    self.runtime.set_migration_in(MigrationState::InProgress);
+                    self.runtime.set_state(VmmState::Migrating);
+                }
+                Ok(MigrationInReply {
+                    incoming_address: self.incoming,
+                })
+            }
+            MigrationPhase::Pause | MigrationPhase::Transfer => Ok(MigrationInReply {
+                incoming_address: self.incoming,
+            }),
+            MigrationPhase::Finish => {
+                if self.runtime.migration_in() != Some(MigrationState::Completed) {
+                    if self.incoming.is_none() {
+                        return Err(Error::conflict(format!(
+                            "migration {} cannot finish on VMM {}: it never started",
+                            step.migration_id, self.id
+                        )));
+                    }
+                    wait_for_incoming(qmp).await?;
+                    qmp.execute(qmp::cont {})
+                        .await
+                        .map_err(|e| qmp_error("resume the migrated guest", e))?;
+                    info!(self.log, "migrated in; the guest runs here now";
+                        "migration_id" => %step.migration_id);
+                    self.runtime.set_migration_in(MigrationState::Completed);
+                    self.runtime.set_state(VmmState::Running);
+                }
+                Ok(MigrationInReply {
+                    incoming_address: self.incoming,
+                })
+            }
+        }
+    }
+
+    /// Opens the migration stream's listening socket on a free port of this sled's address.
+    async fn listen_for_migration(&self, qmp: &Arc<Qmp>) -> Result<SocketAddr, Error> {
+        // QEMU listens itself; a free port is found by binding and releasing it (another
+        // process could take it in between; then migrate-incoming fails and the migration
+        // fails cleanly).
+        let port = std::net::TcpListener::bind((self.listen_ip, 0))
+            .and_then(|listener| listener.local_addr())
+            .map_err(|e| Error::unavailable(format!("finding a free migration port: {e}")))?
+            .port();
+        let address = SocketAddr::new(self.listen_ip, port);
+        qmp.execute(qmp::migrate_incoming {
+            uri: Some(format!("tcp:{address}")),
+            channels: None,
+            exit_on_error: None,
+        })
+        .await
+        .map_err(|e| qmp_error("listen for the migration", e))?;
+        info!(self.log, "listening for the incoming migration"; "address" => %address);
+        Ok(address)
+    }
+
+    fn on_event(&mut self, event: qmp::Event) {
+        match event {
+            // The guest powered itself off (or obeyed ACPI powerdown): QEMU exits next.
+            qmp::Event::SHUTDOWN { data, .. } if data.guest => {
+                info!(self.log, "the guest powered off"; "reason" => ?data.reason);
+                self.exit_expected = true;
+                if !self.runtime.current().is_terminal() {
+                    self.runtime.set_state(VmmState::Stopping);
+                }
+            }
+            // The guest rebooted itself (a `reboot`, or a panic with panic=-1).
+            qmp::Event::RESET { data, .. }
+                if data.guest && self.runtime.current() == VmmState::Running =>
+            {
+                info!(self.log, "the guest rebooted"; "reason" => ?data.reason);
+                self.runtime.set_state(VmmState::Rebooting);
+                self.runtime.set_state(VmmState::Running);
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends the QEMU process; its exit (handled by the task's loop) ends the VMM.
+    fn end_now(&mut self, why: &str) {
+        info!(self.log, "ending QEMU"; "why" => why);
+        self.exit_expected = true;
+        self.hard_stop_at = None;
+        let _ = self.child.start_kill();
+    }
+
+    /// The process has exited: clean up, then say how the VMM ended.
+    async fn exited(mut self, status: std::io::Result<ExitStatus>) -> Ended {
+        let final_state = if self.exit_expected {
+            self.runtime.set_state(VmmState::Stopped);
+            info!(self.log, "QEMU exited"; "status" => ?status);
+            VmmState::Destroyed
+        } else {
+            error!(self.log, "QEMU died"; "status" => ?status, "qemu_log" => self.qemu_log());
+            if self.runtime.migration_in() == Some(MigrationState::InProgress) {
+                self.runtime.set_migration_in(MigrationState::Failed);
+            }
+            if let Some(migration_id) = self.migration_out {
+                self.runtime
+                    .set_migration_out(migration_id, MigrationState::Failed);
+            }
+            VmmState::Failed
+        };
+        self.console.close();
+        if let Err(e) = tokio::fs::remove_dir_all(&self.dir).await {
+            warn!(self.log, "removing the VMM's directory"; "dir" => %self.dir.display(),
+                "error" => %e);
+        }
+        Ended {
+            final_state,
+            publish: self.runtime.into_sender(),
+        }
+    }
+
+    /// The end of QEMU's own log, for error reports.
+    fn qemu_log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join(QEMU_LOG)).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+}
+
+/// Waits for QEMU to open a socket, unless it exits first.
+async fn wait_for_socket(path: &std::path::Path, child: &mut Child) -> anyhow::Result<UnixStream> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() > deadline => {
+                anyhow::bail!("connecting to {}: {e}", path.display())
+            }
+            Err(_) => {}
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("QEMU exited ({status}) before opening {}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Copies console output into the ring buffer and typed input to the guest, until the
+/// socket closes.
+fn pump_console(socket: UnixStream, console: Arc<SerialConsole>, log: Logger) {
+    let (mut reader, mut writer) = tokio::io::split(socket);
+    let output = Arc::clone(&console);
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) => return,
+                Ok(n) => output.record_output(&buffer[..n]),
+                Err(e) => {
+                    warn!(log, "reading the serial console"; "error" => %e);
+                    return;
+                }
+            }
+        }
+    });
+    if let Some(mut input) = console.take_input() {
+        tokio::spawn(async move {
+            while let Some(bytes) = input.recv().await {
+                if writer.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Waits until an inbound migration's stream has been fully received.
+async fn wait_for_incoming(qmp: &Arc<Qmp>) -> Result<(), Error> {
+    let deadline = Instant::now() + INCOMING_COMPLETION_TIMEOUT;
+    loop {
+        let info = qmp
+            .execute(qmp::query_migrate {})
+            .await
+            .map_err(|e| qmp_error("report the incoming migration", e))?;
+        match info.status {
+            Some(qmp::MigrationStatus::completed) => return Ok(()),
+            Some(qmp::MigrationStatus::failed | qmp::MigrationStatus::cancelled) => {
+                return Err(Error::conflict(format!(
+                    "the incoming migration failed: {}",
+                    info.error_desc.unwrap_or_default()
+                )));
+            }
+            _ if Instant::now() > deadline => {
+                return Err(Error::unavailable(
+                    "the incoming migration did not complete in time",
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The next QMP event, or never once QMP has closed.
+async fn next_event(events: &mut Option<mpsc::Receiver<qmp::Event>>) -> Option<qmp::Event> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,105 @@
+//! A VMM's runtime state as its backend publishes it: every change bumps the generation of
+//! what changed (the VMM, or one side of a migration), so Nexus can apply reports newest-wins.
+//! Both backends (sim and qemu) publish through this, so they number changes the same way.
+
+use chrono::Utc;
+use halyard_common::ids::MigrationUuid;
+use halyard_common::internal_api::{MigrationRuntimeState, SledVmmState, VmmRuntimeState};
+use halyard_common::{Generation, MigrationState, VmmState};
+use halyard_sled_agent_api::MigrationTarget;
+use tokio::sync::watch;
+
+pub(crate) struct VmmRuntime {
+    state: SledVmmState,
+    publish: watch::Sender<SledVmmState>,
+}
+
+impl VmmRuntime {
+    /// A registered VMM in state `creating` (with its inbound migration pending, for a
+    /// migration target), and the receiver of its state.
+    pub(crate) fn new(
+        migration_target: Option<MigrationTarget>,
+    ) -> (VmmRuntime, watch::Receiver<SledVmmState>) {
+        let now = Utc::now();
+        let state = SledVmmState {
+            vmm_state: VmmRuntimeState {
+                state: VmmState::Creating,
+                generation: Generation::new(),
+                time_updated: now,
+            },
+            migration_in: migration_target.map(|target| MigrationRuntimeState {
+                migration_id: target.migration_id,
+                state: MigrationState::Pending,
+                generation: Generation::new(),
+                time_updated: now,
+            }),
+            migration_out: None,
+        };
+        let (publish, receiver) = watch::channel(state);
+        (VmmRuntime { state, publish }, receiver)
+    }
+
+    pub(crate) fn current(&self) -> VmmState {
+        self.state.vmm_state.state
+    }
+
+    pub(crate) fn snapshot(&self) -> SledVmmState {
+        self.state
+    }
+
+    /// The inbound migration's state, if this VMM is a migration target.
+    pub(crate) fn migration_in(&self) -> Option<MigrationState> {
+        self.state.migration_in.map(|side| side.state)
+    }
+
+    pub(crate) fn set_state(&mut self, state: VmmState) {
+        let vmm = &mut self.state.vmm_state;
+        if vmm.state != state {
+            *vmm = VmmRuntimeState {
+                state,
+                generation: vmm.generation.next(),
+                time_updated: Utc::now(),
+            };
+            self.publish.send_replace(self.state);
+        }
+    }
+
+    pub(crate) fn set_migration_in(&mut self, state: MigrationState) {
+        if let Some(side) = self
+            .state
+            .migration_in
+            .as_mut()
+            .filter(|s| s.state != state)
+        {
+            side.state = state;
+            side.generation = side.generation.next();
+            side.time_updated = Utc::now();
+            self.publish.send_replace(self.state);
+        }
+    }
+
+    pub(crate) fn set_migration_out(&mut self, migration_id: MigrationUuid, state: MigrationState) {
+        let now = Utc::now();
+        let side = match self.state.migration_out.as_mut() {
+            Some(side) if side.migration_id == migration_id => side,
+            _ => self.state.migration_out.insert(MigrationRuntimeState {
+                migration_id,
+                state: MigrationState::Pending,
+                generation: Generation::new(),
+                time_updated: now,
+            }),
+        };
+        if side.state != state {
+            side.state = state;
+            side.generation = side.generation.next();
+            side.time_updated = now;
+            self.publish.send_replace(self.state);
+        }
+    }
+
+    /// The VMM's task is ending: hand over the channel, so the sled agent publishes the
+    /// terminal state once the VMM is out of its table.
+    pub(crate) fn into_sender(self) -> watch::Sender<SledVmmState> {
+        self.publish
+    }
+}

@@ -1,0 +1,563 @@
+//! The QEMU backend with real QEMU processes (TCG here) booting the real guest image:
+//! boot, console, reboot, stop, a QEMU that dies, live migration between two sled agents, a
+//! migration whose target dies, a sled agent killed and restarted, and bad input.
+
+use crate::recording_nexus::RecordingNexus;
+use crate::{eventually, log, wait_for_state_within};
+use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
+use halyard_common::{ByteCount, MigrationState, SledBackend, VmmState};
+use halyard_sled_agent::{Config, QemuConfig, Server};
+use halyard_sled_agent_api::{
+    MigrationTarget, VmmPutStateBody, VmmRegisterBody, VmmStateRequested,
+};
+use halyard_sled_agent_client::Client;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+const BANNER: &str = "HALYARD-GUEST BOOTED hostname=";
+const HEARTBEAT: &str = "HALYARD-HEARTBEAT n=";
+/// TCG boots the guest in about 3 s when the machine is idle; leave room for a busy one.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds the guest image once per test process (a no-op when it is cached).
+pub async fn guest_image() -> PathBuf {
+    static BUILT: OnceCell<PathBuf> = OnceCell::const_new();
+    BUILT
+        .get_or_init(|| async { halyard_sled_agent::build_guest_image().await.unwrap() })
+        .await
+        .clone()
+}
+
+pub struct QemuSled {
+    pub server: Server,
+    pub client: Client,
+    pub config: Config,
+}
+
+/// A scratch directory for VMM state, short enough for unix socket paths.
+pub fn state_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hq-{}", &uuid_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn uuid_prefix() -> String {
+    InstanceUuid::new_v4().to_string()[..8].to_string()
+}
+
+pub async fn qemu_config(nexus: SocketAddr, state_dir: &Path) -> Config {
+    Config {
+        sled_id: SledUuid::new_v4(),
+        listen_address: "127.0.0.1:0".parse().unwrap(),
+        nexus_address: nexus,
+        backend: SledBackend::Qemu,
+        hardware_threads: 4,
+        physical_ram: ByteCount::from_gibibytes_u32(2),
+        registration_interval_ms: 100,
+        sim: Default::default(),
+        qemu: QemuConfig {
+            guest_dir: guest_image().await,
+            state_dir: state_dir.to_path_buf(),
+            stop_timeout_ms: 10_000,
+            ..Default::default()
+        },
+    }
+}
+
+async fn qemu_sled(nexus: &Arc<RecordingNexus>, state_dir: &Path) -> QemuSled {
+    let config = qemu_config(nexus.address(), state_dir).await;
+    let server = Server::start(&config, &log()).await.unwrap();
+    nexus.watch_sled(server.local_addr());
+    let client = Client::new(&format!("http://{}", server.local_addr()));
+    QemuSled {
+        server,
+        client,
+        config,
+    }
+}
+
+fn guest(hostname: &str) -> VmmRegisterBody {
+    VmmRegisterBody {
+        instance_id: InstanceUuid::new_v4(),
+        ncpus: 1,
+        memory: ByteCount::from_mebibytes_u32(256),
+        hostname: hostname.into(),
+        migration_target: None,
+    }
+}
+
+async fn put(client: &Client, id: VmmUuid, state: VmmStateRequested) {
+    client
+        .vmm_put_state(&id, &VmmPutStateBody { state })
+        .await
+        .unwrap();
+}
+
+/// Everything the VMM's console holds.
+pub async fn console_text(client: &Client, id: VmmUuid) -> String {
+    let data = client
+        .vmm_serial_console(&id, Some(0), Some(1 << 20), None)
+        .await
+        .unwrap()
+        .into_inner();
+    String::from_utf8_lossy(&data.data).into_owned()
+}
+
+/// Polls the console until `check` holds on its text (or fails the test with `what`).
+pub async fn wait_for_console(
+    client: &Client,
+    id: VmmUuid,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+    loop {
+        let text = console_text(client, id).await;
+        if check(&text) {
+            return text;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("the console never showed {what}; it holds:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The heartbeat counters in console text, in order.
+pub fn heartbeats(text: &str) -> Vec<u64> {
+    text.match_indices(HEARTBEAT)
+        .filter_map(|(at, _)| {
+            let digits: String = text[at + HEARTBEAT.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// The VMM's QEMU pid, from the pid file QEMU writes once it is up.
+async fn pid_of(config: &Config, id: VmmUuid) -> i32 {
+    let file = vmm_dir(config, id).join("qemu.pid");
+    let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+    loop {
+        if let Some(pid) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "QEMU never wrote {}",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn vmm_dir(config: &Config, id: VmmUuid) -> PathBuf {
+    config
+        .qemu
+        .state_dir
+        .join(config.sled_id.to_string())
+        .join(id.to_string())
+}
+
+/// Whether a process runs (a zombie does not).
+pub fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+fn kill_9(pid: i32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_qemu_vmm_boots_reboots_and_stops_for_real() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let sled = qemu_sled(&nexus, &state_dir()).await;
+    let inventory = sled.client.inventory().await.unwrap().into_inner();
+    assert_eq!(inventory.backend, SledBackend::Qemu);
+    assert!(inventory.accelerator.is_some(), "the accelerator is shown");
+
+    let id = VmmUuid::new_v4();
+    sled.client
+        .vmm_register(&id, &guest("web-1"))
+        .await
+        .unwrap();
+    let pid = pid_of(&sled.config, id).await;
+    assert!(runs(pid));
+    put(&sled.client, id, VmmStateRequested::Run).await;
+    wait_for_state_within(&sled.client, id, VmmState::Running, BOOT_TIMEOUT).await;
+
+    let text = wait_for_console(&sled.client, id, "the banner and heartbeats", |text| {
+        text.contains(&format!("{BANNER}web-1")) && heartbeats(text).len() >= 3
+    })
+    .await;
+    let beats = heartbeats(&text);
+    assert!(
+        beats.windows(2).all(|w| w[1] > w[0]),
+        "heartbeats increase: {beats:?}"
+    );
+
+    put(&sled.client, id, VmmStateRequested::Reboot).await;
+    wait_for_console(
+        &sled.client,
+        id,
+        "a second banner after the reboot",
+        |text| text.matches(BANNER).count() >= 2,
+    )
+    .await;
+    assert_eq!(
+        sled.client
+            .vmm_get_state(&id)
+            .await
+            .unwrap()
+            .into_inner()
+            .vmm_state
+            .state,
+        VmmState::Running
+    );
+
+    put(&sled.client, id, VmmStateRequested::Stop).await;
+    wait_for_state_within(&sled.client, id, VmmState::Destroyed, BOOT_TIMEOUT).await;
+    assert!(!runs(pid), "the QEMU process is gone");
+    assert!(!vmm_dir(&sled.config, id).exists(), "its files are gone");
+    let last = nexus.final_report(id).unwrap();
+    assert_eq!(last.state.vmm_state.state, VmmState::Destroyed);
+    assert_eq!(
+        last.still_listed,
+        Some(false),
+        "reported only once it was gone"
+    );
+    sled.server.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_qemu_killed_with_sigkill_is_reported_failed() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let sled = qemu_sled(&nexus, &state_dir()).await;
+    let id = VmmUuid::new_v4();
+    sled.client
+        .vmm_register(&id, &guest("doomed"))
+        .await
+        .unwrap();
+    put(&sled.client, id, VmmStateRequested::Run).await;
+    wait_for_state_within(&sled.client, id, VmmState::Running, BOOT_TIMEOUT).await;
+    let pid = pid_of(&sled.config, id).await;
+    kill_9(pid);
+    wait_for_state_within(&sled.client, id, VmmState::Failed, BOOT_TIMEOUT).await;
+    assert!(!vmm_dir(&sled.config, id).exists(), "its files are gone");
+    eventually("Nexus hears of the failure", || {
+        nexus
+            .final_report(id)
+            .is_some_and(|r| r.state.vmm_state.state == VmmState::Failed)
+    })
+    .await;
+    sled.server.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_running_guest_migrates_between_two_qemu_sled_agents() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let source = qemu_sled(&nexus, &dir).await;
+    let target = qemu_sled(&nexus, &dir).await;
+
+    let source_id = VmmUuid::new_v4();
+    let body = guest("mover");
+    source.client.vmm_register(&source_id, &body).await.unwrap();
+    let source_pid = pid_of(&source.config, source_id).await;
+    put(&source.client, source_id, VmmStateRequested::Run).await;
+    let before = wait_for_console(&source.client, source_id, "heartbeats", |text| {
+        heartbeats(text).len() >= 3
+    })
+    .await;
+    let last_on_source = *heartbeats(&before).last().unwrap();
+
+    let migration_id = MigrationUuid::new_v4();
+    let target_id = VmmUuid::new_v4();
+    let target_body = VmmRegisterBody {
+        migration_target: Some(MigrationTarget {
+            migration_id,
+            source_propolis_id: source_id,
+            source_address: source.server.local_addr(),
+        }),
+        ..body.clone()
+    };
+    target
+        .client
+        .vmm_register(&target_id, &target_body)
+        .await
+        .unwrap();
+    put(
+        &source.client,
+        source_id,
+        VmmStateRequested::MigrateOut {
+            migration_id,
+            target_propolis_id: target_id,
+            target_address: target.server.local_addr(),
+        },
+    )
+    .await;
+
+    let arrived =
+        wait_for_state_within(&target.client, target_id, VmmState::Running, BOOT_TIMEOUT).await;
+    assert_eq!(
+        arrived.migration_in.unwrap().state,
+        MigrationState::Completed
+    );
+    let left =
+        wait_for_state_within(&source.client, source_id, VmmState::Destroyed, BOOT_TIMEOUT).await;
+    assert_eq!(left.migration_out.unwrap().state, MigrationState::Completed);
+    assert!(!runs(source_pid), "the source QEMU is gone");
+
+    // The guest really moved: its counter goes on from where it was, without a new boot.
+    let after = wait_for_console(
+        &target.client,
+        target_id,
+        "heartbeats on the target",
+        |text| heartbeats(text).len() >= 3,
+    )
+    .await;
+    assert!(
+        !after.contains(BANNER),
+        "the guest did not boot again:\n{after}"
+    );
+    let first_on_target = heartbeats(&after)[0];
+    assert!(
+        first_on_target > last_on_source,
+        "the counter continues ({last_on_source} on the source, then {first_on_target})"
+    );
+
+    put(&target.client, target_id, VmmStateRequested::Stop).await;
+    wait_for_state_within(&target.client, target_id, VmmState::Destroyed, BOOT_TIMEOUT).await;
+    source.server.close().await.unwrap();
+    target.server.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_migration_whose_target_qemu_dies_leaves_the_guest_on_the_source() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let source = qemu_sled(&nexus, &dir).await;
+    let target = qemu_sled(&nexus, &dir).await;
+
+    let source_id = VmmUuid::new_v4();
+    let body = guest("stayer");
+    source.client.vmm_register(&source_id, &body).await.unwrap();
+    put(&source.client, source_id, VmmStateRequested::Run).await;
+    wait_for_console(&source.client, source_id, "heartbeats", |text| {
+        heartbeats(text).len() >= 2
+    })
+    .await;
+
+    let migration_id = MigrationUuid::new_v4();
+    let target_id = VmmUuid::new_v4();
+    let target_body = VmmRegisterBody {
+        migration_target: Some(MigrationTarget {
+            migration_id,
+            source_propolis_id: source_id,
+            source_address: source.server.local_addr(),
+        }),
+        ..body.clone()
+    };
+    target
+        .client
+        .vmm_register(&target_id, &target_body)
+        .await
+        .unwrap();
+    let target_pid = pid_of(&target.config, target_id).await;
+    put(
+        &source.client,
+        source_id,
+        VmmStateRequested::MigrateOut {
+            migration_id,
+            target_propolis_id: target_id,
+            target_address: target.server.local_addr(),
+        },
+    )
+    .await;
+    // The target starts receiving, and dies.
+    wait_for_state_within(&target.client, target_id, VmmState::Migrating, BOOT_TIMEOUT).await;
+    kill_9(target_pid);
+
+    let target_end =
+        wait_for_state_within(&target.client, target_id, VmmState::Failed, BOOT_TIMEOUT).await;
+    assert_eq!(
+        target_end.migration_in.unwrap().state,
+        MigrationState::Failed
+    );
+    let source_state = wait_for_migration_out(&source.client, source_id).await;
+    assert_eq!(source_state, MigrationState::Failed);
+    let state = source
+        .client
+        .vmm_get_state(&source_id)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.vmm_state.state, VmmState::Running);
+
+    // The guest still runs there: its counter keeps going.
+    let seen = heartbeats(&console_text(&source.client, source_id).await).len();
+    wait_for_console(&source.client, source_id, "more heartbeats", |text| {
+        heartbeats(text).len() >= seen + 3
+    })
+    .await;
+    source.server.close().await.unwrap();
+    target.server.close().await.unwrap();
+}
+
+async fn wait_for_migration_out(client: &Client, id: VmmUuid) -> MigrationState {
+    let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+    loop {
+        let state = client.vmm_get_state(&id).await.unwrap().into_inner();
+        if let Some(out) = state.migration_out
+            && out.state.is_terminal()
+        {
+            return out.state;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the migration never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sled_agent_killed_and_restarted_leaves_no_orphan_qemu() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let mut config = qemu_config(nexus.address(), &dir).await;
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    config.listen_address = SocketAddr::from(([127, 0, 0, 1], port));
+    let file = dir.join("sled.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "sled_id = \"{}\"\nlisten_address = \"{}\"\nnexus_address = \"{}\"\n\
+             backend = \"qemu\"\nhardware_threads = 4\nphysical_ram = {}\n\
+             [qemu]\nguest_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            config.sled_id,
+            config.listen_address,
+            config.nexus_address,
+            config.physical_ram.to_bytes(),
+            config.qemu.guest_dir.display(),
+            config.qemu.state_dir.display(),
+        ),
+    )
+    .unwrap();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_halyard-sled-agent"))
+            .arg("--config")
+            .arg(&file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let client = Client::new(&format!("http://{}", config.listen_address));
+    let mut agent = start();
+    wait_until_up(&client).await;
+    let id = VmmUuid::new_v4();
+    client.vmm_register(&id, &guest("orphan")).await.unwrap();
+    put(&client, id, VmmStateRequested::Run).await;
+    let pid = pid_of(&config, id).await;
+
+    agent.kill().unwrap(); // SIGKILL
+    agent.wait().unwrap();
+    assert!(
+        runs(pid),
+        "the QEMU outlived its sled agent (an orphan, for now)"
+    );
+
+    let mut agent = start();
+    wait_until_up(&client).await;
+    assert!(!runs(pid), "the restarted sled agent ended the orphan");
+    assert!(!vmm_dir(&config, id).exists(), "and removed its files");
+    assert!(client.vmm_list().await.unwrap().into_inner().is_empty());
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
+
+async fn wait_until_up(client: &Client) {
+    let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+    while client.inventory().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sled agent never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_qemu_sled_refuses_what_it_cannot_run_before_starting_qemu() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let sled = qemu_sled(&nexus, &dir).await;
+    let too_many_cpus = VmmRegisterBody {
+        ncpus: 5,
+        ..guest("big")
+    };
+    let too_much_memory = VmmRegisterBody {
+        memory: ByteCount::from_gibibytes_u32(3),
+        ..guest("big")
+    };
+    for body in [too_many_cpus, too_much_memory] {
+        let id = VmmUuid::new_v4();
+        let error = sled.client.vmm_register(&id, &body).await.unwrap_err();
+        assert_eq!(error.status().map(|s| s.as_u16()), Some(400), "{error}");
+        assert!(
+            error.to_string().contains("more than this sled has"),
+            "{error}"
+        );
+        assert!(!vmm_dir(&sled.config, id).exists(), "no QEMU was started");
+    }
+    let too_little_memory = VmmRegisterBody {
+        memory: ByteCount::from_mebibytes_u32(64),
+        ..guest("tiny")
+    };
+    let error = sled
+        .client
+        .vmm_register(&VmmUuid::new_v4(), &too_little_memory)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status().map(|s| s.as_u16()), Some(400), "{error}");
+    assert!(error.to_string().contains("at least 96 MiB"), "{error}");
+    let bad_hostname = VmmRegisterBody {
+        hostname: "a b".into(),
+        ..guest("x")
+    };
+    let error = sled
+        .client
+        .vmm_register(&VmmUuid::new_v4(), &bad_hostname)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status().map(|s| s.as_u16()), Some(400), "{error}");
+    sled.server.close().await.unwrap();
+
+    // No guest image: the sled agent does not start, and says how to build one.
+    let mut config = qemu_config(nexus.address(), &dir).await;
+    config.qemu.guest_dir = dir.join("no-image-here");
+    let error = Server::start(&config, &log()).await.err().unwrap();
+    assert!(
+        error.to_string().contains("bash dev-tools/guest-image.sh"),
+        "{error}"
+    );
+}
