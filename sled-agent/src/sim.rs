@@ -23,10 +23,10 @@
 
 use crate::config::SimConfig;
 use crate::console::SerialConsole;
-use chrono::Utc;
+use crate::vmm_runtime::{Command, Ended, VmmRuntime};
 use halyard_common::ids::{MigrationUuid, VmmUuid};
-use halyard_common::internal_api::{MigrationRuntimeState, SledVmmState, VmmRuntimeState};
-use halyard_common::{Error, Generation, MigrationState, VmmState};
+use halyard_common::internal_api::SledVmmState;
+use halyard_common::{Error, MigrationState, VmmState};
 use halyard_sled_agent_api::{
     MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget, SimFault, VmmStateRequested,
 };
@@ -35,31 +35,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-
-/// What the sled agent (or the VMM's own migration driver) asks of a VMM's task.
-pub(crate) enum Command {
-    Request {
-        requested: VmmStateRequested,
-        reply: oneshot::Sender<Result<SledVmmState, Error>>,
-    },
-    MigrationIn {
-        step: MigrationInStep,
-        reply: oneshot::Sender<Result<MigrationInReply, Error>>,
-    },
-    Fault {
-        fault: SimFault,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
-    /// From the migration driver: may this phase proceed on the source?
-    MigrationOutPhase {
-        phase: MigrationPhase,
-        reply: oneshot::Sender<bool>,
-    },
-    /// From the migration driver: how the migration ended.
-    MigrationOutFinished { result: Result<(), String> },
-    /// Unregister: the VMM is destroyed at once.
-    Kill,
-}
 
 /// A state change waiting for its delay to pass.
 #[derive(Debug, Clone, Copy)]
@@ -97,8 +72,7 @@ pub(crate) struct SimVmm {
     config: SimConfig,
     hostname: String,
     console: Arc<SerialConsole>,
-    state: SledVmmState,
-    publish: watch::Sender<SledVmmState>,
+    runtime: VmmRuntime,
     pending: Option<Pending>,
     faults: Faults,
     migration_target: Option<MigrationTarget>,
@@ -108,12 +82,6 @@ pub(crate) struct SimVmm {
     /// For the migration driver to talk back to this task.
     commands: mpsc::WeakSender<Command>,
     log: Logger,
-}
-
-/// How a VMM's task ended: its terminal state and the channel to publish it on.
-pub(crate) struct Ended {
-    pub final_state: VmmState,
-    pub publish: watch::Sender<SledVmmState>,
 }
 
 impl SimVmm {
@@ -129,29 +97,13 @@ impl SimVmm {
         commands: mpsc::WeakSender<Command>,
         log: Logger,
     ) -> (SimVmm, watch::Receiver<SledVmmState>) {
-        let now = Utc::now();
-        let state = SledVmmState {
-            vmm_state: VmmRuntimeState {
-                state: VmmState::Creating,
-                generation: Generation::new(),
-                time_updated: now,
-            },
-            migration_in: migration_target.map(|target| MigrationRuntimeState {
-                migration_id: target.migration_id,
-                state: MigrationState::Pending,
-                generation: Generation::new(),
-                time_updated: now,
-            }),
-            migration_out: None,
-        };
-        let (publish, receiver) = watch::channel(state);
+        let (runtime, receiver) = VmmRuntime::new(migration_target);
         let vmm = SimVmm {
             id,
             config,
             hostname,
             console,
-            state,
-            publish,
+            runtime,
             pending: None,
             faults: Faults::default(),
             migration_target,
@@ -187,59 +139,14 @@ impl SimVmm {
                 info!(self.log, "VMM is gone"; "final_state" => %final_state);
                 return Ended {
                     final_state,
-                    publish: self.publish,
+                    publish: self.runtime.into_sender(),
                 };
             }
         }
     }
 
     fn current(&self) -> VmmState {
-        self.state.vmm_state.state
-    }
-
-    fn set_state(&mut self, state: VmmState) {
-        let vmm = &mut self.state.vmm_state;
-        if vmm.state != state {
-            *vmm = VmmRuntimeState {
-                state,
-                generation: vmm.generation.next(),
-                time_updated: Utc::now(),
-            };
-            self.publish.send_replace(self.state);
-        }
-    }
-
-    fn set_migration_in(&mut self, state: MigrationState) {
-        if let Some(side) = self
-            .state
-            .migration_in
-            .as_mut()
-            .filter(|s| s.state != state)
-        {
-            side.state = state;
-            side.generation = side.generation.next();
-            side.time_updated = Utc::now();
-            self.publish.send_replace(self.state);
-        }
-    }
-
-    fn set_migration_out(&mut self, migration_id: MigrationUuid, state: MigrationState) {
-        let now = Utc::now();
-        let side = match self.state.migration_out.as_mut() {
-            Some(side) if side.migration_id == migration_id => side,
-            _ => self.state.migration_out.insert(MigrationRuntimeState {
-                migration_id,
-                state: MigrationState::Pending,
-                generation: Generation::new(),
-                time_updated: now,
-            }),
-        };
-        if side.state != state {
-            side.state = state;
-            side.generation = side.generation.next();
-            side.time_updated = now;
-            self.publish.send_replace(self.state);
-        }
+        self.runtime.current()
     }
 
     /// Schedules `transition` after `delay`, unless a hang was injected.
@@ -256,7 +163,7 @@ impl SimVmm {
         match command {
             Command::Request { requested, reply } => {
                 let result = self.request(requested);
-                let _ = reply.send(result.map(|()| self.state));
+                let _ = reply.send(result.map(|()| self.runtime.snapshot()));
                 None
             }
             Command::MigrationIn { step, reply } => {
@@ -299,7 +206,7 @@ impl SimVmm {
                     "it is a migration target and starts when its migration completes",
                 )),
                 Creating => {
-                    self.set_state(Starting);
+                    self.runtime.set_state(Starting);
                     let delay = self.config.start_delay();
                     self.schedule(Transition::Booted, delay);
                     Ok(())
@@ -315,7 +222,7 @@ impl SimVmm {
                 Stopping | Stopped => Ok(()),
                 Migrating => Err(self.conflict("stop", "wait for its migration to finish")),
                 _ => {
-                    self.set_state(Stopping);
+                    self.runtime.set_state(Stopping);
                     let delay = self.config.stop_delay();
                     self.schedule(Transition::Stopped, delay);
                     Ok(())
@@ -324,7 +231,7 @@ impl SimVmm {
             VmmStateRequested::Reboot => match self.current() {
                 Rebooting => Ok(()),
                 Running => {
-                    self.set_state(Rebooting);
+                    self.runtime.set_state(Rebooting);
                     let delay = self.config.reboot_delay();
                     self.schedule(Transition::Rebooted, delay);
                     Ok(())
@@ -363,13 +270,13 @@ impl SimVmm {
                 Some(VmmState::Failed)
             }
             Transition::Booted | Transition::Rebooted => {
-                self.set_state(VmmState::Running);
+                self.runtime.set_state(VmmState::Running);
                 let banner = format!("HALYARD-GUEST BOOTED hostname={}\r\n", self.hostname);
                 self.console.record_output(banner.as_bytes());
                 None
             }
             Transition::Stopped => {
-                self.set_state(VmmState::Stopped);
+                self.runtime.set_state(VmmState::Stopped);
                 Some(VmmState::Destroyed)
             }
         }
@@ -409,8 +316,9 @@ impl SimVmm {
             migration_id,
             target_propolis_id,
         });
-        self.set_migration_out(migration_id, MigrationState::InProgress);
-        self.set_state(VmmState::Migrating);
+        self.runtime
+            .set_migration_out(migration_id, MigrationState::InProgress);
+        self.runtime.set_state(VmmState::Migrating);
         let driver = MigrationDriver {
             source_propolis_id: self.id,
             migration_id,
@@ -427,16 +335,18 @@ impl SimVmm {
         match result {
             Ok(()) => {
                 info!(self.log, "migrated out"; "migration_id" => %out.migration_id);
-                self.set_migration_out(out.migration_id, MigrationState::Completed);
+                self.runtime
+                    .set_migration_out(out.migration_id, MigrationState::Completed);
                 // The instance lives on the target now; this VMM's work is done.
-                self.set_state(VmmState::Stopped);
+                self.runtime.set_state(VmmState::Stopped);
                 Some(VmmState::Destroyed)
             }
             Err(reason) => {
                 warn!(self.log, "migration out failed; still running here";
                     "migration_id" => %out.migration_id, "reason" => reason);
-                self.set_migration_out(out.migration_id, MigrationState::Failed);
-                self.set_state(VmmState::Running);
+                self.runtime
+                    .set_migration_out(out.migration_id, MigrationState::Failed);
+                self.runtime.set_state(VmmState::Running);
                 None
             }
         }
@@ -461,7 +371,7 @@ impl SimVmm {
         }
         if self.faults.fail_migration_at == Some(step.phase) {
             warn!(self.log, "injected fault: inbound migration fails"; "phase" => ?step.phase);
-            self.set_migration_in(MigrationState::Failed);
+            self.runtime.set_migration_in(MigrationState::Failed);
             let err = Error::conflict(format!(
                 "migration {} failed on target VMM {} at phase {:?}",
                 step.migration_id, self.id, step.phase
@@ -486,13 +396,13 @@ impl SimVmm {
         self.migration_in_phase = Some(step.phase);
         match step.phase {
             MigrationPhase::Sync => {
-                self.set_migration_in(MigrationState::InProgress);
-                self.set_state(VmmState::Migrating);
+                self.runtime.set_migration_in(MigrationState::InProgress);
+                self.runtime.set_state(VmmState::Migrating);
             }
             MigrationPhase::Pause | MigrationPhase::Transfer => {}
             MigrationPhase::Finish => {
-                self.set_migration_in(MigrationState::Completed);
-                self.set_state(VmmState::Running);
+                self.runtime.set_migration_in(MigrationState::Completed);
+                self.runtime.set_state(VmmState::Running);
             }
         }
         (Ok(()), None)

@@ -1,14 +1,51 @@
 //! A VMM's runtime state as its backend publishes it: every change bumps the generation of
 //! what changed (the VMM, or one side of a migration), so Nexus can apply reports newest-wins.
-//! Both backends (sim and qemu) publish through this, so they number changes the same way.
+//! Both backends (sim and qemu) publish through this, so they number changes the same way,
+//! and both take the same [`Command`]s and end with an [`Ended`].
 
 use chrono::Utc;
+use halyard_common::Error;
 use halyard_common::ids::MigrationUuid;
 use halyard_common::internal_api::{MigrationRuntimeState, SledVmmState, VmmRuntimeState};
 use halyard_common::{Generation, MigrationState, VmmState};
 use halyard_sled_agent_api::MigrationTarget;
-use tokio::sync::watch;
+use halyard_sled_agent_api::{
+    MigrationInReply, MigrationInStep, MigrationPhase, SimFault, VmmStateRequested,
+};
+use tokio::sync::{oneshot, watch};
 
+/// What the sled agent (or the VMM's own migration driver) asks of a VMM's task.
+pub(crate) enum Command {
+    Request {
+        requested: VmmStateRequested,
+        reply: oneshot::Sender<Result<SledVmmState, Error>>,
+    },
+    MigrationIn {
+        step: MigrationInStep,
+        reply: oneshot::Sender<Result<MigrationInReply, Error>>,
+    },
+    Fault {
+        fault: SimFault,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// From the migration driver: may this phase proceed on the source?
+    MigrationOutPhase {
+        phase: MigrationPhase,
+        reply: oneshot::Sender<bool>,
+    },
+    /// From the migration driver: how the migration ended.
+    MigrationOutFinished { result: Result<(), String> },
+    /// Unregister: the VMM is destroyed at once.
+    Kill,
+}
+
+/// How a VMM's task ended: its terminal state and the channel to publish it on.
+pub(crate) struct Ended {
+    pub final_state: VmmState,
+    pub publish: watch::Sender<SledVmmState>,
+}
+
+/// A VMM's state as its task owns it, and the channel it publishes on.
 pub(crate) struct VmmRuntime {
     state: SledVmmState,
     publish: watch::Sender<SledVmmState>,

@@ -15,7 +15,7 @@
 //! target could not take over), so the instance keeps running where it was.
 
 use super::vmm::{Qmp, qmp_error};
-use crate::sim::Command;
+use crate::vmm_runtime::Command;
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_sled_agent_api::{MigrationInStep, MigrationPhase};
 use qapi::qmp;

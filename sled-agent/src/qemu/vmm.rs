@@ -20,8 +20,7 @@
 use super::migration::OutboundMigration;
 use super::{GuestImage, QemuBackend};
 use crate::console::SerialConsole;
-use crate::sim::{Command, Ended};
-use crate::vmm_runtime::VmmRuntime;
+use crate::vmm_runtime::{Command, Ended, VmmRuntime};
 use futures::StreamExt;
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
