@@ -408,3 +408,88 @@ async fn a_vm_larger_than_any_qemu_sled_is_refused_before_qemu_starts() {
     );
     ctx.assert_quiet_and_consistent().await;
 }
+
+#[tokio::test]
+async fn a_migration_whose_target_qemu_is_killed_leaves_the_vm_running_on_its_source() {
+    let ctx = TestContext::with_qemu(2).await;
+    let client = sdk(&ctx);
+    let id = create_vm(&ctx, &client, "stayer").await;
+    let source_vmm = active_vmm(&ctx, id).await;
+    wait_for_console(&client, "stayer", "heartbeats", |text| {
+        heartbeats(text).len() >= 2
+    })
+    .await;
+
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/instances/stayer/migrate?project=p",
+            ctx.server.external_address()
+        ))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        202,
+        "{}",
+        response.text().await.unwrap()
+    );
+    // Kill the destination's QEMU as soon as it exists.
+    let target_vmm = ctx
+        .view(id)
+        .await
+        .instance
+        .runtime
+        .target_propolis_id
+        .unwrap()
+        .0;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let target_pid = loop {
+        if let Some(pid) = qemu_pids(target_vmm).first() {
+            break *pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the target QEMU never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let status = std::process::Command::new("kill")
+        .args(["-9", &target_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    ctx.eventually_within(PATIENCE, "the migration ends, having failed", async |ctx| {
+        let view = ctx.view(id).await;
+        view.instance.runtime.migration().is_none() && view.run_state() == InstanceState::Running
+    })
+    .await;
+    assert_eq!(
+        active_vmm(&ctx, id).await,
+        source_vmm,
+        "still on its source"
+    );
+    assert_eq!(
+        ctx.sql("SELECT source_state || ',' || target_state FROM migration")
+            .trim(),
+        "failed,failed"
+    );
+    ctx.eventually_within(
+        PATIENCE,
+        "only the source holds a reservation",
+        async |ctx| {
+            let held = reservations(ctx);
+            held.len() == 1 && held[0].0 == source_vmm.to_string()
+        },
+    )
+    .await;
+    // And the guest still runs: its counter keeps going.
+    let seen = heartbeats(&console(&client, "stayer").await).len();
+    wait_for_console(&client, "stayer", "more heartbeats", |text| {
+        heartbeats(text).len() >= seen + 3
+    })
+    .await;
+    ctx.assert_quiet_and_consistent().await;
+}
