@@ -5,6 +5,7 @@
 //! - `sim`: the simulated backend (one task per VMM walking the VMM state machine).
 //! - `qemu`: the QEMU backend (one `qemu-system-x86_64` per VMM, driven over QMP).
 //! - `vmm_runtime`: a VMM's published state, numbered the same way by both backends.
+//! - [`guest_console`]: what the guest image prints (banner, heartbeats).
 //! - `console`: each VMM's serial console (a ring buffer of its output, live streams, input).
 //! - `reporter`: one task per VMM pushing its newest state to Nexus, in order, with retries.
 //! - `registration`: keeps the sled registered with Nexus.
@@ -12,6 +13,7 @@
 
 pub mod config;
 mod console;
+pub mod guest_console;
 mod http_entrypoints;
 mod qemu;
 mod registration;

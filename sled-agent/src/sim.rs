@@ -23,7 +23,8 @@
 
 use crate::config::SimConfig;
 use crate::console::SerialConsole;
-use crate::vmm_runtime::{Command, Ended, VmmRuntime};
+use crate::guest_console::BOOT_BANNER;
+use crate::vmm_runtime::{Command, Ended, VmmRuntime, sleep_until};
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
@@ -271,7 +272,7 @@ impl SimVmm {
             }
             Transition::Booted | Transition::Rebooted => {
                 self.runtime.set_state(VmmState::Running);
-                let banner = format!("HALYARD-GUEST BOOTED hostname={}\r\n", self.hostname);
+                let banner = format!("{BOOT_BANNER}{}\r\n", self.hostname);
                 self.console.record_output(banner.as_bytes());
                 None
             }
@@ -413,13 +414,6 @@ impl SimVmm {
 async fn recv_input(input: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
     match input {
         Some(input) => input.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -140,3 +140,11 @@ impl VmmRuntime {
         self.publish
     }
 }
+
+/// Sleeps until `deadline`, or forever if there is none (a VMM task's timer branch).
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

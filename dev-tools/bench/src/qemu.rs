@@ -6,6 +6,7 @@ use halyard_common::ids::{NexusUuid, SledUuid};
 use halyard_common::{ByteCount, InstanceState, MigrationState, SledBackend};
 use halyard_nexus_external_client::Client;
 use halyard_nexus_external_client::types::InstanceMigrate;
+use halyard_sled_agent::guest_console::BOOT_BANNER;
 use slog::KV;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -147,14 +148,14 @@ pub async fn run(args: QemuArgs) -> anyhow::Result<()> {
 async fn start_to_banner(client: &Client, name: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let before = console(client, name).await.unwrap_or_default();
-    let banners_before = before.matches(BANNER).count();
+    let banners_before = before.matches(BOOT_BANNER).count();
     client
         .instance_start()
         .project(PROJECT)
         .instance(name)
         .send()
         .await?;
-    let wanted = format!("{BANNER}{name}");
+    let wanted = format!("{BOOT_BANNER}{name}");
     wait_until(&format!("{name}'s boot banner"), || async {
         let text = console(client, name).await.unwrap_or_default();
         Ok(text.matches(&wanted).count() > banners_before)
@@ -162,8 +163,6 @@ async fn start_to_banner(client: &Client, name: &str) -> anyhow::Result<Duration
     .await?;
     Ok(started.elapsed())
 }
-
-const BANNER: &str = "HALYARD-GUEST BOOTED hostname=";
 
 /// The console's whole history (None while the instance has no running VMM).
 async fn console(client: &Client, name: &str) -> Option<String> {

@@ -7,6 +7,7 @@ use crate::context::TestContext;
 use futures::{SinkExt, StreamExt};
 use halyard_common::InstanceState;
 use halyard_common::ids::{InstanceUuid, VmmUuid};
+use halyard_sled_agent::guest_console::{BOOT_BANNER, heartbeats};
 use oxide::prelude::*;
 use serde_json::json;
 use std::time::Duration;
@@ -14,8 +15,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-const BANNER: &str = "HALYARD-GUEST BOOTED hostname=";
-const HEARTBEAT: &str = "HALYARD-HEARTBEAT n=";
 /// TCG boots the guest in about 3 s on an idle machine; leave room for a busy one.
 const PATIENCE: Duration = Duration::from_secs(90);
 
@@ -104,18 +103,6 @@ async fn wait_for_console(
     }
 }
 
-fn heartbeats(text: &str) -> Vec<u64> {
-    text.match_indices(HEARTBEAT)
-        .filter_map(|(at, _)| {
-            let digits: String = text[at + HEARTBEAT.len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().ok()
-        })
-        .collect()
-}
-
 /// The pids of processes whose command line names `vmm` (its QEMU, while it runs).
 fn qemu_pids(vmm: VmmUuid) -> Vec<i32> {
     let needle = vmm.to_string();
@@ -135,6 +122,22 @@ fn qemu_pids(vmm: VmmUuid) -> Vec<i32> {
             })
         })
         .collect()
+}
+
+/// Asks Nexus to live-migrate instance `name` of project `p` anywhere (a Halyard extension,
+/// so not in the Oxide SDK).
+async fn request_migration(ctx: &TestContext, name: &str) {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/instances/{name}/migrate?project=p",
+            ctx.server.external_address()
+        ))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_eq!(status, 202, "{}", response.text().await.unwrap());
 }
 
 fn reservations(ctx: &TestContext) -> Vec<(String, String)> {
@@ -172,7 +175,7 @@ async fn a_real_vm_boots_reboots_streams_its_console_and_stops() {
     assert_eq!(pids.len(), 1, "one QEMU runs the VMM");
 
     let text = wait_for_console(&client, "web-1", "the banner, then heartbeats", |text| {
-        text.contains(&format!("{BANNER}web-1")) && heartbeats(text).len() >= 3
+        text.contains(&format!("{BOOT_BANNER}web-1")) && heartbeats(text).len() >= 3
     })
     .await;
     let beats = heartbeats(&text);
@@ -214,7 +217,7 @@ async fn a_real_vm_boots_reboots_streams_its_console_and_stops() {
         &client,
         "web-1",
         "the banner again after the reboot",
-        |text| text.matches(BANNER).count() >= 2,
+        |text| text.matches(BOOT_BANNER).count() >= 2,
     )
     .await;
     assert_eq!(
@@ -309,21 +312,7 @@ async fn a_running_vm_migrates_between_qemu_sleds_and_keeps_counting() {
     .await;
     let last_before = *heartbeats(&before).last().unwrap();
 
-    let response = reqwest::Client::new()
-        .post(format!(
-            "http://{}/v1/instances/mover/migrate?project=p",
-            ctx.server.external_address()
-        ))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status().as_u16(),
-        202,
-        "{}",
-        response.text().await.unwrap()
-    );
+    request_migration(&ctx, "mover").await;
 
     ctx.eventually_within(PATIENCE, "the instance runs on its new VMM", async |ctx| {
         let view = ctx.view(id).await;
@@ -364,7 +353,7 @@ async fn a_running_vm_migrates_between_qemu_sleds_and_keeps_counting() {
     })
     .await;
     assert!(
-        !after.contains(BANNER),
+        !after.contains(BOOT_BANNER),
         "the guest did not boot again:\n{after}"
     );
     assert!(
@@ -420,21 +409,7 @@ async fn a_migration_whose_target_qemu_is_killed_leaves_the_vm_running_on_its_so
     })
     .await;
 
-    let response = reqwest::Client::new()
-        .post(format!(
-            "http://{}/v1/instances/stayer/migrate?project=p",
-            ctx.server.external_address()
-        ))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status().as_u16(),
-        202,
-        "{}",
-        response.text().await.unwrap()
-    );
+    request_migration(&ctx, "stayer").await;
     // Kill the destination's QEMU as soon as it exists.
     let target_vmm = ctx
         .view(id)

@@ -8,6 +8,7 @@
 
 use super::GuestImage;
 use crate::config::{AcceleratorChoice, QemuConfig};
+use crate::guest_console::BOOT_BANNER;
 use halyard_sled_agent_api::Accelerator;
 use slog::{Logger, info, warn};
 use std::process::Stdio;
@@ -17,9 +18,6 @@ use tokio::sync::OnceCell;
 
 /// A guest under working KVM prints its banner well within a second; TCG takes ~3 s here.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
-
-/// What the guest prints once it has booted (see dev-tools/guest-image.sh).
-pub(crate) const BOOT_BANNER: &str = "HALYARD-GUEST BOOTED";
 
 static PROBED: OnceCell<Accelerator> = OnceCell::const_new();
 

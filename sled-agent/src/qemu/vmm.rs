@@ -20,7 +20,7 @@
 use super::migration::OutboundMigration;
 use super::{GuestImage, QemuBackend};
 use crate::console::SerialConsole;
-use crate::vmm_runtime::{Command, Ended, VmmRuntime};
+use crate::vmm_runtime::{Command, Ended, VmmRuntime, sleep_until};
 use futures::StreamExt;
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
@@ -659,13 +659,6 @@ async fn wait_for_incoming(qmp: &Arc<Qmp>) -> Result<(), Error> {
 async fn next_event(events: &mut Option<mpsc::Receiver<qmp::Event>>) -> Option<qmp::Event> {
     match events {
         Some(events) => events.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -6,6 +6,7 @@ use crate::recording_nexus::RecordingNexus;
 use crate::{eventually, log, wait_for_state_within};
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{ByteCount, MigrationState, SledBackend, VmmState};
+use halyard_sled_agent::guest_console::{BOOT_BANNER, heartbeats};
 use halyard_sled_agent::{Config, QemuConfig, Server};
 use halyard_sled_agent_api::{
     MigrationTarget, VmmPutStateBody, VmmRegisterBody, VmmStateRequested,
@@ -17,8 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-const BANNER: &str = "HALYARD-GUEST BOOTED hostname=";
-const HEARTBEAT: &str = "HALYARD-HEARTBEAT n=";
 /// TCG boots the guest in about 3 s when the machine is idle; leave room for a busy one.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -126,19 +125,6 @@ pub async fn wait_for_console(
     }
 }
 
-/// The heartbeat counters in console text, in order.
-pub fn heartbeats(text: &str) -> Vec<u64> {
-    text.match_indices(HEARTBEAT)
-        .filter_map(|(at, _)| {
-            let digits: String = text[at + HEARTBEAT.len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().ok()
-        })
-        .collect()
-}
-
 /// The VMM's QEMU pid, from the pid file QEMU writes once it is up.
 async fn pid_of(config: &Config, id: VmmUuid) -> i32 {
     let file = vmm_dir(config, id).join("qemu.pid");
@@ -203,7 +189,7 @@ async fn a_qemu_vmm_boots_reboots_and_stops_for_real() {
     wait_for_state_within(&sled.client, id, VmmState::Running, BOOT_TIMEOUT).await;
 
     let text = wait_for_console(&sled.client, id, "the banner and heartbeats", |text| {
-        text.contains(&format!("{BANNER}web-1")) && heartbeats(text).len() >= 3
+        text.contains(&format!("{BOOT_BANNER}web-1")) && heartbeats(text).len() >= 3
     })
     .await;
     let beats = heartbeats(&text);
@@ -217,7 +203,7 @@ async fn a_qemu_vmm_boots_reboots_and_stops_for_real() {
         &sled.client,
         id,
         "a second banner after the reboot",
-        |text| text.matches(BANNER).count() >= 2,
+        |text| text.matches(BOOT_BANNER).count() >= 2,
     )
     .await;
     assert_eq!(
@@ -287,31 +273,7 @@ async fn a_running_guest_migrates_between_two_qemu_sled_agents() {
     .await;
     let last_on_source = *heartbeats(&before).last().unwrap();
 
-    let migration_id = MigrationUuid::new_v4();
-    let target_id = VmmUuid::new_v4();
-    let target_body = VmmRegisterBody {
-        migration_target: Some(MigrationTarget {
-            migration_id,
-            source_propolis_id: source_id,
-            source_address: source.server.local_addr(),
-        }),
-        ..body.clone()
-    };
-    target
-        .client
-        .vmm_register(&target_id, &target_body)
-        .await
-        .unwrap();
-    put(
-        &source.client,
-        source_id,
-        VmmStateRequested::MigrateOut {
-            migration_id,
-            target_propolis_id: target_id,
-            target_address: target.server.local_addr(),
-        },
-    )
-    .await;
+    let target_id = start_migration(&source, source_id, &target, &body).await;
 
     let arrived =
         wait_for_state_within(&target.client, target_id, VmmState::Running, BOOT_TIMEOUT).await;
@@ -333,7 +295,7 @@ async fn a_running_guest_migrates_between_two_qemu_sled_agents() {
     )
     .await;
     assert!(
-        !after.contains(BANNER),
+        !after.contains(BOOT_BANNER),
         "the guest did not boot again:\n{after}"
     );
     let first_on_target = heartbeats(&after)[0];
@@ -364,32 +326,8 @@ async fn a_migration_whose_target_qemu_dies_leaves_the_guest_on_the_source() {
     })
     .await;
 
-    let migration_id = MigrationUuid::new_v4();
-    let target_id = VmmUuid::new_v4();
-    let target_body = VmmRegisterBody {
-        migration_target: Some(MigrationTarget {
-            migration_id,
-            source_propolis_id: source_id,
-            source_address: source.server.local_addr(),
-        }),
-        ..body.clone()
-    };
-    target
-        .client
-        .vmm_register(&target_id, &target_body)
-        .await
-        .unwrap();
+    let target_id = start_migration(&source, source_id, &target, &body).await;
     let target_pid = pid_of(&target.config, target_id).await;
-    put(
-        &source.client,
-        source_id,
-        VmmStateRequested::MigrateOut {
-            migration_id,
-            target_propolis_id: target_id,
-            target_address: target.server.local_addr(),
-        },
-    )
-    .await;
     // The target starts receiving, and dies.
     wait_for_state_within(&target.client, target_id, VmmState::Migrating, BOOT_TIMEOUT).await;
     kill_9(target_pid);
@@ -418,6 +356,42 @@ async fn a_migration_whose_target_qemu_dies_leaves_the_guest_on_the_source() {
     .await;
     source.server.close().await.unwrap();
     target.server.close().await.unwrap();
+}
+
+/// Registers a migration target for `source_id` on `target` and asks the source to migrate
+/// out to it; returns the target VMM's id.
+async fn start_migration(
+    source: &QemuSled,
+    source_id: VmmUuid,
+    target: &QemuSled,
+    body: &VmmRegisterBody,
+) -> VmmUuid {
+    let migration_id = MigrationUuid::new_v4();
+    let target_id = VmmUuid::new_v4();
+    let target_body = VmmRegisterBody {
+        migration_target: Some(MigrationTarget {
+            migration_id,
+            source_propolis_id: source_id,
+            source_address: source.server.local_addr(),
+        }),
+        ..body.clone()
+    };
+    target
+        .client
+        .vmm_register(&target_id, &target_body)
+        .await
+        .unwrap();
+    put(
+        &source.client,
+        source_id,
+        VmmStateRequested::MigrateOut {
+            migration_id,
+            target_propolis_id: target_id,
+            target_address: target.server.local_addr(),
+        },
+    )
+    .await;
+    target_id
 }
 
 async fn wait_for_migration_out(client: &Client, id: VmmUuid) -> MigrationState {
