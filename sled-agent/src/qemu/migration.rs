@@ -14,7 +14,7 @@
 //! that itself for a failed transfer; the VMM task does it for a completed transfer whose
 //! target could not take over), so the instance keeps running where it was.
 
-use super::vmm::{Qmp, qmp_error};
+use super::vmm::Qmp;
 use crate::vmm_runtime::Command;
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_sled_agent_api::{MigrationInStep, MigrationPhase};
@@ -64,15 +64,16 @@ impl OutboundMigration {
         let address = reply.ok_or_else(|| {
             "the target VMM gave no address to send to (is it a QEMU VMM?)".to_string()
         })?;
+        let send = qmp::migrate {
+            uri: Some(format!("tcp:{address}")),
+            channels: None,
+            detach: None,
+            resume: None,
+        };
         self.qmp
-            .execute(qmp::migrate {
-                uri: Some(format!("tcp:{address}")),
-                channels: None,
-                detach: None,
-                resume: None,
-            })
+            .call(send, "migrate")
             .await
-            .map_err(|e| qmp_error("migrate", e).to_string())?;
+            .map_err(|e| e.to_string())?;
         let transfer = self.wait_for_transfer().await?;
         self.push(MigrationPhase::Finish).await?;
         info!(self.log, "migration completed";
@@ -105,9 +106,9 @@ impl OutboundMigration {
             tokio::time::sleep(POLL_INTERVAL).await;
             let info = self
                 .qmp
-                .execute(qmp::query_migrate {})
+                .call(qmp::query_migrate {}, "report the migration")
                 .await
-                .map_err(|e| qmp_error("report the migration", e).to_string())?;
+                .map_err(|e| e.to_string())?;
             match info.status {
                 Some(qmp::MigrationStatus::completed) => {
                     return Ok(Transfer {
@@ -122,7 +123,7 @@ impl OutboundMigration {
                     ));
                 }
                 _ if tokio::time::Instant::now() > deadline => {
-                    let _ = self.qmp.execute(qmp::migrate_cancel {}).await;
+                    let _ = self.qmp.call(qmp::migrate_cancel {}, "cancel").await;
                     return Err("the transfer did not complete in time; cancelled".into());
                 }
                 _ => {}

@@ -53,13 +53,32 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// says it has sent everything.
 const INCOMING_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A QMP connection, shared by the VMM's task and its outbound migration.
-pub(crate) type Qmp =
-    qapi::futures::QapiService<qapi::futures::QmpStreamTokio<WriteHalf<UnixStream>>>;
+/// How long a QMP command may take before QEMU counts as hung.
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// QMP errors as the sled agent's errors: the VMM could not do what was asked.
-pub(crate) fn qmp_error(what: &str, e: qapi::ExecuteError) -> Error {
-    Error::unavailable(format!("QEMU refused to {what}: {e}"))
+/// A QMP connection, shared by the VMM's task and its outbound migration.
+pub(crate) struct Qmp(
+    qapi::futures::QapiService<qapi::futures::QmpStreamTokio<WriteHalf<UnixStream>>>,
+);
+
+impl Qmp {
+    /// Runs one QMP command; `what` says what it is for, in errors ("run the guest"). A QEMU
+    /// that does not answer within [`QMP_TIMEOUT`] is an error too, so a hung QEMU never
+    /// blocks the VMM's task (which must still be able to kill it).
+    pub(crate) async fn call<C: qmp::QmpCommand>(
+        &self,
+        command: C,
+        what: &str,
+    ) -> Result<C::Ok, Error> {
+        match tokio::time::timeout(QMP_TIMEOUT, self.0.execute(command)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(Error::unavailable(format!("QEMU refused to {what}: {e}"))),
+            Err(_) => Err(Error::unavailable(format!(
+                "QEMU did not answer in {} s when asked to {what}",
+                QMP_TIMEOUT.as_secs()
+            ))),
+        }
+    }
 }
 
 /// A launched QEMU VMM, before its task runs.
@@ -282,7 +301,7 @@ impl QemuVmm {
             }
         });
         pump_console(console_socket, Arc::clone(&self.console), self.log.clone());
-        Ok((Arc::new(service), receiver))
+        Ok((Arc::new(Qmp(service)), receiver))
     }
 
     fn conflict(&self, what: &str, why: &str) -> Error {
@@ -328,9 +347,7 @@ impl QemuVmm {
                 )),
                 Creating => {
                     self.runtime.set_state(Starting);
-                    qmp.execute(qmp::cont {})
-                        .await
-                        .map_err(|e| qmp_error("run the guest", e))?;
+                    qmp.call(qmp::cont {}, "run the guest").await?;
                     self.runtime.set_state(Running);
                     Ok(())
                 }
@@ -354,7 +371,7 @@ impl QemuVmm {
                     self.runtime.set_state(Stopping);
                     self.exit_expected = true;
                     self.hard_stop_at = Some(Instant::now() + self.stop_timeout);
-                    if let Err(e) = qmp.execute(qmp::system_powerdown {}).await {
+                    if let Err(e) = qmp.call(qmp::system_powerdown {}, "power off").await {
                         warn!(self.log, "ACPI powerdown failed; ending QEMU"; "error" => %e);
                         self.end_now("ACPI powerdown failed");
                     }
@@ -365,11 +382,9 @@ impl QemuVmm {
                 Rebooting => Ok(()),
                 Running => {
                     self.runtime.set_state(Rebooting);
-                    let reset = qmp.execute(qmp::system_reset {}).await;
+                    let reset = qmp.call(qmp::system_reset {}, "reset the guest").await;
                     self.runtime.set_state(Running);
-                    reset
-                        .map(|_| ())
-                        .map_err(|e| qmp_error("reset the guest", e))
+                    reset.map(|_| ())
                 }
                 _ => Err(self.conflict("reboot", "only a running VMM can reboot")),
             },
@@ -426,7 +441,7 @@ impl QemuVmm {
                     "migration_id" => %migration_id, "reason" => %reason);
                 // QEMU resumes a guest whose migration failed; one whose migration completed
                 // but whose target then could not take over is paused and resumed here.
-                if let Err(e) = qmp.execute(qmp::cont {}).await {
+                if let Err(e) = qmp.call(qmp::cont {}, "resume the guest").await {
                     warn!(self.log, "resuming the guest after the failed migration"; "error" => %e);
                 }
                 self.runtime
@@ -480,9 +495,7 @@ impl QemuVmm {
                         )));
                     }
                     wait_for_incoming(qmp).await?;
-                    qmp.execute(qmp::cont {})
-                        .await
-                        .map_err(|e| qmp_error("resume the migrated guest", e))?;
+                    qmp.call(qmp::cont {}, "resume the migrated guest").await?;
                     info!(self.log, "migrated in; the guest runs here now";
                         "migration_id" => %step.migration_id);
                     self.runtime.set_migration_in(MigrationState::Completed);
@@ -505,13 +518,12 @@ impl QemuVmm {
             .map_err(|e| Error::unavailable(format!("finding a free migration port: {e}")))?
             .port();
         let address = SocketAddr::new(self.listen_ip, port);
-        qmp.execute(qmp::migrate_incoming {
+        let listen = qmp::migrate_incoming {
             uri: Some(format!("tcp:{address}")),
             channels: None,
             exit_on_error: None,
-        })
-        .await
-        .map_err(|e| qmp_error("listen for the migration", e))?;
+        };
+        qmp.call(listen, "listen for the migration").await?;
         info!(self.log, "listening for the incoming migration"; "address" => %address);
         Ok(address)
     }
@@ -634,9 +646,8 @@ async fn wait_for_incoming(qmp: &Arc<Qmp>) -> Result<(), Error> {
     let deadline = Instant::now() + INCOMING_COMPLETION_TIMEOUT;
     loop {
         let info = qmp
-            .execute(qmp::query_migrate {})
-            .await
-            .map_err(|e| qmp_error("report the incoming migration", e))?;
+            .call(qmp::query_migrate {}, "report the incoming migration")
+            .await?;
         match info.status {
             Some(qmp::MigrationStatus::completed) => return Ok(()),
             Some(qmp::MigrationStatus::failed | qmp::MigrationStatus::cancelled) => {

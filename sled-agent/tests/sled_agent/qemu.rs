@@ -221,6 +221,10 @@ async fn a_qemu_vmm_boots_reboots_and_stops_for_real() {
     wait_for_state_within(&sled.client, id, VmmState::Destroyed, BOOT_TIMEOUT).await;
     assert!(!runs(pid), "the QEMU process is gone");
     assert!(!vmm_dir(&sled.config, id).exists(), "its files are gone");
+    eventually("Nexus hears that it is destroyed", || {
+        nexus.final_report(id).is_some()
+    })
+    .await;
     let last = nexus.final_report(id).unwrap();
     assert_eq!(last.state.vmm_state.state, VmmState::Destroyed);
     assert_eq!(
