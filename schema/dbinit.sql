@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS sled (
     -- with a conditional UPDATE, which is what stops racing reservations over-committing.
     reserved_hardware_threads INT8 NOT NULL CHECK (reserved_hardware_threads >= 0),
     reserved_physical_ram INT8 NOT NULL CHECK (reserved_physical_ram >= 0),
+    -- When an operator declared the sled gone for good (expunged): placement never picks it
+    -- again, its registrations are refused, and its VMMs were failed and retired. NULL: in
+    -- service.
+    time_expunged TIMESTAMPTZ,
     CONSTRAINT reservations_within_capacity CHECK (
         reserved_hardware_threads <= usable_hardware_threads
         AND reserved_physical_ram <= usable_physical_ram
@@ -178,5 +182,5 @@ CREATE TABLE IF NOT EXISTS saga_node_event (
 );
 
 INSERT INTO db_metadata (singleton, version, time_created, time_modified)
-    VALUES (TRUE, '1.0.0', now(), now())
+    VALUES (TRUE, '1.1.0', now(), now())
     ON CONFLICT (singleton) DO NOTHING;

@@ -34,6 +34,7 @@ diesel::table! {
         usable_physical_ram -> Int8,
         reserved_hardware_threads -> Int8,
         reserved_physical_ram -> Int8,
+        time_expunged -> Nullable<Timestamptz>,
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Sled {
     pub usable_physical_ram: DbByteCount,
     pub reserved_hardware_threads: i64,
     pub reserved_physical_ram: DbByteCount,
+    /// When an operator declared the sled gone for good; `None` while it is in service.
+    pub time_expunged: Option<DateTime<Utc>>,
 }
 
 /// An amount of a sled's resources: what a sled offers, or what one VMM needs.
@@ -54,11 +56,17 @@ impl Sled {
             usable_physical_ram: capacity.physical_ram.into(),
             reserved_hardware_threads: 0,
             reserved_physical_ram: ByteCount::try_from(0u64).expect("zero fits").into(),
+            time_expunged: None,
         }
     }
 
     pub fn id(&self) -> SledUuid {
         self.id.0
+    }
+
+    /// Whether an operator declared the sled gone (placement skips it; it may not register).
+    pub fn is_expunged(&self) -> bool {
+        self.time_expunged.is_some()
     }
 
     /// The sled agent's address. The port column is range-checked in SQL.

@@ -123,10 +123,20 @@ fn sled_view(sled: halyard_db_model::Sled) -> Sled {
         },
         rack_id: uuid::Uuid::nil(),
         slot: None,
-        policy: SledPolicy::InService {
-            provision_policy: SledProvisionPolicy::Provisionable,
+        // Expunged: out of service for good; decommissioned once nothing is reserved there
+        // any more (its VMMs retired).
+        policy: if sled.is_expunged() {
+            SledPolicy::Expunged
+        } else {
+            SledPolicy::InService {
+                provision_policy: SledProvisionPolicy::Provisionable,
+            }
         },
-        state: SledState::Active,
+        state: if sled.is_expunged() && sled.reserved_hardware_threads == 0 {
+            SledState::Decommissioned
+        } else {
+            SledState::Active
+        },
         usable_hardware_threads: u32::try_from(sled.usable_hardware_threads).unwrap_or(u32::MAX),
         usable_physical_ram: sled.usable_physical_ram.0,
     }

@@ -1,11 +1,13 @@
-//! Nexus's implementation of the internal API that sled agents call.
+//! Nexus's implementation of the internal API that sled agents (and omdb) call.
 
 use crate::app::Nexus;
 use dropshot::{
     HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody,
 };
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
-use halyard_nexus_internal_api::{NexusInternalApi, SagaInMemory, SledPathParam, VmmPathParam};
+use halyard_nexus_internal_api::{
+    NexusInternalApi, SagaInMemory, SledExpunged, SledPathParam, VmmPathParam,
+};
 use std::sync::Arc;
 
 pub enum NexusInternalImpl {}
@@ -41,5 +43,15 @@ impl NexusInternalApi for NexusInternalImpl {
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<Vec<SagaInMemory>>, HttpError> {
         Ok(HttpResponseOk(rqctx.context().sagas_in_memory().await))
+    }
+
+    async fn sled_expunge(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<SledPathParam>,
+    ) -> Result<HttpResponseOk<SledExpunged>, HttpError> {
+        let nexus = rqctx.context();
+        Ok(HttpResponseOk(
+            nexus.sled_expunge(path.into_inner().sled_id).await?,
+        ))
     }
 }

@@ -8,6 +8,7 @@ progenitor::generate_api!(
     replace = {
         ByteCount = halyard_common::ByteCount,
         Generation = halyard_common::Generation,
+        InstanceUuid = halyard_common::ids::InstanceUuid,
         MigrationRuntimeState = halyard_common::internal_api::MigrationRuntimeState,
         MigrationState = halyard_common::MigrationState,
         MigrationUuid = halyard_common::ids::MigrationUuid,

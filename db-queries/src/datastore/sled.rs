@@ -7,6 +7,11 @@
 //! condition against the first's result: a sled is never over-committed, whether the database
 //! runs READ COMMITTED (PostgreSQL) or SERIALIZABLE (CockroachDB). A CHECK constraint on the
 //! sled row backs this up.
+//!
+//! An expunged sled (`time_expunged` set: an operator declared it gone) is never picked: the
+//! claim's `UPDATE` requires `time_expunged IS NULL`, and since expunging writes the same row,
+//! a reservation and an expunge are ordered by the database too: a reservation either
+//! committed before the expunge (and the expunge's sweep sees it) or finds the sled expunged.
 
 use super::DataStore;
 use crate::error::{TxnError, public_error_from_diesel};
@@ -67,10 +72,11 @@ impl<E: Into<TxnError>> From<E> for AttemptFailed {
 impl DataStore {
     /// Records a sled agent's registration: a new sled, or a known one's new address,
     /// backend and capacity (its reservations are kept). Refuses, with `Conflict`, a capacity
-    /// below what is already reserved on the sled.
+    /// below what is already reserved on the sled, and any registration of an expunged sled
+    /// (a sled declared gone stays gone).
     pub async fn sled_upsert(&self, new: Sled) -> Result<Sled, Error> {
         let conn = &mut *self.connection().await?;
-        diesel::insert_into(sled::table)
+        let upsert = diesel::insert_into(sled::table)
             .values(&new)
             .on_conflict(sled::id)
             .do_update()
@@ -82,20 +88,56 @@ impl DataStore {
                 sled::backend.eq(excluded(sled::backend)),
                 sled::usable_hardware_threads.eq(excluded(sled::usable_hardware_threads)),
                 sled::usable_physical_ram.eq(excluded(sled::usable_physical_ram)),
-            ))
+            ));
+        // `ON CONFLICT ... DO UPDATE ... WHERE`: an expunged sled's row is not updated.
+        let upserted =
+            diesel::query_dsl::methods::FilterDsl::filter(upsert, sled::time_expunged.is_null())
+                .returning(Sled::as_returning())
+                .get_result(conn)
+                .await
+                .optional()
+                .map_err(|e| match e {
+                    DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, _) => {
+                        Error::conflict(format!(
+                            "sled {} reports less capacity than its VMMs already hold; \
+                         stop or migrate instances off it first",
+                            new.id()
+                        ))
+                    }
+                    e => public_error_from_diesel(e),
+                })?;
+        match upserted {
+            Some(sled) => Ok(sled),
+            // The row exists and the update's condition refused it: the sled is expunged.
+            None => {
+                let expunged = sled_fetch(conn, new.id())
+                    .await
+                    .map_err(TxnError::into_public)?;
+                Err(expunged_error(&expunged))
+            }
+        }
+    }
+
+    /// Marks a sled expunged: an operator's verdict that it is gone for good. From then on
+    /// placement never picks it and its registrations are refused. Idempotent: a sled already
+    /// expunged keeps its first `time_expunged`. Returns the sled; `ObjectNotFound` for an
+    /// unknown one. Its VMMs are the caller's to retire (`vmm_retire_lost`).
+    pub async fn sled_expunge(&self, id: SledUuid) -> Result<Sled, Error> {
+        let conn = &mut *self.connection().await?;
+        let now = Utc::now();
+        let updated: Option<Sled> = diesel::update(sled::table)
+            .filter(sled::id.eq(DbTypedUuid(id)))
+            .filter(sled::time_expunged.is_null())
+            .set((sled::time_expunged.eq(now), sled::time_modified.eq(now)))
             .returning(Sled::as_returning())
             .get_result(conn)
             .await
-            .map_err(|e| match e {
-                DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, _) => {
-                    Error::conflict(format!(
-                        "sled {} reports less capacity than its VMMs already hold; \
-                         stop or migrate instances off it first",
-                        new.id()
-                    ))
-                }
-                e => public_error_from_diesel(e),
-            })
+            .optional()
+            .map_err(public_error_from_diesel)?;
+        match updated {
+            Some(sled) => Ok(sled),
+            None => sled_fetch(conn, id).await.map_err(TxnError::into_public),
+        }
     }
 
     pub async fn sled_fetch(&self, id: SledUuid) -> Result<Sled, Error> {
@@ -241,6 +283,7 @@ async fn reserve_once(
 
     let claim = diesel::update(sled::table)
         .filter(has_room)
+        .filter(sled::time_expunged.is_null())
         .set((
             sled::reserved_hardware_threads.eq(sled::reserved_hardware_threads + threads),
             sled::reserved_physical_ram.eq(sled::reserved_physical_ram + ram),
@@ -260,6 +303,7 @@ async fn reserve_once(
             let excluded = DbTypedUuid(choice.excluded());
             let mut pick = candidate
                 .filter(candidate.field(sled::id).ne(excluded))
+                .filter(candidate.field(sled::time_expunged).is_null())
                 .filter(
                     (candidate.field(sled::usable_hardware_threads)
                         - candidate.field(sled::reserved_hardware_threads))
@@ -338,6 +382,9 @@ async fn no_room(
     match choice {
         SledChoice::Specific(sled_id) => match sled_fetch(conn, sled_id).await {
             Err(e) => AttemptFailed::Final(e),
+            Ok(found) if found.is_expunged() => {
+                AttemptFailed::Final(TxnError::Public(expunged_error(&found)))
+            }
             Ok(found) => {
                 let free_threads = found.usable_hardware_threads - found.reserved_hardware_threads;
                 let free_ram =
@@ -358,6 +405,7 @@ async fn no_room(
             let candidate = diesel::alias!(sled as candidate);
             let mut fits = candidate
                 .filter(candidate.field(sled::id).ne(DbTypedUuid(choice.excluded())))
+                .filter(candidate.field(sled::time_expunged).is_null())
                 .filter(
                     (candidate.field(sled::usable_hardware_threads)
                         - candidate.field(sled::reserved_hardware_threads))
@@ -396,6 +444,20 @@ async fn no_room(
             }
         }
     }
+}
+
+/// Why nothing may be placed on, or registered as, an expunged sled.
+fn expunged_error(sled: &Sled) -> Error {
+    let when = sled
+        .time_expunged
+        .map(|t| format!(" at {}", t.to_rfc3339()))
+        .unwrap_or_default();
+    Error::conflict(format!(
+        "sled {} was expunged{when}: an operator declared it gone for good, so nothing runs \
+         on it and it may not register again; choose another sled (a reinstalled sled \
+         registers under a new id)",
+        sled.id()
+    ))
 }
 
 pub(crate) async fn sled_fetch(

@@ -213,6 +213,97 @@ impl DataStore {
     }
 }
 
+impl DataStore {
+    /// Retires a VMM whose sled is gone (expunged): as `vmm_retire(id, Failed)` (its instance,
+    /// if this was its active VMM, becomes failed; a migration target orphaned by it is the
+    /// caller's to retire), and in the same transaction each unfinished migration it takes
+    /// part in is marked failed on its side (generation bumped), since that side will never
+    /// report again. Idempotent.
+    pub async fn vmm_retire_lost(&self, id: VmmUuid) -> Result<RetireOutcome, Error> {
+        self.retry_conflicts(|| async move {
+            let conn = &mut *self.connection().await?;
+            conn.transaction(async |conn| {
+                fail_unfinished_migration_sides(conn, id).await?;
+                retire(conn, id, VmmState::Failed).await
+            })
+            .await
+        })
+        .await
+    }
+}
+
+impl DataStore {
+    /// Live VMMs on other sleds that are migration targets whose source VMM ran on `sled_id`
+    /// and that did not become their instance's active VMM: a migration out of that sled
+    /// that can no longer finish (the sled is gone) left them behind.
+    pub async fn vmm_list_orphaned_targets_from(
+        &self,
+        sled_id: SledUuid,
+    ) -> Result<Vec<Vmm>, Error> {
+        let conn = &mut *self.connection().await?;
+        let (source, target) = diesel::alias!(vmm as source, vmm as target);
+        let ids = migration::table
+            .inner_join(source.on(source.field(vmm::id).eq(migration::source_propolis_id)))
+            .inner_join(target.on(target.field(vmm::id).eq(migration::target_propolis_id)))
+            .filter(source.field(vmm::sled_id).eq(DbTypedUuid(sled_id)))
+            .filter(target.field(vmm::sled_id).ne(DbTypedUuid(sled_id)))
+            .filter(target.field(vmm::time_deleted).is_null())
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                instance::table
+                    .filter(instance::active_propolis_id.eq(target.field(vmm::id).nullable())),
+            )))
+            .select(target.field(vmm::id))
+            .distinct()
+            .load::<DbTypedUuid<VmmKind>>(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        vmm::table
+            .filter(vmm::id.eq_any(ids))
+            .order((vmm::time_created.asc(), vmm::id.asc()))
+            .select(Vmm::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+}
+
+/// Marks VMM `id`'s side of every unfinished migration (neither side terminal) failed.
+async fn fail_unfinished_migration_sides(
+    conn: &mut AsyncPgConnection,
+    id: VmmUuid,
+) -> Result<(), TxnError> {
+    let vmm_id = DbTypedUuid(id);
+    let terminal: Vec<DbEnum<MigrationState>> = [MigrationState::Completed, MigrationState::Failed]
+        .into_iter()
+        .map(DbEnum)
+        .collect();
+    let unfinished = || {
+        migration::table
+            .filter(migration::time_deleted.is_null())
+            .filter(migration::source_state.ne_all(terminal.clone()))
+            .filter(migration::target_state.ne_all(terminal.clone()))
+    };
+    let now = Utc::now();
+    let failed = DbEnum(MigrationState::Failed);
+    diesel::update(unfinished().filter(migration::source_propolis_id.eq(vmm_id)))
+        .set((
+            migration::source_state.eq(failed),
+            migration::source_generation.eq(migration::source_generation + 1),
+            migration::time_source_updated.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    diesel::update(unfinished().filter(migration::target_propolis_id.eq(vmm_id)))
+        .set((
+            migration::target_state.eq(failed),
+            migration::target_generation.eq(migration::target_generation + 1),
+            migration::time_target_updated.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub(crate) async fn retire(
     conn: &mut AsyncPgConnection,
     id: VmmUuid,

@@ -330,3 +330,94 @@ async fn placement_prefers_qemu_sleds_and_migrates_only_between_sleds_of_one_kin
     );
     assert_books_balance(&h);
 }
+
+#[tokio::test]
+async fn an_expunged_sled_is_never_picked_nor_registered_again() {
+    let h = Harness::new();
+    let gone = h.sled(16, 16).await;
+    let other = h.sled(16, 16).await;
+
+    let expunged = h.datastore.sled_expunge(gone.id()).await.unwrap();
+    assert!(expunged.is_expunged());
+    // Idempotent: a repeat keeps the first time.
+    let again = h.datastore.sled_expunge(gone.id()).await.unwrap();
+    assert_eq!(again.time_expunged, expunged.time_expunged);
+    let unknown = h.datastore.sled_expunge(SledUuid::new_v4()).await;
+    assert!(
+        matches!(unknown, Err(Error::ObjectNotFound { .. })),
+        "{unknown:?}"
+    );
+
+    // Placement skips it, though it has all its room free.
+    for _ in 0..20 {
+        let reservation = h
+            .datastore
+            .sled_reserve(
+                VmmUuid::new_v4(),
+                InstanceUuid::new_v4(),
+                SledChoice::Any,
+                one_vmm(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reservation.sled_id(), other.id());
+        h.datastore
+            .sled_reservation_release(reservation.vmm_id())
+            .await
+            .unwrap();
+    }
+    let named = h
+        .datastore
+        .sled_reserve(
+            VmmUuid::new_v4(),
+            InstanceUuid::new_v4(),
+            SledChoice::Specific(gone.id()),
+            one_vmm(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(named, Error::Conflict { .. }), "{named:?}");
+    assert!(named.to_string().contains("expunged"), "{named}");
+    // With the only other sled full, there is no room anywhere.
+    let full = h
+        .datastore
+        .sled_reserve(
+            VmmUuid::new_v4(),
+            InstanceUuid::new_v4(),
+            SledChoice::Any,
+            SledResources {
+                hardware_threads: 16,
+                physical_ram: ByteCount::from_gibibytes_u32(16),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(full.sled_id(), other.id());
+    let none = h
+        .datastore
+        .sled_reserve(
+            VmmUuid::new_v4(),
+            InstanceUuid::new_v4(),
+            SledChoice::Any,
+            one_vmm(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(none, Error::InsufficientCapacity { .. }),
+        "{none:?}"
+    );
+
+    // Its registration is refused, and changes nothing.
+    let mut registration = gone.clone();
+    registration.port = 40000;
+    let refused = h.datastore.sled_upsert(registration).await.unwrap_err();
+    assert!(matches!(refused, Error::Conflict { .. }), "{refused:?}");
+    assert!(refused.to_string().contains("expunged"), "{refused}");
+    assert_eq!(
+        h.datastore.sled_fetch(gone.id()).await.unwrap(),
+        again,
+        "a refused registration changed the sled"
+    );
+    assert_books_balance(&h);
+}

@@ -10,7 +10,9 @@
 //!   another sled);
 //! - a sled whose reserved totals differ from the sum of its reservations, or exceed its
 //!   capacity;
-//! - a sled agent that cannot be reached (its VMMs are then not compared).
+//! - a sled agent that cannot be reached (its VMMs are then not compared);
+//! - a live VMM on an expunged sled (expunging retires them all). An expunged sled's agent is
+//!   not asked: the sled is gone.
 //!
 //! The database is read first, then the sled agents, so work in flight (a saga between two
 //! steps, a report on its way) can show up as a passing disagreement: run it again to
@@ -70,7 +72,7 @@ pub async fn cmd_check(db: &Db, json: bool) -> anyhow::Result<Outcome> {
 
     // Ask every sled agent at once.
     let mut asks = tokio::task::JoinSet::new();
-    for sled in &sleds {
+    for sled in sleds.iter().filter(|s| !s.is_expunged()) {
         let (id, address) = (sled.id(), sled.address());
         asks.spawn(async move { (id, list_vmms(address).await) });
     }
@@ -98,6 +100,24 @@ pub async fn cmd_check(db: &Db, json: bool) -> anyhow::Result<Outcome> {
     // registered with its sled agent yet (its start or migrate saga does that next), so its
     // absence is expected.
     for vmm in live.values() {
+        if sled_by_id
+            .get(&vmm.sled_id())
+            .is_some_and(|sled| sled.is_expunged())
+        {
+            found.push(Disagreement {
+                kind: "vmm-on-expunged-sled",
+                id: vmm.id().to_string(),
+                sled: Some(vmm.sled_id()),
+                detail: format!(
+                    "the database holds this VMM of instance {:?} live ({}) on {}, which was \
+                     expunged; expunging it again retires it",
+                    instance_name(&instances, vmm.instance_id()),
+                    vmm.state(),
+                    sled_text(vmm.sled_id())
+                ),
+            });
+            continue;
+        }
         let Some(on_sled) = listed.get(&vmm.sled_id()) else {
             continue; // unreachable (reported above) or not a registered sled
         };

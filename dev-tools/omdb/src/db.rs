@@ -66,7 +66,7 @@ enum DbCommand {
         #[arg(long)]
         include_deleted: bool,
     },
-    /// Sleds: capacity, what is reserved, how many live VMMs, when last seen.
+    /// Sleds: capacity, what is reserved, how many live VMMs, when last seen, whether expunged.
     Sleds,
     /// Sled reservations: what each non-terminal VMM holds on its sled.
     Reservations,
@@ -649,6 +649,9 @@ struct SledRow {
     vmms: usize,
     #[tabled(display = "time")]
     last_seen: DateTime<Utc>,
+    /// When an operator declared the sled gone (`omdb nexus sled-expunge`); `-`: in service.
+    #[tabled(display = "opt_time")]
+    expunged: Option<DateTime<Utc>>,
 }
 
 async fn cmd_sleds(db: &Db, json: bool) -> anyhow::Result<()> {
@@ -670,6 +673,7 @@ async fn cmd_sleds(db: &Db, json: bool) -> anyhow::Result<()> {
             reserved_ram: s.reserved_physical_ram.0,
             vmms: vmms.iter().filter(|v| v.sled_id() == s.id()).count(),
             last_seen: s.time_last_seen,
+            expunged: s.time_expunged,
         })
         .collect();
     print_rows(&rows, json, "no sleds (no sled agent has registered)")

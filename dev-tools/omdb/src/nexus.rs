@@ -1,11 +1,13 @@
-//! `omdb nexus ...`: what the running Nexus holds in memory, over its internal API.
+//! `omdb nexus ...`: what the running Nexus holds in memory, over its internal API; and the
+//! one thing omdb changes, through Nexus: `sled-expunge`, the operator's verdict that a sled
+//! is gone for good.
 
 use crate::Outcome;
-use crate::output::{print_json, print_rows};
+use crate::output::{print_json, print_rows, time};
 use crate::sled_agent::client_error;
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use halyard_common::ids::SagaUuid;
+use halyard_common::ids::{SagaUuid, SledUuid};
 use serde::Serialize;
 use std::time::Duration;
 use tabled::Tabled;
@@ -31,6 +33,16 @@ enum NexusCommand {
         /// Also print the executor's own rendering of each saga's nodes.
         #[arg(long, short)]
         verbose: bool,
+    },
+    /// Declares a sled gone for good (expunged): IRREVERSIBLE. Its VMMs are marked failed and
+    /// their reservations released (their instances fail and can be started again
+    /// elsewhere), a migration into or out of it fails, placement never picks it again and
+    /// its sled agent may not register again. For a sled that stopped answering and will not
+    /// come back; a sled agent that is only unreachable for a while needs nothing (its VMMs
+    /// keep their reservations until it answers). Repeating it is harmless.
+    SledExpunge {
+        /// The sled (`omdb db sleds` lists them).
+        sled_id: SledUuid,
     },
 }
 
@@ -85,6 +97,45 @@ pub async fn run(args: &NexusArgs, json: bool) -> anyhow::Result<Outcome> {
                 print_rows(&rows, false, "no sagas in memory")?;
             }
         }
+        NexusCommand::SledExpunge { sled_id } => {
+            let expunged = client
+                .sled_expunge(sled_id)
+                .await
+                .map_err(|e| anyhow!("{}", client_error("Nexus", &url, &e)))?
+                .into_inner();
+            if json {
+                print_json(&expunged)?;
+            } else {
+                println!(
+                    "sled {} expunged at {}",
+                    expunged.sled_id,
+                    time(&expunged.time_expunged)
+                );
+                println!(
+                    "VMMs failed and retired: {}",
+                    id_list(&expunged.vmms_failed)
+                );
+                println!(
+                    "instances failed (start them again to run them elsewhere): {}",
+                    id_list(&expunged.instances_failed)
+                );
+                println!(
+                    "migration targets retired with their source: {}",
+                    id_list(&expunged.migration_targets_retired)
+                );
+            }
+        }
     }
     Ok(Outcome::Ok)
+}
+
+/// Ids separated by commas, or `none`.
+fn id_list<T: std::fmt::Display>(ids: &[T]) -> String {
+    if ids.is_empty() {
+        return "none".to_string();
+    }
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -1,11 +1,14 @@
-//! Nexus's internal HTTP API: what sled agents call on Nexus. A dropshot trait apart from its
-//! implementation (in Nexus, and in the sled agent's tests a recording stand-in);
-//! `openapi/nexus-internal.json` is generated from it and `nexus-client` from that.
+//! Nexus's internal HTTP API: what sled agents call on Nexus, and what operators' tools
+//! (omdb) ask of it. A dropshot trait apart from its implementation (in Nexus, and in the sled
+//! agent's tests a recording stand-in); `openapi/nexus-internal.json` is generated from it and
+//! `nexus-client` from that.
 
+use chrono::{DateTime, Utc};
 use dropshot::{
-    HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody,
+    ErrorStatusCode, HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext,
+    TypedBody,
 };
-use halyard_common::ids::{SagaUuid, SledUuid, VmmUuid};
+use halyard_common::ids::{InstanceUuid, SagaUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -37,6 +40,44 @@ pub trait NexusInternalApi {
     async fn saga_list(
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<Vec<SagaInMemory>>, HttpError>;
+
+    /// Declares a sled gone for good (expunged), for operators (`omdb nexus sled-expunge`).
+    ///
+    /// For a sled whose agent stopped answering and will not come back. Irreversible:
+    /// placement never picks the sled again and its registrations are refused (409). Every
+    /// live VMM on it is marked failed and retired (its reservation released), so an instance
+    /// that ran there is failed and can be started again elsewhere; a migration into or out of
+    /// it fails. Idempotent: a repeat changes nothing more. An unknown sled is a 404.
+    #[endpoint { method = POST, path = "/sleds/{sled_id}/expunge" }]
+    async fn sled_expunge(
+        _rqctx: RequestContext<Self::Context>,
+        _path: Path<SledPathParam>,
+    ) -> Result<HttpResponseOk<SledExpunged>, HttpError> {
+        // For implementations that only stand in for Nexus's sled-agent-facing side.
+        Err(HttpError {
+            status_code: ErrorStatusCode::NOT_IMPLEMENTED,
+            error_code: Some("NotImplemented".to_string()),
+            external_message: "this server does not expunge sleds".to_string(),
+            internal_message: "this server does not expunge sleds".to_string(),
+            headers: None,
+        })
+    }
+}
+
+/// What expunging a sled did.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct SledExpunged {
+    pub sled_id: SledUuid,
+    /// When the sled was expunged: by the first request; a repeat returns the same time.
+    pub time_expunged: DateTime<Utc>,
+    /// The VMMs on the sled that this request marked failed and retired (on a repeat,
+    /// usually none).
+    pub vmms_failed: Vec<VmmUuid>,
+    /// The instances whose active VMM that was: they are failed now (and can be started
+    /// again, on another sled).
+    pub instances_failed: Vec<InstanceUuid>,
+    /// Migration targets elsewhere whose source was on the sled, retired with it.
+    pub migration_targets_retired: Vec<VmmUuid>,
 }
 
 /// A saga as this Nexus's saga executor holds it in memory (for operators: `omdb nexus sagas`).

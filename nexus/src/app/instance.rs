@@ -471,7 +471,8 @@ impl Nexus {
     }
 
     /// Records a sled agent's registration, then (in the background) reconciles what the
-    /// database and the sled agent each think runs there.
+    /// database and the sled agent each think runs there. An expunged sled's registration is
+    /// refused (409, logged): a sled declared gone stays gone.
     pub async fn sled_register(
         self: &Arc<Self>,
         id: SledUuid,
@@ -484,7 +485,11 @@ impl Nexus {
         let sled = self
             .datastore()
             .sled_upsert(Sled::new(id, info.address, info.backend, resources))
-            .await?;
+            .await
+            .inspect_err(|e| {
+                slog::warn!(self.log(), "sled registration refused";
+                    "sled_id" => %id, "address" => %info.address, "error" => %e);
+            })?;
         let nexus = Arc::clone(self);
         tokio::spawn(async move {
             if let Err(e) = nexus.reconcile_sled(id).await {
@@ -507,8 +512,8 @@ impl Nexus {
     /// - a VMM the sled agent runs that the database has retired is unregistered.
     ///
     /// A sled agent that stops answering is left alone: its VMMs may well still run, so they
-    /// keep their reservations until the sled agent answers again (or an operator retires the
-    /// sled, which Halyard cannot do yet).
+    /// keep their reservations until the sled agent answers again, or until an operator
+    /// declares the sled gone (`Nexus::sled_expunge`), which fails and retires them.
     pub async fn reconcile_sled(&self, sled_id: SledUuid) -> Result<(), Error> {
         let client = self.sled_client(sled_id).await?;
         let on_sled: std::collections::BTreeSet<VmmUuid> = client

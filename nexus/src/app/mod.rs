@@ -5,6 +5,7 @@ pub mod crash_point;
 pub mod instance;
 pub mod sagas;
 pub mod serial_console;
+pub mod sled;
 
 use halyard_common::Error;
 use halyard_common::ids::{GenericUuid, NexusUuid, SledUuid, VmmUuid};
@@ -196,12 +197,18 @@ impl Nexus {
 
     // Sled agents
 
-    /// A client for a sled's agent, at the address it last registered.
+    /// A client for a sled's agent, at the address it last registered. `Conflict` for an
+    /// expunged sled: nothing is asked of a sled declared gone.
     pub async fn sled_client(
         &self,
         sled_id: SledUuid,
     ) -> Result<halyard_sled_agent_client::Client, Error> {
         let sled = self.datastore.sled_fetch(sled_id).await?;
+        if sled.is_expunged() {
+            return Err(Error::conflict(format!(
+                "sled {sled_id} was expunged (declared gone for good); nothing runs there"
+            )));
+        }
         Ok(halyard_sled_agent_client::Client::new(&format!(
             "http://{}",
             sled.address()
@@ -221,8 +228,13 @@ impl Nexus {
         Ok(())
     }
 
-    /// Unregisters a VMM from its sled agent (idempotent there), retrying briefly.
+    /// Unregisters a VMM from its sled agent (idempotent there), retrying briefly. On an
+    /// expunged sled there is nothing to unregister: the sled is gone, and what it ran counts
+    /// for nothing.
     pub async fn unregister_vmm(&self, sled_id: SledUuid, vmm_id: VmmUuid) -> Result<(), Error> {
+        if self.datastore.sled_fetch(sled_id).await?.is_expunged() {
+            return Ok(());
+        }
         let client = self.sled_client(sled_id).await?;
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=4 {

@@ -8,7 +8,8 @@ use halyard_test_db::{PostgresCluster, TestDatabase, shared_cluster};
 /// 1. at most one active and one target VMM per instance, and the instance's pointers name
 ///    live VMMs;
 /// 2. reservations exist exactly for live non-terminal VMMs, and each sled's reserved totals
-///    equal the sum of its reservations and stay within its capacity;
+///    equal the sum of its reservations and stay within its capacity; on an expunged sled
+///    nothing is reserved and no VMM is live;
 /// 4. no saga is left unfinished (call this once the system is quiet);
 /// 6. what the sled agents run is exactly what the database considers live.
 pub fn invariant_violations(
@@ -63,6 +64,16 @@ pub fn invariant_violations_in(
         check(
             "SELECT id, name, saga_state FROM saga WHERE saga_state != 'done'",
             "saga left unfinished",
+        );
+        check(
+            "SELECT v.id, v.sled_id FROM vmm v JOIN sled s ON s.id = v.sled_id \
+             WHERE s.time_expunged IS NOT NULL AND v.time_deleted IS NULL",
+            "live VMM on an expunged sled",
+        );
+        check(
+            "SELECT r.vmm_id, r.sled_id FROM sled_reservation r JOIN sled s ON s.id = r.sled_id \
+             WHERE s.time_expunged IS NOT NULL",
+            "reservation on an expunged sled",
         );
         // What the sled agents run must be exactly the live VMMs in the database.
         let live: std::collections::BTreeSet<String> =

@@ -250,6 +250,8 @@ async fn malformed_requests_to_every_endpoint_get_4xx_and_change_nothing() {
             format!("/vmms/{unknown}"),
             "{\"vmm_state\": {\"state\": \"running\", \"generation\": 0, \"time_updated\": \"2026-01-01T00:00:00Z\"}}",
         ),
+        case(Internal, "POST", "/sleds/not-a-uuid/expunge", ""),
+        case(Internal, "POST", format!("/sleds/{unknown}/expunge"), ""), // unknown sled
     ];
     let mut wrong_type = case(External, "POST", "/v1/projects", "name=p");
     wrong_type.content_type = "application/x-www-form-urlencoded";

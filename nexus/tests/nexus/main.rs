@@ -12,3 +12,4 @@ mod races;
 mod saga_faults;
 mod saga_replay;
 mod serial_console;
+mod sled_expunge;

@@ -6,4 +6,5 @@ mod check;
 mod context;
 mod errors;
 mod output;
+mod sled_expunge;
 mod snapshot;

@@ -355,7 +355,7 @@ async fn output_of_every_command() {
 }
 
 /// The header line, then the other lines sorted.
-fn sorted_body(text: &str) -> String {
+pub(crate) fn sorted_body(text: &str) -> String {
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default().to_string();
     let mut body: Vec<&str> = lines.collect();

@@ -4,8 +4,8 @@
 
 use super::action_failed;
 use crate::app::{Nexus, sled_agent_error};
-use halyard_common::VmmState;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
+use halyard_common::{Error, VmmState};
 use halyard_db_model::{SledResources, Vmm};
 use halyard_db_queries::SledChoice;
 use halyard_sled_agent_api::{MigrationTarget, VmmRegisterBody};
@@ -41,7 +41,7 @@ pub(super) async fn unreserve(nexus: &Nexus, vmm_id: VmmUuid) -> Result<(), anyh
 }
 
 /// Records the VMM (state `creating`) at its sled agent's address: the sled agent serves its
-/// VMMs, so that is where Nexus reaches it.
+/// VMMs, so that is where Nexus reaches it. Refuses a sled expunged meanwhile.
 pub(super) async fn create_record(
     nexus: &Nexus,
     instance_id: InstanceUuid,
@@ -50,6 +50,13 @@ pub(super) async fn create_record(
 ) -> Result<(), ActionError> {
     let datastore = nexus.datastore();
     let sled = datastore.sled_fetch(sled_id).await.map_err(action_failed)?;
+    if sled.is_expunged() {
+        // Expunged after this saga reserved room there: give up the sled (the undo releases
+        // the reservation); a new start places the instance elsewhere.
+        return Err(action_failed(Error::conflict(format!(
+            "sled {sled_id} was expunged while the VMM was being placed there; retry"
+        ))));
+    }
     let vmm = Vmm::new(vmm_id, instance_id, sled_id, sled.address());
     datastore.vmm_insert(vmm).await.map_err(action_failed)?;
     Ok(())
