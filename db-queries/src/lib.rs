@@ -22,8 +22,8 @@ mod saga_store;
 mod schema_version;
 
 pub use datastore::{
-    DataStore, MigrationReport, PoolConfig, ReportApplied, RetireOutcome, SledChoice,
-    VmmStateReport,
+    DataStore, MigrationReport, PoolConfig, PoolStatistics, ReportApplied, RetireOutcome,
+    SledChoice, VmmStateReport,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
 pub use saga_store::{DbSecStore, saga_node_event_to_steno};

@@ -41,6 +41,23 @@ impl Default for PoolConfig {
     }
 }
 
+/// A snapshot of the connection pool's counters (see [`DataStore::pool_statistics`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatistics {
+    /// Connections open now.
+    pub connections: u32,
+    /// Of those, idle now.
+    pub idle_connections: u32,
+    /// Connections handed out (or refused) since the pool was made.
+    pub gets: u64,
+    /// Of those, how many waited for a connection to be free (or opened).
+    pub gets_waited: u64,
+    /// Of those, how many waited in vain (`ServiceUnavailable`).
+    pub gets_timed_out: u64,
+    /// The time all of them spent waiting.
+    pub wait_time: Duration,
+}
+
 /// The database, as Halyard uses it.
 #[derive(Clone)]
 pub struct DataStore {
@@ -98,6 +115,21 @@ impl DataStore {
 
     pub fn log(&self) -> &Logger {
         &self.log
+    }
+
+    /// What the connection pool has done so far (for benchmarks and operators): how many
+    /// connections were asked for, how many of those had to wait, and for how long in all.
+    pub fn pool_statistics(&self) -> PoolStatistics {
+        let state = self.pool.state();
+        let s = state.statistics;
+        PoolStatistics {
+            connections: state.connections,
+            idle_connections: state.idle_connections,
+            gets: s.get_direct + s.get_waited + s.get_timed_out,
+            gets_waited: s.get_waited,
+            gets_timed_out: s.get_timed_out,
+            wait_time: s.get_wait_time,
+        }
     }
 
     /// A connection from the pool.

@@ -11,10 +11,25 @@
 //! - live-migrates one running guest back and forth between the two sleds, timing each from
 //!   the migrate request until both sides report completion, and printing the guest's
 //!   downtime as QEMU measured it (read from the source sled agent's log record).
+//!
+//! `halyard-bench lifecycles` starts a PostgreSQL cluster of its own (the test clusters'
+//! settings), Nexus and K simulated sled agents with zero-delay VMMs in this process, then C
+//! clients do full instance lifecycles through the external API for a fixed time (create,
+//! start, wait until running, stop, wait until stopped, delete). It prints lifecycles/s, the
+//! latency of each operation, the database commits per lifecycle (`pg_stat_database`), the
+//! commit rate pgbench reaches with C clients on the same cluster right after, and the ratio
+//! of the two; then the invariant checker's verdict.
+//!
+//! `halyard-bench placement` does the same with a few clients at two scales, 10 sleds and
+//! then 1,000 (real sled agents, each its own HTTP server, all in this process), and prints
+//! the ratio of instance start latencies.
 
 use clap::Parser;
 
+mod lifecycles;
+mod placement;
 mod qemu;
+mod system;
 
 #[derive(Parser)]
 #[command(about = "Halyard benchmarks (they print figures; they are not tests)")]
@@ -22,11 +37,18 @@ enum Command {
     /// Real VMs: start-to-banner and stop-to-destroyed for N guests in parallel, and live
     /// migration total time and guest downtime.
     Qemu(qemu::QemuArgs),
+    /// Instance lifecycles per second with C clients and K simulated sleds, against the
+    /// commit rate pgbench reaches on the same PostgreSQL cluster.
+    Lifecycles(lifecycles::LifecyclesArgs),
+    /// Instance start latency with 10 sleds and with 1,000.
+    Placement(placement::PlacementArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Command::parse() {
         Command::Qemu(args) => qemu::run(args).await,
+        Command::Lifecycles(args) => lifecycles::run(args).await,
+        Command::Placement(args) => placement::run(args).await,
     }
 }

@@ -1,0 +1,434 @@
+//! `halyard-bench lifecycles`: instance lifecycles per second against the database's own
+//! commit rate (see the crate docs).
+
+use crate::system::{DATABASE, Driven, Figures, Lifecycle, Load, System, round};
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+pub struct LifecyclesArgs {
+    /// Concurrent clients (C), each doing lifecycles back to back.
+    #[arg(long, default_value_t = 64)]
+    pub clients: u32,
+    /// Simulated sled agents (K), each with zero-delay VMMs and room for C instances.
+    #[arg(long, default_value_t = 16)]
+    pub sleds: usize,
+    /// Measured time, after the warm-up.
+    #[arg(long, default_value_t = 30)]
+    pub duration_secs: u64,
+    /// Lifecycles run before measuring starts (connections, caches, the first sagas).
+    #[arg(long, default_value_t = 5)]
+    pub warmup_secs: u64,
+    /// How often a client waiting for running or stopped looks at the instance.
+    #[arg(long, default_value_t = 10)]
+    pub poll_ms: u64,
+    /// How long pgbench runs, with C clients, on the same cluster afterwards.
+    #[arg(long, default_value_t = 15)]
+    pub pgbench_secs: u64,
+    /// pgbench's workload (see `--help` of each value).
+    #[arg(long, value_enum, default_value_t = PgbenchWorkload::SingleUpdate)]
+    pub pgbench_workload: PgbenchWorkload,
+    /// Profile the measured window: load pg_stat_statements and print the N statements that
+    /// took the most database time, with calls per lifecycle, and where each saga spends its
+    /// time (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub profile: usize,
+    /// Print the results as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PgbenchWorkload {
+    /// One transaction = one `UPDATE` of a random row of pgbench_accounts (100,000 rows at
+    /// scale 1, so C clients seldom wait for each other's row locks): the cheapest write
+    /// transaction, so its rate bounds what any client of this cluster can commit.
+    SingleUpdate,
+    /// pgbench's built-in simple-update: the same update, a select and a history insert.
+    SimpleUpdate,
+    /// pgbench's default TPC-B-like transaction. At scale 1 every transaction updates the
+    /// one branch row, so C clients queue on its lock: a contention figure, not a commit
+    /// rate.
+    TpcbLike,
+}
+
+impl PgbenchWorkload {
+    fn describe(self) -> &'static str {
+        match self {
+            PgbenchWorkload::SingleUpdate => {
+                "single-row UPDATE of a random pgbench_accounts row per transaction (scale 1, \
+                 100,000 rows), prepared statements"
+            }
+            PgbenchWorkload::SimpleUpdate => {
+                "pgbench built-in simple-update (UPDATE + SELECT + INSERT), prepared statements"
+            }
+            PgbenchWorkload::TpcbLike => {
+                "pgbench built-in tpcb-like (scale 1: one branch row, contended), prepared \
+                 statements"
+            }
+        }
+    }
+}
+
+const SINGLE_UPDATE_SCRIPT: &str = "\\set aid random(1, 100000 * :scale)\n\
+     UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n";
+
+pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
+    if args.clients == 0 || args.sleds == 0 || args.duration_secs == 0 {
+        bail!("--clients, --sleds and --duration-secs must be at least 1");
+    }
+    let pgss = args.profile > 0;
+    let mut system = System::start(pgss).await?;
+    system.add_sleds(args.sleds, args.clients).await?;
+    let settings = system.settings()?;
+    if !args.json {
+        println!(
+            "lifecycles: C={} clients, K={} simulated sleds (zero-delay VMMs), {} s measured after \
+             {} s warm-up, clients poll every {} ms, {} host CPU(s)",
+            args.clients,
+            args.sleds,
+            args.duration_secs,
+            args.warmup_secs,
+            args.poll_ms,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        println!(
+            "PostgreSQL (one cluster for Halyard and pgbench): {}",
+            settings
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+
+    let load = Load::start(
+        &system.client,
+        args.clients,
+        "c",
+        Duration::from_millis(args.poll_ms),
+    );
+    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
+    if pgss {
+        system.sql("SELECT pg_stat_statements_reset()")?;
+    }
+    let before = system.counters()?;
+    let window_start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
+    let after = system.counters()?;
+    let window_end = Instant::now();
+    let statements = if pgss {
+        Some(system.sql(&format!(
+            "SELECT calls, round(total_exec_time::numeric, 1), \
+             regexp_replace(query, '\\s+', ' ', 'g') \
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+             WHERE d.datname = '{DATABASE}' ORDER BY total_exec_time DESC LIMIT {}",
+            args.profile
+        ))?)
+    } else {
+        None
+    };
+    let saga_steps = if pgss {
+        Some(system.sql(&saga_steps_query(&before.time, &after.time))?)
+    } else {
+        None
+    };
+    let Driven {
+        measured,
+        errors,
+        total_lifecycles,
+    } = load.finish(window_start, window_end).await?;
+    let window = window_end - window_start;
+
+    let violations = system.violations()?;
+
+    // The same cluster's commit rate, measured by pgbench with as many clients.
+    let pgbench = run_pgbench(
+        &system,
+        args.clients,
+        args.pgbench_secs,
+        args.pgbench_workload,
+    )
+    .context("running pgbench")?;
+    system.close().await?;
+
+    let n = measured.len();
+    let rate = n as f64 / window.as_secs_f64();
+    let per = |x: u64| if n == 0 { 0.0 } else { x as f64 / n as f64 };
+    let commits = after.commits - before.commits;
+    let writes = after.next_xid - before.next_xid;
+    let commits_per_lifecycle = per(commits);
+    let writes_per_lifecycle = per(writes);
+    let polls_per_lifecycle = per(measured.iter().map(|l| u64::from(l.polls)).sum());
+    let pool_gets = per(after.pool.gets - before.pool.gets);
+    let pool_waited = per(after.pool.gets_waited - before.pool.gets_waited);
+    let pool_wait_ms = if n == 0 {
+        0.0
+    } else {
+        (after.pool.wait_time - before.pool.wait_time).as_secs_f64() * 1000.0 / n as f64
+    };
+    let ratio = rate * commits_per_lifecycle / pgbench.tps;
+    let write_ratio = rate * writes_per_lifecycle / pgbench.tps;
+    let figures = |f: fn(&Lifecycle) -> Duration| Figures::of(measured.iter().map(f));
+    let ops: Vec<(&str, Figures)> = vec![
+        ("create", figures(|l| l.create)),
+        ("start", figures(|l| l.start)),
+        ("start-to-running", figures(|l| l.start_to_running)),
+        ("stop", figures(|l| l.stop)),
+        ("stop-to-stopped", figures(|l| l.stop_to_stopped)),
+        ("delete", figures(|l| l.delete)),
+        ("whole lifecycle", figures(|l| l.total)),
+    ];
+    let start_to_running_p99 = ops[2].1.p99;
+    let goals = [
+        ("lifecycles/s >= 100", rate >= 100.0),
+        (
+            "p99 start-to-running <= 250 ms",
+            start_to_running_p99 <= 250.0,
+        ),
+        ("commit rate >= 50% of pgbench's", ratio >= 0.5),
+        (
+            "no errors, no failed instance, no invariant violation",
+            errors.is_empty() && violations.is_empty(),
+        ),
+    ];
+
+    if args.json {
+        let value = json!({
+            "clients": args.clients,
+            "sleds": args.sleds,
+            "duration_s": round(window.as_secs_f64()),
+            "warmup_s": args.warmup_secs,
+            "poll_ms": args.poll_ms,
+            "postgres": settings.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "lifecycles": n,
+            "lifecycles_total": total_lifecycles,
+            "lifecycles_per_s": round(rate),
+            "latency": ops.iter().map(|(k, f)| (k.to_string(), f.json())).collect::<serde_json::Map<_, _>>(),
+            "commits": commits,
+            "rollbacks": after.rollbacks - before.rollbacks,
+            "commits_per_lifecycle": round(commits_per_lifecycle),
+            "write_transactions_per_lifecycle": round(writes_per_lifecycle),
+            "polls_per_lifecycle": round(polls_per_lifecycle),
+            "nexus_pool": {
+                "connections": after.pool.connections,
+                "gets_per_lifecycle": round(pool_gets),
+                "waits_per_lifecycle": round(pool_waited),
+                "wait_ms_per_lifecycle": round(pool_wait_ms),
+                "timeouts": after.pool.gets_timed_out - before.pool.gets_timed_out,
+            },
+            "pgbench": {
+                "workload": format!("{:?}", args.pgbench_workload),
+                "description": args.pgbench_workload.describe(),
+                "clients": args.clients,
+                "duration_s": args.pgbench_secs,
+                "commits_per_s": round(pgbench.tps),
+                "latency_avg_ms": pgbench.latency_ms.map(round),
+            },
+            "commit_ratio": round(ratio * 1000.0) / 1000.0,
+            "write_commit_ratio": round(write_ratio * 1000.0) / 1000.0,
+            "errors": errors.len(),
+            "first_errors": errors.iter().take(5).collect::<Vec<_>>(),
+            "violations": violations,
+            "goals": goals.iter().map(|(k, ok)| (k.to_string(), json!(ok))).collect::<serde_json::Map<_, _>>(),
+            "statements": statements.as_deref().map(|s| s.lines().collect::<Vec<_>>()),
+            "saga_steps": saga_steps.as_deref().map(|s| s.lines().collect::<Vec<_>>()),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+
+    println!();
+    println!(
+        "{n} lifecycles in {:.1} s: {rate:.1} lifecycles/s   ({total_lifecycles} in all, warm-up \
+         and drain included)",
+        window.as_secs_f64()
+    );
+    for (what, f) in &ops {
+        println!("{}", f.line(what));
+    }
+    println!(
+        "database: {commits} commits in the window ({} rollbacks): {commits_per_lifecycle:.1} \
+         commits per lifecycle, of which {writes_per_lifecycle:.1} wrote (took a transaction id); \
+         the clients' polling: {polls_per_lifecycle:.1} instance views per lifecycle",
+        after.rollbacks - before.rollbacks
+    );
+    println!(
+        "Nexus's connection pool ({} open): {pool_gets:.1} connections taken per lifecycle, \
+         {pool_waited:.1} of them waited, {pool_wait_ms:.1} ms of waiting per lifecycle in all",
+        after.pool.connections
+    );
+    println!(
+        "pgbench, same cluster, {} clients, {} s: {:.0} commits/s ({})",
+        args.clients,
+        args.pgbench_secs,
+        pgbench.tps,
+        args.pgbench_workload.describe()
+    );
+    println!(
+        "ratio (lifecycles/s x commits per lifecycle) / pgbench commits/s = {rate:.1} x \
+         {commits_per_lifecycle:.1} / {:.0} = {:.1}%   (counting only writing transactions: \
+         {:.1}%)",
+        pgbench.tps,
+        ratio * 100.0,
+        write_ratio * 100.0
+    );
+    if let Some(statements) = &statements {
+        println!("top statements by database time in the window (calls/lifecycle, ms total):");
+        for line in statements.lines() {
+            let mut parts = line.splitn(3, '|');
+            let (Some(calls), Some(ms), Some(query)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let calls: f64 = calls.parse().unwrap_or(0.0);
+            let query: String = query.chars().take(150).collect();
+            println!("  {:>6.2} {:>9} ms  {query}", calls / n.max(1) as f64, ms);
+        }
+    }
+    if let Some(steps) = &saga_steps {
+        println!(
+            "saga steps in the window: time from the saga's previous log event to this one \
+             (a node's `started`: its predecessor's `succeeded` written + steno; `succeeded`: \
+             its `started` written + the action)"
+        );
+        println!(
+            "  {:<16} {:<14} {:<10} {:>6} {:>9} {:>9}",
+            "saga", "node", "event", "n", "mean ms", "p99 ms"
+        );
+        for line in steps.lines() {
+            let f: Vec<&str> = line.split('|').collect();
+            if let [saga, node, event, n, mean, p99] = f[..] {
+                println!("  {saga:<16} {node:<14} {event:<10} {n:>6} {mean:>9} {p99:>9}");
+            }
+        }
+    }
+    println!(
+        "errors: {}{}",
+        errors.len(),
+        errors
+            .first()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    if violations.is_empty() {
+        println!("invariant checker: clean (no failed instance, no leaked reservation)");
+    } else {
+        println!("invariant checker: {} violation(s):", violations.len());
+        for v in violations.iter().take(20) {
+            println!("  {v}");
+        }
+    }
+    println!("goals:");
+    for (goal, met) in goals {
+        println!("  {:<8} {goal}", if met { "met" } else { "MISSED" });
+    }
+    Ok(())
+}
+
+/// Per saga kind, node and event type: how long after the saga's previous log event it was
+/// recorded (events recorded between `from` and `to`, SQL timestamps).
+fn saga_steps_query(from: &str, to: &str) -> String {
+    format!(
+        "WITH ev AS ( \
+           SELECT s.name AS saga, e.node_id, e.event_type, e.event_time, \
+             lag(e.event_time) OVER (PARTITION BY e.saga_id \
+               ORDER BY e.event_time, e.node_id, e.event_type) AS prev, \
+             s.dag->'graph'->'nodes'->(e.node_id::int) AS node \
+           FROM saga_node_event e JOIN saga s ON s.id = e.saga_id \
+           WHERE s.time_created >= '{from}' AND s.time_created <= '{to}'), \
+         named AS ( \
+           SELECT saga, node_id, event_type, \
+             extract(epoch FROM event_time - prev) * 1000 AS ms, \
+             CASE jsonb_typeof(node) WHEN 'object' THEN coalesce(node->'Action'->>'name', \
+               (SELECT min(k) FROM jsonb_object_keys(node) k)) ELSE node#>>'{{}}' END AS name \
+           FROM ev WHERE prev IS NOT NULL) \
+         SELECT saga, name, event_type, count(*), round(avg(ms)::numeric, 2), \
+           round((percentile_cont(0.99) WITHIN GROUP (ORDER BY ms))::numeric, 2) \
+         FROM named GROUP BY saga, node_id, name, event_type \
+         ORDER BY saga, node_id, event_type"
+    )
+}
+
+struct PgbenchResult {
+    tps: f64,
+    latency_ms: Option<f64>,
+}
+
+/// `pgbench -i` a database of its own in Halyard's cluster, then runs `workload` with
+/// `clients` clients for `secs` seconds and returns its commit rate.
+fn run_pgbench(
+    system: &System,
+    clients: u32,
+    secs: u64,
+    workload: PgbenchWorkload,
+) -> anyhow::Result<PgbenchResult> {
+    let bin = halyard_test_db::postgres_bin_dir()?.join("pgbench");
+    let cluster = system.cluster();
+    system.sql_in("postgres", "CREATE DATABASE pgbench")?;
+    let port = cluster.port().to_string();
+    let base = |cmd: &mut std::process::Command| {
+        cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"]);
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(var);
+            }
+        }
+    };
+    let mut init = std::process::Command::new(&bin);
+    base(&mut init);
+    init.args(["-i", "-q", "-s", "1", "pgbench"]);
+    let out = tokio::task::block_in_place(|| init.output())?;
+    if !out.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let script = std::env::temp_dir().join(format!("halyard-bench-{}.sql", std::process::id()));
+    let mut cmd = std::process::Command::new(&bin);
+    base(&mut cmd);
+    cmd.args(["-n", "-M", "prepared"])
+        .args(["-c", &clients.to_string()])
+        .args(["-j", &clients.min(2).to_string()])
+        .args(["-T", &secs.to_string()]);
+    match workload {
+        PgbenchWorkload::SingleUpdate => {
+            std::fs::write(&script, SINGLE_UPDATE_SCRIPT)?;
+            cmd.arg("-f").arg(&script);
+        }
+        PgbenchWorkload::SimpleUpdate => {
+            cmd.args(["-b", "simple-update"]);
+        }
+        PgbenchWorkload::TpcbLike => {
+            cmd.args(["-b", "tpcb-like"]);
+        }
+    }
+    cmd.arg("pgbench");
+    let out = tokio::task::block_in_place(|| cmd.output());
+    let _ = std::fs::remove_file(&script);
+    let out = out?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let field = |prefix: &str| {
+        stdout.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+    };
+    let tps = field("tps = ").with_context(|| format!("no tps in pgbench's output:\n{stdout}"))?;
+    Ok(PgbenchResult {
+        tps,
+        latency_ms: field("latency average = "),
+    })
+}

@@ -1,0 +1,517 @@
+//! What the control-plane benchmarks share: a whole Halyard in this process (its own
+//! PostgreSQL cluster, Nexus, simulated sled agents), the lifecycle one client drives through
+//! the external API, latency figures, and reading the database's own counters.
+
+use anyhow::{Context, bail};
+use halyard_common::ids::{GenericUuid, InstanceUuid, NexusUuid, SledUuid};
+use halyard_common::{ByteCount, InstanceState, SledBackend};
+use halyard_nexus_external_client::Client;
+use halyard_test_db::PrivateCluster;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub const PROJECT: &str = "bench";
+/// The database Halyard uses in the benchmark's cluster.
+pub const DATABASE: &str = "halyard";
+/// Each benchmark instance: 1 vCPU and this much memory.
+pub const INSTANCE_MEMORY_MIB: u32 = 256;
+/// How long any one wait may take before the benchmark gives up.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A whole Halyard: PostgreSQL, Nexus and simulated sled agents, all in this process but
+/// PostgreSQL, talking over loopback HTTP exactly as they do when deployed.
+pub struct System {
+    pg: PrivateCluster,
+    pub nexus: halyard_nexus::Server,
+    pub sleds: Vec<halyard_sled_agent::Server>,
+    pub client: Client,
+    log: slog::Logger,
+}
+
+impl System {
+    /// Starts a fresh PostgreSQL cluster (the test clusters' settings: fsync, synchronous
+    /// commit and full-page writes off), optionally with `pg_stat_statements` loaded, the
+    /// schema in database [`DATABASE`], and Nexus on it; creates project [`PROJECT`] once
+    /// sleds exist (see [`System::add_sleds`]).
+    pub async fn start(pg_stat_statements: bool) -> anyhow::Result<System> {
+        let mut pg = PrivateCluster::start().context("starting PostgreSQL")?;
+        if pg_stat_statements {
+            pg.cluster()
+                .psql(
+                    "postgres",
+                    "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
+                )
+                .context("enabling pg_stat_statements")?;
+            pg.stop()?;
+            pg.restart()?;
+        }
+        let url = pg.create_database(DATABASE)?;
+        if pg_stat_statements {
+            pg.cluster()
+                .psql(DATABASE, "CREATE EXTENSION pg_stat_statements")?;
+        }
+        // Nexus and sled agents log every request: a benchmark keeps none of it.
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let nexus = halyard_nexus::Server::start(
+            &halyard_nexus::Config {
+                id: NexusUuid::new_v4(),
+                database_url: url,
+                external_address: "127.0.0.1:0".parse()?,
+                internal_address: "127.0.0.1:0".parse()?,
+                retirement_interval_ms: 5_000,
+            },
+            &log,
+        )
+        .await?;
+        let client = Client::new(&format!("http://{}", nexus.external_address()));
+        Ok(System {
+            pg,
+            nexus,
+            sleds: Vec::new(),
+            client,
+            log,
+        })
+    }
+
+    /// Starts `count` more simulated sled agents (zero-delay VMMs), each with room for
+    /// `instances` benchmark instances, and waits until all sleds are registered.
+    pub async fn add_sleds(&mut self, count: usize, instances: u32) -> anyhow::Result<()> {
+        for _ in 0..count {
+            let config = halyard_sled_agent::Config {
+                sled_id: SledUuid::new_v4(),
+                listen_address: "127.0.0.1:0".parse()?,
+                nexus_address: self.nexus.internal_address(),
+                backend: SledBackend::Sim,
+                hardware_threads: instances,
+                physical_ram: ByteCount::from_mebibytes_u32(INSTANCE_MEMORY_MIB)
+                    .to_bytes()
+                    .checked_mul(u64::from(instances))
+                    .map(ByteCount::try_from)
+                    .context("too much memory")??,
+                // The sled agent's default.
+                registration_interval_ms: 10_000,
+                sim: halyard_sled_agent::SimConfig::default(),
+                qemu: Default::default(),
+            };
+            self.sleds
+                .push(halyard_sled_agent::Server::start(&config, &self.log).await?);
+        }
+        let want = self.sleds.len();
+        wait_until(&format!("{want} sleds to register"), || async {
+            Ok(self.sql_u64("SELECT count(*) FROM sled")? as usize >= want)
+        })
+        .await?;
+        if self.sql("SELECT 1 FROM project")?.trim().is_empty() {
+            self.client
+                .project_create()
+                .body_map(|body| {
+                    body.name(PROJECT.parse::<halyard_common::Name>().expect("valid"))
+                        .description(String::new())
+                })
+                .send()
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `query` in Halyard's database with psql (unaligned, tuples only).
+    pub fn sql(&self, query: &str) -> anyhow::Result<String> {
+        self.sql_in(DATABASE, query)
+    }
+
+    pub fn sql_in(&self, database: &str, query: &str) -> anyhow::Result<String> {
+        let cluster = self.pg.cluster();
+        Ok(tokio::task::block_in_place(|| {
+            cluster.psql(database, query)
+        })?)
+    }
+
+    pub fn sql_u64(&self, query: &str) -> anyhow::Result<u64> {
+        let out = self.sql(query)?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("{query:?} returned {out:?}"))
+    }
+
+    pub fn cluster(&self) -> &halyard_test_db::PostgresCluster {
+        self.pg.cluster()
+    }
+
+    /// The cluster's settings that decide its commit rate, for the record.
+    pub fn settings(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let names = [
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "full_page_writes",
+            "wal_level",
+            "shared_buffers",
+            "max_connections",
+        ];
+        let mut settings = Vec::new();
+        for name in names {
+            let value = self.sql_in("postgres", &format!("SHOW {name}"))?;
+            settings.push((name.to_string(), value.trim().to_string()));
+        }
+        Ok(settings)
+    }
+
+    /// Every invariant violation (DESIGN.md) the test suites' checker finds, plus instances
+    /// and VMMs that ended failed.
+    pub fn violations(&self) -> anyhow::Result<Vec<String>> {
+        let mut violations = tokio::task::block_in_place(|| {
+            halyard_nexus_test_utils::invariant_violations_in(
+                self.pg.cluster(),
+                DATABASE,
+                &self.sleds,
+            )
+        });
+        let failed_instances = self.sql_u64(
+            "SELECT count(*) FROM instance WHERE nexus_state = 'failed' AND time_deleted IS NULL",
+        )?;
+        if failed_instances > 0 {
+            violations.push(format!("{failed_instances} instance(s) ended failed"));
+        }
+        let failed_vmms = self.sql_u64("SELECT count(*) FROM vmm WHERE state = 'failed'")?;
+        if failed_vmms > 0 {
+            violations.push(format!("{failed_vmms} VMM(s) ended failed"));
+        }
+        Ok(violations)
+    }
+
+    /// The database's counters now.
+    pub fn counters(&self) -> anyhow::Result<DbCounters> {
+        let row = self.sql_in(
+            "postgres",
+            &format!(
+                "SELECT xact_commit, xact_rollback, \
+                 pg_snapshot_xmax(pg_current_snapshot())::text::bigint, now() \
+                 FROM pg_stat_database WHERE datname = '{DATABASE}'"
+            ),
+        )?;
+        let (numbers, time) = row
+            .trim()
+            .rsplit_once('|')
+            .with_context(|| format!("unexpected counters row {row:?}"))?;
+        let fields: Vec<u64> = numbers
+            .split('|')
+            .map(|f| f.parse())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading counters from {row:?}"))?;
+        let [commits, rollbacks, next_xid] = fields[..] else {
+            bail!("unexpected counters row {row:?}");
+        };
+        Ok(DbCounters {
+            commits,
+            rollbacks,
+            next_xid,
+            time: time.to_string(),
+            pool: self.nexus.nexus().datastore().pool_statistics(),
+        })
+    }
+
+    pub async fn close(self) -> anyhow::Result<()> {
+        for sled in self.sleds {
+            sled.close().await?;
+        }
+        self.nexus.close().await?;
+        drop(self.pg);
+        Ok(())
+    }
+}
+
+/// What `pg_stat_database` and the transaction-id counter say, and Nexus's connection pool.
+#[derive(Debug, Clone)]
+pub struct DbCounters {
+    /// Committed transactions in Halyard's database, read-only ones included (each
+    /// autocommit `SELECT` is one). PostgreSQL publishes these from each backend at most
+    /// once a second, so a window's delta is exact only to about a second's worth.
+    pub commits: u64,
+    pub rollbacks: u64,
+    /// The next transaction id of the cluster: transactions that wrote (only they take an
+    /// id), exactly and at once.
+    pub next_xid: u64,
+    /// The database's clock, as SQL text.
+    pub time: String,
+    pub pool: halyard_db_queries::PoolStatistics,
+}
+
+/// C clients doing lifecycles back to back until told to stop.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<ClientRecord>>,
+}
+
+/// What one client did.
+#[derive(Default)]
+struct ClientRecord {
+    /// Each finished lifecycle, with when it finished.
+    lifecycles: Vec<(Instant, Lifecycle)>,
+    errors: Vec<String>,
+}
+
+/// What a [`Load`] did.
+pub struct Driven {
+    /// The lifecycles that finished inside the measured window.
+    pub measured: Vec<Lifecycle>,
+    /// Every failed lifecycle's error, window or not.
+    pub errors: Vec<String>,
+    /// Every lifecycle that finished, window or not.
+    pub total_lifecycles: usize,
+}
+
+impl Load {
+    /// Starts `clients` clients; client `c` names its instances `<prefix><c>-<n>`.
+    pub fn start(client: &Client, clients: u32, prefix: &str, poll: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|c| {
+                let client = client.clone();
+                let stop = Arc::clone(&stop);
+                let prefix = format!("{prefix}{c}-");
+                tokio::spawn(async move {
+                    let mut record = ClientRecord::default();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        match lifecycle(&client, &format!("{prefix}{n}"), poll).await {
+                            Ok(lifecycle) => record.lifecycles.push((Instant::now(), lifecycle)),
+                            Err(e) => {
+                                record.errors.push(format!("{e:#}"));
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                    record
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Lets every client finish the lifecycle it is in, then stops them; keeps the
+    /// lifecycles that finished between `from` and `to`.
+    pub async fn finish(self, from: Instant, to: Instant) -> anyhow::Result<Driven> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut driven = Driven {
+            measured: Vec::new(),
+            errors: Vec::new(),
+            total_lifecycles: 0,
+        };
+        for task in self.tasks {
+            let record = task.await?;
+            driven.total_lifecycles += record.lifecycles.len();
+            driven.measured.extend(
+                record
+                    .lifecycles
+                    .iter()
+                    .filter(|(at, _)| *at >= from && *at <= to)
+                    .map(|(_, l)| *l),
+            );
+            driven.errors.extend(record.errors);
+        }
+        Ok(driven)
+    }
+}
+
+/// The timings of one full lifecycle.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifecycle {
+    pub create: Duration,
+    pub start: Duration,
+    pub start_to_running: Duration,
+    pub stop: Duration,
+    pub stop_to_stopped: Duration,
+    pub delete: Duration,
+    pub total: Duration,
+    /// Instance views the client asked for while waiting.
+    pub polls: u32,
+}
+
+/// One client's full lifecycle of a new instance `name`: create (stopped), start, wait until
+/// running, stop, wait until stopped, delete. Waiting is polling the instance's view every
+/// `poll` (what a user's script does).
+pub async fn lifecycle(client: &Client, name: &str, poll: Duration) -> anyhow::Result<Lifecycle> {
+    let began = Instant::now();
+    let created = client
+        .instance_create()
+        .project(PROJECT)
+        .body_map(|body| {
+            body.name(name.parse::<halyard_common::Name>().expect("a valid name"))
+                .description(String::new())
+                .hostname(name.to_string())
+                .ncpus(1u16)
+                .memory(ByteCount::from_mebibytes_u32(INSTANCE_MEMORY_MIB))
+                .start(false)
+        })
+        .send()
+        .await
+        .with_context(|| format!("creating {name}"))?
+        .into_inner();
+    let create = began.elapsed();
+    let id = created.id;
+    let mut polls = 0;
+
+    let start_sent = Instant::now();
+    let view = client
+        .instance_start()
+        .instance(by_id(id))
+        .send()
+        .await
+        .with_context(|| format!("starting {name}"))?
+        .into_inner();
+    let start = start_sent.elapsed();
+    wait_for_state(
+        client,
+        id,
+        view.run_state,
+        InstanceState::Running,
+        poll,
+        &mut polls,
+    )
+    .await?;
+    let start_to_running = start_sent.elapsed();
+
+    let stop_sent = Instant::now();
+    let view = client
+        .instance_stop()
+        .instance(by_id(id))
+        .send()
+        .await
+        .with_context(|| format!("stopping {name}"))?
+        .into_inner();
+    let stop = stop_sent.elapsed();
+    wait_for_state(
+        client,
+        id,
+        view.run_state,
+        InstanceState::Stopped,
+        poll,
+        &mut polls,
+    )
+    .await?;
+    let stop_to_stopped = stop_sent.elapsed();
+
+    let delete_sent = Instant::now();
+    client
+        .instance_delete()
+        .instance(by_id(id))
+        .send()
+        .await
+        .with_context(|| format!("deleting {name}"))?;
+    let delete = delete_sent.elapsed();
+    Ok(Lifecycle {
+        create,
+        start,
+        start_to_running,
+        stop,
+        stop_to_stopped,
+        delete,
+        total: began.elapsed(),
+        polls,
+    })
+}
+
+fn by_id(id: InstanceUuid) -> halyard_common::NameOrId {
+    halyard_common::NameOrId::from(id.into_untyped_uuid())
+}
+
+async fn wait_for_state(
+    client: &Client,
+    id: InstanceUuid,
+    mut state: InstanceState,
+    wanted: InstanceState,
+    poll: Duration,
+    polls: &mut u32,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    while state != wanted {
+        if matches!(state, InstanceState::Failed | InstanceState::Destroyed) {
+            bail!("instance {id} is {state}, waiting for {wanted}");
+        }
+        if Instant::now() > deadline {
+            bail!("instance {id} still {state} after {PATIENCE:?}, waiting for {wanted}");
+        }
+        tokio::time::sleep(poll).await;
+        *polls += 1;
+        state = client
+            .instance_view()
+            .instance(by_id(id))
+            .send()
+            .await
+            .with_context(|| format!("viewing instance {id}"))?
+            .into_inner()
+            .run_state;
+    }
+    Ok(())
+}
+
+pub async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while !check().await? {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Latency figures of one operation, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Figures {
+    pub n: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub mean: f64,
+    pub max: f64,
+}
+
+impl Figures {
+    pub fn of(samples: impl IntoIterator<Item = Duration>) -> Figures {
+        let mut ms: Vec<f64> = samples
+            .into_iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        if ms.is_empty() {
+            return Figures::default();
+        }
+        ms.sort_by(f64::total_cmp);
+        // Nearest rank: the smallest sample at or above the given fraction of them.
+        let rank = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+        Figures {
+            n: ms.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+            mean: ms.iter().sum::<f64>() / ms.len() as f64,
+            max: ms[ms.len() - 1],
+        }
+    }
+
+    pub fn line(&self, what: &str) -> String {
+        format!(
+            "  {what:<20} p50 {:>7.1} ms   p99 {:>7.1} ms   mean {:>7.1} ms   max {:>7.1} ms   (n={})",
+            self.p50, self.p99, self.mean, self.max, self.n
+        )
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "n": self.n,
+            "p50_ms": round(self.p50),
+            "p99_ms": round(self.p99),
+            "mean_ms": round(self.mean),
+            "max_ms": round(self.max),
+        })
+    }
+}
+
+pub fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
