@@ -294,7 +294,10 @@ impl SimVmm {
                     VmmState::Starting
                     | VmmState::Running
                     | VmmState::Rebooting
-                    | VmmState::Migrating => (Ok(()), Some(VmmState::Failed)),
+                    | VmmState::Migrating => {
+                        self.runtime.fail_unfinished_migrations();
+                        (Ok(()), Some(VmmState::Failed))
+                    }
                     _ => (
                         Err(self.conflict("crash", "only a VMM that runs can crash")),
                         None,

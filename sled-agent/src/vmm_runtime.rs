@@ -134,6 +134,25 @@ impl VmmRuntime {
         }
     }
 
+    /// The VMM died: a migration it was part of and that had not finished has failed, on
+    /// this VMM's side (whatever phase it was in, pending included).
+    pub(crate) fn fail_unfinished_migrations(&mut self) {
+        if self
+            .state
+            .migration_in
+            .is_some_and(|side| !side.state.is_terminal())
+        {
+            self.set_migration_in(MigrationState::Failed);
+        }
+        if let Some(side) = self
+            .state
+            .migration_out
+            .filter(|side| !side.state.is_terminal())
+        {
+            self.set_migration_out(side.migration_id, MigrationState::Failed);
+        }
+    }
+
     /// The VMM's task is ending: hand over the channel, so the sled agent publishes the
     /// terminal state once the VMM is out of its table.
     pub(crate) fn into_sender(self) -> watch::Sender<SledVmmState> {

@@ -566,13 +566,7 @@ impl QemuVmm {
             VmmState::Destroyed
         } else {
             error!(self.log, "QEMU died"; "status" => ?status, "qemu_log" => self.qemu_log());
-            if self.runtime.migration_in() == Some(MigrationState::InProgress) {
-                self.runtime.set_migration_in(MigrationState::Failed);
-            }
-            if let Some(migration_id) = self.migration_out {
-                self.runtime
-                    .set_migration_out(migration_id, MigrationState::Failed);
-            }
+            self.runtime.fail_unfinished_migrations();
             VmmState::Failed
         };
         self.console.close();
