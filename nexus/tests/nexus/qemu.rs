@@ -446,11 +446,16 @@ async fn a_migration_whose_target_qemu_is_killed_leaves_the_vm_running_on_its_so
         source_vmm,
         "still on its source"
     );
-    assert_eq!(
-        ctx.sql("SELECT source_state || ',' || target_state FROM migration")
-            .trim(),
-        "failed,failed"
-    );
+    ctx.eventually_within(
+        PATIENCE,
+        "both sides report the migration failed",
+        async |ctx| {
+            ctx.sql("SELECT source_state || ',' || target_state FROM migration")
+                .trim()
+                == "failed,failed"
+        },
+    )
+    .await;
     ctx.eventually_within(
         PATIENCE,
         "only the source holds a reservation",
