@@ -25,6 +25,10 @@ pub struct Nexus {
     registry: Arc<ActionRegistry>,
     /// How saga actions retry transient errors (see `sagas::retry`).
     saga_retry: std::sync::Mutex<SagaRetryPolicy>,
+    /// The one HTTP client every sled agent client shares: building a client loads the
+    /// system's root certificates (milliseconds of CPU and file reads), and one client keeps
+    /// its connections to the sled agents open for reuse.
+    sled_http: reqwest::Client,
     log: Logger,
 }
 
@@ -47,12 +51,20 @@ impl Nexus {
             None => Arc::new(store),
         };
         let sec = steno::sec(log.new(o!("component" => "SEC")), store);
+        // The timeouts progenitor's `Client::new` would set.
+        let timeout = Duration::from_secs(15);
+        let sled_http = reqwest::ClientBuilder::new()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .build()
+            .expect("an HTTP client with timeouts only");
         Arc::new(Nexus {
             id,
             datastore,
             sec,
             registry: sagas::action_registry(),
             saga_retry: std::sync::Mutex::new(SagaRetryPolicy::default()),
+            sled_http,
             log,
         })
     }
@@ -209,10 +221,10 @@ impl Nexus {
                 "sled {sled_id} was expunged (declared gone for good); nothing runs there"
             )));
         }
-        Ok(halyard_sled_agent_client::Client::new(&format!(
-            "http://{}",
-            sled.address()
-        )))
+        Ok(halyard_sled_agent_client::Client::new_with_client(
+            &format!("http://{}", sled.address()),
+            self.sled_http.clone(),
+        ))
     }
 
     /// Fails with `Conflict` if the VMM was retired meanwhile (e.g. its instance failed or was
