@@ -120,13 +120,7 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
     let after = system.counters()?;
     let window_end = Instant::now();
     let statements = if pgss {
-        Some(system.sql(&format!(
-            "SELECT calls, round(total_exec_time::numeric, 1), \
-             regexp_replace(query, '\\s+', ' ', 'g') \
-             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
-             WHERE d.datname = '{DATABASE}' ORDER BY total_exec_time DESC LIMIT {}",
-            args.profile
-        ))?)
+        Some(system.sql(&top_statements_query(args.profile))?)
     } else {
         None
     };
@@ -169,6 +163,18 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
     } else {
         (after.pool.wait_time - before.pool.wait_time).as_secs_f64() * 1000.0 / n as f64
     };
+    let cpu_ms = |f: fn(&crate::system::CpuTimes) -> f64| {
+        if n == 0 {
+            0.0
+        } else {
+            (f(&after.cpu) - f(&before.cpu)) * 1000.0 / n as f64
+        }
+    };
+    let halyard_cpu = cpu_ms(|c| c.halyard);
+    let postgres_cpu = cpu_ms(|c| c.postgres);
+    let cpu_busy = (after.cpu.halyard - before.cpu.halyard + after.cpu.postgres
+        - before.cpu.postgres)
+        / window.as_secs_f64();
     let ratio = rate * commits_per_lifecycle / pgbench.tps;
     let write_ratio = rate * writes_per_lifecycle / pgbench.tps;
     let figures = |f: fn(&Lifecycle) -> Duration| Figures::of(measured.iter().map(f));
@@ -212,6 +218,11 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
             "commits_per_lifecycle": round(commits_per_lifecycle),
             "write_transactions_per_lifecycle": round(writes_per_lifecycle),
             "polls_per_lifecycle": round(polls_per_lifecycle),
+            "cpu_ms_per_lifecycle": {
+                "halyard": round(halyard_cpu),
+                "postgres": round(postgres_cpu),
+                "cores_busy": round(cpu_busy),
+            },
             "nexus_pool": {
                 "connections": after.pool.connections,
                 "gets_per_lifecycle": round(pool_gets),
@@ -256,6 +267,10 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
         after.rollbacks - before.rollbacks
     );
     println!(
+        "CPU per lifecycle: {halyard_cpu:.1} ms in Nexus, sled agents and clients (this \
+         process), {postgres_cpu:.1} ms in PostgreSQL; {cpu_busy:.2} cores busy on average"
+    );
+    println!(
         "Nexus's connection pool ({} open): {pool_gets:.1} connections taken per lifecycle, \
          {pool_waited:.1} of them waited, {pool_wait_ms:.1} ms of waiting per lifecycle in all",
         after.pool.connections
@@ -276,17 +291,7 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
         write_ratio * 100.0
     );
     if let Some(statements) = &statements {
-        println!("top statements by database time in the window (calls/lifecycle, ms total):");
-        for line in statements.lines() {
-            let mut parts = line.splitn(3, '|');
-            let (Some(calls), Some(ms), Some(query)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let calls: f64 = calls.parse().unwrap_or(0.0);
-            let query: String = query.chars().take(150).collect();
-            println!("  {:>6.2} {:>9} ms  {query}", calls / n.max(1) as f64, ms);
-        }
+        print_statements(statements, n as f64);
     }
     if let Some(steps) = &saga_steps {
         println!(
@@ -326,6 +331,36 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
         println!("  {:<8} {goal}", if met { "met" } else { "MISSED" });
     }
     Ok(())
+}
+
+/// The `limit` statements that took the most time in Halyard's database since
+/// pg_stat_statements was last reset: calls, total ms, the statement.
+pub fn top_statements_query(limit: usize) -> String {
+    format!(
+        "SELECT calls, round(total_exec_time::numeric, 1), \
+         regexp_replace(query, '\\s+', ' ', 'g') \
+         FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+         WHERE d.datname = '{DATABASE}' ORDER BY total_exec_time DESC LIMIT {limit}"
+    )
+}
+
+/// Prints [`top_statements_query`]'s rows, with calls per lifecycle.
+pub fn print_statements(rows: &str, lifecycles: f64) {
+    println!("top statements by database time in the window (calls per lifecycle, ms in all):");
+    for line in rows.lines() {
+        let mut parts = line.splitn(3, '|');
+        let (Some(calls), Some(ms), Some(query)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let calls: f64 = calls.parse().unwrap_or(0.0);
+        let query: String = query.chars().take(150).collect();
+        println!(
+            "  {:>6.2} {:>9} ms  {query}",
+            calls / lifecycles.max(1.0),
+            ms
+        );
+    }
 }
 
 /// Per saga kind, node and event type: how long after the saga's previous log event it was

@@ -29,6 +29,10 @@ pub struct PlacementArgs {
     /// How often a client waiting for running or stopped looks at the instance.
     #[arg(long, default_value_t = 10)]
     pub poll_ms: u64,
+    /// Profile each scale's measured window: load pg_stat_statements and print the N
+    /// statements that took the most database time (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub profile: usize,
     /// Print the results as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -44,13 +48,18 @@ struct Scale {
     start_to_running: Figures,
     errors: Vec<String>,
     registration: Duration,
+    /// Per lifecycle: connections taken from Nexus's pool, how many waited, wait time (ms).
+    pool: (f64, f64, f64),
+    /// CPU per lifecycle (ms): this process, PostgreSQL; and cores busy.
+    cpu: (f64, f64, f64),
+    statements: Option<String>,
 }
 
 pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
     if args.small == 0 || args.large <= args.small || args.clients == 0 {
         bail!("need 0 < --small < --large and --clients >= 1");
     }
-    let mut system = System::start(false).await?;
+    let mut system = System::start(args.profile > 0).await?;
     let mut scales = Vec::new();
     for (i, sleds) in [args.small, args.large].into_iter().enumerate() {
         let registering = Instant::now();
@@ -74,12 +83,34 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
             Duration::from_millis(args.poll_ms),
         );
         tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
+        if args.profile > 0 {
+            system.sql("SELECT pg_stat_statements_reset()")?;
+        }
+        let before = system.counters()?;
         let from = Instant::now();
         tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
         let to = Instant::now();
+        let after = system.counters()?;
+        let statements = if args.profile > 0 {
+            Some(system.sql(&crate::lifecycles::top_statements_query(args.profile))?)
+        } else {
+            None
+        };
         let Driven {
             measured, errors, ..
         } = load.finish(from, to).await?;
+        let n = measured.len().max(1) as f64;
+        let pool = (
+            (after.pool.gets - before.pool.gets) as f64 / n,
+            (after.pool.gets_waited - before.pool.gets_waited) as f64 / n,
+            (after.pool.wait_time - before.pool.wait_time).as_secs_f64() * 1000.0 / n,
+        );
+        let cpu = (
+            (after.cpu.halyard - before.cpu.halyard) * 1000.0 / n,
+            (after.cpu.postgres - before.cpu.postgres) * 1000.0 / n,
+            (after.cpu.halyard - before.cpu.halyard + after.cpu.postgres - before.cpu.postgres)
+                / (to - from).as_secs_f64(),
+        );
         scales.push(Scale {
             sleds,
             lifecycles_per_s: measured.len() as f64 / (to - from).as_secs_f64(),
@@ -87,6 +118,9 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
             start_to_running: Figures::of(measured.iter().map(|l| l.start_to_running)),
             errors,
             registration,
+            pool,
+            cpu,
+            statements,
         });
     }
     let violations = system.violations()?;
@@ -111,6 +145,13 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
                 "start": s.start.json(),
                 "start_to_running": s.start_to_running.json(),
                 "errors": s.errors.len(),
+                "nexus_pool_per_lifecycle": {
+                    "gets": round(s.pool.0), "waits": round(s.pool.1), "wait_ms": round(s.pool.2),
+                },
+                "cpu_ms_per_lifecycle": {
+                    "halyard": round(s.cpu.0), "postgres": round(s.cpu.1), "cores_busy": round(s.cpu.2),
+                },
+                "statements": s.statements.as_deref().map(|t| t.lines().collect::<Vec<_>>()),
             })
         };
         let value = json!({
@@ -142,6 +183,17 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
         );
         println!("{}", s.start.line("start"));
         println!("{}", s.start_to_running.line("start-to-running"));
+        println!(
+            "  per lifecycle: {:.1} ms CPU here, {:.1} ms in PostgreSQL ({:.2} cores busy); \
+             {:.1} pool connections, {:.1} waited, {:.1} ms waiting",
+            s.cpu.0, s.cpu.1, s.cpu.2, s.pool.0, s.pool.1, s.pool.2
+        );
+        if let Some(statements) = &s.statements {
+            crate::lifecycles::print_statements(
+                statements,
+                s.lifecycles_per_s * args.duration_secs as f64,
+            );
+        }
     }
     println!(
         "ratio {} sleds / {} sleds: start p50 {start_p50:.2}x p99 {start_p99:.2}x; \

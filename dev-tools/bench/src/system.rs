@@ -181,6 +181,42 @@ impl System {
         Ok(violations)
     }
 
+    /// CPU time used by this process and by the PostgreSQL server so far.
+    fn cpu(&self) -> anyhow::Result<CpuTimes> {
+        let pid_file = self.pg.cluster().data_dir().join("postmaster.pid");
+        let postmaster: u32 = std::fs::read_to_string(&pid_file)?
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("reading {}", pid_file.display()))?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let halyard = proc_stat("self")
+            .map(|s| s.own as f64 / ticks)
+            .unwrap_or(0.0);
+        let mut postgres = 0;
+        if let Some(s) = proc_stat(&postmaster.to_string()) {
+            // Ended backends were reaped by the postmaster: their time is its children's.
+            postgres += s.own + s.children;
+        }
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            if let Some(s) = proc_stat(pid).filter(|s| s.parent == postmaster) {
+                postgres += s.own;
+            }
+        }
+        Ok(CpuTimes {
+            halyard,
+            postgres: postgres as f64 / ticks,
+        })
+    }
+
     /// The database's counters now.
     pub fn counters(&self) -> anyhow::Result<DbCounters> {
         let row = self.sql_in(
@@ -209,6 +245,7 @@ impl System {
             next_xid,
             time: time.to_string(),
             pool: self.nexus.nexus().datastore().pool_statistics(),
+            cpu: self.cpu()?,
         })
     }
 
@@ -236,6 +273,16 @@ pub struct DbCounters {
     /// The database's clock, as SQL text.
     pub time: String,
     pub pool: halyard_db_queries::PoolStatistics,
+    pub cpu: CpuTimes,
+}
+
+/// CPU time used so far, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTimes {
+    /// This process: Nexus, the sled agents and the clients.
+    pub halyard: f64,
+    /// The PostgreSQL server: its postmaster and every backend, live or ended.
+    pub postgres: f64,
 }
 
 /// C clients doing lifecycles back to back until told to stop.
@@ -314,6 +361,27 @@ impl Load {
         }
         Ok(driven)
     }
+}
+
+struct ProcStat {
+    parent: u32,
+    /// utime + stime, in clock ticks.
+    own: u64,
+    /// cutime + cstime: of the children it has reaped.
+    children: u64,
+}
+
+/// `/proc/<pid>/stat`, or `None` if the process is gone.
+fn proc_stat(pid: &str) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything: fields follow the last ')'.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    Some(ProcStat {
+        parent: u32::try_from(field(4)?).ok()?,
+        own: field(14)? + field(15)?,
+        children: field(16)? + field(17)?,
+    })
 }
 
 /// The timings of one full lifecycle.
