@@ -161,6 +161,22 @@ impl DataStore {
     /// each part applies only if its generation is newer than the stored one, and a report
     /// naming a migration this VMM is not part of is rejected whole (nothing is applied).
     pub async fn vmm_apply_report(&self, report: &VmmStateReport) -> Result<ReportApplied, Error> {
+        if report.migration_in.is_none() && report.migration_out.is_none() {
+            // Most reports: the VMM's state alone, one generation-guarded UPDATE, atomic by
+            // itself. (When it changes nothing, a read tells a stale report from an unknown
+            // VMM; the two need not be atomic.) An explicit transaction would add a BEGIN and
+            // a COMMIT round trip to each of the several reports of every VMM.
+            return self
+                .retry_conflicts(|| async move {
+                    let conn = &mut *self.connection().await?;
+                    let vmm_updated = update_vmm_runtime(conn, report.vmm_id, &report.vmm).await?;
+                    Ok(ReportApplied {
+                        vmm_updated,
+                        ..ReportApplied::default()
+                    })
+                })
+                .await;
+        }
         self.retry_conflicts(|| async move {
             let conn = &mut *self.connection().await?;
             conn.transaction(async |conn| {
