@@ -15,6 +15,7 @@
 //! Errors are [`halyard_common::Error`]: a lost connection, a pool timeout or a serialization
 //! conflict is `ServiceUnavailable` (retryable), never a panic.
 
+mod cached;
 mod datastore;
 mod error;
 mod pagination;

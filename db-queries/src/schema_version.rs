@@ -2,6 +2,7 @@
 //! migration steps.
 
 use crate::DataStore;
+use crate::cached::CacheByText;
 use crate::error::public_error_from_diesel;
 use chrono::Utc;
 use diesel::prelude::*;
@@ -123,6 +124,7 @@ impl DataStore {
                     db_metadata::version.eq(migration.version.to_string()),
                     db_metadata::time_modified.eq(Utc::now()),
                 ))
+                .cached_by_text()
                 .execute(conn)
                 .await
                 .map_err(public_error_from_diesel)?;

@@ -2,6 +2,7 @@
 
 use super::DataStore;
 use super::project::project_bump_rcgen;
+use crate::cached::CacheByText;
 use crate::error::{TxnError, is_unique_violation, public_error_from_diesel};
 use crate::pagination::{PaginatedBy, paginate};
 use chrono::Utc;
@@ -39,6 +40,7 @@ impl DataStore {
                 diesel::insert_into(instance::table)
                     .values(new)
                     .returning(Instance::as_returning())
+                    .cached_by_text()
                     .get_result(conn)
                     .await
                     .map_err(|e| {
@@ -161,6 +163,7 @@ impl DataStore {
             .filter(instance::time_deleted.is_null())
             .filter(instance::state_generation.lt(new.state_generation))
             .set(new)
+            .cached_by_text()
             .execute(conn)
             .await
             .map_err(public_error_from_diesel)?;
@@ -194,6 +197,7 @@ impl DataStore {
                 instance::state_generation.eq(instance::state_generation + 1),
                 instance::time_state_updated.eq(now),
             ))
+            .cached_by_text()
             .execute(conn)
             .await
             .map_err(public_error_from_diesel)?;

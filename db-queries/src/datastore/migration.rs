@@ -2,6 +2,7 @@
 
 use super::DataStore;
 use super::vmm::retire;
+use crate::cached::CacheByText;
 use crate::error::{is_foreign_key_violation, public_error_from_diesel};
 use chrono::Utc;
 use diesel::prelude::*;
@@ -23,6 +24,7 @@ impl DataStore {
             .values(&new)
             .on_conflict(migration::id)
             .do_nothing()
+            .cached_by_text()
             .execute(conn)
             .await
             .map_err(|e| {
@@ -84,6 +86,7 @@ impl DataStore {
             .filter(migration::id.eq(DbTypedUuid(id)))
             .filter(migration::time_deleted.is_null())
             .set(migration::time_deleted.eq(Utc::now()))
+            .cached_by_text()
             .execute(conn)
             .await
             .map_err(public_error_from_diesel)?;
@@ -121,6 +124,7 @@ impl DataStore {
                         instance::state_generation.eq(instance::state_generation + 1),
                         instance::time_state_updated.eq(now),
                     ))
+                    .cached_by_text()
                     .execute(conn)
                     .await?;
                 if updated == 0 {

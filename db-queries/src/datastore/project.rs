@@ -1,6 +1,7 @@
 //! Projects.
 
 use super::DataStore;
+use crate::cached::CacheByText;
 use crate::error::{TxnError, is_unique_violation, public_error_from_diesel};
 use crate::pagination::{PaginatedBy, paginate};
 use chrono::Utc;
@@ -18,6 +19,7 @@ impl DataStore {
         diesel::insert_into(project::table)
             .values(&new)
             .returning(Project::as_returning())
+            .cached_by_text()
             .get_result(conn)
             .await
             .map_err(|e| {
@@ -93,6 +95,7 @@ impl DataStore {
                 .filter(project::time_deleted.is_null())
                 .filter(project::rcgen.eq(found.rcgen))
                 .set(project::time_deleted.eq(Utc::now()))
+                .cached_by_text()
                 .execute(conn)
                 .await?;
             if updated == 0 {
@@ -144,6 +147,7 @@ pub(crate) async fn project_bump_rcgen(
         .filter(project::id.eq(DbTypedUuid(id)))
         .filter(project::time_deleted.is_null())
         .set(project::rcgen.eq(project::rcgen + 1))
+        .cached_by_text()
         .execute(conn)
         .await?;
     if updated == 0 {

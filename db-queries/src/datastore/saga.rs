@@ -1,6 +1,7 @@
 //! The saga log: sagas and their node events.
 
 use super::DataStore;
+use crate::cached::CacheByText;
 use crate::error::public_error_from_diesel;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -17,6 +18,7 @@ impl DataStore {
             .values(new)
             .on_conflict(saga::id)
             .do_nothing()
+            .cached_by_text()
             .execute(conn)
             .await
             .map_err(public_error_from_diesel)?;
@@ -35,6 +37,7 @@ impl DataStore {
                 saga_node_event::event_type,
             ))
             .do_nothing()
+            .cached_by_text()
             .execute(conn)
             .await
             .map_err(public_error_from_diesel)?;
@@ -53,6 +56,7 @@ impl DataStore {
             .filter(saga::id.eq(DbTypedUuid(id)))
             .filter(saga::current_sec.eq(DbTypedUuid(sec)))
             .set(saga::saga_state.eq(DbEnum(state)))
+            .cached_by_text()
             .execute(conn)
             .await
             .map_err(public_error_from_diesel)?;

@@ -14,6 +14,7 @@
 //! committed before the expunge (and the expunge's sweep sees it) or finds the sled expunged.
 
 use super::DataStore;
+use crate::cached::CacheByText;
 use crate::error::{TxnError, public_error_from_diesel};
 use crate::pagination::{DataPageParams, paginate};
 use chrono::Utc;
@@ -93,6 +94,7 @@ impl DataStore {
         let upserted =
             diesel::query_dsl::methods::FilterDsl::filter(upsert, sled::time_expunged.is_null())
                 .returning(Sled::as_returning())
+                .cached_by_text()
                 .get_result(conn)
                 .await
                 .optional()
@@ -130,6 +132,7 @@ impl DataStore {
             .filter(sled::time_expunged.is_null())
             .set((sled::time_expunged.eq(now), sled::time_modified.eq(now)))
             .returning(Sled::as_returning())
+            .cached_by_text()
             .get_result(conn)
             .await
             .optional()
@@ -292,6 +295,7 @@ async fn reserve_once(
     let claimed: Option<DbTypedUuid<SledKind>> = match choice {
         SledChoice::Specific(sled_id) => claim
             .filter(sled::id.eq(DbTypedUuid(sled_id)))
+            .cached_by_text()
             .get_result(conn)
             .await
             .optional()?,
@@ -331,6 +335,7 @@ async fn reserve_once(
             }
             claim
                 .filter(sled::id.nullable().eq(pick.single_value()))
+                .cached_by_text()
                 .get_result(conn)
                 .await
                 .optional()?
@@ -349,6 +354,7 @@ async fn reserve_once(
     Ok(diesel::insert_into(sled_reservation::table)
         .values(&reservation)
         .returning(SledReservation::as_returning())
+        .cached_by_text()
         .get_result(conn)
         .await?)
 }
@@ -507,6 +513,7 @@ pub(crate) async fn release_reservation(
                 .eq(sled::reserved_hardware_threads - released.hardware_threads),
             sled::reserved_physical_ram.eq(sled::reserved_physical_ram - released.physical_ram),
         ))
+        .cached_by_text()
         .execute(conn)
         .await?;
     Ok(true)

@@ -3,6 +3,7 @@
 use super::DataStore;
 use super::instance::instance_not_found;
 use super::sled::release_reservation;
+use crate::cached::CacheByText;
 use crate::error::{TxnError, public_error_from_diesel};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -68,6 +69,7 @@ impl DataStore {
             .values(&new)
             .on_conflict(vmm::id)
             .do_nothing()
+            .cached_by_text()
             .execute(conn)
             .await;
         match inserted {
@@ -307,6 +309,7 @@ async fn fail_unfinished_migration_sides(
             migration::source_generation.eq(migration::source_generation + 1),
             migration::time_source_updated.eq(now),
         ))
+        .cached_by_text()
         .execute(conn)
         .await?;
     diesel::update(unfinished().filter(migration::target_propolis_id.eq(vmm_id)))
@@ -315,6 +318,7 @@ async fn fail_unfinished_migration_sides(
             migration::target_generation.eq(migration::target_generation + 1),
             migration::time_target_updated.eq(now),
         ))
+        .cached_by_text()
         .execute(conn)
         .await?;
     Ok(())
@@ -344,6 +348,7 @@ pub(crate) async fn retire(
                 vmm::generation.eq(DbGeneration(found.runtime.generation().next())),
                 vmm::time_state_updated.eq(now),
             ))
+            .cached_by_text()
             .execute(conn)
             .await?;
         outcome.vmm_state_changed = true;
@@ -351,6 +356,7 @@ pub(crate) async fn retire(
     if found.time_deleted.is_none() {
         diesel::update(vmm::table.filter(vmm::id.eq(found.id)))
             .set(vmm::time_deleted.eq(now))
+            .cached_by_text()
             .execute(conn)
             .await?;
         outcome.vmm_marked_deleted = true;
@@ -391,6 +397,7 @@ pub(crate) async fn retire(
                 instance::state_generation.eq(instance::state_generation + 1),
                 instance::time_state_updated.eq(now),
             ))
+            .cached_by_text()
             .execute(conn)
             .await?;
         outcome.instance_updated = true;
@@ -402,6 +409,7 @@ pub(crate) async fn retire(
                 instance::state_generation.eq(instance::state_generation + 1),
                 instance::time_state_updated.eq(now),
             ))
+            .cached_by_text()
             .execute(conn)
             .await?;
         outcome.instance_updated = true;
@@ -430,6 +438,7 @@ async fn update_vmm_runtime(
         .filter(vmm::time_deleted.is_null())
         .filter(vmm::generation.lt(new.generation))
         .set(new)
+        .cached_by_text()
         .execute(conn)
         .await?;
     if updated == 0 {
@@ -466,6 +475,7 @@ async fn update_migration_side(
                     migration::source_generation.eq(generation),
                     migration::time_source_updated.eq(report.time_updated),
                 ))
+                .cached_by_text()
                 .execute(conn)
                 .await?
         }
@@ -477,6 +487,7 @@ async fn update_migration_side(
                     migration::target_generation.eq(generation),
                     migration::time_target_updated.eq(report.time_updated),
                 ))
+                .cached_by_text()
                 .execute(conn)
                 .await?
         }
