@@ -5,11 +5,15 @@
 # Ctrl-C stops everything. Options are halyard-run-all's (--help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# jq: the printed example that reads a serial console uses it.
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y postgresql
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
 fi
 bash dev-tools/guest-image.sh
 cargo build -j2 -q -p halyard-run-all
