@@ -4,6 +4,15 @@
 //! `saga_update` cannot return errors: so while the database is unreachable they retry (with
 //! capped backoff) until the write lands. Writes are idempotent, so a retry after a write that
 //! did land but whose reply was lost is harmless.
+//!
+//! Node events are written in batches (group commit): an event is handed to one of a few
+//! writer tasks, which takes every event waiting at that moment (of any saga) and writes them
+//! in one multi-row `INSERT`, one commit; `record_event` returns only once the statement that
+//! holds its event has committed, exactly as when each event was written alone, so steno
+//! still moves on only after its event is in the log. Nothing waits to fill a batch: an idle
+//! writer writes a lone event at once; batches form only while writes are already in flight
+//! (under load, when they save the most). A batch that fails is written again event by event,
+//! so one event the database refuses never holds up the others.
 
 use crate::DataStore;
 use async_trait::async_trait;
@@ -13,15 +22,31 @@ use halyard_common::ids::{GenericUuid, NexusUuid, SagaUuid};
 use halyard_db_model::{Saga, SagaNodeEvent, SagaState};
 use slog::{Logger, o, warn};
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use steno::{SagaCachedState, SagaCreateParams, SagaId, SagaNodeEventType};
+use tokio::sync::{mpsc, oneshot};
+
+/// How many tasks write node events, each one batch at a time.
+const EVENT_WRITERS: usize = 4;
+/// The most events one statement writes (each size's statement is prepared once).
+const MAX_EVENT_BATCH: usize = 32;
 
 /// The saga log of one Nexus (one saga execution coordinator).
 #[derive(Debug, Clone)]
 pub struct DbSecStore {
     datastore: DataStore,
     sec_id: NexusUuid,
+    /// Where node events wait for a writer; the writers start with the first event.
+    events: Arc<OnceLock<mpsc::UnboundedSender<PendingEvent>>>,
     log: Logger,
+}
+
+/// A node event waiting to be written, and who waits for it.
+#[derive(Debug)]
+struct PendingEvent {
+    row: SagaNodeEvent,
+    written: oneshot::Sender<Result<(), halyard_common::Error>>,
 }
 
 impl DbSecStore {
@@ -29,8 +54,32 @@ impl DbSecStore {
         DbSecStore {
             datastore,
             sec_id,
+            events: Arc::new(OnceLock::new()),
             log: log.new(o!("component" => "SecStore")),
         }
+    }
+
+    /// Writes one node event, in whatever batch a writer puts it (see the module docs).
+    async fn write_event(&self, row: SagaNodeEvent) -> Result<(), halyard_common::Error> {
+        let queue = self.events.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+            for _ in 0..EVENT_WRITERS {
+                tokio::spawn(write_events(self.datastore.clone(), Arc::clone(&receiver)));
+            }
+            sender
+        });
+        let (written, done) = oneshot::channel();
+        if queue.send(PendingEvent { row, written }).is_err() {
+            return Err(halyard_common::Error::unavailable(
+                "the saga log's writers have stopped",
+            ));
+        }
+        done.await.unwrap_or_else(|_| {
+            Err(halyard_common::Error::unavailable(
+                "the saga log's writer stopped before writing the event",
+            ))
+        })
     }
 
     /// Runs a log write until it succeeds.
@@ -103,7 +152,7 @@ impl steno::SecStore for DbSecStore {
         };
         let row = &row;
         self.until_written("record_event", || async move {
-            self.datastore.saga_record_event(row).await
+            self.write_event(row.clone()).await
         })
         .await;
     }
@@ -117,6 +166,44 @@ impl steno::SecStore for DbSecStore {
                 .map(|_| ())
         })
         .await;
+    }
+}
+
+/// One writer of node events: takes a waiting event and every other one waiting with it (up
+/// to [`MAX_EVENT_BATCH`]), writes them in one statement and tells each waiter. Ends when the
+/// store is gone.
+async fn write_events(
+    datastore: DataStore,
+    receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<PendingEvent>>>,
+) {
+    loop {
+        let batch = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_EVENT_BATCH {
+                match receiver.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let rows: Vec<&SagaNodeEvent> = batch.iter().map(|p| &p.row).collect();
+        let result = datastore.saga_record_events(&rows).await;
+        if result.is_err() && batch.len() > 1 {
+            // Whatever failed, let it fail only the event it concerns.
+            for pending in batch {
+                let result = datastore.saga_record_events(&[&pending.row]).await;
+                let _ = pending.written.send(result);
+            }
+            continue;
+        }
+        for pending in batch {
+            let _ = pending.written.send(result.clone());
+        }
     }
 }
 

@@ -44,6 +44,43 @@ impl DataStore {
         Ok(())
     }
 
+    /// Appends several events (of any sagas) to the saga log in one statement, so one commit.
+    /// As with [`DataStore::saga_record_event`], an event already recorded is left alone.
+    pub async fn saga_record_events(&self, events: &[&SagaNodeEvent]) -> Result<(), Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Every column bound (a missing `data` as NULL rather than DEFAULT), so the statement's
+        // text depends on the number of events alone and each size is prepared once.
+        let rows: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    saga_node_event::saga_id.eq(e.saga_id),
+                    saga_node_event::node_id.eq(e.node_id),
+                    saga_node_event::event_type.eq(&e.event_type),
+                    saga_node_event::data.eq(&e.data),
+                    saga_node_event::event_time.eq(e.event_time),
+                    saga_node_event::creator.eq(e.creator),
+                )
+            })
+            .collect();
+        let conn = &mut *self.connection().await?;
+        diesel::insert_into(saga_node_event::table)
+            .values(rows)
+            .on_conflict((
+                saga_node_event::saga_id,
+                saga_node_event::node_id,
+                saga_node_event::event_type,
+            ))
+            .do_nothing()
+            .cached_by_text()
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(())
+    }
+
     /// Updates a saga's cached state, only while `sec` owns it. Returns whether it applied.
     pub async fn saga_update_state(
         &self,
