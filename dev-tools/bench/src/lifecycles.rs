@@ -176,6 +176,15 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
         - before.cpu.postgres)
         / window.as_secs_f64();
     let ratio = rate * commits_per_lifecycle / pgbench.tps;
+    let per_commit = |ms_per_lifecycle: f64| {
+        if commits_per_lifecycle > 0.0 {
+            ms_per_lifecycle * 1000.0 / commits_per_lifecycle
+        } else {
+            0.0
+        }
+    };
+    let halyard_us_per_commit = per_commit(halyard_cpu);
+    let postgres_us_per_commit = per_commit(postgres_cpu);
     let write_ratio = rate * writes_per_lifecycle / pgbench.tps;
     let figures = |f: fn(&Lifecycle) -> Duration| Figures::of(measured.iter().map(f));
     let ops: Vec<(&str, Figures)> = vec![
@@ -218,6 +227,10 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
             "commits_per_lifecycle": round(commits_per_lifecycle),
             "write_transactions_per_lifecycle": round(writes_per_lifecycle),
             "polls_per_lifecycle": round(polls_per_lifecycle),
+            "cpu_us_per_commit": {
+                "halyard": round(halyard_us_per_commit),
+                "postgres": round(postgres_us_per_commit),
+            },
             "cpu_ms_per_lifecycle": {
                 "halyard": round(halyard_cpu),
                 "postgres": round(postgres_cpu),
@@ -237,6 +250,10 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
                 "duration_s": args.pgbench_secs,
                 "commits_per_s": round(pgbench.tps),
                 "latency_avg_ms": pgbench.latency_ms.map(round),
+                "cpu_us_per_commit": {
+                    "postgres": round(pgbench.postgres_us),
+                    "pgbench": round(pgbench.client_us),
+                },
             },
             "commit_ratio": round(ratio * 1000.0) / 1000.0,
             "write_commit_ratio": round(write_ratio * 1000.0) / 1000.0,
@@ -281,6 +298,11 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
         args.pgbench_secs,
         pgbench.tps,
         args.pgbench_workload.describe()
+    );
+    println!(
+        "CPU per commit: Halyard's run {:.0} us in PostgreSQL + {:.0} us in this process; \
+         pgbench's run {:.0} us in PostgreSQL + {:.0} us in pgbench",
+        postgres_us_per_commit, halyard_us_per_commit, pgbench.postgres_us, pgbench.client_us
     );
     println!(
         "ratio (lifecycles/s x commits per lifecycle) / pgbench commits/s = {rate:.1} x \
@@ -390,6 +412,9 @@ fn saga_steps_query(from: &str, to: &str) -> String {
 struct PgbenchResult {
     tps: f64,
     latency_ms: Option<f64>,
+    /// CPU per commit (µs) during the run: in PostgreSQL, and in pgbench itself.
+    postgres_us: f64,
+    client_us: f64,
 }
 
 /// `pgbench -i` a database of its own in Halyard's cluster, then runs `workload` with
@@ -442,7 +467,14 @@ fn run_pgbench(
         }
     }
     cmd.arg("pgbench");
-    let out = tokio::task::block_in_place(|| cmd.output());
+    let cpu_before = system.cpu()?;
+    let out = tokio::task::block_in_place(|| {
+        let out = cmd.output();
+        // Let the postmaster reap pgbench's backends, whose time it then holds.
+        std::thread::sleep(Duration::from_millis(500));
+        out
+    });
+    let cpu_after = system.cpu()?;
     let _ = std::fs::remove_file(&script);
     let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -462,8 +494,11 @@ fn run_pgbench(
         })
     };
     let tps = field("tps = ").with_context(|| format!("no tps in pgbench's output:\n{stdout}"))?;
+    let commits = tps * secs as f64;
     Ok(PgbenchResult {
         tps,
         latency_ms: field("latency average = "),
+        postgres_us: (cpu_after.postgres - cpu_before.postgres) * 1e6 / commits,
+        client_us: (cpu_after.children - cpu_before.children) * 1e6 / commits,
     })
 }

@@ -182,7 +182,7 @@ impl System {
     }
 
     /// CPU time used by this process and by the PostgreSQL server so far.
-    fn cpu(&self) -> anyhow::Result<CpuTimes> {
+    pub fn cpu(&self) -> anyhow::Result<CpuTimes> {
         let pid_file = self.pg.cluster().data_dir().join("postmaster.pid");
         let postmaster: u32 = std::fs::read_to_string(&pid_file)?
             .lines()
@@ -191,9 +191,9 @@ impl System {
             .with_context(|| format!("reading {}", pid_file.display()))?;
         // SAFETY: sysconf has no preconditions.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let halyard = proc_stat("self")
-            .map(|s| s.own as f64 / ticks)
-            .unwrap_or(0.0);
+        let (halyard, children) = proc_stat("self")
+            .map(|s| (s.own as f64 / ticks, s.children as f64 / ticks))
+            .unwrap_or_default();
         let mut postgres = 0;
         if let Some(s) = proc_stat(&postmaster.to_string()) {
             // Ended backends were reaped by the postmaster: their time is its children's.
@@ -213,6 +213,7 @@ impl System {
         }
         Ok(CpuTimes {
             halyard,
+            children,
             postgres: postgres as f64 / ticks,
         })
     }
@@ -281,6 +282,8 @@ pub struct DbCounters {
 pub struct CpuTimes {
     /// This process: Nexus, the sled agents and the clients.
     pub halyard: f64,
+    /// The processes this one started and waited for (psql, pgbench).
+    pub children: f64,
     /// The PostgreSQL server: its postmaster and every backend, live or ended.
     pub postgres: f64,
 }
