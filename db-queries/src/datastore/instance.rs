@@ -3,7 +3,9 @@
 use super::DataStore;
 use super::project::project_bump_rcgen;
 use crate::cached::CacheByText;
-use crate::error::{TxnError, is_unique_violation, public_error_from_diesel};
+use crate::error::{
+    TxnError, is_foreign_key_violation, is_unique_violation, public_error_from_diesel,
+};
 use crate::pagination::{PaginatedBy, paginate};
 use chrono::Utc;
 use diesel::prelude::*;
@@ -35,9 +37,12 @@ impl DataStore {
             if let Some(existing) = instance_fetch_any(conn, new.id()).await? {
                 return Ok(existing);
             }
+            // The insert first, the project's generation bump last: every instance insert in
+            // the project queues on that bump's row lock, held until COMMIT, so it comes
+            // right before it (one round trip instead of two). Both are in one transaction
+            // either way, so a racing project delete still sees the bump or makes it fail.
             conn.transaction(async |conn| {
-                project_bump_rcgen(conn, new.project_id()).await?;
-                diesel::insert_into(instance::table)
+                let inserted = diesel::insert_into(instance::table)
                     .values(new)
                     .returning(Instance::as_returning())
                     .cached_by_text()
@@ -49,10 +54,17 @@ impl DataStore {
                                 type_name: ResourceType::Instance,
                                 name: new.name().to_string(),
                             })
+                        } else if is_foreign_key_violation(&e) {
+                            TxnError::Public(Error::not_found_by_id(
+                                ResourceType::Project,
+                                new.project_id().into_untyped_uuid(),
+                            ))
                         } else {
                             TxnError::Database(e)
                         }
-                    })
+                    })?;
+                project_bump_rcgen(conn, new.project_id()).await?;
+                Ok(inserted)
             })
             .await
         })
