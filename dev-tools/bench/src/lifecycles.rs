@@ -254,6 +254,7 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
                     "postgres": round(pgbench.postgres_us),
                     "pgbench": round(pgbench.client_us),
                 },
+                "cores_busy": round(pgbench.cores_busy),
             },
             "commit_ratio": round(ratio * 1000.0) / 1000.0,
             "write_commit_ratio": round(write_ratio * 1000.0) / 1000.0,
@@ -301,9 +302,22 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
     );
     println!(
         "CPU per commit: Halyard's run {:.0} us in PostgreSQL + {:.0} us in this process; \
-         pgbench's run {:.0} us in PostgreSQL + {:.0} us in pgbench",
-        postgres_us_per_commit, halyard_us_per_commit, pgbench.postgres_us, pgbench.client_us
+         pgbench's run {:.0} us in PostgreSQL + {:.0} us in pgbench ({:.2} cores busy)",
+        postgres_us_per_commit,
+        halyard_us_per_commit,
+        pgbench.postgres_us,
+        pgbench.client_us,
+        pgbench.cores_busy
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for (run, busy) in [("Halyard's", cpu_busy), ("pgbench's", pgbench.cores_busy)] {
+        if busy < 0.9 * cores {
+            println!(
+                "note: {run} run kept only {busy:.2} of {cores} cores busy: something else was \
+                 using the machine, or the run did not saturate it; compare figures with care"
+            );
+        }
+    }
     println!(
         "ratio (lifecycles/s x commits per lifecycle) / pgbench commits/s = {rate:.1} x \
          {commits_per_lifecycle:.1} / {:.0} = {:.1}%   (counting only writing transactions: \
@@ -415,6 +429,8 @@ struct PgbenchResult {
     /// CPU per commit (µs) during the run: in PostgreSQL, and in pgbench itself.
     postgres_us: f64,
     client_us: f64,
+    /// Cores PostgreSQL and pgbench kept busy, on average.
+    cores_busy: f64,
 }
 
 /// `pgbench -i` a database of its own in Halyard's cluster, then runs `workload` with
@@ -500,5 +516,8 @@ fn run_pgbench(
         latency_ms: field("latency average = "),
         postgres_us: (cpu_after.postgres - cpu_before.postgres) * 1e6 / commits,
         client_us: (cpu_after.children - cpu_before.children) * 1e6 / commits,
+        cores_busy: (cpu_after.postgres - cpu_before.postgres + cpu_after.children
+            - cpu_before.children)
+            / secs as f64,
     })
 }
