@@ -117,26 +117,74 @@ apt_opts=(-q -o Dpkg::Use-Pty=0)
 # As root, apt-get download would otherwise warn that the _apt user cannot write the temp dir.
 [ -z "$sudo" ] && apt_opts+=(-o APT::Sandbox::User=root)
 
+# Says why QEMU can't be had, in one line that run-all.sh and run-tests.sh pass on, and stops.
+no_qemu() {
+    echo "guest-image: QEMU can't be installed: $*" >&2
+    exit 3
+}
+
+# The Debian suite whose qemu-system-x86 matches the QEMU packages already installed, or nothing
+# for the release's own. A new machine of this kind ships qemu-utils from bookworm-backports
+# (QEMU 10), which Breaks bookworm's qemu-system-common (7.2): the QEMU to install is then the
+# backports one, never a removal or a downgrade of what is there.
+matching_qemu_suite() {
+    local codename
+    codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+    if dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' 'qemu-*' 2>/dev/null |
+        awk '$1 == "ii" { print $2 }' | grep -q '~bpo'; then
+        echo "$codename-backports"
+    fi
+}
+
+# apt knows a suite only when a source names it. Backports is not configured on a new machine:
+# add it for the install only, and take it away again afterwards.
+backports_source="/etc/apt/sources.list.d/halyard-backports.sources"
+with_suite_source() {
+    local suite="$1"
+    shift
+    if [ -z "$suite" ] || apt-cache policy 2>/dev/null | grep -q " $suite/"; then
+        "$@"
+        return
+    fi
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$suite" | $sudo tee "$backports_source" >/dev/null
+    local status=0
+    { $sudo apt-get "${apt_opts[@]}" update && "$@"; } || status=$?
+    $sudo rm -f "$backports_source"
+    return "$status"
+}
+
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get "${apt_opts[@]}" install -y --no-remove "$@"
+}
+
 missing=()
-command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 command -v gzip >/dev/null 2>&1 || missing+=(gzip)
 command -v flock >/dev/null 2>&1 || missing+=(util-linux)
-if ((${#missing[@]})); then
-    echo "==> installing ${missing[*]} (apt-get; about 20 s)"
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ((${#missing[@]})); then
     log="$(mktemp "${TMPDIR:-/tmp}/halyard-guest-apt.XXXXXX")"
-    # --no-remove: never take other packages away to make room (on a machine with qemu-utils
-    # from bookworm-backports, installing qemu-system-x86 from bookworm would remove it).
-    if ! { $sudo apt-get "${apt_opts[@]}" update &&
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get "${apt_opts[@]}" install -y --no-remove \
-            "${missing[@]}"; } >"$log" 2>&1; then
-        cat "$log" >&2
-        echo "guest-image: installing ${missing[*]} failed (output above); if apt wanted to remove" \
-            "packages, install them yourself and rerun" >&2
-        exit 1
+    if ((${#missing[@]})); then
+        echo "==> installing ${missing[*]} (apt-get)"
+        { $sudo apt-get "${apt_opts[@]}" update && apt_install "${missing[@]}"; } >"$log" 2>&1 || {
+            cat "$log" >&2
+            echo "guest-image: installing ${missing[*]} failed (output above)" >&2
+            exit 1
+        }
+    fi
+    if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+        suite="$(matching_qemu_suite)"
+        echo "==> installing qemu-system-x86${suite:+ from $suite, matching the QEMU packages installed} (apt-get; about 30 s)"
+        # --no-remove: never take other packages away to make room; apt never downgrades unasked.
+        if ! with_suite_source "$suite" apt_install ${suite:+-t "$suite"} qemu-system-x86 >"$log" 2>&1; then
+            cat "$log" >&2
+            reason="$(grep -m1 -E '^E: ' "$log" | sed 's/^E: //' || true)"
+            no_qemu "apt-get install qemu-system-x86${suite:+ -t $suite} failed: ${reason:-see the output above}"
+        fi
     fi
     rm -f "$log"
 fi
+command -v qemu-system-x86_64 >/dev/null 2>&1 || no_qemu "qemu-system-x86_64 is not on PATH after installing qemu-system-x86"
 
 cached() {
     [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/VERSION" ] &&

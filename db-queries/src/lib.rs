@@ -1,6 +1,6 @@
 //! Every query Halyard makes of its database, behind one [`DataStore`].
 //!
-//! The state transitions that keep the invariants of DESIGN.md live here, each as one
+//! The state transitions that keep the invariants of docs/design.md live here, each as one
 //! conditional statement or one transaction:
 //!
 //! - runtime writes are generation-guarded (`WHERE generation < $new`), so a stale or

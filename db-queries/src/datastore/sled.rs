@@ -24,7 +24,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{GenericUuid, InstanceUuid, SledKind, SledUuid, VmmUuid};
-use halyard_common::{ByteCount, Error, ResourceType};
+use halyard_common::{ByteCount, Error, Labelled, ResourceType};
 use halyard_db_model::schema::{sled, sled_reservation};
 use halyard_db_model::{DbByteCount, DbTypedUuid, Sled, SledReservation, SledResources};
 use uuid::Uuid;
@@ -437,14 +437,18 @@ async fn no_room(
                 Err(e) => AttemptFailed::Final(e.into()),
                 Ok(Some(_)) => AttemptFailed::LostRace,
                 Ok(None) => {
+                    // A migration stays within its source's backend: say which, since sleds
+                    // of the other kind may well have room.
+                    let which = match choice {
+                        SledChoice::AnyExcept(source) => match sled_fetch(conn, source).await {
+                            Ok(source) => format!("other {} ", source.backend.0.label()),
+                            Err(e) => return AttemptFailed::Final(e),
+                        },
+                        _ => String::new(),
+                    };
                     AttemptFailed::Final(TxnError::Public(Error::insufficient_capacity(format!(
-                        "no {}sled has room for {need}; stop or delete other instances, \
-                         or add sleds",
-                        if matches!(choice, SledChoice::AnyExcept(_)) {
-                            "other "
-                        } else {
-                            ""
-                        }
+                        "no {which}sled has room for {need}; stop or delete other instances, \
+                         or add sleds"
                     ))))
                 }
             }

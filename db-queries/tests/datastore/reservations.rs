@@ -328,6 +328,11 @@ async fn placement_prefers_qemu_sleds_and_migrates_only_between_sleds_of_one_kin
         matches!(error, Error::InsufficientCapacity { .. }),
         "{error:?}"
     );
+    // The refusal names the backend that has no room, since the simulated sleds have plenty.
+    assert!(
+        error.to_string().contains("no other qemu sled has room"),
+        "{error}"
+    );
     assert_books_balance(&h);
 }
 

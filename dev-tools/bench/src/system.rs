@@ -158,7 +158,7 @@ impl System {
         Ok(settings)
     }
 
-    /// Every invariant violation (DESIGN.md) the test suites' checker finds, plus instances
+    /// Every invariant violation (docs/design.md) the test suites' checker finds, plus instances
     /// and VMMs that ended failed.
     pub fn violations(&self) -> anyhow::Result<Vec<String>> {
         let mut violations = tokio::task::block_in_place(|| {

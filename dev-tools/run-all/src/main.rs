@@ -51,6 +51,24 @@ struct Args {
     /// The first sled agent's port; the others follow.
     #[arg(long, default_value_t = 12400)]
     first_sled_port: u16,
+    /// The least severe log level shown: trace, debug, info, warning, error or critical.
+    /// Routine traffic (periodic registrations, state reports, polls) logs at debug.
+    #[arg(long, default_value = "info", value_parser = parse_log_level)]
+    log_level: slog::Level,
+    /// Why QEMU is missing, when `run-all.sh` could not install it (printed with the banner).
+    #[arg(long, hide = true)]
+    no_qemu_reason: Option<String>,
+}
+
+fn parse_log_level(text: &str) -> Result<slog::Level, String> {
+    let level = match text {
+        "warn" => "warning",
+        "crit" => "critical",
+        other => other,
+    };
+    slog::Level::from_str(level).map_err(|()| {
+        format!("unknown log level {text:?} (trace, debug, info, warning, error or critical)")
+    })
 }
 
 const DATABASE: &str = "halyard";
@@ -60,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let decorator = slog_term::TermDecorator::new().stderr().build();
     let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let drain = slog::LevelFilter::new(drain, slog::Level::Info).fuse();
+    let drain = slog::LevelFilter::new(drain, args.log_level).fuse();
     let drain = slog_async::Async::new(drain).build().fuse();
     let log = Logger::root(drain, o!());
 
@@ -151,6 +169,9 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     }
     wait_for_sleds(&datastore, usize::from(args.sleds + args.qemu_sleds)).await?;
 
+    // The banner comes last: let the start-up's log lines (written by a background thread) out
+    // first, so nothing scrolls it away.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     println!();
     let external = format!("http://{}", nexus.external_address());
     println!("Halyard is running.");
@@ -206,6 +227,9 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     println!("    {omdb} db check");
     println!("    {omdb} nexus sagas{nexus_flag}");
     println!("    {omdb} --help");
+    if let Some(reason) = &args.no_qemu_reason {
+        println!("  No QEMU sled: {reason}");
+    }
     println!("Press Ctrl-C to stop everything.");
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

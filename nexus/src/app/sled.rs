@@ -12,7 +12,7 @@
 //!    its next step (`Nexus::sled_client` and `vmm_steps::create_record` refuse the sled)
 //!    and unwinds;
 //! 2. every live VMM on it is marked failed (generation bumped) and retired: its reservation
-//!    is released, and an instance whose active VMM it was becomes failed (DESIGN.md: an
+//!    is released, and an instance whose active VMM it was becomes failed (docs/design.md: an
 //!    instance whose active VMM failed), from where it can be started again, on another
 //!    sled (instance-start accepts a failed instance, as Oxide does);
 //! 3. migrations: one *into* the sled loses its target (retired, and the instance's target
