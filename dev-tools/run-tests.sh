@@ -27,7 +27,26 @@ echo "==> cargo test"
 # The crash-replay and racing-operations tests run on their own, so their summaries (which
 # saga nodes were crashed and recovered; which seeds ran how many operations) show here.
 cargo test -j2 --workspace -- --skip crash_replay:: --skip races::
+
+# `cargo test <args>` for tests selected by name; fails if the selection ran no test at all
+# (a renamed or moved module would otherwise "pass" in silence).
+run_selected_tests() {
+    local output passed status=0
+    output=$(mktemp)
+    cargo test "$@" 2>&1 | tee "$output" || status=$?
+    passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$output" | awk '{n += $4} END {print n + 0}')
+    rm -f "$output"
+    if [ "$status" -ne 0 ]; then
+        return "$status"
+    fi
+    if [ "$passed" -eq 0 ]; then
+        echo "error: cargo test $* selected no tests" >&2
+        return 1
+    fi
+    echo "==> cargo test $*: $passed passed"
+}
+
 echo "==> crash replay at every saga node"
-cargo test -j2 -p halyard-nexus --test nexus crash_replay:: -- --nocapture
+run_selected_tests -j2 -p halyard-nexus --test nexus crash_replay:: -- --nocapture
 echo "==> racing operations (fixed seeds)"
-cargo test -j2 -p halyard-nexus --test nexus races:: -- --nocapture
+run_selected_tests -j2 -p halyard-nexus --test nexus races:: -- --nocapture

@@ -9,7 +9,8 @@
 //! * **One cluster per test process.** Running `initdb` and starting a server
 //!   takes around a second, which is too slow to do for every test but fine to
 //!   do once per test binary. The first call in a process starts a cluster in
-//!   `$TMPDIR/halyard-test-pg-<pid>-<nanos>` on a free port, with fsync off;
+//!   `$TMPDIR/halyard-test-pg-<pid>-<nanos>` on a reserved port
+//!   ([`reserve_port`]: no other test takes it meanwhile), with fsync off;
 //!   every later call reuses it. Tests in the same process run in threads, so
 //!   they share it safely, and separate processes (e.g. under nextest) never
 //!   see each other's cluster.
@@ -49,11 +50,14 @@
 //! PostgreSQL is found under `/usr/lib/postgresql/<version>/bin` (the Debian
 //! and Ubuntu layout); the highest version wins.
 
+mod ports;
+
+pub use ports::{ReservedPort, reserve_port};
+
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::fs;
 use std::io;
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -70,7 +74,8 @@ const POSTGRES_LIB_DIR: &str = "/usr/lib/postgresql";
 const SUPERUSER: &str = "postgres";
 /// The address the server listens on and clients connect to.
 const LISTEN_ADDRESS: &str = "127.0.0.1";
-/// How many free ports to try when the caller did not fix one.
+/// How many reserved ports to try when the caller did not fix one (a port some unrelated
+/// program takes between [`reserve_port`]'s check and the server's bind).
 const START_ATTEMPTS: usize = 3;
 /// How much of `server.log` to quote when the server does not start.
 const LOG_TAIL_LINES: usize = 30;
@@ -389,8 +394,9 @@ pub struct ClusterOptions {
     /// The data directory; `initdb` runs first if it is missing or has no
     /// `PG_VERSION`. The server log is written to `server.log` inside it.
     pub data_dir: PathBuf,
-    /// The TCP port on 127.0.0.1; `None` picks a free one (retrying with
-    /// another if the server fails to start).
+    /// The TCP port on 127.0.0.1; `None` reserves one ([`reserve_port`],
+    /// held as long as the cluster value lives; retrying with another if the
+    /// server fails to start).
     pub port: Option<u16>,
     /// `false` turns off fsync, synchronous commit and full-page writes (and
     /// makes `initdb` skip syncing): fast, but data is lost on a host crash.
@@ -424,6 +430,8 @@ pub struct PostgresCluster {
     data_dir: PathBuf,
     port: u16,
     user: Option<ServerUser>,
+    /// The reservation of `port`, when the caller did not fix it.
+    port_reservation: Option<ReservedPort>,
 }
 
 impl PostgresCluster {
@@ -466,15 +474,19 @@ impl PostgresCluster {
         };
         let mut last_error = None;
         for _ in 0..attempts {
-            let port = match options.port {
-                Some(port) => port,
-                None => free_port()?,
+            let (port, reservation) = match options.port {
+                Some(port) => (port, None),
+                None => {
+                    let reservation = reserve_port()?;
+                    (reservation.port(), Some(reservation))
+                }
             };
             let cluster = PostgresCluster {
                 bin_dir: bin_dir.clone(),
                 data_dir: data_dir.clone(),
                 port,
                 user,
+                port_reservation: reservation,
             };
             match cluster.pg_ctl_start(&log_file, &socket_dir, options.fsync) {
                 Ok(()) => return Ok(cluster),
@@ -616,17 +628,6 @@ fn prepare_dir(dir: &Path, user: Option<ServerUser>) -> Result<(), ClusterError>
         })?;
     }
     Ok(())
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> Result<u16, ClusterError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| ClusterError::io("finding a free TCP port", e))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| ClusterError::io("finding a free TCP port", e))?
-        .port();
-    Ok(port)
 }
 
 fn log_tail(log_file: &Path) -> Option<String> {
@@ -849,9 +850,11 @@ impl PrivateCluster {
         self.cluster.stop()
     }
 
-    /// Starts the stopped server again, on the same port.
+    /// Starts the stopped server again, on the same port (still reserved for it).
     pub fn restart(&mut self) -> Result<(), ClusterError> {
-        self.cluster = PostgresCluster::start(self.options.clone())?;
+        let mut cluster = PostgresCluster::start(self.options.clone())?;
+        cluster.port_reservation = self.cluster.port_reservation.take();
+        self.cluster = cluster;
         Ok(())
     }
 }

@@ -3,7 +3,9 @@
 //! (its actions and undos retry through the outage).
 //!
 //! The database tests each run their own PostgreSQL cluster ([`PrivateCluster`]), since they
-//! stop it; it is removed however the test ends.
+//! stop it; it is removed however the test ends. What a saga did through the outage is read
+//! from Nexus's own log records ([`CapturedLog`]: an action or undo failing and being retried,
+//! then succeeding) and from the saga log, not inferred from how long the outage lasted.
 
 use crate::context::{TestContext, log};
 use halyard_common::ids::{InstanceUuid, NexusUuid, SledUuid};
@@ -13,7 +15,9 @@ use halyard_nexus::app::sagas::retry::SagaRetryPolicy;
 use halyard_sled_agent::SimConfig;
 use halyard_test_db::PrivateCluster;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -68,10 +72,96 @@ async fn a_restarted_sled_agent_re_registers_and_nexus_reconciles_what_it_lost()
     ctx.assert_quiet_and_consistent().await;
 }
 
+/// What `retry.rs` logs when a saga action or undo meets a transient error and will run again.
+const RETRYING: &str = "transient error; retrying";
+/// ... when a forward action's retry budget is spent and it fails.
+const OUT_OF_RETRIES: &str = "transient error; out of retries, failing";
+/// ... when an action or undo that met transient errors finally succeeds.
+const SUCCEEDED_AFTER_RETRIES: &str = "succeeded after transient errors";
+/// What `DbSecStore` logs when a saga log write fails and will be tried again.
+const SAGA_LOG_WRITE_RETRYING: &str = "saga log write failed; retrying";
+/// The start saga's actions, as their retries name them (`what`: "saga action <name> (...)").
+const CREATE_VMM: &str = "saga action instance_start.create_vmm ";
+const UNDO_RESERVE: &str = "saga undo instance_start.reserve ";
+
+/// Nexus's log records, kept in memory for the test to read.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<LogRecord>>>);
+
+#[derive(Debug, Clone)]
+struct LogRecord {
+    message: String,
+    /// The record's own key-values (not its logger's), as displayed.
+    values: BTreeMap<String, String>,
+}
+
+impl slog::Drain for CapturedLog {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let mut values = DisplayedValues::default();
+        // `DisplayedValues` never fails.
+        let _ = slog::KV::serialize(&record.kv(), record, &mut values);
+        self.0.lock().unwrap().push(LogRecord {
+            message: record.msg().to_string(),
+            values: values.0,
+        });
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct DisplayedValues(BTreeMap<String, String>);
+
+impl slog::Serializer for DisplayedValues {
+    fn emit_arguments(&mut self, key: slog::Key, value: &std::fmt::Arguments) -> slog::Result {
+        self.0.insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn logger(&self) -> slog::Logger {
+        slog::Logger::root(self.clone(), slog::o!())
+    }
+
+    /// The records saying `message` about something whose `what` starts with `what`.
+    fn records(&self, message: &str, what: &str) -> Vec<LogRecord> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r.message == message && r.values.get("what").is_some_and(|w| w.starts_with(what))
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn count(&self, message: &str, what: &str) -> usize {
+        self.records(message, what).len()
+    }
+
+    /// The `failures` an action or undo reported when it succeeded after transient errors
+    /// (fails the test unless it did so exactly once).
+    fn failures_before_success(&self, what: &str) -> u32 {
+        let records = self.records(SUCCEEDED_AFTER_RETRIES, what);
+        assert_eq!(
+            records.len(),
+            1,
+            "{what}: expected one success after transient errors, got {records:?}"
+        );
+        records[0].values["failures"].parse().unwrap()
+    }
+}
+
 /// Nexus and sim sled agents on a private database cluster the test may stop.
 struct OutageSystem {
     server: halyard_nexus::Server,
     sleds: Vec<halyard_sled_agent::Server>,
+    /// Nexus's log.
+    nexus_log: CapturedLog,
     // Last: dropped (stopped and removed) after everything that uses it, also on a panic.
     db: PrivateCluster,
 }
@@ -91,7 +181,10 @@ impl OutageSystem {
             internal_address: "127.0.0.1:0".parse().unwrap(),
             retirement_interval_ms: 200,
         };
-        let server = halyard_nexus::Server::start(&config, &log()).await.unwrap();
+        let nexus_log = CapturedLog::default();
+        let server = halyard_nexus::Server::start(&config, &nexus_log.logger())
+            .await
+            .unwrap();
         let mut sleds = Vec::new();
         for _ in 0..sled_count {
             // From TOML, so that options the sled agent gains keep their defaults here.
@@ -112,7 +205,12 @@ impl OutageSystem {
                     .unwrap(),
             );
         }
-        let system = OutageSystem { server, sleds, db };
+        let system = OutageSystem {
+            server,
+            sleds,
+            nexus_log,
+            db,
+        };
         system
             .eventually("every sled registered", || {
                 system.sql("SELECT count(*) FROM sled").trim() == sled_count.to_string()
@@ -166,6 +264,20 @@ impl OutageSystem {
 
     async fn run_state(&self, id: InstanceUuid) -> InstanceState {
         self.nexus().instance_view(id).await.unwrap().run_state()
+    }
+
+    /// How many node events of each type the (only) instance-start saga has in the log.
+    fn start_saga_events(&self) -> BTreeMap<String, usize> {
+        self.sql(
+            "SELECT e.event_type, count(*) FROM saga_node_event e JOIN saga s ON s.id = e.saga_id \
+             WHERE s.name = 'instance-start' GROUP BY e.event_type",
+        )
+        .lines()
+        .map(|line| {
+            let (event, count) = line.split_once('|').unwrap();
+            (event.to_string(), count.parse().unwrap())
+        })
+        .collect()
     }
 
     /// Holds an exclusive lock on table `table` from another session, so the next statement
@@ -357,12 +469,19 @@ async fn a_start_saga_in_flight_survives_a_database_outage() {
     let id = system.instance("vm").await;
     let start = start_and_stop_the_database_mid_saga(&system, id).await;
 
-    // Down for a few seconds: the saga's action keeps retrying, and does not fail.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The `vmm` node's action fails against the stopped database, and runs again, and fails
+    // again: the saga waits through the outage rather than fail.
+    system
+        .eventually("the vmm action to fail twice and be retried", || {
+            system.nexus_log.count(RETRYING, CREATE_VMM) >= 2
+        })
+        .await;
     assert!(
         !start.is_finished(),
         "the start ended while the database was down"
     );
+    assert_eq!(system.nexus_log.count(OUT_OF_RETRIES, CREATE_VMM), 0);
+    let failures_while_down = system.nexus_log.count(RETRYING, CREATE_VMM);
     system.db.restart().unwrap();
 
     let started = tokio::time::timeout(Duration::from_secs(60), start)
@@ -370,6 +489,21 @@ async fn a_start_saga_in_flight_survives_a_database_outage() {
         .expect("the start finished")
         .unwrap();
     assert!(started.is_ok(), "the start failed: {started:?}");
+    // The same action, retried, succeeded once the database was back; nothing was undone.
+    let failures = system.nexus_log.failures_before_success(CREATE_VMM);
+    assert!(
+        failures as usize >= failures_while_down,
+        "{failures} failures before the success, {failures_while_down} seen while down"
+    );
+    let events = system.start_saga_events();
+    assert_eq!(
+        events.get("started"),
+        events.get("succeeded"),
+        "every node that started succeeded: {events:?}"
+    );
+    for unwinding in ["failed", "undo_started", "undo_finished", "undo_failed"] {
+        assert!(!events.contains_key(unwinding), "{events:?}");
+    }
     system
         .eventually("the instance to run", || {
             system.sql(&format!(
@@ -395,9 +529,20 @@ async fn a_start_saga_that_outlasts_its_retries_unwinds_once_the_database_is_bac
     let id = system.instance("vm").await;
     let start = start_and_stop_the_database_mid_saga(&system, id).await;
 
-    // Longer than the action's budget (one more attempt waits out the pool's 5 s connection
-    // timeout): the action fails, and the undos wait for the database rather than give up.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The action is retried until its budget is spent, and fails; the saga then has to
+    // record that failure, which waits for the database (and its undos after it): the saga
+    // does not end while the database is down.
+    system
+        .eventually("the vmm action to run out of retries", || {
+            system.nexus_log.count(OUT_OF_RETRIES, CREATE_VMM) == 1
+        })
+        .await;
+    assert!(system.nexus_log.count(RETRYING, CREATE_VMM) >= 1);
+    system
+        .eventually("the saga log write of the failure to be retried", || {
+            system.nexus_log.count(SAGA_LOG_WRITE_RETRYING, "") >= 1
+        })
+        .await;
     assert!(
         !start.is_finished(),
         "the saga ended while the database was down"
@@ -412,8 +557,17 @@ async fn a_start_saga_that_outlasts_its_retries_unwinds_once_the_database_is_bac
         matches!(started, Err(Error::ServiceUnavailable { .. })),
         "the start should fail with 503: {started:?}"
     );
-    // Fully unwound: stopped, no VMM, no reservation.
+    // Fully unwound: stopped, no VMM, no reservation; the saga log shows the `vmm` node
+    // failed and every node before it undone.
     system.assert_quiet_and_consistent().await;
+    let events = system.start_saga_events();
+    assert_eq!(events.get("failed"), Some(&1), "{events:?}");
+    assert_eq!(
+        events.get("undo_finished"),
+        events.get("succeeded"),
+        "every node that succeeded was undone: {events:?}"
+    );
+    assert!(!events.contains_key("undo_failed"), "{events:?}");
     assert_eq!(system.run_state(id).await, InstanceState::Stopped);
     assert_eq!(
         system.sql("SELECT count(*) FROM sled_reservation").trim(),
@@ -460,11 +614,18 @@ async fn an_undo_that_meets_a_database_outage_waits_for_it_and_finishes_the_unwi
     system.db.stop().unwrap();
     drop((vmm_lock, reservation_lock));
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The undo fails against the stopped database, and runs again, and fails again.
+    system
+        .eventually(
+            "the reservation's undo to fail twice and be retried",
+            || system.nexus_log.count(RETRYING, UNDO_RESERVE) >= 2,
+        )
+        .await;
     assert!(
         !start.is_finished(),
         "the saga ended while the database was down"
     );
+    let failures_while_down = system.nexus_log.count(RETRYING, UNDO_RESERVE);
     system.db.restart().unwrap();
 
     let started = tokio::time::timeout(Duration::from_secs(60), start)
@@ -475,8 +636,21 @@ async fn an_undo_that_meets_a_database_outage_waits_for_it_and_finishes_the_unwi
         started.is_err(),
         "the start should have failed: {started:?}"
     );
-    // The undo waited for the database: fully unwound, nothing stuck or leaked.
+    // The undo waited for the database and succeeded once it was back: fully unwound,
+    // nothing stuck or leaked.
+    let failures = system.nexus_log.failures_before_success(UNDO_RESERVE);
+    assert!(
+        failures as usize >= failures_while_down,
+        "{failures} failures before the success, {failures_while_down} seen while down"
+    );
     system.assert_quiet_and_consistent().await;
+    let events = system.start_saga_events();
+    assert_eq!(
+        events.get("undo_finished"),
+        events.get("succeeded"),
+        "every node that succeeded was undone: {events:?}"
+    );
+    assert!(!events.contains_key("undo_failed"), "{events:?}");
     assert_eq!(system.run_state(id).await, InstanceState::Stopped);
     assert_eq!(
         system.sql("SELECT count(*) FROM sled_reservation").trim(),

@@ -12,7 +12,9 @@ fn request(state: VmmStateRequested) -> VmmPutStateBody {
 
 #[tokio::test]
 async fn the_sled_registers_and_keeps_registering_so_a_restarted_nexus_learns_it() {
-    let env = TestEnv::new(SimConfig::default()).await;
+    // Nexus comes back at the same address: a port no other test takes while it is away.
+    let nexus_port = halyard_test_db::reserve_port().unwrap();
+    let env = TestEnv::with_nexus_at(nexus_port.address(), SimConfig::default()).await;
     let sled_id = env.sled.agent().id();
     eventually("a registration", || {
         !env.nexus.registrations.lock().unwrap().is_empty()
@@ -198,6 +200,7 @@ async fn injected_faults_are_reported_as_the_right_states() {
         .vmm_inject_fault(&crashed, &SimFault::Crash)
         .await
         .unwrap();
+    // `final_report` fails the test if the crashed VMM was still listed when its end arrived.
     eventually("the crash", || env.nexus.final_report(crashed).is_some()).await;
     assert_eq!(
         env.nexus
@@ -207,6 +210,10 @@ async fn injected_faults_are_reported_as_the_right_states() {
             .vmm_state
             .state,
         VmmState::Failed
+    );
+    assert_eq!(
+        env.nexus.final_report(crashed).unwrap().still_listed,
+        Some(false)
     );
     assert_in_order(&env.nexus.reports_for(crashed));
 
@@ -293,4 +300,39 @@ async fn a_sled_agent_holds_thousands_of_vmms() {
         running.len() == count
     })
     .await;
+}
+
+/// The check behind every `final_report`: a terminal report of a VMM its sled agent still
+/// lists (here sent by the test, not by the sled agent, which never does that) fails it.
+#[tokio::test]
+async fn a_terminal_report_of_a_vmm_still_listed_fails_the_check() {
+    let env = TestEnv::new(visible_delays()).await;
+    let id = VmmUuid::new_v4();
+    let registered = env
+        .client
+        .vmm_register(&id, &register_body())
+        .await
+        .unwrap()
+        .into_inner();
+    // The sled agent's own report first, so that ours is the last.
+    eventually("the creating report", || {
+        !env.nexus.reports_for(id).is_empty()
+    })
+    .await;
+    let mut premature = registered;
+    premature.vmm_state.state = VmmState::Destroyed;
+    premature.vmm_state.generation = registered.vmm_state.generation.next().next();
+    halyard_nexus_client::Client::new(&format!("http://{}", env.nexus.address()))
+        .vmm_put_state(&id, &premature)
+        .await
+        .unwrap();
+    assert_eq!(env.client.vmm_list().await.unwrap().len(), 1);
+    let checked =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| env.nexus.final_report(id)));
+    let message = checked.expect_err("the premature terminal report passed the check");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(message.contains("still listed it"), "{message}");
 }

@@ -48,7 +48,12 @@ pub fn sled_config(nexus: SocketAddr, sim: SimConfig) -> Config {
 
 impl TestEnv {
     pub async fn new(sim: SimConfig) -> TestEnv {
-        let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+        TestEnv::with_nexus_at("127.0.0.1:0".parse().unwrap(), sim).await
+    }
+
+    /// With the recording Nexus listening on `nexus_address`.
+    pub async fn with_nexus_at(nexus_address: SocketAddr, sim: SimConfig) -> TestEnv {
+        let nexus = RecordingNexus::start(nexus_address);
         let sled = Server::start(&sled_config(nexus.address(), sim), &log())
             .await
             .unwrap();

@@ -5,7 +5,6 @@ use halyard_common::ids::VmmUuid;
 use halyard_sled_agent::SimConfig;
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 #[tokio::test]
 async fn reports_are_retried_until_nexus_is_back_and_never_reordered() {
@@ -26,7 +25,7 @@ async fn reports_are_retried_until_nexus_is_back_and_never_reordered() {
     .await;
 
     // Nexus goes down; VMMs keep changing.
-    env.nexus.available.store(false, Ordering::SeqCst);
+    let outage_start = env.nexus.set_available(false);
     for id in &ids {
         env.client
             .vmm_put_state(
@@ -52,15 +51,39 @@ async fn reports_are_retried_until_nexus_is_back_and_never_reordered() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let refused = env.nexus.refused.load(Ordering::SeqCst);
-    assert!(
-        refused >= ids.len(),
-        "the sled agent should have tried while Nexus was down"
-    );
+    let mut newest = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let state = if i < 3 {
+            VmmState::Destroyed
+        } else {
+            VmmState::Running
+        };
+        newest.push(wait_for_state(&env.client, *id, state).await);
+    }
+    // Each VMM's newest state was offered and refused, and offered again (the sled agent
+    // retries; it does not drop a report Nexus did not take).
+    for (id, newest) in ids.iter().zip(&newest) {
+        eventually("the newest state refused, then retried", || {
+            let attempts = env.nexus.report_attempts_for(*id);
+            attempts.iter().filter(|a| !a.accepted).count() >= 2
+                && attempts.iter().any(|a| !a.accepted && a.state == *newest)
+        })
+        .await;
+    }
+    // Registrations are counted apart from reports: the sled agent kept trying those too.
+    eventually("a refused registration", || {
+        env.nexus.refused_registrations.load(Ordering::SeqCst) > 0
+    })
+    .await;
 
     // Nexus is back: every VMM's newest state arrives, in order.
-    env.nexus.available.store(true, Ordering::SeqCst);
+    let outage_end = env.nexus.set_available(true);
+    let during_outage =
+        env.nexus.report_attempts.lock().unwrap()[outage_start..outage_end].to_vec();
+    assert!(
+        during_outage.iter().all(|a| !a.accepted),
+        "a report was taken while Nexus was down: {during_outage:?}"
+    );
     for id in &ids[..3] {
         eventually("the destroyed report", || {
             env.nexus.final_report(*id).is_some()
@@ -80,14 +103,26 @@ async fn reports_are_retried_until_nexus_is_back_and_never_reordered() {
         })
         .await;
     }
-    for id in &ids {
+    for (id, newest) in ids.iter().zip(&newest) {
         let reports = env.nexus.reports_for(*id);
         assert_in_order(&reports);
-        let newest = env.client.vmm_get_state(id).await.unwrap().into_inner();
+        let current = env.client.vmm_get_state(id).await.unwrap().into_inner();
+        assert_eq!(current, *newest, "the VMM changed after the outage");
         assert_eq!(
             reports.last().unwrap().state,
-            newest,
+            *newest,
             "the newest state must be the last reported"
         );
+        // The same report, refused during the outage, was taken once Nexus was back.
+        let attempts = env.nexus.report_attempts_for(*id);
+        let first_refused = attempts
+            .iter()
+            .position(|a| !a.accepted && a.state == *newest)
+            .unwrap();
+        let taken = attempts
+            .iter()
+            .position(|a| a.accepted && a.state == *newest)
+            .expect("the newest state was taken");
+        assert!(taken > first_refused, "refused, then taken: {attempts:?}");
     }
 }

@@ -250,12 +250,26 @@ async fn a_qemu_killed_with_sigkill_is_reported_failed() {
     kill_9(pid);
     wait_for_state_within(&sled.client, id, VmmState::Failed, BOOT_TIMEOUT).await;
     assert!(!vmm_dir(&sled.config, id).exists(), "its files are gone");
+    // `final_report` also checks that the VMM was no longer listed when its end arrived.
     eventually("Nexus hears of the failure", || {
         nexus
             .final_report(id)
             .is_some_and(|r| r.state.vmm_state.state == VmmState::Failed)
     })
     .await;
+    assert_eq!(
+        nexus.final_report(id).unwrap().still_listed,
+        Some(false),
+        "a VMM killed with SIGKILL was reported failed while still listed"
+    );
+    assert!(
+        sled.client
+            .vmm_list()
+            .await
+            .unwrap()
+            .into_inner()
+            .is_empty()
+    );
     sled.server.close().await.unwrap();
 }
 
@@ -342,6 +356,17 @@ async fn a_migration_whose_target_qemu_dies_leaves_the_guest_on_the_source() {
         target_end.migration_in.unwrap().state,
         MigrationState::Failed
     );
+    eventually("Nexus hears that the target failed", || {
+        nexus
+            .final_report(target_id)
+            .is_some_and(|r| r.state.vmm_state.state == VmmState::Failed)
+    })
+    .await;
+    assert_eq!(
+        nexus.final_report(target_id).unwrap().still_listed,
+        Some(false),
+        "a target killed with SIGKILL was reported failed while still listed"
+    );
     let source_state = wait_for_migration_out(&source.client, source_id).await;
     assert_eq!(source_state, MigrationState::Failed);
     let state = source
@@ -420,11 +445,10 @@ async fn a_sled_agent_killed_and_restarted_leaves_no_orphan_qemu() {
     let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
     let dir = state_dir();
     let mut config = qemu_config(nexus.address(), &dir).await;
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    config.listen_address = SocketAddr::from(([127, 0, 0, 1], port));
+    // The restarted sled agent must come back at the same address: a port no other test
+    // takes meanwhile, also while the sled agent is down.
+    let port = halyard_test_db::reserve_port().unwrap();
+    config.listen_address = port.address();
     let file = dir.join("sled.toml");
     std::fs::write(
         &file,
@@ -450,6 +474,8 @@ async fn a_sled_agent_killed_and_restarted_leaves_no_orphan_qemu() {
             .unwrap()
     };
     let client = Client::new(&format!("http://{}", config.listen_address));
+    // So that a terminal report, were one sent, is checked against the listing too.
+    nexus.watch_sled(config.listen_address);
     let mut agent = start();
     wait_until_up(&client).await;
     let id = VmmUuid::new_v4();
@@ -471,6 +497,7 @@ async fn a_sled_agent_killed_and_restarted_leaves_no_orphan_qemu() {
     assert!(client.vmm_list().await.unwrap().into_inner().is_empty());
     agent.kill().unwrap();
     agent.wait().unwrap();
+    drop(port);
 }
 
 async fn wait_until_up(client: &Client) {

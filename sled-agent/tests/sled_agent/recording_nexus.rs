@@ -1,5 +1,6 @@
 //! A stand-in for Nexus's internal API that records what sled agents tell it, can pretend to
-//! be down (503), and checks, when told a VMM is gone, that the sled agent no longer lists it.
+//! be down (503), and checks, when told a VMM is gone, that the sled agent no longer lists it
+//! (invariant 6: [`RecordingNexus::final_report`] fails the test when it did).
 
 use dropshot::{
     HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext, TypedBody,
@@ -16,18 +17,33 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub struct Report {
     pub propolis_id: VmmUuid,
     pub state: SledVmmState,
-    /// For a terminal state: was the VMM still in the sled agent's `GET /vmms` when reported?
+    /// For a terminal state: was the VMM still in a watched sled agent's `GET /vmms` when
+    /// reported? `None` for a state that is not terminal, and for a terminal one that could
+    /// not be checked (no sled agent watched, or one did not answer): `final_report` refuses
+    /// both.
     pub still_listed: Option<bool>,
+}
+
+/// One attempt to report a VMM's state, whether the stand-in took it or refused it (503).
+#[derive(Debug, Clone, Copy)]
+pub struct ReportAttempt {
+    pub propolis_id: VmmUuid,
+    pub state: SledVmmState,
+    pub accepted: bool,
 }
 
 pub struct RecordingNexus {
     address: OnceLock<SocketAddr>,
     server: Mutex<Option<dropshot::HttpServer<Arc<RecordingNexus>>>>,
     pub registrations: Mutex<Vec<(SledUuid, SledAgentInfo)>>,
+    /// The reports taken, in arrival order.
     pub reports: Mutex<Vec<Report>>,
-    /// While false, every request gets 503.
-    pub available: AtomicBool,
-    pub refused: AtomicUsize,
+    /// Every report attempt, taken or refused, in arrival order.
+    pub report_attempts: Mutex<Vec<ReportAttempt>>,
+    /// While false, every request gets 503 (see `set_available`).
+    available: AtomicBool,
+    /// Registrations refused while unavailable (reports are in `report_attempts`).
+    pub refused_registrations: AtomicUsize,
     sleds: Mutex<Vec<SocketAddr>>,
 }
 
@@ -42,7 +58,10 @@ impl NexusInternalApi for RecordingNexusImpl {
         body: TypedBody<SledAgentInfo>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
         let nexus = rqctx.context();
-        nexus.check_available()?;
+        if !nexus.is_available() {
+            nexus.refused_registrations.fetch_add(1, Ordering::SeqCst);
+            return Err(unavailable());
+        }
         nexus
             .registrations
             .lock()
@@ -57,11 +76,25 @@ impl NexusInternalApi for RecordingNexusImpl {
         body: TypedBody<SledVmmState>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
         let nexus = rqctx.context();
-        nexus.check_available()?;
         let propolis_id = path.into_inner().propolis_id;
         let state = body.into_inner();
+        let accepted = {
+            // Under the lock, so an attempt is recorded on the side of `set_available` it
+            // was answered on.
+            let mut attempts = nexus.report_attempts.lock().unwrap();
+            let accepted = nexus.is_available();
+            attempts.push(ReportAttempt {
+                propolis_id,
+                state,
+                accepted,
+            });
+            accepted
+        };
+        if !accepted {
+            return Err(unavailable());
+        }
         let still_listed = if state.vmm_state.state.is_terminal() {
-            Some(nexus.listed_anywhere(propolis_id).await)
+            nexus.listed_anywhere(propolis_id).await
         } else {
             None
         };
@@ -87,8 +120,9 @@ impl RecordingNexus {
             server: Mutex::new(None),
             registrations: Mutex::new(Vec::new()),
             reports: Mutex::new(Vec::new()),
+            report_attempts: Mutex::new(Vec::new()),
             available: AtomicBool::new(true),
-            refused: AtomicUsize::new(0),
+            refused_registrations: AtomicUsize::new(0),
             sleds: Mutex::new(Vec::new()),
         });
         let api = halyard_nexus_internal_api::nexus_internal_api_mod::api_description::<
@@ -123,25 +157,44 @@ impl RecordingNexus {
         }
     }
 
-    fn check_available(&self) -> Result<(), HttpError> {
-        if self.available.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            Err(HttpError::for_unavail(None, "pretending to be down".into()))
-        }
+    /// Pretends to be down (every request gets 503) or comes back; returns how many report
+    /// attempts had arrived before the change.
+    pub fn set_available(&self, available: bool) -> usize {
+        let attempts = self.report_attempts.lock().unwrap();
+        self.available.store(available, Ordering::SeqCst);
+        attempts.len()
     }
 
-    async fn listed_anywhere(&self, id: VmmUuid) -> bool {
+    fn is_available(&self) -> bool {
+        self.available.load(Ordering::SeqCst)
+    }
+
+    /// Whether any watched sled agent lists the VMM; `None` when that cannot be known (no
+    /// sled agent watched, or one did not answer).
+    async fn listed_anywhere(&self, id: VmmUuid) -> Option<bool> {
         let sleds = self.sleds.lock().unwrap().clone();
+        if sleds.is_empty() {
+            return None;
+        }
         for sled in sleds {
             let client = halyard_sled_agent_client::Client::new(&format!("http://{sled}"));
-            let vmms = client.vmm_list().await.unwrap().into_inner();
+            let vmms = client.vmm_list().await.ok()?.into_inner();
             if vmms.iter().any(|v| v.propolis_id == id) {
-                return true;
+                return Some(true);
             }
         }
-        false
+        Some(false)
+    }
+
+    /// The report attempts about one VMM, taken or refused, in arrival order.
+    pub fn report_attempts_for(&self, id: VmmUuid) -> Vec<ReportAttempt> {
+        self.report_attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.propolis_id == id)
+            .copied()
+            .collect()
     }
 
     /// The reports received about one VMM, in arrival order.
@@ -155,13 +208,32 @@ impl RecordingNexus {
             .collect()
     }
 
-    /// The last report about one VMM, if its state is terminal.
+    /// The last report about one VMM, if its state is terminal. Fails the test if the VMM
+    /// was still listed by a sled agent when that report arrived (invariant 6: a VMM is
+    /// reported gone only once it is gone), or if that could not be checked.
     pub fn final_report(&self, id: VmmUuid) -> Option<Report> {
-        self.reports_for(id)
+        let last = self
+            .reports_for(id)
             .last()
             .copied()
-            .filter(|r| r.state.vmm_state.state.is_terminal())
+            .filter(|r| r.state.vmm_state.state.is_terminal())?;
+        match last.still_listed {
+            Some(false) => Some(last),
+            Some(true) => panic!(
+                "VMM {id} was reported {} while its sled agent still listed it: {last:?}",
+                last.state.vmm_state.state
+            ),
+            None => panic!(
+                "VMM {id} was reported {} but no watched sled agent could say whether it \
+                 still listed it (call watch_sled for every sled agent): {last:?}",
+                last.state.vmm_state.state
+            ),
+        }
     }
+}
+
+fn unavailable() -> HttpError {
+    HttpError::for_unavail(None, "pretending to be down".into())
 }
 
 /// Reports of one VMM must arrive in strictly increasing generation order (per part).

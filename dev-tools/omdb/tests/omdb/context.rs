@@ -27,6 +27,9 @@ pub struct TestContext {
     server: Option<Server>,
     nexus_url: String,
     pub sleds: Vec<halyard_sled_agent::Server>,
+    /// Nexus's internal API port, reserved as long as the test runs: once Nexus is stopped,
+    /// no other test's server may take it and receive this test's sled agents' calls.
+    _nexus_internal_port: halyard_test_db::ReservedPort,
 }
 
 /// What one run of omdb did.
@@ -52,11 +55,12 @@ impl Run {
 impl TestContext {
     pub async fn new(sleds: usize) -> TestContext {
         let db = TestDatabase::new();
+        let nexus_internal_port = halyard_test_db::reserve_port().unwrap();
         let config = Config {
             id: NexusUuid::new_v4(),
             database_url: db.url().to_string(),
             external_address: "127.0.0.1:0".parse().unwrap(),
-            internal_address: "127.0.0.1:0".parse().unwrap(),
+            internal_address: nexus_internal_port.address(),
             retirement_interval_ms: 200,
         };
         let server = Server::start(&config, &log()).await.unwrap();
@@ -91,6 +95,7 @@ impl TestContext {
             nexus_url: format!("http://{}", server.internal_address()),
             server: Some(server),
             sleds: sled_servers,
+            _nexus_internal_port: nexus_internal_port,
         };
         ctx.eventually("every sled registered", async |ctx: &TestContext| {
             ctx.sql("SELECT count(*) FROM sled").trim() == sleds.to_string()

@@ -92,14 +92,76 @@ async fn the_database_url_comes_from_the_flag_then_the_environment_then_the_defa
     .await;
     assert_eq!(run.code, 0, "{run:?}");
 
-    // Neither: the development environment's database, named in the error when it is not
-    // running. (Skipped if one happens to be running here.)
-    let run = omdb(&["db", "sleds"], &[]).await;
-    if run.code != 0 {
-        one_line_error(
-            &run,
-            "omdb: cannot reach the database at postgresql://postgres@127.0.0.1:32221/halyard: ",
-        );
+    // Neither: the development environment's database.
+    match DefaultDatabaseStandIn::start().await {
+        Some(stand_in) => {
+            // Nothing else listens there: the test does, and drops every connection. omdb
+            // dialled exactly that address, and names the default URL in its error.
+            let run = omdb(&["db", "sleds"], &[]).await;
+            one_line_error(
+                &run,
+                &format!("omdb: cannot reach the database at {DEFAULT_DB_URL}: "),
+            );
+            assert!(
+                stand_in.connections() > 0,
+                "omdb never connected to {DEFAULT_DB_ADDRESS}: {run:?}"
+            );
+        }
+        None => {
+            // The development environment's database is running here: with no flag and no
+            // environment variable omdb must do exactly what it does when given its URL.
+            let run = omdb(&["db", "sleds"], &[]).await;
+            let explicit = omdb(&["db", "sleds", "--db-url", DEFAULT_DB_URL], &[]).await;
+            assert_eq!(
+                (run.code, &run.stderr),
+                (explicit.code, &explicit.stderr),
+                "the default is not {DEFAULT_DB_URL}: {run:?} vs {explicit:?}"
+            );
+        }
+    }
+}
+
+/// Where omdb looks when neither `--db-url` nor `HALYARD_DB_URL` says (run-all's database).
+const DEFAULT_DB_URL: &str = "postgresql://postgres@127.0.0.1:32221/halyard";
+const DEFAULT_DB_ADDRESS: &str = "127.0.0.1:32221";
+
+/// A listener on the default database's address that counts and drops connections.
+struct DefaultDatabaseStandIn {
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl DefaultDatabaseStandIn {
+    /// `None` if something already listens there (the development environment's
+    /// PostgreSQL); panics on any other error.
+    async fn start() -> Option<DefaultDatabaseStandIn> {
+        let listener = match tokio::net::TcpListener::bind(DEFAULT_DB_ADDRESS).await {
+            Ok(listener) => listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return None,
+            Err(e) => panic!("binding {DEFAULT_DB_ADDRESS}: {e}"),
+        };
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&connections);
+        let accepting = tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(connection);
+            }
+        });
+        Some(DefaultDatabaseStandIn {
+            connections,
+            accepting,
+        })
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for DefaultDatabaseStandIn {
+    fn drop(&mut self) {
+        self.accepting.abort();
     }
 }
 
