@@ -418,7 +418,8 @@ async fn run_case(
     let sled_before = cluster.active_sled(name);
 
     // The crash.
-    stderr.push(log_file("crash"));
+    let crash_log = log_file("crash");
+    stderr.push(crash_log.clone());
     let fail_at = case.fail_at.as_ref().map(|node| format!("{saga}:{node}"));
     let mut crashing = cluster
         .nexus(
@@ -482,6 +483,17 @@ async fn run_case(
         "the saga log's last event is {:?}, not {crash_event} ({}); whole log: {log:?}",
         log.last(),
         case.point
+    );
+    // And by its own hand: the crash point's last words name this saga and node.
+    let last_words = format!(
+        "crash point {} reached (saga {saga_id}, node index {})",
+        case.point,
+        case.saga.index(&case.point.node)
+    );
+    let crash_stderr = std::fs::read_to_string(&crash_log).unwrap_or_default();
+    check!(
+        crash_stderr.contains(&last_words),
+        "the crashing Nexus's stderr lacks {last_words:?}"
     );
     let expected = case.expected_log();
     check!(
