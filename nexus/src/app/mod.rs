@@ -25,6 +25,8 @@ pub struct Nexus {
     registry: Arc<ActionRegistry>,
     /// How saga actions retry transient errors (see `sagas::retry`).
     saga_retry: std::sync::Mutex<SagaRetryPolicy>,
+    /// Test-only: a saga node whose action this process makes fail (`HALYARD_FAIL_AT`).
+    injected_failure: Option<crash_point::InjectedFailure>,
     /// The one HTTP client every sled agent client shares: building a client loads the
     /// system's root certificates (milliseconds of CPU and file reads), and one client keeps
     /// its connections to the sled agents open for reuse.
@@ -43,7 +45,14 @@ impl Nexus {
     pub fn new(id: NexusUuid, datastore: DataStore, log: &Logger) -> Arc<Nexus> {
         let log = log.new(o!("nexus_id" => id.to_string()));
         let store = DbSecStore::new(datastore.clone(), id, &log);
-        let store: Arc<dyn steno::SecStore> = match crash_point::CrashPoint::from_env() {
+        // Test-only settings; a malformed one is a broken test, never ignored.
+        let crash_point = crash_point::CrashPoint::from_env().unwrap_or_else(|e| panic!("{e}"));
+        let injected_failure =
+            crash_point::InjectedFailure::from_env().unwrap_or_else(|e| panic!("{e}"));
+        if let Some(failure) = &injected_failure {
+            warn!(log, "test failure injection armed"; "fail_at" => ?failure);
+        }
+        let store: Arc<dyn steno::SecStore> = match crash_point {
             Some(point) => {
                 warn!(log, "test crash point armed"; "crash_at" => ?point);
                 Arc::new(crash_point::CrashingSecStore::new(store, point))
@@ -64,6 +73,7 @@ impl Nexus {
             sec,
             registry: sagas::action_registry(),
             saga_retry: std::sync::Mutex::new(SagaRetryPolicy::default()),
+            injected_failure,
             sled_http,
             log,
         })
@@ -114,6 +124,19 @@ impl Nexus {
             .saga_create(id, context, Arc::clone(&dag), Arc::clone(&self.registry))
             .await
             .map_err(|e| Error::unavailable(format!("cannot record saga {}: {e:#}", S::NAME)))?;
+        if let Some(node) = self
+            .injected_failure
+            .as_ref()
+            .and_then(|failure| failure.node_for(S::NAME))
+        {
+            let index = dag
+                .get_index(node)
+                .map_err(|e| Error::internal(format!("cannot inject a failure: {e:#}")))?;
+            self.sec
+                .saga_inject_error(id, index)
+                .await
+                .map_err(|e| Error::internal(format!("cannot inject a failure: {e:#}")))?;
+        }
         Ok(RunnableSaga { id, dag, future })
     }
 

@@ -1,18 +1,31 @@
 //! Crash replay at every saga node: Nexus runs as a real child process with a crash point
-//! (`HALYARD_CRASH_AT`, see `app::crash_point`) that SIGKILLs it right before or right after a
-//! node's event is recorded. For every node of every saga, in both places, the test crashes
-//! it there, starts a fresh Nexus on the same database, waits until the system is quiet, and
-//! runs the invariant checker: every saga must have finished or fully unwound.
+//! (`HALYARD_CRASH_AT`, see `app::crash_point`) that SIGKILLs it right after a chosen saga log
+//! event is written. For every node of every saga, the test crashes it right after the node's
+//! `started` event (its action has not run) and right after its `succeeded` event; and, with a
+//! failure injected at a saga's last node (`HALYARD_FAIL_AT`), right after the `undo_started`
+//! and `undo_finished` events of every earlier node, while the saga unwinds.
+//!
+//! Each case proves where Nexus died: the child was killed by SIGKILL, exactly one saga is
+//! unfinished, and its log is exactly what a crash at that point leaves (the node and event
+//! asked for are the last event; every node before it has its full history; no node after it
+//! has any). A fresh Nexus on the same database must then drive the saga to the outcome that
+//! point calls for (finished forward; unwound after an undo crash), leave the instance in the
+//! matching state, and leave every invariant holding. Each child's stderr goes to a file that
+//! a failure message prints.
 
 use crate::context::{SLED_RAM_GIB, SLED_THREADS, invariant_violations, log};
-use halyard_common::ids::{NexusUuid, SledUuid};
+use halyard_common::ids::{InstanceUuid, NexusUuid, ProjectUuid, SledUuid};
 use halyard_common::{ByteCount, SledBackend};
+use halyard_nexus::app::crash_point::{CRASH_AT_ENV, CrashEvent, CrashPoint, FAIL_AT_ENV};
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, instance_create, instance_delete, instance_migrate, instance_start,
 };
 use halyard_test_db::{TestDatabase, shared_cluster};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -23,10 +36,44 @@ fn free_address() -> SocketAddr {
         .unwrap()
 }
 
-/// A Nexus child process and how to reach it.
+/// Fails the case with a message unless `$cond` holds.
+macro_rules! check {
+    ($cond:expr, $($message:tt)+) => {
+        if !$cond {
+            return Err(format!($($message)+));
+        }
+    };
+}
+
+/// The last lines of a child's stderr file, for a failure message.
+fn stderr_tail(path: &Path) -> String {
+    const LINES: usize = 60;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let skipped = lines.len().saturating_sub(LINES);
+            format!(
+                "--- {} ({} lines{}) ---\n{}",
+                path.display(),
+                lines.len(),
+                if skipped > 0 {
+                    format!(", the last {LINES} shown")
+                } else {
+                    String::new()
+                },
+                lines[skipped..].join("\n")
+            )
+        }
+        Err(e) => format!("--- {}: unreadable: {e} ---", path.display()),
+    }
+}
+
+/// Database, sled agents and configuration shared by the Nexus children.
 struct Cluster {
     db: TestDatabase,
-    config_path: std::path::PathBuf,
+    config_path: PathBuf,
+    /// Where each child's stderr is kept.
+    stderr_dir: PathBuf,
     external: SocketAddr,
     sleds: Vec<halyard_sled_agent::Server>,
     http: reqwest::Client,
@@ -37,8 +84,10 @@ impl Cluster {
         let db = TestDatabase::new();
         let external = free_address();
         let internal = free_address();
-        let config_path =
-            std::env::temp_dir().join(format!("halyard-crash-{}.toml", std::process::id()));
+        let stderr_dir =
+            std::env::temp_dir().join(format!("halyard-crash-replay-{}", std::process::id()));
+        std::fs::create_dir_all(&stderr_dir).unwrap();
+        let config_path = stderr_dir.join("nexus.toml");
         std::fs::write(
             &config_path,
             format!(
@@ -76,6 +125,7 @@ impl Cluster {
         Cluster {
             db,
             config_path,
+            stderr_dir,
             external,
             sleds,
             http: reqwest::Client::new(),
@@ -83,40 +133,51 @@ impl Cluster {
     }
 
     fn sql(&self, query: &str) -> String {
-        shared_cluster().psql(self.db.name(), query).unwrap()
+        shared_cluster()
+            .psql(self.db.name(), query)
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
-    /// Starts Nexus, with a crash point if given, and waits until it answers.
-    async fn nexus(&self, crash_at: Option<&str>) -> Child {
+    /// Starts Nexus (with a crash point and an injected failure if given; its stderr into
+    /// `stderr`) and waits until it answers.
+    async fn nexus(
+        &self,
+        stderr: &Path,
+        crash_at: Option<&CrashPoint>,
+        fail_at: Option<&str>,
+    ) -> Result<Child, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_halyard-nexus"));
         command
             .arg("--config")
             .arg(&self.config_path)
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        command.stderr(if std::env::var_os("HALYARD_CRASH_LOGS").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        });
-        match crash_at {
-            Some(point) => command.env(halyard_nexus::app::crash_point::CRASH_AT_ENV, point),
-            None => command.env_remove(halyard_nexus::app::crash_point::CRASH_AT_ENV),
-        };
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .env_remove(CRASH_AT_ENV)
+            .env_remove(FAIL_AT_ENV);
+        if let Some(point) = crash_at {
+            command.env(CRASH_AT_ENV, point.to_string());
+        }
+        if let Some(fail_at) = fail_at {
+            command.env(FAIL_AT_ENV, fail_at);
+        }
         let mut child = command.spawn().unwrap();
-        for _ in 0..500 {
+        for _ in 0..1500 {
             let url = format!("http://{}/v1/projects", self.external);
             if let Ok(response) = self.http.get(url).send().await
                 && response.status().is_success()
             {
-                return child;
+                return Ok(child);
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("Nexus exited at start: {status}");
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("Nexus exited at start: {status}"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("Nexus did not come up");
+        stop(child);
+        Err("Nexus did not come up".to_string())
     }
 
     async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
@@ -132,55 +193,179 @@ impl Cluster {
         Some((status, response.json().await.unwrap_or(Value::Null)))
     }
 
-    async fn run_state(&self, name: &str) -> Option<String> {
-        let (status, body) = self
+    /// The instance's run state, or `None` if there is no such instance (404).
+    async fn run_state(&self, name: &str) -> Result<Option<String>, String> {
+        let answer = self
             .request("GET", &format!("/v1/instances/{name}?project=p"), None)
-            .await?;
-        (status == 200).then(|| body["run_state"].as_str().unwrap().to_string())
+            .await;
+        match answer {
+            Some((200, body)) => Ok(Some(body["run_state"].as_str().unwrap().to_string())),
+            Some((404, _)) => Ok(None),
+            other => Err(format!("viewing {name}: {other:?}")),
+        }
     }
 
-    async fn wait_for_state(&self, name: &str, states: &[&str]) {
-        for _ in 0..1000 {
-            if let Some(state) = self.run_state(name).await
+    async fn wait_for_state(&self, name: &str, states: &[&str]) -> Result<(), String> {
+        let mut last = None;
+        for _ in 0..1500 {
+            last = self.run_state(name).await?;
+            if let Some(state) = &last
                 && states.contains(&state.as_str())
             {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("{name} never reached {states:?}");
+        Err(format!("{name} never reached {states:?} (last: {last:?})"))
     }
 
-    /// Waits until no saga is unfinished and no VMM is mid-transition, then checks every
-    /// invariant.
-    async fn assert_quiet_and_consistent(&self, case: &str) {
+    /// The sled of the instance's active VMM.
+    fn active_sled(&self, name: &str) -> String {
+        self.sql(&format!(
+            "SELECT v.sled_id FROM instance i JOIN vmm v ON v.id = i.active_propolis_id \
+             WHERE i.name = '{name}' AND i.time_deleted IS NULL"
+        ))
+    }
+
+    /// Waits until nothing is in flight (no unfinished saga, no live VMM mid-transition or
+    /// waiting to be retired), then checks every invariant, once.
+    async fn quiet_and_consistent(&self) -> Result<(), String> {
+        let unsettled =
+            "SELECT count(*) FROM vmm WHERE time_deleted IS NULL AND state != 'running'";
+        let mut quiet = false;
         for _ in 0..1500 {
-            let unfinished = self.sql("SELECT count(*) FROM saga WHERE saga_state != 'done'");
-            let unsettled = self
-                .sql("SELECT count(*) FROM vmm WHERE time_deleted IS NULL AND state != 'running'");
-            if unfinished.trim() == "0" && unsettled.trim() == "0" {
-                let violations = invariant_violations(&self.db, &self.sleds);
-                if violations.is_empty() {
-                    return;
-                }
-                // Reports may still be in flight right after the saga ends; look again.
+            quiet = self.sql("SELECT count(*) FROM saga WHERE saga_state != 'done'") == "0"
+                && self.sql(unsettled) == "0";
+            if quiet {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        check!(
+            quiet,
+            "the system never quiesced:\nunfinished sagas:\n{}\nunsettled VMMs:\n{}",
+            self.sql("SELECT id, name, saga_state FROM saga WHERE saga_state != 'done'"),
+            self.sql(
+                "SELECT id, instance_id, sled_id, state FROM vmm \
+                 WHERE time_deleted IS NULL AND state != 'running'"
+            )
+        );
         let violations = invariant_violations(&self.db, &self.sleds);
-        panic!(
-            "{case}: never quiet and consistent:\n{}",
+        check!(
+            violations.is_empty(),
+            "invariants violated:\n{}",
             violations.join("\n")
         );
+        Ok(())
+    }
+
+    /// The saga's log, one `node:event` per line, in the order written.
+    fn saga_log(&self, saga_id: &str) -> Vec<String> {
+        self.sql(&format!(
+            "SELECT node_id || ':' || event_type FROM saga_node_event \
+             WHERE saga_id = '{saga_id}' ORDER BY event_time, node_id"
+        ))
+        .lines()
+        .map(str::to_string)
+        .collect()
     }
 }
 
-fn node_names<S: NexusSaga>(params: S::Params) -> Vec<String> {
-    create_saga_dag::<S>(params)
-        .unwrap()
-        .get_nodes()
-        .map(|n| n.name().as_ref().to_string())
-        .collect()
+/// Kills a child that is still running (a failed case's) and reaps it.
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A saga and its nodes, as its DAG has them.
+struct SagaNodes {
+    name: &'static str,
+    /// The saga's own nodes by name, in DAG order (index = steno's node index).
+    nodes: Vec<String>,
+}
+
+impl SagaNodes {
+    fn of<S: NexusSaga>(params: S::Params) -> SagaNodes {
+        let dag = create_saga_dag::<S>(params).unwrap();
+        let nodes: Vec<String> = dag
+            .get_nodes()
+            .map(|n| n.name().as_ref().to_string())
+            .collect();
+        for (index, node) in dag.get_nodes().enumerate() {
+            assert_eq!(node.index().index(), index, "{}: not a linear DAG", S::NAME);
+        }
+        SagaNodes {
+            name: S::NAME,
+            nodes,
+        }
+    }
+
+    fn index(&self, node: &str) -> usize {
+        self.nodes.iter().position(|n| n == node).unwrap()
+    }
+
+    /// Steno's own start node comes after the saga's nodes (then its end node).
+    fn start_node(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+/// How the saga must end after recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Finished,
+    Unwound,
+}
+
+/// One crash.
+struct Case<'a> {
+    saga: &'a SagaNodes,
+    point: CrashPoint,
+    /// The node whose action the crashing Nexus makes fail, for a crash while unwinding.
+    fail_at: Option<String>,
+    instance: String,
+}
+
+impl Case<'_> {
+    fn expected_outcome(&self) -> Outcome {
+        if self.point.event.is_undo() {
+            Outcome::Unwound
+        } else {
+            Outcome::Finished
+        }
+    }
+
+    /// The saga log a crash at this point leaves, in the order written (a linear DAG: nodes
+    /// run one after another and undo in reverse).
+    fn expected_log(&self) -> Vec<String> {
+        let saga = self.saga;
+        let crash_node = saga.index(&self.point.node);
+        let mut log = vec![
+            format!("{}:started", saga.start_node()),
+            format!("{}:succeeded", saga.start_node()),
+        ];
+        let last_forward = match &self.fail_at {
+            Some(node) => saga.index(node),
+            None => crash_node,
+        };
+        for index in 0..=last_forward {
+            log.push(format!("{index}:started"));
+            if index == last_forward && self.fail_at.is_some() {
+                log.push(format!("{index}:failed"));
+            } else if index < last_forward || self.point.event == CrashEvent::Succeeded {
+                log.push(format!("{index}:succeeded"));
+            }
+        }
+        if self.point.event.is_undo() {
+            for index in (crash_node..last_forward).rev() {
+                log.push(format!("{index}:undo_started"));
+                if index > crash_node || self.point.event == CrashEvent::UndoFinished {
+                    log.push(format!("{index}:undo_finished"));
+                }
+            }
+        }
+        log
+    }
 }
 
 #[derive(Default)]
@@ -188,182 +373,341 @@ struct Summary {
     crashed: usize,
     finished: usize,
     unwound: usize,
+    undo_crashes: usize,
+}
+
+/// Sets the stage with a healthy Nexus, crashes one at the case's point, recovers with a
+/// fresh one, and checks the outcome. The children's stderr files are listed in `stderr`.
+async fn run_case(
+    cluster: &Cluster,
+    case: &Case<'_>,
+    stderr: &mut Vec<PathBuf>,
+) -> Result<Outcome, String> {
+    let name = &case.instance;
+    let saga = case.saga.name;
+    let create = json!({"name": name, "description": "", "hostname": "h", "ncpus": 1, "memory": 1u64 << 30, "start": false});
+    let log_file = |role: &str| cluster.stderr_dir.join(format!("{name}-{role}.stderr"));
+
+    // Set the stage with a healthy Nexus: what the saga needs to start from.
+    stderr.push(log_file("setup"));
+    let healthy = cluster.nexus(stderr.last().unwrap(), None, None).await?;
+    if saga != instance_create::SagaInstanceCreate::NAME {
+        let answer = cluster
+            .request("POST", "/v1/instances?project=p", Some(create.clone()))
+            .await;
+        check!(
+            matches!(answer, Some((201, _))),
+            "creating {name}: {answer:?}"
+        );
+    }
+    if saga == instance_migrate::SagaInstanceMigrate::NAME {
+        let answer = cluster
+            .request(
+                "POST",
+                &format!("/v1/instances/{name}/start?project=p"),
+                None,
+            )
+            .await;
+        check!(
+            matches!(answer, Some((202 | 200, _))),
+            "starting {name}: {answer:?}"
+        );
+        cluster.wait_for_state(name, &["running"]).await?;
+    }
+    stop(healthy);
+    let sled_before = cluster.active_sled(name);
+
+    // The crash.
+    let crash_log = log_file("crash");
+    stderr.push(crash_log.clone());
+    let fail_at = case.fail_at.as_ref().map(|node| format!("{saga}:{node}"));
+    let mut crashing = cluster
+        .nexus(
+            stderr.last().unwrap(),
+            Some(&case.point),
+            fail_at.as_deref(),
+        )
+        .await?;
+    let (method, path, body) = match saga {
+        "instance-create" => ("POST", "/v1/instances?project=p".to_string(), Some(create)),
+        "instance-start" => (
+            "POST",
+            format!("/v1/instances/{name}/start?project=p"),
+            None,
+        ),
+        "instance-migrate" => (
+            "POST",
+            format!("/v1/instances/{name}/migrate?project=p"),
+            Some(json!({})),
+        ),
+        _ => ("DELETE", format!("/v1/instances/{name}?project=p"), None),
+    };
+    let answer = cluster.request(method, &path, body).await;
+    // The request made the saga; the crash point ends the process on its own. The bound only
+    // turns "never reached" into a failure instead of a hang.
+    let mut status = None;
+    for _ in 0..3000 {
+        status = crashing.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Some(status) = status else {
+        stop(crashing);
+        return Err(format!(
+            "the crash point was never reached in 30 s (the request answered {answer:?})"
+        ));
+    };
+    check!(
+        status.signal() == Some(libc::SIGKILL),
+        "Nexus was not killed by SIGKILL: {status} (the request answered {answer:?})"
+    );
+
+    // Where it died: one unfinished saga, of this kind, whose log ends at the crash point.
+    let unfinished = cluster.sql("SELECT id || ' ' || name FROM saga WHERE saga_state != 'done'");
+    let unfinished: Vec<&str> = unfinished.lines().collect();
+    check!(
+        unfinished.len() == 1 && unfinished[0].ends_with(&format!(" {saga}")),
+        "expected exactly one unfinished {saga} saga after the crash, found {unfinished:?}"
+    );
+    let saga_id = unfinished[0].split(' ').next().unwrap().to_string();
+    let log = cluster.saga_log(&saga_id);
+    let crash_event = format!(
+        "{}:{}",
+        case.saga.index(&case.point.node),
+        case.point.event.label()
+    );
+    check!(
+        log.last() == Some(&crash_event),
+        "the saga log's last event is {:?}, not {crash_event} ({}); whole log: {log:?}",
+        log.last(),
+        case.point
+    );
+    // And by its own hand: the crash point's last words name this saga and node.
+    let last_words = format!(
+        "crash point {} reached (saga {saga_id}, node index {})",
+        case.point,
+        case.saga.index(&case.point.node)
+    );
+    let crash_stderr = std::fs::read_to_string(&crash_log).unwrap_or_default();
+    check!(
+        crash_stderr.contains(&last_words),
+        "the crashing Nexus's stderr lacks {last_words:?}"
+    );
+    let expected = case.expected_log();
+    check!(
+        log == expected,
+        "the saga log after the crash is\n  {log:?}\nnot\n  {expected:?}"
+    );
+
+    // Recovery: a fresh Nexus resumes the saga from the log.
+    stderr.push(log_file("recover"));
+    let recovered = cluster.nexus(stderr.last().unwrap(), None, None).await?;
+    let result = check_recovery(cluster, case, &saga_id, &sled_before).await;
+    stop(recovered);
+    result
+}
+
+/// After recovery: the saga's outcome, the instance's state and the invariants.
+async fn check_recovery(
+    cluster: &Cluster,
+    case: &Case<'_>,
+    saga_id: &str,
+    sled_before: &str,
+) -> Result<Outcome, String> {
+    let name = &case.instance;
+    cluster.quiet_and_consistent().await?;
+    let log = cluster.saga_log(saga_id);
+    let has = |event: String| log.contains(&event);
+    let start_node = case.saga.start_node();
+    let end_node = start_node + 1;
+    let outcome =
+        if has(format!("{end_node}:succeeded")) && !log.iter().any(|e| e.ends_with(":failed")) {
+            Outcome::Finished
+        } else if log.iter().filter(|e| e.ends_with(":failed")).count() == 1
+            && !log.iter().any(|e| e.ends_with(":undo_failed"))
+            && has(format!("{start_node}:undo_finished"))
+        {
+            Outcome::Unwound
+        } else {
+            return Err(format!("the saga neither finished nor unwound: {log:?}"));
+        };
+    check!(
+        outcome == case.expected_outcome(),
+        "the saga {outcome:?}, expected {:?}; log: {log:?}",
+        case.expected_outcome()
+    );
+
+    // The instance, as the outcome calls for.
+    let state = cluster.run_state(name).await?;
+    let expected_state = match (case.saga.name, outcome) {
+        ("instance-create", Outcome::Finished) => Some("stopped"),
+        ("instance-create", Outcome::Unwound) => None,
+        ("instance-start", Outcome::Finished) => Some("running"),
+        ("instance-start", Outcome::Unwound) => Some("stopped"),
+        ("instance-migrate", _) => Some("running"),
+        ("instance-delete", Outcome::Finished) => None,
+        ("instance-delete", Outcome::Unwound) => Some("stopped"),
+        (other, _) => return Err(format!("no expected end state for {other}")),
+    };
+    check!(
+        state.as_deref() == expected_state,
+        "the instance is {state:?}, expected {expected_state:?}"
+    );
+    if case.saga.name == instance_migrate::SagaInstanceMigrate::NAME {
+        let sled_after = cluster.active_sled(name);
+        let moved = sled_after != sled_before;
+        check!(
+            moved == (outcome == Outcome::Finished),
+            "after the migration {outcome:?}, the instance runs on sled {sled_after:?} \
+             (before: {sled_before:?})"
+        );
+    }
+
+    // Leave nothing running for the next case.
+    if state.as_deref() == Some("running") {
+        let answer = cluster
+            .request(
+                "POST",
+                &format!("/v1/instances/{name}/stop?project=p"),
+                None,
+            )
+            .await;
+        check!(
+            matches!(answer, Some((202 | 200, _))),
+            "stopping {name}: {answer:?}"
+        );
+        cluster.wait_for_state(name, &["stopped"]).await?;
+        cluster.quiet_and_consistent().await?;
+    }
+    Ok(outcome)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_saga_survives_a_crash_at_every_node() {
     let cluster = Cluster::new().await;
-    let mut nexus = cluster.nexus(None).await;
-    cluster
+    let setup_log = cluster.stderr_dir.join("project-setup.stderr");
+    let nexus = cluster.nexus(&setup_log, None, None).await.unwrap();
+    let answer = cluster
         .request(
             "POST",
             "/v1/projects",
             Some(json!({"name": "p", "description": ""})),
         )
-        .await
-        .unwrap();
-    nexus.kill().unwrap();
-    nexus.wait().unwrap();
+        .await;
+    assert!(matches!(answer, Some((201, _))), "{answer:?}");
+    stop(nexus);
 
-    let any_instance = halyard_common::ids::InstanceUuid::new_v4();
-    let cases: Vec<(&str, Vec<String>)> = vec![
-        (
-            instance_create::SagaInstanceCreate::NAME,
-            node_names::<instance_create::SagaInstanceCreate>(instance_create::Params {
-                instance_id: any_instance,
-                project_id: halyard_common::ids::ProjectUuid::new_v4(),
-                name: "x".parse().unwrap(),
-                description: String::new(),
-                ncpus: 1,
-                memory: ByteCount::from_gibibytes_u32(1),
-                hostname: "x".into(),
-            }),
-        ),
-        (
-            instance_start::SagaInstanceStart::NAME,
-            node_names::<instance_start::SagaInstanceStart>(instance_start::Params {
-                instance_id: any_instance,
-            }),
-        ),
-        (
-            instance_migrate::SagaInstanceMigrate::NAME,
-            node_names::<instance_migrate::SagaInstanceMigrate>(instance_migrate::Params {
-                instance_id: any_instance,
-                destination: None,
-            }),
-        ),
-        (
-            instance_delete::SagaInstanceDelete::NAME,
-            node_names::<instance_delete::SagaInstanceDelete>(instance_delete::Params {
-                instance_id: any_instance,
-            }),
-        ),
+    let any_instance = InstanceUuid::new_v4();
+    let sagas = [
+        SagaNodes::of::<instance_create::SagaInstanceCreate>(instance_create::Params {
+            instance_id: any_instance,
+            project_id: ProjectUuid::new_v4(),
+            name: "x".parse().unwrap(),
+            description: String::new(),
+            ncpus: 1,
+            memory: ByteCount::from_gibibytes_u32(1),
+            hostname: "x".into(),
+        }),
+        SagaNodes::of::<instance_start::SagaInstanceStart>(instance_start::Params {
+            instance_id: any_instance,
+        }),
+        SagaNodes::of::<instance_migrate::SagaInstanceMigrate>(instance_migrate::Params {
+            instance_id: any_instance,
+            destination: None,
+        }),
+        SagaNodes::of::<instance_delete::SagaInstanceDelete>(instance_delete::Params {
+            instance_id: any_instance,
+        }),
     ];
-    let mut summary = std::collections::BTreeMap::<String, Summary>::new();
-    let mut counter = 0;
-    for (saga, nodes) in &cases {
-        for node in nodes {
-            for when in ["before", "after"] {
-                counter += 1;
-                let name = format!("vm-{counter}");
-                let case = format!("{saga}:{node}:{when}");
 
-                // Set the stage with a healthy Nexus: what the saga needs to start from.
-                let mut healthy = cluster.nexus(None).await;
-                let create = json!({"name": name, "description": "", "hostname": "h", "ncpus": 1, "memory": 1u64 << 30, "start": false});
-                if *saga != instance_create::SagaInstanceCreate::NAME {
-                    let (status, body) = cluster
-                        .request("POST", "/v1/instances?project=p", Some(create.clone()))
-                        .await
-                        .unwrap();
-                    assert_eq!(status, 201, "{case}: {body}");
-                }
-                if *saga == instance_migrate::SagaInstanceMigrate::NAME {
-                    cluster
-                        .request(
-                            "POST",
-                            &format!("/v1/instances/{name}/start?project=p"),
-                            None,
-                        )
-                        .await
-                        .unwrap();
-                    cluster.wait_for_state(&name, &["running"]).await;
-                }
-                healthy.kill().unwrap();
-                healthy.wait().unwrap();
-
-                // The crash.
-                let mut crashing = cluster.nexus(Some(&case)).await;
-                let (method, path, body) = match *saga {
-                    "instance-create" => {
-                        ("POST", "/v1/instances?project=p".to_string(), Some(create))
-                    }
-                    "instance-start" => (
-                        "POST",
-                        format!("/v1/instances/{name}/start?project=p"),
-                        None,
-                    ),
-                    "instance-migrate" => (
-                        "POST",
-                        format!("/v1/instances/{name}/migrate?project=p"),
-                        Some(json!({})),
-                    ),
-                    _ => ("DELETE", format!("/v1/instances/{name}?project=p"), None),
-                };
-                let answer = cluster.request(method, &path, body).await;
-                let mut died = false;
-                for _ in 0..500 {
-                    if crashing.try_wait().unwrap().is_some() {
-                        died = true;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                if !died {
-                    crashing.kill().unwrap();
-                    crashing.wait().unwrap();
-                    panic!(
-                        "{case}: the crash point was never reached (the request answered {answer:?})"
-                    );
-                }
-
-                // Recovery: a fresh Nexus resumes the saga from the log.
-                let mut recovered = cluster.nexus(None).await;
-                cluster.assert_quiet_and_consistent(&case).await;
-                let saga_id = cluster.sql(&format!(
-                    "SELECT id FROM saga WHERE name = '{saga}' ORDER BY time_created DESC LIMIT 1"
-                ));
-                let unwound = cluster.sql(&format!(
-                    "SELECT count(*) FROM saga_node_event WHERE saga_id = '{}' AND event_type IN ('failed', 'undo_finished')",
-                    saga_id.trim()
-                ));
-                let stuck = cluster.sql(&format!(
-                    "SELECT count(*) FROM saga_node_event WHERE saga_id = '{}' AND event_type = 'undo_failed'",
-                    saga_id.trim()
-                ));
-                assert_eq!(stuck.trim(), "0", "{case}: the saga got stuck");
-                let entry = summary.entry(saga.to_string()).or_default();
-                entry.crashed += 1;
-                if unwound.trim() == "0" {
-                    entry.finished += 1;
-                } else {
-                    entry.unwound += 1;
-                }
-
-                // Leave nothing running for the next case.
-                if let Some(state) = cluster.run_state(&name).await
-                    && state != "stopped"
-                {
-                    cluster
-                        .request(
-                            "POST",
-                            &format!("/v1/instances/{name}/stop?project=p"),
-                            None,
-                        )
-                        .await
-                        .unwrap();
-                    cluster.wait_for_state(&name, &["stopped", "failed"]).await;
-                }
-                cluster.assert_quiet_and_consistent(&case).await;
-                recovered.kill().unwrap();
-                recovered.wait().unwrap();
+    // Forward: every node, right after `started` and right after `succeeded`. Unwinding: a
+    // failure at the saga's last node, then every earlier node right after `undo_started`
+    // and right after `undo_finished`.
+    let mut cases = Vec::new();
+    for saga in &sagas {
+        for node in &saga.nodes {
+            for event in [CrashEvent::Started, CrashEvent::Succeeded] {
+                cases.push((saga, node.clone(), event, None));
+            }
+        }
+        let (last, earlier) = saga.nodes.split_last().unwrap();
+        for node in earlier {
+            for event in [CrashEvent::UndoStarted, CrashEvent::UndoFinished] {
+                cases.push((saga, node.clone(), event, Some(last.clone())));
             }
         }
     }
 
+    let mut summary = BTreeMap::<&str, Summary>::new();
+    let mut covered = BTreeSet::new();
+    let mut undo_covered = BTreeSet::new();
+    for (number, (saga, node, event, fail_at)) in cases.into_iter().enumerate() {
+        let case = Case {
+            saga,
+            point: CrashPoint {
+                saga: saga.name.to_string(),
+                node: node.clone(),
+                event,
+            },
+            fail_at,
+            instance: format!("vm-{number}"),
+        };
+        let mut stderr = Vec::new();
+        let outcome = match run_case(&cluster, &case, &mut stderr).await {
+            Ok(outcome) => outcome,
+            Err(message) => panic!(
+                "crash at {}{}: {message}\n\nstderr of this case's Nexus processes:\n{}",
+                case.point,
+                case.fail_at
+                    .as_ref()
+                    .map(|node| format!(" (failure injected at {node})"))
+                    .unwrap_or_default(),
+                stderr
+                    .iter()
+                    .map(|p| stderr_tail(p))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        };
+        let entry = summary.entry(saga.name).or_default();
+        entry.crashed += 1;
+        match outcome {
+            Outcome::Finished => entry.finished += 1,
+            Outcome::Unwound => entry.unwound += 1,
+        }
+        if event.is_undo() {
+            entry.undo_crashes += 1;
+            undo_covered.insert((saga.name, node));
+        } else {
+            covered.insert((saga.name, node));
+        }
+    }
+
     println!(
-        "crash replay summary (saga: nodes x {{before, after}} crashed / finished / unwound):"
+        "crash replay summary (saga: crashes / finished / unwound / of which while unwinding):"
     );
     let mut total = 0;
+    let mut undo_total = 0;
     for (saga, s) in &summary {
         println!(
-            "  {saga:18} crashed {:3}  finished {:3}  unwound {:3}",
-            s.crashed, s.finished, s.unwound
+            "  {saga:18} crashed {:3}  finished {:3}  unwound {:3}  while unwinding {:3}",
+            s.crashed, s.finished, s.unwound, s.undo_crashes
         );
         total += s.crashed;
+        undo_total += s.undo_crashes;
     }
-    let nodes: usize = cases.iter().map(|(_, n)| n.len()).sum();
-    println!("  {total} crashes covering {nodes} of {nodes} saga nodes, before and after each");
-    assert_eq!(total, nodes * 2);
-    let _ = std::fs::remove_file(&cluster.config_path);
+    let nodes: usize = sagas.iter().map(|s| s.nodes.len()).sum();
+    let undoable: usize = sagas.iter().map(|s| s.nodes.len() - 1).sum();
+    println!(
+        "  {total} crashes covering {} of {nodes} saga nodes (after started, after \
+         succeeded), {undo_total} of them while unwinding covering {} of {undoable} undoable \
+         nodes (after undo_started, after undo_finished)",
+        covered.len(),
+        undo_covered.len()
+    );
+    assert_eq!(covered.len(), nodes, "a saga node was never crashed at");
+    assert_eq!(undo_covered.len(), undoable, "an undo was never crashed in");
+    let _ = std::fs::remove_dir_all(&cluster.stderr_dir);
 }

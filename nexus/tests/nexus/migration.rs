@@ -152,8 +152,13 @@ async fn instance_migrate_unwinds_from_every_node_and_tolerates_repeats() {
     assert_eq!(covered, 8);
 }
 
+/// Idempotent replay of a recorded log prefix, for every node: not a crash test. Each
+/// migration first runs to its end (the target VMM runs, the source is retired), then its log
+/// is cut back to "node N started" and a fresh Nexus resumes it, re-running node N and every
+/// later node against effects that already exist; that must make no second migration or VMM.
+/// Crashes with the later effects really absent are in `crash_replay.rs`.
 #[tokio::test]
-async fn instance_migrate_resumes_from_a_log_cut_at_every_node() {
+async fn instance_migrate_replays_a_recorded_prefix_idempotently_over_existing_effects() {
     let ctx = TestContext::new().await;
     let nodes: Vec<(usize, String)> =
         create_saga_dag::<instance_migrate::SagaInstanceMigrate>(params(InstanceUuid::new_v4()))

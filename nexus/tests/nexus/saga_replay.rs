@@ -1,6 +1,12 @@
-//! Replay: for every node of instance-start, a saga whose log stops at that node (as if Nexus
-//! died just after starting it, before recording its result) is resumed by a fresh Nexus on the
-//! same database and finishes, with the invariants holding.
+//! Idempotent replay of a recorded log prefix, for every node of instance-start.
+//!
+//! This is not a crash test. The saga first runs to its end, so every node's effects exist
+//! (its VMM record, its reservation, the VMM registered and running on its sled); only then is
+//! its log cut back to "node N started" and the saga resumed by a fresh Nexus. What that
+//! proves: re-running node N's action and every later one, against effects that already
+//! exist, is idempotent (no second VMM, the same active VMM, the invariants hold). A crash
+//! with node N's and the later nodes' effects really absent is `crash_replay.rs` (its
+//! `started` point: Nexus killed right after the node's `started` event, before its action).
 
 use crate::context::{TestContext, log};
 use halyard_common::InstanceState;
@@ -9,7 +15,7 @@ use halyard_nexus::Nexus;
 use halyard_nexus::app::sagas::{create_saga_dag, instance_start};
 
 #[tokio::test]
-async fn instance_start_resumes_from_a_log_cut_at_every_node() {
+async fn instance_start_replays_a_recorded_prefix_idempotently_over_existing_effects() {
     let ctx = TestContext::new().await;
     let project = ctx.project("p").await;
     let nodes: Vec<(usize, String)> =
@@ -38,7 +44,8 @@ async fn instance_start_resumes_from_a_log_cut_at_every_node() {
         let saga_id = saga_id.trim();
 
         // Cut the log: keep what happened before `name` and its "started" event only, and mark
-        // the saga unfinished. Its later side effects stay, as after a real crash.
+        // the saga unfinished. The effects of `name` and of every later node stay: unlike
+        // after a crash there, they exist already, and replaying over them must change nothing.
         ctx.sql(&format!(
             "DELETE FROM saga_node_event WHERE saga_id = '{saga_id}' \
              AND node_id >= {index} AND node_id != {start_node} \
