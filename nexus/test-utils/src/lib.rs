@@ -2,22 +2,43 @@
 //! race and crash test (and by the QEMU backend's tests in turn).
 
 use halyard_test_db::{PostgresCluster, TestDatabase, shared_cluster};
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Every invariant violation in this database and these sled agents, not just the first:
+/// Every invariant violation in this database and these sled agents, not just the first.
+/// Each violation starts with the name of the rule it breaks; call this once the system is
+/// quiet (no unfinished saga, no VMM mid-transition, no report in flight), and call it once:
+/// a violation seen once is a violation.
 ///
-/// 1. at most one active and one target VMM per instance, and the instance's pointers name
-///    live VMMs;
-/// 2. reservations exist exactly for live non-terminal VMMs, and each sled's reserved totals
-///    equal the sum of its reservations and stay within its capacity; on an expunged sled
-///    nothing is reserved and no VMM is live;
-/// 4. no saga is left unfinished (call this once the system is quiet);
-/// 6. what the sled agents run is exactly what the database considers live.
+/// Instances and VMMs (invariant 1):
+/// - each instance's active and target VMM exist, belong to that instance, and are live (not
+///   retired, not in a terminal state);
+/// - every live VMM is its instance's active or target VMM (so no VMM is left running behind
+///   a stopped instance), and no instance has more than two live VMMs.
+///
+/// Reservations and capacity (invariant 2):
+/// - reservations exist exactly for the live non-terminal VMMs; each is on its VMM's sled,
+///   for its VMM's instance, and of that instance's size (threads = vCPUs, memory);
+/// - each sled's reserved totals equal the sum of its reservations and stay within its
+///   capacity, hardware threads and memory alike;
+/// - on an expunged sled nothing is reserved and no VMM is live.
+///
+/// Sagas (invariants 4 and 5): no saga is unfinished, and no saga is stuck (an undo failed;
+/// steno records such a saga as `done`).
+///
+/// Sled agents (invariant 6), sled by sled: every VMM a sled agent runs is live in the
+/// database, on that sled, for the same instance, in the same state; every live VMM in the
+/// database runs on the sled agent of its sled; no VMM runs on two sleds. At a quiet point the
+/// two agree exactly: a sled agent lists only VMMs that still run (never a terminal one), and
+/// the database has no live VMM in a terminal state once its retirement is done.
 pub fn invariant_violations(
     db: &TestDatabase,
     sleds: &[halyard_sled_agent::Server],
 ) -> Vec<String> {
     invariant_violations_in(shared_cluster(), db.name(), sleds)
 }
+
+/// The VMM states after which a VMM never runs again and holds no reservation.
+const TERMINAL_VMM_STATES: &str = "('destroyed','failed','saga_unwound')";
 
 /// [`invariant_violations`] for database `database` of `cluster` (a test's private cluster).
 pub fn invariant_violations_in(
@@ -26,78 +47,222 @@ pub fn invariant_violations_in(
     sleds: &[halyard_sled_agent::Server],
 ) -> Vec<String> {
     let sql = |query: &str| cluster.psql(database, query).expect("psql");
-    {
-        let mut violations = Vec::new();
-        let mut check = |query: &str, what: &str| {
-            let rows = sql(query);
-            for row in rows.lines().filter(|l| !l.is_empty()) {
-                violations.push(format!("{what}: {row}"));
-            }
+    let mut violations = Vec::new();
+    let mut check = |query: &str, rule: &str| {
+        for row in sql(query).lines().filter(|l| !l.is_empty()) {
+            violations.push(format!("{rule}: {row}"));
+        }
+    };
+
+    // Instances and VMMs.
+    for pointer in ["active_propolis_id", "target_propolis_id"] {
+        let which = if pointer == "active_propolis_id" {
+            "active"
+        } else {
+            "target"
         };
         check(
+            &format!(
+                "SELECT i.id, i.{pointer} FROM instance i LEFT JOIN vmm v ON v.id = i.{pointer} \
+                 WHERE i.{pointer} IS NOT NULL AND v.id IS NULL"
+            ),
+            &format!("instance's {which} VMM does not exist (instance, VMM)"),
+        );
+        check(
+            &format!(
+                "SELECT i.id, v.id, v.instance_id FROM instance i JOIN vmm v ON v.id = i.{pointer} \
+                 WHERE v.instance_id != i.id"
+            ),
+            &format!(
+                "instance's {which} VMM belongs to another instance (instance, VMM, its instance)"
+            ),
+        );
+        check(
+            &format!(
+                "SELECT i.id, v.id, v.state, v.time_deleted FROM instance i \
+                 JOIN vmm v ON v.id = i.{pointer} \
+                 WHERE v.time_deleted IS NOT NULL OR v.state IN {TERMINAL_VMM_STATES}"
+            ),
+            &format!("instance's {which} VMM is not live (instance, VMM, state, time retired)"),
+        );
+    }
+    check(
+        "SELECT v.id, v.instance_id, v.state, i.nexus_state FROM vmm v \
+         LEFT JOIN instance i ON i.id = v.instance_id \
+         WHERE v.time_deleted IS NULL \
+           AND (i.id IS NULL OR (i.active_propolis_id IS DISTINCT FROM v.id \
+                                 AND i.target_propolis_id IS DISTINCT FROM v.id))",
+        "live VMM its instance does not point at (VMM, instance, VMM state, instance state)",
+    );
+    check(
+        "SELECT instance_id, count(*) FROM vmm WHERE time_deleted IS NULL GROUP BY instance_id HAVING count(*) > 2",
+        "instance with more than an active and a target VMM (instance, live VMMs)",
+    );
+
+    // Reservations and capacity.
+    check(
+        &format!(
             "SELECT v.id FROM vmm v LEFT JOIN sled_reservation r ON r.vmm_id = v.id \
-             WHERE v.time_deleted IS NULL AND v.state NOT IN ('destroyed','failed','saga_unwound') AND r.vmm_id IS NULL",
-            "live VMM without a reservation",
-        );
-        check(
+             WHERE v.time_deleted IS NULL AND v.state NOT IN {TERMINAL_VMM_STATES} AND r.vmm_id IS NULL"
+        ),
+        "live VMM without a reservation (VMM)",
+    );
+    check(
+        &format!(
             "SELECT r.vmm_id FROM sled_reservation r LEFT JOIN vmm v ON v.id = r.vmm_id \
-             WHERE v.id IS NULL OR v.time_deleted IS NOT NULL OR v.state IN ('destroyed','failed','saga_unwound')",
-            "reservation without a live VMM",
-        );
-        check(
-            "SELECT s.id, s.reserved_hardware_threads, coalesce(sum(r.hardware_threads), 0) FROM sled s \
-             LEFT JOIN sled_reservation r ON r.sled_id = s.id GROUP BY s.id \
-             HAVING s.reserved_hardware_threads != coalesce(sum(r.hardware_threads), 0) \
-                 OR s.reserved_physical_ram != coalesce(sum(r.physical_ram), 0) \
-                 OR s.reserved_hardware_threads > s.usable_hardware_threads",
-            "sled totals disagree with reservations or exceed capacity",
-        );
-        check(
-            "SELECT i.id, i.active_propolis_id FROM instance i LEFT JOIN vmm v ON v.id = i.active_propolis_id \
-             WHERE i.active_propolis_id IS NOT NULL AND (v.id IS NULL OR v.time_deleted IS NOT NULL)",
-            "instance pointing at a missing or retired VMM",
-        );
-        check(
-            "SELECT instance_id, count(*) FROM vmm WHERE time_deleted IS NULL GROUP BY instance_id HAVING count(*) > 2",
-            "instance with more than an active and a target VMM",
-        );
-        check(
-            "SELECT id, name, saga_state FROM saga WHERE saga_state != 'done'",
-            "saga left unfinished",
-        );
-        check(
-            "SELECT v.id, v.sled_id FROM vmm v JOIN sled s ON s.id = v.sled_id \
-             WHERE s.time_expunged IS NOT NULL AND v.time_deleted IS NULL",
-            "live VMM on an expunged sled",
-        );
-        check(
-            "SELECT r.vmm_id, r.sled_id FROM sled_reservation r JOIN sled s ON s.id = r.sled_id \
-             WHERE s.time_expunged IS NOT NULL",
-            "reservation on an expunged sled",
-        );
-        // What the sled agents run must be exactly the live VMMs in the database.
-        let live: std::collections::BTreeSet<String> =
-            sql("SELECT id FROM vmm WHERE time_deleted IS NULL")
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
-        let mut on_sleds = std::collections::BTreeSet::new();
-        for sled in sleds {
-            for vmm in sled.agent().vmm_list() {
-                on_sleds.insert(vmm.propolis_id.to_string());
+             WHERE v.id IS NULL OR v.time_deleted IS NOT NULL OR v.state IN {TERMINAL_VMM_STATES}"
+        ),
+        "reservation without a live VMM (VMM)",
+    );
+    check(
+        "SELECT r.vmm_id, r.sled_id, v.sled_id FROM sled_reservation r JOIN vmm v ON v.id = r.vmm_id \
+         WHERE r.sled_id != v.sled_id",
+        "reservation on another sled than its VMM (VMM, reservation's sled, VMM's sled)",
+    );
+    check(
+        "SELECT r.vmm_id, r.instance_id, v.instance_id FROM sled_reservation r JOIN vmm v ON v.id = r.vmm_id \
+         WHERE r.instance_id != v.instance_id",
+        "reservation for another instance than its VMM's (VMM, reservation's instance, VMM's instance)",
+    );
+    check(
+        "SELECT r.vmm_id, r.hardware_threads, r.physical_ram, i.ncpus, i.memory FROM sled_reservation r \
+         JOIN vmm v ON v.id = r.vmm_id JOIN instance i ON i.id = v.instance_id \
+         WHERE r.hardware_threads != i.ncpus OR r.physical_ram != i.memory",
+        "reservation of another size than its instance (VMM, reserved threads, reserved memory, \
+         instance vCPUs, instance memory)",
+    );
+    check(
+        "SELECT s.id, s.reserved_hardware_threads, coalesce(sum(r.hardware_threads), 0), \
+                s.reserved_physical_ram, coalesce(sum(r.physical_ram), 0) FROM sled s \
+         LEFT JOIN sled_reservation r ON r.sled_id = s.id GROUP BY s.id \
+         HAVING s.reserved_hardware_threads != coalesce(sum(r.hardware_threads), 0) \
+             OR s.reserved_physical_ram != coalesce(sum(r.physical_ram), 0)",
+        "sled's reserved totals disagree with its reservations (sled, reserved threads, sum, \
+         reserved memory, sum)",
+    );
+    check(
+        "SELECT id, reserved_hardware_threads, usable_hardware_threads FROM sled \
+         WHERE reserved_hardware_threads > usable_hardware_threads",
+        "sled's reserved hardware threads exceed its capacity (sled, reserved, usable)",
+    );
+    check(
+        "SELECT id, reserved_physical_ram, usable_physical_ram FROM sled \
+         WHERE reserved_physical_ram > usable_physical_ram",
+        "sled's reserved memory exceeds its capacity (sled, reserved, usable)",
+    );
+    check(
+        "SELECT v.id, v.sled_id FROM vmm v JOIN sled s ON s.id = v.sled_id \
+         WHERE s.time_expunged IS NOT NULL AND v.time_deleted IS NULL",
+        "live VMM on an expunged sled (VMM, sled)",
+    );
+    check(
+        "SELECT r.vmm_id, r.sled_id FROM sled_reservation r JOIN sled s ON s.id = r.sled_id \
+         WHERE s.time_expunged IS NOT NULL",
+        "reservation on an expunged sled (VMM, sled)",
+    );
+
+    // Sagas.
+    check(
+        "SELECT id, name, saga_state FROM saga WHERE saga_state != 'done'",
+        "saga left unfinished (saga, name, state)",
+    );
+    check(
+        "SELECT s.id, s.name, s.saga_state, e.node_id FROM saga s \
+         JOIN saga_node_event e ON e.saga_id = s.id WHERE e.event_type = 'undo_failed'",
+        "saga stuck after a failed undo (saga, name, state, node)",
+    );
+
+    violations.extend(sled_agent_violations(&sql, sleds));
+    violations
+}
+
+/// A live VMM as the database has it.
+struct LiveVmm {
+    sled: String,
+    instance: String,
+    state: String,
+}
+
+/// The database's live VMMs against what each sled agent runs, sled by sled.
+fn sled_agent_violations(
+    sql: &dyn Fn(&str) -> String,
+    sleds: &[halyard_sled_agent::Server],
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    let live: BTreeMap<String, LiveVmm> =
+        sql("SELECT id, sled_id, instance_id, state FROM vmm WHERE time_deleted IS NULL")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|row| {
+                let columns: Vec<&str> = row.split('|').collect();
+                let vmm = LiveVmm {
+                    sled: columns[1].to_string(),
+                    instance: columns[2].to_string(),
+                    state: columns[3].to_string(),
+                };
+                (columns[0].to_string(), vmm)
+            })
+            .collect();
+
+    // VMM id -> the sleds whose agents run it.
+    let mut running_on: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for sled in sleds {
+        let sled_id = sled.agent().id().to_string();
+        for vmm in sled.agent().vmm_list() {
+            let id = vmm.propolis_id.to_string();
+            running_on
+                .entry(id.clone())
+                .or_default()
+                .insert(sled_id.clone());
+            let Some(in_db) = live.get(&id) else {
+                violations.push(format!(
+                    "VMM runs on a sled agent but is not live in the database: VMM {id} on sled {sled_id}"
+                ));
+                continue;
+            };
+            if in_db.sled != sled_id {
+                violations.push(format!(
+                    "VMM runs on another sled than the database's: VMM {id} runs on sled \
+                     {sled_id}, the database places it on sled {}",
+                    in_db.sled
+                ));
+            }
+            let instance = vmm.instance_id.to_string();
+            if in_db.instance != instance {
+                violations.push(format!(
+                    "VMM runs for another instance than the database's: VMM {id} on sled \
+                     {sled_id} runs for instance {instance}, the database's is {}",
+                    in_db.instance
+                ));
+            }
+            let state = vmm.state.vmm_state.state.to_string();
+            if in_db.state != state {
+                violations.push(format!(
+                    "VMM state differs between the database and its sled agent: VMM {id} is \
+                     {} in the database, {state} on sled {sled_id}",
+                    in_db.state
+                ));
             }
         }
-        for id in live.difference(&on_sleds) {
-            violations.push(format!(
-                "VMM {id} is live in the database but no sled agent runs it"
-            ));
-        }
-        for id in on_sleds.difference(&live) {
-            violations.push(format!(
-                "VMM {id} runs on a sled agent but is not live in the database"
-            ));
-        }
-        violations
     }
+    for (id, on) in &running_on {
+        if on.len() > 1 {
+            let on: Vec<&str> = on.iter().map(String::as_str).collect();
+            violations.push(format!(
+                "VMM runs on more than one sled: VMM {id} on sleds {}",
+                on.join(", ")
+            ));
+        }
+    }
+    for (id, vmm) in &live {
+        let runs_on_its_sled = running_on.get(id).is_some_and(|on| on.contains(&vmm.sled));
+        if !runs_on_its_sled {
+            violations.push(format!(
+                "VMM is live in the database but its sled's agent does not run it: VMM {id} \
+                 ({}) on sled {}",
+                vmm.state, vmm.sled
+            ));
+        }
+    }
+    violations
 }

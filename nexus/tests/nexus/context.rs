@@ -241,8 +241,9 @@ impl TestContext {
         .await;
     }
 
-    /// Waits until nothing is in flight (no unfinished saga, no VMM mid-transition) and then
-    /// checks every invariant.
+    /// Waits until nothing is in flight (no unfinished saga, no VMM mid-transition), then
+    /// checks every invariant once: a violation seen at a quiet point is a violation, never
+    /// retried away.
     pub async fn assert_quiet_and_consistent(&self) {
         let mut quiet = false;
         for _ in 0..1000 {

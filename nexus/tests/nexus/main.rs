@@ -5,6 +5,7 @@ mod context;
 mod crash_replay;
 mod external_api;
 mod instances;
+mod invariant_checker;
 mod migration;
 mod outages;
 mod qemu;

@@ -1,0 +1,500 @@
+//! The test of the tests: the invariant checker (`halyard_nexus_test_utils`) must fail on
+//! every state it exists to catch. Each test builds a real system (Nexus, two sim sled agents,
+//! a database of its own) with two running instances, checks it is clean, breaks exactly one
+//! thing behind Nexus's back (in SQL, or on a sled agent), and asserts the checker names the
+//! broken rule, and only the rules that break implies.
+
+use crate::context::{SLED_RAM_GIB, SLED_THREADS, TestContext};
+use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
+use halyard_common::{ByteCount, InstanceState};
+use halyard_sled_agent_api::VmmRegisterBody;
+use halyard_test_db::shared_cluster;
+
+/// One running instance: its id, its active VMM and that VMM's sled.
+#[derive(Clone, Copy)]
+struct Running {
+    instance: InstanceUuid,
+    vmm: VmmUuid,
+    sled: SledUuid,
+}
+
+/// A clean system with two running instances, `a` and `b` (2 vCPUs, 1 GiB each).
+struct CleanSystem {
+    ctx: TestContext,
+    a: Running,
+    b: Running,
+}
+
+impl CleanSystem {
+    async fn new() -> CleanSystem {
+        let ctx = TestContext::new().await;
+        let project = ctx.project("p").await;
+        let mut running = Vec::new();
+        for name in ["a", "b"] {
+            let instance = ctx.instance(&project, name, 2).await;
+            ctx.nexus().instance_start(instance).await.unwrap();
+            ctx.wait_for(instance, InstanceState::Running).await;
+            let vmm = ctx.view(instance).await.active_vmm.unwrap();
+            running.push(Running {
+                instance,
+                vmm: vmm.id(),
+                sled: vmm.sled_id(),
+            });
+        }
+        // The checker must pass on the clean system, or its failures below prove nothing.
+        ctx.assert_quiet_and_consistent().await;
+        assert_eq!(ctx.invariant_violations().await, Vec::<String>::new());
+        CleanSystem {
+            ctx,
+            a: running[0],
+            b: running[1],
+        }
+    }
+
+    /// The sled other than `sled` (the context has two).
+    fn other_sled(&self, sled: SledUuid) -> SledUuid {
+        self.ctx
+            .sleds
+            .iter()
+            .map(|s| s.agent().id())
+            .find(|s| *s != sled)
+            .unwrap()
+    }
+
+    fn sled_agent(&self, sled: SledUuid) -> &halyard_sled_agent::Server {
+        self.ctx
+            .sleds
+            .iter()
+            .find(|s| s.agent().id() == sled)
+            .unwrap()
+    }
+
+    /// Runs `sql` (one transaction) behind Nexus's back.
+    fn break_with(&self, sql: &str) {
+        self.ctx.sql(&format!("BEGIN; {sql}; COMMIT"));
+    }
+
+    /// The checker's verdict, once.
+    async fn violations(&self) -> Vec<String> {
+        self.ctx.invariant_violations().await
+    }
+}
+
+/// Asserts that every violation is of one of `rules` (each the start of a violation's text)
+/// and that each rule is broken at least once.
+fn assert_rules_broken(violations: &[String], rules: &[&str]) {
+    let all = violations.join("\n");
+    for rule in rules {
+        assert!(
+            violations.iter().any(|v| v.starts_with(rule)),
+            "the checker did not report \"{rule}\"; it reported:\n{all}"
+        );
+    }
+    for violation in violations {
+        assert!(
+            rules.iter().any(|rule| violation.starts_with(rule)),
+            "the checker reported a violation this break does not imply: {violation}\n\
+             all it reported:\n{all}"
+        );
+    }
+}
+
+const GIB: u64 = 1 << 30;
+
+#[tokio::test]
+async fn a_leftover_live_vmm_behind_a_stopped_instance_is_flagged() {
+    let system = CleanSystem::new().await;
+    let a = system.a;
+    // The instance says stopped; its VMM still runs, reserved, on its sled agent.
+    system.break_with(&format!(
+        "UPDATE instance SET active_propolis_id = NULL, nexus_state = 'no_vmm', \
+         state_generation = state_generation + 1 WHERE id = '{}'",
+        a.instance
+    ));
+    let violations = system.violations().await;
+    assert_rules_broken(&violations, &["live VMM its instance does not point at"]);
+    assert!(violations[0].contains(&a.vmm.to_string()), "{violations:?}");
+}
+
+#[tokio::test]
+async fn an_active_pointer_to_a_retired_vmm_is_flagged() {
+    let system = CleanSystem::new().await;
+    let a = system.a;
+    system.break_with(&format!(
+        "UPDATE vmm SET time_deleted = now() WHERE id = '{}'",
+        a.vmm
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &[
+            "instance's active VMM is not live",
+            "reservation without a live VMM",
+            "VMM runs on a sled agent but is not live in the database",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_target_pointer_to_another_instances_vmm_is_flagged() {
+    let system = CleanSystem::new().await;
+    let (a, b) = (system.a, system.b);
+    system.break_with(&format!(
+        "UPDATE instance SET target_propolis_id = '{}', migration_id = '{}', \
+         state_generation = state_generation + 1 WHERE id = '{}'",
+        b.vmm,
+        uuid::Uuid::new_v4(),
+        a.instance
+    ));
+    let violations = system.violations().await;
+    assert_rules_broken(
+        &violations,
+        &["instance's target VMM belongs to another instance"],
+    );
+    assert!(violations[0].contains(&b.vmm.to_string()), "{violations:?}");
+}
+
+#[tokio::test]
+async fn a_target_pointer_to_a_missing_vmm_is_flagged() {
+    let system = CleanSystem::new().await;
+    system.break_with(&format!(
+        "UPDATE instance SET target_propolis_id = '{}', migration_id = '{}', \
+         state_generation = state_generation + 1 WHERE id = '{}'",
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        system.a.instance
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &["instance's target VMM does not exist"],
+    );
+}
+
+#[tokio::test]
+async fn an_instance_with_three_live_vmms_is_flagged() {
+    let system = CleanSystem::new().await;
+    let a = system.a;
+    for _ in 0..2 {
+        system.break_with(&format!(
+            "INSERT INTO vmm (id, instance_id, sled_id, propolis_ip, propolis_port, state, \
+             generation, time_state_updated, time_created) \
+             SELECT '{}', instance_id, sled_id, propolis_ip, propolis_port, 'running', 1, now(), \
+             now() FROM vmm WHERE id = '{}'",
+            uuid::Uuid::new_v4(),
+            a.vmm
+        ));
+    }
+    assert_rules_broken(
+        &system.violations().await,
+        &[
+            "instance with more than an active and a target VMM",
+            "live VMM its instance does not point at",
+            "live VMM without a reservation",
+            "VMM is live in the database but its sled's agent does not run it",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_saga_is_flagged_and_a_cleanly_unwound_one_is_not() {
+    let system = CleanSystem::new().await;
+    let (stuck, unwound) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let sec = uuid::Uuid::new_v4();
+    // Both are `done`, as steno records them; one's undo failed.
+    for (saga, last_undo) in [(stuck, "undo_failed"), (unwound, "undo_finished")] {
+        system.break_with(&format!(
+            "INSERT INTO saga (id, creator, current_sec, name, dag, saga_state, \
+             adopt_generation, time_created, adopt_time) \
+             VALUES ('{saga}', '{sec}', '{sec}', 'instance-start', '{{}}', 'done', 1, now(), now()); \
+             INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator) \
+             VALUES ('{saga}', 0, 'started', NULL, now(), '{sec}'), \
+                    ('{saga}', 0, 'succeeded', 'null', now(), '{sec}'), \
+                    ('{saga}', 1, 'started', NULL, now(), '{sec}'), \
+                    ('{saga}', 1, 'failed', '\"injected\"', now(), '{sec}'), \
+                    ('{saga}', 0, 'undo_started', NULL, now(), '{sec}'), \
+                    ('{saga}', 0, '{last_undo}', NULL, now(), '{sec}')"
+        ));
+    }
+    let violations = system.violations().await;
+    assert_rules_broken(&violations, &["saga stuck after a failed undo"]);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].contains(&stuck.to_string()), "{violations:?}");
+}
+
+#[tokio::test]
+async fn an_unfinished_saga_is_flagged() {
+    let system = CleanSystem::new().await;
+    let (saga, sec) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    // Owned by a Nexus that is not running: nothing will finish it.
+    system.break_with(&format!(
+        "INSERT INTO saga (id, creator, current_sec, name, dag, saga_state, adopt_generation, \
+         time_created, adopt_time) \
+         VALUES ('{saga}', '{sec}', '{sec}', 'instance-start', '{{}}', 'running', 1, now(), now())"
+    ));
+    assert_rules_broken(&system.violations().await, &["saga left unfinished"]);
+}
+
+#[tokio::test]
+async fn a_vmm_on_the_wrong_sled_is_flagged() {
+    let system = CleanSystem::new().await;
+    let a = system.a;
+    let other = system.other_sled(a.sled);
+    // The database moves the VMM, its reservation and the sleds' totals, consistently; the
+    // VMM still runs on its old sled.
+    system.break_with(&format!(
+        "UPDATE sled SET reserved_hardware_threads = reserved_hardware_threads - 2, \
+         reserved_physical_ram = reserved_physical_ram - {GIB} WHERE id = '{old}'; \
+         UPDATE sled SET reserved_hardware_threads = reserved_hardware_threads + 2, \
+         reserved_physical_ram = reserved_physical_ram + {GIB} WHERE id = '{other}'; \
+         UPDATE sled_reservation SET sled_id = '{other}' WHERE vmm_id = '{vmm}'; \
+         UPDATE vmm SET sled_id = '{other}' WHERE id = '{vmm}'",
+        old = a.sled,
+        vmm = a.vmm,
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &[
+            "VMM runs on another sled than the database's",
+            "VMM is live in the database but its sled's agent does not run it",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_vmm_on_two_sleds_is_flagged() {
+    let system = CleanSystem::new().await;
+    let a = system.a;
+    let other = system.other_sled(a.sled);
+    // The other sled's agent is told to run the same VMM too.
+    system
+        .sled_agent(other)
+        .agent()
+        .vmm_register(
+            a.vmm,
+            VmmRegisterBody {
+                instance_id: a.instance,
+                ncpus: 2,
+                memory: ByteCount::from_gibibytes_u32(1),
+                hostname: "a".to_string(),
+                migration_target: None,
+            },
+        )
+        .unwrap();
+    assert_rules_broken(
+        &system.violations().await,
+        &[
+            "VMM runs on more than one sled",
+            "VMM runs on another sled than the database's",
+            // The second copy sits in `creating`: nobody asked it to run.
+            "VMM state differs between the database and its sled agent",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_vmm_unknown_to_the_database_is_flagged() {
+    let system = CleanSystem::new().await;
+    let a = system.a;
+    system
+        .sled_agent(a.sled)
+        .agent()
+        .vmm_register(
+            VmmUuid::new_v4(),
+            VmmRegisterBody {
+                instance_id: a.instance,
+                ncpus: 2,
+                memory: ByteCount::from_gibibytes_u32(1),
+                hostname: "a".to_string(),
+                migration_target: None,
+            },
+        )
+        .unwrap();
+    assert_rules_broken(
+        &system.violations().await,
+        &["VMM runs on a sled agent but is not live in the database"],
+    );
+}
+
+#[tokio::test]
+async fn a_vmm_running_for_another_instance_is_flagged() {
+    let system = CleanSystem::new().await;
+    let (a, b) = (system.a, system.b);
+    // The database swaps the two instances' VMMs (pointers, owners, reservations: consistent
+    // in itself; both instances have one size); the sled agents run them as before.
+    system.break_with(&format!(
+        "UPDATE instance SET active_propolis_id = NULL, nexus_state = 'no_vmm' \
+         WHERE id IN ('{ai}', '{bi}'); \
+         UPDATE vmm SET instance_id = '{bi}' WHERE id = '{av}'; \
+         UPDATE vmm SET instance_id = '{ai}' WHERE id = '{bv}'; \
+         UPDATE sled_reservation SET instance_id = '{bi}' WHERE vmm_id = '{av}'; \
+         UPDATE sled_reservation SET instance_id = '{ai}' WHERE vmm_id = '{bv}'; \
+         UPDATE instance SET active_propolis_id = '{bv}', nexus_state = 'vmm' WHERE id = '{ai}'; \
+         UPDATE instance SET active_propolis_id = '{av}', nexus_state = 'vmm' WHERE id = '{bi}'",
+        ai = a.instance,
+        bi = b.instance,
+        av = a.vmm,
+        bv = b.vmm,
+    ));
+    let violations = system.violations().await;
+    assert_rules_broken(
+        &violations,
+        &["VMM runs for another instance than the database's"],
+    );
+    assert_eq!(violations.len(), 2, "{violations:?}");
+}
+
+#[tokio::test]
+async fn a_vmm_state_the_sled_agent_does_not_report_is_flagged() {
+    let system = CleanSystem::new().await;
+    system.break_with(&format!(
+        "UPDATE vmm SET state = 'rebooting', generation = generation + 1 WHERE id = '{}'",
+        system.a.vmm
+    ));
+    let violations = system.violations().await;
+    assert_rules_broken(
+        &violations,
+        &["VMM state differs between the database and its sled agent"],
+    );
+    assert!(
+        violations[0].contains("rebooting in the database, running on sled"),
+        "{violations:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_live_vmm_without_a_reservation_is_flagged() {
+    let system = CleanSystem::new().await;
+    let a = system.a;
+    system.break_with(&format!(
+        "UPDATE sled SET reserved_hardware_threads = reserved_hardware_threads - 2, \
+         reserved_physical_ram = reserved_physical_ram - {GIB} WHERE id = '{}'; \
+         DELETE FROM sled_reservation WHERE vmm_id = '{}'",
+        a.sled, a.vmm
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &["live VMM without a reservation"],
+    );
+}
+
+#[tokio::test]
+async fn reservations_of_the_wrong_size_are_flagged() {
+    let system = CleanSystem::new().await;
+    let (a, b) = (system.a, system.b);
+    // One too many threads for a, one byte too much memory for b; the sleds' totals follow.
+    system.break_with(&format!(
+        "UPDATE sled_reservation SET hardware_threads = hardware_threads + 1 WHERE vmm_id = '{}'; \
+         UPDATE sled SET reserved_hardware_threads = reserved_hardware_threads + 1 WHERE id = '{}'; \
+         UPDATE sled_reservation SET physical_ram = physical_ram + 1 WHERE vmm_id = '{}'; \
+         UPDATE sled SET reserved_physical_ram = reserved_physical_ram + 1 WHERE id = '{}'",
+        a.vmm, a.sled, b.vmm, b.sled
+    ));
+    let violations = system.violations().await;
+    assert_rules_broken(
+        &violations,
+        &["reservation of another size than its instance"],
+    );
+    assert_eq!(violations.len(), 2, "{violations:?}");
+}
+
+#[tokio::test]
+async fn a_reservation_on_another_sled_than_its_vmm_is_flagged() {
+    let system = CleanSystem::new().await;
+    let a = system.a;
+    let other = system.other_sled(a.sled);
+    system.break_with(&format!(
+        "UPDATE sled SET reserved_hardware_threads = reserved_hardware_threads - 2, \
+         reserved_physical_ram = reserved_physical_ram - {GIB} WHERE id = '{old}'; \
+         UPDATE sled SET reserved_hardware_threads = reserved_hardware_threads + 2, \
+         reserved_physical_ram = reserved_physical_ram + {GIB} WHERE id = '{other}'; \
+         UPDATE sled_reservation SET sled_id = '{other}' WHERE vmm_id = '{vmm}'",
+        old = a.sled,
+        vmm = a.vmm,
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &["reservation on another sled than its VMM"],
+    );
+}
+
+#[tokio::test]
+async fn sled_totals_that_disagree_with_the_reservations_are_flagged() {
+    let system = CleanSystem::new().await;
+    system.break_with(&format!(
+        "UPDATE sled SET reserved_physical_ram = reserved_physical_ram + 1 WHERE id = '{}'",
+        system.a.sled
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &["sled's reserved totals disagree with its reservations"],
+    );
+}
+
+/// Grows instance `running`'s size to `ncpus` and `memory` bytes in the database, and its
+/// reservation and its sled's totals with it (consistent, but beyond the sled's capacity).
+fn grow_instance(ncpus: u64, memory: u64, running: Running) -> String {
+    format!(
+        "UPDATE sled SET \
+           reserved_hardware_threads = reserved_hardware_threads + {ncpus} \
+             - (SELECT hardware_threads FROM sled_reservation WHERE vmm_id = '{vmm}'), \
+           reserved_physical_ram = reserved_physical_ram + {memory} \
+             - (SELECT physical_ram FROM sled_reservation WHERE vmm_id = '{vmm}') \
+         WHERE id = '{sled}'; \
+         UPDATE sled_reservation SET hardware_threads = {ncpus}, physical_ram = {memory} \
+         WHERE vmm_id = '{vmm}'; \
+         UPDATE instance SET ncpus = {ncpus}, memory = {memory} WHERE id = '{instance}'",
+        vmm = running.vmm,
+        sled = running.sled,
+        instance = running.instance,
+    )
+}
+
+/// Overruns a sled's capacity with `grow`: first proves the database's own constraint refuses
+/// it, then drops that constraint (in this test's database only) and makes the overrun.
+fn overrun_capacity(system: &CleanSystem, grow: &str) {
+    let cluster = shared_cluster();
+    let refused = cluster.psql(system.ctx.db.name(), &format!("BEGIN; {grow}; COMMIT"));
+    assert!(
+        refused.is_err(),
+        "the database's constraint should have refused: {refused:?}"
+    );
+    system.break_with("ALTER TABLE sled DROP CONSTRAINT reservations_within_capacity");
+    system.break_with(grow);
+}
+
+#[tokio::test]
+async fn hardware_threads_beyond_capacity_are_flagged() {
+    let system = CleanSystem::new().await;
+    let grow = grow_instance(u64::from(SLED_THREADS) + 1, GIB, system.a);
+    overrun_capacity(&system, &grow);
+    assert_rules_broken(
+        &system.violations().await,
+        &["sled's reserved hardware threads exceed its capacity"],
+    );
+}
+
+#[tokio::test]
+async fn memory_beyond_capacity_is_flagged() {
+    let system = CleanSystem::new().await;
+    let grow = grow_instance(2, (u64::from(SLED_RAM_GIB) + 1) * GIB, system.a);
+    overrun_capacity(&system, &grow);
+    assert_rules_broken(
+        &system.violations().await,
+        &["sled's reserved memory exceeds its capacity"],
+    );
+}
+
+#[tokio::test]
+async fn a_live_vmm_and_a_reservation_on_an_expunged_sled_are_flagged() {
+    let system = CleanSystem::new().await;
+    system.break_with(&format!(
+        "UPDATE sled SET time_expunged = now() WHERE id = '{}'",
+        system.a.sled
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &[
+            "live VMM on an expunged sled",
+            "reservation on an expunged sled",
+        ],
+    );
+}
