@@ -145,3 +145,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     saga,
     saga_node_event,
 );
+
+// Metrics count VMMs by state and their sled's backend.
+diesel::allow_columns_to_appear_in_same_group_by_clause!(vmm::state, sled::backend);

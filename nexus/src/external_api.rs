@@ -171,6 +171,15 @@ fn validate_instance_create(params: &InstanceCreate) -> Result<(), Error> {
     Ok(())
 }
 
+/// Runs `work` on behalf of this request: the sled agent calls it makes and the sagas it
+/// starts carry the request's id (see `halyard_observability::request_id`).
+async fn for_request<T>(
+    rqctx: &RequestContext<Arc<Nexus>>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    halyard_observability::request_id::scope(Some(rqctx.request_id.clone()), work).await
+}
+
 async fn lookup_instance(
     nexus: &Nexus,
     query: Query<OptionalProjectSelector>,
@@ -274,7 +283,8 @@ impl NexusExternalApi for NexusExternalImpl {
             start: body.start,
         };
         let project = query.into_inner().project;
-        let created = rqctx.context().instance_create(&project, params).await?;
+        let created =
+            for_request(&rqctx, rqctx.context().instance_create(&project, params)).await?;
         Ok(HttpResponseCreated(instance_view(created)))
     }
 
@@ -299,7 +309,7 @@ impl NexusExternalApi for NexusExternalImpl {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
         let id = lookup_instance(nexus, query, path).await?;
-        nexus.instance_delete(id).await?;
+        for_request(&rqctx, nexus.instance_delete(id)).await?;
         Ok(HttpResponseDeleted())
     }
 
@@ -312,7 +322,7 @@ impl NexusExternalApi for NexusExternalImpl {
         let nexus = rqctx.context();
         let id = lookup_instance(nexus, query, path).await?;
         Ok(HttpResponseAccepted(instance_view(
-            nexus.instance_start(id).await?,
+            for_request(&rqctx, nexus.instance_start(id)).await?,
         )))
     }
 
@@ -325,7 +335,7 @@ impl NexusExternalApi for NexusExternalImpl {
         let nexus = rqctx.context();
         let id = lookup_instance(nexus, query, path).await?;
         Ok(HttpResponseAccepted(instance_view(
-            nexus.instance_stop(id).await?,
+            for_request(&rqctx, nexus.instance_stop(id)).await?,
         )))
     }
 
@@ -338,7 +348,7 @@ impl NexusExternalApi for NexusExternalImpl {
         let nexus = rqctx.context();
         let id = lookup_instance(nexus, query, path).await?;
         Ok(HttpResponseAccepted(instance_view(
-            nexus.instance_reboot(id).await?,
+            for_request(&rqctx, nexus.instance_reboot(id)).await?,
         )))
     }
 
@@ -356,9 +366,11 @@ impl NexusExternalApi for NexusExternalImpl {
             .instance_lookup(query.project.as_ref(), &instance)
             .await?
             .id();
-        let (data, last_byte_offset) = nexus
-            .instance_serial_console(id, from, query.max_bytes)
-            .await?;
+        let (data, last_byte_offset) = for_request(
+            &rqctx,
+            nexus.instance_serial_console(id, from, query.max_bytes),
+        )
+        .await?;
         Ok(HttpResponseOk(InstanceSerialConsoleData {
             data,
             last_byte_offset,
@@ -381,9 +393,11 @@ impl NexusExternalApi for NexusExternalImpl {
             .id();
         // Connected to the sled agent before the user's upgrade is accepted: a failure is
         // still an HTTP error with its body.
-        let sled = nexus
-            .instance_serial_console_connect(id, query.most_recent)
-            .await?;
+        let sled = for_request(
+            &rqctx,
+            nexus.instance_serial_console_connect(id, query.most_recent),
+        )
+        .await?;
         websocket.handle(move |connection| async move {
             relay_serial_console(connection.into_inner(), sled).await?;
             Ok(())
@@ -401,7 +415,7 @@ impl NexusExternalApi for NexusExternalImpl {
         let id = lookup_instance(nexus, query, path).await?;
         let destination = body.into_inner().dst_sled_id;
         Ok(HttpResponseAccepted(instance_view(
-            nexus.instance_migrate(id, destination).await?,
+            for_request(&rqctx, nexus.instance_migrate(id, destination)).await?,
         )))
     }
 

@@ -6,7 +6,7 @@ use dropshot::{
 };
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
 use halyard_nexus_internal_api::{
-    NexusInternalApi, SagaInMemory, SledExpunged, SledPathParam, VmmPathParam,
+    BackgroundTask, NexusInternalApi, SagaInMemory, SledExpunged, SledPathParam, VmmPathParam,
 };
 use std::sync::Arc;
 
@@ -53,5 +53,17 @@ impl NexusInternalApi for NexusInternalImpl {
         Ok(HttpResponseOk(
             nexus.sled_expunge(path.into_inner().sled_id).await?,
         ))
+    }
+
+    async fn metrics(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<dropshot::Body>, HttpError> {
+        rqctx.context().metrics_response().await
+    }
+
+    async fn background_task_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<BackgroundTask>>, HttpError> {
+        Ok(HttpResponseOk(rqctx.context().background_tasks().list()))
     }
 }

@@ -15,6 +15,7 @@ mod authn;
 pub mod config;
 mod external_api;
 mod internal_api;
+pub mod metrics;
 
 pub use app::Nexus;
 pub use config::Config;
@@ -52,7 +53,15 @@ impl Server {
             internal_api::NexusInternalImpl,
         >()
         .map_err(|e| anyhow::anyhow!("building the internal API: {e}"))?;
-        let internal = dropshot::ServerBuilder::new(internal_api, Arc::clone(&nexus), log.clone())
+        let internal_log = observed_server_log(
+            log,
+            &nexus,
+            "internal",
+            &internal_api,
+            // Sled agents register every few seconds and report every VMM state change.
+            &["PUT /sled-agents/{sled_id}", "PUT /vmms/{propolis_id}"],
+        )?;
+        let internal = dropshot::ServerBuilder::new(internal_api, Arc::clone(&nexus), internal_log)
             .config(dropshot::ConfigDropshot {
                 bind_address: config.internal_address,
                 default_request_body_max_bytes: 1024 * 1024,
@@ -65,7 +74,8 @@ impl Server {
             external_api::NexusExternalImpl,
         >()
         .map_err(|e| anyhow::anyhow!("building the external API: {e}"))?;
-        let external = dropshot::ServerBuilder::new(external_api, Arc::clone(&nexus), log.clone())
+        let external_log = observed_server_log(log, &nexus, "external", &external_api, &[])?;
+        let external = dropshot::ServerBuilder::new(external_api, Arc::clone(&nexus), external_log)
             .config(dropshot::ConfigDropshot {
                 bind_address: config.external_address,
                 default_request_body_max_bytes: 1024 * 1024,
@@ -109,4 +119,26 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("stopping the internal API: {e}"))
     }
+}
+
+/// The logger for one of Nexus's servers: it counts every request in Nexus's metrics and logs
+/// `routine` endpoints (and successful reads) at debug.
+fn observed_server_log(
+    log: &Logger,
+    nexus: &Nexus,
+    api: &'static str,
+    description: &dropshot::ApiDescription<Arc<Nexus>>,
+    routine: &[&str],
+) -> anyhow::Result<Logger> {
+    use halyard_observability::http::{Routes, ServerObservation, server_logger};
+    Ok(server_logger(
+        log,
+        ServerObservation {
+            api,
+            routes: Routes::from_api(description)
+                .with_context(|| format!("listing the {api} API's routes"))?,
+            routine: routine.iter().map(|r| r.to_string()).collect(),
+            metrics: nexus.metrics().http.clone(),
+        },
+    ))
 }

@@ -147,6 +147,12 @@ impl SledAgentApi for SledAgentImpl {
     ) -> Result<HttpResponseOk<Inventory>, HttpError> {
         Ok(HttpResponseOk(rqctx.context().inventory()))
     }
+
+    async fn metrics(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<dropshot::Body>, HttpError> {
+        rqctx.context().metrics_response()
+    }
 }
 
 /// Relays a console over a WebSocket until the VMM is gone (then a close frame) or the client

@@ -9,12 +9,14 @@
 //! - `console`: each VMM's serial console (a ring buffer of its output, live streams, input).
 //! - `reporter`: one task per VMM pushing its newest state to Nexus, in order, with retries.
 //! - `registration`: keeps the sled registered with Nexus.
+//! - `metrics`: what `GET /metrics` shows (Prometheus text).
 //! - `http_entrypoints`: the `SledAgentApi` implementation.
 
 pub mod config;
 mod console;
 pub mod guest_console;
 mod http_entrypoints;
+mod metrics;
 mod qemu;
 mod registration;
 mod reporter;
@@ -59,9 +61,21 @@ impl Server {
         let dropshot_config = dropshot::ConfigDropshot {
             bind_address: config.listen_address,
             default_request_body_max_bytes: 1024 * 1024,
+            // Every line of a call Nexus made for an external request names that request.
+            log_headers: halyard_observability::request_id::log_headers(),
             ..Default::default()
         };
-        let http = dropshot::ServerBuilder::new(api, Arc::clone(&agent), log.clone())
+        let server_log = halyard_observability::http::server_logger(
+            log,
+            halyard_observability::http::ServerObservation {
+                api: "sled-agent",
+                routes: halyard_observability::http::Routes::from_api(&api)
+                    .context("listing the sled agent API's routes")?,
+                routine: Vec::new(),
+                metrics: agent.metrics().http.clone(),
+            },
+        );
+        let http = dropshot::ServerBuilder::new(api, Arc::clone(&agent), server_log)
             .config(dropshot_config)
             .start()
             .with_context(|| format!("starting the sled agent API on {}", config.listen_address))?;

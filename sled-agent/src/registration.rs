@@ -14,6 +14,11 @@ pub(crate) fn spawn(agent: Arc<SledAgent>, interval: Duration) -> tokio::task::J
             let info = agent.registration();
             match agent.nexus().sled_agent_put(&agent.id(), &info).await {
                 Ok(_) => {
+                    agent
+                        .metrics()
+                        .registrations
+                        .with_label_values(&["accepted"])
+                        .inc();
                     if !registered_once {
                         info!(agent.log(), "registered with Nexus"; "address" => %info.address);
                         registered_once = true;
@@ -22,6 +27,11 @@ pub(crate) fn spawn(agent: Arc<SledAgent>, interval: Duration) -> tokio::task::J
                     tokio::time::sleep(interval).await;
                 }
                 Err(e) => {
+                    agent
+                        .metrics()
+                        .registrations
+                        .with_label_values(&["failed"])
+                        .inc();
                     warn!(agent.log(), "cannot register with Nexus; retrying";
                         "error" => %e, "retry_in_ms" => retry.as_millis());
                     tokio::time::sleep(retry.min(interval)).await;

@@ -8,6 +8,7 @@
 
 use halyard_common::ids::VmmUuid;
 use halyard_common::internal_api::SledVmmState;
+use halyard_observability::prometheus::IntCounterVec;
 use slog::{Logger, debug, warn};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -19,6 +20,7 @@ pub(crate) fn spawn(
     id: VmmUuid,
     mut states: watch::Receiver<SledVmmState>,
     nexus: halyard_nexus_client::Client,
+    reports: IntCounterVec,
     log: Logger,
 ) {
     tokio::spawn(async move {
@@ -26,7 +28,7 @@ pub(crate) fn spawn(
         loop {
             let latest = *states.borrow_and_update();
             if delivered != Some(latest) {
-                delivered = Some(deliver(id, &states, &nexus, &log).await);
+                delivered = Some(deliver(id, &states, &nexus, &reports, &log).await);
                 continue;
             }
             if latest.vmm_state.state.is_terminal() {
@@ -45,6 +47,7 @@ async fn deliver(
     id: VmmUuid,
     states: &watch::Receiver<SledVmmState>,
     nexus: &halyard_nexus_client::Client,
+    reports: &IntCounterVec,
     log: &Logger,
 ) -> SledVmmState {
     let mut delay = FIRST_RETRY;
@@ -52,17 +55,20 @@ async fn deliver(
         let state = *states.borrow();
         match nexus.vmm_put_state(&id, &state).await {
             Ok(_) => {
+                reports.with_label_values(&["accepted"]).inc();
                 debug!(log, "reported VMM state"; "state" => %state.vmm_state.state,
                     "generation" => %state.vmm_state.generation);
                 return state;
             }
             Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
                 // Nexus understood and refused: sending it again will not help.
+                reports.with_label_values(&["refused"]).inc();
                 warn!(log, "Nexus refused a VMM report"; "error" => %e,
                     "generation" => %state.vmm_state.generation);
                 return state;
             }
             Err(e) => {
+                reports.with_label_values(&["retried"]).inc();
                 warn!(log, "cannot report VMM state; retrying"; "error" => %e,
                     "retry_in_ms" => delay.as_millis());
                 tokio::time::sleep(delay).await;

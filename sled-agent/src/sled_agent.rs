@@ -2,6 +2,7 @@
 
 use crate::config::{Config, SimConfig};
 use crate::console::SerialConsole;
+use crate::metrics::SledMetrics;
 use crate::qemu::QemuBackend;
 use crate::reporter;
 use crate::sim::SimVmm;
@@ -10,7 +11,7 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use halyard_common::ids::{GenericUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState, VmmRuntimeState};
-use halyard_common::{ByteCount, Error, ResourceType, SledBackend};
+use halyard_common::{ByteCount, Error, Labelled, ResourceType, SledBackend};
 use halyard_sled_agent_api::{
     Inventory, MigrationInReply, MigrationInStep, SimFault, VmmRegisterBody, VmmStateRequested,
     VmmSummary,
@@ -55,6 +56,7 @@ pub struct SledAgent {
     address: OnceLock<SocketAddr>,
     vmms: Mutex<BTreeMap<VmmUuid, VmmEntry>>,
     nexus: halyard_nexus_client::Client,
+    metrics: SledMetrics,
     log: Logger,
 }
 
@@ -69,6 +71,7 @@ impl SledAgent {
             address: OnceLock::new(),
             vmms: Mutex::new(BTreeMap::new()),
             nexus,
+            metrics: SledMetrics::new(),
             log: log.new(o!("sled_id" => config.sled_id.to_string())),
         })
     }
@@ -90,6 +93,30 @@ impl SledAgent {
 
     pub(crate) fn log(&self) -> &Logger {
         &self.log
+    }
+
+    pub(crate) fn metrics(&self) -> &SledMetrics {
+        &self.metrics
+    }
+
+    /// The metrics as Prometheus text, the VMM gauges read from the table now.
+    pub(crate) fn metrics_response(
+        &self,
+    ) -> Result<http::Response<dropshot::Body>, dropshot::HttpError> {
+        {
+            let table = self.table();
+            let states: Vec<&str> = table
+                .values()
+                .map(|entry| entry.state.borrow().vmm_state.state.label())
+                .collect();
+            self.metrics.set_vmms(
+                self.backend.kind().label(),
+                states,
+                self.hardware_threads,
+                self.physical_ram.to_i64(),
+            );
+        }
+        halyard_observability::metrics_response(&self.metrics.registry)
     }
 
     /// What this sled tells Nexus when it registers.
@@ -177,7 +204,13 @@ impl SledAgent {
         drop(table);
 
         info!(log, "VMM registered");
-        reporter::spawn(id, state, self.nexus.clone(), log);
+        reporter::spawn(
+            id,
+            state,
+            self.nexus.clone(),
+            self.metrics.reports.clone(),
+            log,
+        );
         let task = tokio::spawn(task);
         let agent = Arc::clone(self);
         tokio::spawn(async move {

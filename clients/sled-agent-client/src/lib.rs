@@ -4,6 +4,9 @@
 //! reports) and the API crate's (request and response bodies) — not generated copies, so
 //! values pass between Nexus and sled agents without conversion.
 //!
+//! A call made inside `halyard_observability::request_id::scope` names that external request
+//! in the `x-halyard-request-id` header, so the sled agent's log lines for it carry the id.
+//!
 //! The serial console stream (`vmm_serial_console_stream`, a WebSocket endpoint) returns the
 //! upgraded connection (`reqwest::Upgraded`); wrap it in a WebSocket client, e.g.
 //! `tokio_tungstenite::WebSocketStream::from_raw_socket(upgraded, Role::Client, None)`.
@@ -12,6 +15,7 @@ progenitor::generate_api!(
     spec = "../../openapi/sled-agent.json",
     interface = Positional,
     derives = [PartialEq],
+    pre_hook = crate::send_request_id,
     replace = {
         Accelerator = halyard_sled_agent_api::Accelerator,
         ByteCount = halyard_common::ByteCount,
@@ -39,3 +43,15 @@ progenitor::generate_api!(
         VmmUuid = halyard_common::ids::VmmUuid,
     }
 );
+
+/// Adds the id of the external request this call serves, if there is one.
+fn send_request_id(request: &mut reqwest::Request) {
+    let Some(id) = halyard_observability::request_id::current() else {
+        return;
+    };
+    if let Ok(value) = reqwest::header::HeaderValue::from_str(&id) {
+        request
+            .headers_mut()
+            .insert(halyard_observability::request_id::HEADER, value);
+    }
+}

@@ -12,9 +12,10 @@ use halyard_common::ids::{
     GenericUuid, InstanceUuid, MigrationKind, MigrationUuid, SledUuid, VmmKind, VmmUuid,
 };
 use halyard_common::{
-    Error, Generation, InstanceNexusState, MigrationState, ResourceType, VmmState,
+    Error, Generation, InstanceNexusState, Labelled, MigrationState, ResourceType, SledBackend,
+    VmmState,
 };
-use halyard_db_model::schema::{instance, migration, vmm};
+use halyard_db_model::schema::{instance, migration, sled, vmm};
 use halyard_db_model::{DbEnum, DbGeneration, DbTypedUuid, Vmm, VmmRuntimeState};
 
 /// What a sled agent reports about one VMM: its state, and the state of the migration it is
@@ -143,6 +144,34 @@ impl DataStore {
             .select(Vmm::as_select())
             .load(conn)
             .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// How many VMMs not yet retired are in each state, on each backend (for metrics):
+    /// `(state, backend, count)`, in label order.
+    pub async fn vmm_count_by_state_and_backend(
+        &self,
+    ) -> Result<Vec<(String, String, i64)>, Error> {
+        let conn = &mut *self.connection().await?;
+        vmm::table
+            .inner_join(sled::table)
+            .filter(vmm::time_deleted.is_null())
+            .group_by((vmm::state, sled::backend))
+            .select((vmm::state, sled::backend, diesel::dsl::count_star()))
+            .order((vmm::state.asc(), sled::backend.asc()))
+            .load::<(DbEnum<VmmState>, DbEnum<SledBackend>, i64)>(conn)
+            .await
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|(state, backend, count)| {
+                        (
+                            state.0.label().to_string(),
+                            backend.0.label().to_string(),
+                            count,
+                        )
+                    })
+                    .collect()
+            })
             .map_err(public_error_from_diesel)
     }
 

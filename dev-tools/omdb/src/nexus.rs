@@ -1,4 +1,5 @@
-//! `omdb nexus ...`: what the running Nexus holds in memory, over its internal API; and the
+//! `omdb nexus ...`: what the running Nexus holds in memory (its sagas, its background tasks),
+//! over its internal API; and the
 //! one thing omdb changes, through Nexus: `sled-expunge`, the operator's verdict that a sled
 //! is gone for good.
 
@@ -44,6 +45,21 @@ enum NexusCommand {
         /// The sled (`omdb db sleds` lists them).
         sled_id: SledUuid,
     },
+    /// Nexus's background tasks: what each is for, how often it runs, when it last ran and for
+    /// how long, what it did, and its last error (since this Nexus started).
+    BackgroundTasks,
+}
+
+#[derive(Debug, Serialize, Tabled)]
+#[tabled(rename_all = "SCREAMING_SNAKE_CASE")]
+struct BackgroundTaskRow {
+    task: String,
+    period: String,
+    runs: u64,
+    last_run: String,
+    took: String,
+    last_result: String,
+    last_error: String,
 }
 
 #[derive(Debug, Serialize, Tabled)]
@@ -125,8 +141,59 @@ pub async fn run(args: &NexusArgs, json: bool) -> anyhow::Result<Outcome> {
                 );
             }
         }
+        NexusCommand::BackgroundTasks => {
+            let tasks = client
+                .background_task_list()
+                .await
+                .map_err(|e| anyhow!("{}", client_error("Nexus", &url, &e)))?
+                .into_inner();
+            if json {
+                print_json(&tasks)?;
+            } else {
+                let rows: Vec<BackgroundTaskRow> = tasks
+                    .iter()
+                    .map(|task| BackgroundTaskRow {
+                        task: task.name.clone(),
+                        period: milliseconds(task.period_ms),
+                        runs: task.runs,
+                        last_run: task
+                            .last_run
+                            .as_ref()
+                            .map_or_else(|| "never".to_string(), |run| time(&run.started)),
+                        took: task
+                            .last_run
+                            .as_ref()
+                            .map_or_else(|| "-".to_string(), |run| milliseconds(run.duration_ms)),
+                        last_result: task.last_run.as_ref().map_or_else(
+                            || "-".to_string(),
+                            |run| match run.succeeded {
+                                true => run.outcome.clone(),
+                                false => format!("FAILED: {}", run.outcome),
+                            },
+                        ),
+                        last_error: task.last_error.as_ref().map_or_else(
+                            || "none".to_string(),
+                            |e| format!("{} at {}", e.message, time(&e.time)),
+                        ),
+                    })
+                    .collect();
+                print_rows(&rows, false, "no background tasks")?;
+                for task in &tasks {
+                    println!("{}: {}", task.name, task.description);
+                }
+            }
+        }
     }
     Ok(Outcome::Ok)
+}
+
+/// A duration in milliseconds, as people read it.
+fn milliseconds(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
 }
 
 /// Ids separated by commas, or `none`.

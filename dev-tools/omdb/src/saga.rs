@@ -393,6 +393,9 @@ struct SagaReport {
     owner: NexusUuid,
     creator: NexusUuid,
     created: DateTime<Utc>,
+    /// The id of the external API request that started it (`x-request-id` of its response,
+    /// `req_id` in Nexus's log), if one did.
+    started_by_request: Option<String>,
     current_node: String,
     nodes: Vec<NodeReport>,
     edges: Vec<(usize, usize)>,
@@ -433,6 +436,7 @@ pub async fn cmd_saga(db: &Db, which: &str, dot: bool, json: bool) -> anyhow::Re
         owner: saga.current_sec.0,
         creator: saga.creator.0,
         created: saga.time_created,
+        started_by_request: halyard_observability::request_id::from_saga_dag(&saga.dag),
         current_node: current_node(Some(&graph), &events),
         nodes: graph
             .nodes
@@ -473,6 +477,13 @@ pub async fn cmd_saga(db: &Db, which: &str, dot: bool, json: bool) -> anyhow::Re
         ("id", report.id.to_string()),
         ("owner", report.owner.to_string()),
         ("creator", report.creator.to_string()),
+        (
+            "started by request",
+            report
+                .started_by_request
+                .clone()
+                .unwrap_or_else(|| "- (by Nexus itself)".to_string()),
+        ),
     ]);
     if let Some(stuck) = by_node
         .iter()

@@ -53,15 +53,73 @@ pub trait NexusInternalApi {
         _rqctx: RequestContext<Self::Context>,
         _path: Path<SledPathParam>,
     ) -> Result<HttpResponseOk<SledExpunged>, HttpError> {
-        // For implementations that only stand in for Nexus's sled-agent-facing side.
-        Err(HttpError {
-            status_code: ErrorStatusCode::NOT_IMPLEMENTED,
-            error_code: Some("NotImplemented".to_string()),
-            external_message: "this server does not expunge sleds".to_string(),
-            internal_message: "this server does not expunge sleds".to_string(),
-            headers: None,
-        })
+        Err(not_implemented("this server does not expunge sleds"))
     }
+
+    /// Nexus's metrics in Prometheus's text format: HTTP requests by endpoint and status,
+    /// sagas, VMMs by state and backend, reservations against capacity per sled, the
+    /// database pool, retries of transient errors, background tasks.
+    #[endpoint { method = GET, path = "/metrics" }]
+    async fn metrics(
+        _rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<dropshot::Body>, HttpError> {
+        Err(not_implemented("this server has no metrics"))
+    }
+
+    /// Nexus's background tasks: what each does, when it last ran, for how long, what it did
+    /// and its last error (for operators: `omdb nexus background-tasks`).
+    #[endpoint { method = GET, path = "/background-tasks" }]
+    async fn background_task_list(
+        _rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<BackgroundTask>>, HttpError> {
+        Err(not_implemented("this server has no background tasks"))
+    }
+}
+
+/// The answer of an endpoint that a server standing in for Nexus's sled-agent-facing side
+/// (the sled agent's tests) does not serve.
+fn not_implemented(message: &str) -> HttpError {
+    HttpError {
+        status_code: ErrorStatusCode::NOT_IMPLEMENTED,
+        error_code: Some("NotImplemented".to_string()),
+        external_message: message.to_string(),
+        internal_message: message.to_string(),
+        headers: None,
+    }
+}
+
+/// A background task of Nexus and what it did last.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct BackgroundTask {
+    /// A stable name, e.g. `vmm_retirement`.
+    pub name: String,
+    /// What the task is for.
+    pub description: String,
+    /// How often it runs, in milliseconds.
+    pub period_ms: u64,
+    /// How many times it has run since Nexus started.
+    pub runs: u64,
+    /// The last run, if it has run since Nexus started.
+    pub last_run: Option<BackgroundTaskRun>,
+    /// The most recent run that failed, if any has.
+    pub last_error: Option<BackgroundTaskError>,
+}
+
+/// One run of a background task.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct BackgroundTaskRun {
+    pub started: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// What it did, in words (e.g. "retired 2 VMM(s)"), or the error that ended it.
+    pub outcome: String,
+    pub succeeded: bool,
+}
+
+/// The last failed run of a background task.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct BackgroundTaskError {
+    pub time: DateTime<Utc>,
+    pub message: String,
 }
 
 /// What expunging a sled did.

@@ -1,12 +1,15 @@
 //! Nexus's application logic: what each API call does, the saga runner, saga recovery, and
 //! the retirement of VMMs that have ended.
 
+pub mod background;
 pub mod crash_point;
 pub mod instance;
 pub mod sagas;
 pub mod serial_console;
 pub mod sled;
 
+use crate::metrics::{MeteredSecStore, NexusMetrics};
+use background::BackgroundTasks;
 use halyard_common::Error;
 use halyard_common::ids::{GenericUuid, NexusUuid, SledUuid, VmmUuid};
 use halyard_db_queries::{DataStore, DbSecStore, saga_node_event_to_steno};
@@ -31,8 +34,13 @@ pub struct Nexus {
     /// system's root certificates (milliseconds of CPU and file reads), and one client keeps
     /// its connections to the sled agents open for reuse.
     sled_http: reqwest::Client,
+    metrics: NexusMetrics,
+    background_tasks: BackgroundTasks,
     log: Logger,
 }
+
+/// The name of the task that re-drives VMM retirements.
+pub const VMM_RETIREMENT_TASK: &str = "vmm_retirement";
 
 /// A saga created and ready to start (tests inject faults into it first).
 pub struct RunnableSaga {
@@ -59,6 +67,8 @@ impl Nexus {
             }
             None => Arc::new(store),
         };
+        let metrics = NexusMetrics::new();
+        let store = Arc::new(MeteredSecStore::new(store, Arc::clone(&metrics.sagas)));
         let sec = steno::sec(log.new(o!("component" => "SEC")), store);
         // The timeouts progenitor's `Client::new` would set.
         let timeout = Duration::from_secs(15);
@@ -73,6 +83,8 @@ impl Nexus {
             sec,
             registry: sagas::action_registry(),
             saga_retry: std::sync::Mutex::new(SagaRetryPolicy::default()),
+            metrics,
+            background_tasks: BackgroundTasks::default(),
             injected_failure,
             sled_http,
             log,
@@ -94,6 +106,21 @@ impl Nexus {
 
     pub fn log(&self) -> &Logger {
         &self.log
+    }
+
+    pub fn metrics(&self) -> &NexusMetrics {
+        &self.metrics
+    }
+
+    pub fn background_tasks(&self) -> &BackgroundTasks {
+        &self.background_tasks
+    }
+
+    /// Every metric as Prometheus text (gauges read from the database now).
+    pub async fn metrics_response(
+        &self,
+    ) -> Result<http::Response<dropshot::Body>, dropshot::HttpError> {
+        self.metrics.render(&self.datastore).await
     }
 
     /// How saga actions retry transient errors (the database or a sled agent out of reach).
@@ -124,6 +151,10 @@ impl Nexus {
             .saga_create(id, context, Arc::clone(&dag), Arc::clone(&self.registry))
             .await
             .map_err(|e| Error::unavailable(format!("cannot record saga {}: {e:#}", S::NAME)))?;
+        // Links the request (whose id every process logs) to the saga (whose id the log and
+        // omdb show).
+        info!(self.log, "saga created"; "saga_id" => %id, "saga_name" => S::NAME,
+            "request_id" => halyard_observability::request_id::current());
         if let Some(node) = self
             .injected_failure
             .as_ref()
@@ -190,6 +221,7 @@ impl Nexus {
                 .saga_start(id)
                 .await
                 .map_err(|e| Error::internal(format!("cannot start saga {id}: {e:#}")))?;
+            self.metrics.sagas.resumed(id, &saga.name, &saga.dag);
             info!(self.log, "resumed saga"; "saga_id" => %id, "saga_name" => &saga.name);
             let log = self.log.new(o!("saga_id" => id.to_string()));
             tokio::spawn(async move {
@@ -277,6 +309,7 @@ impl Nexus {
                 Ok(_) => return Ok(()),
                 Err(e) if attempt == 4 => return Err(sled_agent_error(e)),
                 Err(e) => {
+                    self.metrics.transient_error("vmm_unregister");
                     warn!(self.log, "cannot unregister VMM; retrying";
                         "propolis_id" => %vmm_id, "sled_id" => %sled_id, "error" => %e);
                     tokio::time::sleep(delay).await;
@@ -293,15 +326,22 @@ impl Nexus {
         self: &Arc<Self>,
         interval: Duration,
     ) -> tokio::task::JoinHandle<()> {
-        let nexus = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(interval).await;
-                if let Err(e) = nexus.retire_ended_vmms().await {
-                    warn!(nexus.log, "retiring ended VMMs failed; will retry"; "error" => %e);
-                }
-            }
-        })
+        self.spawn_background_task(
+            VMM_RETIREMENT_TASK,
+            "retires VMMs that ended (destroyed, failed) but were not retired: unregisters \
+             them from their sled agent, releases their reservation, clears their instance's \
+             pointer",
+            interval,
+            |nexus| {
+                Box::pin(async move {
+                    let retired = nexus.retire_ended_vmms().await?;
+                    Ok(match retired {
+                        0 => "nothing to retire".to_string(),
+                        n => format!("retired {n} ended VMM(s)"),
+                    })
+                })
+            },
+        )
     }
 
     /// Retires every VMM that reached a terminal state but was not retired yet.

@@ -7,6 +7,7 @@ mod external_api;
 mod instances;
 mod invariant_checker;
 mod migration;
+mod observability;
 mod outages;
 mod qemu;
 mod races;

@@ -107,6 +107,13 @@ pub trait SledAgentApi {
     async fn inventory(
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<Inventory>, HttpError>;
+
+    /// The sled agent's metrics in Prometheus's text format: HTTP requests by endpoint and
+    /// status, VMMs by state and backend, capacity, state reports sent and retried.
+    #[endpoint { method = GET, path = "/metrics" }]
+    async fn metrics(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<dropshot::Body>, HttpError>;
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

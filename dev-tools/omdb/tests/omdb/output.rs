@@ -410,3 +410,36 @@ async fn a_migration_shows_in_migrations_and_the_vmm_history() {
     snapshots.check("migration-db-check", &run(&["db", "check"]).await);
     snapshots.finish();
 }
+
+#[tokio::test]
+async fn background_tasks_show_what_each_did_last() {
+    let ctx = TestContext::new(1).await;
+    let nexus_url = ctx.nexus_url().to_string();
+    let args = ["nexus", "background-tasks", "--nexus-url", &nexus_url];
+    // The retirement task runs every 200 ms here; with nothing to retire, what it did is
+    // always the same.
+    ctx.eventually("the retirement task has run", async |ctx: &TestContext| {
+        let json = ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok();
+        let tasks: Value = serde_json::from_str(&json).unwrap();
+        tasks[0]["runs"].as_u64().unwrap() >= 1
+    })
+    .await;
+    let tasks: Value =
+        serde_json::from_str(&ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok()).unwrap();
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let retirement = &tasks[0];
+    assert_eq!(retirement["name"], "vmm_retirement");
+    assert_eq!(retirement["period_ms"], 200);
+    assert_eq!(retirement["last_run"]["succeeded"], true);
+    assert_eq!(retirement["last_run"]["outcome"], "nothing to retire");
+    assert_eq!(retirement["last_error"], Value::Null);
+
+    // The table, with what varies from run to run (times, how long a run took, how many runs
+    // so far) redacted.
+    let text = Redactor::new().redact(&ctx.omdb(&args).await.ok());
+    let varying =
+        regex::Regex::new(r"(?m)(vmm_retirement +200 ms +)\d+( +<time> +)\d+ ms").unwrap();
+    let text = varying.replace_all(&text, "${1}N${2}N ms");
+    Snapshots::new().check("nexus-background-tasks", &text);
+}

@@ -71,9 +71,33 @@ pub fn create_saga_dag<S: NexusSaga>(params: S::Params) -> Result<SagaDag, Error
     let dag = builder
         .build()
         .map_err(|e| Error::internal(format!("building the {} saga: {e}", S::NAME)))?;
-    let params = serde_json::to_value(&params)
+    let mut params = serde_json::to_value(&params)
         .map_err(|e| Error::internal(format!("serializing {} parameters: {e}", S::NAME)))?;
+    // The external request the saga serves travels with its parameters (so it survives a
+    // crash): every saga's `Params` are a JSON object, and their own deserialization ignores
+    // the extra field.
+    if let (Some(request_id), Some(object)) = (
+        halyard_observability::request_id::current(),
+        params.as_object_mut(),
+    ) {
+        object.insert(
+            halyard_observability::request_id::SAGA_PARAM.to_string(),
+            serde_json::Value::String(request_id),
+        );
+    }
     Ok(SagaDag::new(dag, params))
+}
+
+/// The id of the external request that started the saga `ctx` runs in, if any.
+pub(crate) fn saga_request_id(ctx: &NexusActionContext) -> Option<String> {
+    #[derive(Debug, serde::Deserialize, serde::Serialize)]
+    struct StartedBy {
+        // Named as `halyard_observability::request_id::SAGA_PARAM`.
+        request_id: Option<String>,
+    }
+    ctx.saga_params::<StartedBy>()
+        .ok()
+        .and_then(|started_by| started_by.request_id)
 }
 
 /// An API error as a saga action failure (so the caller gets the same error back).

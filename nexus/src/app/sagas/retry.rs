@@ -131,15 +131,22 @@ where
     let nexus = &ctx.user_data().nexus;
     let policy = nexus.saga_retry_policy();
     let what = format!("saga action {name} ({})", ctx.node_label());
-    retry_transient(
+    let transient = |error: &ActionError| {
+        let transient = action_error_is_transient(error);
+        if transient {
+            nexus.metrics().transient_error("saga_action");
+        }
+        transient
+    };
+    let work = retry_transient(
         nexus.log(),
         &what,
         policy,
         Some(policy.action_budget),
-        action_error_is_transient,
+        transient,
         attempt,
-    )
-    .await
+    );
+    halyard_observability::request_id::scope(super::saga_request_id(ctx), work).await
 }
 
 /// An undo action, retried through transient errors until it succeeds.
@@ -154,15 +161,22 @@ where
 {
     let nexus = &ctx.user_data().nexus;
     let what = format!("saga undo {name} ({})", ctx.node_label());
-    retry_transient(
+    let transient = |error: &anyhow::Error| {
+        let transient = undo_error_is_transient(error);
+        if transient {
+            nexus.metrics().transient_error("saga_undo");
+        }
+        transient
+    };
+    let work = retry_transient(
         nexus.log(),
         &what,
         nexus.saga_retry_policy(),
         None,
-        undo_error_is_transient,
+        transient,
         attempt,
-    )
-    .await
+    );
+    halyard_observability::request_id::scope(super::saga_request_id(ctx), work).await
 }
 
 #[cfg(test)]
