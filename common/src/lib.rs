@@ -6,6 +6,7 @@
 //! error type the API speaks. Nothing here talks to a database or the network.
 
 mod byte_count;
+mod description;
 mod error;
 mod generation;
 pub mod ids;
@@ -15,6 +16,7 @@ mod name;
 mod states;
 
 pub use byte_count::{ByteCount, ByteCountError};
+pub use description::{MAX_DESCRIPTION_CHARS, validate_description};
 pub use error::{Error, LookupType, ResourceType};
 pub use generation::{Generation, GenerationError};
 pub use labelled::{Labelled, UnknownLabel};

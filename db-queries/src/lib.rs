@@ -24,7 +24,7 @@ mod schema_version;
 
 pub use datastore::{
     DataStore, MigrationReport, PoolConfig, PoolStatistics, ReportApplied, RetireOutcome,
-    SledChoice, VmmStateReport,
+    SledChoice, VmmStateReport, validate_new_instance,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
 pub use saga_store::{DbSecStore, saga_node_event_to_steno};

@@ -17,8 +17,6 @@ use halyard_db_model::{
     DbEnum, DbName, DbTypedUuid, Instance, InstanceRuntimeState, NewInstanceParams,
 };
 
-/// The longest description accepted.
-const MAX_DESCRIPTION_LEN: usize = 512;
 const MIB: u64 = 1024 * 1024;
 
 impl DataStore {
@@ -247,8 +245,11 @@ pub(crate) fn instance_not_found(id: InstanceUuid) -> Error {
     Error::not_found_by_id(ResourceType::Instance, id.into_untyped_uuid())
 }
 
-/// Checks what the types alone do not: sizes in range, a well-formed hostname.
-fn validate_new_instance(params: &NewInstanceParams) -> Result<(), Error> {
+/// Checks what the types alone do not: sizes in range, a description of printable text and
+/// at most 512 characters, a well-formed hostname. `instance_insert` checks this itself; a
+/// caller about to record a saga that inserts the instance checks it first, so a bad request
+/// leaves no saga behind.
+pub fn validate_new_instance(params: &NewInstanceParams) -> Result<(), Error> {
     if params.ncpus == 0 {
         return Err(Error::invalid_value(
             "ncpus",
@@ -262,12 +263,7 @@ fn validate_new_instance(params: &NewInstanceParams) -> Result<(), Error> {
             format!("memory must be a positive whole number of MiB, got {memory} bytes"),
         ));
     }
-    if params.description.len() > MAX_DESCRIPTION_LEN {
-        return Err(Error::invalid_value(
-            "description",
-            format!("at most {MAX_DESCRIPTION_LEN} bytes"),
-        ));
-    }
+    halyard_common::validate_description(&params.description)?;
     validate_hostname(&params.hostname)
 }
 

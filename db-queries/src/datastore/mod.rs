@@ -7,6 +7,7 @@ mod saga;
 mod sled;
 mod vmm;
 
+pub use instance::validate_new_instance;
 pub use sled::SledChoice;
 pub use vmm::{MigrationReport, ReportApplied, RetireOutcome, VmmStateReport};
 

@@ -13,8 +13,10 @@ use halyard_db_model::schema::{instance, project};
 use halyard_db_model::{DbName, DbTypedUuid, Project};
 
 impl DataStore {
-    /// Inserts a new project. Fails with `ObjectAlreadyExists` if the name is taken.
+    /// Inserts a new project. Fails with `InvalidValue` for a description that is too long or
+    /// holds control characters, and with `ObjectAlreadyExists` if the name is taken.
     pub async fn project_create(&self, new: Project) -> Result<Project, Error> {
+        halyard_common::validate_description(&new.description)?;
         let conn = &mut *self.connection().await?;
         diesel::insert_into(project::table)
             .values(&new)

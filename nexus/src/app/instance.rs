@@ -9,8 +9,10 @@ use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
 use halyard_common::{
     ByteCount, Error, InstanceNexusState, MigrationState, Name, NameOrId, VmmState,
 };
-use halyard_db_model::{Instance, Project, Sled, SledResources, Vmm, VmmRuntimeState};
-use halyard_db_queries::{MigrationReport, PaginatedBy, VmmStateReport};
+use halyard_db_model::{
+    Instance, NewInstanceParams, Project, Sled, SledResources, Vmm, VmmRuntimeState,
+};
+use halyard_db_queries::{MigrationReport, PaginatedBy, VmmStateReport, validate_new_instance};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use slog::info;
 use std::sync::Arc;
@@ -58,7 +60,10 @@ pub struct InstanceCreate {
 impl Nexus {
     // Projects
 
+    /// Creates a project. A description that is too long or holds control characters (NUL,
+    /// escapes) is refused with `InvalidValue` before anything is written.
     pub async fn project_create(&self, name: Name, description: String) -> Result<Project, Error> {
+        halyard_common::validate_description(&description)?;
         self.datastore()
             .project_create(Project::new(ProjectUuid::new_v4(), name, description))
             .await
@@ -140,22 +145,51 @@ impl Nexus {
         Ok(views)
     }
 
-    /// Creates an instance (the instance-create saga), then starts it if asked.
+    /// Creates an instance (the instance-create saga), then starts it if asked. The request is
+    /// validated in full before the saga is recorded: a refused request (`InvalidValue`: a bad
+    /// size, hostname or description, e.g. one holding NUL, which the saga log could not even
+    /// store) leaves no saga behind.
     pub async fn instance_create(
         self: &Arc<Self>,
         project: &NameOrId,
         params: InstanceCreate,
     ) -> Result<InstanceAndVmm, Error> {
         let project = self.datastore().project_fetch(project).await?;
-        let instance_id = InstanceUuid::new_v4();
-        self.run_saga::<instance_create::SagaInstanceCreate>(instance_create::Params {
-            instance_id,
+        let new = NewInstanceParams {
+            id: InstanceUuid::new_v4(),
             project_id: project.id(),
             name: params.name,
             description: params.description,
             ncpus: params.ncpus,
             memory: params.memory,
             hostname: params.hostname,
+        };
+        validate_new_instance(&new)?;
+        // A name already taken is refused before a saga is recorded (the saga's insert still
+        // decides between racing creates of one name).
+        match self
+            .datastore()
+            .instance_fetch_by_name(new.project_id, &new.name)
+            .await
+        {
+            Ok(_) => {
+                return Err(Error::ObjectAlreadyExists {
+                    type_name: halyard_common::ResourceType::Instance,
+                    name: new.name.to_string(),
+                });
+            }
+            Err(Error::ObjectNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let instance_id = new.id;
+        self.run_saga::<instance_create::SagaInstanceCreate>(instance_create::Params {
+            instance_id,
+            project_id: new.project_id,
+            name: new.name,
+            description: new.description,
+            ncpus: new.ncpus,
+            memory: new.memory,
+            hostname: new.hostname,
         })
         .await?;
         if params.start {
@@ -239,6 +273,8 @@ impl Nexus {
         id: InstanceUuid,
         destination: Option<SledUuid>,
     ) -> Result<InstanceAndVmm, Error> {
+        // Refused outright (not running, already migrating), the request leaves no saga.
+        instance_migrate::migration_source(&self.instance_view(id).await?, destination)?;
         if let Some(destination) = destination {
             self.check_migration_destination(id, destination).await?;
         }

@@ -5,7 +5,7 @@ use crate::{TestEnv, register_body, visible_delays, wait_for_state};
 use halyard_common::VmmState;
 use halyard_common::ids::VmmUuid;
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A raw HTTP request, so malformed bodies can be sent; returns status and parsed body.
 async fn raw(env: &TestEnv, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
@@ -21,15 +21,20 @@ async fn raw(env: &TestEnv, method: reqwest::Method, path: &str, body: &str) -> 
     (status, body)
 }
 
+/// Checks the error body: a request id, a message, and exactly the error code expected. `None`
+/// is dropshot's own 400 (the request did not parse into the endpoint's types), which carries
+/// no code: checked to be really absent.
 fn assert_error_body(body: &Value, code: Option<&str>) {
     assert!(body["request_id"].is_string(), "no request_id in {body}");
     assert!(
         body["message"].as_str().is_some_and(|m| !m.is_empty()),
         "no message in {body}"
     );
-    if let Some(code) = code {
-        assert_eq!(body["error_code"], code, "{body}");
-    }
+    assert_eq!(
+        body.get("error_code").and_then(Value::as_str),
+        code,
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -153,17 +158,47 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         assert_eq!(status, 400, "{path} {body}: {response}");
         assert_error_body(&response, None);
     }
-    let mut zero_cpus = register_body();
-    zero_cpus.ncpus = 0;
-    let (status, response) = raw(
-        &env,
-        reqwest::Method::PUT,
-        &format!("/vmms/{fresh}"),
-        &serde_json::to_string(&zero_cpus).unwrap(),
-    )
-    .await;
-    assert_eq!(status, 400);
-    assert_error_body(&response, Some("InvalidValue"));
+    // Each field of a registration out of range, or holding what no hostname may: NUL, control
+    // characters, non-ASCII text, spaces. Numbers that do not fit their type are dropshot's.
+    let valid = serde_json::to_value(register_body()).unwrap();
+    let mut bad_registrations = vec![
+        ("ncpus", json!(0), Some("InvalidValue")),
+        ("ncpus", json!(1000), Some("InvalidValue")), // more than the sled's threads
+        ("ncpus", json!(65536), None),
+        ("ncpus", json!(-2), None),
+        ("memory", json!(0), Some("InvalidValue")),
+        ("memory", json!(1u64 << 62), Some("InvalidValue")), // more than the sled's RAM
+        ("memory", json!(u64::MAX), None),
+        ("memory", json!(-1), None),
+        ("hostname", json!(""), Some("InvalidValue")),
+        ("hostname", json!("h".repeat(254)), Some("InvalidValue")),
+        ("hostname", json!("wéb"), Some("InvalidValue")),
+        ("hostname", json!("web server"), Some("InvalidValue")),
+        ("instance_id", json!("not-a-uuid"), None),
+    ];
+    for bad in [
+        "nul\0inside",
+        "bell\x07",
+        "escape\x1b[31m",
+        "cr\r",
+        "del\x7f",
+        "c1\u{85}",
+    ] {
+        bad_registrations.push(("hostname", json!(bad), Some("InvalidValue")));
+    }
+    for (field, value, code) in bad_registrations {
+        let mut body = valid.clone();
+        body[field] = value.clone();
+        let (status, response) = raw(
+            &env,
+            reqwest::Method::PUT,
+            &format!("/vmms/{fresh}"),
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(status, 400, "{field} = {value}: {response}");
+        assert_error_body(&response, code);
+    }
     assert!(
         env.client.vmm_get_state(&fresh).await.is_err(),
         "a refused VMM must not exist"

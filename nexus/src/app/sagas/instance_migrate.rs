@@ -21,6 +21,7 @@
 //! transaction; failed → the target is retired and the instance runs on, on its source.
 
 use super::{NexusActionContext, NexusSaga, action_failed, declare_action, vmm_steps};
+use crate::app::instance::InstanceAndVmm;
 use crate::app::sled_agent_error;
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{Error, VmmState};
@@ -44,7 +45,7 @@ struct MigrateIds {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Source {
+pub(crate) struct Source {
     propolis_id: VmmUuid,
     sled_id: SledUuid,
 }
@@ -154,28 +155,40 @@ async fn check_source(ctx: &NexusActionContext) -> Result<Source, ActionError> {
         .instance_view(params.instance_id)
         .await
         .map_err(action_failed)?;
-    let name = view.instance.name().clone();
+    migration_source(&view, params.destination).map_err(action_failed)
+}
+
+/// The VMM an instance would migrate from: its active VMM, if that runs and no migration is
+/// under way, and if it does not already run on `destination`. `Conflict` (or, for a
+/// destination it runs on, `InvalidRequest`) otherwise. Nexus checks this before recording
+/// the saga, so a migration refused outright leaves no saga behind; the saga checks it again,
+/// since the instance may change in between.
+pub(crate) fn migration_source(
+    view: &InstanceAndVmm,
+    destination: Option<SledUuid>,
+) -> Result<Source, Error> {
+    let name = view.instance.name();
     if let Some(migration) = view.instance.runtime.migration() {
-        return Err(action_failed(Error::conflict(format!(
+        return Err(Error::conflict(format!(
             "instance \"{name}\" is already migrating (migration {migration}); \
              wait for it to finish"
-        ))));
+        )));
     }
     let Some(vmm) = view
         .active_vmm
-        .clone()
+        .as_ref()
         .filter(|v| v.state() == VmmState::Running)
     else {
-        return Err(action_failed(Error::conflict(format!(
+        return Err(Error::conflict(format!(
             "instance \"{name}\" is {}; only a running instance can migrate",
             view.run_state()
-        ))));
+        )));
     };
-    if params.destination == Some(vmm.sled_id()) {
-        return Err(action_failed(Error::invalid_request(format!(
+    if destination == Some(vmm.sled_id()) {
+        return Err(Error::invalid_request(format!(
             "instance \"{name}\" already runs on sled {}; choose another sled",
             vmm.sled_id()
-        ))));
+        )));
     }
     Ok(Source {
         propolis_id: vmm.id(),
