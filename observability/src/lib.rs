@@ -31,3 +31,16 @@ pub fn metrics_response(
         .body(text.into())
         .map_err(|e| dropshot::HttpError::for_internal_error(format!("metrics response: {e}")))
 }
+
+/// A log level as `--log-level` takes it: trace, debug, info, warning (or warn), error,
+/// critical (or crit).
+pub fn parse_log_level(text: &str) -> Result<slog::Level, String> {
+    let level = match text {
+        "warn" => "warning",
+        "crit" => "critical",
+        other => other,
+    };
+    level.parse::<slog::Level>().map_err(|()| {
+        format!("unknown log level {text:?} (trace, debug, info, warning, error or critical)")
+    })
+}

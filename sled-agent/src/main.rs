@@ -12,6 +12,10 @@ struct Args {
     /// The TOML configuration file.
     #[arg(long)]
     config: PathBuf,
+    /// The least severe log level shown: trace, debug, info, warning, error or critical.
+    /// Routine traffic (registrations, state reports, reads) logs at debug.
+    #[arg(long, default_value = "info", value_parser = halyard_observability::parse_log_level)]
+    log_level: slog::Level,
 }
 
 #[tokio::main]
@@ -20,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_file(&args.config)?;
     let decorator = slog_term::TermDecorator::new().stderr().build();
     let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog::LevelFilter::new(drain, args.log_level).fuse();
     let drain = slog_async::Async::new(drain).build().fuse();
     let log = slog::Logger::root(drain, o!("component" => "sled-agent"));
 

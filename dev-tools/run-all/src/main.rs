@@ -53,22 +53,11 @@ struct Args {
     first_sled_port: u16,
     /// The least severe log level shown: trace, debug, info, warning, error or critical.
     /// Routine traffic (periodic registrations, state reports, polls) logs at debug.
-    #[arg(long, default_value = "info", value_parser = parse_log_level)]
+    #[arg(long, default_value = "info", value_parser = halyard_observability::parse_log_level)]
     log_level: slog::Level,
     /// Why QEMU is missing, when `run-all.sh` could not install it (printed with the banner).
     #[arg(long, hide = true)]
     no_qemu_reason: Option<String>,
-}
-
-fn parse_log_level(text: &str) -> Result<slog::Level, String> {
-    let level = match text {
-        "warn" => "warning",
-        "crit" => "critical",
-        other => other,
-    };
-    slog::Level::from_str(level).map_err(|()| {
-        format!("unknown log level {text:?} (trace, debug, info, warning, error or critical)")
-    })
 }
 
 const DATABASE: &str = "halyard";
@@ -198,16 +187,20 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         );
     }
     println!("  Nexus internal API:  http://{}", nexus.internal_address());
+    println!(
+        "    metrics (Prometheus text): curl -s http://{}/metrics",
+        nexus.internal_address()
+    );
     for sled in &sleds {
         let inventory = sled.agent().inventory();
         let backend = match inventory.accelerator {
             Some(accelerator) => format!("qemu, {accelerator}"),
             None => inventory.backend.to_string(),
         };
+        let address = sled.local_addr();
         println!(
-            "  sled agent {} ({backend}):  http://{}",
+            "  sled agent {} ({backend}):  http://{address}   metrics: http://{address}/metrics",
             sled.agent().id(),
-            sled.local_addr()
         );
     }
     println!("  database:            {database_url}");
@@ -226,6 +219,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     println!("    {omdb} db instances");
     println!("    {omdb} db check");
     println!("    {omdb} nexus sagas{nexus_flag}");
+    println!("    {omdb} nexus background-tasks{nexus_flag}");
     println!("    {omdb} --help");
     if let Some(reason) = &args.no_qemu_reason {
         println!("  No QEMU sled: {reason}");
