@@ -176,7 +176,10 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ((${#missing[@]})); then
         suite="$(matching_qemu_suite)"
         echo "==> installing qemu-system-x86${suite:+ from $suite, matching the QEMU packages installed} (apt-get; about 30 s)"
         # --no-remove: never take other packages away to make room; apt never downgrades unasked.
-        if ! with_suite_source "$suite" apt_install ${suite:+-t "$suite"} qemu-system-x86 >"$log" 2>&1; then
+        # Without recommends (a GUI, audio, extra block drivers): the sled agent runs QEMU
+        # headless, and from backports the recommends would upgrade the desktop's libraries.
+        if ! with_suite_source "$suite" apt_install --no-install-recommends ${suite:+-t "$suite"} \
+            qemu-system-x86 >"$log" 2>&1; then
             cat "$log" >&2
             reason="$(grep -m1 -E '^E: ' "$log" | sed 's/^E: //' || true)"
             no_qemu "apt-get install qemu-system-x86${suite:+ -t $suite} failed: ${reason:-see the output above}"
