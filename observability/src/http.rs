@@ -21,6 +21,9 @@ use std::sync::Arc;
 /// The message dropshot logs once per request, when its response is ready.
 const REQUEST_COMPLETED: &str = "request completed";
 
+/// The message dropshot logs for every TCP connection (routine: logged at debug).
+const CONNECTION_ACCEPTED: &str = "accepted connection";
+
 /// The label of a request that matched no route (dropshot answers it with 404 or 405).
 pub const UNMATCHED: &str = "unmatched";
 
@@ -169,6 +172,9 @@ impl Drain for ObservingDrain {
     type Err = slog::Never;
 
     fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
+        if record.msg().as_str() == Some(CONNECTION_ACCEPTED) {
+            return log_at_debug(&self.parent, record, values);
+        }
         if record.msg().as_str() != Some(REQUEST_COMPLETED) {
             return Drain::log(&self.parent, record, values);
         }
@@ -194,16 +200,45 @@ impl Drain for ObservingDrain {
         }
         let succeeded = fields.status.is_some_and(|s| s < 400);
         let routine = fields.method == "GET" || observation.routine.iter().any(|r| r == endpoint);
-        if succeeded && routine && record.level() == Level::Info {
-            let demoted = RecordStatic {
-                location: record.location(),
-                tag: record.tag(),
-                level: Level::Debug,
-            };
-            let record = Record::new(&demoted, record.msg(), record.kv());
-            return Drain::log(&self.parent, &record, values);
+        if succeeded && routine {
+            return log_at_debug(&self.parent, record, values);
         }
         Drain::log(&self.parent, record, values)
+    }
+}
+
+/// Logs an info `record` at debug instead (other levels as they are).
+fn log_at_debug(
+    parent: &Logger,
+    record: &Record<'_>,
+    values: &OwnedKVList,
+) -> Result<(), slog::Never> {
+    if record.level() != Level::Info {
+        return Drain::log(parent, record, values);
+    }
+    let demoted = RecordStatic {
+        location: record.location(),
+        tag: record.tag(),
+        level: Level::Debug,
+    };
+    let record = Record::new(&demoted, record.msg(), record.kv());
+    Drain::log(parent, &record, values)
+}
+
+/// A logger for a chatty component whose info lines are routine (steno's executor logs every
+/// saga's whole DAG as it is created): its info records go to `parent` at debug.
+pub fn info_at_debug(parent: &Logger) -> Logger {
+    Logger::root(InfoAtDebug(parent.clone()), slog::o!())
+}
+
+struct InfoAtDebug(Logger);
+
+impl Drain for InfoAtDebug {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
+        log_at_debug(&self.0, record, values)
     }
 }
 

@@ -128,9 +128,13 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
-    /// VMMs that reached a terminal state but were not retired yet: what a crash between a
-    /// VMM's end and its retirement leaves behind.
-    pub async fn vmm_list_unretired_terminal(&self) -> Result<Vec<Vmm>, Error> {
+    /// VMMs that reached a terminal state before `ended_before` but were not retired yet:
+    /// what a crash between a VMM's end and its retirement leaves behind. (A VMM that ended
+    /// just now is being retired by the report that ended it.)
+    pub async fn vmm_list_unretired_terminal(
+        &self,
+        ended_before: DateTime<Utc>,
+    ) -> Result<Vec<Vmm>, Error> {
         let conn = &mut *self.connection().await?;
         let terminal: Vec<DbEnum<VmmState>> =
             [VmmState::Destroyed, VmmState::Failed, VmmState::SagaUnwound]
@@ -140,6 +144,7 @@ impl DataStore {
         vmm::table
             .filter(vmm::time_deleted.is_null())
             .filter(vmm::state.eq_any(terminal))
+            .filter(vmm::time_state_updated.lt(ended_before))
             .order(vmm::time_state_updated.asc())
             .select(Vmm::as_select())
             .load(conn)

@@ -39,6 +39,11 @@ pub struct Nexus {
     log: Logger,
 }
 
+/// How long the retirement task leaves a VMM that ended to the report that ended it (which
+/// retires it at once): the task re-drives retirements a crash or a failure interrupted, and
+/// racing the report's own would only unregister the VMM twice.
+pub const RETIREMENT_GRACE: Duration = Duration::from_secs(2);
+
 /// The name of the task that re-drives VMM retirements.
 pub const VMM_RETIREMENT_TASK: &str = "vmm_retirement";
 
@@ -69,7 +74,11 @@ impl Nexus {
         };
         let metrics = NexusMetrics::new();
         let store = Arc::new(MeteredSecStore::new(store, Arc::clone(&metrics.sagas)));
-        let sec = steno::sec(log.new(o!("component" => "SEC")), store);
+        // Steno logs each saga's whole DAG at info as it is created: routine, so at debug (Nexus
+        // logs its own "saga created" line with the saga's id and request).
+        let sec_log =
+            halyard_observability::http::info_at_debug(&log.new(o!("component" => "SEC")));
+        let sec = steno::sec(sec_log, store);
         // The timeouts progenitor's `Client::new` would set.
         let timeout = Duration::from_secs(15);
         let sled_http = reqwest::ClientBuilder::new()
@@ -344,9 +353,15 @@ impl Nexus {
         )
     }
 
-    /// Retires every VMM that reached a terminal state but was not retired yet.
+    /// Retires every VMM that reached a terminal state more than [`RETIREMENT_GRACE`] ago but
+    /// was not retired yet.
     pub async fn retire_ended_vmms(&self) -> Result<usize, Error> {
-        let ended = self.datastore.vmm_list_unretired_terminal().await?;
+        let ended_before = chrono::Utc::now()
+            - chrono::Duration::from_std(RETIREMENT_GRACE).expect("a few seconds");
+        let ended = self
+            .datastore
+            .vmm_list_unretired_terminal(ended_before)
+            .await?;
         for vmm in &ended {
             info!(self.log, "retiring an ended VMM"; "propolis_id" => %vmm.id(), "state" => %vmm.state());
             self.retire_vmm(vmm.sled_id(), vmm.id(), vmm.state())
