@@ -452,6 +452,12 @@ async fn a_start_requests_id_is_in_the_nexus_and_sled_agent_logs() {
             .any(|l| l.contains("request completed") && l.contains("/sled-agents/")),
         "registrations should log at debug:\n{nexus_log}"
     );
+    for log in [&nexus_log, &sled_log] {
+        assert!(
+            !log.contains("accepted connection") && !log.contains("saga create, dag"),
+            "connections and steno's saga DAGs should log at debug:\n{log}"
+        );
+    }
 
     // omdb's view of the saga names the same request.
     let saga_id = nexus
