@@ -67,7 +67,8 @@ pub trait SledAgentApi {
         body: TypedBody<MigrationInStep>,
     ) -> Result<HttpResponseOk<MigrationInReply>, HttpError>;
 
-    /// Inject a fault into a VMM (simulated backend only; other backends refuse with 400).
+    /// Inject a fault into a VMM (simulated backend only, other backends refuse with 400;
+    /// except `lose_next_finish_reply`, which every backend takes).
     #[endpoint { method = PUT, path = "/vmms/{propolis_id}/sim-fault" }]
     async fn vmm_inject_fault(
         rqctx: RequestContext<Self::Context>,
@@ -243,6 +244,11 @@ pub enum SimFault {
     HangNextTransition,
     /// The VMM's next migration (in or out) fails at this phase.
     FailMigration { phase: MigrationPhase },
+    /// A test hook for a lost reply, accepted by every backend (the sled agent carries it
+    /// out, not the VMM): the next `finish` phase pushed into this migration target is
+    /// carried out (the guest resumes here), and then answered with 503 as if its reply had
+    /// been lost on the way back to the source.
+    LoseNextFinishReply,
 }
 
 /// Which part of a VMM's serial console history to read (Oxide's
