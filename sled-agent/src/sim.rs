@@ -58,6 +58,7 @@ struct Faults {
     fail_next_start: bool,
     hang_next_transition: bool,
     fail_migration_at: Option<MigrationPhase>,
+    lose_next_finish_reply: bool,
 }
 
 /// An outbound migration this VMM was asked for, and how it went (kept for every migration
@@ -296,8 +297,7 @@ impl SimVmm {
             SimFault::FailNextStart => self.faults.fail_next_start = true,
             SimFault::HangNextTransition => self.faults.hang_next_transition = true,
             SimFault::FailMigration { phase } => self.faults.fail_migration_at = Some(phase),
-            // The sled agent carries this one out itself, for every backend.
-            SimFault::LoseNextFinishReply => {}
+            SimFault::LoseNextFinishReply => self.faults.lose_next_finish_reply = true,
             SimFault::Crash => {
                 return match self.current() {
                     VmmState::Starting
@@ -338,6 +338,7 @@ impl SimVmm {
             target: halyard_sled_agent_client::Client::new(&format!("http://{target_address}")),
             phase_delay: self.config.migration_phase_delay(),
             commands: self.commands.clone(),
+            lose_finish_reply: std::mem::take(&mut self.faults.lose_next_finish_reply),
             log: self.log.clone(),
         };
         tokio::spawn(driver.run());
@@ -442,6 +443,8 @@ struct MigrationDriver {
     target: halyard_sled_agent_client::Client,
     phase_delay: std::time::Duration,
     commands: mpsc::WeakSender<Command>,
+    /// A test hook: the reply to `finish` is lost.
+    lose_finish_reply: bool,
     log: Logger,
 }
 
@@ -480,6 +483,7 @@ impl MigrationDriver {
                     &self.target_propolis_id,
                     &step,
                     &self.commands,
+                    self.lose_finish_reply,
                     &self.log,
                 )
                 .await?;

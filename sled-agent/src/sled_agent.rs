@@ -12,8 +12,8 @@ use halyard_common::ids::{GenericUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState, VmmRuntimeState};
 use halyard_common::{ByteCount, Error, ResourceType, SledBackend};
 use halyard_sled_agent_api::{
-    Inventory, MigrationInReply, MigrationInStep, MigrationPhase, SimFault, VmmRegisterBody,
-    VmmStateRequested, VmmSummary,
+    Inventory, MigrationInReply, MigrationInStep, SimFault, VmmRegisterBody, VmmStateRequested,
+    VmmSummary,
 };
 use slog::{Logger, info, o};
 use std::collections::BTreeMap;
@@ -29,9 +29,6 @@ struct VmmEntry {
     commands: Option<mpsc::Sender<Command>>,
     /// Its serial console; closed when the VMM is gone, readable until it is unregistered.
     console: Arc<SerialConsole>,
-    /// A test hook ([`SimFault::LoseNextFinishReply`]): the next inbound `finish` is carried
-    /// out and then answered with 503.
-    lose_next_finish_reply: bool,
 }
 
 /// What runs this sled's VMMs.
@@ -175,7 +172,6 @@ impl SledAgent {
                 state: state.clone(),
                 commands: Some(commands),
                 console: Arc::clone(&console),
-                lose_next_finish_reply: false,
             },
         );
         drop(table);
@@ -308,37 +304,16 @@ impl SledAgent {
         id: VmmUuid,
         step: MigrationInStep,
     ) -> Result<MigrationInReply, Error> {
-        let reply = self
-            .ask(id, "migrate into", |reply| Command::MigrationIn {
-                step,
-                reply,
-            })
-            .await?;
-        if step.phase == MigrationPhase::Finish {
-            let lose = self
-                .table()
-                .get_mut(&id)
-                .is_some_and(|entry| std::mem::take(&mut entry.lose_next_finish_reply));
-            if lose {
-                info!(self.log, "test hook: losing the reply to a finish carried out";
-                    "propolis_id" => %id, "migration_id" => %step.migration_id);
-                return Err(Error::unavailable(format!(
-                    "test hook: migration {} finished on VMM {id}, but its reply was lost",
-                    step.migration_id
-                )));
-            }
-        }
-        Ok(reply)
+        self.ask(id, "migrate into", |reply| Command::MigrationIn {
+            step,
+            reply,
+        })
+        .await
     }
 
     pub async fn vmm_inject_fault(&self, id: VmmUuid, fault: SimFault) -> Result<(), Error> {
-        if fault == SimFault::LoseNextFinishReply {
-            let mut table = self.table();
-            let entry = table.get_mut(&id).ok_or_else(|| Self::not_found(id))?;
-            entry.lose_next_finish_reply = true;
-            return Ok(());
-        }
-        if self.backend.kind() != SledBackend::Sim {
+        // Every backend takes the lost-reply hook; the other faults are the simulator's.
+        if self.backend.kind() != SledBackend::Sim && fault != SimFault::LoseNextFinishReply {
             return Err(Error::invalid_request(
                 "faults can only be injected into simulated VMMs",
             ));

@@ -182,11 +182,15 @@ const FINISH_SERVER_ERRORS_ALLOWED: u32 = 10;
 /// asks again (`finish` is idempotent on the target: a target that has resumed answers it
 /// with success) until it gets an answer, or until `source` is gone (unregistered). A target
 /// out of reach is asked for as long as the source lives.
+///
+/// `lose_first_reply` is a test hook ([`SimFault::LoseNextFinishReply`]): the first `finish`
+/// is carried out by the target and its successful reply dropped, as if lost.
 pub(crate) async fn push_finish(
     target: &halyard_sled_agent_client::Client,
     target_propolis_id: &halyard_common::ids::VmmUuid,
     step: &MigrationInStep,
     source: &tokio::sync::mpsc::WeakSender<Command>,
+    mut lose_first_reply: bool,
     log: &slog::Logger,
 ) -> Result<MigrationInReply, String> {
     debug_assert_eq!(step.phase, MigrationPhase::Finish);
@@ -194,21 +198,28 @@ pub(crate) async fn push_finish(
     let mut server_errors = 0;
     loop {
         let error = match target.vmm_migration_in(target_propolis_id, step).await {
-            Ok(reply) => return Ok(reply.into_inner()),
-            Err(e) => e,
-        };
-        let status = error.status();
-        if status.is_some_and(|s| s.is_client_error()) {
-            return Err(format!("target refused phase Finish: {error}"));
-        }
-        if status.is_some() {
-            server_errors += 1;
-            if server_errors >= FINISH_SERVER_ERRORS_ALLOWED {
-                return Err(format!(
-                    "target failed phase Finish {server_errors} times: {error}"
-                ));
+            Ok(_) if std::mem::take(&mut lose_first_reply) => {
+                slog::info!(log, "test hook: the reply to finish is lost";
+                    "migration_id" => %step.migration_id, "target" => %target_propolis_id);
+                "the reply was lost (test hook)".to_string()
             }
-        }
+            Ok(reply) => return Ok(reply.into_inner()),
+            Err(e) => {
+                let status = e.status();
+                if status.is_some_and(|s| s.is_client_error()) {
+                    return Err(format!("target refused phase Finish: {e}"));
+                }
+                if status.is_some() {
+                    server_errors += 1;
+                    if server_errors >= FINISH_SERVER_ERRORS_ALLOWED {
+                        return Err(format!(
+                            "target failed phase Finish {server_errors} times: {e}"
+                        ));
+                    }
+                }
+                e.to_string()
+            }
+        };
         if source.upgrade().is_none() {
             return Err("the source VMM is gone".to_string());
         }

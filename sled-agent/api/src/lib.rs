@@ -244,10 +244,10 @@ pub enum SimFault {
     HangNextTransition,
     /// The VMM's next migration (in or out) fails at this phase.
     FailMigration { phase: MigrationPhase },
-    /// A test hook for a lost reply, accepted by every backend (the sled agent carries it
-    /// out, not the VMM): the next `finish` phase pushed into this migration target is
-    /// carried out (the guest resumes here), and then answered with 503 as if its reply had
-    /// been lost on the way back to the source.
+    /// A test hook for a lost reply, accepted by every backend: in this VMM's next migration
+    /// out, the target carries out the `finish` phase (the guest resumes there), and its
+    /// reply is then dropped, as if lost on the way back: the source has to find out
+    /// whether the target resumed.
     LoseNextFinishReply,
 }
 

@@ -49,6 +49,8 @@ pub(super) struct OutboundMigration {
     pub target: halyard_sled_agent_client::Client,
     pub qmp: Arc<Qmp>,
     pub commands: mpsc::WeakSender<Command>,
+    /// A test hook: the reply to `finish` is lost.
+    pub lose_finish_reply: bool,
     pub log: Logger,
 }
 
@@ -90,6 +92,7 @@ impl OutboundMigration {
             &self.target_propolis_id,
             &finish,
             &self.commands,
+            self.lose_finish_reply,
             &self.log,
         )
         .await?;

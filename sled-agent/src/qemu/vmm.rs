@@ -26,7 +26,7 @@ use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
 use halyard_sled_agent_api::{
-    Accelerator, MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget,
+    Accelerator, MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget, SimFault,
     VmmRegisterBody, VmmStateRequested,
 };
 use qapi::qmp;
@@ -98,6 +98,8 @@ pub(crate) struct QemuVmm {
     migrations_out: BTreeMap<MigrationUuid, VmmUuid>,
     /// The outbound migration in progress, if any.
     migrating_out: Option<MigrationUuid>,
+    /// A test hook ([`SimFault::LoseNextFinishReply`]) for the next migration out.
+    lose_next_finish_reply: bool,
     /// Where a migration target listens (the sled agent's own address).
     listen_ip: IpAddr,
     stop_timeout: Duration,
@@ -166,6 +168,7 @@ impl QemuBackend {
             incoming: None,
             migrations_out: BTreeMap::new(),
             migrating_out: None,
+            lose_next_finish_reply: false,
             listen_ip,
             stop_timeout: self.config.stop_timeout(),
             exit_expected: false,
@@ -328,6 +331,17 @@ impl QemuVmm {
             Command::MigrationIn { step, reply } => {
                 let _ = reply.send(self.migration_in(step, qmp).await);
             }
+            Command::Fault {
+                fault: SimFault::LoseNextFinishReply,
+                reply,
+            } => {
+                info!(
+                    self.log,
+                    "test hook: the next migration out loses finish's reply"
+                );
+                self.lose_next_finish_reply = true;
+                let _ = reply.send(Ok(()));
+            }
             Command::Fault { reply, .. } => {
                 let _ = reply.send(Err(Error::invalid_request(
                     "faults can only be injected into simulated VMMs",
@@ -425,6 +439,7 @@ impl QemuVmm {
                         )),
                         qmp: Arc::clone(qmp),
                         commands: self.commands.clone(),
+                        lose_finish_reply: std::mem::take(&mut self.lose_next_finish_reply),
                         log: self.log.clone(),
                     };
                     tokio::spawn(migration.run());

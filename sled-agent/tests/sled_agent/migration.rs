@@ -376,8 +376,9 @@ async fn a_repeated_migrate_out_of_a_failed_migration_does_not_start_it_again() 
 #[tokio::test]
 async fn a_lost_finish_reply_leaves_the_guest_running_on_the_target_only() {
     let m = prepare().await;
-    m.target_client
-        .vmm_inject_fault(&m.target, &SimFault::LoseNextFinishReply)
+    m.env
+        .client
+        .vmm_inject_fault(&m.source, &SimFault::LoseNextFinishReply)
         .await
         .unwrap();
     m.migrate().await;
