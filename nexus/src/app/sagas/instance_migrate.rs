@@ -14,11 +14,31 @@
 //! | `target_vmm` | inserts the target VMM record on that sled | retires it as `saga_unwound` (which also clears the instance's target and migration ids if they name it) |
 //! | `set_ids` | sets the instance's `target_propolis_id` and `migration_id`, generation-checked against the instance it read: of racing migrations (or a racing stop) exactly one proceeds | clears them if they are still ours |
 //! | `registered_target` | registers the target VMM with its sled agent as this migration's target | unregisters it |
-//! | `migrate_out` | asks the source's sled agent to migrate out to the target | — (last node) |
+//! | `migrate_out` | asks the source's sled agent to migrate out to the target: the point of no return | — (last node) |
 //!
 //! The outcome arrives later, in the sled agents' reports (see `Nexus::apply_vmm_report`):
 //! completed → the target becomes the active VMM and the source is retired, in one
 //! transaction; failed → the target is retired and the instance runs on, on its source.
+//!
+//! **The point of no return.** Once the source may have accepted `MigrateOut` (any run of
+//! `migrate_out` sent it: before a crash, or before a transient error or a lost reply), the
+//! saga never unwinds past it, because unregistering or retiring the target could kill the
+//! guest it has just received. So `migrate_out` retries transient errors for as long as it
+//! takes (like an undo), asks nothing if the reports have already ended the migration, and
+//! takes a refusal of a migration that has meanwhile ended as done. The sled agent answers a
+//! repeated `MigrateOut` of the same migration from what that migration did (in progress,
+//! failed, or completed and gone), so only a migration the source never began can be refused,
+//! and only then does the saga unwind. As a last line of defence, no undo of this saga
+//! touches anything once the target is the instance's active VMM.
+//!
+//! **The handoff rule** (both backends, `sled-agent/src/vmm_runtime.rs`'s `push_finish`): one
+//! side owns the guest at any moment. The target resuming the guest (`finish`) is the commit.
+//! The source, paused, pushes `finish`: success → the target resumed, the source ends and
+//! reports completed; a refusal (4xx) → it did not, the source resumes and reports failed. A
+//! source that can't tell (the reply was lost, the target is unreachable or answered 5xx)
+//! stays paused and asks the target again before it resumes. In Nexus, a completed outcome
+//! from either side wins over a failed one from the other: a failed report never retires the
+//! target once either side reported completed or the target is the instance's active VMM.
 
 use super::retry::{is_transient, retry_transient};
 use super::{NexusActionContext, NexusSaga, action_failed, declare_action, vmm_steps};
