@@ -24,7 +24,7 @@
 use crate::config::SimConfig;
 use crate::console::SerialConsole;
 use crate::guest_console::BOOT_BANNER;
-use crate::vmm_runtime::{Command, Ended, VmmRuntime, sleep_until};
+use crate::vmm_runtime::{Command, Ended, VmmRuntime, push_finish, sleep_until};
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
@@ -32,6 +32,7 @@ use halyard_sled_agent_api::{
     MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget, SimFault, VmmStateRequested,
 };
 use slog::{Logger, info, warn};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -57,12 +58,14 @@ struct Faults {
     fail_next_start: bool,
     hang_next_transition: bool,
     fail_migration_at: Option<MigrationPhase>,
+    lose_next_finish_reply: bool,
 }
 
-/// An outbound migration in progress.
+/// An outbound migration this VMM was asked for, and how it went (kept for every migration
+/// out of this VMM, so a repeated request for one is answered from what it did, and a VMM
+/// whose migration failed can migrate again).
 #[derive(Debug, Clone, Copy)]
 struct MigrationOut {
-    migration_id: MigrationUuid,
     target_propolis_id: VmmUuid,
 }
 
@@ -79,7 +82,9 @@ pub(crate) struct SimVmm {
     migration_target: Option<MigrationTarget>,
     /// The last phase of an inbound migration accepted so far.
     migration_in_phase: Option<MigrationPhase>,
-    migration_out: Option<MigrationOut>,
+    migrations_out: BTreeMap<MigrationUuid, MigrationOut>,
+    /// The outbound migration in progress, if any.
+    migrating_out: Option<MigrationUuid>,
     /// For the migration driver to talk back to this task.
     commands: mpsc::WeakSender<Command>,
     log: Logger,
@@ -109,7 +114,8 @@ impl SimVmm {
             faults: Faults::default(),
             migration_target,
             migration_in_phase: None,
-            migration_out: None,
+            migrations_out: BTreeMap::new(),
+            migrating_out: None,
             commands,
             log,
         };
@@ -182,6 +188,9 @@ impl SimVmm {
             }
             Command::MigrationOutPhase { phase, reply } => {
                 let fail = self.faults.fail_migration_at == Some(phase);
+                if fail {
+                    self.faults.fail_migration_at = None; // the next migration only
+                }
                 let _ = reply.send(!fail);
                 None
             }
@@ -243,22 +252,21 @@ impl SimVmm {
                 migration_id,
                 target_propolis_id,
                 target_address,
-            } => match (self.current(), self.migration_out) {
-                (Migrating, Some(out))
-                    if out.migration_id == migration_id
-                        && out.target_propolis_id == target_propolis_id =>
-                {
-                    Ok(())
-                }
-                (Running, None) => {
+            } => match self.migrations_out.get(&migration_id) {
+                // A repeat: answered from what this migration did (in progress, or failed).
+                Some(out) if out.target_propolis_id == target_propolis_id => Ok(()),
+                Some(out) => Err(self.conflict(
+                    "migrate",
+                    &format!(
+                        "migration {migration_id} goes to VMM {}, not {target_propolis_id}",
+                        out.target_propolis_id
+                    ),
+                )),
+                None if self.current() == Running && self.migrating_out.is_none() => {
                     self.start_migration_out(migration_id, target_propolis_id, target_address);
                     Ok(())
                 }
-                (Running, Some(out)) => Err(self.conflict(
-                    "migrate",
-                    &format!("it already migrated out (migration {})", out.migration_id),
-                )),
-                _ => Err(self.conflict("migrate", "only a running VMM can migrate out")),
+                None => Err(self.conflict("migrate", "only a running VMM can migrate out")),
             },
         }
     }
@@ -289,6 +297,7 @@ impl SimVmm {
             SimFault::FailNextStart => self.faults.fail_next_start = true,
             SimFault::HangNextTransition => self.faults.hang_next_transition = true,
             SimFault::FailMigration { phase } => self.faults.fail_migration_at = Some(phase),
+            SimFault::LoseNextFinishReply => self.faults.lose_next_finish_reply = true,
             SimFault::Crash => {
                 return match self.current() {
                     VmmState::Starting
@@ -316,10 +325,9 @@ impl SimVmm {
     ) {
         info!(self.log, "migrating out"; "migration_id" => %migration_id,
             "target" => %target_propolis_id, "target_address" => %target_address);
-        self.migration_out = Some(MigrationOut {
-            migration_id,
-            target_propolis_id,
-        });
+        self.migrations_out
+            .insert(migration_id, MigrationOut { target_propolis_id });
+        self.migrating_out = Some(migration_id);
         self.runtime
             .set_migration_out(migration_id, MigrationState::InProgress);
         self.runtime.set_state(VmmState::Migrating);
@@ -330,26 +338,28 @@ impl SimVmm {
             target: halyard_sled_agent_client::Client::new(&format!("http://{target_address}")),
             phase_delay: self.config.migration_phase_delay(),
             commands: self.commands.clone(),
+            lose_finish_reply: std::mem::take(&mut self.faults.lose_next_finish_reply),
+            log: self.log.clone(),
         };
         tokio::spawn(driver.run());
     }
 
     fn migration_out_finished(&mut self, result: Result<(), String>) -> Option<VmmState> {
-        let out = self.migration_out?;
+        let migration_id = self.migrating_out.take()?;
         match result {
             Ok(()) => {
-                info!(self.log, "migrated out"; "migration_id" => %out.migration_id);
+                info!(self.log, "migrated out"; "migration_id" => %migration_id);
                 self.runtime
-                    .set_migration_out(out.migration_id, MigrationState::Completed);
+                    .set_migration_out(migration_id, MigrationState::Completed);
                 // The instance lives on the target now; this VMM's work is done.
                 self.runtime.set_state(VmmState::Stopped);
                 Some(VmmState::Destroyed)
             }
             Err(reason) => {
                 warn!(self.log, "migration out failed; still running here";
-                    "migration_id" => %out.migration_id, "reason" => reason);
+                    "migration_id" => %migration_id, "reason" => reason);
                 self.runtime
-                    .set_migration_out(out.migration_id, MigrationState::Failed);
+                    .set_migration_out(migration_id, MigrationState::Failed);
                 self.runtime.set_state(VmmState::Running);
                 None
             }
@@ -369,11 +379,14 @@ impl SimVmm {
         }
         if self
             .migration_in_phase
-            .is_some_and(|last| step.phase < last)
+            .is_some_and(|last| step.phase < last || last == MigrationPhase::Finish)
         {
-            return (Ok(()), None); // a repeat of an earlier phase
+            // A repeat of an earlier phase, or of `finish` (whose reply the source may have
+            // lost): the guest already runs here.
+            return (Ok(()), None);
         }
         if self.faults.fail_migration_at == Some(step.phase) {
+            self.faults.fail_migration_at = None;
             warn!(self.log, "injected fault: inbound migration fails"; "phase" => ?step.phase);
             self.runtime.set_migration_in(MigrationState::Failed);
             let err = Error::conflict(format!(
@@ -430,6 +443,9 @@ struct MigrationDriver {
     target: halyard_sled_agent_client::Client,
     phase_delay: std::time::Duration,
     commands: mpsc::WeakSender<Command>,
+    /// A test hook: the reply to `finish` is lost.
+    lose_finish_reply: bool,
+    log: Logger,
 }
 
 impl MigrationDriver {
@@ -460,6 +476,19 @@ impl MigrationDriver {
                 source_propolis_id: self.source_propolis_id,
                 phase,
             };
+            if phase == MigrationPhase::Finish {
+                // The commit point: the answer decides where the guest lives.
+                push_finish(
+                    &self.target,
+                    &self.target_propolis_id,
+                    &step,
+                    &self.commands,
+                    self.lose_finish_reply,
+                    &self.log,
+                )
+                .await?;
+                continue;
+            }
             self.target
                 .vmm_migration_in(&self.target_propolis_id, &step)
                 .await

@@ -305,9 +305,21 @@ impl SledAgent {
     ) -> Result<SledVmmState, Error> {
         if let Ok(state) = self.vmm_state(id) {
             let gone = state.vmm_state.state.is_terminal();
-            let idempotent_stop = matches!(requested, VmmStateRequested::Stop);
-            if gone && idempotent_stop {
-                return Ok(state); // already as stopped as it gets
+            if gone {
+                match requested {
+                    // Already as stopped as it gets.
+                    VmmStateRequested::Stop => return Ok(state),
+                    // A repeat of the migration this VMM ended with (it completed, or the VMM
+                    // died during it): answered from what that migration did.
+                    VmmStateRequested::MigrateOut { migration_id, .. }
+                        if state
+                            .migration_out
+                            .is_some_and(|out| out.migration_id == migration_id) =>
+                    {
+                        return Ok(state);
+                    }
+                    _ => {}
+                }
             }
         }
         let what = match requested {
@@ -333,7 +345,8 @@ impl SledAgent {
     }
 
     pub async fn vmm_inject_fault(&self, id: VmmUuid, fault: SimFault) -> Result<(), Error> {
-        if self.backend.kind() != SledBackend::Sim {
+        // Every backend takes the lost-reply hook; the other faults are the simulator's.
+        if self.backend.kind() != SledBackend::Sim && fault != SimFault::LoseNextFinishReply {
             return Err(Error::invalid_request(
                 "faults can only be injected into simulated VMMs",
             ));

@@ -167,3 +167,66 @@ pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// How many times in a row a target that answers may fail `finish` with a server error before
+/// the source counts the migration as failed (the target is alive and says it could not
+/// resume the guest; a target that did resume answers a repeated `finish` with success).
+const FINISH_SERVER_ERRORS_ALLOWED: u32 = 10;
+
+/// Pushes the `finish` phase of an outbound migration to its target: the commit point.
+///
+/// The target resuming the guest is the commit. If the reply says it did, the migration has
+/// completed; if the target refused (4xx), it did not resume and never will, so the source may
+/// resume its own copy. Any other error (the reply was lost, the target could not be
+/// reached, it answered 5xx) leaves the source unable to tell, so the source stays paused and
+/// asks again (`finish` is idempotent on the target: a target that has resumed answers it
+/// with success) until it gets an answer, or until `source` is gone (unregistered). A target
+/// out of reach is asked for as long as the source lives.
+///
+/// `lose_first_reply` is a test hook ([`SimFault::LoseNextFinishReply`]): the first `finish`
+/// is carried out by the target and its successful reply dropped, as if lost.
+pub(crate) async fn push_finish(
+    target: &halyard_sled_agent_client::Client,
+    target_propolis_id: &halyard_common::ids::VmmUuid,
+    step: &MigrationInStep,
+    source: &tokio::sync::mpsc::WeakSender<Command>,
+    mut lose_first_reply: bool,
+    log: &slog::Logger,
+) -> Result<MigrationInReply, String> {
+    debug_assert_eq!(step.phase, MigrationPhase::Finish);
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut server_errors = 0;
+    loop {
+        let error = match target.vmm_migration_in(target_propolis_id, step).await {
+            Ok(_) if std::mem::take(&mut lose_first_reply) => {
+                slog::info!(log, "test hook: the reply to finish is lost";
+                    "migration_id" => %step.migration_id, "target" => %target_propolis_id);
+                "the reply was lost (test hook)".to_string()
+            }
+            Ok(reply) => return Ok(reply.into_inner()),
+            Err(e) => {
+                let status = e.status();
+                if status.is_some_and(|s| s.is_client_error()) {
+                    return Err(format!("target refused phase Finish: {e}"));
+                }
+                if status.is_some() {
+                    server_errors += 1;
+                    if server_errors >= FINISH_SERVER_ERRORS_ALLOWED {
+                        return Err(format!(
+                            "target failed phase Finish {server_errors} times: {e}"
+                        ));
+                    }
+                }
+                e.to_string()
+            }
+        };
+        if source.upgrade().is_none() {
+            return Err("the source VMM is gone".to_string());
+        }
+        slog::warn!(log, "no answer to finish; the source stays paused and asks again";
+            "migration_id" => %step.migration_id, "target" => %target_propolis_id,
+            "error" => %error, "retry_in_ms" => delay.as_millis());
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+    }
+}

@@ -10,7 +10,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::VmmUuid;
 use halyard_common::ids::{GenericUuid, InstanceUuid, MigrationUuid};
 use halyard_common::{Error, ResourceType};
-use halyard_common::{InstanceNexusState, VmmState};
+use halyard_common::{InstanceNexusState, MigrationState, VmmState};
 use halyard_db_model::DbEnum;
 use halyard_db_model::schema::instance;
 use halyard_db_model::schema::migration;
@@ -94,8 +94,9 @@ impl DataStore {
     }
 
     /// Records a completed migration, in one transaction: the target becomes the instance's
-    /// active VMM, its migration ids are cleared, and the source is retired (destroyed,
-    /// record deleted, reservation released). Applies only while the instance still names
+    /// active VMM, its migration ids are cleared, the source is retired (destroyed, record
+    /// deleted, reservation released), and the source's side of the migration is marked
+    /// completed if it has not said so itself. Applies only while the instance still names
     /// this migration, source and target, so it is idempotent; returns whether it applied.
     pub async fn instance_migration_complete(
         &self,
@@ -131,6 +132,21 @@ impl DataStore {
                     return Ok(false);
                 }
                 retire(conn, source, VmmState::Destroyed).await?;
+                // The target resumed the guest (the commit point), so the source's side has
+                // completed too, whether or not its report ever comes: a source that lost
+                // the reply to `finish` is unregistered before it learns the outcome.
+                let terminal = [MigrationState::Completed, MigrationState::Failed].map(DbEnum);
+                diesel::update(migration::table)
+                    .filter(migration::id.eq(DbTypedUuid(migration_id)))
+                    .filter(migration::source_state.ne_all(terminal))
+                    .set((
+                        migration::source_state.eq(DbEnum(MigrationState::Completed)),
+                        migration::source_generation.eq(migration::source_generation + 1),
+                        migration::time_source_updated.eq(now),
+                    ))
+                    .cached_by_text()
+                    .execute(conn)
+                    .await?;
                 Ok(true)
             })
             .await

@@ -14,7 +14,7 @@ use halyard_db_model::{
 };
 use halyard_db_queries::{MigrationReport, PaginatedBy, VmmStateReport, validate_new_instance};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
-use slog::info;
+use slog::{info, warn};
 use std::sync::Arc;
 
 /// An instance and its active VMM (if it has one and its record exists yet).
@@ -491,12 +491,30 @@ impl Nexus {
 
     /// A migration failed (on either side): the target is retired; the instance runs on, on
     /// its source. Idempotent.
+    ///
+    /// A completed outcome from either side wins over a failed one from the other: the
+    /// target resuming the guest is the commit point, so once either side has reported
+    /// completed (or the target has become the instance's active VMM), the guest runs on the
+    /// target and the other side's failure retires nothing.
     async fn migration_failed(&self, id: halyard_common::ids::MigrationUuid) -> Result<(), Error> {
         let record = self.datastore().migration_fetch(id).await?;
-        let target = self
-            .datastore()
-            .vmm_fetch(record.target_propolis_id.0)
-            .await?;
+        let target_id = record.target_propolis_id.0;
+        let completed = record.source_state() == MigrationState::Completed
+            || record.target_state() == MigrationState::Completed;
+        let target_is_active = match self.datastore().instance_fetch(record.instance_id.0).await {
+            Ok(instance) => instance.runtime.active_vmm() == Some(target_id),
+            Err(Error::ObjectNotFound { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        if completed || target_is_active {
+            warn!(self.log(), "a side of a completed migration reported failed; the guest runs \
+                on the target, which stays"; "migration_id" => %id, "target" => %target_id,
+                "source_state" => %record.source_state(),
+                "target_state" => %record.target_state(),
+                "target_is_active" => target_is_active);
+            return Ok(());
+        }
+        let target = self.datastore().vmm_fetch(target_id).await?;
         if target.time_deleted.is_none() {
             info!(self.log(), "migration failed; retiring its target"; "migration_id" => %id,
                 "target" => %target.id());

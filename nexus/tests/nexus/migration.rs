@@ -3,7 +3,8 @@
 use crate::context::{SLED_THREADS, TestContext, log};
 use crate::saga_faults::{inject_error_at_every_node, repeat_every_node};
 use halyard_common::ids::{InstanceUuid, VmmUuid};
-use halyard_common::{Error, InstanceState, MigrationState, VmmState};
+use halyard_common::internal_api::{MigrationRuntimeState, SledVmmState, VmmRuntimeState};
+use halyard_common::{Error, Generation, InstanceState, MigrationState, VmmState};
 use halyard_nexus::Nexus;
 use halyard_nexus::app::sagas::{create_saga_dag, instance_migrate};
 use halyard_sled_agent::SimConfig;
@@ -348,5 +349,246 @@ async fn racing_stopped_full_and_interrupted_migrations_are_refused_and_leak_not
         .await
         .unwrap_err();
     assert_eq!(err.status_code(), 400, "{err:?}");
+    ctx.assert_quiet_and_consistent().await;
+}
+
+/// Fast sleds whose migration phases are slow enough for a fault to be injected into a
+/// target before its first phase arrives.
+fn slow_phases() -> SimConfig {
+    SimConfig {
+        start_delay_ms: 10,
+        stop_delay_ms: 10,
+        reboot_delay_ms: 10,
+        migration_phase_delay_ms: 150,
+    }
+}
+
+/// The VMMs the sled agents run for instance `id`, as (VMM, sled agent state) pairs.
+async fn live_vmms_of(ctx: &TestContext, id: InstanceUuid) -> Vec<(VmmUuid, VmmState)> {
+    let mut live = Vec::new();
+    for sled in &ctx.sleds {
+        let client =
+            halyard_sled_agent_client::Client::new(&format!("http://{}", sled.local_addr()));
+        for vmm in client.vmm_list().await.unwrap().into_inner() {
+            if vmm.instance_id == id {
+                live.push((vmm.propolis_id, vmm.state.vmm_state.state));
+            }
+        }
+    }
+    live
+}
+
+#[tokio::test]
+async fn a_migration_whose_finish_reply_is_lost_ends_with_the_guest_on_its_target_only() {
+    let ctx = TestContext::with_sim(2, slow_phases()).await;
+    let (id, source) = running_instance(&ctx, 2).await;
+    ctx.sled_client_for(source)
+        .await
+        .vmm_inject_fault(&source, &SimFault::LoseNextFinishReply)
+        .await
+        .unwrap();
+    let during = ctx.nexus().instance_migrate(id, None).await.unwrap();
+    let target = during.instance.runtime.target_vmm().unwrap();
+    let active = settled(&ctx, id).await;
+    assert_eq!(
+        active, target,
+        "the guest resumed on the target: the commit"
+    );
+    assert_eq!(
+        live_vmms_of(&ctx, id).await,
+        vec![(target, VmmState::Running)]
+    );
+    ctx.eventually(
+        "both sides to report completion",
+        async |ctx: &TestContext| {
+            let migration = ctx
+                .nexus()
+                .datastore()
+                .migration_list(Some(id))
+                .await
+                .unwrap()
+                .remove(0);
+            migration.source_state() == MigrationState::Completed
+                && migration.target_state() == MigrationState::Completed
+        },
+    )
+    .await;
+    ctx.assert_quiet_and_consistent().await;
+}
+
+#[tokio::test]
+async fn a_failed_side_reported_after_the_other_completed_retires_nothing() {
+    let ctx = TestContext::new().await;
+    let (id, source) = running_instance(&ctx, 2).await;
+    let during = ctx.nexus().instance_migrate(id, None).await.unwrap();
+    let migration_id = during.instance.runtime.migration().unwrap();
+    let target = settled(&ctx, id).await;
+    assert_ne!(target, source);
+    // The source, having resumed its copy after losing the reply to `finish` (what a sled
+    // agent without a commit point did), reports its side failed after the target's
+    // completed was applied.
+    let now = chrono::Utc::now();
+    let failed = SledVmmState {
+        vmm_state: VmmRuntimeState {
+            state: VmmState::Running,
+            generation: Generation::new().next().next().next().next().next().next(),
+            time_updated: now,
+        },
+        migration_in: None,
+        migration_out: Some(MigrationRuntimeState {
+            migration_id,
+            state: MigrationState::Failed,
+            generation: Generation::new().next().next().next().next(),
+            time_updated: now,
+        }),
+    };
+    let _ = ctx.nexus().apply_vmm_report(source, failed).await;
+    let view = ctx.view(id).await;
+    assert_eq!(view.run_state(), InstanceState::Running, "{view:?}");
+    assert_eq!(view.instance.runtime.active_vmm(), Some(target));
+    let target_vmm = ctx.nexus().datastore().vmm_fetch(target).await.unwrap();
+    assert!(
+        target_vmm.time_deleted.is_none(),
+        "the target, which runs the guest, was retired for the source's failure: {target_vmm:?}"
+    );
+    assert_eq!(
+        live_vmms_of(&ctx, id).await,
+        vec![(target, VmmState::Running)]
+    );
+    ctx.assert_quiet_and_consistent().await;
+}
+
+#[tokio::test]
+async fn a_migrate_out_resumed_after_the_migration_completed_does_not_unwind_it() {
+    let ctx = TestContext::new().await;
+    let (id, _) = running_instance(&ctx, 2).await;
+    ctx.nexus().instance_migrate(id, None).await.unwrap();
+    let target = settled(&ctx, id).await;
+    let migrate_out = create_saga_dag::<instance_migrate::SagaInstanceMigrate>(params(id))
+        .unwrap()
+        .get_nodes()
+        .find(|n| n.name().as_ref() == "migrate_out")
+        .unwrap()
+        .index()
+        .index();
+    let saga_id = ctx.sql(
+        "SELECT id FROM saga WHERE name = 'instance-migrate' ORDER BY time_created DESC LIMIT 1",
+    );
+    let saga_id = saga_id.trim();
+    // Nexus died after the source accepted MigrateOut and before `succeeded` was logged; the
+    // migration then completed on the sled agents. The sides' reports are not in the
+    // migration record yet (queued behind the restart), so the record says in progress.
+    ctx.sql(&format!(
+        "DELETE FROM saga_node_event WHERE saga_id = '{saga_id}' \
+         AND node_id >= {migrate_out} AND NOT (node_id = {migrate_out} AND event_type = 'started') \
+         AND node_id != {}; \
+         UPDATE saga SET saga_state = 'running' WHERE id = '{saga_id}'; \
+         UPDATE migration SET source_state = 'in_progress', target_state = 'in_progress' \
+         WHERE instance_id = '{id}'",
+        migrate_out + 1
+    ));
+    let fresh = Nexus::new(ctx.nexus().id(), ctx.nexus().datastore().clone(), &log());
+    assert_eq!(fresh.resume_sagas().await.unwrap(), 1);
+    ctx.eventually("the resumed saga to finish", async |ctx: &TestContext| {
+        ctx.sql(&format!(
+            "SELECT saga_state FROM saga WHERE id = '{saga_id}'"
+        ))
+        .trim()
+            == "done"
+    })
+    .await;
+    let unwound = ctx.sql(&format!(
+        "SELECT count(*) FROM saga_node_event WHERE saga_id = '{saga_id}' \
+         AND event_type LIKE 'undo%'"
+    ));
+    let view = ctx.view(id).await;
+    assert_eq!(
+        (view.run_state(), view.instance.runtime.active_vmm()),
+        (InstanceState::Running, Some(target)),
+        "the resumed saga unwound ({} undo events) and took the guest with it",
+        unwound.trim()
+    );
+    assert_eq!(unwound.trim(), "0");
+    assert_eq!(
+        live_vmms_of(&ctx, id).await,
+        vec![(target, VmmState::Running)]
+    );
+    // What the queued reports bring, once applied.
+    ctx.sql(&format!(
+        "UPDATE migration SET source_state = 'completed', target_state = 'completed' \
+         WHERE instance_id = '{id}'"
+    ));
+    ctx.assert_quiet_and_consistent().await;
+}
+
+#[tokio::test]
+async fn one_instance_migrated_twenty_times_with_random_faults_ends_running_and_leaks_nothing() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("MIGRATION_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("MIGRATION_FAULT_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let ctx = TestContext::with_sim(3, slow_phases()).await;
+    let (id, mut active) = running_instance(&ctx, 2).await;
+    let mut outcomes = Vec::new();
+    for round in 0..20 {
+        let phase = MigrationPhase::ALL[rng.random_range(0..MigrationPhase::ALL.len())];
+        // 0: no fault; 1: on the source; 2: on the target; 3: finish's reply lost.
+        let fault = rng.random_range(0..4);
+        let source = active;
+        let source_client = ctx.sled_client_for(source).await;
+        let source_fault = match fault {
+            1 => Some(SimFault::FailMigration { phase }),
+            3 => Some(SimFault::LoseNextFinishReply),
+            _ => None,
+        };
+        if let Some(source_fault) = source_fault {
+            source_client
+                .vmm_inject_fault(&source, &source_fault)
+                .await
+                .unwrap();
+        }
+        let during = ctx.nexus().instance_migrate(id, None).await.unwrap();
+        let target = during.instance.runtime.target_vmm().unwrap();
+        if fault == 2 {
+            ctx.sled_client_for(target)
+                .await
+                .vmm_inject_fault(&target, &SimFault::FailMigration { phase })
+                .await
+                .unwrap();
+        }
+        active = settled(&ctx, id).await;
+        let expected = if fault == 1 || fault == 2 {
+            source
+        } else {
+            target
+        };
+        assert_eq!(
+            active, expected,
+            "round {round} (seed {seed}): fault {fault} at {phase:?}"
+        );
+        assert_eq!(
+            live_vmms_of(&ctx, id).await,
+            vec![(active, VmmState::Running)],
+            "round {round} (seed {seed})"
+        );
+        outcomes.push((fault, phase));
+    }
+    let migrations = ctx
+        .nexus()
+        .datastore()
+        .migration_list(Some(id))
+        .await
+        .unwrap();
+    assert_eq!(migrations.len(), 20, "{outcomes:?}");
+    assert_eq!(ctx.view(id).await.run_state(), InstanceState::Running);
+    assert_eq!(ctx.sql("SELECT count(*) FROM sled_reservation").trim(), "1");
+    assert_eq!(
+        ctx.sql("SELECT count(*) FROM vmm WHERE time_deleted IS NULL")
+            .trim(),
+        "1"
+    );
     ctx.assert_quiet_and_consistent().await;
 }

@@ -8,6 +8,7 @@ use futures::{SinkExt, StreamExt};
 use halyard_common::InstanceState;
 use halyard_common::ids::{InstanceUuid, VmmUuid};
 use halyard_sled_agent::guest_console::{BOOT_BANNER, heartbeats};
+use halyard_sled_agent_api::SimFault;
 use oxide::prelude::*;
 use serde_json::json;
 use std::time::Duration;
@@ -470,6 +471,113 @@ async fn a_migration_whose_target_qemu_is_killed_leaves_the_vm_running_on_its_so
     wait_for_console(&client, "stayer", "more heartbeats", |text| {
         heartbeats(text).len() >= seen + 3
     })
+    .await;
+    ctx.assert_quiet_and_consistent().await;
+}
+
+/// Reads the stream's output until the server closes it (the VMM behind it is gone).
+async fn read_stream_to_end(stream: &mut WebSocketStream<reqwest::Upgraded>) -> String {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let message = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the stream never closed; read {:?}",
+                    String::from_utf8_lossy(&seen)
+                )
+            });
+        match message {
+            Some(Ok(Message::Binary(bytes))) => seen.extend_from_slice(&bytes),
+            Some(Ok(Message::Text(text))) => seen.extend_from_slice(text.as_bytes()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn a_migration_whose_finish_reply_is_lost_runs_the_guest_exactly_once() {
+    let ctx = TestContext::with_qemu(2).await;
+    let client = sdk(&ctx);
+    let id = create_vm(&ctx, &client, "once").await;
+    let source_vmm = active_vmm(&ctx, id).await;
+    wait_for_console(&client, "once", "heartbeats", |text| {
+        heartbeats(text).len() >= 2
+    })
+    .await;
+    // The source's console, live, until its VMM is gone.
+    let upgraded = client
+        .instance_serial_console_stream()
+        .project("p")
+        .instance("once")
+        .most_recent(0u64)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    let mut source_console = WebSocketStream::from_raw_socket(upgraded, Role::Client, None).await;
+    // The target resumes the guest, and the source never hears so.
+    ctx.sled_client_for(source_vmm)
+        .await
+        .vmm_inject_fault(&source_vmm, &SimFault::LoseNextFinishReply)
+        .await
+        .unwrap();
+
+    request_migration(&ctx, "once").await;
+
+    ctx.eventually_within(PATIENCE, "the instance runs on its new VMM", async |ctx| {
+        let view = ctx.view(id).await;
+        view.run_state() == InstanceState::Running
+            && view
+                .active_vmm
+                .as_ref()
+                .is_some_and(|vmm| vmm.id() != source_vmm)
+            && view.instance.runtime.migration().is_none()
+    })
+    .await;
+    let target_vmm = active_vmm(&ctx, id).await;
+    let on_source = read_stream_to_end(&mut source_console).await;
+    ctx.eventually_within(PATIENCE, "the source QEMU is gone", async |_| {
+        qemu_pids(source_vmm).is_empty()
+    })
+    .await;
+    assert_eq!(
+        qemu_pids(target_vmm).len(),
+        1,
+        "the destination QEMU runs it"
+    );
+    let on_target = wait_for_console(&client, "once", "heartbeats on the destination", |text| {
+        heartbeats(text).len() >= 3
+    })
+    .await;
+    assert!(
+        !on_target.contains(BOOT_BANNER),
+        "the guest did not boot again:\n{on_target}"
+    );
+    // One guest, one counter: every number the source printed comes before every number the
+    // target printed. A guest resumed on both would print the same numbers on both.
+    let (source_beats, target_beats) = (heartbeats(&on_source), heartbeats(&on_target));
+    let last_on_source = *source_beats.iter().max().expect("heartbeats on the source");
+    assert!(
+        target_beats.iter().all(|beat| *beat > last_on_source),
+        "the guest counted on both consoles: source {source_beats:?}, target {target_beats:?}"
+    );
+    assert_eq!(
+        ctx.sql("SELECT source_state || ',' || target_state FROM migration")
+            .trim(),
+        "completed,completed"
+    );
+    ctx.eventually_within(
+        PATIENCE,
+        "only the destination holds a reservation",
+        async |ctx| {
+            let held = reservations(ctx);
+            held.len() == 1 && held[0].0 == target_vmm.to_string()
+        },
+    )
     .await;
     ctx.assert_quiet_and_consistent().await;
 }

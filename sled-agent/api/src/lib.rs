@@ -67,7 +67,8 @@ pub trait SledAgentApi {
         body: TypedBody<MigrationInStep>,
     ) -> Result<HttpResponseOk<MigrationInReply>, HttpError>;
 
-    /// Inject a fault into a VMM (simulated backend only; other backends refuse with 400).
+    /// Inject a fault into a VMM (simulated backend only, other backends refuse with 400;
+    /// except `lose_next_finish_reply`, which every backend takes).
     #[endpoint { method = PUT, path = "/vmms/{propolis_id}/sim-fault" }]
     async fn vmm_inject_fault(
         rqctx: RequestContext<Self::Context>,
@@ -250,6 +251,11 @@ pub enum SimFault {
     HangNextTransition,
     /// The VMM's next migration (in or out) fails at this phase.
     FailMigration { phase: MigrationPhase },
+    /// A test hook for a lost reply, accepted by every backend: in this VMM's next migration
+    /// out, the target carries out the `finish` phase (the guest resumes there), and its
+    /// reply is then dropped, as if lost on the way back: the source has to find out
+    /// whether the target resumed.
+    LoseNextFinishReply,
 }
 
 /// Which part of a VMM's serial console history to read (Oxide's

@@ -10,12 +10,16 @@
 //!    `query-migrate`.
 //! 3. `finish`: the target's QEMU resumes the guest. Only then does the source's QEMU end.
 //!
-//! If anything fails before `finish` succeeds, the guest is resumed on the source (QEMU does
-//! that itself for a failed transfer; the VMM task does it for a completed transfer whose
-//! target could not take over), so the instance keeps running where it was.
+//! The target resuming the guest is the commit point. If anything fails before `finish` is
+//! pushed, or the target refuses `finish` (4xx: it did not resume), the guest is resumed on
+//! the source (QEMU does that itself for a failed transfer; the VMM task does it for a
+//! completed transfer whose target could not take over), so the instance keeps running where
+//! it was. If the source cannot tell whether the target resumed (the reply to `finish` was
+//! lost), the guest stays paused on the source while it asks the target again
+//! ([`push_finish`]): the guest never runs on both.
 
 use super::vmm::Qmp;
-use crate::vmm_runtime::Command;
+use crate::vmm_runtime::{Command, push_finish};
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_sled_agent_api::{MigrationInStep, MigrationPhase};
 use qapi::qmp;
@@ -45,6 +49,8 @@ pub(super) struct OutboundMigration {
     pub target: halyard_sled_agent_client::Client,
     pub qmp: Arc<Qmp>,
     pub commands: mpsc::WeakSender<Command>,
+    /// A test hook: the reply to `finish` is lost.
+    pub lose_finish_reply: bool,
     pub log: Logger,
 }
 
@@ -75,7 +81,21 @@ impl OutboundMigration {
             .await
             .map_err(|e| e.to_string())?;
         let transfer = self.wait_for_transfer().await?;
-        self.push(MigrationPhase::Finish).await?;
+        // The commit point: the guest is paused here, sent, and resumes there only.
+        let finish = MigrationInStep {
+            migration_id: self.migration_id,
+            source_propolis_id: self.source_propolis_id,
+            phase: MigrationPhase::Finish,
+        };
+        push_finish(
+            &self.target,
+            &self.target_propolis_id,
+            &finish,
+            &self.commands,
+            self.lose_finish_reply,
+            &self.log,
+        )
+        .await?;
         info!(self.log, "migration completed";
             "migration_id" => %self.migration_id,
             "total_ms" => started.elapsed().as_millis(),

@@ -26,11 +26,12 @@ use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
 use halyard_sled_agent_api::{
-    Accelerator, MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget,
+    Accelerator, MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget, SimFault,
     VmmRegisterBody, VmmStateRequested,
 };
 use qapi::qmp;
 use slog::{Logger, error, info, warn};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -91,7 +92,14 @@ pub(crate) struct QemuVmm {
     migration_target: Option<MigrationTarget>,
     /// The inbound migration's listening address, once the source asked for it.
     incoming: Option<SocketAddr>,
-    migration_out: Option<MigrationUuid>,
+    /// Every outbound migration this VMM was asked for, with its target (so a repeated
+    /// request is answered from what that migration did, and a VMM whose migration failed
+    /// can migrate again).
+    migrations_out: BTreeMap<MigrationUuid, VmmUuid>,
+    /// The outbound migration in progress, if any.
+    migrating_out: Option<MigrationUuid>,
+    /// A test hook ([`SimFault::LoseNextFinishReply`]) for the next migration out.
+    lose_next_finish_reply: bool,
     /// Where a migration target listens (the sled agent's own address).
     listen_ip: IpAddr,
     stop_timeout: Duration,
@@ -158,7 +166,9 @@ impl QemuBackend {
             console,
             migration_target: params.migration_target,
             incoming: None,
-            migration_out: None,
+            migrations_out: BTreeMap::new(),
+            migrating_out: None,
+            lose_next_finish_reply: false,
             listen_ip,
             stop_timeout: self.config.stop_timeout(),
             exit_expected: false,
@@ -321,6 +331,17 @@ impl QemuVmm {
             Command::MigrationIn { step, reply } => {
                 let _ = reply.send(self.migration_in(step, qmp).await);
             }
+            Command::Fault {
+                fault: SimFault::LoseNextFinishReply,
+                reply,
+            } => {
+                info!(
+                    self.log,
+                    "test hook: the next migration out loses finish's reply"
+                );
+                self.lose_next_finish_reply = true;
+                let _ = reply.send(Ok(()));
+            }
             Command::Fault { reply, .. } => {
                 let _ = reply.send(Err(Error::invalid_request(
                     "faults can only be injected into simulated VMMs",
@@ -392,12 +413,20 @@ impl QemuVmm {
                 migration_id,
                 target_propolis_id,
                 target_address,
-            } => match (self.runtime.current(), self.migration_out) {
-                (Migrating, Some(out)) if out == migration_id => Ok(()),
-                (Running, None) => {
+            } => match self.migrations_out.get(&migration_id) {
+                // A repeat: answered from what this migration did (in progress, or failed).
+                Some(target) if *target == target_propolis_id => Ok(()),
+                Some(target) => Err(self.conflict(
+                    "migrate",
+                    &format!(
+                        "migration {migration_id} goes to VMM {target}, not {target_propolis_id}"
+                    ),
+                )),
+                None if self.runtime.current() == Running && self.migrating_out.is_none() => {
                     info!(self.log, "migrating out"; "migration_id" => %migration_id,
                         "target" => %target_propolis_id, "target_address" => %target_address);
-                    self.migration_out = Some(migration_id);
+                    self.migrations_out.insert(migration_id, target_propolis_id);
+                    self.migrating_out = Some(migration_id);
                     self.runtime
                         .set_migration_out(migration_id, MigrationState::InProgress);
                     self.runtime.set_state(Migrating);
@@ -410,22 +439,19 @@ impl QemuVmm {
                         )),
                         qmp: Arc::clone(qmp),
                         commands: self.commands.clone(),
+                        lose_finish_reply: std::mem::take(&mut self.lose_next_finish_reply),
                         log: self.log.clone(),
                     };
                     tokio::spawn(migration.run());
                     Ok(())
                 }
-                (Running, Some(out)) => Err(self.conflict(
-                    "migrate",
-                    &format!("it already migrated out (migration {out})"),
-                )),
-                _ => Err(self.conflict("migrate", "only a running VMM can migrate out")),
+                None => Err(self.conflict("migrate", "only a running VMM can migrate out")),
             },
         }
     }
 
     async fn migration_out_finished(&mut self, result: Result<(), String>, qmp: &Arc<Qmp>) {
-        let Some(migration_id) = self.migration_out else {
+        let Some(migration_id) = self.migrating_out.take() else {
             return;
         };
         match result {
@@ -494,7 +520,17 @@ impl QemuVmm {
                             step.migration_id, self.id
                         )));
                     }
-                    wait_for_incoming(qmp).await?;
+                    if let Err(e) = wait_for_incoming(qmp).await {
+                        // The guest never resumed here and never will: a definite refusal,
+                        // so the source resumes its own copy.
+                        warn!(self.log, "the incoming migration did not complete";
+                            "migration_id" => %step.migration_id, "error" => %e);
+                        self.runtime.set_migration_in(MigrationState::Failed);
+                        return Err(Error::conflict(format!(
+                            "migration {} cannot finish on VMM {}: {e}",
+                            step.migration_id, self.id
+                        )));
+                    }
                     qmp.call(qmp::cont {}, "resume the migrated guest").await?;
                     info!(self.log, "migrated in; the guest runs here now";
                         "migration_id" => %step.migration_id);

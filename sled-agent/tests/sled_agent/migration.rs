@@ -178,7 +178,8 @@ async fn a_migration_failing_on_the_target_leaves_the_instance_on_its_source() {
 }
 
 #[tokio::test]
-async fn a_migration_failing_on_the_source_leaves_the_target_waiting() {
+async fn a_migration_failing_on_the_source_leaves_the_target_waiting_and_the_source_can_migrate_again()
+ {
     let m = prepare().await;
     m.env
         .client
@@ -209,21 +210,210 @@ async fn a_migration_failing_on_the_source_leaves_the_target_waiting() {
         m.env.nexus.final_report(m.target).is_some()
     })
     .await;
-    // A second migration of the same source is refused: it already tried this one.
+    // The source can migrate again, to a new target, under a new migration.
+    let again = m.register_target(MigrationUuid::new_v4()).await;
+    m.migrate_to(again).await;
+    let on_target = wait_for_state(&m.target_client, again.target, VmmState::Running).await;
+    assert_eq!(
+        on_target.migration_in.unwrap().state,
+        MigrationState::Completed
+    );
+    eventually("the source's end", || {
+        m.env.nexus.final_report(m.source).is_some()
+    })
+    .await;
+    let source_last = m.env.nexus.final_report(m.source).unwrap();
+    assert_eq!(source_last.state.vmm_state.state, VmmState::Destroyed);
+    let out = source_last.state.migration_out.unwrap();
+    assert_eq!(
+        (out.migration_id, out.state),
+        (again.migration_id, MigrationState::Completed)
+    );
+    assert_in_order(&m.env.nexus.reports_for(m.source));
+}
+
+/// Another migration of a prepared source: its id and its target.
+#[derive(Clone, Copy)]
+struct Next {
+    migration_id: MigrationUuid,
+    target: VmmUuid,
+}
+
+impl Migration {
+    /// Registers a new target on the target sled for another migration of the source.
+    async fn register_target(&self, migration_id: MigrationUuid) -> Next {
+        let target = VmmUuid::new_v4();
+        let mut body = register_body();
+        body.migration_target = Some(MigrationTarget {
+            migration_id,
+            source_propolis_id: self.source,
+            source_address: self.env.sled.local_addr(),
+        });
+        self.target_client
+            .vmm_register(&target, &body)
+            .await
+            .unwrap();
+        Next {
+            migration_id,
+            target,
+        }
+    }
+
+    fn migrate_out(&self, next: Next) -> VmmPutStateBody {
+        VmmPutStateBody {
+            state: VmmStateRequested::MigrateOut {
+                migration_id: next.migration_id,
+                target_propolis_id: next.target,
+                target_address: self.target_sled.local_addr(),
+            },
+        }
+    }
+
+    async fn migrate_to(&self, next: Next) {
+        let state = self
+            .env
+            .client
+            .vmm_put_state(&self.source, &self.migrate_out(next))
+            .await
+            .unwrap();
+        assert_eq!(state.vmm_state.state, VmmState::Migrating);
+    }
+
+    fn first(&self) -> Next {
+        Next {
+            migration_id: self.migration_id,
+            target: self.target,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_migrate_out_is_answered_from_what_that_migration_did() {
+    let m = prepare().await;
+    m.migrate().await;
+    // While it runs: the same request again is accepted, the same migration goes on.
+    let repeat = m
+        .env
+        .client
+        .vmm_put_state(&m.source, &m.migrate_out(m.first()))
+        .await
+        .unwrap();
+    let out = repeat.migration_out.unwrap();
+    assert_eq!(out.migration_id, m.migration_id);
+    // The same migration to another target: refused.
+    let other = Next {
+        migration_id: m.migration_id,
+        target: VmmUuid::new_v4(),
+    };
     let err = m
         .env
         .client
-        .vmm_put_state(
+        .vmm_put_state(&m.source, &m.migrate_out(other))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(409), "{err}");
+    wait_for_state(&m.target_client, m.target, VmmState::Running).await;
+    eventually("the source's end", || {
+        m.env.nexus.final_report(m.source).is_some()
+    })
+    .await;
+    // After it completed (the source is gone, not yet unregistered): a repeat, say after a
+    // lost reply or a Nexus restart, is answered with what the migration did, not refused.
+    let repeat = m
+        .env
+        .client
+        .vmm_put_state(&m.source, &m.migrate_out(m.first()))
+        .await
+        .unwrap_or_else(|e| panic!("a repeated MigrateOut of a completed migration: {e}"));
+    assert_eq!(repeat.vmm_state.state, VmmState::Destroyed);
+    let out = repeat.migration_out.unwrap();
+    assert_eq!(
+        (out.migration_id, out.state),
+        (m.migration_id, MigrationState::Completed)
+    );
+    // The target runs on, untouched.
+    let target = m.target_client.vmm_get_state(&m.target).await.unwrap();
+    assert_eq!(target.vmm_state.state, VmmState::Running);
+}
+
+#[tokio::test]
+async fn a_repeated_migrate_out_of_a_failed_migration_does_not_start_it_again() {
+    let m = prepare().await;
+    m.env
+        .client
+        .vmm_inject_fault(
             &m.source,
-            &VmmPutStateBody {
-                state: VmmStateRequested::MigrateOut {
-                    migration_id: MigrationUuid::new_v4(),
-                    target_propolis_id: VmmUuid::new_v4(),
-                    target_address: m.target_sled.local_addr(),
-                },
+            &SimFault::FailMigration {
+                phase: MigrationPhase::Transfer,
             },
         )
         .await
-        .unwrap_err();
-    assert_eq!(err.status().map(|s| s.as_u16()), Some(409));
+        .unwrap();
+    m.migrate().await;
+    eventually("the source's failed migration", || {
+        m.env.nexus.reports_for(m.source).last().is_some_and(|r| {
+            r.state
+                .migration_out
+                .is_some_and(|s| s.state == MigrationState::Failed)
+                && r.state.vmm_state.state == VmmState::Running
+        })
+    })
+    .await;
+    let repeat = m
+        .env
+        .client
+        .vmm_put_state(&m.source, &m.migrate_out(m.first()))
+        .await
+        .unwrap_or_else(|e| panic!("a repeated MigrateOut of a failed migration: {e}"));
+    assert_eq!(repeat.vmm_state.state, VmmState::Running);
+    let out = repeat.migration_out.unwrap();
+    assert_eq!(
+        (out.migration_id, out.state),
+        (m.migration_id, MigrationState::Failed)
+    );
+}
+
+#[tokio::test]
+async fn a_lost_finish_reply_leaves_the_guest_running_on_the_target_only() {
+    let m = prepare().await;
+    m.env
+        .client
+        .vmm_inject_fault(&m.source, &SimFault::LoseNextFinishReply)
+        .await
+        .unwrap();
+    m.migrate().await;
+    let on_target = wait_for_state(&m.target_client, m.target, VmmState::Running).await;
+    assert_eq!(
+        on_target.migration_in.unwrap().state,
+        MigrationState::Completed
+    );
+    // The target resumed: that is the commit. The source, which never heard so, must not
+    // resume its own copy: it asks again, learns the migration completed and ends.
+    eventually("the source's end", || {
+        m.env.nexus.final_report(m.source).is_some()
+            || m.env.nexus.reports_for(m.source).iter().any(|r| {
+                r.state
+                    .migration_out
+                    .is_some_and(|s| s.state == MigrationState::Failed)
+            })
+    })
+    .await;
+    let source_reports = m.env.nexus.reports_for(m.source);
+    let resumed: Vec<_> = source_reports
+        .iter()
+        .filter(|r| r.state.vmm_state.state == VmmState::Running && r.state.migration_out.is_some())
+        .map(|r| r.state)
+        .collect();
+    assert!(
+        resumed.is_empty(),
+        "the source resumed the guest the target runs: {resumed:?}"
+    );
+    let source_last = m.env.nexus.final_report(m.source).unwrap();
+    assert_eq!(source_last.state.vmm_state.state, VmmState::Destroyed);
+    assert_eq!(
+        source_last.state.migration_out.unwrap().state,
+        MigrationState::Completed
+    );
+    assert!(m.env.client.vmm_list().await.unwrap().is_empty());
+    assert_eq!(m.target_client.vmm_list().await.unwrap().len(), 1);
 }

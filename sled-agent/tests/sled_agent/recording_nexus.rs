@@ -236,7 +236,8 @@ fn unavailable() -> HttpError {
     HttpError::for_unavail(None, "pretending to be down".into())
 }
 
-/// Reports of one VMM must arrive in strictly increasing generation order (per part).
+/// Reports of one VMM must arrive in strictly increasing generation order (per part, and per
+/// migration for its migration sides).
 pub fn assert_in_order(reports: &[Report]) {
     for pair in reports.windows(2) {
         let (a, b) = (&pair[0].state, &pair[1].state);
@@ -249,7 +250,11 @@ pub fn assert_in_order(reports: &[Report]) {
             (a.migration_in, b.migration_in),
             (a.migration_out, b.migration_out),
         ] {
-            if let (Some(x), Some(y)) = (x, y) {
+            // Each migration numbers its own side (a VMM may migrate out again after a
+            // failed migration).
+            if let (Some(x), Some(y)) = (x, y)
+                && x.migration_id == y.migration_id
+            {
                 assert!(
                     y.generation >= x.generation,
                     "migration reports out of order"

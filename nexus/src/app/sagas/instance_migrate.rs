@@ -14,21 +14,43 @@
 //! | `target_vmm` | inserts the target VMM record on that sled | retires it as `saga_unwound` (which also clears the instance's target and migration ids if they name it) |
 //! | `set_ids` | sets the instance's `target_propolis_id` and `migration_id`, generation-checked against the instance it read: of racing migrations (or a racing stop) exactly one proceeds | clears them if they are still ours |
 //! | `registered_target` | registers the target VMM with its sled agent as this migration's target | unregisters it |
-//! | `migrate_out` | asks the source's sled agent to migrate out to the target | — (last node) |
+//! | `migrate_out` | asks the source's sled agent to migrate out to the target: the point of no return | — (last node) |
 //!
 //! The outcome arrives later, in the sled agents' reports (see `Nexus::apply_vmm_report`):
 //! completed → the target becomes the active VMM and the source is retired, in one
 //! transaction; failed → the target is retired and the instance runs on, on its source.
+//!
+//! **The point of no return.** Once the source may have accepted `MigrateOut` (any run of
+//! `migrate_out` sent it: before a crash, or before a transient error or a lost reply), the
+//! saga never unwinds past it, because unregistering or retiring the target could kill the
+//! guest it has just received. So `migrate_out` retries transient errors for as long as it
+//! takes (like an undo), asks nothing if the reports have already ended the migration, and
+//! takes a refusal of a migration that has meanwhile ended as done. The sled agent answers a
+//! repeated `MigrateOut` of the same migration from what that migration did (in progress,
+//! failed, or completed and gone), so only a migration the source never began can be refused,
+//! and only then does the saga unwind. As a last line of defence, no undo of this saga
+//! touches anything once the target is the instance's active VMM.
+//!
+//! **The handoff rule** (both backends, `sled-agent/src/vmm_runtime.rs`'s `push_finish`): one
+//! side owns the guest at any moment. The target resuming the guest (`finish`) is the commit.
+//! The source, paused, pushes `finish`: success → the target resumed, the source ends and
+//! reports completed; a refusal (4xx) → it did not, the source resumes and reports failed. A
+//! source that can't tell (the reply was lost, the target is unreachable or answered 5xx)
+//! stays paused and asks the target again before it resumes. In Nexus, a completed outcome
+//! from either side wins over a failed one from the other: a failed report never retires the
+//! target once either side reported completed or the target is the instance's active VMM.
 
+use super::retry::{is_transient, retry_transient};
 use super::{NexusActionContext, NexusSaga, action_failed, declare_action, vmm_steps};
 use crate::app::instance::InstanceAndVmm;
-use crate::app::sled_agent_error;
+use crate::app::{Nexus, sled_agent_error};
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{Error, VmmState};
 use halyard_db_model::Migration;
 use halyard_db_queries::SledChoice;
 use halyard_sled_agent_api::{MigrationTarget, VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
+use slog::{error, warn};
 use steno::{ActionError, DagBuilder, Node};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,6 +239,10 @@ async fn create_migration(ctx: &NexusActionContext) -> Result<(), ActionError> {
 
 async fn undo_create_migration(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let params = ctx.saga_params::<Params>()?;
+    if target_holds_the_instance(&ctx.user_data().nexus, params.instance_id, ids).await? {
+        return Ok(());
+    }
     ctx.user_data()
         .nexus
         .datastore()
@@ -239,6 +265,10 @@ async fn reserve(ctx: &NexusActionContext) -> Result<SledUuid, ActionError> {
 
 async fn undo_reserve(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let params = ctx.saga_params::<Params>()?;
+    if target_holds_the_instance(&ctx.user_data().nexus, params.instance_id, ids).await? {
+        return Ok(());
+    }
     vmm_steps::unreserve(&ctx.user_data().nexus, ids.target_propolis_id).await
 }
 
@@ -252,6 +282,10 @@ async fn create_target_vmm(ctx: &NexusActionContext) -> Result<(), ActionError> 
 
 async fn undo_create_target_vmm(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let params = ctx.saga_params::<Params>()?;
+    if target_holds_the_instance(&ctx.user_data().nexus, params.instance_id, ids).await? {
+        return Ok(());
+    }
     vmm_steps::retire_record(&ctx.user_data().nexus, ids.target_propolis_id).await
 }
 
@@ -338,46 +372,120 @@ async fn register_target(ctx: &NexusActionContext) -> Result<(), ActionError> {
 
 async fn undo_register_target(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
+    let params = ctx.saga_params::<Params>()?;
+    if target_holds_the_instance(&ctx.user_data().nexus, params.instance_id, ids).await? {
+        return Ok(());
+    }
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
     vmm_steps::unregister(&ctx.user_data().nexus, ids.target_propolis_id, sled_id).await
 }
 
 async fn migrate_out(ctx: &NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let source = ctx.lookup::<Source>("source")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
     let nexus = &ctx.user_data().nexus;
-    // A repeat after the migration ended: nothing more to ask of the source (it may be gone).
-    let record = nexus
-        .datastore()
-        .migration_fetch(ids.migration_id)
-        .await
-        .map_err(action_failed)?;
-    if record.source_state().is_terminal() || record.target_state().is_terminal() {
-        return Ok(());
+    // The point of no return: an earlier run of this action (before a crash, or before a
+    // transient error) may already have been accepted, so this action never fails for a
+    // transient reason. It retries for as long as it takes, as an undo does; only a refusal
+    // of a migration that never began unwinds the saga.
+    retry_transient(
+        nexus.log(),
+        "instance_migrate.migrate_out (past the point of no return)",
+        nexus.saga_retry_policy(),
+        None,
+        is_transient,
+        || migrate_out_once(nexus, params.instance_id, ids, source, sled_id),
+    )
+    .await
+    .map_err(action_failed)
+}
+
+/// Asks the source to migrate out, once, unless the migration has already ended.
+async fn migrate_out_once(
+    nexus: &Nexus,
+    instance_id: InstanceUuid,
+    ids: MigrateIds,
+    source: Source,
+    target_sled_id: SledUuid,
+) -> Result<(), Error> {
+    if migration_ended(nexus, instance_id, ids).await? {
+        return Ok(()); // a repeat: nothing more to ask of the source (it may be gone)
     }
-    let target_sled = nexus
-        .datastore()
-        .sled_fetch(sled_id)
-        .await
-        .map_err(action_failed)?;
-    let client = nexus
-        .sled_client(source.sled_id)
-        .await
-        .map_err(action_failed)?;
+    let target_sled = nexus.datastore().sled_fetch(target_sled_id).await?;
+    let client = nexus.sled_client(source.sled_id).await?;
     let request = VmmStateRequested::MigrateOut {
         migration_id: ids.migration_id,
         target_propolis_id: ids.target_propolis_id,
         target_address: target_sled.address(),
     };
-    let state = client
+    match client
         .vmm_put_state(&source.propolis_id, &VmmPutStateBody { state: request })
         .await
-        .map_err(|e| action_failed(sled_agent_error(e)))?
-        .into_inner();
-    nexus
-        .apply_vmm_report(source.propolis_id, state)
-        .await
-        .map_err(action_failed)?;
-    Ok(())
+    {
+        Ok(state) => {
+            // Accepted (or a repeat, answered from what the migration did): from here on
+            // only the reports decide. Applying the answer now is a head start; the sled
+            // agent reports the same state, so a failure here changes nothing.
+            if let Err(e) = nexus
+                .apply_vmm_report(source.propolis_id, state.into_inner())
+                .await
+            {
+                warn!(nexus.log(), "applying the source's answer to MigrateOut failed; its \
+                    reports will bring the same"; "migration_id" => %ids.migration_id,
+                    "error" => %e);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let e = sled_agent_error(e);
+            // Refused because it has ended meanwhile (a completed migration's source is
+            // unregistered once Nexus applied the outcome): not a refusal.
+            if !is_transient(&e) && migration_ended(nexus, instance_id, ids).await? {
+                return Ok(());
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether the sled agents' reports have already ended the migration: a side reported
+/// completed or failed, or the instance no longer names it (completed: the target is its
+/// active VMM; failed: the target was retired; or the instance itself failed).
+async fn migration_ended(
+    nexus: &Nexus,
+    instance_id: InstanceUuid,
+    ids: MigrateIds,
+) -> Result<bool, Error> {
+    let record = nexus.datastore().migration_fetch(ids.migration_id).await?;
+    if record.source_state().is_terminal() || record.target_state().is_terminal() {
+        return Ok(true);
+    }
+    match nexus.datastore().instance_fetch(instance_id).await {
+        Ok(instance) => Ok(instance.runtime.migration() != Some(ids.migration_id)),
+        Err(Error::ObjectNotFound { .. }) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the migration's target has become the instance's active VMM (the migration
+/// completed): then nothing this saga did may be undone, since the guest runs there. An
+/// undo can only meet this if the saga unwound past its point of no return, which it never
+/// does; this is the last line of defence.
+async fn target_holds_the_instance(
+    nexus: &Nexus,
+    instance_id: InstanceUuid,
+    ids: MigrateIds,
+) -> Result<bool, anyhow::Error> {
+    let holds = match nexus.datastore().instance_fetch(instance_id).await {
+        Ok(instance) => instance.runtime.active_vmm() == Some(ids.target_propolis_id),
+        Err(Error::ObjectNotFound { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if holds {
+        error!(nexus.log(), "not undoing a step of a migration whose target runs the instance";
+            "migration_id" => %ids.migration_id, "target" => %ids.target_propolis_id);
+    }
+    Ok(holds)
 }
