@@ -1,0 +1,143 @@
+//! Nothing stays stuck: what a half-finished retirement, a lost reply or a dead VMM task
+//! leaves behind is found and released.
+
+use crate::context::TestContext;
+use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
+use halyard_common::{Error, InstanceState, VmmState};
+use halyard_sled_agent::SimConfig;
+
+/// Migrations that never get past their first phase (the transfer waits 10 minutes), so a
+/// test can act while the target is registered and the source is migrating out.
+fn slow_migrations() -> SimConfig {
+    SimConfig {
+        start_delay_ms: 20,
+        stop_delay_ms: 20,
+        reboot_delay_ms: 20,
+        migration_phase_delay_ms: 600_000,
+    }
+}
+
+async fn running_instance(ctx: &TestContext, name: &str) -> (InstanceUuid, VmmUuid) {
+    let project = ctx.project(&format!("p-{name}")).await;
+    let id = ctx.instance(&project, name, 2).await;
+    ctx.nexus().instance_start(id).await.unwrap();
+    ctx.wait_for(id, InstanceState::Running).await;
+    (
+        id,
+        ctx.view(id).await.instance.runtime.active_vmm().unwrap(),
+    )
+}
+
+async fn sled_of(ctx: &TestContext, vmm: VmmUuid) -> SledUuid {
+    ctx.nexus()
+        .datastore()
+        .vmm_fetch(vmm)
+        .await
+        .unwrap()
+        .sled_id()
+}
+
+/// A migration under way whose source is then retired (its guest failed, say) while the
+/// target's sled agent is out of reach for a moment (its port in the database points
+/// nowhere): the retirement fails after it has retired the source. Returns the target,
+/// with its sled agent reachable again: (instance, source, target).
+async fn orphan_a_target_while_its_sled_agent_is_out_of_reach(
+    ctx: &TestContext,
+) -> (InstanceUuid, VmmUuid, VmmUuid) {
+    let (id, source) = running_instance(ctx, "orphan").await;
+    let during = ctx.nexus().instance_migrate(id, None).await.unwrap();
+    let target = during.instance.runtime.target_vmm().unwrap();
+    let source_sled = sled_of(ctx, source).await;
+    let target_sled = sled_of(ctx, target).await;
+    let port = ctx.sql(&format!("SELECT port FROM sled WHERE id = '{target_sled}'"));
+    ctx.sql(&format!(
+        "UPDATE sled SET port = 1 WHERE id = '{target_sled}'"
+    ));
+    let failed = ctx
+        .nexus()
+        .retire_vmm(source_sled, source, VmmState::Failed)
+        .await;
+    ctx.sql(&format!(
+        "UPDATE sled SET port = {} WHERE id = '{target_sled}'",
+        port.trim()
+    ));
+    assert!(
+        matches!(failed, Err(Error::ServiceUnavailable { .. })),
+        "retiring the source must fail while the target's sled agent is out of reach: {failed:?}"
+    );
+    let source_vmm = ctx.nexus().datastore().vmm_fetch(source).await.unwrap();
+    assert!(
+        source_vmm.time_deleted.is_some(),
+        "the source was retired before the target's unregistration failed"
+    );
+    (id, source, target)
+}
+
+async fn assert_retired_and_released(ctx: &TestContext, target: VmmUuid) {
+    let store = ctx.nexus().datastore();
+    let vmm = store.vmm_fetch(target).await.unwrap();
+    assert!(
+        vmm.time_deleted.is_some(),
+        "the orphaned target {target} is still live ({})",
+        vmm.state()
+    );
+    // Unregistering it ends it: its sled agent's own "destroyed" may land first.
+    assert!(
+        matches!(vmm.state(), VmmState::SagaUnwound | VmmState::Destroyed),
+        "the orphaned target ended as {}",
+        vmm.state()
+    );
+    let reservations = store.sled_reservation_list(None).await.unwrap();
+    assert!(
+        reservations.iter().all(|r| r.vmm_id() != target),
+        "the orphaned target's reservation was not released"
+    );
+    let listed = ctx
+        .sled_client_for(target)
+        .await
+        .vmm_list()
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.iter().all(|v| v.propolis_id != target),
+        "the orphaned target is still registered with its sled agent"
+    );
+}
+
+/// Finding 3: a retry of the source's retirement (a report sent again) finds the orphan by
+/// query, although the retirement that orphaned it is long over.
+#[tokio::test]
+async fn a_retried_retirement_retires_the_target_its_first_attempt_orphaned() {
+    let ctx = TestContext::with_sim(2, slow_migrations()).await;
+    let (id, source, target) = orphan_a_target_while_its_sled_agent_is_out_of_reach(&ctx).await;
+    let source_sled = sled_of(&ctx, source).await;
+    ctx.nexus()
+        .retire_vmm(source_sled, source, VmmState::Failed)
+        .await
+        .unwrap();
+    assert_retired_and_released(&ctx, target).await;
+    ctx.assert_quiet_and_consistent().await;
+    ctx.nexus().instance_start(id).await.unwrap();
+    ctx.wait_for(id, InstanceState::Running).await;
+}
+
+/// Finding 3: with nobody retrying, the retirement task finds the orphan (a target that
+/// never reached a terminal state) and retires it.
+#[tokio::test]
+async fn the_retirement_task_retires_a_target_orphaned_by_an_interrupted_retirement() {
+    let ctx = TestContext::with_sim(2, slow_migrations()).await;
+    let (id, _source, target) = orphan_a_target_while_its_sled_agent_is_out_of_reach(&ctx).await;
+    ctx.eventually(
+        "the retirement task to retire the orphaned target",
+        async |ctx: &TestContext| {
+            let vmm = ctx.nexus().datastore().vmm_fetch(target).await.unwrap();
+            vmm.time_deleted.is_some()
+        },
+    )
+    .await;
+    assert_retired_and_released(&ctx, target).await;
+    ctx.nexus().instance_start(id).await.unwrap();
+    ctx.wait_for(id, InstanceState::Running).await;
+    ctx.assert_quiet_and_consistent().await;
+}
