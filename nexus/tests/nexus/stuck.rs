@@ -141,3 +141,23 @@ async fn the_retirement_task_retires_a_target_orphaned_by_an_interrupted_retirem
     ctx.wait_for(id, InstanceState::Running).await;
     ctx.assert_quiet_and_consistent().await;
 }
+
+/// Finding 6: a VMM whose task panics is reported failed, so its instance fails (instead of
+/// waiting forever) and can be started again.
+#[tokio::test]
+async fn an_instance_whose_vmm_task_panics_fails_and_starts_again() {
+    let ctx = TestContext::new().await;
+    let (id, vmm) = running_instance(&ctx, "panics").await;
+    ctx.sled_client_for(vmm)
+        .await
+        .vmm_inject_fault(&vmm, &halyard_sled_agent_api::SimFault::Panic)
+        .await
+        .unwrap();
+    ctx.wait_for(id, InstanceState::Failed).await;
+    ctx.assert_quiet_and_consistent().await;
+    ctx.nexus().instance_start(id).await.unwrap();
+    ctx.wait_for(id, InstanceState::Running).await;
+    ctx.nexus().instance_stop(id).await.unwrap();
+    ctx.wait_for(id, InstanceState::Stopped).await;
+    ctx.assert_quiet_and_consistent().await;
+}

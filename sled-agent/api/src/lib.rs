@@ -248,6 +248,9 @@ pub enum SimFault {
     /// The next transition (start, stop, reboot) never finishes until the VMM is
     /// unregistered.
     HangNextTransition,
+    /// The VMM's task panics now (a bug in the sled agent, simulated): the sled agent must
+    /// still report the VMM failed.
+    Panic,
     /// The VMM's next migration (in or out) fails at this phase.
     FailMigration { phase: MigrationPhase },
 }
