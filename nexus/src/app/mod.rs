@@ -4,6 +4,7 @@
 pub mod background;
 pub mod crash_point;
 pub mod instance;
+pub mod leftover;
 pub mod sagas;
 pub mod serial_console;
 pub mod sled;
@@ -28,6 +29,8 @@ pub struct Nexus {
     registry: Arc<ActionRegistry>,
     /// How saga actions retry transient errors (see `sagas::retry`).
     saga_retry: std::sync::Mutex<SagaRetryPolicy>,
+    /// How old a leftover (see `leftover`) must be before the leftover task releases it.
+    leftover_grace: std::sync::Mutex<Duration>,
     /// Test-only: a saga node whose action this process makes fail (`HALYARD_FAIL_AT`).
     injected_failure: Option<crash_point::InjectedFailure>,
     /// The one HTTP client every sled agent client shares: building a client loads the
@@ -83,6 +86,7 @@ impl Nexus {
             sec,
             registry: sagas::action_registry(),
             saga_retry: std::sync::Mutex::new(SagaRetryPolicy::default()),
+            leftover_grace: std::sync::Mutex::new(leftover::DEFAULT_GRACE),
             metrics,
             background_tasks: BackgroundTasks::default(),
             injected_failure,

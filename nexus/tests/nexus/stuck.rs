@@ -161,3 +161,135 @@ async fn an_instance_whose_vmm_task_panics_fails_and_starts_again() {
     ctx.wait_for(id, InstanceState::Stopped).await;
     ctx.assert_quiet_and_consistent().await;
 }
+
+/// Leaves behind, exactly as a failed node whose effect landed does (steno runs no undo
+/// for a failed node): instance `claimed` claimed by a VMM id with no record (the start
+/// saga's `claim`); a reservation for instance `reserved` whose VMM has no record (a
+/// `reservation` node); and a VMM `creating` for instance `created` that no instance points
+/// at, its reservation released by the earlier node's undo (a `vmm` / `target_vmm` node).
+/// Returns the two VMM ids.
+async fn leave_behind_what_failed_nodes_leave(
+    ctx: &TestContext,
+    claimed: InstanceUuid,
+    reserved: InstanceUuid,
+    created: InstanceUuid,
+) -> (VmmUuid, VmmUuid) {
+    ctx.sql(&format!(
+        "UPDATE instance SET nexus_state = 'vmm', active_propolis_id = '{}', \
+         state_generation = state_generation + 1, time_state_updated = now() \
+         WHERE id = '{claimed}'",
+        VmmUuid::new_v4()
+    ));
+    let store = ctx.nexus().datastore();
+    let reservation_vmm = VmmUuid::new_v4();
+    store
+        .sled_reserve(
+            reservation_vmm,
+            reserved,
+            halyard_db_queries::SledChoice::Any,
+            halyard_db_model::SledResources {
+                hardware_threads: 2,
+                physical_ram: halyard_common::ByteCount::from_gibibytes_u32(1),
+            },
+        )
+        .await
+        .unwrap();
+    let sled = &ctx.sleds[0];
+    let creating = VmmUuid::new_v4();
+    store
+        .vmm_insert(halyard_db_model::Vmm::new(
+            creating,
+            created,
+            sled.agent().id(),
+            sled.local_addr(),
+        ))
+        .await
+        .unwrap();
+    (reservation_vmm, creating)
+}
+
+/// Finding 4 / "nothing stuck, ever": a claim, a reservation and a `creating` VMM that no
+/// unfinished saga owns are released by the leftover task once older than its grace period
+/// (not before, and not while a saga names them), and the instances then start, stop and
+/// delete normally.
+#[tokio::test]
+async fn leftovers_no_saga_owns_are_released_after_the_grace_period() {
+    let ctx = TestContext::new().await;
+    let project = ctx.project("leftovers").await;
+    let claimed = ctx.instance(&project, "claimed", 2).await;
+    let reserved = ctx.instance(&project, "reserved", 2).await;
+    let created = ctx.instance(&project, "created", 2).await;
+    let (reservation_vmm, creating) =
+        leave_behind_what_failed_nodes_leave(&ctx, claimed, reserved, created).await;
+
+    // What the finding describes: the claimed instance can't be stopped or deleted.
+    assert_eq!(ctx.view(claimed).await.run_state(), InstanceState::Starting);
+    let refused = ctx.nexus().instance_delete(claimed).await.unwrap_err();
+    assert!(matches!(refused, Error::Conflict { .. }), "{refused:?}");
+
+    // Younger than the grace period (the default, a minute): left alone.
+    assert_eq!(
+        ctx.nexus().release_leftovers().await.unwrap(),
+        Default::default()
+    );
+    // Named by an unfinished saga: left alone, whatever its age.
+    let owner = uuid::Uuid::new_v4();
+    ctx.sql(&format!(
+        "INSERT INTO saga (id, creator, current_sec, name, dag, saga_state, adopt_generation, \
+         time_created, adopt_time) SELECT '{owner}', creator, current_sec, 'instance-start', \
+         jsonb_build_object('params', jsonb_build_object('instance_id', '{claimed}')), \
+         'running', adopt_generation, now(), now() FROM saga LIMIT 1"
+    ));
+    ctx.nexus().set_leftover_grace(std::time::Duration::ZERO);
+    let released = ctx.nexus().release_leftovers().await.unwrap();
+    assert_eq!(
+        released.claims, 0,
+        "a claim an unfinished saga names was released"
+    );
+    ctx.sql(&format!("DELETE FROM saga WHERE id = '{owner}'"));
+
+    // Past the grace period, owned by nobody: the task releases all three.
+    ctx.eventually(
+        "the leftover task to release the claim, the reservation and the creating VMM",
+        async |ctx: &TestContext| {
+            let store = ctx.nexus().datastore();
+            ctx.view(claimed)
+                .await
+                .instance
+                .runtime
+                .active_vmm()
+                .is_none()
+                && store
+                    .sled_reservation_fetch(reservation_vmm)
+                    .await
+                    .unwrap()
+                    .is_none()
+                && store
+                    .vmm_fetch(creating)
+                    .await
+                    .unwrap()
+                    .time_deleted
+                    .is_some()
+        },
+    )
+    .await;
+    assert_eq!(
+        ctx.nexus()
+            .datastore()
+            .vmm_fetch(creating)
+            .await
+            .unwrap()
+            .state(),
+        VmmState::SagaUnwound
+    );
+    ctx.assert_quiet_and_consistent().await;
+    for id in [claimed, reserved, created] {
+        assert_eq!(ctx.view(id).await.run_state(), InstanceState::Stopped);
+        ctx.nexus().instance_start(id).await.unwrap();
+        ctx.wait_for(id, InstanceState::Running).await;
+        ctx.nexus().instance_stop(id).await.unwrap();
+        ctx.wait_for(id, InstanceState::Stopped).await;
+        ctx.nexus().instance_delete(id).await.unwrap();
+    }
+    ctx.assert_quiet_and_consistent().await;
+}
