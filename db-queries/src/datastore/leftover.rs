@@ -14,7 +14,9 @@ use crate::error::{TxnError, public_error_from_diesel};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use halyard_common::ids::{GenericUuid, InstanceUuid, MigrationKind, VmmKind, VmmUuid};
+use halyard_common::ids::{
+    GenericUuid, InstanceKind, InstanceUuid, MigrationKind, VmmKind, VmmUuid,
+};
 use halyard_common::{Error, InstanceNexusState, VmmState};
 use halyard_db_model::schema::{instance, saga, saga_node_event, sled_reservation, vmm};
 use halyard_db_model::{DbEnum, DbTypedUuid, SagaState, SledReservation, Vmm};
@@ -41,28 +43,34 @@ impl Leftovers {
     }
 }
 
+/// An instance's id, its active VMM id and when that was last written.
+type ClaimRow = (
+    DbTypedUuid<InstanceKind>,
+    Option<DbTypedUuid<VmmKind>>,
+    DateTime<Utc>,
+);
+
 impl DataStore {
     /// Leftovers (see the module doc) last changed before `older_than` that no unfinished
     /// saga names.
     pub async fn leftover_list(&self, older_than: DateTime<Utc>) -> Result<Leftovers, Error> {
         let conn = &mut *self.connection().await?;
-        let claims: Vec<(DbTypedUuid<_>, Option<DbTypedUuid<VmmKind>>, DateTime<Utc>)> =
-            instance::table
-                .filter(instance::time_deleted.is_null())
-                .filter(instance::nexus_state.eq(DbEnum(InstanceNexusState::Vmm)))
-                .filter(instance::time_state_updated.lt(older_than))
-                .filter(diesel::dsl::not(diesel::dsl::exists(
-                    vmm::table.filter(vmm::id.nullable().eq(instance::active_propolis_id)),
-                )))
-                .select((
-                    instance::id,
-                    instance::active_propolis_id,
-                    instance::time_state_updated,
-                ))
-                .order(instance::time_state_updated.asc())
-                .load(conn)
-                .await
-                .map_err(public_error_from_diesel)?;
+        let claims: Vec<ClaimRow> = instance::table
+            .filter(instance::time_deleted.is_null())
+            .filter(instance::nexus_state.eq(DbEnum(InstanceNexusState::Vmm)))
+            .filter(instance::time_state_updated.lt(older_than))
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                vmm::table.filter(vmm::id.nullable().eq(instance::active_propolis_id)),
+            )))
+            .select((
+                instance::id,
+                instance::active_propolis_id,
+                instance::time_state_updated,
+            ))
+            .order(instance::time_state_updated.asc())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
         let reservations: Vec<SledReservation> = sled_reservation::table
             .filter(sled_reservation::time_created.lt(older_than))
             .filter(diesel::dsl::not(diesel::dsl::exists(
