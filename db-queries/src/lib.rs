@@ -23,8 +23,8 @@ mod saga_store;
 mod schema_version;
 
 pub use datastore::{
-    DataStore, MigrationReport, PoolConfig, PoolStatistics, ReportApplied, RetireOutcome,
-    SledChoice, VmmStateReport, validate_new_instance,
+    DataStore, LeftoverClaim, Leftovers, MigrationReport, PoolConfig, PoolStatistics,
+    ReportApplied, RetireOutcome, SledChoice, VmmStateReport, validate_new_instance,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
 pub use saga_store::{DbSecStore, saga_node_event_to_steno};

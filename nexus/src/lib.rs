@@ -86,11 +86,13 @@ impl Server {
 
         let retirement =
             nexus.spawn_retirement_task(Duration::from_millis(config.retirement_interval_ms));
+        let leftovers =
+            nexus.spawn_leftover_task(Duration::from_millis(config.retirement_interval_ms));
         Ok(Server {
             nexus,
             internal,
             external,
-            background: vec![retirement],
+            background: vec![retirement, leftovers],
         })
     }
 

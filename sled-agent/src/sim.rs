@@ -102,8 +102,8 @@ impl SimVmm {
         console: Arc<SerialConsole>,
         commands: mpsc::WeakSender<Command>,
         log: Logger,
-    ) -> (SimVmm, watch::Receiver<SledVmmState>) {
-        let (runtime, receiver) = VmmRuntime::new(migration_target);
+    ) -> (SimVmm, watch::Sender<SledVmmState>) {
+        let (runtime, publisher) = VmmRuntime::new(migration_target);
         let vmm = SimVmm {
             id,
             config,
@@ -119,7 +119,7 @@ impl SimVmm {
             commands,
             log,
         };
-        (vmm, receiver)
+        (vmm, publisher)
     }
 
     /// Runs the VMM until it is gone.
@@ -180,6 +180,13 @@ impl SimVmm {
                     incoming_address: None,
                 }));
                 gone
+            }
+            Command::Fault {
+                fault: SimFault::Panic,
+                reply,
+            } => {
+                let _ = reply.send(Ok(()));
+                panic!("injected fault: the task of VMM {} panics", self.id);
             }
             Command::Fault { fault, reply } => {
                 let (result, gone) = self.inject(fault);
@@ -296,6 +303,7 @@ impl SimVmm {
         match fault {
             SimFault::FailNextStart => self.faults.fail_next_start = true,
             SimFault::HangNextTransition => self.faults.hang_next_transition = true,
+            SimFault::Panic => unreachable!("a panic is injected by `handle`"),
             SimFault::FailMigration { phase } => self.faults.fail_migration_at = Some(phase),
             SimFault::LoseNextFinishReply => self.faults.lose_next_finish_reply = true,
             SimFault::Crash => {

@@ -6,7 +6,7 @@ use crate::metrics::SledMetrics;
 use crate::qemu::QemuBackend;
 use crate::reporter;
 use crate::sim::SimVmm;
-use crate::vmm_runtime::{Command, Ended};
+use crate::vmm_runtime::{Command, Ended, failed_after_death};
 use chrono::Utc;
 use futures::future::BoxFuture;
 use halyard_common::ids::{GenericUuid, SledUuid, VmmUuid};
@@ -166,7 +166,7 @@ impl SledAgent {
             "instance_id" => params.instance_id.to_string()));
         let (commands, receiver) = mpsc::channel(16);
         let console = SerialConsole::new();
-        let (task, state): (BoxFuture<'static, Ended>, _) = match &self.backend {
+        let (task, publisher): (BoxFuture<'static, Ended>, _) = match &self.backend {
             Backend::Sim(sim) => {
                 let (vmm, state) = SimVmm::new(
                     id,
@@ -191,6 +191,7 @@ impl SledAgent {
                 (Box::pin(vmm.run(receiver)), state)
             }
         };
+        let state = publisher.subscribe();
         let initial = *state.borrow();
         table.insert(
             id,
@@ -220,11 +221,17 @@ impl SledAgent {
             let ended = match ended {
                 Ok(ended) => ended,
                 Err(e) => {
-                    // The VMM's task panicked: it is gone, and failed.
+                    // The VMM's task panicked: it is gone, and failed. Its QEMU (killed as
+                    // the task dropped it) must be gone and its files removed before the
+                    // sled agent says so.
                     slog::error!(agent.log, "VMM task died"; "propolis_id" => %id, "error" => %e);
-                    return agent.vmm_gone_without_publisher(id);
+                    if let Backend::Qemu(qemu) = &agent.backend {
+                        qemu.clean_up_after_dead_task(id, &agent.log).await;
+                    }
+                    return agent.vmm_died(id, publisher);
                 }
             };
+            drop(publisher);
             agent.vmm_gone(id, ended);
         });
         Ok(initial)
@@ -248,10 +255,19 @@ impl SledAgent {
         });
     }
 
-    fn vmm_gone_without_publisher(&self, id: VmmUuid) {
+    /// The VMM's task died (it panicked) without ending: like [`Self::vmm_gone`], out of
+    /// the live table first, then `failed` published on the sled agent's own sender, with
+    /// each unfinished migration side failed, so the reporter delivers it and Nexus retires
+    /// the VMM.
+    fn vmm_died(&self, id: VmmUuid, publisher: watch::Sender<SledVmmState>) {
         if let Some(entry) = self.table().get_mut(&id) {
             entry.commands = None;
         }
+        let last = *publisher.borrow();
+        if last.vmm_state.state.is_terminal() {
+            return; // it published its end before it died
+        }
+        publisher.send_replace(failed_after_death(last));
     }
 
     fn commands_of(&self, id: VmmUuid) -> Result<Option<mpsc::Sender<Command>>, Error> {

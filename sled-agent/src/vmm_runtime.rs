@@ -53,10 +53,11 @@ pub(crate) struct VmmRuntime {
 
 impl VmmRuntime {
     /// A registered VMM in state `creating` (with its inbound migration pending, for a
-    /// migration target), and the receiver of its state.
+    /// migration target), and a second sender of its state: the sled agent subscribes its
+    /// readers to it and keeps it to publish `failed` should the VMM's task die.
     pub(crate) fn new(
         migration_target: Option<MigrationTarget>,
-    ) -> (VmmRuntime, watch::Receiver<SledVmmState>) {
+    ) -> (VmmRuntime, watch::Sender<SledVmmState>) {
         let now = Utc::now();
         let state = SledVmmState {
             vmm_state: VmmRuntimeState {
@@ -72,8 +73,9 @@ impl VmmRuntime {
             }),
             migration_out: None,
         };
-        let (publish, receiver) = watch::channel(state);
-        (VmmRuntime { state, publish }, receiver)
+        let (publish, _) = watch::channel(state);
+        let publisher = publish.clone();
+        (VmmRuntime { state, publish }, publisher)
     }
 
     pub(crate) fn current(&self) -> VmmState {
@@ -157,6 +159,35 @@ impl VmmRuntime {
     /// terminal state once the VMM is out of its table.
     pub(crate) fn into_sender(self) -> watch::Sender<SledVmmState> {
         self.publish
+    }
+}
+
+/// What a VMM whose task died (it panicked) last said, made final: `failed` (generation
+/// bumped), and each side of a migration it took part in that had not finished, failed too.
+pub(crate) fn failed_after_death(last: SledVmmState) -> SledVmmState {
+    let now = Utc::now();
+    let fail = |side: Option<MigrationRuntimeState>| {
+        side.map(|side| {
+            if side.state.is_terminal() {
+                side
+            } else {
+                MigrationRuntimeState {
+                    state: MigrationState::Failed,
+                    generation: side.generation.next(),
+                    time_updated: now,
+                    ..side
+                }
+            }
+        })
+    };
+    SledVmmState {
+        vmm_state: VmmRuntimeState {
+            state: VmmState::Failed,
+            generation: last.vmm_state.generation.next(),
+            time_updated: now,
+        },
+        migration_in: fail(last.migration_in),
+        migration_out: fail(last.migration_out),
     }
 }
 

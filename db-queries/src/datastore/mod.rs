@@ -1,6 +1,7 @@
 //! The [`DataStore`]: a connection pool plus every query, grouped by the object they touch.
 
 mod instance;
+mod leftover;
 mod migration;
 mod project;
 mod saga;
@@ -8,6 +9,7 @@ mod sled;
 mod vmm;
 
 pub use instance::validate_new_instance;
+pub use leftover::{LeftoverClaim, Leftovers};
 pub use sled::SledChoice;
 pub use vmm::{MigrationReport, ReportApplied, RetireOutcome, VmmStateReport};
 

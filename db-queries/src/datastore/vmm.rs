@@ -319,6 +319,48 @@ impl DataStore {
     }
 }
 
+impl DataStore {
+    /// Live VMMs that are the target of a migration whose source VMM is retired and that did
+    /// not become their instance's active VMM: the migration can never finish, so they are
+    /// orphans to retire. With `source`, only the targets of migrations out of that VMM.
+    ///
+    /// Found by query, not from the retirement that ended the source, so a retirement that
+    /// failed half-way (the target's sled agent out of reach) is finished by any later one.
+    pub async fn vmm_list_orphaned_targets(
+        &self,
+        source: Option<VmmUuid>,
+    ) -> Result<Vec<Vmm>, Error> {
+        let conn = &mut *self.connection().await?;
+        let (source_vmm, target_vmm) = diesel::alias!(vmm as source_vmm, vmm as target_vmm);
+        let mut query = migration::table
+            .inner_join(source_vmm.on(source_vmm.field(vmm::id).eq(migration::source_propolis_id)))
+            .inner_join(target_vmm.on(target_vmm.field(vmm::id).eq(migration::target_propolis_id)))
+            .filter(source_vmm.field(vmm::time_deleted).is_not_null())
+            .filter(target_vmm.field(vmm::time_deleted).is_null())
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                instance::table
+                    .filter(instance::active_propolis_id.eq(target_vmm.field(vmm::id).nullable())),
+            )))
+            .select(target_vmm.field(vmm::id))
+            .distinct()
+            .into_boxed();
+        if let Some(source) = source {
+            query = query.filter(migration::source_propolis_id.eq(DbTypedUuid(source)));
+        }
+        let ids = query
+            .load::<DbTypedUuid<VmmKind>>(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        vmm::table
+            .filter(vmm::id.eq_any(ids))
+            .order((vmm::time_created.asc(), vmm::id.asc()))
+            .select(Vmm::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+}
+
 /// Marks VMM `id`'s side of every unfinished migration (neither side terminal) failed.
 async fn fail_unfinished_migration_sides(
     conn: &mut AsyncPgConnection,

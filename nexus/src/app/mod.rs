@@ -4,6 +4,7 @@
 pub mod background;
 pub mod crash_point;
 pub mod instance;
+pub mod leftover;
 pub mod sagas;
 pub mod serial_console;
 pub mod sled;
@@ -28,6 +29,8 @@ pub struct Nexus {
     registry: Arc<ActionRegistry>,
     /// How saga actions retry transient errors (see `sagas::retry`).
     saga_retry: std::sync::Mutex<SagaRetryPolicy>,
+    /// How old a leftover (see `leftover`) must be before the leftover task releases it.
+    leftover_grace: std::sync::Mutex<Duration>,
     /// Test-only: a saga node whose action this process makes fail (`HALYARD_FAIL_AT`).
     injected_failure: Option<crash_point::InjectedFailure>,
     /// The one HTTP client every sled agent client shares: building a client loads the
@@ -92,6 +95,7 @@ impl Nexus {
             sec,
             registry: sagas::action_registry(),
             saga_retry: std::sync::Mutex::new(SagaRetryPolicy::default()),
+            leftover_grace: std::sync::Mutex::new(leftover::DEFAULT_GRACE),
             metrics,
             background_tasks: BackgroundTasks::default(),
             injected_failure,
@@ -337,9 +341,9 @@ impl Nexus {
     ) -> tokio::task::JoinHandle<()> {
         self.spawn_background_task(
             VMM_RETIREMENT_TASK,
-            "retires VMMs that ended (destroyed, failed) but were not retired: unregisters \
-             them from their sled agent, releases their reservation, clears their instance's \
-             pointer",
+            "retires VMMs that ended (destroyed, failed) but were not retired, and migration \
+             targets whose source was retired: unregisters them from their sled agent, \
+             releases their reservation, clears their instance's pointer",
             interval,
             |nexus| {
                 Box::pin(async move {
@@ -367,7 +371,13 @@ impl Nexus {
             self.retire_vmm(vmm.sled_id(), vmm.id(), vmm.state())
                 .await?;
         }
-        Ok(ended.len())
+        // Targets that never reached a terminal state but whose source is retired (its
+        // retirement failed before it retired them, or Nexus crashed in between).
+        let orphans = self.datastore.vmm_list_orphaned_targets(None).await?;
+        for target in &orphans {
+            self.retire_orphaned_target(target).await?;
+        }
+        Ok(ended.len() + orphans.len())
     }
 
     /// Retires an ended VMM: unregisters it from its sled agent, then (in one transaction)
@@ -380,14 +390,27 @@ impl Nexus {
         final_state: halyard_common::VmmState,
     ) -> Result<(), Error> {
         self.unregister_vmm(sled_id, vmm_id).await?;
-        let outcome = self.datastore.vmm_retire(vmm_id, final_state).await?;
-        if let Some(target) = outcome.orphaned_target {
-            let target = self.datastore.vmm_fetch(target).await?;
-            self.unregister_vmm(target.sled_id(), target.id()).await?;
-            self.datastore
-                .vmm_retire(target.id(), halyard_common::VmmState::SagaUnwound)
-                .await?;
+        self.datastore.vmm_retire(vmm_id, final_state).await?;
+        // By query, not from what this retirement cleared: an earlier attempt may have
+        // cleared the instance's pointer to the target and then failed to unregister it.
+        for target in self
+            .datastore
+            .vmm_list_orphaned_targets(Some(vmm_id))
+            .await?
+        {
+            self.retire_orphaned_target(&target).await?;
         }
+        Ok(())
+    }
+
+    async fn retire_orphaned_target(&self, target: &halyard_db_model::Vmm) -> Result<(), Error> {
+        info!(self.log, "retiring a migration target whose source was retired";
+            "propolis_id" => %target.id(), "sled_id" => %target.sled_id(),
+            "instance_id" => %target.instance_id());
+        self.unregister_vmm(target.sled_id(), target.id()).await?;
+        self.datastore
+            .vmm_retire(target.id(), halyard_common::VmmState::SagaUnwound)
+            .await?;
         Ok(())
     }
 }

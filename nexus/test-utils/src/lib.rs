@@ -23,7 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// - on an expunged sled nothing is reserved and no VMM is live.
 ///
 /// Sagas (invariants 4 and 5): no saga is unfinished, and no saga is stuck (an undo failed;
-/// steno records such a saga as `done`).
+/// steno records such a saga as `done`); nothing a failed node left behind (a claim with no
+/// VMM record, a reservation with no live VMM, a `creating` VMM nothing points at) is older
+/// than [`LEFTOVER_BOUND_SECS`] (the leftover task releases it before).
 ///
 /// Sled agents (invariant 6), sled by sled: every VMM a sled agent runs is live in the
 /// database, on that sled, for the same instance, in the same state; every live VMM in the
@@ -36,6 +38,11 @@ pub fn invariant_violations(
 ) -> Vec<String> {
     invariant_violations_in(shared_cluster(), db.name(), sleds)
 }
+
+/// How long a leftover of a failed saga node (a claim with no VMM record, a reservation with
+/// no live VMM, a `creating` VMM nothing points at) may live: the leftover task's default
+/// grace period (60 s) and a few of its passes.
+pub const LEFTOVER_BOUND_SECS: u64 = 90;
 
 /// The VMM states after which a VMM never runs again and holds no reservation.
 const TERMINAL_VMM_STATES: &str = "('destroyed','failed','saga_unwound')";
@@ -170,6 +177,27 @@ pub fn invariant_violations_in(
         "SELECT s.id, s.name, s.saga_state, e.node_id FROM saga s \
          JOIN saga_node_event e ON e.saga_id = s.id WHERE e.event_type = 'undo_failed'",
         "saga stuck after a failed undo (saga, name, state, node)",
+    );
+    // What a failed node whose effect landed leaves (no saga runs its undo): the leftover
+    // task must have released it by now.
+    check(
+        &format!(
+            "SELECT 'claim', i.id, i.active_propolis_id, i.time_state_updated FROM instance i \
+             WHERE i.nexus_state = 'vmm' AND i.time_deleted IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM vmm v WHERE v.id = i.active_propolis_id) \
+               AND i.time_state_updated < now() - interval '{LEFTOVER_BOUND_SECS} seconds' \
+             UNION ALL \
+             SELECT 'reservation', r.instance_id, r.vmm_id, r.time_created FROM sled_reservation r \
+             WHERE NOT EXISTS (SELECT 1 FROM vmm v WHERE v.id = r.vmm_id AND v.time_deleted IS NULL) \
+               AND r.time_created < now() - interval '{LEFTOVER_BOUND_SECS} seconds' \
+             UNION ALL \
+             SELECT 'creating VMM', v.instance_id, v.id, v.time_state_updated FROM vmm v \
+             WHERE v.time_deleted IS NULL AND v.state = 'creating' \
+               AND NOT EXISTS (SELECT 1 FROM instance i WHERE i.active_propolis_id = v.id \
+                                                        OR i.target_propolis_id = v.id) \
+               AND v.time_state_updated < now() - interval '{LEFTOVER_BOUND_SECS} seconds'"
+        ),
+        "saga leftover not released within the leftover task's bound (kind, instance, VMM, since)",
     );
 
     violations.extend(sled_agent_violations(&sql, sleds));

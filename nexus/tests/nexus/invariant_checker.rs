@@ -498,3 +498,54 @@ async fn a_live_vmm_and_a_reservation_on_an_expunged_sled_are_flagged() {
         ],
     );
 }
+
+#[tokio::test]
+async fn saga_leftovers_older_than_the_bound_are_flagged() {
+    let system = CleanSystem::new().await;
+    // The leftover task must not release them while the checker looks.
+    system
+        .ctx
+        .nexus()
+        .set_leftover_grace(std::time::Duration::from_secs(86_400));
+    let project = halyard_common::NameOrId::Name("p".parse().unwrap());
+    let stopped = system.ctx.instance(&project, "c", 2).await;
+    let long_ago = "now() - interval '1 hour'";
+    let creating = VmmUuid::new_v4();
+    system.break_with(&format!(
+        "UPDATE instance SET nexus_state = 'vmm', active_propolis_id = '{}', \
+         state_generation = state_generation + 1, time_state_updated = {long_ago} \
+         WHERE id = '{stopped}'; \
+         INSERT INTO sled_reservation (vmm_id, sled_id, instance_id, hardware_threads, \
+           physical_ram, time_created) VALUES ('{}', '{}', '{}', 2, {GIB}, {long_ago}); \
+         UPDATE sled SET reserved_hardware_threads = reserved_hardware_threads + 2, \
+           reserved_physical_ram = reserved_physical_ram + {GIB} WHERE id = '{}'; \
+         INSERT INTO vmm (id, time_created, time_deleted, instance_id, sled_id, propolis_ip, \
+           propolis_port, state, generation, time_state_updated) \
+         SELECT '{creating}', {long_ago}, NULL, '{}', sled_id, propolis_ip, propolis_port, \
+           'creating', 1, {long_ago} FROM vmm WHERE id = '{}'",
+        VmmUuid::new_v4(),
+        VmmUuid::new_v4(),
+        system.a.sled,
+        system.b.instance,
+        system.a.sled,
+        system.b.instance,
+        system.b.vmm,
+    ));
+    let violations = system.violations().await;
+    assert_rules_broken(
+        &violations,
+        &[
+            "saga leftover not released within the leftover task's bound",
+            "instance's active VMM does not exist",
+            "reservation without a live VMM",
+            "live VMM its instance does not point at",
+            "live VMM without a reservation",
+            "VMM is live in the database but its sled's agent does not run it",
+        ],
+    );
+    let leftovers: Vec<&String> = violations
+        .iter()
+        .filter(|v| v.starts_with("saga leftover"))
+        .collect();
+    assert_eq!(leftovers.len(), 3, "{leftovers:?}");
+}

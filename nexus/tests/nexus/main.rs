@@ -15,3 +15,4 @@ mod saga_faults;
 mod saga_replay;
 mod serial_console;
 mod sled_expunge;
+mod stuck;

@@ -249,6 +249,9 @@ pub enum SimFault {
     /// The next transition (start, stop, reboot) never finishes until the VMM is
     /// unregistered.
     HangNextTransition,
+    /// The VMM's task panics now (a bug in the sled agent, simulated): the sled agent must
+    /// still report the VMM failed.
+    Panic,
     /// The VMM's next migration (in or out) fails at this phase.
     FailMigration { phase: MigrationPhase },
     /// A test hook for a lost reply, accepted by every backend: in this VMM's next migration

@@ -26,15 +26,26 @@ pub(crate) async fn clean_up(vmm_root: &Path, log: &Logger) -> anyhow::Result<()
         if !dir.is_dir() {
             continue;
         }
-        if let Some(pid) = qemu_of(&dir) {
-            info!(log, "killing a QEMU left by an earlier run of this sled agent";
-                "pid" => pid, "dir" => %dir.display());
-            kill_and_wait(pid, log).await;
-        }
-        std::fs::remove_dir_all(&dir)
-            .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
-        info!(log, "removed a VMM directory left by an earlier run"; "dir" => %dir.display());
+        remove_vmm(&dir, "an earlier run of this sled agent", log).await?;
     }
+    Ok(())
+}
+
+/// Kills the QEMU that runs out of VMM directory `dir` (if one still does), waits for it to
+/// stop running, and removes the directory. `left_by` says who left it (for the log).
+pub(crate) async fn remove_vmm(dir: &Path, left_by: &str, log: &Logger) -> anyhow::Result<()> {
+    if let Some(pid) = qemu_of(dir) {
+        info!(log, "killing a QEMU left behind"; "left_by" => left_by,
+            "pid" => pid, "dir" => %dir.display());
+        kill_and_wait(pid, log).await;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("removing {}: {e}", dir.display()),
+    }
+    info!(log, "removed a VMM directory left behind"; "left_by" => left_by,
+        "dir" => %dir.display());
     Ok(())
 }
 

@@ -130,4 +130,14 @@ impl QemuBackend {
     pub(crate) fn accelerator(&self) -> Accelerator {
         self.accelerator
     }
+
+    /// A VMM's task died (panicked) before it reaped its QEMU and removed its directory:
+    /// does both, so the VMM is really gone before the sled agent reports it failed.
+    pub(crate) async fn clean_up_after_dead_task(&self, id: VmmUuid, log: &Logger) {
+        let dir = self.vmm_root.join(id.to_string());
+        if let Err(e) = leftovers::remove_vmm(&dir, "a VMM task that died", log).await {
+            slog::error!(log, "cannot clean up after a VMM task that died";
+                "propolis_id" => %id, "error" => %e);
+        }
+    }
 }

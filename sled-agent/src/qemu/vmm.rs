@@ -124,7 +124,7 @@ impl QemuBackend {
         console: Arc<SerialConsole>,
         commands: mpsc::WeakSender<Command>,
         log: Logger,
-    ) -> Result<(QemuVmm, watch::Receiver<SledVmmState>), Error> {
+    ) -> Result<(QemuVmm, watch::Sender<SledVmmState>), Error> {
         let image = GuestImage::find(&self.config.guest_dir)?;
         let dir = self.vmm_root.join(id.to_string());
         let internal = |what: &str, e: std::io::Error| {

@@ -336,3 +336,46 @@ async fn a_terminal_report_of_a_vmm_still_listed_fails_the_check() {
         .unwrap_or_default();
     assert!(message.contains("still listed it"), "{message}");
 }
+
+/// Finding 6 of issue 15: a VMM whose task panics is reported failed (after it left the
+/// live table, like any end), and its state reads failed, so its instance can be stopped
+/// or started again instead of waiting forever.
+#[tokio::test]
+async fn a_vmm_whose_task_panics_is_reported_failed() {
+    let env = TestEnv::new(visible_delays()).await;
+    let id = VmmUuid::new_v4();
+    env.client
+        .vmm_register(&id, &register_body())
+        .await
+        .unwrap();
+    env.client
+        .vmm_put_state(&id, &request(VmmStateRequested::Run))
+        .await
+        .unwrap();
+    wait_for_state(&env.client, id, VmmState::Running).await;
+    env.client
+        .vmm_inject_fault(&id, &SimFault::Panic)
+        .await
+        .unwrap();
+    eventually("the panicked VMM's final report", || {
+        env.nexus.final_report(id).is_some()
+    })
+    .await;
+    let last = env.nexus.final_report(id).unwrap();
+    assert_eq!(last.state.vmm_state.state, VmmState::Failed);
+    assert_eq!(last.still_listed, Some(false));
+    assert_in_order(&env.nexus.reports_for(id));
+    assert_eq!(
+        env.client.vmm_get_state(&id).await.unwrap().vmm_state.state,
+        VmmState::Failed
+    );
+    assert!(
+        env.client
+            .vmm_list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|v| v.propolis_id != id),
+        "a VMM whose task died is not live"
+    );
+}

@@ -416,30 +416,50 @@ async fn background_tasks_show_what_each_did_last() {
     let ctx = TestContext::new(1).await;
     let nexus_url = ctx.nexus_url().to_string();
     let args = ["nexus", "background-tasks", "--nexus-url", &nexus_url];
-    // The retirement task runs every 200 ms here; with nothing to retire, what it did is
+    // Both tasks run every 200 ms here; with nothing to retire or release, what each did is
     // always the same.
-    ctx.eventually("the retirement task has run", async |ctx: &TestContext| {
+    let task = |tasks: &Value, name: &str| -> Value {
+        tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    ctx.eventually("both tasks have run", async |ctx: &TestContext| {
         let json = ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok();
         let tasks: Value = serde_json::from_str(&json).unwrap();
-        tasks[0]["runs"].as_u64().unwrap() >= 1
+        ["vmm_retirement", "saga_leftover_release"]
+            .iter()
+            .all(|name| {
+                task(&tasks, name)["runs"]
+                    .as_u64()
+                    .is_some_and(|runs| runs >= 1)
+            })
     })
     .await;
     let tasks: Value =
         serde_json::from_str(&ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok()).unwrap();
-    let tasks = tasks.as_array().unwrap();
-    assert_eq!(tasks.len(), 1, "{tasks:?}");
-    let retirement = &tasks[0];
-    assert_eq!(retirement["name"], "vmm_retirement");
-    assert_eq!(retirement["period_ms"], 200);
-    assert_eq!(retirement["last_run"]["succeeded"], true);
-    assert_eq!(retirement["last_run"]["outcome"], "nothing to retire");
-    assert_eq!(retirement["last_error"], Value::Null);
+    assert_eq!(tasks.as_array().unwrap().len(), 2, "{tasks:?}");
+    for (name, outcome) in [
+        ("vmm_retirement", "nothing to retire"),
+        ("saga_leftover_release", "nothing left over"),
+    ] {
+        let task = task(&tasks, name);
+        assert_eq!(task["period_ms"], 200, "{task:?}");
+        assert_eq!(task["last_run"]["succeeded"], true, "{task:?}");
+        assert_eq!(task["last_run"]["outcome"], outcome, "{task:?}");
+        assert_eq!(task["last_error"], Value::Null, "{task:?}");
+    }
 
     // The table, with what varies from run to run (times, how long a run took, how many runs
     // so far) redacted.
     let text = Redactor::new().redact(&ctx.omdb(&args).await.ok());
-    let varying =
-        regex::Regex::new(r"(?m)(vmm_retirement +200 ms +)\d+( +<time> +)\d+ ms").unwrap();
+    let varying = regex::Regex::new(r"(?m)^(\w+ +200 ms +)\d+( +<time> +)\d+ ms").unwrap();
     let text = varying.replace_all(&text, "${1}N${2}N ms");
+    // Column widths follow the redacted values (a run took 1 ms or 12 ms): one gap between
+    // columns, whatever their width.
+    let text = regex::Regex::new(" {2,}").unwrap().replace_all(&text, "  ");
     Snapshots::new().check("nexus-background-tasks", &text);
 }
