@@ -138,13 +138,23 @@ where
         }
         transient
     };
+    let mut attempt = attempt;
+    // Every successful run passes the test hook of `crash_point` before steno sees it.
+    let attempt_then_hook = || {
+        let run = attempt();
+        async move {
+            let output = run.await?;
+            crate::app::crash_point::action_effect_done(ctx).map_err(super::action_failed)?;
+            Ok(output)
+        }
+    };
     let work = retry_transient(
         nexus.log(),
         &what,
         policy,
         Some(policy.action_budget),
         transient,
-        attempt,
+        attempt_then_hook,
     );
     halyard_observability::request_id::scope(super::saga_request_id(ctx), work).await
 }
