@@ -1,13 +1,14 @@
 //! Test-only crash points: kill this Nexus (SIGKILL) right after a chosen saga log event is
-//! written, to prove that sagas survive a crash at any instant (invariant 5); and an injected
-//! action failure, so a crash can land while a saga unwinds.
+//! written, or right after a chosen node's action did its work, to prove that sagas survive a
+//! crash at any instant (invariant 5); an injected action failure, so a crash can land while
+//! a saga unwinds; and lost replies (invariant 4).
 //!
 //! `HALYARD_CRASH_AT=<saga name>:<node name>:<event>` (e.g. `instance-start:registered:started`)
 //! kills the process right after that node's `<event>` is durably recorded in the saga log,
 //! where `<event>` is one of `started`, `succeeded`, `undo_started`, `undo_finished` (the
-//! labels of steno's events and of `saga_node_event.event_type`). So a crash point is named by
-//! the last event of the saga log it leaves behind, and every crash point is a distinct log
-//! state:
+//! labels of steno's events and of `saga_node_event.event_type`), or right after the node's
+//! action did its work, for `<event>` `after_effect`. A log-event point is named by the last
+//! event of the saga log it leaves behind, and every such point is a distinct log state:
 //!
 //! - `started`: the node's action has not run yet (steno records `started` first and waits for
 //!   it), so none of its effects exist; recovery runs it for the first time.
@@ -17,7 +18,6 @@
 //!   `succeeded` of node N-1", so it is not a point of its own.)
 //! - `undo_started` / `undo_finished`: the same two states of the node's undo, while the saga
 //!   unwinds (see `HALYARD_FAIL_AT`).
-//!
 //! - `after_effect`: no log event of its own. The node's action has run to its end (every
 //!   database write it makes committed, every sled-agent call it makes answered) and returned
 //!   `Ok`, but steno has not been handed the result, so `succeeded` is not written: the log
