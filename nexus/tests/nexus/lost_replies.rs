@@ -16,6 +16,7 @@ use halyard_common::{ByteCount, InstanceState};
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, instance_create, instance_delete, instance_migrate, instance_start,
 };
+use halyard_sled_agent::SimConfig;
 
 /// The nodes of saga `S`, by name, in DAG order.
 fn node_names<S: NexusSaga>(params: S::Params) -> Vec<String> {
@@ -214,9 +215,24 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
         .await,
     );
 
+    // Migration phases slow enough (four of 300 ms) that `migrate_out`'s second run (after
+    // the retry's first pause, 100 ms) is likely to meet its migration still under way, as it
+    // would with a real guest's memory to copy, and to ask the source again; with the sim's
+    // quick phases it would mostly find the migration already ended and ask nothing. (Either
+    // way the checks below are the same; the timing only makes the harder case the usual one.)
+    let slow_migrations = TestContext::with_sim(
+        2,
+        SimConfig {
+            start_delay_ms: 20,
+            stop_delay_ms: 20,
+            reboot_delay_ms: 20,
+            migration_phase_delay_ms: 300,
+        },
+    )
+    .await;
     cases.extend(
         lose_a_reply_at_every_node::<instance_migrate::SagaInstanceMigrate>(
-            &ctx,
+            &slow_migrations,
             async |ctx| instance_migrate::Params {
                 instance_id: running_instance(ctx).await,
                 destination: None,
