@@ -37,11 +37,12 @@
 //! must finish the unwind from the log.
 //!
 //! **Lost replies** ([`LostReplies`], armed by a test through `Nexus::inject_lost_reply`):
-//! the chosen node's action runs to its end, its effects land, and then the same hook,
-//! [`action_effect_done`], reports a transient error (`ServiceUnavailable`) to the caller
-//! instead of its result, once: as if the reply of its last database write or sled-agent call
-//! had been lost. `sagas::retry` runs the action again, which must find its effects and
-//! succeed without making them a second time (invariant 4).
+//! the chosen node's action (or undo) runs to its end, its effects land, and then the same
+//! hook, [`action_effect_done`] (for an undo [`undo_effect_done`], which `retry_undo` calls),
+//! reports a transient error (`ServiceUnavailable`) to the caller instead of its result, once:
+//! as if the reply of its last database write or sled-agent call had been lost.
+//! `sagas::retry` runs it again, which must find its effects and succeed without making them
+//! a second time (invariant 4).
 //!
 //! All unset (always, outside tests), the saga log is the plain [`DbSecStore`] and nothing
 //! is injected.
@@ -280,36 +281,43 @@ impl<S: SecStore> SecStore for CrashingSecStore<S> {
     }
 }
 
-/// Lost replies armed by tests: a saga node whose action's next successful run reports a
-/// transient error instead of its result, once; and the nodes where that happened.
+/// Which of a node's two steps lost its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LostReplyStep {
+    Action,
+    Undo,
+}
+
+/// Lost replies armed by tests: a saga node whose action's (or undo's) next successful run
+/// reports a transient error instead of its result, once; and the nodes where that happened.
 #[derive(Debug, Default)]
 pub struct LostReplies {
-    /// (saga, node index): armed, not reported yet.
-    armed: Mutex<BTreeSet<(SagaId, u32)>>,
-    /// Every lost reply reported, in order: (saga, node name).
-    reported: Mutex<Vec<(SagaId, String)>>,
+    /// (saga, node index, step): armed, not reported yet.
+    armed: Mutex<BTreeSet<(SagaId, u32, LostReplyStep)>>,
+    /// Every lost reply reported, in order: (saga, node name, step).
+    reported: Mutex<Vec<(SagaId, String, LostReplyStep)>>,
 }
 
 impl LostReplies {
-    pub(crate) fn arm(&self, saga_id: SagaId, node_index: u32) {
+    pub(crate) fn arm(&self, saga_id: SagaId, node_index: u32, step: LostReplyStep) {
         self.armed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((saga_id, node_index));
+            .insert((saga_id, node_index, step));
     }
 
-    /// Whether this run of the node's action must lose its reply (disarming it if so).
-    fn take(&self, saga_id: SagaId, node_index: u32, node_name: &str) -> bool {
+    /// Whether this run of the node's step must lose its reply (disarming it if so).
+    fn take(&self, saga_id: SagaId, node_index: u32, node_name: &str, step: LostReplyStep) -> bool {
         let taken = self
             .armed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(saga_id, node_index));
+            .remove(&(saga_id, node_index, step));
         if taken {
             self.reported
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push((saga_id, node_name.to_string()));
+                .push((saga_id, node_name.to_string(), step));
         }
         taken
     }
@@ -322,14 +330,14 @@ impl LostReplies {
             .is_empty()
     }
 
-    /// The nodes of saga `saga_id` whose reply was lost, in order.
-    pub(crate) fn reported_in(&self, saga_id: SagaId) -> Vec<String> {
+    /// The nodes (and steps) of saga `saga_id` whose reply was lost, in order.
+    pub(crate) fn reported_in(&self, saga_id: SagaId) -> Vec<(String, LostReplyStep)> {
         self.reported
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(id, _)| *id == saga_id)
-            .map(|(_, node)| node.clone())
+            .filter(|(id, _, _)| *id == saga_id)
+            .map(|(_, node, step)| (node.clone(), *step))
             .collect()
     }
 }
@@ -370,12 +378,36 @@ pub(crate) fn action_effect_done(ctx: &NexusActionContext) -> Result<(), Error> 
     {
         die(point, saga.saga_id, index);
     }
-    if nexus.lost_replies().take(saga.saga_id, index, &node) {
-        warn!(nexus.log(), "test: losing an action's reply after its effects";
-            "saga_id" => %saga.saga_id, "node" => &node);
+    lose_reply(ctx, &node, index, LostReplyStep::Action)
+}
+
+/// The hook every undo passes through once its body has returned `Ok` (from
+/// `sagas::retry::retry_undo`), before steno records `undo_finished`: reports a transient
+/// error instead where a test armed a lost reply for this node's undo.
+pub(crate) fn undo_effect_done(ctx: &NexusActionContext) -> Result<(), Error> {
+    if !ctx.user_data().nexus.lost_replies().is_armed() {
+        return Ok(());
+    }
+    let Some((node, index)) = current_node(ctx) else {
+        return Ok(());
+    };
+    lose_reply(ctx, &node, index, LostReplyStep::Undo)
+}
+
+fn lose_reply(
+    ctx: &NexusActionContext,
+    node: &str,
+    index: u32,
+    step: LostReplyStep,
+) -> Result<(), Error> {
+    let saga = ctx.user_data();
+    let nexus = &saga.nexus;
+    if nexus.lost_replies().take(saga.saga_id, index, node, step) {
+        warn!(nexus.log(), "test: losing a saga step's reply after its effects";
+            "saga_id" => %saga.saga_id, "node" => node, "step" => ?step);
         return Err(Error::unavailable(format!(
-            "injected lost reply: the action of node {node:?} did its work, but its reply was \
-             lost"
+            "injected lost reply: the {step:?} of node {node:?} did its work, but its reply \
+             was lost"
         )));
     }
     Ok(())

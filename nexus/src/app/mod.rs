@@ -155,22 +155,31 @@ impl Nexus {
         &self.lost_replies
     }
 
-    /// Test-only: the next time the action of node `node` of the prepared `saga` runs to its
-    /// end, its effects stay but its caller gets a transient error instead of its result,
-    /// once (a lost reply, see `crash_point`): the saga's retry runs it again.
-    pub fn inject_lost_reply(&self, saga: &RunnableSaga, node: &str) -> Result<(), Error> {
+    /// Test-only: the next time the action (or, for `LostReplyStep::Undo`, the undo) of node
+    /// `node` of the prepared `saga` runs to its end, its effects stay but its caller gets a
+    /// transient error instead of its result, once (a lost reply, see `crash_point`): the
+    /// saga's retry runs it again.
+    pub fn inject_lost_reply(
+        &self,
+        saga: &RunnableSaga,
+        node: &str,
+        step: crash_point::LostReplyStep,
+    ) -> Result<(), Error> {
         let index = saga
             .dag
             .get_index(node)
             .map_err(|e| Error::internal(format!("cannot lose a reply: {e:#}")))?;
         let index = u32::try_from(index.index())
             .map_err(|e| Error::internal(format!("cannot lose a reply: {e}")))?;
-        self.lost_replies.arm(saga.id, index);
+        self.lost_replies.arm(saga.id, index, step);
         Ok(())
     }
 
-    /// Test-only: the nodes of saga `saga_id` whose reply was lost, in order.
-    pub fn lost_replies_reported(&self, saga_id: SagaId) -> Vec<String> {
+    /// Test-only: the nodes (and steps) of saga `saga_id` whose reply was lost, in order.
+    pub fn lost_replies_reported(
+        &self,
+        saga_id: SagaId,
+    ) -> Vec<(String, crash_point::LostReplyStep)> {
         self.lost_replies.reported_in(saga_id)
     }
 

@@ -4,6 +4,10 @@
 //! hook in `app::crash_point`). The saga's retry (`sagas::retry`) runs the action again; the
 //! action must notice that its effects already exist and succeed without making them twice.
 //!
+//! The same for every undo: with a failure injected at the saga's last node, the undo of each
+//! earlier node loses its reply once; the retry runs it again, and the saga must unwind
+//! completely (not get stuck) and leave nothing behind.
+//!
 //! Each case proves the reply was lost at that node (the hook reports it), that the saga then
 //! finished, that the node's `succeeded` is in the saga log once, that the world holds exactly
 //! one of each effect (one instance record, one VMM, one reservation, one migration, one VMM
@@ -13,6 +17,7 @@
 use crate::context::TestContext;
 use halyard_common::ids::{InstanceUuid, ProjectUuid};
 use halyard_common::{ByteCount, InstanceState};
+use halyard_nexus::app::crash_point::LostReplyStep;
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, instance_create, instance_delete, instance_migrate, instance_start,
 };
@@ -54,7 +59,9 @@ where
         let saga = ctx.nexus().saga_prepare::<S>(params.clone()).await.unwrap();
         let saga_id = saga.id;
         let index = saga.dag.get_index(name).unwrap().index();
-        ctx.nexus().inject_lost_reply(&saga, name).unwrap();
+        ctx.nexus()
+            .inject_lost_reply(&saga, name, LostReplyStep::Action)
+            .unwrap();
         ctx.nexus().saga_execute(saga).await.unwrap_or_else(|e| {
             panic!(
                 "{}: the saga failed after the reply of {name} was lost (the action did not \
@@ -65,7 +72,7 @@ where
         let lost = ctx.nexus().lost_replies_reported(saga_id);
         assert_eq!(
             lost,
-            vec![name.clone()],
+            vec![(name.clone(), LostReplyStep::Action)],
             "{}: the reply of {name} was not lost exactly once (hook reports {lost:?})",
             S::NAME
         );
@@ -79,6 +86,71 @@ where
         cases.push(LostReplyCase {
             saga: S::NAME,
             node: name.clone(),
+            lost: lost.len(),
+            effects,
+        });
+    }
+    cases
+}
+
+/// For each node of `S` but the last: sets the world up with `setup`, runs the saga with a
+/// failure injected at its last node and the reply of that node's undo lost once, and checks
+/// the saga unwound completely (not stuck; the node's `undo_finished` once), the reply was
+/// lost exactly there (only for the nodes in `undoable`: a node without an undo has nothing
+/// to lose), the invariants hold, and `check_unwound` finds nothing left behind.
+async fn lose_an_undo_reply_at_every_node<S: NexusSaga>(
+    ctx: &TestContext,
+    undoable: &[&str],
+    setup: impl AsyncFn(&TestContext) -> S::Params,
+    check_unwound: impl AsyncFn(&TestContext, &S::Params) -> String,
+) -> Vec<LostReplyCase>
+where
+    S::Params: Clone,
+{
+    let nodes = node_names::<S>(setup(ctx).await);
+    let (last, earlier) = nodes.split_last().unwrap();
+    let mut cases = Vec::new();
+    for name in earlier {
+        let params = setup(ctx).await;
+        let saga = ctx.nexus().saga_prepare::<S>(params.clone()).await.unwrap();
+        let saga_id = saga.id;
+        let index = saga.dag.get_index(name).unwrap().index();
+        ctx.nexus()
+            .sec()
+            .saga_inject_error(saga_id, saga.dag.get_index(last).unwrap())
+            .await
+            .unwrap();
+        ctx.nexus()
+            .inject_lost_reply(&saga, name, LostReplyStep::Undo)
+            .unwrap();
+        let error = ctx.nexus().saga_execute(saga).await.unwrap_err();
+        assert!(
+            !error.to_string().contains("is stuck"),
+            "{}: the saga got stuck after the reply of {name}'s undo was lost: {error}",
+            S::NAME
+        );
+        let lost = ctx.nexus().lost_replies_reported(saga_id);
+        let expected: Vec<_> = if undoable.contains(&name.as_str()) {
+            vec![(name.clone(), LostReplyStep::Undo)]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(
+            lost,
+            expected,
+            "{}: the reply of {name}'s undo (lost replies reported: {lost:?})",
+            S::NAME
+        );
+        let undone = ctx.sql(&format!(
+            "SELECT count(*) FROM saga_node_event WHERE saga_id = '{saga_id}' \
+             AND node_id = {index} AND event_type = 'undo_finished'"
+        ));
+        assert_eq!(undone.trim(), "1", "{}: {name} undone", S::NAME);
+        ctx.assert_quiet_and_consistent().await;
+        let effects = check_unwound(ctx, &params).await;
+        cases.push(LostReplyCase {
+            saga: S::NAME,
+            node: format!("{name} (undo)"),
             lost: lost.len(),
             effects,
         });
@@ -135,12 +207,16 @@ async fn stop(ctx: &TestContext, id: InstanceUuid) {
     ctx.assert_quiet_and_consistent().await;
 }
 
-fn print_summary(cases: &[LostReplyCase]) {
-    println!("lost replies per saga node (the action's effects landed, its reply was lost):");
+fn print_summary(title: &str, outcome: &str, cases: &[LostReplyCase]) {
+    println!("{title}");
     for case in cases {
+        let lost = match case.lost {
+            0 => "no undo, nothing to lose".to_string(),
+            n => format!("lost {n}, retried"),
+        };
         println!(
-            "  {:18} {:18} lost {}  retried, finished; {}",
-            case.saga, case.node, case.lost, case.effects
+            "  {:18} {:25} {lost:25} {outcome}; {}",
+            case.saga, case.node, case.effects
         );
     }
 }
@@ -320,10 +396,154 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
         .await,
     );
 
-    print_summary(&cases);
+    print_summary(
+        "lost replies per saga node (the action's effects landed, its reply was lost):",
+        "finished",
+        &cases,
+    );
     let nodes = cases.len();
     let lost: usize = cases.iter().map(|c| c.lost).sum();
     println!("  {lost} lost replies at {nodes} saga nodes, every saga finished with one effect");
     // Every node of the four sagas: 2 + 6 + 8 + 1.
     assert_eq!(nodes, 17);
+}
+
+/// A stopped instance with nothing held, and nothing of the instance on the sled agents.
+fn stopped_with_nothing_held(ctx: &TestContext, id: InstanceUuid) -> String {
+    let live = count(
+        ctx,
+        &format!("SELECT count(*) FROM vmm WHERE instance_id = '{id}' AND time_deleted IS NULL"),
+    );
+    let reservations = count(
+        ctx,
+        &format!("SELECT count(*) FROM sled_reservation WHERE instance_id = '{id}'"),
+    );
+    let on_sleds = vmms_on_sled_agents(ctx, id);
+    assert_eq!(
+        (live, reservations, on_sleds),
+        (0, 0, 0),
+        "live VMMs, reservations, VMMs on the sled agents"
+    );
+    format!("stopped, {live} live VMMs, {reservations} reservations, {on_sleds} on the sled agents")
+}
+
+#[tokio::test]
+async fn every_undo_notices_its_effect_after_a_lost_reply() {
+    let ctx = TestContext::new().await;
+    let mut cases = Vec::new();
+
+    cases.extend(
+        lose_an_undo_reply_at_every_node::<instance_create::SagaInstanceCreate>(
+            &ctx,
+            &["instance"],
+            async |ctx| {
+                let id = InstanceUuid::new_v4();
+                instance_create::Params {
+                    instance_id: id,
+                    project_id: project_id(ctx).await,
+                    name: format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
+                    description: String::new(),
+                    ncpus: 1,
+                    memory: ByteCount::from_gibibytes_u32(1),
+                    hostname: "vm".into(),
+                }
+            },
+            async |ctx, params| {
+                let err = ctx
+                    .nexus()
+                    .instance_view(params.instance_id)
+                    .await
+                    .unwrap_err();
+                assert_eq!(err.error_code(), "ObjectNotFound");
+                "no instance".to_string()
+            },
+        )
+        .await,
+    );
+
+    cases.extend(
+        lose_an_undo_reply_at_every_node::<instance_start::SagaInstanceStart>(
+            &ctx,
+            &["claim", "reservation", "vmm", "registered"],
+            async |ctx| instance_start::Params {
+                instance_id: stopped_instance(ctx).await,
+            },
+            async |ctx, params| {
+                let id = params.instance_id;
+                assert_eq!(ctx.view(id).await.run_state(), InstanceState::Stopped);
+                stopped_with_nothing_held(ctx, id)
+            },
+        )
+        .await,
+    );
+
+    cases.extend(
+        lose_an_undo_reply_at_every_node::<instance_migrate::SagaInstanceMigrate>(
+            &ctx,
+            &[
+                "migration_record",
+                "reservation",
+                "target_vmm",
+                "set_ids",
+                "registered_target",
+            ],
+            async |ctx| instance_migrate::Params {
+                instance_id: running_instance(ctx).await,
+                destination: None,
+            },
+            async |ctx, params| {
+                let id = params.instance_id;
+                let view = ctx.view(id).await;
+                assert_eq!(view.run_state(), InstanceState::Running);
+                assert_eq!(view.instance.runtime.migration(), None);
+                let open_migrations = count(
+                    ctx,
+                    &format!(
+                        "SELECT count(*) FROM migration WHERE instance_id = '{id}' \
+                         AND time_deleted IS NULL"
+                    ),
+                );
+                let live = count(
+                    ctx,
+                    &format!(
+                        "SELECT count(*) FROM vmm WHERE instance_id = '{id}' \
+                         AND time_deleted IS NULL"
+                    ),
+                );
+                let reservations = count(
+                    ctx,
+                    &format!("SELECT count(*) FROM sled_reservation WHERE instance_id = '{id}'"),
+                );
+                let on_sleds = vmms_on_sled_agents(ctx, id);
+                assert_eq!(
+                    (open_migrations, live, reservations, on_sleds),
+                    (0, 1, 1, 1),
+                    "migration records not deleted, live VMMs, reservations, VMMs on the sled \
+                     agents"
+                );
+                stop(ctx, id).await;
+                format!(
+                    "running on its source: {open_migrations} migration left, {live} live VMM, \
+                     {reservations} reservation, {on_sleds} on the sled agents"
+                )
+            },
+        )
+        .await,
+    );
+
+    print_summary(
+        "lost undo replies per saga node (a failure at the last node; the undo's effects \
+         landed, its reply was lost):",
+        "unwound",
+        &cases,
+    );
+    let lost: usize = cases.iter().map(|c| c.lost).sum();
+    println!(
+        "  {lost} lost undo replies at {} undone saga nodes (the others have no undo), every \
+         saga unwound completely",
+        cases.len()
+    );
+    // Every node but the last of the sagas with more than one: 1 + 5 + 7, of which 1 + 4 + 5
+    // have an undo.
+    assert_eq!((cases.len(), lost), (13, 10));
 }

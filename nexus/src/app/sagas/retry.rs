@@ -178,13 +178,23 @@ where
         }
         transient
     };
+    let mut attempt = attempt;
+    // Every successful run passes the test hook of `crash_point` before steno sees it.
+    let attempt_then_hook = || {
+        let run = attempt();
+        async move {
+            run.await?;
+            crate::app::crash_point::undo_effect_done(ctx)?;
+            Ok(())
+        }
+    };
     let work = retry_transient(
         nexus.log(),
         &what,
         nexus.saga_retry_policy(),
         None,
         transient,
-        attempt,
+        attempt_then_hook,
     );
     halyard_observability::request_id::scope(super::saga_request_id(ctx), work).await
 }
