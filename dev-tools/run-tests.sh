@@ -24,9 +24,10 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy -j2 --workspace --all-targets -- -D warnings
 echo "==> cargo test"
-# The crash-replay and racing-operations tests run on their own, so their summaries (which
-# saga nodes were crashed and recovered; which seeds ran how many operations) show here.
-cargo test -j2 --workspace -- --skip crash_replay:: --skip races::
+# The crash-replay, lost-reply and racing-operations tests run on their own, so their
+# summaries (which saga nodes were crashed and recovered; which lost their reply; which seeds
+# ran how many operations) show here.
+cargo test -j2 --workspace -- --skip crash_replay:: --skip lost_replies:: --skip races::
 
 # `cargo test <args>` for tests selected by name; fails if the selection ran no test at all
 # (a renamed or moved module would otherwise "pass" in silence).
@@ -48,5 +49,7 @@ run_selected_tests() {
 
 echo "==> crash replay at every saga node"
 run_selected_tests -j2 -p halyard-nexus --test nexus crash_replay:: -- --nocapture
+echo "==> lost replies at every saga node"
+run_selected_tests -j2 -p halyard-nexus --test nexus lost_replies:: -- --nocapture
 echo "==> racing operations (fixed seeds)"
 run_selected_tests -j2 -p halyard-nexus --test nexus races:: -- --nocapture

@@ -33,6 +33,10 @@ pub struct Nexus {
     leftover_grace: std::sync::Mutex<Duration>,
     /// Test-only: a saga node whose action this process makes fail (`HALYARD_FAIL_AT`).
     injected_failure: Option<crash_point::InjectedFailure>,
+    /// Test-only: a crash point after a node's effects (`HALYARD_CRASH_AT=...:after_effect`).
+    crash_after_effect: Option<crash_point::CrashPoint>,
+    /// Test-only: actions whose reply is lost once (`inject_lost_reply`).
+    lost_replies: crash_point::LostReplies,
     /// The one HTTP client every sled agent client shares: building a client loads the
     /// system's root certificates (milliseconds of CPU and file reads), and one client keeps
     /// its connections to the sled agents open for reuse.
@@ -68,12 +72,18 @@ impl Nexus {
         if let Some(failure) = &injected_failure {
             warn!(log, "test failure injection armed"; "fail_at" => ?failure);
         }
-        let store: Arc<dyn steno::SecStore> = match crash_point {
-            Some(point) => {
-                warn!(log, "test crash point armed"; "crash_at" => ?point);
-                Arc::new(crash_point::CrashingSecStore::new(store, point))
+        if let Some(point) = &crash_point {
+            warn!(log, "test crash point armed"; "crash_at" => ?point);
+        }
+        let (store, crash_after_effect): (Arc<dyn steno::SecStore>, _) = match crash_point {
+            Some(point) if point.event == crash_point::CrashEvent::AfterEffect => {
+                (Arc::new(store), Some(point))
             }
-            None => Arc::new(store),
+            Some(point) => (
+                Arc::new(crash_point::CrashingSecStore::new(store, point)),
+                None,
+            ),
+            None => (Arc::new(store), None),
         };
         let metrics = NexusMetrics::new();
         let store = Arc::new(MeteredSecStore::new(store, Arc::clone(&metrics.sagas)));
@@ -99,6 +109,8 @@ impl Nexus {
             metrics,
             background_tasks: BackgroundTasks::default(),
             injected_failure,
+            crash_after_effect,
+            lost_replies: crash_point::LostReplies::default(),
             sled_http,
             log,
         })
@@ -147,6 +159,43 @@ impl Nexus {
         *self.saga_retry.lock().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
+    /// The crash point after a node's effects, if this process has one.
+    pub(crate) fn crash_after_effect(&self) -> Option<&crash_point::CrashPoint> {
+        self.crash_after_effect.as_ref()
+    }
+
+    pub(crate) fn lost_replies(&self) -> &crash_point::LostReplies {
+        &self.lost_replies
+    }
+
+    /// Test-only: the next time the action (or, for `LostReplyStep::Undo`, the undo) of node
+    /// `node` of the prepared `saga` runs to its end, its effects stay but its caller gets a
+    /// transient error instead of its result, once (a lost reply, see `crash_point`): the
+    /// saga's retry runs it again.
+    pub fn inject_lost_reply(
+        &self,
+        saga: &RunnableSaga,
+        node: &str,
+        step: crash_point::LostReplyStep,
+    ) -> Result<(), Error> {
+        let index = saga
+            .dag
+            .get_index(node)
+            .map_err(|e| Error::internal(format!("cannot lose a reply: {e:#}")))?;
+        let index = u32::try_from(index.index())
+            .map_err(|e| Error::internal(format!("cannot lose a reply: {e}")))?;
+        self.lost_replies.arm(saga.id, index, step);
+        Ok(())
+    }
+
+    /// Test-only: the nodes (and steps) of saga `saga_id` whose reply was lost, in order.
+    pub fn lost_replies_reported(
+        &self,
+        saga_id: SagaId,
+    ) -> Vec<(String, crash_point::LostReplyStep)> {
+        self.lost_replies.reported_in(saga_id)
+    }
+
     // Sagas
 
     /// Creates a saga of kind `S` (recorded in the saga log) without starting it.
@@ -158,6 +207,8 @@ impl Nexus {
         let id = SagaId::new_v4();
         let context = Arc::new(SagaContext {
             nexus: Arc::clone(self),
+            saga_id: id,
+            dag: Arc::clone(&dag),
         });
         let future = self
             .sec
@@ -218,6 +269,10 @@ impl Nexus {
             let id = SagaId::from_untyped_uuid(saga.id().into_untyped_uuid());
             let context = Arc::new(SagaContext {
                 nexus: Arc::clone(self),
+                saga_id: id,
+                dag: Arc::new(serde_json::from_value::<SagaDag>(saga.dag.clone()).map_err(
+                    |e| Error::internal(format!("cannot read the DAG of saga {id}: {e:#}")),
+                )?),
             });
             let future = self
                 .sec

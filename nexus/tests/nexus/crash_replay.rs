@@ -1,14 +1,23 @@
 //! Crash replay at every saga node: Nexus runs as a real child process with a crash point
 //! (`HALYARD_CRASH_AT`, see `app::crash_point`) that SIGKILLs it right after a chosen saga log
-//! event is written. For every node of every saga, the test crashes it right after the node's
-//! `started` event (its action has not run) and right after its `succeeded` event; and, with a
-//! failure injected at a saga's last node (`HALYARD_FAIL_AT`), right after the `undo_started`
-//! and `undo_finished` events of every earlier node, while the saga unwinds.
+//! event is written, or right after a node's action did its work. For every node of every
+//! saga, the test crashes it at three points: right after the node's `started` event (its
+//! action has not run), right after its action's effects (`after_effect`: its database writes
+//! committed and its sled-agent calls answered, its `succeeded` event not written), and right
+//! after its `succeeded` event; and, with a failure injected at a saga's last node
+//! (`HALYARD_FAIL_AT`), right after the `undo_started` and `undo_finished` events of every
+//! earlier node, while the saga unwinds.
 //!
-//! Each case proves where Nexus died: the child was killed by SIGKILL, exactly one saga is
-//! unfinished, and its log is exactly what a crash at that point leaves (the node and event
-//! asked for are the last event; every node before it has its full history; no node after it
-//! has any). A fresh Nexus on the same database must then drive the saga to the outcome that
+//! Each case proves where Nexus died: the child was killed by SIGKILL, its stderr names the
+//! crash point, saga and node, exactly one saga is unfinished, and its log is exactly what a
+//! crash at that point leaves (the node and event asked for are the last event, `started` for
+//! `after_effect`; every node before it has its full history; no node after it has any). For
+//! the forward points, the node's effect ([`node_effect`]: a row, a state, a VMM a sled agent
+//! runs) is looked at before the restart: absent after `started`, present after
+//! `after_effect` and `succeeded`; so `started` and `after_effect`, which leave the same log,
+//! are proved to be different worlds. (Nodes with no external effect, which only pick ids or
+//! check, are named in the summary.) A fresh Nexus on the same database must then drive the
+//! saga to the outcome that
 //! point calls for (finished forward; unwound after an undo crash), leave the instance in the
 //! matching state, and leave every invariant holding. Each child's stderr goes to a file that
 //! a failure message prints.
@@ -310,6 +319,138 @@ impl SagaNodes {
     }
 }
 
+/// What a node's action leaves in the world, to look at while no Nexus runs.
+struct NodeEffect {
+    what: &'static str,
+    probe: Probe,
+}
+
+enum Probe {
+    /// A query (on the case's instance, `{name}`) that answers `t` once the effect exists.
+    Sql(&'static str),
+    /// The sled agents run this many VMMs of the instance.
+    SledAgentVmms(usize),
+}
+
+impl NodeEffect {
+    fn exists(&self, cluster: &Cluster, name: &str) -> bool {
+        match &self.probe {
+            Probe::Sql(query) => cluster.sql(&query.replace("{name}", name)) == "t",
+            Probe::SledAgentVmms(count) => {
+                let instance = cluster.sql(&format!(
+                    "SELECT id FROM instance WHERE name = '{name}' AND time_deleted IS NULL"
+                ));
+                let running = cluster
+                    .sleds
+                    .iter()
+                    .flat_map(|sled| sled.agent().vmm_list())
+                    .filter(|vmm| vmm.instance_id.to_string() == instance)
+                    .count();
+                running == *count
+            }
+        }
+    }
+}
+
+/// The external effect of a node's action, or `None` for a node that only picks ids or checks
+/// (nothing outside Nexus's memory changes until the next node).
+fn node_effect(saga: &str, node: &str) -> Option<NodeEffect> {
+    let (what, probe) = match (saga, node) {
+        ("instance-create", "instance") => (
+            "the instance record",
+            Probe::Sql("SELECT EXISTS (SELECT 1 FROM instance WHERE name = '{name}')"),
+        ),
+        ("instance-create", "stopped") => (
+            "the instance stopped (no_vmm)",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM instance WHERE name = '{name}' \
+                 AND nexus_state = 'no_vmm')",
+            ),
+        ),
+        ("instance-start", "claim") => (
+            "the instance claimed for the new VMM",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM instance WHERE name = '{name}' \
+                 AND nexus_state = 'vmm' AND active_propolis_id IS NOT NULL)",
+            ),
+        ),
+        ("instance-start", "reservation") => (
+            "a reservation for the instance",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM sled_reservation r JOIN instance i \
+                 ON i.id = r.instance_id WHERE i.name = '{name}')",
+            ),
+        ),
+        ("instance-start", "vmm") => (
+            "the VMM record",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM vmm v JOIN instance i ON i.id = v.instance_id \
+                 WHERE i.name = '{name}')",
+            ),
+        ),
+        ("instance-start", "registered") => (
+            "the VMM registered with its sled agent",
+            Probe::SledAgentVmms(1),
+        ),
+        ("instance-start", "running") => (
+            "the VMM asked to run, as recorded from the sled agent's answer",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM vmm v JOIN instance i ON i.id = v.instance_id \
+                 WHERE i.name = '{name}' AND v.state IN ('starting', 'running'))",
+            ),
+        ),
+        ("instance-migrate", "migration_record") => (
+            "the migration record",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM migration m JOIN instance i \
+                 ON i.id = m.instance_id WHERE i.name = '{name}')",
+            ),
+        ),
+        ("instance-migrate", "reservation") => (
+            "the target's reservation next to the source's",
+            Probe::Sql(
+                "SELECT count(*) = 2 FROM sled_reservation r JOIN instance i \
+                 ON i.id = r.instance_id WHERE i.name = '{name}'",
+            ),
+        ),
+        ("instance-migrate", "target_vmm") => (
+            "the target VMM record next to the source's",
+            Probe::Sql(
+                "SELECT count(*) = 2 FROM vmm v JOIN instance i ON i.id = v.instance_id \
+                 WHERE i.name = '{name}'",
+            ),
+        ),
+        ("instance-migrate", "set_ids") => (
+            "the instance's target and migration ids",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM instance WHERE name = '{name}' \
+                 AND migration_id IS NOT NULL AND target_propolis_id IS NOT NULL)",
+            ),
+        ),
+        ("instance-migrate", "registered_target") => (
+            "the target VMM registered with its sled agent",
+            Probe::SledAgentVmms(2),
+        ),
+        ("instance-migrate", "migrate_out") => (
+            "the source migrating out, as recorded from its sled agent's answer",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM vmm v JOIN instance i \
+                 ON v.id = i.active_propolis_id WHERE i.name = '{name}' \
+                 AND v.state = 'migrating')",
+            ),
+        ),
+        ("instance-delete", "destroyed") => (
+            "the instance destroyed",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM instance WHERE name = '{name}' \
+                 AND time_deleted IS NOT NULL)",
+            ),
+        ),
+        _ => return None,
+    };
+    Some(NodeEffect { what, probe })
+}
+
 /// How the saga must end after recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -353,6 +494,7 @@ impl Case<'_> {
             if index == last_forward && self.fail_at.is_some() {
                 log.push(format!("{index}:failed"));
             } else if index < last_forward || self.point.event == CrashEvent::Succeeded {
+                // (`after_effect` leaves the crash node at `started`, like `started`.)
                 log.push(format!("{index}:succeeded"));
             }
         }
@@ -374,6 +516,8 @@ struct Summary {
     finished: usize,
     unwound: usize,
     undo_crashes: usize,
+    /// `after_effect` crashes whose effect was seen in place before the restart.
+    effects_proved: usize,
 }
 
 /// Sets the stage with a healthy Nexus, crashes one at the case's point, recovers with a
@@ -476,7 +620,7 @@ async fn run_case(
     let crash_event = format!(
         "{}:{}",
         case.saga.index(&case.point.node),
-        case.point.event.label()
+        case.point.event.last_log_event()
     );
     check!(
         log.last() == Some(&crash_event),
@@ -500,6 +644,20 @@ async fn run_case(
         log == expected,
         "the saga log after the crash is\n  {log:?}\nnot\n  {expected:?}"
     );
+    // What the node did before the crash, in the database and on the sled agents.
+    if !case.point.event.is_undo()
+        && let Some(effect) = node_effect(saga, &case.point.node)
+    {
+        let exists = effect.exists(cluster, name);
+        let expected = case.point.event != CrashEvent::Started;
+        check!(
+            exists == expected,
+            "after a crash at {}, the node's effect ({}) {} before the restart",
+            case.point,
+            effect.what,
+            if exists { "exists" } else { "does not exist" }
+        );
+    }
 
     // Recovery: a fresh Nexus resumes the saga from the log.
     stderr.push(log_file("recover"));
@@ -622,13 +780,18 @@ async fn every_saga_survives_a_crash_at_every_node() {
         }),
     ];
 
-    // Forward: every node, right after `started` and right after `succeeded`. Unwinding: a
+    // Forward: every node, right after `started`, right after its effects and right after
+    // `succeeded`. Unwinding: a
     // failure at the saga's last node, then every earlier node right after `undo_started`
     // and right after `undo_finished`.
     let mut cases = Vec::new();
     for saga in &sagas {
         for node in &saga.nodes {
-            for event in [CrashEvent::Started, CrashEvent::Succeeded] {
+            for event in [
+                CrashEvent::Started,
+                CrashEvent::AfterEffect,
+                CrashEvent::Succeeded,
+            ] {
                 cases.push((saga, node.clone(), event, None));
             }
         }
@@ -643,6 +806,7 @@ async fn every_saga_survives_a_crash_at_every_node() {
     let mut summary = BTreeMap::<&str, Summary>::new();
     let mut covered = BTreeSet::new();
     let mut undo_covered = BTreeSet::new();
+    let mut without_effect = Vec::new();
     for (number, (saga, node, event, fail_at)) in cases.into_iter().enumerate() {
         let case = Case {
             saga,
@@ -681,33 +845,63 @@ async fn every_saga_survives_a_crash_at_every_node() {
             entry.undo_crashes += 1;
             undo_covered.insert((saga.name, node));
         } else {
-            covered.insert((saga.name, node));
+            if event == CrashEvent::AfterEffect {
+                match node_effect(saga.name, &node) {
+                    Some(_) => entry.effects_proved += 1,
+                    None => without_effect.push(format!("{}:{node}", saga.name)),
+                }
+            }
+            covered.insert((saga.name, node, event));
         }
     }
 
     println!(
-        "crash replay summary (saga: crashes / finished / unwound / of which while unwinding):"
+        "crash replay summary (saga: crashes / finished / unwound / of which while unwinding / \
+         effects seen after an after_effect crash):"
     );
     let mut total = 0;
     let mut undo_total = 0;
+    let mut effects_total = 0;
     for (saga, s) in &summary {
         println!(
-            "  {saga:18} crashed {:3}  finished {:3}  unwound {:3}  while unwinding {:3}",
-            s.crashed, s.finished, s.unwound, s.undo_crashes
+            "  {saga:18} crashed {:3}  finished {:3}  unwound {:3}  while unwinding {:3}  \
+             effects seen {:3}",
+            s.crashed, s.finished, s.unwound, s.undo_crashes, s.effects_proved
         );
         total += s.crashed;
         undo_total += s.undo_crashes;
+        effects_total += s.effects_proved;
     }
     let nodes: usize = sagas.iter().map(|s| s.nodes.len()).sum();
     let undoable: usize = sagas.iter().map(|s| s.nodes.len() - 1).sum();
+    let forward_points = [
+        CrashEvent::Started,
+        CrashEvent::AfterEffect,
+        CrashEvent::Succeeded,
+    ];
+    let fully_covered = sagas
+        .iter()
+        .flat_map(|saga| saga.nodes.iter().map(move |node| (saga.name, node)))
+        .filter(|(saga, node)| {
+            forward_points
+                .iter()
+                .all(|event| covered.contains(&(*saga, (*node).clone(), *event)))
+        })
+        .count();
     println!(
-        "  {total} crashes covering {} of {nodes} saga nodes (after started, after \
-         succeeded), {undo_total} of them while unwinding covering {} of {undoable} undoable \
-         nodes (after undo_started, after undo_finished)",
-        covered.len(),
-        undo_covered.len()
+        "  {total} crashes covering {fully_covered} of {nodes} saga nodes at three points \
+         each (after started, after effect, after succeeded), {undo_total} of them while \
+         unwinding covering {} of {undoable} undoable nodes (after undo_started, after \
+         undo_finished); after effect: {effects_total} effects seen in place before the \
+         restart (and absent after started), {} nodes with no external effect ({})",
+        undo_covered.len(),
+        without_effect.len(),
+        without_effect.join(", ")
     );
-    assert_eq!(covered.len(), nodes, "a saga node was never crashed at");
+    assert_eq!(
+        fully_covered, nodes,
+        "a saga node was not crashed at all three points"
+    );
     assert_eq!(undo_covered.len(), undoable, "an undo was never crashed in");
     let _ = std::fs::remove_dir_all(&cluster.stderr_dir);
 }

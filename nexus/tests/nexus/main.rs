@@ -6,6 +6,7 @@ mod crash_replay;
 mod external_api;
 mod instances;
 mod invariant_checker;
+mod lost_replies;
 mod migration;
 mod observability;
 mod outages;

@@ -27,9 +27,12 @@ impl steno::SagaType for NexusSagaType {
     type ExecContextType = SagaContext;
 }
 
-/// What actions see: the Nexus that runs them.
+/// What actions see: the Nexus that runs them, and which saga they run in (for the test hooks
+/// of `app::crash_point`, which steno's `ActionContext` does not tell).
 pub struct SagaContext {
     pub(crate) nexus: Arc<Nexus>,
+    pub(crate) saga_id: steno::SagaId,
+    pub(crate) dag: Arc<SagaDag>,
 }
 
 impl Debug for SagaContext {

@@ -25,6 +25,12 @@
 //!   waiting: the database comes back, and a sled agent that never does is expunged by the
 //!   operator (`omdb nexus sled-expunge`), after which unregistering from it is a no-op.
 //!
+//! **Test hooks:** every run of an action or undo that succeeded passes through
+//! `crash_point::action_effect_done` / `undo_effect_done` before steno sees its result: the
+//! `after_effect` crash point, and the lost replies a test arms (the step's effects stay, its
+//! caller gets a transient error once, and this retry runs it again). Both do nothing unless a
+//! test armed them.
+//!
 //! The pauses between attempts double from [`SagaRetryPolicy::first_delay`] up to
 //! [`SagaRetryPolicy::max_delay`]. The saga log's own writes retry in `DbSecStore` (steno's
 //! `record_event` cannot fail), so a saga neither loses an event nor moves on without it.
@@ -138,13 +144,23 @@ where
         }
         transient
     };
+    let mut attempt = attempt;
+    // Every successful run passes the test hook of `crash_point` before steno sees it.
+    let attempt_then_hook = || {
+        let run = attempt();
+        async move {
+            let output = run.await?;
+            crate::app::crash_point::action_effect_done(ctx).map_err(super::action_failed)?;
+            Ok(output)
+        }
+    };
     let work = retry_transient(
         nexus.log(),
         &what,
         policy,
         Some(policy.action_budget),
         transient,
-        attempt,
+        attempt_then_hook,
     );
     halyard_observability::request_id::scope(super::saga_request_id(ctx), work).await
 }
@@ -168,13 +184,23 @@ where
         }
         transient
     };
+    let mut attempt = attempt;
+    // Every successful run passes the test hook of `crash_point` before steno sees it.
+    let attempt_then_hook = || {
+        let run = attempt();
+        async move {
+            run.await?;
+            crate::app::crash_point::undo_effect_done(ctx)?;
+            Ok(())
+        }
+    };
     let work = retry_transient(
         nexus.log(),
         &what,
         nexus.saga_retry_policy(),
         None,
         transient,
-        attempt,
+        attempt_then_hook,
     );
     halyard_observability::request_id::scope(super::saga_request_id(ctx), work).await
 }
