@@ -361,8 +361,10 @@ impl SledAgent {
     }
 
     pub async fn vmm_inject_fault(&self, id: VmmUuid, fault: SimFault) -> Result<(), Error> {
-        // Every backend takes the lost-reply hook; the other faults are the simulator's.
-        if self.backend.kind() != SledBackend::Sim && fault != SimFault::LoseNextFinishReply {
+        // Every backend takes the test hooks (a lost reply, a panicking task); the other
+        // faults are the simulator's.
+        let every_backend_takes = matches!(fault, SimFault::LoseNextFinishReply | SimFault::Panic);
+        if self.backend.kind() != SledBackend::Sim && !every_backend_takes {
             return Err(Error::invalid_request(
                 "faults can only be injected into simulated VMMs",
             ));

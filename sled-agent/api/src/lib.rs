@@ -68,7 +68,7 @@ pub trait SledAgentApi {
     ) -> Result<HttpResponseOk<MigrationInReply>, HttpError>;
 
     /// Inject a fault into a VMM (simulated backend only, other backends refuse with 400;
-    /// except `lose_next_finish_reply`, which every backend takes).
+    /// except the test hooks `panic` and `lose_next_finish_reply`, which every backend takes).
     #[endpoint { method = PUT, path = "/vmms/{propolis_id}/sim-fault" }]
     async fn vmm_inject_fault(
         rqctx: RequestContext<Self::Context>,
@@ -249,8 +249,9 @@ pub enum SimFault {
     /// The next transition (start, stop, reboot) never finishes until the VMM is
     /// unregistered.
     HangNextTransition,
-    /// The VMM's task panics now (a bug in the sled agent, simulated): the sled agent must
-    /// still report the VMM failed.
+    /// A test hook, accepted by every backend: the VMM's task panics now (a bug in the sled
+    /// agent, simulated). The sled agent must still report the VMM failed, after it has
+    /// made sure the VMM is gone (for QEMU: its process killed and its files removed).
     Panic,
     /// The VMM's next migration (in or out) fails at this phase.
     FailMigration { phase: MigrationPhase },

@@ -342,6 +342,14 @@ impl QemuVmm {
                 self.lose_next_finish_reply = true;
                 let _ = reply.send(Ok(()));
             }
+            Command::Fault {
+                fault: SimFault::Panic,
+                reply,
+            } => {
+                // Answer first, as the simulator does, so the caller sees the hook taken.
+                let _ = reply.send(Ok(()));
+                panic!("injected fault: the task of VMM {} panics", self.id);
+            }
             Command::Fault { reply, .. } => {
                 let _ = reply.send(Err(Error::invalid_request(
                     "faults can only be injected into simulated VMMs",

@@ -1,15 +1,16 @@
 //! The QEMU backend with real QEMU processes (TCG here) booting the real guest image:
 //! boot, console, reboot, stop, a QEMU that dies, live migration between two sled agents, a
-//! migration whose target dies, a sled agent killed and restarted, and bad input.
+//! migration whose target dies, a VMM task that panics, a sled agent killed and restarted,
+//! and bad input.
 
-use crate::recording_nexus::RecordingNexus;
+use crate::recording_nexus::{RecordingNexus, assert_in_order};
 use crate::{eventually, log, wait_for_state_within};
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{ByteCount, MigrationState, SledBackend, VmmState};
 use halyard_sled_agent::guest_console::{BOOT_BANNER, heartbeats};
 use halyard_sled_agent::{Config, QemuConfig, Server};
 use halyard_sled_agent_api::{
-    MigrationTarget, VmmPutStateBody, VmmRegisterBody, VmmStateRequested,
+    MigrationTarget, SimFault, VmmPutStateBody, VmmRegisterBody, VmmStateRequested,
 };
 use halyard_sled_agent_client::Client;
 use std::net::SocketAddr;
@@ -269,6 +270,70 @@ async fn a_qemu_killed_with_sigkill_is_reported_failed() {
             .unwrap()
             .into_inner()
             .is_empty()
+    );
+    sled.server.close().await.unwrap();
+}
+
+/// Finding 6 of issue 15 on QEMU: a VMM whose task panics (a sled-agent bug, injected by the
+/// `panic` test hook) is reported failed, and only once its QEMU is dead and its files are
+/// gone, so Nexus can start the instance again without a second copy of the guest running.
+#[tokio::test]
+async fn a_qemu_vmm_whose_task_panics_is_reported_failed_with_its_qemu_gone() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let sled = qemu_sled(&nexus, &state_dir()).await;
+    let id = VmmUuid::new_v4();
+    sled.client
+        .vmm_register(&id, &guest("panicky"))
+        .await
+        .unwrap();
+    put(&sled.client, id, VmmStateRequested::Run).await;
+    wait_for_state_within(&sled.client, id, VmmState::Running, BOOT_TIMEOUT).await;
+    let pid = pid_of(&sled.config, id).await;
+    assert!(runs(pid), "QEMU runs before the panic");
+    sled.client
+        .vmm_inject_fault(&id, &SimFault::Panic)
+        .await
+        .unwrap();
+    eventually("Nexus hears the panicked VMM failed", || {
+        nexus
+            .final_report(id)
+            .is_some_and(|r| r.state.vmm_state.state == VmmState::Failed)
+    })
+    .await;
+    // The terminal report came after the cleanup: by now QEMU must be dead and its files
+    // removed, not merely on their way out.
+    assert!(
+        !runs(pid),
+        "QEMU {pid} still runs after its VMM was reported failed"
+    );
+    assert!(
+        !vmm_dir(&sled.config, id).exists(),
+        "the VMM's files outlived its report"
+    );
+    let last = nexus.final_report(id).unwrap();
+    assert_eq!(
+        last.still_listed,
+        Some(false),
+        "a panicked VMM was reported failed while still listed"
+    );
+    assert_in_order(&nexus.reports_for(id));
+    assert_eq!(
+        sled.client
+            .vmm_get_state(&id)
+            .await
+            .unwrap()
+            .vmm_state
+            .state,
+        VmmState::Failed
+    );
+    assert!(
+        sled.client
+            .vmm_list()
+            .await
+            .unwrap()
+            .into_inner()
+            .is_empty(),
+        "a VMM whose task died is not live"
     );
     sled.server.close().await.unwrap();
 }
