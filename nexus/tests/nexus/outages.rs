@@ -1,6 +1,7 @@
 //! Outages: a sled agent that restarts (and so has lost its VMMs), and the database going away
 //! and coming back: between requests (503, then service again) and under a saga in flight
-//! (its actions and undos retry through the outage).
+//! (its actions and undos retry through the outage; one that outlasts its budget right after
+//! its effect landed leaves what the leftover task releases).
 //!
 //! The database tests each run their own PostgreSQL cluster ([`PrivateCluster`]), since they
 //! stop it; it is removed however the test ends. What a saga did through the outage is read
@@ -10,7 +11,9 @@
 use crate::context::{TestContext, log};
 use halyard_common::ids::{InstanceUuid, NexusUuid, SledUuid};
 use halyard_common::{ByteCount, Error, InstanceState};
+use halyard_nexus::app::crash_point::LostReplyStep;
 use halyard_nexus::app::instance::InstanceCreate;
+use halyard_nexus::app::sagas::instance_start::{self, SagaInstanceStart};
 use halyard_nexus::app::sagas::retry::SagaRetryPolicy;
 use halyard_sled_agent::SimConfig;
 use halyard_test_db::PrivateCluster;
@@ -83,6 +86,9 @@ const SAGA_LOG_WRITE_RETRYING: &str = "saga log write failed; retrying";
 /// The start saga's actions, as their retries name them (`what`: "saga action <name> (...)").
 const CREATE_VMM: &str = "saga action instance_start.create_vmm ";
 const UNDO_RESERVE: &str = "saga undo instance_start.reserve ";
+const CLAIM: &str = "saga action instance_start.claim ";
+/// What the lost-reply test hook logs when it drops a step's reply (`crash_point.rs`).
+const REPLY_LOST: &str = "test: losing a saga step's reply after its effects";
 
 /// Nexus's log records, kept in memory for the test to read.
 #[derive(Clone, Default)]
@@ -666,6 +672,129 @@ async fn an_undo_that_meets_a_database_outage_waits_for_it_and_finishes_the_unwi
                 == "running"
         })
         .await;
+    system.assert_quiet_and_consistent().await;
+    system.close().await;
+}
+
+/// Finding 4 of issue 15, with a real outage: the start's `claim` commits, its reply is lost
+/// (the lost-reply hook), and the database then stays down past the action's retry budget.
+/// The node fails, and steno runs no undo for a failed node, so the claim is left behind:
+/// the instance reads `starting`, names a VMM that has no record, and can't be deleted.
+/// Once the database is back, the leftover task (which no saga owning the claim stops)
+/// releases it, and the instance starts, stops and is deleted like any other.
+#[tokio::test]
+async fn a_claim_left_by_a_lost_reply_and_an_outage_past_the_budget_is_released() {
+    let mut system = OutageSystem::start(1).await;
+    // The run after the lost reply comes 2 s later, against the stopped database; the
+    // budget (3 s) allows no run after that, so the node fails.
+    system.nexus().set_saga_retry_policy(SagaRetryPolicy {
+        first_delay: Duration::from_secs(2),
+        max_delay: Duration::from_secs(2),
+        action_budget: Duration::from_secs(3),
+    });
+    let id = system.instance("vm").await;
+    let nexus = std::sync::Arc::clone(system.nexus());
+    let saga = nexus
+        .saga_prepare::<SagaInstanceStart>(instance_start::Params { instance_id: id })
+        .await
+        .unwrap();
+    nexus
+        .inject_lost_reply(&saga, "claim", LostReplyStep::Action)
+        .unwrap();
+    let start = tokio::spawn(async move { nexus.saga_execute(saga).await });
+    system
+        .eventually("the claim's reply to be lost", || {
+            system
+                .nexus_log
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.message == REPLY_LOST)
+        })
+        .await;
+    system.db.stop().unwrap();
+    system
+        .eventually("the claim to run out of retries", || {
+            system.nexus_log.count(OUT_OF_RETRIES, CLAIM) == 1
+        })
+        .await;
+    assert!(
+        !start.is_finished(),
+        "the saga ended while the database was down"
+    );
+    system.db.restart().unwrap();
+    let started = tokio::time::timeout(Duration::from_secs(60), start)
+        .await
+        .expect("the start saga ended")
+        .unwrap();
+    assert!(
+        matches!(started, Err(Error::ServiceUnavailable { .. })),
+        "the start should fail with 503: {started:?}"
+    );
+    let events = system.start_saga_events();
+    assert_eq!(events.get("failed"), Some(&1), "{events:?}");
+    assert!(!events.contains_key("undo_failed"), "{events:?}");
+
+    // What the finding describes: the claim outlived its saga.
+    let claimed = system.sql(&format!(
+        "SELECT i.active_propolis_id IS NOT NULL, (SELECT count(*) FROM vmm v \
+         WHERE v.id = i.active_propolis_id) FROM instance i WHERE i.id = '{id}'"
+    ));
+    assert_eq!(
+        claimed.trim(),
+        "t|0",
+        "the instance is claimed by a VMM id with no record"
+    );
+    assert_eq!(system.run_state(id).await, InstanceState::Starting);
+    let refused = system.nexus().instance_delete(id).await.unwrap_err();
+    assert!(matches!(refused, Error::Conflict { .. }), "{refused:?}");
+
+    // The leftover task releases it once past its grace period (none here).
+    system
+        .nexus()
+        .set_saga_retry_policy(SagaRetryPolicy::default());
+    system.nexus().set_leftover_grace(Duration::ZERO);
+    let released = system.nexus().release_leftovers().await.unwrap();
+    system
+        .eventually("the leftover task to release the claim", || {
+            system
+                .sql(&format!(
+                    "SELECT active_propolis_id IS NULL FROM instance WHERE id = '{id}'"
+                ))
+                .trim()
+                == "t"
+        })
+        .await;
+    assert!(
+        released.claims <= 1,
+        "one claim was left, {} released",
+        released.claims
+    );
+    assert_eq!(system.run_state(id).await, InstanceState::Stopped);
+    system.assert_quiet_and_consistent().await;
+    system.nexus().instance_start(id).await.unwrap();
+    system
+        .eventually("the instance to run", || {
+            system.sql(&format!(
+                "SELECT v.state FROM instance i JOIN vmm v ON v.id = i.active_propolis_id WHERE i.id = '{id}'"
+            ))
+            .trim()
+                == "running"
+        })
+        .await;
+    system.nexus().instance_stop(id).await.unwrap();
+    system
+        .eventually("the instance to stop", || {
+            system
+                .sql(&format!(
+                    "SELECT active_propolis_id IS NULL FROM instance WHERE id = '{id}'"
+                ))
+                .trim()
+                == "t"
+        })
+        .await;
+    system.nexus().instance_delete(id).await.unwrap();
     system.assert_quiet_and_consistent().await;
     system.close().await;
 }
