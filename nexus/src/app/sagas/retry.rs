@@ -270,12 +270,14 @@ mod tests {
         )
         .await;
         assert!(matches!(result, Err(Error::ServiceUnavailable { .. })));
+        // Pauses of 1, 2, 4, 8, 16, then 20 ms each; it gives up when the next pause would
+        // overrun the budget. Not before 280 ms then (the budget less one longest pause),
+        // however the machine schedules it; and with pauses never shorter than asked, at
+        // most the 19 runs exact pauses would fit (at 0, 1, 3, 7, 15, 31, 51, ..., 291 ms).
+        // How much later than 300 ms it ends depends on the machine, so it is not asserted.
         let elapsed = started.elapsed();
-        // Pauses of 1, 2, 4, 8, 16, then 20 ms each: gives up when the next pause would
-        // overrun the budget, and not much earlier.
-        assert!(elapsed <= Duration::from_millis(350), "{elapsed:?}");
-        assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
-        assert!(calls.get() >= 10, "{}", calls.get());
+        assert!(elapsed >= Duration::from_millis(280), "{elapsed:?}");
+        assert!((2..=19).contains(&calls.get()), "{} runs", calls.get());
     }
 
     #[test]
