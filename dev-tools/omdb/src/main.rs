@@ -13,11 +13,9 @@
 //! Exit codes: 0 success; 1 an error (one line on stderr, naming what could not be reached
 //! or found); 2 `omdb db check` found disagreements.
 
-mod check;
 mod db;
 mod nexus;
 mod output;
-mod saga;
 mod sled_agent;
 
 use clap::{Parser, Subcommand};

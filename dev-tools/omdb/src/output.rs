@@ -75,6 +75,22 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `key:  value` lines, values aligned.
+pub fn print_fields(fields: &[(&str, String)]) {
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (key, value) in fields {
+        let line = format!("{:<width$} {value}", format!("{key}:"), width = width);
+        println!("{}", line.trim_end());
+    }
+}
+
+pub fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  {l}").trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! `omdb sled-agent ...`: what a sled agent says it runs.
 
 use crate::Outcome;
-use crate::db::{Db, parse_address};
+use crate::db::store::{Db, parse_address};
 use crate::output::print_rows;
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};

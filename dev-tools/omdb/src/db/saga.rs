@@ -6,12 +6,12 @@
 //! rendering; the edges and the start and end nodes are read from the same serialized
 //! graph (petgraph's serde form), since steno does not expose them.
 
-use crate::db::{Db, fetch_saga, indent, parse_saga_id, print_fields};
-use crate::output::{print_json, print_rows, time};
-use anyhow::Context;
+use super::store::Db;
+use crate::output::{indent, print_fields, print_json, print_rows, time};
+use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use halyard_common::Labelled;
-use halyard_common::ids::{NexusUuid, SagaUuid};
+use halyard_common::ids::{GenericUuid, NexusUuid, SagaUuid};
+use halyard_common::{Error, Labelled};
 use halyard_db_model::{Saga, SagaNodeEvent, SagaState};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -319,7 +319,7 @@ struct SagaRow {
     current_node: String,
 }
 
-pub async fn cmd_sagas(db: &Db, all: bool, json: bool) -> anyhow::Result<()> {
+pub(super) async fn cmd_sagas(db: &Db, all: bool, json: bool) -> anyhow::Result<()> {
     let mut sagas = db.datastore.saga_list(all).await.map_err(|e| db.err(e))?;
     if !all {
         // Stuck sagas are done (as far as the executor goes) but need a person: list them.
@@ -401,7 +401,7 @@ struct SagaReport {
     edges: Vec<(usize, usize)>,
 }
 
-pub async fn cmd_saga(db: &Db, which: &str, dot: bool, json: bool) -> anyhow::Result<()> {
+pub(super) async fn cmd_saga(db: &Db, which: &str, dot: bool, json: bool) -> anyhow::Result<()> {
     let id = parse_saga_id(which)?;
     let saga = fetch_saga(db, id).await?;
     let events = db
@@ -609,4 +609,20 @@ fn decorate_dot(dot: &str, state_of: impl Fn(usize) -> NodeState) -> String {
         }
     }
     out.join("\n")
+}
+/// A saga id from the command line.
+fn parse_saga_id(text: &str) -> anyhow::Result<SagaUuid> {
+    text.trim()
+        .parse::<uuid::Uuid>()
+        .map(SagaUuid::from_untyped_uuid)
+        .with_context(|| format!("{text:?} is not a saga id (a UUID)"))
+}
+
+/// A saga by id, or "no saga with id".
+async fn fetch_saga(db: &Db, id: SagaUuid) -> anyhow::Result<Saga> {
+    match db.datastore.saga_fetch(id).await {
+        Ok(saga) => Ok(saga),
+        Err(Error::ObjectNotFound { .. }) => bail!("no saga with id {id}"),
+        Err(e) => Err(db.err(e)),
+    }
 }

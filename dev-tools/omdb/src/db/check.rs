@@ -18,8 +18,8 @@
 //! steps, a report on its way) can show up as a passing disagreement: run it again to
 //! confirm one.
 
+use super::store::{Db, instance_name};
 use crate::Outcome;
-use crate::db::{Db, instance_name};
 use crate::output::{print_rows, time};
 use halyard_common::ids::{SledUuid, VmmUuid};
 use halyard_common::{ByteCount, Error, VmmState};
@@ -46,7 +46,7 @@ struct Listed {
     state: VmmState,
 }
 
-pub async fn cmd_check(db: &Db, json: bool) -> anyhow::Result<Outcome> {
+pub(super) async fn cmd_check(db: &Db, json: bool) -> anyhow::Result<Outcome> {
     let sleds = db.sleds().await?;
     let vmms: Vec<Vmm> = db
         .datastore

@@ -1,0 +1,113 @@
+//! `omdb db ...`: the database, read through `DataStore`. This module only parses the
+//! subcommands and dispatches; its submodules depend one way: the commands ([`tables`],
+//! [`saga`], [`check`]) on [`store`] (the connection and the lookups they share), never on
+//! each other or on this module.
+
+mod check;
+mod saga;
+pub mod store;
+mod tables;
+
+use crate::Outcome;
+use clap::{Args, Subcommand};
+use store::Db;
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    command: DbCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Every live instance: its state as Nexus records it and as users see it, its VMMs,
+    /// its sled.
+    Instances {
+        /// Deleted instances too.
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// One instance: its record, and every VMM that ever incarnated it (oldest first) and
+    /// its migrations.
+    Instance {
+        /// The instance's id, or its name (unique within a project).
+        instance: String,
+        /// The project (name or id), when the name is used in several projects.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// VMMs: live ones (not retired), or all with --include-deleted; oldest first.
+    Vmms {
+        /// Only this instance's VMMs (id or name; see `omdb db instance`).
+        #[arg(long)]
+        instance: Option<String>,
+        /// The project of --instance, when given by a name used in several projects.
+        #[arg(long, requires = "instance")]
+        project: Option<String>,
+        /// Only VMMs on this sled (its id, or its sled agent's address).
+        #[arg(long)]
+        sled: Option<String>,
+        /// Retired VMMs too.
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Sleds: capacity, what is reserved, how many live VMMs, when last seen, whether expunged.
+    Sleds,
+    /// Sled reservations: what each non-terminal VMM holds on its sled.
+    Reservations,
+    /// Live migrations, oldest first, with each side's state.
+    Migrations,
+    /// Sagas in the log: unfinished and stuck ones, or all with --all; oldest first, with
+    /// how each ended and the node in progress.
+    Sagas {
+        /// Finished sagas too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One saga: its DAG with the state of every node, from the saga log.
+    Saga {
+        /// The saga's id.
+        saga: String,
+        /// Print the DAG in Graphviz's dot language (pipe it to `dot -Tsvg`).
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Compare the database with what every sled agent reports; list the disagreements.
+    /// Exits 2 if there are any.
+    Check,
+}
+
+pub async fn run(args: &DbArgs, db_url: Option<&str>, json: bool) -> anyhow::Result<Outcome> {
+    let db = Db::connect(db_url).await?;
+    match &args.command {
+        DbCommand::Instances { include_deleted } => {
+            tables::cmd_instances(&db, *include_deleted, json).await?
+        }
+        DbCommand::Instance { instance, project } => {
+            tables::cmd_instance(&db, instance, project.as_deref(), json).await?
+        }
+        DbCommand::Vmms {
+            instance,
+            project,
+            sled,
+            include_deleted,
+        } => {
+            tables::cmd_vmms(
+                &db,
+                instance.as_deref(),
+                project.as_deref(),
+                sled.as_deref(),
+                *include_deleted,
+                json,
+            )
+            .await?
+        }
+        DbCommand::Sleds => tables::cmd_sleds(&db, json).await?,
+        DbCommand::Reservations => tables::cmd_reservations(&db, json).await?,
+        DbCommand::Migrations => tables::cmd_migrations(&db, json).await?,
+        DbCommand::Sagas { all } => saga::cmd_sagas(&db, *all, json).await?,
+        DbCommand::Saga { saga, dot } => saga::cmd_saga(&db, saga, *dot, json).await?,
+        DbCommand::Check => return check::cmd_check(&db, json).await,
+    }
+    Ok(Outcome::Ok)
+}
