@@ -28,20 +28,7 @@ impl DataStore {
     /// Appends an event to a saga's log. Recording the same event twice is a no-op (the key
     /// is saga, node and event type), so a replayed action can record its events again.
     pub async fn saga_record_event(&self, event: &SagaNodeEvent) -> Result<(), Error> {
-        let conn = &mut *self.connection().await?;
-        diesel::insert_into(saga_node_event::table)
-            .values(event)
-            .on_conflict((
-                saga_node_event::saga_id,
-                saga_node_event::node_id,
-                saga_node_event::event_type,
-            ))
-            .do_nothing()
-            .cached_by_text()
-            .execute(conn)
-            .await
-            .map_err(public_error_from_diesel)?;
-        Ok(())
+        self.saga_record_events(&[event]).await
     }
 
     /// Appends several events (of any sagas) to the saga log in one statement, so one commit.

@@ -300,39 +300,15 @@ async fn reserve_once(
             .await
             .optional()?,
         SledChoice::Any | SledChoice::AnyExcept(_) => {
-            // Choice and claim in one statement: pick a random sled with room, then take the
-            // capacity only if it still has room when the row is written.
-            // (The subquery reads `sled` under another name, as SQL requires.)
-            let candidate = diesel::alias!(sled as candidate);
-            let excluded = DbTypedUuid(choice.excluded());
-            let mut pick = candidate
-                .filter(candidate.field(sled::id).ne(excluded))
-                .filter(candidate.field(sled::time_expunged).is_null())
-                .filter(
-                    (candidate.field(sled::usable_hardware_threads)
-                        - candidate.field(sled::reserved_hardware_threads))
-                    .ge(threads),
-                )
-                .filter(
-                    (candidate.field(sled::usable_physical_ram)
-                        - candidate.field(sled::reserved_physical_ram))
-                    .ge(ram),
-                )
-                .select(candidate.field(sled::id))
+            // Choice and claim in one statement: pick a random sled with room (QEMU sleds
+            // first), then take the capacity only if it still has room when the row is
+            // written.
+            let pick = candidates_with_room(choice, resources)
                 .order((
                     candidate.field(sled::backend).eq("qemu").desc(),
                     sql::<diesel::sql_types::Double>("random()").asc(),
                 ))
-                .limit(1)
-                .into_boxed();
-            if let SledChoice::AnyExcept(source) = choice {
-                pick = pick.filter(
-                    candidate
-                        .field(sled::backend)
-                        .nullable()
-                        .eq(backend_of(source)),
-                );
-            }
+                .limit(1);
             claim
                 .filter(sled::id.nullable().eq(pick.single_value()))
                 .cached_by_text()
@@ -357,6 +333,52 @@ async fn reserve_once(
         .cached_by_text()
         .get_result(conn)
         .await?)
+}
+
+// The sleds a reservation may choose from, read under another name: the claim's UPDATE
+// writes `sled` itself, and the backend filter's subquery reads it too.
+diesel::alias!(sled as candidate: SledCandidate);
+
+/// `SELECT candidate.id FROM sled AS candidate ...`, boxed so callers can order or limit it.
+type CandidateIds = diesel::dsl::IntoBoxed<
+    'static,
+    diesel::dsl::Select<
+        diesel::query_source::Alias<SledCandidate>,
+        diesel::query_source::AliasedField<SledCandidate, sled::id>,
+    >,
+    diesel::pg::Pg,
+>;
+
+/// The sleds that `choice` allows (in service; not the migration's source, and of its
+/// backend) with room for `resources` now: the one filter both the claim and the
+/// explanation of a refused claim use.
+fn candidates_with_room(choice: SledChoice, resources: SledResources) -> CandidateIds {
+    let threads = i64::from(resources.hardware_threads);
+    let ram = DbByteCount(resources.physical_ram);
+    let mut candidates = candidate
+        .select(candidate.field(sled::id))
+        .into_boxed()
+        .filter(candidate.field(sled::id).ne(DbTypedUuid(choice.excluded())))
+        .filter(candidate.field(sled::time_expunged).is_null())
+        .filter(
+            (candidate.field(sled::usable_hardware_threads)
+                - candidate.field(sled::reserved_hardware_threads))
+            .ge(threads),
+        )
+        .filter(
+            (candidate.field(sled::usable_physical_ram)
+                - candidate.field(sled::reserved_physical_ram))
+            .ge(ram),
+        );
+    if let SledChoice::AnyExcept(source) = choice {
+        candidates = candidates.filter(
+            candidate
+                .field(sled::backend)
+                .nullable()
+                .eq(backend_of(source)),
+        );
+    }
+    candidates
 }
 
 /// `SELECT backend FROM sled WHERE id = $1`, as a scalar subquery.
@@ -405,33 +427,7 @@ async fn no_room(
             }
         },
         SledChoice::Any | SledChoice::AnyExcept(_) => {
-            let threads = i64::from(resources.hardware_threads);
-            let ram = DbByteCount(resources.physical_ram);
-            // (Under another name, as the backend subquery reads `sled` itself.)
-            let candidate = diesel::alias!(sled as candidate);
-            let mut fits = candidate
-                .filter(candidate.field(sled::id).ne(DbTypedUuid(choice.excluded())))
-                .filter(candidate.field(sled::time_expunged).is_null())
-                .filter(
-                    (candidate.field(sled::usable_hardware_threads)
-                        - candidate.field(sled::reserved_hardware_threads))
-                    .ge(threads),
-                )
-                .filter(
-                    (candidate.field(sled::usable_physical_ram)
-                        - candidate.field(sled::reserved_physical_ram))
-                    .ge(ram),
-                )
-                .select(candidate.field(sled::id))
-                .into_boxed();
-            if let SledChoice::AnyExcept(source) = choice {
-                fits = fits.filter(
-                    candidate
-                        .field(sled::backend)
-                        .nullable()
-                        .eq(backend_of(source)),
-                );
-            }
+            let fits = candidates_with_room(choice, resources);
             let any_fits = fits.first::<DbTypedUuid<SledKind>>(conn).await.optional();
             match any_fits {
                 Err(e) => AttemptFailed::Final(e.into()),
