@@ -220,9 +220,9 @@ impl NexusMetrics {
         &self,
         datastore: &DataStore,
     ) -> Result<http::Response<dropshot::Body>, dropshot::HttpError> {
-        let stuck = datastore.saga_list_stuck().await?;
+        let stuck = datastore.saga_count_stuck().await?;
         self.sagas_stuck
-            .set(i64::try_from(stuck.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(stuck).unwrap_or(i64::MAX));
         let vmms = datastore.vmm_count_by_state_and_backend().await?;
         self.vmms.reset();
         for (state, backend, count) in vmms {

@@ -158,6 +158,19 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
+    /// How many sagas are stuck (an undo failed), without loading them: what a metrics
+    /// scrape needs.
+    pub async fn saga_count_stuck(&self) -> Result<u64, Error> {
+        let conn = &mut *self.connection().await?;
+        let stuck: i64 = saga_node_event::table
+            .filter(saga_node_event::event_type.eq("undo_failed"))
+            .select(diesel::dsl::count(saga_node_event::saga_id).aggregate_distinct())
+            .get_result(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(u64::try_from(stuck).unwrap_or(0))
+    }
+
     /// The logs of several sagas in one query (for listings), each in the order it was
     /// written.
     pub async fn saga_node_events_for(

@@ -293,33 +293,9 @@ impl DataStore {
         sled_id: SledUuid,
     ) -> Result<Vec<Vmm>, Error> {
         let conn = &mut *self.connection().await?;
-        let (source, target) = diesel::alias!(vmm as source, vmm as target);
-        let ids = migration::table
-            .inner_join(source.on(source.field(vmm::id).eq(migration::source_propolis_id)))
-            .inner_join(target.on(target.field(vmm::id).eq(migration::target_propolis_id)))
-            .filter(source.field(vmm::sled_id).eq(DbTypedUuid(sled_id)))
-            .filter(target.field(vmm::sled_id).ne(DbTypedUuid(sled_id)))
-            .filter(target.field(vmm::time_deleted).is_null())
-            .filter(diesel::dsl::not(diesel::dsl::exists(
-                instance::table
-                    .filter(instance::active_propolis_id.eq(target.field(vmm::id).nullable())),
-            )))
-            .select(target.field(vmm::id))
-            .distinct()
-            .load::<DbTypedUuid<VmmKind>>(conn)
-            .await
-            .map_err(public_error_from_diesel)?;
-        vmm::table
-            .filter(vmm::id.eq_any(ids))
-            .order((vmm::time_created.asc(), vmm::id.asc()))
-            .select(Vmm::as_select())
-            .load(conn)
-            .await
-            .map_err(public_error_from_diesel)
+        orphaned_targets(conn, OrphanedBy::SourceSled(sled_id)).await
     }
-}
 
-impl DataStore {
     /// Live VMMs that are the target of a migration whose source VMM is retired and that did
     /// not become their instance's active VMM: the migration can never finish, so they are
     /// orphans to retire. With `source`, only the targets of migrations out of that VMM.
@@ -331,34 +307,59 @@ impl DataStore {
         source: Option<VmmUuid>,
     ) -> Result<Vec<Vmm>, Error> {
         let conn = &mut *self.connection().await?;
-        let (source_vmm, target_vmm) = diesel::alias!(vmm as source_vmm, vmm as target_vmm);
-        let mut query = migration::table
-            .inner_join(source_vmm.on(source_vmm.field(vmm::id).eq(migration::source_propolis_id)))
-            .inner_join(target_vmm.on(target_vmm.field(vmm::id).eq(migration::target_propolis_id)))
-            .filter(source_vmm.field(vmm::time_deleted).is_not_null())
-            .filter(target_vmm.field(vmm::time_deleted).is_null())
-            .filter(diesel::dsl::not(diesel::dsl::exists(
-                instance::table
-                    .filter(instance::active_propolis_id.eq(target_vmm.field(vmm::id).nullable())),
-            )))
-            .select(target_vmm.field(vmm::id))
-            .distinct()
-            .into_boxed();
-        if let Some(source) = source {
-            query = query.filter(migration::source_propolis_id.eq(DbTypedUuid(source)));
-        }
-        let ids = query
-            .load::<DbTypedUuid<VmmKind>>(conn)
-            .await
-            .map_err(public_error_from_diesel)?;
-        vmm::table
-            .filter(vmm::id.eq_any(ids))
-            .order((vmm::time_created.asc(), vmm::id.asc()))
-            .select(Vmm::as_select())
-            .load(conn)
-            .await
-            .map_err(public_error_from_diesel)
+        orphaned_targets(conn, OrphanedBy::RetiredSource(source)).await
     }
+}
+
+/// What a migration's source lost that left its target an orphan.
+enum OrphanedBy {
+    /// The source ran on this sled (which is gone); the target is on another.
+    SourceSled(SledUuid),
+    /// The source is retired (only this source, if given).
+    RetiredSource(Option<VmmUuid>),
+}
+
+// A migration's two VMMs, read from `vmm` under two names.
+diesel::alias!(vmm as source_vmm: SourceVmm, vmm as target_vmm: TargetVmm);
+
+/// Live migration targets, orphaned as `by` says, that are not their instance's active VMM
+/// (one that is holds the guest: it is no orphan), oldest first.
+async fn orphaned_targets(conn: &mut AsyncPgConnection, by: OrphanedBy) -> Result<Vec<Vmm>, Error> {
+    let mut query = migration::table
+        .inner_join(source_vmm.on(source_vmm.field(vmm::id).eq(migration::source_propolis_id)))
+        .inner_join(target_vmm.on(target_vmm.field(vmm::id).eq(migration::target_propolis_id)))
+        .filter(target_vmm.field(vmm::time_deleted).is_null())
+        .filter(diesel::dsl::not(diesel::dsl::exists(
+            instance::table
+                .filter(instance::active_propolis_id.eq(target_vmm.field(vmm::id).nullable())),
+        )))
+        .select(target_vmm.field(vmm::id))
+        .distinct()
+        .into_boxed();
+    match by {
+        OrphanedBy::SourceSled(sled_id) => {
+            query = query
+                .filter(source_vmm.field(vmm::sled_id).eq(DbTypedUuid(sled_id)))
+                .filter(target_vmm.field(vmm::sled_id).ne(DbTypedUuid(sled_id)));
+        }
+        OrphanedBy::RetiredSource(source) => {
+            query = query.filter(source_vmm.field(vmm::time_deleted).is_not_null());
+            if let Some(source) = source {
+                query = query.filter(migration::source_propolis_id.eq(DbTypedUuid(source)));
+            }
+        }
+    }
+    let ids = query
+        .load::<DbTypedUuid<VmmKind>>(conn)
+        .await
+        .map_err(public_error_from_diesel)?;
+    vmm::table
+        .filter(vmm::id.eq_any(ids))
+        .order((vmm::time_created.asc(), vmm::id.asc()))
+        .select(Vmm::as_select())
+        .load(conn)
+        .await
+        .map_err(public_error_from_diesel)
 }
 
 /// Marks VMM `id`'s side of every unfinished migration (neither side terminal) failed.

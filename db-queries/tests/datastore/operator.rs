@@ -169,6 +169,7 @@ async fn the_logs_of_several_sagas_are_read_at_once() {
     assert!(of(c.id()).is_empty());
     assert_eq!(events.len(), 4);
     assert!(h.datastore.saga_list_stuck().await.unwrap().is_empty());
+    assert_eq!(h.datastore.saga_count_stuck().await.unwrap(), 0);
     assert!(
         h.datastore
             .saga_node_events_for(&[])
@@ -246,4 +247,5 @@ async fn stuck_sagas_are_those_with_a_failed_undo() {
         .map(|s| s.id())
         .collect();
     assert_eq!(found, vec![stuck.id()]);
+    assert_eq!(h.datastore.saga_count_stuck().await.unwrap(), 1);
 }
