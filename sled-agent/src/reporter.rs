@@ -22,7 +22,7 @@ pub(crate) fn spawn(
     nexus: halyard_nexus_client::Client,
     reports: IntCounterVec,
     log: Logger,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut delivered: Option<SledVmmState> = None;
         loop {
@@ -39,7 +39,7 @@ pub(crate) fn spawn(
                 return;
             }
         }
-    });
+    })
 }
 
 /// Sends the newest state until Nexus takes one; returns the state it took.

@@ -16,7 +16,7 @@ use halyard_sled_agent_api::{
     Inventory, MigrationInReply, MigrationInStep, SimFault, VmmRegisterBody, VmmStateRequested,
     VmmSummary,
 };
-use slog::{Logger, info, o};
+use slog::{Logger, info, o, warn};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,6 +30,8 @@ struct VmmEntry {
     commands: Option<mpsc::Sender<Command>>,
     /// Its serial console; closed when the VMM is gone, readable until it is unregistered.
     console: Arc<SerialConsole>,
+    /// The task that pushes its states to Nexus (it ends once the terminal one is taken).
+    reporter: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What runs this sled's VMMs.
@@ -46,6 +48,9 @@ impl Backend {
         }
     }
 }
+
+/// How long a sled agent that shuts down waits for Nexus to take its ended VMMs' reports.
+const FINAL_REPORTS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct SledAgent {
     id: SledUuid,
@@ -193,25 +198,25 @@ impl SledAgent {
         };
         let state = publisher.subscribe();
         let initial = *state.borrow();
+        let reporter = reporter::spawn(
+            id,
+            state.clone(),
+            self.nexus.clone(),
+            self.metrics.reports.clone(),
+            log.clone(),
+        );
         table.insert(
             id,
             VmmEntry {
                 params,
-                state: state.clone(),
+                state,
                 commands: Some(commands),
                 console: Arc::clone(&console),
+                reporter: Some(reporter),
             },
         );
         drop(table);
-
         info!(log, "VMM registered");
-        reporter::spawn(
-            id,
-            state,
-            self.nexus.clone(),
-            self.metrics.reports.clone(),
-            log,
-        );
         let task = tokio::spawn(task);
         let agent = Arc::clone(self);
         tokio::spawn(async move {
@@ -395,12 +400,27 @@ impl SledAgent {
         Ok(())
     }
 
-    /// Ends every QEMU VMM (when the sled agent shuts down).
+    /// Ends every QEMU VMM (when the sled agent shuts down), and waits, for a bounded time,
+    /// until Nexus has taken each one's last report: Nexus then knows they are gone instead of
+    /// finding out when the sled agent next registers, and no report is left to retry
+    /// against a Nexus that shuts down next.
     pub(crate) async fn end_qemu_vmms(&self) {
-        if let Backend::Qemu(_) = self.backend {
-            let ids: Vec<VmmUuid> = self.table().keys().copied().collect();
-            for id in ids {
-                let _ = self.vmm_unregister(id).await;
+        if !matches!(self.backend, Backend::Qemu(_)) {
+            return;
+        }
+        let ids: Vec<VmmUuid> = self.table().keys().copied().collect();
+        let mut reporters = Vec::new();
+        for id in ids {
+            let reporter = self.table().get_mut(&id).and_then(|e| e.reporter.take());
+            reporters.extend(reporter);
+            let _ = self.vmm_unregister(id).await;
+        }
+        let deadline = tokio::time::Instant::now() + FINAL_REPORTS_TIMEOUT;
+        for reporter in reporters {
+            if tokio::time::timeout_at(deadline, reporter).await.is_err() {
+                warn!(self.log, "shutting down before Nexus took every VMM's last report";
+                    "waited_ms" => FINAL_REPORTS_TIMEOUT.as_millis());
+                return;
             }
         }
     }

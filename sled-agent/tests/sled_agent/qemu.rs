@@ -1,7 +1,7 @@
 //! The QEMU backend with real QEMU processes (TCG here) booting the real guest image:
 //! boot, console, reboot, stop, a QEMU that dies, live migration between two sled agents, a
-//! migration whose target dies, a VMM task that panics, a sled agent killed and restarted,
-//! and bad input.
+//! migration whose target dies, a VMM task that panics, a sled agent that shuts down, one
+//! killed and restarted, and bad input.
 
 use crate::recording_nexus::{RecordingNexus, assert_in_order};
 use crate::{eventually, log, wait_for_state_within};
@@ -336,6 +336,30 @@ async fn a_qemu_vmm_whose_task_panics_is_reported_failed_with_its_qemu_gone() {
         "a VMM whose task died is not live"
     );
     sled.server.close().await.unwrap();
+}
+
+/// A sled agent that shuts down ends its QEMU VMMs and, before it is gone, Nexus has taken
+/// each one's last report (destroyed), so Nexus does not go on believing they run.
+#[tokio::test]
+async fn a_qemu_sled_that_shuts_down_reports_its_vmms_ended_first() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let sled = qemu_sled(&nexus, &state_dir()).await;
+    let id = VmmUuid::new_v4();
+    sled.client
+        .vmm_register(&id, &guest("closing"))
+        .await
+        .unwrap();
+    put(&sled.client, id, VmmStateRequested::Run).await;
+    wait_for_state_within(&sled.client, id, VmmState::Running, BOOT_TIMEOUT).await;
+    let pid = pid_of(&sled.config, id).await;
+    sled.server.close().await.unwrap();
+    // No waiting here: `close` returned, so the report must already be in.
+    let last = nexus
+        .final_report(id)
+        .expect("the sled agent shut down before Nexus had its VMM's last report");
+    assert_eq!(last.state.vmm_state.state, VmmState::Destroyed);
+    assert_in_order(&nexus.reports_for(id));
+    assert!(!runs(pid), "QEMU {pid} outlived its sled agent");
 }
 
 #[tokio::test]
