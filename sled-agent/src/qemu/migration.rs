@@ -19,7 +19,7 @@
 //! ([`push_finish`]): the guest never runs on both.
 
 use super::vmm::Qmp;
-use crate::vmm_runtime::{Command, push_finish};
+use crate::vmm_runtime::{Command, FinishHook, TARGET_GONE, push_finish};
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_sled_agent_api::{MigrationInStep, MigrationPhase};
 use qapi::qmp;
@@ -27,7 +27,7 @@ use slog::{Logger, info};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How often the source asks QEMU how the transfer goes.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -49,8 +49,10 @@ pub(super) struct OutboundMigration {
     pub target: halyard_sled_agent_client::Client,
     pub qmp: Arc<Qmp>,
     pub commands: mpsc::WeakSender<Command>,
-    /// A test hook: the reply to `finish` is lost.
-    pub lose_finish_reply: bool,
+    /// A test hook on `finish`.
+    pub finish_hook: FinishHook,
+    /// Nexus's word that the target is gone for good (its sled expunged).
+    pub target_gone: watch::Receiver<bool>,
     pub log: Logger,
 }
 
@@ -92,7 +94,8 @@ impl OutboundMigration {
             &self.target_propolis_id,
             &finish,
             &self.commands,
-            self.lose_finish_reply,
+            self.finish_hook,
+            &mut self.target_gone.clone(),
             &self.log,
         )
         .await?;
@@ -124,6 +127,11 @@ impl OutboundMigration {
         let deadline = tokio::time::Instant::now() + TRANSFER_TIMEOUT;
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
+            if *self.target_gone.borrow() {
+                // Its sled is gone: QEMU's stream there would only end when TCP gives up.
+                let _ = self.qmp.call(qmp::migrate_cancel {}, "cancel").await;
+                return Err(TARGET_GONE.to_string());
+            }
             let info = self
                 .qmp
                 .call(qmp::query_migrate {}, "report the migration")
