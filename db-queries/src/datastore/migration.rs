@@ -172,6 +172,8 @@ impl DataStore {
             .inner_join(target.on(target.field(vmm::id).eq(migration::target_propolis_id)))
             .filter(target.field(vmm::sled_id).eq(DbTypedUuid(sled_id)))
             .filter(source.field(vmm::time_deleted).is_null())
+            // (A migration whose saga unwound never reached its source.)
+            .filter(migration::time_deleted.is_null())
             .filter(migration::source_state.ne_all(terminal))
             .order((migration::time_created.asc(), migration::id.asc()))
             .select(Migration::as_select())

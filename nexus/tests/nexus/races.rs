@@ -607,24 +607,34 @@ async fn run_seed(seed: u64, ops_per_client: usize) {
     }
 }
 
-/// A sled dies: of the sleds still alive, the one running the most VMMs (as the database has
-/// it) stops answering (its sled agent closes); `unnoticed_ms` later the operator expunges
-/// it (`POST /sleds/{id}/expunge`). Returns what the expunge did.
+/// A sled dies: of the sleds still alive, the one with the most VMMs of migrating instances
+/// (sources or targets), then with the most VMMs (as the database has it), stops answering
+/// (its sled agent closes); `unnoticed_ms` later the operator expunges it
+/// (`POST /sleds/{id}/expunge`). Returns what the expunge did.
 async fn kill_and_expunge(
     ctx: &mut TestContext,
     outcomes: &Mutex<Outcomes>,
     unnoticed_ms: u64,
 ) -> SledExpunged {
-    let live: BTreeMap<String, usize> = ctx
-        .sql("SELECT sled_id, count(*) FROM vmm WHERE time_deleted IS NULL GROUP BY sled_id")
+    let live: BTreeMap<String, (usize, usize)> = ctx
+        .sql(
+            "SELECT v.sled_id, count(*) FILTER (WHERE i.migration_id IS NOT NULL), count(*) \
+             FROM vmm v JOIN instance i ON i.id = v.instance_id \
+             WHERE v.time_deleted IS NULL GROUP BY v.sled_id",
+        )
         .lines()
-        .filter_map(|line| line.split_once('|'))
-        .map(|(sled, count)| (sled.to_string(), count.parse().unwrap()))
+        .filter_map(|line| {
+            let mut fields = line.split('|');
+            let sled = fields.next()?.to_string();
+            let migrating = fields.next()?.parse().ok()?;
+            let all = fields.next()?.parse().ok()?;
+            Some((sled, (migrating, all)))
+        })
         .collect();
     let victim = (0..ctx.sleds.len())
         .max_by_key(|i| {
             let id = ctx.sleds[*i].agent().id().to_string();
-            live.get(&id).copied().unwrap_or(0)
+            live.get(&id).copied().unwrap_or((0, 0))
         })
         .unwrap();
     let server = ctx.sleds.remove(victim);

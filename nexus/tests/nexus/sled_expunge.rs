@@ -1,7 +1,8 @@
 //! A sled declared gone (expunged) by the operator: its VMMs fail and release their
 //! reservations, placement never picks it again, it may not register again, and a migration
-//! into or out of it ends sensibly. Real sim sled agents over HTTP; the one that is "gone" is
-//! closed (it stops answering) before it is expunged.
+//! into or out of it ends sensibly, including a source paused at `finish` on a target whose
+//! sled is expunged (rules (a) and (b) of `app/sled.rs`). Real sim sled agents over HTTP; the
+//! one that is "gone" is closed (it stops answering) before it is expunged.
 
 use crate::context::{SLED_THREADS, TestContext};
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
@@ -456,8 +457,7 @@ async fn a_source_paused_at_finish_resumes_when_its_targets_sled_is_expunged() {
     ctx.eventually(
         "the target to have taken sync, pause and transfer",
         async |_: &TestContext| {
-            sled_agent_requests(target_address, "PUT /vmms/{propolis_id}/migration-in", 200)
-                .await
+            sled_agent_requests(target_address, "PUT /vmms/{propolis_id}/migration-in", 200).await
                 == 3
         },
     )
@@ -501,15 +501,18 @@ async fn a_source_paused_at_finish_resumes_when_its_targets_sled_is_expunged() {
         .await
         .unwrap();
     assert_eq!(record.target_state(), MigrationState::Failed);
-    ctx.eventually("the source to report its side failed", async |ctx: &TestContext| {
-        ctx.nexus()
-            .datastore()
-            .migration_fetch(migration)
-            .await
-            .unwrap()
-            .source_state()
-            == MigrationState::Failed
-    })
+    ctx.eventually(
+        "the source to report its side failed",
+        async |ctx: &TestContext| {
+            ctx.nexus()
+                .datastore()
+                .migration_fetch(migration)
+                .await
+                .unwrap()
+                .source_state()
+                == MigrationState::Failed
+        },
+    )
     .await;
     ctx.assert_quiet_and_consistent().await;
     // A repeat finds nothing left to tell, and the instance can migrate again.

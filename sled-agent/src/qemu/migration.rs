@@ -16,7 +16,10 @@
 //! completed transfer whose target could not take over), so the instance keeps running where
 //! it was. If the source cannot tell whether the target resumed (the reply to `finish` was
 //! lost), the guest stays paused on the source while it asks the target again
-//! ([`push_finish`]): the guest never runs on both.
+//! ([`push_finish`]): the guest never runs on both. Only Nexus's word that the target is gone
+//! for good (its sled expunged: `Command::MigrationTargetGone`) ends that wait otherwise: the
+//! guest resumes here, and a transfer still under way is cancelled (a stream to a dead host
+//! would only end when TCP gives up).
 
 use super::vmm::Qmp;
 use crate::vmm_runtime::{Command, FinishHook, TARGET_GONE, push_finish};
