@@ -11,8 +11,8 @@ use futures::{SinkExt, StreamExt};
 use halyard_common::Error;
 use halyard_common::internal_api::SledVmmState;
 use halyard_sled_agent_api::{
-    Inventory, MigrationInReply, MigrationInStep, SimFault, SledAgentApi, VmmPathParam,
-    VmmPutStateBody, VmmRegisterBody, VmmSerialConsoleData, VmmSerialConsoleRequest,
+    Inventory, MigrationInReply, MigrationInStep, MigrationTargetGone, SimFault, SledAgentApi,
+    VmmPathParam, VmmPutStateBody, VmmRegisterBody, VmmSerialConsoleData, VmmSerialConsoleRequest,
     VmmSerialConsoleStreamRequest, VmmSummary,
 };
 use slog::{Logger, debug};
@@ -84,6 +84,22 @@ impl SledAgentApi for SledAgentImpl {
         Ok(HttpResponseOk(
             agent
                 .vmm_migration_in(path.into_inner().propolis_id, body.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn vmm_migration_target_gone(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        body: TypedBody<MigrationTargetGone>,
+    ) -> Result<HttpResponseOk<SledVmmState>, HttpError> {
+        let agent = rqctx.context();
+        Ok(HttpResponseOk(
+            agent
+                .vmm_migration_target_gone(
+                    path.into_inner().propolis_id,
+                    body.into_inner().migration_id,
+                )
                 .await?,
         ))
     }

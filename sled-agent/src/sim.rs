@@ -24,7 +24,10 @@
 use crate::config::SimConfig;
 use crate::console::SerialConsole;
 use crate::guest_console::BOOT_BANNER;
-use crate::vmm_runtime::{Command, Ended, VmmRuntime, push_finish, sleep_until};
+use crate::vmm_runtime::{
+    Command, Ended, FinishHook, TARGET_GONE, VmmRuntime, push_finish, sleep_until,
+    target_gone_signal,
+};
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
@@ -59,6 +62,7 @@ struct Faults {
     hang_next_transition: bool,
     fail_migration_at: Option<MigrationPhase>,
     lose_next_finish_reply: bool,
+    lose_next_finish: bool,
 }
 
 /// An outbound migration this VMM was asked for, and how it went (kept for every migration
@@ -85,6 +89,8 @@ pub(crate) struct SimVmm {
     migrations_out: BTreeMap<MigrationUuid, MigrationOut>,
     /// The outbound migration in progress, if any.
     migrating_out: Option<MigrationUuid>,
+    /// Set when Nexus declares the target of the migration in progress gone for good.
+    target_gone: Option<watch::Sender<bool>>,
     /// For the migration driver to talk back to this task.
     commands: mpsc::WeakSender<Command>,
     log: Logger,
@@ -116,6 +122,7 @@ impl SimVmm {
             migration_in_phase: None,
             migrations_out: BTreeMap::new(),
             migrating_out: None,
+            target_gone: None,
             commands,
             log,
         };
@@ -202,6 +209,14 @@ impl SimVmm {
                 None
             }
             Command::MigrationOutFinished { result } => self.migration_out_finished(result),
+            Command::MigrationTargetGone {
+                migration_id,
+                reply,
+            } => {
+                self.migration_target_gone(migration_id);
+                let _ = reply.send(Ok(self.runtime.snapshot()));
+                None
+            }
             Command::Kill => Some(VmmState::Destroyed),
         }
     }
@@ -306,6 +321,7 @@ impl SimVmm {
             SimFault::Panic => unreachable!("a panic is injected by `handle`"),
             SimFault::FailMigration { phase } => self.faults.fail_migration_at = Some(phase),
             SimFault::LoseNextFinishReply => self.faults.lose_next_finish_reply = true,
+            SimFault::LoseNextFinish => self.faults.lose_next_finish = true,
             SimFault::Crash => {
                 return match self.current() {
                     VmmState::Starting
@@ -336,9 +352,18 @@ impl SimVmm {
         self.migrations_out
             .insert(migration_id, MigrationOut { target_propolis_id });
         self.migrating_out = Some(migration_id);
+        let (target_gone, target_gone_signal) = target_gone_signal();
+        self.target_gone = Some(target_gone);
         self.runtime
             .set_migration_out(migration_id, MigrationState::InProgress);
         self.runtime.set_state(VmmState::Migrating);
+        let finish_hook = if std::mem::take(&mut self.faults.lose_next_finish) {
+            FinishHook::LoseEveryRequest
+        } else if std::mem::take(&mut self.faults.lose_next_finish_reply) {
+            FinishHook::LoseFirstReply
+        } else {
+            FinishHook::None
+        };
         let driver = MigrationDriver {
             source_propolis_id: self.id,
             migration_id,
@@ -346,14 +371,32 @@ impl SimVmm {
             target: halyard_sled_agent_client::Client::new(&format!("http://{target_address}")),
             phase_delay: self.config.migration_phase_delay(),
             commands: self.commands.clone(),
-            lose_finish_reply: std::mem::take(&mut self.faults.lose_next_finish_reply),
+            finish_hook,
+            target_gone: target_gone_signal,
             log: self.log.clone(),
         };
         tokio::spawn(driver.run());
     }
 
+    /// Nexus says the target of `migration_id` is gone for good: if that is the migration in
+    /// progress, its driver stops (at its next phase, or while it asks for `finish`) and the
+    /// guest resumes here. Any other migration is left as it is.
+    fn migration_target_gone(&mut self, migration_id: MigrationUuid) {
+        if self.migrating_out != Some(migration_id) {
+            info!(self.log, "told a migration's target is gone; not migrating there";
+                "migration_id" => %migration_id, "migrating_out" => ?self.migrating_out);
+            return;
+        }
+        warn!(self.log, "the migration's target is gone for good; the migration fails here";
+            "migration_id" => %migration_id);
+        if let Some(target_gone) = &self.target_gone {
+            target_gone.send_replace(true);
+        }
+    }
+
     fn migration_out_finished(&mut self, result: Result<(), String>) -> Option<VmmState> {
         let migration_id = self.migrating_out.take()?;
+        self.target_gone = None;
         match result {
             Ok(()) => {
                 info!(self.log, "migrated out"; "migration_id" => %migration_id);
@@ -451,8 +494,10 @@ struct MigrationDriver {
     target: halyard_sled_agent_client::Client,
     phase_delay: std::time::Duration,
     commands: mpsc::WeakSender<Command>,
-    /// A test hook: the reply to `finish` is lost.
-    lose_finish_reply: bool,
+    /// A test hook on `finish`.
+    finish_hook: FinishHook,
+    /// Nexus's word that the target is gone for good.
+    target_gone: watch::Receiver<bool>,
     log: Logger,
 }
 
@@ -467,8 +512,12 @@ impl MigrationDriver {
     }
 
     async fn push_phases(&self) -> Result<(), String> {
+        let mut target_gone = self.target_gone.clone();
         for phase in MigrationPhase::ALL {
             tokio::time::sleep(self.phase_delay).await;
+            if *target_gone.borrow() {
+                return Err(TARGET_GONE.to_string());
+            }
             let (reply, may_proceed) = oneshot::channel();
             let commands = self.commands.upgrade().ok_or("the source VMM is gone")?;
             commands
@@ -491,7 +540,8 @@ impl MigrationDriver {
                     &self.target_propolis_id,
                     &step,
                     &self.commands,
-                    self.lose_finish_reply,
+                    self.finish_hook,
+                    &mut target_gone,
                     &self.log,
                 )
                 .await?;

@@ -9,7 +9,7 @@ use crate::sim::SimVmm;
 use crate::vmm_runtime::{Command, Ended, failed_after_death};
 use chrono::Utc;
 use futures::future::BoxFuture;
-use halyard_common::ids::{GenericUuid, SledUuid, VmmUuid};
+use halyard_common::ids::{GenericUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState, VmmRuntimeState};
 use halyard_common::{ByteCount, Error, Labelled, ResourceType, SledBackend};
 use halyard_sled_agent_api::{
@@ -363,6 +363,37 @@ impl SledAgent {
             reply,
         })
         .await
+    }
+
+    /// Nexus's word that the target of VMM `id`'s outbound migration `migration_id` is gone
+    /// for good (its sled was expunged): a source waiting on it (paused, asking for `finish`)
+    /// resumes the guest and fails the migration. Answers the VMM's state; a VMM already gone
+    /// answers its final state, having nothing left to resume.
+    pub async fn vmm_migration_target_gone(
+        &self,
+        id: VmmUuid,
+        migration_id: MigrationUuid,
+    ) -> Result<SledVmmState, Error> {
+        let state = self.vmm_state(id)?;
+        if state.vmm_state.state.is_terminal() {
+            return Ok(state);
+        }
+        let told = self
+            .ask(id, "tell the migration's target is gone to", |reply| {
+                Command::MigrationTargetGone {
+                    migration_id,
+                    reply,
+                }
+            })
+            .await;
+        match told {
+            Ok(state) => Ok(state),
+            // It ended meanwhile: its final state says how.
+            Err(e) => match self.vmm_state(id) {
+                Ok(state) if state.vmm_state.state.is_terminal() => Ok(state),
+                _ => Err(e),
+            },
+        }
     }
 
     pub async fn vmm_inject_fault(&self, id: VmmUuid, fault: SimFault) -> Result<(), Error> {

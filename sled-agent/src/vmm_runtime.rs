@@ -35,6 +35,11 @@ pub(crate) enum Command {
     },
     /// From the migration driver: how the migration ended.
     MigrationOutFinished { result: Result<(), String> },
+    /// From Nexus: this outbound migration's target is gone for good (its sled expunged).
+    MigrationTargetGone {
+        migration_id: MigrationUuid,
+        reply: oneshot::Sender<Result<SledVmmState, Error>>,
+    },
     /// Unregister: the VMM is destroyed at once.
     Kill,
 }
@@ -204,6 +209,37 @@ pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// resume the guest; a target that did resume answers a repeated `finish` with success).
 const FINISH_SERVER_ERRORS_ALLOWED: u32 = 10;
 
+/// Test hooks on `finish`'s way to the target and back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum FinishHook {
+    #[default]
+    None,
+    /// [`SimFault::LoseNextFinishReply`]: the first `finish` is carried out by the target and
+    /// its successful reply dropped, as if lost.
+    LoseFirstReply,
+    /// [`SimFault::LoseNextFinish`]: every `finish` is lost before it reaches the target.
+    LoseEveryRequest,
+}
+
+/// One outbound migration's word from Nexus that its target is gone for good (the target's
+/// sled was expunged): the VMM's task keeps the sender and sets it
+/// ([`Command::MigrationTargetGone`]); the migration driver watches the receiver.
+pub(crate) fn target_gone_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
+    watch::channel(false)
+}
+
+/// Waits until the target is declared gone (forever if the VMM's task, which holds the
+/// sender, ended without saying so).
+pub(crate) async fn target_declared_gone(signal: &mut watch::Receiver<bool>) {
+    if signal.wait_for(|gone| *gone).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Why a migration whose target was declared gone failed on its source.
+pub(crate) const TARGET_GONE: &str =
+    "the migration's target is gone for good (its sled was expunged); the guest resumes here";
+
 /// Pushes the `finish` phase of an outbound migration to its target: the commit point.
 ///
 /// The target resuming the guest is the commit. If the reply says it did, the migration has
@@ -211,44 +247,58 @@ const FINISH_SERVER_ERRORS_ALLOWED: u32 = 10;
 /// resume its own copy. Any other error (the reply was lost, the target could not be
 /// reached, it answered 5xx) leaves the source unable to tell, so the source stays paused and
 /// asks again (`finish` is idempotent on the target: a target that has resumed answers it
-/// with success) until it gets an answer, or until `source` is gone (unregistered). A target
-/// out of reach is asked for as long as the source lives.
-///
-/// `lose_first_reply` is a test hook ([`SimFault::LoseNextFinishReply`]): the first `finish`
-/// is carried out by the target and its successful reply dropped, as if lost.
+/// with success) until it gets an answer, until `source` is gone (unregistered: Nexus
+/// recorded the target as the instance's active VMM), or until Nexus declares the target gone
+/// for good (`target_gone`: its sled was expunged, so it runs nothing and never will; the
+/// source then resumes the guest, the only copy there can be).
 pub(crate) async fn push_finish(
     target: &halyard_sled_agent_client::Client,
     target_propolis_id: &halyard_common::ids::VmmUuid,
     step: &MigrationInStep,
     source: &tokio::sync::mpsc::WeakSender<Command>,
-    mut lose_first_reply: bool,
+    hook: FinishHook,
+    target_gone: &mut watch::Receiver<bool>,
     log: &slog::Logger,
 ) -> Result<MigrationInReply, String> {
     debug_assert_eq!(step.phase, MigrationPhase::Finish);
     let mut delay = std::time::Duration::from_millis(50);
     let mut server_errors = 0;
+    let mut lose_reply = hook == FinishHook::LoseFirstReply;
     loop {
-        let error = match target.vmm_migration_in(target_propolis_id, step).await {
-            Ok(_) if std::mem::take(&mut lose_first_reply) => {
-                slog::info!(log, "test hook: the reply to finish is lost";
-                    "migration_id" => %step.migration_id, "target" => %target_propolis_id);
-                "the reply was lost (test hook)".to_string()
-            }
-            Ok(reply) => return Ok(reply.into_inner()),
-            Err(e) => {
-                let status = e.status();
-                if status.is_some_and(|s| s.is_client_error()) {
-                    return Err(format!("target refused phase Finish: {e}"));
+        if *target_gone.borrow() {
+            return Err(TARGET_GONE.to_string());
+        }
+        let error = if hook == FinishHook::LoseEveryRequest {
+            slog::info!(log, "test hook: finish is lost on its way to the target";
+                "migration_id" => %step.migration_id, "target" => %target_propolis_id);
+            "the request was lost (test hook)".to_string()
+        } else {
+            let reply = tokio::select! {
+                reply = target.vmm_migration_in(target_propolis_id, step) => reply,
+                () = target_declared_gone(target_gone) => return Err(TARGET_GONE.to_string()),
+            };
+            match reply {
+                Ok(_) if std::mem::take(&mut lose_reply) => {
+                    slog::info!(log, "test hook: the reply to finish is lost";
+                        "migration_id" => %step.migration_id, "target" => %target_propolis_id);
+                    "the reply was lost (test hook)".to_string()
                 }
-                if status.is_some() {
-                    server_errors += 1;
-                    if server_errors >= FINISH_SERVER_ERRORS_ALLOWED {
-                        return Err(format!(
-                            "target failed phase Finish {server_errors} times: {e}"
-                        ));
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(e) => {
+                    let status = e.status();
+                    if status.is_some_and(|s| s.is_client_error()) {
+                        return Err(format!("target refused phase Finish: {e}"));
                     }
+                    if status.is_some() {
+                        server_errors += 1;
+                        if server_errors >= FINISH_SERVER_ERRORS_ALLOWED {
+                            return Err(format!(
+                                "target failed phase Finish {server_errors} times: {e}"
+                            ));
+                        }
+                    }
+                    e.to_string()
                 }
-                e.to_string()
             }
         };
         if source.upgrade().is_none() {
@@ -257,7 +307,10 @@ pub(crate) async fn push_finish(
         slog::warn!(log, "no answer to finish; the source stays paused and asks again";
             "migration_id" => %step.migration_id, "target" => %target_propolis_id,
             "error" => %error, "retry_in_ms" => delay.as_millis());
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = target_declared_gone(target_gone) => return Err(TARGET_GONE.to_string()),
+        }
         delay = (delay * 2).min(std::time::Duration::from_secs(2));
     }
 }

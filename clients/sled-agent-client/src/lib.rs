@@ -26,6 +26,7 @@ progenitor::generate_api!(
         MigrationInStep = halyard_sled_agent_api::MigrationInStep,
         MigrationPhase = halyard_sled_agent_api::MigrationPhase,
         MigrationTarget = halyard_sled_agent_api::MigrationTarget,
+        MigrationTargetGone = halyard_sled_agent_api::MigrationTargetGone,
         MigrationRuntimeState = halyard_common::internal_api::MigrationRuntimeState,
         MigrationState = halyard_common::MigrationState,
         MigrationUuid = halyard_common::ids::MigrationUuid,

@@ -154,3 +154,31 @@ impl DataStore {
         .await
     }
 }
+
+impl DataStore {
+    /// Migrations into sled `sled_id` whose source has not ended its side (neither completed
+    /// nor failed) and is still live: once that sled is expunged, such a source may be paused
+    /// for good, asking a target that will never answer whether it resumed the guest.
+    pub async fn migration_list_sources_waiting_on(
+        &self,
+        sled_id: halyard_common::ids::SledUuid,
+    ) -> Result<Vec<Migration>, Error> {
+        use halyard_db_model::schema::vmm;
+        let conn = &mut *self.connection().await?;
+        let (source, target) = diesel::alias!(vmm as source, vmm as target);
+        let terminal = [MigrationState::Completed, MigrationState::Failed].map(DbEnum);
+        migration::table
+            .inner_join(source.on(source.field(vmm::id).eq(migration::source_propolis_id)))
+            .inner_join(target.on(target.field(vmm::id).eq(migration::target_propolis_id)))
+            .filter(target.field(vmm::sled_id).eq(DbTypedUuid(sled_id)))
+            .filter(source.field(vmm::time_deleted).is_null())
+            // (A migration whose saga unwound never reached its source.)
+            .filter(migration::time_deleted.is_null())
+            .filter(migration::source_state.ne_all(terminal))
+            .order((migration::time_created.asc(), migration::id.asc()))
+            .select(Migration::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+}

@@ -416,6 +416,22 @@ pub(crate) async fn retire(
         .await
         .optional()?
         .ok_or_else(|| Error::not_found_by_id(ResourceType::Vmm, id.into_untyped_uuid()))?;
+    // Then its instance's row, before the sled's (which releasing the reservation writes):
+    // every transaction that writes both locks the instance first (a completed migration
+    // locks it, then retires the source), so two of them never wait on each other in a
+    // cycle. (A sled row is the hottest row there is: every reservation and release on that
+    // sled writes it.)
+    let this_vmm = Some(DbTypedUuid(id));
+    let row = instance::table
+        .filter(instance::id.eq(found.instance_id))
+        .select((instance::active_propolis_id, instance::target_propolis_id))
+        .for_update()
+        .first::<(Option<DbTypedUuid<VmmKind>>, Option<DbTypedUuid<VmmKind>>)>(conn)
+        .await
+        .optional()?;
+    let Some((active, target)) = row else {
+        return Err(instance_not_found(found.instance_id()).into());
+    };
     let now = Utc::now();
 
     if !found.state().is_terminal() {
@@ -450,17 +466,6 @@ pub(crate) async fn retire(
         InstanceNexusState::Failed
     } else {
         InstanceNexusState::NoVmm
-    };
-    let this_vmm = Some(DbTypedUuid(id));
-    let row = instance::table
-        .filter(instance::id.eq(found.instance_id))
-        .select((instance::active_propolis_id, instance::target_propolis_id))
-        .for_update()
-        .first::<(Option<DbTypedUuid<VmmKind>>, Option<DbTypedUuid<VmmKind>>)>(conn)
-        .await
-        .optional()?;
-    let Some((active, target)) = row else {
-        return Err(instance_not_found(found.instance_id()).into());
     };
     if active == this_vmm {
         // Without its source a migration cannot finish: it ends here too.

@@ -444,3 +444,70 @@ async fn retiring_migration_vmms_clears_exactly_their_pointers() {
         .unwrap_err();
     assert_eq!(err.error_code(), "InvalidRequest");
 }
+
+/// Lock order (ARCHITECTURE.md): a retirement locks its instance before the sled its
+/// reservation is on. A transaction that holds an instance row and then writes a sled row (a
+/// completed migration does: the instance, then the source's retirement) must never wait
+/// for a retirement that holds that sled row while it waits for the instance: the two
+/// deadlock. Here another session holds the instance (with the lock an `UPDATE` of it
+/// takes), a retirement of its VMM waits for it, and the session then writes the sled row:
+/// it must not have to wait.
+#[tokio::test]
+async fn a_retirement_waiting_for_its_instance_holds_no_sled_row() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let h = Harness::new();
+    let sled = h.sled(16, 16).await;
+    let (instance, vmm) = running_instance(&h, &sled, "vm").await;
+    let mut holder = AsyncPgConnection::establish(h.db.url()).await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM instance WHERE id = '{}' FOR NO KEY UPDATE",
+            instance.id()
+        ))
+        .await
+        .unwrap();
+    let datastore = h.datastore.clone();
+    let id = vmm.id();
+    let retirement = tokio::spawn(async move { datastore.vmm_retire(id, VmmState::Failed).await });
+    // Until the retirement is waiting for a lock (the instance row).
+    let mut waiting = false;
+    for _ in 0..1000 {
+        waiting = h
+            .sql(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .trim()
+            == "1";
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the retirement never waited for the instance row");
+    // Shorter than the deadlock timeout (1 s), so a wait shows as this error and not as a
+    // deadlock that the retirement's retry would hide.
+    let wrote = holder
+        .batch_execute(&format!(
+            "SET LOCAL lock_timeout = '300ms'; \
+             UPDATE sled SET reserved_hardware_threads = reserved_hardware_threads \
+             WHERE id = '{}'",
+            sled.id()
+        ))
+        .await;
+    assert!(
+        wrote.is_ok(),
+        "the sled row was held by a retirement waiting for the instance: {wrote:?}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let outcome = retirement.await.unwrap().unwrap();
+    assert!(outcome.vmm_marked_deleted && outcome.instance_updated);
+    assert_eq!(
+        h.sql(&format!(
+            "SELECT reserved_hardware_threads FROM sled WHERE id = '{}'",
+            sled.id()
+        ))
+        .trim(),
+        "0"
+    );
+}

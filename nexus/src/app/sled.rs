@@ -22,7 +22,35 @@
 //!    never receive the guest now, is unregistered there and retired (`saga_unwound`);
 //!    the migration's source side is marked failed;
 //! 4. nothing is sent to the expunged sled: unregistering from it is a no-op (nothing there
-//!    counts any more), so saga undos that would unregister a VMM there finish.
+//!    counts any more), so saga undos that would unregister a VMM there finish;
+//! 5. a source paused on a target that was on the sled is told the target is gone (below).
+//!
+//! **A source paused on a target that is gone.** Migration's commit point is the target's
+//! `finish` (the target resuming the guest). A source whose `finish` got no answer (the reply
+//! was lost, or the target's sled died) can't tell whether the target resumed, so it stays
+//! paused and keeps asking the target's sled agent (`push_finish` in the sled agent). If that
+//! sled is expunged, nothing would ever answer it. Expunge is the operator's guarantee that
+//! nothing runs on the sled any more, so whatever the target did, its copy of the guest is
+//! dead, and the rule is:
+//!
+//! - (a) Nexus never recorded the target as the instance's active VMM (its `completed` report
+//!   never arrived): the source is still live in the database, the instance still points at
+//!   it. Nexus tells the source's sled agent that the migration's target is gone
+//!   (`PUT /vmms/{id}/migration-out/target-gone`); the source stops asking, resumes the
+//!   guest and reports its side failed, and the instance runs on, on its source. Only one
+//!   copy can run: the target's is certainly dead. (Should the target have resumed before
+//!   dying, the guest goes back to the state it was paused in on the source: what a guest
+//!   whose host died loses anyway, and far better than an instance stuck for good.)
+//! - (b) Nexus already recorded the target as active (its `completed` report arrived): the
+//!   source was retired in the same transaction and unregistered from its sled agent (or, if
+//!   that sled agent was out of reach, by reconciliation when it registers again), which
+//!   ends its wait; the target, the instance's active VMM, is failed with the sled like any
+//!   other, so the instance fails and can be started again.
+//!
+//! The sources are found by query (`DataStore::migration_list_sources_waiting_on`: migrations
+//! into the sled whose source is live and has not ended its side), so a repeated expunge
+//! tells any that an interrupted one did not reach. A source on a sled that is expunged too
+//! is left alone (its own expunge retired it).
 //!
 //! Idempotent: a repeat finds the sled expunged already (keeping the first time) and sweeps
 //! again, finishing whatever an interrupted first call left (e.g. an orphaned migration target
@@ -33,9 +61,12 @@
 //! releases the reservation.
 
 use super::Nexus;
+use super::sled_agent_error;
 use halyard_common::ids::SledUuid;
 use halyard_common::{Error, VmmState};
+use halyard_db_model::Migration;
 use halyard_nexus_internal_api::SledExpunged;
+use halyard_sled_agent_api::MigrationTargetGone;
 use slog::{info, warn};
 
 impl Nexus {
@@ -85,6 +116,49 @@ impl Nexus {
                 .await?;
             expunged.migration_targets_retired.push(target.id());
         }
+        // Sources on other sleds that may be paused for good on a target that was here.
+        for migration in self
+            .datastore()
+            .migration_list_sources_waiting_on(sled_id)
+            .await?
+        {
+            self.migration_target_gone(sled_id, &migration).await?;
+        }
         Ok(expunged)
+    }
+
+    /// Tells the source of `migration`, whose target was on expunged sled `sled_id`, that
+    /// the target is gone for good: a source paused on it resumes the guest and reports its
+    /// side failed (rule (a) of the module doc). Idempotent.
+    async fn migration_target_gone(
+        &self,
+        sled_id: SledUuid,
+        migration: &Migration,
+    ) -> Result<(), Error> {
+        let source_id = migration.source_propolis_id.0;
+        let source = self.datastore().vmm_fetch(source_id).await?;
+        if self
+            .datastore()
+            .sled_fetch(source.sled_id())
+            .await?
+            .is_expunged()
+        {
+            return Ok(()); // its own sled's expunge retires it
+        }
+        info!(self.log(), "telling a migration's source that its target's sled was expunged";
+            "sled_id" => %sled_id, "migration_id" => %migration.id(),
+            "source" => %source_id, "source_sled_id" => %source.sled_id(),
+            "target" => %migration.target_propolis_id.0);
+        let client = self.sled_client(source.sled_id()).await?;
+        let body = MigrationTargetGone {
+            migration_id: migration.id(),
+        };
+        match client.vmm_migration_target_gone(&source_id, &body).await {
+            // A head start: its reporter brings the same, and the outcome once it resumed.
+            Ok(state) => self.apply_vmm_report(source_id, state.into_inner()).await,
+            // Its sled agent no longer has it (it restarted): reconciliation retires it.
+            Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => Ok(()),
+            Err(e) => Err(sled_agent_error(e)),
+        }
     }
 }

@@ -1,28 +1,37 @@
 //! Racing operations: a seeded randomized test. Dozens of concurrent clients start, stop,
-//! reboot, migrate, delete and re-create a handful of instances over the external API while
-//! faults are injected into their VMMs (failed starts, crashes) and transitions are slow. No request
-//! may get a 500 or a 503; a refusal must be one the operation can meet in some state it could
-//! have found (see `expected_refusals`), with its error code. Each kind of operation must have
-//! succeeded some minimum number of times, and some injected faults must have taken effect, so
-//! a build that refuses everything (or a run where nothing was really injected) fails. Then
-//! everything is stopped, the system quiesces, and the invariant checker runs.
+//! reboot, migrate (to any sled, or to one they name), delete and re-create a handful of
+//! instances over the external API while faults are injected into their VMMs (failed starts,
+//! crashes), transitions are slow, and one or two sleds die and are expunged at seeded points
+//! of the run (each time the sled running the most VMMs: its sled agent stops answering, and
+//! after a seeded pause the operator expunges it). No request may get a 500, nor a 503 unless
+//! a sled has died (see `expunge_refusals`); a refusal must be one the operation can meet in
+//! some state it could have found (see `expected_refusals`), with its error code. Each kind of
+//! operation must have succeeded some minimum number of times, some injected faults must have
+//! taken effect and the expunges must have failed some VMM, so a build that refuses everything
+//! (or a run where nothing was really injected) fails. Then everything is stopped, the system
+//! quiesces, and the invariant checker runs.
 //!
 //! CI runs a few fixed seeds. To run longer with a new seed:
 //! `HALYARD_RACE_SEED=$RANDOM HALYARD_RACE_OPS=200 cargo test -p halyard-nexus --test nexus races -- --nocapture`
 
 use crate::context::TestContext;
 use halyard_common::VmmState;
-use halyard_common::ids::VmmUuid;
+use halyard_common::ids::{SledUuid, VmmUuid};
+use halyard_nexus::Nexus;
+use halyard_nexus_internal_api::SledExpunged;
 use halyard_sled_agent_api::SimFault;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const INSTANCES: usize = 6;
 const CLIENTS: usize = 24;
+/// Sleds at the start; one or two of them die and are expunged during the run.
+const SLEDS: usize = 5;
 /// The operations per client CI runs each seed with (`HALYARD_RACE_OPS` overrides it).
 const DEFAULT_OPS_PER_CLIENT: usize = 40;
 
@@ -57,8 +66,8 @@ fn expected_refusals(op: Op) -> &'static [(u16, &'static str, &'static str)] {
         "ObjectAlreadyExists",
         "a live instance already has that name",
     );
-    // 6 instances of 2 threads fill the 3 sleds' 24 threads once each has a source and a
-    // migration target VMM, and racing migrations of one instance each reserve a target before
+    // 6 instances of 2 threads fill the 24 threads of the 3 sleds left after two expunges
+    // once each has a source and a migration target VMM, and racing migrations of one instance each reserve a target before
     // one of them wins (`set_ids`) and the others unwind and give theirs back: for a moment
     // the sleds can be full even for an instance that holds nothing.
     const NO_ROOM: (u16, &str, &str) = (
@@ -122,9 +131,15 @@ fn expected_refusals(op: Op) -> &'static [(u16, &'static str, &'static str)] {
             (
                 409,
                 "Conflict",
-                "not running, already migrating, or changed while the migration was prepared",
+                "not running, already migrating, changed while the migration was prepared, or \
+                 the sled named (its own, or an expunged one) can't take it",
             ),
             NO_ROOM,
+            (
+                400,
+                "InvalidRequest",
+                "the sled named is the one it already runs on",
+            ),
         ],
         Op::Delete => &[
             NOT_FOUND,
@@ -138,6 +153,26 @@ fn expected_refusals(op: Op) -> &'static [(u16, &'static str, &'static str)] {
         // Nothing is deleted or started once the clients are done; a stop can only meet a
         // migration or a start still finishing.
         Op::QuiesceStop => &[(409, "Conflict", "migrating, or still starting")],
+    }
+}
+
+/// What an operation may also answer once a sled has died (its sled agent stopped answering),
+/// on top of `expected_refusals`: a 503 is what a user should see while Nexus can't reach the
+/// sled that runs (or was picked to run) the instance, and that is the only addition. After
+/// the expunge the operation meets states it already knows (a failed instance starts again
+/// elsewhere, stops as a no-op, refuses to reboot; a migration into or out of the sled ends
+/// and the instance runs on, or fails) and a saga that was placing a VMM on the sled fails
+/// with `Conflict` (the sled was expunged: start or migrate again), already expected.
+fn expunge_refusals(op: Op) -> &'static [(u16, &'static str, &'static str)] {
+    const SLED_DOWN: (u16, &str, &str) = (
+        503,
+        "ServiceNotAvailable",
+        "its sled (or the one picked for it) stopped answering and is not expunged yet",
+    );
+    match op {
+        Op::CreateAndStart | Op::Start | Op::Stop | Op::Reboot | Op::Migrate => &[SLED_DOWN],
+        // Neither reaches a sled agent; nothing is left dead once the clients are done.
+        Op::Create | Op::Delete | Op::View | Op::QuiesceStop => &[],
     }
 }
 
@@ -195,6 +230,12 @@ struct Outcomes {
     faults_not_injected: usize,
     /// Faults the sled agent accepted, by the VMM they were injected into.
     faults_accepted: Vec<(VmmUuid, FaultKind)>,
+    /// Sleds whose sled agent has stopped answering (dead), expunged or not yet.
+    sleds_dead: usize,
+    /// What each expunge did.
+    expunges: Vec<SledExpunged>,
+    /// Refusals only a dead sled explains (`expunge_refusals`), per operation and status.
+    refused_for_dead_sled: BTreeMap<(Op, u16), usize>,
     /// Responses no table allows.
     problems: Vec<String>,
 }
@@ -226,6 +267,14 @@ impl Outcomes {
                 .or_default() += 1;
             return;
         }
+        let explained_by_dead_sled = self.sleds_dead > 0
+            && expunge_refusals(op)
+                .iter()
+                .any(|(s, c, _)| *s == status && *c == code);
+        if explained_by_dead_sled {
+            *self.refused_for_dead_sled.entry((op, status)).or_default() += 1;
+            return;
+        }
         let explained_by_fault = status == 503
             && self
                 .faults_accepted
@@ -237,6 +286,11 @@ impl Outcomes {
         }
         let allowed: Vec<String> = expected_refusals(op)
             .iter()
+            .chain(if self.sleds_dead > 0 {
+                expunge_refusals(op)
+            } else {
+                &[]
+            })
             .map(|(s, c, when)| format!("{s} {c} ({when})"))
             .collect();
         self.problems.push(format!(
@@ -283,7 +337,20 @@ async fn run_seed(seed: u64, ops_per_client: usize) {
         .start_delay_ms
         .max(sim.stop_delay_ms)
         .max(sim.reboot_delay_ms);
-    let ctx = Arc::new(TestContext::with_sim(3, sim).await);
+    let mut ctx = TestContext::with_sim(SLEDS, sim).await;
+    let sled_ids: Vec<SledUuid> = ctx.sleds.iter().map(|s| s.agent().id()).collect();
+    // Where in the run (after how many operations) each expunge happens, and how long each
+    // dead sled goes unnoticed before the operator expunges it.
+    let total_ops = CLIENTS * ops_per_client;
+    let mut expunge_after: Vec<(usize, u64)> = (0..setup_rng.random_range(1..=2))
+        .map(|_| {
+            (
+                setup_rng.random_range(total_ops / 10..=total_ops * 7 / 10),
+                setup_rng.random_range(0..=pace_ms),
+            )
+        })
+        .collect();
+    expunge_after.sort();
     let base = format!("http://{}", ctx.server.external_address());
     let http = reqwest::Client::new();
     let created = http
@@ -295,13 +362,21 @@ async fn run_seed(seed: u64, ops_per_client: usize) {
     assert_eq!(created.status().as_u16(), 201);
 
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let ops_done = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..CLIENTS {
-        let (ctx, http, base, outcomes) =
-            (ctx.clone(), http.clone(), base.clone(), outcomes.clone());
+        let (nexus, http, base, outcomes, ops_done, sled_ids) = (
+            ctx.nexus().clone(),
+            http.clone(),
+            base.clone(),
+            outcomes.clone(),
+            ops_done.clone(),
+            sled_ids.clone(),
+        );
         let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(client as u64));
         tasks.spawn(async move {
             for _ in 0..ops_per_client {
+                ops_done.fetch_add(1, Ordering::Relaxed);
                 let name = format!("vm-{}", rng.random_range(0..INSTANCES));
                 let (op, method, path, body) = match rng.random_range(0..100) {
                     0..=7 => {
@@ -338,12 +413,20 @@ async fn run_seed(seed: u64, ops_per_client: usize) {
                         format!("/v1/instances/{name}/reboot?project=race"),
                         None,
                     ),
-                    50..=83 => (
-                        Op::Migrate,
-                        "POST",
-                        format!("/v1/instances/{name}/migrate?project=race"),
-                        Some(json!({})),
-                    ),
+                    50..=83 => {
+                        // A quarter of them name a sled: perhaps one that dies or died.
+                        let body = if rng.random_bool(0.25) {
+                            json!({"dst_sled_id": sled_ids[rng.random_range(0..sled_ids.len())]})
+                        } else {
+                            json!({})
+                        };
+                        (
+                            Op::Migrate,
+                            "POST",
+                            format!("/v1/instances/{name}/migrate?project=race"),
+                            Some(body),
+                        )
+                    }
                     84..=86 => (
                         Op::Delete,
                         "DELETE",
@@ -357,7 +440,7 @@ async fn run_seed(seed: u64, ops_per_client: usize) {
                         None,
                     ),
                     _ => {
-                        let injected = inject_fault(&ctx, &name).await;
+                        let injected = inject_fault(&nexus, &name).await;
                         let mut outcomes = outcomes.lock().unwrap();
                         match injected {
                             Some(fault) => outcomes.faults_accepted.push(fault),
@@ -380,6 +463,14 @@ async fn run_seed(seed: u64, ops_per_client: usize) {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..=pace_ms))).await;
             }
         });
+    }
+    // Meanwhile, the sleds die and are expunged at their points of the run.
+    for (after_ops, unnoticed_ms) in &expunge_after {
+        while ops_done.load(Ordering::Relaxed) < *after_ops && !tasks.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let expunged = kill_and_expunge(&mut ctx, &outcomes, *unnoticed_ms).await;
+        outcomes.lock().unwrap().expunges.push(expunged);
     }
     tasks.join_all().await;
 
@@ -445,14 +536,30 @@ async fn run_seed(seed: u64, ops_per_client: usize) {
             println!("race seed {seed}: {op:?} refused {status} x{count}: {message}");
         }
     }
+    let expunged_vmms: usize = outcomes.expunges.iter().map(|e| e.vmms_failed.len()).sum();
     println!(
         "race seed {seed}: succeeded {:?}; refused {:?}; fault requests: {} accepted, {} refused or \
-         with no VMM to hit; {} VMMs failed by an injected fault; {} problems",
+         with no VMM to hit; {} VMMs failed by an injected fault; {} sleds expunged: {} VMMs \
+         failed, {} instances failed, {} migration targets retired, refused while a sled was \
+         dead {:?}; {} problems",
         outcomes.succeeded,
         outcomes.refused,
         outcomes.faults_accepted.len(),
         outcomes.faults_not_injected,
         hit.len(),
+        outcomes.expunges.len(),
+        expunged_vmms,
+        outcomes
+            .expunges
+            .iter()
+            .map(|e| e.instances_failed.len())
+            .sum::<usize>(),
+        outcomes
+            .expunges
+            .iter()
+            .map(|e| e.migration_targets_retired.len())
+            .sum::<usize>(),
+        outcomes.refused_for_dead_sled,
         outcomes.problems.len()
     );
     assert!(
@@ -492,17 +599,72 @@ async fn run_seed(seed: u64, ops_per_client: usize) {
             "seed {seed}: no injected fault took effect ({} accepted, none of their VMMs failed)",
             outcomes.faults_accepted.len()
         );
+        assert!(
+            expunged_vmms > 0,
+            "seed {seed}: the expunges failed no VMM: {:?}",
+            outcomes.expunges
+        );
     }
+}
+
+/// A sled dies: of the sleds still alive, the one with the most VMMs of migrating instances
+/// (sources or targets), then with the most VMMs (as the database has it), stops answering
+/// (its sled agent closes); `unnoticed_ms` later the operator expunges it
+/// (`POST /sleds/{id}/expunge`). Returns what the expunge did.
+async fn kill_and_expunge(
+    ctx: &mut TestContext,
+    outcomes: &Mutex<Outcomes>,
+    unnoticed_ms: u64,
+) -> SledExpunged {
+    let live: BTreeMap<String, (usize, usize)> = ctx
+        .sql(
+            "SELECT v.sled_id, count(*) FILTER (WHERE i.migration_id IS NOT NULL), count(*) \
+             FROM vmm v JOIN instance i ON i.id = v.instance_id \
+             WHERE v.time_deleted IS NULL GROUP BY v.sled_id",
+        )
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split('|');
+            let sled = fields.next()?.to_string();
+            let migrating = fields.next()?.parse().ok()?;
+            let all = fields.next()?.parse().ok()?;
+            Some((sled, (migrating, all)))
+        })
+        .collect();
+    let victim = (0..ctx.sleds.len())
+        .max_by_key(|i| {
+            let id = ctx.sleds[*i].agent().id().to_string();
+            live.get(&id).copied().unwrap_or((0, 0))
+        })
+        .unwrap();
+    let server = ctx.sleds.remove(victim);
+    let sled_id = server.agent().id();
+    // From now on a request may find the sled unreachable.
+    outcomes.lock().unwrap().sleds_dead += 1;
+    server.close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(unnoticed_ms)).await;
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/sleds/{sled_id}/expunge",
+            ctx.server.internal_address()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 200, "expunging sled {sled_id}: {body}");
+    serde_json::from_value(body).unwrap()
 }
 
 /// Injects a fault into the instance's active VMM, if it has one: a failed boot into a VMM
 /// still booting (as far as the database knows), a crash into any other. Returns the VMM and
 /// the fault if the sled agent accepted it; `None` if there was nothing to inject into or the
 /// sled agent refused (e.g. crashing a VMM that is not running).
-async fn inject_fault(ctx: &TestContext, name: &str) -> Option<(VmmUuid, FaultKind)> {
+async fn inject_fault(nexus: &Nexus, name: &str) -> Option<(VmmUuid, FaultKind)> {
     // (A hung transition never ends by itself, so it has no place in a test that must
     // quiesce; slow transitions come from the seeded sim delays instead.)
-    let datastore = ctx.nexus().datastore();
+    let datastore = nexus.datastore();
     let project = datastore
         .project_fetch(&"race".parse().unwrap())
         .await
@@ -517,7 +679,7 @@ async fn inject_fault(ctx: &TestContext, name: &str) -> Option<(VmmUuid, FaultKi
         VmmState::Creating | VmmState::Starting => FaultKind::FailNextStart,
         _ => FaultKind::Crash,
     };
-    let client = ctx.nexus().sled_client(record.sled_id()).await.ok()?;
+    let client = nexus.sled_client(record.sled_id()).await.ok()?;
     client
         .vmm_inject_fault(&vmm, &kind.sim_fault())
         .await

@@ -1,13 +1,15 @@
 //! A sled declared gone (expunged) by the operator: its VMMs fail and release their
 //! reservations, placement never picks it again, it may not register again, and a migration
-//! into or out of it ends sensibly. Real sim sled agents over HTTP; the one that is "gone" is
-//! closed (it stops answering) before it is expunged.
+//! into or out of it ends sensibly, including a source paused at `finish` on a target whose
+//! sled is expunged (rules (a) and (b) of `app/sled.rs`). Real sim sled agents over HTTP; the
+//! one that is "gone" is closed (it stops answering) before it is expunged.
 
 use crate::context::{SLED_THREADS, TestContext};
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
 use halyard_common::{InstanceState, MigrationState, VmmState};
 use halyard_nexus_internal_api::SledExpunged;
 use halyard_sled_agent::SimConfig;
+use halyard_sled_agent_api::SimFault;
 use serde_json::Value;
 
 /// `POST /sleds/{id}/expunge` on Nexus's internal API: the status and the body.
@@ -367,5 +369,205 @@ async fn a_migration_out_of_an_expunged_sled_fails_the_instance_and_retires_the_
     ctx.wait_for(id, InstanceState::Running).await;
     let vmm = active_vmm(&ctx, id).await;
     assert_ne!(sled_of(&ctx, vmm).await, source_sled);
+    ctx.assert_quiet_and_consistent().await;
+}
+
+/// How many requests to `endpoint` (a route, e.g. `PUT /vmms/{propolis_id}/migration-in`)
+/// the sled agent at `address` has answered with `status`, from its metrics.
+async fn sled_agent_requests(address: std::net::SocketAddr, endpoint: &str, status: u16) -> u64 {
+    let text = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!(
+        r#"halyard_http_requests_total{{api="sled-agent",endpoint="{endpoint}",status="{status}"}}"#
+    );
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |count| count.trim().parse().unwrap())
+}
+
+/// The VMMs the sled agents still running run for instance `id`, as (VMM, state) pairs.
+async fn live_vmms_of(ctx: &TestContext, id: InstanceUuid) -> Vec<(VmmUuid, VmmState)> {
+    let mut live = Vec::new();
+    for sled in &ctx.sleds {
+        let client =
+            halyard_sled_agent_client::Client::new(&format!("http://{}", sled.local_addr()));
+        for vmm in client.vmm_list().await.unwrap().into_inner() {
+            if vmm.instance_id == id {
+                live.push((vmm.propolis_id, vmm.state.vmm_state.state));
+            }
+        }
+    }
+    live
+}
+
+/// A migration whose source and target are picked: the instance runs on `source`, and
+/// `target_sled` is another sled.
+async fn migration_setup(ctx: &TestContext) -> (InstanceUuid, VmmUuid, SledUuid) {
+    let id = started(ctx, "vm", 2).await;
+    let source = active_vmm(ctx, id).await;
+    let source_sled = sled_of(ctx, source).await;
+    let target_sled = ctx
+        .sleds
+        .iter()
+        .map(|s| s.agent().id())
+        .find(|s| *s != source_sled)
+        .unwrap();
+    (id, source, target_sled)
+}
+
+/// Rule (a) of `app/sled.rs`: the source lost its way to the target at `finish` (the commit
+/// point), so it stays paused and keeps asking; the target's sled then dies and is expunged
+/// before Nexus ever recorded the target as active. Nexus tells the source that the target
+/// is gone: it resumes the guest, and the instance runs on, on its source, exactly once.
+#[tokio::test]
+async fn a_source_paused_at_finish_resumes_when_its_targets_sled_is_expunged() {
+    let mut ctx = TestContext::with_sim(
+        3,
+        SimConfig {
+            migration_phase_delay_ms: 100,
+            ..slow_migrations()
+        },
+    )
+    .await;
+    let (id, source, target_sled) = migration_setup(&ctx).await;
+    ctx.sled_client_for(source)
+        .await
+        .vmm_inject_fault(&source, &SimFault::LoseNextFinish)
+        .await
+        .unwrap();
+    ctx.nexus()
+        .instance_migrate(id, Some(target_sled))
+        .await
+        .unwrap();
+    let view = ctx.view(id).await;
+    let migration = view.instance.runtime.migration().unwrap();
+    let target = view.instance.runtime.target_vmm().unwrap();
+    // Once the target has answered sync, pause and transfer, only `finish` is left, and it
+    // never gets there: the source is paused, asking, from then on.
+    let target_address = ctx
+        .sleds
+        .iter()
+        .find(|s| s.agent().id() == target_sled)
+        .unwrap()
+        .local_addr();
+    ctx.eventually(
+        "the target to have taken sync, pause and transfer",
+        async |_: &TestContext| {
+            sled_agent_requests(target_address, "PUT /vmms/{propolis_id}/migration-in", 200).await
+                == 3
+        },
+    )
+    .await;
+    close_sled(&mut ctx, target_sled).await;
+    let paused = ctx
+        .sled_client_for(source)
+        .await
+        .vmm_get_state(&source)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paused.vmm_state.state, VmmState::Migrating, "{paused:?}");
+    assert_eq!(
+        paused.migration_out.map(|m| m.state),
+        Some(MigrationState::InProgress)
+    );
+
+    let result = expunged(&ctx, target_sled).await;
+    assert_eq!(result.vmms_failed, vec![target]);
+    assert!(result.instances_failed.is_empty());
+    ctx.eventually(
+        "the source to resume the guest and the instance to run on it",
+        async |ctx: &TestContext| {
+            let view = ctx.view(id).await;
+            view.instance.runtime.migration().is_none()
+                && view.run_state() == InstanceState::Running
+                && view.instance.runtime.active_vmm() == Some(source)
+        },
+    )
+    .await;
+    assert_eq!(
+        live_vmms_of(&ctx, id).await,
+        vec![(source, VmmState::Running)],
+        "the guest runs exactly once, on its source"
+    );
+    let record = ctx
+        .nexus()
+        .datastore()
+        .migration_fetch(migration)
+        .await
+        .unwrap();
+    assert_eq!(record.target_state(), MigrationState::Failed);
+    ctx.eventually(
+        "the source to report its side failed",
+        async |ctx: &TestContext| {
+            ctx.nexus()
+                .datastore()
+                .migration_fetch(migration)
+                .await
+                .unwrap()
+                .source_state()
+                == MigrationState::Failed
+        },
+    )
+    .await;
+    ctx.assert_quiet_and_consistent().await;
+    // A repeat finds nothing left to tell, and the instance can migrate again.
+    let again = expunged(&ctx, target_sled).await;
+    assert!(again.vmms_failed.is_empty());
+    ctx.nexus().instance_migrate(id, None).await.unwrap();
+    ctx.eventually("the next migration to end", async |ctx: &TestContext| {
+        let view = ctx.view(id).await;
+        view.instance.runtime.migration().is_none() && view.run_state() == InstanceState::Running
+    })
+    .await;
+    assert_ne!(active_vmm(&ctx, id).await, source);
+    ctx.assert_quiet_and_consistent().await;
+}
+
+/// Rule (b) of `app/sled.rs`: the source lost the reply to `finish`, but the target's
+/// completed report reached Nexus, which made the target active and unregistered the
+/// source (ending its wait). The target's sled is then expunged: the instance fails like
+/// any whose active VMM's sled is gone, and no copy of the guest is left running.
+#[tokio::test]
+async fn a_lost_finish_reply_then_the_targets_sled_expunged_fails_the_instance() {
+    let mut ctx = TestContext::with_sim(
+        3,
+        SimConfig {
+            migration_phase_delay_ms: 100,
+            ..slow_migrations()
+        },
+    )
+    .await;
+    let (id, source, target_sled) = migration_setup(&ctx).await;
+    ctx.sled_client_for(source)
+        .await
+        .vmm_inject_fault(&source, &SimFault::LoseNextFinishReply)
+        .await
+        .unwrap();
+    ctx.nexus()
+        .instance_migrate(id, Some(target_sled))
+        .await
+        .unwrap();
+    let target = ctx.view(id).await.instance.runtime.target_vmm().unwrap();
+    ctx.eventually("the target to become active", async |ctx: &TestContext| {
+        let view = ctx.view(id).await;
+        view.instance.runtime.active_vmm() == Some(target)
+            && view.run_state() == InstanceState::Running
+    })
+    .await;
+    ctx.eventually("the source to be gone", async |ctx: &TestContext| {
+        live_vmms_of(ctx, id).await == vec![(target, VmmState::Running)]
+    })
+    .await;
+    close_sled(&mut ctx, target_sled).await;
+    let result = expunged(&ctx, target_sled).await;
+    assert_eq!(result.vmms_failed, vec![target]);
+    assert_eq!(result.instances_failed, vec![id]);
+    assert_eq!(ctx.view(id).await.run_state(), InstanceState::Failed);
+    assert_eq!(live_vmms_of(&ctx, id).await, vec![]);
     ctx.assert_quiet_and_consistent().await;
 }

@@ -67,6 +67,21 @@ pub trait SledAgentApi {
         body: TypedBody<MigrationInStep>,
     ) -> Result<HttpResponseOk<MigrationInReply>, HttpError>;
 
+    /// Nexus to the source of a live migration: the migration's target is gone for good (its
+    /// sled was expunged, which is the operator's word that nothing runs there), so it will
+    /// never answer, and whatever it may have resumed is dead with it. A source still waiting
+    /// for the target's answer to `finish` (paused, asking again) stops asking, resumes the
+    /// guest and reports its side of the migration failed; a source in an earlier phase fails
+    /// the migration at once. A migration this VMM is not carrying out (never asked for,
+    /// already ended) is left as it is. Idempotent; answers the VMM's current state (also
+    /// that of a VMM already gone, until it is unregistered).
+    #[endpoint { method = PUT, path = "/vmms/{propolis_id}/migration-out/target-gone" }]
+    async fn vmm_migration_target_gone(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        body: TypedBody<MigrationTargetGone>,
+    ) -> Result<HttpResponseOk<SledVmmState>, HttpError>;
+
     /// Inject a fault into a VMM (simulated backend only, other backends refuse with 400;
     /// except the test hooks `panic` and `lose_next_finish_reply`, which every backend takes).
     #[endpoint { method = PUT, path = "/vmms/{propolis_id}/sim-fault" }]
@@ -210,6 +225,12 @@ pub struct MigrationInStep {
     pub phase: MigrationPhase,
 }
 
+/// Which outbound migration's target is gone for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct MigrationTargetGone {
+    pub migration_id: MigrationUuid,
+}
+
 /// The target's answer to one phase of an inbound migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct MigrationInReply {
@@ -260,6 +281,11 @@ pub enum SimFault {
     /// reply is then dropped, as if lost on the way back: the source has to find out
     /// whether the target resumed.
     LoseNextFinishReply,
+    /// In this VMM's next migration out, every push of `finish` is lost on its way to the
+    /// target (a partition, or the target's sled dying just as the source commits): the
+    /// target never resumes the guest, and the source, which can't tell, stays paused and
+    /// keeps asking until it learns the outcome some other way.
+    LoseNextFinish,
 }
 
 /// Which part of a VMM's serial console history to read (Oxide's

@@ -16,10 +16,13 @@
 //! completed transfer whose target could not take over), so the instance keeps running where
 //! it was. If the source cannot tell whether the target resumed (the reply to `finish` was
 //! lost), the guest stays paused on the source while it asks the target again
-//! ([`push_finish`]): the guest never runs on both.
+//! ([`push_finish`]): the guest never runs on both. Only Nexus's word that the target is gone
+//! for good (its sled expunged: `Command::MigrationTargetGone`) ends that wait otherwise: the
+//! guest resumes here, and a transfer still under way is cancelled (a stream to a dead host
+//! would only end when TCP gives up).
 
 use super::vmm::Qmp;
-use crate::vmm_runtime::{Command, push_finish};
+use crate::vmm_runtime::{Command, FinishHook, TARGET_GONE, push_finish};
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_sled_agent_api::{MigrationInStep, MigrationPhase};
 use qapi::qmp;
@@ -27,7 +30,7 @@ use slog::{Logger, info};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How often the source asks QEMU how the transfer goes.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -49,8 +52,10 @@ pub(super) struct OutboundMigration {
     pub target: halyard_sled_agent_client::Client,
     pub qmp: Arc<Qmp>,
     pub commands: mpsc::WeakSender<Command>,
-    /// A test hook: the reply to `finish` is lost.
-    pub lose_finish_reply: bool,
+    /// A test hook on `finish`.
+    pub finish_hook: FinishHook,
+    /// Nexus's word that the target is gone for good (its sled expunged).
+    pub target_gone: watch::Receiver<bool>,
     pub log: Logger,
 }
 
@@ -92,7 +97,8 @@ impl OutboundMigration {
             &self.target_propolis_id,
             &finish,
             &self.commands,
-            self.lose_finish_reply,
+            self.finish_hook,
+            &mut self.target_gone.clone(),
             &self.log,
         )
         .await?;
@@ -124,6 +130,11 @@ impl OutboundMigration {
         let deadline = tokio::time::Instant::now() + TRANSFER_TIMEOUT;
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
+            if *self.target_gone.borrow() {
+                // Its sled is gone: QEMU's stream there would only end when TCP gives up.
+                let _ = self.qmp.call(qmp::migrate_cancel {}, "cancel").await;
+                return Err(TARGET_GONE.to_string());
+            }
             let info = self
                 .qmp
                 .call(qmp::query_migrate {}, "report the migration")

@@ -20,7 +20,7 @@
 use super::migration::OutboundMigration;
 use super::{GuestImage, QemuBackend};
 use crate::console::SerialConsole;
-use crate::vmm_runtime::{Command, Ended, VmmRuntime, sleep_until};
+use crate::vmm_runtime::{Command, Ended, FinishHook, VmmRuntime, sleep_until, target_gone_signal};
 use futures::StreamExt;
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
@@ -98,6 +98,8 @@ pub(crate) struct QemuVmm {
     migrations_out: BTreeMap<MigrationUuid, VmmUuid>,
     /// The outbound migration in progress, if any.
     migrating_out: Option<MigrationUuid>,
+    /// Set when Nexus declares the target of the migration in progress gone for good.
+    target_gone: Option<watch::Sender<bool>>,
     /// A test hook ([`SimFault::LoseNextFinishReply`]) for the next migration out.
     lose_next_finish_reply: bool,
     /// Where a migration target listens (the sled agent's own address).
@@ -168,6 +170,7 @@ impl QemuBackend {
             incoming: None,
             migrations_out: BTreeMap::new(),
             migrating_out: None,
+            target_gone: None,
             lose_next_finish_reply: false,
             listen_ip,
             stop_timeout: self.config.stop_timeout(),
@@ -362,6 +365,22 @@ impl QemuVmm {
             Command::MigrationOutFinished { result } => {
                 self.migration_out_finished(result, qmp).await
             }
+            Command::MigrationTargetGone {
+                migration_id,
+                reply,
+            } => {
+                if self.migrating_out == Some(migration_id) {
+                    warn!(self.log, "the migration's target is gone for good; the migration \
+                        fails here"; "migration_id" => %migration_id);
+                    if let Some(target_gone) = &self.target_gone {
+                        target_gone.send_replace(true);
+                    }
+                } else {
+                    info!(self.log, "told a migration's target is gone; not migrating there";
+                        "migration_id" => %migration_id, "migrating_out" => ?self.migrating_out);
+                }
+                let _ = reply.send(Ok(self.runtime.snapshot()));
+            }
             Command::Kill => self.end_now("it was unregistered"),
         }
     }
@@ -435,9 +454,16 @@ impl QemuVmm {
                         "target" => %target_propolis_id, "target_address" => %target_address);
                     self.migrations_out.insert(migration_id, target_propolis_id);
                     self.migrating_out = Some(migration_id);
+                    let (target_gone, target_gone_signal) = target_gone_signal();
+                    self.target_gone = Some(target_gone);
                     self.runtime
                         .set_migration_out(migration_id, MigrationState::InProgress);
                     self.runtime.set_state(Migrating);
+                    let finish_hook = if std::mem::take(&mut self.lose_next_finish_reply) {
+                        FinishHook::LoseFirstReply
+                    } else {
+                        FinishHook::None
+                    };
                     let migration = OutboundMigration {
                         source_propolis_id: self.id,
                         migration_id,
@@ -447,7 +473,8 @@ impl QemuVmm {
                         )),
                         qmp: Arc::clone(qmp),
                         commands: self.commands.clone(),
-                        lose_finish_reply: std::mem::take(&mut self.lose_next_finish_reply),
+                        finish_hook,
+                        target_gone: target_gone_signal,
                         log: self.log.clone(),
                     };
                     tokio::spawn(migration.run());
@@ -462,6 +489,7 @@ impl QemuVmm {
         let Some(migration_id) = self.migrating_out.take() else {
             return;
         };
+        self.target_gone = None;
         match result {
             Ok(()) => {
                 info!(self.log, "migrated out; ending the source QEMU";
