@@ -96,6 +96,14 @@ impl Server {
         &self.agent
     }
 
+    /// Stops registering with Nexus (serving goes on): the sled agent neither re-registers
+    /// nor refreshes its address in Nexus's records. For tests that make a sled agent look
+    /// out of reach by changing its address there, which a periodic registration would
+    /// otherwise put back.
+    pub fn stop_registering(&self) {
+        self.registration.abort();
+    }
+
     /// Stops serving and registering. Simulated VMMs end with the runtime; QEMU processes
     /// are ended here, so none outlives a sled agent that shut down.
     pub async fn close(self) -> anyhow::Result<()> {

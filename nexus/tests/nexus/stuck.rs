@@ -49,6 +49,12 @@ async fn orphan_a_target_while_its_sled_agent_is_out_of_reach(
     let target = during.instance.runtime.target_vmm().unwrap();
     let source_sled = sled_of(ctx, source).await;
     let target_sled = sled_of(ctx, target).await;
+    // Its periodic registration would put the real port back at any moment.
+    ctx.sleds
+        .iter()
+        .find(|s| s.agent().id() == target_sled)
+        .unwrap()
+        .stop_registering();
     let port = ctx.sql(&format!("SELECT port FROM sled WHERE id = '{target_sled}'"));
     ctx.sql(&format!(
         "UPDATE sled SET port = 1 WHERE id = '{target_sled}'"
