@@ -6,9 +6,7 @@ use super::sagas::{instance_create, instance_delete, instance_migrate, instance_
 use crate::app::sled_agent_error;
 use halyard_common::ids::{GenericUuid, InstanceUuid, ProjectUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
-use halyard_common::{
-    ByteCount, Error, InstanceNexusState, MigrationState, Name, NameOrId, VmmState,
-};
+use halyard_common::{ByteCount, Error, MigrationState, Name, NameOrId, VmmState};
 use halyard_db_model::{
     Instance, NewInstanceParams, Project, Sled, SledResources, Vmm, VmmRuntimeState,
 };
@@ -312,38 +310,6 @@ impl Nexus {
         Ok(())
     }
 
-    /// Clears an instance's target VMM and migration id if they are `migration_id`'s (a
-    /// migration that unwound). Idempotent.
-    pub(crate) async fn instance_clear_migration(
-        &self,
-        instance_id: InstanceUuid,
-        migration_id: halyard_common::ids::MigrationUuid,
-    ) -> Result<(), Error> {
-        for _ in 0..10 {
-            let instance = match self.datastore().instance_fetch(instance_id).await {
-                Ok(instance) => instance,
-                Err(Error::ObjectNotFound { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            if instance.runtime.migration() != Some(migration_id) {
-                return Ok(());
-            }
-            let mut cleared = instance.runtime.next();
-            cleared.target_propolis_id = None;
-            cleared.migration_id = None;
-            if self
-                .datastore()
-                .instance_update_runtime(instance_id, &cleared)
-                .await?
-            {
-                return Ok(());
-            }
-        }
-        Err(Error::unavailable(format!(
-            "instance {instance_id} keeps changing; retry"
-        )))
-    }
-
     /// Deletes a stopped instance (the instance-delete saga).
     pub async fn instance_delete(self: &Arc<Self>, id: InstanceUuid) -> Result<(), Error> {
         self.run_saga::<instance_delete::SagaInstanceDelete>(instance_delete::Params {
@@ -380,40 +346,6 @@ impl Nexus {
             }
             Err(e) => Err(sled_agent_error(e)),
         }
-    }
-
-    /// Clears an instance's active VMM if it is `vmm_id` (a start that unwound), whatever else
-    /// changed meanwhile. Idempotent.
-    pub(crate) async fn instance_release_vmm(
-        &self,
-        instance_id: InstanceUuid,
-        vmm_id: VmmUuid,
-    ) -> Result<(), Error> {
-        for _ in 0..10 {
-            let instance = match self.datastore().instance_fetch(instance_id).await {
-                Ok(instance) => instance,
-                Err(Error::ObjectNotFound { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            if instance.runtime.active_vmm() != Some(vmm_id) {
-                return Ok(());
-            }
-            let mut released = instance.runtime.next();
-            released.nexus_state = InstanceNexusState::NoVmm.into();
-            released.active_propolis_id = None;
-            released.target_propolis_id = None;
-            released.migration_id = None;
-            if self
-                .datastore()
-                .instance_update_runtime(instance_id, &released)
-                .await?
-            {
-                return Ok(());
-            }
-        }
-        Err(Error::unavailable(format!(
-            "instance {instance_id} keeps changing; retry"
-        )))
     }
 
     // VMM reports and sleds

@@ -13,7 +13,7 @@
 
 use super::{NexusActionContext, NexusSaga, action_failed, declare_action};
 use halyard_common::ids::{InstanceUuid, ProjectUuid};
-use halyard_common::{ByteCount, InstanceNexusState, Name};
+use halyard_common::{ByteCount, Name};
 use halyard_db_model::NewInstanceParams;
 use serde::{Deserialize, Serialize};
 use steno::{ActionError, DagBuilder, Node};
@@ -92,15 +92,11 @@ async fn undo_create_record(ctx: &NexusActionContext) -> Result<(), anyhow::Erro
 
 async fn mark_stopped(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let id = ctx.lookup::<InstanceUuid>("instance")?;
-    let datastore = ctx.user_data().nexus.datastore();
-    let instance = datastore.instance_fetch(id).await.map_err(action_failed)?;
-    if instance.runtime.nexus_state() != InstanceNexusState::Creating {
-        return Ok(()); // a repeat: already done
-    }
-    let mut stopped = instance.runtime.next();
-    stopped.nexus_state = InstanceNexusState::NoVmm.into();
-    datastore
-        .instance_update_runtime(id, &stopped)
+    // `AlreadyDone` is a repeat; there is no conflict (every other state comes later).
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .instance_mark_stopped(id)
         .await
         .map_err(action_failed)?;
     Ok(())

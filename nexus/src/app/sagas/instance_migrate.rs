@@ -47,7 +47,7 @@ use crate::app::{Nexus, sled_agent_error};
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{Error, VmmState};
 use halyard_db_model::Migration;
-use halyard_db_queries::SledChoice;
+use halyard_db_queries::{SledChoice, TransitionOutcome};
 use halyard_sled_agent_api::{MigrationTarget, VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
 use slog::{error, warn};
@@ -294,52 +294,35 @@ async fn set_ids(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let source = ctx.lookup::<Source>("source")?;
     let datastore = ctx.user_data().nexus.datastore();
-    let instance = datastore
-        .instance_fetch(params.instance_id)
+    let outcome = datastore
+        .instance_set_migration_ids(
+            params.instance_id,
+            source.propolis_id,
+            ids.migration_id,
+            ids.target_propolis_id,
+        )
         .await
         .map_err(action_failed)?;
-    let runtime = &instance.runtime;
-    if runtime.migration() == Some(ids.migration_id)
-        || runtime.active_vmm() == Some(ids.target_propolis_id)
-    {
-        return Ok(()); // a repeat (the migration may even have completed since)
-    }
-    let conflict = || {
-        action_failed(Error::conflict(format!(
+    match outcome {
+        // Set now, or by an earlier run of this action (the migration may even have
+        // completed since).
+        TransitionOutcome::Applied | TransitionOutcome::AlreadyDone => Ok(()),
+        TransitionOutcome::Conflict(conflict) => Err(action_failed(Error::conflict(format!(
             "instance \"{}\" changed while preparing its migration (another migration, a stop \
              or a failure); retry",
-            instance.name()
-        )))
-    };
-    if runtime.active_vmm() != Some(source.propolis_id) || runtime.migration().is_some() {
-        return Err(conflict());
+            conflict.instance_name
+        )))),
     }
-    let mut migrating = runtime.next();
-    migrating.target_propolis_id = Some(ids.target_propolis_id.into());
-    migrating.migration_id = Some(ids.migration_id.into());
-    if datastore
-        .instance_update_runtime(params.instance_id, &migrating)
-        .await
-        .map_err(action_failed)?
-    {
-        return Ok(());
-    }
-    let now = datastore
-        .instance_fetch(params.instance_id)
-        .await
-        .map_err(action_failed)?;
-    if now.runtime.migration() == Some(ids.migration_id) {
-        return Ok(());
-    }
-    Err(conflict())
 }
 
 async fn undo_set_ids(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
+    // Another migration under way (`Conflict`) means ours is cleared already: nothing to do.
     ctx.user_data()
         .nexus
-        .instance_clear_migration(params.instance_id, ids.migration_id)
+        .datastore()
+        .instance_clear_migration_ids(params.instance_id, ids.migration_id)
         .await?;
     Ok(())
 }

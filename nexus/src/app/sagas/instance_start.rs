@@ -19,9 +19,9 @@
 
 use super::{NexusActionContext, NexusSaga, action_failed, declare_action, vmm_steps};
 use crate::app::sled_agent_error;
+use halyard_common::Error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
-use halyard_common::{Error, InstanceNexusState};
-use halyard_db_queries::SledChoice;
+use halyard_db_queries::{ConflictReason, SledChoice, TransitionConflict, TransitionOutcome};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
 use steno::{ActionError, DagBuilder, Node};
@@ -88,59 +88,40 @@ async fn claim(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let datastore = ctx.user_data().nexus.datastore();
-    let instance = datastore
-        .instance_fetch(params.instance_id)
+    let outcome = datastore
+        .instance_claim_for_start(params.instance_id, propolis_id)
         .await
         .map_err(action_failed)?;
-    let runtime = &instance.runtime;
-    if runtime.active_vmm() == Some(propolis_id) {
-        return Ok(()); // a repeat: ours already
-    }
-    if let Some(active) = runtime.active_vmm() {
-        return Err(action_failed(Error::conflict(format!(
-            "instance \"{}\" is already running (VMM {active}); stop it first to start it anew",
-            instance.name()
-        ))));
-    }
-    match runtime.nexus_state() {
-        InstanceNexusState::NoVmm | InstanceNexusState::Failed => {}
-        other => {
-            return Err(action_failed(Error::conflict(format!(
-                "instance \"{}\" cannot start while it is {other}",
-                instance.name()
-            ))));
+    let TransitionOutcome::Conflict(TransitionConflict {
+        instance_name,
+        reason,
+    }) = outcome
+    else {
+        return Ok(()); // claimed now, or by an earlier run of this action
+    };
+    let message = match reason {
+        ConflictReason::ActiveVmm(active) => format!(
+            "instance \"{instance_name}\" is already running (VMM {active}); stop it first to \
+             start it anew"
+        ),
+        ConflictReason::State(other) => {
+            format!("instance \"{instance_name}\" cannot start while it is {other}")
         }
-    }
-    let mut claimed = runtime.next();
-    claimed.nexus_state = InstanceNexusState::Vmm.into();
-    claimed.active_propolis_id = Some(propolis_id.into());
-    if datastore
-        .instance_update_runtime(params.instance_id, &claimed)
-        .await
-        .map_err(action_failed)?
-    {
-        return Ok(());
-    }
-    // Someone changed the instance since we read it: ours, if this is a replay that already
-    // wrote, or a racing start that won.
-    let now = datastore
-        .instance_fetch(params.instance_id)
-        .await
-        .map_err(action_failed)?;
-    if now.runtime.active_vmm() == Some(propolis_id) {
-        return Ok(());
-    }
-    Err(action_failed(Error::conflict(format!(
-        "instance \"{}\" changed while starting (another start or stop won); retry",
-        instance.name()
-    ))))
+        _ => format!(
+            "instance \"{instance_name}\" changed while starting (another start or stop won); \
+             retry"
+        ),
+    };
+    Err(action_failed(Error::conflict(message)))
 }
 
 async fn undo_claim(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    // Another VMM active (`Conflict`) means our claim is gone already: nothing to release.
     ctx.user_data()
         .nexus
+        .datastore()
         .instance_release_vmm(params.instance_id, propolis_id)
         .await?;
     Ok(())
