@@ -41,7 +41,7 @@
 //! target once either side reported completed or the target is the instance's active VMM.
 
 use super::retry::{is_transient, retry_transient};
-use super::{NexusActionContext, NexusSaga, action_failed, declare_action, vmm_steps};
+use super::{NexusActionContext, action_failed, declare_saga, vmm_steps};
 use crate::app::instance::InstanceAndVmm;
 use crate::app::{Nexus, sled_agent_error};
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
@@ -51,7 +51,21 @@ use halyard_db_queries::{SledChoice, TransitionOutcome};
 use halyard_sled_agent_api::{MigrationTarget, VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
 use slog::{error, warn};
-use steno::{ActionError, DagBuilder, Node};
+use steno::ActionError;
+
+declare_saga! {
+    saga SagaInstanceMigrate, named "instance-migrate", params Params;
+    action names "instance_migrate";
+    // node              label              action static      action             undo
+    "ids",               "GenerateIds",     GENERATE_IDS,      generate_ids,      -;
+    "source",            "CheckSource",     CHECK_SOURCE,      check_source,      -;
+    "migration_record",  "CreateMigration", CREATE_MIGRATION,  create_migration,  undo_create_migration;
+    "reservation",       "Reserve",         RESERVE,           reserve,           undo_reserve;
+    "target_vmm",        "CreateTargetVmm", CREATE_TARGET_VMM, create_target_vmm, undo_create_target_vmm;
+    "set_ids",           "SetIds",          SET_IDS,           set_ids,           undo_set_ids;
+    "registered_target", "RegisterTarget",  REGISTER_TARGET,   register_target,   undo_register_target;
+    "migrate_out",       "MigrateOut",      MIGRATE_OUT,       migrate_out,       -;
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {
@@ -70,79 +84,6 @@ struct MigrateIds {
 pub(crate) struct Source {
     propolis_id: VmmUuid,
     sled_id: SledUuid,
-}
-
-pub struct SagaInstanceMigrate;
-
-declare_action!(GENERATE_IDS, "instance_migrate.generate_ids", generate_ids);
-declare_action!(CHECK_SOURCE, "instance_migrate.check_source", check_source);
-declare_action!(
-    CREATE_MIGRATION,
-    "instance_migrate.create_migration",
-    create_migration,
-    undo_create_migration
-);
-declare_action!(RESERVE, "instance_migrate.reserve", reserve, undo_reserve);
-declare_action!(
-    CREATE_TARGET_VMM,
-    "instance_migrate.create_target_vmm",
-    create_target_vmm,
-    undo_create_target_vmm
-);
-declare_action!(SET_IDS, "instance_migrate.set_ids", set_ids, undo_set_ids);
-declare_action!(
-    REGISTER_TARGET,
-    "instance_migrate.register_target",
-    register_target,
-    undo_register_target
-);
-declare_action!(MIGRATE_OUT, "instance_migrate.migrate_out", migrate_out);
-
-impl NexusSaga for SagaInstanceMigrate {
-    const NAME: &'static str = "instance-migrate";
-    type Params = Params;
-
-    fn register_actions(registry: &mut super::ActionRegistry) {
-        for action in [
-            &GENERATE_IDS,
-            &CHECK_SOURCE,
-            &CREATE_MIGRATION,
-            &RESERVE,
-            &CREATE_TARGET_VMM,
-            &SET_IDS,
-            &REGISTER_TARGET,
-            &MIGRATE_OUT,
-        ] {
-            registry.register((*action).clone());
-        }
-    }
-
-    fn make_dag(_: &Params, builder: &mut DagBuilder) {
-        builder.append(Node::action("ids", "GenerateIds", GENERATE_IDS.as_ref()));
-        builder.append(Node::action("source", "CheckSource", CHECK_SOURCE.as_ref()));
-        builder.append(Node::action(
-            "migration_record",
-            "CreateMigration",
-            CREATE_MIGRATION.as_ref(),
-        ));
-        builder.append(Node::action("reservation", "Reserve", RESERVE.as_ref()));
-        builder.append(Node::action(
-            "target_vmm",
-            "CreateTargetVmm",
-            CREATE_TARGET_VMM.as_ref(),
-        ));
-        builder.append(Node::action("set_ids", "SetIds", SET_IDS.as_ref()));
-        builder.append(Node::action(
-            "registered_target",
-            "RegisterTarget",
-            REGISTER_TARGET.as_ref(),
-        ));
-        builder.append(Node::action(
-            "migrate_out",
-            "MigrateOut",
-            MIGRATE_OUT.as_ref(),
-        ));
-    }
 }
 
 async fn generate_ids(_: &NexusActionContext) -> Result<MigrateIds, ActionError> {

@@ -17,67 +17,30 @@
 //! here on the VMM's state comes from the sled agent's reports; when it ends (stopped, failed)
 //! Nexus retires it (see `app::instance`).
 
-use super::{NexusActionContext, NexusSaga, action_failed, declare_action, vmm_steps};
+use super::{NexusActionContext, action_failed, declare_saga, vmm_steps};
 use crate::app::sled_agent_error;
 use halyard_common::Error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
 use halyard_db_queries::{ConflictReason, SledChoice, TransitionConflict, TransitionOutcome};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
-use steno::{ActionError, DagBuilder, Node};
+use steno::ActionError;
+
+declare_saga! {
+    saga SagaInstanceStart, named "instance-start", params Params;
+    action names "instance_start";
+    // node        label                 action static         action                undo
+    "propolis_id", "GeneratePropolisId", GENERATE_PROPOLIS_ID, generate_propolis_id, -;
+    "claim",       "Claim",              CLAIM,                claim,                undo_claim;
+    "reservation", "Reserve",            RESERVE,              reserve,              undo_reserve;
+    "vmm",         "CreateVmm",          CREATE_VMM,           create_vmm,           undo_create_vmm;
+    "registered",  "Register",           REGISTER,             register,             undo_register;
+    "running",     "Run",                RUN,                  run,                  -;
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {
     pub instance_id: InstanceUuid,
-}
-
-pub struct SagaInstanceStart;
-
-declare_action!(
-    GENERATE_PROPOLIS_ID,
-    "instance_start.generate_propolis_id",
-    generate_propolis_id
-);
-declare_action!(CLAIM, "instance_start.claim", claim, undo_claim);
-declare_action!(RESERVE, "instance_start.reserve", reserve, undo_reserve);
-declare_action!(
-    CREATE_VMM,
-    "instance_start.create_vmm",
-    create_vmm,
-    undo_create_vmm
-);
-declare_action!(REGISTER, "instance_start.register", register, undo_register);
-declare_action!(RUN, "instance_start.run", run);
-
-impl NexusSaga for SagaInstanceStart {
-    const NAME: &'static str = "instance-start";
-    type Params = Params;
-
-    fn register_actions(registry: &mut super::ActionRegistry) {
-        for action in [
-            &GENERATE_PROPOLIS_ID,
-            &CLAIM,
-            &RESERVE,
-            &CREATE_VMM,
-            &REGISTER,
-            &RUN,
-        ] {
-            registry.register((*action).clone());
-        }
-    }
-
-    fn make_dag(_: &Params, builder: &mut DagBuilder) {
-        builder.append(Node::action(
-            "propolis_id",
-            "GeneratePropolisId",
-            GENERATE_PROPOLIS_ID.as_ref(),
-        ));
-        builder.append(Node::action("claim", "Claim", CLAIM.as_ref()));
-        builder.append(Node::action("reservation", "Reserve", RESERVE.as_ref()));
-        builder.append(Node::action("vmm", "CreateVmm", CREATE_VMM.as_ref()));
-        builder.append(Node::action("registered", "Register", REGISTER.as_ref()));
-        builder.append(Node::action("running", "Run", RUN.as_ref()));
-    }
 }
 
 async fn generate_propolis_id(_: &NexusActionContext) -> Result<VmmUuid, ActionError> {
