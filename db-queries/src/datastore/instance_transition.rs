@@ -57,12 +57,13 @@ impl DataStore {
     /// Claims a stopped (or failed) instance for a start: its active VMM becomes `vmm_id` and
     /// its state `vmm`. `AlreadyDone` if `vmm_id` already is its active VMM; `Conflict` if it
     /// has another active VMM or is in another state; `ObjectNotFound` if it does not exist
-    /// or was deleted.
+    /// or was deleted. Returns the instance as it is after the call too (the start needs its
+    /// size and hostname), read by the same statement when the claim applies.
     pub async fn instance_claim_for_start(
         &self,
         id: InstanceUuid,
         vmm_id: VmmUuid,
-    ) -> Result<TransitionOutcome, Error> {
+    ) -> Result<(TransitionOutcome, Instance), Error> {
         let conn = &mut *self.connection().await?;
         let claimed = diesel::update(instance::table)
             .filter(instance::id.eq(DbTypedUuid(id)))
@@ -78,24 +79,28 @@ impl DataStore {
                 instance::state_generation.eq(instance::state_generation + 1),
                 instance::time_state_updated.eq(Utc::now()),
             ))
+            .returning(Instance::as_returning())
             .cached_by_text()
-            .execute(conn)
+            .get_result(conn)
             .await
+            .optional()
             .map_err(public_error_from_diesel)?;
-        if claimed > 0 {
-            return Ok(TransitionOutcome::Applied);
+        if let Some(claimed) = claimed {
+            return Ok((TransitionOutcome::Applied, claimed));
         }
         let found = live_instance(conn, id).await?;
         let runtime = &found.runtime;
         let reason = match runtime.active_vmm() {
-            Some(active) if active == vmm_id => return Ok(TransitionOutcome::AlreadyDone),
+            Some(active) if active == vmm_id => {
+                return Ok((TransitionOutcome::AlreadyDone, found));
+            }
             Some(active) => ConflictReason::ActiveVmm(active),
             None => match runtime.nexus_state() {
                 InstanceNexusState::NoVmm | InstanceNexusState::Failed => ConflictReason::Changed,
                 other => ConflictReason::State(other),
             },
         };
-        Ok(conflict(&found, reason))
+        Ok((conflict(&found, reason), found))
     }
 
     /// Marks a migration under way: the instance's target VMM and migration id become

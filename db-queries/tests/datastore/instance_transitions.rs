@@ -68,7 +68,8 @@ async fn running_instance(h: &Harness, name: &str, vmm: VmmUuid) -> Instance {
         h.datastore
             .instance_claim_for_start(instance.id(), vmm)
             .await
-            .unwrap(),
+            .unwrap()
+            .0,
         TransitionOutcome::Applied
     );
     fetch(h, instance.id()).await
@@ -81,9 +82,20 @@ async fn claim_for_start_applies_once_and_says_why_not() {
     let stopped = h.stopped_instance(&project, "vm").await;
     let vmm = VmmUuid::new_v4();
 
-    let claim = |vmm| h.datastore.instance_claim_for_start(stopped.id(), vmm);
-    assert_eq!(claim(vmm).await.unwrap(), TransitionOutcome::Applied);
+    let claim = async |vmm| {
+        h.datastore
+            .instance_claim_for_start(stopped.id(), vmm)
+            .await
+            .map(|(outcome, _)| outcome)
+    };
+    let (outcome, returned) = h
+        .datastore
+        .instance_claim_for_start(stopped.id(), vmm)
+        .await
+        .unwrap();
+    assert_eq!(outcome, TransitionOutcome::Applied);
     let claimed = fetch(&h, stopped.id()).await;
+    assert_eq!(returned, claimed);
     assert_eq!(claimed.runtime.active_vmm(), Some(vmm));
     assert_eq!(claimed.runtime.nexus_state(), InstanceNexusState::Vmm);
     assert_eq!(
@@ -91,8 +103,14 @@ async fn claim_for_start_applies_once_and_says_why_not() {
         stopped.runtime.generation().next()
     );
 
-    // A repeat changes nothing.
-    assert_eq!(claim(vmm).await.unwrap(), TransitionOutcome::AlreadyDone);
+    // A repeat changes nothing, and returns the instance too.
+    assert_eq!(
+        h.datastore
+            .instance_claim_for_start(stopped.id(), vmm)
+            .await
+            .unwrap(),
+        (TransitionOutcome::AlreadyDone, claimed.clone())
+    );
     assert_eq!(fetch(&h, stopped.id()).await, claimed);
 
     // Another start: the instance runs on our VMM.
@@ -108,7 +126,8 @@ async fn claim_for_start_applies_once_and_says_why_not() {
         h.datastore
             .instance_claim_for_start(creating.id(), vmm)
             .await
-            .unwrap(),
+            .unwrap()
+            .0,
         conflict(
             &creating,
             ConflictReason::State(InstanceNexusState::Creating)
@@ -134,7 +153,12 @@ async fn racing_claims_for_start_leave_exactly_one_winner() {
     let id = stopped.id();
     let outcomes = race(&shared(&h), |datastore, i| {
         let vmm = vmms[i];
-        async move { datastore.instance_claim_for_start(id, vmm).await }
+        async move {
+            datastore
+                .instance_claim_for_start(id, vmm)
+                .await
+                .map(|(outcome, _)| outcome)
+        }
     })
     .await;
     assert_eq!(applied_count(&outcomes), 1, "{outcomes:?}");

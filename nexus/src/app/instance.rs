@@ -203,8 +203,18 @@ impl Nexus {
         self: &Arc<Self>,
         id: InstanceUuid,
     ) -> Result<InstanceAndVmm, Error> {
-        let current = self.datastore().instance_fetch(id).await?;
-        if current.runtime.active_vmm().is_none() {
+        let instance = self.datastore().instance_fetch(id).await?;
+        self.instance_start_found(instance).await
+    }
+
+    /// [`Nexus::instance_start`] of the instance a lookup has just found (so it is not read
+    /// again).
+    pub async fn instance_start_found(
+        self: &Arc<Self>,
+        instance: Instance,
+    ) -> Result<InstanceAndVmm, Error> {
+        let id = instance.id();
+        if instance.runtime.active_vmm().is_none() {
             let started = self
                 .run_saga::<instance_start::SagaInstanceStart>(instance_start::Params {
                     instance_id: id,
@@ -225,7 +235,14 @@ impl Nexus {
     /// Asks the sled agent running the instance's VMM to stop it. A stopped instance stays
     /// stopped (no-op). The VMM is retired when its sled agent reports it gone.
     pub async fn instance_stop(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
-        let view = self.instance_view(id).await?;
+        let instance = self.datastore().instance_fetch(id).await?;
+        self.instance_stop_found(instance).await
+    }
+
+    /// [`Nexus::instance_stop`] of the instance a lookup has just found.
+    pub async fn instance_stop_found(&self, instance: Instance) -> Result<InstanceAndVmm, Error> {
+        let id = instance.id();
+        let view = self.instance_with_vmm(instance).await?;
         if let Some(migration) = view.instance.runtime.migration() {
             // Stopping mid-migration would leave two half-instances; the sled agents refuse it
             // too. The user retries once the migration has finished (it takes seconds).
@@ -249,7 +266,14 @@ impl Nexus {
 
     /// Asks the sled agent running the instance's VMM to reboot it.
     pub async fn instance_reboot(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
-        let view = self.instance_view(id).await?;
+        let instance = self.datastore().instance_fetch(id).await?;
+        self.instance_reboot_found(instance).await
+    }
+
+    /// [`Nexus::instance_reboot`] of the instance a lookup has just found.
+    pub async fn instance_reboot_found(&self, instance: Instance) -> Result<InstanceAndVmm, Error> {
+        let id = instance.id();
+        let view = self.instance_with_vmm(instance).await?;
         match &view.active_vmm {
             Some(vmm) if vmm.state() == VmmState::Running => {
                 self.request_vmm_state(vmm, VmmStateRequested::Reboot)
@@ -271,10 +295,25 @@ impl Nexus {
         id: InstanceUuid,
         destination: Option<SledUuid>,
     ) -> Result<InstanceAndVmm, Error> {
+        let instance = self.datastore().instance_fetch(id).await?;
+        self.instance_migrate_found(instance, destination).await
+    }
+
+    /// [`Nexus::instance_migrate`] of the instance a lookup has just found.
+    pub async fn instance_migrate_found(
+        self: &Arc<Self>,
+        instance: Instance,
+        destination: Option<SledUuid>,
+    ) -> Result<InstanceAndVmm, Error> {
+        let id = instance.id();
         // Refused outright (not running, already migrating), the request leaves no saga.
-        instance_migrate::migration_source(&self.instance_view(id).await?, destination)?;
+        let source = instance_migrate::migration_source(
+            &self.instance_with_vmm(instance).await?,
+            destination,
+        )?;
         if let Some(destination) = destination {
-            self.check_migration_destination(id, destination).await?;
+            self.check_migration_destination(source.sled_id(), destination)
+                .await?;
         }
         self.run_saga::<instance_migrate::SagaInstanceMigrate>(instance_migrate::Params {
             instance_id: id,
@@ -288,14 +327,9 @@ impl Nexus {
     /// a QEMU, and the other way round): refuse a destination of another kind up front.
     async fn check_migration_destination(
         &self,
-        id: InstanceUuid,
+        source: SledUuid,
         destination: SledUuid,
     ) -> Result<(), Error> {
-        let instance = self.datastore().instance_fetch(id).await?;
-        let Some(active) = instance.runtime.active_propolis_id else {
-            return Ok(()); // the saga refuses a migration of an instance that does not run
-        };
-        let source = self.datastore().vmm_fetch(active.0).await?.sled_id();
         let source_backend = self.datastore().sled_fetch(source).await?.backend.0;
         let destination_backend = self.datastore().sled_fetch(destination).await?.backend.0;
         if source_backend != destination_backend {

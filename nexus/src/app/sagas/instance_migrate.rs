@@ -12,7 +12,7 @@
 //! | `migration_record` | inserts the migration record, both sides `pending` | marks it deleted |
 //! | `reservation` | reserves the target's threads and memory on the requested sled, or on any sled with room but the source's | releases it |
 //! | `target_vmm` | inserts the target VMM record on that sled | retires it as `saga_unwound` (which also clears the instance's target and migration ids if they name it) |
-//! | `set_ids` | sets the instance's `target_propolis_id` and `migration_id`, generation-checked against the instance it read: of racing migrations (or a racing stop) exactly one proceeds | clears them if they are still ours |
+//! | `set_ids` | sets the instance's `target_propolis_id` and `migration_id`, if the source is still its active VMM and no migration is under way, in one conditional `UPDATE` (`DataStore::instance_set_migration_ids`): of racing migrations (or a racing stop) exactly one proceeds | clears them if they are still ours |
 //! | `registered_target` | registers the target VMM with its sled agent as this migration's target | unregisters it |
 //! | `migrate_out` | asks the source's sled agent to migrate out to the target: the point of no return | — (last node) |
 //!
@@ -84,6 +84,13 @@ struct MigrateIds {
 pub(crate) struct Source {
     propolis_id: VmmUuid,
     sled_id: SledUuid,
+}
+
+impl Source {
+    /// The sled the instance migrates from.
+    pub(crate) fn sled_id(&self) -> SledUuid {
+        self.sled_id
+    }
 }
 
 async fn generate_ids(_: &NexusActionContext) -> Result<MigrateIds, ActionError> {
@@ -201,7 +208,15 @@ async fn reserve(ctx: &NexusActionContext) -> Result<SledUuid, ActionError> {
         None => SledChoice::AnyExcept(source.sled_id),
     };
     let nexus = &ctx.user_data().nexus;
-    vmm_steps::reserve(nexus, params.instance_id, ids.target_propolis_id, choice).await
+    let shape = vmm_steps::VmmShape::read(nexus, params.instance_id).await?;
+    vmm_steps::reserve(
+        nexus,
+        params.instance_id,
+        ids.target_propolis_id,
+        &shape,
+        choice,
+    )
+    .await
 }
 
 async fn undo_reserve(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
@@ -284,11 +299,13 @@ async fn register_target(ctx: &NexusActionContext) -> Result<(), ActionError> {
         source_propolis_id: source.propolis_id,
         source_address: source_sled.address(),
     };
+    let shape = vmm_steps::VmmShape::read(nexus, params.instance_id).await?;
     vmm_steps::register(
         nexus,
         params.instance_id,
         ids.target_propolis_id,
         sled_id,
+        &shape,
         Some(target),
     )
     .await

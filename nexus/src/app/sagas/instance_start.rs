@@ -7,7 +7,7 @@
 //! | node | action | undo |
 //! |---|---|---|
 //! | `propolis_id` | picks the new VMM's id (a node, so a resumed saga reuses it) | — |
-//! | `claim` | sets the instance's active VMM to the new id, generation-checked against the stopped instance it read: of racing starts exactly one claims it, the others fail with `Conflict` before taking anything | clears the active VMM if it is still ours |
+//! | `claim` | sets the instance's active VMM to the new id, if it is stopped or failed, in one conditional `UPDATE` (`DataStore::instance_claim_for_start`): of racing starts exactly one claims it, the others fail with `Conflict` before taking anything. Outputs the instance's size and hostname (`VmmShape`) for the later nodes, so they need not read it | clears the active VMM if it is still ours |
 //! | `reservation` | picks a sled with room and reserves the VMM's threads and memory there, in one statement | releases the reservation |
 //! | `vmm` | inserts the VMM record (state `creating`) at the sled agent's address | retires the VMM as `saga_unwound`: terminal state, record deleted, reservation released, the instance's pointer cleared, in one transaction |
 //! | `registered` | registers the VMM with the sled agent | unregisters it (idempotent) |
@@ -17,7 +17,8 @@
 //! here on the VMM's state comes from the sled agent's reports; when it ends (stopped, failed)
 //! Nexus retires it (see `app::instance`).
 
-use super::{NexusActionContext, action_failed, declare_saga, vmm_steps};
+use super::vmm_steps::{self, VmmShape};
+use super::{NexusActionContext, action_failed, declare_saga};
 use crate::app::sled_agent_error;
 use halyard_common::Error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
@@ -47,11 +48,11 @@ async fn generate_propolis_id(_: &NexusActionContext) -> Result<VmmUuid, ActionE
     Ok(VmmUuid::new_v4())
 }
 
-async fn claim(ctx: &NexusActionContext) -> Result<(), ActionError> {
+async fn claim(ctx: &NexusActionContext) -> Result<VmmShape, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let datastore = ctx.user_data().nexus.datastore();
-    let outcome = datastore
+    let (outcome, instance) = datastore
         .instance_claim_for_start(params.instance_id, propolis_id)
         .await
         .map_err(action_failed)?;
@@ -60,7 +61,9 @@ async fn claim(ctx: &NexusActionContext) -> Result<(), ActionError> {
         reason,
     }) = outcome
     else {
-        return Ok(()); // claimed now, or by an earlier run of this action
+        // Claimed now, or by an earlier run of this action. The instance it returned is
+        // what the later nodes need of it.
+        return Ok(VmmShape::of(&instance));
     };
     let message = match reason {
         ConflictReason::ActiveVmm(active) => format!(
@@ -93,8 +96,16 @@ async fn undo_claim(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
 async fn reserve(ctx: &NexusActionContext) -> Result<SledUuid, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    let shape = ctx.lookup::<VmmShape>("claim")?;
     let nexus = &ctx.user_data().nexus;
-    vmm_steps::reserve(nexus, params.instance_id, propolis_id, SledChoice::Any).await
+    vmm_steps::reserve(
+        nexus,
+        params.instance_id,
+        propolis_id,
+        &shape,
+        SledChoice::Any,
+    )
+    .await
 }
 
 async fn undo_reserve(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
@@ -119,8 +130,17 @@ async fn register(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    let shape = ctx.lookup::<VmmShape>("claim")?;
     let nexus = &ctx.user_data().nexus;
-    vmm_steps::register(nexus, params.instance_id, propolis_id, sled_id, None).await
+    vmm_steps::register(
+        nexus,
+        params.instance_id,
+        propolis_id,
+        sled_id,
+        &shape,
+        None,
+    )
+    .await
 }
 
 async fn undo_register(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
