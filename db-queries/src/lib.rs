@@ -23,8 +23,9 @@ mod saga_store;
 mod schema_version;
 
 pub use datastore::{
-    DataStore, LeftoverClaim, Leftovers, MigrationReport, PoolConfig, PoolStatistics,
-    ReportApplied, RetireOutcome, SledChoice, VmmStateReport, validate_new_instance,
+    ConflictReason, DataStore, LeftoverClaim, Leftovers, MigrationReport, PoolConfig,
+    PoolStatistics, ReportApplied, RetireOutcome, SledChoice, TransitionConflict,
+    TransitionOutcome, VmmStateReport, validate_new_instance,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
 pub use saga_store::{DbSecStore, saga_node_event_to_steno};

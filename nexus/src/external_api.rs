@@ -10,7 +10,6 @@ use dropshot::{
     PaginationOrder as DropshotOrder, Path, Query, RequestContext, ResultsPage, TypedBody,
     WebsocketEndpointResult, WebsocketUpgrade,
 };
-use halyard_common::ids::InstanceUuid;
 use halyard_common::{ByteCount, Error};
 use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
 use halyard_nexus_external_api::NexusExternalApi;
@@ -180,17 +179,16 @@ async fn for_request<T>(
     halyard_observability::request_id::scope(Some(rqctx.request_id.clone()), work).await
 }
 
+/// The instance a request names. Handlers hand the record on to the app layer, which does
+/// not read it again.
 async fn lookup_instance(
     nexus: &Nexus,
     query: Query<OptionalProjectSelector>,
     path: Path<InstancePath>,
-) -> Result<InstanceUuid, Error> {
+) -> Result<halyard_db_model::Instance, Error> {
     let project = query.into_inner().project;
     let instance = path.into_inner().instance;
-    Ok(nexus
-        .instance_lookup(project.as_ref(), &instance)
-        .await?
-        .id())
+    nexus.instance_lookup(project.as_ref(), &instance).await
 }
 
 impl NexusExternalApi for NexusExternalImpl {
@@ -295,9 +293,9 @@ impl NexusExternalApi for NexusExternalImpl {
     ) -> Result<HttpResponseOk<Instance>, HttpError> {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?;
+        let instance = lookup_instance(nexus, query, path).await?;
         Ok(HttpResponseOk(instance_view(
-            nexus.instance_view(id).await?,
+            nexus.instance_with_vmm(instance).await?,
         )))
     }
 
@@ -308,7 +306,7 @@ impl NexusExternalApi for NexusExternalImpl {
     ) -> Result<HttpResponseDeleted, HttpError> {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?;
+        let id = lookup_instance(nexus, query, path).await?.id();
         for_request(&rqctx, nexus.instance_delete(id)).await?;
         Ok(HttpResponseDeleted())
     }
@@ -320,9 +318,9 @@ impl NexusExternalApi for NexusExternalImpl {
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?;
+        let instance = lookup_instance(nexus, query, path).await?;
         Ok(HttpResponseAccepted(instance_view(
-            for_request(&rqctx, nexus.instance_start(id)).await?,
+            for_request(&rqctx, nexus.instance_start_found(instance)).await?,
         )))
     }
 
@@ -333,9 +331,9 @@ impl NexusExternalApi for NexusExternalImpl {
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?;
+        let instance = lookup_instance(nexus, query, path).await?;
         Ok(HttpResponseAccepted(instance_view(
-            for_request(&rqctx, nexus.instance_stop(id)).await?,
+            for_request(&rqctx, nexus.instance_stop_found(instance)).await?,
         )))
     }
 
@@ -346,9 +344,9 @@ impl NexusExternalApi for NexusExternalImpl {
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?;
+        let instance = lookup_instance(nexus, query, path).await?;
         Ok(HttpResponseAccepted(instance_view(
-            for_request(&rqctx, nexus.instance_reboot(id)).await?,
+            for_request(&rqctx, nexus.instance_reboot_found(instance)).await?,
         )))
     }
 
@@ -412,10 +410,10 @@ impl NexusExternalApi for NexusExternalImpl {
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?;
+        let instance = lookup_instance(nexus, query, path).await?;
         let destination = body.into_inner().dst_sled_id;
         Ok(HttpResponseAccepted(instance_view(
-            for_request(&rqctx, nexus.instance_migrate(id, destination)).await?,
+            for_request(&rqctx, nexus.instance_migrate_found(instance, destination)).await?,
         )))
     }
 
@@ -426,7 +424,7 @@ impl NexusExternalApi for NexusExternalImpl {
     ) -> Result<HttpResponseOk<Vec<Migration>>, HttpError> {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?;
+        let id = lookup_instance(nexus, query, path).await?.id();
         let migrations = nexus.datastore().migration_list(Some(id)).await?;
         Ok(HttpResponseOk(
             migrations.into_iter().map(migration_view).collect(),

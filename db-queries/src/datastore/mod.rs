@@ -1,6 +1,7 @@
 //! The [`DataStore`]: a connection pool plus every query, grouped by the object they touch.
 
 mod instance;
+mod instance_transition;
 mod leftover;
 mod migration;
 mod project;
@@ -9,6 +10,7 @@ mod sled;
 mod vmm;
 
 pub use instance::validate_new_instance;
+pub use instance_transition::{ConflictReason, TransitionConflict, TransitionOutcome};
 pub use leftover::{LeftoverClaim, Leftovers};
 pub use sled::SledChoice;
 pub use vmm::{MigrationReport, ReportApplied, RetireOutcome, VmmStateReport};

@@ -6,9 +6,7 @@ use super::sagas::{instance_create, instance_delete, instance_migrate, instance_
 use crate::app::sled_agent_error;
 use halyard_common::ids::{GenericUuid, InstanceUuid, ProjectUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
-use halyard_common::{
-    ByteCount, Error, InstanceNexusState, MigrationState, Name, NameOrId, VmmState,
-};
+use halyard_common::{ByteCount, Error, MigrationState, Name, NameOrId, VmmState};
 use halyard_db_model::{
     Instance, NewInstanceParams, Project, Sled, SledResources, Vmm, VmmRuntimeState,
 };
@@ -205,8 +203,18 @@ impl Nexus {
         self: &Arc<Self>,
         id: InstanceUuid,
     ) -> Result<InstanceAndVmm, Error> {
-        let current = self.datastore().instance_fetch(id).await?;
-        if current.runtime.active_vmm().is_none() {
+        let instance = self.datastore().instance_fetch(id).await?;
+        self.instance_start_found(instance).await
+    }
+
+    /// [`Nexus::instance_start`] of the instance a lookup has just found (so it is not read
+    /// again).
+    pub async fn instance_start_found(
+        self: &Arc<Self>,
+        instance: Instance,
+    ) -> Result<InstanceAndVmm, Error> {
+        let id = instance.id();
+        if instance.runtime.active_vmm().is_none() {
             let started = self
                 .run_saga::<instance_start::SagaInstanceStart>(instance_start::Params {
                     instance_id: id,
@@ -227,7 +235,14 @@ impl Nexus {
     /// Asks the sled agent running the instance's VMM to stop it. A stopped instance stays
     /// stopped (no-op). The VMM is retired when its sled agent reports it gone.
     pub async fn instance_stop(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
-        let view = self.instance_view(id).await?;
+        let instance = self.datastore().instance_fetch(id).await?;
+        self.instance_stop_found(instance).await
+    }
+
+    /// [`Nexus::instance_stop`] of the instance a lookup has just found.
+    pub async fn instance_stop_found(&self, instance: Instance) -> Result<InstanceAndVmm, Error> {
+        let id = instance.id();
+        let view = self.instance_with_vmm(instance).await?;
         if let Some(migration) = view.instance.runtime.migration() {
             // Stopping mid-migration would leave two half-instances; the sled agents refuse it
             // too. The user retries once the migration has finished (it takes seconds).
@@ -251,7 +266,14 @@ impl Nexus {
 
     /// Asks the sled agent running the instance's VMM to reboot it.
     pub async fn instance_reboot(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
-        let view = self.instance_view(id).await?;
+        let instance = self.datastore().instance_fetch(id).await?;
+        self.instance_reboot_found(instance).await
+    }
+
+    /// [`Nexus::instance_reboot`] of the instance a lookup has just found.
+    pub async fn instance_reboot_found(&self, instance: Instance) -> Result<InstanceAndVmm, Error> {
+        let id = instance.id();
+        let view = self.instance_with_vmm(instance).await?;
         match &view.active_vmm {
             Some(vmm) if vmm.state() == VmmState::Running => {
                 self.request_vmm_state(vmm, VmmStateRequested::Reboot)
@@ -273,10 +295,25 @@ impl Nexus {
         id: InstanceUuid,
         destination: Option<SledUuid>,
     ) -> Result<InstanceAndVmm, Error> {
+        let instance = self.datastore().instance_fetch(id).await?;
+        self.instance_migrate_found(instance, destination).await
+    }
+
+    /// [`Nexus::instance_migrate`] of the instance a lookup has just found.
+    pub async fn instance_migrate_found(
+        self: &Arc<Self>,
+        instance: Instance,
+        destination: Option<SledUuid>,
+    ) -> Result<InstanceAndVmm, Error> {
+        let id = instance.id();
         // Refused outright (not running, already migrating), the request leaves no saga.
-        instance_migrate::migration_source(&self.instance_view(id).await?, destination)?;
+        let source = instance_migrate::migration_source(
+            &self.instance_with_vmm(instance).await?,
+            destination,
+        )?;
         if let Some(destination) = destination {
-            self.check_migration_destination(id, destination).await?;
+            self.check_migration_destination(source.sled_id(), destination)
+                .await?;
         }
         self.run_saga::<instance_migrate::SagaInstanceMigrate>(instance_migrate::Params {
             instance_id: id,
@@ -290,14 +327,9 @@ impl Nexus {
     /// a QEMU, and the other way round): refuse a destination of another kind up front.
     async fn check_migration_destination(
         &self,
-        id: InstanceUuid,
+        source: SledUuid,
         destination: SledUuid,
     ) -> Result<(), Error> {
-        let instance = self.datastore().instance_fetch(id).await?;
-        let Some(active) = instance.runtime.active_propolis_id else {
-            return Ok(()); // the saga refuses a migration of an instance that does not run
-        };
-        let source = self.datastore().vmm_fetch(active.0).await?.sled_id();
         let source_backend = self.datastore().sled_fetch(source).await?.backend.0;
         let destination_backend = self.datastore().sled_fetch(destination).await?.backend.0;
         if source_backend != destination_backend {
@@ -310,38 +342,6 @@ impl Nexus {
             ));
         }
         Ok(())
-    }
-
-    /// Clears an instance's target VMM and migration id if they are `migration_id`'s (a
-    /// migration that unwound). Idempotent.
-    pub(crate) async fn instance_clear_migration(
-        &self,
-        instance_id: InstanceUuid,
-        migration_id: halyard_common::ids::MigrationUuid,
-    ) -> Result<(), Error> {
-        for _ in 0..10 {
-            let instance = match self.datastore().instance_fetch(instance_id).await {
-                Ok(instance) => instance,
-                Err(Error::ObjectNotFound { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            if instance.runtime.migration() != Some(migration_id) {
-                return Ok(());
-            }
-            let mut cleared = instance.runtime.next();
-            cleared.target_propolis_id = None;
-            cleared.migration_id = None;
-            if self
-                .datastore()
-                .instance_update_runtime(instance_id, &cleared)
-                .await?
-            {
-                return Ok(());
-            }
-        }
-        Err(Error::unavailable(format!(
-            "instance {instance_id} keeps changing; retry"
-        )))
     }
 
     /// Deletes a stopped instance (the instance-delete saga).
@@ -380,40 +380,6 @@ impl Nexus {
             }
             Err(e) => Err(sled_agent_error(e)),
         }
-    }
-
-    /// Clears an instance's active VMM if it is `vmm_id` (a start that unwound), whatever else
-    /// changed meanwhile. Idempotent.
-    pub(crate) async fn instance_release_vmm(
-        &self,
-        instance_id: InstanceUuid,
-        vmm_id: VmmUuid,
-    ) -> Result<(), Error> {
-        for _ in 0..10 {
-            let instance = match self.datastore().instance_fetch(instance_id).await {
-                Ok(instance) => instance,
-                Err(Error::ObjectNotFound { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            if instance.runtime.active_vmm() != Some(vmm_id) {
-                return Ok(());
-            }
-            let mut released = instance.runtime.next();
-            released.nexus_state = InstanceNexusState::NoVmm.into();
-            released.active_propolis_id = None;
-            released.target_propolis_id = None;
-            released.migration_id = None;
-            if self
-                .datastore()
-                .instance_update_runtime(instance_id, &released)
-                .await?
-            {
-                return Ok(());
-            }
-        }
-        Err(Error::unavailable(format!(
-            "instance {instance_id} keeps changing; retry"
-        )))
     }
 
     // VMM reports and sleds

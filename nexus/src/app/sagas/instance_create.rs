@@ -11,12 +11,20 @@
 //!
 //! With `start: true` the caller runs instance-start after this saga finishes.
 
-use super::{NexusActionContext, NexusSaga, action_failed, declare_action};
+use super::{NexusActionContext, action_failed, declare_saga};
 use halyard_common::ids::{InstanceUuid, ProjectUuid};
-use halyard_common::{ByteCount, InstanceNexusState, Name};
+use halyard_common::{ByteCount, Name};
 use halyard_db_model::NewInstanceParams;
 use serde::{Deserialize, Serialize};
-use steno::{ActionError, DagBuilder, Node};
+use steno::ActionError;
+
+declare_saga! {
+    saga SagaInstanceCreate, named "instance-create", params Params;
+    action names "instance_create";
+    // node     label           action static  action         undo
+    "instance", "CreateRecord", CREATE_RECORD, create_record, undo_create_record;
+    "stopped",  "MarkStopped",  MARK_STOPPED,  mark_stopped,  -;
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {
@@ -27,39 +35,6 @@ pub struct Params {
     pub ncpus: u16,
     pub memory: ByteCount,
     pub hostname: String,
-}
-
-pub struct SagaInstanceCreate;
-
-declare_action!(
-    CREATE_RECORD,
-    "instance_create.create_record",
-    create_record,
-    undo_create_record
-);
-declare_action!(MARK_STOPPED, "instance_create.mark_stopped", mark_stopped);
-
-impl NexusSaga for SagaInstanceCreate {
-    const NAME: &'static str = "instance-create";
-    type Params = Params;
-
-    fn register_actions(registry: &mut super::ActionRegistry) {
-        registry.register(CREATE_RECORD.clone());
-        registry.register(MARK_STOPPED.clone());
-    }
-
-    fn make_dag(_: &Params, builder: &mut DagBuilder) {
-        builder.append(Node::action(
-            "instance",
-            "CreateRecord",
-            CREATE_RECORD.as_ref(),
-        ));
-        builder.append(Node::action(
-            "stopped",
-            "MarkStopped",
-            MARK_STOPPED.as_ref(),
-        ));
-    }
 }
 
 async fn create_record(ctx: &NexusActionContext) -> Result<InstanceUuid, ActionError> {
@@ -92,15 +67,11 @@ async fn undo_create_record(ctx: &NexusActionContext) -> Result<(), anyhow::Erro
 
 async fn mark_stopped(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let id = ctx.lookup::<InstanceUuid>("instance")?;
-    let datastore = ctx.user_data().nexus.datastore();
-    let instance = datastore.instance_fetch(id).await.map_err(action_failed)?;
-    if instance.runtime.nexus_state() != InstanceNexusState::Creating {
-        return Ok(()); // a repeat: already done
-    }
-    let mut stopped = instance.runtime.next();
-    stopped.nexus_state = InstanceNexusState::NoVmm.into();
-    datastore
-        .instance_update_runtime(id, &stopped)
+    // `AlreadyDone` is a repeat; there is no conflict (every other state comes later).
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .instance_mark_stopped(id)
         .await
         .map_err(action_failed)?;
     Ok(())

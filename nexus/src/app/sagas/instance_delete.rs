@@ -9,39 +9,21 @@
 //!   It is the only node, so there is nothing to undo: if it fails, nothing changed.
 //!   (Disks and IPs, when they exist, are detached by nodes before it.)
 
-use super::{NexusActionContext, NexusSaga, action_failed, declare_action};
+use super::{NexusActionContext, action_failed, declare_saga};
 use halyard_common::ids::InstanceUuid;
 use serde::{Deserialize, Serialize};
-use steno::{ActionError, DagBuilder, Node};
+use steno::ActionError;
+
+declare_saga! {
+    saga SagaInstanceDelete, named "instance-delete", params Params;
+    action names "instance_delete";
+    // node      label            action static   action          undo
+    "destroyed", "DestroyRecord", DESTROY_RECORD, destroy_record, -;
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {
     pub instance_id: InstanceUuid,
-}
-
-pub struct SagaInstanceDelete;
-
-declare_action!(
-    DESTROY_RECORD,
-    "instance_delete.destroy_record",
-    destroy_record
-);
-
-impl NexusSaga for SagaInstanceDelete {
-    const NAME: &'static str = "instance-delete";
-    type Params = Params;
-
-    fn register_actions(registry: &mut super::ActionRegistry) {
-        registry.register(DESTROY_RECORD.clone());
-    }
-
-    fn make_dag(_: &Params, builder: &mut DagBuilder) {
-        builder.append(Node::action(
-            "destroyed",
-            "DestroyRecord",
-            DESTROY_RECORD.as_ref(),
-        ));
-    }
 }
 
 async fn destroy_record(ctx: &NexusActionContext) -> Result<(), ActionError> {

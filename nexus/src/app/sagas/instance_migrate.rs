@@ -12,7 +12,7 @@
 //! | `migration_record` | inserts the migration record, both sides `pending` | marks it deleted |
 //! | `reservation` | reserves the target's threads and memory on the requested sled, or on any sled with room but the source's | releases it |
 //! | `target_vmm` | inserts the target VMM record on that sled | retires it as `saga_unwound` (which also clears the instance's target and migration ids if they name it) |
-//! | `set_ids` | sets the instance's `target_propolis_id` and `migration_id`, generation-checked against the instance it read: of racing migrations (or a racing stop) exactly one proceeds | clears them if they are still ours |
+//! | `set_ids` | sets the instance's `target_propolis_id` and `migration_id`, if the source is still its active VMM and no migration is under way, in one conditional `UPDATE` (`DataStore::instance_set_migration_ids`): of racing migrations (or a racing stop) exactly one proceeds | clears them if they are still ours |
 //! | `registered_target` | registers the target VMM with its sled agent as this migration's target | unregisters it |
 //! | `migrate_out` | asks the source's sled agent to migrate out to the target: the point of no return | — (last node) |
 //!
@@ -41,17 +41,31 @@
 //! target once either side reported completed or the target is the instance's active VMM.
 
 use super::retry::{is_transient, retry_transient};
-use super::{NexusActionContext, NexusSaga, action_failed, declare_action, vmm_steps};
+use super::{NexusActionContext, action_failed, declare_saga, vmm_steps};
 use crate::app::instance::InstanceAndVmm;
 use crate::app::{Nexus, sled_agent_error};
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{Error, VmmState};
 use halyard_db_model::Migration;
-use halyard_db_queries::SledChoice;
+use halyard_db_queries::{SledChoice, TransitionOutcome};
 use halyard_sled_agent_api::{MigrationTarget, VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
 use slog::{error, warn};
-use steno::{ActionError, DagBuilder, Node};
+use steno::ActionError;
+
+declare_saga! {
+    saga SagaInstanceMigrate, named "instance-migrate", params Params;
+    action names "instance_migrate";
+    // node              label              action static      action             undo
+    "ids",               "GenerateIds",     GENERATE_IDS,      generate_ids,      -;
+    "source",            "CheckSource",     CHECK_SOURCE,      check_source,      -;
+    "migration_record",  "CreateMigration", CREATE_MIGRATION,  create_migration,  undo_create_migration;
+    "reservation",       "Reserve",         RESERVE,           reserve,           undo_reserve;
+    "target_vmm",        "CreateTargetVmm", CREATE_TARGET_VMM, create_target_vmm, undo_create_target_vmm;
+    "set_ids",           "SetIds",          SET_IDS,           set_ids,           undo_set_ids;
+    "registered_target", "RegisterTarget",  REGISTER_TARGET,   register_target,   undo_register_target;
+    "migrate_out",       "MigrateOut",      MIGRATE_OUT,       migrate_out,       -;
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {
@@ -72,76 +86,10 @@ pub(crate) struct Source {
     sled_id: SledUuid,
 }
 
-pub struct SagaInstanceMigrate;
-
-declare_action!(GENERATE_IDS, "instance_migrate.generate_ids", generate_ids);
-declare_action!(CHECK_SOURCE, "instance_migrate.check_source", check_source);
-declare_action!(
-    CREATE_MIGRATION,
-    "instance_migrate.create_migration",
-    create_migration,
-    undo_create_migration
-);
-declare_action!(RESERVE, "instance_migrate.reserve", reserve, undo_reserve);
-declare_action!(
-    CREATE_TARGET_VMM,
-    "instance_migrate.create_target_vmm",
-    create_target_vmm,
-    undo_create_target_vmm
-);
-declare_action!(SET_IDS, "instance_migrate.set_ids", set_ids, undo_set_ids);
-declare_action!(
-    REGISTER_TARGET,
-    "instance_migrate.register_target",
-    register_target,
-    undo_register_target
-);
-declare_action!(MIGRATE_OUT, "instance_migrate.migrate_out", migrate_out);
-
-impl NexusSaga for SagaInstanceMigrate {
-    const NAME: &'static str = "instance-migrate";
-    type Params = Params;
-
-    fn register_actions(registry: &mut super::ActionRegistry) {
-        for action in [
-            &GENERATE_IDS,
-            &CHECK_SOURCE,
-            &CREATE_MIGRATION,
-            &RESERVE,
-            &CREATE_TARGET_VMM,
-            &SET_IDS,
-            &REGISTER_TARGET,
-            &MIGRATE_OUT,
-        ] {
-            registry.register((*action).clone());
-        }
-    }
-
-    fn make_dag(_: &Params, builder: &mut DagBuilder) {
-        builder.append(Node::action("ids", "GenerateIds", GENERATE_IDS.as_ref()));
-        builder.append(Node::action("source", "CheckSource", CHECK_SOURCE.as_ref()));
-        builder.append(Node::action(
-            "migration_record",
-            "CreateMigration",
-            CREATE_MIGRATION.as_ref(),
-        ));
-        builder.append(Node::action("reservation", "Reserve", RESERVE.as_ref()));
-        builder.append(Node::action(
-            "target_vmm",
-            "CreateTargetVmm",
-            CREATE_TARGET_VMM.as_ref(),
-        ));
-        builder.append(Node::action("set_ids", "SetIds", SET_IDS.as_ref()));
-        builder.append(Node::action(
-            "registered_target",
-            "RegisterTarget",
-            REGISTER_TARGET.as_ref(),
-        ));
-        builder.append(Node::action(
-            "migrate_out",
-            "MigrateOut",
-            MIGRATE_OUT.as_ref(),
-        ));
+impl Source {
+    /// The sled the instance migrates from.
+    pub(crate) fn sled_id(&self) -> SledUuid {
+        self.sled_id
     }
 }
 
@@ -260,7 +208,15 @@ async fn reserve(ctx: &NexusActionContext) -> Result<SledUuid, ActionError> {
         None => SledChoice::AnyExcept(source.sled_id),
     };
     let nexus = &ctx.user_data().nexus;
-    vmm_steps::reserve(nexus, params.instance_id, ids.target_propolis_id, choice).await
+    let shape = vmm_steps::VmmShape::read(nexus, params.instance_id).await?;
+    vmm_steps::reserve(
+        nexus,
+        params.instance_id,
+        ids.target_propolis_id,
+        &shape,
+        choice,
+    )
+    .await
 }
 
 async fn undo_reserve(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
@@ -294,52 +250,35 @@ async fn set_ids(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let ids = ctx.lookup::<MigrateIds>("ids")?;
     let source = ctx.lookup::<Source>("source")?;
     let datastore = ctx.user_data().nexus.datastore();
-    let instance = datastore
-        .instance_fetch(params.instance_id)
+    let outcome = datastore
+        .instance_set_migration_ids(
+            params.instance_id,
+            source.propolis_id,
+            ids.migration_id,
+            ids.target_propolis_id,
+        )
         .await
         .map_err(action_failed)?;
-    let runtime = &instance.runtime;
-    if runtime.migration() == Some(ids.migration_id)
-        || runtime.active_vmm() == Some(ids.target_propolis_id)
-    {
-        return Ok(()); // a repeat (the migration may even have completed since)
-    }
-    let conflict = || {
-        action_failed(Error::conflict(format!(
+    match outcome {
+        // Set now, or by an earlier run of this action (the migration may even have
+        // completed since).
+        TransitionOutcome::Applied | TransitionOutcome::AlreadyDone => Ok(()),
+        TransitionOutcome::Conflict(conflict) => Err(action_failed(Error::conflict(format!(
             "instance \"{}\" changed while preparing its migration (another migration, a stop \
              or a failure); retry",
-            instance.name()
-        )))
-    };
-    if runtime.active_vmm() != Some(source.propolis_id) || runtime.migration().is_some() {
-        return Err(conflict());
+            conflict.instance_name
+        )))),
     }
-    let mut migrating = runtime.next();
-    migrating.target_propolis_id = Some(ids.target_propolis_id.into());
-    migrating.migration_id = Some(ids.migration_id.into());
-    if datastore
-        .instance_update_runtime(params.instance_id, &migrating)
-        .await
-        .map_err(action_failed)?
-    {
-        return Ok(());
-    }
-    let now = datastore
-        .instance_fetch(params.instance_id)
-        .await
-        .map_err(action_failed)?;
-    if now.runtime.migration() == Some(ids.migration_id) {
-        return Ok(());
-    }
-    Err(conflict())
 }
 
 async fn undo_set_ids(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let params = ctx.saga_params::<Params>()?;
     let ids = ctx.lookup::<MigrateIds>("ids")?;
+    // Another migration under way (`Conflict`) means ours is cleared already: nothing to do.
     ctx.user_data()
         .nexus
-        .instance_clear_migration(params.instance_id, ids.migration_id)
+        .datastore()
+        .instance_clear_migration_ids(params.instance_id, ids.migration_id)
         .await?;
     Ok(())
 }
@@ -360,11 +299,13 @@ async fn register_target(ctx: &NexusActionContext) -> Result<(), ActionError> {
         source_propolis_id: source.propolis_id,
         source_address: source_sled.address(),
     };
+    let shape = vmm_steps::VmmShape::read(nexus, params.instance_id).await?;
     vmm_steps::register(
         nexus,
         params.instance_id,
         ids.target_propolis_id,
         sled_id,
+        &shape,
         Some(target),
     )
     .await

@@ -7,7 +7,7 @@
 //! | node | action | undo |
 //! |---|---|---|
 //! | `propolis_id` | picks the new VMM's id (a node, so a resumed saga reuses it) | — |
-//! | `claim` | sets the instance's active VMM to the new id, generation-checked against the stopped instance it read: of racing starts exactly one claims it, the others fail with `Conflict` before taking anything | clears the active VMM if it is still ours |
+//! | `claim` | sets the instance's active VMM to the new id, if it is stopped or failed, in one conditional `UPDATE` (`DataStore::instance_claim_for_start`): of racing starts exactly one claims it, the others fail with `Conflict` before taking anything. Outputs the instance's size and hostname (`VmmShape`) for the later nodes, so they need not read it | clears the active VMM if it is still ours |
 //! | `reservation` | picks a sled with room and reserves the VMM's threads and memory there, in one statement | releases the reservation |
 //! | `vmm` | inserts the VMM record (state `creating`) at the sled agent's address | retires the VMM as `saga_unwound`: terminal state, record deleted, reservation released, the instance's pointer cleared, in one transaction |
 //! | `registered` | registers the VMM with the sled agent | unregisters it (idempotent) |
@@ -17,130 +17,77 @@
 //! here on the VMM's state comes from the sled agent's reports; when it ends (stopped, failed)
 //! Nexus retires it (see `app::instance`).
 
-use super::{NexusActionContext, NexusSaga, action_failed, declare_action, vmm_steps};
+use super::vmm_steps::{self, VmmShape};
+use super::{NexusActionContext, action_failed, declare_saga};
 use crate::app::sled_agent_error;
+use halyard_common::Error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
-use halyard_common::{Error, InstanceNexusState};
-use halyard_db_queries::SledChoice;
+use halyard_db_queries::{ConflictReason, SledChoice, TransitionConflict, TransitionOutcome};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
-use steno::{ActionError, DagBuilder, Node};
+use steno::ActionError;
+
+declare_saga! {
+    saga SagaInstanceStart, named "instance-start", params Params;
+    action names "instance_start";
+    // node        label                 action static         action                undo
+    "propolis_id", "GeneratePropolisId", GENERATE_PROPOLIS_ID, generate_propolis_id, -;
+    "claim",       "Claim",              CLAIM,                claim,                undo_claim;
+    "reservation", "Reserve",            RESERVE,              reserve,              undo_reserve;
+    "vmm",         "CreateVmm",          CREATE_VMM,           create_vmm,           undo_create_vmm;
+    "registered",  "Register",           REGISTER,             register,             undo_register;
+    "running",     "Run",                RUN,                  run,                  -;
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {
     pub instance_id: InstanceUuid,
 }
 
-pub struct SagaInstanceStart;
-
-declare_action!(
-    GENERATE_PROPOLIS_ID,
-    "instance_start.generate_propolis_id",
-    generate_propolis_id
-);
-declare_action!(CLAIM, "instance_start.claim", claim, undo_claim);
-declare_action!(RESERVE, "instance_start.reserve", reserve, undo_reserve);
-declare_action!(
-    CREATE_VMM,
-    "instance_start.create_vmm",
-    create_vmm,
-    undo_create_vmm
-);
-declare_action!(REGISTER, "instance_start.register", register, undo_register);
-declare_action!(RUN, "instance_start.run", run);
-
-impl NexusSaga for SagaInstanceStart {
-    const NAME: &'static str = "instance-start";
-    type Params = Params;
-
-    fn register_actions(registry: &mut super::ActionRegistry) {
-        for action in [
-            &GENERATE_PROPOLIS_ID,
-            &CLAIM,
-            &RESERVE,
-            &CREATE_VMM,
-            &REGISTER,
-            &RUN,
-        ] {
-            registry.register((*action).clone());
-        }
-    }
-
-    fn make_dag(_: &Params, builder: &mut DagBuilder) {
-        builder.append(Node::action(
-            "propolis_id",
-            "GeneratePropolisId",
-            GENERATE_PROPOLIS_ID.as_ref(),
-        ));
-        builder.append(Node::action("claim", "Claim", CLAIM.as_ref()));
-        builder.append(Node::action("reservation", "Reserve", RESERVE.as_ref()));
-        builder.append(Node::action("vmm", "CreateVmm", CREATE_VMM.as_ref()));
-        builder.append(Node::action("registered", "Register", REGISTER.as_ref()));
-        builder.append(Node::action("running", "Run", RUN.as_ref()));
-    }
-}
-
 async fn generate_propolis_id(_: &NexusActionContext) -> Result<VmmUuid, ActionError> {
     Ok(VmmUuid::new_v4())
 }
 
-async fn claim(ctx: &NexusActionContext) -> Result<(), ActionError> {
+async fn claim(ctx: &NexusActionContext) -> Result<VmmShape, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let datastore = ctx.user_data().nexus.datastore();
-    let instance = datastore
-        .instance_fetch(params.instance_id)
+    let (outcome, instance) = datastore
+        .instance_claim_for_start(params.instance_id, propolis_id)
         .await
         .map_err(action_failed)?;
-    let runtime = &instance.runtime;
-    if runtime.active_vmm() == Some(propolis_id) {
-        return Ok(()); // a repeat: ours already
-    }
-    if let Some(active) = runtime.active_vmm() {
-        return Err(action_failed(Error::conflict(format!(
-            "instance \"{}\" is already running (VMM {active}); stop it first to start it anew",
-            instance.name()
-        ))));
-    }
-    match runtime.nexus_state() {
-        InstanceNexusState::NoVmm | InstanceNexusState::Failed => {}
-        other => {
-            return Err(action_failed(Error::conflict(format!(
-                "instance \"{}\" cannot start while it is {other}",
-                instance.name()
-            ))));
+    let TransitionOutcome::Conflict(TransitionConflict {
+        instance_name,
+        reason,
+    }) = outcome
+    else {
+        // Claimed now, or by an earlier run of this action. The instance it returned is
+        // what the later nodes need of it.
+        return Ok(VmmShape::of(&instance));
+    };
+    let message = match reason {
+        ConflictReason::ActiveVmm(active) => format!(
+            "instance \"{instance_name}\" is already running (VMM {active}); stop it first to \
+             start it anew"
+        ),
+        ConflictReason::State(other) => {
+            format!("instance \"{instance_name}\" cannot start while it is {other}")
         }
-    }
-    let mut claimed = runtime.next();
-    claimed.nexus_state = InstanceNexusState::Vmm.into();
-    claimed.active_propolis_id = Some(propolis_id.into());
-    if datastore
-        .instance_update_runtime(params.instance_id, &claimed)
-        .await
-        .map_err(action_failed)?
-    {
-        return Ok(());
-    }
-    // Someone changed the instance since we read it: ours, if this is a replay that already
-    // wrote, or a racing start that won.
-    let now = datastore
-        .instance_fetch(params.instance_id)
-        .await
-        .map_err(action_failed)?;
-    if now.runtime.active_vmm() == Some(propolis_id) {
-        return Ok(());
-    }
-    Err(action_failed(Error::conflict(format!(
-        "instance \"{}\" changed while starting (another start or stop won); retry",
-        instance.name()
-    ))))
+        _ => format!(
+            "instance \"{instance_name}\" changed while starting (another start or stop won); \
+             retry"
+        ),
+    };
+    Err(action_failed(Error::conflict(message)))
 }
 
 async fn undo_claim(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    // Another VMM active (`Conflict`) means our claim is gone already: nothing to release.
     ctx.user_data()
         .nexus
+        .datastore()
         .instance_release_vmm(params.instance_id, propolis_id)
         .await?;
     Ok(())
@@ -149,8 +96,16 @@ async fn undo_claim(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
 async fn reserve(ctx: &NexusActionContext) -> Result<SledUuid, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    let shape = ctx.lookup::<VmmShape>("claim")?;
     let nexus = &ctx.user_data().nexus;
-    vmm_steps::reserve(nexus, params.instance_id, propolis_id, SledChoice::Any).await
+    vmm_steps::reserve(
+        nexus,
+        params.instance_id,
+        propolis_id,
+        &shape,
+        SledChoice::Any,
+    )
+    .await
 }
 
 async fn undo_reserve(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
@@ -175,8 +130,17 @@ async fn register(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    let shape = ctx.lookup::<VmmShape>("claim")?;
     let nexus = &ctx.user_data().nexus;
-    vmm_steps::register(nexus, params.instance_id, propolis_id, sled_id, None).await
+    vmm_steps::register(
+        nexus,
+        params.instance_id,
+        propolis_id,
+        sled_id,
+        &shape,
+        None,
+    )
+    .await
 }
 
 async fn undo_register(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {

@@ -116,13 +116,14 @@ pub(crate) fn error_from_action(error: ActionError) -> Error {
     }
 }
 
-/// Declares a lazily built action (so DAGs and the registry share one instance).
+/// Declares a lazily built action (so DAGs and the registry share one instance). Used by
+/// [`declare_saga`], which is how a saga declares its actions.
 ///
 /// Action and undo functions take the context by reference (`async fn(&NexusActionContext)`),
 /// so that the declared action can run them again through transient errors (see
 /// [`retry`]): a forward action for a bounded time, an undo until it succeeds.
 macro_rules! declare_action {
-    ($static:ident, $name:literal, $action:expr, $undo:expr) => {
+    ($static:ident, $name:expr, $action:expr, $undo:expr) => {
         static $static: std::sync::LazyLock<$crate::app::sagas::NexusAction> =
             std::sync::LazyLock::new(|| {
                 steno::ActionFunc::new_action(
@@ -138,7 +139,7 @@ macro_rules! declare_action {
                 )
             });
     };
-    ($static:ident, $name:literal, $action:expr) => {
+    ($static:ident, $name:expr, $action:expr) => {
         static $static: std::sync::LazyLock<$crate::app::sagas::NexusAction> =
             std::sync::LazyLock::new(|| {
                 steno::new_action_noop_undo(
@@ -152,3 +153,65 @@ macro_rules! declare_action {
     };
 }
 pub(crate) use declare_action;
+
+/// Declares a saga from its table of nodes, in DAG order: the saga type and its
+/// [`NexusSaga`] impl (`register_actions` and `make_dag`), and one action static per node.
+///
+/// ```ignore
+/// declare_saga! {
+///     saga SagaInstanceStart, named "instance-start", params Params;
+///     action names "instance_start.<action>";
+///     // node           label                 action static          action                 undo
+///     "propolis_id",    "GeneratePropolisId", GENERATE_PROPOLIS_ID,  generate_propolis_id,  -;
+///     "claim",          "Claim",              CLAIM,                 claim,                 undo_claim;
+/// }
+/// ```
+///
+/// - *node*: the node's name, under which later actions look up its output
+///   (`ctx.lookup("claim")`). It is stored in the saga log and named by the crash-replay and
+///   lost-reply tests and omdb's output.
+/// - *label*: the node's label in steno's DAG dumps.
+/// - *action*: the `async fn(&NexusActionContext)` that runs the step; the action's registered
+///   name is the saga's action prefix, a dot and this function's name
+///   (`instance_start.claim`). It is stored in the saga log, so it must never change: a
+///   Nexus resuming a saga looks its actions up by these names.
+/// - *undo*: the function that undoes it, or `-` for none (a step with no effect, or the last
+///   node, which nothing after it can unwind).
+///
+/// Every saga here is a chain, each node after the one before; a saga that needed parallel
+/// branches would write its `make_dag` by hand.
+macro_rules! declare_saga {
+    (
+        saga $saga:ident, named $saga_name:literal, params $params:ty;
+        action names $prefix:literal;
+        $( $node:literal, $label:literal, $static:ident, $action:ident, $undo:tt; )+
+    ) => {
+        $(
+            $crate::app::sagas::declare_saga!(
+                @action $static, concat!($prefix, ".", stringify!($action)), $action, $undo
+            );
+        )+
+
+        pub struct $saga;
+
+        impl $crate::app::sagas::NexusSaga for $saga {
+            const NAME: &'static str = $saga_name;
+            type Params = $params;
+
+            fn register_actions(registry: &mut $crate::app::sagas::ActionRegistry) {
+                $( registry.register((*$static).clone()); )+
+            }
+
+            fn make_dag(_: &$params, builder: &mut steno::DagBuilder) {
+                $( builder.append(steno::Node::action($node, $label, $static.as_ref())); )+
+            }
+        }
+    };
+    (@action $static:ident, $name:expr, $action:ident, -) => {
+        $crate::app::sagas::declare_action!($static, $name, $action);
+    };
+    (@action $static:ident, $name:expr, $action:ident, $undo:ident) => {
+        $crate::app::sagas::declare_action!($static, $name, $action, $undo);
+    };
+}
+pub(crate) use declare_saga;

@@ -5,11 +5,51 @@
 use super::action_failed;
 use crate::app::{Nexus, sled_agent_error};
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
-use halyard_common::{Error, VmmState};
-use halyard_db_model::{SledResources, Vmm};
+use halyard_common::{ByteCount, Error, VmmState};
+use halyard_db_model::{Instance, SledResources, Vmm};
 use halyard_db_queries::SledChoice;
 use halyard_sled_agent_api::{MigrationTarget, VmmRegisterBody};
+use serde::{Deserialize, Serialize};
 use steno::ActionError;
+
+/// What a new VMM of an instance is made of: its size and hostname. The start saga takes
+/// it from its claim (which returns the instance), so it reads the instance no more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct VmmShape {
+    ncpus: u16,
+    memory: ByteCount,
+    hostname: String,
+}
+
+impl VmmShape {
+    pub(super) fn of(instance: &Instance) -> VmmShape {
+        VmmShape {
+            ncpus: u16::try_from(instance.ncpus).unwrap_or(u16::MAX),
+            memory: instance.memory.0,
+            hostname: instance.hostname.clone(),
+        }
+    }
+
+    /// The instance's shape, read from the database.
+    pub(super) async fn read(
+        nexus: &Nexus,
+        instance_id: InstanceUuid,
+    ) -> Result<VmmShape, ActionError> {
+        let instance = nexus
+            .datastore()
+            .instance_fetch(instance_id)
+            .await
+            .map_err(action_failed)?;
+        Ok(VmmShape::of(&instance))
+    }
+
+    fn resources(&self) -> SledResources {
+        SledResources {
+            hardware_threads: u32::from(self.ncpus),
+            physical_ram: self.memory,
+        }
+    }
+}
 
 /// Reserves the instance's threads and memory for VMM `vmm_id` on a sled `choice` allows;
 /// returns the sled.
@@ -17,19 +57,12 @@ pub(super) async fn reserve(
     nexus: &Nexus,
     instance_id: InstanceUuid,
     vmm_id: VmmUuid,
+    shape: &VmmShape,
     choice: SledChoice,
 ) -> Result<SledUuid, ActionError> {
-    let datastore = nexus.datastore();
-    let instance = datastore
-        .instance_fetch(instance_id)
-        .await
-        .map_err(action_failed)?;
-    let resources = SledResources {
-        hardware_threads: u32::try_from(instance.ncpus).unwrap_or(u32::MAX),
-        physical_ram: instance.memory.0,
-    };
-    let reservation = datastore
-        .sled_reserve(vmm_id, instance_id, choice, resources)
+    let reservation = nexus
+        .datastore()
+        .sled_reserve(vmm_id, instance_id, choice, shape.resources())
         .await
         .map_err(action_failed)?;
     Ok(reservation.sled_id())
@@ -83,18 +116,14 @@ pub(super) async fn register(
     instance_id: InstanceUuid,
     vmm_id: VmmUuid,
     sled_id: SledUuid,
+    shape: &VmmShape,
     migration_target: Option<MigrationTarget>,
 ) -> Result<(), ActionError> {
-    let instance = nexus
-        .datastore()
-        .instance_fetch(instance_id)
-        .await
-        .map_err(action_failed)?;
     let body = VmmRegisterBody {
         instance_id,
-        ncpus: u16::try_from(instance.ncpus).unwrap_or(u16::MAX),
-        memory: instance.memory.0,
-        hostname: instance.hostname.clone(),
+        ncpus: shape.ncpus,
+        memory: shape.memory,
+        hostname: shape.hostname.clone(),
         migration_target,
     };
     nexus
