@@ -319,7 +319,26 @@ impl SimVmm {
             SimFault::FailNextStart => self.faults.fail_next_start = true,
             SimFault::HangNextTransition => self.faults.hang_next_transition = true,
             SimFault::Panic => unreachable!("a panic is injected by `handle`"),
-            SimFault::FailMigration { phase } => self.faults.fail_migration_at = Some(phase),
+            SimFault::FailMigration { phase } => {
+                // A migration target whose inbound migration, still under way, is already
+                // past `phase` could only fail some later migration: refuse, so the caller
+                // knows it missed. (Once the migration in is over, the fault is for the
+                // next one, as on any VMM.)
+                let in_progress_past = self
+                    .migration_in_phase
+                    .filter(|last| *last != MigrationPhase::Finish && *last >= phase);
+                if let Some(last) = in_progress_past {
+                    let err = self.conflict(
+                        "arm a migration fault in",
+                        &format!(
+                            "its inbound migration is under way and past phase {phase:?} \
+                             (at {last:?})"
+                        ),
+                    );
+                    return (Err(err), None);
+                }
+                self.faults.fail_migration_at = Some(phase);
+            }
             SimFault::LoseNextFinishReply => self.faults.lose_next_finish_reply = true,
             SimFault::LoseNextFinish => self.faults.lose_next_finish = true,
             SimFault::Crash => {

@@ -274,7 +274,8 @@ pub enum SimFault {
     /// agent, simulated). The sled agent must still report the VMM failed, after it has
     /// made sure the VMM is gone (for QEMU: its process killed and its files removed).
     Panic,
-    /// The VMM's next migration (in or out) fails at this phase.
+    /// The VMM's next migration (in or out) fails at this phase. Refused (409) on a
+    /// migration target whose inbound migration is under way and already past that phase.
     FailMigration { phase: MigrationPhase },
     /// A test hook for a lost reply, accepted by every backend: in this VMM's next migration
     /// out, the target carries out the `finish` phase (the guest resumes there), and its
