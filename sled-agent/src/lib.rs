@@ -12,6 +12,7 @@
 //! - `metrics`: what `GET /metrics` shows (Prometheus text).
 //! - `http_entrypoints`: the `SledAgentApi` implementation.
 
+mod admission;
 pub mod config;
 mod console;
 pub mod guest_console;

@@ -21,6 +21,7 @@
 //! `HALYARD-GUEST BOOTED hostname=<hostname>`, and typed input is echoed back while the VMM
 //! runs, as a tty would.
 
+use crate::admission::{Admission, VmmSituation, admit};
 use crate::config::SimConfig;
 use crate::console::SerialConsole;
 use crate::guest_console::BOOT_BANNER;
@@ -222,75 +223,53 @@ impl SimVmm {
     }
 
     fn conflict(&self, what: &str, why: &str) -> Error {
-        Error::conflict(format!(
-            "cannot {what} VMM {}: it is {}; {why}",
-            self.id,
-            self.current()
-        ))
+        crate::admission::conflict(self.id, self.current(), what, why)
     }
 
     fn request(&mut self, requested: VmmStateRequested) -> Result<(), Error> {
-        use VmmState::*;
-        match requested {
-            VmmStateRequested::Run => match self.current() {
-                Creating if self.migration_target.is_some() => Err(self.conflict(
-                    "run",
-                    "it is a migration target and starts when its migration completes",
-                )),
-                Creating => {
-                    self.runtime.set_state(Starting);
-                    let delay = self.config.start_delay();
-                    self.schedule(Transition::Booted, delay);
-                    Ok(())
-                }
-                Starting | Running | Rebooting => Ok(()),
-                Migrating => Err(self.conflict("run", "wait for its migration to finish")),
-                _ => Err(self.conflict(
-                    "run",
-                    "a stopped VMM never runs again; start the instance on a new VMM",
-                )),
-            },
-            VmmStateRequested::Stop => match self.current() {
-                Stopping | Stopped => Ok(()),
-                Migrating => Err(self.conflict("stop", "wait for its migration to finish")),
-                _ => {
-                    self.runtime.set_state(Stopping);
-                    let delay = self.config.stop_delay();
-                    self.schedule(Transition::Stopped, delay);
-                    Ok(())
-                }
-            },
-            VmmStateRequested::Reboot => match self.current() {
-                Rebooting => Ok(()),
-                Running => {
-                    self.runtime.set_state(Rebooting);
-                    let delay = self.config.reboot_delay();
-                    self.schedule(Transition::Rebooted, delay);
-                    Ok(())
-                }
-                _ => Err(self.conflict("reboot", "only a running VMM can reboot")),
-            },
-            VmmStateRequested::MigrateOut {
+        let situation = VmmSituation {
+            id: self.id,
+            state: self.current(),
+            is_migration_target: self.migration_target.is_some(),
+            migrating_out: self.migrating_out.is_some(),
+        };
+        let earlier_target = match &requested {
+            VmmStateRequested::MigrateOut { migration_id, .. } => self
+                .migrations_out
+                .get(migration_id)
+                .map(|out| out.target_propolis_id),
+            _ => None,
+        };
+        match admit(situation, &requested, earlier_target) {
+            Admission::Start => {
+                self.runtime.set_state(VmmState::Starting);
+                let delay = self.config.start_delay();
+                self.schedule(Transition::Booted, delay);
+            }
+            Admission::Stop { never_ran } => {
+                self.runtime.set_state(VmmState::Stopping);
+                // A VMM that never ran has nothing to shut down: it ends at once.
+                let delay = if never_ran {
+                    std::time::Duration::ZERO
+                } else {
+                    self.config.stop_delay()
+                };
+                self.schedule(Transition::Stopped, delay);
+            }
+            Admission::Reboot => {
+                self.runtime.set_state(VmmState::Rebooting);
+                let delay = self.config.reboot_delay();
+                self.schedule(Transition::Rebooted, delay);
+            }
+            Admission::MigrateOut {
                 migration_id,
                 target_propolis_id,
                 target_address,
-            } => match self.migrations_out.get(&migration_id) {
-                // A repeat: answered from what this migration did (in progress, or failed).
-                Some(out) if out.target_propolis_id == target_propolis_id => Ok(()),
-                Some(out) => Err(self.conflict(
-                    "migrate",
-                    &format!(
-                        "migration {migration_id} goes to VMM {}, not {target_propolis_id}",
-                        out.target_propolis_id
-                    ),
-                )),
-                None if self.current() == Running && self.migrating_out.is_none() => {
-                    self.start_migration_out(migration_id, target_propolis_id, target_address);
-                    Ok(())
-                }
-                None => Err(self.conflict("migrate", "only a running VMM can migrate out")),
-            },
+            } => self.start_migration_out(migration_id, target_propolis_id, target_address),
+            Admission::AlreadyDone => {}
+            Admission::Refused(error) => return Err(error),
         }
+        Ok(())
     }
 
     fn complete_pending(&mut self) -> Option<VmmState> {

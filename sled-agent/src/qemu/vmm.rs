@@ -19,6 +19,7 @@
 
 use super::migration::OutboundMigration;
 use super::{GuestImage, QemuBackend};
+use crate::admission::{Admission, VmmSituation, admit};
 use crate::console::SerialConsole;
 use crate::vmm_runtime::{Command, Ended, FinishHook, VmmRuntime, sleep_until, target_gone_signal};
 use futures::StreamExt;
@@ -317,14 +318,6 @@ impl QemuVmm {
         Ok((Arc::new(Qmp(service)), receiver))
     }
 
-    fn conflict(&self, what: &str, why: &str) -> Error {
-        Error::conflict(format!(
-            "cannot {what} VMM {}: it is {}; {why}",
-            self.id,
-            self.runtime.current()
-        ))
-    }
-
     async fn handle(&mut self, command: Command, qmp: &Arc<Qmp>) {
         match command {
             Command::Request { requested, reply } => {
@@ -386,102 +379,84 @@ impl QemuVmm {
     }
 
     async fn request(&mut self, requested: VmmStateRequested, qmp: &Arc<Qmp>) -> Result<(), Error> {
-        use VmmState::*;
-        match requested {
-            VmmStateRequested::Run => match self.runtime.current() {
-                Creating if self.migration_target.is_some() => Err(self.conflict(
-                    "run",
-                    "it is a migration target and starts when its migration completes",
-                )),
-                Creating => {
-                    self.runtime.set_state(Starting);
-                    qmp.call(qmp::cont {}, "run the guest").await?;
-                    self.runtime.set_state(Running);
-                    Ok(())
+        let situation = VmmSituation {
+            id: self.id,
+            state: self.runtime.current(),
+            is_migration_target: self.migration_target.is_some(),
+            migrating_out: self.migrating_out.is_some(),
+        };
+        let earlier_target = match &requested {
+            VmmStateRequested::MigrateOut { migration_id, .. } => {
+                self.migrations_out.get(migration_id).copied()
+            }
+            _ => None,
+        };
+        match admit(situation, &requested, earlier_target) {
+            Admission::Start => {
+                self.runtime.set_state(VmmState::Starting);
+                qmp.call(qmp::cont {}, "run the guest").await?;
+                self.runtime.set_state(VmmState::Running);
+                Ok(())
+            }
+            // Never ran: nothing in it to shut down gracefully.
+            Admission::Stop { never_ran: true } => {
+                self.runtime.set_state(VmmState::Stopping);
+                self.end_now("it was stopped before it ran");
+                Ok(())
+            }
+            Admission::Stop { never_ran: false } => {
+                self.runtime.set_state(VmmState::Stopping);
+                self.exit_expected = true;
+                self.hard_stop_at = Some(Instant::now() + self.stop_timeout);
+                if let Err(e) = qmp.call(qmp::system_powerdown {}, "power off").await {
+                    warn!(self.log, "ACPI powerdown failed; ending QEMU"; "error" => %e);
+                    self.end_now("ACPI powerdown failed");
                 }
-                Starting | Running | Rebooting => Ok(()),
-                Migrating => Err(self.conflict("run", "wait for its migration to finish")),
-                _ => Err(self.conflict(
-                    "run",
-                    "a stopped VMM never runs again; start the instance on a new VMM",
-                )),
-            },
-            VmmStateRequested::Stop => match self.runtime.current() {
-                Stopping | Stopped => Ok(()),
-                Migrating => Err(self.conflict("stop", "wait for its migration to finish")),
-                // Never ran: nothing in it to shut down gracefully.
-                Creating => {
-                    self.runtime.set_state(Stopping);
-                    self.end_now("it was stopped before it ran");
-                    Ok(())
-                }
-                _ => {
-                    self.runtime.set_state(Stopping);
-                    self.exit_expected = true;
-                    self.hard_stop_at = Some(Instant::now() + self.stop_timeout);
-                    if let Err(e) = qmp.call(qmp::system_powerdown {}, "power off").await {
-                        warn!(self.log, "ACPI powerdown failed; ending QEMU"; "error" => %e);
-                        self.end_now("ACPI powerdown failed");
-                    }
-                    Ok(())
-                }
-            },
-            VmmStateRequested::Reboot => match self.runtime.current() {
-                Rebooting => Ok(()),
-                Running => {
-                    self.runtime.set_state(Rebooting);
-                    let reset = qmp.call(qmp::system_reset {}, "reset the guest").await;
-                    self.runtime.set_state(Running);
-                    reset.map(|_| ())
-                }
-                _ => Err(self.conflict("reboot", "only a running VMM can reboot")),
-            },
-            VmmStateRequested::MigrateOut {
+                Ok(())
+            }
+            Admission::Reboot => {
+                self.runtime.set_state(VmmState::Rebooting);
+                let reset = qmp.call(qmp::system_reset {}, "reset the guest").await;
+                self.runtime.set_state(VmmState::Running);
+                reset.map(|_| ())
+            }
+            Admission::AlreadyDone => Ok(()),
+            Admission::Refused(error) => Err(error),
+            Admission::MigrateOut {
                 migration_id,
                 target_propolis_id,
                 target_address,
-            } => match self.migrations_out.get(&migration_id) {
-                // A repeat: answered from what this migration did (in progress, or failed).
-                Some(target) if *target == target_propolis_id => Ok(()),
-                Some(target) => Err(self.conflict(
-                    "migrate",
-                    &format!(
-                        "migration {migration_id} goes to VMM {target}, not {target_propolis_id}"
-                    ),
-                )),
-                None if self.runtime.current() == Running && self.migrating_out.is_none() => {
-                    info!(self.log, "migrating out"; "migration_id" => %migration_id,
+            } => {
+                info!(self.log, "migrating out"; "migration_id" => %migration_id,
                         "target" => %target_propolis_id, "target_address" => %target_address);
-                    self.migrations_out.insert(migration_id, target_propolis_id);
-                    self.migrating_out = Some(migration_id);
-                    let (target_gone, target_gone_signal) = target_gone_signal();
-                    self.target_gone = Some(target_gone);
-                    self.runtime
-                        .set_migration_out(migration_id, MigrationState::InProgress);
-                    self.runtime.set_state(Migrating);
-                    let finish_hook = if std::mem::take(&mut self.lose_next_finish_reply) {
-                        FinishHook::LoseFirstReply
-                    } else {
-                        FinishHook::None
-                    };
-                    let migration = OutboundMigration {
-                        source_propolis_id: self.id,
-                        migration_id,
-                        target_propolis_id,
-                        target: halyard_sled_agent_client::Client::new(&format!(
-                            "http://{target_address}"
-                        )),
-                        qmp: Arc::clone(qmp),
-                        commands: self.commands.clone(),
-                        finish_hook,
-                        target_gone: target_gone_signal,
-                        log: self.log.clone(),
-                    };
-                    tokio::spawn(migration.run());
-                    Ok(())
-                }
-                None => Err(self.conflict("migrate", "only a running VMM can migrate out")),
-            },
+                self.migrations_out.insert(migration_id, target_propolis_id);
+                self.migrating_out = Some(migration_id);
+                let (target_gone, target_gone_signal) = target_gone_signal();
+                self.target_gone = Some(target_gone);
+                self.runtime
+                    .set_migration_out(migration_id, MigrationState::InProgress);
+                self.runtime.set_state(VmmState::Migrating);
+                let finish_hook = if std::mem::take(&mut self.lose_next_finish_reply) {
+                    FinishHook::LoseFirstReply
+                } else {
+                    FinishHook::None
+                };
+                let migration = OutboundMigration {
+                    source_propolis_id: self.id,
+                    migration_id,
+                    target_propolis_id,
+                    target: halyard_sled_agent_client::Client::new(&format!(
+                        "http://{target_address}"
+                    )),
+                    qmp: Arc::clone(qmp),
+                    commands: self.commands.clone(),
+                    finish_hook,
+                    target_gone: target_gone_signal,
+                    log: self.log.clone(),
+                };
+                tokio::spawn(migration.run());
+                Ok(())
+            }
         }
     }
 
