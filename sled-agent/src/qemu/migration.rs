@@ -21,7 +21,7 @@
 //! guest resumes here, and a transfer still under way is cancelled (a stream to a dead host
 //! would only end when TCP gives up).
 
-use super::vmm::Qmp;
+use super::qmp::Qmp;
 use crate::vmm_runtime::{Command, FinishHook, TARGET_GONE, push_finish};
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_sled_agent_api::{MigrationInStep, MigrationPhase};

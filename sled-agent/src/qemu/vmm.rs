@@ -18,11 +18,11 @@
 //! console closed and the VMM's directory removed.
 
 use super::migration::OutboundMigration;
+use super::qmp::Qmp;
 use super::{GuestImage, QemuBackend};
 use crate::admission::{Admission, VmmSituation, admit};
 use crate::console::SerialConsole;
 use crate::vmm_runtime::{Command, Ended, FinishHook, VmmRuntime, sleep_until, target_gone_signal};
-use futures::StreamExt;
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
@@ -54,34 +54,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a migration target waits for its incoming stream to finish once the source
 /// says it has sent everything.
 const INCOMING_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a QMP command may take before QEMU counts as hung.
-const QMP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A QMP connection, shared by the VMM's task and its outbound migration.
-pub(crate) struct Qmp(
-    qapi::futures::QapiService<qapi::futures::QmpStreamTokio<WriteHalf<UnixStream>>>,
-);
-
-impl Qmp {
-    /// Runs one QMP command; `what` says what it is for, in errors ("run the guest"). A QEMU
-    /// that does not answer within [`QMP_TIMEOUT`] is an error too, so a hung QEMU never
-    /// blocks the VMM's task (which must still be able to kill it).
-    pub(crate) async fn call<C: qmp::QmpCommand>(
-        &self,
-        command: C,
-        what: &str,
-    ) -> Result<C::Ok, Error> {
-        match tokio::time::timeout(QMP_TIMEOUT, self.0.execute(command)).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(Error::unavailable(format!("QEMU refused to {what}: {e}"))),
-            Err(_) => Err(Error::unavailable(format!(
-                "QEMU did not answer in {} s when asked to {what}",
-                QMP_TIMEOUT.as_secs()
-            ))),
-        }
-    }
-}
 
 /// A launched QEMU VMM, before its task runs.
 pub(crate) struct QemuVmm {
@@ -294,28 +266,9 @@ impl QemuVmm {
         let qmp_socket = wait_for_socket(&self.dir.join(QMP_SOCKET), &mut self.child).await?;
         let console_socket =
             wait_for_socket(&self.dir.join(CONSOLE_SOCKET), &mut self.child).await?;
-        let stream = qapi::futures::QmpStreamTokio::open(qmp_socket)
-            .await?
-            .negotiate()
-            .await?;
-        let (service, mut qmp_events) = stream.into_parts();
-        let (events, receiver) = mpsc::channel(64);
-        let log = self.log.clone();
-        tokio::spawn(async move {
-            // Polling the stream is also what delivers command responses.
-            while let Some(event) = qmp_events.next().await {
-                match event {
-                    Ok(event) => {
-                        if events.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => warn!(log, "unreadable QMP message"; "error" => %e),
-                }
-            }
-        });
+        let (qmp, events) = Qmp::negotiate(qmp_socket, &self.log).await?;
         pump_console(console_socket, Arc::clone(&self.console), self.log.clone());
-        Ok((Arc::new(Qmp(service)), receiver))
+        Ok((Arc::new(qmp), events))
     }
 
     async fn handle(&mut self, command: Command, qmp: &Arc<Qmp>) {
