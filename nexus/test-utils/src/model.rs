@@ -283,6 +283,31 @@ impl InstanceModel {
         })
     }
 
+    /// This instance right after `sled` was expunged, if it was in this state then.
+    fn after_expunge(&self, sled: usize) -> InstanceModel {
+        let mut after = self.clone();
+        if after.target_sled == Some(sled) {
+            // Its migration loses its target; it runs on, on its source (which may still
+            // report its side of the migration, then fail it).
+            after.target_sled = None;
+            after.fault = true;
+        }
+        if after.active_sled == Some(sled) {
+            // Its active VMM is failed and retired (a target elsewhere too).
+            after.state = RunState::Failed;
+            after.active_sled = None;
+            after.target_sled = None;
+            after.fault = false;
+        }
+        after
+    }
+
+    /// Whether this instance may have a VMM on `sled` (its sled unknown: anywhere).
+    pub fn holds_on(&self, sled: usize) -> bool {
+        self.holds().any(|h| h == sled || h == usize::MAX)
+            || (self.state == RunState::Starting && self.active_sled.is_none())
+    }
+
     /// The sleds this instance holds room on right now (its active and target VMMs'), with
     /// `usize::MAX` for a start whose VMM is not recorded yet (its room may be held anywhere).
     fn holds(&self) -> impl Iterator<Item = usize> {
@@ -462,27 +487,42 @@ impl Model {
                 }
             }
             Op::ExpungeSled { sled } => {
-                let mut next = self.clone();
-                next.expunged.insert(*sled);
-                for instance in next.projects.values_mut().flat_map(|p| p.values_mut()) {
-                    if instance.target_sled == Some(*sled) {
-                        // Its migration loses its target; it runs on, on its source (which
-                        // may still report its side of the migration, then fail it).
-                        instance.target_sled = None;
-                        instance.fault = true;
-                    }
-                    if instance.active_sled == Some(*sled) {
-                        // Its active VMM is failed and retired (a target elsewhere too).
-                        instance.state = RunState::Failed;
-                        instance.active_sled = None;
-                        instance.target_sled = None;
-                        instance.fault = false;
+                // Each instance may have moved on before the expunge: it applies to any state
+                // time could have led the instance to.
+                let mut nexts = vec![self.clone()];
+                nexts[0].expunged.insert(*sled);
+                for (project, instances) in &self.projects {
+                    for (name, instance) in instances {
+                        let after: BTreeSet<InstanceModel> = instance
+                            .reachable()
+                            .into_iter()
+                            .map(|now| now.after_expunge(*sled))
+                            .collect();
+                        if after.len() == 1 && after.contains(instance) {
+                            continue; // untouched
+                        }
+                        nexts = nexts
+                            .iter()
+                            .flat_map(|next| {
+                                after.iter().map(|a| {
+                                    let mut next = next.clone();
+                                    next.projects
+                                        .get_mut(project)
+                                        .unwrap()
+                                        .insert(name.clone(), a.clone());
+                                    next
+                                })
+                            })
+                            .collect();
                     }
                 }
-                vec![Allowed {
-                    outcome: Outcome::Ok,
-                    next,
-                }]
+                nexts
+                    .into_iter()
+                    .map(|next| Allowed {
+                        outcome: Outcome::Ok,
+                        next,
+                    })
+                    .collect()
             }
             Op::Start { project, name }
             | Op::Stop { project, name }

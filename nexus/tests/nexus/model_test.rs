@@ -21,6 +21,8 @@ use crate::context::TestContext;
 use halyard_common::ids::SledUuid;
 use halyard_common::{InstanceNexusState, InstanceState, VmmState};
 use halyard_nexus_test_utils::model::{InstanceModel, Model, Op, Outcome, RunState};
+use halyard_sled_agent::SimConfig;
+use halyard_sled_agent_api::{MigrationPhase, SimFault};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestError, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
@@ -50,6 +52,54 @@ pub enum Step {
     WaitQuiet,
     /// A short pause (milliseconds): time passes, transitions go on.
     Pause(u64),
+    /// A fault injected into the running system.
+    Fault(Fault),
+}
+
+/// The faults a step injects (each into whatever the instance has right then; nothing if it
+/// has nothing to inject into).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The instance's active VMM crashes now.
+    Crash { project: String, name: String },
+    /// The instance's migration (under way, or its VMM's next) fails at this phase, on the
+    /// source's side or the target's.
+    FailMigration {
+        project: String,
+        name: String,
+        target_side: bool,
+        phase: MigrationPhase,
+    },
+    /// The next migration out of the instance's active VMM loses the target's reply to
+    /// `finish` (the migration must still complete).
+    LoseFinishReply { project: String, name: String },
+    /// The sled agent of this sled restarts, losing every VMM it ran.
+    RestartSled { sled: usize },
+}
+
+impl std::fmt::Debug for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Crash { project, name } => write!(f, "fault: crash {project}/{name}'s VMM"),
+            Fault::FailMigration {
+                project,
+                name,
+                target_side,
+                phase,
+            } => write!(
+                f,
+                "fault: {project}/{name}'s migration fails at {phase:?} on the {} side",
+                if *target_side { "target" } else { "source" }
+            ),
+            Fault::LoseFinishReply { project, name } => {
+                write!(
+                    f,
+                    "fault: {project}/{name}'s next migration loses finish's reply"
+                )
+            }
+            Fault::RestartSled { sled } => write!(f, "fault: sled agent {sled} restarts"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Step {
@@ -62,6 +112,7 @@ impl std::fmt::Debug for Step {
             }
             Step::WaitQuiet => write!(f, "wait until quiet"),
             Step::Pause(ms) => write!(f, "pause {ms} ms"),
+            Step::Fault(fault) => write!(f, "{fault:?}"),
         }
     }
 }
@@ -97,6 +148,25 @@ fn instance_op() -> impl Strategy<Value = Op> {
     })
 }
 
+fn fault() -> impl Strategy<Value = Fault> {
+    let target =
+        (project_name(), prop::sample::select(&NAMES[..])).prop_map(|(p, n)| (p, n.to_string()));
+    let phase = prop::sample::select(&MigrationPhase::ALL[..]);
+    (target, 0..10u32, any::<bool>(), phase, 0..SLEDS).prop_map(
+        |((project, name), pick, target_side, phase, sled)| match pick {
+            0..=2 => Fault::Crash { project, name },
+            3..=5 => Fault::FailMigration {
+                project,
+                name,
+                target_side,
+                phase,
+            },
+            6..=7 => Fault::LoseFinishReply { project, name },
+            _ => Fault::RestartSled { sled },
+        },
+    )
+}
+
 fn project_op() -> impl Strategy<Value = Op> {
     (project_name(), any::<bool>()).prop_map(|(project, create)| {
         if create {
@@ -107,21 +177,36 @@ fn project_op() -> impl Strategy<Value = Op> {
     })
 }
 
-/// What generates the steps. Its state is only what keeps a sequence meaningful when
-/// shrunk: which sled was expunged (at most one, and no later step names it). Everything
-/// the real system may do is decided by the model in the harness, from what it observes.
+/// What generates the steps. Its state is the case's setup (how slow the simulated sleds
+/// are) and what keeps a sequence meaningful when shrunk: which sled was expunged (at most
+/// one). Everything the real system may do is decided by the model in the harness, from
+/// what it observes.
 pub struct Steps;
 
+/// A case's setup and the one sled it may expunge.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The sim sleds' delays (ms): start, stop, reboot, and each migration phase.
+    pub delays_ms: [u64; 4],
+    pub expunged: Option<usize>,
+}
+
 impl ReferenceStateMachine for Steps {
-    type State = Option<usize>;
+    type State = Setup;
     type Transition = Step;
 
-    fn init_state() -> BoxedStrategy<Self::State> {
-        Just(None).boxed()
+    fn init_state() -> BoxedStrategy<Setup> {
+        // Fast and slow sleds: how far a transition gets before the next step depends on it.
+        (5..150u64, 5..150u64, 5..150u64, 1..40u64)
+            .prop_map(|(start, stop, reboot, phase)| Setup {
+                delays_ms: [start, stop, reboot, phase],
+                expunged: None,
+            })
+            .boxed()
     }
 
-    fn transitions(expunged: &Self::State) -> BoxedStrategy<Step> {
-        let expunge = if expunged.is_none() { 2 } else { 0 };
+    fn transitions(setup: &Setup) -> BoxedStrategy<Step> {
+        let expunge = if setup.expunged.is_none() { 2 } else { 0 };
         prop_oneof![
             30 => instance_op().prop_map(Step::Op),
             4 => project_op().prop_map(Step::Op),
@@ -129,20 +214,21 @@ impl ReferenceStateMachine for Steps {
             6 => prop::collection::vec(instance_op(), 2..=3).prop_map(Step::Together),
             6 => Just(Step::WaitQuiet),
             4 => (0..200u64).prop_map(Step::Pause),
+            5 => fault().prop_map(Step::Fault),
         ]
         .boxed()
     }
 
-    fn apply(expunged: Self::State, step: &Step) -> Self::State {
-        match step {
-            Step::Op(Op::ExpungeSled { sled }) => Some(*sled),
-            _ => expunged,
+    fn apply(mut setup: Setup, step: &Step) -> Setup {
+        if let Step::Op(Op::ExpungeSled { sled }) = step {
+            setup.expunged = Some(*sled);
         }
+        setup
     }
 
-    fn preconditions(expunged: &Self::State, step: &Step) -> bool {
+    fn preconditions(setup: &Setup, step: &Step) -> bool {
         match step {
-            Step::Op(Op::ExpungeSled { .. }) => expunged.is_none(),
+            Step::Op(Op::ExpungeSled { .. }) => setup.expunged.is_none(),
             _ => true,
         }
     }
@@ -158,6 +244,7 @@ pub struct Harness {
     base: String,
     model: Model,
     story: Vec<String>,
+    sim: SimConfig,
 }
 
 impl Drop for Harness {
@@ -168,13 +255,20 @@ impl Drop for Harness {
 }
 
 impl Harness {
-    pub fn new() -> Harness {
+    pub fn new(setup: &Setup) -> Harness {
+        let [start, stop, reboot, phase] = setup.delays_ms;
+        let sim = SimConfig {
+            start_delay_ms: start,
+            stop_delay_ms: stop,
+            reboot_delay_ms: reboot,
+            migration_phase_delay_ms: phase,
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
             .build()
             .unwrap();
-        let ctx = runtime.block_on(TestContext::with_sleds(SLEDS));
+        let ctx = runtime.block_on(TestContext::with_sim(SLEDS, sim));
         let sled_ids = ctx.sleds.iter().map(|s| s.agent().id()).collect();
         let base = format!("http://{}", ctx.server.external_address());
         let mut harness = Harness {
@@ -188,7 +282,11 @@ impl Harness {
                 crate::context::SLED_THREADS,
                 crate::context::SLED_RAM_GIB,
             ),
-            story: Vec::new(),
+            story: vec![format!(
+                "  0. sleds: start {start} ms, stop {stop} ms, reboot {reboot} ms, migration \
+                 phase {phase} ms"
+            )],
+            sim,
         };
         // Every case starts with project p0, so most steps do something.
         harness.step(Step::Op(Op::ProjectCreate {
@@ -283,6 +381,12 @@ impl Harness {
                 self.observe_against(&current, true)?;
                 Ok("quiet, invariants hold".to_string())
             }
+            Step::Fault(fault) => {
+                let line = self.inject(fault);
+                let current = vec![self.model.clone()];
+                self.observe_against(&current, false)?;
+                Ok(line)
+            }
             Step::Pause(ms) => {
                 let pause = Duration::from_millis(*ms);
                 self.runtime
@@ -292,6 +396,102 @@ impl Harness {
                 Ok(String::new())
             }
         }
+    }
+
+    /// Injects `fault`; marks in the model what it may make fail. Returns what it did.
+    fn inject(&mut self, fault: &Fault) -> String {
+        let (project, name, sim_fault, target_side, marks) = match fault {
+            Fault::RestartSled { sled } => return self.restart_sled(*sled),
+            Fault::Crash { project, name } => (project, name, SimFault::Crash, false, true),
+            Fault::FailMigration {
+                project,
+                name,
+                target_side,
+                phase,
+            } => (
+                project,
+                name,
+                SimFault::FailMigration { phase: *phase },
+                *target_side,
+                true,
+            ),
+            // A lost reply must change nothing anyone sees: nothing may fail.
+            Fault::LoseFinishReply { project, name } => {
+                (project, name, SimFault::LoseNextFinishReply, false, false)
+            }
+        };
+        let pointer = if target_side {
+            "target_propolis_id"
+        } else {
+            "active_propolis_id"
+        };
+        let row = self.ctx().sql(&format!(
+            "SELECT v.id, v.sled_id FROM instance i JOIN project p ON p.id = i.project_id \
+             JOIN vmm v ON v.id = i.{pointer} \
+             WHERE i.time_deleted IS NULL AND p.time_deleted IS NULL \
+               AND p.name = '{project}' AND i.name = '{name}'"
+        ));
+        let Some((vmm, sled)) = row.trim().split_once('|') else {
+            return "nothing to inject into".to_string();
+        };
+        let vmm: halyard_common::ids::VmmUuid = vmm.parse().unwrap();
+        let sled: SledUuid = sled.parse().unwrap();
+        // Marked before injecting: the fault may strike before anything is observed.
+        if marks
+            && let Some(instance) = self
+                .model
+                .projects
+                .get_mut(project)
+                .and_then(|p| p.get_mut(name))
+        {
+            instance.fault = true;
+        }
+        let injected = self.runtime.block_on(async {
+            let client = self.ctx().nexus().sled_client(sled).await?;
+            client
+                .vmm_inject_fault(&vmm, &sim_fault)
+                .await
+                .map_err(|e| halyard_common::Error::unavailable(e.to_string()))
+        });
+        match injected {
+            Ok(_) => "injected".to_string(),
+            Err(e) => format!("refused ({e})"),
+        }
+    }
+
+    /// Restarts sled agent `sled` (unless it was expunged): it comes back knowing no VMM, and
+    /// waits until Nexus has learnt that (its registration reconciled) before going on.
+    fn restart_sled(&mut self, sled: usize) -> String {
+        let id = self.sled_ids[sled];
+        let sim = self.sim;
+        let ctx = self.ctx.as_mut().unwrap();
+        let Some(index) = ctx.sleds.iter().position(|s| s.agent().id() == id) else {
+            return "expunged: nothing to restart".to_string();
+        };
+        for instance in self
+            .model
+            .projects
+            .values_mut()
+            .flat_map(|p| p.values_mut())
+        {
+            if instance.holds_on(sled) {
+                instance.fault = true;
+            }
+        }
+        self.runtime.block_on(ctx.restart_sled(index, sim));
+        let ctx = self.ctx();
+        self.runtime.block_on(ctx.eventually(
+            "Nexus reconciled the restarted sled",
+            async |ctx: &TestContext| {
+                ctx.sql(&format!(
+                    "SELECT count(*) FROM vmm WHERE sled_id = '{id}' AND time_deleted IS NULL \
+                     AND state NOT IN ('creating', 'destroyed', 'failed', 'saga_unwound')"
+                ))
+                .trim()
+                    == "0"
+            },
+        ));
+        "restarted; Nexus reconciled it".to_string()
     }
 
     /// For the story: the state the instance `op` names was seen in afterwards.
@@ -568,8 +768,9 @@ fn check_observation(
                     "{project}/{name} is {db} at a quiet point (not settled)"
                 ));
             }
-            // Seen settled, a fault has struck or will not.
-            let fault = instance.fault && !db.is_settled();
+            // A fault injected into a VMM may strike as long as that VMM may be the
+            // instance's (an armed migration fault waits for the next migration).
+            let fault = instance.fault && db.active_sled.is_some();
             model.projects.get_mut(project).unwrap().insert(
                 name.clone(),
                 InstanceModel {
@@ -655,16 +856,16 @@ impl StateMachineTest for Harness {
     type SystemUnderTest = Harness;
     type Reference = Steps;
 
-    fn init_test(_: &Option<usize>) -> Harness {
-        Harness::new()
+    fn init_test(setup: &Setup) -> Harness {
+        Harness::new(setup)
     }
 
-    fn apply(mut harness: Harness, _: &Option<usize>, step: Step) -> Harness {
+    fn apply(mut harness: Harness, _: &Setup, step: Step) -> Harness {
         harness.step(step);
         harness
     }
 
-    fn teardown(mut harness: Harness, _: Option<usize>) {
+    fn teardown(mut harness: Harness, _: Setup) {
         // Every case ends at a quiet point, so what is still in flight is checked too.
         harness.step(Step::WaitQuiet);
         if std::env::var_os("HALYARD_MODEL_VERBOSE").is_some() {
@@ -696,11 +897,34 @@ fn the_real_system_follows_the_reference_model() {
     let mut runner = TestRunner::new(config.clone());
     let steps_run = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = steps_run.clone();
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let shrink_tries = env_number("HALYARD_MODEL_SHRINK_TRIES").unwrap_or(2);
     let result = runner.run(
         &Steps::sequential_strategy(1..MAX_STEPS),
         move |(initial, steps, seen)| {
-            counter.fetch_add(steps.len(), std::sync::atomic::Ordering::Relaxed);
-            Harness::test_sequential(config.clone(), initial, steps, seen);
+            // Timing and random placement decide whether some failures show: once a case has
+            // failed, a shorter candidate counts as failing if it fails in any of a few runs,
+            // so the shrinking is not misled by one lucky run.
+            let tries = if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                shrink_tries
+            } else {
+                1
+            };
+            for _ in 0..tries {
+                counter.fetch_add(steps.len(), std::sync::atomic::Ordering::Relaxed);
+                let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    Harness::test_sequential(
+                        config.clone(),
+                        initial.clone(),
+                        steps.clone(),
+                        seen.clone(),
+                    )
+                }));
+                if let Err(panic) = run {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    std::panic::resume_unwind(panic);
+                }
+            }
             Ok(())
         },
     );
@@ -714,14 +938,15 @@ fn the_real_system_follows_the_reference_model() {
             steps_run.load(std::sync::atomic::Ordering::Relaxed),
             started.elapsed()
         ),
-        Err(TestError::Fail(reason, (_, steps, _))) => {
+        Err(TestError::Fail(reason, (setup, steps, _))) => {
             let story: Vec<String> = steps
                 .iter()
                 .enumerate()
-                .map(|(i, s)| format!("{:>3}. {s:?}", i + 1))
+                .map(|(i, s)| format!("{:>3}. {s:?}", i + 2))
                 .collect();
             panic!(
-                "model test: seed {seed} failed; shrunk to {} steps:\n{}\n\n{reason}\n\nreplay: {replay}",
+                "model test: seed {seed} failed; shrunk to {} steps (after creating p0), \
+                 sleds {setup:?}:\n{}\n\n{reason}\n\nreplay: {replay}",
                 steps.len(),
                 story.join("\n")
             );
