@@ -375,11 +375,34 @@ impl Harness {
                 Ok(format!("{}{states}", line.join(" | ")))
             }
             Step::WaitQuiet => {
+                // The checker first waits for the quiet point; the model's own checks run
+                // too whether or not the checker found a violation, so a failure says what
+                // each of them saw.
                 let ctx = self.ctx();
-                self.runtime.block_on(ctx.assert_quiet_and_consistent());
+                let checker = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.runtime.block_on(ctx.assert_quiet_and_consistent())
+                }));
                 let current = vec![self.model.clone()];
-                self.observe_against(&current, true)?;
-                Ok("quiet, invariants hold".to_string())
+                let model = self
+                    .observe_against(&current, true)
+                    .and_then(|()| self.reservations_as_modelled());
+                match (model, checker) {
+                    (Ok(()), Ok(())) => Ok("quiet, invariants hold".to_string()),
+                    (model, checker) => {
+                        let mut failures = Vec::new();
+                        if let Err(reason) = model {
+                            failures.push(format!("the model: {reason}"));
+                        }
+                        if let Err(panic) = checker {
+                            let message = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .unwrap_or_else(|| "a panic".to_string());
+                            failures.push(format!("the invariant checker: {message}"));
+                        }
+                        Err(failures.join("\n"))
+                    }
+                }
             }
             Step::Fault(fault) => {
                 let line = self.inject(fault);
@@ -396,6 +419,32 @@ impl Harness {
                 Ok(String::new())
             }
         }
+    }
+
+    /// At a quiet point: each sled's reserved totals are exactly what the model's instances
+    /// hold there (their active and target VMMs' sizes).
+    fn reservations_as_modelled(&self) -> Result<(), String> {
+        let held = self.model.held();
+        for (sled, id) in self.sled_ids.iter().enumerate() {
+            let row = self.ctx().sql(&format!(
+                "SELECT reserved_hardware_threads, reserved_physical_ram / 1073741824 \
+                 FROM sled WHERE id = '{id}'"
+            ));
+            let (threads, gib) = row.trim().split_once('|').expect("a sled row");
+            let reserved: (u32, u32) = (threads.parse().unwrap(), gib.parse().unwrap());
+            if reserved != held[sled] {
+                return Err(format!(
+                    "sled {sled} has {} threads and {} GiB reserved; the model's instances \
+                     hold {} threads and {} GiB there:\n{}",
+                    reserved.0,
+                    reserved.1,
+                    held[sled].0,
+                    held[sled].1,
+                    describe(&self.model)
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Injects `fault`; marks in the model what it may make fail. Returns what it did.
@@ -874,6 +923,56 @@ impl StateMachineTest for Harness {
     }
 }
 
+/// Whether this story fails (in any of `tries` runs; timing decides some failures), and
+/// how.
+fn fails(setup: &Setup, steps: &[Step], tries: u32) -> Option<String> {
+    for _ in 0..tries {
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            Harness::test_sequential(Config::default(), setup.clone(), steps.to_vec(), None)
+        }));
+        if let Err(panic) = run {
+            return Some(
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "a panic".to_string()),
+            );
+        }
+    }
+    None
+}
+
+/// After proptest's shrinking (one pass of deletions, then simpler values): steps deleted
+/// one at a time, pass after pass, while the story still fails, so the story printed has no
+/// step it does not need (within `HALYARD_MODEL_SHRINK_SECS`, 300 s by default).
+fn minimise(
+    setup: &Setup,
+    mut steps: Vec<Step>,
+    mut reason: String,
+    tries: u32,
+) -> (Vec<Step>, String) {
+    let budget = Duration::from_secs(env_number("HALYARD_MODEL_SHRINK_SECS").unwrap_or(300));
+    let started = Instant::now();
+    loop {
+        let mut deleted_any = false;
+        for ix in (0..steps.len()).rev() {
+            if started.elapsed() > budget {
+                return (steps, reason);
+            }
+            let mut shorter = steps.clone();
+            shorter.remove(ix);
+            if let Some(failure) = fails(setup, &shorter, tries) {
+                steps = shorter;
+                reason = failure;
+                deleted_any = true;
+            }
+        }
+        if !deleted_any {
+            return (steps, reason);
+        }
+    }
+}
+
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().map(|v| {
         v.parse()
@@ -939,6 +1038,7 @@ fn the_real_system_follows_the_reference_model() {
             started.elapsed()
         ),
         Err(TestError::Fail(reason, (setup, steps, _))) => {
+            let (steps, reason) = minimise(&setup, steps, reason.to_string(), shrink_tries);
             let story: Vec<String> = steps
                 .iter()
                 .enumerate()
