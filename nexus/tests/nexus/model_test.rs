@@ -1112,3 +1112,69 @@ fn the_real_system_follows_the_reference_model() {
         Err(TestError::Abort(reason)) => panic!("model test aborted: {reason}\nreplay: {replay}"),
     }
 }
+
+/// Found by the model test (seed 5218: "p0/b shows stopping through the API; from migrating on
+/// sled 1 → sled 0 the model allows [running on sled 0, migrating on sled 0, migrating on
+/// sled 1 → sled 0]"): a view read the instance row (active VMM: the source), then the
+/// source's VMM row after the migration's completion had retired it as `destroyed`, and so
+/// showed a migrating instance as `stopping`. Views taken without pause while an instance
+/// migrates back and forth must never show it anything but running or migrating.
+#[test]
+fn a_view_during_migrations_never_shows_the_instance_stopping() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let ctx = TestContext::with_sim(
+            2,
+            SimConfig {
+                start_delay_ms: 5,
+                stop_delay_ms: 5,
+                reboot_delay_ms: 5,
+                migration_phase_delay_ms: 1,
+            },
+        )
+        .await;
+        let project = ctx.project("p").await;
+        let id = ctx.instance(&project, "vm", 2).await;
+        ctx.nexus().instance_start(id).await.unwrap();
+        ctx.wait_for(id, InstanceState::Running).await;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut viewers = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (nexus, done) = (ctx.nexus().clone(), done.clone());
+            viewers.spawn(async move {
+                let mut seen = BTreeMap::<String, usize>::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let state = nexus.instance_view(id).await.unwrap().run_state();
+                    *seen.entry(state.to_string()).or_default() += 1;
+                }
+                seen
+            });
+        }
+        for _ in 0..20 {
+            ctx.nexus().instance_migrate(id, None).await.unwrap();
+            ctx.eventually("the migration to end", async |ctx: &TestContext| {
+                let view = ctx.view(id).await;
+                view.instance.runtime.migration().is_none()
+                    && view.run_state() == InstanceState::Running
+            })
+            .await;
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut seen = BTreeMap::<String, usize>::new();
+        for counts in viewers.join_all().await {
+            for (state, n) in counts {
+                *seen.entry(state).or_default() += n;
+            }
+        }
+        println!("views during 20 migrations: {seen:?}");
+        assert!(
+            seen.keys().all(|s| s == "running" || s == "migrating"),
+            "a migrating instance was shown in another state: {seen:?}"
+        );
+        ctx.assert_quiet_and_consistent().await;
+    });
+}
