@@ -248,9 +248,18 @@ pub struct Harness {
 }
 
 impl Drop for Harness {
+    /// Closes the servers before the runtime goes (dropped with their requests' tasks still
+    /// in the runtime, dropshot panics on the cancelled tasks), then the database.
     fn drop(&mut self) {
-        let _entered = self.runtime.enter();
-        drop(self.ctx.take());
+        if let Some(TestContext { db, server, sleds }) = self.ctx.take() {
+            self.runtime.block_on(async move {
+                for sled in sleds {
+                    let _ = sled.close().await;
+                }
+                let _ = server.close().await;
+            });
+            drop(db);
+        }
     }
 }
 
