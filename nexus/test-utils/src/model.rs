@@ -30,6 +30,7 @@
 //! | reboot | 409 `Conflict` | not `running` |
 //! | migrate | 409 `Conflict` | not `running`, or already migrating |
 //! | migrate | 400 `InvalidRequest` | to the sled it already runs on |
+//! | migrate | 409 `Conflict` | to a sled that is expunged |
 //! | delete | 409 `Conflict` | it has an active VMM |
 //! | project create | 400 `ObjectAlreadyExists` | the name is taken |
 //! | project delete | 400 `InvalidRequest` | it still holds instances |
@@ -614,6 +615,10 @@ impl Model {
                 if *to == Some(source) {
                     return vec![refused(INVALID)];
                 }
+                if to.is_some_and(|sled| self.expunged.contains(&sled)) {
+                    // An expunged sled takes nothing: refused for its state, not for room.
+                    return vec![refused(CONFLICT)];
+                }
                 let candidates: Vec<usize> = match to {
                     Some(sled) => vec![*sled],
                     None => (0..self.sleds.len()).filter(|s| *s != source).collect(),
@@ -916,6 +921,15 @@ mod tests {
         let expunged = only_ok(&settle(&model, "a"), &Op::ExpungeSled { sled });
         assert_eq!(expunged.instance("p", "a").unwrap().state, RunState::Failed);
         assert_eq!(expunged.held(), vec![(0, 0), (0, 0)]);
+        let to_expunged = Op::Migrate {
+            project: p("p"),
+            name: p("a"),
+            to: Some(sled),
+        };
+        assert_eq!(
+            outcomes(&expunged, &to_expunged),
+            BTreeSet::from([CONFLICT])
+        );
         // A start now goes to the other sled only.
         let allowed = expunged.apply(&on(start, "a"));
         assert_eq!(allowed.len(), 1);

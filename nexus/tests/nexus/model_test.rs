@@ -990,6 +990,33 @@ fn model_story_stop_and_migration_give_back_their_room() {
     );
 }
 
+/// A model gap the long run found (seed 5218, shrunk to these steps): a migration to a named
+/// sled that is expunged is refused 409 `Conflict` (its state), which the model took for a
+/// refusal for room (507).
+#[test]
+fn model_story_a_migration_to_an_expunged_sled_is_a_conflict() {
+    let (project, name) = p0("c");
+    run_story(
+        [5, 5, 5, 1],
+        vec![
+            Step::Op(Op::ExpungeSled { sled: 1 }),
+            Step::Op(Op::Create {
+                project: project.clone(),
+                name: name.clone(),
+                ncpus: 2,
+                memory_gib: 1,
+                start: true,
+            }),
+            Step::WaitQuiet,
+            Step::Op(Op::Migrate {
+                project,
+                name,
+                to: Some(1),
+            }),
+        ],
+    );
+}
+
 /// Whether this story fails (in any of `tries` runs; timing decides some failures), and
 /// how.
 fn fails(setup: &Setup, steps: &[Step], tries: u32) -> Option<String> {
