@@ -24,10 +24,10 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy -j2 --workspace --all-targets -- -D warnings
 echo "==> cargo test"
-# The crash-replay, lost-reply and racing-operations tests run on their own, so their
-# summaries (which saga nodes were crashed and recovered; which lost their reply; which seeds
-# ran how many operations) show here.
-cargo test -j2 --workspace -- --skip crash_replay:: --skip lost_replies:: --skip races::
+# The crash-replay, lost-reply, racing-operations and reference-model tests run on their own,
+# so their summaries (which saga nodes were crashed and recovered; which lost their reply;
+# which seeds ran how many operations; how many model cases and steps) show here.
+cargo test -j2 --workspace -- --skip crash_replay:: --skip lost_replies:: --skip races:: --skip model_test::
 
 # `cargo test <args>` for tests selected by name; fails if the selection ran no test at all
 # (a renamed or moved module would otherwise "pass" in silence).
@@ -53,3 +53,5 @@ echo "==> lost replies at every saga node"
 run_selected_tests -j2 -p halyard-nexus --test nexus lost_replies:: -- --nocapture
 echo "==> racing operations (fixed seeds)"
 run_selected_tests -j2 -p halyard-nexus --test nexus races:: -- --nocapture
+echo "==> reference model: generated operations, faults and waits (fixed seed)"
+run_selected_tests -j2 -p halyard-nexus --test nexus model_test:: -- --nocapture

@@ -110,19 +110,44 @@ impl Nexus {
         }
     }
 
-    pub async fn instance_with_vmm(&self, instance: Instance) -> Result<InstanceAndVmm, Error> {
-        let active_vmm = match instance.runtime.active_vmm() {
-            None => None,
-            Some(id) => match self.datastore().vmm_fetch(id).await {
-                Ok(vmm) => Some(vmm),
-                Err(Error::ObjectNotFound { .. }) => None, // a start saga is creating it
-                Err(e) => return Err(e),
-            },
-        };
-        Ok(InstanceAndVmm {
-            instance,
-            active_vmm,
-        })
+    pub async fn instance_with_vmm(&self, mut instance: Instance) -> Result<InstanceAndVmm, Error> {
+        // The instance row and its VMM's are read one after the other. A VMM found retired
+        // was retired after the instance row was read (retirement moves the instance's
+        // pointer in the same transaction): that row is stale, and shown with the retired
+        // VMM it would make, e.g., a migration that just completed look `stopping`. Read the
+        // instance again (a few times at most: each retry means the instance moved on).
+        for _ in 0..5 {
+            let active_vmm = match instance.runtime.active_vmm() {
+                None => None,
+                Some(id) => match self.datastore().vmm_fetch(id).await {
+                    Ok(vmm) => Some(vmm),
+                    Err(Error::ObjectNotFound { .. }) => None, // a start saga is creating it
+                    Err(e) => return Err(e),
+                },
+            };
+            if active_vmm
+                .as_ref()
+                .is_some_and(|v| v.time_deleted.is_some())
+            {
+                match self.datastore().instance_fetch(instance.id()).await {
+                    Ok(newer) => {
+                        instance = newer;
+                        continue;
+                    }
+                    // Deleted meanwhile: what was read is the last view there is.
+                    Err(Error::ObjectNotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(InstanceAndVmm {
+                instance,
+                active_vmm,
+            });
+        }
+        Err(Error::unavailable(format!(
+            "instance {} keeps changing while it is read; retry",
+            instance.id()
+        )))
     }
 
     pub async fn instance_view(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {

@@ -1,6 +1,8 @@
 //! What Halyard's tests share: the invariant checker of DESIGN.md, run after every fault,
 //! race and crash test (and by the QEMU backend's tests in turn).
 
+pub mod model;
+
 use halyard_test_db::{PostgresCluster, TestDatabase, shared_cluster};
 use std::collections::{BTreeMap, BTreeSet};
 
