@@ -685,12 +685,15 @@ async fn an_undo_that_meets_a_database_outage_waits_for_it_and_finishes_the_unwi
 #[tokio::test]
 async fn a_claim_left_by_a_lost_reply_and_an_outage_past_the_budget_is_released() {
     let mut system = OutageSystem::start(1).await;
-    // The run after the lost reply comes 2 s later, against the stopped database; the
-    // budget (3 s) allows no run after that, so the node fails.
+    // The run after the lost reply comes 5 s later (the test stops the database as soon as it
+    // sees the reply lost, which takes well under that), against the stopped database; the
+    // budget (6 s) allows no run after that, so the node fails. (Were the database stopped
+    // too late, the second run would find the claim and the saga finish: the asserts below
+    // would fail, never pass wrongly.)
     system.nexus().set_saga_retry_policy(SagaRetryPolicy {
-        first_delay: Duration::from_secs(2),
-        max_delay: Duration::from_secs(2),
-        action_budget: Duration::from_secs(3),
+        first_delay: Duration::from_secs(5),
+        max_delay: Duration::from_secs(5),
+        action_budget: Duration::from_secs(6),
     });
     let id = system.instance("vm").await;
     let nexus = std::sync::Arc::clone(system.nexus());
