@@ -72,11 +72,7 @@ impl DataStore {
     /// A live instance by id.
     pub async fn instance_fetch(&self, id: InstanceUuid) -> Result<Instance, Error> {
         let conn = &mut *self.connection().await?;
-        instance_fetch_any(conn, id)
-            .await
-            .map_err(TxnError::into_public)?
-            .filter(|found| found.time_deleted.is_none())
-            .ok_or_else(|| instance_not_found(id))
+        live_instance(conn, id).await
     }
 
     /// A live instance by its name within a project.
@@ -296,6 +292,20 @@ fn validate_hostname(hostname: &str) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The live instance `id` on connection `conn` (e.g. the one that just updated it: taking a
+/// second connection while holding the first can starve the pool); `ObjectNotFound` if it
+/// does not exist or was deleted.
+pub(super) async fn live_instance(
+    conn: &mut AsyncPgConnection,
+    id: InstanceUuid,
+) -> Result<Instance, Error> {
+    instance_fetch_any(conn, id)
+        .await
+        .map_err(TxnError::into_public)?
+        .filter(|found| found.time_deleted.is_none())
+        .ok_or_else(|| instance_not_found(id))
 }
 
 #[cfg(test)]

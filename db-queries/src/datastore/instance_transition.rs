@@ -8,7 +8,7 @@
 //! CockroachDB runs as well.
 
 use super::DataStore;
-use super::instance::{instance_fetch_any, instance_not_found};
+use super::instance::{instance_fetch_any, live_instance};
 use crate::cached::CacheByText;
 use crate::error::{TxnError, public_error_from_diesel};
 use chrono::Utc;
@@ -256,15 +256,6 @@ fn conflict(found: &Instance, reason: ConflictReason) -> TransitionOutcome {
         instance_name: found.name().clone(),
         reason,
     })
-}
-
-/// The live instance, read on the connection that just updated (taking a second one while
-/// holding the first can starve the pool); `ObjectNotFound` if it does not exist or was
-/// deleted.
-async fn live_instance(conn: &mut AsyncPgConnection, id: InstanceUuid) -> Result<Instance, Error> {
-    live_instance_if_any(conn, id)
-        .await?
-        .ok_or_else(|| instance_not_found(id))
 }
 
 async fn live_instance_if_any(
