@@ -1,18 +1,14 @@
-//! Instances (and the projects that hold them): what the external API's calls do, and how
-//! sled agents' VMM reports change instances.
+//! Instances: what the external API's calls on instances do.
 
 use super::Nexus;
 use super::sagas::{instance_create, instance_delete, instance_migrate, instance_start};
-use crate::app::sled_agent_error;
-use halyard_common::ids::{GenericUuid, InstanceUuid, ProjectUuid, SledUuid, VmmUuid};
-use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
-use halyard_common::{ByteCount, Error, MigrationState, Name, NameOrId, VmmState};
-use halyard_db_model::{
-    Instance, NewInstanceParams, Project, Sled, SledResources, Vmm, VmmRuntimeState,
-};
-use halyard_db_queries::{MigrationReport, PaginatedBy, VmmStateReport, validate_new_instance};
+use super::sled::sled_agent_error;
+use halyard_common::ids::{GenericUuid, InstanceUuid, SledUuid};
+use halyard_common::{ByteCount, Error, Name, NameOrId, VmmState};
+use halyard_db_model::{Instance, NewInstanceParams, Vmm};
+use halyard_db_queries::{PaginatedBy, validate_new_instance};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
-use slog::{info, warn};
+use slog::info;
 use std::sync::Arc;
 
 /// An instance and its active VMM (if it has one and its record exists yet).
@@ -56,29 +52,6 @@ pub struct InstanceCreate {
 }
 
 impl Nexus {
-    // Projects
-
-    /// Creates a project. A description that is too long or holds control characters (NUL,
-    /// escapes) is refused with `InvalidValue` before anything is written.
-    pub async fn project_create(&self, name: Name, description: String) -> Result<Project, Error> {
-        halyard_common::validate_description(&description)?;
-        self.datastore()
-            .project_create(Project::new(ProjectUuid::new_v4(), name, description))
-            .await
-    }
-
-    pub async fn project_view(&self, project: &NameOrId) -> Result<Project, Error> {
-        self.datastore().project_fetch(project).await
-    }
-
-    pub async fn project_list(&self, page: &PaginatedBy<'_>) -> Result<Vec<Project>, Error> {
-        self.datastore().project_list(page).await
-    }
-
-    pub async fn project_delete(&self, project: &NameOrId) -> Result<(), Error> {
-        self.datastore().project_delete(project).await.map(|_| ())
-    }
-
     // Instances
 
     /// Finds a live instance: by id (then no project may be given), or by name within a
@@ -405,201 +378,5 @@ impl Nexus {
             }
             Err(e) => Err(sled_agent_error(e)),
         }
-    }
-
-    // VMM reports and sleds
-
-    /// Applies a sled agent's report of a VMM (only what is newer than what Nexus has), and
-    /// retires the VMM if the report says it is gone.
-    pub async fn apply_vmm_report(&self, id: VmmUuid, state: SledVmmState) -> Result<(), Error> {
-        let side = |s: halyard_common::internal_api::MigrationRuntimeState| MigrationReport {
-            migration_id: s.migration_id,
-            state: s.state,
-            generation: s.generation,
-            time_updated: s.time_updated,
-        };
-        let report = VmmStateReport {
-            vmm_id: id,
-            vmm: VmmRuntimeState {
-                state: state.vmm_state.state.into(),
-                generation: state.vmm_state.generation.into(),
-                time_state_updated: state.vmm_state.time_updated,
-            },
-            migration_in: state.migration_in.map(side),
-            migration_out: state.migration_out.map(side),
-        };
-        let sides = [state.migration_in, state.migration_out];
-        // A completed migration first: the target becomes the active VMM before the source's
-        // "destroyed" is recorded, so the instance never looks stopped in between, and a
-        // source that reports "migrated out, destroyed" is not retired as the active VMM.
-        for side in sides
-            .iter()
-            .flatten()
-            .filter(|s| s.state == MigrationState::Completed)
-        {
-            self.migration_completed(side.migration_id).await?;
-        }
-        self.datastore().vmm_apply_report(&report).await?;
-        for side in sides
-            .iter()
-            .flatten()
-            .filter(|s| s.state == MigrationState::Failed)
-        {
-            self.migration_failed(side.migration_id).await?;
-        }
-        let reported = state.vmm_state.state;
-        if reported.is_terminal() {
-            let vmm = self.datastore().vmm_fetch(id).await?;
-            if vmm.time_deleted.is_none() {
-                self.retire_vmm(vmm.sled_id(), id, reported).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A migration completed (either side said so; each says so only once the target runs):
-    /// the target becomes the active VMM and the source is retired, in one transaction; then
-    /// the source is unregistered from its sled agent. Idempotent.
-    async fn migration_completed(
-        &self,
-        id: halyard_common::ids::MigrationUuid,
-    ) -> Result<(), Error> {
-        let record = self.datastore().migration_fetch(id).await?;
-        let (source, target) = (record.source_propolis_id.0, record.target_propolis_id.0);
-        let instance_id = record.instance_id.0;
-        if self
-            .datastore()
-            .instance_migration_complete(instance_id, id, source, target)
-            .await?
-        {
-            info!(self.log(), "migration completed"; "migration_id" => %id,
-                "instance_id" => %instance_id, "active" => %target);
-            let source_vmm = self.datastore().vmm_fetch(source).await?;
-            self.unregister_vmm(source_vmm.sled_id(), source).await?;
-        }
-        Ok(())
-    }
-
-    /// A migration failed (on either side): the target is retired; the instance runs on, on
-    /// its source. Idempotent.
-    ///
-    /// A completed outcome from either side wins over a failed one from the other: the
-    /// target resuming the guest is the commit point, so once either side has reported
-    /// completed (or the target has become the instance's active VMM), the guest runs on the
-    /// target and the other side's failure retires nothing.
-    async fn migration_failed(&self, id: halyard_common::ids::MigrationUuid) -> Result<(), Error> {
-        let record = self.datastore().migration_fetch(id).await?;
-        let target_id = record.target_propolis_id.0;
-        let completed = record.source_state() == MigrationState::Completed
-            || record.target_state() == MigrationState::Completed;
-        let target_is_active = match self.datastore().instance_fetch(record.instance_id.0).await {
-            Ok(instance) => instance.runtime.active_vmm() == Some(target_id),
-            Err(Error::ObjectNotFound { .. }) => false,
-            Err(e) => return Err(e),
-        };
-        if completed || target_is_active {
-            warn!(self.log(), "a side of a completed migration reported failed; the guest runs \
-                on the target, which stays"; "migration_id" => %id, "target" => %target_id,
-                "source_state" => %record.source_state(),
-                "target_state" => %record.target_state(),
-                "target_is_active" => target_is_active);
-            return Ok(());
-        }
-        let target = self.datastore().vmm_fetch(target_id).await?;
-        if target.time_deleted.is_none() {
-            info!(self.log(), "migration failed; retiring its target"; "migration_id" => %id,
-                "target" => %target.id());
-            self.retire_vmm(target.sled_id(), target.id(), VmmState::SagaUnwound)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Records a sled agent's registration, then (in the background) reconciles what the
-    /// database and the sled agent each think runs there. An expunged sled's registration is
-    /// refused (409, logged): a sled declared gone stays gone.
-    pub async fn sled_register(
-        self: &Arc<Self>,
-        id: SledUuid,
-        info: SledAgentInfo,
-    ) -> Result<Sled, Error> {
-        let resources = SledResources {
-            hardware_threads: info.hardware_threads,
-            physical_ram: info.physical_ram,
-        };
-        let sled = self
-            .datastore()
-            .sled_upsert(Sled::new(id, info.address, info.backend, resources))
-            .await
-            .inspect_err(|e| {
-                slog::warn!(self.log(), "sled registration refused";
-                    "sled_id" => %id, "address" => %info.address, "error" => %e);
-            })?;
-        let nexus = Arc::clone(self);
-        tokio::spawn(async move {
-            if let Err(e) = nexus.reconcile_sled(id).await {
-                slog::warn!(nexus.log(), "reconciling a sled failed; the next registration retries";
-                    "sled_id" => %id, "error" => %e);
-            }
-        });
-        Ok(sled)
-    }
-
-    /// Makes the database and a sled agent agree on what runs there. A sled agent registers
-    /// at start and periodically, so this runs after a sled agent restart (when it has lost its
-    /// VMMs) and now and then otherwise:
-    ///
-    /// - a VMM the database thinks runs on the sled (live, past `creating`) that the sled
-    ///   agent does not have is gone: it is retired as `failed`, so its instance shows failed
-    ///   and can be started again, and its reservation is released. (A VMM still `creating`
-    ///   belongs to a start or migrate saga that has not registered it yet; the saga deals
-    ///   with it.)
-    /// - a VMM the sled agent runs that the database has retired is unregistered.
-    ///
-    /// A sled agent that stops answering is left alone: its VMMs may well still run, so they
-    /// keep their reservations until the sled agent answers again, or until an operator
-    /// declares the sled gone (`Nexus::sled_expunge`), which fails and retires them.
-    pub async fn reconcile_sled(&self, sled_id: SledUuid) -> Result<(), Error> {
-        let client = self.sled_client(sled_id).await?;
-        let on_sled: std::collections::BTreeSet<VmmUuid> = client
-            .vmm_list()
-            .await
-            .map_err(sled_agent_error)?
-            .into_inner()
-            .into_iter()
-            .map(|v| v.propolis_id)
-            .collect();
-        let in_db = self.datastore().vmm_list(Some(sled_id), false).await?;
-        let live: std::collections::BTreeSet<VmmUuid> = in_db.iter().map(|v| v.id()).collect();
-        for vmm in &in_db {
-            let past_creating = vmm.state() != VmmState::Creating && !vmm.state().is_terminal();
-            if past_creating && !on_sled.contains(&vmm.id()) {
-                // Look again: a report may have ended it meanwhile.
-                match client.vmm_get_state(&vmm.id()).await {
-                    // It ended just now and its last report is on its way: apply it here.
-                    Ok(state) => self.apply_vmm_report(vmm.id(), state.into_inner()).await?,
-                    // The sled agent never heard of it: it restarted and lost it.
-                    Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {
-                        info!(self.log(), "sled agent lost a VMM; retiring it as failed";
-                            "sled_id" => %sled_id, "propolis_id" => %vmm.id());
-                        self.retire_vmm(sled_id, vmm.id(), VmmState::Failed).await?;
-                    }
-                    Err(e) => return Err(sled_agent_error(e)),
-                }
-            }
-        }
-        for stray in on_sled.difference(&live) {
-            let retired = match self.datastore().vmm_fetch(*stray).await {
-                Ok(vmm) => vmm.time_deleted.is_some(),
-                Err(Error::ObjectNotFound { .. }) => true,
-                Err(e) => return Err(e),
-            };
-            if retired {
-                info!(self.log(), "sled agent runs a VMM the database has retired; unregistering it";
-                    "sled_id" => %sled_id, "propolis_id" => %stray);
-                self.unregister_vmm(sled_id, *stray).await?;
-            }
-        }
-        Ok(())
     }
 }

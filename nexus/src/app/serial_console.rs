@@ -3,7 +3,8 @@
 //! in the sled agent; the WebSocket stream is relayed frame by frame, both ways, until either
 //! side closes.
 
-use super::{Nexus, sled_agent_error};
+use super::Nexus;
+use super::sled::sled_agent_error;
 use futures::{SinkExt, StreamExt};
 use halyard_common::ids::InstanceUuid;
 use halyard_common::{Error, VmmState};

@@ -1,4 +1,7 @@
-//! Sleds declared gone: the operator's expunge.
+//! Sleds: a sled agent's registration and the reconciliation that follows it, the client
+//! Nexus reaches a sled agent with, and the operator's expunge.
+//!
+//! ## Expunge: sleds declared gone
 //!
 //! A sled agent that stops answering is left alone (see `Nexus::reconcile_sled`): its VMMs
 //! may well still run, so Nexus cannot tell a network blip from a dead sled, and its VMMs
@@ -61,15 +64,122 @@
 //! releases the reservation.
 
 use super::Nexus;
-use super::sled_agent_error;
-use halyard_common::ids::SledUuid;
+use halyard_common::ids::{SledUuid, VmmUuid};
+use halyard_common::internal_api::SledAgentInfo;
 use halyard_common::{Error, VmmState};
-use halyard_db_model::Migration;
+use halyard_db_model::{Migration, Sled, SledResources};
 use halyard_nexus_internal_api::SledExpunged;
 use halyard_sled_agent_api::MigrationTargetGone;
 use slog::{info, warn};
+use std::sync::Arc;
 
 impl Nexus {
+    /// A client for a sled's agent, at the address it last registered. `Conflict` for an
+    /// expunged sled: nothing is asked of a sled declared gone.
+    pub async fn sled_client(
+        &self,
+        sled_id: SledUuid,
+    ) -> Result<halyard_sled_agent_client::Client, Error> {
+        let sled = self.datastore.sled_fetch(sled_id).await?;
+        if sled.is_expunged() {
+            return Err(Error::conflict(format!(
+                "sled {sled_id} was expunged (declared gone for good); nothing runs there"
+            )));
+        }
+        Ok(halyard_sled_agent_client::Client::new_with_client(
+            &format!("http://{}", sled.address()),
+            self.sled_http.clone(),
+        ))
+    }
+
+    /// Records a sled agent's registration, then (in the background) reconciles what the
+    /// database and the sled agent each think runs there. An expunged sled's registration is
+    /// refused (409, logged): a sled declared gone stays gone.
+    pub async fn sled_register(
+        self: &Arc<Self>,
+        id: SledUuid,
+        info: SledAgentInfo,
+    ) -> Result<Sled, Error> {
+        let resources = SledResources {
+            hardware_threads: info.hardware_threads,
+            physical_ram: info.physical_ram,
+        };
+        let sled = self
+            .datastore()
+            .sled_upsert(Sled::new(id, info.address, info.backend, resources))
+            .await
+            .inspect_err(|e| {
+                slog::warn!(self.log(), "sled registration refused";
+                    "sled_id" => %id, "address" => %info.address, "error" => %e);
+            })?;
+        let nexus = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = nexus.reconcile_sled(id).await {
+                slog::warn!(nexus.log(), "reconciling a sled failed; the next registration retries";
+                    "sled_id" => %id, "error" => %e);
+            }
+        });
+        Ok(sled)
+    }
+
+    /// Makes the database and a sled agent agree on what runs there. A sled agent registers
+    /// at start and periodically, so this runs after a sled agent restart (when it has lost its
+    /// VMMs) and now and then otherwise:
+    ///
+    /// - a VMM the database thinks runs on the sled (live, past `creating`) that the sled
+    ///   agent does not have is gone: it is retired as `failed`, so its instance shows failed
+    ///   and can be started again, and its reservation is released. (A VMM still `creating`
+    ///   belongs to a start or migrate saga that has not registered it yet; the saga deals
+    ///   with it.)
+    /// - a VMM the sled agent runs that the database has retired is unregistered.
+    ///
+    /// A sled agent that stops answering is left alone: its VMMs may well still run, so they
+    /// keep their reservations until the sled agent answers again, or until an operator
+    /// declares the sled gone (`Nexus::sled_expunge`), which fails and retires them.
+    pub async fn reconcile_sled(&self, sled_id: SledUuid) -> Result<(), Error> {
+        let client = self.sled_client(sled_id).await?;
+        let on_sled: std::collections::BTreeSet<VmmUuid> = client
+            .vmm_list()
+            .await
+            .map_err(sled_agent_error)?
+            .into_inner()
+            .into_iter()
+            .map(|v| v.propolis_id)
+            .collect();
+        let in_db = self.datastore().vmm_list(Some(sled_id), false).await?;
+        let live: std::collections::BTreeSet<VmmUuid> = in_db.iter().map(|v| v.id()).collect();
+        for vmm in &in_db {
+            let past_creating = vmm.state() != VmmState::Creating && !vmm.state().is_terminal();
+            if past_creating && !on_sled.contains(&vmm.id()) {
+                // Look again: a report may have ended it meanwhile.
+                match client.vmm_get_state(&vmm.id()).await {
+                    // It ended just now and its last report is on its way: apply it here.
+                    Ok(state) => self.apply_vmm_report(vmm.id(), state.into_inner()).await?,
+                    // The sled agent never heard of it: it restarted and lost it.
+                    Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {
+                        info!(self.log(), "sled agent lost a VMM; retiring it as failed";
+                            "sled_id" => %sled_id, "propolis_id" => %vmm.id());
+                        self.retire_vmm(sled_id, vmm.id(), VmmState::Failed).await?;
+                    }
+                    Err(e) => return Err(sled_agent_error(e)),
+                }
+            }
+        }
+        for stray in on_sled.difference(&live) {
+            let retired = match self.datastore().vmm_fetch(*stray).await {
+                Ok(vmm) => vmm.time_deleted.is_some(),
+                Err(Error::ObjectNotFound { .. }) => true,
+                Err(e) => return Err(e),
+            };
+            if retired {
+                info!(self.log(), "sled agent runs a VMM the database has retired; unregistering it";
+                    "sled_id" => %sled_id, "propolis_id" => %stray);
+                self.unregister_vmm(sled_id, *stray).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Declares sled `sled_id` gone for good (see the module doc).
     pub async fn sled_expunge(&self, sled_id: SledUuid) -> Result<SledExpunged, Error> {
         let sled = self.datastore().sled_expunge(sled_id).await?;
@@ -160,5 +270,17 @@ impl Nexus {
             Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => Ok(()),
             Err(e) => Err(sled_agent_error(e)),
         }
+    }
+}
+
+/// Maps a sled agent client error to an API error: the sled agent's own 4xx keeps its
+/// meaning; anything else means the sled agent could not be reached or failed.
+pub(crate) fn sled_agent_error<E: std::fmt::Debug>(e: progenitor_client::Error<E>) -> Error {
+    match e.status().map(|s| s.as_u16()) {
+        Some(404) => Error::conflict(format!("the sled agent does not know this VMM: {e}")),
+        Some(status) if (400..500).contains(&status) => {
+            Error::conflict(format!("the sled agent refused: {e}"))
+        }
+        _ => Error::unavailable(format!("sled agent: {e}")),
     }
 }

@@ -42,8 +42,9 @@
 
 use super::retry::{is_transient, retry_transient};
 use super::{NexusActionContext, action_failed, declare_saga, vmm_steps};
+use crate::app::Nexus;
 use crate::app::instance::InstanceAndVmm;
-use crate::app::{Nexus, sled_agent_error};
+use crate::app::sled::sled_agent_error;
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{Error, VmmState};
 use halyard_db_model::Migration;

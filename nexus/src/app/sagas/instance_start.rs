@@ -19,7 +19,7 @@
 
 use super::vmm_steps::{self, VmmShape};
 use super::{NexusActionContext, action_failed, declare_saga};
-use crate::app::sled_agent_error;
+use crate::app::sled::sled_agent_error;
 use halyard_common::Error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
 use halyard_db_queries::{ConflictReason, SledChoice, TransitionConflict, TransitionOutcome};

@@ -3,7 +3,8 @@
 //! its sled agent, and each one's undo. Each is idempotent, as saga actions must be.
 
 use super::action_failed;
-use crate::app::{Nexus, sled_agent_error};
+use crate::app::Nexus;
+use crate::app::sled::sled_agent_error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
 use halyard_common::{ByteCount, Error, VmmState};
 use halyard_db_model::{Instance, SledResources, Vmm};

@@ -1,4 +1,4 @@
-//! The leftover task: nothing stays stuck.
+//! The task `saga_leftover_release`: nothing stays stuck.
 //!
 //! An action whose effect landed but whose reply was lost (the database committed, the
 //! connection dropped, and the database then stayed down past the forward budget) fails its
@@ -9,7 +9,7 @@
 //! grace period, and releases each: the claim is cleared (the instance is stopped and can be
 //! started again), the reservation given back, the VMM retired as `saga_unwound`.
 
-use super::Nexus;
+use crate::app::Nexus;
 use chrono::Utc;
 use halyard_common::{Error, VmmState};
 use slog::info;

@@ -4,8 +4,13 @@
 //! A task is a named loop that runs its work every `period`. Each run's start, duration and
 //! outcome (a sentence saying what it did, or its error) are kept in memory; they describe this
 //! Nexus process since it started.
+//!
+//! The tasks, one file each: `vmm_retirement`, `leftover_release`.
 
-use super::Nexus;
+pub mod leftover_release;
+pub mod vmm_retirement;
+
+use crate::app::Nexus;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use halyard_common::Error;

@@ -1,0 +1,202 @@
+//! The saga runner: creating a saga (recorded in the saga log) and running it to its outcome,
+//! resuming this Nexus's unfinished sagas after a restart, the sagas the executor holds in
+//! memory, and the test-only lost replies injected into a prepared saga.
+
+use super::sagas::{NexusSaga, SagaContext, create_saga_dag, error_from_action};
+use super::{Nexus, crash_point};
+use halyard_common::Error;
+use halyard_common::ids::GenericUuid;
+use halyard_db_queries::saga_node_event_to_steno;
+use slog::{Logger, error, info, o};
+use std::sync::Arc;
+use steno::{SagaDag, SagaId, SagaResult, SagaResultOk};
+
+/// A saga created and ready to start (tests inject faults into it first).
+pub struct RunnableSaga {
+    pub id: SagaId,
+    pub dag: Arc<SagaDag>,
+    future: futures::future::BoxFuture<'static, SagaResult>,
+}
+
+impl Nexus {
+    /// Test-only: the next time the action (or, for `LostReplyStep::Undo`, the undo) of node
+    /// `node` of the prepared `saga` runs to its end, its effects stay but its caller gets a
+    /// transient error instead of its result, once (a lost reply, see `crash_point`): the
+    /// saga's retry runs it again.
+    pub fn inject_lost_reply(
+        &self,
+        saga: &RunnableSaga,
+        node: &str,
+        step: crash_point::LostReplyStep,
+    ) -> Result<(), Error> {
+        let index = saga
+            .dag
+            .get_index(node)
+            .map_err(|e| Error::internal(format!("cannot lose a reply: {e:#}")))?;
+        let index = u32::try_from(index.index())
+            .map_err(|e| Error::internal(format!("cannot lose a reply: {e}")))?;
+        self.lost_replies.arm(saga.id, index, step);
+        Ok(())
+    }
+
+    /// Test-only: the nodes (and steps) of saga `saga_id` whose reply was lost, in order.
+    pub fn lost_replies_reported(
+        &self,
+        saga_id: SagaId,
+    ) -> Vec<(String, crash_point::LostReplyStep)> {
+        self.lost_replies.reported_in(saga_id)
+    }
+
+    // Sagas
+
+    /// Creates a saga of kind `S` (recorded in the saga log) without starting it.
+    pub async fn saga_prepare<S: NexusSaga>(
+        self: &Arc<Self>,
+        params: S::Params,
+    ) -> Result<RunnableSaga, Error> {
+        let dag = Arc::new(create_saga_dag::<S>(params)?);
+        let id = SagaId::new_v4();
+        let context = Arc::new(SagaContext {
+            nexus: Arc::clone(self),
+            saga_id: id,
+            dag: Arc::clone(&dag),
+        });
+        let future = self
+            .sec
+            .saga_create(id, context, Arc::clone(&dag), Arc::clone(&self.registry))
+            .await
+            .map_err(|e| Error::unavailable(format!("cannot record saga {}: {e:#}", S::NAME)))?;
+        // Links the request (whose id every process logs) to the saga (whose id the log and
+        // omdb show).
+        info!(self.log, "saga created"; "saga_id" => %id, "saga_name" => S::NAME,
+            "request_id" => halyard_observability::request_id::current());
+        if let Some(node) = self
+            .injected_failure
+            .as_ref()
+            .and_then(|failure| failure.node_for(S::NAME))
+        {
+            let index = dag
+                .get_index(node)
+                .map_err(|e| Error::internal(format!("cannot inject a failure: {e:#}")))?;
+            self.sec
+                .saga_inject_error(id, index)
+                .await
+                .map_err(|e| Error::internal(format!("cannot inject a failure: {e:#}")))?;
+        }
+        Ok(RunnableSaga { id, dag, future })
+    }
+
+    /// Starts a prepared saga and waits for its outcome. A failed saga has fully unwound; its
+    /// error is the failing action's. A saga whose undo also failed is stuck: reported as an
+    /// internal error (and logged), never as a clean failure.
+    pub async fn saga_execute(&self, saga: RunnableSaga) -> Result<SagaResultOk, Error> {
+        self.sec
+            .saga_start(saga.id)
+            .await
+            .map_err(|e| Error::internal(format!("cannot start saga {}: {e:#}", saga.id)))?;
+        let result = saga.future.await;
+        saga_outcome(&self.log, result)
+    }
+
+    pub async fn run_saga<S: NexusSaga>(
+        self: &Arc<Self>,
+        params: S::Params,
+    ) -> Result<SagaResultOk, Error> {
+        let saga = self.saga_prepare::<S>(params).await?;
+        self.saga_execute(saga).await
+    }
+
+    /// Resumes every unfinished saga this Nexus owns, from the saga log. Returns how many.
+    pub async fn resume_sagas(self: &Arc<Self>) -> Result<usize, Error> {
+        let unfinished = self.datastore.saga_list_unfinished(self.id).await?;
+        for saga in &unfinished {
+            let events = self
+                .datastore
+                .saga_node_events(saga.id())
+                .await?
+                .iter()
+                .map(saga_node_event_to_steno)
+                .collect::<Result<Vec<_>, _>>()?;
+            let id = SagaId::from_untyped_uuid(saga.id().into_untyped_uuid());
+            let context = Arc::new(SagaContext {
+                nexus: Arc::clone(self),
+                saga_id: id,
+                dag: Arc::new(serde_json::from_value::<SagaDag>(saga.dag.clone()).map_err(
+                    |e| Error::internal(format!("cannot read the DAG of saga {id}: {e:#}")),
+                )?),
+            });
+            let future = self
+                .sec
+                .saga_resume(
+                    id,
+                    context,
+                    saga.dag.clone(),
+                    Arc::clone(&self.registry),
+                    events,
+                )
+                .await
+                .map_err(|e| Error::internal(format!("cannot resume saga {id}: {e:#}")))?;
+            self.sec
+                .saga_start(id)
+                .await
+                .map_err(|e| Error::internal(format!("cannot start saga {id}: {e:#}")))?;
+            self.metrics.sagas.resumed(id, &saga.name, &saga.dag);
+            info!(self.log, "resumed saga"; "saga_id" => %id, "saga_name" => &saga.name);
+            let log = self.log.new(o!("saga_id" => id.to_string()));
+            tokio::spawn(async move {
+                let _ = saga_outcome(&log, future.await);
+            });
+        }
+        Ok(unfinished.len())
+    }
+
+    /// The sagas the executor holds in memory, oldest id first.
+    pub async fn sagas_in_memory(&self) -> Vec<halyard_nexus_internal_api::SagaInMemory> {
+        let limit = std::num::NonZeroU32::new(10_000).expect("non-zero");
+        self.sec
+            .saga_list(None, limit)
+            .await
+            .into_iter()
+            .map(|view| {
+                let (state, status) = match &view.state {
+                    steno::SagaStateView::Ready { status } => ("ready", status.to_string()),
+                    steno::SagaStateView::Running { status } => ("running", status.to_string()),
+                    steno::SagaStateView::Done { status, result } => {
+                        let state = match &result.kind {
+                            Ok(_) => "succeeded",
+                            Err(e) if e.undo_failure.is_some() => "stuck",
+                            Err(_) => "failed",
+                        };
+                        (state, status.to_string())
+                    }
+                };
+                halyard_nexus_internal_api::SagaInMemory {
+                    id: halyard_common::ids::SagaUuid::from_untyped_uuid(
+                        view.id.into_untyped_uuid(),
+                    ),
+                    state: state.to_string(),
+                    status,
+                }
+            })
+            .collect()
+    }
+}
+
+fn saga_outcome(log: &Logger, result: SagaResult) -> Result<SagaResultOk, Error> {
+    match result.kind {
+        Ok(ok) => Ok(ok),
+        Err(failed) => {
+            if let Some((node, undo_error)) = &failed.undo_failure {
+                error!(log, "saga is stuck: an undo action failed";
+                    "saga_id" => %result.saga_id, "node" => ?node, "error" => %undo_error,
+                    "first_failure" => %failed.error_source);
+                return Err(Error::internal(format!(
+                    "saga {} is stuck: undoing {node:?} failed ({undo_error}) after {} failed",
+                    result.saga_id,
+                    failed.error_node_name.as_ref()
+                )));
+            }
+            Err(error_from_action(failed.error_source))
+        }
+    }
+}

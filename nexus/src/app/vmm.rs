@@ -1,0 +1,195 @@
+//! VMMs: applying sled agents' reports (and the migration outcomes they carry), and retiring
+//! VMMs that ended.
+
+use super::Nexus;
+use super::sled::sled_agent_error;
+use halyard_common::ids::{SledUuid, VmmUuid};
+use halyard_common::internal_api::SledVmmState;
+use halyard_common::{Error, MigrationState, VmmState};
+use halyard_db_model::VmmRuntimeState;
+use halyard_db_queries::{MigrationReport, VmmStateReport};
+use slog::{info, warn};
+use std::time::Duration;
+
+impl Nexus {
+    /// Applies a sled agent's report of a VMM (only what is newer than what Nexus has), and
+    /// retires the VMM if the report says it is gone.
+    pub async fn apply_vmm_report(&self, id: VmmUuid, state: SledVmmState) -> Result<(), Error> {
+        let side = |s: halyard_common::internal_api::MigrationRuntimeState| MigrationReport {
+            migration_id: s.migration_id,
+            state: s.state,
+            generation: s.generation,
+            time_updated: s.time_updated,
+        };
+        let report = VmmStateReport {
+            vmm_id: id,
+            vmm: VmmRuntimeState {
+                state: state.vmm_state.state.into(),
+                generation: state.vmm_state.generation.into(),
+                time_state_updated: state.vmm_state.time_updated,
+            },
+            migration_in: state.migration_in.map(side),
+            migration_out: state.migration_out.map(side),
+        };
+        let sides = [state.migration_in, state.migration_out];
+        // A completed migration first: the target becomes the active VMM before the source's
+        // "destroyed" is recorded, so the instance never looks stopped in between, and a
+        // source that reports "migrated out, destroyed" is not retired as the active VMM.
+        for side in sides
+            .iter()
+            .flatten()
+            .filter(|s| s.state == MigrationState::Completed)
+        {
+            self.migration_completed(side.migration_id).await?;
+        }
+        self.datastore().vmm_apply_report(&report).await?;
+        for side in sides
+            .iter()
+            .flatten()
+            .filter(|s| s.state == MigrationState::Failed)
+        {
+            self.migration_failed(side.migration_id).await?;
+        }
+        let reported = state.vmm_state.state;
+        if reported.is_terminal() {
+            let vmm = self.datastore().vmm_fetch(id).await?;
+            if vmm.time_deleted.is_none() {
+                self.retire_vmm(vmm.sled_id(), id, reported).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A migration completed (either side said so; each says so only once the target runs):
+    /// the target becomes the active VMM and the source is retired, in one transaction; then
+    /// the source is unregistered from its sled agent. Idempotent.
+    async fn migration_completed(
+        &self,
+        id: halyard_common::ids::MigrationUuid,
+    ) -> Result<(), Error> {
+        let record = self.datastore().migration_fetch(id).await?;
+        let (source, target) = (record.source_propolis_id.0, record.target_propolis_id.0);
+        let instance_id = record.instance_id.0;
+        if self
+            .datastore()
+            .instance_migration_complete(instance_id, id, source, target)
+            .await?
+        {
+            info!(self.log(), "migration completed"; "migration_id" => %id,
+                "instance_id" => %instance_id, "active" => %target);
+            let source_vmm = self.datastore().vmm_fetch(source).await?;
+            self.unregister_vmm(source_vmm.sled_id(), source).await?;
+        }
+        Ok(())
+    }
+
+    /// A migration failed (on either side): the target is retired; the instance runs on, on
+    /// its source. Idempotent.
+    ///
+    /// A completed outcome from either side wins over a failed one from the other: the
+    /// target resuming the guest is the commit point, so once either side has reported
+    /// completed (or the target has become the instance's active VMM), the guest runs on the
+    /// target and the other side's failure retires nothing.
+    async fn migration_failed(&self, id: halyard_common::ids::MigrationUuid) -> Result<(), Error> {
+        let record = self.datastore().migration_fetch(id).await?;
+        let target_id = record.target_propolis_id.0;
+        let completed = record.source_state() == MigrationState::Completed
+            || record.target_state() == MigrationState::Completed;
+        let target_is_active = match self.datastore().instance_fetch(record.instance_id.0).await {
+            Ok(instance) => instance.runtime.active_vmm() == Some(target_id),
+            Err(Error::ObjectNotFound { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        if completed || target_is_active {
+            warn!(self.log(), "a side of a completed migration reported failed; the guest runs \
+                on the target, which stays"; "migration_id" => %id, "target" => %target_id,
+                "source_state" => %record.source_state(),
+                "target_state" => %record.target_state(),
+                "target_is_active" => target_is_active);
+            return Ok(());
+        }
+        let target = self.datastore().vmm_fetch(target_id).await?;
+        if target.time_deleted.is_none() {
+            info!(self.log(), "migration failed; retiring its target"; "migration_id" => %id,
+                "target" => %target.id());
+            self.retire_vmm(target.sled_id(), target.id(), VmmState::SagaUnwound)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Fails with `Conflict` if the VMM was retired meanwhile (e.g. its instance failed or was
+    /// stopped while a saga prepared it): registering it then would leave a VMM running that
+    /// the database has given up on.
+    pub(crate) async fn ensure_vmm_not_retired(&self, vmm_id: VmmUuid) -> Result<(), Error> {
+        let vmm = self.datastore.vmm_fetch(vmm_id).await?;
+        if vmm.time_deleted.is_some() {
+            return Err(Error::conflict(format!(
+                "VMM {vmm_id} was retired while it was being prepared; retry"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Unregisters a VMM from its sled agent (idempotent there), retrying briefly. On an
+    /// expunged sled there is nothing to unregister: the sled is gone, and what it ran counts
+    /// for nothing.
+    pub async fn unregister_vmm(&self, sled_id: SledUuid, vmm_id: VmmUuid) -> Result<(), Error> {
+        if self.datastore.sled_fetch(sled_id).await?.is_expunged() {
+            return Ok(());
+        }
+        let client = self.sled_client(sled_id).await?;
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=4 {
+            match client.vmm_unregister(&vmm_id).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt == 4 => return Err(sled_agent_error(e)),
+                Err(e) => {
+                    self.metrics.transient_error("vmm_unregister");
+                    warn!(self.log, "cannot unregister VMM; retrying";
+                        "propolis_id" => %vmm_id, "sled_id" => %sled_id, "error" => %e);
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Retires an ended VMM: unregisters it from its sled agent, then (in one transaction)
+    /// marks it retired, releases its reservation and clears the instance's pointer to it.
+    /// Idempotent. A migration target orphaned by the end of its source is retired too.
+    pub async fn retire_vmm(
+        &self,
+        sled_id: SledUuid,
+        vmm_id: VmmUuid,
+        final_state: halyard_common::VmmState,
+    ) -> Result<(), Error> {
+        self.unregister_vmm(sled_id, vmm_id).await?;
+        self.datastore.vmm_retire(vmm_id, final_state).await?;
+        // By query, not from what this retirement cleared: an earlier attempt may have
+        // cleared the instance's pointer to the target and then failed to unregister it.
+        for target in self
+            .datastore
+            .vmm_list_orphaned_targets(Some(vmm_id))
+            .await?
+        {
+            self.retire_orphaned_target(&target).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn retire_orphaned_target(
+        &self,
+        target: &halyard_db_model::Vmm,
+    ) -> Result<(), Error> {
+        info!(self.log, "retiring a migration target whose source was retired";
+            "propolis_id" => %target.id(), "sled_id" => %target.sled_id(),
+            "instance_id" => %target.instance_id());
+        self.unregister_vmm(target.sled_id(), target.id()).await?;
+        self.datastore
+            .vmm_retire(target.id(), halyard_common::VmmState::SagaUnwound)
+            .await?;
+        Ok(())
+    }
+}
