@@ -3,6 +3,7 @@
 
 pub mod background;
 pub mod crash_point;
+pub mod identity;
 pub mod instance;
 pub mod leftover;
 pub mod sagas;
