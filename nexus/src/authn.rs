@@ -39,7 +39,10 @@ const MAX_AUTHORIZATION_LEN: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     /// A user, authenticated by an API token.
-    User { user_id: UserUuid, silo_id: SiloUuid },
+    User {
+        user_id: UserUuid,
+        silo_id: SiloUuid,
+    },
     /// One of Nexus's background tasks (`vmm_retirement`, `saga_leftover_release`, ...).
     BackgroundTask { name: &'static str },
     /// A saga resumed after a restart, whose starter is not known here.
@@ -320,17 +323,13 @@ impl<T: JsonSchema + Serialize + Send + Sync + 'static> ResponseStatus for HttpR
     }
 }
 
-impl<T: JsonSchema + Serialize + Send + Sync + 'static> ResponseStatus
-    for HttpResponseCreated<T>
-{
+impl<T: JsonSchema + Serialize + Send + Sync + 'static> ResponseStatus for HttpResponseCreated<T> {
     fn status(&self) -> u16 {
         201
     }
 }
 
-impl<T: JsonSchema + Serialize + Send + Sync + 'static> ResponseStatus
-    for HttpResponseAccepted<T>
-{
+impl<T: JsonSchema + Serialize + Send + Sync + 'static> ResponseStatus for HttpResponseAccepted<T> {
     fn status(&self) -> u16 {
         202
     }
@@ -383,9 +382,15 @@ mod tests {
     fn only_one_well_formed_bearer_token_is_looked_up() {
         let token = Secret::new_token();
         let good = format!("Bearer {}", token.expose());
-        assert_eq!(bearer_token(&headers(&[good.as_bytes()])), Ok(token.expose()));
+        assert_eq!(
+            bearer_token(&headers(&[good.as_bytes()])),
+            Ok(token.expose())
+        );
         let lower = format!("bearer {}", token.expose());
-        assert_eq!(bearer_token(&headers(&[lower.as_bytes()])), Ok(token.expose()));
+        assert_eq!(
+            bearer_token(&headers(&[lower.as_bytes()])),
+            Ok(token.expose())
+        );
 
         let long = format!("Bearer {}", "a".repeat(10_000));
         let non_ascii = format!("Bearer {}é", &token.expose()[..token.expose().len() - 1]);

@@ -6,26 +6,27 @@ use crate::app::instance::{InstanceAndVmm, InstanceCreate as AppInstanceCreate};
 use crate::app::serial_console::{ConsoleOffset, relay_serial_console};
 use crate::authn::{WebsocketUpgraded, external_request, unauthenticated_request};
 use dropshot::{
-    Body, HttpError, HttpResponseUpdatedNoContent, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted, HttpResponseOk,
-    PaginationOrder as DropshotOrder, Path, Query, RequestContext, ResultsPage, TypedBody,
-    WebsocketEndpointResult, WebsocketUpgrade,
+    Body, HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted,
+    HttpResponseOk, HttpResponseUpdatedNoContent, PaginationOrder as DropshotOrder, Path, Query,
+    RequestContext, ResultsPage, TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
 use halyard_common::{ByteCount, Error};
+use halyard_db_queries::DeviceTokenPoll;
 use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
 use halyard_nexus_external_api::NexusExternalApi;
 use halyard_nexus_external_api::pagination::{
     PageByNameOrId, PaginatedById, PaginatedByNameOrId, id_pagination, name_or_id_pagination,
     results_page_by_id, results_page_by_name_or_id, scan_params,
 };
-use halyard_db_queries::DeviceTokenPoll;
 use halyard_nexus_external_api::params::{
-    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
-    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
-    ProjectSelector,
+    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, InstanceCreate, InstanceMigrate,
+    InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
+    OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
 };
 use halyard_nexus_external_api::views::{
-    Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Instance, InstanceSerialConsoleData, Migration, Project, Sled, SledPolicy,
-    SledProvisionPolicy, SledState,
+    Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Instance,
+    InstanceSerialConsoleData, Migration, Project, Sled, SledPolicy, SledProvisionPolicy,
+    SledState,
 };
 use std::sync::Arc;
 

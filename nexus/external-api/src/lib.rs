@@ -22,9 +22,9 @@ use dropshot::{
 };
 use pagination::{PaginatedById, PaginatedByNameOrId};
 use params::{
-    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
-    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
-    ProjectSelector,
+    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, InstanceCreate, InstanceMigrate,
+    InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
+    OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
 };
 use views::{CurrentUser, Instance, InstanceSerialConsoleData, Migration, Project, Sled};
 

@@ -31,11 +31,17 @@ impl Nexus {
     }
 
     /// The acting user confirms the device login whose user code they were shown.
-    pub async fn device_auth_confirm(&self, opctx: &OpContext, user_code: &str) -> Result<(), Error> {
+    pub async fn device_auth_confirm(
+        &self,
+        opctx: &OpContext,
+        user_code: &str,
+    ) -> Result<(), Error> {
         let (user_id, _) = opctx
             .user()
             .ok_or_else(|| Error::internal("device_auth_confirm called without a user acting"))?;
-        self.datastore().device_auth_confirm(user_code, user_id).await
+        self.datastore()
+            .device_auth_confirm(user_code, user_id)
+            .await
     }
 
     /// A client polls for the token of its device login.
@@ -50,5 +56,26 @@ impl Nexus {
         self.datastore()
             .device_access_token_poll(client_id, device_code)
             .await
+    }
+}
+
+impl Nexus {
+    /// The user `name` of the default silo (created if absent) and a new token for it that
+    /// never expires: how the dev environment and test harnesses get a caller. Operators
+    /// use `omdb db users create` and `omdb db tokens create`.
+    pub async fn default_silo_user_token(
+        &self,
+        name: &halyard_common::Name,
+    ) -> Result<(SiloUser, Secret), Error> {
+        let silo = halyard_db_model::default_silo_id();
+        let user = match self.datastore().user_fetch_by_name(silo, name).await {
+            Ok(user) => user,
+            Err(Error::ObjectNotFound { .. }) => {
+                self.datastore().user_create(silo, name.clone()).await?
+            }
+            Err(e) => return Err(e),
+        };
+        let (_, secret) = self.datastore().token_create(user.id(), None).await?;
+        Ok((user, secret))
     }
 }

@@ -48,6 +48,8 @@ pub struct TestContext {
     pub db: TestDatabase,
     pub server: Server,
     pub sleds: Vec<halyard_sled_agent::Server>,
+    /// The token every test client presents (`crate::authn_support`).
+    pub token: String,
 }
 
 /// Each sled offers this many hardware threads and GiB of memory.
@@ -107,6 +109,7 @@ impl TestContext {
             retirement_interval_ms: 200,
         };
         let server = Server::start(&config, &log()).await.unwrap();
+        let token = crate::authn_support::test_user_token(server.nexus()).await;
         let mut sleds = Vec::new();
         for _ in 0..count {
             let sled_config = halyard_sled_agent::Config {
@@ -126,7 +129,12 @@ impl TestContext {
                     .unwrap(),
             );
         }
-        let ctx = TestContext { db, server, sleds };
+        let ctx = TestContext {
+            db,
+            server,
+            sleds,
+            token,
+        };
         let want = count;
         ctx.eventually("every sled registered", async |ctx: &TestContext| {
             ctx.sql("SELECT count(*) FROM sled").trim() == want.to_string()

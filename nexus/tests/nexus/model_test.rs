@@ -251,7 +251,10 @@ impl Drop for Harness {
     /// Closes the servers before the runtime goes (dropped with their requests' tasks still
     /// in the runtime, dropshot panics on the cancelled tasks), then the database.
     fn drop(&mut self) {
-        if let Some(TestContext { db, server, sleds }) = self.ctx.take() {
+        if let Some(TestContext {
+            db, server, sleds, ..
+        }) = self.ctx.take()
+        {
             self.runtime.block_on(async move {
                 for sled in sleds {
                     let _ = sled.close().await;
@@ -280,11 +283,14 @@ impl Harness {
         let ctx = runtime.block_on(TestContext::with_sim(SLEDS, sim));
         let sled_ids = ctx.sleds.iter().map(|s| s.agent().id()).collect();
         let base = format!("http://{}", ctx.server.external_address());
+        let clients = (0..3)
+            .map(|_| crate::authn_support::http_client(&ctx.token))
+            .collect();
         let mut harness = Harness {
             runtime,
             ctx: Some(ctx),
             sled_ids,
-            clients: (0..3).map(|_| reqwest::Client::new()).collect(),
+            clients,
             base,
             model: Model::new(
                 SLEDS,
