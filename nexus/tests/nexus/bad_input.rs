@@ -94,7 +94,9 @@ fn dump_every_table(ctx: &TestContext) -> String {
         );
     }
     let mut dump = String::new();
-    for table in tables {
+    // The audit log records every mutating request, refused ones included: that is its job
+    // (the authn tests check its rows), not a change a bad request made.
+    for table in tables.into_iter().filter(|t| *t != "audit_log") {
         let row = if table == "sled" {
             "to_jsonb(t) - 'time_modified' - 'time_last_seen'"
         } else {

@@ -221,7 +221,8 @@ async fn raw(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = reqwest::Client::new().request(method, format!("{}{path}", url(ctx)));
+    let mut request = crate::authn_support::http_client(&ctx.token)
+        .request(method, format!("{}{path}", url(ctx)));
     if let Some(body) = body {
         request = request.json(&body);
     }

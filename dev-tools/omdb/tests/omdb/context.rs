@@ -108,6 +108,12 @@ impl TestContext {
         &self.nexus_url
     }
 
+    /// Nexus's external API (`http://...`), while Nexus runs.
+    pub fn external_url(&self) -> String {
+        let server = self.server.as_ref().expect("Nexus is running");
+        format!("http://{}", server.external_address())
+    }
+
     /// Stops Nexus's servers (its internal API stops answering; sled agents' reports wait).
     pub async fn stop_nexus(&mut self) {
         if let Some(server) = self.server.take() {
