@@ -430,7 +430,7 @@ impl NexusExternalApi for NexusExternalImpl {
             };
             let project = query.into_inner().project;
             let created =
-                for_request(&rqctx, rqctx.context().instance_create(&project, params)).await?;
+                for_request(rqctx, rqctx.context().instance_create(&project, params)).await?;
             Ok(HttpResponseCreated(instance_view(created)))
         })
         .await
@@ -461,7 +461,7 @@ impl NexusExternalApi for NexusExternalImpl {
         external_request(rqctx, move |_opctx| async move {
             let nexus = rqctx.context();
             let id = lookup_instance(nexus, query, path).await?.id();
-            for_request(&rqctx, nexus.instance_delete(id)).await?;
+            for_request(rqctx, nexus.instance_delete(id)).await?;
             Ok(HttpResponseDeleted())
         })
         .await
@@ -477,7 +477,7 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, query, path).await?;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(&rqctx, nexus.instance_start_found(instance)).await?,
+                for_request(rqctx, nexus.instance_start_found(instance)).await?,
             )))
         })
         .await
@@ -493,7 +493,7 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, query, path).await?;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(&rqctx, nexus.instance_stop_found(instance)).await?,
+                for_request(rqctx, nexus.instance_stop_found(instance)).await?,
             )))
         })
         .await
@@ -509,7 +509,7 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, query, path).await?;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(&rqctx, nexus.instance_reboot_found(instance)).await?,
+                for_request(rqctx, nexus.instance_reboot_found(instance)).await?,
             )))
         })
         .await
@@ -531,7 +531,7 @@ impl NexusExternalApi for NexusExternalImpl {
                 .await?
                 .id();
             let (data, last_byte_offset) = for_request(
-                &rqctx,
+                rqctx,
                 nexus.instance_serial_console(id, from, query.max_bytes),
             )
             .await?;
@@ -561,7 +561,7 @@ impl NexusExternalApi for NexusExternalImpl {
             // Connected to the sled agent before the user's upgrade is accepted: a failure is
             // still an HTTP error with its body.
             let sled = for_request(
-                &rqctx,
+                rqctx,
                 nexus.instance_serial_console_connect(id, query.most_recent),
             )
             .await?;
@@ -588,7 +588,7 @@ impl NexusExternalApi for NexusExternalImpl {
             let instance = lookup_instance(nexus, query, path).await?;
             let destination = body.into_inner().dst_sled_id;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(&rqctx, nexus.instance_migrate_found(instance, destination)).await?,
+                for_request(rqctx, nexus.instance_migrate_found(instance, destination)).await?,
             )))
         })
         .await

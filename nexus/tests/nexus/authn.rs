@@ -321,6 +321,9 @@ async fn the_oxide_sdk_logs_in_through_the_device_flow_and_no_token_reaches_the_
 
 use halyard_common::ids::GenericUuid;
 
+/// What the audit test compares of an entry: method, operation, actor kind, status, error code.
+type AuditSummary<'a> = (&'a str, &'a str, &'a str, Option<i32>, Option<&'a str>);
+
 #[tokio::test]
 async fn mutating_requests_and_refused_ones_are_in_the_audit_log_and_reads_are_not() {
     let ctx = TestContext::with_sleds(0).await;
@@ -370,7 +373,7 @@ async fn mutating_requests_and_refused_ones_are_in_the_audit_log_and_reads_are_n
         .to_string();
 
     let entries = ctx.nexus().datastore().audit_log_list(100).await.unwrap();
-    let seen: Vec<(&str, &str, &str, Option<i32>, Option<&str>)> = entries
+    let seen: Vec<AuditSummary> = entries
         .iter()
         .map(|e| {
             (
