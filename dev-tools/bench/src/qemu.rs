@@ -76,7 +76,7 @@ pub async fn run(args: QemuArgs) -> anyhow::Result<()> {
         .accelerator
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let client = Client::new(&format!("http://{}", nexus.external_address()));
+    let client = crate::system::authenticated_client(&nexus).await?;
     wait_until("both sleds register", || async {
         Ok(client.sled_list().send().await?.into_inner().items.len() == 2)
     })

@@ -65,7 +65,7 @@ impl System {
             &log,
         )
         .await?;
-        let client = Client::new(&format!("http://{}", nexus.external_address()));
+        let client = authenticated_client(&nexus).await?;
         Ok(System {
             pg,
             nexus,
@@ -404,6 +404,27 @@ pub struct Lifecycle {
 /// One client's full lifecycle of a new instance `name`: create (stopped), start, wait until
 /// running, stop, wait until stopped, delete. Waiting is polling the instance's view every
 /// `poll` (what a user's script does).
+/// A client of `nexus`'s external API that acts as the benchmark's own user (with a token
+/// made for it now), as every caller must.
+pub async fn authenticated_client(nexus: &halyard_nexus::Server) -> anyhow::Result<Client> {
+    let (_, token) = nexus
+        .nexus()
+        .default_silo_user_token(&"bench".parse()?)
+        .await
+        .context("making the benchmark user's token")?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))?;
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
+    Ok(Client::new_with_client(
+        &format!("http://{}", nexus.external_address()),
+        http,
+    ))
+}
+
 pub async fn lifecycle(client: &Client, name: &str, poll: Duration) -> anyhow::Result<Lifecycle> {
     let began = Instant::now();
     let created = client

@@ -61,6 +61,8 @@ struct Args {
 }
 
 const DATABASE: &str = "halyard";
+/// The user the development environment makes (and prints a token for) at every start.
+const DEFAULT_USER: &str = "dev";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -157,6 +159,13 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         );
     }
     wait_for_sleds(&datastore, usize::from(args.sleds + args.qemu_sleds)).await?;
+    // Every external request needs a token: the default user gets a new one each start
+    // (tokens are kept only as hashes, so an old one cannot be shown again).
+    let (user, token) = nexus
+        .nexus()
+        .default_silo_user_token(&DEFAULT_USER.parse()?)
+        .await
+        .context("making the default user's token")?;
 
     // The banner comes last: let the start-up's log lines (written by a background thread) out
     // first, so nothing scrolls it away.
@@ -165,24 +174,33 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     let external = format!("http://{}", nexus.external_address());
     println!("Halyard is running.");
     println!("  Nexus external API:  {external}");
-    println!("    curl -s -X POST {external}/v1/projects -H 'content-type: application/json' \\");
+    println!(
+        "    user \"{}\" (id {}) has a new token; for curl, the oxide CLI and the SDK:",
+        user.name(),
+        user.id()
+    );
+    println!("    export OXIDE_HOST={external}");
+    println!("    export OXIDE_TOKEN={}", token.expose());
+    println!("    alias hcurl='curl -H \"authorization: Bearer $OXIDE_TOKEN\"'");
+    println!("    hcurl -s $OXIDE_HOST/v1/me");
+    println!("    hcurl -s -X POST {external}/v1/projects -H 'content-type: application/json' \\");
     println!("      -d '{{\"name\": \"demo\", \"description\": \"\"}}'");
     println!(
-        "    curl -s -X POST '{external}/v1/instances?project=demo' -H 'content-type: application/json' \\"
+        "    hcurl -s -X POST '{external}/v1/instances?project=demo' -H 'content-type: application/json' \\"
     );
     println!(
         "      -d '{{\"name\": \"web\", \"description\": \"\", \"hostname\": \"web\", \"ncpus\": 1, \"memory\": 268435456}}'"
     );
-    println!("    curl -s '{external}/v1/instances?project=demo'");
+    println!("    hcurl -s '{external}/v1/instances?project=demo'");
     if args.qemu_sleds > 0 {
         println!(
             "    # on a QEMU sled (placement prefers them), the guest boots in a few seconds; its console:"
         );
         println!(
-            "    curl -s '{external}/v1/instances/web/serial-console?project=demo&most_recent=2000' | jq -r '.data | implode'"
+            "    hcurl -s '{external}/v1/instances/web/serial-console?project=demo&most_recent=2000' | jq -r '.data | implode'"
         );
         println!(
-            "    websocat '{}/v1/instances/web/serial-console/stream?project=demo'   # live, and type into its shell",
+            "    websocat -H \"authorization: Bearer $OXIDE_TOKEN\" '{}/v1/instances/web/serial-console/stream?project=demo'   # live, and type into its shell",
             external.replacen("http", "ws", 1)
         );
     }
