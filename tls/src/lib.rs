@@ -229,11 +229,19 @@ impl TlsMaterial {
     /// `Client::new` sets.
     pub fn http_client(&self, server_name: &str) -> Result<reqwest::Client, TlsError> {
         let timeout = Duration::from_secs(15);
-        Ok(reqwest::ClientBuilder::new()
-            .tls_backend_preconfigured(self.client_config(server_name)?)
+        Ok(self
+            .http_client_builder(server_name)?
             .connect_timeout(timeout)
             .timeout(timeout)
             .build()?)
+    }
+
+    /// A builder for such a client, for callers that set their own timeouts.
+    pub fn http_client_builder(
+        &self,
+        server_name: &str,
+    ) -> Result<reqwest::ClientBuilder, TlsError> {
+        Ok(reqwest::ClientBuilder::new().tls_backend_preconfigured(self.client_config(server_name)?))
     }
 }
 
@@ -278,5 +286,17 @@ impl rustls::client::danger::ServerCertVerifier for ExpectedServerName {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.webpki.supported_verify_schemes()
+    }
+}
+
+impl TlsFiles {
+    /// The `[tls]` table of a service's TOML configuration naming these files.
+    pub fn toml_table(&self) -> String {
+        format!(
+            "[tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n",
+            self.ca_cert.display().to_string(),
+            self.cert.display().to_string(),
+            self.key.display().to_string()
+        )
     }
 }

@@ -8,6 +8,7 @@ mod instances;
 mod invariant_checker;
 mod lost_replies;
 mod migration;
+mod mtls;
 mod model_test;
 mod observability;
 mod outages;

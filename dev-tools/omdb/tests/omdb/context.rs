@@ -62,6 +62,7 @@ impl TestContext {
             external_address: "127.0.0.1:0".parse().unwrap(),
             internal_address: nexus_internal_port.address(),
             retirement_interval_ms: 200,
+            tls: tls_files(halyard_tls::Role::Nexus),
         };
         let server = Server::start(&config, &log()).await.unwrap();
         let sim = SimConfig {
@@ -72,8 +73,9 @@ impl TestContext {
         };
         let mut sled_servers = Vec::new();
         for _ in 0..sleds {
+            let sled_id = SledUuid::new_v4();
             let sled_config = halyard_sled_agent::Config {
-                sled_id: SledUuid::new_v4(),
+                sled_id,
                 listen_address: "127.0.0.1:0".parse().unwrap(),
                 nexus_address: server.internal_address(),
                 backend: SledBackend::Sim,
@@ -82,6 +84,7 @@ impl TestContext {
                 registration_interval_ms: 1000,
                 sim,
                 qemu: Default::default(),
+                tls: tls_files(halyard_tls::Role::Sled(sled_id)),
             };
             sled_servers.push(
                 halyard_sled_agent::Server::start(&sled_config, &log())
@@ -92,7 +95,7 @@ impl TestContext {
         let ctx = TestContext {
             db,
             nexus: Arc::clone(server.nexus()),
-            nexus_url: format!("http://{}", server.internal_address()),
+            nexus_url: format!("https://{}", server.internal_address()),
             server: Some(server),
             sleds: sled_servers,
             _nexus_internal_port: nexus_internal_port,
@@ -124,7 +127,13 @@ impl TestContext {
     }
 
     pub fn sled_client(&self, i: usize) -> halyard_sled_agent_client::Client {
-        halyard_sled_agent_client::Client::new(&format!("http://{}", self.sled_address(i)))
+        halyard_sled_agent_client::Client::new_with_client(
+            &format!("https://{}", self.sled_address(i)),
+            halyard_tls::pki::test_pki()
+                // Tests change VMMs behind Nexus's back, as Nexus would.
+                .http_client(halyard_tls::Role::Nexus, halyard_tls::SLED_AGENT_NAME)
+                .unwrap(),
+        )
     }
 
     /// The index of the sled a VMM runs on.
@@ -257,11 +266,21 @@ impl TestContext {
     }
 }
 
+/// The files of `role`'s certificate from this test process's CA.
+pub fn tls_files(role: halyard_tls::Role) -> halyard_tls::TlsFiles {
+    halyard_tls::pki::test_pki().files(role).unwrap()
+}
+
 /// Runs the real omdb binary with `args` and environment `env` (and no `HALYARD_DB_URL` from
 /// the caller's environment unless `env` sets it).
 pub async fn omdb(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_omdb"));
-    command.args(args).env_remove("HALYARD_DB_URL");
+    // The operator's certificate from this test process's CA (`env` may name another).
+    tls_files(halyard_tls::Role::Operator);
+    command
+        .args(args)
+        .env_remove("HALYARD_DB_URL")
+        .env("HALYARD_TLS_DIR", halyard_tls::pki::test_pki().dir());
     for (key, value) in env {
         command.env(key, value);
     }
