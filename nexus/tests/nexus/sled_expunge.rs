@@ -378,7 +378,9 @@ async fn a_migration_out_of_an_expunged_sled_fails_the_instance_and_retires_the_
 /// How many requests to `endpoint` (a route, e.g. `PUT /vmms/{propolis_id}/migration-in`)
 /// the sled agent at `address` has answered with `status`, from its metrics.
 async fn sled_agent_requests(address: std::net::SocketAddr, endpoint: &str, status: u16) -> u64 {
-    let text = reqwest::get(format!("http://{address}/metrics"))
+    let text = crate::context::operator_http(halyard_tls::SLED_AGENT_NAME)
+        .get(format!("https://{address}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
