@@ -41,10 +41,7 @@ fn require(
     roles: &[halyard_tls::Role],
     action: &str,
 ) -> Result<(), HttpError> {
-    rqctx
-        .context()
-        .peer(&rqctx.request)?
-        .require(roles, action)
+    rqctx.context().peer(&rqctx.request)?.require(roles, action)
 }
 
 impl SledAgentApi for SledAgentImpl {

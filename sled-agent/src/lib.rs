@@ -132,8 +132,10 @@ impl Server {
     /// are ended here, so none outlives a sled agent that shut down.
     pub async fn close(self) -> anyhow::Result<()> {
         self.registration.abort();
-        self.front.close();
+        // Still serving while the QEMU VMMs end: Nexus may ask about them as their last
+        // reports arrive.
         self.agent.end_qemu_vmms().await;
+        self.front.close();
         self.http
             .close()
             .await

@@ -27,11 +27,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 type FrontBody = BoxBody<Bytes, hyper::Error>;
 
-/// A running front: stops accepting when dropped or closed (connections already accepted run
-/// to their end).
+/// A running front. Closing it (or dropping it) stops accepting and ends every connection it
+/// accepted, upgraded ones included, as a closed server's would end.
 pub struct Front {
     address: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Front {
@@ -55,8 +56,15 @@ impl Front {
         })?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let log = log.new(slog::o!("tls_front" => address.to_string()));
-        let task = tokio::spawn(accept_loop(listener, acceptor, backend, secret, log));
-        Ok(Front { address, task })
+        let (shutdown, closed) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            listener, acceptor, backend, secret, closed, log,
+        ));
+        Ok(Front {
+            address,
+            task,
+            shutdown,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -65,12 +73,24 @@ impl Front {
 
     pub fn close(&self) {
         self.task.abort();
+        self.shutdown.send_replace(true);
     }
 }
 
 impl Drop for Front {
     fn drop(&mut self) {
-        self.task.abort();
+        self.close();
+    }
+}
+
+/// Runs `work` until it ends or the front closes.
+async fn until_closed(
+    mut closed: tokio::sync::watch::Receiver<bool>,
+    work: impl Future<Output = ()>,
+) {
+    tokio::select! {
+        () = work => {}
+        _ = closed.wait_for(|closed| *closed) => {}
     }
 }
 
@@ -79,6 +99,7 @@ async fn accept_loop(
     acceptor: tokio_rustls::TlsAcceptor,
     backend: SocketAddr,
     secret: FrontSecret,
+    closed: tokio::sync::watch::Receiver<bool>,
     log: Logger,
 ) {
     loop {
@@ -93,7 +114,8 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let secret = secret.clone();
         let log = log.new(slog::o!("remote_addr" => remote.to_string()));
-        tokio::spawn(async move {
+        let closed = closed.clone();
+        tokio::spawn(until_closed(closed.clone(), async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(tls) => tls,
                 Err(error) => {
@@ -112,8 +134,8 @@ async fn accept_loop(
                 warn!(log, "TLS client without a certificate after the handshake");
                 return;
             };
-            serve_connection(tls, certificate, backend, secret, log).await;
-        });
+            serve_connection(tls, certificate, backend, secret, closed, log).await;
+        }));
     }
 }
 
@@ -122,6 +144,7 @@ async fn serve_connection(
     certificate: CertificateDer<'static>,
     backend: SocketAddr,
     secret: FrontSecret,
+    closed: tokio::sync::watch::Receiver<bool>,
     log: Logger,
 ) {
     let encoded = base64::engine::general_purpose::STANDARD.encode(certificate.as_ref());
@@ -132,9 +155,10 @@ async fn serve_connection(
         let certificate = certificate.clone();
         let secret = secret.clone();
         let log = service_log.clone();
+        let closed = closed.clone();
         async move {
             Ok::<_, std::convert::Infallible>(
-                match forward(request, backend, certificate, secret, &log).await {
+                match forward(request, backend, certificate, secret, closed, &log).await {
                     Ok(response) => response,
                     Err(message) => {
                         warn!(log, "forwarding a request to the service"; "error" => %message);
@@ -158,6 +182,7 @@ async fn forward(
     backend: SocketAddr,
     certificate: http::HeaderValue,
     secret: http::HeaderValue,
+    closed: tokio::sync::watch::Receiver<bool>,
     log: &Logger,
 ) -> Result<Response<FrontBody>, String> {
     let headers = request.headers_mut();
@@ -187,7 +212,7 @@ async fn forward(
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let service_upgrade = hyper::upgrade::on(&mut response);
         let log = log.clone();
-        tokio::spawn(async move {
+        tokio::spawn(until_closed(closed, async move {
             match futures_join(client_upgrade, service_upgrade).await {
                 Ok((client, service)) => {
                     let mut client = TokioIo::new(client);
@@ -200,7 +225,7 @@ async fn forward(
                 }
                 Err(error) => warn!(log, "upgrading the connection"; "error" => %error),
             }
-        });
+        }));
     }
     Ok(response.map(|body| body.boxed()))
 }

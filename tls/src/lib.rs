@@ -241,7 +241,8 @@ impl TlsMaterial {
         &self,
         server_name: &str,
     ) -> Result<reqwest::ClientBuilder, TlsError> {
-        Ok(reqwest::ClientBuilder::new().tls_backend_preconfigured(self.client_config(server_name)?))
+        Ok(reqwest::ClientBuilder::new()
+            .tls_backend_preconfigured(self.client_config(server_name)?))
     }
 }
 

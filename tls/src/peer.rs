@@ -116,3 +116,87 @@ fn forbidden(message: &str) -> HttpError {
         message.to_string(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::Ca;
+    use halyard_common::ids::SledUuid;
+    use rustls::pki_types::pem::PemObject;
+
+    fn request(headers: &[(&str, &str)]) -> RequestInfo {
+        let mut builder = http::Request::builder().uri("/sled-agents/x");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        RequestInfo::new(&builder.body(()).unwrap(), "127.0.0.1:1".parse().unwrap())
+    }
+
+    fn der_base64(ca: &Ca, role: Role) -> String {
+        let pem = ca.issue(role).unwrap().cert_pem;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+    }
+
+    #[test]
+    fn a_request_that_did_not_come_through_the_front_is_refused() {
+        let ca = Ca::generate("unit test").unwrap();
+        let secret = FrontSecret::generate();
+        let certificate = der_base64(&ca, Role::Nexus);
+        for headers in [
+            vec![(PEER_CERTIFICATE_HEADER, certificate.as_str())],
+            vec![
+                (PEER_CERTIFICATE_HEADER, certificate.as_str()),
+                (FRONT_SECRET_HEADER, "a guess"),
+            ],
+            vec![
+                (PEER_CERTIFICATE_HEADER, certificate.as_str()),
+                (FRONT_SECRET_HEADER, &FrontSecret::generate().0),
+            ],
+        ] {
+            let error = Peer::from_request(&request(&headers), &secret).unwrap_err();
+            assert_eq!(error.status_code.as_u16(), 403, "{headers:?}");
+        }
+        let peer = Peer::from_request(
+            &request(&[
+                (PEER_CERTIFICATE_HEADER, certificate.as_str()),
+                (FRONT_SECRET_HEADER, secret.value()),
+            ]),
+            &secret,
+        )
+        .unwrap();
+        assert!(peer.is(Role::Nexus));
+    }
+
+    #[test]
+    fn a_certificate_is_for_its_own_role_only() {
+        let ca = Ca::generate("unit test").unwrap();
+        let secret = FrontSecret::generate();
+        let (a, b) = (SledUuid::new_v4(), SledUuid::new_v4());
+        let peer_of = |role| {
+            let certificate = der_base64(&ca, role);
+            Peer::from_request(
+                &request(&[
+                    (PEER_CERTIFICATE_HEADER, certificate.as_str()),
+                    (FRONT_SECRET_HEADER, secret.value()),
+                ]),
+                &secret,
+            )
+            .unwrap()
+        };
+        let sled_a = peer_of(Role::Sled(a));
+        assert!(sled_a.is(Role::Sled(a)));
+        assert!(!sled_a.is(Role::Sled(b)));
+        assert!(!sled_a.is(Role::Nexus));
+        assert!(!sled_a.is(Role::Operator));
+        let error = sled_a.require(&[Role::Sled(b)], "register").unwrap_err();
+        assert_eq!(error.status_code.as_u16(), 403);
+        let operator = peer_of(Role::Operator);
+        assert!(operator.is(Role::Operator));
+        assert!(!operator.is(Role::Nexus));
+        assert!(!operator.is(Role::Sled(a)));
+        operator
+            .require(&[Role::Nexus, Role::Operator], "list sagas")
+            .unwrap();
+    }
+}

@@ -138,7 +138,10 @@ impl DevPki {
             Role::Operator => "operator".to_string(),
             Role::Sled(id) => format!("sled-{id}"),
         };
-        let mut issued = self.issued.lock().expect("the PKI's lock is never poisoned");
+        let mut issued = self
+            .issued
+            .lock()
+            .expect("the PKI's lock is never poisoned");
         if let Some(files) = issued.get(&stem) {
             return Ok(files.clone());
         }

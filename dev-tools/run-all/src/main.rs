@@ -143,8 +143,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         sleds.push(halyard_sled_agent::Server::start(&config, log).await?);
     }
     for i in 0..args.qemu_sleds {
-        let sled_id =
-            SledUuid::from_str(&identity(&args.dir.join(format!("qemu-sled-{i}-id")))?)?;
+        let sled_id = SledUuid::from_str(&identity(&args.dir.join(format!("qemu-sled-{i}-id")))?)?;
         let config = halyard_sled_agent::Config {
             sled_id,
             listen_address: SocketAddr::new(
@@ -207,7 +206,10 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         operator.key.display()
     );
     let internal = nexus.internal_address();
-    println!("  Nexus internal API:  https://{internal} (mutual TLS; certificates in {})", pki_dir.display());
+    println!(
+        "  Nexus internal API:  https://{internal} (mutual TLS; certificates in {})",
+        pki_dir.display()
+    );
     println!(
         "    metrics (Prometheus text): {curl_as_operator} --resolve {}:{}:{} https://{}:{}/metrics",
         halyard_tls::NEXUS_NAME,

@@ -181,11 +181,11 @@ async fn instance_migrate_replays_a_recorded_prefix_idempotently_over_existing_e
              UPDATE saga SET saga_state = 'running' WHERE id = '{saga_id}'"
         ));
         let fresh = Nexus::new(
-        ctx.nexus().id(),
-        ctx.nexus().datastore().clone(),
-        ctx.nexus().sled_http().clone(),
-        &log(),
-    );
+            ctx.nexus().id(),
+            ctx.nexus().datastore().clone(),
+            ctx.nexus().sled_http().clone(),
+            &log(),
+        );
         assert_eq!(fresh.resume_sagas().await.unwrap(), 1);
         ctx.eventually(
             &format!("the saga resumed at {name} to finish"),

@@ -329,9 +329,9 @@ async fn a_terminal_report_of_a_vmm_still_listed_fails_the_check() {
             halyard_tls::NEXUS_NAME,
         ),
     )
-        .vmm_put_state(&id, &premature)
-        .await
-        .unwrap();
+    .vmm_put_state(&id, &premature)
+    .await
+    .unwrap();
     assert_eq!(env.client.vmm_list().await.unwrap().len(), 1);
     let checked =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| env.nexus.final_report(id)));

@@ -25,13 +25,13 @@ async fn a_client_without_a_certificate_from_the_ca_is_refused() {
         .build()
         .unwrap();
     let refused = list_vmms(&anonymous, &env).await;
-    assert!(refused.is_err(), "no certificate got an answer: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "no certificate got an answer: {refused:?}"
+    );
 
     // Nexus's certificate from another CA.
-    let dir = std::env::temp_dir().join(format!(
-        "halyard-foreign-pki-{}",
-        uuid_like_suffix()
-    ));
+    let dir = std::env::temp_dir().join(format!("halyard-foreign-pki-{}", uuid_like_suffix()));
     let foreign = halyard_tls::pki::DevPki::create("another deployment", &dir)
         .unwrap()
         .files(Role::Nexus)
@@ -65,7 +65,10 @@ async fn only_nexus_registers_vmms() {
     }
     assert!(env.client.vmm_list().await.unwrap().is_empty());
     // Nexus's certificate (the environment's client) may.
-    env.client.vmm_register(&id, &register_body()).await.unwrap();
+    env.client
+        .vmm_register(&id, &register_body())
+        .await
+        .unwrap();
 }
 
 /// A suffix no other test process picks.
