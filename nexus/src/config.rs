@@ -11,6 +11,11 @@ use std::path::Path;
 /// external_address = "127.0.0.1:12220"          # the /v1 API
 /// internal_address = "127.0.0.1:12221"          # what sled agents call
 /// retirement_interval_ms = 5000                  # optional
+///
+/// [tls]                                          # mutual TLS on the internal API
+/// ca_cert = ".halyard-dev/pki/ca.pem"
+/// cert = ".halyard-dev/pki/nexus.pem"
+/// key = ".halyard-dev/pki/nexus-key.pem"
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +27,9 @@ pub struct Config {
     /// How often the background task looks for VMMs whose retirement a crash interrupted.
     #[serde(default = "default_retirement_interval_ms")]
     pub retirement_interval_ms: u64,
+    /// Nexus's certificate (it serves the internal API with it and presents it to sled
+    /// agents) and the deployment's CA (the only issuer of callers it accepts).
+    pub tls: halyard_tls::TlsFiles,
 }
 
 fn default_retirement_interval_ms() -> u64 {

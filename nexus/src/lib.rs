@@ -31,6 +31,8 @@ use std::time::Duration;
 pub struct Server {
     nexus: Arc<Nexus>,
     internal: dropshot::HttpServer<Arc<Nexus>>,
+    /// The internal API's address: TLS, client certificates required.
+    internal_front: halyard_tls::front::Front,
     external: dropshot::HttpServer<Arc<Nexus>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -42,7 +44,14 @@ impl Server {
             .check_schema_version()
             .await
             .context("refusing to start against this database")?;
-        let nexus = Nexus::new(config.id, datastore, log);
+        let tls = config
+            .tls
+            .load()
+            .context("loading Nexus's TLS certificate")?;
+        let sled_http = tls
+            .http_client(halyard_tls::SLED_AGENT_NAME)
+            .context("building the sled agents' HTTP client")?;
+        let nexus = Nexus::new(config.id, datastore, sled_http, log);
         let resumed = nexus
             .resume_sagas()
             .await
@@ -61,14 +70,29 @@ impl Server {
             // Sled agents register every few seconds and report every VMM state change.
             &["PUT /sled-agents/{sled_id}", "PUT /vmms/{propolis_id}"],
         )?;
+        // The internal API's dropshot server listens on loopback; callers reach it through
+        // its TLS front on `internal_address`, which requires a certificate from the CA and
+        // tells the handlers whose it was (halyard_tls::front).
+        let front_secret = halyard_tls::peer::FrontSecret::generate();
+        nexus.set_internal_front_secret(front_secret.clone());
         let internal = dropshot::ServerBuilder::new(internal_api, Arc::clone(&nexus), internal_log)
             .config(dropshot::ConfigDropshot {
-                bind_address: config.internal_address,
+                bind_address: std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0),
                 default_request_body_max_bytes: 1024 * 1024,
                 ..Default::default()
             })
             .start()
-            .with_context(|| format!("starting the internal API on {}", config.internal_address))?;
+            .context("starting the internal API's server on loopback")?;
+        let internal_front = halyard_tls::front::Front::start(
+            config.internal_address,
+            internal.local_addr(),
+            tls.server_config()
+                .context("building the internal API's TLS configuration")?,
+            front_secret,
+            log,
+        )
+        .await
+        .with_context(|| format!("starting the internal API on {}", config.internal_address))?;
 
         let external_api = halyard_nexus_external_api::nexus_external_api_mod::api_description::<
             external_api::NexusExternalImpl,
@@ -91,6 +115,7 @@ impl Server {
         Ok(Server {
             nexus,
             internal,
+            internal_front,
             external,
             background: vec![retirement, leftovers],
         })
@@ -100,8 +125,9 @@ impl Server {
         &self.nexus
     }
 
+    /// The internal API's address (TLS: see `halyard_tls`).
     pub fn internal_address(&self) -> SocketAddr {
-        self.internal.local_addr()
+        self.internal_front.local_addr()
     }
 
     pub fn external_address(&self) -> SocketAddr {
@@ -112,6 +138,7 @@ impl Server {
         for task in &self.background {
             task.abort();
         }
+        self.internal_front.close();
         self.external
             .close()
             .await

@@ -18,6 +18,11 @@ use std::time::Duration;
 /// physical_ram = 68719476736            # bytes
 /// registration_interval_ms = 10000     # optional
 ///
+/// [tls]                                 # mutual TLS (see halyard_tls)
+/// ca_cert = ".halyard-dev/pki/ca.pem"
+/// cert = ".halyard-dev/pki/sled-4a1b8f2e-8d7c-4a8e-9f0a-2b3c4d5e6f70.pem"
+/// key = ".halyard-dev/pki/sled-4a1b8f2e-8d7c-4a8e-9f0a-2b3c4d5e6f70-key.pem"
+///
 /// [sim]                                 # optional; all delays default to 0
 /// start_delay_ms = 200
 /// stop_delay_ms = 100
@@ -51,6 +56,10 @@ pub struct Config {
     pub sim: SimConfig,
     #[serde(default)]
     pub qemu: QemuConfig,
+    /// This sled's certificate (its id in it: it serves its API with it and presents it to
+    /// Nexus and to other sled agents) and the deployment's CA (the only issuer of callers it
+    /// accepts).
+    pub tls: halyard_tls::TlsFiles,
 }
 
 /// How the simulated backend behaves: the time each transition takes.
@@ -217,6 +226,7 @@ mod tests {
         let text = "sled_id = \"4a1b8f2e-8d7c-4a8e-9f0a-2b3c4d5e6f70\"\n\
             listen_address = \"127.0.0.1:0\"\nnexus_address = \"127.0.0.1:12221\"\n\
             backend = \"sim\"\nhardware_threads = 32\nphysical_ram = 68719476736\n\
+            [tls]\nca_cert = \"ca.pem\"\ncert = \"sled.pem\"\nkey = \"sled-key.pem\"\n\
             [sim]\nstart_delay_ms = 200\n";
         let config: Config = toml::from_str(text).unwrap();
         config.validate().unwrap();

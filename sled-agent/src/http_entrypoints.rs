@@ -1,4 +1,9 @@
 //! The sled agent's implementation of `SledAgentApi`.
+//!
+//! Every caller comes through the TLS front with a certificate from the deployment's CA
+//! (`halyard_tls`), and every handler first checks whose: Nexus alone changes VMMs; Nexus or
+//! an operator (omdb, tests) reads them and injects simulated faults; an inbound migration's
+//! phases come only from the sled Nexus named as its source.
 
 use crate::console::{ConsoleOffset, ConsoleStream, SerialConsole};
 use crate::sled_agent::SledAgent;
@@ -24,6 +29,21 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 pub enum SledAgentImpl {}
 
+/// Who may change this sled's VMMs.
+const NEXUS: &[halyard_tls::Role] = &[halyard_tls::Role::Nexus];
+/// Who may read them (and inject simulated faults).
+const NEXUS_OR_OPERATOR: &[halyard_tls::Role] =
+    &[halyard_tls::Role::Nexus, halyard_tls::Role::Operator];
+
+/// Checks the caller's certificate against `roles`.
+fn require(
+    rqctx: &RequestContext<Arc<SledAgent>>,
+    roles: &[halyard_tls::Role],
+    action: &str,
+) -> Result<(), HttpError> {
+    rqctx.context().peer(&rqctx.request)?.require(roles, action)
+}
+
 impl SledAgentApi for SledAgentImpl {
     type Context = Arc<SledAgent>;
 
@@ -32,6 +52,7 @@ impl SledAgentApi for SledAgentImpl {
         path: Path<VmmPathParam>,
         body: TypedBody<VmmRegisterBody>,
     ) -> Result<HttpResponseOk<SledVmmState>, HttpError> {
+        require(&rqctx, NEXUS, "register a VMM")?;
         let agent = rqctx.context();
         let id = path.into_inner().propolis_id;
         Ok(HttpResponseOk(agent.vmm_register(id, body.into_inner())?))
@@ -41,6 +62,7 @@ impl SledAgentApi for SledAgentImpl {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPathParam>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        require(&rqctx, NEXUS, "unregister a VMM")?;
         rqctx
             .context()
             .vmm_unregister(path.into_inner().propolis_id)
@@ -53,6 +75,7 @@ impl SledAgentApi for SledAgentImpl {
         path: Path<VmmPathParam>,
         body: TypedBody<VmmPutStateBody>,
     ) -> Result<HttpResponseOk<SledVmmState>, HttpError> {
+        require(&rqctx, NEXUS, "change a VMM's state")?;
         let agent = rqctx.context();
         let id = path.into_inner().propolis_id;
         Ok(HttpResponseOk(
@@ -64,6 +87,7 @@ impl SledAgentApi for SledAgentImpl {
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPathParam>,
     ) -> Result<HttpResponseOk<SledVmmState>, HttpError> {
+        require(&rqctx, NEXUS_OR_OPERATOR, "read a VMM's state")?;
         Ok(HttpResponseOk(
             rqctx.context().vmm_state(path.into_inner().propolis_id)?,
         ))
@@ -72,6 +96,7 @@ impl SledAgentApi for SledAgentImpl {
     async fn vmm_list(
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<Vec<VmmSummary>>, HttpError> {
+        require(&rqctx, NEXUS_OR_OPERATOR, "list VMMs")?;
         Ok(HttpResponseOk(rqctx.context().vmm_list()))
     }
 
@@ -81,10 +106,18 @@ impl SledAgentApi for SledAgentImpl {
         body: TypedBody<MigrationInStep>,
     ) -> Result<HttpResponseOk<MigrationInReply>, HttpError> {
         let agent = rqctx.context();
+        let id = path.into_inner().propolis_id;
+        let peer = agent.peer(&rqctx.request)?;
+        // Only the sled Nexus named as the source when it registered this migration target.
+        // A VMM that is no migration target refuses the step itself, whoever asks.
+        if let Some(source_sled) = agent.migration_source_sled(id) {
+            peer.require(
+                &[halyard_tls::Role::Sled(source_sled)],
+                "migrate a guest into this VMM",
+            )?;
+        }
         Ok(HttpResponseOk(
-            agent
-                .vmm_migration_in(path.into_inner().propolis_id, body.into_inner())
-                .await?,
+            agent.vmm_migration_in(id, body.into_inner()).await?,
         ))
     }
 
@@ -93,6 +126,7 @@ impl SledAgentApi for SledAgentImpl {
         path: Path<VmmPathParam>,
         body: TypedBody<MigrationTargetGone>,
     ) -> Result<HttpResponseOk<SledVmmState>, HttpError> {
+        require(&rqctx, NEXUS, "end a migration")?;
         let agent = rqctx.context();
         Ok(HttpResponseOk(
             agent
@@ -109,6 +143,7 @@ impl SledAgentApi for SledAgentImpl {
         path: Path<VmmPathParam>,
         body: TypedBody<SimFault>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        require(&rqctx, NEXUS_OR_OPERATOR, "inject a simulated fault")?;
         let agent = rqctx.context();
         agent
             .vmm_inject_fault(path.into_inner().propolis_id, body.into_inner())
@@ -121,6 +156,7 @@ impl SledAgentApi for SledAgentImpl {
         path: Path<VmmPathParam>,
         query: Query<VmmSerialConsoleRequest>,
     ) -> Result<HttpResponseOk<VmmSerialConsoleData>, HttpError> {
+        require(&rqctx, NEXUS_OR_OPERATOR, "read a serial console")?;
         let query = query.into_inner();
         let from = match (query.from_start, query.most_recent) {
             (Some(offset), None) => ConsoleOffset::FromStart(offset),
@@ -146,6 +182,7 @@ impl SledAgentApi for SledAgentImpl {
         query: Query<VmmSerialConsoleStreamRequest>,
         websocket: WebsocketUpgrade,
     ) -> WebsocketEndpointResult {
+        require(&rqctx, NEXUS_OR_OPERATOR, "attach to a serial console")?;
         let id = path.into_inner().propolis_id;
         let from = match query.into_inner().most_recent {
             Some(back) => ConsoleOffset::MostRecent(back),
@@ -161,12 +198,14 @@ impl SledAgentApi for SledAgentImpl {
     async fn inventory(
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<Inventory>, HttpError> {
+        require(&rqctx, NEXUS_OR_OPERATOR, "read the inventory")?;
         Ok(HttpResponseOk(rqctx.context().inventory()))
     }
 
     async fn metrics(
         rqctx: RequestContext<Self::Context>,
     ) -> Result<http::Response<dropshot::Body>, HttpError> {
+        require(&rqctx, NEXUS_OR_OPERATOR, "read the metrics")?;
         rqctx.context().metrics_response()
     }
 }

@@ -39,6 +39,8 @@ use std::sync::Arc;
 /// A running sled agent: its HTTP server and background tasks.
 pub struct Server {
     http: dropshot::HttpServer<Arc<SledAgent>>,
+    /// The API's address: TLS, client certificates required.
+    front: halyard_tls::front::Front,
     agent: Arc<SledAgent>,
     registration: tokio::task::JoinHandle<()>,
 }
@@ -54,13 +56,22 @@ impl Server {
                 Backend::Qemu(qemu::QemuBackend::start(&config.qemu, config.sled_id, &log).await?)
             }
         };
-        let agent = SledAgent::new(config, backend, log);
+        let tls = config
+            .tls
+            .load()
+            .context("loading the sled's TLS certificate")?;
+        let front_secret = halyard_tls::peer::FrontSecret::generate();
+        let agent = SledAgent::new(config, backend, &tls, front_secret.clone(), log)
+            .context("building the sled agent's HTTP clients")?;
         let api = halyard_sled_agent_api::sled_agent_api_mod::api_description::<
             http_entrypoints::SledAgentImpl,
         >()
         .map_err(|e| anyhow::anyhow!("building the sled agent API: {e}"))?;
+        // The API's dropshot server listens on loopback; callers reach it through its TLS
+        // front on `listen_address`, which requires a certificate from the CA and tells the
+        // handlers whose it was (halyard_tls::front).
         let dropshot_config = dropshot::ConfigDropshot {
-            bind_address: config.listen_address,
+            bind_address: SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0),
             default_request_body_max_bytes: 1024 * 1024,
             // Every line of a call Nexus made for an external request names that request.
             log_headers: halyard_observability::request_id::log_headers(),
@@ -79,18 +90,30 @@ impl Server {
         let http = dropshot::ServerBuilder::new(api, Arc::clone(&agent), server_log)
             .config(dropshot_config)
             .start()
-            .with_context(|| format!("starting the sled agent API on {}", config.listen_address))?;
-        agent.set_address(http.local_addr());
+            .context("starting the sled agent API's server on loopback")?;
+        let front = halyard_tls::front::Front::start(
+            config.listen_address,
+            http.local_addr(),
+            tls.server_config()
+                .context("building the sled agent API's TLS configuration")?,
+            front_secret,
+            log,
+        )
+        .await
+        .with_context(|| format!("starting the sled agent API on {}", config.listen_address))?;
+        agent.set_address(front.local_addr());
         let registration = registration::spawn(Arc::clone(&agent), config.registration_interval());
         Ok(Server {
             http,
+            front,
             agent,
             registration,
         })
     }
 
+    /// The API's address (TLS: see `halyard_tls`).
     pub fn local_addr(&self) -> SocketAddr {
-        self.http.local_addr()
+        self.front.local_addr()
     }
 
     pub fn agent(&self) -> &Arc<SledAgent> {
@@ -109,7 +132,10 @@ impl Server {
     /// are ended here, so none outlives a sled agent that shut down.
     pub async fn close(self) -> anyhow::Result<()> {
         self.registration.abort();
+        // Still serving while the QEMU VMMs end: Nexus may ask about them as their last
+        // reports arrive.
         self.agent.end_qemu_vmms().await;
+        self.front.close();
         self.http
             .close()
             .await

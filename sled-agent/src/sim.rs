@@ -94,6 +94,9 @@ pub(crate) struct SimVmm {
     target_gone: Option<watch::Sender<bool>>,
     /// For the migration driver to talk back to this task.
     commands: mpsc::WeakSender<Command>,
+    /// The HTTP client for other sled agents (a migration's target), with this sled's
+    /// certificate.
+    peer_http: reqwest::Client,
     log: Logger,
 }
 
@@ -108,6 +111,7 @@ impl SimVmm {
         migration_target: Option<MigrationTarget>,
         console: Arc<SerialConsole>,
         commands: mpsc::WeakSender<Command>,
+        peer_http: reqwest::Client,
         log: Logger,
     ) -> (SimVmm, watch::Sender<SledVmmState>) {
         let (runtime, publisher) = VmmRuntime::new(migration_target);
@@ -125,6 +129,7 @@ impl SimVmm {
             migrating_out: None,
             target_gone: None,
             commands,
+            peer_http,
             log,
         };
         (vmm, publisher)
@@ -366,7 +371,10 @@ impl SimVmm {
             source_propolis_id: self.id,
             migration_id,
             target_propolis_id,
-            target: halyard_sled_agent_client::Client::new(&format!("http://{target_address}")),
+            target: halyard_sled_agent_client::Client::new_with_client(
+                &format!("https://{target_address}"),
+                self.peer_http.clone(),
+            ),
             phase_delay: self.config.migration_phase_delay(),
             commands: self.commands.clone(),
             finish_hook,

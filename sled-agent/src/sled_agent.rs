@@ -61,14 +61,30 @@ pub struct SledAgent {
     address: OnceLock<SocketAddr>,
     vmms: Mutex<BTreeMap<VmmUuid, VmmEntry>>,
     nexus: halyard_nexus_client::Client,
+    /// The HTTP client for other sled agents (migrations), with this sled's certificate.
+    peer_http: reqwest::Client,
+    /// Proves a request came through this sled agent's TLS front (`halyard_tls::front`).
+    front_secret: halyard_tls::peer::FrontSecret,
     metrics: SledMetrics,
     log: Logger,
 }
 
 impl SledAgent {
-    pub(crate) fn new(config: &Config, backend: Backend, log: &Logger) -> Arc<SledAgent> {
-        let nexus = halyard_nexus_client::Client::new(&format!("http://{}", config.nexus_address));
-        Arc::new(SledAgent {
+    /// `tls` is this sled's certificate (it presents it to Nexus and to other sled agents);
+    /// `front_secret` the secret its TLS front adds to every request it forwards.
+    pub(crate) fn new(
+        config: &Config,
+        backend: Backend,
+        tls: &halyard_tls::TlsMaterial,
+        front_secret: halyard_tls::peer::FrontSecret,
+        log: &Logger,
+    ) -> Result<Arc<SledAgent>, halyard_tls::TlsError> {
+        let nexus = halyard_nexus_client::Client::new_with_client(
+            &format!("https://{}", config.nexus_address),
+            tls.http_client(halyard_tls::NEXUS_NAME)?,
+        );
+        let peer_http = tls.http_client(halyard_tls::SLED_AGENT_NAME)?;
+        Ok(Arc::new(SledAgent {
             id: config.sled_id,
             backend,
             hardware_threads: config.hardware_threads,
@@ -76,9 +92,29 @@ impl SledAgent {
             address: OnceLock::new(),
             vmms: Mutex::new(BTreeMap::new()),
             nexus,
+            peer_http,
+            front_secret,
             metrics: SledMetrics::new(),
             log: log.new(o!("sled_id" => config.sled_id.to_string())),
-        })
+        }))
+    }
+
+    /// The caller of a request, as its certificate says (403 for a request that did not come
+    /// through the TLS front).
+    pub(crate) fn peer(
+        &self,
+        request: &dropshot::RequestInfo,
+    ) -> Result<halyard_tls::peer::Peer, dropshot::HttpError> {
+        halyard_tls::peer::Peer::from_request(request, &self.front_secret)
+    }
+
+    /// The sled Nexus named as the source of VMM `id`'s inbound migration, if `id` is a
+    /// registered migration target.
+    pub(crate) fn migration_source_sled(&self, id: VmmUuid) -> Option<SledUuid> {
+        self.table()
+            .get(&id)
+            .and_then(|entry| entry.params.migration_target)
+            .map(|target| target.source_sled_id)
     }
 
     pub(crate) fn set_address(&self, address: SocketAddr) {
@@ -180,6 +216,7 @@ impl SledAgent {
                     params.migration_target,
                     Arc::clone(&console),
                     commands.downgrade(),
+                    self.peer_http.clone(),
                     log.clone(),
                 );
                 (Box::pin(vmm.run(receiver)), state)
@@ -191,6 +228,7 @@ impl SledAgent {
                     self.address().ip(),
                     Arc::clone(&console),
                     commands.downgrade(),
+                    self.peer_http.clone(),
                     log.clone(),
                 )?;
                 (Box::pin(vmm.run(receiver)), state)

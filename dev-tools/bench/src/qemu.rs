@@ -39,6 +39,8 @@ pub async fn run(args: QemuArgs) -> anyhow::Result<()> {
             external_address: "127.0.0.1:0".parse()?,
             internal_address: "127.0.0.1:0".parse()?,
             retirement_interval_ms: 1000,
+            // The benchmark's own throwaway CA (mutual TLS, as in production).
+            tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Nexus)?,
         },
         &log,
     )
@@ -49,8 +51,9 @@ pub async fn run(args: QemuArgs) -> anyhow::Result<()> {
     ));
     let mut sleds = Vec::new();
     for _ in 0..2 {
+        let sled_id = SledUuid::new_v4();
         let config = halyard_sled_agent::Config {
-            sled_id: SledUuid::new_v4(),
+            sled_id,
             listen_address: "127.0.0.1:0".parse()?,
             nexus_address: nexus.internal_address(),
             backend: SledBackend::Qemu,
@@ -67,6 +70,7 @@ pub async fn run(args: QemuArgs) -> anyhow::Result<()> {
                 state_dir: state_dir.clone(),
                 ..Default::default()
             },
+            tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Sled(sled_id))?,
         };
         sleds.push(halyard_sled_agent::Server::start(&config, &log).await?);
     }

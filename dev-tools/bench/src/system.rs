@@ -61,6 +61,7 @@ impl System {
                 external_address: "127.0.0.1:0".parse()?,
                 internal_address: "127.0.0.1:0".parse()?,
                 retirement_interval_ms: 5_000,
+                tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Nexus)?,
             },
             &log,
         )
@@ -79,8 +80,9 @@ impl System {
     /// `instances` benchmark instances, and waits until all sleds are registered.
     pub async fn add_sleds(&mut self, count: usize, instances: u32) -> anyhow::Result<()> {
         for _ in 0..count {
+            let sled_id = SledUuid::new_v4();
             let config = halyard_sled_agent::Config {
-                sled_id: SledUuid::new_v4(),
+                sled_id,
                 listen_address: "127.0.0.1:0".parse()?,
                 nexus_address: self.nexus.internal_address(),
                 backend: SledBackend::Sim,
@@ -94,6 +96,7 @@ impl System {
                 registration_interval_ms: 10_000,
                 sim: halyard_sled_agent::SimConfig::default(),
                 qemu: Default::default(),
+                tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Sled(sled_id))?,
             };
             self.sleds
                 .push(halyard_sled_agent::Server::start(&config, &self.log).await?);

@@ -17,6 +17,7 @@ mod db;
 mod nexus;
 mod output;
 mod sled_agent;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -40,6 +41,12 @@ struct Omdb {
     /// environment's postgresql://postgres@127.0.0.1:32221/halyard.
     #[arg(long, global = true, value_name = "URL")]
     db_url: Option<String>,
+
+    /// The directory of the operator's certificate for Nexus's internal API and the sled
+    /// agents (mutual TLS): `ca.pem`, `operator.pem`, `operator-key.pem`. Default:
+    /// $HALYARD_TLS_DIR if set, else the development environment's .halyard-dev/pki.
+    #[arg(long, global = true, value_name = "DIR")]
+    tls_dir: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -79,6 +86,7 @@ async fn main() -> ExitCode {
             };
         }
     };
+    tls::set_dir(args.tls_dir.clone());
     let result = match &args.command {
         Command::Db(db_args) => db::run(db_args, args.db_url.as_deref(), args.json).await,
         Command::Nexus(nexus_args) => nexus::run(nexus_args, args.json).await,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tabled::Tabled;
 
 /// Where the development environment's Nexus serves its internal API.
-pub const DEFAULT_NEXUS_URL: &str = "http://127.0.0.1:12221";
+pub const DEFAULT_NEXUS_URL: &str = "https://127.0.0.1:12221";
 
 #[derive(Debug, Args)]
 pub struct NexusArgs {
@@ -74,7 +74,7 @@ struct SagaRow {
 
 pub async fn run(args: &NexusArgs, json: bool) -> anyhow::Result<Outcome> {
     let url = args.nexus_url.trim_end_matches('/').to_string();
-    let http = reqwest::Client::builder()
+    let http = crate::tls::http_client_builder(halyard_tls::NEXUS_NAME)?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(10))
         .build()?;

@@ -94,12 +94,12 @@ pub async fn run(
 
 /// A client for the sled agent at `address`, with short timeouts.
 pub fn client(address: SocketAddr) -> anyhow::Result<halyard_sled_agent_client::Client> {
-    let http = reqwest::Client::builder()
+    let http = crate::tls::http_client_builder(halyard_tls::SLED_AGENT_NAME)?
         .connect_timeout(Duration::from_secs(3))
         .timeout(TIMEOUT)
         .build()?;
     Ok(halyard_sled_agent_client::Client::new_with_client(
-        &format!("http://{address}"),
+        &format!("https://{address}"),
         http,
     ))
 }

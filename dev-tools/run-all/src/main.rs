@@ -107,19 +107,26 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         .context("applying the schema")?;
     info!(log, "database ready"; "url" => &database_url, "schema_version" => %version);
 
+    // A throwaway CA for this run's mutual TLS (Nexus's internal API, the sled agents, omdb):
+    // certificates from an earlier run are from another CA, and refused.
+    let pki_dir = args.dir.join("pki");
+    let pki = halyard_tls::pki::DevPki::create("run-all", &pki_dir)
+        .context("making the development CA")?;
     let nexus_config = halyard_nexus::Config {
         id: NexusUuid::from_str(&identity(&args.dir.join("nexus-id"))?)?,
         database_url: database_url.clone(),
         external_address: args.external_address,
         internal_address: args.internal_address,
         retirement_interval_ms: 5_000,
+        tls: pki.files(halyard_tls::Role::Nexus)?,
     };
     let nexus = halyard_nexus::Server::start(&nexus_config, log).await?;
 
     let mut sleds = Vec::new();
     for i in 0..args.sleds {
+        let sled_id = SledUuid::from_str(&identity(&args.dir.join(format!("sled-{i}-id")))?)?;
         let config = halyard_sled_agent::Config {
-            sled_id: SledUuid::from_str(&identity(&args.dir.join(format!("sled-{i}-id")))?)?,
+            sled_id,
             listen_address: SocketAddr::new(args.internal_address.ip(), args.first_sled_port + i),
             nexus_address: nexus.internal_address(),
             backend: SledBackend::Sim,
@@ -133,12 +140,14 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
                 migration_phase_delay_ms: 200,
             },
             qemu: Default::default(),
+            tls: pki.files(halyard_tls::Role::Sled(sled_id))?,
         };
         sleds.push(halyard_sled_agent::Server::start(&config, log).await?);
     }
     for i in 0..args.qemu_sleds {
+        let sled_id = SledUuid::from_str(&identity(&args.dir.join(format!("qemu-sled-{i}-id")))?)?;
         let config = halyard_sled_agent::Config {
-            sled_id: SledUuid::from_str(&identity(&args.dir.join(format!("qemu-sled-{i}-id")))?)?,
+            sled_id,
             listen_address: SocketAddr::new(
                 args.internal_address.ip(),
                 args.first_sled_port + args.sleds + i,
@@ -151,6 +160,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
             registration_interval_ms: 10_000,
             sim: Default::default(),
             qemu: halyard_sled_agent::QemuConfig::default(),
+            tls: pki.files(halyard_tls::Role::Sled(sled_id))?,
         };
         sleds.push(
             halyard_sled_agent::Server::start(&config, log)
@@ -204,10 +214,27 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
             external.replacen("http", "ws", 1)
         );
     }
-    println!("  Nexus internal API:  http://{}", nexus.internal_address());
+    // The internal APIs take only callers with a certificate from this run's CA: the
+    // operator's is in the pki directory (curl checks the certificate's name, not the address).
+    let operator = pki.files(halyard_tls::Role::Operator)?;
+    let curl_as_operator = format!(
+        "curl -s --cacert {} --cert {} --key {}",
+        operator.ca_cert.display(),
+        operator.cert.display(),
+        operator.key.display()
+    );
+    let internal = nexus.internal_address();
     println!(
-        "    metrics (Prometheus text): curl -s http://{}/metrics",
-        nexus.internal_address()
+        "  Nexus internal API:  https://{internal} (mutual TLS; certificates in {})",
+        pki_dir.display()
+    );
+    println!(
+        "    metrics (Prometheus text): {curl_as_operator} --resolve {}:{}:{} https://{}:{}/metrics",
+        halyard_tls::NEXUS_NAME,
+        internal.port(),
+        internal.ip(),
+        halyard_tls::NEXUS_NAME,
+        internal.port()
     );
     for sled in &sleds {
         let inventory = sled.agent().inventory();
@@ -217,7 +244,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         };
         let address = sled.local_addr();
         println!(
-            "  sled agent {} ({backend}):  http://{address}   metrics: http://{address}/metrics",
+            "  sled agent {} ({backend}):  https://{address}",
             sled.agent().id(),
         );
     }
@@ -228,10 +255,13 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     if database_url != "postgresql://postgres@127.0.0.1:32221/halyard" {
         omdb.push_str(&format!(" --db-url {database_url}"));
     }
+    if pki_dir != std::path::Path::new(".halyard-dev/pki") {
+        omdb.push_str(&format!(" --tls-dir {}", pki_dir.display()));
+    }
     let nexus_flag = if nexus.internal_address().to_string() == "127.0.0.1:12221" {
         String::new()
     } else {
-        format!(" --nexus-url http://{}", nexus.internal_address())
+        format!(" --nexus-url https://{}", nexus.internal_address())
     };
     println!("  omdb, to inspect it (the database, Nexus, the sled agents):");
     println!("    {omdb} db instances");

@@ -41,17 +41,26 @@ pub struct Nexus {
     crash_after_effect: Option<crash_point::CrashPoint>,
     /// Test-only: actions whose reply is lost once (`inject_lost_reply`).
     lost_replies: crash_point::LostReplies,
-    /// The one HTTP client every sled agent client shares: building a client loads the
-    /// system's root certificates (milliseconds of CPU and file reads), and one client keeps
-    /// its connections to the sled agents open for reuse.
+    /// The one HTTP client every sled agent client shares (one client keeps its connections
+    /// to the sled agents open for reuse): it presents Nexus's certificate and accepts only a
+    /// sled agent's from the deployment's CA.
     sled_http: reqwest::Client,
+    /// Set once the internal API serves: proves a request came through its TLS front.
+    internal_front_secret: std::sync::OnceLock<halyard_tls::peer::FrontSecret>,
     metrics: NexusMetrics,
     background_tasks: BackgroundTasks,
     log: Logger,
 }
 
 impl Nexus {
-    pub fn new(id: NexusUuid, datastore: DataStore, log: &Logger) -> Arc<Nexus> {
+    /// `sled_http` is the HTTP client for sled agents (`TlsMaterial::http_client`, with
+    /// Nexus's certificate).
+    pub fn new(
+        id: NexusUuid,
+        datastore: DataStore,
+        sled_http: reqwest::Client,
+        log: &Logger,
+    ) -> Arc<Nexus> {
         let log = log.new(o!("nexus_id" => id.to_string()));
         let store = DbSecStore::new(datastore.clone(), id, &log);
         // Test-only settings; a malformed one is a broken test, never ignored.
@@ -81,13 +90,6 @@ impl Nexus {
         let sec_log =
             halyard_observability::http::info_at_debug(&log.new(o!("component" => "SEC")));
         let sec = steno::sec(sec_log, store);
-        // The timeouts progenitor's `Client::new` would set.
-        let timeout = Duration::from_secs(15);
-        let sled_http = reqwest::ClientBuilder::new()
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .build()
-            .expect("an HTTP client with timeouts only");
         Arc::new(Nexus {
             id,
             datastore,
@@ -101,6 +103,7 @@ impl Nexus {
             crash_after_effect,
             lost_replies: crash_point::LostReplies::default(),
             sled_http,
+            internal_front_secret: std::sync::OnceLock::new(),
             log,
         })
     }
@@ -120,6 +123,27 @@ impl Nexus {
 
     pub fn log(&self) -> &Logger {
         &self.log
+    }
+
+    /// The HTTP client for sled agents (a Nexus made to resume another's sagas shares it).
+    pub fn sled_http(&self) -> &reqwest::Client {
+        &self.sled_http
+    }
+
+    pub(crate) fn set_internal_front_secret(&self, secret: halyard_tls::peer::FrontSecret) {
+        let _ = self.internal_front_secret.set(secret);
+    }
+
+    /// The caller of an internal API request, as its certificate says (403 for a request
+    /// that did not come through the TLS front).
+    pub(crate) fn internal_peer(
+        &self,
+        request: &dropshot::RequestInfo,
+    ) -> Result<halyard_tls::peer::Peer, dropshot::HttpError> {
+        let secret = self.internal_front_secret.get().ok_or_else(|| {
+            dropshot::HttpError::for_unavail(None, "the internal API is starting".to_string())
+        })?;
+        halyard_tls::peer::Peer::from_request(request, secret)
     }
 
     pub fn metrics(&self) -> &NexusMetrics {

@@ -87,7 +87,7 @@ impl Nexus {
             )));
         }
         Ok(halyard_sled_agent_client::Client::new_with_client(
-            &format!("http://{}", sled.address()),
+            &format!("https://{}", sled.address()),
             self.sled_http.clone(),
         ))
     }

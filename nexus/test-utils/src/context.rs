@@ -13,6 +13,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use halyard_tls::Role;
+
+/// The files of `role`'s certificate from this test process's CA (`halyard_tls::pki`).
+pub fn tls_files(role: Role) -> halyard_tls::TlsFiles {
+    halyard_tls::pki::test_pki().files(role).unwrap()
+}
+
+/// An HTTP client with the operator's certificate, for a server with `server_name`'s
+/// (`halyard_tls::NEXUS_NAME` for Nexus's internal API, `SLED_AGENT_NAME` for sled agents).
+pub fn operator_http(server_name: &str) -> reqwest::Client {
+    halyard_tls::pki::test_pki()
+        .http_client(Role::Operator, server_name)
+        .unwrap()
+}
+
+/// A client for the sled agent at `address`, with `role`'s certificate (an operator reads and
+/// injects faults; only Nexus changes VMMs).
+pub fn sled_client(address: SocketAddr, role: Role) -> halyard_sled_agent_client::Client {
+    let http = halyard_tls::pki::test_pki()
+        .http_client(role, halyard_tls::SLED_AGENT_NAME)
+        .unwrap();
+    halyard_sled_agent_client::Client::new_with_client(&format!("https://{address}"), http)
+}
+
 pub fn log() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
 }
@@ -144,13 +168,15 @@ impl TestContext {
                 .as_ref()
                 .map_or_else(|| "127.0.0.1:0".parse().unwrap(), |port| port.address()),
             retirement_interval_ms: 200,
+            tls: tls_files(Role::Nexus),
         };
         let server = Server::start(&config, &log()).await.unwrap();
         let token = test_user_token(server.nexus()).await;
         let mut sleds = Vec::new();
         for _ in 0..count {
+            let sled_id = SledUuid::new_v4();
             let sled_config = halyard_sled_agent::Config {
-                sled_id: SledUuid::new_v4(),
+                sled_id,
                 listen_address: "127.0.0.1:0".parse().unwrap(),
                 nexus_address: server.internal_address(),
                 backend: kind.backend(),
@@ -159,6 +185,7 @@ impl TestContext {
                 registration_interval_ms: 1000,
                 sim: kind.sim(),
                 qemu: kind.qemu(),
+                tls: tls_files(Role::Sled(sled_id)),
             };
             sleds.push(
                 halyard_sled_agent::Server::start(&sled_config, &log())
@@ -169,7 +196,7 @@ impl TestContext {
         let ctx = TestContext {
             db,
             nexus: Arc::clone(server.nexus()),
-            nexus_url: format!("http://{}", server.internal_address()),
+            nexus_url: format!("https://{}", server.internal_address()),
             server: Some(server),
             sleds,
             _nexus_internal_port: nexus_internal_port,
@@ -199,6 +226,7 @@ impl TestContext {
             registration_interval_ms: 1000,
             sim,
             qemu: Default::default(),
+            tls: tls_files(Role::Sled(id)),
         };
         let new = halyard_sled_agent::Server::start(&config, &log())
             .await
@@ -256,7 +284,8 @@ impl TestContext {
 
     /// A client for sled agent `i`, straight to it (not through Nexus).
     pub fn sled_client(&self, i: usize) -> halyard_sled_agent_client::Client {
-        halyard_sled_agent_client::Client::new(&format!("http://{}", self.sled_address(i)))
+        // Tests change VMMs behind Nexus's back, as Nexus would.
+        sled_client(self.sled_address(i), Role::Nexus)
     }
 
     /// The sled a VMM runs (or ran) on, as the database has it.

@@ -818,18 +818,23 @@ async fn malformed_requests_to_every_endpoint_get_their_code_and_change_nothing(
     cases.push(wrong_type);
 
     let before = dump_every_table(&ctx);
-    let http = crate::authn_support::http_client(&ctx.token);
+    let external_http = crate::authn_support::http_client(&ctx.token);
+    // The internal API's cases as the operator (its TLS front requires a certificate).
+    let internal_http = crate::context::operator_http(halyard_tls::NEXUS_NAME);
     let mut problems = Vec::new();
     for case in &cases {
-        let address = match case.api {
-            External => ctx.server().external_address(),
-            Internal => ctx.server().internal_address(),
+        let (http, url) = match case.api {
+            External => (
+                &external_http,
+                format!("http://{}", ctx.server().external_address()),
+            ),
+            Internal => (
+                &internal_http,
+                format!("https://{}", ctx.server().internal_address()),
+            ),
         };
         let mut request = http
-            .request(
-                case.method.parse().unwrap(),
-                format!("http://{address}{}", case.path),
-            )
+            .request(case.method.parse().unwrap(), format!("{url}{}", case.path))
             .header("content-type", case.content_type);
         if !case.body.is_empty() {
             request = request.body(case.body.clone());

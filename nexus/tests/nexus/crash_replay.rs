@@ -102,16 +102,18 @@ impl Cluster {
             &config_path,
             format!(
                 "id = \"{}\"\ndatabase_url = \"{}\"\nexternal_address = \"{external}\"\n\
-                 internal_address = \"{internal}\"\nretirement_interval_ms = 200\n",
+                 internal_address = \"{internal}\"\nretirement_interval_ms = 200\n{}",
                 NexusUuid::new_v4(),
-                db.url()
+                db.url(),
+                crate::context::tls_files(crate::context::Role::Nexus).toml_table(),
             ),
         )
         .unwrap();
         let mut sleds = Vec::new();
         for _ in 0..2 {
+            let sled_id = SledUuid::new_v4();
             let config = halyard_sled_agent::Config {
-                sled_id: SledUuid::new_v4(),
+                sled_id,
                 listen_address: "127.0.0.1:0".parse().unwrap(),
                 nexus_address: internal,
                 backend: SledBackend::Sim,
@@ -125,6 +127,7 @@ impl Cluster {
                     migration_phase_delay_ms: 10,
                 },
                 qemu: Default::default(),
+                tls: crate::context::tls_files(crate::context::Role::Sled(sled_id)),
             };
             sleds.push(
                 halyard_sled_agent::Server::start(&config, &log())

@@ -162,7 +162,7 @@ async fn a_failed_vmm_leaves_the_instance_failed_not_running() {
         .iter()
         .find(|s| s.agent().id() == vmm.sled_id())
         .unwrap();
-    let client = halyard_sled_agent_client::Client::new(&format!("http://{}", sled.local_addr()));
+    let client = crate::context::sled_client(sled.local_addr(), crate::context::Role::Operator);
     client
         .vmm_inject_fault(&vmm.id(), &halyard_sled_agent_api::SimFault::Crash)
         .await

@@ -11,6 +11,7 @@ mod invariant_checker;
 mod lost_replies;
 mod migration;
 mod model_test;
+mod mtls;
 mod observability;
 mod outages;
 mod qemu;

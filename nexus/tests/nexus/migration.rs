@@ -180,7 +180,12 @@ async fn instance_migrate_replays_a_recorded_prefix_idempotently_over_existing_e
              AND NOT (node_id = {index} AND event_type = 'started'); \
              UPDATE saga SET saga_state = 'running' WHERE id = '{saga_id}'"
         ));
-        let fresh = Nexus::new(ctx.nexus().id(), ctx.nexus().datastore().clone(), &log());
+        let fresh = Nexus::new(
+            ctx.nexus().id(),
+            ctx.nexus().datastore().clone(),
+            ctx.nexus().sled_http().clone(),
+            &log(),
+        );
         assert_eq!(fresh.resume_sagas().await.unwrap(), 1);
         ctx.eventually(
             &format!("the saga resumed at {name} to finish"),
@@ -367,8 +372,7 @@ fn slow_phases() -> SimConfig {
 async fn live_vmms_of(ctx: &TestContext, id: InstanceUuid) -> Vec<(VmmUuid, VmmState)> {
     let mut live = Vec::new();
     for sled in &ctx.sleds {
-        let client =
-            halyard_sled_agent_client::Client::new(&format!("http://{}", sled.local_addr()));
+        let client = crate::context::sled_client(sled.local_addr(), crate::context::Role::Operator);
         for vmm in client.vmm_list().await.unwrap().into_inner() {
             if vmm.instance_id == id {
                 live.push((vmm.propolis_id, vmm.state.vmm_state.state));
@@ -487,7 +491,12 @@ async fn a_migrate_out_resumed_after_the_migration_completed_does_not_unwind_it(
          WHERE instance_id = '{id}'",
         migrate_out + 1
     ));
-    let fresh = Nexus::new(ctx.nexus().id(), ctx.nexus().datastore().clone(), &log());
+    let fresh = Nexus::new(
+        ctx.nexus().id(),
+        ctx.nexus().datastore().clone(),
+        ctx.nexus().sled_http().clone(),
+        &log(),
+    );
     assert_eq!(fresh.resume_sagas().await.unwrap(), 1);
     ctx.eventually("the resumed saga to finish", async |ctx: &TestContext| {
         ctx.sql(&format!(

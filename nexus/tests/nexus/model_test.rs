@@ -675,9 +675,9 @@ impl Harness {
     async fn expunge(&self, sled: usize) -> Outcome {
         let id = self.sled_ids[sled];
         let ctx = self.ctx();
-        let response = reqwest::Client::new()
+        let response = crate::context::operator_http(halyard_tls::NEXUS_NAME)
             .post(format!(
-                "http://{}/sleds/{id}/expunge",
+                "https://{}/sleds/{id}/expunge",
                 ctx.server().internal_address()
             ))
             .send()

@@ -15,8 +15,12 @@ use std::time::Duration;
 /// its value.
 type Samples = BTreeMap<String, f64>;
 
-async fn scrape(address: std::net::SocketAddr) -> Samples {
-    let response = reqwest::get(format!("http://{address}/metrics"))
+/// `GET /metrics` as the operator from the server at `address` with `server_name`'s
+/// certificate.
+async fn scrape(address: std::net::SocketAddr, server_name: &str) -> Samples {
+    let response = crate::context::operator_http(server_name)
+        .get(format!("https://{address}/metrics"))
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -97,8 +101,8 @@ async fn metrics_count_exactly_what_one_lifecycle_did() {
     let http = crate::authn_support::http_client(&ctx.token);
     let sled_id = ctx.sleds[0].agent().id();
 
-    let nexus_before = scrape(nexus).await;
-    let sled_before = scrape(sled).await;
+    let nexus_before = scrape(nexus, halyard_tls::NEXUS_NAME).await;
+    let sled_before = scrape(sled, halyard_tls::SLED_AGENT_NAME).await;
 
     // One lifecycle through the external API: project, instance, start, stop, delete.
     let status = call(
@@ -135,7 +139,7 @@ async fn metrics_count_exactly_what_one_lifecycle_did() {
     wait_for_run_state(&http, &base, "running").await;
 
     // While it runs: one running sim VMM, and its reservation on the sled.
-    let running = scrape(nexus).await;
+    let running = scrape(nexus, halyard_tls::NEXUS_NAME).await;
     assert_eq!(
         running[r#"halyard_vmms{backend="sim",state="running"}"#],
         1.0
@@ -155,7 +159,7 @@ async fn metrics_count_exactly_what_one_lifecycle_did() {
         )],
         f64::from(SLED_THREADS)
     );
-    let sled_running = scrape(sled).await;
+    let sled_running = scrape(sled, halyard_tls::SLED_AGENT_NAME).await;
     assert_eq!(
         sled_running[r#"halyard_sled_vmms{backend="sim",state="running"}"#],
         1.0
@@ -186,8 +190,8 @@ async fn metrics_count_exactly_what_one_lifecycle_did() {
     // stopped state; wait until nothing is in flight.
     ctx.assert_quiet_and_consistent().await;
 
-    let nexus_after = scrape(nexus).await;
-    let sled_after = scrape(sled).await;
+    let nexus_after = scrape(nexus, halyard_tls::NEXUS_NAME).await;
+    let sled_after = scrape(sled, halyard_tls::SLED_AGENT_NAME).await;
     let nexus_changes = changes(&nexus_before, &nexus_after);
     let sled_changes = changes(&sled_before, &sled_after);
     let external = |endpoint: &str, status: u16| {
@@ -335,14 +339,16 @@ async fn a_start_requests_id_is_in_the_nexus_and_sled_agent_logs() {
             external_address: "127.0.0.1:0".parse().unwrap(),
             internal_address: "127.0.0.1:0".parse().unwrap(),
             retirement_interval_ms: 200,
+            tls: crate::context::tls_files(crate::context::Role::Nexus),
         },
         &file_logger(&nexus_log_path, "nexus"),
     )
     .await
     .unwrap();
+    let sled_id = SledUuid::new_v4();
     let sled = halyard_sled_agent::Server::start(
         &halyard_sled_agent::Config {
-            sled_id: SledUuid::new_v4(),
+            sled_id,
             listen_address: "127.0.0.1:0".parse().unwrap(),
             nexus_address: nexus.internal_address(),
             backend: SledBackend::Sim,
@@ -351,6 +357,7 @@ async fn a_start_requests_id_is_in_the_nexus_and_sled_agent_logs() {
             registration_interval_ms: 1000,
             sim: Default::default(),
             qemu: Default::default(),
+            tls: crate::context::tls_files(crate::context::Role::Sled(sled_id)),
         },
         &file_logger(&sled_log_path, "sled-agent"),
     )

@@ -186,6 +186,7 @@ impl OutageSystem {
             external_address: "127.0.0.1:0".parse().unwrap(),
             internal_address: "127.0.0.1:0".parse().unwrap(),
             retirement_interval_ms: 200,
+            tls: crate::context::tls_files(crate::context::Role::Nexus),
         };
         let nexus_log = CapturedLog::default();
         let server = halyard_nexus::Server::start(&config, &nexus_log.logger())
@@ -193,16 +194,18 @@ impl OutageSystem {
             .unwrap();
         let mut sleds = Vec::new();
         for _ in 0..sled_count {
+            let sled_id = SledUuid::new_v4();
             // From TOML, so that options the sled agent gains keep their defaults here.
             let sled_config: halyard_sled_agent::Config = toml::from_str(&format!(
                 "sled_id = \"{}\"\nlisten_address = \"127.0.0.1:0\"\n\
                  nexus_address = \"{}\"\nbackend = \"sim\"\nhardware_threads = 8\n\
                  physical_ram = {}\nregistration_interval_ms = 1000\n\
                  [sim]\nstart_delay_ms = 10\nstop_delay_ms = 10\n\
-                 reboot_delay_ms = 10\nmigration_phase_delay_ms = 10\n",
-                SledUuid::new_v4(),
+                 reboot_delay_ms = 10\nmigration_phase_delay_ms = 10\n{}",
+                sled_id,
                 server.internal_address(),
                 8u64 << 30,
+                crate::context::tls_files(crate::context::Role::Sled(sled_id)).toml_table(),
             ))
             .unwrap();
             sleds.push(

@@ -649,9 +649,9 @@ async fn kill_and_expunge(
     outcomes.lock().unwrap().sleds_dead += 1;
     server.close().await.unwrap();
     tokio::time::sleep(Duration::from_millis(unnoticed_ms)).await;
-    let response = reqwest::Client::new()
+    let response = crate::context::operator_http(halyard_tls::NEXUS_NAME)
         .post(format!(
-            "http://{}/sleds/{sled_id}/expunge",
+            "https://{}/sleds/{sled_id}/expunge",
             ctx.server().internal_address()
         ))
         .send()

@@ -54,7 +54,12 @@ async fn instance_start_replays_a_recorded_prefix_idempotently_over_existing_eff
         ));
 
         // A fresh Nexus with the same identity resumes it.
-        let fresh = Nexus::new(ctx.nexus().id(), ctx.nexus().datastore().clone(), &log());
+        let fresh = Nexus::new(
+            ctx.nexus().id(),
+            ctx.nexus().datastore().clone(),
+            ctx.nexus().sled_http().clone(),
+            &log(),
+        );
         assert_eq!(fresh.resume_sagas().await.unwrap(), 1, "node {name}");
         ctx.eventually(
             &format!("the saga resumed at {name} to finish"),

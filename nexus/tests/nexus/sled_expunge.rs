@@ -14,9 +14,9 @@ use serde_json::Value;
 
 /// `POST /sleds/{id}/expunge` on Nexus's internal API: the status and the body.
 async fn expunge(ctx: &TestContext, sled: SledUuid) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let response = crate::context::operator_http(halyard_tls::NEXUS_NAME)
         .post(format!(
-            "http://{}/sleds/{sled}/expunge",
+            "https://{}/sleds/{sled}/expunge",
             ctx.server().internal_address()
         ))
         .send()
@@ -196,9 +196,12 @@ async fn an_expunged_sled_releases_everything_and_is_never_used_again() {
     assert_eq!(body["error_code"], "ObjectNotFound", "{body}");
 
     // It may not register again (its agent coming back, say).
-    let response = reqwest::Client::new()
+    // With the gone sled's own certificate: it is the sled, and still refused.
+    let response = halyard_tls::pki::test_pki()
+        .http_client(crate::context::Role::Sled(gone), halyard_tls::NEXUS_NAME)
+        .unwrap()
         .put(format!(
-            "http://{}/sled-agents/{gone}",
+            "https://{}/sled-agents/{gone}",
             ctx.server().internal_address()
         ))
         .json(&registration)
@@ -374,7 +377,9 @@ async fn a_migration_out_of_an_expunged_sled_fails_the_instance_and_retires_the_
 /// How many requests to `endpoint` (a route, e.g. `PUT /vmms/{propolis_id}/migration-in`)
 /// the sled agent at `address` has answered with `status`, from its metrics.
 async fn sled_agent_requests(address: std::net::SocketAddr, endpoint: &str, status: u16) -> u64 {
-    let text = reqwest::get(format!("http://{address}/metrics"))
+    let text = crate::context::operator_http(halyard_tls::SLED_AGENT_NAME)
+        .get(format!("https://{address}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
@@ -392,8 +397,7 @@ async fn sled_agent_requests(address: std::net::SocketAddr, endpoint: &str, stat
 async fn live_vmms_of(ctx: &TestContext, id: InstanceUuid) -> Vec<(VmmUuid, VmmState)> {
     let mut live = Vec::new();
     for sled in &ctx.sleds {
-        let client =
-            halyard_sled_agent_client::Client::new(&format!("http://{}", sled.local_addr()));
+        let client = crate::context::sled_client(sled.local_addr(), crate::context::Role::Operator);
         for vmm in client.vmm_list().await.unwrap().into_inner() {
             if vmm.instance_id == id {
                 live.push((vmm.propolis_id, vmm.state.vmm_state.state));

@@ -153,6 +153,9 @@ pub struct VmmRegisterBody {
 pub struct MigrationTarget {
     pub migration_id: MigrationUuid,
     pub source_propolis_id: VmmUuid,
+    /// The source VMM's sled: the only sled whose certificate the target accepts the
+    /// migration from.
+    pub source_sled_id: SledUuid,
     /// The source VMM's sled agent.
     pub source_address: SocketAddr,
 }

@@ -84,6 +84,9 @@ pub(crate) struct QemuVmm {
     /// When a stop stops waiting for the guest and ends the process.
     hard_stop_at: Option<Instant>,
     commands: mpsc::WeakSender<Command>,
+    /// The HTTP client for other sled agents (a migration's target), with this sled's
+    /// certificate.
+    peer_http: reqwest::Client,
     log: Logger,
 }
 
@@ -98,6 +101,7 @@ impl QemuBackend {
         listen_ip: IpAddr,
         console: Arc<SerialConsole>,
         commands: mpsc::WeakSender<Command>,
+        peer_http: reqwest::Client,
         log: Logger,
     ) -> Result<(QemuVmm, watch::Sender<SledVmmState>), Error> {
         let image = GuestImage::find(&self.config.guest_dir)?;
@@ -150,6 +154,7 @@ impl QemuBackend {
             exit_expected: false,
             hard_stop_at: None,
             commands,
+            peer_http,
             log,
         };
         Ok((vmm, state))
@@ -398,9 +403,10 @@ impl QemuVmm {
                     source_propolis_id: self.id,
                     migration_id,
                     target_propolis_id,
-                    target: halyard_sled_agent_client::Client::new(&format!(
-                        "http://{target_address}"
-                    )),
+                    target: halyard_sled_agent_client::Client::new_with_client(
+                        &format!("https://{target_address}"),
+                        self.peer_http.clone(),
+                    ),
                     qmp: Arc::clone(qmp),
                     commands: self.commands.clone(),
                     finish_hook,

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 /// A raw HTTP request, so malformed bodies can be sent; returns status and parsed body.
 async fn raw(env: &TestEnv, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .request(method, format!("http://{}{path}", env.sled.local_addr()))
+    let response = crate::http_as(crate::Role::Nexus, halyard_tls::SLED_AGENT_NAME)
+        .request(method, format!("https://{}{path}", env.sled.local_addr()))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()

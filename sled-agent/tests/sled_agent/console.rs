@@ -198,11 +198,13 @@ async fn bad_console_requests_get_4xx_before_any_upgrade() {
         }
     }
     // Not a WebSocket request: 400.
-    let response = reqwest::get(format!(
-        "http://{}/vmms/{id}/serial-console/stream",
-        env.sled.local_addr()
-    ))
-    .await
-    .unwrap();
+    let response = crate::http_as(crate::Role::Operator, halyard_tls::SLED_AGENT_NAME)
+        .get(format!(
+            "https://{}/vmms/{id}/serial-console/stream",
+            env.sled.local_addr()
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 400);
 }

@@ -322,10 +322,16 @@ async fn a_terminal_report_of_a_vmm_still_listed_fails_the_check() {
     let mut premature = registered;
     premature.vmm_state.state = VmmState::Destroyed;
     premature.vmm_state.generation = registered.vmm_state.generation.next().next();
-    halyard_nexus_client::Client::new(&format!("http://{}", env.nexus.address()))
-        .vmm_put_state(&id, &premature)
-        .await
-        .unwrap();
+    halyard_nexus_client::Client::new_with_client(
+        &format!("https://{}", env.nexus.address()),
+        crate::http_as(
+            crate::Role::Sled(env.sled.agent().id()),
+            halyard_tls::NEXUS_NAME,
+        ),
+    )
+    .vmm_put_state(&id, &premature)
+    .await
+    .unwrap();
     assert_eq!(env.client.vmm_list().await.unwrap().len(), 1);
     let checked =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| env.nexus.final_report(id)));

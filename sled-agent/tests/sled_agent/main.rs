@@ -5,6 +5,7 @@ mod bad_input;
 mod console;
 mod lifecycle;
 mod migration;
+mod mtls;
 mod nexus_outage;
 mod qemu;
 mod recording_nexus;
@@ -21,6 +22,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use halyard_tls::Role;
+
+/// The files of `role`'s certificate from this test process's CA (`halyard_tls::pki`).
+pub fn tls_files(role: Role) -> halyard_tls::TlsFiles {
+    halyard_tls::pki::test_pki().files(role).unwrap()
+}
+
+/// An HTTP client with `role`'s certificate for a server with `server_name`'s.
+pub fn http_as(role: Role, server_name: &str) -> reqwest::Client {
+    halyard_tls::pki::test_pki()
+        .http_client(role, server_name)
+        .unwrap()
+}
+
+/// A client for the sled agent at `address` with `role`'s certificate (tests play Nexus).
+pub fn sled_client(address: SocketAddr, role: Role) -> Client {
+    Client::new_with_client(
+        &format!("https://{address}"),
+        http_as(role, halyard_tls::SLED_AGENT_NAME),
+    )
+}
+
 pub fn log() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
 }
@@ -33,8 +56,9 @@ pub struct TestEnv {
 }
 
 pub fn sled_config(nexus: SocketAddr, sim: SimConfig) -> Config {
+    let sled_id = SledUuid::new_v4();
     Config {
-        sled_id: SledUuid::new_v4(),
+        sled_id,
         listen_address: "127.0.0.1:0".parse().unwrap(),
         nexus_address: nexus,
         backend: SledBackend::Sim,
@@ -43,6 +67,7 @@ pub fn sled_config(nexus: SocketAddr, sim: SimConfig) -> Config {
         registration_interval_ms: 100,
         sim,
         qemu: Default::default(),
+        tls: tls_files(Role::Sled(sled_id)),
     }
 }
 
@@ -58,7 +83,7 @@ impl TestEnv {
             .await
             .unwrap();
         nexus.watch_sled(sled.local_addr());
-        let client = Client::new(&format!("http://{}", sled.local_addr()));
+        let client = sled_client(sled.local_addr(), Role::Nexus);
         TestEnv {
             nexus,
             sled,

@@ -25,7 +25,7 @@ async fn prepare() -> Migration {
         .await
         .unwrap();
     env.nexus.watch_sled(target_sled.local_addr());
-    let target_client = Client::new(&format!("http://{}", target_sled.local_addr()));
+    let target_client = crate::sled_client(target_sled.local_addr(), crate::Role::Nexus);
 
     let source = VmmUuid::new_v4();
     let body = register_body();
@@ -47,6 +47,7 @@ async fn prepare() -> Migration {
     target_body.migration_target = Some(MigrationTarget {
         migration_id,
         source_propolis_id: source,
+        source_sled_id: env.sled.agent().id(),
         source_address: env.sled.local_addr(),
     });
     let registered = target_client
@@ -97,6 +98,38 @@ impl Migration {
             MigrationState::InProgress
         );
     }
+}
+
+/// The target accepts a migration's phases only from the sled Nexus named as the source when
+/// it registered the target: another sled (with a valid certificate from the same CA) and
+/// Nexus itself are refused, and the target is untouched; the named source then migrates.
+#[tokio::test]
+async fn a_migration_is_accepted_only_from_the_sled_nexus_named_as_its_source() {
+    let m = prepare().await;
+    let step = halyard_sled_agent_api::MigrationInStep {
+        migration_id: m.migration_id,
+        source_propolis_id: m.source,
+        phase: MigrationPhase::Sync,
+    };
+    let impostor = halyard_common::ids::SledUuid::new_v4();
+    for role in [crate::Role::Sled(impostor), crate::Role::Nexus] {
+        let error = crate::sled_client(m.target_sled.local_addr(), role)
+            .vmm_migration_in(&m.target, &step)
+            .await
+            .unwrap_err();
+        assert_eq!(error.status().map(|s| s.as_u16()), Some(403), "{role}");
+    }
+    let target = m.target_client.vmm_get_state(&m.target).await.unwrap();
+    assert_eq!(target.vmm_state.state, VmmState::Creating);
+    assert_eq!(target.migration_in.unwrap().state, MigrationState::Pending);
+
+    // The named source drives the migration through (over its own mutual TLS connection).
+    m.migrate().await;
+    let on_target = wait_for_state(&m.target_client, m.target, VmmState::Running).await;
+    assert_eq!(
+        on_target.migration_in.unwrap().state,
+        MigrationState::Completed
+    );
 }
 
 #[tokio::test]
@@ -247,6 +280,7 @@ impl Migration {
         body.migration_target = Some(MigrationTarget {
             migration_id,
             source_propolis_id: self.source,
+            source_sled_id: self.env.sled.agent().id(),
             source_address: self.env.sled.local_addr(),
         });
         self.target_client

@@ -49,8 +49,9 @@ fn uuid_prefix() -> String {
 }
 
 pub async fn qemu_config(nexus: SocketAddr, state_dir: &Path) -> Config {
+    let sled_id = SledUuid::new_v4();
     Config {
-        sled_id: SledUuid::new_v4(),
+        sled_id,
         listen_address: "127.0.0.1:0".parse().unwrap(),
         nexus_address: nexus,
         backend: SledBackend::Qemu,
@@ -64,6 +65,7 @@ pub async fn qemu_config(nexus: SocketAddr, state_dir: &Path) -> Config {
             stop_timeout_ms: 10_000,
             ..Default::default()
         },
+        tls: crate::tls_files(crate::Role::Sled(sled_id)),
     }
 }
 
@@ -71,7 +73,7 @@ async fn qemu_sled(nexus: &Arc<RecordingNexus>, state_dir: &Path) -> QemuSled {
     let config = qemu_config(nexus.address(), state_dir).await;
     let server = Server::start(&config, &log()).await.unwrap();
     nexus.watch_sled(server.local_addr());
-    let client = Client::new(&format!("http://{}", server.local_addr()));
+    let client = crate::sled_client(server.local_addr(), crate::Role::Nexus);
     QemuSled {
         server,
         client,
@@ -490,6 +492,7 @@ async fn start_migration(
         migration_target: Some(MigrationTarget {
             migration_id,
             source_propolis_id: source_id,
+            source_sled_id: source.server.agent().id(),
             source_address: source.server.local_addr(),
         }),
         ..body.clone()
@@ -544,13 +547,14 @@ async fn a_sled_agent_killed_and_restarted_leaves_no_orphan_qemu() {
         format!(
             "sled_id = \"{}\"\nlisten_address = \"{}\"\nnexus_address = \"{}\"\n\
              backend = \"qemu\"\nhardware_threads = 4\nphysical_ram = {}\n\
-             [qemu]\nguest_dir = \"{}\"\nstate_dir = \"{}\"\n",
+             [qemu]\nguest_dir = \"{}\"\nstate_dir = \"{}\"\n{}",
             config.sled_id,
             config.listen_address,
             config.nexus_address,
             config.physical_ram.to_bytes(),
             config.qemu.guest_dir.display(),
             config.qemu.state_dir.display(),
+            config.tls.toml_table(),
         ),
     )
     .unwrap();
@@ -562,7 +566,7 @@ async fn a_sled_agent_killed_and_restarted_leaves_no_orphan_qemu() {
             .spawn()
             .unwrap()
     };
-    let client = Client::new(&format!("http://{}", config.listen_address));
+    let client = crate::sled_client(config.listen_address, crate::Role::Nexus);
     // So that a terminal report, were one sent, is checked against the listing too.
     nexus.watch_sled(config.listen_address);
     let mut agent = start();

@@ -134,6 +134,14 @@ impl RecordingNexus {
                 bind_address: address,
                 ..Default::default()
             })
+            // Nexus's certificate, clients' required: what the sled agent expects of Nexus.
+            .tls(Some(dropshot::ConfigTls::Dynamic(
+                halyard_tls::pki::test_pki()
+                    .material(crate::Role::Nexus)
+                    .unwrap()
+                    .server_config()
+                    .unwrap(),
+            )))
             .start()
             .unwrap();
         nexus.address.set(server.local_addr()).unwrap();
@@ -177,7 +185,7 @@ impl RecordingNexus {
             return None;
         }
         for sled in sleds {
-            let client = halyard_sled_agent_client::Client::new(&format!("http://{sled}"));
+            let client = crate::sled_client(sled, crate::Role::Nexus);
             let vmms = client.vmm_list().await.ok()?.into_inner();
             if vmms.iter().any(|v| v.propolis_id == id) {
                 return Some(true);

@@ -2,7 +2,7 @@
 //! (`halyard_nexus_test_utils::context`: a fresh database, Nexus, and simulated sled agents over
 //! real HTTP); and the real `omdb` binary, run against them.
 
-pub use halyard_nexus_test_utils::context::TestContext;
+pub use halyard_nexus_test_utils::context::{TestContext, tls_files};
 use std::time::Duration;
 
 /// What one run of omdb did.
@@ -43,7 +43,12 @@ impl RunOmdb for TestContext {
 /// the caller's environment unless `env` sets it).
 pub async fn omdb(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_omdb"));
-    command.args(args).env_remove("HALYARD_DB_URL");
+    // The operator's certificate from this test process's CA (`env` may name another).
+    tls_files(halyard_tls::Role::Operator);
+    command
+        .args(args)
+        .env_remove("HALYARD_DB_URL")
+        .env("HALYARD_TLS_DIR", halyard_tls::pki::test_pki().dir());
     for (key, value) in env {
         command.env(key, value);
     }

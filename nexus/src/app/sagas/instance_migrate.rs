@@ -302,6 +302,7 @@ async fn register_target(ctx: &NexusActionContext) -> Result<(), ActionError> {
     let target = MigrationTarget {
         migration_id: ids.migration_id,
         source_propolis_id: source.propolis_id,
+        source_sled_id: source.sled_id,
         source_address: source_sled.address(),
     };
     vmm_steps::register(
