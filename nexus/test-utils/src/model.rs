@@ -35,6 +35,11 @@
 //! | project create | 400 `ObjectAlreadyExists` | the name is taken |
 //! | project delete | 400 `InvalidRequest` | it still holds instances |
 //!
+//! An operation whose answer never reached the client (its reply was lost, or Nexus was
+//! killed while handling it) may have been applied or not: [`Model::unanswered`] allows the
+//! state before it and every state after any of its outcomes; what is observed next decides.
+//! A request refused `503 ServiceNotAvailable` (the database was down) was not applied.
+//!
 //! # Time passing
 //!
 //! Between operations an instance may move on by itself ([`InstanceModel::progress`]):
@@ -658,6 +663,19 @@ impl Model {
         }
     }
 
+    /// The states `op` may have left when its answer never reached the client (the reply
+    /// was lost, or Nexus was killed while handling it): it was not applied, or it was, with
+    /// any outcome [`Model::apply`] allows. What is observed next decides which.
+    pub fn unanswered(&self, op: &Op) -> Vec<Model> {
+        let mut nexts = vec![self.clone()];
+        for allowed in self.apply(op) {
+            if !nexts.contains(&allowed.next) {
+                nexts.push(allowed.next);
+            }
+        }
+        nexts
+    }
+
     /// Threads and GiB held on each sled by the instances as they are now (the real system's
     /// reservations must equal these at a quiet point).
     pub fn held(&self) -> Vec<(u32, u32)> {
@@ -958,6 +976,28 @@ mod tests {
             outcomes(&model, &Op::ProjectDelete { project: p("q") }),
             BTreeSet::from([NOT_FOUND])
         );
+    }
+
+    #[test]
+    fn an_unanswered_operation_may_or_may_not_have_been_applied() {
+        let running = settle(&only_ok(&one_sled_one_instance(), &on(start, "a")), "a");
+        let nexts = running.unanswered(&on(stop, "a"));
+        let states: BTreeSet<RunState> = nexts
+            .iter()
+            .map(|m| m.instance("p", "a").unwrap().state)
+            .collect();
+        assert_eq!(
+            states,
+            BTreeSet::from([RunState::Running, RunState::Stopping])
+        );
+        // A create whose answer was lost: the instance may not exist, or exist stopped.
+        let created = running.unanswered(&create("b", 2, false));
+        assert_eq!(created.len(), 2);
+        assert!(created.iter().any(|m| m.instance("p", "b").is_none()));
+        assert!(created.iter().any(|m| {
+            m.instance("p", "b")
+                .is_some_and(|b| b.state == RunState::Stopped)
+        }));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod instances;
 mod invariant_checker;
 mod lost_replies;
 mod migration;
+mod model_system;
 mod model_test;
 mod observability;
 mod outages;
