@@ -1,8 +1,9 @@
 //! The real system the model test runs against, built so that it can suffer the faults a
 //! deployment does: Nexus runs as a child process (the `halyard-nexus` binary) that the test
-//! can SIGKILL and start again with the same id on the same database; the database is a
-//! PostgreSQL cluster of the case's own ([`PrivateCluster`]) that the test can stop and start
-//! on the same port; three simulated sled agents run in the test's process over real HTTP and
+//! can SIGKILL and start again with the same id on the same database; the database lives in a
+//! PostgreSQL cluster of the test's own ([`PrivateCluster`], one per test thread, a fresh
+//! database in it for each case, cloned from a template) that the test can stop and start on
+//! the same port; three simulated sled agents run in the test's process over real HTTP and
 //! find Nexus at a fixed internal address, so that after a restart they register with, and
 //! report to, the new Nexus. A [`LostReplyProxy`] forwards one request to Nexus and drops its
 //! answer.
@@ -16,12 +17,36 @@ use halyard_test_db::PrivateCluster;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
-/// The database's name in the case's cluster.
-const DATABASE: &str = "halyard";
+/// The database with the schema loaded that each case's database is cloned from.
+const TEMPLATE: &str = "halyard_template";
+
+thread_local! {
+    /// This test thread's cluster (cases run one after another on their test's thread; tests
+    /// run on threads of their own, so one test's outage never hits another's case).
+    static CLUSTER: std::cell::RefCell<Option<Arc<Mutex<PrivateCluster>>>> =
+        const { std::cell::RefCell::new(None) };
+    /// How many cases this thread has created a database for.
+    static CASES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// This thread's cluster, started (with the template database) on first use.
+fn thread_cluster() -> Result<Arc<Mutex<PrivateCluster>>, String> {
+    CLUSTER.with(|cluster| {
+        let mut cluster = cluster.borrow_mut();
+        if cluster.is_none() {
+            let started = PrivateCluster::start().map_err(|e| e.to_string())?;
+            started
+                .create_database(TEMPLATE)
+                .map_err(|e| e.to_string())?;
+            *cluster = Some(Arc::new(Mutex::new(started)));
+        }
+        Ok(cluster.as_ref().unwrap().clone())
+    })
+}
 
 /// How long the system may take to come back or settle after a fault (a restarted Nexus
 /// resuming its sagas, sled agents retrying their reports with backoff) before a wait fails.
@@ -50,27 +75,53 @@ pub struct ModelSystem {
     pub sleds: Vec<halyard_sled_agent::Server>,
     sim: SimConfig,
     database_up: bool,
-    // Last: stopped and removed after everything that uses it, also on a panic.
-    db: PrivateCluster,
+    /// This case's database, in `db`.
+    database: String,
+    db: Arc<Mutex<PrivateCluster>>,
 }
 
 impl Drop for ModelSystem {
     fn drop(&mut self) {
         self.kill_nexus();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The next case uses the cluster: up again (if this case ended during an outage),
+        // without this case's database.
+        let mut db = self.cluster();
+        if !self.database_up {
+            let _ = db.restart();
+        }
+        let _ = db.cluster().psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database),
+        );
     }
 }
 
 impl ModelSystem {
     /// A new database, Nexus and `sleds` sim sled agents; returns once every sled registered.
     pub async fn start(sleds: usize, sim: SimConfig) -> Result<ModelSystem, String> {
-        let db = PrivateCluster::start().map_err(|e| e.to_string())?;
-        let url = db.create_database(DATABASE).map_err(|e| e.to_string())?;
+        let db = thread_cluster()?;
+        let case = CASES.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        let (database, url, port) = {
+            let cluster = db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let cluster = cluster.cluster();
+            let database = format!("case_{case}");
+            cluster
+                .psql(
+                    "postgres",
+                    &format!("CREATE DATABASE \"{database}\" TEMPLATE {TEMPLATE}"),
+                )
+                .map_err(|e| e.to_string())?;
+            let url = cluster.url_for(&database);
+            (database, url, cluster.port())
+        };
         let (external, internal) = (free_address(), free_address());
         let dir = std::env::temp_dir().join(format!(
-            "halyard-model-{}-{}",
+            "halyard-model-{}-{port}-{case}",
             std::process::id(),
-            db.cluster().port()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let config_path = dir.join("nexus.toml");
@@ -92,6 +143,7 @@ impl ModelSystem {
             sleds: Vec::new(),
             sim,
             database_up: true,
+            database,
             db,
         };
         system.start_nexus().await?;
@@ -177,20 +229,30 @@ impl ModelSystem {
 
     /// Stops the database (`pg_ctl stop -m fast`: open sessions are ended).
     pub fn stop_database(&mut self) {
-        self.db.stop().unwrap_or_else(|e| panic!("{e}"));
+        self.cluster().stop().unwrap_or_else(|e| panic!("{e}"));
         self.database_up = false;
     }
 
     /// Starts the stopped database again, on the same port.
     pub fn start_database(&mut self) {
-        self.db.restart().unwrap_or_else(|e| panic!("{e}"));
+        self.cluster().restart().unwrap_or_else(|e| panic!("{e}"));
         self.database_up = true;
+    }
+
+    /// The case's cluster (a panic that held it, caught as a failed case, leaves it usable).
+    fn cluster(&self) -> std::sync::MutexGuard<'_, PrivateCluster> {
+        self.db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `sql` in the database; psql's unaligned output.
     pub fn sql(&self, sql: &str) -> String {
         assert!(self.database_up, "the test queried a stopped database");
-        self.db.cluster().psql(DATABASE, sql).expect("psql")
+        self.cluster()
+            .cluster()
+            .psql(&self.database, sql)
+            .expect("psql")
     }
 
     pub async fn eventually(&self, what: &str, check: impl Fn() -> bool) -> Result<(), String> {
@@ -258,7 +320,10 @@ impl ModelSystem {
                 ),
             ));
         }
-        let violations = invariant_violations_in(self.db.cluster(), DATABASE, &self.sleds);
+        let violations = {
+            let db = self.cluster();
+            invariant_violations_in(db.cluster(), &self.database, &self.sleds)
+        };
         if violations.is_empty() {
             Ok(())
         } else {
