@@ -663,6 +663,25 @@ impl Model {
         }
     }
 
+    /// `op` issued at the same time as others, all from state `before` (this state is
+    /// `before` with some of the others applied): as [`Model::apply`], and in addition a
+    /// delete of an instance that another of them deleted may succeed too. Both found the
+    /// instance; it is destroyed once, and destroying a destroyed instance is no error (a
+    /// saga's repeat of its own step must not be one). Sequentially, the second is 404.
+    pub fn apply_concurrent(&self, op: &Op, before: &Model) -> Vec<Allowed> {
+        let mut allowed = self.apply(op);
+        if let Op::Delete { project, name } = op
+            && self.instance(project, name).is_none()
+            && before.instance(project, name).is_some()
+        {
+            allowed.push(Allowed {
+                outcome: Outcome::Ok,
+                next: self.clone(),
+            });
+        }
+        allowed
+    }
+
     /// The states `op` may have left when its answer never reached the client (the reply
     /// was lost, or Nexus was killed while handling it): it was not applied, or it was, with
     /// any outcome [`Model::apply`] allows. What is observed next decides which.
@@ -976,6 +995,22 @@ mod tests {
             outcomes(&model, &Op::ProjectDelete { project: p("q") }),
             BTreeSet::from([NOT_FOUND])
         );
+    }
+
+    #[test]
+    fn concurrent_deletes_of_one_instance_may_both_succeed() {
+        let before = one_sled_one_instance();
+        let deleted = only_ok(&before, &on(delete, "a"));
+        assert_eq!(
+            outcomes(&deleted, &on(delete, "a")),
+            BTreeSet::from([NOT_FOUND])
+        );
+        let concurrent: BTreeSet<Outcome> = deleted
+            .apply_concurrent(&on(delete, "a"), &before)
+            .into_iter()
+            .map(|a| a.outcome)
+            .collect();
+        assert_eq!(concurrent, BTreeSet::from([NOT_FOUND, Outcome::Ok]));
     }
 
     #[test]
