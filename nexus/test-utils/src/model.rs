@@ -39,6 +39,9 @@
 //! killed while handling it) may have been applied or not: [`Model::unanswered`] allows the
 //! state before it and every state after any of its outcomes; what is observed next decides.
 //! A request refused `503 ServiceNotAvailable` (the database was down) was not applied.
+//! Operations sent at once must answer as some order of them would
+//! ([`Model::apply_concurrent`]), with one allowance: deletes of one instance sent together
+//! may all succeed (each found it; it is destroyed once).
 //!
 //! # Time passing
 //!
