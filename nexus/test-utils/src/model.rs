@@ -35,6 +35,14 @@
 //! | project create | 400 `ObjectAlreadyExists` | the name is taken |
 //! | project delete | 400 `InvalidRequest` | it still holds instances |
 //!
+//! An operation whose answer never reached the client (its reply was lost, or Nexus was
+//! killed while handling it) may have been applied or not: [`Model::unanswered`] allows the
+//! state before it and every state after any of its outcomes; what is observed next decides.
+//! A request refused `503 ServiceNotAvailable` (the database was down) was not applied.
+//! Operations sent at once must answer as some order of them would
+//! ([`Model::apply_concurrent`]), with one allowance: deletes of one instance sent together
+//! may all succeed (each found it; it is destroyed once).
+//!
 //! # Time passing
 //!
 //! Between operations an instance may move on by itself ([`InstanceModel::progress`]):
@@ -658,6 +666,38 @@ impl Model {
         }
     }
 
+    /// `op` issued at the same time as others, all from state `before` (this state is
+    /// `before` with some of the others applied): as [`Model::apply`], and in addition a
+    /// delete of an instance that another of them deleted may succeed too. Both found the
+    /// instance; it is destroyed once, and destroying a destroyed instance is no error (a
+    /// saga's repeat of its own step must not be one). Sequentially, the second is 404.
+    pub fn apply_concurrent(&self, op: &Op, before: &Model) -> Vec<Allowed> {
+        let mut allowed = self.apply(op);
+        if let Op::Delete { project, name } = op
+            && self.instance(project, name).is_none()
+            && before.instance(project, name).is_some()
+        {
+            allowed.push(Allowed {
+                outcome: Outcome::Ok,
+                next: self.clone(),
+            });
+        }
+        allowed
+    }
+
+    /// The states `op` may have left when its answer never reached the client (the reply
+    /// was lost, or Nexus was killed while handling it): it was not applied, or it was, with
+    /// any outcome [`Model::apply`] allows. What is observed next decides which.
+    pub fn unanswered(&self, op: &Op) -> Vec<Model> {
+        let mut nexts = vec![self.clone()];
+        for allowed in self.apply(op) {
+            if !nexts.contains(&allowed.next) {
+                nexts.push(allowed.next);
+            }
+        }
+        nexts
+    }
+
     /// Threads and GiB held on each sled by the instances as they are now (the real system's
     /// reservations must equal these at a quiet point).
     pub fn held(&self) -> Vec<(u32, u32)> {
@@ -958,6 +998,44 @@ mod tests {
             outcomes(&model, &Op::ProjectDelete { project: p("q") }),
             BTreeSet::from([NOT_FOUND])
         );
+    }
+
+    #[test]
+    fn concurrent_deletes_of_one_instance_may_both_succeed() {
+        let before = one_sled_one_instance();
+        let deleted = only_ok(&before, &on(delete, "a"));
+        assert_eq!(
+            outcomes(&deleted, &on(delete, "a")),
+            BTreeSet::from([NOT_FOUND])
+        );
+        let concurrent: BTreeSet<Outcome> = deleted
+            .apply_concurrent(&on(delete, "a"), &before)
+            .into_iter()
+            .map(|a| a.outcome)
+            .collect();
+        assert_eq!(concurrent, BTreeSet::from([NOT_FOUND, Outcome::Ok]));
+    }
+
+    #[test]
+    fn an_unanswered_operation_may_or_may_not_have_been_applied() {
+        let running = settle(&only_ok(&one_sled_one_instance(), &on(start, "a")), "a");
+        let nexts = running.unanswered(&on(stop, "a"));
+        let states: BTreeSet<RunState> = nexts
+            .iter()
+            .map(|m| m.instance("p", "a").unwrap().state)
+            .collect();
+        assert_eq!(
+            states,
+            BTreeSet::from([RunState::Running, RunState::Stopping])
+        );
+        // A create whose answer was lost: the instance may not exist, or exist stopped.
+        let created = running.unanswered(&create("b", 2, false));
+        assert_eq!(created.len(), 2);
+        assert!(created.iter().any(|m| m.instance("p", "b").is_none()));
+        assert!(created.iter().any(|m| {
+            m.instance("p", "b")
+                .is_some_and(|b| b.state == RunState::Stopped)
+        }));
     }
 
     #[test]

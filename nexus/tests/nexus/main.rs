@@ -10,6 +10,7 @@ mod instances;
 mod invariant_checker;
 mod lost_replies;
 mod migration;
+mod model_system;
 mod model_test;
 mod mtls;
 mod observability;

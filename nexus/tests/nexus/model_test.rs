@@ -1,6 +1,7 @@
 //! The reference model (`halyard_nexus_test_utils::model`) against the real system: generated
-//! sequences of operations, faults and waits (`proptest-state-machine`), run on an in-process
-//! Nexus with a real PostgreSQL and three simulated sled agents over real HTTP.
+//! sequences of operations, faults and waits (`proptest-state-machine`), run on a Nexus
+//! process with a PostgreSQL cluster of its own and three simulated sled agents over real HTTP
+//! ([`ModelSystem`]), so that Nexus can really be killed and the database really stopped.
 //!
 //! After every step the real system's answer must be one the model allows for that operation
 //! from the state it was last seen in, and what it shows afterwards (each instance's
@@ -11,6 +12,13 @@
 //! issue several operations at once (from different clients): their answers together must be
 //! those of some order of the operations.
 //!
+//! Faults: a VMM crash, a migration phase failing on either side, a lost `finish` reply
+//! between sled agents, a sled agent restarted, Nexus killed (SIGKILL, possibly while it
+//! handles a request) and a new one started that resumes its sagas, the database stopped for
+//! a while (requests then must be refused 503 and change nothing), and a user's request whose
+//! reply is lost (it reached Nexus and was handled; the model allows either outcome until the
+//! next observation settles which).
+//!
 //! A failure is shrunk to the shortest sequence that still fails and printed as a story, one
 //! line per step, with the seed and the command that replays it. CI runs a few cases of a
 //! fixed seed; to run longer:
@@ -18,6 +26,7 @@
 //! (`HALYARD_MODEL_VERBOSE=1` prints every case's story as it passes).
 
 use crate::context::TestContext;
+use crate::model_system::{LostReplyProxy, ModelSystem};
 use halyard_common::ids::SledUuid;
 use halyard_common::{InstanceNexusState, InstanceState, VmmState};
 use halyard_nexus_test_utils::model::{InstanceModel, Model, Op, Outcome, RunState};
@@ -75,6 +84,39 @@ pub enum Fault {
     LoseFinishReply { project: String, name: String },
     /// The sled agent of this sled restarts, losing every VMM it ran.
     RestartSled { sled: usize },
+    /// Nexus is killed (SIGKILL) `after_ms` after `during` is sent (if any), and a new Nexus
+    /// with the same id starts on the same database, resuming its unfinished sagas.
+    KillNexus { during: Option<Op>, after_ms: u64 },
+    /// The database stops; `during` (if any) is sent while it is down and must be refused
+    /// 503 without effect; after `down_ms` it starts again.
+    StopDatabase { during: Option<Op>, down_ms: u64 },
+    /// `op` reaches Nexus and is handled, but its reply is lost on the way back.
+    LoseReply { op: Op },
+}
+
+/// The kinds of fault, as the run's summary counts them.
+const FAULT_KINDS: [&str; 7] = [
+    "VMM crashes",
+    "migration phase failures",
+    "lost finish replies",
+    "sled agent restarts",
+    "Nexus kills",
+    "database outages",
+    "lost user replies",
+];
+
+impl Fault {
+    fn kind(&self) -> &'static str {
+        FAULT_KINDS[match self {
+            Fault::Crash { .. } => 0,
+            Fault::FailMigration { .. } => 1,
+            Fault::LoseFinishReply { .. } => 2,
+            Fault::RestartSled { .. } => 3,
+            Fault::KillNexus { .. } => 4,
+            Fault::StopDatabase { .. } => 5,
+            Fault::LoseReply { .. } => 6,
+        }]
+    }
 }
 
 impl std::fmt::Debug for Fault {
@@ -98,6 +140,24 @@ impl std::fmt::Debug for Fault {
                 )
             }
             Fault::RestartSled { sled } => write!(f, "fault: sled agent {sled} restarts"),
+            Fault::KillNexus {
+                during: Some(op),
+                after_ms,
+            } => write!(
+                f,
+                "fault: Nexus killed {after_ms} ms after \"{op}\" is sent, then restarted"
+            ),
+            Fault::KillNexus { during: None, .. } => {
+                write!(f, "fault: Nexus killed, then restarted")
+            }
+            Fault::StopDatabase { during, down_ms } => {
+                write!(f, "fault: the database stops for {down_ms} ms")?;
+                match during {
+                    Some(op) => write!(f, "; meanwhile \"{op}\""),
+                    None => Ok(()),
+                }
+            }
+            Fault::LoseReply { op } => write!(f, "fault: \"{op}\" whose reply is lost"),
         }
     }
 }
@@ -148,23 +208,35 @@ fn instance_op() -> impl Strategy<Value = Op> {
     })
 }
 
+fn instance_name() -> impl Strategy<Value = (String, String)> {
+    (project_name(), prop::sample::select(&NAMES[..])).prop_map(|(p, n)| (p, n.to_string()))
+}
+
 fn fault() -> impl Strategy<Value = Fault> {
-    let target =
-        (project_name(), prop::sample::select(&NAMES[..])).prop_map(|(p, n)| (p, n.to_string()));
     let phase = prop::sample::select(&MigrationPhase::ALL[..]);
-    (target, 0..10u32, any::<bool>(), phase, 0..SLEDS).prop_map(
-        |((project, name), pick, target_side, phase, sled)| match pick {
-            0..=2 => Fault::Crash { project, name },
-            3..=5 => Fault::FailMigration {
+    prop_oneof![
+        3 => instance_name().prop_map(|(project, name)| Fault::Crash { project, name }),
+        3 => (instance_name(), any::<bool>(), phase).prop_map(
+            |((project, name), target_side, phase)| Fault::FailMigration {
                 project,
                 name,
                 target_side,
                 phase,
-            },
-            6..=7 => Fault::LoseFinishReply { project, name },
-            _ => Fault::RestartSled { sled },
-        },
-    )
+            }
+        ),
+        2 => instance_name()
+            .prop_map(|(project, name)| Fault::LoseFinishReply { project, name }),
+        2 => (0..SLEDS).prop_map(|sled| Fault::RestartSled { sled }),
+        // Mostly while a request is in flight: killed before it reaches Nexus, while Nexus
+        // handles it, or after it answered.
+        2 => (prop::option::weighted(0.8, instance_op()), 0..60u64)
+            .prop_map(|(during, after_ms)| Fault::KillNexus { during, after_ms }),
+        // A request during the outage waits for Nexus's pool to give up (5 s) before it is
+        // refused: costly, so only some outages have one.
+        2 => (prop::option::weighted(0.4, instance_op()), 50..1500u64)
+            .prop_map(|(during, down_ms)| Fault::StopDatabase { during, down_ms }),
+        3 => instance_op().prop_map(|op| Fault::LoseReply { op }),
+    ]
 }
 
 fn project_op() -> impl Strategy<Value = Op> {
@@ -214,7 +286,7 @@ impl ReferenceStateMachine for Steps {
             6 => prop::collection::vec(instance_op(), 2..=3).prop_map(Step::Together),
             6 => Just(Step::WaitQuiet),
             4 => (0..200u64).prop_map(Step::Pause),
-            5 => fault().prop_map(Step::Fault),
+            8 => fault().prop_map(Step::Fault),
         ]
         .boxed()
     }
@@ -237,29 +309,29 @@ impl ReferenceStateMachine for Steps {
 /// The real system, the model of it as last seen, and the story so far.
 pub struct Harness {
     runtime: tokio::runtime::Runtime,
-    ctx: Option<TestContext>,
+    system: Option<ModelSystem>,
     /// Sled ids by model index (a closed, expunged sled keeps its index).
     sled_ids: Vec<SledUuid>,
     clients: Vec<reqwest::Client>,
     base: String,
     model: Model,
     story: Vec<String>,
-    sim: SimConfig,
 }
 
 impl Drop for Harness {
-    /// Closes the servers before the runtime goes (dropped with their requests' tasks still
-    /// in the runtime, dropshot panics on the cancelled tasks), then the database.
+    /// Closes the sled agents' servers before the runtime goes (dropped with their requests'
+    /// tasks still in the runtime, dropshot panics on the cancelled tasks), then Nexus and the
+    /// database.
     fn drop(&mut self) {
-        if let Some(ctx) = self.ctx.take() {
-            let db = self.runtime.block_on(ctx.close());
-            drop(db);
+        if let Some(system) = self.system.take() {
+            self.runtime.block_on(system.close());
         }
     }
 }
 
 impl Harness {
     pub fn new(setup: &Setup) -> Harness {
+        let begun = Instant::now();
         let [start, stop, reboot, phase] = setup.delays_ms;
         let sim = SimConfig {
             start_delay_ms: start,
@@ -272,15 +344,17 @@ impl Harness {
             .enable_all()
             .build()
             .unwrap();
-        let ctx = runtime.block_on(TestContext::with_sim(SLEDS, sim));
-        let sled_ids = ctx.sleds.iter().map(|s| s.agent().id()).collect();
-        let base = format!("http://{}", ctx.server().external_address());
+        let system = runtime
+            .block_on(ModelSystem::start(SLEDS, sim))
+            .unwrap_or_else(|e| panic!("starting the system: {e}"));
+        let sled_ids = system.sleds.iter().map(|s| s.agent().id()).collect();
+        let base = format!("http://{}", system.external);
         let clients = (0..3)
-            .map(|_| crate::authn_support::http_client(&ctx.token))
+            .map(|_| crate::authn_support::http_client(&system.token))
             .collect();
         let mut harness = Harness {
             runtime,
-            ctx: Some(ctx),
+            system: Some(system),
             sled_ids,
             clients,
             base,
@@ -291,9 +365,9 @@ impl Harness {
             ),
             story: vec![format!(
                 "  0. sleds: start {start} ms, stop {stop} ms, reboot {reboot} ms, migration \
-                 phase {phase} ms"
+                 phase {phase} ms  [up in {:.0?}]",
+                begun.elapsed()
             )],
-            sim,
         };
         // Every case starts with project p0, so most steps do something.
         harness.step(Step::Op(Op::ProjectCreate {
@@ -302,19 +376,20 @@ impl Harness {
         harness
     }
 
-    fn ctx(&self) -> &TestContext {
-        self.ctx.as_ref().unwrap()
+    fn system(&self) -> &ModelSystem {
+        self.system.as_ref().unwrap()
     }
 
     /// Runs one step and checks it against the model; a failure panics with the story.
     pub fn step(&mut self, step: Step) {
         self.story
             .push(format!("{:>3}. {step:?}", self.story.len() + 1));
+        let started = Instant::now();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.run(&step)));
         let failure = match result {
             Ok(Ok(line)) => {
                 if let Some(last) = self.story.last_mut() {
-                    last.push_str(&format!("  →  {line}"));
+                    last.push_str(&format!("  →  {line}  [{:.0?}]", started.elapsed()));
                 }
                 return;
             }
@@ -325,8 +400,14 @@ impl Harness {
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "a panic".to_string()),
         };
+        let logs = match &self.system {
+            Some(system) if std::env::var_os("HALYARD_MODEL_NEXUS_LOGS").is_some() => {
+                format!("\n\n{}", system.nexus_logs())
+            }
+            _ => String::new(),
+        };
         panic!(
-            "the real system left the model at the last step:\n{}\n\n{failure}",
+            "the real system left the model at the last step:\n{}\n\n{failure}{logs}",
             self.story.join("\n")
         );
     }
@@ -339,7 +420,7 @@ impl Harness {
                     // A sled the operator expunges is gone: its sled agent stops first.
                     self.close_sled(*sled);
                 }
-                let outcome = self.runtime.block_on(self.send(0, op));
+                let outcome = self.runtime.block_on(self.send(0, op))?;
                 let allowed: Vec<Model> = self
                     .model
                     .apply(op)
@@ -368,6 +449,7 @@ impl Harness {
                     let sends = ops.iter().enumerate().map(|(i, op)| self.send(i, op));
                     futures::future::join_all(sends).await
                 });
+                let outcomes = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
                 let allowed = interleavings(&self.model, ops, &outcomes);
                 let line: Vec<String> = outcomes.iter().map(ToString::to_string).collect();
                 if allowed.is_empty() {
@@ -385,10 +467,7 @@ impl Harness {
                 // The checker first waits for the quiet point; the model's own checks run
                 // too whether or not the checker found a violation, so a failure says what
                 // each of them saw.
-                let ctx = self.ctx();
-                let checker = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    self.runtime.block_on(ctx.assert_quiet_and_consistent())
-                }));
+                let checker = self.runtime.block_on(self.system().quiet_and_consistent());
                 let current = vec![self.model.clone()];
                 let model = self
                     .observe_against(&current, true)
@@ -400,16 +479,25 @@ impl Harness {
                         if let Err(reason) = model {
                             failures.push(format!("the model: {reason}"));
                         }
-                        if let Err(panic) = checker {
-                            let message = panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .unwrap_or_else(|| "a panic".to_string());
+                        if let Err(message) = checker {
                             failures.push(format!("the invariant checker: {message}"));
                         }
                         Err(failures.join("\n"))
                     }
                 }
+            }
+            Step::Fault(Fault::KillNexus { during, after_ms }) => {
+                self.kill_nexus(during.as_ref(), *after_ms)
+            }
+            Step::Fault(Fault::StopDatabase { during, down_ms }) => {
+                self.stop_database(during.as_ref(), *down_ms)
+            }
+            Step::Fault(Fault::LoseReply { op }) => self.lose_reply(op),
+            Step::Fault(Fault::RestartSled { sled }) => {
+                let line = self.restart_sled(*sled)?;
+                let current = vec![self.model.clone()];
+                self.observe_against(&current, false)?;
+                Ok(line)
             }
             Step::Fault(fault) => {
                 let line = self.inject(fault);
@@ -433,7 +521,7 @@ impl Harness {
     fn reservations_as_modelled(&self) -> Result<(), String> {
         let held = self.model.held();
         for (sled, id) in self.sled_ids.iter().enumerate() {
-            let row = self.ctx().sql(&format!(
+            let row = self.system().sql(&format!(
                 "SELECT reserved_hardware_threads, reserved_physical_ram / 1073741824 \
                  FROM sled WHERE id = '{id}'"
             ));
@@ -454,10 +542,16 @@ impl Harness {
         Ok(())
     }
 
-    /// Injects `fault`; marks in the model what it may make fail. Returns what it did.
+    /// Injects a fault into a VMM (a crash, a failed migration phase, a lost `finish` reply);
+    /// marks in the model what it may make fail. Returns what it did.
     fn inject(&mut self, fault: &Fault) -> String {
         let (project, name, sim_fault, target_side, marks) = match fault {
-            Fault::RestartSled { sled } => return self.restart_sled(*sled),
+            Fault::RestartSled { .. }
+            | Fault::KillNexus { .. }
+            | Fault::StopDatabase { .. }
+            | Fault::LoseReply { .. } => {
+                unreachable!("run separately: {fault:?}")
+            }
             Fault::Crash { project, name } => (project, name, SimFault::Crash, false, true),
             Fault::FailMigration {
                 project,
@@ -481,7 +575,7 @@ impl Harness {
         } else {
             "active_propolis_id"
         };
-        let row = self.ctx().sql(&format!(
+        let row = self.system().sql(&format!(
             "SELECT v.id, v.sled_id FROM instance i JOIN project p ON p.id = i.project_id \
              JOIN vmm v ON v.id = i.{pointer} \
              WHERE i.time_deleted IS NULL AND p.time_deleted IS NULL \
@@ -502,13 +596,12 @@ impl Harness {
         {
             instance.fault = true;
         }
-        let injected = self.runtime.block_on(async {
-            let client = self.ctx().nexus().sled_client(sled).await?;
-            client
-                .vmm_inject_fault(&vmm, &sim_fault)
-                .await
-                .map_err(|e| halyard_common::Error::unavailable(e.to_string()))
-        });
+        let Some(client) = self.system().sled_client(sled) else {
+            return "refused (its sled agent is gone)".to_string();
+        };
+        let injected = self
+            .runtime
+            .block_on(client.vmm_inject_fault(&vmm, &sim_fault));
         match injected {
             Ok(_) => "injected".to_string(),
             Err(e) => format!("refused ({e})"),
@@ -517,13 +610,11 @@ impl Harness {
 
     /// Restarts sled agent `sled` (unless it was expunged): it comes back knowing no VMM, and
     /// waits until Nexus has learnt that (its registration reconciled) before going on.
-    fn restart_sled(&mut self, sled: usize) -> String {
+    fn restart_sled(&mut self, sled: usize) -> Result<String, String> {
         let id = self.sled_ids[sled];
-        let sim = self.sim;
-        let ctx = self.ctx.as_mut().unwrap();
-        let Some(index) = ctx.sleds.iter().position(|s| s.agent().id() == id) else {
-            return "expunged: nothing to restart".to_string();
-        };
+        if !self.system().sleds.iter().any(|s| s.agent().id() == id) {
+            return Ok("expunged: nothing to restart".to_string());
+        }
         for instance in self
             .model
             .projects
@@ -534,20 +625,157 @@ impl Harness {
                 instance.fault = true;
             }
         }
-        self.runtime.block_on(ctx.restart_sled(index, sim));
-        let ctx = self.ctx();
-        self.runtime.block_on(ctx.eventually(
-            "Nexus reconciled the restarted sled",
-            async |ctx: &TestContext| {
-                ctx.sql(&format!(
-                    "SELECT count(*) FROM vmm WHERE sled_id = '{id}' AND time_deleted IS NULL \
-                     AND state NOT IN ('creating', 'destroyed', 'failed', 'saga_unwound')"
-                ))
-                .trim()
+        let system = self.system.as_mut().unwrap();
+        self.runtime.block_on(system.restart_sled(id));
+        let system = self.system();
+        self.runtime.block_on(
+            system.eventually("Nexus reconciled the restarted sled", || {
+                system
+                    .sql(&format!(
+                        "SELECT count(*) FROM vmm WHERE sled_id = '{id}' \
+                         AND time_deleted IS NULL \
+                         AND state NOT IN ('creating', 'destroyed', 'failed', 'saga_unwound')"
+                    ))
+                    .trim()
                     == "0"
+            }),
+        )?;
+        Ok("restarted; Nexus reconciled it".to_string())
+    }
+
+    /// What the model allows after `op` answered `outcome` (`None`: no answer came back).
+    fn after(&self, op: &Op, outcome: Option<Outcome>) -> Vec<Model> {
+        match outcome {
+            Some(outcome) => self
+                .model
+                .apply(op)
+                .into_iter()
+                .filter(|a| a.outcome == outcome)
+                .map(|a| a.next)
+                .collect(),
+            None => self.model.unanswered(op),
+        }
+    }
+
+    /// Kills Nexus `after_ms` after sending `during` (if any), starts a new one, and checks
+    /// what it shows: the request may have been answered, or not (then applied or not).
+    fn kill_nexus(&mut self, during: Option<&Op>, after_ms: u64) -> Result<String, String> {
+        let system = self.system();
+        let answer = self.runtime.block_on(async {
+            let kill = async {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                system.kill_nexus();
+            };
+            match during {
+                Some(op) => Some(tokio::join!(self.send(0, op), kill).0),
+                None => {
+                    kill.await;
+                    None
+                }
+            }
+        });
+        let unfinished = system
+            .sql("SELECT count(*) FROM saga WHERE saga_state != 'done'")
+            .trim()
+            .to_string();
+        self.runtime.block_on(system.start_nexus())?;
+        // The old connections died with the old Nexus: new clients, so that no request goes
+        // out on one of them.
+        self.clients = (0..3)
+            .map(|_| crate::authn_support::http_client(&self.system().token))
+            .collect();
+        let (allowed, answered) = match (during, answer) {
+            (Some(op), Some(Ok(outcome))) => {
+                (self.after(op, Some(outcome)), format!("{outcome}; "))
+            }
+            (Some(op), Some(Err(_))) => (self.after(op, None), "no answer; ".to_string()),
+            _ => (vec![self.model.clone()], String::new()),
+        };
+        if allowed.is_empty() {
+            return Err(format!(
+                "{answered}the model does not allow that answer from\n{}",
+                describe(&self.model)
+            ));
+        }
+        self.observe_against(&allowed, false)?;
+        let state = during.map(|op| self.state_of(op)).unwrap_or_default();
+        Ok(format!(
+            "{answered}unfinished sagas at the kill: {unfinished}; a new Nexus started{state}"
+        ))
+    }
+
+    /// Stops the database, sends `during` (if any), which must be refused 503 and change
+    /// nothing, and starts the database again after `down_ms`.
+    fn stop_database(&mut self, during: Option<&Op>, down_ms: u64) -> Result<String, String> {
+        self.system.as_mut().unwrap().stop_database();
+        let answer = during.map(|op| self.runtime.block_on(self.send(0, op)));
+        self.runtime
+            .block_on(async { tokio::time::sleep(Duration::from_millis(down_ms)).await });
+        self.system.as_mut().unwrap().start_database();
+        let line = match answer {
+            None => String::new(),
+            Some(Ok(outcome @ Outcome::Refused(503, "ServiceNotAvailable"))) => {
+                format!("{outcome}; ")
+            }
+            Some(other) => {
+                return Err(format!(
+                    "\"{}\" answered {other:?} while the database was down; the model \
+                     allows only 503 ServiceNotAvailable (and no effect)",
+                    during.unwrap()
+                ));
+            }
+        };
+        // Back: Nexus's pool replaces its dead connections as it checks them out.
+        let serving = self.runtime.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let listed = self.clients[0]
+                    .get(format!("{}/v1/projects", self.base))
+                    .send()
+                    .await;
+                if listed.is_ok_and(|r| r.status().is_success()) {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err("Nexus did not serve again within 10 s of the database's return");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        serving?;
+        let current = vec![self.model.clone()];
+        self.observe_against(&current, false)?;
+        Ok(format!("{line}the database is back"))
+    }
+
+    /// Sends `op` through a proxy that drops Nexus's reply; the model allows it applied or
+    /// not until the observation after it.
+    fn lose_reply(&mut self, op: &Op) -> Result<String, String> {
+        let (answer, dropped) = self.runtime.block_on(async {
+            let proxy = LostReplyProxy::start(self.system().external).await;
+            let base = format!("http://{}", proxy.address);
+            let answer = self.send_via(&base, 0, op).await;
+            (answer, proxy.dropped_answer().await)
+        });
+        let outcome = answer.ok();
+        let allowed = self.after(op, outcome);
+        if allowed.is_empty() {
+            return Err(format!(
+                "{op} answered {outcome:?}; the model does not allow it from\n{}",
+                describe(&self.model)
+            ));
+        }
+        self.observe_against(&allowed, false)?;
+        let dropped = dropped.unwrap_or_else(|| "nothing".to_string());
+        Ok(format!(
+            "Nexus answered \"{}\", the client saw {}{}",
+            dropped.trim(),
+            match outcome {
+                Some(outcome) => outcome.to_string(),
+                None => "no answer".to_string(),
             },
-        ));
-        "restarted; Nexus reconciled it".to_string()
+            self.state_of(op)
+        ))
     }
 
     /// For the story: the state the instance `op` names was seen in afterwards.
@@ -567,9 +795,15 @@ impl Harness {
         }
     }
 
-    /// Sends one operation (as client `client`) and returns its answer. A refusal must carry
-    /// an error code and a message.
-    async fn send(&self, client: usize, op: &Op) -> Outcome {
+    /// Sends one operation (as client `client`) and returns its answer, or why none came. A
+    /// refusal must carry an error code and a message.
+    async fn send(&self, client: usize, op: &Op) -> Result<Outcome, String> {
+        self.send_via(&self.base, client, op).await
+    }
+
+    /// [`Harness::send`] to Nexus at `base` (or a proxy in front of it); a request through
+    /// a proxy asks for the connection to close after the answer.
+    async fn send_via(&self, base: &str, client: usize, op: &Op) -> Result<Outcome, String> {
         let http = &self.clients[client % self.clients.len()];
         let (method, path, body) = match op {
             Op::ProjectCreate { project } => (
@@ -621,18 +855,28 @@ impl Harness {
                 None,
             ),
             Op::ExpungeSled { sled } => {
-                return self.expunge(*sled).await;
+                return Ok(self.expunge(*sled).await);
             }
         };
-        let mut request = http.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        let mut request = http.request(method.parse().unwrap(), format!("{base}{path}"));
+        if base != self.base {
+            request = request.header(reqwest::header::CONNECTION, "close");
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.expect("Nexus answers");
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("{op}: no answer: {e}"))?;
         let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("{op}: {status} with no whole answer: {e}"))?;
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if (200..300).contains(&status) {
-            return Outcome::Ok;
+            return Ok(Outcome::Ok);
         }
         assert!(
             body["message"].as_str().is_some_and(|m| !m.is_empty()),
@@ -651,34 +895,30 @@ impl Harness {
             "Internal",
         ];
         let known = CODES.iter().find(|c| **c == code);
-        Outcome::Refused(
+        Ok(Outcome::Refused(
             status,
             known
                 .copied()
                 .unwrap_or_else(|| Box::leak(code.to_string().into_boxed_str())),
-        )
+        ))
     }
 
     /// Stops the sled agent of sled `sled` (if it still runs) and takes it out of the
     /// context's list (so the invariant checker no longer asks it).
     fn close_sled(&mut self, sled: usize) {
         let id = self.sled_ids[sled];
-        let ctx = self.ctx.as_mut().unwrap();
-        if let Some(index) = ctx.sleds.iter().position(|s| s.agent().id() == id) {
-            let server = ctx.sleds.remove(index);
-            self.runtime.block_on(server.close()).unwrap();
-        }
+        let system = self.system.as_mut().unwrap();
+        self.runtime.block_on(system.close_sled(id));
     }
 
     /// The operator's expunge of a sled (its sled agent already closed, as the sled-expunge
     /// tests do): Nexus's internal `POST /sleds/{id}/expunge`.
     async fn expunge(&self, sled: usize) -> Outcome {
         let id = self.sled_ids[sled];
-        let ctx = self.ctx();
         let response = crate::context::operator_http(halyard_tls::NEXUS_NAME)
             .post(format!(
                 "https://{}/sleds/{id}/expunge",
-                ctx.server().internal_address()
+                self.system().internal
             ))
             .send()
             .await
@@ -748,7 +988,7 @@ impl Harness {
     /// Every live instance as the database shows it (one statement, so one moment): its
     /// derived state and the sleds of its active and target VMMs.
     fn database_view(&self) -> BTreeMap<(String, String), InstanceModel> {
-        let rows = self.ctx().sql(
+        let rows = self.system().sql(
             "SELECT p.name, i.name, i.nexus_state, i.active_propolis_id IS NOT NULL, \
                     coalesce(av.state, ''), coalesce(av.sled_id::text, ''), \
                     coalesce(tv.sled_id::text, ''), i.ncpus, i.memory / 1073741824 \
@@ -896,7 +1136,7 @@ fn interleavings(model: &Model, ops: &[Op], outcomes: &[Outcome]) -> Vec<Model> 
         for &i in order {
             let mut next = Vec::new();
             for state in &states {
-                for allowed in state.apply(&ops[i]) {
+                for allowed in state.apply_concurrent(&ops[i], model) {
                     if allowed.outcome == outcomes[i] && !next.contains(&allowed.next) {
                         next.push(allowed.next);
                     }
@@ -1015,6 +1255,153 @@ fn model_story_a_migration_to_an_expunged_sled_is_a_conflict() {
     );
 }
 
+fn create_started(project: &str, name: &str) -> Op {
+    Op::Create {
+        project: project.to_string(),
+        name: name.to_string(),
+        ncpus: 2,
+        memory_gib: 1,
+        start: true,
+    }
+}
+
+/// Found by the long run (seed 1616, case 63): two deletes of one stopped instance sent at
+/// once both answered success (each found the instance before the other destroyed it; the
+/// destroy step takes "already destroyed" as done). The model allows that for deletes issued
+/// together (`Model::apply_concurrent`); one after the other, the second is 404.
+#[test]
+fn model_story_two_deletes_at_once_may_both_succeed() {
+    let (project, name) = p0("a");
+    run_story(
+        [5, 5, 5, 1],
+        vec![
+            Step::Op(Op::Create {
+                project: project.clone(),
+                name: name.clone(),
+                ncpus: 6,
+                memory_gib: 4,
+                start: false,
+            }),
+            Step::Together(vec![
+                Op::Delete {
+                    project: project.clone(),
+                    name: name.clone(),
+                },
+                Op::Delete {
+                    project: project.clone(),
+                    name: name.clone(),
+                },
+            ]),
+            Step::WaitQuiet,
+            Step::Op(Op::Delete { project, name }),
+        ],
+    );
+}
+
+/// Nexus killed while it handles requests (a start, then a migration, then between steps):
+/// each time a new Nexus resumes the sagas, the sled agents report to it, and every instance
+/// settles where the model allows.
+#[test]
+fn model_story_nexus_killed_mid_request_and_restarted() {
+    let (project, name) = p0("a");
+    run_story(
+        [40, 40, 40, 20],
+        vec![
+            Step::Op(create_started(&project, "b")),
+            Step::Op(Op::Create {
+                project: project.clone(),
+                name: name.clone(),
+                ncpus: 2,
+                memory_gib: 1,
+                start: false,
+            }),
+            Step::Fault(Fault::KillNexus {
+                during: Some(Op::Start {
+                    project: project.clone(),
+                    name: name.clone(),
+                }),
+                after_ms: 5,
+            }),
+            Step::WaitQuiet,
+            Step::Fault(Fault::KillNexus {
+                during: Some(Op::Migrate {
+                    project: project.clone(),
+                    name: "b".to_string(),
+                    to: None,
+                }),
+                after_ms: 20,
+            }),
+            Step::Fault(Fault::KillNexus {
+                during: None,
+                after_ms: 0,
+            }),
+            Step::WaitQuiet,
+            Step::Op(Op::Stop { project, name }),
+        ],
+    );
+}
+
+/// The database stops while an instance starts and another migrates: a request meanwhile is
+/// refused 503 and changes nothing; after it starts again, the sagas and the sled agents'
+/// reports go through and everything settles.
+#[test]
+fn model_story_the_database_stops_and_starts_again() {
+    let (project, name) = p0("a");
+    run_story(
+        [60, 60, 60, 30],
+        vec![
+            Step::Op(create_started(&project, "b")),
+            Step::WaitQuiet,
+            Step::Op(create_started(&project, &name)),
+            Step::Op(Op::Migrate {
+                project: project.clone(),
+                name: "b".to_string(),
+                to: None,
+            }),
+            Step::Fault(Fault::StopDatabase {
+                during: Some(Op::Stop {
+                    project: project.clone(),
+                    name: name.clone(),
+                }),
+                down_ms: 500,
+            }),
+            Step::WaitQuiet,
+            Step::Fault(Fault::StopDatabase {
+                during: Some(create_started(&project, "c")),
+                down_ms: 50,
+            }),
+            Step::Op(Op::Stop { project, name }),
+        ],
+    );
+}
+
+/// Users' requests whose replies are lost (a create that starts, a stop, a delete): each
+/// reached Nexus and was handled, and what is observed next shows it applied.
+#[test]
+fn model_story_lost_replies_on_users_requests() {
+    let (project, name) = p0("a");
+    run_story(
+        [5, 5, 5, 1],
+        vec![
+            Step::Fault(Fault::LoseReply {
+                op: create_started(&project, &name),
+            }),
+            Step::WaitQuiet,
+            Step::Fault(Fault::LoseReply {
+                op: Op::Stop {
+                    project: project.clone(),
+                    name: name.clone(),
+                },
+            }),
+            Step::WaitQuiet,
+            Step::Fault(Fault::LoseReply {
+                op: Op::Delete { project, name },
+            }),
+            Step::WaitQuiet,
+        ],
+    );
+}
+
 /// Whether this story fails (in any of `tries` runs; timing decides some failures), and
 /// how.
 fn fails(setup: &Setup, steps: &[Step], tries: u32) -> Option<String> {
@@ -1088,6 +1475,14 @@ fn the_real_system_follows_the_reference_model() {
     let mut runner = TestRunner::new(config.clone());
     let steps_run = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = steps_run.clone();
+    // Every fault injected, by kind (each run of a case counts).
+    let faults_run = std::sync::Arc::new(std::sync::Mutex::new(
+        FAULT_KINDS
+            .iter()
+            .map(|kind| (*kind, 0))
+            .collect::<BTreeMap<&str, usize>>(),
+    ));
+    let fault_counter = faults_run.clone();
     let failed = std::sync::atomic::AtomicBool::new(false);
     let shrink_tries = env_number("HALYARD_MODEL_SHRINK_TRIES").unwrap_or(2);
     let result = runner.run(
@@ -1103,6 +1498,13 @@ fn the_real_system_follows_the_reference_model() {
             };
             for _ in 0..tries {
                 counter.fetch_add(steps.len(), std::sync::atomic::Ordering::Relaxed);
+                let mut faults = fault_counter.lock().unwrap();
+                for step in &steps {
+                    if let Step::Fault(fault) = step {
+                        *faults.entry(fault.kind()).or_default() += 1;
+                    }
+                }
+                drop(faults);
                 let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     Harness::test_sequential(
                         config.clone(),
@@ -1124,11 +1526,21 @@ fn the_real_system_follows_the_reference_model() {
          --test nexus model_test:: -- --nocapture"
     );
     match result {
-        Ok(()) => println!(
-            "model test: seed {seed}: {cases} cases, {} steps, all allowed by the model, in {:.0?}",
-            steps_run.load(std::sync::atomic::Ordering::Relaxed),
-            started.elapsed()
-        ),
+        Ok(()) => {
+            let faults: Vec<String> = faults_run
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(kind, n)| format!("{n} {kind}"))
+                .collect();
+            println!(
+                "model test: seed {seed}: {cases} cases, {} steps (faults: {}), all allowed by \
+                 the model, in {:.0?}",
+                steps_run.load(std::sync::atomic::Ordering::Relaxed),
+                faults.join(", "),
+                started.elapsed()
+            )
+        }
         Err(TestError::Fail(reason, (setup, steps, _))) => {
             let (steps, reason) = minimise(&setup, steps, reason.to_string(), shrink_tries);
             let story: Vec<String> = steps
