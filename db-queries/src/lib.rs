@@ -23,8 +23,8 @@ mod saga_store;
 mod schema_version;
 
 pub use datastore::{
-    ConflictReason, DataStore, LeftoverClaim, Leftovers, MigrationReport, PoolConfig,
-    PoolStatistics, ReportApplied, RetireOutcome, SledChoice, TransitionConflict,
+    ConflictReason, DataStore, InstanceAndVmm, LeftoverClaim, Leftovers, MigrationReport,
+    PoolConfig, PoolStatistics, ReportApplied, RetireOutcome, SledChoice, TransitionConflict,
     TransitionOutcome, VmmStateReport, validate_instance_shape, validate_new_instance,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};

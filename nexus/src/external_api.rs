@@ -151,7 +151,7 @@ async fn lookup_instance(
     nexus: &Nexus,
     query: Query<OptionalProjectSelector>,
     path: Path<InstancePath>,
-) -> Result<halyard_db_model::Instance, Error> {
+) -> Result<InstanceAndVmm, Error> {
     let project = query.into_inner().project;
     let instance = path.into_inner().instance;
     nexus.instance_lookup(project.as_ref(), &instance).await
@@ -252,9 +252,8 @@ impl NexusExternalApi for NexusExternalImpl {
     ) -> Result<HttpResponseOk<Instance>, HttpError> {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
-        let instance = lookup_instance(nexus, query, path).await?;
         Ok(HttpResponseOk(instance_view(
-            nexus.instance_with_vmm(instance).await?,
+            lookup_instance(nexus, query, path).await?,
         )))
     }
 
@@ -265,7 +264,7 @@ impl NexusExternalApi for NexusExternalImpl {
     ) -> Result<HttpResponseDeleted, HttpError> {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?.id();
+        let id = lookup_instance(nexus, query, path).await?.instance.id();
         for_request(&rqctx, nexus.instance_delete(id)).await?;
         Ok(HttpResponseDeleted())
     }
@@ -322,6 +321,7 @@ impl NexusExternalApi for NexusExternalImpl {
         let id = nexus
             .instance_lookup(query.project.as_ref(), &instance)
             .await?
+            .instance
             .id();
         let (data, last_byte_offset) = for_request(
             &rqctx,
@@ -347,6 +347,7 @@ impl NexusExternalApi for NexusExternalImpl {
         let id = nexus
             .instance_lookup(query.project.as_ref(), &instance)
             .await?
+            .instance
             .id();
         // Connected to the sled agent before the user's upgrade is accepted: a failure is
         // still an HTTP error with its body.
@@ -383,7 +384,7 @@ impl NexusExternalApi for NexusExternalImpl {
     ) -> Result<HttpResponseOk<Vec<Migration>>, HttpError> {
         authenticate(&rqctx)?;
         let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?.id();
+        let id = lookup_instance(nexus, query, path).await?.instance.id();
         let migrations = nexus.datastore().migration_list(Some(id)).await?;
         Ok(HttpResponseOk(
             migrations.into_iter().map(migration_view).collect(),

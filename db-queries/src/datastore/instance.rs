@@ -32,20 +32,22 @@ impl DataStore {
         let new = &new;
         self.retry_conflicts(|| async move {
             let conn = &mut *self.connection().await?;
-            if let Some(existing) = instance_fetch_any(conn, new.id()).await? {
-                return Ok(existing);
-            }
             // The insert first, the project's generation bump last: every instance insert in
             // the project queues on that bump's row lock, held until COMMIT, so it comes
             // right before it (one round trip instead of two). Both are in one transaction
             // either way, so a racing project delete still sees the bump or makes it fail.
+            // A repeat (the id is there already) inserts nothing and reads the stored record
+            // instead: a first insert reads nothing.
             conn.transaction(async |conn| {
                 let inserted = diesel::insert_into(instance::table)
                     .values(new)
+                    .on_conflict(instance::id)
+                    .do_nothing()
                     .returning(Instance::as_returning())
                     .cached_by_text()
                     .get_result(conn)
                     .await
+                    .optional()
                     .map_err(|e| {
                         if is_unique_violation(&e) {
                             TxnError::Public(Error::ObjectAlreadyExists {
@@ -61,6 +63,11 @@ impl DataStore {
                             TxnError::Database(e)
                         }
                     })?;
+                let Some(inserted) = inserted else {
+                    return instance_fetch_any(conn, new.id())
+                        .await?
+                        .ok_or_else(|| TxnError::Public(instance_not_found(new.id())));
+                };
                 project_bump_rcgen(conn, new.project_id()).await?;
                 Ok(inserted)
             })

@@ -2,6 +2,7 @@
 
 mod instance;
 mod instance_transition;
+mod instance_view;
 mod leftover;
 mod migration;
 mod project;
@@ -11,6 +12,7 @@ mod vmm;
 
 pub use instance::{validate_instance_shape, validate_new_instance};
 pub use instance_transition::{ConflictReason, TransitionConflict, TransitionOutcome};
+pub use instance_view::InstanceAndVmm;
 pub use leftover::{LeftoverClaim, Leftovers};
 pub use sled::SledChoice;
 pub use vmm::{MigrationReport, ReportApplied, RetireOutcome, VmmStateReport};

@@ -5,41 +5,15 @@ use super::sagas::{instance_create, instance_delete, instance_migrate, instance_
 use super::sled::sled_agent_error;
 use halyard_common::ids::{GenericUuid, InstanceUuid, SledUuid};
 use halyard_common::{ByteCount, Error, NameOrId, VmmState};
-use halyard_db_model::{Instance, Vmm};
+use halyard_db_model::Vmm;
 use halyard_db_queries::{PaginatedBy, validate_instance_shape};
 use halyard_nexus_external_api::params::InstanceCreate;
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use slog::info;
 use std::sync::Arc;
 
-/// An instance and its active VMM (if it has one and its record exists yet).
-#[derive(Debug, Clone)]
-pub struct InstanceAndVmm {
-    pub instance: Instance,
-    pub active_vmm: Option<Vmm>,
-}
-
-impl InstanceAndVmm {
-    /// What the user sees. An instance whose VMM record a start saga has not written yet is
-    /// starting.
-    pub fn run_state(&self) -> halyard_common::InstanceState {
-        let nexus_state = self.instance.runtime.nexus_state();
-        let vmm_state = match (&self.active_vmm, self.instance.runtime.active_vmm()) {
-            (Some(vmm), _) => Some(vmm.state()),
-            (None, Some(_)) => Some(VmmState::Starting),
-            (None, None) => None,
-        };
-        halyard_common::InstanceState::derive(nexus_state, vmm_state)
-    }
-
-    /// When the state the user sees last changed.
-    pub fn time_run_state_updated(&self) -> chrono::DateTime<chrono::Utc> {
-        let instance = self.instance.runtime.time_state_updated;
-        self.active_vmm
-            .as_ref()
-            .map_or(instance, |vmm| vmm.runtime.time_state_updated.max(instance))
-    }
-}
+/// An instance and its active VMM, read together in one statement (see the DataStore).
+pub use halyard_db_queries::InstanceAndVmm;
 
 /// The largest instance Nexus accepts: 64 vCPUs and 1 TiB; the smallest memory is 64 MiB.
 const MAX_NCPUS: u16 = 64;
@@ -87,17 +61,17 @@ fn validate_instance_create(params: &InstanceCreate) -> Result<(), Error> {
 impl Nexus {
     // Instances
 
-    /// Finds a live instance: by id (then no project may be given), or by name within a
-    /// project.
+    /// Finds a live instance and its active VMM (one statement, so the two agree): by id
+    /// (then no project may be given), or by name within a project.
     pub async fn instance_lookup(
         &self,
         project: Option<&NameOrId>,
         instance: &NameOrId,
-    ) -> Result<Instance, Error> {
+    ) -> Result<InstanceAndVmm, Error> {
         match (instance, project) {
             (NameOrId::Id(id), None) => {
                 self.datastore()
-                    .instance_fetch(InstanceUuid::from_untyped_uuid(*id))
+                    .instance_fetch_with_vmm(InstanceUuid::from_untyped_uuid(*id))
                     .await
             }
             (NameOrId::Id(_), Some(_)) => Err(Error::invalid_request(
@@ -110,55 +84,15 @@ impl Nexus {
             (NameOrId::Name(name), Some(project)) => {
                 let project = self.datastore().project_fetch(project).await?;
                 self.datastore()
-                    .instance_fetch_by_name(project.id(), name)
+                    .instance_fetch_by_name_with_vmm(project.id(), name)
                     .await
             }
         }
     }
 
-    pub async fn instance_with_vmm(&self, mut instance: Instance) -> Result<InstanceAndVmm, Error> {
-        // The instance row and its VMM's are read one after the other. A VMM found retired
-        // was retired after the instance row was read (retirement moves the instance's
-        // pointer in the same transaction): that row is stale, and shown with the retired
-        // VMM it would make, e.g., a migration that just completed look `stopping`. Read the
-        // instance again (a few times at most: each retry means the instance moved on).
-        for _ in 0..5 {
-            let active_vmm = match instance.runtime.active_vmm() {
-                None => None,
-                Some(id) => match self.datastore().vmm_fetch(id).await {
-                    Ok(vmm) => Some(vmm),
-                    Err(Error::ObjectNotFound { .. }) => None, // a start saga is creating it
-                    Err(e) => return Err(e),
-                },
-            };
-            if active_vmm
-                .as_ref()
-                .is_some_and(|v| v.time_deleted.is_some())
-            {
-                match self.datastore().instance_fetch(instance.id()).await {
-                    Ok(newer) => {
-                        instance = newer;
-                        continue;
-                    }
-                    // Deleted meanwhile: what was read is the last view there is.
-                    Err(Error::ObjectNotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            return Ok(InstanceAndVmm {
-                instance,
-                active_vmm,
-            });
-        }
-        Err(Error::unavailable(format!(
-            "instance {} keeps changing while it is read; retry",
-            instance.id()
-        )))
-    }
-
+    /// A live instance and its active VMM, read in one statement.
     pub async fn instance_view(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
-        let instance = self.datastore().instance_fetch(id).await?;
-        self.instance_with_vmm(instance).await
+        self.datastore().instance_fetch_with_vmm(id).await
     }
 
     pub async fn instance_list(
@@ -167,11 +101,9 @@ impl Nexus {
         page: &PaginatedBy<'_>,
     ) -> Result<Vec<InstanceAndVmm>, Error> {
         let project = self.datastore().project_fetch(project).await?;
-        let mut views = Vec::new();
-        for instance in self.datastore().instance_list(project.id(), page).await? {
-            views.push(self.instance_with_vmm(instance).await?);
-        }
-        Ok(views)
+        self.datastore()
+            .instance_list_with_vmm(project.id(), page)
+            .await
     }
 
     /// Creates an instance (the instance-create saga), then starts it if asked. The request is
@@ -223,18 +155,18 @@ impl Nexus {
         self: &Arc<Self>,
         id: InstanceUuid,
     ) -> Result<InstanceAndVmm, Error> {
-        let instance = self.datastore().instance_fetch(id).await?;
-        self.instance_start_found(instance).await
+        let found = self.instance_view(id).await?;
+        self.instance_start_found(found).await
     }
 
     /// [`Nexus::instance_start`] of the instance a lookup has just found (so it is not read
     /// again).
     pub async fn instance_start_found(
         self: &Arc<Self>,
-        instance: Instance,
+        found: InstanceAndVmm,
     ) -> Result<InstanceAndVmm, Error> {
-        let id = instance.id();
-        if instance.runtime.active_vmm().is_none() {
+        let id = found.instance.id();
+        if found.instance.runtime.active_vmm().is_none() {
             let started = self
                 .run_saga::<instance_start::SagaInstanceStart>(instance_start::Params {
                     instance_id: id,
@@ -255,14 +187,13 @@ impl Nexus {
     /// Asks the sled agent running the instance's VMM to stop it. A stopped instance stays
     /// stopped (no-op). The VMM is retired when its sled agent reports it gone.
     pub async fn instance_stop(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
-        let instance = self.datastore().instance_fetch(id).await?;
-        self.instance_stop_found(instance).await
+        let found = self.instance_view(id).await?;
+        self.instance_stop_found(found).await
     }
 
     /// [`Nexus::instance_stop`] of the instance a lookup has just found.
-    pub async fn instance_stop_found(&self, instance: Instance) -> Result<InstanceAndVmm, Error> {
-        let id = instance.id();
-        let view = self.instance_with_vmm(instance).await?;
+    pub async fn instance_stop_found(&self, view: InstanceAndVmm) -> Result<InstanceAndVmm, Error> {
+        let id = view.instance.id();
         if let Some(migration) = view.instance.runtime.migration() {
             // Stopping mid-migration would leave two half-instances; the sled agents refuse it
             // too. The user retries once the migration has finished (it takes seconds).
@@ -286,14 +217,16 @@ impl Nexus {
 
     /// Asks the sled agent running the instance's VMM to reboot it.
     pub async fn instance_reboot(&self, id: InstanceUuid) -> Result<InstanceAndVmm, Error> {
-        let instance = self.datastore().instance_fetch(id).await?;
-        self.instance_reboot_found(instance).await
+        let found = self.instance_view(id).await?;
+        self.instance_reboot_found(found).await
     }
 
     /// [`Nexus::instance_reboot`] of the instance a lookup has just found.
-    pub async fn instance_reboot_found(&self, instance: Instance) -> Result<InstanceAndVmm, Error> {
-        let id = instance.id();
-        let view = self.instance_with_vmm(instance).await?;
+    pub async fn instance_reboot_found(
+        &self,
+        view: InstanceAndVmm,
+    ) -> Result<InstanceAndVmm, Error> {
+        let id = view.instance.id();
         match &view.active_vmm {
             Some(vmm) if vmm.state() == VmmState::Running => {
                 self.request_vmm_state(vmm, VmmStateRequested::Reboot)
@@ -315,22 +248,19 @@ impl Nexus {
         id: InstanceUuid,
         destination: Option<SledUuid>,
     ) -> Result<InstanceAndVmm, Error> {
-        let instance = self.datastore().instance_fetch(id).await?;
-        self.instance_migrate_found(instance, destination).await
+        let found = self.instance_view(id).await?;
+        self.instance_migrate_found(found, destination).await
     }
 
     /// [`Nexus::instance_migrate`] of the instance a lookup has just found.
     pub async fn instance_migrate_found(
         self: &Arc<Self>,
-        instance: Instance,
+        found: InstanceAndVmm,
         destination: Option<SledUuid>,
     ) -> Result<InstanceAndVmm, Error> {
-        let id = instance.id();
+        let id = found.instance.id();
         // Refused outright (not running, already migrating), the request leaves no saga.
-        let source = instance_migrate::migration_source(
-            &self.instance_with_vmm(instance).await?,
-            destination,
-        )?;
+        let source = instance_migrate::migration_source(&found, destination)?;
         if let Some(destination) = destination {
             self.check_migration_destination(source.sled_id(), destination)
                 .await?;

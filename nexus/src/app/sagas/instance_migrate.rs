@@ -43,12 +43,11 @@
 use super::retry::{is_transient, retry_transient};
 use super::{NexusActionContext, action_failed, declare_saga, vmm_steps};
 use crate::app::Nexus;
-use crate::app::instance::InstanceAndVmm;
 use crate::app::sled::sled_agent_error;
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{Error, VmmState};
 use halyard_db_model::Migration;
-use halyard_db_queries::{SledChoice, TransitionOutcome};
+use halyard_db_queries::{InstanceAndVmm, SledChoice, TransitionOutcome};
 use halyard_sled_agent_api::{MigrationTarget, VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
 use slog::{error, warn};
@@ -81,10 +80,13 @@ struct MigrateIds {
     target_propolis_id: VmmUuid,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Source {
     propolis_id: VmmUuid,
     sled_id: SledUuid,
+    /// The instance's size and hostname, which the target is made of (read with the source,
+    /// so the later nodes need not read the instance).
+    shape: vmm_steps::VmmShape,
 }
 
 impl Source {
@@ -117,13 +119,15 @@ async fn check_source(ctx: &NexusActionContext) -> Result<Source, ActionError> {
             return Ok(Source {
                 propolis_id: source.id(),
                 sled_id: source.sled_id(),
+                shape: vmm_steps::VmmShape::read(nexus, params.instance_id).await?,
             });
         }
         Err(Error::ObjectNotFound { .. }) => {}
         Err(e) => return Err(action_failed(e)),
     }
     let view = nexus
-        .instance_view(params.instance_id)
+        .datastore()
+        .instance_fetch_with_vmm(params.instance_id)
         .await
         .map_err(action_failed)?;
     migration_source(&view, params.destination).map_err(action_failed)
@@ -164,6 +168,7 @@ pub(crate) fn migration_source(
     Ok(Source {
         propolis_id: vmm.id(),
         sled_id: vmm.sled_id(),
+        shape: vmm_steps::VmmShape::of(&view.instance),
     })
 }
 
@@ -209,12 +214,11 @@ async fn reserve(ctx: &NexusActionContext) -> Result<SledUuid, ActionError> {
         None => SledChoice::AnyExcept(source.sled_id),
     };
     let nexus = &ctx.user_data().nexus;
-    let shape = vmm_steps::VmmShape::read(nexus, params.instance_id).await?;
     vmm_steps::reserve(
         nexus,
         params.instance_id,
         ids.target_propolis_id,
-        &shape,
+        &source.shape,
         choice,
     )
     .await
@@ -300,13 +304,12 @@ async fn register_target(ctx: &NexusActionContext) -> Result<(), ActionError> {
         source_propolis_id: source.propolis_id,
         source_address: source_sled.address(),
     };
-    let shape = vmm_steps::VmmShape::read(nexus, params.instance_id).await?;
     vmm_steps::register(
         nexus,
         params.instance_id,
         ids.target_propolis_id,
         sled_id,
-        &shape,
+        &source.shape,
         Some(target),
     )
     .await
@@ -338,7 +341,7 @@ async fn migrate_out(ctx: &NexusActionContext) -> Result<(), ActionError> {
         nexus.saga_retry_policy(),
         None,
         is_transient,
-        || migrate_out_once(nexus, params.instance_id, ids, source, sled_id),
+        || migrate_out_once(nexus, params.instance_id, ids, &source, sled_id),
     )
     .await
     .map_err(action_failed)
@@ -349,7 +352,7 @@ async fn migrate_out_once(
     nexus: &Nexus,
     instance_id: InstanceUuid,
     ids: MigrateIds,
-    source: Source,
+    source: &Source,
     target_sled_id: SledUuid,
 ) -> Result<(), Error> {
     if migration_ended(nexus, instance_id, ids).await? {
