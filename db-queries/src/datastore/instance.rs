@@ -6,7 +6,6 @@ use crate::cached::CacheByText;
 use crate::error::{
     TxnError, is_foreign_key_violation, is_unique_violation, public_error_from_diesel,
 };
-use crate::pagination::{PaginatedBy, paginate};
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -99,25 +98,6 @@ impl DataStore {
             .optional()
             .map_err(public_error_from_diesel)?
             .ok_or_else(|| Error::not_found_by_name(ResourceType::Instance, name))
-    }
-
-    /// One page of a project's live instances.
-    pub async fn instance_list(
-        &self,
-        project_id: ProjectUuid,
-        page: &PaginatedBy<'_>,
-    ) -> Result<Vec<Instance>, Error> {
-        let conn = &mut *self.connection().await?;
-        let query = instance::table
-            .filter(instance::project_id.eq(DbTypedUuid(project_id)))
-            .filter(instance::time_deleted.is_null())
-            .select(Instance::as_select())
-            .into_boxed();
-        let query = match page {
-            PaginatedBy::Name(params) => paginate!(query, instance::name, params, DbName),
-            PaginatedBy::Id(params) => paginate!(query, instance::id, params, |id| id),
-        };
-        query.load(conn).await.map_err(public_error_from_diesel)
     }
 
     /// Every instance in every project, oldest first; deleted ones too if `include_deleted`.

@@ -30,11 +30,14 @@ async fn instances_are_inserted_fetched_and_listed_per_project() {
         direction: PaginationOrder::Descending,
         limit,
     };
-    let listed = h
+    let listed: Vec<_> = h
         .datastore
-        .instance_list(project.id(), &PaginatedBy::Name(page))
+        .instance_list_with_vmm(project.id(), &PaginatedBy::Name(page))
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|listed| listed.instance)
+        .collect();
     assert_eq!(listed, vec![b.clone(), a.clone()]);
 
     let marker = a.id().into_untyped_uuid();
@@ -45,10 +48,14 @@ async fn instances_are_inserted_fetched_and_listed_per_project() {
     };
     let after_a = h
         .datastore
-        .instance_list(project.id(), &PaginatedBy::Id(page))
+        .instance_list_with_vmm(project.id(), &PaginatedBy::Id(page))
         .await
         .unwrap();
-    assert!(after_a.iter().all(|i| i.id().into_untyped_uuid() > marker));
+    assert!(
+        after_a
+            .iter()
+            .all(|i| i.instance.id().into_untyped_uuid() > marker)
+    );
     assert_eq!(
         after_a.len(),
         usize::from(b.id().into_untyped_uuid() > marker)

@@ -29,7 +29,7 @@
 //!             marker: p.marker, direction: order(p.direction), limit: p.limit,
 //!         }),
 //!     };
-//!     let instances: Vec<Instance> = /* datastore.instance_list(project, &page) -> views */;
+//!     let instances: Vec<Instance> = /* datastore.instance_list_with_vmm(project, &page) -> views */;
 //!     Ok(HttpResponseOk(results_page_by_name_or_id(instances, scan)?))
 //! }
 //! ```

@@ -238,15 +238,19 @@ impl TestContext {
         halyard_sled_agent_client::Client::new(&format!("http://{}", self.sled_address(i)))
     }
 
-    /// The index of the sled a VMM runs on.
-    pub async fn sled_of(&self, vmm: VmmUuid) -> usize {
-        let sled = self
-            .nexus()
+    /// The sled a VMM runs (or ran) on, as the database has it.
+    async fn sled_id_of(&self, vmm: VmmUuid) -> SledUuid {
+        self.nexus()
             .datastore()
             .vmm_fetch(vmm)
             .await
             .unwrap()
-            .sled_id();
+            .sled_id()
+    }
+
+    /// The index of the sled a VMM runs on.
+    pub async fn sled_of(&self, vmm: VmmUuid) -> usize {
+        let sled = self.sled_id_of(vmm).await;
         self.sleds
             .iter()
             .position(|s| s.agent().id() == sled)
@@ -345,13 +349,7 @@ impl TestContext {
 
     /// A client for the sled agent that runs (or ran) this VMM.
     pub async fn sled_client_for(&self, vmm: VmmUuid) -> halyard_sled_agent_client::Client {
-        let sled = self
-            .nexus()
-            .datastore()
-            .vmm_fetch(vmm)
-            .await
-            .unwrap()
-            .sled_id();
+        let sled = self.sled_id_of(vmm).await;
         self.nexus().sled_client(sled).await.unwrap()
     }
 

@@ -288,8 +288,10 @@ impl OutageSystem {
         .collect()
     }
 
-    /// Holds an exclusive lock on table `table` from another session, so the next statement
-    /// that touches it waits; the lock (and the session) ends when the database stops.
+    /// Holds a lock on table `table` from another session that lets reads through but not
+    /// writes (`SHARE` mode), so the next statement that writes it waits (a view, which reads
+    /// an instance joined to its VMM, does not); the lock (and the session) ends when the
+    /// database stops.
     fn lock_table(&self, table: &str) -> LockHolder {
         let psql = halyard_test_db::postgres_bin_dir().unwrap().join("psql");
         let child = Command::new(psql)
@@ -297,7 +299,7 @@ impl OutageSystem {
             .arg(self.db.cluster().port().to_string())
             .args(["-U", "postgres", "-d", DATABASE, "-c"])
             .arg(format!(
-                "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);"
+                "BEGIN; LOCK TABLE {table} IN SHARE MODE; SELECT pg_sleep(600);"
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -307,7 +309,7 @@ impl OutageSystem {
         let holder = LockHolder(child);
         let granted = format!(
             "SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass \
-             AND mode = 'AccessExclusiveLock' AND granted"
+             AND mode = 'ShareLock' AND granted"
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.sql(&granted).trim() != "1" {
