@@ -688,9 +688,29 @@ impl Model {
     /// The states `op` may have left when its answer never reached the client (the reply
     /// was lost, or Nexus was killed while handling it): it was not applied, or it was, with
     /// any outcome [`Model::apply`] allows. What is observed next decides which.
+    ///
+    /// A create that also starts is two steps (the create saga, then the start): Nexus killed
+    /// between them leaves the instance created and stopped.
     pub fn unanswered(&self, op: &Op) -> Vec<Model> {
+        let mut allowed = self.apply(op);
+        if let Op::Create {
+            project,
+            name,
+            ncpus,
+            memory_gib,
+            start: true,
+        } = op
+        {
+            allowed.extend(self.apply(&Op::Create {
+                project: project.clone(),
+                name: name.clone(),
+                ncpus: *ncpus,
+                memory_gib: *memory_gib,
+                start: false,
+            }));
+        }
         let mut nexts = vec![self.clone()];
-        for allowed in self.apply(op) {
+        for allowed in allowed {
             if !nexts.contains(&allowed.next) {
                 nexts.push(allowed.next);
             }
@@ -1031,6 +1051,16 @@ mod tests {
         // A create whose answer was lost: the instance may not exist, or exist stopped.
         let created = running.unanswered(&create("b", 2, false));
         assert_eq!(created.len(), 2);
+        // One that also starts may be created and not (yet) started: two steps.
+        let started = running.unanswered(&create("b", 2, true));
+        let b_states: BTreeSet<Option<RunState>> = started
+            .iter()
+            .map(|m| m.instance("p", "b").map(|b| b.state))
+            .collect();
+        assert_eq!(
+            b_states,
+            BTreeSet::from([None, Some(RunState::Stopped), Some(RunState::Starting)])
+        );
         assert!(created.iter().any(|m| m.instance("p", "b").is_none()));
         assert!(created.iter().any(|m| {
             m.instance("p", "b")

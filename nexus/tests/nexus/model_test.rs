@@ -1298,6 +1298,27 @@ fn model_story_two_deletes_at_once_may_both_succeed() {
     );
 }
 
+/// Found by the long run (seed 1617, shrunk to this one step): Nexus killed 5 ms into a
+/// create that also starts left the instance created and stopped. Creating with `start` is
+/// the create saga, then the start saga; a crash between them leaves the first done and the
+/// second never begun, and the client (no answer) cannot tell. The model allows that for an
+/// unanswered create-and-start (`Model::unanswered`).
+#[test]
+fn model_story_nexus_killed_between_create_and_start() {
+    let (project, name) = p0("a");
+    run_story(
+        [36, 85, 9, 28],
+        vec![
+            Step::Fault(Fault::KillNexus {
+                during: Some(create_started(&project, &name)),
+                after_ms: 5,
+            }),
+            Step::WaitQuiet,
+            Step::Op(Op::Start { project, name }),
+        ],
+    );
+}
+
 /// Nexus killed while it handles requests (a start, then a migration, then between steps):
 /// each time a new Nexus resumes the sagas, the sled agents report to it, and every instance
 /// settles where the model allows.
