@@ -1,6 +1,8 @@
-//! What Halyard's tests share: the invariant checker of DESIGN.md, run after every fault,
-//! race and crash test (and by the QEMU backend's tests in turn).
+//! What Halyard's tests share: the test context of the Nexus and omdb suites (`context`), the
+//! invariant checker of DESIGN.md, run after every fault, race and crash test (and by the QEMU
+//! backend's tests in turn), and the model test's reference model (`model`).
 
+pub mod context;
 pub mod model;
 
 use halyard_test_db::{PostgresCluster, TestDatabase, shared_cluster};

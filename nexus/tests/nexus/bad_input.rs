@@ -820,8 +820,8 @@ async fn malformed_requests_to_every_endpoint_get_their_code_and_change_nothing(
     let mut problems = Vec::new();
     for case in &cases {
         let address = match case.api {
-            External => ctx.server.external_address(),
-            Internal => ctx.server.internal_address(),
+            External => ctx.server().external_address(),
+            Internal => ctx.server().internal_address(),
         };
         let mut request = http
             .request(
@@ -884,7 +884,7 @@ async fn malformed_requests_to_every_endpoint_get_their_code_and_change_nothing(
 async fn descriptions_of_any_script_up_to_the_limit_are_kept() {
     let ctx = TestContext::new().await;
     let http = reqwest::Client::new();
-    let base = format!("http://{}", ctx.server.external_address());
+    let base = format!("http://{}", ctx.server().external_address());
     let line = "日本語\tέλληνικά\n";
     let description: String = line.chars().cycle().take(MAX_DESCRIPTION_CHARS).collect();
     assert!(

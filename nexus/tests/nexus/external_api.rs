@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 fn url(ctx: &TestContext) -> String {
-    format!("http://{}", ctx.server.external_address())
+    format!("http://{}", ctx.server().external_address())
 }
 
 /// Polls an instance through the SDK until it reaches `state` (or fails the test after 5 s).

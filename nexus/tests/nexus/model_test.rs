@@ -251,13 +251,8 @@ impl Drop for Harness {
     /// Closes the servers before the runtime goes (dropped with their requests' tasks still
     /// in the runtime, dropshot panics on the cancelled tasks), then the database.
     fn drop(&mut self) {
-        if let Some(TestContext { db, server, sleds }) = self.ctx.take() {
-            self.runtime.block_on(async move {
-                for sled in sleds {
-                    let _ = sled.close().await;
-                }
-                let _ = server.close().await;
-            });
+        if let Some(ctx) = self.ctx.take() {
+            let db = self.runtime.block_on(ctx.close());
             drop(db);
         }
     }
@@ -279,7 +274,7 @@ impl Harness {
             .unwrap();
         let ctx = runtime.block_on(TestContext::with_sim(SLEDS, sim));
         let sled_ids = ctx.sleds.iter().map(|s| s.agent().id()).collect();
-        let base = format!("http://{}", ctx.server.external_address());
+        let base = format!("http://{}", ctx.server().external_address());
         let mut harness = Harness {
             runtime,
             ctx: Some(ctx),
@@ -680,7 +675,7 @@ impl Harness {
         let response = reqwest::Client::new()
             .post(format!(
                 "http://{}/sleds/{id}/expunge",
-                ctx.server.internal_address()
+                ctx.server().internal_address()
             ))
             .send()
             .await

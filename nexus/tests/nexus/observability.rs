@@ -91,9 +91,9 @@ async fn wait_for_run_state(http: &reqwest::Client, base: &str, state: &str) {
 #[tokio::test]
 async fn metrics_count_exactly_what_one_lifecycle_did() {
     let ctx = TestContext::with_sleds(1).await;
-    let nexus = ctx.server.internal_address();
+    let nexus = ctx.server().internal_address();
     let sled = ctx.sleds[0].local_addr();
-    let base = format!("http://{}", ctx.server.external_address());
+    let base = format!("http://{}", ctx.server().external_address());
     let http = reqwest::Client::new();
     let sled_id = ctx.sleds[0].agent().id();
 

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 const PATIENCE: Duration = Duration::from_secs(90);
 
 fn sdk(ctx: &TestContext) -> oxide::Client {
-    let url = format!("http://{}", ctx.server.external_address());
+    let url = format!("http://{}", ctx.server().external_address());
     let config = oxide::ClientConfig::default().with_host_and_token(url, "any-token");
     oxide::Client::new_authenticated_config(&config).unwrap()
 }
@@ -131,7 +131,7 @@ async fn request_migration(ctx: &TestContext, name: &str) {
     let response = reqwest::Client::new()
         .post(format!(
             "http://{}/v1/instances/{name}/migrate?project=p",
-            ctx.server.external_address()
+            ctx.server().external_address()
         ))
         .json(&json!({}))
         .send()

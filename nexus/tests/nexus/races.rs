@@ -353,7 +353,7 @@ async fn run_seed(seed: u64, ops_per_client: usize) {
         })
         .collect();
     expunge_after.sort();
-    let base = format!("http://{}", ctx.server.external_address());
+    let base = format!("http://{}", ctx.server().external_address());
     let http = reqwest::Client::new();
     let created = http
         .post(format!("{base}/v1/projects"))
@@ -652,7 +652,7 @@ async fn kill_and_expunge(
     let response = reqwest::Client::new()
         .post(format!(
             "http://{}/sleds/{sled_id}/expunge",
-            ctx.server.internal_address()
+            ctx.server().internal_address()
         ))
         .send()
         .await

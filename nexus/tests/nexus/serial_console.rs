@@ -18,7 +18,7 @@ const BANNER: &str = "HALYARD-GUEST BOOTED hostname=console-host\r\n";
 type Console = WebSocketStream<reqwest::Upgraded>;
 
 fn sdk(ctx: &TestContext) -> oxide::Client {
-    let url = format!("http://{}", ctx.server.external_address());
+    let url = format!("http://{}", ctx.server().external_address());
     let config = oxide::ClientConfig::default().with_host_and_token(url, "any-token");
     oxide::Client::new_authenticated_config(&config).unwrap()
 }

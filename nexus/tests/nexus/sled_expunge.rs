@@ -17,7 +17,7 @@ async fn expunge(ctx: &TestContext, sled: SledUuid) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!(
             "http://{}/sleds/{sled}/expunge",
-            ctx.server.internal_address()
+            ctx.server().internal_address()
         ))
         .send()
         .await
@@ -165,7 +165,7 @@ async fn an_expunged_sled_releases_everything_and_is_never_used_again() {
     let sleds: Value = reqwest::Client::new()
         .get(format!(
             "http://{}/v1/system/hardware/sleds",
-            ctx.server.external_address()
+            ctx.server().external_address()
         ))
         .bearer_auth("operator")
         .send()
@@ -200,7 +200,7 @@ async fn an_expunged_sled_releases_everything_and_is_never_used_again() {
     let response = reqwest::Client::new()
         .put(format!(
             "http://{}/sled-agents/{gone}",
-            ctx.server.internal_address()
+            ctx.server().internal_address()
         ))
         .json(&registration)
         .send()

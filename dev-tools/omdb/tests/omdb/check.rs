@@ -1,7 +1,7 @@
 //! `omdb db check`: none on a healthy system (exit 0); each kind of disagreement found after
 //! making it on purpose (exit 2), and nothing else reported alongside it.
 
-use crate::context::TestContext;
+use crate::context::{RunOmdb, TestContext};
 use crate::snapshot::{Redactor, Snapshots};
 use halyard_common::ByteCount;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
@@ -53,8 +53,8 @@ async fn expect_disagreements_named(
 /// A running instance on a two-sled system; returns its active VMM and that VMM's sled.
 async fn running(ctx: &TestContext) -> (InstanceUuid, VmmUuid, usize) {
     let project = ctx.project("alpha").await;
-    let id = ctx.instance(&project, "web", 2, true).await;
-    ctx.instance(&project, "idle", 1, false).await;
+    let id = ctx.instance_ready(&project, "web", 2, true).await;
+    ctx.instance_ready(&project, "idle", 1, false).await;
     ctx.quiesce().await;
     let vmm = ctx.active_vmm(id).await;
     let sled = ctx.sled_of(vmm).await;
@@ -63,7 +63,7 @@ async fn running(ctx: &TestContext) -> (InstanceUuid, VmmUuid, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_system_has_no_disagreements() {
-    let ctx = TestContext::new(2).await;
+    let ctx = TestContext::with_stoppable_nexus(2).await;
     running(&ctx).await;
     let run = ctx.omdb(&["db", "check"]).await;
     assert_eq!(run.code, 0, "{run:?}");
@@ -78,7 +78,7 @@ async fn a_healthy_system_has_no_disagreements() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vmm_the_database_holds_live_but_its_sled_does_not_have() {
-    let mut ctx = TestContext::new(2).await;
+    let mut ctx = TestContext::with_stoppable_nexus(2).await;
     let (_, vmm, sled) = running(&ctx).await;
     // With Nexus down, the sled agent's report that the VMM is gone cannot land, so the
     // database keeps it live.
@@ -98,7 +98,7 @@ async fn a_vmm_the_database_holds_live_but_its_sled_does_not_have() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vmm_a_sled_runs_that_the_database_never_heard_of() {
-    let mut ctx = TestContext::new(2).await;
+    let mut ctx = TestContext::with_stoppable_nexus(2).await;
     running(&ctx).await;
     // With Nexus down, its reconciliation of the sled (on the sled agent's next
     // registration) cannot unregister the stranger first.
@@ -127,7 +127,7 @@ async fn a_vmm_a_sled_runs_that_the_database_never_heard_of() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_without_a_vmm() {
-    let ctx = TestContext::new(2).await;
+    let ctx = TestContext::with_stoppable_nexus(2).await;
     running(&ctx).await;
     let stray = VmmUuid::new_v4();
     let sled = ctx.sled_id(0);
@@ -146,7 +146,7 @@ async fn a_reservation_without_a_vmm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_vmm_without_a_reservation() {
-    let ctx = TestContext::new(2).await;
+    let ctx = TestContext::with_stoppable_nexus(2).await;
     let (_, vmm, sled) = running(&ctx).await;
     let sled = ctx.sled_id(sled);
     ctx.sql(&format!(
@@ -159,7 +159,7 @@ async fn a_live_vmm_without_a_reservation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sled_whose_totals_disagree_with_its_reservations() {
-    let ctx = TestContext::new(2).await;
+    let ctx = TestContext::with_stoppable_nexus(2).await;
     let (_, _, sled) = running(&ctx).await;
     let sled = ctx.sled_id(sled);
     ctx.sql(&format!(
@@ -175,7 +175,7 @@ async fn a_sled_whose_totals_disagree_with_its_reservations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sled_over_capacity() {
-    let ctx = TestContext::new(2).await;
+    let ctx = TestContext::with_stoppable_nexus(2).await;
     let sled = ctx.sled_id(1);
     // The schema refuses this; a database that lost the constraint would not.
     ctx.sql(&format!(
@@ -199,7 +199,7 @@ async fn a_sled_over_capacity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_sled_agent_is_a_disagreement_not_a_crash() {
-    let mut ctx = TestContext::new(2).await;
+    let mut ctx = TestContext::with_stoppable_nexus(2).await;
     let gone = ctx.sleds.remove(1);
     let (id, address) = (gone.agent().id(), gone.local_addr());
     gone.close().await.unwrap();

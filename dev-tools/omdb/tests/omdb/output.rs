@@ -16,7 +16,7 @@
 //! a copy of unlucky's instance-start whose undo of `vmm` failed (stuck), and a copy of
 //! web's cut off while `vmm` runs, owned by another Nexus (in flight).
 
-use crate::context::{TestContext, omdb};
+use crate::context::{RunOmdb, TestContext, omdb};
 use crate::snapshot::{Redactor, Snapshots};
 use halyard_common::InstanceState;
 use halyard_common::ids::{GenericUuid, InstanceUuid, NexusUuid, SagaUuid};
@@ -33,14 +33,14 @@ struct Scenario {
 }
 
 async fn scenario() -> Scenario {
-    let ctx = TestContext::new(1).await;
+    let ctx = TestContext::with_stoppable_nexus(1).await;
     let alpha = ctx.project("alpha").await;
     let beta = ctx.project("beta").await;
 
-    let idle = ctx.instance(&alpha, "idle", 1, false).await;
-    let web = ctx.instance(&alpha, "web", 2, true).await;
+    let idle = ctx.instance_ready(&alpha, "idle", 1, false).await;
+    let web = ctx.instance_ready(&alpha, "web", 2, true).await;
 
-    let crashy = ctx.instance(&alpha, "crashy", 1, true).await;
+    let crashy = ctx.instance_ready(&alpha, "crashy", 1, true).await;
     let vmm = ctx.active_vmm(crashy).await;
     ctx.sled_client(0)
         .vmm_inject_fault(&vmm, &SimFault::Crash)
@@ -48,14 +48,14 @@ async fn scenario() -> Scenario {
         .unwrap();
     ctx.wait_for(crashy, InstanceState::Failed).await;
 
-    let cycler = ctx.instance(&alpha, "cycler", 1, false).await;
+    let cycler = ctx.instance_ready(&alpha, "cycler", 1, false).await;
     ctx.start(cycler).await;
     ctx.stop(cycler).await;
     ctx.start(cycler).await;
     ctx.stop(cycler).await;
     ctx.start(cycler).await;
 
-    let unlucky = ctx.instance(&alpha, "unlucky", 1, false).await;
+    let unlucky = ctx.instance_ready(&alpha, "unlucky", 1, false).await;
     let saga = ctx
         .nexus
         .saga_prepare::<SagaInstanceStart>(Params {
@@ -65,17 +65,17 @@ async fn scenario() -> Scenario {
         .unwrap();
     let unwound = SagaUuid::from_untyped_uuid(saga.id.into_untyped_uuid());
     let registered = saga.dag.get_index("registered").unwrap();
-    ctx.nexus
+    ctx.nexus()
         .sec()
         .saga_inject_error(saga.id, registered)
         .await
         .unwrap();
-    assert!(ctx.nexus.saga_execute(saga).await.is_err());
+    assert!(ctx.nexus().saga_execute(saga).await.is_err());
 
-    let doomed = ctx.instance(&alpha, "doomed", 1, false).await;
-    ctx.nexus.instance_delete(doomed).await.unwrap();
+    let doomed = ctx.instance_ready(&alpha, "doomed", 1, false).await;
+    ctx.nexus().instance_delete(doomed).await.unwrap();
 
-    let web_beta = ctx.instance(&beta, "web", 1, false).await;
+    let web_beta = ctx.instance_ready(&beta, "web", 1, false).await;
     ctx.quiesce().await;
 
     // instance-start's nodes: propolis_id 0, claim 1, reservation 2, vmm 3, registered 4,
@@ -120,7 +120,7 @@ async fn scenario() -> Scenario {
     let mut redactor = Redactor::new();
     redactor
         .name(ctx.sled_id(0), "sled")
-        .name(ctx.nexus.id(), "nexus")
+        .name(ctx.nexus().id(), "nexus")
         .name(idle, "idle")
         .name(web, "web")
         .name(crashy, "crashy")
@@ -370,12 +370,12 @@ pub(crate) fn sorted_body(text: &str) -> String {
 /// A live migration, on two sleds: `db migrations` and the migrated instance's history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_shows_in_migrations_and_the_vmm_history() {
-    let ctx = TestContext::new(2).await;
+    let ctx = TestContext::with_stoppable_nexus(2).await;
     let project = ctx.project("alpha").await;
-    let mover = ctx.instance(&project, "mover", 1, true).await;
+    let mover = ctx.instance_ready(&project, "mover", 1, true).await;
     let source = ctx.active_vmm(mover).await;
     let other = 1 - ctx.sled_of(source).await;
-    ctx.nexus
+    ctx.nexus()
         .instance_migrate(mover, Some(ctx.sled_id(other)))
         .await
         .unwrap();
@@ -395,7 +395,7 @@ async fn a_migration_shows_in_migrations_and_the_vmm_history() {
         .name(ctx.active_vmm(mover).await, "target-vmm")
         .name(ctx.sled_id(0), "sled-0")
         .name(ctx.sled_id(1), "sled-1")
-        .name(ctx.nexus.id(), "nexus");
+        .name(ctx.nexus().id(), "nexus");
     // Which sled is which depends on placement: name them by role instead.
     let (from, to) = (ctx.sled_id(1 - other), ctx.sled_id(other));
     redactor.name(from, "source-sled").name(to, "target-sled");
@@ -413,7 +413,7 @@ async fn a_migration_shows_in_migrations_and_the_vmm_history() {
 
 #[tokio::test]
 async fn background_tasks_show_what_each_did_last() {
-    let ctx = TestContext::new(1).await;
+    let ctx = TestContext::with_stoppable_nexus(1).await;
     let nexus_url = ctx.nexus_url().to_string();
     let args = ["nexus", "background-tasks", "--nexus-url", &nexus_url];
     // Both tasks run every 200 ms here; with nothing to retire or release, what each did is

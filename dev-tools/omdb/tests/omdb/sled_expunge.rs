@@ -2,7 +2,7 @@
 //! it prints (as a snapshot), that a repeat is harmless, an unknown sled an error, and how
 //! `omdb db sleds` and `omdb db check` see the expunged sled afterwards.
 
-use crate::context::TestContext;
+use crate::context::{RunOmdb, TestContext};
 use crate::output::sorted_body;
 use crate::snapshot::{Redactor, Snapshots};
 use halyard_common::InstanceState;
@@ -11,10 +11,10 @@ use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_expunge_fails_the_sleds_vmms_and_reports_what_it_did() {
-    let mut ctx = TestContext::new(2).await;
+    let mut ctx = TestContext::with_stoppable_nexus(2).await;
     let project = ctx.project("alpha").await;
-    let web = ctx.instance(&project, "web", 2, true).await;
-    ctx.instance(&project, "idle", 1, false).await;
+    let web = ctx.instance_ready(&project, "web", 2, true).await;
+    ctx.instance_ready(&project, "idle", 1, false).await;
     ctx.quiesce().await;
     let vmm = ctx.active_vmm(web).await;
     let gone_index = ctx.sled_of(vmm).await;
