@@ -25,7 +25,7 @@ mod schema_version;
 pub use datastore::{
     ConflictReason, DataStore, LeftoverClaim, Leftovers, MigrationReport, PoolConfig,
     PoolStatistics, ReportApplied, RetireOutcome, SledChoice, TransitionConflict,
-    TransitionOutcome, VmmStateReport, validate_new_instance,
+    TransitionOutcome, VmmStateReport, validate_instance_shape, validate_new_instance,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
 pub use saga_store::{DbSecStore, saga_node_event_to_steno};

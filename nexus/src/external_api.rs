@@ -2,7 +2,7 @@
 //! the request into an `app` call, and the result into Oxide's views.
 
 use crate::app::Nexus;
-use crate::app::instance::{InstanceAndVmm, InstanceCreate as AppInstanceCreate};
+use crate::app::instance::InstanceAndVmm;
 use crate::app::serial_console::{ConsoleOffset, relay_serial_console};
 use crate::authn::authenticate;
 use dropshot::{
@@ -10,7 +10,7 @@ use dropshot::{
     PaginationOrder as DropshotOrder, Path, Query, RequestContext, ResultsPage, TypedBody,
     WebsocketEndpointResult, WebsocketUpgrade,
 };
-use halyard_common::{ByteCount, Error};
+use halyard_common::Error;
 use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
 use halyard_nexus_external_api::NexusExternalApi;
 use halyard_nexus_external_api::pagination::{
@@ -27,11 +27,6 @@ use halyard_nexus_external_api::views::{
     SledProvisionPolicy, SledState,
 };
 use std::sync::Arc;
-
-/// The largest instance Nexus accepts: 64 vCPUs and 1 TiB; the smallest memory is 64 MiB.
-const MAX_NCPUS: u16 = 64;
-const MIN_MEMORY: ByteCount = ByteCount::from_mebibytes_u32(64);
-const MAX_MEMORY: ByteCount = ByteCount::from_gibibytes_u32(1024);
 
 pub enum NexusExternalImpl {}
 
@@ -141,35 +136,6 @@ fn sled_view(sled: halyard_db_model::Sled) -> Sled {
     }
 }
 
-fn validate_instance_create(params: &InstanceCreate) -> Result<(), Error> {
-    let unsupported = params.unsupported_fields();
-    if !unsupported.is_empty() {
-        return Err(Error::invalid_request(format!(
-            "Halyard does not support these instance features yet: {}; leave them unset",
-            unsupported.join(", ")
-        )));
-    }
-    if params.ncpus == 0 || params.ncpus > MAX_NCPUS {
-        return Err(Error::invalid_value(
-            "ncpus",
-            format!(
-                "an instance has 1 to {MAX_NCPUS} vCPUs, not {}",
-                params.ncpus
-            ),
-        ));
-    }
-    if params.memory < MIN_MEMORY || params.memory > MAX_MEMORY {
-        return Err(Error::invalid_value(
-            "memory",
-            format!(
-                "an instance has {MIN_MEMORY} to {MAX_MEMORY} of memory, not {}",
-                params.memory
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Runs `work` on behalf of this request: the sled agent calls it makes and the sagas it
 /// starts carry the request's id (see `halyard_observability::request_id`).
 async fn for_request<T>(
@@ -270,19 +236,12 @@ impl NexusExternalApi for NexusExternalImpl {
         body: TypedBody<InstanceCreate>,
     ) -> Result<HttpResponseCreated<Instance>, HttpError> {
         authenticate(&rqctx)?;
-        let body = body.into_inner();
-        validate_instance_create(&body)?;
-        let params = AppInstanceCreate {
-            name: body.name,
-            description: body.description,
-            hostname: body.hostname,
-            ncpus: body.ncpus,
-            memory: body.memory,
-            start: body.start,
-        };
         let project = query.into_inner().project;
-        let created =
-            for_request(&rqctx, rqctx.context().instance_create(&project, params)).await?;
+        let created = for_request(
+            &rqctx,
+            rqctx.context().instance_create(&project, body.into_inner()),
+        )
+        .await?;
         Ok(HttpResponseCreated(instance_view(created)))
     }
 

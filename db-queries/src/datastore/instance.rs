@@ -242,25 +242,41 @@ pub(crate) fn instance_not_found(id: InstanceUuid) -> Error {
 }
 
 /// Checks what the types alone do not: sizes in range, a description of printable text and
-/// at most 512 characters, a well-formed hostname. `instance_insert` checks this itself; a
-/// caller about to record a saga that inserts the instance checks it first, so a bad request
-/// leaves no saga behind.
+/// at most 512 characters, a well-formed hostname. `instance_insert` checks this itself (what
+/// a row may hold); Nexus checks the same of a request, through [`validate_instance_shape`],
+/// before it records the saga that inserts the instance, so a bad request leaves no saga
+/// behind.
 pub fn validate_new_instance(params: &NewInstanceParams) -> Result<(), Error> {
-    if params.ncpus == 0 {
+    validate_instance_shape(
+        params.ncpus,
+        params.memory,
+        &params.description,
+        &params.hostname,
+    )
+}
+
+/// The rules of [`validate_new_instance`], on the fields that carry them.
+pub fn validate_instance_shape(
+    ncpus: u16,
+    memory: halyard_common::ByteCount,
+    description: &str,
+    hostname: &str,
+) -> Result<(), Error> {
+    if ncpus == 0 {
         return Err(Error::invalid_value(
             "ncpus",
             "an instance needs at least 1 vCPU",
         ));
     }
-    let memory = params.memory.to_bytes();
+    let memory = memory.to_bytes();
     if memory == 0 || !memory.is_multiple_of(MIB) {
         return Err(Error::invalid_value(
             "memory",
             format!("memory must be a positive whole number of MiB, got {memory} bytes"),
         ));
     }
-    halyard_common::validate_description(&params.description)?;
-    validate_hostname(&params.hostname)
+    halyard_common::validate_description(description)?;
+    validate_hostname(hostname)
 }
 
 /// RFC 1123 host names: dot-separated labels of letters, digits and `-`, each 1–63 long and

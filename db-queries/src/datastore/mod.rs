@@ -9,7 +9,7 @@ mod saga;
 mod sled;
 mod vmm;
 
-pub use instance::validate_new_instance;
+pub use instance::{validate_instance_shape, validate_new_instance};
 pub use instance_transition::{ConflictReason, TransitionConflict, TransitionOutcome};
 pub use leftover::{LeftoverClaim, Leftovers};
 pub use sled::SledChoice;

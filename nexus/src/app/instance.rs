@@ -4,9 +4,10 @@ use super::Nexus;
 use super::sagas::{instance_create, instance_delete, instance_migrate, instance_start};
 use super::sled::sled_agent_error;
 use halyard_common::ids::{GenericUuid, InstanceUuid, SledUuid};
-use halyard_common::{ByteCount, Error, Name, NameOrId, VmmState};
-use halyard_db_model::{Instance, NewInstanceParams, Vmm};
-use halyard_db_queries::{PaginatedBy, validate_new_instance};
+use halyard_common::{ByteCount, Error, NameOrId, VmmState};
+use halyard_db_model::{Instance, Vmm};
+use halyard_db_queries::{PaginatedBy, validate_instance_shape};
+use halyard_nexus_external_api::params::InstanceCreate;
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use slog::info;
 use std::sync::Arc;
@@ -40,15 +41,47 @@ impl InstanceAndVmm {
     }
 }
 
-/// What a user asks for when creating an instance.
-#[derive(Debug, Clone)]
-pub struct InstanceCreate {
-    pub name: Name,
-    pub description: String,
-    pub hostname: String,
-    pub ncpus: u16,
-    pub memory: ByteCount,
-    pub start: bool,
+/// The largest instance Nexus accepts: 64 vCPUs and 1 TiB; the smallest memory is 64 MiB.
+const MAX_NCPUS: u16 = 64;
+const MIN_MEMORY: ByteCount = ByteCount::from_mebibytes_u32(64);
+const MAX_MEMORY: ByteCount = ByteCount::from_gibibytes_u32(1024);
+
+/// Every rule a request to create an instance must meet, checked once, before anything is
+/// read or recorded: no feature Halyard does not support yet (400 naming the fields), a size
+/// Nexus accepts, and what the instance's row may hold (`validate_instance_shape`: whole MiB
+/// of memory, a description of printable text, a well-formed hostname).
+fn validate_instance_create(params: &InstanceCreate) -> Result<(), Error> {
+    let unsupported = params.unsupported_fields();
+    if !unsupported.is_empty() {
+        return Err(Error::invalid_request(format!(
+            "Halyard does not support these instance features yet: {}; leave them unset",
+            unsupported.join(", ")
+        )));
+    }
+    if params.ncpus == 0 || params.ncpus > MAX_NCPUS {
+        return Err(Error::invalid_value(
+            "ncpus",
+            format!(
+                "an instance has 1 to {MAX_NCPUS} vCPUs, not {}",
+                params.ncpus
+            ),
+        ));
+    }
+    if params.memory < MIN_MEMORY || params.memory > MAX_MEMORY {
+        return Err(Error::invalid_value(
+            "memory",
+            format!(
+                "an instance has {MIN_MEMORY} to {MAX_MEMORY} of memory, not {}",
+                params.memory
+            ),
+        ));
+    }
+    validate_instance_shape(
+        params.ncpus,
+        params.memory,
+        &params.description,
+        &params.hostname,
+    )
 }
 
 impl Nexus {
@@ -142,53 +175,42 @@ impl Nexus {
     }
 
     /// Creates an instance (the instance-create saga), then starts it if asked. The request is
-    /// validated in full before the saga is recorded: a refused request (`InvalidValue`: a bad
-    /// size, hostname or description, e.g. one holding NUL, which the saga log could not even
+    /// validated in full before the saga is recorded (`validate_instance_create`): a refused
+    /// request (`InvalidRequest` for an unsupported feature, `InvalidValue` for a bad size,
+    /// hostname or description, e.g. one holding NUL, which the saga log could not even
     /// store) leaves no saga behind.
     pub async fn instance_create(
         self: &Arc<Self>,
         project: &NameOrId,
         params: InstanceCreate,
     ) -> Result<InstanceAndVmm, Error> {
+        validate_instance_create(&params)?;
         let project = self.datastore().project_fetch(project).await?;
-        let new = NewInstanceParams {
-            id: InstanceUuid::new_v4(),
-            project_id: project.id(),
-            name: params.name,
-            description: params.description,
-            ncpus: params.ncpus,
-            memory: params.memory,
-            hostname: params.hostname,
-        };
-        validate_new_instance(&new)?;
         // A name already taken is refused before a saga is recorded (the saga's insert still
         // decides between racing creates of one name).
         match self
             .datastore()
-            .instance_fetch_by_name(new.project_id, &new.name)
+            .instance_fetch_by_name(project.id(), &params.name)
             .await
         {
             Ok(_) => {
                 return Err(Error::ObjectAlreadyExists {
                     type_name: halyard_common::ResourceType::Instance,
-                    name: new.name.to_string(),
+                    name: params.name.to_string(),
                 });
             }
             Err(Error::ObjectNotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        let instance_id = new.id;
+        let instance_id = InstanceUuid::new_v4();
+        let start = params.start;
         self.run_saga::<instance_create::SagaInstanceCreate>(instance_create::Params {
             instance_id,
-            project_id: new.project_id,
-            name: new.name,
-            description: new.description,
-            ncpus: new.ncpus,
-            memory: new.memory,
-            hostname: new.hostname,
+            project_id: project.id(),
+            create: params,
         })
         .await?;
-        if params.start {
+        if start {
             self.instance_start(instance_id).await
         } else {
             self.instance_view(instance_id).await

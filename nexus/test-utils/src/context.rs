@@ -4,8 +4,9 @@
 
 use halyard_common::ids::{InstanceUuid, NexusUuid, SledUuid, VmmUuid};
 use halyard_common::{ByteCount, InstanceState, Name, NameOrId, SledBackend};
-use halyard_nexus::app::instance::{InstanceAndVmm, InstanceCreate};
+use halyard_nexus::app::instance::InstanceAndVmm;
 use halyard_nexus::{Config, Nexus, Server};
+use halyard_nexus_external_api::params::InstanceCreate;
 use halyard_sled_agent::{QemuConfig, SimConfig};
 use halyard_test_db::{ReservedPort, TestDatabase, shared_cluster};
 use std::net::SocketAddr;
@@ -291,12 +292,14 @@ impl TestContext {
             .instance_create(
                 project,
                 InstanceCreate {
-                    name: name.parse().unwrap(),
-                    description: String::new(),
-                    hostname: name.to_string(),
-                    ncpus,
-                    memory: ByteCount::from_gibibytes_u32(1),
                     start: false,
+                    ..InstanceCreate::new(
+                        name.parse().unwrap(),
+                        "",
+                        name,
+                        ncpus,
+                        ByteCount::from_gibibytes_u32(1),
+                    )
                 },
             )
             .await
@@ -318,12 +321,14 @@ impl TestContext {
             .instance_create(
                 project,
                 InstanceCreate {
-                    name: name.parse().unwrap(),
-                    description: format!("the {name} instance"),
-                    hostname: name.to_string(),
-                    ncpus,
-                    memory: ByteCount::from_gibibytes_u32(1),
                     start,
+                    ..InstanceCreate::new(
+                        name.parse().unwrap(),
+                        format!("the {name} instance"),
+                        name,
+                        ncpus,
+                        ByteCount::from_gibibytes_u32(1),
+                    )
                 },
             )
             .await

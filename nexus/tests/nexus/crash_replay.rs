@@ -29,6 +29,7 @@ use halyard_nexus::app::crash_point::{CRASH_AT_ENV, CrashEvent, CrashPoint, FAIL
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, instance_create, instance_delete, instance_migrate, instance_start,
 };
+use halyard_nexus_external_api::params::InstanceCreate;
 use halyard_test_db::{TestDatabase, shared_cluster};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -762,11 +763,13 @@ async fn every_saga_survives_a_crash_at_every_node() {
         SagaNodes::of::<instance_create::SagaInstanceCreate>(instance_create::Params {
             instance_id: any_instance,
             project_id: ProjectUuid::new_v4(),
-            name: "x".parse().unwrap(),
-            description: String::new(),
-            ncpus: 1,
-            memory: ByteCount::from_gibibytes_u32(1),
-            hostname: "x".into(),
+            create: InstanceCreate::new(
+                "x".parse().unwrap(),
+                "",
+                "x",
+                1,
+                ByteCount::from_gibibytes_u32(1),
+            ),
         }),
         SagaNodes::of::<instance_start::SagaInstanceStart>(instance_start::Params {
             instance_id: any_instance,

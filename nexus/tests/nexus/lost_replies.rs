@@ -21,6 +21,7 @@ use halyard_nexus::app::crash_point::LostReplyStep;
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, instance_create, instance_delete, instance_migrate, instance_start,
 };
+use halyard_nexus_external_api::params::InstanceCreate;
 use halyard_sled_agent::SimConfig;
 
 /// The nodes of saga `S`, by name, in DAG order.
@@ -234,11 +235,13 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
                 instance_create::Params {
                     instance_id: id,
                     project_id: project_id(ctx).await,
-                    name: format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
-                    description: String::new(),
-                    ncpus: 1,
-                    memory: ByteCount::from_gibibytes_u32(1),
-                    hostname: "vm".into(),
+                    create: InstanceCreate::new(
+                        format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
+                        "",
+                        "vm",
+                        1,
+                        ByteCount::from_gibibytes_u32(1),
+                    ),
                 }
             },
             async |ctx, params| {
@@ -248,10 +251,10 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
                     ctx,
                     &format!(
                         "SELECT count(*) FROM instance WHERE name = '{}'",
-                        params.name
+                        params.create.name
                     ),
                 );
-                assert_eq!(named, 1, "instance records named {}", params.name);
+                assert_eq!(named, 1, "instance records named {}", params.create.name);
                 format!("{named} instance record, stopped")
             },
         )
@@ -441,11 +444,13 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
                 instance_create::Params {
                     instance_id: id,
                     project_id: project_id(ctx).await,
-                    name: format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
-                    description: String::new(),
-                    ncpus: 1,
-                    memory: ByteCount::from_gibibytes_u32(1),
-                    hostname: "vm".into(),
+                    create: InstanceCreate::new(
+                        format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
+                        "",
+                        "vm",
+                        1,
+                        ByteCount::from_gibibytes_u32(1),
+                    ),
                 }
             },
             async |ctx, params| {

@@ -12,9 +12,9 @@ use crate::context::{TestContext, log};
 use halyard_common::ids::{InstanceUuid, NexusUuid, SledUuid};
 use halyard_common::{ByteCount, Error, InstanceState};
 use halyard_nexus::app::crash_point::LostReplyStep;
-use halyard_nexus::app::instance::InstanceCreate;
 use halyard_nexus::app::sagas::instance_start::{self, SagaInstanceStart};
 use halyard_nexus::app::sagas::retry::SagaRetryPolicy;
+use halyard_nexus_external_api::params::InstanceCreate;
 use halyard_sled_agent::SimConfig;
 use halyard_test_db::PrivateCluster;
 use serde_json::{Value, json};
@@ -254,12 +254,14 @@ impl OutageSystem {
             .instance_create(
                 &project,
                 InstanceCreate {
-                    name: name.parse().unwrap(),
-                    description: String::new(),
-                    hostname: name.to_string(),
-                    ncpus: 2,
-                    memory: ByteCount::from_gibibytes_u32(1),
                     start: false,
+                    ..InstanceCreate::new(
+                        name.parse().unwrap(),
+                        "",
+                        name,
+                        2,
+                        ByteCount::from_gibibytes_u32(1),
+                    )
                 },
             )
             .await

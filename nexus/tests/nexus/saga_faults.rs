@@ -8,6 +8,7 @@ use halyard_common::{ByteCount, InstanceState};
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, instance_create, instance_delete, instance_start,
 };
+use halyard_nexus_external_api::params::InstanceCreate;
 use std::num::NonZeroU32;
 use steno::RepeatInjected;
 
@@ -158,11 +159,13 @@ fn create_params(project_id: halyard_common::ids::ProjectUuid) -> instance_creat
     instance_create::Params {
         instance_id: id,
         project_id,
-        name: format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
-        description: String::new(),
-        ncpus: 1,
-        memory: ByteCount::from_gibibytes_u32(1),
-        hostname: "vm".into(),
+        create: InstanceCreate::new(
+            format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
+            "",
+            "vm",
+            1,
+            ByteCount::from_gibibytes_u32(1),
+        ),
     }
 }
 

@@ -9,12 +9,14 @@
 //! - `mark_stopped` moves it to `no_vmm` (stopped), generation-guarded; a repeat finds it
 //!   already stopped. Last node: nothing after it can fail, so its undo is a no-op.
 //!
-//! With `start: true` the caller runs instance-start after this saga finishes.
+//! The saga's parameters hold the request as the user sent it (`params::InstanceCreate`,
+//! validated by Nexus before the saga was recorded). Its `start` is Nexus's business: with
+//! `start: true` Nexus runs instance-start after this saga finishes.
 
 use super::{NexusActionContext, action_failed, declare_saga};
 use halyard_common::ids::{InstanceUuid, ProjectUuid};
-use halyard_common::{ByteCount, Name};
 use halyard_db_model::NewInstanceParams;
+use halyard_nexus_external_api::params::InstanceCreate;
 use serde::{Deserialize, Serialize};
 use steno::ActionError;
 
@@ -30,11 +32,8 @@ declare_saga! {
 pub struct Params {
     pub instance_id: InstanceUuid,
     pub project_id: ProjectUuid,
-    pub name: Name,
-    pub description: String,
-    pub ncpus: u16,
-    pub memory: ByteCount,
-    pub hostname: String,
+    /// What the user asked for.
+    pub create: InstanceCreate,
 }
 
 async fn create_record(ctx: &NexusActionContext) -> Result<InstanceUuid, ActionError> {
@@ -44,11 +43,11 @@ async fn create_record(ctx: &NexusActionContext) -> Result<InstanceUuid, ActionE
         .instance_insert(NewInstanceParams {
             id: params.instance_id,
             project_id: params.project_id,
-            name: params.name,
-            description: params.description,
-            ncpus: params.ncpus,
-            memory: params.memory,
-            hostname: params.hostname,
+            name: params.create.name,
+            description: params.create.description,
+            ncpus: params.create.ncpus,
+            memory: params.create.memory,
+            hostname: params.create.hostname,
         })
         .await
         .map_err(action_failed)?;
