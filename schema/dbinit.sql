@@ -181,6 +181,91 @@ CREATE TABLE IF NOT EXISTS saga_node_event (
     PRIMARY KEY (saga_id, node_id, event_type)
 );
 
+-- Identity (see ARCHITECTURE.md, "Authentication"). A silo holds users; one default silo
+-- exists from the start (its id is fixed: DEFAULT_SILO_ID in db-model).
+CREATE TABLE IF NOT EXISTS silo (
+    id UUID NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_silo_by_name ON silo (name) WHERE time_deleted IS NULL;
+
+INSERT INTO silo (id, name, time_created, time_modified)
+    VALUES ('001de000-5110-4000-8000-000000000000', 'default-silo', now(), now())
+    ON CONFLICT (id) DO NOTHING;
+
+-- A user of a silo, created by an operator (`omdb db users create`).
+CREATE TABLE IF NOT EXISTS silo_user (
+    id UUID NOT NULL PRIMARY KEY,
+    silo_id UUID NOT NULL REFERENCES silo (id),
+    name TEXT NOT NULL,
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_user_by_silo
+    ON silo_user (silo_id, name) WHERE time_deleted IS NULL;
+
+-- An API token: only the SHA-256 of the secret is kept (hex), never the secret itself.
+CREATE TABLE IF NOT EXISTS api_token (
+    id UUID NOT NULL PRIMARY KEY,
+    token_hash TEXT NOT NULL,
+    user_id UUID NOT NULL REFERENCES silo_user (id),
+    time_created TIMESTAMPTZ NOT NULL,
+    -- No expiry when NULL.
+    time_expires TIMESTAMPTZ,
+    time_revoked TIMESTAMPTZ
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_api_token_by_hash ON api_token (token_hash);
+CREATE INDEX IF NOT EXISTS api_token_by_user ON api_token (user_id);
+
+-- An OAuth 2.0 device authorization grant in progress (POST /device/auth): the device code
+-- is a secret kept as its SHA-256 like a token; the user code is what the user confirms.
+CREATE TABLE IF NOT EXISTS device_auth_request (
+    id UUID NOT NULL PRIMARY KEY,
+    client_id UUID NOT NULL,
+    device_code_hash TEXT NOT NULL,
+    user_code TEXT NOT NULL,
+    time_created TIMESTAMPTZ NOT NULL,
+    time_expires TIMESTAMPTZ NOT NULL,
+    -- The lifetime asked for the token; NULL: the default.
+    token_ttl_seconds INT8 CHECK (token_ttl_seconds > 0),
+    -- Set by POST /device/confirm.
+    user_id UUID REFERENCES silo_user (id),
+    time_confirmed TIMESTAMPTZ,
+    -- Set once the token was handed out (POST /device/token), so it is handed out once.
+    token_id UUID REFERENCES api_token (id)
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_device_auth_by_device_code
+    ON device_auth_request (device_code_hash);
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_device_auth_by_user_code
+    ON device_auth_request (user_code);
+
+-- Every mutating external request (POST, PUT, DELETE), authenticated or not: written when it
+-- starts, completed (status) when it ends. `actor_id` is NULL when authentication failed.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id UUID NOT NULL PRIMARY KEY,
+    time_started TIMESTAMPTZ NOT NULL,
+    time_completed TIMESTAMPTZ,
+    request_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    operation_id TEXT NOT NULL,
+    actor_kind TEXT NOT NULL CHECK (actor_kind IN ('user', 'unauthenticated')),
+    actor_id UUID,
+    actor_silo_id UUID,
+    http_status INT4,
+    error_code TEXT
+);
+
+CREATE INDEX IF NOT EXISTS audit_log_by_time ON audit_log (time_started, id);
+
 INSERT INTO db_metadata (singleton, version, time_created, time_modified)
-    VALUES (TRUE, '1.1.0', now(), now())
+    VALUES (TRUE, '1.2.0', now(), now())
     ON CONFLICT (singleton) DO NOTHING;

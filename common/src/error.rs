@@ -18,6 +18,10 @@ pub enum ResourceType {
     SledReservation,
     Migration,
     Saga,
+    Silo,
+    User,
+    ApiToken,
+    DeviceAuthRequest,
 }
 
 impl fmt::Display for ResourceType {
@@ -30,6 +34,10 @@ impl fmt::Display for ResourceType {
             ResourceType::SledReservation => "sled reservation",
             ResourceType::Migration => "migration",
             ResourceType::Saga => "saga",
+            ResourceType::Silo => "silo",
+            ResourceType::User => "user",
+            ResourceType::ApiToken => "API token",
+            ResourceType::DeviceAuthRequest => "device authorization request",
         })
     }
 }
@@ -90,6 +98,11 @@ pub enum Error {
     #[error("service unavailable: {message}")]
     ServiceUnavailable { message: String },
 
+    /// The request carried no credentials, or ones that are malformed, unknown, expired or
+    /// revoked. The client is told only that (Oxide's words); which it was stays in the log.
+    #[error("unauthenticated: {internal_message}")]
+    Unauthenticated { internal_message: String },
+
     /// A bug or an unexpected failure. The message is for logs only.
     #[error("internal error: {internal_message}")]
     InternalError { internal_message: String },
@@ -141,6 +154,12 @@ impl Error {
         }
     }
 
+    pub fn unauthenticated(internal_message: impl Into<String>) -> Error {
+        Error::Unauthenticated {
+            internal_message: internal_message.into(),
+        }
+    }
+
     pub fn internal(internal_message: impl Into<String>) -> Error {
         Error::InternalError {
             internal_message: internal_message.into(),
@@ -157,6 +176,7 @@ impl Error {
             Error::Conflict { .. } => "Conflict",
             Error::InsufficientCapacity { .. } => "InsufficientCapacity",
             Error::ServiceUnavailable { .. } => "ServiceNotAvailable",
+            Error::Unauthenticated { .. } => "Unauthorized",
             Error::InternalError { .. } => "Internal",
         }
     }
@@ -170,6 +190,7 @@ impl Error {
             Error::Conflict { .. } => 409,
             Error::InsufficientCapacity { .. } => 507,
             Error::ServiceUnavailable { .. } => 503,
+            Error::Unauthenticated { .. } => 401,
             Error::InternalError { .. } => 500,
         }
     }
@@ -178,6 +199,7 @@ impl Error {
     pub fn external_message(&self) -> String {
         match self {
             Error::InternalError { .. } => "Internal Server Error".to_string(),
+            Error::Unauthenticated { .. } => "credentials missing or invalid".to_string(),
             other => other.to_string(),
         }
     }
@@ -226,6 +248,11 @@ mod tests {
         assert_eq!(e.status_code(), 500);
         assert!(!e.external_message().contains("pool"));
         assert!(Error::unavailable("database").is_retryable());
+
+        // Oxide's 401: one message whatever was wrong with the credentials.
+        let e = Error::unauthenticated("token revoked");
+        assert_eq!((e.status_code(), e.error_code()), (401, "Unauthorized"));
+        assert_eq!(e.external_message(), "credentials missing or invalid");
         assert!(!Error::conflict("instance is running").is_retryable());
     }
 

@@ -52,6 +52,11 @@ uuid_kinds! {
     MigrationKind => "migration", MigrationUuid;
     SagaKind => "saga", SagaUuid;
     NexusKind => "nexus", NexusUuid;
+    SiloKind => "silo", SiloUuid;
+    UserKind => "silo_user", UserUuid;
+    ApiTokenKind => "api_token", ApiTokenUuid;
+    DeviceAuthRequestKind => "device_auth_request", DeviceAuthRequestUuid;
+    AuditLogEntryKind => "audit_log_entry", AuditLogEntryUuid;
 }
 
 #[cfg(test)]

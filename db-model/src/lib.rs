@@ -6,6 +6,7 @@
 //! test fails when these definitions drift from `dbinit.sql`.
 
 mod db_metadata;
+mod identity;
 mod instance;
 mod migration;
 mod project;
@@ -16,6 +17,10 @@ mod sql_types;
 mod vmm;
 
 pub use db_metadata::DbMetadata;
+pub use identity::{
+    AUDIT_ACTOR_UNAUTHENTICATED, AUDIT_ACTOR_USER, ApiToken, AuditLogEntry, DEFAULT_SILO_ID,
+    DeviceAuthRequest, Silo, SiloUser, default_silo_id,
+};
 pub use instance::{Instance, InstanceRuntimeState, NewInstanceParams};
 pub use migration::Migration;
 pub use project::Project;

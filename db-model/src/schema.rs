@@ -127,12 +127,78 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    silo (id) {
+        id -> Uuid,
+        name -> Text,
+        time_created -> Timestamptz,
+        time_modified -> Timestamptz,
+        time_deleted -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    silo_user (id) {
+        id -> Uuid,
+        silo_id -> Uuid,
+        name -> Text,
+        time_created -> Timestamptz,
+        time_modified -> Timestamptz,
+        time_deleted -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    api_token (id) {
+        id -> Uuid,
+        token_hash -> Text,
+        user_id -> Uuid,
+        time_created -> Timestamptz,
+        time_expires -> Nullable<Timestamptz>,
+        time_revoked -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    device_auth_request (id) {
+        id -> Uuid,
+        client_id -> Uuid,
+        device_code_hash -> Text,
+        user_code -> Text,
+        time_created -> Timestamptz,
+        time_expires -> Timestamptz,
+        token_ttl_seconds -> Nullable<Int8>,
+        user_id -> Nullable<Uuid>,
+        time_confirmed -> Nullable<Timestamptz>,
+        token_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    audit_log (id) {
+        id -> Uuid,
+        time_started -> Timestamptz,
+        time_completed -> Nullable<Timestamptz>,
+        request_id -> Text,
+        method -> Text,
+        path -> Text,
+        operation_id -> Text,
+        actor_kind -> Text,
+        actor_id -> Nullable<Uuid>,
+        actor_silo_id -> Nullable<Uuid>,
+        http_status -> Nullable<Int4>,
+        error_code -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(instance -> project (project_id));
 diesel::joinable!(vmm -> instance (instance_id));
 diesel::joinable!(vmm -> sled (sled_id));
 diesel::joinable!(sled_reservation -> sled (sled_id));
 diesel::joinable!(migration -> instance (instance_id));
 diesel::joinable!(saga_node_event -> saga (saga_id));
+diesel::joinable!(silo_user -> silo (silo_id));
+diesel::joinable!(api_token -> silo_user (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     db_metadata,
@@ -144,6 +210,11 @@ diesel::allow_tables_to_appear_in_same_query!(
     migration,
     saga,
     saga_node_event,
+    silo,
+    silo_user,
+    api_token,
+    device_auth_request,
+    audit_log,
 );
 
 // Metrics count VMMs by state and their sled's backend.

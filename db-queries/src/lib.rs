@@ -21,8 +21,10 @@ mod error;
 mod pagination;
 mod saga_store;
 mod schema_version;
+pub mod secret;
 
 pub use datastore::{
+    DEVICE_AUTH_REQUEST_LIFETIME, DeviceTokenPoll, TokenOwner,
     ConflictReason, DataStore, LeftoverClaim, Leftovers, MigrationReport, PoolConfig,
     PoolStatistics, ReportApplied, RetireOutcome, SledChoice, TransitionConflict,
     TransitionOutcome, VmmStateReport, validate_instance_shape, validate_new_instance,

@@ -4,13 +4,14 @@
 use crate::app::Nexus;
 use crate::app::instance::InstanceAndVmm;
 use crate::app::serial_console::{ConsoleOffset, relay_serial_console};
-use crate::authn::authenticate;
+use crate::authn::{WebsocketUpgraded, external_request, unauthenticated_request};
 use dropshot::{
-    HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted, HttpResponseOk,
-    PaginationOrder as DropshotOrder, Path, Query, RequestContext, ResultsPage, TypedBody,
-    WebsocketEndpointResult, WebsocketUpgrade,
+    Body, HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted,
+    HttpResponseOk, HttpResponseUpdatedNoContent, PaginationOrder as DropshotOrder, Path, Query,
+    RequestContext, ResultsPage, TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
 use halyard_common::Error;
+use halyard_db_queries::DeviceTokenPoll;
 use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
 use halyard_nexus_external_api::NexusExternalApi;
 use halyard_nexus_external_api::pagination::{
@@ -18,13 +19,14 @@ use halyard_nexus_external_api::pagination::{
     results_page_by_id, results_page_by_name_or_id, scan_params,
 };
 use halyard_nexus_external_api::params::{
-    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
-    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
-    ProjectSelector,
+    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, InstanceCreate, InstanceMigrate,
+    InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
+    OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
 };
 use halyard_nexus_external_api::views::{
-    Baseboard, Instance, InstanceSerialConsoleData, Migration, Project, Sled, SledPolicy,
-    SledProvisionPolicy, SledState,
+    Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Instance,
+    InstanceSerialConsoleData, Migration, Project, Sled, SledPolicy, SledProvisionPolicy,
+    SledState,
 };
 use std::sync::Arc;
 
@@ -157,77 +159,222 @@ async fn lookup_instance(
     nexus.instance_lookup(project.as_ref(), &instance).await
 }
 
+/// An OAuth 2.0 answer (RFC 6749 §5): its own JSON, not dropshot's error body.
+fn oauth_response(
+    status: http::StatusCode,
+    body: &impl serde::Serialize,
+) -> Result<http::Response<Body>, HttpError> {
+    let body = serde_json::to_string(body)
+        .map_err(|e| HttpError::for_internal_error(format!("serializing a response: {e}")))?;
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .map_err(|e| HttpError::for_internal_error(format!("building a response: {e}")))
+}
+
+fn oauth_error(error: &str) -> Result<http::Response<Body>, HttpError> {
+    oauth_response(
+        http::StatusCode::BAD_REQUEST,
+        &serde_json::json!({ "error": error }),
+    )
+}
+
+/// The grant type of RFC 8628's token request.
+const DEVICE_CODE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
 impl NexusExternalApi for NexusExternalImpl {
     type Context = Arc<Nexus>;
+
+    async fn device_auth_request(
+        rqctx: RequestContext<Self::Context>,
+        params: TypedBody<DeviceAuthRequest>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        let rqctx = &rqctx;
+        unauthenticated_request(rqctx, async move {
+            let params = params.into_inner();
+            let (request, device_code) = rqctx
+                .context()
+                .device_auth_request_create(params.client_id, params.ttl_seconds.map(|t| t.get()))
+                .await?;
+            // Where the user confirms: this server, as the client reached it.
+            let host = rqctx
+                .request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+                .unwrap_or_else(|| rqctx.server.local_addr.to_string());
+            let verification_uri = format!("http://{host}/device/verify");
+            let expires_in = (request.time_expires - request.time_created).num_seconds();
+            oauth_response(
+                http::StatusCode::OK,
+                &DeviceAuthResponse {
+                    device_code: device_code.expose().to_string(),
+                    verification_uri_complete: format!(
+                        "{verification_uri}?user_code={}",
+                        request.user_code
+                    ),
+                    user_code: request.user_code,
+                    verification_uri,
+                    expires_in: u32::try_from(expires_in).unwrap_or(0),
+                },
+            )
+        })
+        .await
+    }
+
+    async fn device_auth_confirm(
+        rqctx: RequestContext<Self::Context>,
+        params: TypedBody<DeviceAuthVerify>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let user_code = params.into_inner().user_code;
+            rqctx
+                .context()
+                .device_auth_confirm(&opctx, &user_code)
+                .await?;
+            Ok(HttpResponseUpdatedNoContent())
+        })
+        .await
+    }
+
+    async fn device_access_token(
+        rqctx: RequestContext<Self::Context>,
+        params: TypedBody<DeviceAccessTokenRequest>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        let rqctx = &rqctx;
+        unauthenticated_request(rqctx, async move {
+            let params = params.into_inner();
+            if params.grant_type != DEVICE_CODE_GRANT_TYPE {
+                return oauth_error("unsupported_grant_type");
+            }
+            let poll = rqctx
+                .context()
+                .device_access_token_poll(params.client_id, &params.device_code)
+                .await?;
+            match poll {
+                DeviceTokenPoll::Granted { token, secret } => oauth_response(
+                    http::StatusCode::OK,
+                    &DeviceAccessTokenGrant {
+                        access_token: secret.expose().to_string(),
+                        token_type: "Bearer".to_string(),
+                        token_id: token.id(),
+                        time_expires: token.time_expires,
+                    },
+                ),
+                DeviceTokenPoll::Pending => oauth_error("authorization_pending"),
+                // Unknown, expired or already handed out (RFC 6749 §5.2).
+                DeviceTokenPoll::Invalid => oauth_error("invalid_grant"),
+            }
+        })
+        .await
+    }
+
+    async fn current_user_view(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<CurrentUser>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let (user, silo) = rqctx.context().current_user(&opctx).await?;
+            Ok(HttpResponseOk(CurrentUser {
+                id: user.id(),
+                display_name: user.name().to_string(),
+                silo_id: silo.id(),
+                silo_name: silo.name().clone(),
+                fleet_viewer: false,
+                silo_admin: false,
+                time_created: user.time_created,
+                time_modified: user.time_modified,
+            }))
+        })
+        .await
+    }
 
     async fn project_list(
         rqctx: RequestContext<Self::Context>,
         query: Query<PaginatedByNameOrId>,
     ) -> Result<HttpResponseOk<ResultsPage<Project>>, HttpError> {
-        authenticate(&rqctx)?;
-        let query = query.into_inner();
-        let limit = rqctx.page_limit(&query)?;
-        let page = paginated_by(name_or_id_pagination(&query, limit)?);
-        let projects = rqctx.context().project_list(&page).await?;
-        let views = projects.into_iter().map(project_view).collect();
-        Ok(HttpResponseOk(results_page_by_name_or_id(
-            views,
-            scan_params(&query),
-        )?))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let query = query.into_inner();
+            let limit = rqctx.page_limit(&query)?;
+            let page = paginated_by(name_or_id_pagination(&query, limit)?);
+            let projects = rqctx.context().project_list(&page).await?;
+            let views = projects.into_iter().map(project_view).collect();
+            Ok(HttpResponseOk(results_page_by_name_or_id(
+                views,
+                scan_params(&query),
+            )?))
+        })
+        .await
     }
 
     async fn project_create(
         rqctx: RequestContext<Self::Context>,
         body: TypedBody<ProjectCreate>,
     ) -> Result<HttpResponseCreated<Project>, HttpError> {
-        authenticate(&rqctx)?;
-        let body = body.into_inner();
-        let project = rqctx
-            .context()
-            .project_create(body.name, body.description)
-            .await?;
-        Ok(HttpResponseCreated(project_view(project)))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let body = body.into_inner();
+            let project = rqctx
+                .context()
+                .project_create(body.name, body.description)
+                .await?;
+            Ok(HttpResponseCreated(project_view(project)))
+        })
+        .await
     }
 
     async fn project_view(
         rqctx: RequestContext<Self::Context>,
         path: Path<ProjectPath>,
     ) -> Result<HttpResponseOk<Project>, HttpError> {
-        authenticate(&rqctx)?;
-        let project = rqctx
-            .context()
-            .project_view(&path.into_inner().project)
-            .await?;
-        Ok(HttpResponseOk(project_view(project)))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let project = rqctx
+                .context()
+                .project_view(&path.into_inner().project)
+                .await?;
+            Ok(HttpResponseOk(project_view(project)))
+        })
+        .await
     }
 
     async fn project_delete(
         rqctx: RequestContext<Self::Context>,
         path: Path<ProjectPath>,
     ) -> Result<HttpResponseDeleted, HttpError> {
-        authenticate(&rqctx)?;
-        rqctx
-            .context()
-            .project_delete(&path.into_inner().project)
-            .await?;
-        Ok(HttpResponseDeleted())
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            rqctx
+                .context()
+                .project_delete(&path.into_inner().project)
+                .await?;
+            Ok(HttpResponseDeleted())
+        })
+        .await
     }
 
     async fn instance_list(
         rqctx: RequestContext<Self::Context>,
         query: Query<PaginatedByNameOrId<ProjectSelector>>,
     ) -> Result<HttpResponseOk<ResultsPage<Instance>>, HttpError> {
-        authenticate(&rqctx)?;
-        let query = query.into_inner();
-        let limit = rqctx.page_limit(&query)?;
-        let scan = scan_params(&query);
-        let page = paginated_by(name_or_id_pagination(&query, limit)?);
-        let instances = rqctx
-            .context()
-            .instance_list(&scan.selector.project, &page)
-            .await?;
-        let views = instances.into_iter().map(instance_view).collect();
-        Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let query = query.into_inner();
+            let limit = rqctx.page_limit(&query)?;
+            let scan = scan_params(&query);
+            let page = paginated_by(name_or_id_pagination(&query, limit)?);
+            let instances = rqctx
+                .context()
+                .instance_list(&scan.selector.project, &page)
+                .await?;
+            let views = instances.into_iter().map(instance_view).collect();
+            Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
+        })
+        .await
     }
 
     async fn instance_create(
@@ -235,14 +382,17 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<ProjectSelector>,
         body: TypedBody<InstanceCreate>,
     ) -> Result<HttpResponseCreated<Instance>, HttpError> {
-        authenticate(&rqctx)?;
-        let project = query.into_inner().project;
-        let created = for_request(
-            &rqctx,
-            rqctx.context().instance_create(&project, body.into_inner()),
-        )
-        .await?;
-        Ok(HttpResponseCreated(instance_view(created)))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let project = query.into_inner().project;
+            let created = for_request(
+                &rqctx,
+                rqctx.context().instance_create(&project, body.into_inner()),
+            )
+            .await?;
+            Ok(HttpResponseCreated(instance_view(created)))
+        })
+        .await
     }
 
     async fn instance_view(
@@ -250,12 +400,15 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<OptionalProjectSelector>,
         path: Path<InstancePath>,
     ) -> Result<HttpResponseOk<Instance>, HttpError> {
-        authenticate(&rqctx)?;
-        let nexus = rqctx.context();
-        let instance = lookup_instance(nexus, query, path).await?;
-        Ok(HttpResponseOk(instance_view(
-            nexus.instance_with_vmm(instance).await?,
-        )))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, query, path).await?;
+            Ok(HttpResponseOk(instance_view(
+                nexus.instance_with_vmm(instance).await?,
+            )))
+        })
+        .await
     }
 
     async fn instance_delete(
@@ -263,11 +416,14 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<OptionalProjectSelector>,
         path: Path<InstancePath>,
     ) -> Result<HttpResponseDeleted, HttpError> {
-        authenticate(&rqctx)?;
-        let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?.id();
-        for_request(&rqctx, nexus.instance_delete(id)).await?;
-        Ok(HttpResponseDeleted())
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let nexus = rqctx.context();
+            let id = lookup_instance(nexus, query, path).await?.id();
+            for_request(&rqctx, nexus.instance_delete(id)).await?;
+            Ok(HttpResponseDeleted())
+        })
+        .await
     }
 
     async fn instance_start(
@@ -275,12 +431,15 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<OptionalProjectSelector>,
         path: Path<InstancePath>,
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
-        authenticate(&rqctx)?;
-        let nexus = rqctx.context();
-        let instance = lookup_instance(nexus, query, path).await?;
-        Ok(HttpResponseAccepted(instance_view(
-            for_request(&rqctx, nexus.instance_start_found(instance)).await?,
-        )))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, query, path).await?;
+            Ok(HttpResponseAccepted(instance_view(
+                for_request(&rqctx, nexus.instance_start_found(instance)).await?,
+            )))
+        })
+        .await
     }
 
     async fn instance_stop(
@@ -288,12 +447,15 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<OptionalProjectSelector>,
         path: Path<InstancePath>,
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
-        authenticate(&rqctx)?;
-        let nexus = rqctx.context();
-        let instance = lookup_instance(nexus, query, path).await?;
-        Ok(HttpResponseAccepted(instance_view(
-            for_request(&rqctx, nexus.instance_stop_found(instance)).await?,
-        )))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, query, path).await?;
+            Ok(HttpResponseAccepted(instance_view(
+                for_request(&rqctx, nexus.instance_stop_found(instance)).await?,
+            )))
+        })
+        .await
     }
 
     async fn instance_reboot(
@@ -301,12 +463,15 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<OptionalProjectSelector>,
         path: Path<InstancePath>,
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
-        authenticate(&rqctx)?;
-        let nexus = rqctx.context();
-        let instance = lookup_instance(nexus, query, path).await?;
-        Ok(HttpResponseAccepted(instance_view(
-            for_request(&rqctx, nexus.instance_reboot_found(instance)).await?,
-        )))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, query, path).await?;
+            Ok(HttpResponseAccepted(instance_view(
+                for_request(&rqctx, nexus.instance_reboot_found(instance)).await?,
+            )))
+        })
+        .await
     }
 
     async fn instance_serial_console(
@@ -314,24 +479,27 @@ impl NexusExternalApi for NexusExternalImpl {
         path: Path<InstancePath>,
         query: Query<InstanceSerialConsoleRequest>,
     ) -> Result<HttpResponseOk<InstanceSerialConsoleData>, HttpError> {
-        authenticate(&rqctx)?;
-        let nexus = rqctx.context();
-        let query = query.into_inner();
-        let from = ConsoleOffset::from_query(query.from_start, query.most_recent)?;
-        let instance = path.into_inner().instance;
-        let id = nexus
-            .instance_lookup(query.project.as_ref(), &instance)
-            .await?
-            .id();
-        let (data, last_byte_offset) = for_request(
-            &rqctx,
-            nexus.instance_serial_console(id, from, query.max_bytes),
-        )
-        .await?;
-        Ok(HttpResponseOk(InstanceSerialConsoleData {
-            data,
-            last_byte_offset,
-        }))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let nexus = rqctx.context();
+            let query = query.into_inner();
+            let from = ConsoleOffset::from_query(query.from_start, query.most_recent)?;
+            let instance = path.into_inner().instance;
+            let id = nexus
+                .instance_lookup(query.project.as_ref(), &instance)
+                .await?
+                .id();
+            let (data, last_byte_offset) = for_request(
+                &rqctx,
+                nexus.instance_serial_console(id, from, query.max_bytes),
+            )
+            .await?;
+            Ok(HttpResponseOk(InstanceSerialConsoleData {
+                data,
+                last_byte_offset,
+            }))
+        })
+        .await
     }
 
     async fn instance_serial_console_stream(
@@ -340,25 +508,31 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<InstanceSerialConsoleStreamRequest>,
         websocket: WebsocketUpgrade,
     ) -> WebsocketEndpointResult {
-        authenticate(&rqctx)?;
-        let nexus = rqctx.context();
-        let query = query.into_inner();
-        let instance = path.into_inner().instance;
-        let id = nexus
-            .instance_lookup(query.project.as_ref(), &instance)
-            .await?
-            .id();
-        // Connected to the sled agent before the user's upgrade is accepted: a failure is
-        // still an HTTP error with its body.
-        let sled = for_request(
-            &rqctx,
-            nexus.instance_serial_console_connect(id, query.most_recent),
-        )
-        .await?;
-        websocket.handle(move |connection| async move {
-            relay_serial_console(connection.into_inner(), sled).await?;
-            Ok(())
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let nexus = rqctx.context();
+            let query = query.into_inner();
+            let instance = path.into_inner().instance;
+            let id = nexus
+                .instance_lookup(query.project.as_ref(), &instance)
+                .await?
+                .id();
+            // Connected to the sled agent before the user's upgrade is accepted: a failure is
+            // still an HTTP error with its body.
+            let sled = for_request(
+                &rqctx,
+                nexus.instance_serial_console_connect(id, query.most_recent),
+            )
+            .await?;
+            websocket
+                .handle(move |connection| async move {
+                    relay_serial_console(connection.into_inner(), sled).await?;
+                    Ok(())
+                })
+                .map(WebsocketUpgraded)
         })
+        .await
+        .map(|upgraded| upgraded.0)
     }
 
     async fn instance_migrate(
@@ -367,13 +541,16 @@ impl NexusExternalApi for NexusExternalImpl {
         path: Path<InstancePath>,
         body: TypedBody<InstanceMigrate>,
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
-        authenticate(&rqctx)?;
-        let nexus = rqctx.context();
-        let instance = lookup_instance(nexus, query, path).await?;
-        let destination = body.into_inner().dst_sled_id;
-        Ok(HttpResponseAccepted(instance_view(
-            for_request(&rqctx, nexus.instance_migrate_found(instance, destination)).await?,
-        )))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, query, path).await?;
+            let destination = body.into_inner().dst_sled_id;
+            Ok(HttpResponseAccepted(instance_view(
+                for_request(&rqctx, nexus.instance_migrate_found(instance, destination)).await?,
+            )))
+        })
+        .await
     }
 
     async fn instance_migration_list(
@@ -381,33 +558,39 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<OptionalProjectSelector>,
         path: Path<InstancePath>,
     ) -> Result<HttpResponseOk<Vec<Migration>>, HttpError> {
-        authenticate(&rqctx)?;
-        let nexus = rqctx.context();
-        let id = lookup_instance(nexus, query, path).await?.id();
-        let migrations = nexus.datastore().migration_list(Some(id)).await?;
-        Ok(HttpResponseOk(
-            migrations.into_iter().map(migration_view).collect(),
-        ))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let nexus = rqctx.context();
+            let id = lookup_instance(nexus, query, path).await?.id();
+            let migrations = nexus.datastore().migration_list(Some(id)).await?;
+            Ok(HttpResponseOk(
+                migrations.into_iter().map(migration_view).collect(),
+            ))
+        })
+        .await
     }
 
     async fn sled_list(
         rqctx: RequestContext<Self::Context>,
         query: Query<PaginatedById>,
     ) -> Result<HttpResponseOk<ResultsPage<Sled>>, HttpError> {
-        authenticate(&rqctx)?;
-        let query = query.into_inner();
-        let limit = rqctx.page_limit(&query)?;
-        let page = id_pagination(&query, limit);
-        let params = DataPageParams {
-            marker: page.marker,
-            direction: order(page.direction),
-            limit: page.limit,
-        };
-        let sleds = rqctx.context().datastore().sled_list(&params).await?;
-        let views = sleds.into_iter().map(sled_view).collect();
-        Ok(HttpResponseOk(results_page_by_id(
-            views,
-            scan_params(&query),
-        )?))
+        let rqctx = &rqctx;
+        external_request(rqctx, move |_opctx| async move {
+            let query = query.into_inner();
+            let limit = rqctx.page_limit(&query)?;
+            let page = id_pagination(&query, limit);
+            let params = DataPageParams {
+                marker: page.marker,
+                direction: order(page.direction),
+                limit: page.limit,
+            };
+            let sleds = rqctx.context().datastore().sled_list(&params).await?;
+            let views = sleds.into_iter().map(sled_view).collect();
+            Ok(HttpResponseOk(results_page_by_id(
+                views,
+                scan_params(&query),
+            )?))
+        })
+        .await
     }
 }

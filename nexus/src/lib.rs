@@ -11,7 +11,7 @@
 //! sagas, serve the APIs, start the background tasks.
 
 pub mod app;
-mod authn;
+pub mod authn;
 pub mod config;
 mod external_api;
 mod internal_api;

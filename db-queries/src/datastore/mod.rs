@@ -1,5 +1,7 @@
 //! The [`DataStore`]: a connection pool plus every query, grouped by the object they touch.
 
+mod audit;
+mod identity;
 mod instance;
 mod instance_transition;
 mod leftover;
@@ -9,6 +11,7 @@ mod saga;
 mod sled;
 mod vmm;
 
+pub use identity::{DEVICE_AUTH_REQUEST_LIFETIME, DeviceTokenPoll, TokenOwner};
 pub use instance::{validate_instance_shape, validate_new_instance};
 pub use instance_transition::{ConflictReason, TransitionConflict, TransitionOutcome};
 pub use leftover::{LeftoverClaim, Leftovers};

@@ -16,20 +16,70 @@ pub mod params;
 pub mod views;
 
 use dropshot::{
-    HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted, HttpResponseOk,
-    Path, Query, RequestContext, ResultsPage, TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
+    Body, HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted,
+    HttpResponseOk, HttpResponseUpdatedNoContent, Path, Query, RequestContext, ResultsPage,
+    TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
 use pagination::{PaginatedById, PaginatedByNameOrId};
 use params::{
-    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
-    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
-    ProjectSelector,
+    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, InstanceCreate, InstanceMigrate,
+    InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
+    OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
 };
-use views::{Instance, InstanceSerialConsoleData, Migration, Project, Sled};
+use views::{CurrentUser, Instance, InstanceSerialConsoleData, Migration, Project, Sled};
 
 #[dropshot::api_description]
 pub trait NexusExternalApi {
     type Context;
+
+    // Device login (OAuth 2.0 Device Authorization Grant) and the current user
+
+    /// Start an OAuth 2.0 Device Authorization Grant
+    ///
+    /// For an *unauthenticated* client (e.g. the `oxide` CLI logging in): answers a
+    /// `device_code` to poll `/device/token` with and a `user_code` for the user to confirm
+    /// (`/device/confirm`), as RFC 8628 §3.2's JSON.
+    #[endpoint {
+        method = POST,
+        path = "/device/auth",
+        content_type = "application/x-www-form-urlencoded",
+        tags = ["console-auth"],
+    }]
+    async fn device_auth_request(
+        rqctx: RequestContext<Self::Context>,
+        params: TypedBody<DeviceAuthRequest>,
+    ) -> Result<http::Response<Body>, HttpError>;
+
+    /// Confirm an OAuth 2.0 Device Authorization Grant
+    ///
+    /// An authenticated user confirms the user code a client showed them; the client's next
+    /// poll of `/device/token` gets a token for this user.
+    #[endpoint { method = POST, path = "/device/confirm", tags = ["console-auth"] }]
+    async fn device_auth_confirm(
+        rqctx: RequestContext<Self::Context>,
+        params: TypedBody<DeviceAuthVerify>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    /// Request a device access token
+    ///
+    /// Polled by the client until the user confirmed: `{"error": "authorization_pending"}`
+    /// (400) until then, the token once (RFC 8628 §3.4-3.5, RFC 6749 §5).
+    #[endpoint {
+        method = POST,
+        path = "/device/token",
+        content_type = "application/x-www-form-urlencoded",
+        tags = ["console-auth"],
+    }]
+    async fn device_access_token(
+        rqctx: RequestContext<Self::Context>,
+        params: TypedBody<DeviceAccessTokenRequest>,
+    ) -> Result<http::Response<Body>, HttpError>;
+
+    /// Fetch the user associated with the current session
+    #[endpoint { method = GET, path = "/v1/me", tags = ["current-user"] }]
+    async fn current_user_view(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<CurrentUser>, HttpError>;
 
     // Projects
 

@@ -292,3 +292,30 @@ pub struct InstanceMigrate {
     #[serde(default)]
     pub dst_sled_id: Option<halyard_common::ids::SledUuid>,
 }
+
+// Device login (OAuth 2.0 Device Authorization Grant, RFC 8628), as Oxide's API shapes it.
+
+/// Start a device authorization grant (form-encoded, as RFC 8628 has it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct DeviceAuthRequest {
+    /// The client's own id (any UUID it chose; it polls with the same one).
+    pub client_id: uuid::Uuid,
+    /// How long the token should live, in seconds; absent: it does not expire.
+    #[serde(default)]
+    pub ttl_seconds: Option<std::num::NonZeroU32>,
+}
+
+/// A user confirms the grant whose user code the client showed them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct DeviceAuthVerify {
+    pub user_code: String,
+}
+
+/// A client polls for its token (form-encoded).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct DeviceAccessTokenRequest {
+    /// Must be `urn:ietf:params:oauth:grant-type:device_code`.
+    pub grant_type: String,
+    pub device_code: String,
+    pub client_id: uuid::Uuid,
+}

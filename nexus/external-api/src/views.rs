@@ -168,3 +168,49 @@ pub enum SledState {
     /// The sled has been permanently removed from service.
     Decommissioned,
 }
+
+/// Info about the current user
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct CurrentUser {
+    pub id: halyard_common::ids::UserUuid,
+    /// Human-readable name that can identify the user
+    pub display_name: String,
+    /// Uuid of the silo to which this user belongs
+    pub silo_id: halyard_common::ids::SiloUuid,
+    /// Name of the silo to which this user belongs.
+    pub silo_name: Name,
+    /// Whether this user has the viewer role on the fleet (roles come later: always `false`).
+    pub fleet_viewer: bool,
+    /// Whether this user has the admin role on their silo (roles come later: always `false`).
+    pub silo_admin: bool,
+    pub time_created: DateTime<Utc>,
+    pub time_modified: DateTime<Utc>,
+}
+
+/// The answer to `POST /device/auth` (RFC 8628 §3.2).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct DeviceAuthResponse {
+    /// The secret the client polls `POST /device/token` with.
+    pub device_code: String,
+    /// The code the user confirms (`POST /device/confirm`).
+    pub user_code: String,
+    /// Where the user goes to confirm.
+    pub verification_uri: String,
+    /// The same, with the user code filled in.
+    pub verification_uri_complete: String,
+    /// Seconds until the request expires.
+    pub expires_in: u32,
+}
+
+/// The answer to `POST /device/token` once the user confirmed (RFC 6749 §5.1).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct DeviceAccessTokenGrant {
+    /// The token: present it as `Authorization: Bearer <access_token>`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// The token's id (to revoke it).
+    pub token_id: halyard_common::ids::ApiTokenUuid,
+    /// When the token stops working; absent: never.
+    pub time_expires: Option<DateTime<Utc>>,
+}

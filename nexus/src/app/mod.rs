@@ -5,6 +5,7 @@
 
 pub mod background;
 pub mod crash_point;
+pub mod identity;
 pub mod instance;
 pub mod project;
 pub mod saga;

@@ -68,6 +68,20 @@ pub struct TestContext {
     /// Nexus is stopped, no other test's server may take it and receive this test's sled
     /// agents' calls.
     _nexus_internal_port: Option<ReservedPort>,
+    /// The token of [`TEST_USER`], which every test client presents.
+    pub token: String,
+}
+
+/// The user every test client acts as.
+pub const TEST_USER: &str = "test-user";
+
+/// A new token of the default silo's test user (created if absent).
+pub async fn test_user_token(nexus: &Nexus) -> String {
+    let (_, secret) = nexus
+        .default_silo_user_token(&TEST_USER.parse().unwrap())
+        .await
+        .expect("creating the test user's token");
+    secret.expose().to_string()
 }
 
 /// Each sled offers this many hardware threads and GiB of memory.
@@ -132,6 +146,7 @@ impl TestContext {
             retirement_interval_ms: 200,
         };
         let server = Server::start(&config, &log()).await.unwrap();
+        let token = test_user_token(server.nexus()).await;
         let mut sleds = Vec::new();
         for _ in 0..count {
             let sled_config = halyard_sled_agent::Config {
@@ -158,6 +173,7 @@ impl TestContext {
             server: Some(server),
             sleds,
             _nexus_internal_port: nexus_internal_port,
+            token,
         };
         let want = count;
         ctx.eventually("every sled registered", async |ctx: &TestContext| {
@@ -204,6 +220,11 @@ impl TestContext {
     /// Nexus's internal API, as omdb and sled agents reach it.
     pub fn nexus_url(&self) -> &str {
         &self.nexus_url
+    }
+
+    /// Nexus's external API (`http://...`), while Nexus runs.
+    pub fn external_url(&self) -> String {
+        format!("http://{}", self.server().external_address())
     }
 
     /// Closes the sled agents, then Nexus's servers (errors ignored: the test is over), and

@@ -94,7 +94,9 @@ fn dump_every_table(ctx: &TestContext) -> String {
         );
     }
     let mut dump = String::new();
-    for table in tables {
+    // The audit log records every mutating request, refused ones included: that is its job
+    // (the authn tests check its rows), not a change a bad request made.
+    for table in tables.into_iter().filter(|t| *t != "audit_log") {
         let row = if table == "sled" {
             "to_jsonb(t) - 'time_modified' - 'time_last_seen'"
         } else {
@@ -816,7 +818,7 @@ async fn malformed_requests_to_every_endpoint_get_their_code_and_change_nothing(
     cases.push(wrong_type);
 
     let before = dump_every_table(&ctx);
-    let http = reqwest::Client::new();
+    let http = crate::authn_support::http_client(&ctx.token);
     let mut problems = Vec::new();
     for case in &cases {
         let address = match case.api {
@@ -883,7 +885,7 @@ async fn malformed_requests_to_every_endpoint_get_their_code_and_change_nothing(
 #[tokio::test]
 async fn descriptions_of_any_script_up_to_the_limit_are_kept() {
     let ctx = TestContext::new().await;
-    let http = reqwest::Client::new();
+    let http = crate::authn_support::http_client(&ctx.token);
     let base = format!("http://{}", ctx.server().external_address());
     let line = "日本語\tέλληνικά\n";
     let description: String = line.chars().cycle().take(MAX_DESCRIPTION_CHARS).collect();

@@ -132,13 +132,15 @@ impl Cluster {
                     .unwrap(),
             );
         }
+        // The children share the database: a token made there works with each of them.
+        let token = crate::authn_support::test_user_token_in(db.url()).await;
         Cluster {
             db,
             config_path,
             stderr_dir,
             external,
             sleds,
-            http: reqwest::Client::new(),
+            http: crate::authn_support::http_client(&token),
         }
     }
 

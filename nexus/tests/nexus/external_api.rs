@@ -37,8 +37,7 @@ async fn wait_for_sdk_state(
 async fn the_oxide_sdk_drives_the_system_unmodified() {
     use oxide::prelude::*;
     let ctx = TestContext::new().await;
-    let config = oxide::ClientConfig::default().with_host_and_token(url(&ctx), "any-token");
-    let client = oxide::Client::new_authenticated_config(&config).unwrap();
+    let client = crate::authn_support::sdk(&url(&ctx), &ctx.token);
 
     let project = client
         .project_create()
@@ -144,7 +143,10 @@ async fn the_oxide_sdk_drives_the_system_unmodified() {
 #[tokio::test]
 async fn the_generated_client_runs_the_lifecycle() {
     let ctx = TestContext::new().await;
-    let client = halyard_nexus_external_client::Client::new(&url(&ctx));
+    let client = halyard_nexus_external_client::Client::new_with_client(
+        &url(&ctx),
+        crate::authn_support::http_client(&ctx.token),
+    );
     let name = |n: &str| n.parse::<halyard_common::Name>().unwrap();
     let project = halyard_common::NameOrId::Name(name("p"));
     client
@@ -219,7 +221,8 @@ async fn raw(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = reqwest::Client::new().request(method, format!("{}{path}", url(ctx)));
+    let mut request = crate::authn_support::http_client(&ctx.token)
+        .request(method, format!("{}{path}", url(ctx)));
     if let Some(body) = body {
         request = request.json(&body);
     }

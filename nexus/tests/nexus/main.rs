@@ -1,5 +1,7 @@
 //! Nexus against a real PostgreSQL and real simulated sled agents over HTTP.
 
+mod authn;
+mod authn_support;
 mod bad_input;
 mod context;
 mod crash_replay;

@@ -275,11 +275,14 @@ impl Harness {
         let ctx = runtime.block_on(TestContext::with_sim(SLEDS, sim));
         let sled_ids = ctx.sleds.iter().map(|s| s.agent().id()).collect();
         let base = format!("http://{}", ctx.server().external_address());
+        let clients = (0..3)
+            .map(|_| crate::authn_support::http_client(&ctx.token))
+            .collect();
         let mut harness = Harness {
             runtime,
             ctx: Some(ctx),
             sled_ids,
-            clients: (0..3).map(|_| reqwest::Client::new()).collect(),
+            clients,
             base,
             model: Model::new(
                 SLEDS,

@@ -94,7 +94,7 @@ async fn metrics_count_exactly_what_one_lifecycle_did() {
     let nexus = ctx.server().internal_address();
     let sled = ctx.sleds[0].local_addr();
     let base = format!("http://{}", ctx.server().external_address());
-    let http = reqwest::Client::new();
+    let http = crate::authn_support::http_client(&ctx.token);
     let sled_id = ctx.sleds[0].agent().id();
 
     let nexus_before = scrape(nexus).await;
@@ -357,7 +357,8 @@ async fn a_start_requests_id_is_in_the_nexus_and_sled_agent_logs() {
     .await
     .unwrap();
     let base = format!("http://{}", nexus.external_address());
-    let http = reqwest::Client::new();
+    let token = crate::authn_support::test_user_token(nexus.nexus()).await;
+    let http = crate::authn_support::http_client(&token);
     for _ in 0..500 {
         if !nexus
             .nexus()

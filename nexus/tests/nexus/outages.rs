@@ -384,7 +384,8 @@ impl Drop for LockHolder {
 async fn nexus_answers_503_while_the_database_is_down_and_recovers_after() {
     let mut system = OutageSystem::start(1).await;
     let base = format!("http://{}", system.server.external_address());
-    let http = reqwest::Client::new();
+    let token = crate::authn_support::test_user_token(system.server.nexus()).await;
+    let http = crate::authn_support::http_client(&token);
     let post = async |path: &str, body: Value| {
         let response = http
             .post(format!("{base}{path}"))

@@ -21,8 +21,7 @@ const PATIENCE: Duration = Duration::from_secs(90);
 
 fn sdk(ctx: &TestContext) -> oxide::Client {
     let url = format!("http://{}", ctx.server().external_address());
-    let config = oxide::ClientConfig::default().with_host_and_token(url, "any-token");
-    oxide::Client::new_authenticated_config(&config).unwrap()
+    crate::authn_support::sdk(&url, &ctx.token)
 }
 
 /// Creates project `p` and a started 1-vCPU, 256 MiB instance `name` in it.
@@ -128,7 +127,7 @@ fn qemu_pids(vmm: VmmUuid) -> Vec<i32> {
 /// Asks Nexus to live-migrate instance `name` of project `p` anywhere (a Halyard extension,
 /// so not in the Oxide SDK).
 async fn request_migration(ctx: &TestContext, name: &str) {
-    let response = reqwest::Client::new()
+    let response = crate::authn_support::http_client(&ctx.token)
         .post(format!(
             "http://{}/v1/instances/{name}/migrate?project=p",
             ctx.server().external_address()

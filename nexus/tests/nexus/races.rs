@@ -354,7 +354,7 @@ async fn run_seed(seed: u64, ops_per_client: usize) {
         .collect();
     expunge_after.sort();
     let base = format!("http://{}", ctx.server().external_address());
-    let http = reqwest::Client::new();
+    let http = crate::authn_support::http_client(&ctx.token);
     let created = http
         .post(format!("{base}/v1/projects"))
         .json(&json!({"name": "race", "description": ""}))

@@ -19,8 +19,7 @@ type Console = WebSocketStream<reqwest::Upgraded>;
 
 fn sdk(ctx: &TestContext) -> oxide::Client {
     let url = format!("http://{}", ctx.server().external_address());
-    let config = oxide::ClientConfig::default().with_host_and_token(url, "any-token");
-    oxide::Client::new_authenticated_config(&config).unwrap()
+    crate::authn_support::sdk(&url, &ctx.token)
 }
 
 async fn wait_for(client: &oxide::Client, state: InstanceState) {

@@ -162,12 +162,11 @@ async fn an_expunged_sled_releases_everything_and_is_never_used_again() {
     }
     ctx.assert_quiet_and_consistent().await;
     // Users see it expunged, and decommissioned (nothing held there any more).
-    let sleds: Value = reqwest::Client::new()
+    let sleds: Value = crate::authn_support::http_client(&ctx.token)
         .get(format!(
             "http://{}/v1/system/hardware/sleds",
             ctx.server().external_address()
         ))
-        .bearer_auth("operator")
         .send()
         .await
         .unwrap()

@@ -1,9 +1,11 @@
-//! `omdb db ...`: the database, read through `DataStore`. This module only parses the
+//! `omdb db ...`: the database, read through `DataStore` (and written only by `users create`,
+//! `tokens create` and `tokens revoke`). This module only parses the
 //! subcommands and dispatches; its submodules depend one way: the commands ([`tables`],
 //! [`saga`], [`check`]) on [`store`] (the connection and the lookups they share), never on
 //! each other or on this module.
 
 mod check;
+mod identity;
 mod saga;
 pub mod store;
 mod tables;
@@ -75,6 +77,50 @@ enum DbCommand {
     /// Compare the database with what every sled agent reports; list the disagreements.
     /// Exits 2 if there are any.
     Check,
+    /// Users of the default silo; `users create NAME` adds one (a write).
+    Users {
+        #[command(subcommand)]
+        command: Option<UsersCommand>,
+    },
+    /// API tokens (never their secrets); `tokens create` makes one and prints its secret once,
+    /// `tokens revoke` ends one at once (writes).
+    Tokens {
+        #[command(subcommand)]
+        command: Option<TokensCommand>,
+    },
+    /// The audit log: mutating external requests (and refused ones), newest last.
+    Audit {
+        /// How many of the newest entries to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Create a user in the default silo.
+    Create {
+        /// The user's name (lower case letters, digits and dashes, like any Halyard name).
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Make an API token for a user and print it (the only time it is shown).
+    Create {
+        /// The user's name.
+        #[arg(long)]
+        user: String,
+        /// How long it lives (e.g. 90s, 30m, 12h, 7d); it never expires without one.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Revoke a token: every request that presents it from now on gets 401.
+    Revoke {
+        /// The token's id (from `omdb db tokens`).
+        id: String,
+    },
 }
 
 pub async fn run(args: &DbArgs, db_url: Option<&str>, json: bool) -> anyhow::Result<Outcome> {
@@ -108,6 +154,18 @@ pub async fn run(args: &DbArgs, db_url: Option<&str>, json: bool) -> anyhow::Res
         DbCommand::Sagas { all } => saga::cmd_sagas(&db, *all, json).await?,
         DbCommand::Saga { saga, dot } => saga::cmd_saga(&db, saga, *dot, json).await?,
         DbCommand::Check => return check::cmd_check(&db, json).await,
+        DbCommand::Users { command: None } => identity::cmd_users(&db, json).await?,
+        DbCommand::Users {
+            command: Some(UsersCommand::Create { name }),
+        } => identity::cmd_user_create(&db, name, json).await?,
+        DbCommand::Tokens { command: None } => identity::cmd_tokens(&db, json).await?,
+        DbCommand::Tokens {
+            command: Some(TokensCommand::Create { user, ttl }),
+        } => identity::cmd_token_create(&db, user, ttl.as_deref(), json).await?,
+        DbCommand::Tokens {
+            command: Some(TokensCommand::Revoke { id }),
+        } => identity::cmd_token_revoke(&db, id, json).await?,
+        DbCommand::Audit { limit } => identity::cmd_audit(&db, *limit, json).await?,
     }
     Ok(Outcome::Ok)
 }

@@ -5,6 +5,7 @@
 mod check;
 mod context;
 mod errors;
+mod identity;
 mod output;
 mod sled_expunge;
 mod snapshot;
