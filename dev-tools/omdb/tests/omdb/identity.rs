@@ -1,7 +1,7 @@
 //! `omdb db users|tokens|audit`: an operator gives a user a token, the token works against
 //! Nexus's external API, revoking it ends it, and the audit log shows what was asked.
 
-use crate::context::TestContext;
+use crate::context::{RunOmdb, TestContext};
 use serde_json::Value;
 
 async fn status_of(request: reqwest::RequestBuilder) -> u16 {
@@ -10,7 +10,7 @@ async fn status_of(request: reqwest::RequestBuilder) -> u16 {
 
 #[tokio::test]
 async fn an_operator_makes_a_user_and_a_token_that_works_until_revoked_and_audit_shows_it() {
-    let ctx = TestContext::new(0).await;
+    let ctx = TestContext::with_sleds(0).await;
     let created = ctx.omdb(&["db", "users", "create", "alice"]).await.ok();
     assert!(created.contains("alice"), "{created}");
     let users = ctx.omdb(&["db", "users"]).await.ok();

@@ -57,7 +57,7 @@ async fn scenario() -> Scenario {
 
     let unlucky = ctx.instance_ready(&alpha, "unlucky", 1, false).await;
     let saga = ctx
-        .nexus
+        .nexus()
         .saga_prepare::<SagaInstanceStart>(Params {
             instance_id: unlucky,
         })
