@@ -7,6 +7,7 @@ mod instance_transition;
 mod leftover;
 mod migration;
 mod project;
+mod role;
 mod saga;
 mod sled;
 mod vmm;
