@@ -45,7 +45,9 @@ pub enum Actor {
         silo_id: SiloUuid,
     },
     /// One of Nexus's background tasks (`vmm_retirement`, `saga_leftover_release`, ...).
-    BackgroundTask { name: std::borrow::Cow<'static, str> },
+    BackgroundTask {
+        name: std::borrow::Cow<'static, str>,
+    },
     /// A saga resumed after a restart, whose starter is not known here.
     Saga,
     /// A sled agent calling the internal API.

@@ -237,7 +237,11 @@ pub fn decide(actor: &Actor, roles: &Roles, resource: &Resource, action: Action)
         // creates projects in it.
         Resource::Silo(silo) => {
             let member = matches!(actor, Actor::User { silo_id, .. } if *silo_id == silo.id);
-            if member && matches!(action, Action::Read | Action::ListChildren | Action::CreateChild)
+            if member
+                && matches!(
+                    action,
+                    Action::Read | Action::ListChildren | Action::CreateChild
+                )
             {
                 Decision::Allowed
             } else {
@@ -246,7 +250,11 @@ pub fn decide(actor: &Actor, roles: &Roles, resource: &Resource, action: Action)
         }
         Resource::Project(_) | Resource::Instance(_) | Resource::ProjectPolicy(_) => {
             let may = |action| {
-                (fleet_viewer && matches!(action, Action::Read | Action::ListChildren | Action::ReadPolicy))
+                (fleet_viewer
+                    && matches!(
+                        action,
+                        Action::Read | Action::ListChildren | Action::ReadPolicy
+                    ))
                     || roles
                         .project
                         .iter()
@@ -264,7 +272,12 @@ pub fn decide(actor: &Actor, roles: &Roles, resource: &Resource, action: Action)
 }
 
 /// [`decide`] as the error the caller gets, if any.
-pub fn check(actor: &Actor, roles: &Roles, resource: &Resource, action: Action) -> Result<(), Error> {
+pub fn check(
+    actor: &Actor,
+    roles: &Roles,
+    resource: &Resource,
+    action: Action,
+) -> Result<(), Error> {
     match decide(actor, roles, resource, action) {
         Decision::Allowed => Ok(()),
         Decision::Forbidden => Err(Error::forbidden(format!(
@@ -333,11 +346,21 @@ mod tests {
             );
         }
         assert_eq!(
-            decide(&actor, &roles(&[], &[ProjectRole::Viewer]), &instance, Action::Modify),
+            decide(
+                &actor,
+                &roles(&[], &[ProjectRole::Viewer]),
+                &instance,
+                Action::Modify
+            ),
             Decision::Forbidden
         );
         assert_eq!(
-            decide(&actor, &roles(&[FleetRole::Viewer], &[]), &instance, Action::Modify),
+            decide(
+                &actor,
+                &roles(&[FleetRole::Viewer], &[]),
+                &instance,
+                Action::Modify
+            ),
             Decision::Forbidden
         );
     }
@@ -353,11 +376,21 @@ mod tests {
             Decision::Forbidden
         );
         assert_eq!(
-            decide(&actor, &roles(&[FleetRole::Viewer], &[]), &fleet, Action::ListChildren),
+            decide(
+                &actor,
+                &roles(&[FleetRole::Viewer], &[]),
+                &fleet,
+                Action::ListChildren
+            ),
             Decision::Allowed
         );
         assert_eq!(
-            decide(&actor, &roles(&[FleetRole::Viewer], &[]), &fleet, Action::Modify),
+            decide(
+                &actor,
+                &roles(&[FleetRole::Viewer], &[]),
+                &fleet,
+                Action::Modify
+            ),
             Decision::Forbidden
         );
         let own = Resource::Silo(Silo { id: silo });
@@ -390,7 +423,12 @@ mod tests {
         };
         let collaborator = roles(&[], &[ProjectRole::Collaborator]);
         assert_eq!(
-            decide(&actor, &collaborator, &Resource::Project(project.clone()), Action::Delete),
+            decide(
+                &actor,
+                &collaborator,
+                &Resource::Project(project.clone()),
+                Action::Delete
+            ),
             Decision::Forbidden
         );
         assert_eq!(

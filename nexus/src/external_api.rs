@@ -12,6 +12,7 @@ use dropshot::{
     RequestContext, ResultsPage, TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
 use halyard_common::Error;
+use halyard_common::ids::{GenericUuid, UserUuid};
 use halyard_db_queries::DeviceTokenPoll;
 use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
 use halyard_nexus_external_api::NexusExternalApi;
@@ -25,11 +26,10 @@ use halyard_nexus_external_api::params::{
     OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
 };
 use halyard_nexus_external_api::views::{
-    Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Instance,
-    IdentityType, InstanceSerialConsoleData, Migration, Project, ProjectRole, ProjectRolePolicy,
+    Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, IdentityType, Instance,
+    InstanceSerialConsoleData, Migration, Project, ProjectRole, ProjectRolePolicy,
     ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
 };
-use halyard_common::ids::{GenericUuid, UserUuid};
 use std::sync::Arc;
 
 pub enum NexusExternalImpl {}
@@ -512,7 +512,9 @@ impl NexusExternalApi for NexusExternalImpl {
         let rqctx = &rqctx;
         external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
-            let id = lookup_instance(nexus, &opctx, query, path, Action::Delete).await?.id();
+            let id = lookup_instance(nexus, &opctx, query, path, Action::Delete)
+                .await?
+                .id();
             for_request(&rqctx, nexus.instance_delete(id)).await?;
             Ok(HttpResponseDeleted())
         })
@@ -607,7 +609,12 @@ impl NexusExternalApi for NexusExternalImpl {
             let query = query.into_inner();
             let instance = path.into_inner().instance;
             let id = nexus
-                .instance_lookup_authorized(&opctx, query.project.as_ref(), &instance, Action::Modify)
+                .instance_lookup_authorized(
+                    &opctx,
+                    query.project.as_ref(),
+                    &instance,
+                    Action::Modify,
+                )
                 .await?
                 .id();
             // Connected to the sled agent before the user's upgrade is accepted: a failure is
@@ -656,7 +663,9 @@ impl NexusExternalApi for NexusExternalImpl {
         let rqctx = &rqctx;
         external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
-            let id = lookup_instance(nexus, &opctx, query, path, Action::ListChildren).await?.id();
+            let id = lookup_instance(nexus, &opctx, query, path, Action::ListChildren)
+                .await?
+                .id();
             let migrations = nexus.datastore().migration_list(Some(id)).await?;
             Ok(HttpResponseOk(
                 migrations.into_iter().map(migration_view).collect(),

@@ -11,11 +11,16 @@ use halyard_common::ids::{GenericUuid, ProjectUuid, UserUuid};
 use halyard_common::{Error, ResourceType};
 use halyard_db_model::schema::{project, role_assignment, silo_user};
 use halyard_db_model::{
-    DbName, FLEET_ID, IDENTITY_TYPE_SILO_USER, Project, RESOURCE_TYPE_FLEET,
-    RESOURCE_TYPE_PROJECT, RoleAssignment,
+    DbName, FLEET_ID, IDENTITY_TYPE_SILO_USER, Project, RESOURCE_TYPE_FLEET, RESOURCE_TYPE_PROJECT,
+    RoleAssignment,
 };
 
-fn user_role(resource_type: &str, resource_id: uuid::Uuid, user: UserUuid, role: &str) -> RoleAssignment {
+fn user_role(
+    resource_type: &str,
+    resource_id: uuid::Uuid,
+    user: UserUuid,
+    role: &str,
+) -> RoleAssignment {
     RoleAssignment {
         resource_type: resource_type.to_string(),
         resource_id,
@@ -203,7 +208,12 @@ impl DataStore {
         let rows: Vec<RoleAssignment> = assignments
             .iter()
             .map(|(user, role)| {
-                user_role(RESOURCE_TYPE_PROJECT, project.into_untyped_uuid(), *user, role)
+                user_role(
+                    RESOURCE_TYPE_PROJECT,
+                    project.into_untyped_uuid(),
+                    *user,
+                    role,
+                )
             })
             .collect();
         let conn = &mut *self.connection().await?;

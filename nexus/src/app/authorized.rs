@@ -18,7 +18,9 @@ fn lookup_type(which: &NameOrId) -> LookupType {
     }
 }
 
-fn parse_roles<R: std::str::FromStr<Err = String> + Ord>(names: Vec<String>) -> Result<std::collections::BTreeSet<R>, Error> {
+fn parse_roles<R: std::str::FromStr<Err = String> + Ord>(
+    names: Vec<String>,
+) -> Result<std::collections::BTreeSet<R>, Error> {
     names
         .into_iter()
         .map(|name| name.parse().map_err(Error::internal))
@@ -164,7 +166,9 @@ impl Nexus {
         } else {
             None
         };
-        self.datastore().project_list_visible(page, visible_to).await
+        self.datastore()
+            .project_list_visible(page, visible_to)
+            .await
     }
 
     /// A project's policy, for an actor who may read it (its viewers).
@@ -173,7 +177,9 @@ impl Nexus {
         opctx: &OpContext,
         which: &NameOrId,
     ) -> Result<Vec<(UserUuid, ProjectRole)>, Error> {
-        let project = self.project_policy_authorized(opctx, which, Action::ReadPolicy).await?;
+        let project = self
+            .project_policy_authorized(opctx, which, Action::ReadPolicy)
+            .await?;
         policy_rows(self.datastore().project_policy_fetch(project).await?)
     }
 

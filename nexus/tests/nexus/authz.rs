@@ -39,12 +39,7 @@ struct Users {
 
 impl Users {
     fn client(&self, name: &str) -> &reqwest::Client {
-        &self
-            .callers
-            .iter()
-            .find(|c| c.name == name)
-            .unwrap()
-            .client
+        &self.callers.iter().find(|c| c.name == name).unwrap().client
     }
 }
 
@@ -60,7 +55,10 @@ async fn user(ctx: &TestContext, name: &str, fleet_admin: bool) -> (UserUuid, St
         .await
         .unwrap();
     if fleet_admin {
-        datastore.fleet_role_grant(user.id(), "admin").await.unwrap();
+        datastore
+            .fleet_role_grant(user.id(), "admin")
+            .await
+            .unwrap();
     }
     let (_, secret) = datastore.token_create(user.id(), None).await.unwrap();
     (user.id(), secret.expose().to_string())
@@ -199,12 +197,13 @@ fn instance_body(name: &str) -> Value {
     })
 }
 
-/// The request an operation is tried with: method, path and query, body, and whether it is a
-/// WebSocket upgrade.
+/// The request an operation is tried with: method, path and query, a JSON body or a form
+/// (the device login's, as OAuth has it), and whether it is a WebSocket upgrade.
 struct Request {
     method: reqwest::Method,
     path: String,
     body: Option<Value>,
+    form: Option<Vec<(&'static str, String)>>,
     websocket: bool,
 }
 
@@ -215,20 +214,28 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
         method: reqwest::Method::GET,
         path,
         body: None,
+        form: None,
         websocket: false,
     };
     let with = |method: reqwest::Method, path: String, body: Option<Value>| Request {
         method,
         path,
         body,
+        form: None,
+        websocket: false,
+    };
+    let form = |path: &str, fields: Vec<(&'static str, String)>| Request {
+        method: reqwest::Method::POST,
+        path: path.to_string(),
+        body: None,
+        form: Some(fields),
         websocket: false,
     };
     use reqwest::Method as M;
     match operation {
-        "device_auth_request" => with(
-            M::POST,
-            "/device/auth".into(),
-            Some(json!({"client_id": uuid::Uuid::new_v4()})),
+        "device_auth_request" => form(
+            "/device/auth",
+            vec![("client_id", uuid::Uuid::new_v4().to_string())],
         ),
         // A user code no device login has.
         "device_auth_confirm" => with(
@@ -236,14 +243,17 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
             "/device/confirm".into(),
             Some(json!({"user_code": "BCDF-GHJK"})),
         ),
-        "device_access_token" => with(
-            M::POST,
-            "/device/token".into(),
-            Some(json!({
-                "client_id": uuid::Uuid::new_v4(),
-                "device_code": "unknown",
-                "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
-            })),
+        // A device code no login has.
+        "device_access_token" => form(
+            "/device/token",
+            vec![
+                ("client_id", uuid::Uuid::new_v4().to_string()),
+                ("device_code", "unknown".to_string()),
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:device_code".to_string(),
+                ),
+            ],
         ),
         "current_user_view" => get("/v1/me".into()),
         "project_list" => get("/v1/projects".into()),
@@ -342,9 +352,22 @@ fn expected() -> BTreeMap<String, BTreeMap<&'static str, u16>> {
 }
 
 async fn send(ctx: &TestContext, client: &reqwest::Client, request: &Request) -> (u16, Value) {
-    let mut builder = client.request(request.method.clone(), format!("{}{}", base(ctx), request.path));
+    let mut builder = client.request(
+        request.method.clone(),
+        format!("{}{}", base(ctx), request.path),
+    );
     if let Some(body) = &request.body {
         builder = builder.json(body);
+    }
+    if let Some(fields) = &request.form {
+        // The values are letters, digits, dashes and colons (escaped).
+        let encoded: Vec<String> = fields
+            .iter()
+            .map(|(key, value)| format!("{key}={}", value.replace(':', "%3A")))
+            .collect();
+        builder = builder
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encoded.join("&"));
     }
     if request.websocket {
         builder = builder
@@ -356,7 +379,10 @@ async fn send(ctx: &TestContext, client: &reqwest::Client, request: &Request) ->
     let response = builder.send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[tokio::test]
@@ -403,8 +429,16 @@ async fn every_operation_as_every_caller_gets_the_expected_status() {
             }
             // A refusal says nothing more than Oxide's error codes.
             match status {
-                401 => assert_eq!(body["error_code"], "Unauthorized", "{operation} {}", caller.name),
-                403 => assert_eq!(body["error_code"], "Forbidden", "{operation} {}", caller.name),
+                401 => assert_eq!(
+                    body["error_code"], "Unauthorized",
+                    "{operation} {}",
+                    caller.name
+                ),
+                403 => assert_eq!(
+                    body["error_code"], "Forbidden",
+                    "{operation} {}",
+                    caller.name
+                ),
                 _ => {}
             }
         }
@@ -447,6 +481,7 @@ async fn another_projects_resources_look_missing() {
             method: reqwest::Method::GET,
             path: path.clone(),
             body: None,
+            form: None,
             websocket: false,
         };
         hidden.push(send(&ctx, stranger, &request).await);
@@ -469,6 +504,7 @@ async fn another_projects_resources_look_missing() {
             method: reqwest::Method::GET,
             path: path.clone(),
             body: None,
+            form: None,
             websocket: false,
         };
         let (missing_status, missing_body) = send(&ctx, stranger, &request).await;
