@@ -11,8 +11,7 @@ use halyard_common::ids::{
 };
 
 /// The silo every user belongs to until Halyard has more than one (created by `dbinit.sql`).
-pub const DEFAULT_SILO_ID: uuid::Uuid =
-    uuid::Uuid::from_u128(0x001de000_5110_4000_8000_000000000000);
+pub const DEFAULT_SILO_ID: uuid::Uuid = uuid::Uuid::from_u128(0x001de000_5110_4000_8000_000000000000);
 
 pub fn default_silo_id() -> SiloUuid {
     SiloUuid::from_untyped_uuid(DEFAULT_SILO_ID)

@@ -24,10 +24,10 @@ mod schema_version;
 pub mod secret;
 
 pub use datastore::{
-    ConflictReason, DEVICE_AUTH_REQUEST_LIFETIME, DataStore, DeviceTokenPoll, LeftoverClaim,
-    Leftovers, MigrationReport, PoolConfig, PoolStatistics, ReportApplied, RetireOutcome,
-    SledChoice, TokenOwner, TransitionConflict, TransitionOutcome, VmmStateReport,
-    validate_instance_shape, validate_new_instance,
+    DEVICE_AUTH_REQUEST_LIFETIME, DeviceTokenPoll, TokenOwner,
+    ConflictReason, DataStore, LeftoverClaim, Leftovers, MigrationReport, PoolConfig,
+    PoolStatistics, ReportApplied, RetireOutcome, SledChoice, TransitionConflict,
+    TransitionOutcome, VmmStateReport, validate_instance_shape, validate_new_instance,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
 pub use saga_store::{DbSecStore, saga_node_event_to_steno};

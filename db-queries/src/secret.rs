@@ -79,7 +79,8 @@ pub fn looks_like_device_code(candidate: &str) -> bool {
 fn looks_like_secret(encoded: Option<&str>) -> bool {
     encoded.is_some_and(|e| {
         e.len() == ENCODED_LEN
-            && e.bytes()
+            && e
+                .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     })
 }

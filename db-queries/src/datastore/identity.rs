@@ -78,11 +78,7 @@ impl DataStore {
     }
 
     /// A live user of a silo, by name.
-    pub async fn user_fetch_by_name(
-        &self,
-        silo_id: SiloUuid,
-        name: &Name,
-    ) -> Result<SiloUser, Error> {
+    pub async fn user_fetch_by_name(&self, silo_id: SiloUuid, name: &Name) -> Result<SiloUser, Error> {
         let conn = &mut *self.connection().await?;
         silo_user::table
             .filter(silo_user::silo_id.eq(DbTypedUuid(silo_id)))
@@ -230,11 +226,7 @@ impl DataStore {
 
     /// A user confirms a device authorization request by its user code (`POST
     /// /device/confirm`). `ObjectNotFound` if no unexpired, unconfirmed request has that code.
-    pub async fn device_auth_confirm(
-        &self,
-        user_code: &str,
-        user_id: UserUuid,
-    ) -> Result<(), Error> {
+    pub async fn device_auth_confirm(&self, user_code: &str, user_id: UserUuid) -> Result<(), Error> {
         let conn = &mut *self.connection().await?;
         let updated = diesel::update(device_auth_request::table)
             .filter(device_auth_request::user_code.eq(normalize_user_code(user_code)))
