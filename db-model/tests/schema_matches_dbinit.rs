@@ -92,6 +92,12 @@ fn diesel_view() -> ColumnMap {
         migration,
         saga,
         saga_node_event,
+        silo,
+        silo_user,
+        api_token,
+        device_auth_request,
+        audit_log,
+        role_assignment,
     );
     map
 }
