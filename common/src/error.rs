@@ -104,6 +104,11 @@ pub enum Error {
     Unauthenticated { internal_message: String },
 
     /// A bug or an unexpected failure. The message is for logs only.
+    /// The caller may see the resource but not do this to it (one who may not see it gets
+    /// `ObjectNotFound`, as if it did not exist).
+    #[error("forbidden: {internal_message}")]
+    Forbidden { internal_message: String },
+
     #[error("internal error: {internal_message}")]
     InternalError { internal_message: String },
 }
@@ -160,6 +165,12 @@ impl Error {
         }
     }
 
+    pub fn forbidden(internal_message: impl Into<String>) -> Error {
+        Error::Forbidden {
+            internal_message: internal_message.into(),
+        }
+    }
+
     pub fn internal(internal_message: impl Into<String>) -> Error {
         Error::InternalError {
             internal_message: internal_message.into(),
@@ -177,6 +188,7 @@ impl Error {
             Error::InsufficientCapacity { .. } => "InsufficientCapacity",
             Error::ServiceUnavailable { .. } => "ServiceNotAvailable",
             Error::Unauthenticated { .. } => "Unauthorized",
+            Error::Forbidden { .. } => "Forbidden",
             Error::InternalError { .. } => "Internal",
         }
     }
@@ -191,6 +203,7 @@ impl Error {
             Error::InsufficientCapacity { .. } => 507,
             Error::ServiceUnavailable { .. } => 503,
             Error::Unauthenticated { .. } => 401,
+            Error::Forbidden { .. } => 403,
             Error::InternalError { .. } => 500,
         }
     }
@@ -200,6 +213,7 @@ impl Error {
         match self {
             Error::InternalError { .. } => "Internal Server Error".to_string(),
             Error::Unauthenticated { .. } => "credentials missing or invalid".to_string(),
+            Error::Forbidden { .. } => "Forbidden".to_string(),
             other => other.to_string(),
         }
     }

@@ -10,6 +10,7 @@ mod identity;
 mod instance;
 mod migration;
 mod project;
+mod role;
 mod saga;
 pub mod schema;
 mod sled;
@@ -24,6 +25,9 @@ pub use identity::{
 pub use instance::{Instance, InstanceRuntimeState, NewInstanceParams};
 pub use migration::Migration;
 pub use project::Project;
+pub use role::{
+    FLEET_ID, IDENTITY_TYPE_SILO_USER, RESOURCE_TYPE_FLEET, RESOURCE_TYPE_PROJECT, RoleAssignment,
+};
 pub use saga::{Saga, SagaNodeEvent, SagaState};
 pub use sled::{Sled, SledBackend, SledReservation, SledResources};
 pub use sql_types::{DbByteCount, DbEnum, DbGeneration, DbName, DbTypedUuid};

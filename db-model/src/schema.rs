@@ -191,6 +191,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    role_assignment (resource_type, resource_id, identity_type, identity_id, role_name) {
+        resource_type -> Text,
+        resource_id -> Uuid,
+        identity_type -> Text,
+        identity_id -> Uuid,
+        role_name -> Text,
+    }
+}
+
 diesel::joinable!(instance -> project (project_id));
 diesel::joinable!(vmm -> instance (instance_id));
 diesel::joinable!(vmm -> sled (sled_id));
@@ -215,6 +225,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_token,
     device_auth_request,
     audit_log,
+    role_assignment,
 );
 
 // Metrics count VMMs by state and their sled's backend.

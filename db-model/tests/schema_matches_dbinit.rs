@@ -97,6 +97,7 @@ fn diesel_view() -> ColumnMap {
         api_token,
         device_auth_request,
         audit_log,
+        role_assignment,
     );
     map
 }

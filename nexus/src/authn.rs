@@ -35,8 +35,9 @@ use std::sync::Arc;
 /// The longest `Authorization` header looked at; a token is far shorter.
 const MAX_AUTHORIZATION_LEN: usize = 1024;
 
-/// Who is acting.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who is acting. Sagas keep their starter's in their parameters (see [`saga_param`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Actor {
     /// A user, authenticated by an API token.
     User {
@@ -44,7 +45,9 @@ pub enum Actor {
         silo_id: SiloUuid,
     },
     /// One of Nexus's background tasks (`vmm_retirement`, `saga_leftover_release`, ...).
-    BackgroundTask { name: &'static str },
+    BackgroundTask {
+        name: std::borrow::Cow<'static, str>,
+    },
     /// A saga resumed after a restart, whose starter is not known here.
     Saga,
     /// A sled agent calling the internal API.
@@ -62,7 +65,7 @@ pub struct OpContext {
 impl OpContext {
     pub fn for_background_task(name: &'static str) -> OpContext {
         OpContext {
-            actor: Actor::BackgroundTask { name },
+            actor: Actor::BackgroundTask { name: name.into() },
             request_id: None,
         }
     }
@@ -75,6 +78,26 @@ impl OpContext {
         }
     }
 }
+
+tokio::task_local! {
+    /// The actor the current task works for (an external request's caller, inside
+    /// [`external_request`]).
+    static CURRENT_ACTOR: Actor;
+}
+
+/// The actor the current task works for, if it works for one (see [`external_request`]).
+pub fn current_actor() -> Option<Actor> {
+    CURRENT_ACTOR.try_with(Clone::clone).ok()
+}
+
+/// Runs `work` as work for `actor` ([`current_actor`] returns it inside).
+pub async fn act_as<F: Future>(actor: Actor, work: F) -> F::Output {
+    CURRENT_ACTOR.scope(actor, work).await
+}
+
+/// The field of a saga's parameters (in the saga log) that names the actor who started the
+/// saga, so the saga acts as them even when resumed after a crash.
+pub const SAGA_ACTOR_PARAM: &str = "actor";
 
 /// Why a request's credentials were refused: for the log only; the client is told none of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,11 +193,12 @@ where
             return Err(error.into());
         }
     };
+    let actor = opctx.actor.clone();
     let Some(audit) = audit else {
-        return work(opctx).await;
+        return act_as(actor, work(opctx)).await;
     };
     let id = audit.record_started(rqctx, opctx.user()).await?;
-    let result = work(opctx).await;
+    let result = act_as(actor, work(opctx)).await;
     audit_complete(rqctx, id, &result).await;
     result
 }

@@ -4,13 +4,15 @@
 use crate::app::Nexus;
 use crate::app::instance::InstanceAndVmm;
 use crate::app::serial_console::{ConsoleOffset, relay_serial_console};
-use crate::authn::{WebsocketUpgraded, external_request, unauthenticated_request};
+use crate::authn::{OpContext, WebsocketUpgraded, external_request, unauthenticated_request};
+use crate::authz::{Action, ProjectRole as AuthzProjectRole};
 use dropshot::{
     Body, HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted,
     HttpResponseOk, HttpResponseUpdatedNoContent, PaginationOrder as DropshotOrder, Path, Query,
     RequestContext, ResultsPage, TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
 use halyard_common::Error;
+use halyard_common::ids::{GenericUuid, UserUuid};
 use halyard_db_queries::DeviceTokenPoll;
 use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
 use halyard_nexus_external_api::NexusExternalApi;
@@ -24,9 +26,9 @@ use halyard_nexus_external_api::params::{
     OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
 };
 use halyard_nexus_external_api::views::{
-    Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Instance,
-    InstanceSerialConsoleData, Migration, Project, Sled, SledPolicy, SledProvisionPolicy,
-    SledState,
+    Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, IdentityType, Instance,
+    InstanceSerialConsoleData, Migration, Project, ProjectRole, ProjectRolePolicy,
+    ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
 };
 use std::sync::Arc;
 
@@ -147,16 +149,53 @@ async fn for_request<T>(
     halyard_observability::request_id::scope(Some(rqctx.request_id.clone()), work).await
 }
 
-/// The instance a request names. Handlers hand the record on to the app layer, which does
-/// not read it again.
+/// The instance a request names, if its caller may do `action` on it. Handlers hand the
+/// record on to the app layer, which does not read it again.
 async fn lookup_instance(
     nexus: &Nexus,
+    opctx: &OpContext,
     query: Query<OptionalProjectSelector>,
     path: Path<InstancePath>,
+    action: Action,
 ) -> Result<InstanceAndVmm, Error> {
     let project = query.into_inner().project;
     let instance = path.into_inner().instance;
-    nexus.instance_lookup(project.as_ref(), &instance).await
+    nexus
+        .instance_lookup_authorized(opctx, project.as_ref(), &instance, action)
+        .await
+}
+
+fn policy_view(assignments: Vec<(UserUuid, AuthzProjectRole)>) -> ProjectRolePolicy {
+    ProjectRolePolicy {
+        role_assignments: assignments
+            .into_iter()
+            .map(|(user, role)| ProjectRoleRoleAssignment {
+                identity_id: user.into_untyped_uuid(),
+                identity_type: IdentityType::SiloUser,
+                role_name: match role {
+                    AuthzProjectRole::Admin => ProjectRole::Admin,
+                    AuthzProjectRole::Collaborator => ProjectRole::Collaborator,
+                    AuthzProjectRole::Viewer => ProjectRole::Viewer,
+                },
+            })
+            .collect(),
+    }
+}
+
+fn policy_assignments(policy: ProjectRolePolicy) -> Vec<(UserUuid, AuthzProjectRole)> {
+    policy
+        .role_assignments
+        .into_iter()
+        .map(|assignment| {
+            let IdentityType::SiloUser = assignment.identity_type;
+            let role = match assignment.role_name {
+                ProjectRole::Admin => AuthzProjectRole::Admin,
+                ProjectRole::Collaborator => AuthzProjectRole::Collaborator,
+                ProjectRole::Viewer => AuthzProjectRole::Viewer,
+            };
+            (UserUuid::from_untyped_uuid(assignment.identity_id), role)
+        })
+        .collect()
 }
 
 /// An OAuth 2.0 answer (RFC 6749 §5): its own JSON, not dropshot's error body.
@@ -278,12 +317,13 @@ impl NexusExternalApi for NexusExternalImpl {
         let rqctx = &rqctx;
         external_request(rqctx, move |opctx| async move {
             let (user, silo) = rqctx.context().current_user(&opctx).await?;
+            let fleet_roles = rqctx.context().fleet_roles(&opctx).await?;
             Ok(HttpResponseOk(CurrentUser {
                 id: user.id(),
                 display_name: user.name().to_string(),
                 silo_id: silo.id(),
                 silo_name: silo.name().clone(),
-                fleet_viewer: false,
+                fleet_viewer: !fleet_roles.is_empty(),
                 silo_admin: false,
                 time_created: user.time_created,
                 time_modified: user.time_modified,
@@ -297,11 +337,14 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<PaginatedByNameOrId>,
     ) -> Result<HttpResponseOk<ResultsPage<Project>>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let query = query.into_inner();
             let limit = rqctx.page_limit(&query)?;
             let page = paginated_by(name_or_id_pagination(&query, limit)?);
-            let projects = rqctx.context().project_list(&page).await?;
+            let projects = rqctx
+                .context()
+                .project_list_authorized(&opctx, &page)
+                .await?;
             let views = projects.into_iter().map(project_view).collect();
             Ok(HttpResponseOk(results_page_by_name_or_id(
                 views,
@@ -316,11 +359,11 @@ impl NexusExternalApi for NexusExternalImpl {
         body: TypedBody<ProjectCreate>,
     ) -> Result<HttpResponseCreated<Project>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let body = body.into_inner();
             let project = rqctx
                 .context()
-                .project_create(body.name, body.description)
+                .project_create_authorized(&opctx, body.name, body.description)
                 .await?;
             Ok(HttpResponseCreated(project_view(project)))
         })
@@ -332,10 +375,10 @@ impl NexusExternalApi for NexusExternalImpl {
         path: Path<ProjectPath>,
     ) -> Result<HttpResponseOk<Project>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let project = rqctx
                 .context()
-                .project_view(&path.into_inner().project)
+                .project_lookup_authorized(&opctx, &path.into_inner().project, Action::Read)
                 .await?;
             Ok(HttpResponseOk(project_view(project)))
         })
@@ -347,12 +390,52 @@ impl NexusExternalApi for NexusExternalImpl {
         path: Path<ProjectPath>,
     ) -> Result<HttpResponseDeleted, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
-            rqctx
-                .context()
-                .project_delete(&path.into_inner().project)
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let project = nexus
+                .project_lookup_authorized(&opctx, &path.into_inner().project, Action::Delete)
+                .await?;
+            nexus
+                .project_delete(&halyard_common::NameOrId::Id(
+                    project.id().into_untyped_uuid(),
+                ))
                 .await?;
             Ok(HttpResponseDeleted())
+        })
+        .await
+    }
+
+    async fn project_policy_view(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ProjectPath>,
+    ) -> Result<HttpResponseOk<ProjectRolePolicy>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let assignments = rqctx
+                .context()
+                .project_policy_view(&opctx, &path.into_inner().project)
+                .await?;
+            Ok(HttpResponseOk(policy_view(assignments)))
+        })
+        .await
+    }
+
+    async fn project_policy_update(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ProjectPath>,
+        body: TypedBody<ProjectRolePolicy>,
+    ) -> Result<HttpResponseOk<ProjectRolePolicy>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let assignments = rqctx
+                .context()
+                .project_policy_update(
+                    &opctx,
+                    &path.into_inner().project,
+                    policy_assignments(body.into_inner()),
+                )
+                .await?;
+            Ok(HttpResponseOk(policy_view(assignments)))
         })
         .await
     }
@@ -362,14 +445,20 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<PaginatedByNameOrId<ProjectSelector>>,
     ) -> Result<HttpResponseOk<ResultsPage<Instance>>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let query = query.into_inner();
             let limit = rqctx.page_limit(&query)?;
             let scan = scan_params(&query);
             let page = paginated_by(name_or_id_pagination(&query, limit)?);
-            let instances = rqctx
-                .context()
-                .instance_list(&scan.selector.project, &page)
+            let nexus = rqctx.context();
+            let project = nexus
+                .project_lookup_authorized(&opctx, &scan.selector.project, Action::ListChildren)
+                .await?;
+            let instances = nexus
+                .instance_list(
+                    &halyard_common::NameOrId::Id(project.id().into_untyped_uuid()),
+                    &page,
+                )
                 .await?;
             let views = instances.into_iter().map(instance_view).collect();
             Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
@@ -383,8 +472,12 @@ impl NexusExternalApi for NexusExternalImpl {
         body: TypedBody<InstanceCreate>,
     ) -> Result<HttpResponseCreated<Instance>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
-            let project = query.into_inner().project;
+        external_request(rqctx, move |opctx| async move {
+            let project = rqctx
+                .context()
+                .project_lookup_authorized(&opctx, &query.into_inner().project, Action::CreateChild)
+                .await?;
+            let project = halyard_common::NameOrId::Id(project.id().into_untyped_uuid());
             let created = for_request(
                 rqctx,
                 rqctx.context().instance_create(&project, body.into_inner()),
@@ -401,11 +494,10 @@ impl NexusExternalApi for NexusExternalImpl {
         path: Path<InstancePath>,
     ) -> Result<HttpResponseOk<Instance>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
-            Ok(HttpResponseOk(instance_view(
-                lookup_instance(nexus, query, path).await?,
-            )))
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::Read).await?;
+            Ok(HttpResponseOk(instance_view(instance)))
         })
         .await
     }
@@ -416,9 +508,12 @@ impl NexusExternalApi for NexusExternalImpl {
         path: Path<InstancePath>,
     ) -> Result<HttpResponseDeleted, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
-            let id = lookup_instance(nexus, query, path).await?.instance.id();
+            let id = lookup_instance(nexus, &opctx, query, path, Action::Delete)
+                .await?
+                .instance
+                .id();
             for_request(rqctx, nexus.instance_delete(id)).await?;
             Ok(HttpResponseDeleted())
         })
@@ -431,9 +526,9 @@ impl NexusExternalApi for NexusExternalImpl {
         path: Path<InstancePath>,
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
-            let instance = lookup_instance(nexus, query, path).await?;
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             Ok(HttpResponseAccepted(instance_view(
                 for_request(rqctx, nexus.instance_start_found(instance)).await?,
             )))
@@ -447,9 +542,9 @@ impl NexusExternalApi for NexusExternalImpl {
         path: Path<InstancePath>,
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
-            let instance = lookup_instance(nexus, query, path).await?;
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             Ok(HttpResponseAccepted(instance_view(
                 for_request(rqctx, nexus.instance_stop_found(instance)).await?,
             )))
@@ -463,9 +558,9 @@ impl NexusExternalApi for NexusExternalImpl {
         path: Path<InstancePath>,
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
-            let instance = lookup_instance(nexus, query, path).await?;
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             Ok(HttpResponseAccepted(instance_view(
                 for_request(rqctx, nexus.instance_reboot_found(instance)).await?,
             )))
@@ -479,13 +574,13 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<InstanceSerialConsoleRequest>,
     ) -> Result<HttpResponseOk<InstanceSerialConsoleData>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
             let query = query.into_inner();
             let from = ConsoleOffset::from_query(query.from_start, query.most_recent)?;
             let instance = path.into_inner().instance;
             let id = nexus
-                .instance_lookup(query.project.as_ref(), &instance)
+                .instance_lookup_authorized(&opctx, query.project.as_ref(), &instance, Action::Read)
                 .await?
                 .instance
                 .id();
@@ -509,12 +604,17 @@ impl NexusExternalApi for NexusExternalImpl {
         websocket: WebsocketUpgrade,
     ) -> WebsocketEndpointResult {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
             let query = query.into_inner();
             let instance = path.into_inner().instance;
             let id = nexus
-                .instance_lookup(query.project.as_ref(), &instance)
+                .instance_lookup_authorized(
+                    &opctx,
+                    query.project.as_ref(),
+                    &instance,
+                    Action::Modify,
+                )
                 .await?
                 .instance
                 .id();
@@ -543,9 +643,11 @@ impl NexusExternalApi for NexusExternalImpl {
         body: TypedBody<InstanceMigrate>,
     ) -> Result<HttpResponseAccepted<Instance>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
-            let instance = lookup_instance(nexus, query, path).await?;
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
+            // Migration names physical sleds: the fleet's business (fleet admin).
+            nexus.fleet_authorize(&opctx, Action::Modify).await?;
             let destination = body.into_inner().dst_sled_id;
             Ok(HttpResponseAccepted(instance_view(
                 for_request(rqctx, nexus.instance_migrate_found(instance, destination)).await?,
@@ -560,9 +662,12 @@ impl NexusExternalApi for NexusExternalImpl {
         path: Path<InstancePath>,
     ) -> Result<HttpResponseOk<Vec<Migration>>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
-            let id = lookup_instance(nexus, query, path).await?.instance.id();
+            let id = lookup_instance(nexus, &opctx, query, path, Action::ListChildren)
+                .await?
+                .instance
+                .id();
             let migrations = nexus.datastore().migration_list(Some(id)).await?;
             Ok(HttpResponseOk(
                 migrations.into_iter().map(migration_view).collect(),
@@ -576,7 +681,11 @@ impl NexusExternalApi for NexusExternalImpl {
         query: Query<PaginatedById>,
     ) -> Result<HttpResponseOk<ResultsPage<Sled>>, HttpError> {
         let rqctx = &rqctx;
-        external_request(rqctx, move |_opctx| async move {
+        external_request(rqctx, move |opctx| async move {
+            rqctx
+                .context()
+                .fleet_authorize(&opctx, Action::ListChildren)
+                .await?;
             let query = query.into_inner();
             let limit = rqctx.page_limit(&query)?;
             let page = id_pagination(&query, limit);

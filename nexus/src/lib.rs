@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod authn;
+pub mod authz;
 pub mod config;
 mod external_api;
 mod internal_api;

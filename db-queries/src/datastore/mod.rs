@@ -8,6 +8,7 @@ mod instance_view;
 mod leftover;
 mod migration;
 mod project;
+mod role;
 mod saga;
 mod sled;
 mod vmm;

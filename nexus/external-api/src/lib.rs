@@ -26,7 +26,9 @@ use params::{
     InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
     OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
 };
-use views::{CurrentUser, Instance, InstanceSerialConsoleData, Migration, Project, Sled};
+use views::{
+    CurrentUser, Instance, InstanceSerialConsoleData, Migration, Project, ProjectRolePolicy, Sled,
+};
 
 #[dropshot::api_description]
 pub trait NexusExternalApi {
@@ -110,6 +112,23 @@ pub trait NexusExternalApi {
         rqctx: RequestContext<Self::Context>,
         path: Path<ProjectPath>,
     ) -> Result<HttpResponseDeleted, HttpError>;
+
+    /// Fetch a project's IAM policy: every role assigned on it. Needs the project's viewer
+    /// role.
+    #[endpoint { method = GET, path = "/v1/projects/{project}/policy", tags = ["projects"] }]
+    async fn project_policy_view(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ProjectPath>,
+    ) -> Result<HttpResponseOk<ProjectRolePolicy>, HttpError>;
+
+    /// Update a project's IAM policy: the assignments given replace all of the project's.
+    /// Needs the project's admin role.
+    #[endpoint { method = PUT, path = "/v1/projects/{project}/policy", tags = ["projects"] }]
+    async fn project_policy_update(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ProjectPath>,
+        body: TypedBody<ProjectRolePolicy>,
+    ) -> Result<HttpResponseOk<ProjectRolePolicy>, HttpError>;
 
     // Instances
 

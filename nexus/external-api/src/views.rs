@@ -179,7 +179,7 @@ pub struct CurrentUser {
     pub silo_id: halyard_common::ids::SiloUuid,
     /// Name of the silo to which this user belongs.
     pub silo_name: Name,
-    /// Whether this user has the viewer role on the fleet (roles come later: always `false`).
+    /// Whether this user holds a role on the fleet (admin or viewer).
     pub fleet_viewer: bool,
     /// Whether this user has the admin role on their silo (roles come later: always `false`).
     pub silo_admin: bool,
@@ -213,4 +213,40 @@ pub struct DeviceAccessTokenGrant {
     pub token_id: halyard_common::ids::ApiTokenUuid,
     /// When the token stops working; absent: never.
     pub time_expires: Option<DateTime<Utc>>,
+}
+
+/// The kind of identity a role is assigned to (Oxide's; Halyard has users, no groups yet).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityType {
+    SiloUser,
+}
+
+/// A role on a project.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectRole {
+    Admin,
+    Collaborator,
+    Viewer,
+}
+
+/// Describes the assignment of a particular role on a particular resource to a particular
+/// identity (user, group, etc.)
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct ProjectRoleRoleAssignment {
+    pub identity_id: Uuid,
+    pub identity_type: IdentityType,
+    pub role_name: ProjectRole,
+}
+
+/// Policy for a particular resource: the roles directly assigned on it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct ProjectRolePolicy {
+    /// Roles directly assigned on this resource
+    pub role_assignments: Vec<ProjectRoleRoleAssignment>,
 }

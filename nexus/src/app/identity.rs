@@ -60,9 +60,10 @@ impl Nexus {
 }
 
 impl Nexus {
-    /// The user `name` of the default silo (created if absent) and a new token for it that
-    /// never expires: how the dev environment and test harnesses get a caller. Operators
-    /// use `omdb db users create` and `omdb db tokens create`.
+    /// The user `name` of the default silo (created if absent), a fleet admin, and a new
+    /// token for it that never expires: how the dev environment and test harnesses get a
+    /// caller who may do everything. Operators use `omdb db users create [--fleet-role
+    /// admin]` and `omdb db tokens create`.
     pub async fn default_silo_user_token(
         &self,
         name: &halyard_common::Name,
@@ -75,6 +76,9 @@ impl Nexus {
             }
             Err(e) => return Err(e),
         };
+        self.datastore()
+            .fleet_role_grant(user.id(), crate::authz::FleetRole::Admin.name())
+            .await?;
         let (_, secret) = self.datastore().token_create(user.id(), None).await?;
         Ok((user, secret))
     }

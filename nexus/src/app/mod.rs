@@ -3,6 +3,7 @@
 //! (`saga`), the sagas themselves (`sagas`), and the background tasks (`background`). This
 //! file holds the `Nexus` struct, its constructor and accessors.
 
+pub mod authorized;
 pub mod background;
 pub mod crash_point;
 pub mod identity;

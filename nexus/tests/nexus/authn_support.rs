@@ -2,7 +2,7 @@
 
 pub use halyard_nexus_test_utils::context::{TEST_USER, test_user_token};
 
-/// A token of the test user made straight in the database at `database_url` (for a Nexus
+/// A token of the test user (a fleet admin) made straight in the database at `database_url` (for a Nexus
 /// running as a child process).
 pub async fn test_user_token_in(database_url: &str) -> String {
     let datastore = halyard_db_queries::DataStore::new(
@@ -15,6 +15,10 @@ pub async fn test_user_token_in(database_url: &str) -> String {
         .user_create(silo, TEST_USER.parse().unwrap())
         .await
         .expect("creating the test user");
+    datastore
+        .fleet_role_grant(user.id(), "admin")
+        .await
+        .expect("making the test user a fleet admin");
     let (_, secret) = datastore.token_create(user.id(), None).await.unwrap();
     secret.expose().to_string()
 }

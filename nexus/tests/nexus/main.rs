@@ -2,6 +2,7 @@
 
 mod authn;
 mod authn_support;
+mod authz;
 mod bad_input;
 mod context;
 mod crash_replay;

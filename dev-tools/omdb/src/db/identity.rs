@@ -40,7 +40,14 @@ pub(super) async fn cmd_users(db: &Db, json: bool) -> anyhow::Result<()> {
     print_rows(&rows, json, "no users")
 }
 
-pub(super) async fn cmd_user_create(db: &Db, name: &str, json: bool) -> anyhow::Result<()> {
+pub(super) async fn cmd_user_create(
+    db: &Db,
+    name: &str,
+    fleet_role: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    // Checked before the user is made, so a typo makes nothing.
+    let fleet_role = fleet_role.map(fleet_role_name).transpose()?;
     let name: Name = name
         .parse()
         .map_err(|e| anyhow::anyhow!("{name:?} is not a valid user name: {e}"))?;
@@ -49,7 +56,102 @@ pub(super) async fn cmd_user_create(db: &Db, name: &str, json: bool) -> anyhow::
         .user_create(default_silo_id(), name)
         .await
         .map_err(|e| db.err(e))?;
+    if let Some(role) = fleet_role {
+        db.datastore
+            .fleet_role_grant(user.id(), role)
+            .await
+            .map_err(|e| db.err(e))?;
+    }
     print_rows(&[user_row(&user)], json, "")
+}
+
+/// The fleet roles there are.
+const FLEET_ROLES: [&str; 2] = ["admin", "viewer"];
+
+fn fleet_role_name(role: &str) -> anyhow::Result<&'static str> {
+    FLEET_ROLES
+        .into_iter()
+        .find(|known| *known == role)
+        .ok_or_else(|| anyhow::anyhow!("no fleet role {role:?} (fleet roles: admin, viewer)"))
+}
+
+async fn user_by_name(db: &Db, user: &str) -> anyhow::Result<SiloUser> {
+    let name: Name = user
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{user:?} is not a valid user name: {e}"))?;
+    db.datastore
+        .user_fetch_by_name(default_silo_id(), &name)
+        .await
+        .map_err(|e| db.err(e))
+}
+
+#[derive(Debug, Serialize, Tabled)]
+#[tabled(rename_all = "SCREAMING_SNAKE_CASE")]
+struct FleetRoleRow {
+    user: String,
+    user_id: uuid::Uuid,
+    role: String,
+}
+
+pub(super) async fn cmd_fleet_roles(db: &Db, json: bool) -> anyhow::Result<()> {
+    let users: BTreeMap<uuid::Uuid, String> = db
+        .datastore
+        .user_list()
+        .await
+        .map_err(|e| db.err(e))?
+        .iter()
+        .map(|u| (u.id().into_untyped_uuid(), u.name().to_string()))
+        .collect();
+    let rows: Vec<FleetRoleRow> = db
+        .datastore
+        .fleet_role_list()
+        .await
+        .map_err(|e| db.err(e))?
+        .into_iter()
+        .map(|row| FleetRoleRow {
+            user: users
+                .get(&row.identity_id)
+                .cloned()
+                .unwrap_or_else(|| "(deleted)".to_string()),
+            user_id: row.identity_id,
+            role: row.role_name,
+        })
+        .collect();
+    print_rows(&rows, json, "no fleet roles")
+}
+
+pub(super) async fn cmd_fleet_role_grant(
+    db: &Db,
+    user: &str,
+    role: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let role = fleet_role_name(role)?;
+    let user = user_by_name(db, user).await?;
+    db.datastore
+        .fleet_role_grant(user.id(), role)
+        .await
+        .map_err(|e| db.err(e))?;
+    cmd_fleet_roles(db, json).await
+}
+
+pub(super) async fn cmd_fleet_role_revoke(
+    db: &Db,
+    user: &str,
+    role: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let role = fleet_role_name(role)?;
+    let user = user_by_name(db, user).await?;
+    let held = db
+        .datastore
+        .fleet_role_revoke(user.id(), role)
+        .await
+        .map_err(|e| db.err(e))?;
+    if !held {
+        bail!("{} does not hold the fleet role {role}", user.name());
+    }
+    cmd_fleet_roles(db, json).await
 }
 
 #[derive(Debug, Serialize, Tabled)]

@@ -82,6 +82,11 @@ enum DbCommand {
         #[command(subcommand)]
         command: Option<UsersCommand>,
     },
+    /// Who holds a role on the fleet; `fleet-roles grant|revoke USER ROLE` changes it (writes).
+    FleetRoles {
+        #[command(subcommand)]
+        command: Option<FleetRolesCommand>,
+    },
     /// API tokens (never their secrets); `tokens create` makes one and prints its secret once,
     /// `tokens revoke` ends one at once (writes).
     Tokens {
@@ -102,6 +107,28 @@ enum UsersCommand {
     Create {
         /// The user's name (lower case letters, digits and dashes, like any Halyard name).
         name: String,
+        /// Also grant the user this role on the fleet (`admin` or `viewer`).
+        #[arg(long)]
+        fleet_role: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetRolesCommand {
+    /// Grant a user a role on the fleet (`admin`: everything, everywhere; `viewer`: read
+    /// everything).
+    Grant {
+        /// The user's name.
+        user: String,
+        /// `admin` or `viewer`.
+        role: String,
+    },
+    /// Take a fleet role from a user.
+    Revoke {
+        /// The user's name.
+        user: String,
+        /// `admin` or `viewer`.
+        role: String,
     },
 }
 
@@ -156,8 +183,15 @@ pub async fn run(args: &DbArgs, db_url: Option<&str>, json: bool) -> anyhow::Res
         DbCommand::Check => return check::cmd_check(&db, json).await,
         DbCommand::Users { command: None } => identity::cmd_users(&db, json).await?,
         DbCommand::Users {
-            command: Some(UsersCommand::Create { name }),
-        } => identity::cmd_user_create(&db, name, json).await?,
+            command: Some(UsersCommand::Create { name, fleet_role }),
+        } => identity::cmd_user_create(&db, name, fleet_role.as_deref(), json).await?,
+        DbCommand::FleetRoles { command: None } => identity::cmd_fleet_roles(&db, json).await?,
+        DbCommand::FleetRoles {
+            command: Some(FleetRolesCommand::Grant { user, role }),
+        } => identity::cmd_fleet_role_grant(&db, user, role, json).await?,
+        DbCommand::FleetRoles {
+            command: Some(FleetRolesCommand::Revoke { user, role }),
+        } => identity::cmd_fleet_role_revoke(&db, user, role, json).await?,
         DbCommand::Tokens { command: None } => identity::cmd_tokens(&db, json).await?,
         DbCommand::Tokens {
             command: Some(TokensCommand::Create { user, ttl }),

@@ -89,7 +89,11 @@ impl Nexus {
     pub(crate) async fn run_background_task(self: &Arc<Self>, name: &str, work: TaskWork) {
         let started = Utc::now();
         let clock = Instant::now();
-        let result = work(self).await;
+        // A task acts with its own built-in identity (sagas it starts carry it).
+        let actor = crate::authn::Actor::BackgroundTask {
+            name: name.to_string().into(),
+        };
+        let result = crate::authn::act_as(actor, work(self)).await;
         let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
         let succeeded = result.is_ok();
         self.metrics().background_run(name, succeeded);

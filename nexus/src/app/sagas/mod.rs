@@ -88,7 +88,28 @@ pub fn create_saga_dag<S: NexusSaga>(params: S::Params) -> Result<SagaDag, Error
             serde_json::Value::String(request_id),
         );
     }
+    // So is the actor who started it (a saga is done on their behalf; a resumed saga still
+    // knows who that was). A saga started by Nexus's own work has no actor here.
+    if let (Some(actor), Some(object)) = (crate::authn::current_actor(), params.as_object_mut()) {
+        let actor = serde_json::to_value(&actor)
+            .map_err(|e| Error::internal(format!("serializing the saga's actor: {e}")))?;
+        object.insert(crate::authn::SAGA_ACTOR_PARAM.to_string(), actor);
+    }
     Ok(SagaDag::new(dag, params))
+}
+
+/// The actor on whose behalf the saga `ctx` runs: its starter, as its parameters keep it, or
+/// `Actor::Saga` (Nexus's own) if it names none.
+pub(crate) fn saga_actor(ctx: &NexusActionContext) -> crate::authn::Actor {
+    #[derive(Debug, serde::Deserialize, serde::Serialize)]
+    struct StartedBy {
+        // Named as `authn::SAGA_ACTOR_PARAM`.
+        actor: Option<crate::authn::Actor>,
+    }
+    ctx.saga_params::<StartedBy>()
+        .ok()
+        .and_then(|started_by| started_by.actor)
+        .unwrap_or(crate::authn::Actor::Saga)
 }
 
 /// The id of the external request that started the saga `ctx` runs in, if any.

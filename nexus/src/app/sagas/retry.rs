@@ -162,7 +162,9 @@ where
         transient,
         attempt_then_hook,
     );
-    halyard_observability::request_id::scope(super::saga_request_id(ctx), work).await
+    let work = halyard_observability::request_id::scope(super::saga_request_id(ctx), work);
+    // Each step acts as the saga's starter, whom its parameters name.
+    crate::authn::act_as(super::saga_actor(ctx), work).await
 }
 
 /// An undo action, retried through transient errors until it succeeds.
@@ -202,7 +204,9 @@ where
         transient,
         attempt_then_hook,
     );
-    halyard_observability::request_id::scope(super::saga_request_id(ctx), work).await
+    let work = halyard_observability::request_id::scope(super::saga_request_id(ctx), work);
+    // Each step acts as the saga's starter, whom its parameters name.
+    crate::authn::act_as(super::saga_actor(ctx), work).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,233 @@
+//! Authorized lookups: how the external API finds a resource for an actor. Each looks the
+//! resource up, learns the actor's roles, and asks `authz::decide` (through
+//! [`Nexus::authorize`]) before it returns the record, so a handler holds only records its
+//! caller may act on. A resource the caller may not read is reported exactly as a missing one.
+
+use super::Nexus;
+use crate::authn::{Actor, OpContext};
+use crate::authz::{self, Action, FleetRole, ProjectRole, Resource, Roles};
+use halyard_common::ids::{GenericUuid, InstanceUuid, ProjectUuid, UserUuid};
+use halyard_common::{Error, LookupType, Name, NameOrId};
+use halyard_db_model::{Project, RoleAssignment};
+use halyard_db_queries::InstanceAndVmm;
+use halyard_db_queries::PaginatedBy;
+
+fn lookup_type(which: &NameOrId) -> LookupType {
+    match which {
+        NameOrId::Id(id) => LookupType::ById(*id),
+        NameOrId::Name(name) => LookupType::ByName(name.to_string()),
+    }
+}
+
+fn parse_roles<R: std::str::FromStr<Err = String> + Ord>(
+    names: Vec<String>,
+) -> Result<std::collections::BTreeSet<R>, Error> {
+    names
+        .into_iter()
+        .map(|name| name.parse().map_err(Error::internal))
+        .collect()
+}
+
+impl Nexus {
+    /// The roles of `opctx`'s actor on the fleet and on `project`.
+    async fn roles(&self, opctx: &OpContext, project: Option<ProjectUuid>) -> Result<Roles, Error> {
+        let Actor::User { user_id, .. } = opctx.actor else {
+            return Ok(Roles::default());
+        };
+        let fleet = parse_roles(self.datastore().fleet_roles_of_user(user_id).await?)?;
+        let project = match project {
+            Some(project) => parse_roles(
+                self.datastore()
+                    .project_roles_of_user(project, user_id)
+                    .await?,
+            )?,
+            None => Default::default(),
+        };
+        Ok(Roles { fleet, project })
+    }
+
+    /// Whether `opctx`'s actor may do `action` on `resource`: `Ok`, `Forbidden` (it may read
+    /// the resource), or the resource's own not-found error.
+    pub async fn authorize(
+        &self,
+        opctx: &OpContext,
+        resource: &Resource,
+        action: Action,
+    ) -> Result<(), Error> {
+        let roles = self.roles(opctx, resource.project()).await?;
+        authz::check(&opctx.actor, &roles, resource, action)
+    }
+
+    /// The fleet roles of the acting user (none for other actors).
+    pub async fn fleet_roles(&self, opctx: &OpContext) -> Result<Vec<FleetRole>, Error> {
+        Ok(self.roles(opctx, None).await?.fleet.into_iter().collect())
+    }
+
+    /// A live project the actor may do `action` on.
+    pub async fn project_lookup_authorized(
+        &self,
+        opctx: &OpContext,
+        which: &NameOrId,
+        action: Action,
+    ) -> Result<Project, Error> {
+        let project = self.datastore().project_fetch(which).await?;
+        let resource = Resource::Project(authz::Project {
+            id: project.id(),
+            lookup: lookup_type(which),
+        });
+        self.authorize(opctx, &resource, action).await?;
+        Ok(project)
+    }
+
+    /// A live instance the actor may do `action` on: by id (then no project may be given),
+    /// or by name within a project (which the actor must be able to read).
+    pub async fn instance_lookup_authorized(
+        &self,
+        opctx: &OpContext,
+        project: Option<&NameOrId>,
+        instance: &NameOrId,
+        action: Action,
+    ) -> Result<InstanceAndVmm, Error> {
+        let found = match (instance, project) {
+            (NameOrId::Id(id), None) => {
+                self.datastore()
+                    .instance_fetch_with_vmm(InstanceUuid::from_untyped_uuid(*id))
+                    .await?
+            }
+            (NameOrId::Id(_), Some(_)) | (NameOrId::Name(_), None) => {
+                // The same 400 as the unchecked lookup gives.
+                return self.instance_lookup(project, instance).await;
+            }
+            (NameOrId::Name(name), Some(project)) => {
+                let project = self
+                    .project_lookup_authorized(opctx, project, Action::Read)
+                    .await?;
+                self.datastore()
+                    .instance_fetch_by_name_with_vmm(project.id(), name)
+                    .await?
+            }
+        };
+        let resource = Resource::Instance(authz::Instance {
+            project: found.instance.project_id(),
+            id: found.instance.id(),
+            lookup: lookup_type(instance),
+        });
+        self.authorize(opctx, &resource, action).await?;
+        Ok(found)
+    }
+
+    /// Checks `action` on the fleet (the sleds, `/v1/system`).
+    pub async fn fleet_authorize(&self, opctx: &OpContext, action: Action) -> Result<(), Error> {
+        self.authorize(opctx, &Resource::Fleet(authz::Fleet), action)
+            .await
+    }
+
+    /// Creates a project in the acting user's silo, with that user as its admin.
+    pub async fn project_create_authorized(
+        &self,
+        opctx: &OpContext,
+        name: Name,
+        description: String,
+    ) -> Result<Project, Error> {
+        let (user_id, silo_id) = opctx
+            .user()
+            .ok_or_else(|| Error::internal("a project is created by a user"))?;
+        self.authorize(
+            opctx,
+            &Resource::Silo(authz::Silo { id: silo_id }),
+            Action::CreateChild,
+        )
+        .await?;
+        self.datastore()
+            .project_create_with_admin(
+                Project::new(ProjectUuid::new_v4(), name, description),
+                user_id,
+            )
+            .await
+    }
+
+    /// One page of the projects the actor may read: every project for a fleet role, else
+    /// those on which the user holds a role.
+    pub async fn project_list_authorized(
+        &self,
+        opctx: &OpContext,
+        page: &PaginatedBy<'_>,
+    ) -> Result<Vec<Project>, Error> {
+        let (user_id, silo_id) = opctx
+            .user()
+            .ok_or_else(|| Error::internal("projects are listed for a user"))?;
+        self.authorize(
+            opctx,
+            &Resource::Silo(authz::Silo { id: silo_id }),
+            Action::ListChildren,
+        )
+        .await?;
+        let visible_to = if self.fleet_roles(opctx).await?.is_empty() {
+            Some(user_id)
+        } else {
+            None
+        };
+        self.datastore()
+            .project_list_visible(page, visible_to)
+            .await
+    }
+
+    /// A project's policy, for an actor who may read it (its viewers).
+    pub async fn project_policy_view(
+        &self,
+        opctx: &OpContext,
+        which: &NameOrId,
+    ) -> Result<Vec<(UserUuid, ProjectRole)>, Error> {
+        let project = self
+            .project_policy_authorized(opctx, which, Action::ReadPolicy)
+            .await?;
+        policy_rows(self.datastore().project_policy_fetch(project).await?)
+    }
+
+    /// Replaces a project's policy, for an actor who may change it (its admins).
+    pub async fn project_policy_update(
+        &self,
+        opctx: &OpContext,
+        which: &NameOrId,
+        assignments: Vec<(UserUuid, ProjectRole)>,
+    ) -> Result<Vec<(UserUuid, ProjectRole)>, Error> {
+        let project = self
+            .project_policy_authorized(opctx, which, Action::ModifyPolicy)
+            .await?;
+        let assignments: Vec<(UserUuid, String)> = assignments
+            .into_iter()
+            .map(|(user, role)| (user, role.name().to_string()))
+            .collect();
+        policy_rows(
+            self.datastore()
+                .project_policy_replace(project, &assignments)
+                .await?,
+        )
+    }
+
+    async fn project_policy_authorized(
+        &self,
+        opctx: &OpContext,
+        which: &NameOrId,
+        action: Action,
+    ) -> Result<ProjectUuid, Error> {
+        let project = self.datastore().project_fetch(which).await?;
+        let resource = Resource::ProjectPolicy(authz::ProjectPolicy {
+            project: authz::Project {
+                id: project.id(),
+                lookup: lookup_type(which),
+            },
+        });
+        self.authorize(opctx, &resource, action).await?;
+        Ok(project.id())
+    }
+}
+
+fn policy_rows(rows: Vec<RoleAssignment>) -> Result<Vec<(UserUuid, ProjectRole)>, Error> {
+    rows.into_iter()
+        .map(|row| {
+            let role = row.role_name.parse().map_err(Error::internal)?;
+            Ok((UserUuid::from_untyped_uuid(row.identity_id), role))
+        })
+        .collect()
+}
