@@ -45,7 +45,7 @@ const SLEDS: usize = 3;
 const PROJECTS: [&str; 2] = ["p0", "p1"];
 const NAMES: [&str; 3] = ["a", "b", "c"];
 /// CI's run: this many cases of this seed, each of up to `MAX_STEPS` steps.
-const DEFAULT_CASES: u32 = 16;
+const DEFAULT_CASES: u32 = 10;
 const DEFAULT_SEED: u64 = 16;
 const MAX_STEPS: usize = 24;
 
