@@ -5,7 +5,7 @@
 //! (a timer in the simulator, a QMP command to QEMU) is the backend's business; whether it
 //! may is decided here, so the two backends can't drift apart.
 
-use halyard_common::ids::{MigrationUuid, VmmUuid};
+use halyard_common::ids::{MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{Error, VmmState};
 use halyard_sled_agent_api::VmmStateRequested;
 use std::net::SocketAddr;
@@ -35,6 +35,7 @@ pub(crate) enum Admission {
     MigrateOut {
         migration_id: MigrationUuid,
         target_propolis_id: VmmUuid,
+        target_sled_id: SledUuid,
         target_address: SocketAddr,
     },
     /// Done already, or under way: answer with the current state and change nothing.
@@ -83,6 +84,7 @@ pub(crate) fn admit(
         VmmStateRequested::MigrateOut {
             migration_id,
             target_propolis_id,
+            target_sled_id,
             target_address,
         } => match earlier_target {
             // A repeat: answered from what this migration did (in progress, or failed).
@@ -97,6 +99,7 @@ pub(crate) fn admit(
                 Admission::MigrateOut {
                     migration_id: *migration_id,
                     target_propolis_id: *target_propolis_id,
+                    target_sled_id: *target_sled_id,
                     target_address: *target_address,
                 }
             }
@@ -127,6 +130,7 @@ mod tests {
         VmmStateRequested::MigrateOut {
             migration_id,
             target_propolis_id: target,
+            target_sled_id: SledUuid::new_v4(),
             target_address: "127.0.0.1:1".parse().unwrap(),
         }
     }

@@ -53,7 +53,10 @@ impl Server {
             SledBackend::Sim => Backend::Sim(config.sim),
             SledBackend::Qemu => {
                 let log = log.new(slog::o!("sled_id" => config.sled_id.to_string()));
-                Backend::Qemu(qemu::QemuBackend::start(&config.qemu, config.sled_id, &log).await?)
+                Backend::Qemu(
+                    qemu::QemuBackend::start(&config.qemu, config.sled_id, &config.tls, &log)
+                        .await?,
+                )
             }
         };
         let tls = config

@@ -270,6 +270,9 @@ impl SimVmm {
                 migration_id,
                 target_propolis_id,
                 target_address,
+                // Simulated VMMs carry no stream of their own; the target checks the
+                // source's sled on each phase pushed to it (`migration-in`).
+                target_sled_id: _,
             } => self.start_migration_out(migration_id, target_propolis_id, target_address),
             Admission::AlreadyDone => {}
             Admission::Refused(error) => return Err(error),

@@ -10,6 +10,8 @@
 //!   handlers no connection data, only the remote address): it terminates TLS, requires a
 //!   client certificate from the CA, and forwards each request to the dropshot server on
 //!   loopback with the caller's verified certificate in a header, next to a per-process secret.
+//! - [`TlsFiles::write_qemu_credentials`]: the same files laid out as QEMU's
+//!   `tls-creds-x509` reads them, for the QEMU-to-QEMU migration stream.
 //! - [`peer`]: what a handler does with that header: [`peer::Peer::from_request`] refuses a
 //!   request that did not come through the front, and [`peer::Peer::is`] tells whether the
 //!   caller is a given sled, Nexus or an operator.
@@ -36,6 +38,13 @@ pub const OPERATOR_NAME: &str = "operator.halyard.internal";
 /// The name in one sled's certificate that says which sled it is.
 pub fn sled_name(sled_id: SledUuid) -> String {
     format!("{sled_id}.sled.halyard.internal")
+}
+
+/// The distinguished name of one sled's certificate, in the form QEMU's `tls-authz` compares
+/// a migration stream's client certificate against (GnuTLS's RFC 4514 rendering of the
+/// subject; [`pki`] issues every certificate with the one common name).
+pub fn sled_distinguished_name(sled_id: SledUuid) -> String {
+    format!("CN={}", sled_name(sled_id))
 }
 
 /// Who a certificate speaks for.
@@ -300,4 +309,39 @@ impl TlsFiles {
             self.key.display().to_string()
         )
     }
+
+    /// Writes these files into `dir` under the names QEMU's `tls-creds-x509` object reads
+    /// (`ca-cert.pem`; this certificate as both `server-cert.pem` and `client-cert.pem`, its
+    /// key as `server-key.pem` and `client-key.pem`, readable by the owner only), so a QEMU
+    /// presents this certificate whichever end of a migration stream it is.
+    pub fn write_qemu_credentials(&self, dir: &std::path::Path) -> Result<(), TlsError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let (ca, cert, key) = (read(&self.ca_cert)?, read(&self.cert)?, read(&self.key)?);
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        pki::write(&dir.join(QEMU_CA_CERT), &ca, 0o644)?;
+        for (name, contents, mode) in [
+            (QEMU_SERVER_CERT, &cert, 0o644),
+            (QEMU_CLIENT_CERT, &cert, 0o644),
+            (QEMU_SERVER_KEY, &key, 0o600),
+            (QEMU_CLIENT_KEY, &key, 0o600),
+        ] {
+            pki::write(&dir.join(name), contents, mode)?;
+        }
+        Ok(())
+    }
 }
+
+/// The file names in a QEMU `tls-creds-x509` directory (QEMU's own, fixed).
+pub const QEMU_CA_CERT: &str = "ca-cert.pem";
+pub const QEMU_SERVER_CERT: &str = "server-cert.pem";
+pub const QEMU_SERVER_KEY: &str = "server-key.pem";
+pub const QEMU_CLIENT_CERT: &str = "client-cert.pem";
+pub const QEMU_CLIENT_KEY: &str = "client-key.pem";

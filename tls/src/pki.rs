@@ -48,7 +48,14 @@ impl Ca {
         params
             .distinguished_name
             .push(DnType::CommonName, role.identifying_name());
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // keyEncipherment as well: the key usage extension is critical, and GnuTLS (QEMU's
+        // `tls-creds-x509`, which carries the migration stream) refuses an end-entity
+        // certificate whose critical key usage lacks it ("usage does not permit key
+        // encipherment"), whatever the key type. rustls ignores it.
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -81,7 +88,7 @@ impl Ca {
     }
 }
 
-fn write(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
+pub(crate) fn write(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let error = |source| TlsError::Write {

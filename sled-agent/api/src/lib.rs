@@ -174,6 +174,9 @@ pub enum VmmStateRequested {
     MigrateOut {
         migration_id: MigrationUuid,
         target_propolis_id: VmmUuid,
+        /// The target VMM's sled: the only sled whose certificate the source's migration
+        /// stream (QEMU's, over TLS) accepts at the other end.
+        target_sled_id: SledUuid,
         /// The target VMM's sled agent.
         target_address: SocketAddr,
     },

@@ -5,7 +5,8 @@
 //!
 //! 1. `sync`: the target's QEMU starts listening (`migrate-incoming`) and the target's sled
 //!    agent answers with the address.
-//! 2. The source's QEMU sends the guest there (QMP `migrate`) while it keeps running, pauses
+//! 2. The source's QEMU sends the guest there (QMP `migrate`, over mutual TLS with the
+//!    deployment's CA: see [`super::tls`]) while it keeps running, pauses
 //!    it for the last pass, and reports `completed` (or `failed`); the source watches
 //!    `query-migrate`.
 //! 3. `finish`: the target's QEMU resumes the guest. Only then does the source's QEMU end.
@@ -22,8 +23,9 @@
 //! would only end when TCP gives up).
 
 use super::qmp::Qmp;
+use super::tls;
 use crate::vmm_runtime::{Command, FinishHook, TARGET_GONE, push_finish};
-use halyard_common::ids::{MigrationUuid, VmmUuid};
+use halyard_common::ids::{MigrationUuid, SledUuid, VmmUuid};
 use halyard_sled_agent_api::{MigrationInStep, MigrationPhase};
 use qapi::qmp;
 use slog::{Logger, info};
@@ -49,6 +51,8 @@ pub(super) struct OutboundMigration {
     pub source_propolis_id: VmmUuid,
     pub migration_id: MigrationUuid,
     pub target_propolis_id: VmmUuid,
+    /// The target's sled: the only certificate QEMU sends the guest to (`tls`).
+    pub target_sled_id: SledUuid,
     pub target: halyard_sled_agent_client::Client,
     pub qmp: Arc<Qmp>,
     pub commands: mpsc::WeakSender<Command>,
@@ -75,6 +79,13 @@ impl OutboundMigration {
         let address = reply.ok_or_else(|| {
             "the target VMM gave no address to send to (is it a QEMU VMM?)".to_string()
         })?;
+        self.qmp
+            .call(
+                tls::outgoing_parameters(self.target_sled_id),
+                "send the migration over TLS to the target sled only",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         let send = qmp::migrate {
             uri: Some(format!("tcp:{address}")),
             channels: None,

@@ -6,6 +6,8 @@
 //!   ([`leftovers`]).
 //! - [`vmm`]: one VMM's task: the process, its QMP connection and its serial console.
 //! - [`migration`]: an outbound live migration, carried out by QEMU itself.
+//! - [`tls`]: the migration stream over mutual TLS: this sled's certificate in QEMU's
+//!   `tls-creds-x509` layout, and a target admitting only the source sled Nexus named.
 //!
 //! Each VMM has a directory `<state_dir>/<sled_id>/<vmm_id>/` holding its QMP socket, its
 //! console socket, its pid file and QEMU's own log. The directory exists exactly as long as
@@ -16,6 +18,7 @@ mod accelerator;
 mod leftovers;
 mod migration;
 mod qmp;
+mod tls;
 pub(crate) mod vmm;
 
 use crate::config::QemuConfig;
@@ -84,17 +87,21 @@ pub(crate) struct QemuBackend {
     accelerator: Accelerator,
     /// `<state_dir>/<sled_id>`: one directory per VMM below it.
     vmm_root: PathBuf,
+    /// This sled's certificate, key and CA in QEMU's layout ([`tls::credentials_dir`]).
+    credentials: PathBuf,
 }
 
 /// The longest path a unix socket can have (`sun_path`, with its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
 impl QemuBackend {
-    /// Cleans up after an earlier run of this sled agent, checks the guest image, and
-    /// decides the accelerator.
+    /// Cleans up after an earlier run of this sled agent, checks the guest image, writes
+    /// this sled's certificate (`tls`) where its QEMUs read it for the migration stream,
+    /// and decides the accelerator.
     pub(crate) async fn start(
         config: &QemuConfig,
         sled_id: SledUuid,
+        tls: &halyard_tls::TlsFiles,
         log: &Logger,
     ) -> anyhow::Result<QemuBackend> {
         let vmm_root = config.state_dir.join(sled_id.to_string());
@@ -116,15 +123,23 @@ impl QemuBackend {
                 vmm_root.display()
             )
         })?;
+        let credentials = tls::credentials_dir(&config.state_dir, sled_id);
+        tls.write_qemu_credentials(&credentials).map_err(|e| {
+            anyhow::anyhow!(
+                "writing QEMU's migration TLS credentials into {}: {e}",
+                credentials.display()
+            )
+        })?;
         let image = GuestImage::find(&config.guest_dir)?;
         let accelerator = accelerator::decide(config, &image, log).await;
         info!(log, "QEMU backend ready"; "accelerator" => %accelerator,
             "binary" => %config.binary.display(), "guest_dir" => %config.guest_dir.display(),
-            "vmm_root" => %vmm_root.display());
+            "vmm_root" => %vmm_root.display(), "migration_tls" => %credentials.display());
         Ok(QemuBackend {
             config: config.clone(),
             accelerator,
             vmm_root,
+            credentials,
         })
     }
 

@@ -19,7 +19,7 @@
 
 use super::migration::OutboundMigration;
 use super::qmp::Qmp;
-use super::{GuestImage, QemuBackend};
+use super::{GuestImage, QemuBackend, tls};
 use crate::admission::{Admission, VmmSituation, admit};
 use crate::console::SerialConsole;
 use crate::vmm_runtime::{Command, Ended, FinishHook, VmmRuntime, sleep_until, target_gone_signal};
@@ -118,6 +118,10 @@ impl QemuBackend {
         let log_file = std::fs::File::create(dir.join(QEMU_LOG))
             .map_err(|e| internal("creating QEMU's log", e))?;
         let mut command = self.command_line(params, &image, &dir);
+        command.args(tls::object_args(
+            &self.credentials,
+            params.migration_target.as_ref(),
+        ));
         if params.migration_target.is_some() {
             command.args(["-incoming", "defer"]);
         }
@@ -383,10 +387,12 @@ impl QemuVmm {
             Admission::MigrateOut {
                 migration_id,
                 target_propolis_id,
+                target_sled_id,
                 target_address,
             } => {
                 info!(self.log, "migrating out"; "migration_id" => %migration_id,
-                        "target" => %target_propolis_id, "target_address" => %target_address);
+                        "target" => %target_propolis_id, "target_sled_id" => %target_sled_id,
+                        "target_address" => %target_address);
                 self.migrations_out.insert(migration_id, target_propolis_id);
                 self.migrating_out = Some(migration_id);
                 let (target_gone, target_gone_signal) = target_gone_signal();
@@ -403,6 +409,7 @@ impl QemuVmm {
                     source_propolis_id: self.id,
                     migration_id,
                     target_propolis_id,
+                    target_sled_id,
                     target: halyard_sled_agent_client::Client::new_with_client(
                         &format!("https://{target_address}"),
                         self.peer_http.clone(),
@@ -514,7 +521,8 @@ impl QemuVmm {
         }
     }
 
-    /// Opens the migration stream's listening socket on a free port of this sled's address.
+    /// Opens the migration stream's listening socket on a free port of this sled's address,
+    /// for a TLS stream from the source sled's QEMU only.
     async fn listen_for_migration(&self, qmp: &Arc<Qmp>) -> Result<SocketAddr, Error> {
         // QEMU listens itself; a free port is found by binding and releasing it (another
         // process could take it in between; then migrate-incoming fails and the migration
@@ -524,6 +532,12 @@ impl QemuVmm {
             .map_err(|e| Error::unavailable(format!("finding a free migration port: {e}")))?
             .port();
         let address = SocketAddr::new(self.listen_ip, port);
+        // TLS, admitting only the source sled's certificate (`tls`).
+        qmp.call(
+            tls::incoming_parameters(),
+            "accept the migration only over TLS from its source sled",
+        )
+        .await?;
         let listen = qmp::migrate_incoming {
             uri: Some(format!("tcp:{address}")),
             channels: None,

@@ -84,6 +84,7 @@ impl Migration {
         let request = VmmStateRequested::MigrateOut {
             migration_id: self.migration_id,
             target_propolis_id: self.target,
+            target_sled_id: self.target_sled.agent().id(),
             target_address: self.target_sled.local_addr(),
         };
         let state = self
@@ -298,6 +299,7 @@ impl Migration {
             state: VmmStateRequested::MigrateOut {
                 migration_id: next.migration_id,
                 target_propolis_id: next.target,
+                target_sled_id: self.target_sled.agent().id(),
                 target_address: self.target_sled.local_addr(),
             },
         }

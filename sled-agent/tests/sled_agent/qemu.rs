@@ -1,6 +1,7 @@
 //! The QEMU backend with real QEMU processes (TCG here) booting the real guest image:
 //! boot, console, reboot, stop, a QEMU that dies, live migration between two sled agents, a
-//! migration whose target dies, a VMM task that panics, a sled agent that shuts down, one
+//! migration whose target dies, a migration stream whose certificate the target refuses, a
+//! VMM task that panics, a sled agent that shuts down, one
 //! killed and restarted, and bad input.
 
 use crate::recording_nexus::{RecordingNexus, assert_in_order};
@@ -508,11 +509,138 @@ async fn start_migration(
         VmmStateRequested::MigrateOut {
             migration_id,
             target_propolis_id: target_id,
+            target_sled_id: target.server.agent().id(),
             target_address: target.server.local_addr(),
         },
     )
     .await;
     target_id
+}
+
+/// Issue 18 for QEMU's own stream: a target's QEMU admits the guest's memory only from a
+/// QEMU presenting the certificate the CA issued to the sled Nexus named as the source
+/// (`tls-authz`). Here the named source sled's QEMU presents a third sled's certificate from
+/// the same CA: the stream is refused, the migration fails, the guest keeps running on the
+/// source, and the target never runs it.
+#[tokio::test]
+async fn a_qemu_target_refuses_a_migration_stream_with_another_sleds_certificate() {
+    let third_sled = crate::tls_files(crate::Role::Sled(SledUuid::new_v4()));
+    a_migration_stream_with_this_certificate_is_refused(
+        |_| third_sled,
+        "TLS x509 authz check for CN=",
+    )
+    .await;
+}
+
+/// The same with a certificate naming the right source sled but issued by another CA
+/// (`verify-peer=on`: the name alone admits nothing). GnuTLS offers only a certificate from
+/// a CA the server asks for, so the source's QEMU sends none, and the target refuses a
+/// stream without a certificate from its CA.
+#[tokio::test]
+async fn a_qemu_target_refuses_a_migration_stream_with_a_certificate_from_another_ca() {
+    let foreign_dir = state_dir().join("foreign-pki");
+    a_migration_stream_with_this_certificate_is_refused(
+        |source_sled| {
+            halyard_tls::pki::DevPki::create("another deployment", &foreign_dir)
+                .unwrap()
+                .files(crate::Role::Sled(source_sled))
+                .unwrap()
+        },
+        "Verify failed: No certificate was found",
+    )
+    .await;
+}
+
+/// Migrates a running guest between two QEMU sled agents after replacing the certificate
+/// the source sled's QEMUs present (its QEMU credentials directory's client files; the sled
+/// agent's own certificate, with which it pushes each phase to the target, stays its own)
+/// with `presented(source sled)`. Checks that the target's QEMU refused the stream, saying
+/// `refusal` in its log, and that the guest stayed on the source.
+async fn a_migration_stream_with_this_certificate_is_refused(
+    presented: impl FnOnce(SledUuid) -> halyard_tls::TlsFiles,
+    refusal: &str,
+) {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let source = qemu_sled(&nexus, &dir).await;
+    let target = qemu_sled(&nexus, &dir).await;
+    let presented = presented(source.server.agent().id());
+    let credentials = dir.join(format!("{}-tls", source.config.sled_id));
+    assert!(
+        credentials.join("client-cert.pem").is_file(),
+        "the source sled agent wrote its QEMU credentials into {}",
+        credentials.display()
+    );
+    std::fs::copy(&presented.cert, credentials.join("client-cert.pem")).unwrap();
+    std::fs::copy(&presented.key, credentials.join("client-key.pem")).unwrap();
+    // QEMU loads only a certificate its own CA file vouches for: a certificate from another
+    // CA comes with that CA added (the deployment's stays, so the target's is still trusted).
+    let ca_file = credentials.join("ca-cert.pem");
+    let deployment_ca = std::fs::read_to_string(&ca_file).unwrap();
+    let presented_ca = std::fs::read_to_string(&presented.ca_cert).unwrap();
+    if presented_ca != deployment_ca {
+        std::fs::write(&ca_file, format!("{deployment_ca}{presented_ca}")).unwrap();
+    }
+
+    let source_id = VmmUuid::new_v4();
+    let body = guest("held");
+    source.client.vmm_register(&source_id, &body).await.unwrap();
+    put(&source.client, source_id, VmmStateRequested::Run).await;
+    wait_for_console(&source.client, source_id, "heartbeats", |text| {
+        heartbeats(text).len() >= 2
+    })
+    .await;
+
+    let target_id = start_migration(&source, source_id, &target, &body).await;
+    assert_eq!(
+        wait_for_migration_out(&source.client, source_id).await,
+        MigrationState::Failed,
+        "the source's QEMU sent the guest with a certificate the target must refuse"
+    );
+    let target_log = vmm_dir(&target.config, target_id).join("qemu.log");
+    let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+    loop {
+        let log = std::fs::read_to_string(&target_log).unwrap_or_default();
+        if log.contains(refusal) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the target's QEMU never logged {refusal:?}; its log holds:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The guest never ran on the target, and still runs on the source.
+    let on_target = target
+        .client
+        .vmm_get_state(&target_id)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(on_target.vmm_state.state, VmmState::Running);
+    assert_ne!(
+        on_target.migration_in.map(|m| m.state),
+        Some(MigrationState::Completed)
+    );
+    assert!(
+        heartbeats(&console_text(&target.client, target_id).await).is_empty(),
+        "the guest ran on the target"
+    );
+    let on_source = source
+        .client
+        .vmm_get_state(&source_id)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(on_source.vmm_state.state, VmmState::Running);
+    let seen = heartbeats(&console_text(&source.client, source_id).await).len();
+    wait_for_console(&source.client, source_id, "more heartbeats", |text| {
+        heartbeats(text).len() >= seen + 2
+    })
+    .await;
+    source.server.close().await.unwrap();
+    target.server.close().await.unwrap();
 }
 
 async fn wait_for_migration_out(client: &Client, id: VmmUuid) -> MigrationState {

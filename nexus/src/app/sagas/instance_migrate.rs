@@ -364,6 +364,7 @@ async fn migrate_out_once(
     let request = VmmStateRequested::MigrateOut {
         migration_id: ids.migration_id,
         target_propolis_id: ids.target_propolis_id,
+        target_sled_id,
         target_address: target_sled.address(),
     };
     match client
