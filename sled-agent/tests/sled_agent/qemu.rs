@@ -1,7 +1,7 @@
 //! The QEMU backend with real QEMU processes (TCG here) booting the real guest image:
 //! boot, console, reboot, stop, a QEMU that dies, live migration between two sled agents, a
-//! migration whose target dies, a migration stream whose certificate the target refuses, a
-//! VMM task that panics, a sled agent that shuts down, one
+//! migration whose target dies, migration streams whose certificates the target or the source
+//! refuses, a VMM task that panics, a sled agent that shuts down, one
 //! killed and restarted, and bad input.
 
 use crate::recording_nexus::{RecordingNexus, assert_in_order};
@@ -526,6 +526,7 @@ async fn start_migration(
 async fn a_qemu_target_refuses_a_migration_stream_with_another_sleds_certificate() {
     let third_sled = crate::tls_files(crate::Role::Sled(SledUuid::new_v4()));
     a_migration_stream_with_this_certificate_is_refused(
+        End::Source,
         |_| third_sled,
         "TLS x509 authz check for CN=",
     )
@@ -540,6 +541,7 @@ async fn a_qemu_target_refuses_a_migration_stream_with_another_sleds_certificate
 async fn a_qemu_target_refuses_a_migration_stream_with_a_certificate_from_another_ca() {
     let foreign_dir = state_dir().join("foreign-pki");
     a_migration_stream_with_this_certificate_is_refused(
+        End::Source,
         |source_sled| {
             halyard_tls::pki::DevPki::create("another deployment", &foreign_dir)
                 .unwrap()
@@ -551,12 +553,36 @@ async fn a_qemu_target_refuses_a_migration_stream_with_a_certificate_from_anothe
     .await;
 }
 
+/// And the other way: the source's QEMU sends the guest only to a QEMU presenting the
+/// certificate of the sled Nexus named as the target (`tls-hostname`), not to one presenting
+/// another sled's.
+#[tokio::test]
+async fn a_qemu_source_sends_the_guest_only_to_the_target_sleds_certificate() {
+    let third_sled = crate::tls_files(crate::Role::Sled(SledUuid::new_v4()));
+    a_migration_stream_with_this_certificate_is_refused(
+        End::Target,
+        |_| third_sled,
+        "Certificate does not match the hostname",
+    )
+    .await;
+}
+
+/// One end of a migration stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The source's QEMU (the TLS client).
+    Source,
+    /// The target's QEMU (the TLS server).
+    Target,
+}
+
 /// Migrates a running guest between two QEMU sled agents after replacing the certificate
-/// the source sled's QEMUs present (its QEMU credentials directory's client files; the sled
-/// agent's own certificate, with which it pushes each phase to the target, stays its own)
-/// with `presented(source sled)`. Checks that the target's QEMU refused the stream, saying
-/// `refusal` in its log, and that the guest stayed on the source.
+/// that `replaced`'s sled's QEMUs present (the sled agent's own certificate, with which it
+/// pushes the phases or answers them, stays its own) with `presented(that sled)`. Checks
+/// that the other end's QEMU refused the stream, saying `refusal` in its log, and that the
+/// guest stayed on the source and never ran on the target.
 async fn a_migration_stream_with_this_certificate_is_refused(
+    replaced: End,
     presented: impl FnOnce(SledUuid) -> halyard_tls::TlsFiles,
     refusal: &str,
 ) {
@@ -564,17 +590,21 @@ async fn a_migration_stream_with_this_certificate_is_refused(
     let dir = state_dir();
     let source = qemu_sled(&nexus, &dir).await;
     let target = qemu_sled(&nexus, &dir).await;
-    let presented = presented(source.server.agent().id());
-    let credentials = dir.join(format!("{}-tls", source.config.sled_id));
+    let (sled, cert, key) = match replaced {
+        End::Source => (&source, "client-cert.pem", "client-key.pem"),
+        End::Target => (&target, "server-cert.pem", "server-key.pem"),
+    };
+    let presented = presented(sled.config.sled_id);
+    let credentials = dir.join(format!("{}-tls", sled.config.sled_id));
     assert!(
-        credentials.join("client-cert.pem").is_file(),
-        "the source sled agent wrote its QEMU credentials into {}",
+        credentials.join(cert).is_file(),
+        "the sled agent wrote its QEMU credentials into {}",
         credentials.display()
     );
-    std::fs::copy(&presented.cert, credentials.join("client-cert.pem")).unwrap();
-    std::fs::copy(&presented.key, credentials.join("client-key.pem")).unwrap();
+    std::fs::copy(&presented.cert, credentials.join(cert)).unwrap();
+    std::fs::copy(&presented.key, credentials.join(key)).unwrap();
     // QEMU loads only a certificate its own CA file vouches for: a certificate from another
-    // CA comes with that CA added (the deployment's stays, so the target's is still trusted).
+    // CA comes with that CA added (the deployment's stays, so the other end is still trusted).
     let ca_file = credentials.join("ca-cert.pem");
     let deployment_ca = std::fs::read_to_string(&ca_file).unwrap();
     let presented_ca = std::fs::read_to_string(&presented.ca_cert).unwrap();
@@ -595,18 +625,23 @@ async fn a_migration_stream_with_this_certificate_is_refused(
     assert_eq!(
         wait_for_migration_out(&source.client, source_id).await,
         MigrationState::Failed,
-        "the source's QEMU sent the guest with a certificate the target must refuse"
+        "the guest was sent over a stream with a certificate that must be refused"
     );
-    let target_log = vmm_dir(&target.config, target_id).join("qemu.log");
+    let refusing_log = match replaced {
+        End::Source => vmm_dir(&target.config, target_id),
+        End::Target => vmm_dir(&source.config, source_id),
+    }
+    .join("qemu.log");
     let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
     loop {
-        let log = std::fs::read_to_string(&target_log).unwrap_or_default();
+        let log = std::fs::read_to_string(&refusing_log).unwrap_or_default();
         if log.contains(refusal) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the target's QEMU never logged {refusal:?}; its log holds:\n{log}"
+            "QEMU never logged {refusal:?} in {}; it holds:\n{log}",
+            refusing_log.display()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
