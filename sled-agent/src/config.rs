@@ -32,7 +32,8 @@ use std::time::Duration;
 /// [qemu]                                # optional; used when backend = "qemu"
 /// binary = "qemu-system-x86_64"         # looked up on PATH
 /// guest_dir = "/var/cache/halyard/guest"  # built by dev-tools/guest-image.sh
-/// state_dir = "/tmp/halyard-qemu"       # per-VMM sockets and pid files, under <sled_id>/
+/// state_dir = "/tmp/halyard-qemu"       # per-VMM sockets and pid files, under <sled_id>/;
+///                                       # the [tls] files for QEMU in <sled_id>-tls/
 /// accelerator = "auto"                  # "auto" (kvm if a probe guest boots), "kvm", "tcg"
 /// stop_timeout_ms = 10000               # ACPI powerdown, then a hard stop
 /// ```
@@ -89,7 +90,8 @@ pub struct QemuConfig {
     #[serde(default = "default_guest_dir")]
     pub guest_dir: PathBuf,
     /// Where each VMM's QMP and console sockets and pid file live, under `<sled_id>/`.
-    /// What an earlier run of this sled agent left there is cleaned up at start.
+    /// What an earlier run of this sled agent left there is cleaned up at start. The `[tls]`
+    /// files are copied into `<sled_id>-tls/` at start, for QEMU's migration stream.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     #[serde(default)]
