@@ -1,5 +1,8 @@
 //! The block sizes a disk may have.
 
+use schemars::JsonSchema;
+use schemars::r#gen::SchemaGenerator;
+use schemars::schema::{InstanceType, Schema, SchemaObject};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -53,6 +56,25 @@ impl From<BlockSize> for u32 {
 impl fmt::Display for BlockSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} bytes", self.0)
+    }
+}
+
+impl JsonSchema for BlockSize {
+    fn schema_name() -> String {
+        "BlockSize".to_string()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        SchemaObject {
+            metadata: Some(Box::new(schemars::schema::Metadata {
+                title: Some("A disk's block size in bytes".to_string()),
+                ..Default::default()
+            })),
+            instance_type: Some(InstanceType::Integer.into()),
+            enum_values: Some(BlockSize::ALL.iter().map(|s| s.0.into()).collect()),
+            ..Default::default()
+        }
+        .into()
     }
 }
 

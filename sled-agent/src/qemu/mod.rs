@@ -15,7 +15,7 @@
 mod accelerator;
 mod leftovers;
 mod migration;
-mod qmp;
+pub(crate) mod qmp;
 pub(crate) mod vmm;
 
 use crate::config::QemuConfig;
