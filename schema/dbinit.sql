@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS sled (
     -- again, its registrations are refused, and its VMMs were failed and retired. NULL: in
     -- service.
     time_expunged TIMESTAMPTZ,
+    -- What the sled offers for regions, and the running total of its region rows' sizes
+    -- (kept like the reservation totals). 0: the sled holds no regions.
+    usable_storage INT8 NOT NULL DEFAULT 0 CHECK (usable_storage >= 0),
+    reserved_storage INT8 NOT NULL DEFAULT 0
+        CHECK (reserved_storage >= 0 AND reserved_storage <= usable_storage),
     CONSTRAINT reservations_within_capacity CHECK (
         reserved_hardware_threads <= usable_hardware_threads
         AND reserved_physical_ram <= usable_physical_ram
@@ -284,6 +289,55 @@ CREATE TABLE IF NOT EXISTS role_assignment (
 CREATE INDEX IF NOT EXISTS role_assignment_by_identity
     ON role_assignment (identity_type, identity_id);
 
+-- A disk: a virtual block device a user creates in a project and attaches to an instance.
+-- Its data lives on its regions (three, on three sleds).
+CREATE TABLE IF NOT EXISTS disk (
+    id UUID NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    project_id UUID NOT NULL REFERENCES project (id),
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ,
+    size_bytes INT8 NOT NULL CHECK (size_bytes > 0),
+    block_size INT8 NOT NULL CHECK (block_size IN (512, 2048, 4096)),
+    -- Runtime state, protected by state_generation: it changes iff one of these does.
+    state TEXT NOT NULL CHECK (state IN (
+        'creating', 'detached', 'attaching', 'attached', 'detaching', 'faulted', 'destroyed'
+    )),
+    attach_instance_id UUID,
+    state_generation INT8 NOT NULL CHECK (state_generation >= 1),
+    time_state_updated TIMESTAMPTZ NOT NULL,
+    CONSTRAINT disk_size_whole_blocks CHECK (size_bytes % block_size = 0),
+    -- A disk names an instance exactly while it is attaching, attached or detaching.
+    CONSTRAINT disk_instance_iff_attached CHECK (
+        (state IN ('attaching', 'attached', 'detaching')) = (attach_instance_id IS NOT NULL)
+    )
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_disk_by_project
+    ON disk (project_id, name) WHERE time_deleted IS NULL;
+
+CREATE INDEX IF NOT EXISTS disk_by_instance
+    ON disk (attach_instance_id) WHERE attach_instance_id IS NOT NULL;
+
+-- One replica of a disk's data on one sled: a storage reservation (its size counts in the
+-- sled's reserved_storage) and the name of the file the sled agent keeps. A row exists exactly
+-- while the space is held; releasing a region deletes it.
+CREATE TABLE IF NOT EXISTS region (
+    id UUID NOT NULL PRIMARY KEY,
+    disk_id UUID NOT NULL REFERENCES disk (id),
+    sled_id UUID NOT NULL REFERENCES sled (id),
+    size_bytes INT8 NOT NULL CHECK (size_bytes > 0),
+    block_size INT8 NOT NULL CHECK (block_size IN (512, 2048, 4096)),
+    time_created TIMESTAMPTZ NOT NULL
+);
+
+-- Never two regions of one disk on one sled: losing a sled loses at most one replica.
+CREATE UNIQUE INDEX IF NOT EXISTS region_one_per_sled_per_disk ON region (disk_id, sled_id);
+
+CREATE INDEX IF NOT EXISTS region_by_sled ON region (sled_id);
+
 INSERT INTO db_metadata (singleton, version, time_created, time_modified)
-    VALUES (TRUE, '1.3.0', now(), now())
+    VALUES (TRUE, '1.4.0', now(), now())
     ON CONFLICT (singleton) DO NOTHING;

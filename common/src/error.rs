@@ -22,6 +22,8 @@ pub enum ResourceType {
     User,
     ApiToken,
     DeviceAuthRequest,
+    Disk,
+    Region,
 }
 
 impl fmt::Display for ResourceType {
@@ -36,6 +38,8 @@ impl fmt::Display for ResourceType {
             ResourceType::Saga => "saga",
             ResourceType::Silo => "silo",
             ResourceType::User => "user",
+            ResourceType::Disk => "disk",
+            ResourceType::Region => "region",
             ResourceType::ApiToken => "API token",
             ResourceType::DeviceAuthRequest => "device authorization request",
         })

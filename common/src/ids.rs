@@ -57,6 +57,8 @@ uuid_kinds! {
     ApiTokenKind => "api_token", ApiTokenUuid;
     DeviceAuthRequestKind => "device_auth_request", DeviceAuthRequestUuid;
     AuditLogEntryKind => "audit_log_entry", AuditLogEntryUuid;
+    DiskKind => "disk", DiskUuid;
+    RegionKind => "region", RegionUuid;
 }
 
 #[cfg(test)]

@@ -50,4 +50,6 @@ pub struct SledAgentInfo {
     pub hardware_threads: u32,
     /// Memory available to VMMs.
     pub physical_ram: ByteCount,
+    /// Storage available to regions (replicas of disks); 0 for a sled that holds none.
+    pub usable_storage: ByteCount,
 }

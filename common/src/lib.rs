@@ -5,6 +5,7 @@
 //! sizes, user-facing names, the state machines of instances, VMMs and migrations, and the one
 //! error type the API speaks. Nothing here talks to a database or the network.
 
+mod block_size;
 mod byte_count;
 mod description;
 mod error;
@@ -15,10 +16,13 @@ mod labelled;
 mod name;
 mod states;
 
+pub use block_size::{BlockSize, BlockSizeError};
 pub use byte_count::{ByteCount, ByteCountError};
 pub use description::{MAX_DESCRIPTION_CHARS, validate_description};
 pub use error::{Error, LookupType, ResourceType};
 pub use generation::{Generation, GenerationError};
 pub use labelled::{Labelled, UnknownLabel};
 pub use name::{Name, NameError, NameOrId};
-pub use states::{InstanceNexusState, InstanceState, MigrationState, SledBackend, VmmState};
+pub use states::{
+    DiskState, InstanceNexusState, InstanceState, MigrationState, SledBackend, VmmState,
+};

@@ -66,6 +66,26 @@ labelled_enum! {
 }
 
 labelled_enum! {
+    /// The state of a disk (Oxide's disk states).
+    pub enum DiskState {
+        /// The create saga has inserted the record and is placing its regions.
+        Creating => "creating",
+        /// Ready, attached to no instance.
+        Detached => "detached",
+        /// An attach saga is attaching it to `attach_instance_id`.
+        Attaching => "attaching",
+        /// Attached to `attach_instance_id`; its VMMs use it.
+        Attached => "attached",
+        /// A detach saga is detaching it from `attach_instance_id`.
+        Detaching => "detaching",
+        /// Its data can no longer be served (fewer than two healthy regions).
+        Faulted => "faulted",
+        /// Deleted.
+        Destroyed => "destroyed",
+    }
+}
+
+labelled_enum! {
     /// What runs a sled's VMMs.
     pub enum SledBackend {
         /// In-memory simulated VMMs, for tests and scale.

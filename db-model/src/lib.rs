@@ -6,6 +6,7 @@
 //! test fails when these definitions drift from `dbinit.sql`.
 
 mod db_metadata;
+mod disk;
 mod identity;
 mod instance;
 mod migration;
@@ -18,6 +19,7 @@ mod sql_types;
 mod vmm;
 
 pub use db_metadata::DbMetadata;
+pub use disk::{Disk, NewDiskParams, REGIONS_PER_DISK, Region};
 pub use identity::{
     AUDIT_ACTOR_UNAUTHENTICATED, AUDIT_ACTOR_USER, ApiToken, AuditLogEntry, DEFAULT_SILO_ID,
     DeviceAuthRequest, Silo, SiloUser, default_silo_id,

@@ -35,6 +35,8 @@ diesel::table! {
         reserved_hardware_threads -> Int8,
         reserved_physical_ram -> Int8,
         time_expunged -> Nullable<Timestamptz>,
+        usable_storage -> Int8,
+        reserved_storage -> Int8,
     }
 }
 
@@ -201,7 +203,39 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    disk (id) {
+        id -> Uuid,
+        name -> Text,
+        description -> Text,
+        project_id -> Uuid,
+        time_created -> Timestamptz,
+        time_modified -> Timestamptz,
+        time_deleted -> Nullable<Timestamptz>,
+        size_bytes -> Int8,
+        block_size -> Int8,
+        state -> Text,
+        attach_instance_id -> Nullable<Uuid>,
+        state_generation -> Int8,
+        time_state_updated -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    region (id) {
+        id -> Uuid,
+        disk_id -> Uuid,
+        sled_id -> Uuid,
+        size_bytes -> Int8,
+        block_size -> Int8,
+        time_created -> Timestamptz,
+    }
+}
+
 diesel::joinable!(instance -> project (project_id));
+diesel::joinable!(disk -> project (project_id));
+diesel::joinable!(region -> disk (disk_id));
+diesel::joinable!(region -> sled (sled_id));
 diesel::joinable!(vmm -> instance (instance_id));
 diesel::joinable!(vmm -> sled (sled_id));
 diesel::joinable!(sled_reservation -> sled (sled_id));
@@ -226,6 +260,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     device_auth_request,
     audit_log,
     role_assignment,
+    disk,
+    region,
 );
 
 // Metrics count VMMs by state and their sled's backend.

@@ -26,6 +26,10 @@ pub struct Sled {
     pub reserved_physical_ram: DbByteCount,
     /// When an operator declared the sled gone for good; `None` while it is in service.
     pub time_expunged: Option<DateTime<Utc>>,
+    /// What the sled offers for regions (0: it holds none).
+    pub usable_storage: DbByteCount,
+    /// The running total of its regions' sizes.
+    pub reserved_storage: DbByteCount,
 }
 
 /// An amount of a sled's resources: what a sled offers, or what one VMM needs.
@@ -57,7 +61,15 @@ impl Sled {
             reserved_hardware_threads: 0,
             reserved_physical_ram: ByteCount::try_from(0u64).expect("zero fits").into(),
             time_expunged: None,
+            usable_storage: ByteCount::try_from(0u64).expect("zero fits").into(),
+            reserved_storage: ByteCount::try_from(0u64).expect("zero fits").into(),
         }
+    }
+
+    /// The same sled, offering `storage` for regions.
+    pub fn with_usable_storage(mut self, storage: ByteCount) -> Sled {
+        self.usable_storage = storage.into();
+        self
     }
 
     pub fn id(&self) -> SledUuid {

@@ -98,6 +98,8 @@ fn diesel_view() -> ColumnMap {
         device_auth_request,
         audit_log,
         role_assignment,
+        disk,
+        region,
     );
     map
 }

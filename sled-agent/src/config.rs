@@ -57,6 +57,8 @@ pub struct Config {
     pub sim: SimConfig,
     #[serde(default)]
     pub qemu: QemuConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// This sled's certificate (its id in it: it serves its API with it and presents it to
     /// Nexus and to other sled agents) and the deployment's CA (the only issuer of callers it
     /// accepts).
@@ -121,6 +123,40 @@ impl QemuConfig {
 }
 
 /// Which accelerator QEMU uses.
+/// The storage a sled offers for regions (replicas of disks).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Bytes offered for regions; 0 (the default): the sled holds none.
+    #[serde(default = "no_storage")]
+    pub capacity: ByteCount,
+    /// QEMU sleds: the directory of region files (default `<qemu.state_dir>/<sled_id>/regions`).
+    /// It must outlive the sled agent: the data is there.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// QEMU sleds: the daemon that serves regions over NBD.
+    #[serde(default = "default_storage_daemon")]
+    pub daemon_binary: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            capacity: no_storage(),
+            directory: None,
+            daemon_binary: default_storage_daemon(),
+        }
+    }
+}
+
+fn no_storage() -> ByteCount {
+    ByteCount::from_mebibytes_u32(0)
+}
+
+fn default_storage_daemon() -> PathBuf {
+    PathBuf::from("qemu-storage-daemon")
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AcceleratorChoice {

@@ -2,7 +2,8 @@
 //!
 //! Every caller comes through the TLS front with a certificate from the deployment's CA
 //! (`halyard_tls`), and every handler first checks whose: Nexus alone changes VMMs; Nexus or
-//! an operator (omdb, tests) reads them and injects simulated faults; an inbound migration's
+//! an operator (omdb, tests) reads them and injects simulated faults; Nexus alone creates and
+//! deletes regions; an inbound migration's
 //! phases come only from the sled Nexus named as its source.
 
 use crate::console::{ConsoleOffset, ConsoleStream, SerialConsole};
@@ -16,9 +17,10 @@ use futures::{SinkExt, StreamExt};
 use halyard_common::Error;
 use halyard_common::internal_api::SledVmmState;
 use halyard_sled_agent_api::{
-    Inventory, MigrationInReply, MigrationInStep, MigrationTargetGone, SimFault, SledAgentApi,
-    VmmPathParam, VmmPutStateBody, VmmRegisterBody, VmmSerialConsoleData, VmmSerialConsoleRequest,
-    VmmSerialConsoleStreamRequest, VmmSummary,
+    Inventory, MigrationInReply, MigrationInStep, MigrationTargetGone, RegionEnsureBody,
+    RegionPathParam, RegionSummary, SimFault, SledAgentApi, VmmPathParam, VmmPutStateBody,
+    VmmRegisterBody, VmmSerialConsoleData, VmmSerialConsoleRequest, VmmSerialConsoleStreamRequest,
+    VmmSummary,
 };
 use slog::{Logger, debug};
 use std::sync::Arc;
@@ -199,7 +201,35 @@ impl SledAgentApi for SledAgentImpl {
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<Inventory>, HttpError> {
         require(&rqctx, NEXUS_OR_OPERATOR, "read the inventory")?;
-        Ok(HttpResponseOk(rqctx.context().inventory()))
+        Ok(HttpResponseOk(rqctx.context().inventory().await))
+    }
+
+    async fn region_ensure(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<RegionPathParam>,
+        body: TypedBody<RegionEnsureBody>,
+    ) -> Result<HttpResponseOk<RegionSummary>, HttpError> {
+        require(&rqctx, NEXUS, "create a region")?;
+        let id = path.into_inner().region_id;
+        let storage = rqctx.context().storage();
+        Ok(HttpResponseOk(storage.ensure(id, body.into_inner()).await?))
+    }
+
+    async fn region_delete(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<RegionPathParam>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        require(&rqctx, NEXUS, "delete a region")?;
+        let id = path.into_inner().region_id;
+        rqctx.context().storage().delete(id).await?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn region_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<RegionSummary>>, HttpError> {
+        require(&rqctx, NEXUS_OR_OPERATOR, "list regions")?;
+        Ok(HttpResponseOk(rqctx.context().storage().list().await))
     }
 
     async fn metrics(

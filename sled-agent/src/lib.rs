@@ -10,6 +10,8 @@
 //! - `reporter`: one task per VMM pushing its newest state to Nexus, in order, with retries.
 //! - `registration`: keeps the sled registered with Nexus.
 //! - `metrics`: what `GET /metrics` shows (Prometheus text).
+//! - `storage`: the regions (disk replicas) the sled holds: simulated, or qcow2 files served
+//!   over NBD by a `qemu-storage-daemon` the sled agent supervises.
 //! - `http_entrypoints`: the `SledAgentApi` implementation.
 
 mod admission;
@@ -23,9 +25,10 @@ mod registration;
 mod reporter;
 mod sim;
 pub mod sled_agent;
+mod storage;
 mod vmm_runtime;
 
-pub use config::{AcceleratorChoice, Config, QemuConfig, SimConfig};
+pub use config::{AcceleratorChoice, Config, QemuConfig, SimConfig, StorageConfig};
 pub use qemu::build_guest_image;
 pub use sled_agent::SledAgent;
 
@@ -64,7 +67,27 @@ impl Server {
             .load()
             .context("loading the sled's TLS certificate")?;
         let front_secret = halyard_tls::peer::FrontSecret::generate();
-        let agent = SledAgent::new(config, backend, &tls, front_secret.clone(), log)
+        let storage = match config.backend {
+            SledBackend::Sim => storage::Storage::simulated(&config.storage, log),
+            SledBackend::Qemu => {
+                let directory = config.storage.directory.clone().unwrap_or_else(|| {
+                    config
+                        .qemu
+                        .state_dir
+                        .join(format!("{}-regions", config.sled_id))
+                });
+                storage::Storage::with_daemon(
+                    &config.storage,
+                    directory,
+                    config.listen_address.ip(),
+                    config.sled_id,
+                    log,
+                )
+                .await
+                .context("starting the sled's storage")?
+            }
+        };
+        let agent = SledAgent::new(config, backend, storage, &tls, front_secret.clone(), log)
             .context("building the sled agent's HTTP clients")?;
         let api = halyard_sled_agent_api::sled_agent_api_mod::api_description::<
             http_entrypoints::SledAgentImpl,
@@ -138,6 +161,7 @@ impl Server {
         // Still serving while the QEMU VMMs end: Nexus may ask about them as their last
         // reports arrive.
         self.agent.end_qemu_vmms().await;
+        self.agent.storage().stop().await;
         self.front.close();
         self.http
             .close()

@@ -6,6 +6,7 @@ use crate::metrics::SledMetrics;
 use crate::qemu::QemuBackend;
 use crate::reporter;
 use crate::sim::SimVmm;
+use crate::storage::Storage;
 use crate::vmm_runtime::{Command, Ended, failed_after_death};
 use chrono::Utc;
 use futures::future::BoxFuture;
@@ -57,6 +58,8 @@ pub struct SledAgent {
     backend: Backend,
     hardware_threads: u32,
     physical_ram: ByteCount,
+    /// The regions this sled holds.
+    storage: Storage,
     /// Set once the HTTP server is bound.
     address: OnceLock<SocketAddr>,
     vmms: Mutex<BTreeMap<VmmUuid, VmmEntry>>,
@@ -75,6 +78,7 @@ impl SledAgent {
     pub(crate) fn new(
         config: &Config,
         backend: Backend,
+        storage: Storage,
         tls: &halyard_tls::TlsMaterial,
         front_secret: halyard_tls::peer::FrontSecret,
         log: &Logger,
@@ -89,6 +93,7 @@ impl SledAgent {
             backend,
             hardware_threads: config.hardware_threads,
             physical_ram: config.physical_ram,
+            storage,
             address: OnceLock::new(),
             vmms: Mutex::new(BTreeMap::new()),
             nexus,
@@ -167,7 +172,12 @@ impl SledAgent {
             backend: self.backend.kind(),
             hardware_threads: self.hardware_threads,
             physical_ram: self.physical_ram,
+            usable_storage: self.storage.capacity(),
         }
+    }
+
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     pub fn id(&self) -> SledUuid {
@@ -510,7 +520,7 @@ impl SledAgent {
             .collect()
     }
 
-    pub fn inventory(&self) -> Inventory {
+    pub async fn inventory(&self) -> Inventory {
         let vmm_count = self
             .table()
             .values()
@@ -527,7 +537,23 @@ impl SledAgent {
                 Backend::Sim(_) => None,
                 Backend::Qemu(qemu) => Some(qemu.accelerator()),
             },
+            usable_storage: self.storage.capacity(),
+            reserved_storage: self.storage.reserved().await,
         }
+    }
+
+    /// The process id of the daemon serving this sled's regions, if it runs one and it is up
+    /// (for tests that kill it).
+    pub fn storage_daemon_pid(&self) -> Option<u32> {
+        self.storage.daemon_status().and_then(|status| status.pid)
+    }
+
+    /// How many times the storage daemon was started again after dying.
+    pub fn storage_daemon_restarts(&self) -> u64 {
+        self.storage
+            .daemon_status()
+            .map(|status| status.restarts)
+            .unwrap_or(0)
     }
 
     /// Refuses what no VMM of this sled could be, before anything starts.

@@ -18,6 +18,7 @@ progenitor::generate_api!(
     pre_hook = crate::send_request_id,
     replace = {
         Accelerator = halyard_sled_agent_api::Accelerator,
+        BlockSize = halyard_common::BlockSize,
         ByteCount = halyard_common::ByteCount,
         Generation = halyard_common::Generation,
         InstanceUuid = halyard_common::ids::InstanceUuid,
@@ -30,6 +31,10 @@ progenitor::generate_api!(
         MigrationRuntimeState = halyard_common::internal_api::MigrationRuntimeState,
         MigrationState = halyard_common::MigrationState,
         MigrationUuid = halyard_common::ids::MigrationUuid,
+        NbdExport = halyard_sled_agent_api::NbdExport,
+        RegionEnsureBody = halyard_sled_agent_api::RegionEnsureBody,
+        RegionSummary = halyard_sled_agent_api::RegionSummary,
+        RegionUuid = halyard_common::ids::RegionUuid,
         SimFault = halyard_sled_agent_api::SimFault,
         SledBackend = halyard_common::SledBackend,
         SledUuid = halyard_common::ids::SledUuid,

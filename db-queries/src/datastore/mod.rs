@@ -1,6 +1,7 @@
 //! The [`DataStore`]: a connection pool plus every query, grouped by the object they touch.
 
 mod audit;
+mod disk;
 mod identity;
 mod instance;
 mod instance_transition;
@@ -8,11 +9,13 @@ mod instance_view;
 mod leftover;
 mod migration;
 mod project;
+mod region;
 mod role;
 mod saga;
 mod sled;
 mod vmm;
 
+pub use disk::{DiskTransition, MAX_DISK_SIZE, validate_new_disk};
 pub use identity::{DEVICE_AUTH_REQUEST_LIFETIME, DeviceTokenPoll, TokenOwner};
 pub use instance::{validate_instance_shape, validate_new_instance};
 pub use instance_transition::{ConflictReason, TransitionConflict, TransitionOutcome};

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{GenericUuid, ProjectUuid};
 use halyard_common::{Error, NameOrId, ResourceType};
-use halyard_db_model::schema::{instance, project};
+use halyard_db_model::schema::{disk, instance, project};
 use halyard_db_model::{DbName, DbTypedUuid, Project};
 
 impl DataStore {
@@ -70,11 +70,11 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
-    /// Deletes a project, only if it holds no live instances.
+    /// Deletes a project, only if it holds no live instances and no live disks.
     ///
     /// The emptiness check and the delete cannot race an instance insert: the delete is
     /// conditional on the project's child generation (`rcgen`) that the check saw, and every
-    /// instance insert bumps it.
+    /// instance or disk insert bumps it.
     pub async fn project_delete(&self, which: &NameOrId) -> Result<ProjectUuid, Error> {
         self.retry_conflicts(|| async move {
             let conn = &mut *self.connection().await?;
@@ -88,6 +88,19 @@ impl DataStore {
             if instances > 0 {
                 return Err(Error::invalid_request(format!(
                     "project \"{}\" still holds {instances} instance(s); delete them first",
+                    found.name()
+                ))
+                .into());
+            }
+            let disks: i64 = disk::table
+                .filter(disk::project_id.eq(found.id))
+                .filter(disk::time_deleted.is_null())
+                .count()
+                .get_result(conn)
+                .await?;
+            if disks > 0 {
+                return Err(Error::invalid_request(format!(
+                    "project \"{}\" still holds {disks} disk(s); delete them first",
                     found.name()
                 ))
                 .into());

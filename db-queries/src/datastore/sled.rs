@@ -57,7 +57,7 @@ impl SledChoice {
 }
 
 /// Why one placement attempt did not reserve anything.
-enum AttemptFailed {
+pub(super) enum AttemptFailed {
     /// The sled picked filled up between the pick and the claim: pick again.
     LostRace,
     /// Nothing fits, or the request is bad: give up with this error.
@@ -89,6 +89,7 @@ impl DataStore {
                 sled::backend.eq(excluded(sled::backend)),
                 sled::usable_hardware_threads.eq(excluded(sled::usable_hardware_threads)),
                 sled::usable_physical_ram.eq(excluded(sled::usable_physical_ram)),
+                sled::usable_storage.eq(excluded(sled::usable_storage)),
             ));
         // `ON CONFLICT ... DO UPDATE ... WHERE`: an expunged sled's row is not updated.
         let upserted =
@@ -101,8 +102,8 @@ impl DataStore {
                 .map_err(|e| match e {
                     DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, _) => {
                         Error::conflict(format!(
-                            "sled {} reports less capacity than its VMMs already hold; \
-                         stop or migrate instances off it first",
+                            "sled {} reports less capacity than its VMMs or regions already hold; \
+                         stop or migrate instances, or move regions, off it first",
                             new.id()
                         ))
                     }

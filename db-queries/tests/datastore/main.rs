@@ -1,6 +1,7 @@
 //! The datastore against a real PostgreSQL: one throwaway cluster for this test binary, one
 //! fresh database per test (see `halyard-test-db`).
 
+mod disks;
 mod identity;
 mod instance_transitions;
 mod instances;

@@ -70,6 +70,7 @@ pub async fn run(args: QemuArgs) -> anyhow::Result<()> {
                 state_dir: state_dir.clone(),
                 ..Default::default()
             },
+            storage: Default::default(),
             tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Sled(sled_id))?,
         };
         sleds.push(halyard_sled_agent::Server::start(&config, &log).await?);

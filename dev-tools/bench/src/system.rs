@@ -96,6 +96,7 @@ impl System {
                 registration_interval_ms: 10_000,
                 sim: halyard_sled_agent::SimConfig::default(),
                 qemu: Default::default(),
+                storage: Default::default(),
                 tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Sled(sled_id))?,
             };
             self.sleds

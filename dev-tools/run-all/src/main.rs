@@ -140,6 +140,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
                 migration_phase_delay_ms: 200,
             },
             qemu: Default::default(),
+            storage: Default::default(),
             tls: pki.files(halyard_tls::Role::Sled(sled_id))?,
         };
         sleds.push(halyard_sled_agent::Server::start(&config, log).await?);
@@ -160,6 +161,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
             registration_interval_ms: 10_000,
             sim: Default::default(),
             qemu: halyard_sled_agent::QemuConfig::default(),
+            storage: Default::default(),
             tls: pki.files(halyard_tls::Role::Sled(sled_id))?,
         };
         sleds.push(
@@ -237,7 +239,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         internal.port()
     );
     for sled in &sleds {
-        let inventory = sled.agent().inventory();
+        let inventory = sled.agent().inventory().await;
         let backend = match inventory.accelerator {
             Some(accelerator) => format!("qemu, {accelerator}"),
             None => inventory.backend.to_string(),

@@ -106,7 +106,10 @@ impl Nexus {
         };
         let sled = self
             .datastore()
-            .sled_upsert(Sled::new(id, info.address, info.backend, resources))
+            .sled_upsert(
+                Sled::new(id, info.address, info.backend, resources)
+                    .with_usable_storage(info.usable_storage),
+            )
             .await
             .inspect_err(|e| {
                 slog::warn!(self.log(), "sled registration refused";

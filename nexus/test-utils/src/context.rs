@@ -185,6 +185,7 @@ impl TestContext {
                 registration_interval_ms: 1000,
                 sim: kind.sim(),
                 qemu: kind.qemu(),
+                storage: Default::default(),
                 tls: tls_files(Role::Sled(sled_id)),
             };
             sleds.push(
@@ -226,6 +227,7 @@ impl TestContext {
             registration_interval_ms: 1000,
             sim,
             qemu: Default::default(),
+            storage: Default::default(),
             tls: tls_files(Role::Sled(id)),
         };
         let new = halyard_sled_agent::Server::start(&config, &log())

@@ -127,6 +127,7 @@ impl Cluster {
                     migration_phase_delay_ms: 10,
                 },
                 qemu: Default::default(),
+                storage: Default::default(),
                 tls: crate::context::tls_files(crate::context::Role::Sled(sled_id)),
             };
             sleds.push(

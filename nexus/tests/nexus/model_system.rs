@@ -175,6 +175,7 @@ impl ModelSystem {
             registration_interval_ms: 1000,
             sim: self.sim,
             qemu: Default::default(),
+            storage: Default::default(),
             tls: crate::context::tls_files(crate::context::Role::Sled(id)),
         };
         halyard_sled_agent::Server::start(&config, &log())

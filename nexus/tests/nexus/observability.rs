@@ -357,6 +357,7 @@ async fn a_start_requests_id_is_in_the_nexus_and_sled_agent_logs() {
             registration_interval_ms: 1000,
             sim: Default::default(),
             qemu: Default::default(),
+            storage: Default::default(),
             tls: crate::context::tls_files(crate::context::Role::Sled(sled_id)),
         },
         &file_logger(&sled_log_path, "sled-agent"),

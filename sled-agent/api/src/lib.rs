@@ -9,9 +9,9 @@ use dropshot::{
     HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, Query, RequestContext,
     TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
-use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
+use halyard_common::ids::{InstanceUuid, MigrationUuid, RegionUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
-use halyard_common::{ByteCount, SledBackend};
+use halyard_common::{BlockSize, ByteCount, SledBackend};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -117,6 +117,29 @@ pub trait SledAgentApi {
         query: Query<VmmSerialConsoleStreamRequest>,
         websocket: WebsocketUpgrade,
     ) -> WebsocketEndpointResult;
+
+    /// Create a region (one replica of a disk) of this size in the sled's storage, and serve
+    /// it (idempotent: the same body again returns the region; another size for a known id is
+    /// refused with 409, as is a region that does not fit in what the sled has left).
+    #[endpoint { method = PUT, path = "/regions/{region_id}" }]
+    async fn region_ensure(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<RegionPathParam>,
+        body: TypedBody<RegionEnsureBody>,
+    ) -> Result<HttpResponseOk<RegionSummary>, HttpError>;
+
+    /// Delete a region and its data (idempotent: an unknown region is already gone).
+    #[endpoint { method = DELETE, path = "/regions/{region_id}" }]
+    async fn region_delete(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<RegionPathParam>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    /// Every region this sled holds, by id.
+    #[endpoint { method = GET, path = "/regions" }]
+    async fn region_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<RegionSummary>>, HttpError>;
 
     /// What this sled is and has.
     #[endpoint { method = GET, path = "/inventory" }]
@@ -339,4 +362,38 @@ pub struct Inventory {
     /// The accelerator QEMU runs guests with (decided once at start); none for a
     /// simulated sled.
     pub accelerator: Option<Accelerator>,
+    /// What the sled offers for regions.
+    pub usable_storage: ByteCount,
+    /// What its regions hold of that.
+    pub reserved_storage: ByteCount,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct RegionPathParam {
+    pub region_id: RegionUuid,
+}
+
+/// The shape of a region: its disk's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct RegionEnsureBody {
+    pub size: ByteCount,
+    pub block_size: BlockSize,
+}
+
+/// One region this sled holds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct RegionSummary {
+    pub region_id: RegionUuid,
+    pub size: ByteCount,
+    pub block_size: BlockSize,
+    /// Where the region's data is served over NBD (QEMU sleds); none for a simulated sled's
+    /// regions, which hold no data.
+    pub export: Option<NbdExport>,
+}
+
+/// A region served over NBD: `nbd://{address}/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct NbdExport {
+    pub address: SocketAddr,
+    pub name: String,
 }

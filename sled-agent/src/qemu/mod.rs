@@ -17,7 +17,7 @@
 mod accelerator;
 mod leftovers;
 mod migration;
-mod qmp;
+pub(crate) mod qmp;
 mod tls;
 pub(crate) mod vmm;
 

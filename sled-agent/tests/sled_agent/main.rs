@@ -9,6 +9,7 @@ mod mtls;
 mod nexus_outage;
 mod qemu;
 mod recording_nexus;
+mod storage;
 
 use halyard_common::ByteCount;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
@@ -67,6 +68,7 @@ pub fn sled_config(nexus: SocketAddr, sim: SimConfig) -> Config {
         registration_interval_ms: 100,
         sim,
         qemu: Default::default(),
+        storage: Default::default(),
         tls: tls_files(Role::Sled(sled_id)),
     }
 }

@@ -66,6 +66,7 @@ pub async fn qemu_config(nexus: SocketAddr, state_dir: &Path) -> Config {
             stop_timeout_ms: 10_000,
             ..Default::default()
         },
+        storage: Default::default(),
         tls: crate::tls_files(crate::Role::Sled(sled_id)),
     }
 }

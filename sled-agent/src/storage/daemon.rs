@@ -1,0 +1,418 @@
+//! One `qemu-storage-daemon` per sled: serves each region's qcow2 file as an NBD export.
+//!
+//! The region directory holds, per region, `<id>.qcow2` (the data, created with `qemu-img`) and
+//! `<id>.json` (its shape, written after the data file, so a region whose creation was cut
+//! short has no shape file and is not served). The daemon listens for NBD on a port chosen
+//! once and kept in `nbd-port`, so an export's address outlives restarts of the daemon and of
+//! the sled agent; it is driven over QMP on `qsd.qmp` (`blockdev-add` + `block-export-add`
+//! to serve a region, `block-export-del` + `blockdev-del` to stop).
+//!
+//! A supervisor task starts the daemon, serves every region in the table, and waits for the
+//! process; when it dies (a crash, a `kill -9`) the supervisor starts it again and serves
+//! every region again. The table's lock is held while the daemon's QMP connection is used, so
+//! a region is never created or deleted halfway through a restart.
+
+use crate::qemu::qmp::Qmp;
+use halyard_common::Error;
+use halyard_common::ids::{GenericUuid, RegionUuid};
+use halyard_sled_agent_api::{NbdExport, RegionEnsureBody};
+use slog::{Logger, info, warn};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type RegionTable = Arc<tokio::sync::Mutex<BTreeMap<RegionUuid, RegionEnsureBody>>>;
+
+/// The daemon's pid file in the region directory (how a restarted sled agent finds the
+/// daemon an earlier run left).
+const PID_FILE: &str = "qsd.pid";
+
+/// How long a starting daemon has to open its QMP socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the daemon is doing, for the inventory and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DaemonStatus {
+    /// The running daemon's process id (none between a death and the restart).
+    pub pid: Option<u32>,
+    /// How many times it has been started again after dying.
+    pub restarts: u64,
+}
+
+pub(crate) struct StorageDaemon {
+    binary: PathBuf,
+    directory: PathBuf,
+    nbd: SocketAddr,
+    regions: RegionTable,
+    /// The QMP connection to the running daemon; `None` while it is down.
+    qmp: tokio::sync::Mutex<Option<Qmp>>,
+    pid: AtomicU32,
+    restarts: AtomicU64,
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    log: Logger,
+}
+
+impl StorageDaemon {
+    /// Starts the daemon serving every region in `regions` (whose files are in `directory`),
+    /// and the task that restarts it when it dies.
+    pub(crate) async fn start(
+        binary: PathBuf,
+        directory: PathBuf,
+        nbd_ip: IpAddr,
+        regions: RegionTable,
+        log: &Logger,
+    ) -> anyhow::Result<Arc<StorageDaemon>> {
+        end_leftover_daemon(&directory, log).await?;
+        let port = nbd_port(&directory, nbd_ip).await?;
+        let daemon = Arc::new(StorageDaemon {
+            binary,
+            directory,
+            nbd: SocketAddr::new(nbd_ip, port),
+            regions,
+            qmp: tokio::sync::Mutex::new(None),
+            pid: AtomicU32::new(0),
+            restarts: AtomicU64::new(0),
+            supervisor: Mutex::new(None),
+            log: log.clone(),
+        });
+        // The first start's failure is the caller's (a missing binary, a port in use).
+        let child = daemon.launch().await?;
+        let supervisor = tokio::spawn(Arc::clone(&daemon).supervise(child));
+        *daemon.supervisor.lock().expect("supervisor lock") = Some(supervisor);
+        Ok(daemon)
+    }
+
+    pub(crate) fn directory(&self) -> PathBuf {
+        self.directory.clone()
+    }
+
+    pub(crate) fn export_of(&self, id: RegionUuid) -> NbdExport {
+        NbdExport {
+            address: self.nbd,
+            name: id.to_string(),
+        }
+    }
+
+    pub(crate) fn status(&self) -> DaemonStatus {
+        let pid = self.pid.load(Ordering::SeqCst);
+        DaemonStatus {
+            pid: (pid != 0).then_some(pid),
+            restarts: self.restarts.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Creates region `id`'s file and serves it (the caller holds the table's lock). With the
+    /// daemon down, the file is made and the restart serves it.
+    pub(crate) async fn create(
+        &self,
+        id: RegionUuid,
+        shape: RegionEnsureBody,
+    ) -> Result<(), Error> {
+        let data = self.directory.join(format!("{id}.qcow2"));
+        let output = tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&data)
+            .arg(shape.size.to_bytes().to_string())
+            .output()
+            .await
+            .map_err(|e| Error::internal(format!("running qemu-img: {e}")))?;
+        if !output.status.success() {
+            return Err(Error::internal(format!(
+                "qemu-img could not create region {id}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        let shape_json = serde_json::to_vec(&shape).expect("a region shape serializes");
+        tokio::fs::write(self.directory.join(format!("{id}.json")), shape_json)
+            .await
+            .map_err(|e| Error::internal(format!("recording region {id}'s shape: {e}")))?;
+        if let Some(qmp) = &*self.qmp.lock().await
+            && let Err(e) = serve(qmp, &self.directory, id).await
+        {
+            // Not created after all: no file is left for a restart to serve.
+            let _ = unserve(qmp, id).await;
+            self.remove_files(id).await?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stops serving region `id` and deletes its files (the caller holds the table's lock).
+    pub(crate) async fn delete(&self, id: RegionUuid) -> Result<(), Error> {
+        if let Some(qmp) = &*self.qmp.lock().await {
+            unserve(qmp, id).await?;
+        }
+        self.remove_files(id).await
+    }
+
+    async fn remove_files(&self, id: RegionUuid) -> Result<(), Error> {
+        for file in [format!("{id}.json"), format!("{id}.qcow2")] {
+            match tokio::fs::remove_file(self.directory.join(&file)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::internal(format!("removing {file}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the daemon and its supervisor.
+    pub(crate) async fn stop(&self) {
+        if let Some(supervisor) = self.supervisor.lock().expect("supervisor lock").take() {
+            supervisor.abort();
+        }
+        // The child was spawned with kill_on_drop: aborting the supervisor drops it.
+        *self.qmp.lock().await = None;
+        self.pid.store(0, Ordering::SeqCst);
+    }
+
+    fn qmp_socket(&self) -> PathBuf {
+        self.directory.join("qsd.qmp")
+    }
+
+    /// Starts a daemon process and serves every region of the table through it.
+    async fn launch(&self) -> anyhow::Result<tokio::process::Child> {
+        let socket = self.qmp_socket();
+        let _ = tokio::fs::remove_file(&socket).await;
+        let mut child = tokio::process::Command::new(&self.binary)
+            .arg("--chardev")
+            .arg(format!(
+                "socket,id=qmp,path={},server=on,wait=off",
+                socket.display()
+            ))
+            .args(["--monitor", "chardev=qmp"])
+            .arg("--pidfile")
+            .arg(self.directory.join(PID_FILE))
+            .arg("--nbd-server")
+            .arg(format!(
+                "addr.type=inet,addr.host={},addr.port={}",
+                self.nbd.ip(),
+                self.nbd.port()
+            ))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {}: {e}", self.binary.display()))?;
+        let connected = tokio::time::timeout(START_TIMEOUT, async {
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    anyhow::bail!("{} exited at start ({status})", self.binary.display());
+                }
+                match tokio::net::UnixStream::connect(&socket).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("qemu-storage-daemon opened no QMP socket in time"))??;
+        let (qmp, mut events) = Qmp::negotiate(connected, &self.log).await?;
+        // The daemon's events (an export going away, ...) are only logged, but they must be
+        // taken: the connection delivers answers only while its events are read.
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                slog::debug!(log, "qemu-storage-daemon event"; "event" => ?event);
+            }
+        });
+        let regions = self.regions.lock().await;
+        for id in regions.keys() {
+            serve(&qmp, &self.directory, *id).await?;
+        }
+        *self.qmp.lock().await = Some(qmp);
+        self.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
+        info!(self.log, "qemu-storage-daemon serving"; "nbd" => %self.nbd,
+            "regions" => regions.len(), "pid" => child.id());
+        Ok(child)
+    }
+
+    /// Waits for the daemon to die, then starts it again, for as long as the sled agent runs.
+    async fn supervise(self: Arc<Self>, mut child: tokio::process::Child) {
+        loop {
+            let status = child.wait().await;
+            *self.qmp.lock().await = None;
+            self.pid.store(0, Ordering::SeqCst);
+            warn!(self.log, "qemu-storage-daemon died; starting it again";
+                "status" => ?status);
+            let mut retry = Duration::from_millis(50);
+            child = loop {
+                match self.launch().await {
+                    Ok(child) => break child,
+                    Err(e) => {
+                        warn!(self.log, "cannot start qemu-storage-daemon; retrying";
+                            "error" => %e, "retry_in_ms" => retry.as_millis());
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            self.restarts.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The block node name and export id of region `id` (QEMU wants them to start with a letter
+/// and allows at most 31 characters: the id's first 30 hex digits after an `r`; ids are
+/// random, so they do not collide in one sled). The NBD export's name is the whole id.
+fn node_name(id: RegionUuid) -> String {
+    let hex = id.into_untyped_uuid().simple().to_string();
+    format!("r{}", &hex[..30])
+}
+
+/// `blockdev-add` of the region's qcow2 file, then `block-export-add` of it over NBD, named by
+/// the region's id.
+async fn serve(qmp: &Qmp, directory: &Path, id: RegionUuid) -> Result<(), Error> {
+    let node = node_name(id);
+    let file = directory.join(format!("{id}.qcow2"));
+    qmp.call(
+        BlockdevAdd(serde_json::json!({
+            "driver": "qcow2",
+            "node-name": node,
+            "file": { "driver": "file", "filename": file },
+        })),
+        "open a region's file",
+    )
+    .await?;
+    qmp.call(
+        BlockExportAdd(serde_json::json!({
+            "type": "nbd",
+            "id": node,
+            "node-name": node,
+            "name": id.to_string(),
+            "writable": true,
+        })),
+        "serve a region over NBD",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stops serving region `id`: its export (its clients are cut off), then its node.
+async fn unserve(qmp: &Qmp, id: RegionUuid) -> Result<(), Error> {
+    let export = qapi::qmp::block_export_del {
+        id: node_name(id),
+        mode: Some(qapi::qmp::BlockExportRemoveMode::hard),
+    };
+    if let Err(e) = qmp.call(export, "stop serving a region").await
+        && !e.to_string().contains("not found")
+    {
+        return Err(e);
+    }
+    // The export lets go of the node once its connections are closed; that may take a moment.
+    let mut last = None;
+    for _ in 0..50 {
+        let del = qapi::qmp::blockdev_del {
+            node_name: node_name(id),
+        };
+        match qmp.call(del, "close a region's file").await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("not find") => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(last.expect("at least one try"))
+}
+
+/// A QMP command whose arguments are given as JSON: the typed forms of `blockdev-add` and
+/// `block-export-add` are deep unions, and these two calls only need a few fields.
+macro_rules! json_qmp_command {
+    ($name:ident, $command:literal) => {
+        #[derive(serde::Serialize)]
+        #[serde(transparent)]
+        struct $name(serde_json::Value);
+
+        impl qapi::Command for $name {
+            type Ok = qapi::Empty;
+            const NAME: &'static str = $command;
+            const ALLOW_OOB: bool = false;
+        }
+
+        impl qapi::qmp::QmpCommand for $name {}
+    };
+}
+
+json_qmp_command!(BlockdevAdd, "blockdev-add");
+json_qmp_command!(BlockExportAdd, "block-export-add");
+
+/// The regions whose files are in `directory` (created if missing): those with a shape file.
+pub(crate) async fn regions_in(
+    directory: &Path,
+) -> anyhow::Result<BTreeMap<RegionUuid, RegionEnsureBody>> {
+    tokio::fs::create_dir_all(directory)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", directory.display()))?;
+    let mut regions = BTreeMap::new();
+    let mut entries = tokio::fs::read_dir(directory).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        let name = entry.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<RegionUuid>().ok())
+        else {
+            continue;
+        };
+        if let Some(shape) = region_shape(directory, id).await {
+            regions.insert(id, shape);
+        }
+    }
+    Ok(regions)
+}
+
+/// Region `id`'s shape, from its shape file.
+pub(crate) async fn region_shape(directory: &Path, id: RegionUuid) -> Option<RegionEnsureBody> {
+    let text = tokio::fs::read(directory.join(format!("{id}.json")))
+        .await
+        .ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// The NBD port kept in `directory/nbd-port`, or a free one chosen now and kept there.
+async fn nbd_port(directory: &Path, ip: IpAddr) -> anyhow::Result<u16> {
+    let file = directory.join("nbd-port");
+    if let Ok(text) = tokio::fs::read_to_string(&file).await
+        && let Ok(port) = text.trim().parse::<u16>()
+    {
+        return Ok(port);
+    }
+    let port = std::net::TcpListener::bind(SocketAddr::new(ip, 0))?
+        .local_addr()?
+        .port();
+    tokio::fs::write(&file, port.to_string()).await?;
+    Ok(port)
+}
+
+/// Ends the daemon an earlier run of this sled agent left serving `directory` (a sled agent
+/// killed with -9 cannot end it), so the new one can take the NBD port and the files. The pid
+/// file's process is killed only if it really is a storage daemon of this directory (a pid may
+/// have been reused).
+async fn end_leftover_daemon(directory: &Path, log: &Logger) -> anyhow::Result<()> {
+    let Ok(text) = tokio::fs::read_to_string(directory.join(PID_FILE)).await else {
+        return Ok(());
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return Ok(());
+    };
+    let socket = directory.join("qsd.qmp");
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&*socket.to_string_lossy()))
+        .unwrap_or(false);
+    if !ours {
+        return Ok(());
+    }
+    info!(log, "ending the storage daemon an earlier run left"; "pid" => pid);
+    // SAFETY: kill(2) with a pid read above and a valid signal number.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    for _ in 0..500 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the storage daemon an earlier run left (pid {pid}) did not exit")
+}

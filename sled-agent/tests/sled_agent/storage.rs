@@ -1,0 +1,191 @@
+//! Regions: simulated ones on a sim sled, and real ones (qcow2 files served over NBD by a
+//! `qemu-storage-daemon` the sled agent supervises) on a QEMU sled: data written through the
+//! export survives the daemon's death (`kill -9`) and a restart of the sled agent.
+
+use crate::qemu::{qemu_config, state_dir};
+use crate::recording_nexus::RecordingNexus;
+use crate::{Role, log, sled_client, sled_config};
+use halyard_common::ids::RegionUuid;
+use halyard_common::{BlockSize, ByteCount};
+use halyard_sled_agent::{Config, Server, SimConfig, StorageConfig};
+use halyard_sled_agent_api::{RegionEnsureBody, RegionSummary};
+use halyard_sled_agent_client::Client;
+use std::path::Path;
+use std::time::Duration;
+
+fn shape(mib: u32) -> RegionEnsureBody {
+    RegionEnsureBody {
+        size: ByteCount::from_mebibytes_u32(mib),
+        block_size: BlockSize::try_from(512u32).unwrap(),
+    }
+}
+
+fn with_storage(mut config: Config, mib: u32) -> Config {
+    config.storage = StorageConfig {
+        capacity: ByteCount::from_mebibytes_u32(mib),
+        ..Default::default()
+    };
+    config
+}
+
+async fn ensure(client: &Client, id: RegionUuid, mib: u32) -> RegionSummary {
+    client
+        .region_ensure(&id, &shape(mib))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The status of a refused call.
+async fn refused(
+    call: impl Future<Output = Result<impl Sized, halyard_sled_agent_client::Error<impl Sized>>>,
+) -> u16 {
+    match call.await {
+        Ok(_) => panic!("the call was accepted"),
+        Err(e) => e.status().expect("an HTTP answer").as_u16(),
+    }
+}
+
+#[tokio::test]
+async fn a_sim_sled_keeps_regions_within_its_storage() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let config = with_storage(sled_config(nexus.address(), SimConfig::default()), 100);
+    let sled = Server::start(&config, &log()).await.unwrap();
+    let client = sled_client(sled.local_addr(), Role::Nexus);
+
+    let a = RegionUuid::new_v4();
+    let created = ensure(&client, a, 60).await;
+    assert_eq!(created.size, ByteCount::from_mebibytes_u32(60));
+    assert_eq!(
+        created.export, None,
+        "a simulated region has no data to serve"
+    );
+    // The same request again is a no-op; another shape for the id is refused.
+    assert_eq!(ensure(&client, a, 60).await, created);
+    assert_eq!(refused(client.region_ensure(&a, &shape(50))).await, 409);
+    // 40 MiB left: a 50 MiB region does not fit.
+    let b = RegionUuid::new_v4();
+    let status = refused(client.region_ensure(&b, &shape(50))).await;
+    assert_eq!(status, 507, "too little storage left");
+    let inventory = client.inventory().await.unwrap().into_inner();
+    assert_eq!(inventory.usable_storage, ByteCount::from_mebibytes_u32(100));
+    assert_eq!(
+        inventory.reserved_storage,
+        ByteCount::from_mebibytes_u32(60)
+    );
+    // Only Nexus creates regions; an operator may list them.
+    let operator = sled_client(sled.local_addr(), Role::Operator);
+    assert_eq!(refused(operator.region_ensure(&b, &shape(10))).await, 403);
+    assert_eq!(
+        operator.region_list().await.unwrap().into_inner(),
+        vec![created]
+    );
+
+    client.region_delete(&a).await.unwrap();
+    client.region_delete(&a).await.unwrap();
+    assert!(client.region_list().await.unwrap().into_inner().is_empty());
+    ensure(&client, b, 50).await;
+    sled.close().await.unwrap();
+}
+
+/// Runs `qemu-io` on an NBD export; its output, or the error.
+async fn qemu_io(export: &RegionSummary, command: &str) -> Result<String, String> {
+    let export = export
+        .export
+        .as_ref()
+        .expect("a QEMU sled's region is served");
+    let url = format!("nbd://{}/{}", export.address, export.name);
+    let output = tokio::process::Command::new("qemu-io")
+        .args(["-f", "raw", &url, "-c", command])
+        .output()
+        .await
+        .expect("qemu-io runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    // qemu-io exits 0 even when a pattern check fails: read its words.
+    if output.status.success() && !text.contains("Pattern verification failed") {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+async fn wait_for_restart(sled: &Server, restarts: u64) {
+    for _ in 0..1000 {
+        if sled.agent().storage_daemon_restarts() > restarts
+            && sled.agent().storage_daemon_pid().is_some()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the storage daemon was not started again");
+}
+
+fn region_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".qcow2"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_qemu_sleds_regions_keep_their_data_through_daemon_and_agent_restarts() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let regions_dir = dir.join("regions");
+    let mut config = with_storage(qemu_config(nexus.address(), &dir).await, 256);
+    config.storage.directory = Some(regions_dir.clone());
+    let sled = Server::start(&config, &log()).await.unwrap();
+    let client = sled_client(sled.local_addr(), Role::Nexus);
+
+    let id = RegionUuid::new_v4();
+    let region = ensure(&client, id, 64).await;
+    assert_eq!(region_files(&regions_dir), vec![format!("{id}.qcow2")]);
+    qemu_io(&region, "write -P 0xa5 0 1M").await.unwrap();
+    qemu_io(&region, "write -P 0x5a 63M 1M").await.unwrap();
+    qemu_io(&region, "read -P 0xa5 0 1M").await.unwrap();
+    // The check can fail: the wrong pattern is noticed.
+    assert!(qemu_io(&region, "read -P 0x00 0 1M").await.is_err());
+
+    // kill -9 the daemon: the sled agent starts it again, serving the same data at the same
+    // address.
+    let pid = sled.agent().storage_daemon_pid().expect("the daemon runs");
+    let restarts = sled.agent().storage_daemon_restarts();
+    // SAFETY: kill(2) of the daemon's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    wait_for_restart(&sled, restarts).await;
+    assert_ne!(sled.agent().storage_daemon_pid(), Some(pid));
+    assert_eq!(ensure(&client, id, 64).await, region);
+    qemu_io(&region, "read -P 0xa5 0 1M").await.unwrap();
+    qemu_io(&region, "read -P 0x5a 63M 1M").await.unwrap();
+
+    // A new sled agent on the same directory finds the region and its data.
+    sled.close().await.unwrap();
+    assert!(
+        qemu_io(&region, "read -P 0xa5 0 1M").await.is_err(),
+        "served after close"
+    );
+    let sled = Server::start(&config, &log()).await.unwrap();
+    let client = sled_client(sled.local_addr(), Role::Nexus);
+    assert_eq!(
+        client.region_list().await.unwrap().into_inner(),
+        vec![region.clone()]
+    );
+    qemu_io(&region, "read -P 0x5a 63M 1M").await.unwrap();
+
+    // Deleted: no longer served, the file gone, the storage free again.
+    client.region_delete(&id).await.unwrap();
+    assert!(
+        qemu_io(&region, "read -P 0xa5 0 1M").await.is_err(),
+        "served after delete"
+    );
+    assert!(region_files(&regions_dir).is_empty());
+    let inventory = client.inventory().await.unwrap().into_inner();
+    assert_eq!(inventory.reserved_storage.to_bytes(), 0);
+    sled.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
