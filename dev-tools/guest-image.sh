@@ -162,7 +162,13 @@ missing=()
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 command -v gzip >/dev/null 2>&1 || missing+=(gzip)
 command -v flock >/dev/null 2>&1 || missing+=(util-linux)
-if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ((${#missing[@]})); then
+# QEMU itself, and qemu-utils: qemu-storage-daemon serves a QEMU sled's regions over NBD;
+# qemu-img makes their files and the storage tests read them back with qemu-io.
+need_qemu=0
+for tool in qemu-system-x86_64 qemu-storage-daemon qemu-img qemu-io; do
+    command -v "$tool" >/dev/null 2>&1 || need_qemu=1
+done
+if ((need_qemu)) || ((${#missing[@]})); then
     log="$(mktemp "${TMPDIR:-/tmp}/halyard-guest-apt.XXXXXX")"
     if ((${#missing[@]})); then
         echo "==> installing ${missing[*]} (apt-get)"
@@ -172,14 +178,14 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ((${#missing[@]})); then
             exit 1
         }
     fi
-    if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+    if ((need_qemu)); then
         suite="$(matching_qemu_suite)"
-        echo "==> installing qemu-system-x86${suite:+ from $suite, matching the QEMU packages installed} (apt-get; about 30 s)"
+        echo "==> installing qemu-system-x86 and qemu-utils${suite:+ from $suite, matching the QEMU packages installed} (apt-get; about 30 s)"
         # --no-remove: never take other packages away to make room; apt never downgrades unasked.
         # Without recommends (a GUI, audio, extra block drivers): the sled agent runs QEMU
         # headless, and from backports the recommends would upgrade the desktop's libraries.
         if ! with_suite_source "$suite" apt_install --no-install-recommends ${suite:+-t "$suite"} \
-            qemu-system-x86 >"$log" 2>&1; then
+            qemu-system-x86 qemu-utils >"$log" 2>&1; then
             cat "$log" >&2
             reason="$(grep -m1 -E '^E: ' "$log" | sed 's/^E: //' || true)"
             no_qemu "apt-get install qemu-system-x86${suite:+ -t $suite} failed: ${reason:-see the output above}"
@@ -188,6 +194,7 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ((${#missing[@]})); then
     rm -f "$log"
 fi
 command -v qemu-system-x86_64 >/dev/null 2>&1 || no_qemu "qemu-system-x86_64 is not on PATH after installing qemu-system-x86"
+command -v qemu-storage-daemon >/dev/null 2>&1 || no_qemu "qemu-storage-daemon is not on PATH after installing qemu-utils"
 
 cached() {
     [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/VERSION" ] &&

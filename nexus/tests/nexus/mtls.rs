@@ -101,6 +101,7 @@ async fn a_sled_agent_cannot_register_or_report_as_another_sled() {
         backend: halyard_common::SledBackend::Sim,
         hardware_threads: crate::context::SLED_THREADS,
         physical_ram: halyard_common::ByteCount::from_gibibytes_u32(crate::context::SLED_RAM_GIB),
+        usable_storage: halyard_common::ByteCount::from_mebibytes_u32(0),
     };
     let response = as_sled_a
         .put(format!("{internal}/sled-agents/{}", sled_b.agent().id()))

@@ -409,10 +409,23 @@ async fn end_leftover_daemon(directory: &Path, log: &Logger) -> anyhow::Result<(
     // SAFETY: kill(2) with a pid read above and a valid signal number.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     for _ in 0..500 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !process_runs(pid) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     anyhow::bail!("the storage daemon an earlier run left (pid {pid}) did not exit")
+}
+
+/// Whether process `pid` exists and has not exited (a zombie, exited but not yet reaped by its
+/// parent, holds no port or file any more).
+fn process_runs(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }

@@ -189,3 +189,54 @@ async fn a_qemu_sleds_regions_keep_their_data_through_daemon_and_agent_restarts(
     sled.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_storage_daemon_an_earlier_sled_agent_left_is_ended_at_start() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let regions_dir = dir.join("regions");
+    std::fs::create_dir_all(&regions_dir).unwrap();
+    // What a sled agent killed with -9 leaves: its daemon, still serving on the kept port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(regions_dir.join("nbd-port"), port.to_string()).unwrap();
+    let mut leftover = std::process::Command::new("qemu-storage-daemon")
+        .arg("--chardev")
+        .arg(format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            regions_dir.join("qsd.qmp").display()
+        ))
+        .args(["--monitor", "chardev=qmp", "--pidfile"])
+        .arg(regions_dir.join("qsd.pid"))
+        .arg("--nbd-server")
+        .arg(format!(
+            "addr.type=inet,addr.host=127.0.0.1,addr.port={port}"
+        ))
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if regions_dir.join("qsd.pid").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut config = with_storage(qemu_config(nexus.address(), &dir).await, 64);
+    config.storage.directory = Some(regions_dir.clone());
+    let sled = Server::start(&config, &log()).await.unwrap();
+    let status = leftover.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the leftover daemon was not killed: {status}"
+    );
+    let client = sled_client(sled.local_addr(), Role::Nexus);
+    let region = ensure(&client, RegionUuid::new_v4(), 8).await;
+    assert_eq!(region.export.as_ref().unwrap().address.port(), port);
+    qemu_io(&region, "write -P 0x11 0 64k").await.unwrap();
+    qemu_io(&region, "read -P 0x11 0 64k").await.unwrap();
+    sled.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
