@@ -224,11 +224,13 @@ impl DataStore {
 
     /// Marks a newly created instance stopped (`creating` → `no_vmm`). `AlreadyDone` if it is
     /// past `creating`; `ObjectNotFound` if it does not exist or was deleted. There is no
-    /// conflict: every state but `creating` comes after this transition.
+    /// conflict: every state but `creating` comes after this transition. Returns the instance
+    /// as it is after the call too (what instance-create answers with), read by the same
+    /// statement when the transition applies.
     pub async fn instance_mark_stopped(
         &self,
         id: InstanceUuid,
-    ) -> Result<TransitionOutcome, Error> {
+    ) -> Result<(TransitionOutcome, Instance), Error> {
         let conn = &mut *self.connection().await?;
         let stopped = diesel::update(instance::table)
             .filter(instance::id.eq(DbTypedUuid(id)))
@@ -239,15 +241,16 @@ impl DataStore {
                 instance::state_generation.eq(instance::state_generation + 1),
                 instance::time_state_updated.eq(Utc::now()),
             ))
+            .returning(Instance::as_returning())
             .cached_by_text()
-            .execute(conn)
+            .get_result(conn)
             .await
+            .optional()
             .map_err(public_error_from_diesel)?;
-        if stopped > 0 {
-            return Ok(TransitionOutcome::Applied);
+        if let Some(stopped) = stopped {
+            return Ok((TransitionOutcome::Applied, stopped));
         }
-        live_instance(conn, id).await?;
-        Ok(TransitionOutcome::AlreadyDone)
+        Ok((TransitionOutcome::AlreadyDone, live_instance(conn, id).await?))
     }
 }
 

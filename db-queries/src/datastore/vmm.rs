@@ -190,13 +190,22 @@ impl DataStore {
         let conn = &mut *self.connection().await?;
         update_vmm_runtime(conn, id, new)
             .await
+            .map(|(updated, _)| updated)
             .map_err(TxnError::into_public)
     }
 
     /// Applies a sled agent's report of a VMM and its migrations, all in one transaction:
     /// each part applies only if its generation is newer than the stored one, and a report
     /// naming a migration this VMM is not part of is rejected whole (nothing is applied).
-    pub async fn vmm_apply_report(&self, report: &VmmStateReport) -> Result<ReportApplied, Error> {
+    ///
+    /// Returns which parts applied, and the VMM's record as this report left it: the row its
+    /// `UPDATE` returned, or, when the VMM's part did not apply (stale, repeated, or the VMM
+    /// is retired), the row read to tell that from an unknown VMM. So a caller that asked
+    /// for the state needs no read of its own.
+    pub async fn vmm_apply_report(
+        &self,
+        report: &VmmStateReport,
+    ) -> Result<(ReportApplied, Vmm), Error> {
         if report.migration_in.is_none() && report.migration_out.is_none() {
             // Most reports: the VMM's state alone, one generation-guarded UPDATE, atomic by
             // itself. (When it changes nothing, a read tells a stale report from an unknown
@@ -205,18 +214,21 @@ impl DataStore {
             return self
                 .retry_conflicts(|| async move {
                     let conn = &mut *self.connection().await?;
-                    let vmm_updated = update_vmm_runtime(conn, report.vmm_id, &report.vmm).await?;
-                    Ok(ReportApplied {
+                    let (vmm_updated, vmm) =
+                        update_vmm_runtime(conn, report.vmm_id, &report.vmm).await?;
+                    let applied = ReportApplied {
                         vmm_updated,
                         ..ReportApplied::default()
-                    })
+                    };
+                    Ok((applied, vmm))
                 })
                 .await;
         }
         self.retry_conflicts(|| async move {
             let conn = &mut *self.connection().await?;
             conn.transaction(async |conn| {
-                let vmm_updated = update_vmm_runtime(conn, report.vmm_id, &report.vmm).await?;
+                let (vmm_updated, vmm) =
+                    update_vmm_runtime(conn, report.vmm_id, &report.vmm).await?;
                 let migration_in_updated = match &report.migration_in {
                     Some(side) => {
                         update_migration_side(conn, report.vmm_id, side, Side::Target).await?
@@ -229,11 +241,12 @@ impl DataStore {
                     }
                     None => false,
                 };
-                Ok(ReportApplied {
+                let applied = ReportApplied {
                     vmm_updated,
                     migration_in_updated,
                     migration_out_updated,
-                })
+                };
+                Ok((applied, vmm))
             })
             .await
         })
@@ -509,24 +522,27 @@ pub(crate) async fn vmm_fetch(conn: &mut AsyncPgConnection, id: VmmUuid) -> Resu
         .ok_or_else(|| Error::not_found_by_id(ResourceType::Vmm, id.into_untyped_uuid()).into())
 }
 
-/// The generation-guarded VMM state write. `Ok(false)`: stale, repeated, or the VMM is retired.
+/// The generation-guarded VMM state write, and the VMM's row after it. `false`: stale,
+/// repeated, or the VMM is retired (then the row is read, which also tells an unknown VMM).
 async fn update_vmm_runtime(
     conn: &mut AsyncPgConnection,
     id: VmmUuid,
     new: &VmmRuntimeState,
-) -> Result<bool, TxnError> {
+) -> Result<(bool, Vmm), TxnError> {
     let updated = diesel::update(vmm::table)
         .filter(vmm::id.eq(DbTypedUuid(id)))
         .filter(vmm::time_deleted.is_null())
         .filter(vmm::generation.lt(new.generation))
         .set(new)
+        .returning(Vmm::as_returning())
         .cached_by_text()
-        .execute(conn)
-        .await?;
-    if updated == 0 {
-        vmm_fetch(conn, id).await?;
+        .get_result(conn)
+        .await
+        .optional()?;
+    match updated {
+        Some(vmm) => Ok((true, vmm)),
+        None => Ok((false, vmm_fetch(conn, id).await?)),
     }
-    Ok(updated > 0)
 }
 
 #[derive(Clone, Copy)]

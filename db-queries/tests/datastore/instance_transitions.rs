@@ -424,14 +424,20 @@ async fn mark_stopped_applies_once() {
     let creating = h.instance(&project, "vm").await;
     let mark = || h.datastore.instance_mark_stopped(creating.id());
 
-    assert_eq!(mark().await.unwrap(), TransitionOutcome::Applied);
+    let (outcome, returned) = mark().await.unwrap();
+    assert_eq!(outcome, TransitionOutcome::Applied);
     let stopped = fetch(&h, creating.id()).await;
     assert_eq!(stopped.runtime.nexus_state(), InstanceNexusState::NoVmm);
     assert_eq!(
         stopped.runtime.generation(),
         creating.runtime.generation().next()
     );
-    assert_eq!(mark().await.unwrap(), TransitionOutcome::AlreadyDone);
+    // The row the transition returns is the stored one (instance-create answers with it).
+    assert_eq!(returned, stopped);
+    assert_eq!(
+        mark().await.unwrap(),
+        (TransitionOutcome::AlreadyDone, stopped.clone())
+    );
     assert_eq!(fetch(&h, creating.id()).await, stopped);
 
     // Past `no_vmm` (a start claimed it) is "already done" too: the instance left `creating`.
@@ -440,7 +446,10 @@ async fn mark_stopped_applies_once() {
         .await
         .unwrap();
     let claimed = fetch(&h, creating.id()).await;
-    assert_eq!(mark().await.unwrap(), TransitionOutcome::AlreadyDone);
+    assert_eq!(
+        mark().await.unwrap(),
+        (TransitionOutcome::AlreadyDone, claimed.clone())
+    );
     assert_eq!(fetch(&h, creating.id()).await, claimed);
 
     // A deleted instance is not found (the saga that created it has unwound).
@@ -464,7 +473,10 @@ async fn racing_marks_stopped_apply_once() {
     let creating = h.instance(&project, "vm").await;
     let id = creating.id();
     let outcomes = race(&shared(&h), |datastore, _| async move {
-        datastore.instance_mark_stopped(id).await
+        datastore
+            .instance_mark_stopped(id)
+            .await
+            .map(|(outcome, _)| outcome)
     })
     .await;
     assert_eq!(applied_count(&outcomes), 1, "{outcomes:?}");
