@@ -117,8 +117,19 @@ impl<T: Labelled + fmt::Debug> FromSql<sql_types::Text, Pg> for DbEnum<T> {
 }
 
 /// A [`Generation`] in an `INT8` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow)]
-#[derive(Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    AsExpression,
+    FromSqlRow,
+    Serialize,
+    Deserialize,
+)]
 #[serde(transparent)]
 #[diesel(sql_type = sql_types::BigInt)]
 pub struct DbGeneration(pub Generation);
@@ -144,8 +155,19 @@ impl FromSql<sql_types::BigInt, Pg> for DbGeneration {
 }
 
 /// A [`ByteCount`] in an `INT8` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow)]
-#[derive(Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    AsExpression,
+    FromSqlRow,
+    Serialize,
+    Deserialize,
+)]
 #[serde(transparent)]
 #[diesel(sql_type = sql_types::BigInt)]
 pub struct DbByteCount(pub ByteCount);
@@ -171,8 +193,9 @@ impl FromSql<sql_types::BigInt, Pg> for DbByteCount {
 }
 
 /// A [`Name`] in a `TEXT` column.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow)]
-#[derive(Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 #[diesel(sql_type = sql_types::Text)]
 pub struct DbName(pub Name);

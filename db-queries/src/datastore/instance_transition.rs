@@ -14,10 +14,12 @@ use crate::error::{TxnError, public_error_from_diesel};
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use halyard_common::ids::{InstanceUuid, MigrationKind, MigrationUuid, VmmKind, VmmUuid};
+use halyard_common::ids::{
+    InstanceKind, InstanceUuid, MigrationKind, MigrationUuid, VmmKind, VmmUuid,
+};
 use halyard_common::{Error, InstanceNexusState, Name};
 use halyard_db_model::schema::instance;
-use halyard_db_model::{DbEnum, DbTypedUuid, Instance};
+use halyard_db_model::{DbEnum, DbTypedUuid, Instance, InstanceRuntimeState};
 
 /// What a transition did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +67,7 @@ impl DataStore {
         vmm_id: VmmUuid,
     ) -> Result<(TransitionOutcome, Instance), Error> {
         let conn = &mut *self.connection().await?;
-        let claimed = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
+        let claimed = diesel::update(live_row(id))
             .filter(instance::active_propolis_id.is_null())
             .filter(instance::nexus_state.eq_any([
                 DbEnum(InstanceNexusState::NoVmm),
@@ -116,9 +116,7 @@ impl DataStore {
         target_id: VmmUuid,
     ) -> Result<TransitionOutcome, Error> {
         let conn = &mut *self.connection().await?;
-        let set = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
+        let set = diesel::update(live_row(id))
             .filter(instance::active_propolis_id.eq(DbTypedUuid(source_id)))
             .filter(instance::migration_id.is_null())
             .filter(instance::target_propolis_id.is_null())
@@ -158,9 +156,7 @@ impl DataStore {
         migration_id: MigrationUuid,
     ) -> Result<TransitionOutcome, Error> {
         let conn = &mut *self.connection().await?;
-        let cleared = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
+        let cleared = diesel::update(live_row(id))
             .filter(instance::migration_id.eq(DbTypedUuid(migration_id)))
             .set((
                 instance::target_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
@@ -172,16 +168,10 @@ impl DataStore {
             .execute(conn)
             .await
             .map_err(public_error_from_diesel)?;
-        if cleared > 0 {
-            return Ok(TransitionOutcome::Applied);
-        }
-        let Some(found) = live_instance_if_any(conn, id).await? else {
-            return Ok(TransitionOutcome::AlreadyDone);
-        };
-        Ok(match found.runtime.migration() {
-            None => TransitionOutcome::AlreadyDone,
-            Some(other) => conflict(&found, ConflictReason::Migrating(other)),
+        release_outcome(conn, id, cleared, |runtime| {
+            runtime.migration().map(ConflictReason::Migrating)
         })
+        .await
     }
 
     /// Releases a start's claim: if the instance's active VMM is `vmm_id`, the instance has no
@@ -194,9 +184,7 @@ impl DataStore {
         vmm_id: VmmUuid,
     ) -> Result<TransitionOutcome, Error> {
         let conn = &mut *self.connection().await?;
-        let released = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
+        let released = diesel::update(live_row(id))
             .filter(instance::active_propolis_id.eq(DbTypedUuid(vmm_id)))
             .set((
                 instance::nexus_state.eq(DbEnum(InstanceNexusState::NoVmm)),
@@ -210,16 +198,10 @@ impl DataStore {
             .execute(conn)
             .await
             .map_err(public_error_from_diesel)?;
-        if released > 0 {
-            return Ok(TransitionOutcome::Applied);
-        }
-        let Some(found) = live_instance_if_any(conn, id).await? else {
-            return Ok(TransitionOutcome::AlreadyDone);
-        };
-        Ok(match found.runtime.active_vmm() {
-            None => TransitionOutcome::AlreadyDone,
-            Some(other) => conflict(&found, ConflictReason::ActiveVmm(other)),
+        release_outcome(conn, id, released, |runtime| {
+            runtime.active_vmm().map(ConflictReason::ActiveVmm)
         })
+        .await
     }
 
     /// Marks a newly created instance stopped (`creating` → `no_vmm`). `AlreadyDone` if it is
@@ -232,9 +214,7 @@ impl DataStore {
         id: InstanceUuid,
     ) -> Result<(TransitionOutcome, Instance), Error> {
         let conn = &mut *self.connection().await?;
-        let stopped = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
+        let stopped = diesel::update(live_row(id))
             .filter(instance::nexus_state.eq(DbEnum(InstanceNexusState::Creating)))
             .set((
                 instance::nexus_state.eq(DbEnum(InstanceNexusState::NoVmm)),
@@ -250,8 +230,45 @@ impl DataStore {
         if let Some(stopped) = stopped {
             return Ok((TransitionOutcome::Applied, stopped));
         }
-        Ok((TransitionOutcome::AlreadyDone, live_instance(conn, id).await?))
+        Ok((
+            TransitionOutcome::AlreadyDone,
+            live_instance(conn, id).await?,
+        ))
     }
+}
+
+/// The live instance `id`'s row, for a transition's `UPDATE` to add its conditions to.
+type LiveRow = diesel::dsl::Filter<
+    diesel::dsl::Filter<instance::table, diesel::dsl::Eq<instance::id, DbTypedUuid<InstanceKind>>>,
+    diesel::dsl::IsNull<instance::time_deleted>,
+>;
+
+fn live_row(id: InstanceUuid) -> LiveRow {
+    instance::table
+        .filter(instance::id.eq(DbTypedUuid(id)))
+        .filter(instance::time_deleted.is_null())
+}
+
+/// What a release (a transition that clears what the caller holds: a claim, a migration)
+/// did, given how many rows its `UPDATE` changed: `Applied`; else, read on the same
+/// connection, `AlreadyDone` if the instance is gone or holds nothing of the kind (`held`
+/// says what it holds, as the conflict it would be), `Conflict` if it holds another's.
+async fn release_outcome(
+    conn: &mut AsyncPgConnection,
+    id: InstanceUuid,
+    updated: usize,
+    held: fn(&InstanceRuntimeState) -> Option<ConflictReason>,
+) -> Result<TransitionOutcome, Error> {
+    if updated > 0 {
+        return Ok(TransitionOutcome::Applied);
+    }
+    let Some(found) = live_instance_if_any(conn, id).await? else {
+        return Ok(TransitionOutcome::AlreadyDone);
+    };
+    Ok(match held(&found.runtime) {
+        None => TransitionOutcome::AlreadyDone,
+        Some(reason) => conflict(&found, reason),
+    })
 }
 
 fn conflict(found: &Instance, reason: ConflictReason) -> TransitionOutcome {

@@ -1,7 +1,6 @@
 //! VMMs: their records, sled agents' state reports, and retirement.
 
 use super::DataStore;
-use super::instance::instance_not_found;
 use super::sled::release_reservation;
 use crate::cached::CacheByText;
 use crate::error::{TxnError, public_error_from_diesel};
@@ -9,7 +8,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{
-    GenericUuid, InstanceUuid, MigrationKind, MigrationUuid, SledUuid, VmmKind, VmmUuid,
+    GenericUuid, InstanceUuid, MigrationUuid, SledUuid, VmmKind, VmmUuid,
 };
 use halyard_common::{
     Error, Generation, InstanceNexusState, Labelled, MigrationState, ResourceType, SledBackend,
@@ -55,11 +54,10 @@ pub struct RetireOutcome {
     pub vmm_marked_deleted: bool,
     /// Its sled reservation was released.
     pub reservation_released: bool,
-    /// The instance's active or target VMM pointer was cleared.
+    /// The instance's active or target VMM pointer was cleared. (Retiring the active VMM
+    /// ends a migration in progress too; its target, orphaned, is found by
+    /// `vmm_list_orphaned_targets`, the one place that says which targets are orphans.)
     pub instance_updated: bool,
-    /// Retiring the active VMM ended a migration in progress: this target VMM is now
-    /// orphaned and must be retired too.
-    pub orphaned_target: Option<VmmUuid>,
 }
 
 impl DataStore {
@@ -433,19 +431,43 @@ pub(crate) async fn retire(
     // every transaction that writes both locks the instance first (a completed migration
     // locks it, then retires the source), so two of them never wait on each other in a
     // cycle. (A sled row is the hottest row there is: every reservation and release on that
-    // sled writes it.)
-    let this_vmm = Some(DbTypedUuid(id));
-    let row = instance::table
-        .filter(instance::id.eq(found.instance_id))
-        .select((instance::active_propolis_id, instance::target_propolis_id))
-        .for_update()
-        .first::<(Option<DbTypedUuid<VmmKind>>, Option<DbTypedUuid<VmmKind>>)>(conn)
-        .await
-        .optional()?;
-    let Some((active, target)) = row else {
-        return Err(instance_not_found(found.instance_id()).into());
-    };
+    // sled writes it.) One conditional UPDATE, which locks the row only if it points at this
+    // VMM (one that does not is not written here, so its order does not matter), and decides
+    // on the row as it is once locked: so nothing can move the instance's pointers between
+    // the decision and the write. The active VMM: the instance has no VMM any more (and no
+    // migration: without its source a migration cannot finish). The target: the migration
+    // ends, the instance runs on.
     let now = Utc::now();
+    // The state the VMM ended in decides what the instance becomes if this was its active VMM.
+    let ended_in = if found.state().is_terminal() {
+        found.state()
+    } else {
+        final_state
+    };
+    let instance_state = if ended_in == VmmState::Failed {
+        InstanceNexusState::Failed
+    } else {
+        InstanceNexusState::NoVmm
+    };
+    let instance_updated = diesel::sql_query(
+        "UPDATE instance SET \
+           active_propolis_id = CASE WHEN active_propolis_id = $1 THEN NULL \
+             ELSE active_propolis_id END, \
+           nexus_state = CASE WHEN active_propolis_id = $1 THEN $2 ELSE nexus_state END, \
+           target_propolis_id = NULL, \
+           migration_id = NULL, \
+           state_generation = state_generation + 1, \
+           time_state_updated = $3 \
+         WHERE id = $4 AND (active_propolis_id = $1 OR target_propolis_id = $1)",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(DbTypedUuid(id))
+    .bind::<diesel::sql_types::Text, _>(DbEnum(instance_state))
+    .bind::<diesel::sql_types::Timestamptz, _>(now)
+    .bind::<diesel::sql_types::Uuid, _>(found.instance_id)
+    .cached_by_text()
+    .execute(conn)
+    .await?;
+    outcome.instance_updated = instance_updated > 0;
 
     if !found.state().is_terminal() {
         diesel::update(vmm::table.filter(vmm::id.eq(found.id)))
@@ -468,47 +490,6 @@ pub(crate) async fn retire(
         outcome.vmm_marked_deleted = true;
     }
     outcome.reservation_released = release_reservation(conn, id).await?;
-
-    // The state the VMM ended in decides what the instance becomes if this was its active VMM.
-    let ended_in = if found.state().is_terminal() {
-        found.state()
-    } else {
-        final_state
-    };
-    let instance_state = if ended_in == VmmState::Failed {
-        InstanceNexusState::Failed
-    } else {
-        InstanceNexusState::NoVmm
-    };
-    if active == this_vmm {
-        // Without its source a migration cannot finish: it ends here too.
-        outcome.orphaned_target = target.map(|t| t.0);
-        diesel::update(instance::table.filter(instance::id.eq(found.instance_id)))
-            .set((
-                instance::active_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-                instance::target_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-                instance::migration_id.eq(None::<DbTypedUuid<MigrationKind>>),
-                instance::nexus_state.eq(DbEnum(instance_state)),
-                instance::state_generation.eq(instance::state_generation + 1),
-                instance::time_state_updated.eq(now),
-            ))
-            .cached_by_text()
-            .execute(conn)
-            .await?;
-        outcome.instance_updated = true;
-    } else if target == this_vmm {
-        diesel::update(instance::table.filter(instance::id.eq(found.instance_id)))
-            .set((
-                instance::target_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-                instance::migration_id.eq(None::<DbTypedUuid<MigrationKind>>),
-                instance::state_generation.eq(instance::state_generation + 1),
-                instance::time_state_updated.eq(now),
-            ))
-            .cached_by_text()
-            .execute(conn)
-            .await?;
-        outcome.instance_updated = true;
-    }
     Ok(outcome)
 }
 

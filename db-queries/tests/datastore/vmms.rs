@@ -282,7 +282,6 @@ async fn retiring_the_active_vmm_twice_is_the_same_as_once() {
             vmm_marked_deleted: true,
             reservation_released: true,
             instance_updated: true,
-            orphaned_target: None,
         }
     );
     let after_once = snapshot(&h);
@@ -405,7 +404,8 @@ async fn retiring_migration_vmms_clears_exactly_their_pointers() {
         VmmState::SagaUnwound
     );
 
-    // Retiring the source mid-migration ends the migration and names the orphaned target.
+    // Retiring the source mid-migration ends the migration and orphans the target (which
+    // the orphan query, the one Nexus retires orphans by, names).
     let (instance, source) = running_instance(&h, &a, "two").await;
     let (_, target, _) = migrating(&h, &instance, &source, &b).await;
     let outcome = h
@@ -413,7 +413,16 @@ async fn retiring_migration_vmms_clears_exactly_their_pointers() {
         .vmm_retire(source.id(), VmmState::Destroyed)
         .await
         .unwrap();
-    assert_eq!(outcome.orphaned_target, Some(target.id()));
+    assert!(outcome.instance_updated);
+    let orphans = h
+        .datastore
+        .vmm_list_orphaned_targets(Some(source.id()))
+        .await
+        .unwrap();
+    assert_eq!(
+        orphans.iter().map(|v| v.id()).collect::<Vec<_>>(),
+        vec![target.id()]
+    );
     let stored = h.datastore.instance_fetch(instance.id()).await.unwrap();
     assert_eq!(
         (

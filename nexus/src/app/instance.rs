@@ -192,8 +192,8 @@ impl Nexus {
             },
             Err(e) => {
                 let now = self.instance_view(id).await?;
-                let lost_race =
-                    matches!(e, Error::Conflict { .. }) && now.instance.runtime.active_vmm().is_some();
+                let lost_race = matches!(e, Error::Conflict { .. })
+                    && now.instance.runtime.active_vmm().is_some();
                 if lost_race { Ok(now) } else { Err(e) }
             }
         }

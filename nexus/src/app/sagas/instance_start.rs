@@ -66,7 +66,10 @@ pub struct Claimed {
 /// `running` node's VMM row. `None` if the VMM ended meanwhile (or the saga was logged
 /// before its nodes output these rows): then the caller reads the instance.
 pub fn started(result: &steno::SagaResultOk) -> Option<InstanceAndVmm> {
-    let instance = result.lookup_node_output::<Claimed>("claim").ok()?.instance?;
+    let instance = result
+        .lookup_node_output::<Claimed>("claim")
+        .ok()?
+        .instance?;
     let vmm = result.lookup_node_output::<Option<Vmm>>("running").ok()??;
     (instance.runtime.active_vmm() == Some(vmm.id())).then_some(InstanceAndVmm {
         instance,
