@@ -7,9 +7,7 @@ use crate::error::{TxnError, public_error_from_diesel};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use halyard_common::ids::{
-    GenericUuid, InstanceUuid, MigrationUuid, SledUuid, VmmKind, VmmUuid,
-};
+use halyard_common::ids::{GenericUuid, InstanceUuid, MigrationUuid, SledUuid, VmmKind, VmmUuid};
 use halyard_common::{
     Error, Generation, InstanceNexusState, Labelled, MigrationState, ResourceType, SledBackend,
     VmmState,

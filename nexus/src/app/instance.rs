@@ -171,7 +171,7 @@ impl Nexus {
     /// [`Nexus::instance_start`] of the instance a lookup has just found (so it is not read
     /// again). The answer comes from what the saga's statements returned (see
     /// `instance_start::started`); the instance is read again only when the saga could not
-    /// tell (its VMM ended meanwhile), or another start won the race.
+    /// tell (its VMM was retired meanwhile), or another start won the race.
     pub async fn instance_start_found(
         self: &Arc<Self>,
         found: InstanceAndVmm,
@@ -318,8 +318,8 @@ impl Nexus {
     }
 
     /// The answer to a request made of the instance's active VMM: the instance as the lookup
-    /// found it with its VMM as the sled agent's answer left it, if the VMM lives on (then
-    /// the instance still points at it: ending a VMM and clearing the pointer are one
+    /// found it with its VMM as the sled agent's answer left it, if the VMM is not retired
+    /// (then the instance still points at it: retiring a VMM and clearing the pointer are one
     /// transaction); else the instance as it is now, read.
     async fn answer_from(
         &self,
@@ -336,7 +336,7 @@ impl Nexus {
     }
 
     /// Asks the VMM's sled agent for a state and applies its answer. Returns the VMM's record
-    /// as the answer left it, if the VMM lives on (`None`: it ended, and is retired).
+    /// as the answer left it, unless it is retired (`None`: it ended, and is retired).
     async fn request_vmm_state(
         &self,
         vmm: &Vmm,

@@ -15,9 +15,9 @@ impl Nexus {
     /// Applies a sled agent's report of a VMM (only what is newer than what Nexus has), and
     /// retires the VMM if the report says it is gone.
     ///
-    /// Returns the VMM's record as it is once the report is applied, if the VMM lives on
-    /// (`None`: it ended, and is retired), so a caller that asked the sled agent for a state
-    /// can answer with it without reading it again.
+    /// Returns the VMM's record as it is once the report is applied, unless the VMM is
+    /// retired (`None`: this report or an earlier one ended it), so a caller that asked the
+    /// sled agent for a state can answer with it without reading it again.
     pub async fn apply_vmm_report(
         &self,
         id: VmmUuid,
@@ -71,7 +71,9 @@ impl Nexus {
             }
             return Ok(None);
         }
-        Ok((vmm.time_deleted.is_none() && !vmm.state().is_terminal()).then_some(vmm))
+        // Not retired: its instance still points at it (retiring a VMM and moving the
+        // pointer are one transaction), even if a newer report than this one ended it.
+        Ok(vmm.time_deleted.is_none().then_some(vmm))
     }
 
     /// A migration completed (either side said so; each says so only once the target runs):

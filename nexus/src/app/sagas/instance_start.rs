@@ -11,11 +11,11 @@
 //! | `reservation` | picks a sled with room and reserves the VMM's threads and memory there, in one statement | releases the reservation |
 //! | `vmm` | inserts the VMM record (state `creating`) at the sled agent's address | retires the VMM as `saga_unwound`: terminal state, record deleted, reservation released, the instance's pointer cleared, in one transaction |
 //! | `registered` | registers the VMM with the sled agent | unregisters it (idempotent) |
-//! | `running` | asks the sled agent to run it and records the state it answers; outputs the VMM's record as that left it (`None` if the VMM has ended meanwhile) | — (unregistering stops it) |
+//! | `running` | asks the sled agent to run it and records the state it answers; outputs the VMM's record as that left it (`None` if the VMM was retired meanwhile) | — (unregistering stops it) |
 //!
 //! Nexus answers the start with the claim's instance row and the `running` node's VMM row
-//! ([`started`]): a state the database held (the VMM was live, so the instance still pointed
-//! at it), with no read after the saga.
+//! ([`started`]): a state the database held (the VMM was not retired, so the instance still
+//! pointed at it), with no read after the saga.
 //!
 //! Every action and undo is idempotent, so steno may repeat any of them after a crash. From
 //! here on the VMM's state comes from the sled agent's reports; when it ends (stopped, failed)
@@ -63,7 +63,7 @@ pub struct Claimed {
 }
 
 /// The instance as the finished saga `result` left it: the claim's instance row and the
-/// `running` node's VMM row. `None` if the VMM ended meanwhile (or the saga was logged
+/// `running` node's VMM row. `None` if the VMM was retired meanwhile (or the saga was logged
 /// before its nodes output these rows): then the caller reads the instance.
 pub fn started(result: &steno::SagaResultOk) -> Option<InstanceAndVmm> {
     let instance = result
