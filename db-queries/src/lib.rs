@@ -25,7 +25,7 @@ pub mod secret;
 
 pub use datastore::{
     ConflictReason, DEVICE_AUTH_REQUEST_LIFETIME, DataStore, DeviceTokenPoll, InstanceAndVmm,
-    LeftoverClaim, Leftovers, MigrationReport, PoolConfig, PoolStatistics, ReportApplied,
+    LeftoverClaim, Leftovers, MigrationReport, PoolConfig, PoolStatistics, Release, ReportApplied,
     RetireOutcome, SledChoice, TokenOwner, TransitionConflict, TransitionOutcome, VmmStateReport,
     validate_instance_shape, validate_new_instance,
 };

@@ -6,7 +6,9 @@ use crate::Harness;
 use halyard_common::ids::{InstanceUuid, MigrationUuid, VmmUuid};
 use halyard_common::{Error, InstanceNexusState};
 use halyard_db_model::Instance;
-use halyard_db_queries::{ConflictReason, DataStore, TransitionConflict, TransitionOutcome};
+use halyard_db_queries::{
+    ConflictReason, DataStore, Release, TransitionConflict, TransitionOutcome,
+};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -288,7 +290,7 @@ async fn clear_migration_ids_clears_only_its_own_migration() {
         .unwrap();
     let clear = |migration| {
         h.datastore
-            .instance_clear_migration_ids(running.id(), migration)
+            .instance_release(running.id(), Release::Migration(migration))
     };
 
     // Another migration's ids stay.
@@ -313,7 +315,7 @@ async fn clear_migration_ids_clears_only_its_own_migration() {
     // An instance that is gone has nothing to clear.
     assert_eq!(
         h.datastore
-            .instance_clear_migration_ids(InstanceUuid::new_v4(), ours)
+            .instance_release(InstanceUuid::new_v4(), Release::Migration(ours))
             .await
             .unwrap(),
         TransitionOutcome::AlreadyDone
@@ -332,7 +334,9 @@ async fn racing_clears_of_one_migration_apply_once() {
         .unwrap();
     let id = running.id();
     let outcomes = race(&shared(&h), |datastore, _| async move {
-        datastore.instance_clear_migration_ids(id, migration).await
+        datastore
+            .instance_release(id, Release::Migration(migration))
+            .await
     })
     .await;
     assert_eq!(applied_count(&outcomes), 1, "{outcomes:?}");
@@ -361,7 +365,10 @@ async fn release_vmm_releases_only_its_own_vmm() {
         )
         .await
         .unwrap();
-    let release = |vmm| h.datastore.instance_release_vmm(running.id(), vmm);
+    let release = |vmm| {
+        h.datastore
+            .instance_release(running.id(), Release::Claim(vmm))
+    };
 
     let theirs = VmmUuid::new_v4();
     assert_eq!(
@@ -384,7 +391,7 @@ async fn release_vmm_releases_only_its_own_vmm() {
     assert_eq!(fetch(&h, running.id()).await, released);
     assert_eq!(
         h.datastore
-            .instance_release_vmm(InstanceUuid::new_v4(), ours)
+            .instance_release(InstanceUuid::new_v4(), Release::Claim(ours))
             .await
             .unwrap(),
         TransitionOutcome::AlreadyDone
@@ -398,7 +405,7 @@ async fn racing_releases_of_one_vmm_apply_once() {
     let running = running_instance(&h, "vm", vmm).await;
     let id = running.id();
     let outcomes = race(&shared(&h), |datastore, _| async move {
-        datastore.instance_release_vmm(id, vmm).await
+        datastore.instance_release(id, Release::Claim(vmm)).await
     })
     .await;
     assert_eq!(applied_count(&outcomes), 1, "{outcomes:?}");

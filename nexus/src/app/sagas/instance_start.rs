@@ -28,7 +28,7 @@ use halyard_common::Error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
 use halyard_db_model::{Instance, Vmm};
 use halyard_db_queries::{
-    ConflictReason, InstanceAndVmm, SledChoice, TransitionConflict, TransitionOutcome,
+    ConflictReason, InstanceAndVmm, Release, SledChoice, TransitionConflict, TransitionOutcome,
 };
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,7 @@ async fn undo_claim(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     ctx.user_data()
         .nexus
         .datastore()
-        .instance_release_vmm(params.instance_id, propolis_id)
+        .instance_release(params.instance_id, Release::Claim(propolis_id))
         .await?;
     Ok(())
 }
