@@ -7,9 +7,14 @@ use halyard_common::ids::{
     VmmUuid,
 };
 use halyard_common::{ByteCount, Generation, InstanceNexusState, Name};
+use serde::{Deserialize, Serialize};
 
 /// An instance: the virtual machine a user asked for, apart from any VMM that runs it.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+///
+/// Serializable so that a saga's node can hand on the row its statement returned (the
+/// instance-start claim's, the instance-create's last step), which spares its caller reading
+/// it again.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = instance, check_for_backend(diesel::pg::Pg))]
 pub struct Instance {
     pub id: DbTypedUuid<InstanceKind>,
@@ -40,7 +45,9 @@ pub struct NewInstanceParams {
 
 /// The fields of an instance that change as it runs, all protected by `state_generation`:
 /// a write of this struct applies only if its generation is newer than the stored one.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(
+    Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset, Serialize, Deserialize,
+)]
 #[diesel(table_name = instance, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
 pub struct InstanceRuntimeState {
     pub nexus_state: DbEnum<InstanceNexusState>,

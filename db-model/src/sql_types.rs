@@ -12,6 +12,7 @@ use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types;
 use halyard_common::ids::{GenericUuid, TypedUuid, TypedUuidKind};
 use halyard_common::{ByteCount, Generation, Labelled, Name};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// A typed UUID in a `UUID` column.
@@ -35,6 +36,18 @@ impl<K: TypedUuidKind> Eq for DbTypedUuid<K> {}
 impl<K: TypedUuidKind> fmt::Debug for DbTypedUuid<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+// Serialized as the id itself (a row in a saga's node output: see `Instance`).
+impl<K: TypedUuidKind> Serialize for DbTypedUuid<K> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+impl<'de, K: TypedUuidKind> Deserialize<'de> for DbTypedUuid<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        TypedUuid::<K>::deserialize(deserializer).map(DbTypedUuid)
     }
 }
 
@@ -69,6 +82,21 @@ impl<K: TypedUuidKind> FromSql<sql_types::Uuid, Pg> for DbTypedUuid<K> {
 #[diesel(sql_type = sql_types::Text)]
 pub struct DbEnum<T: Labelled + fmt::Debug>(pub T);
 
+// Serialized as its label, the same text as in its column.
+impl<T: Labelled + fmt::Debug> Serialize for DbEnum<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.label())
+    }
+}
+impl<'de, T: Labelled + fmt::Debug> Deserialize<'de> for DbEnum<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let label = String::deserialize(deserializer)?;
+        T::from_label(&label)
+            .map(DbEnum)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl<T: Labelled + fmt::Debug> From<T> for DbEnum<T> {
     fn from(value: T) -> Self {
         DbEnum(value)
@@ -89,7 +117,20 @@ impl<T: Labelled + fmt::Debug> FromSql<sql_types::Text, Pg> for DbEnum<T> {
 }
 
 /// A [`Generation`] in an `INT8` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    AsExpression,
+    FromSqlRow,
+    Serialize,
+    Deserialize,
+)]
+#[serde(transparent)]
 #[diesel(sql_type = sql_types::BigInt)]
 pub struct DbGeneration(pub Generation);
 
@@ -114,7 +155,20 @@ impl FromSql<sql_types::BigInt, Pg> for DbGeneration {
 }
 
 /// A [`ByteCount`] in an `INT8` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    AsExpression,
+    FromSqlRow,
+    Serialize,
+    Deserialize,
+)]
+#[serde(transparent)]
 #[diesel(sql_type = sql_types::BigInt)]
 pub struct DbByteCount(pub ByteCount);
 
@@ -139,7 +193,10 @@ impl FromSql<sql_types::BigInt, Pg> for DbByteCount {
 }
 
 /// A [`Name`] in a `TEXT` column.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow, Serialize, Deserialize,
+)]
+#[serde(transparent)]
 #[diesel(sql_type = sql_types::Text)]
 pub struct DbName(pub Name);
 

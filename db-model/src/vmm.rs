@@ -5,10 +5,12 @@ use diesel::prelude::*;
 use halyard_common::ids::{InstanceKind, InstanceUuid, SledKind, SledUuid, VmmKind, VmmUuid};
 use halyard_common::{Generation, VmmState};
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 
 /// One incarnation of an instance on one sled. It belongs to its instance forever.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+/// Serializable, as `Instance` is (the instance-start saga's last node hands on its row).
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = vmm, check_for_backend(diesel::pg::Pg))]
 pub struct Vmm {
     pub id: DbTypedUuid<VmmKind>,
@@ -23,7 +25,9 @@ pub struct Vmm {
 }
 
 /// The VMM's state as its sled agent last reported it, ordered by `generation`.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(
+    Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset, Serialize, Deserialize,
+)]
 #[diesel(table_name = vmm, check_for_backend(diesel::pg::Pg))]
 pub struct VmmRuntimeState {
     pub state: DbEnum<VmmState>,

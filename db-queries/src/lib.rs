@@ -26,9 +26,9 @@ pub mod secret;
 pub use datastore::{
     ConflictReason, DEVICE_AUTH_REQUEST_LIFETIME, DataStore, DeviceTokenPoll, DiskTransition,
     InstanceAndVmm, LeftoverClaim, Leftovers, MAX_DISK_SIZE, MigrationReport, PoolConfig,
-    PoolStatistics, ReportApplied, RetireOutcome, SledChoice, TokenOwner, TransitionConflict,
-    TransitionOutcome, VmmStateReport, validate_instance_shape, validate_new_disk,
-    validate_new_instance,
+    PoolStatistics, Release, ReportApplied, RetireOutcome, SledChoice, TokenOwner,
+    TransitionConflict, TransitionOutcome, VmmStateReport, validate_instance_shape,
+    validate_new_disk, validate_new_instance,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
 pub use saga_store::{DbSecStore, saga_node_event_to_steno};

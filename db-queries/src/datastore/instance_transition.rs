@@ -11,13 +11,15 @@ use super::DataStore;
 use super::instance::{instance_fetch_any, live_instance};
 use crate::cached::CacheByText;
 use crate::error::{TxnError, public_error_from_diesel};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use halyard_common::ids::{InstanceUuid, MigrationKind, MigrationUuid, VmmKind, VmmUuid};
+use halyard_common::ids::{
+    InstanceKind, InstanceUuid, MigrationKind, MigrationUuid, VmmKind, VmmUuid,
+};
 use halyard_common::{Error, InstanceNexusState, Name};
 use halyard_db_model::schema::instance;
-use halyard_db_model::{DbEnum, DbTypedUuid, Instance};
+use halyard_db_model::{DbEnum, DbTypedUuid, Instance, InstanceRuntimeState};
 
 /// What a transition did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,17 @@ pub enum TransitionOutcome {
     AlreadyDone,
     /// The instance is in a state the transition does not move from; nothing changed.
     Conflict(TransitionConflict),
+}
+
+/// What [`DataStore::instance_release`] gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// A start's claim: if the instance's active VMM is this one, the instance has no VMM any
+    /// more (state `no_vmm`, no target, no migration), whatever else changed meanwhile.
+    Claim(VmmUuid),
+    /// A migration that unwound: the instance's target VMM and migration id are cleared if
+    /// they are this migration's.
+    Migration(MigrationUuid),
 }
 
 /// Why a transition did not apply: the instance (named, for error messages) and its state.
@@ -65,9 +78,7 @@ impl DataStore {
         vmm_id: VmmUuid,
     ) -> Result<(TransitionOutcome, Instance), Error> {
         let conn = &mut *self.connection().await?;
-        let claimed = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
+        let claimed = diesel::update(live_row(id))
             .filter(instance::active_propolis_id.is_null())
             .filter(instance::nexus_state.eq_any([
                 DbEnum(InstanceNexusState::NoVmm),
@@ -116,9 +127,7 @@ impl DataStore {
         target_id: VmmUuid,
     ) -> Result<TransitionOutcome, Error> {
         let conn = &mut *self.connection().await?;
-        let set = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
+        let set = diesel::update(live_row(id))
             .filter(instance::active_propolis_id.eq(DbTypedUuid(source_id)))
             .filter(instance::migration_id.is_null())
             .filter(instance::target_propolis_id.is_null())
@@ -149,106 +158,144 @@ impl DataStore {
         Ok(conflict(&found, reason))
     }
 
-    /// Ends a migration that unwound: clears the instance's target VMM and migration id if
-    /// they are `migration_id`'s. `AlreadyDone` if no migration is under way (or the instance
-    /// is gone); `Conflict` (`Migrating`) if another one is, which this leaves alone.
-    pub async fn instance_clear_migration_ids(
+    /// Releases what the caller holds of the instance ([`Release`]): a start's claim (undone)
+    /// or a migration (unwound). `AlreadyDone` if the instance holds nothing of the kind (or
+    /// is gone); `Conflict` if it holds another's (`ActiveVmm`: another VMM is active;
+    /// `Migrating`: another migration is under way), which this leaves alone.
+    pub async fn instance_release(
         &self,
         id: InstanceUuid,
-        migration_id: MigrationUuid,
+        what: Release,
     ) -> Result<TransitionOutcome, Error> {
         let conn = &mut *self.connection().await?;
-        let cleared = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
-            .filter(instance::migration_id.eq(DbTypedUuid(migration_id)))
-            .set((
-                instance::target_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-                instance::migration_id.eq(None::<DbTypedUuid<MigrationKind>>),
-                instance::state_generation.eq(instance::state_generation + 1),
-                instance::time_state_updated.eq(Utc::now()),
-            ))
-            .cached_by_text()
-            .execute(conn)
-            .await
-            .map_err(public_error_from_diesel)?;
-        if cleared > 0 {
-            return Ok(TransitionOutcome::Applied);
+        match what {
+            Release::Claim(vmm_id) => {
+                let update = diesel::update(live_row(id))
+                    .filter(instance::active_propolis_id.eq(DbTypedUuid(vmm_id)))
+                    .set(vmm_released());
+                release(conn, id, update, |now| {
+                    now.active_vmm().map(ConflictReason::ActiveVmm)
+                })
+                .await
+            }
+            Release::Migration(migration_id) => {
+                let update = diesel::update(live_row(id))
+                    .filter(instance::migration_id.eq(DbTypedUuid(migration_id)))
+                    .set(migration_cleared());
+                release(conn, id, update, |now| {
+                    now.migration().map(ConflictReason::Migrating)
+                })
+                .await
+            }
         }
-        let Some(found) = live_instance_if_any(conn, id).await? else {
-            return Ok(TransitionOutcome::AlreadyDone);
-        };
-        Ok(match found.runtime.migration() {
-            None => TransitionOutcome::AlreadyDone,
-            Some(other) => conflict(&found, ConflictReason::Migrating(other)),
-        })
-    }
-
-    /// Releases a start's claim: if the instance's active VMM is `vmm_id`, the instance has no
-    /// VMM any more (state `no_vmm`, no target, no migration), whatever else changed
-    /// meanwhile. `AlreadyDone` if it has no active VMM (or is gone); `Conflict` (`ActiveVmm`)
-    /// if another VMM is active, which this leaves alone.
-    pub async fn instance_release_vmm(
-        &self,
-        id: InstanceUuid,
-        vmm_id: VmmUuid,
-    ) -> Result<TransitionOutcome, Error> {
-        let conn = &mut *self.connection().await?;
-        let released = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
-            .filter(instance::active_propolis_id.eq(DbTypedUuid(vmm_id)))
-            .set((
-                instance::nexus_state.eq(DbEnum(InstanceNexusState::NoVmm)),
-                instance::active_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-                instance::target_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-                instance::migration_id.eq(None::<DbTypedUuid<MigrationKind>>),
-                instance::state_generation.eq(instance::state_generation + 1),
-                instance::time_state_updated.eq(Utc::now()),
-            ))
-            .cached_by_text()
-            .execute(conn)
-            .await
-            .map_err(public_error_from_diesel)?;
-        if released > 0 {
-            return Ok(TransitionOutcome::Applied);
-        }
-        let Some(found) = live_instance_if_any(conn, id).await? else {
-            return Ok(TransitionOutcome::AlreadyDone);
-        };
-        Ok(match found.runtime.active_vmm() {
-            None => TransitionOutcome::AlreadyDone,
-            Some(other) => conflict(&found, ConflictReason::ActiveVmm(other)),
-        })
     }
 
     /// Marks a newly created instance stopped (`creating` → `no_vmm`). `AlreadyDone` if it is
     /// past `creating`; `ObjectNotFound` if it does not exist or was deleted. There is no
-    /// conflict: every state but `creating` comes after this transition.
+    /// conflict: every state but `creating` comes after this transition. Returns the instance
+    /// as it is after the call too (what instance-create answers with), read by the same
+    /// statement when the transition applies.
     pub async fn instance_mark_stopped(
         &self,
         id: InstanceUuid,
-    ) -> Result<TransitionOutcome, Error> {
+    ) -> Result<(TransitionOutcome, Instance), Error> {
         let conn = &mut *self.connection().await?;
-        let stopped = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
+        let stopped = diesel::update(live_row(id))
             .filter(instance::nexus_state.eq(DbEnum(InstanceNexusState::Creating)))
             .set((
                 instance::nexus_state.eq(DbEnum(InstanceNexusState::NoVmm)),
                 instance::state_generation.eq(instance::state_generation + 1),
                 instance::time_state_updated.eq(Utc::now()),
             ))
+            .returning(Instance::as_returning())
             .cached_by_text()
-            .execute(conn)
+            .get_result(conn)
             .await
+            .optional()
             .map_err(public_error_from_diesel)?;
-        if stopped > 0 {
-            return Ok(TransitionOutcome::Applied);
+        if let Some(stopped) = stopped {
+            return Ok((TransitionOutcome::Applied, stopped));
         }
-        live_instance(conn, id).await?;
-        Ok(TransitionOutcome::AlreadyDone)
+        Ok((
+            TransitionOutcome::AlreadyDone,
+            live_instance(conn, id).await?,
+        ))
     }
+}
+
+/// The live instance `id`'s row, for a transition's `UPDATE` to add its conditions to.
+type LiveRow = diesel::dsl::Filter<
+    diesel::dsl::Filter<instance::table, diesel::dsl::Eq<instance::id, DbTypedUuid<InstanceKind>>>,
+    diesel::dsl::IsNull<instance::time_deleted>,
+>;
+
+fn live_row(id: InstanceUuid) -> LiveRow {
+    instance::table
+        .filter(instance::id.eq(DbTypedUuid(id)))
+        .filter(instance::time_deleted.is_null())
+}
+
+/// The changes that end the instance's migration, if one is under way: no target VMM, no
+/// migration id; the state generation bumped.
+type MigrationCleared = (
+    diesel::dsl::Eq<instance::target_propolis_id, Option<DbTypedUuid<VmmKind>>>,
+    diesel::dsl::Eq<instance::migration_id, Option<DbTypedUuid<MigrationKind>>>,
+    diesel::dsl::Eq<instance::state_generation, diesel::dsl::Add<instance::state_generation, i64>>,
+    diesel::dsl::Eq<instance::time_state_updated, DateTime<Utc>>,
+);
+
+fn migration_cleared() -> MigrationCleared {
+    (
+        instance::target_propolis_id.eq(None),
+        instance::migration_id.eq(None),
+        instance::state_generation.eq(instance::state_generation + 1),
+        instance::time_state_updated.eq(Utc::now()),
+    )
+}
+
+/// The changes that leave the instance with no VMM (stopped: `no_vmm`), and so no migration.
+pub(super) type VmmReleased = (
+    diesel::dsl::Eq<instance::nexus_state, DbEnum<InstanceNexusState>>,
+    diesel::dsl::Eq<instance::active_propolis_id, Option<DbTypedUuid<VmmKind>>>,
+    MigrationCleared,
+);
+
+pub(super) fn vmm_released() -> VmmReleased {
+    (
+        instance::nexus_state.eq(DbEnum(InstanceNexusState::NoVmm)),
+        instance::active_propolis_id.eq(None),
+        migration_cleared(),
+    )
+}
+
+/// Runs a release (a transition that clears what the caller holds: a claim, a migration):
+/// its conditional `UPDATE`, then, if that changed nothing, a read on the same connection
+/// that tells why: `AlreadyDone` if the instance is gone or holds nothing of the kind (`held`
+/// says what it holds, as the conflict it would be), `Conflict` if it holds another's.
+async fn release<U>(
+    conn: &mut AsyncPgConnection,
+    id: InstanceUuid,
+    update: U,
+    held: fn(&InstanceRuntimeState) -> Option<ConflictReason>,
+) -> Result<TransitionOutcome, Error>
+where
+    U: diesel::query_builder::QueryFragment<diesel::pg::Pg> + Send + 'static,
+{
+    let updated = update
+        .cached_by_text()
+        .execute(conn)
+        .await
+        .map_err(public_error_from_diesel)?;
+    if updated > 0 {
+        return Ok(TransitionOutcome::Applied);
+    }
+    let Some(found) = live_instance_if_any(conn, id).await? else {
+        return Ok(TransitionOutcome::AlreadyDone);
+    };
+    Ok(match held(&found.runtime) {
+        None => TransitionOutcome::AlreadyDone,
+        Some(reason) => conflict(&found, reason),
+    })
 }
 
 fn conflict(found: &Instance, reason: ConflictReason) -> TransitionOutcome {

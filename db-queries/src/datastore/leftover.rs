@@ -9,14 +9,13 @@
 //! unfinished saga may still be about to use it, or to undo it.
 
 use super::DataStore;
+use super::instance_transition::vmm_released;
 use super::sled::release_reservation;
 use crate::error::{TxnError, public_error_from_diesel};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use halyard_common::ids::{
-    GenericUuid, InstanceKind, InstanceUuid, MigrationKind, VmmKind, VmmUuid,
-};
+use halyard_common::ids::{GenericUuid, InstanceKind, InstanceUuid, VmmKind, VmmUuid};
 use halyard_common::{Error, InstanceNexusState, VmmState};
 use halyard_db_model::schema::{instance, saga, saga_node_event, sled_reservation, vmm};
 use halyard_db_model::{DbEnum, DbTypedUuid, SagaState, SledReservation, Vmm};
@@ -169,14 +168,7 @@ impl DataStore {
                     vmm::table.filter(vmm::id.eq(DbTypedUuid(vmm_id))),
                 ))),
         )
-        .set((
-            instance::nexus_state.eq(DbEnum(InstanceNexusState::NoVmm)),
-            instance::active_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-            instance::target_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-            instance::migration_id.eq(None::<DbTypedUuid<MigrationKind>>),
-            instance::state_generation.eq(instance::state_generation + 1),
-            instance::time_state_updated.eq(Utc::now()),
-        ))
+        .set(vmm_released())
         .execute(conn)
         .await
         .map_err(public_error_from_diesel)?;

@@ -18,7 +18,7 @@ mod vmm;
 pub use disk::{DiskTransition, MAX_DISK_SIZE, validate_new_disk};
 pub use identity::{DEVICE_AUTH_REQUEST_LIFETIME, DeviceTokenPoll, TokenOwner};
 pub use instance::{validate_instance_shape, validate_new_instance};
-pub use instance_transition::{ConflictReason, TransitionConflict, TransitionOutcome};
+pub use instance_transition::{ConflictReason, Release, TransitionConflict, TransitionOutcome};
 pub use instance_view::InstanceAndVmm;
 pub use leftover::{LeftoverClaim, Leftovers};
 pub use sled::SledChoice;

@@ -1,16 +1,13 @@
 //! VMMs: their records, sled agents' state reports, and retirement.
 
 use super::DataStore;
-use super::instance::instance_not_found;
 use super::sled::release_reservation;
 use crate::cached::CacheByText;
 use crate::error::{TxnError, public_error_from_diesel};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use halyard_common::ids::{
-    GenericUuid, InstanceUuid, MigrationKind, MigrationUuid, SledUuid, VmmKind, VmmUuid,
-};
+use halyard_common::ids::{GenericUuid, InstanceUuid, MigrationUuid, SledUuid, VmmKind, VmmUuid};
 use halyard_common::{
     Error, Generation, InstanceNexusState, Labelled, MigrationState, ResourceType, SledBackend,
     VmmState,
@@ -55,11 +52,10 @@ pub struct RetireOutcome {
     pub vmm_marked_deleted: bool,
     /// Its sled reservation was released.
     pub reservation_released: bool,
-    /// The instance's active or target VMM pointer was cleared.
+    /// The instance's active or target VMM pointer was cleared. (Retiring the active VMM
+    /// ends a migration in progress too; its target, orphaned, is found by
+    /// `vmm_list_orphaned_targets`, the one place that says which targets are orphans.)
     pub instance_updated: bool,
-    /// Retiring the active VMM ended a migration in progress: this target VMM is now
-    /// orphaned and must be retired too.
-    pub orphaned_target: Option<VmmUuid>,
 }
 
 impl DataStore {
@@ -190,13 +186,22 @@ impl DataStore {
         let conn = &mut *self.connection().await?;
         update_vmm_runtime(conn, id, new)
             .await
+            .map(|(updated, _)| updated)
             .map_err(TxnError::into_public)
     }
 
     /// Applies a sled agent's report of a VMM and its migrations, all in one transaction:
     /// each part applies only if its generation is newer than the stored one, and a report
     /// naming a migration this VMM is not part of is rejected whole (nothing is applied).
-    pub async fn vmm_apply_report(&self, report: &VmmStateReport) -> Result<ReportApplied, Error> {
+    ///
+    /// Returns which parts applied, and the VMM's record as this report left it: the row its
+    /// `UPDATE` returned, or, when the VMM's part did not apply (stale, repeated, or the VMM
+    /// is retired), the row read to tell that from an unknown VMM. So a caller that asked
+    /// for the state needs no read of its own.
+    pub async fn vmm_apply_report(
+        &self,
+        report: &VmmStateReport,
+    ) -> Result<(ReportApplied, Vmm), Error> {
         if report.migration_in.is_none() && report.migration_out.is_none() {
             // Most reports: the VMM's state alone, one generation-guarded UPDATE, atomic by
             // itself. (When it changes nothing, a read tells a stale report from an unknown
@@ -205,18 +210,21 @@ impl DataStore {
             return self
                 .retry_conflicts(|| async move {
                     let conn = &mut *self.connection().await?;
-                    let vmm_updated = update_vmm_runtime(conn, report.vmm_id, &report.vmm).await?;
-                    Ok(ReportApplied {
+                    let (vmm_updated, vmm) =
+                        update_vmm_runtime(conn, report.vmm_id, &report.vmm).await?;
+                    let applied = ReportApplied {
                         vmm_updated,
                         ..ReportApplied::default()
-                    })
+                    };
+                    Ok((applied, vmm))
                 })
                 .await;
         }
         self.retry_conflicts(|| async move {
             let conn = &mut *self.connection().await?;
             conn.transaction(async |conn| {
-                let vmm_updated = update_vmm_runtime(conn, report.vmm_id, &report.vmm).await?;
+                let (vmm_updated, vmm) =
+                    update_vmm_runtime(conn, report.vmm_id, &report.vmm).await?;
                 let migration_in_updated = match &report.migration_in {
                     Some(side) => {
                         update_migration_side(conn, report.vmm_id, side, Side::Target).await?
@@ -229,11 +237,12 @@ impl DataStore {
                     }
                     None => false,
                 };
-                Ok(ReportApplied {
+                let applied = ReportApplied {
                     vmm_updated,
                     migration_in_updated,
                     migration_out_updated,
-                })
+                };
+                Ok((applied, vmm))
             })
             .await
         })
@@ -420,19 +429,43 @@ pub(crate) async fn retire(
     // every transaction that writes both locks the instance first (a completed migration
     // locks it, then retires the source), so two of them never wait on each other in a
     // cycle. (A sled row is the hottest row there is: every reservation and release on that
-    // sled writes it.)
-    let this_vmm = Some(DbTypedUuid(id));
-    let row = instance::table
-        .filter(instance::id.eq(found.instance_id))
-        .select((instance::active_propolis_id, instance::target_propolis_id))
-        .for_update()
-        .first::<(Option<DbTypedUuid<VmmKind>>, Option<DbTypedUuid<VmmKind>>)>(conn)
-        .await
-        .optional()?;
-    let Some((active, target)) = row else {
-        return Err(instance_not_found(found.instance_id()).into());
-    };
+    // sled writes it.) One conditional UPDATE, which locks the row only if it points at this
+    // VMM (one that does not is not written here, so its order does not matter), and decides
+    // on the row as it is once locked: so nothing can move the instance's pointers between
+    // the decision and the write. The active VMM: the instance has no VMM any more (and no
+    // migration: without its source a migration cannot finish). The target: the migration
+    // ends, the instance runs on.
     let now = Utc::now();
+    // The state the VMM ended in decides what the instance becomes if this was its active VMM.
+    let ended_in = if found.state().is_terminal() {
+        found.state()
+    } else {
+        final_state
+    };
+    let instance_state = if ended_in == VmmState::Failed {
+        InstanceNexusState::Failed
+    } else {
+        InstanceNexusState::NoVmm
+    };
+    let instance_updated = diesel::sql_query(
+        "UPDATE instance SET \
+           active_propolis_id = CASE WHEN active_propolis_id = $1 THEN NULL \
+             ELSE active_propolis_id END, \
+           nexus_state = CASE WHEN active_propolis_id = $1 THEN $2 ELSE nexus_state END, \
+           target_propolis_id = NULL, \
+           migration_id = NULL, \
+           state_generation = state_generation + 1, \
+           time_state_updated = $3 \
+         WHERE id = $4 AND (active_propolis_id = $1 OR target_propolis_id = $1)",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(DbTypedUuid(id))
+    .bind::<diesel::sql_types::Text, _>(DbEnum(instance_state))
+    .bind::<diesel::sql_types::Timestamptz, _>(now)
+    .bind::<diesel::sql_types::Uuid, _>(found.instance_id)
+    .cached_by_text()
+    .execute(conn)
+    .await?;
+    outcome.instance_updated = instance_updated > 0;
 
     if !found.state().is_terminal() {
         diesel::update(vmm::table.filter(vmm::id.eq(found.id)))
@@ -455,47 +488,6 @@ pub(crate) async fn retire(
         outcome.vmm_marked_deleted = true;
     }
     outcome.reservation_released = release_reservation(conn, id).await?;
-
-    // The state the VMM ended in decides what the instance becomes if this was its active VMM.
-    let ended_in = if found.state().is_terminal() {
-        found.state()
-    } else {
-        final_state
-    };
-    let instance_state = if ended_in == VmmState::Failed {
-        InstanceNexusState::Failed
-    } else {
-        InstanceNexusState::NoVmm
-    };
-    if active == this_vmm {
-        // Without its source a migration cannot finish: it ends here too.
-        outcome.orphaned_target = target.map(|t| t.0);
-        diesel::update(instance::table.filter(instance::id.eq(found.instance_id)))
-            .set((
-                instance::active_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-                instance::target_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-                instance::migration_id.eq(None::<DbTypedUuid<MigrationKind>>),
-                instance::nexus_state.eq(DbEnum(instance_state)),
-                instance::state_generation.eq(instance::state_generation + 1),
-                instance::time_state_updated.eq(now),
-            ))
-            .cached_by_text()
-            .execute(conn)
-            .await?;
-        outcome.instance_updated = true;
-    } else if target == this_vmm {
-        diesel::update(instance::table.filter(instance::id.eq(found.instance_id)))
-            .set((
-                instance::target_propolis_id.eq(None::<DbTypedUuid<VmmKind>>),
-                instance::migration_id.eq(None::<DbTypedUuid<MigrationKind>>),
-                instance::state_generation.eq(instance::state_generation + 1),
-                instance::time_state_updated.eq(now),
-            ))
-            .cached_by_text()
-            .execute(conn)
-            .await?;
-        outcome.instance_updated = true;
-    }
     Ok(outcome)
 }
 
@@ -509,24 +501,27 @@ pub(crate) async fn vmm_fetch(conn: &mut AsyncPgConnection, id: VmmUuid) -> Resu
         .ok_or_else(|| Error::not_found_by_id(ResourceType::Vmm, id.into_untyped_uuid()).into())
 }
 
-/// The generation-guarded VMM state write. `Ok(false)`: stale, repeated, or the VMM is retired.
+/// The generation-guarded VMM state write, and the VMM's row after it. `false`: stale,
+/// repeated, or the VMM is retired (then the row is read, which also tells an unknown VMM).
 async fn update_vmm_runtime(
     conn: &mut AsyncPgConnection,
     id: VmmUuid,
     new: &VmmRuntimeState,
-) -> Result<bool, TxnError> {
+) -> Result<(bool, Vmm), TxnError> {
     let updated = diesel::update(vmm::table)
         .filter(vmm::id.eq(DbTypedUuid(id)))
         .filter(vmm::time_deleted.is_null())
         .filter(vmm::generation.lt(new.generation))
         .set(new)
+        .returning(Vmm::as_returning())
         .cached_by_text()
-        .execute(conn)
-        .await?;
-    if updated == 0 {
-        vmm_fetch(conn, id).await?;
+        .get_result(conn)
+        .await
+        .optional()?;
+    match updated {
+        Some(vmm) => Ok((true, vmm)),
+        None => Ok((false, vmm_fetch(conn, id).await?)),
     }
-    Ok(updated > 0)
 }
 
 #[derive(Clone, Copy)]

@@ -6,7 +6,9 @@ use crate::Harness;
 use halyard_common::ids::{InstanceUuid, MigrationUuid, VmmUuid};
 use halyard_common::{Error, InstanceNexusState};
 use halyard_db_model::Instance;
-use halyard_db_queries::{ConflictReason, DataStore, TransitionConflict, TransitionOutcome};
+use halyard_db_queries::{
+    ConflictReason, DataStore, Release, TransitionConflict, TransitionOutcome,
+};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -288,7 +290,7 @@ async fn clear_migration_ids_clears_only_its_own_migration() {
         .unwrap();
     let clear = |migration| {
         h.datastore
-            .instance_clear_migration_ids(running.id(), migration)
+            .instance_release(running.id(), Release::Migration(migration))
     };
 
     // Another migration's ids stay.
@@ -313,7 +315,7 @@ async fn clear_migration_ids_clears_only_its_own_migration() {
     // An instance that is gone has nothing to clear.
     assert_eq!(
         h.datastore
-            .instance_clear_migration_ids(InstanceUuid::new_v4(), ours)
+            .instance_release(InstanceUuid::new_v4(), Release::Migration(ours))
             .await
             .unwrap(),
         TransitionOutcome::AlreadyDone
@@ -332,7 +334,9 @@ async fn racing_clears_of_one_migration_apply_once() {
         .unwrap();
     let id = running.id();
     let outcomes = race(&shared(&h), |datastore, _| async move {
-        datastore.instance_clear_migration_ids(id, migration).await
+        datastore
+            .instance_release(id, Release::Migration(migration))
+            .await
     })
     .await;
     assert_eq!(applied_count(&outcomes), 1, "{outcomes:?}");
@@ -361,7 +365,10 @@ async fn release_vmm_releases_only_its_own_vmm() {
         )
         .await
         .unwrap();
-    let release = |vmm| h.datastore.instance_release_vmm(running.id(), vmm);
+    let release = |vmm| {
+        h.datastore
+            .instance_release(running.id(), Release::Claim(vmm))
+    };
 
     let theirs = VmmUuid::new_v4();
     assert_eq!(
@@ -384,7 +391,7 @@ async fn release_vmm_releases_only_its_own_vmm() {
     assert_eq!(fetch(&h, running.id()).await, released);
     assert_eq!(
         h.datastore
-            .instance_release_vmm(InstanceUuid::new_v4(), ours)
+            .instance_release(InstanceUuid::new_v4(), Release::Claim(ours))
             .await
             .unwrap(),
         TransitionOutcome::AlreadyDone
@@ -398,7 +405,7 @@ async fn racing_releases_of_one_vmm_apply_once() {
     let running = running_instance(&h, "vm", vmm).await;
     let id = running.id();
     let outcomes = race(&shared(&h), |datastore, _| async move {
-        datastore.instance_release_vmm(id, vmm).await
+        datastore.instance_release(id, Release::Claim(vmm)).await
     })
     .await;
     assert_eq!(applied_count(&outcomes), 1, "{outcomes:?}");
@@ -424,14 +431,20 @@ async fn mark_stopped_applies_once() {
     let creating = h.instance(&project, "vm").await;
     let mark = || h.datastore.instance_mark_stopped(creating.id());
 
-    assert_eq!(mark().await.unwrap(), TransitionOutcome::Applied);
+    let (outcome, returned) = mark().await.unwrap();
+    assert_eq!(outcome, TransitionOutcome::Applied);
     let stopped = fetch(&h, creating.id()).await;
     assert_eq!(stopped.runtime.nexus_state(), InstanceNexusState::NoVmm);
     assert_eq!(
         stopped.runtime.generation(),
         creating.runtime.generation().next()
     );
-    assert_eq!(mark().await.unwrap(), TransitionOutcome::AlreadyDone);
+    // The row the transition returns is the stored one (instance-create answers with it).
+    assert_eq!(returned, stopped);
+    assert_eq!(
+        mark().await.unwrap(),
+        (TransitionOutcome::AlreadyDone, stopped.clone())
+    );
     assert_eq!(fetch(&h, creating.id()).await, stopped);
 
     // Past `no_vmm` (a start claimed it) is "already done" too: the instance left `creating`.
@@ -440,7 +453,10 @@ async fn mark_stopped_applies_once() {
         .await
         .unwrap();
     let claimed = fetch(&h, creating.id()).await;
-    assert_eq!(mark().await.unwrap(), TransitionOutcome::AlreadyDone);
+    assert_eq!(
+        mark().await.unwrap(),
+        (TransitionOutcome::AlreadyDone, claimed.clone())
+    );
     assert_eq!(fetch(&h, creating.id()).await, claimed);
 
     // A deleted instance is not found (the saga that created it has unwound).
@@ -464,7 +480,10 @@ async fn racing_marks_stopped_apply_once() {
     let creating = h.instance(&project, "vm").await;
     let id = creating.id();
     let outcomes = race(&shared(&h), |datastore, _| async move {
-        datastore.instance_mark_stopped(id).await
+        datastore
+            .instance_mark_stopped(id)
+            .await
+            .map(|(outcome, _)| outcome)
     })
     .await;
     assert_eq!(applied_count(&outcomes), 1, "{outcomes:?}");

@@ -152,7 +152,7 @@ async fn a_report_updates_the_vmm_and_its_migration_together_and_only_when_newer
 
     let mut out = report(&source, VmmState::Migrating, 2);
     out.migration_out = Some(side(&migration, MigrationState::InProgress, 2));
-    let applied = h.datastore.vmm_apply_report(&out).await.unwrap();
+    let (applied, returned) = h.datastore.vmm_apply_report(&out).await.unwrap();
     assert_eq!(
         applied,
         ReportApplied {
@@ -164,21 +164,22 @@ async fn a_report_updates_the_vmm_and_its_migration_together_and_only_when_newer
     let stored = h.datastore.migration_fetch(migration.id()).await.unwrap();
     assert_eq!(stored.source_state(), MigrationState::InProgress);
     assert_eq!(stored.target_state(), MigrationState::Pending);
-    assert_eq!(
-        h.datastore.vmm_fetch(source.id()).await.unwrap().state(),
-        VmmState::Migrating
-    );
+    let source_now = h.datastore.vmm_fetch(source.id()).await.unwrap();
+    assert_eq!(source_now.state(), VmmState::Migrating);
+    // The row the report returns is the stored one.
+    assert_eq!(returned, source_now);
 
-    // The same report again, and an older one: nothing applies.
+    // The same report again, and an older one: nothing applies, and the VMM is returned as
+    // it is stored.
     assert_eq!(
         h.datastore.vmm_apply_report(&out).await.unwrap(),
-        ReportApplied::default()
+        (ReportApplied::default(), source_now.clone())
     );
     let mut old = report(&source, VmmState::Running, 1);
     old.migration_out = Some(side(&migration, MigrationState::Pending, 1));
     assert_eq!(
         h.datastore.vmm_apply_report(&old).await.unwrap(),
-        ReportApplied::default()
+        (ReportApplied::default(), source_now.clone())
     );
     assert_eq!(
         h.datastore.vmm_fetch(source.id()).await.unwrap().state(),
@@ -188,7 +189,7 @@ async fn a_report_updates_the_vmm_and_its_migration_together_and_only_when_newer
     // The target side reports in with its own generations.
     let mut inbound = report(&target, VmmState::Running, 3);
     inbound.migration_in = Some(side(&migration, MigrationState::Completed, 3));
-    let applied = h.datastore.vmm_apply_report(&inbound).await.unwrap();
+    let (applied, _) = h.datastore.vmm_apply_report(&inbound).await.unwrap();
     assert!(applied.vmm_updated && applied.migration_in_updated && !applied.migration_out_updated);
     let stored = h.datastore.migration_fetch(migration.id()).await.unwrap();
     assert_eq!(stored.target_state(), MigrationState::Completed);
@@ -281,7 +282,6 @@ async fn retiring_the_active_vmm_twice_is_the_same_as_once() {
             vmm_marked_deleted: true,
             reservation_released: true,
             instance_updated: true,
-            orphaned_target: None,
         }
     );
     let after_once = snapshot(&h);
@@ -363,12 +363,15 @@ async fn racing_retirements_of_a_live_vmm_change_things_exactly_once() {
         instance.runtime.generation().next()
     );
     // A retired VMM takes no more reports.
-    let late = h
+    let (late, returned) = h
         .datastore
         .vmm_apply_report(&report(&vmm, VmmState::Running, 9))
         .await
         .unwrap();
     assert!(!late.vmm_updated);
+    // What it returns is the retired record, as stored.
+    assert!(returned.time_deleted.is_some());
+    assert_eq!(returned, h.datastore.vmm_fetch(vmm.id()).await.unwrap());
 }
 
 #[tokio::test]
@@ -401,7 +404,8 @@ async fn retiring_migration_vmms_clears_exactly_their_pointers() {
         VmmState::SagaUnwound
     );
 
-    // Retiring the source mid-migration ends the migration and names the orphaned target.
+    // Retiring the source mid-migration ends the migration and orphans the target (which
+    // the orphan query, the one Nexus retires orphans by, names).
     let (instance, source) = running_instance(&h, &a, "two").await;
     let (_, target, _) = migrating(&h, &instance, &source, &b).await;
     let outcome = h
@@ -409,7 +413,16 @@ async fn retiring_migration_vmms_clears_exactly_their_pointers() {
         .vmm_retire(source.id(), VmmState::Destroyed)
         .await
         .unwrap();
-    assert_eq!(outcome.orphaned_target, Some(target.id()));
+    assert!(outcome.instance_updated);
+    let orphans = h
+        .datastore
+        .vmm_list_orphaned_targets(Some(source.id()))
+        .await
+        .unwrap();
+    assert_eq!(
+        orphans.iter().map(|v| v.id()).collect::<Vec<_>>(),
+        vec![target.id()]
+    );
     let stored = h.datastore.instance_fetch(instance.id()).await.unwrap();
     assert_eq!(
         (

@@ -5,7 +5,7 @@ use super::sagas::{instance_create, instance_delete, instance_migrate, instance_
 use super::sled::sled_agent_error;
 use halyard_common::ids::{GenericUuid, InstanceUuid, SledUuid};
 use halyard_common::{ByteCount, Error, NameOrId, VmmState};
-use halyard_db_model::Vmm;
+use halyard_db_model::{Instance, Vmm};
 use halyard_db_queries::{PaginatedBy, validate_instance_shape};
 use halyard_nexus_external_api::params::InstanceCreate;
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
@@ -136,16 +136,25 @@ impl Nexus {
         }
         let instance_id = InstanceUuid::new_v4();
         let start = params.start;
-        self.run_saga::<instance_create::SagaInstanceCreate>(instance_create::Params {
-            instance_id,
-            project_id: project.id(),
-            create: params,
-        })
-        .await?;
+        let result = self
+            .run_saga::<instance_create::SagaInstanceCreate>(instance_create::Params {
+                instance_id,
+                project_id: project.id(),
+                create: params,
+            })
+            .await?;
+        // The saga's last step returned the new instance's row: answer (or start) from it.
+        let created = match instance_create::created(&result) {
+            Some(instance) => InstanceAndVmm {
+                instance,
+                active_vmm: None,
+            },
+            None => self.instance_view(instance_id).await?,
+        };
         if start {
-            self.instance_start(instance_id).await
+            self.instance_start_found(created).await
         } else {
-            self.instance_view(instance_id).await
+            Ok(created)
         }
     }
 
@@ -160,28 +169,34 @@ impl Nexus {
     }
 
     /// [`Nexus::instance_start`] of the instance a lookup has just found (so it is not read
-    /// again).
+    /// again). The answer comes from what the saga's statements returned (see
+    /// `instance_start::started`); the instance is read again only when the saga could not
+    /// tell (its VMM was retired meanwhile), or another start won the race.
     pub async fn instance_start_found(
         self: &Arc<Self>,
         found: InstanceAndVmm,
     ) -> Result<InstanceAndVmm, Error> {
         let id = found.instance.id();
-        if found.instance.runtime.active_vmm().is_none() {
-            let started = self
-                .run_saga::<instance_start::SagaInstanceStart>(instance_start::Params {
-                    instance_id: id,
-                })
-                .await;
-            if let Err(e) = started {
-                let now = self.datastore().instance_fetch(id).await?;
-                let lost_race =
-                    matches!(e, Error::Conflict { .. }) && now.runtime.active_vmm().is_some();
-                if !lost_race {
-                    return Err(e);
-                }
+        if found.instance.runtime.active_vmm().is_some() {
+            return self.instance_view(id).await;
+        }
+        let started = self
+            .run_saga::<instance_start::SagaInstanceStart>(instance_start::Params {
+                instance_id: id,
+            })
+            .await;
+        match started {
+            Ok(result) => match instance_start::started(&result) {
+                Some(view) => Ok(view),
+                None => self.instance_view(id).await,
+            },
+            Err(e) => {
+                let now = self.instance_view(id).await?;
+                let lost_race = matches!(e, Error::Conflict { .. })
+                    && now.instance.runtime.active_vmm().is_some();
+                if lost_race { Ok(now) } else { Err(e) }
             }
         }
-        self.instance_view(id).await
     }
 
     /// Asks the sled agent running the instance's VMM to stop it. A stopped instance stays
@@ -193,7 +208,6 @@ impl Nexus {
 
     /// [`Nexus::instance_stop`] of the instance a lookup has just found.
     pub async fn instance_stop_found(&self, view: InstanceAndVmm) -> Result<InstanceAndVmm, Error> {
-        let id = view.instance.id();
         if let Some(migration) = view.instance.runtime.migration() {
             // Stopping mid-migration would leave two half-instances; the sled agents refuse it
             // too. The user retries once the migration has finished (it takes seconds).
@@ -211,8 +225,8 @@ impl Nexus {
             }
             return Ok(view);
         };
-        self.request_vmm_state(vmm, VmmStateRequested::Stop).await?;
-        self.instance_view(id).await
+        let stopping = self.request_vmm_state(vmm, VmmStateRequested::Stop).await?;
+        self.answer_from(view.instance, stopping).await
     }
 
     /// Asks the sled agent running the instance's VMM to reboot it.
@@ -226,12 +240,12 @@ impl Nexus {
         &self,
         view: InstanceAndVmm,
     ) -> Result<InstanceAndVmm, Error> {
-        let id = view.instance.id();
         match &view.active_vmm {
             Some(vmm) if vmm.state() == VmmState::Running => {
-                self.request_vmm_state(vmm, VmmStateRequested::Reboot)
+                let rebooting = self
+                    .request_vmm_state(vmm, VmmStateRequested::Reboot)
                     .await?;
-                self.instance_view(id).await
+                self.answer_from(view.instance, rebooting).await
             }
             _ => Err(Error::conflict(format!(
                 "instance \"{}\" is {}; only a running instance can reboot",
@@ -303,11 +317,31 @@ impl Nexus {
         .map(|_| ())
     }
 
+    /// The answer to a request made of the instance's active VMM: the instance as the lookup
+    /// found it with its VMM as the sled agent's answer left it, if the VMM is not retired
+    /// (then the instance still points at it: retiring a VMM and clearing the pointer are one
+    /// transaction); else the instance as it is now, read.
+    async fn answer_from(
+        &self,
+        instance: Instance,
+        vmm_after: Option<Vmm>,
+    ) -> Result<InstanceAndVmm, Error> {
+        match vmm_after {
+            Some(vmm) if instance.runtime.active_vmm() == Some(vmm.id()) => Ok(InstanceAndVmm {
+                instance,
+                active_vmm: Some(vmm),
+            }),
+            _ => self.instance_view(instance.id()).await,
+        }
+    }
+
+    /// Asks the VMM's sled agent for a state and applies its answer. Returns the VMM's record
+    /// as the answer left it, unless it is retired (`None`: it ended, and is retired).
     async fn request_vmm_state(
         &self,
         vmm: &Vmm,
         requested: VmmStateRequested,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<Vmm>, Error> {
         let client = self.sled_client(vmm.sled_id()).await?;
         match client
             .vmm_put_state(&vmm.id(), &VmmPutStateBody { state: requested })
@@ -326,7 +360,8 @@ impl Nexus {
                 // is gone.
                 info!(self.log(), "sled agent lost a VMM; retiring it"; "propolis_id" => %vmm.id());
                 self.retire_vmm(vmm.sled_id(), vmm.id(), VmmState::Failed)
-                    .await
+                    .await?;
+                Ok(None)
             }
             Err(e) => Err(sled_agent_error(e)),
         }

@@ -157,7 +157,9 @@ impl Nexus {
                 // Look again: a report may have ended it meanwhile.
                 match client.vmm_get_state(&vmm.id()).await {
                     // It ended just now and its last report is on its way: apply it here.
-                    Ok(state) => self.apply_vmm_report(vmm.id(), state.into_inner()).await?,
+                    Ok(state) => {
+                        self.apply_vmm_report(vmm.id(), state.into_inner()).await?;
+                    }
                     // The sled agent never heard of it: it restarted and lost it.
                     Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {
                         info!(self.log(), "sled agent lost a VMM; retiring it as failed";
@@ -268,7 +270,10 @@ impl Nexus {
         };
         match client.vmm_migration_target_gone(&source_id, &body).await {
             // A head start: its reporter brings the same, and the outcome once it resumed.
-            Ok(state) => self.apply_vmm_report(source_id, state.into_inner()).await,
+            Ok(state) => self
+                .apply_vmm_report(source_id, state.into_inner())
+                .await
+                .map(|_| ()),
             // Its sled agent no longer has it (it restarted): reconciliation retires it.
             Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => Ok(()),
             Err(e) => Err(sled_agent_error(e)),

@@ -6,7 +6,7 @@ use super::sled::sled_agent_error;
 use halyard_common::ids::{SledUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
-use halyard_db_model::VmmRuntimeState;
+use halyard_db_model::{Vmm, VmmRuntimeState};
 use halyard_db_queries::{MigrationReport, VmmStateReport};
 use slog::{info, warn};
 use std::time::Duration;
@@ -14,7 +14,15 @@ use std::time::Duration;
 impl Nexus {
     /// Applies a sled agent's report of a VMM (only what is newer than what Nexus has), and
     /// retires the VMM if the report says it is gone.
-    pub async fn apply_vmm_report(&self, id: VmmUuid, state: SledVmmState) -> Result<(), Error> {
+    ///
+    /// Returns the VMM's record as it is once the report is applied, unless the VMM is
+    /// retired (`None`: this report or an earlier one ended it), so a caller that asked the
+    /// sled agent for a state can answer with it without reading it again.
+    pub async fn apply_vmm_report(
+        &self,
+        id: VmmUuid,
+        state: SledVmmState,
+    ) -> Result<Option<Vmm>, Error> {
         let side = |s: halyard_common::internal_api::MigrationRuntimeState| MigrationReport {
             migration_id: s.migration_id,
             state: s.state,
@@ -42,22 +50,30 @@ impl Nexus {
         {
             self.migration_completed(side.migration_id).await?;
         }
-        self.datastore().vmm_apply_report(&report).await?;
+        let (_, mut vmm) = self.datastore().vmm_apply_report(&report).await?;
+        let mut migration_failed = false;
         for side in sides
             .iter()
             .flatten()
             .filter(|s| s.state == MigrationState::Failed)
         {
             self.migration_failed(side.migration_id).await?;
+            migration_failed = true;
+        }
+        if migration_failed {
+            // A failed migration may have retired this very VMM (its target).
+            vmm = self.datastore().vmm_fetch(id).await?;
         }
         let reported = state.vmm_state.state;
         if reported.is_terminal() {
-            let vmm = self.datastore().vmm_fetch(id).await?;
             if vmm.time_deleted.is_none() {
                 self.retire_vmm(vmm.sled_id(), id, reported).await?;
             }
+            return Ok(None);
         }
-        Ok(())
+        // Not retired: its instance still points at it (retiring a VMM and moving the
+        // pointer are one transaction), even if a newer report than this one ended it.
+        Ok(vmm.time_deleted.is_none().then_some(vmm))
     }
 
     /// A migration completed (either side said so; each says so only once the target runs):

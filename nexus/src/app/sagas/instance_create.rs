@@ -7,7 +7,9 @@
 //! - `create_record` inserts the instance in `nexus_state` `creating` (idempotent by instance
 //!   id). Undo: marks it destroyed, which frees its name.
 //! - `mark_stopped` moves it to `no_vmm` (stopped), generation-guarded; a repeat finds it
-//!   already stopped. Last node: nothing after it can fail, so its undo is a no-op.
+//!   already stopped. Last node: nothing after it can fail, so its undo is a no-op. Outputs
+//!   the instance's row as the transition returned it ([`created`]), which Nexus answers
+//!   with (or starts from), without reading it again.
 //!
 //! The saga's parameters hold the request as the user sent it (`params::InstanceCreate`,
 //! validated by Nexus before the saga was recorded). Its `start` is Nexus's business: with
@@ -15,7 +17,7 @@
 
 use super::{NexusActionContext, action_failed, declare_saga};
 use halyard_common::ids::{InstanceUuid, ProjectUuid};
-use halyard_db_model::NewInstanceParams;
+use halyard_db_model::{Instance, NewInstanceParams};
 use halyard_nexus_external_api::params::InstanceCreate;
 use serde::{Deserialize, Serialize};
 use steno::ActionError;
@@ -64,14 +66,24 @@ async fn undo_create_record(ctx: &NexusActionContext) -> Result<(), anyhow::Erro
     }
 }
 
-async fn mark_stopped(ctx: &NexusActionContext) -> Result<(), ActionError> {
+/// The instance the finished saga `result` created, as its last step left it (`None` for a
+/// saga logged before that step output it: then the caller reads the instance).
+pub fn created(result: &steno::SagaResultOk) -> Option<Instance> {
+    result
+        .lookup_node_output::<Option<Instance>>("stopped")
+        .ok()
+        .flatten()
+}
+
+async fn mark_stopped(ctx: &NexusActionContext) -> Result<Option<Instance>, ActionError> {
     let id = ctx.lookup::<InstanceUuid>("instance")?;
     // `AlreadyDone` is a repeat; there is no conflict (every other state comes later).
-    ctx.user_data()
+    let (_, instance) = ctx
+        .user_data()
         .nexus
         .datastore()
         .instance_mark_stopped(id)
         .await
         .map_err(action_failed)?;
-    Ok(())
+    Ok(Some(instance))
 }

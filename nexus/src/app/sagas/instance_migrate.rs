@@ -47,7 +47,7 @@ use crate::app::sled::sled_agent_error;
 use halyard_common::ids::{InstanceUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::{Error, VmmState};
 use halyard_db_model::Migration;
-use halyard_db_queries::{InstanceAndVmm, SledChoice, TransitionOutcome};
+use halyard_db_queries::{InstanceAndVmm, Release, SledChoice, TransitionOutcome};
 use halyard_sled_agent_api::{MigrationTarget, VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
 use slog::{error, warn};
@@ -283,7 +283,7 @@ async fn undo_set_ids(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     ctx.user_data()
         .nexus
         .datastore()
-        .instance_clear_migration_ids(params.instance_id, ids.migration_id)
+        .instance_release(params.instance_id, Release::Migration(ids.migration_id))
         .await?;
     Ok(())
 }

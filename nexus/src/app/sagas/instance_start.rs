@@ -7,11 +7,15 @@
 //! | node | action | undo |
 //! |---|---|---|
 //! | `propolis_id` | picks the new VMM's id (a node, so a resumed saga reuses it) | — |
-//! | `claim` | sets the instance's active VMM to the new id, if it is stopped or failed, in one conditional `UPDATE` (`DataStore::instance_claim_for_start`): of racing starts exactly one claims it, the others fail with `Conflict` before taking anything. Outputs the instance's size and hostname (`VmmShape`) for the later nodes, so they need not read it | clears the active VMM if it is still ours |
+//! | `claim` | sets the instance's active VMM to the new id, if it is stopped or failed, in one conditional `UPDATE` (`DataStore::instance_claim_for_start`): of racing starts exactly one claims it, the others fail with `Conflict` before taking anything. Outputs the instance's size and hostname (`VmmShape`) for the later nodes, so they need not read it, and the instance's row as the `UPDATE` returned it (`Claimed`) | clears the active VMM if it is still ours |
 //! | `reservation` | picks a sled with room and reserves the VMM's threads and memory there, in one statement | releases the reservation |
 //! | `vmm` | inserts the VMM record (state `creating`) at the sled agent's address | retires the VMM as `saga_unwound`: terminal state, record deleted, reservation released, the instance's pointer cleared, in one transaction |
 //! | `registered` | registers the VMM with the sled agent | unregisters it (idempotent) |
-//! | `running` | asks the sled agent to run it and records the state it answers | — (unregistering stops it) |
+//! | `running` | asks the sled agent to run it and records the state it answers; outputs the VMM's record as that left it (`None` if the VMM was retired meanwhile) | — (unregistering stops it) |
+//!
+//! Nexus answers the start with the claim's instance row and the `running` node's VMM row
+//! ([`started`]): a state the database held (the VMM was not retired, so the instance still
+//! pointed at it), with no read after the saga.
 //!
 //! Every action and undo is idempotent, so steno may repeat any of them after a crash. From
 //! here on the VMM's state comes from the sled agent's reports; when it ends (stopped, failed)
@@ -22,7 +26,10 @@ use super::{NexusActionContext, action_failed, declare_saga};
 use crate::app::sled::sled_agent_error;
 use halyard_common::Error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
-use halyard_db_queries::{ConflictReason, SledChoice, TransitionConflict, TransitionOutcome};
+use halyard_db_model::{Instance, Vmm};
+use halyard_db_queries::{
+    ConflictReason, InstanceAndVmm, Release, SledChoice, TransitionConflict, TransitionOutcome,
+};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use serde::{Deserialize, Serialize};
 use steno::ActionError;
@@ -44,11 +51,37 @@ pub struct Params {
     pub instance_id: InstanceUuid,
 }
 
+/// The `claim` node's output: what the later nodes need of the instance (`VmmShape`, which
+/// they look up alone), and the instance's row as the claim left it, for Nexus's answer. (A
+/// saga logged before the row was part of the output resumes with `None`.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claimed {
+    #[serde(flatten)]
+    shape: VmmShape,
+    #[serde(default)]
+    instance: Option<Instance>,
+}
+
+/// The instance as the finished saga `result` left it: the claim's instance row and the
+/// `running` node's VMM row. `None` if the VMM was retired meanwhile (or the saga was logged
+/// before its nodes output these rows): then the caller reads the instance.
+pub fn started(result: &steno::SagaResultOk) -> Option<InstanceAndVmm> {
+    let instance = result
+        .lookup_node_output::<Claimed>("claim")
+        .ok()?
+        .instance?;
+    let vmm = result.lookup_node_output::<Option<Vmm>>("running").ok()??;
+    (instance.runtime.active_vmm() == Some(vmm.id())).then_some(InstanceAndVmm {
+        instance,
+        active_vmm: Some(vmm),
+    })
+}
+
 async fn generate_propolis_id(_: &NexusActionContext) -> Result<VmmUuid, ActionError> {
     Ok(VmmUuid::new_v4())
 }
 
-async fn claim(ctx: &NexusActionContext) -> Result<VmmShape, ActionError> {
+async fn claim(ctx: &NexusActionContext) -> Result<Claimed, ActionError> {
     let params = ctx.saga_params::<Params>()?;
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let datastore = ctx.user_data().nexus.datastore();
@@ -63,7 +96,10 @@ async fn claim(ctx: &NexusActionContext) -> Result<VmmShape, ActionError> {
     else {
         // Claimed now, or by an earlier run of this action. The instance it returned is
         // what the later nodes need of it.
-        return Ok(VmmShape::of(&instance));
+        return Ok(Claimed {
+            shape: VmmShape::of(&instance),
+            instance: Some(instance),
+        });
     };
     let message = match reason {
         ConflictReason::ActiveVmm(active) => format!(
@@ -88,7 +124,7 @@ async fn undo_claim(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     ctx.user_data()
         .nexus
         .datastore()
-        .instance_release_vmm(params.instance_id, propolis_id)
+        .instance_release(params.instance_id, Release::Claim(propolis_id))
         .await?;
     Ok(())
 }
@@ -149,7 +185,7 @@ async fn undo_register(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     vmm_steps::unregister(&ctx.user_data().nexus, propolis_id, sled_id).await
 }
 
-async fn run(ctx: &NexusActionContext) -> Result<(), ActionError> {
+async fn run(ctx: &NexusActionContext) -> Result<Option<Vmm>, ActionError> {
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
     let nexus = &ctx.user_data().nexus;
@@ -167,6 +203,5 @@ async fn run(ctx: &NexusActionContext) -> Result<(), ActionError> {
     nexus
         .apply_vmm_report(propolis_id, state)
         .await
-        .map_err(action_failed)?;
-    Ok(())
+        .map_err(action_failed)
 }
