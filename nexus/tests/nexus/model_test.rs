@@ -12,12 +12,13 @@
 //! issue several operations at once (from different clients): their answers together must be
 //! those of some order of the operations.
 //!
-//! Faults: a VMM crash, a migration phase failing on either side, a lost `finish` reply
-//! between sled agents, a sled agent restarted, Nexus killed (SIGKILL, possibly while it
-//! handles a request) and a new one started that resumes its sagas, the database stopped for
-//! a while (requests then must be refused 503 and change nothing), and a user's request whose
-//! reply is lost (it reached Nexus and was handled; the model allows either outcome until the
-//! next observation settles which).
+//! Faults: a VMM crash, a migration phase failing on either side, a lost `finish` reply between
+//! sled agents, a sled agent restarted, Nexus killed (SIGKILL, possibly while it handles a
+//! request, or aimed at a saga: the saga log is stalled so that Nexus dies just before a saga
+//! logs its next event) and a new one started that must resume every unfinished saga at once,
+//! the database stopped for a while (requests then must be refused 503 and change nothing), and
+//! a user's request whose reply is lost (it reached Nexus and was handled; the model allows
+//! either outcome until the next observation settles which).
 //!
 //! A failure is shrunk to the shortest sequence that still fails and printed as a story, one
 //! line per step, with the seed and the command that replays it. CI runs a few cases of a
@@ -38,6 +39,7 @@ use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Sleds in every case (each `SLED_THREADS` threads and `SLED_RAM_GIB` GiB).
@@ -48,6 +50,11 @@ const NAMES: [&str; 3] = ["a", "b", "c"];
 const DEFAULT_CASES: u32 = 10;
 const DEFAULT_SEED: u64 = 16;
 const MAX_STEPS: usize = 24;
+
+/// Nexus kills in this process (every case, every run of one), and how many of them found an
+/// unfinished saga in the log: killed mid-saga.
+static KILLS: AtomicUsize = AtomicUsize::new(0);
+static KILLS_MID_SAGA: AtomicUsize = AtomicUsize::new(0);
 
 /// One step of a story.
 #[derive(Clone, PartialEq, Eq)]
@@ -87,6 +94,11 @@ pub enum Fault {
     /// Nexus is killed (SIGKILL) `after_ms` after `during` is sent (if any), and a new Nexus
     /// with the same id starts on the same database, resuming its unfinished sagas.
     KillNexus { during: Option<Op>, after_ms: u64 },
+    /// `op` (one that starts a saga) is sent and Nexus is killed while its saga runs, just
+    /// before the saga records more than `after_events` events in its log; a new Nexus must
+    /// resume what was unfinished. (If `op` starts no saga that gets that far, Nexus is
+    /// killed once it has answered.)
+    KillNexusMidSaga { op: Op, after_events: u32 },
     /// The database stops; `during` (if any) is sent while it is down and must be refused
     /// 503 without effect; after `down_ms` it starts again.
     StopDatabase { during: Option<Op>, down_ms: u64 },
@@ -95,12 +107,13 @@ pub enum Fault {
 }
 
 /// The kinds of fault, as the run's summary counts them.
-const FAULT_KINDS: [&str; 7] = [
+const FAULT_KINDS: [&str; 8] = [
     "VMM crashes",
     "migration phase failures",
     "lost finish replies",
     "sled agent restarts",
     "Nexus kills",
+    "Nexus kills aimed at a saga",
     "database outages",
     "lost user replies",
 ];
@@ -113,8 +126,9 @@ impl Fault {
             Fault::LoseFinishReply { .. } => 2,
             Fault::RestartSled { .. } => 3,
             Fault::KillNexus { .. } => 4,
-            Fault::StopDatabase { .. } => 5,
-            Fault::LoseReply { .. } => 6,
+            Fault::KillNexusMidSaga { .. } => 5,
+            Fault::StopDatabase { .. } => 6,
+            Fault::LoseReply { .. } => 7,
         }]
     }
 }
@@ -150,6 +164,11 @@ impl std::fmt::Debug for Fault {
             Fault::KillNexus { during: None, .. } => {
                 write!(f, "fault: Nexus killed, then restarted")
             }
+            Fault::KillNexusMidSaga { op, after_events } => write!(
+                f,
+                "fault: Nexus killed in the saga of \"{op}\" once it has {after_events} \
+                 events logged, then restarted"
+            ),
             Fault::StopDatabase { during, down_ms } => {
                 write!(f, "fault: the database stops for {down_ms} ms")?;
                 match during {
@@ -183,18 +202,21 @@ fn project_name() -> impl Strategy<Value = String> {
     prop_oneof![6 => Just(PROJECTS[0]), 1 => Just(PROJECTS[1])].prop_map(str::to_string)
 }
 
+/// A create of one of three sizes (by `sled`) and two memories (by `large`).
+fn create(project: String, name: String, sled: usize, large: bool, start: bool) -> Op {
+    Op::Create {
+        project,
+        name,
+        ncpus: [2, 4, 6][sled],
+        memory_gib: if large { 4 } else { 1 },
+        start,
+    }
+}
+
 fn instance_op() -> impl Strategy<Value = Op> {
-    let target =
-        (project_name(), prop::sample::select(&NAMES[..])).prop_map(|(p, n)| (p, n.to_string()));
-    (target, 0..100u32, 0..SLEDS, any::<bool>()).prop_map(|((project, name), pick, sled, flag)| {
-        match pick {
-            0..=29 => Op::Create {
-                project,
-                name,
-                ncpus: [2, 4, 6][sled],
-                memory_gib: if flag { 4 } else { 1 },
-                start: pick % 3 != 0,
-            },
+    (instance_name(), 0..100u32, 0..SLEDS, any::<bool>()).prop_map(
+        |((project, name), pick, sled, flag)| match pick {
+            0..=29 => create(project, name, sled, flag, pick % 3 != 0),
             30..=49 => Op::Start { project, name },
             50..=62 => Op::Stop { project, name },
             63..=69 => Op::Reboot { project, name },
@@ -204,8 +226,25 @@ fn instance_op() -> impl Strategy<Value = Op> {
                 to: flag.then_some(sled),
             },
             _ => Op::Delete { project, name },
-        }
-    })
+        },
+    )
+}
+
+/// An operation that starts a saga if the instance is in a state that allows it (a stop
+/// starts none: it asks the sled agent).
+fn saga_op() -> impl Strategy<Value = Op> {
+    (instance_name(), 0..4u32, 0..SLEDS, any::<bool>()).prop_map(
+        |((project, name), pick, sled, flag)| match pick {
+            0 => create(project, name, sled, flag, true),
+            1 => Op::Start { project, name },
+            2 => Op::Migrate {
+                project,
+                name,
+                to: flag.then_some(sled),
+            },
+            _ => Op::Delete { project, name },
+        },
+    )
 }
 
 fn instance_name() -> impl Strategy<Value = (String, String)> {
@@ -229,8 +268,11 @@ fn fault() -> impl Strategy<Value = Fault> {
         2 => (0..SLEDS).prop_map(|sled| Fault::RestartSled { sled }),
         // Mostly while a request is in flight: killed before it reaches Nexus, while Nexus
         // handles it, or after it answered.
-        2 => (prop::option::weighted(0.8, instance_op()), 0..60u64)
+        1 => (prop::option::weighted(0.8, instance_op()), 0..60u64)
             .prop_map(|(during, after_ms)| Fault::KillNexus { during, after_ms }),
+        // Aimed: while the saga an operation starts runs (anywhere from its first step on).
+        3 => (saga_op(), 0..16u32)
+            .prop_map(|(op, after_events)| Fault::KillNexusMidSaga { op, after_events }),
         // A request during the outage waits for Nexus's pool to give up (5 s) before it is
         // refused: costly, so only some outages have one.
         2 => (prop::option::weighted(0.4, instance_op()), 50..1500u64)
@@ -489,6 +531,9 @@ impl Harness {
             Step::Fault(Fault::KillNexus { during, after_ms }) => {
                 self.kill_nexus(during.as_ref(), *after_ms)
             }
+            Step::Fault(Fault::KillNexusMidSaga { op, after_events }) => {
+                self.kill_nexus_mid_saga(op, *after_events)
+            }
             Step::Fault(Fault::StopDatabase { during, down_ms }) => {
                 self.stop_database(during.as_ref(), *down_ms)
             }
@@ -548,6 +593,7 @@ impl Harness {
         let (project, name, sim_fault, target_side, marks) = match fault {
             Fault::RestartSled { .. }
             | Fault::KillNexus { .. }
+            | Fault::KillNexusMidSaga { .. }
             | Fault::StopDatabase { .. }
             | Fault::LoseReply { .. } => {
                 unreachable!("run separately: {fault:?}")
@@ -674,11 +720,55 @@ impl Harness {
                 }
             }
         });
-        let unfinished = system
-            .sql("SELECT count(*) FROM saga WHERE saga_state != 'done'")
-            .trim()
-            .to_string();
+        self.restart_nexus(during, answer)
+    }
+
+    /// Sends `op` and kills Nexus while a saga runs: the saga log is stalled for any saga
+    /// that has `after_events` events recorded, and Nexus is killed as soon as one waits
+    /// there (or once `op` is answered, if it started no saga that got that far); then as
+    /// [`Harness::kill_nexus`].
+    fn kill_nexus_mid_saga(&mut self, op: &Op, after_events: u32) -> Result<String, String> {
+        let system = self.system();
+        let stall = system.stall_saga_log(after_events);
+        let answered = AtomicBool::new(false);
+        let answer = self.runtime.block_on(async {
+            let send = async {
+                let answer = self.send(0, op).await;
+                answered.store(true, Ordering::Relaxed);
+                answer
+            };
+            let kill = async {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !answered.load(Ordering::Relaxed)
+                    && !system.a_saga_is_stalled()
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                system.kill_nexus();
+                drop(stall);
+            };
+            tokio::join!(send, kill).0
+        });
+        self.restart_nexus(Some(op), Some(answer))
+    }
+
+    /// After Nexus was killed (with `during`'s answer, if it was sent): starts a new Nexus,
+    /// checks that it resumed every unfinished saga, and that what it shows is allowed.
+    fn restart_nexus(
+        &mut self,
+        during: Option<&Op>,
+        answer: Option<Result<Outcome, String>>,
+    ) -> Result<String, String> {
+        let system = self.system();
+        // Nothing writes the saga log between the kill and the start.
+        let unfinished = system.unfinished_sagas().len();
+        KILLS.fetch_add(1, Ordering::Relaxed);
+        if unfinished > 0 {
+            KILLS_MID_SAGA.fetch_add(1, Ordering::Relaxed);
+        }
         self.runtime.block_on(system.start_nexus())?;
+        self.resumed_every_unfinished_saga()?;
         // The old connections died with the old Nexus: new clients, so that no request goes
         // out on one of them.
         self.clients = (0..3)
@@ -702,6 +792,25 @@ impl Harness {
         Ok(format!(
             "{answered}unfinished sagas at the kill: {unfinished}; a new Nexus started{state}"
         ))
+    }
+
+    /// A Nexus that has started runs every saga the log has unfinished: each is in its
+    /// executor (read after the log, so a saga it began since is there too).
+    fn resumed_every_unfinished_saga(&self) -> Result<(), String> {
+        let system = self.system();
+        let unfinished = system.unfinished_sagas();
+        let running = self.runtime.block_on(system.sagas_in_memory())?;
+        let abandoned: Vec<&String> = unfinished
+            .iter()
+            .filter(|saga| !running.iter().any(|id| saga.starts_with(id.as_str())))
+            .collect();
+        if abandoned.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the new Nexus did not resume these unfinished sagas (id|name): {abandoned:?}"
+            ))
+        }
     }
 
     /// Stops the database, sends `during` (if any), which must be refused 503 and change
@@ -1362,6 +1471,39 @@ fn model_story_nexus_killed_mid_request_and_restarted() {
     );
 }
 
+/// Nexus killed in the sagas of a create-and-start, a migration, a delete and a start, each
+/// just before it logs its next event: every time the new Nexus resumes the unfinished saga,
+/// which finishes, and the instances end where the model allows.
+#[test]
+fn model_story_nexus_killed_mid_saga_resumes_it() {
+    let (project, name) = p0("a");
+    let kill =
+        |op: Op, after_events: u32| Step::Fault(Fault::KillNexusMidSaga { op, after_events });
+    let migrate = Op::Migrate {
+        project: project.clone(),
+        name: "b".to_string(),
+        to: None,
+    };
+    let delete = Op::Delete {
+        project: project.clone(),
+        name: "b".to_string(),
+    };
+    run_story(
+        [20, 20, 20, 5],
+        vec![
+            Step::Op(create_started(&project, "b")),
+            kill(create_started(&project, &name), 2),
+            Step::WaitQuiet,
+            kill(migrate, 4),
+            Step::WaitQuiet,
+            kill(delete, 1),
+            Step::WaitQuiet,
+            kill(Op::Start { project, name }, 6),
+            Step::WaitQuiet,
+        ],
+    );
+}
+
 /// The database stops while an instance starts and another migrates: a request meanwhile is
 /// refused 503 and changes nothing; after it starts again, the sagas and the sled agents'
 /// reports go through and everything settles.
@@ -1480,6 +1622,44 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     })
 }
 
+/// What a run of the model test has done so far (each run of a case counts, shrinking's too).
+#[derive(Default)]
+struct Tally {
+    runs: usize,
+    steps: usize,
+    /// Faults injected, by kind.
+    faults: BTreeMap<&'static str, usize>,
+}
+
+impl Tally {
+    fn count(&mut self, steps: &[Step]) {
+        self.runs += 1;
+        self.steps += steps.len();
+        for step in steps {
+            if let Step::Fault(fault) = step {
+                *self.faults.entry(fault.kind()).or_default() += 1;
+            }
+        }
+    }
+
+    fn line(&self, started: Instant) -> String {
+        let faults: Vec<String> = FAULT_KINDS
+            .iter()
+            .map(|kind| format!("{} {kind}", self.faults.get(kind).unwrap_or(&0)))
+            .collect();
+        format!(
+            "{} runs of a case, {} steps (faults: {}; of {} Nexus kills {} found a saga \
+             unfinished), in {:.0?}",
+            self.runs,
+            self.steps,
+            faults.join(", "),
+            KILLS.load(Ordering::Relaxed),
+            KILLS_MID_SAGA.load(Ordering::Relaxed),
+            started.elapsed()
+        )
+    }
+}
+
 #[test]
 fn the_real_system_follows_the_reference_model() {
     let cases = env_number("HALYARD_MODEL_CASES").unwrap_or(DEFAULT_CASES);
@@ -1490,21 +1670,13 @@ fn the_real_system_follows_the_reference_model() {
         rng_seed: RngSeed::Fixed(seed),
         failure_persistence: None,
         // Each case starts a fresh system; a shrink replays a whole case.
-        max_shrink_iters: 300,
+        max_shrink_iters: env_number("HALYARD_MODEL_SHRINK_ITERS").unwrap_or(300),
         ..Config::default()
     };
     let mut runner = TestRunner::new(config.clone());
-    let steps_run = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = steps_run.clone();
-    // Every fault injected, by kind (each run of a case counts).
-    let faults_run = std::sync::Arc::new(std::sync::Mutex::new(
-        FAULT_KINDS
-            .iter()
-            .map(|kind| (*kind, 0))
-            .collect::<BTreeMap<&str, usize>>(),
-    ));
-    let fault_counter = faults_run.clone();
-    let failed = std::sync::atomic::AtomicBool::new(false);
+    let tally = std::sync::Arc::new(std::sync::Mutex::new(Tally::default()));
+    let counter = tally.clone();
+    let failed = AtomicBool::new(false);
     let shrink_tries = env_number("HALYARD_MODEL_SHRINK_TRIES").unwrap_or(2);
     let result = runner.run(
         &Steps::sequential_strategy(1..MAX_STEPS),
@@ -1512,20 +1684,18 @@ fn the_real_system_follows_the_reference_model() {
             // Timing and random placement decide whether some failures show: once a case has
             // failed, a shorter candidate counts as failing if it fails in any of a few runs,
             // so the shrinking is not misled by one lucky run.
-            let tries = if failed.load(std::sync::atomic::Ordering::Relaxed) {
+            let tries = if failed.load(Ordering::Relaxed) {
                 shrink_tries
             } else {
                 1
             };
             for _ in 0..tries {
-                counter.fetch_add(steps.len(), std::sync::atomic::Ordering::Relaxed);
-                let mut faults = fault_counter.lock().unwrap();
-                for step in &steps {
-                    if let Step::Fault(fault) = step {
-                        *faults.entry(fault.kind()).or_default() += 1;
-                    }
+                let mut tally = counter.lock().unwrap();
+                tally.count(&steps);
+                if tally.runs % 10 == 0 {
+                    println!("model test: so far {}", tally.line(started));
                 }
-                drop(faults);
+                drop(tally);
                 let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     Harness::test_sequential(
                         config.clone(),
@@ -1535,7 +1705,7 @@ fn the_real_system_follows_the_reference_model() {
                     )
                 }));
                 if let Err(panic) = run {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    failed.store(true, Ordering::Relaxed);
                     std::panic::resume_unwind(panic);
                 }
             }
@@ -1547,21 +1717,10 @@ fn the_real_system_follows_the_reference_model() {
          --test nexus model_test:: -- --nocapture"
     );
     match result {
-        Ok(()) => {
-            let faults: Vec<String> = faults_run
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(kind, n)| format!("{n} {kind}"))
-                .collect();
-            println!(
-                "model test: seed {seed}: {cases} cases, {} steps (faults: {}), all allowed by \
-                 the model, in {:.0?}",
-                steps_run.load(std::sync::atomic::Ordering::Relaxed),
-                faults.join(", "),
-                started.elapsed()
-            )
-        }
+        Ok(()) => println!(
+            "model test: seed {seed}: {cases} cases, all allowed by the model: {}",
+            tally.lock().unwrap().line(started)
+        ),
         Err(TestError::Fail(reason, (setup, steps, _))) => {
             let (steps, reason) = minimise(&setup, steps, reason.to_string(), shrink_tries);
             let story: Vec<String> = steps
@@ -1608,13 +1767,13 @@ fn a_view_during_migrations_never_shows_the_instance_stopping() {
         let id = ctx.instance(&project, "vm", 2).await;
         ctx.nexus().instance_start(id).await.unwrap();
         ctx.wait_for(id, InstanceState::Running).await;
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(AtomicBool::new(false));
         let mut viewers = tokio::task::JoinSet::new();
         for _ in 0..4 {
             let (nexus, done) = (ctx.nexus().clone(), done.clone());
             viewers.spawn(async move {
                 let mut seen = BTreeMap::<String, usize>::new();
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                while !done.load(Ordering::Relaxed) {
                     let state = nexus.instance_view(id).await.unwrap().run_state();
                     *seen.entry(state.to_string()).or_default() += 1;
                 }
@@ -1630,7 +1789,7 @@ fn a_view_during_migrations_never_shows_the_instance_stopping() {
             })
             .await;
         }
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        done.store(true, Ordering::Relaxed);
         let mut seen = BTreeMap::<String, usize>::new();
         for counts in viewers.join_all().await {
             for (state, n) in counts {
