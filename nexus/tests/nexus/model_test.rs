@@ -94,16 +94,26 @@ pub enum Fault {
     /// Nexus is killed (SIGKILL) `after_ms` after `during` is sent (if any), and a new Nexus
     /// with the same id starts on the same database, resuming its unfinished sagas.
     KillNexus { during: Option<Op>, after_ms: u64 },
-    /// `op` (one that starts a saga) is sent and Nexus is killed while its saga runs, just
-    /// before the saga records more than `after_events` events in its log; a new Nexus must
-    /// resume what was unfinished. (If `op` starts no saga that gets that far, Nexus is
-    /// killed once it has answered.)
-    KillNexusMidSaga { op: Op, after_events: u32 },
+    /// An operation that starts a saga is sent and Nexus is killed while its saga runs, just
+    /// before the saga logs more than `after_events` events; a new Nexus must resume what was
+    /// unfinished. (If the saga ends before that, Nexus is killed once it has answered.)
+    KillNexusMidSaga { aim: Aim, after_events: u32 },
     /// The database stops; `during` (if any) is sent while it is down and must be refused
     /// 503 without effect; after `down_ms` it starts again.
     StopDatabase { during: Option<Op>, down_ms: u64 },
     /// `op` reaches Nexus and is handled, but its reply is lost on the way back.
     LoseReply { op: Op },
+}
+
+/// The operation an aimed Nexus kill sends.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Aim {
+    /// This operation.
+    At(Op),
+    /// Of the operations that start a saga from the model's state then (a create-and-start of
+    /// each free name, a start and a delete of each stopped instance, a migration of each
+    /// running one, in name order), the one at this index (modulo their number).
+    Pick(usize),
 }
 
 /// The kinds of fault, as the run's summary counts them.
@@ -164,11 +174,17 @@ impl std::fmt::Debug for Fault {
             Fault::KillNexus { during: None, .. } => {
                 write!(f, "fault: Nexus killed, then restarted")
             }
-            Fault::KillNexusMidSaga { op, after_events } => write!(
-                f,
-                "fault: Nexus killed in the saga of \"{op}\" once it has {after_events} \
-                 events logged, then restarted"
-            ),
+            Fault::KillNexusMidSaga { aim, after_events } => {
+                write!(f, "fault: Nexus killed in the saga of ")?;
+                match aim {
+                    Aim::At(op) => write!(f, "\"{op}\"")?,
+                    Aim::Pick(n) => write!(f, "saga-starting operation #{n}")?,
+                }
+                write!(
+                    f,
+                    " once it has {after_events} events logged, then restarted"
+                )
+            }
             Fault::StopDatabase { during, down_ms } => {
                 write!(f, "fault: the database stops for {down_ms} ms")?;
                 match during {
@@ -194,6 +210,33 @@ impl std::fmt::Debug for Step {
             Step::Fault(fault) => write!(f, "{fault:?}"),
         }
     }
+}
+
+/// The operations that start a saga from `model`'s state (see [`Aim::Pick`]).
+fn saga_starting_ops(model: &Model) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (project, instances) in &model.projects {
+        for name in NAMES {
+            let (project, name) = (project.clone(), name.to_string());
+            match instances.get(&name).map(|instance| instance.state) {
+                None => ops.push(create(project, name, 0, false, true)),
+                Some(RunState::Stopped) => {
+                    ops.push(Op::Start {
+                        project: project.clone(),
+                        name: name.clone(),
+                    });
+                    ops.push(Op::Delete { project, name });
+                }
+                Some(RunState::Running) => ops.push(Op::Migrate {
+                    project,
+                    name,
+                    to: None,
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    ops
 }
 
 /// A project name: mostly `p0` (which every case creates first), so most operations find
@@ -230,23 +273,6 @@ fn instance_op() -> impl Strategy<Value = Op> {
     )
 }
 
-/// An operation that starts a saga if the instance is in a state that allows it (a stop
-/// starts none: it asks the sled agent).
-fn saga_op() -> impl Strategy<Value = Op> {
-    (instance_name(), 0..4u32, 0..SLEDS, any::<bool>()).prop_map(
-        |((project, name), pick, sled, flag)| match pick {
-            0 => create(project, name, sled, flag, true),
-            1 => Op::Start { project, name },
-            2 => Op::Migrate {
-                project,
-                name,
-                to: flag.then_some(sled),
-            },
-            _ => Op::Delete { project, name },
-        },
-    )
-}
-
 fn instance_name() -> impl Strategy<Value = (String, String)> {
     (project_name(), prop::sample::select(&NAMES[..])).prop_map(|(p, n)| (p, n.to_string()))
 }
@@ -271,8 +297,10 @@ fn fault() -> impl Strategy<Value = Fault> {
         1 => (prop::option::weighted(0.8, instance_op()), 0..60u64)
             .prop_map(|(during, after_ms)| Fault::KillNexus { during, after_ms }),
         // Aimed: while the saga an operation starts runs (anywhere from its first step on).
-        3 => (saga_op(), 0..16u32)
-            .prop_map(|(op, after_events)| Fault::KillNexusMidSaga { op, after_events }),
+        3 => (0..12usize, 0..16u32).prop_map(|(pick, after_events)| Fault::KillNexusMidSaga {
+            aim: Aim::Pick(pick),
+            after_events,
+        }),
         // A request during the outage waits for Nexus's pool to give up (5 s) before it is
         // refused: costly, so only some outages have one.
         2 => (prop::option::weighted(0.4, instance_op()), 50..1500u64)
@@ -531,8 +559,21 @@ impl Harness {
             Step::Fault(Fault::KillNexus { during, after_ms }) => {
                 self.kill_nexus(during.as_ref(), *after_ms)
             }
-            Step::Fault(Fault::KillNexusMidSaga { op, after_events }) => {
-                self.kill_nexus_mid_saga(op, *after_events)
+            Step::Fault(Fault::KillNexusMidSaga { aim, after_events }) => {
+                let op = match aim {
+                    Aim::At(op) => Some(op.clone()),
+                    Aim::Pick(n) => {
+                        let ops = saga_starting_ops(&self.model);
+                        (!ops.is_empty()).then(|| ops[n % ops.len()].clone())
+                    }
+                };
+                match op {
+                    Some(op) => {
+                        let line = self.kill_nexus_mid_saga(&op, *after_events)?;
+                        Ok(format!("\"{op}\": {line}"))
+                    }
+                    None => self.kill_nexus(None, 0),
+                }
             }
             Step::Fault(Fault::StopDatabase { during, down_ms }) => {
                 self.stop_database(during.as_ref(), *down_ms)
@@ -1477,8 +1518,12 @@ fn model_story_nexus_killed_mid_request_and_restarted() {
 #[test]
 fn model_story_nexus_killed_mid_saga_resumes_it() {
     let (project, name) = p0("a");
-    let kill =
-        |op: Op, after_events: u32| Step::Fault(Fault::KillNexusMidSaga { op, after_events });
+    let kill = |op: Op, after_events: u32| {
+        Step::Fault(Fault::KillNexusMidSaga {
+            aim: Aim::At(op),
+            after_events,
+        })
+    };
     let migrate = Op::Migrate {
         project: project.clone(),
         name: "b".to_string(),
