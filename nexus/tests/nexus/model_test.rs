@@ -18,7 +18,8 @@
 //! logs its next event) and a new one started that must resume every unfinished saga at once,
 //! the database stopped for a while (requests then must be refused 503 and change nothing), and
 //! a user's request whose reply is lost (it reached Nexus and was handled; the model allows
-//! either outcome until the next observation settles which).
+//! either outcome until the next observation settles which), and a sled agent's report of a
+//! VMM from a generation ago arriving late (nothing may change).
 //!
 //! A failure is shrunk to the shortest sequence that still fails and printed as a story, one
 //! line per step, with the seed and the command that replays it. CI runs a few cases of a
@@ -50,6 +51,13 @@ const NAMES: [&str; 3] = ["a", "b", "c"];
 const DEFAULT_CASES: u32 = 10;
 const DEFAULT_SEED: u64 = 16;
 const MAX_STEPS: usize = 24;
+
+/// A VMM as the database has it.
+struct VmmRow {
+    id: halyard_common::ids::VmmUuid,
+    sled: SledUuid,
+    generation: u64,
+}
 
 /// Nexus kills in this process (every case, every run of one), and how many of them found an
 /// unfinished saga in the log: killed mid-saga.
@@ -103,6 +111,9 @@ pub enum Fault {
     StopDatabase { during: Option<Op>, down_ms: u64 },
     /// `op` reaches Nexus and is handled, but its reply is lost on the way back.
     LoseReply { op: Op },
+    /// A report of the instance's active VMM from a generation ago arrives late (its sled
+    /// agent's, delayed in the network).
+    StaleReport { project: String, name: String },
 }
 
 /// The operation an aimed Nexus kill sends.
@@ -117,7 +128,7 @@ pub enum Aim {
 }
 
 /// The kinds of fault, as the run's summary counts them.
-const FAULT_KINDS: [&str; 8] = [
+const FAULT_KINDS: [&str; 9] = [
     "VMM crashes",
     "migration phase failures",
     "lost finish replies",
@@ -126,6 +137,7 @@ const FAULT_KINDS: [&str; 8] = [
     "Nexus kills aimed at a saga",
     "database outages",
     "lost user replies",
+    "stale VMM reports",
 ];
 
 impl Fault {
@@ -139,6 +151,7 @@ impl Fault {
             Fault::KillNexusMidSaga { .. } => 5,
             Fault::StopDatabase { .. } => 6,
             Fault::LoseReply { .. } => 7,
+            Fault::StaleReport { .. } => 8,
         }]
     }
 }
@@ -193,6 +206,10 @@ impl std::fmt::Debug for Fault {
                 }
             }
             Fault::LoseReply { op } => write!(f, "fault: \"{op}\" whose reply is lost"),
+            Fault::StaleReport { project, name } => write!(
+                f,
+                "fault: a stale report of {project}/{name}'s VMM arrives late"
+            ),
         }
     }
 }
@@ -306,6 +323,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         2 => (prop::option::weighted(0.4, instance_op()), 50..1500u64)
             .prop_map(|(during, down_ms)| Fault::StopDatabase { during, down_ms }),
         3 => instance_op().prop_map(|op| Fault::LoseReply { op }),
+        2 => instance_name().prop_map(|(project, name)| Fault::StaleReport { project, name }),
     ]
 }
 
@@ -491,27 +509,7 @@ impl Harness {
                     self.close_sled(*sled);
                 }
                 let outcome = self.runtime.block_on(self.send(0, op))?;
-                let allowed: Vec<Model> = self
-                    .model
-                    .apply(op)
-                    .into_iter()
-                    .filter(|a| a.outcome == outcome)
-                    .map(|a| a.next)
-                    .collect();
-                if allowed.is_empty() {
-                    let expected: Vec<String> = self
-                        .model
-                        .apply(op)
-                        .iter()
-                        .map(|a| a.outcome.to_string())
-                        .collect();
-                    return Err(format!(
-                        "{op} answered {outcome}; the model allows only [{}] from\n{}",
-                        expected.join(", "),
-                        describe(&self.model)
-                    ));
-                }
-                self.observe_against(&allowed, false)?;
+                self.check_answer(op, Some(outcome))?;
                 Ok(format!("{outcome}{}", self.state_of(op)))
             }
             Step::Together(ops) => {
@@ -579,24 +577,24 @@ impl Harness {
                 self.stop_database(during.as_ref(), *down_ms)
             }
             Step::Fault(Fault::LoseReply { op }) => self.lose_reply(op),
+            Step::Fault(Fault::StaleReport { project, name }) => {
+                self.replay_stale_report(project, name)
+            }
             Step::Fault(Fault::RestartSled { sled }) => {
                 let line = self.restart_sled(*sled)?;
-                let current = vec![self.model.clone()];
-                self.observe_against(&current, false)?;
+                self.observe_unchanged()?;
                 Ok(line)
             }
             Step::Fault(fault) => {
                 let line = self.inject(fault);
-                let current = vec![self.model.clone()];
-                self.observe_against(&current, false)?;
+                self.observe_unchanged()?;
                 Ok(line)
             }
             Step::Pause(ms) => {
                 let pause = Duration::from_millis(*ms);
                 self.runtime
                     .block_on(async move { tokio::time::sleep(pause).await });
-                let current = vec![self.model.clone()];
-                self.observe_against(&current, false)?;
+                self.observe_unchanged()?;
                 Ok(String::new())
             }
         }
@@ -636,7 +634,8 @@ impl Harness {
             | Fault::KillNexus { .. }
             | Fault::KillNexusMidSaga { .. }
             | Fault::StopDatabase { .. }
-            | Fault::LoseReply { .. } => {
+            | Fault::LoseReply { .. }
+            | Fault::StaleReport { .. } => {
                 unreachable!("run separately: {fault:?}")
             }
             Fault::Crash { project, name } => (project, name, SimFault::Crash, false, true),
@@ -662,17 +661,9 @@ impl Harness {
         } else {
             "active_propolis_id"
         };
-        let row = self.system().sql(&format!(
-            "SELECT v.id, v.sled_id FROM instance i JOIN project p ON p.id = i.project_id \
-             JOIN vmm v ON v.id = i.{pointer} \
-             WHERE i.time_deleted IS NULL AND p.time_deleted IS NULL \
-               AND p.name = '{project}' AND i.name = '{name}'"
-        ));
-        let Some((vmm, sled)) = row.trim().split_once('|') else {
+        let Some(VmmRow { id: vmm, sled, .. }) = self.vmm_of(project, name, pointer) else {
             return "nothing to inject into".to_string();
         };
-        let vmm: halyard_common::ids::VmmUuid = vmm.parse().unwrap();
-        let sled: SledUuid = sled.parse().unwrap();
         // Marked before injecting: the fault may strike before anything is observed.
         if marks
             && let Some(instance) = self
@@ -693,6 +684,61 @@ impl Harness {
             Ok(_) => "injected".to_string(),
             Err(e) => format!("refused ({e})"),
         }
+    }
+
+    /// The VMM instance `project/name`'s `pointer` column names, if any.
+    fn vmm_of(&self, project: &str, name: &str, pointer: &str) -> Option<VmmRow> {
+        let row = self.system().sql(&format!(
+            "SELECT v.id, v.sled_id, v.generation FROM instance i \
+             JOIN project p ON p.id = i.project_id JOIN vmm v ON v.id = i.{pointer} \
+             WHERE i.time_deleted IS NULL AND p.time_deleted IS NULL \
+               AND p.name = '{project}' AND i.name = '{name}'"
+        ));
+        let fields: Vec<&str> = row.trim().split('|').collect();
+        let [id, sled, generation] = fields[..] else {
+            return None;
+        };
+        Some(VmmRow {
+            id: id.parse().unwrap(),
+            sled: sled.parse().unwrap(),
+            generation: generation.parse().unwrap(),
+        })
+    }
+
+    /// Sends Nexus, as the sled agent of the instance's active VMM, that VMM's report of a
+    /// generation ago (saying `starting`), as a report delayed in the network arrives: Nexus
+    /// has a newer one and must change nothing.
+    fn replay_stale_report(&mut self, project: &str, name: &str) -> Result<String, String> {
+        let Some(vmm) = self.vmm_of(project, name, "active_propolis_id") else {
+            return Ok("no VMM to report".to_string());
+        };
+        if vmm.generation < 2 {
+            return Ok("no older report".to_string());
+        }
+        let report = json!({
+            "vmm_state": {
+                "state": "starting",
+                "generation": vmm.generation - 1,
+                "time_updated": chrono::Utc::now(),
+            },
+            "migration_in": null,
+            "migration_out": null,
+        });
+        let url = format!("https://{}/vmms/{}", self.system().internal, vmm.id);
+        let sled = crate::context::Role::Sled(vmm.sled);
+        let sent = self.runtime.block_on(async {
+            let http = halyard_tls::pki::test_pki().http_client(sled, halyard_tls::NEXUS_NAME);
+            http.unwrap().put(url).json(&report).send().await
+        });
+        let answer = match sent {
+            Ok(response) => response.status().to_string(),
+            Err(e) => format!("no answer ({e})"),
+        };
+        self.observe_unchanged()?;
+        Ok(format!(
+            "generation {} replayed; Nexus answered {answer}",
+            vmm.generation - 1
+        ))
     }
 
     /// Restarts sled agent `sled` (unless it was expunged): it comes back knowing no VMM, and
@@ -730,9 +776,11 @@ impl Harness {
         Ok("restarted; Nexus reconciled it".to_string())
     }
 
-    /// What the model allows after `op` answered `outcome` (`None`: no answer came back).
-    fn after(&self, op: &Op, outcome: Option<Outcome>) -> Vec<Model> {
-        match outcome {
+    /// Checks `op`'s answer (`None`: none came back) against the answers the model allows
+    /// from its state, then what the system shows against the states that answer may lead
+    /// to: the check of every step that sends one operation.
+    fn check_answer(&mut self, op: &Op, answer: Option<Outcome>) -> Result<(), String> {
+        let allowed: Vec<Model> = match answer {
             Some(outcome) => self
                 .model
                 .apply(op)
@@ -741,7 +789,29 @@ impl Harness {
                 .map(|a| a.next)
                 .collect(),
             None => self.model.unanswered(op),
+        };
+        if allowed.is_empty() {
+            let expected: Vec<String> = self
+                .model
+                .apply(op)
+                .iter()
+                .map(|a| a.outcome.to_string())
+                .collect();
+            return Err(format!(
+                "{op} answered {}; the model allows only [{}] from\n{}",
+                answer.map_or("nothing".to_string(), |outcome| outcome.to_string()),
+                expected.join(", "),
+                describe(&self.model)
+            ));
         }
+        self.observe_against(&allowed, false)
+    }
+
+    /// Checks that what the system shows now is where time alone may have taken the model's
+    /// state (no operation was sent).
+    fn observe_unchanged(&mut self) -> Result<(), String> {
+        let current = vec![self.model.clone()];
+        self.observe_against(&current, false)
     }
 
     /// Kills Nexus `after_ms` after sending `during` (if any), starts a new one, and checks
@@ -815,20 +885,17 @@ impl Harness {
         self.clients = (0..3)
             .map(|_| crate::authn_support::http_client(&self.system().token))
             .collect();
-        let (allowed, answered) = match (during, answer) {
-            (Some(op), Some(Ok(outcome))) => {
-                (self.after(op, Some(outcome)), format!("{outcome}; "))
+        let answered = match (during, answer) {
+            (Some(op), Some(answer)) => {
+                let outcome = answer.ok();
+                self.check_answer(op, outcome)?;
+                outcome.map_or("no answer; ".to_string(), |outcome| format!("{outcome}; "))
             }
-            (Some(op), Some(Err(_))) => (self.after(op, None), "no answer; ".to_string()),
-            _ => (vec![self.model.clone()], String::new()),
+            _ => {
+                self.observe_unchanged()?;
+                String::new()
+            }
         };
-        if allowed.is_empty() {
-            return Err(format!(
-                "{answered}the model does not allow that answer from\n{}",
-                describe(&self.model)
-            ));
-        }
-        self.observe_against(&allowed, false)?;
         let state = during.map(|op| self.state_of(op)).unwrap_or_default();
         Ok(format!(
             "{answered}unfinished sagas at the kill: {unfinished}; a new Nexus started{state}"
@@ -893,8 +960,7 @@ impl Harness {
             }
         });
         serving?;
-        let current = vec![self.model.clone()];
-        self.observe_against(&current, false)?;
+        self.observe_unchanged()?;
         Ok(format!("{line}the database is back"))
     }
 
@@ -908,14 +974,7 @@ impl Harness {
             (answer, proxy.dropped_answer().await)
         });
         let outcome = answer.ok();
-        let allowed = self.after(op, outcome);
-        if allowed.is_empty() {
-            return Err(format!(
-                "{op} answered {outcome:?}; the model does not allow it from\n{}",
-                describe(&self.model)
-            ));
-        }
-        self.observe_against(&allowed, false)?;
+        self.check_answer(op, outcome)?;
         let dropped = dropped.unwrap_or_else(|| "nothing".to_string());
         Ok(format!(
             "Nexus answered \"{}\", the client saw {}{}",
@@ -1346,8 +1405,48 @@ fn run_story(delays_ms: [u64; 4], steps: Vec<Step>) {
     Harness::test_sequential(Config::default(), setup, steps, None);
 }
 
-fn p0(name: &str) -> (String, String) {
-    ("p0".to_string(), name.to_string())
+/// Story operations on instance `name` of project `p0` (which every case creates first).
+fn p0_create(name: &str, ncpus: u32, memory_gib: u32, start: bool) -> Op {
+    Op::Create {
+        project: "p0".to_string(),
+        name: name.to_string(),
+        ncpus,
+        memory_gib,
+        start,
+    }
+}
+
+fn create_started(name: &str) -> Op {
+    p0_create(name, 2, 1, true)
+}
+
+fn p0_start(name: &str) -> Op {
+    Op::Start {
+        project: "p0".to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn p0_stop(name: &str) -> Op {
+    Op::Stop {
+        project: "p0".to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn p0_migrate(name: &str, to: Option<usize>) -> Op {
+    Op::Migrate {
+        project: "p0".to_string(),
+        name: name.to_string(),
+        to,
+    }
+}
+
+fn p0_delete(name: &str) -> Op {
+    Op::Delete {
+        project: "p0".to_string(),
+        name: name.to_string(),
+    }
 }
 
 /// The story the deliberately broken build (a VMM that ended `destroyed` kept its
@@ -1355,25 +1454,14 @@ fn p0(name: &str) -> (String, String) {
 /// room, and the model checks each sled's totals at the quiet point.
 #[test]
 fn model_story_stop_and_migration_give_back_their_room() {
-    let (project, name) = p0("a");
     run_story(
         [5, 5, 5, 1],
         vec![
-            Step::Op(Op::Create {
-                project: project.clone(),
-                name: name.clone(),
-                ncpus: 2,
-                memory_gib: 1,
-                start: true,
-            }),
+            Step::Op(create_started("a")),
             Step::WaitQuiet,
-            Step::Op(Op::Migrate {
-                project: project.clone(),
-                name: name.clone(),
-                to: None,
-            }),
+            Step::Op(p0_migrate("a", None)),
             Step::WaitQuiet,
-            Step::Op(Op::Stop { project, name }),
+            Step::Op(p0_stop("a")),
         ],
     );
 }
@@ -1383,36 +1471,15 @@ fn model_story_stop_and_migration_give_back_their_room() {
 /// refusal for room (507).
 #[test]
 fn model_story_a_migration_to_an_expunged_sled_is_a_conflict() {
-    let (project, name) = p0("c");
     run_story(
         [5, 5, 5, 1],
         vec![
             Step::Op(Op::ExpungeSled { sled: 1 }),
-            Step::Op(Op::Create {
-                project: project.clone(),
-                name: name.clone(),
-                ncpus: 2,
-                memory_gib: 1,
-                start: true,
-            }),
+            Step::Op(create_started("c")),
             Step::WaitQuiet,
-            Step::Op(Op::Migrate {
-                project,
-                name,
-                to: Some(1),
-            }),
+            Step::Op(p0_migrate("c", Some(1))),
         ],
     );
-}
-
-fn create_started(project: &str, name: &str) -> Op {
-    Op::Create {
-        project: project.to_string(),
-        name: name.to_string(),
-        ncpus: 2,
-        memory_gib: 1,
-        start: true,
-    }
 }
 
 /// Found by the long run (seed 1616, case 63): two deletes of one stopped instance sent at
@@ -1421,29 +1488,13 @@ fn create_started(project: &str, name: &str) -> Op {
 /// together (`Model::apply_concurrent`); one after the other, the second is 404.
 #[test]
 fn model_story_two_deletes_at_once_may_both_succeed() {
-    let (project, name) = p0("a");
     run_story(
         [5, 5, 5, 1],
         vec![
-            Step::Op(Op::Create {
-                project: project.clone(),
-                name: name.clone(),
-                ncpus: 6,
-                memory_gib: 4,
-                start: false,
-            }),
-            Step::Together(vec![
-                Op::Delete {
-                    project: project.clone(),
-                    name: name.clone(),
-                },
-                Op::Delete {
-                    project: project.clone(),
-                    name: name.clone(),
-                },
-            ]),
+            Step::Op(p0_create("a", 6, 4, false)),
+            Step::Together(vec![p0_delete("a"), p0_delete("a")]),
             Step::WaitQuiet,
-            Step::Op(Op::Delete { project, name }),
+            Step::Op(p0_delete("a")),
         ],
     );
 }
@@ -1455,16 +1506,15 @@ fn model_story_two_deletes_at_once_may_both_succeed() {
 /// unanswered create-and-start (`Model::unanswered`).
 #[test]
 fn model_story_nexus_killed_between_create_and_start() {
-    let (project, name) = p0("a");
     run_story(
         [36, 85, 9, 28],
         vec![
             Step::Fault(Fault::KillNexus {
-                during: Some(create_started(&project, &name)),
+                during: Some(create_started("a")),
                 after_ms: 5,
             }),
             Step::WaitQuiet,
-            Step::Op(Op::Start { project, name }),
+            Step::Op(p0_start("a")),
         ],
     );
 }
@@ -1474,40 +1524,19 @@ fn model_story_nexus_killed_between_create_and_start() {
 /// settles where the model allows.
 #[test]
 fn model_story_nexus_killed_mid_request_and_restarted() {
-    let (project, name) = p0("a");
+    let kill =
+        |during: Option<Op>, after_ms: u64| Step::Fault(Fault::KillNexus { during, after_ms });
     run_story(
         [40, 40, 40, 20],
         vec![
-            Step::Op(create_started(&project, "b")),
-            Step::Op(Op::Create {
-                project: project.clone(),
-                name: name.clone(),
-                ncpus: 2,
-                memory_gib: 1,
-                start: false,
-            }),
-            Step::Fault(Fault::KillNexus {
-                during: Some(Op::Start {
-                    project: project.clone(),
-                    name: name.clone(),
-                }),
-                after_ms: 5,
-            }),
+            Step::Op(create_started("b")),
+            Step::Op(p0_create("a", 2, 1, false)),
+            kill(Some(p0_start("a")), 5),
             Step::WaitQuiet,
-            Step::Fault(Fault::KillNexus {
-                during: Some(Op::Migrate {
-                    project: project.clone(),
-                    name: "b".to_string(),
-                    to: None,
-                }),
-                after_ms: 20,
-            }),
-            Step::Fault(Fault::KillNexus {
-                during: None,
-                after_ms: 0,
-            }),
+            kill(Some(p0_migrate("b", None)), 20),
+            kill(None, 0),
             Step::WaitQuiet,
-            Step::Op(Op::Stop { project, name }),
+            Step::Op(p0_stop("a")),
         ],
     );
 }
@@ -1517,33 +1546,23 @@ fn model_story_nexus_killed_mid_request_and_restarted() {
 /// which finishes, and the instances end where the model allows.
 #[test]
 fn model_story_nexus_killed_mid_saga_resumes_it() {
-    let (project, name) = p0("a");
     let kill = |op: Op, after_events: u32| {
         Step::Fault(Fault::KillNexusMidSaga {
             aim: Aim::At(op),
             after_events,
         })
     };
-    let migrate = Op::Migrate {
-        project: project.clone(),
-        name: "b".to_string(),
-        to: None,
-    };
-    let delete = Op::Delete {
-        project: project.clone(),
-        name: "b".to_string(),
-    };
     run_story(
         [20, 20, 20, 5],
         vec![
-            Step::Op(create_started(&project, "b")),
-            kill(create_started(&project, &name), 2),
+            Step::Op(create_started("b")),
+            kill(create_started("a"), 2),
             Step::WaitQuiet,
-            kill(migrate, 4),
+            kill(p0_migrate("b", None), 4),
             Step::WaitQuiet,
-            kill(delete, 1),
+            kill(p0_delete("b"), 1),
             Step::WaitQuiet,
-            kill(Op::Start { project, name }, 6),
+            kill(p0_start("a"), 6),
             Step::WaitQuiet,
         ],
     );
@@ -1554,31 +1573,23 @@ fn model_story_nexus_killed_mid_saga_resumes_it() {
 /// reports go through and everything settles.
 #[test]
 fn model_story_the_database_stops_and_starts_again() {
-    let (project, name) = p0("a");
+    let stop_database = |during: Op, down_ms: u64| {
+        Step::Fault(Fault::StopDatabase {
+            during: Some(during),
+            down_ms,
+        })
+    };
     run_story(
         [60, 60, 60, 30],
         vec![
-            Step::Op(create_started(&project, "b")),
+            Step::Op(create_started("b")),
             Step::WaitQuiet,
-            Step::Op(create_started(&project, &name)),
-            Step::Op(Op::Migrate {
-                project: project.clone(),
-                name: "b".to_string(),
-                to: None,
-            }),
-            Step::Fault(Fault::StopDatabase {
-                during: Some(Op::Stop {
-                    project: project.clone(),
-                    name: name.clone(),
-                }),
-                down_ms: 500,
-            }),
+            Step::Op(create_started("a")),
+            Step::Op(p0_migrate("b", None)),
+            stop_database(p0_stop("a"), 500),
             Step::WaitQuiet,
-            Step::Fault(Fault::StopDatabase {
-                during: Some(create_started(&project, "c")),
-                down_ms: 50,
-            }),
-            Step::Op(Op::Stop { project, name }),
+            stop_database(create_started("c"), 50),
+            Step::Op(p0_stop("a")),
         ],
     );
 }
@@ -1587,23 +1598,32 @@ fn model_story_the_database_stops_and_starts_again() {
 /// reached Nexus and was handled, and what is observed next shows it applied.
 #[test]
 fn model_story_lost_replies_on_users_requests() {
-    let (project, name) = p0("a");
+    let lose_reply = |op: Op| Step::Fault(Fault::LoseReply { op });
     run_story(
         [5, 5, 5, 1],
         vec![
-            Step::Fault(Fault::LoseReply {
-                op: create_started(&project, &name),
-            }),
+            lose_reply(create_started("a")),
             Step::WaitQuiet,
-            Step::Fault(Fault::LoseReply {
-                op: Op::Stop {
-                    project: project.clone(),
-                    name: name.clone(),
-                },
-            }),
+            lose_reply(p0_stop("a")),
             Step::WaitQuiet,
-            Step::Fault(Fault::LoseReply {
-                op: Op::Delete { project, name },
+            lose_reply(p0_delete("a")),
+            Step::WaitQuiet,
+        ],
+    );
+}
+
+/// The story a deliberately broken build (a VMM report applied without its generation
+/// check) was shrunk to, kept: a report of a running VMM from a generation ago (`starting`)
+/// arrives late; Nexus must ignore it, so the instance still shows running.
+#[test]
+fn model_story_a_stale_report_changes_nothing() {
+    run_story(
+        [5, 5, 5, 1],
+        vec![
+            Step::Op(create_started("c")),
+            Step::Fault(Fault::StaleReport {
+                project: "p0".to_string(),
+                name: "c".to_string(),
             }),
             Step::WaitQuiet,
         ],
