@@ -234,6 +234,63 @@ impl ModelSystem {
         }
     }
 
+    /// Stalls the saga log: from now until the stall is dropped, a saga that records an
+    /// event when it has `after_events` in the log already waits there (its statement sleeps
+    /// in a trigger). Dropping the stall ends the waiting statements (their events are not
+    /// recorded), as if the Nexus that sent them had died first.
+    pub fn stall_saga_log(&self, after_events: u32) -> SagaLogStall {
+        self.sql(&format!(
+            "CREATE TABLE IF NOT EXISTS {STALL} (after_events INT8 NOT NULL);
+             CREATE OR REPLACE FUNCTION {STALL}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF EXISTS (SELECT 1 FROM {STALL} WHERE after_events <= (
+                     SELECT count(*) FROM saga_node_event WHERE saga_id = NEW.saga_id))
+                 THEN
+                     PERFORM pg_sleep(600);
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE OR REPLACE TRIGGER {STALL} BEFORE INSERT ON saga_node_event
+                 FOR EACH ROW EXECUTE FUNCTION {STALL}();
+             INSERT INTO {STALL} VALUES ({after_events});"
+        ));
+        SagaLogStall {
+            db: self.db.clone(),
+            database: self.database.clone(),
+        }
+    }
+
+    /// Whether a saga waits in the saga log stalled by [`ModelSystem::stall_saga_log`].
+    pub fn a_saga_is_stalled(&self) -> bool {
+        self.sql(STALLED).trim() != "0"
+    }
+
+    /// The unfinished sagas in the saga log, as `id|name`.
+    pub fn unfinished_sagas(&self) -> Vec<String> {
+        self.sql("SELECT id, name FROM saga WHERE saga_state != 'done' ORDER BY id")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The sagas the running Nexus's executor holds (running, or finished since it started),
+    /// by id, from its internal API.
+    pub async fn sagas_in_memory(&self) -> Result<Vec<String>, String> {
+        let sagas: Vec<serde_json::Value> = crate::context::operator_http(halyard_tls::NEXUS_NAME)
+            .get(format!("https://{}/sagas", self.internal))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("listing Nexus's sagas: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("listing Nexus's sagas: {e}"))?;
+        Ok(sagas
+            .iter()
+            .filter_map(|saga| saga["id"].as_str().map(str::to_string))
+            .collect())
+    }
+
     /// Stops the database (`pg_ctl stop -m fast`: open sessions are ended).
     pub fn stop_database(&mut self) {
         self.cluster().stop().unwrap_or_else(|e| panic!("{e}"));
@@ -363,6 +420,33 @@ impl ModelSystem {
             let _ = sled.close().await;
         }
         self.kill_nexus();
+    }
+}
+
+/// The table, trigger and function that stall the saga log (in each case's database once
+/// the case stalls it).
+const STALL: &str = "model_saga_log_stall";
+
+/// How many statements recording saga events sleep in the stall.
+const STALLED: &str = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+                       AND query LIKE 'INSERT INTO \"saga_node_event\"%'";
+
+/// The saga log stalled (see [`ModelSystem::stall_saga_log`]) until this is dropped.
+pub struct SagaLogStall {
+    db: Arc<Mutex<PrivateCluster>>,
+    database: String,
+}
+
+impl Drop for SagaLogStall {
+    fn drop(&mut self) {
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stalled = STALLED.replace("count(*)", "pg_terminate_backend(pid)");
+        let _ = db
+            .cluster()
+            .psql(&self.database, &format!("DELETE FROM {STALL}; {stalled}"));
     }
 }
 

@@ -12,12 +12,14 @@
 //! issue several operations at once (from different clients): their answers together must be
 //! those of some order of the operations.
 //!
-//! Faults: a VMM crash, a migration phase failing on either side, a lost `finish` reply
-//! between sled agents, a sled agent restarted, Nexus killed (SIGKILL, possibly while it
-//! handles a request) and a new one started that resumes its sagas, the database stopped for
-//! a while (requests then must be refused 503 and change nothing), and a user's request whose
-//! reply is lost (it reached Nexus and was handled; the model allows either outcome until the
-//! next observation settles which).
+//! Faults: a VMM crash, a migration phase failing on either side, a lost `finish` reply between
+//! sled agents, a sled agent restarted, Nexus killed (SIGKILL, possibly while it handles a
+//! request, or aimed at a saga: the saga log is stalled so that Nexus dies just before a saga
+//! logs its next event) and a new one started that must resume every unfinished saga at once,
+//! the database stopped for a while (requests then must be refused 503 and change nothing), and
+//! a user's request whose reply is lost (it reached Nexus and was handled; the model allows
+//! either outcome until the next observation settles which), and a sled agent's report of a
+//! VMM from a generation ago arriving late (nothing may change).
 //!
 //! A failure is shrunk to the shortest sequence that still fails and printed as a story, one
 //! line per step, with the seed and the command that replays it. CI runs a few cases of a
@@ -38,6 +40,7 @@ use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Sleds in every case (each `SLED_THREADS` threads and `SLED_RAM_GIB` GiB).
@@ -48,6 +51,18 @@ const NAMES: [&str; 3] = ["a", "b", "c"];
 const DEFAULT_CASES: u32 = 10;
 const DEFAULT_SEED: u64 = 16;
 const MAX_STEPS: usize = 24;
+
+/// A VMM as the database has it.
+struct VmmRow {
+    id: halyard_common::ids::VmmUuid,
+    sled: SledUuid,
+    generation: u64,
+}
+
+/// Nexus kills in this process (every case, every run of one), and how many of them found an
+/// unfinished saga in the log: killed mid-saga.
+static KILLS: AtomicUsize = AtomicUsize::new(0);
+static KILLS_MID_SAGA: AtomicUsize = AtomicUsize::new(0);
 
 /// One step of a story.
 #[derive(Clone, PartialEq, Eq)]
@@ -87,22 +102,42 @@ pub enum Fault {
     /// Nexus is killed (SIGKILL) `after_ms` after `during` is sent (if any), and a new Nexus
     /// with the same id starts on the same database, resuming its unfinished sagas.
     KillNexus { during: Option<Op>, after_ms: u64 },
+    /// An operation that starts a saga is sent and Nexus is killed while its saga runs, just
+    /// before the saga logs more than `after_events` events; a new Nexus must resume what was
+    /// unfinished. (If the saga ends before that, Nexus is killed once it has answered.)
+    KillNexusMidSaga { aim: Aim, after_events: u32 },
     /// The database stops; `during` (if any) is sent while it is down and must be refused
     /// 503 without effect; after `down_ms` it starts again.
     StopDatabase { during: Option<Op>, down_ms: u64 },
     /// `op` reaches Nexus and is handled, but its reply is lost on the way back.
     LoseReply { op: Op },
+    /// A report of the instance's active VMM from a generation ago arrives late (its sled
+    /// agent's, delayed in the network).
+    StaleReport { project: String, name: String },
+}
+
+/// The operation an aimed Nexus kill sends.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Aim {
+    /// This operation.
+    At(Op),
+    /// Of the operations that start a saga from the model's state then (a create-and-start of
+    /// each free name, a start and a delete of each stopped instance, a migration of each
+    /// running one, in name order), the one at this index (modulo their number).
+    Pick(usize),
 }
 
 /// The kinds of fault, as the run's summary counts them.
-const FAULT_KINDS: [&str; 7] = [
+const FAULT_KINDS: [&str; 9] = [
     "VMM crashes",
     "migration phase failures",
     "lost finish replies",
     "sled agent restarts",
     "Nexus kills",
+    "Nexus kills aimed at a saga",
     "database outages",
     "lost user replies",
+    "stale VMM reports",
 ];
 
 impl Fault {
@@ -113,8 +148,10 @@ impl Fault {
             Fault::LoseFinishReply { .. } => 2,
             Fault::RestartSled { .. } => 3,
             Fault::KillNexus { .. } => 4,
-            Fault::StopDatabase { .. } => 5,
-            Fault::LoseReply { .. } => 6,
+            Fault::KillNexusMidSaga { .. } => 5,
+            Fault::StopDatabase { .. } => 6,
+            Fault::LoseReply { .. } => 7,
+            Fault::StaleReport { .. } => 8,
         }]
     }
 }
@@ -150,6 +187,17 @@ impl std::fmt::Debug for Fault {
             Fault::KillNexus { during: None, .. } => {
                 write!(f, "fault: Nexus killed, then restarted")
             }
+            Fault::KillNexusMidSaga { aim, after_events } => {
+                write!(f, "fault: Nexus killed in the saga of ")?;
+                match aim {
+                    Aim::At(op) => write!(f, "\"{op}\"")?,
+                    Aim::Pick(n) => write!(f, "saga-starting operation #{n}")?,
+                }
+                write!(
+                    f,
+                    " once it has {after_events} events logged, then restarted"
+                )
+            }
             Fault::StopDatabase { during, down_ms } => {
                 write!(f, "fault: the database stops for {down_ms} ms")?;
                 match during {
@@ -158,6 +206,10 @@ impl std::fmt::Debug for Fault {
                 }
             }
             Fault::LoseReply { op } => write!(f, "fault: \"{op}\" whose reply is lost"),
+            Fault::StaleReport { project, name } => write!(
+                f,
+                "fault: a stale report of {project}/{name}'s VMM arrives late"
+            ),
         }
     }
 }
@@ -177,24 +229,54 @@ impl std::fmt::Debug for Step {
     }
 }
 
+/// The operations that start a saga from `model`'s state (see [`Aim::Pick`]).
+fn saga_starting_ops(model: &Model) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (project, instances) in &model.projects {
+        for name in NAMES {
+            let (project, name) = (project.clone(), name.to_string());
+            match instances.get(&name).map(|instance| instance.state) {
+                None => ops.push(create(project, name, 0, false, true)),
+                Some(RunState::Stopped) => {
+                    ops.push(Op::Start {
+                        project: project.clone(),
+                        name: name.clone(),
+                    });
+                    ops.push(Op::Delete { project, name });
+                }
+                Some(RunState::Running) => ops.push(Op::Migrate {
+                    project,
+                    name,
+                    to: None,
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    ops
+}
+
 /// A project name: mostly `p0` (which every case creates first), so most operations find
 /// their instance.
 fn project_name() -> impl Strategy<Value = String> {
     prop_oneof![6 => Just(PROJECTS[0]), 1 => Just(PROJECTS[1])].prop_map(str::to_string)
 }
 
+/// A create of one of three sizes (by `sled`) and two memories (by `large`).
+fn create(project: String, name: String, sled: usize, large: bool, start: bool) -> Op {
+    Op::Create {
+        project,
+        name,
+        ncpus: [2, 4, 6][sled],
+        memory_gib: if large { 4 } else { 1 },
+        start,
+    }
+}
+
 fn instance_op() -> impl Strategy<Value = Op> {
-    let target =
-        (project_name(), prop::sample::select(&NAMES[..])).prop_map(|(p, n)| (p, n.to_string()));
-    (target, 0..100u32, 0..SLEDS, any::<bool>()).prop_map(|((project, name), pick, sled, flag)| {
-        match pick {
-            0..=29 => Op::Create {
-                project,
-                name,
-                ncpus: [2, 4, 6][sled],
-                memory_gib: if flag { 4 } else { 1 },
-                start: pick % 3 != 0,
-            },
+    (instance_name(), 0..100u32, 0..SLEDS, any::<bool>()).prop_map(
+        |((project, name), pick, sled, flag)| match pick {
+            0..=29 => create(project, name, sled, flag, pick % 3 != 0),
             30..=49 => Op::Start { project, name },
             50..=62 => Op::Stop { project, name },
             63..=69 => Op::Reboot { project, name },
@@ -204,8 +286,8 @@ fn instance_op() -> impl Strategy<Value = Op> {
                 to: flag.then_some(sled),
             },
             _ => Op::Delete { project, name },
-        }
-    })
+        },
+    )
 }
 
 fn instance_name() -> impl Strategy<Value = (String, String)> {
@@ -229,13 +311,19 @@ fn fault() -> impl Strategy<Value = Fault> {
         2 => (0..SLEDS).prop_map(|sled| Fault::RestartSled { sled }),
         // Mostly while a request is in flight: killed before it reaches Nexus, while Nexus
         // handles it, or after it answered.
-        2 => (prop::option::weighted(0.8, instance_op()), 0..60u64)
+        1 => (prop::option::weighted(0.8, instance_op()), 0..60u64)
             .prop_map(|(during, after_ms)| Fault::KillNexus { during, after_ms }),
+        // Aimed: while the saga an operation starts runs (anywhere from its first step on).
+        3 => (0..12usize, 0..16u32).prop_map(|(pick, after_events)| Fault::KillNexusMidSaga {
+            aim: Aim::Pick(pick),
+            after_events,
+        }),
         // A request during the outage waits for Nexus's pool to give up (5 s) before it is
         // refused: costly, so only some outages have one.
         2 => (prop::option::weighted(0.4, instance_op()), 50..1500u64)
             .prop_map(|(during, down_ms)| Fault::StopDatabase { during, down_ms }),
         3 => instance_op().prop_map(|op| Fault::LoseReply { op }),
+        2 => instance_name().prop_map(|(project, name)| Fault::StaleReport { project, name }),
     ]
 }
 
@@ -421,27 +509,7 @@ impl Harness {
                     self.close_sled(*sled);
                 }
                 let outcome = self.runtime.block_on(self.send(0, op))?;
-                let allowed: Vec<Model> = self
-                    .model
-                    .apply(op)
-                    .into_iter()
-                    .filter(|a| a.outcome == outcome)
-                    .map(|a| a.next)
-                    .collect();
-                if allowed.is_empty() {
-                    let expected: Vec<String> = self
-                        .model
-                        .apply(op)
-                        .iter()
-                        .map(|a| a.outcome.to_string())
-                        .collect();
-                    return Err(format!(
-                        "{op} answered {outcome}; the model allows only [{}] from\n{}",
-                        expected.join(", "),
-                        describe(&self.model)
-                    ));
-                }
-                self.observe_against(&allowed, false)?;
+                self.check_answer(op, Some(outcome))?;
                 Ok(format!("{outcome}{}", self.state_of(op)))
             }
             Step::Together(ops) => {
@@ -489,28 +557,44 @@ impl Harness {
             Step::Fault(Fault::KillNexus { during, after_ms }) => {
                 self.kill_nexus(during.as_ref(), *after_ms)
             }
+            Step::Fault(Fault::KillNexusMidSaga { aim, after_events }) => {
+                let op = match aim {
+                    Aim::At(op) => Some(op.clone()),
+                    Aim::Pick(n) => {
+                        let ops = saga_starting_ops(&self.model);
+                        (!ops.is_empty()).then(|| ops[n % ops.len()].clone())
+                    }
+                };
+                match op {
+                    Some(op) => {
+                        let line = self.kill_nexus_mid_saga(&op, *after_events)?;
+                        Ok(format!("\"{op}\": {line}"))
+                    }
+                    None => self.kill_nexus(None, 0),
+                }
+            }
             Step::Fault(Fault::StopDatabase { during, down_ms }) => {
                 self.stop_database(during.as_ref(), *down_ms)
             }
             Step::Fault(Fault::LoseReply { op }) => self.lose_reply(op),
+            Step::Fault(Fault::StaleReport { project, name }) => {
+                self.replay_stale_report(project, name)
+            }
             Step::Fault(Fault::RestartSled { sled }) => {
                 let line = self.restart_sled(*sled)?;
-                let current = vec![self.model.clone()];
-                self.observe_against(&current, false)?;
+                self.observe_unchanged()?;
                 Ok(line)
             }
             Step::Fault(fault) => {
                 let line = self.inject(fault);
-                let current = vec![self.model.clone()];
-                self.observe_against(&current, false)?;
+                self.observe_unchanged()?;
                 Ok(line)
             }
             Step::Pause(ms) => {
                 let pause = Duration::from_millis(*ms);
                 self.runtime
                     .block_on(async move { tokio::time::sleep(pause).await });
-                let current = vec![self.model.clone()];
-                self.observe_against(&current, false)?;
+                self.observe_unchanged()?;
                 Ok(String::new())
             }
         }
@@ -548,8 +632,10 @@ impl Harness {
         let (project, name, sim_fault, target_side, marks) = match fault {
             Fault::RestartSled { .. }
             | Fault::KillNexus { .. }
+            | Fault::KillNexusMidSaga { .. }
             | Fault::StopDatabase { .. }
-            | Fault::LoseReply { .. } => {
+            | Fault::LoseReply { .. }
+            | Fault::StaleReport { .. } => {
                 unreachable!("run separately: {fault:?}")
             }
             Fault::Crash { project, name } => (project, name, SimFault::Crash, false, true),
@@ -575,17 +661,9 @@ impl Harness {
         } else {
             "active_propolis_id"
         };
-        let row = self.system().sql(&format!(
-            "SELECT v.id, v.sled_id FROM instance i JOIN project p ON p.id = i.project_id \
-             JOIN vmm v ON v.id = i.{pointer} \
-             WHERE i.time_deleted IS NULL AND p.time_deleted IS NULL \
-               AND p.name = '{project}' AND i.name = '{name}'"
-        ));
-        let Some((vmm, sled)) = row.trim().split_once('|') else {
+        let Some(VmmRow { id: vmm, sled, .. }) = self.vmm_of(project, name, pointer) else {
             return "nothing to inject into".to_string();
         };
-        let vmm: halyard_common::ids::VmmUuid = vmm.parse().unwrap();
-        let sled: SledUuid = sled.parse().unwrap();
         // Marked before injecting: the fault may strike before anything is observed.
         if marks
             && let Some(instance) = self
@@ -606,6 +684,61 @@ impl Harness {
             Ok(_) => "injected".to_string(),
             Err(e) => format!("refused ({e})"),
         }
+    }
+
+    /// The VMM instance `project/name`'s `pointer` column names, if any.
+    fn vmm_of(&self, project: &str, name: &str, pointer: &str) -> Option<VmmRow> {
+        let row = self.system().sql(&format!(
+            "SELECT v.id, v.sled_id, v.generation FROM instance i \
+             JOIN project p ON p.id = i.project_id JOIN vmm v ON v.id = i.{pointer} \
+             WHERE i.time_deleted IS NULL AND p.time_deleted IS NULL \
+               AND p.name = '{project}' AND i.name = '{name}'"
+        ));
+        let fields: Vec<&str> = row.trim().split('|').collect();
+        let [id, sled, generation] = fields[..] else {
+            return None;
+        };
+        Some(VmmRow {
+            id: id.parse().unwrap(),
+            sled: sled.parse().unwrap(),
+            generation: generation.parse().unwrap(),
+        })
+    }
+
+    /// Sends Nexus, as the sled agent of the instance's active VMM, that VMM's report of a
+    /// generation ago (saying `starting`), as a report delayed in the network arrives: Nexus
+    /// has a newer one and must change nothing.
+    fn replay_stale_report(&mut self, project: &str, name: &str) -> Result<String, String> {
+        let Some(vmm) = self.vmm_of(project, name, "active_propolis_id") else {
+            return Ok("no VMM to report".to_string());
+        };
+        if vmm.generation < 2 {
+            return Ok("no older report".to_string());
+        }
+        let report = json!({
+            "vmm_state": {
+                "state": "starting",
+                "generation": vmm.generation - 1,
+                "time_updated": chrono::Utc::now(),
+            },
+            "migration_in": null,
+            "migration_out": null,
+        });
+        let url = format!("https://{}/vmms/{}", self.system().internal, vmm.id);
+        let sled = crate::context::Role::Sled(vmm.sled);
+        let sent = self.runtime.block_on(async {
+            let http = halyard_tls::pki::test_pki().http_client(sled, halyard_tls::NEXUS_NAME);
+            http.unwrap().put(url).json(&report).send().await
+        });
+        let answer = match sent {
+            Ok(response) => response.status().to_string(),
+            Err(e) => format!("no answer ({e})"),
+        };
+        self.observe_unchanged()?;
+        Ok(format!(
+            "generation {} replayed; Nexus answered {answer}",
+            vmm.generation - 1
+        ))
     }
 
     /// Restarts sled agent `sled` (unless it was expunged): it comes back knowing no VMM, and
@@ -643,9 +776,11 @@ impl Harness {
         Ok("restarted; Nexus reconciled it".to_string())
     }
 
-    /// What the model allows after `op` answered `outcome` (`None`: no answer came back).
-    fn after(&self, op: &Op, outcome: Option<Outcome>) -> Vec<Model> {
-        match outcome {
+    /// Checks `op`'s answer (`None`: none came back) against the answers the model allows
+    /// from its state, then what the system shows against the states that answer may lead
+    /// to: the check of every step that sends one operation.
+    fn check_answer(&mut self, op: &Op, answer: Option<Outcome>) -> Result<(), String> {
+        let allowed: Vec<Model> = match answer {
             Some(outcome) => self
                 .model
                 .apply(op)
@@ -654,7 +789,29 @@ impl Harness {
                 .map(|a| a.next)
                 .collect(),
             None => self.model.unanswered(op),
+        };
+        if allowed.is_empty() {
+            let expected: Vec<String> = self
+                .model
+                .apply(op)
+                .iter()
+                .map(|a| a.outcome.to_string())
+                .collect();
+            return Err(format!(
+                "{op} answered {}; the model allows only [{}] from\n{}",
+                answer.map_or("nothing".to_string(), |outcome| outcome.to_string()),
+                expected.join(", "),
+                describe(&self.model)
+            ));
         }
+        self.observe_against(&allowed, false)
+    }
+
+    /// Checks that what the system shows now is where time alone may have taken the model's
+    /// state (no operation was sent).
+    fn observe_unchanged(&mut self) -> Result<(), String> {
+        let current = vec![self.model.clone()];
+        self.observe_against(&current, false)
     }
 
     /// Kills Nexus `after_ms` after sending `during` (if any), starts a new one, and checks
@@ -674,34 +831,94 @@ impl Harness {
                 }
             }
         });
-        let unfinished = system
-            .sql("SELECT count(*) FROM saga WHERE saga_state != 'done'")
-            .trim()
-            .to_string();
+        self.restart_nexus(during, answer)
+    }
+
+    /// Sends `op` and kills Nexus while a saga runs: the saga log is stalled for any saga
+    /// that has `after_events` events recorded, and Nexus is killed as soon as one waits
+    /// there (or once `op` is answered, if it started no saga that got that far); then as
+    /// [`Harness::kill_nexus`].
+    fn kill_nexus_mid_saga(&mut self, op: &Op, after_events: u32) -> Result<String, String> {
+        let system = self.system();
+        let stall = system.stall_saga_log(after_events);
+        let answered = AtomicBool::new(false);
+        let answer = self.runtime.block_on(async {
+            let send = async {
+                let answer = self.send(0, op).await;
+                answered.store(true, Ordering::Relaxed);
+                answer
+            };
+            let kill = async {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !answered.load(Ordering::Relaxed)
+                    && !system.a_saga_is_stalled()
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                system.kill_nexus();
+                drop(stall);
+            };
+            tokio::join!(send, kill).0
+        });
+        self.restart_nexus(Some(op), Some(answer))
+    }
+
+    /// After Nexus was killed (with `during`'s answer, if it was sent): starts a new Nexus,
+    /// checks that it resumed every unfinished saga, and that what it shows is allowed.
+    fn restart_nexus(
+        &mut self,
+        during: Option<&Op>,
+        answer: Option<Result<Outcome, String>>,
+    ) -> Result<String, String> {
+        let system = self.system();
+        // Nothing writes the saga log between the kill and the start.
+        let unfinished = system.unfinished_sagas().len();
+        KILLS.fetch_add(1, Ordering::Relaxed);
+        if unfinished > 0 {
+            KILLS_MID_SAGA.fetch_add(1, Ordering::Relaxed);
+        }
         self.runtime.block_on(system.start_nexus())?;
+        self.resumed_every_unfinished_saga()?;
         // The old connections died with the old Nexus: new clients, so that no request goes
         // out on one of them.
         self.clients = (0..3)
             .map(|_| crate::authn_support::http_client(&self.system().token))
             .collect();
-        let (allowed, answered) = match (during, answer) {
-            (Some(op), Some(Ok(outcome))) => {
-                (self.after(op, Some(outcome)), format!("{outcome}; "))
+        let answered = match (during, answer) {
+            (Some(op), Some(answer)) => {
+                let outcome = answer.ok();
+                self.check_answer(op, outcome)?;
+                outcome.map_or("no answer; ".to_string(), |outcome| format!("{outcome}; "))
             }
-            (Some(op), Some(Err(_))) => (self.after(op, None), "no answer; ".to_string()),
-            _ => (vec![self.model.clone()], String::new()),
+            _ => {
+                self.observe_unchanged()?;
+                String::new()
+            }
         };
-        if allowed.is_empty() {
-            return Err(format!(
-                "{answered}the model does not allow that answer from\n{}",
-                describe(&self.model)
-            ));
-        }
-        self.observe_against(&allowed, false)?;
         let state = during.map(|op| self.state_of(op)).unwrap_or_default();
         Ok(format!(
             "{answered}unfinished sagas at the kill: {unfinished}; a new Nexus started{state}"
         ))
+    }
+
+    /// A Nexus that has started runs every saga the log has unfinished: each is in its
+    /// executor (read after the log, so a saga it began since is there too).
+    fn resumed_every_unfinished_saga(&self) -> Result<(), String> {
+        let system = self.system();
+        let unfinished = system.unfinished_sagas();
+        let running = self.runtime.block_on(system.sagas_in_memory())?;
+        let abandoned: Vec<&String> = unfinished
+            .iter()
+            .filter(|saga| !running.iter().any(|id| saga.starts_with(id.as_str())))
+            .collect();
+        if abandoned.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the new Nexus did not resume these unfinished sagas (id|name): {abandoned:?}"
+            ))
+        }
     }
 
     /// Stops the database, sends `during` (if any), which must be refused 503 and change
@@ -743,8 +960,7 @@ impl Harness {
             }
         });
         serving?;
-        let current = vec![self.model.clone()];
-        self.observe_against(&current, false)?;
+        self.observe_unchanged()?;
         Ok(format!("{line}the database is back"))
     }
 
@@ -758,14 +974,7 @@ impl Harness {
             (answer, proxy.dropped_answer().await)
         });
         let outcome = answer.ok();
-        let allowed = self.after(op, outcome);
-        if allowed.is_empty() {
-            return Err(format!(
-                "{op} answered {outcome:?}; the model does not allow it from\n{}",
-                describe(&self.model)
-            ));
-        }
-        self.observe_against(&allowed, false)?;
+        self.check_answer(op, outcome)?;
         let dropped = dropped.unwrap_or_else(|| "nothing".to_string());
         Ok(format!(
             "Nexus answered \"{}\", the client saw {}{}",
@@ -1196,8 +1405,48 @@ fn run_story(delays_ms: [u64; 4], steps: Vec<Step>) {
     Harness::test_sequential(Config::default(), setup, steps, None);
 }
 
-fn p0(name: &str) -> (String, String) {
-    ("p0".to_string(), name.to_string())
+/// Story operations on instance `name` of project `p0` (which every case creates first).
+fn p0_create(name: &str, ncpus: u32, memory_gib: u32, start: bool) -> Op {
+    Op::Create {
+        project: "p0".to_string(),
+        name: name.to_string(),
+        ncpus,
+        memory_gib,
+        start,
+    }
+}
+
+fn create_started(name: &str) -> Op {
+    p0_create(name, 2, 1, true)
+}
+
+fn p0_start(name: &str) -> Op {
+    Op::Start {
+        project: "p0".to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn p0_stop(name: &str) -> Op {
+    Op::Stop {
+        project: "p0".to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn p0_migrate(name: &str, to: Option<usize>) -> Op {
+    Op::Migrate {
+        project: "p0".to_string(),
+        name: name.to_string(),
+        to,
+    }
+}
+
+fn p0_delete(name: &str) -> Op {
+    Op::Delete {
+        project: "p0".to_string(),
+        name: name.to_string(),
+    }
 }
 
 /// The story the deliberately broken build (a VMM that ended `destroyed` kept its
@@ -1205,25 +1454,14 @@ fn p0(name: &str) -> (String, String) {
 /// room, and the model checks each sled's totals at the quiet point.
 #[test]
 fn model_story_stop_and_migration_give_back_their_room() {
-    let (project, name) = p0("a");
     run_story(
         [5, 5, 5, 1],
         vec![
-            Step::Op(Op::Create {
-                project: project.clone(),
-                name: name.clone(),
-                ncpus: 2,
-                memory_gib: 1,
-                start: true,
-            }),
+            Step::Op(create_started("a")),
             Step::WaitQuiet,
-            Step::Op(Op::Migrate {
-                project: project.clone(),
-                name: name.clone(),
-                to: None,
-            }),
+            Step::Op(p0_migrate("a", None)),
             Step::WaitQuiet,
-            Step::Op(Op::Stop { project, name }),
+            Step::Op(p0_stop("a")),
         ],
     );
 }
@@ -1233,36 +1471,15 @@ fn model_story_stop_and_migration_give_back_their_room() {
 /// refusal for room (507).
 #[test]
 fn model_story_a_migration_to_an_expunged_sled_is_a_conflict() {
-    let (project, name) = p0("c");
     run_story(
         [5, 5, 5, 1],
         vec![
             Step::Op(Op::ExpungeSled { sled: 1 }),
-            Step::Op(Op::Create {
-                project: project.clone(),
-                name: name.clone(),
-                ncpus: 2,
-                memory_gib: 1,
-                start: true,
-            }),
+            Step::Op(create_started("c")),
             Step::WaitQuiet,
-            Step::Op(Op::Migrate {
-                project,
-                name,
-                to: Some(1),
-            }),
+            Step::Op(p0_migrate("c", Some(1))),
         ],
     );
-}
-
-fn create_started(project: &str, name: &str) -> Op {
-    Op::Create {
-        project: project.to_string(),
-        name: name.to_string(),
-        ncpus: 2,
-        memory_gib: 1,
-        start: true,
-    }
 }
 
 /// Found by the long run (seed 1616, case 63): two deletes of one stopped instance sent at
@@ -1271,29 +1488,13 @@ fn create_started(project: &str, name: &str) -> Op {
 /// together (`Model::apply_concurrent`); one after the other, the second is 404.
 #[test]
 fn model_story_two_deletes_at_once_may_both_succeed() {
-    let (project, name) = p0("a");
     run_story(
         [5, 5, 5, 1],
         vec![
-            Step::Op(Op::Create {
-                project: project.clone(),
-                name: name.clone(),
-                ncpus: 6,
-                memory_gib: 4,
-                start: false,
-            }),
-            Step::Together(vec![
-                Op::Delete {
-                    project: project.clone(),
-                    name: name.clone(),
-                },
-                Op::Delete {
-                    project: project.clone(),
-                    name: name.clone(),
-                },
-            ]),
+            Step::Op(p0_create("a", 6, 4, false)),
+            Step::Together(vec![p0_delete("a"), p0_delete("a")]),
             Step::WaitQuiet,
-            Step::Op(Op::Delete { project, name }),
+            Step::Op(p0_delete("a")),
         ],
     );
 }
@@ -1305,16 +1506,15 @@ fn model_story_two_deletes_at_once_may_both_succeed() {
 /// unanswered create-and-start (`Model::unanswered`).
 #[test]
 fn model_story_nexus_killed_between_create_and_start() {
-    let (project, name) = p0("a");
     run_story(
         [36, 85, 9, 28],
         vec![
             Step::Fault(Fault::KillNexus {
-                during: Some(create_started(&project, &name)),
+                during: Some(create_started("a")),
                 after_ms: 5,
             }),
             Step::WaitQuiet,
-            Step::Op(Op::Start { project, name }),
+            Step::Op(p0_start("a")),
         ],
     );
 }
@@ -1324,40 +1524,46 @@ fn model_story_nexus_killed_between_create_and_start() {
 /// settles where the model allows.
 #[test]
 fn model_story_nexus_killed_mid_request_and_restarted() {
-    let (project, name) = p0("a");
+    let kill =
+        |during: Option<Op>, after_ms: u64| Step::Fault(Fault::KillNexus { during, after_ms });
     run_story(
         [40, 40, 40, 20],
         vec![
-            Step::Op(create_started(&project, "b")),
-            Step::Op(Op::Create {
-                project: project.clone(),
-                name: name.clone(),
-                ncpus: 2,
-                memory_gib: 1,
-                start: false,
-            }),
-            Step::Fault(Fault::KillNexus {
-                during: Some(Op::Start {
-                    project: project.clone(),
-                    name: name.clone(),
-                }),
-                after_ms: 5,
-            }),
+            Step::Op(create_started("b")),
+            Step::Op(p0_create("a", 2, 1, false)),
+            kill(Some(p0_start("a")), 5),
             Step::WaitQuiet,
-            Step::Fault(Fault::KillNexus {
-                during: Some(Op::Migrate {
-                    project: project.clone(),
-                    name: "b".to_string(),
-                    to: None,
-                }),
-                after_ms: 20,
-            }),
-            Step::Fault(Fault::KillNexus {
-                during: None,
-                after_ms: 0,
-            }),
+            kill(Some(p0_migrate("b", None)), 20),
+            kill(None, 0),
             Step::WaitQuiet,
-            Step::Op(Op::Stop { project, name }),
+            Step::Op(p0_stop("a")),
+        ],
+    );
+}
+
+/// Nexus killed in the sagas of a create-and-start, a migration, a delete and a start, each
+/// just before it logs its next event: every time the new Nexus resumes the unfinished saga,
+/// which finishes, and the instances end where the model allows.
+#[test]
+fn model_story_nexus_killed_mid_saga_resumes_it() {
+    let kill = |op: Op, after_events: u32| {
+        Step::Fault(Fault::KillNexusMidSaga {
+            aim: Aim::At(op),
+            after_events,
+        })
+    };
+    run_story(
+        [20, 20, 20, 5],
+        vec![
+            Step::Op(create_started("b")),
+            kill(create_started("a"), 2),
+            Step::WaitQuiet,
+            kill(p0_migrate("b", None), 4),
+            Step::WaitQuiet,
+            kill(p0_delete("b"), 1),
+            Step::WaitQuiet,
+            kill(p0_start("a"), 6),
+            Step::WaitQuiet,
         ],
     );
 }
@@ -1367,31 +1573,23 @@ fn model_story_nexus_killed_mid_request_and_restarted() {
 /// reports go through and everything settles.
 #[test]
 fn model_story_the_database_stops_and_starts_again() {
-    let (project, name) = p0("a");
+    let stop_database = |during: Op, down_ms: u64| {
+        Step::Fault(Fault::StopDatabase {
+            during: Some(during),
+            down_ms,
+        })
+    };
     run_story(
         [60, 60, 60, 30],
         vec![
-            Step::Op(create_started(&project, "b")),
+            Step::Op(create_started("b")),
             Step::WaitQuiet,
-            Step::Op(create_started(&project, &name)),
-            Step::Op(Op::Migrate {
-                project: project.clone(),
-                name: "b".to_string(),
-                to: None,
-            }),
-            Step::Fault(Fault::StopDatabase {
-                during: Some(Op::Stop {
-                    project: project.clone(),
-                    name: name.clone(),
-                }),
-                down_ms: 500,
-            }),
+            Step::Op(create_started("a")),
+            Step::Op(p0_migrate("b", None)),
+            stop_database(p0_stop("a"), 500),
             Step::WaitQuiet,
-            Step::Fault(Fault::StopDatabase {
-                during: Some(create_started(&project, "c")),
-                down_ms: 50,
-            }),
-            Step::Op(Op::Stop { project, name }),
+            stop_database(create_started("c"), 50),
+            Step::Op(p0_stop("a")),
         ],
     );
 }
@@ -1400,23 +1598,32 @@ fn model_story_the_database_stops_and_starts_again() {
 /// reached Nexus and was handled, and what is observed next shows it applied.
 #[test]
 fn model_story_lost_replies_on_users_requests() {
-    let (project, name) = p0("a");
+    let lose_reply = |op: Op| Step::Fault(Fault::LoseReply { op });
     run_story(
         [5, 5, 5, 1],
         vec![
-            Step::Fault(Fault::LoseReply {
-                op: create_started(&project, &name),
-            }),
+            lose_reply(create_started("a")),
             Step::WaitQuiet,
-            Step::Fault(Fault::LoseReply {
-                op: Op::Stop {
-                    project: project.clone(),
-                    name: name.clone(),
-                },
-            }),
+            lose_reply(p0_stop("a")),
             Step::WaitQuiet,
-            Step::Fault(Fault::LoseReply {
-                op: Op::Delete { project, name },
+            lose_reply(p0_delete("a")),
+            Step::WaitQuiet,
+        ],
+    );
+}
+
+/// The story a deliberately broken build (a VMM report applied without its generation
+/// check) was shrunk to, kept: a report of a running VMM from a generation ago (`starting`)
+/// arrives late; Nexus must ignore it, so the instance still shows running.
+#[test]
+fn model_story_a_stale_report_changes_nothing() {
+    run_story(
+        [5, 5, 5, 1],
+        vec![
+            Step::Op(create_started("c")),
+            Step::Fault(Fault::StaleReport {
+                project: "p0".to_string(),
+                name: "c".to_string(),
             }),
             Step::WaitQuiet,
         ],
@@ -1480,6 +1687,44 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     })
 }
 
+/// What a run of the model test has done so far (each run of a case counts, shrinking's too).
+#[derive(Default)]
+struct Tally {
+    runs: usize,
+    steps: usize,
+    /// Faults injected, by kind.
+    faults: BTreeMap<&'static str, usize>,
+}
+
+impl Tally {
+    fn count(&mut self, steps: &[Step]) {
+        self.runs += 1;
+        self.steps += steps.len();
+        for step in steps {
+            if let Step::Fault(fault) = step {
+                *self.faults.entry(fault.kind()).or_default() += 1;
+            }
+        }
+    }
+
+    fn line(&self, started: Instant) -> String {
+        let faults: Vec<String> = FAULT_KINDS
+            .iter()
+            .map(|kind| format!("{} {kind}", self.faults.get(kind).unwrap_or(&0)))
+            .collect();
+        format!(
+            "{} runs of a case, {} steps (faults: {}; of {} Nexus kills {} found a saga \
+             unfinished), in {:.0?}",
+            self.runs,
+            self.steps,
+            faults.join(", "),
+            KILLS.load(Ordering::Relaxed),
+            KILLS_MID_SAGA.load(Ordering::Relaxed),
+            started.elapsed()
+        )
+    }
+}
+
 #[test]
 fn the_real_system_follows_the_reference_model() {
     let cases = env_number("HALYARD_MODEL_CASES").unwrap_or(DEFAULT_CASES);
@@ -1490,21 +1735,13 @@ fn the_real_system_follows_the_reference_model() {
         rng_seed: RngSeed::Fixed(seed),
         failure_persistence: None,
         // Each case starts a fresh system; a shrink replays a whole case.
-        max_shrink_iters: 300,
+        max_shrink_iters: env_number("HALYARD_MODEL_SHRINK_ITERS").unwrap_or(300),
         ..Config::default()
     };
     let mut runner = TestRunner::new(config.clone());
-    let steps_run = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = steps_run.clone();
-    // Every fault injected, by kind (each run of a case counts).
-    let faults_run = std::sync::Arc::new(std::sync::Mutex::new(
-        FAULT_KINDS
-            .iter()
-            .map(|kind| (*kind, 0))
-            .collect::<BTreeMap<&str, usize>>(),
-    ));
-    let fault_counter = faults_run.clone();
-    let failed = std::sync::atomic::AtomicBool::new(false);
+    let tally = std::sync::Arc::new(std::sync::Mutex::new(Tally::default()));
+    let counter = tally.clone();
+    let failed = AtomicBool::new(false);
     let shrink_tries = env_number("HALYARD_MODEL_SHRINK_TRIES").unwrap_or(2);
     let result = runner.run(
         &Steps::sequential_strategy(1..MAX_STEPS),
@@ -1512,20 +1749,18 @@ fn the_real_system_follows_the_reference_model() {
             // Timing and random placement decide whether some failures show: once a case has
             // failed, a shorter candidate counts as failing if it fails in any of a few runs,
             // so the shrinking is not misled by one lucky run.
-            let tries = if failed.load(std::sync::atomic::Ordering::Relaxed) {
+            let tries = if failed.load(Ordering::Relaxed) {
                 shrink_tries
             } else {
                 1
             };
             for _ in 0..tries {
-                counter.fetch_add(steps.len(), std::sync::atomic::Ordering::Relaxed);
-                let mut faults = fault_counter.lock().unwrap();
-                for step in &steps {
-                    if let Step::Fault(fault) = step {
-                        *faults.entry(fault.kind()).or_default() += 1;
-                    }
+                let mut tally = counter.lock().unwrap();
+                tally.count(&steps);
+                if tally.runs % 10 == 0 {
+                    println!("model test: so far {}", tally.line(started));
                 }
-                drop(faults);
+                drop(tally);
                 let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     Harness::test_sequential(
                         config.clone(),
@@ -1535,7 +1770,7 @@ fn the_real_system_follows_the_reference_model() {
                     )
                 }));
                 if let Err(panic) = run {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    failed.store(true, Ordering::Relaxed);
                     std::panic::resume_unwind(panic);
                 }
             }
@@ -1547,21 +1782,10 @@ fn the_real_system_follows_the_reference_model() {
          --test nexus model_test:: -- --nocapture"
     );
     match result {
-        Ok(()) => {
-            let faults: Vec<String> = faults_run
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(kind, n)| format!("{n} {kind}"))
-                .collect();
-            println!(
-                "model test: seed {seed}: {cases} cases, {} steps (faults: {}), all allowed by \
-                 the model, in {:.0?}",
-                steps_run.load(std::sync::atomic::Ordering::Relaxed),
-                faults.join(", "),
-                started.elapsed()
-            )
-        }
+        Ok(()) => println!(
+            "model test: seed {seed}: {cases} cases, all allowed by the model: {}",
+            tally.lock().unwrap().line(started)
+        ),
         Err(TestError::Fail(reason, (setup, steps, _))) => {
             let (steps, reason) = minimise(&setup, steps, reason.to_string(), shrink_tries);
             let story: Vec<String> = steps
@@ -1608,13 +1832,13 @@ fn a_view_during_migrations_never_shows_the_instance_stopping() {
         let id = ctx.instance(&project, "vm", 2).await;
         ctx.nexus().instance_start(id).await.unwrap();
         ctx.wait_for(id, InstanceState::Running).await;
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(AtomicBool::new(false));
         let mut viewers = tokio::task::JoinSet::new();
         for _ in 0..4 {
             let (nexus, done) = (ctx.nexus().clone(), done.clone());
             viewers.spawn(async move {
                 let mut seen = BTreeMap::<String, usize>::new();
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                while !done.load(Ordering::Relaxed) {
                     let state = nexus.instance_view(id).await.unwrap().run_state();
                     *seen.entry(state.to_string()).or_default() += 1;
                 }
@@ -1630,7 +1854,7 @@ fn a_view_during_migrations_never_shows_the_instance_stopping() {
             })
             .await;
         }
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        done.store(true, Ordering::Relaxed);
         let mut seen = BTreeMap::<String, usize>::new();
         for counts in viewers.join_all().await {
             for (state, n) in counts {
