@@ -78,6 +78,7 @@ pub async fn run(args: QemuArgs) -> anyhow::Result<()> {
     let accelerator = sleds[0]
         .agent()
         .inventory()
+        .await
         .accelerator
         .map(|a| a.to_string())
         .unwrap_or_default();
