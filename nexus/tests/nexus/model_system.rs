@@ -235,16 +235,20 @@ impl ModelSystem {
     }
 
     /// Stalls the saga log: from now until the stall is dropped, a saga that records an
-    /// event when it has `after_events` in the log already waits there (its statement sleeps
-    /// in a trigger). Dropping the stall ends the waiting statements (their events are not
-    /// recorded), as if the Nexus that sent them had died first.
+    /// event when it has `after_events` in the log already (modulo the events it logs when it
+    /// runs forward, two a node of its DAG, so that every saga stops somewhere) waits there
+    /// (its statement sleeps in a trigger). Dropping the stall ends the waiting statements
+    /// (their events are not recorded), as if the Nexus that sent them had died first.
     pub fn stall_saga_log(&self, after_events: u32) -> SagaLogStall {
         self.sql(&format!(
             "CREATE TABLE IF NOT EXISTS {STALL} (after_events INT8 NOT NULL);
              CREATE OR REPLACE FUNCTION {STALL}() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
-                 IF EXISTS (SELECT 1 FROM {STALL} WHERE after_events <= (
-                     SELECT count(*) FROM saga_node_event WHERE saga_id = NEW.saga_id))
+                 IF EXISTS (
+                     SELECT 1 FROM {STALL}, saga s WHERE s.id = NEW.saga_id
+                        AND after_events % greatest(
+                                2 * jsonb_array_length(s.dag->'graph'->'nodes'), 1) <= (
+                            SELECT count(*) FROM saga_node_event WHERE saga_id = NEW.saga_id))
                  THEN
                      PERFORM pg_sleep(600);
                  END IF;

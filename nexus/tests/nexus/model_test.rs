@@ -103,8 +103,9 @@ pub enum Fault {
     /// with the same id starts on the same database, resuming its unfinished sagas.
     KillNexus { during: Option<Op>, after_ms: u64 },
     /// An operation that starts a saga is sent and Nexus is killed while its saga runs, just
-    /// before the saga logs more than `after_events` events; a new Nexus must resume what was
-    /// unfinished. (If the saga ends before that, Nexus is killed once it has answered.)
+    /// before the saga logs more than `after_events` events (modulo the events its DAG logs
+    /// running forward); a new Nexus must resume what was unfinished. (If the saga ends
+    /// before that, unwinding, Nexus is killed once it has answered.)
     KillNexusMidSaga { aim: Aim, after_events: u32 },
     /// The database stops; `during` (if any) is sent while it is down and must be refused
     /// 503 without effect; after `down_ms` it starts again.
@@ -314,7 +315,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         1 => (prop::option::weighted(0.8, instance_op()), 0..60u64)
             .prop_map(|(during, after_ms)| Fault::KillNexus { during, after_ms }),
         // Aimed: while the saga an operation starts runs (anywhere from its first step on).
-        3 => (0..12usize, 0..16u32).prop_map(|(pick, after_events)| Fault::KillNexusMidSaga {
+        3 => (0..12usize, 0..20u32).prop_map(|(pick, after_events)| Fault::KillNexusMidSaga {
             aim: Aim::Pick(pick),
             after_events,
         }),
