@@ -276,6 +276,7 @@ async fn a_vmm_on_two_sleds_is_flagged() {
                 memory: ByteCount::from_gibibytes_u32(1),
                 hostname: "a".to_string(),
                 migration_target: None,
+                disks: Vec::new(),
             },
         )
         .unwrap();
@@ -305,6 +306,7 @@ async fn a_vmm_unknown_to_the_database_is_flagged() {
                 memory: ByteCount::from_gibibytes_u32(1),
                 hostname: "a".to_string(),
                 migration_target: None,
+                disks: Vec::new(),
             },
         )
         .unwrap();

@@ -9,7 +9,7 @@ use dropshot::{
     HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, Query, RequestContext,
     TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
-use halyard_common::ids::{InstanceUuid, MigrationUuid, RegionUuid, SledUuid, VmmUuid};
+use halyard_common::ids::{DiskUuid, InstanceUuid, MigrationUuid, RegionUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{BlockSize, ByteCount, SledBackend};
 use schemars::JsonSchema;
@@ -169,6 +169,25 @@ pub struct VmmRegisterBody {
     pub hostname: String,
     /// Set when this VMM is the target of a live migration.
     pub migration_target: Option<MigrationTarget>,
+    /// The disks the VMM attaches, in the order the guest sees them (the boot disk first).
+    /// A migration target is given the same disks as its source: it attaches the same
+    /// replicas, nothing is copied.
+    #[serde(default)]
+    pub disks: Vec<VmmDisk>,
+}
+
+/// A disk as a VMM attaches it: one virtio block device over the disk's replicas (its
+/// regions' NBD exports), written to all of them and read by majority vote.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VmmDisk {
+    pub disk_id: DiskUuid,
+    /// The disk's name, which the guest sees as the device's serial number.
+    pub name: String,
+    pub size: ByteCount,
+    pub block_size: BlockSize,
+    /// Where each replica is served, one per region (three for a healthy disk; a degraded
+    /// disk may have fewer, but never fewer than two).
+    pub replicas: Vec<NbdExport>,
 }
 
 /// The source a migration target will receive its instance from.

@@ -111,6 +111,7 @@ pub fn register_body() -> VmmRegisterBody {
         memory: ByteCount::from_gibibytes_u32(1),
         hostname: "guest".into(),
         migration_target: None,
+        disks: Vec::new(),
     }
 }
 

@@ -90,6 +90,7 @@ fn guest(hostname: &str) -> VmmRegisterBody {
         memory: ByteCount::from_mebibytes_u32(256),
         hostname: hostname.into(),
         migration_target: None,
+        disks: Vec::new(),
     }
 }
 

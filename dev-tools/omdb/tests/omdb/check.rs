@@ -113,6 +113,7 @@ async fn a_vmm_a_sled_runs_that_the_database_never_heard_of() {
                 memory: ByteCount::from_gibibytes_u32(1),
                 hostname: "stranger".to_string(),
                 migration_target: None,
+                disks: Vec::new(),
             },
         )
         .await

@@ -126,6 +126,8 @@ pub(super) async fn register(
         memory: shape.memory,
         hostname: shape.hostname.clone(),
         migration_target,
+        // Disks come with the disk attachment work (issue 19).
+        disks: Vec::new(),
     };
     nexus
         .ensure_vmm_not_retired(vmm_id)
