@@ -7,9 +7,11 @@
 //! with a 400 that says the feature is not supported, rather than failing to parse or ignoring
 //! it silently. See each field.
 
-use halyard_common::{ByteCount, Name, NameOrId};
+use halyard_common::ids::SnapshotUuid;
+use halyard_common::{BlockSize, ByteCount, Name, NameOrId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 // Path parameters
 
@@ -26,6 +28,21 @@ pub struct ProjectPath {
 pub struct InstancePath {
     /// Name or ID of the instance
     pub instance: NameOrId,
+}
+
+/// `{disk}`: a disk, by name (then `?project=` is required) or id (then `?project=` must be
+/// absent). Also the body of `disks/attach` and `disks/detach`, which name a disk the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct DiskPath {
+    /// Name or ID of the disk
+    pub disk: NameOrId,
+}
+
+/// `{snapshot}`: a snapshot, by name (then `?project=` is required) or id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct SnapshotPath {
+    /// Name or ID of the snapshot
+    pub snapshot: NameOrId,
 }
 
 // Query selectors
@@ -98,14 +115,12 @@ pub struct InstanceCreate {
     /// refused.
     #[serde(default)]
     pub network_interfaces: InstanceNetworkInterfaceAttachment,
-    /// Disks to create or attach (Oxide's `InstanceDiskAttachment`). Not supported yet: must
-    /// be empty.
+    /// Disks to create or attach. Not supported yet: must be empty.
     #[serde(default)]
-    pub disks: Vec<serde_json::Value>,
-    /// The disk to boot from (Oxide's `InstanceDiskAttachment`). Not supported yet: must be
-    /// absent or `null`.
+    pub disks: Vec<InstanceDiskAttachment>,
+    /// The disk to boot from. Not supported yet: must be absent or `null`.
     #[serde(default)]
-    pub boot_disk: Option<serde_json::Value>,
+    pub boot_disk: Option<InstanceDiskAttachment>,
     /// External IP addresses (Oxide's `ExternalIpCreate`). Not supported yet: must be empty.
     #[serde(default)]
     pub external_ips: Vec<serde_json::Value>,
@@ -207,6 +222,91 @@ impl InstanceCreate {
         }
         unsupported
     }
+}
+
+// Disks
+
+/// Create-time parameters for a `Disk`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct DiskCreate {
+    pub name: Name,
+    pub description: String,
+    /// The source for this `Disk`'s blocks
+    pub disk_backend: DiskBackend,
+    /// The total size of the Disk (in bytes): a whole number of blocks, at least one.
+    pub size: ByteCount,
+}
+
+/// Where a disk's blocks live (Oxide's enum, adjacently tagged: `{"type": "distributed",
+/// "disk_source": {...}}`). Halyard's disks are distributed: three replicas on three sleds;
+/// `local` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", content = "disk_source", rename_all = "snake_case")]
+pub enum DiskBackend {
+    /// A disk on one sled's local storage. Not supported: refused with 400.
+    Local,
+    /// A disk replicated on three sleds.
+    Distributed(DiskSource),
+}
+
+/// Different sources for a distributed disk (Oxide's, internally tagged by `type`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DiskSource {
+    /// Create a blank disk
+    Blank {
+        /// Size of blocks for this disk. Valid values are: 512, 2048, or 4096.
+        block_size: BlockSize,
+    },
+    /// Create a disk from a disk snapshot
+    Snapshot {
+        snapshot_id: SnapshotUuid,
+        /// If `true`, the disk created from this snapshot will be read-only. Not supported
+        /// yet: must be `false`.
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// Create a disk from an image. Halyard has no images: refused with 400.
+    Image {
+        image_id: Uuid,
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// Create a blank disk that will accept bulk writes or pull blocks from an external
+    /// source. Not supported: refused with 400.
+    ImportingBlocks { block_size: BlockSize },
+}
+
+/// A disk to create or attach as an instance is created (Oxide's, internally tagged by
+/// `type`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InstanceDiskAttachment {
+    /// During instance creation, create and attach disks
+    Create {
+        name: Name,
+        description: String,
+        /// The source for this `Disk`'s blocks
+        disk_backend: DiskBackend,
+        /// The total size of the Disk (in bytes)
+        size: ByteCount,
+    },
+    /// During instance creation, attach this disk
+    Attach {
+        /// A disk name to attach
+        name: Name,
+    },
+}
+
+// Snapshots
+
+/// Create-time parameters for a `Snapshot`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct SnapshotCreate {
+    pub name: Name,
+    pub description: String,
+    /// The disk to be snapshotted
+    pub disk: NameOrId,
 }
 
 /// Describes an attachment of an `InstanceNetworkInterface` to an `Instance`, at the time the

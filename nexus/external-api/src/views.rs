@@ -3,8 +3,10 @@
 
 use crate::params::{InstanceAutoRestartPolicy, InstanceCpuPlatform};
 use chrono::{DateTime, Utc};
-use halyard_common::ids::{InstanceUuid, MigrationUuid, ProjectUuid, SledUuid, VmmUuid};
-use halyard_common::{ByteCount, InstanceState, MigrationState, Name};
+use halyard_common::ids::{
+    DiskUuid, InstanceUuid, MigrationUuid, ProjectUuid, SledUuid, SnapshotUuid, VmmUuid,
+};
+use halyard_common::{BlockSize, ByteCount, InstanceState, MigrationState, Name};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -249,4 +251,92 @@ pub struct ProjectRoleRoleAssignment {
 pub struct ProjectRolePolicy {
     /// Roles directly assigned on this resource
     pub role_assignments: Vec<ProjectRoleRoleAssignment>,
+}
+
+/// View of a Disk
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct Disk {
+    /// Unique, immutable, system-controlled identifier for each resource
+    pub id: DiskUuid,
+    /// Unique, mutable, user-controlled identifier for each resource
+    pub name: Name,
+    /// Human-readable free-form text about a resource
+    pub description: String,
+    /// Timestamp when this resource was created
+    pub time_created: DateTime<Utc>,
+    /// Timestamp when this resource was last modified
+    pub time_modified: DateTime<Utc>,
+    pub project_id: ProjectUuid,
+    /// ID of snapshot from which disk was created, if any
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<SnapshotUuid>,
+    /// ID of image from which disk was created, if any (Halyard has no images: always
+    /// absent)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<Uuid>,
+    pub size: ByteCount,
+    pub block_size: BlockSize,
+    pub state: DiskState,
+    /// The guest's name for the device (Halyard: `/dev/disk/by-id/virtio-<name>`, the
+    /// virtio serial number being the disk's name).
+    pub device_path: String,
+    pub disk_type: DiskType,
+    /// Whether or not this disk is read-only.
+    pub read_only: bool,
+}
+
+/// State of a Disk (Oxide's, adjacently tagged: `{"state": "attached", "instance": id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "state", content = "instance", rename_all = "snake_case")]
+pub enum DiskState {
+    /// Its regions are being placed and made.
+    Creating,
+    /// Ready, attached to no instance.
+    Detached,
+    /// Disk is being attached to the given Instance
+    Attaching(InstanceUuid),
+    /// Disk is attached to the given Instance
+    Attached(InstanceUuid),
+    /// Disk is being detached from the given Instance
+    Detaching(InstanceUuid),
+    /// Its data can no longer be served (fewer than two healthy replicas).
+    Faulted,
+    Destroyed,
+}
+
+/// Where a disk's blocks live: Halyard's disks are all `distributed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskType {
+    Distributed,
+    Local,
+}
+
+/// View of a Snapshot
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct Snapshot {
+    /// Unique, immutable, system-controlled identifier for each resource
+    pub id: SnapshotUuid,
+    /// Unique, mutable, user-controlled identifier for each resource
+    pub name: Name,
+    /// Human-readable free-form text about a resource
+    pub description: String,
+    /// Timestamp when this resource was created
+    pub time_created: DateTime<Utc>,
+    /// Timestamp when this resource was last modified
+    pub time_modified: DateTime<Utc>,
+    pub project_id: ProjectUuid,
+    pub disk_id: DiskUuid,
+    pub size: ByteCount,
+    pub state: SnapshotState,
+}
+
+/// The state of a snapshot (Oxide's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotState {
+    Creating,
+    Ready,
+    Faulted,
+    Destroyed,
 }
