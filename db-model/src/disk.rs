@@ -2,6 +2,7 @@ use crate::schema::{disk, region};
 use crate::{DbByteCount, DbEnum, DbGeneration, DbName, DbTypedUuid};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
 use halyard_common::ids::{
     DiskKind, DiskUuid, InstanceKind, InstanceUuid, ProjectKind, ProjectUuid, RegionKind,
     RegionUuid, SledKind, SledUuid,
@@ -12,7 +13,7 @@ use halyard_common::{BlockSize, ByteCount, DiskState, Generation, Name};
 pub const REGIONS_PER_DISK: usize = 3;
 
 /// A disk: a virtual block device in a project, whose data lives on its regions.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = disk, check_for_backend(diesel::pg::Pg))]
 pub struct Disk {
     pub id: DbTypedUuid<DiskKind>,
@@ -94,7 +95,7 @@ impl Disk {
 
 /// One replica of a disk's data on one sled: the storage it holds there (counted in the
 /// sled's `reserved_storage`) and the identity of the file the sled agent keeps.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = region, check_for_backend(diesel::pg::Pg))]
 pub struct Region {
     pub id: DbTypedUuid<RegionKind>,

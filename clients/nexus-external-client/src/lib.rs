@@ -10,7 +10,9 @@ progenitor::generate_api!(
     interface = Builder,
     derives = [PartialEq],
     replace = {
+        BlockSize = halyard_common::BlockSize,
         ByteCount = halyard_common::ByteCount,
+        DiskUuid = halyard_common::ids::DiskUuid,
         InstanceState = halyard_common::InstanceState,
         InstanceUuid = halyard_common::ids::InstanceUuid,
         MigrationState = halyard_common::MigrationState,
@@ -19,6 +21,7 @@ progenitor::generate_api!(
         NameOrId = halyard_common::NameOrId,
         ProjectUuid = halyard_common::ids::ProjectUuid,
         SledUuid = halyard_common::ids::SledUuid,
+        SnapshotUuid = halyard_common::ids::SnapshotUuid,
         VmmUuid = halyard_common::ids::VmmUuid,
     }
 );
