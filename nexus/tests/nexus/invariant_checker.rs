@@ -551,3 +551,287 @@ async fn saga_leftovers_older_than_the_bound_are_flagged() {
         .collect();
     assert_eq!(leftovers.len(), 3, "{leftovers:?}");
 }
+
+/// A clean system with disks: four sleds with storage, two detached 1 MiB disks (`a`, `b`,
+/// three regions each) and a stopped instance.
+struct CleanDisks {
+    ctx: TestContext,
+    a: halyard_common::ids::DiskUuid,
+    instance: InstanceUuid,
+}
+
+impl CleanDisks {
+    async fn new() -> CleanDisks {
+        let ctx = TestContext::with_storage(4, ByteCount::from_gibibytes_u32(1)).await;
+        let project = ctx.project("p").await;
+        let project_id = ctx.nexus().project_view(&project).await.unwrap().id();
+        let instance = ctx.instance(&project, "vm", 1).await;
+        let block_size = halyard_common::BlockSize::try_from(512u32).unwrap();
+        let mut disks = Vec::new();
+        for name in ["a", "b"] {
+            let disk = ctx
+                .nexus()
+                .disk_create(
+                    project_id,
+                    halyard_nexus_external_api::params::DiskCreate {
+                        name: name.parse().unwrap(),
+                        description: String::new(),
+                        disk_backend: halyard_nexus_external_api::params::DiskBackend::Distributed(
+                            halyard_nexus_external_api::params::DiskSource::Blank { block_size },
+                        ),
+                        size: ByteCount::from_mebibytes_u32(1),
+                    },
+                )
+                .await
+                .unwrap();
+            disks.push(disk.id());
+        }
+        ctx.assert_quiet_and_consistent().await;
+        assert_eq!(ctx.invariant_violations().await, Vec::<String>::new());
+        CleanDisks {
+            ctx,
+            a: disks[0],
+            instance,
+        }
+    }
+
+    fn break_with(&self, sql: &str) {
+        self.ctx.sql(&format!("BEGIN; {sql}; COMMIT"));
+    }
+
+    /// One of disk `a`'s regions: (region, sled).
+    fn region_of_a(&self) -> (String, String) {
+        let row = self.ctx.sql(&format!(
+            "SELECT id, sled_id FROM region WHERE disk_id = '{}' ORDER BY id LIMIT 1",
+            self.a
+        ));
+        let (region, sled) = row.trim().split_once('|').unwrap();
+        (region.to_string(), sled.to_string())
+    }
+
+    /// A sled that holds no region of disk `a` (there are four sleds, three regions).
+    fn sled_without_a(&self) -> String {
+        self.ctx
+            .sql(&format!(
+                "SELECT id FROM sled WHERE id NOT IN \
+                 (SELECT sled_id FROM region WHERE disk_id = '{}') LIMIT 1",
+                self.a
+            ))
+            .trim()
+            .to_string()
+    }
+
+    /// Drops the constraint of `table` whose definition contains `definition` (in this test's
+    /// database only), after proving it refuses `sql`.
+    fn drop_constraint_refusing(&self, table: &str, definition: &str, sql: &str) {
+        let cluster = shared_cluster();
+        let refused = cluster.psql(self.ctx.db.name(), &format!("BEGIN; {sql}; COMMIT"));
+        assert!(refused.is_err(), "the database should have refused: {refused:?}");
+        let name = self.ctx.sql(&format!(
+            "SELECT conname FROM pg_constraint WHERE conrelid = '{table}'::regclass \
+             AND pg_get_constraintdef(oid) LIKE '%{definition}%'"
+        ));
+        self.break_with(&format!(
+            "ALTER TABLE {table} DROP CONSTRAINT {}",
+            name.trim()
+        ));
+    }
+
+    async fn violations(&self) -> Vec<String> {
+        self.ctx.invariant_violations().await
+    }
+}
+
+#[tokio::test]
+async fn a_region_of_a_deleted_disk_is_flagged() {
+    let system = CleanDisks::new().await;
+    system.break_with(&format!(
+        "UPDATE disk SET state = 'destroyed', time_deleted = now() WHERE id = '{}'",
+        system.a
+    ));
+    let violations = system.violations().await;
+    assert_rules_broken(&violations, &["region without a live disk"]);
+    assert_eq!(violations.len(), 3, "{violations:?}");
+}
+
+#[tokio::test]
+async fn a_disk_left_creating_is_flagged() {
+    let system = CleanDisks::new().await;
+    system.break_with(&format!(
+        "UPDATE disk SET state = 'creating' WHERE id = '{}'",
+        system.a
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &["disk left creating with no saga running"],
+    );
+}
+
+#[tokio::test]
+async fn a_disk_missing_a_region_is_flagged() {
+    let system = CleanDisks::new().await;
+    let (region, sled) = system.region_of_a();
+    // Consistent storage totals; only the region row is gone (its sled agent still has it).
+    system.break_with(&format!(
+        "DELETE FROM region WHERE id = '{region}'; \
+         UPDATE sled SET reserved_storage = reserved_storage - {MIB} WHERE id = '{sled}'"
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &[
+            "live disk without its regions on distinct sleds",
+            "region on a sled agent but not in the database on that sled",
+        ],
+    );
+}
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test]
+async fn two_regions_of_a_disk_on_one_sled_are_flagged() {
+    let system = CleanDisks::new().await;
+    let rows = system.ctx.sql(&format!(
+        "SELECT id, sled_id FROM region WHERE disk_id = '{}' ORDER BY id LIMIT 2",
+        system.a
+    ));
+    let rows: Vec<(&str, &str)> = rows
+        .lines()
+        .map(|row| row.split_once('|').unwrap())
+        .collect();
+    let (moved, from) = rows[0];
+    let (_, to) = rows[1];
+    let move_it = format!(
+        "UPDATE region SET sled_id = '{to}' WHERE id = '{moved}'; \
+         UPDATE sled SET reserved_storage = reserved_storage - {MIB} WHERE id = '{from}'; \
+         UPDATE sled SET reserved_storage = reserved_storage + {MIB} WHERE id = '{to}'"
+    );
+    // The unique index refuses it first; drop it (this test's database only).
+    let refused = shared_cluster().psql(
+        system.ctx.db.name(),
+        &format!("BEGIN; {move_it}; COMMIT"),
+    );
+    assert!(refused.is_err(), "{refused:?}");
+    system.break_with("DROP INDEX region_one_per_sled_per_disk");
+    system.break_with(&move_it);
+    assert_rules_broken(
+        &system.violations().await,
+        &[
+            "live disk without its regions on distinct sleds",
+            // The sled agents still hold it where it was made.
+            "region in the database but not on its sled's agent",
+            "region on a sled agent but not in the database on that sled",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn storage_totals_that_disagree_with_the_regions_are_flagged() {
+    let system = CleanDisks::new().await;
+    let (_, sled) = system.region_of_a();
+    system.break_with(&format!(
+        "UPDATE sled SET reserved_storage = reserved_storage + 1 WHERE id = '{sled}'"
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &["sled's reserved storage disagrees with its regions"],
+    );
+}
+
+#[tokio::test]
+async fn storage_beyond_capacity_is_flagged() {
+    let system = CleanDisks::new().await;
+    let (_, sled) = system.region_of_a();
+    let overrun = format!(
+        "UPDATE sled SET reserved_storage = usable_storage + 1 WHERE id = '{sled}'"
+    );
+    system.drop_constraint_refusing("sled", "reserved_storage <= usable_storage", &overrun);
+    system.break_with(&overrun);
+    assert_rules_broken(
+        &system.violations().await,
+        &[
+            "sled's reserved storage exceeds its capacity",
+            "sled's reserved storage disagrees with its regions",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_region_on_an_expunged_sled_is_flagged() {
+    let system = CleanDisks::new().await;
+    let (_, sled) = system.region_of_a();
+    system.break_with(&format!(
+        "UPDATE sled SET time_expunged = now() WHERE id = '{sled}'"
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &["region on an expunged sled"],
+    );
+}
+
+#[tokio::test]
+async fn a_region_only_a_sled_agent_has_is_flagged() {
+    let system = CleanDisks::new().await;
+    let sled: SledUuid = system.sled_without_a().parse().unwrap();
+    let index = (0..system.ctx.sleds.len())
+        .find(|i| system.ctx.sled_id(*i) == sled)
+        .unwrap();
+    system
+        .ctx
+        .sled_client(index)
+        .region_ensure(
+            &halyard_common::ids::RegionUuid::new_v4(),
+            &halyard_sled_agent_api::RegionEnsureBody {
+                size: ByteCount::from_mebibytes_u32(1),
+                block_size: halyard_common::BlockSize::try_from(512u32).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_rules_broken(
+        &system.violations().await,
+        &["region on a sled agent but not in the database on that sled"],
+    );
+}
+
+#[tokio::test]
+async fn a_disk_pointing_at_an_instance_while_detached_is_flagged() {
+    let system = CleanDisks::new().await;
+    let point = format!(
+        "UPDATE disk SET attach_instance_id = '{}' WHERE id = '{}'",
+        system.instance, system.a
+    );
+    system.drop_constraint_refusing("disk", "attach_instance_id IS NOT NULL", &point);
+    system.break_with(&point);
+    assert_rules_broken(
+        &system.violations().await,
+        &["disk's instance pointer disagrees with its state"],
+    );
+}
+
+#[tokio::test]
+async fn a_disk_attached_to_a_missing_or_deleted_instance_is_flagged() {
+    let system = CleanDisks::new().await;
+    system.break_with(&format!(
+        "UPDATE disk SET state = 'attached', attach_instance_id = '{}' WHERE id = '{}'",
+        InstanceUuid::new_v4(),
+        system.a
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &["disk attached to an instance that is missing or deleted"],
+    );
+    // Attached to a real instance: clean again; then that instance is deleted behind it.
+    system.break_with(&format!(
+        "UPDATE disk SET attach_instance_id = '{}' WHERE id = '{}'",
+        system.instance, system.a
+    ));
+    assert_eq!(system.violations().await, Vec::<String>::new());
+    system.break_with(&format!(
+        "UPDATE instance SET time_deleted = now() WHERE id = '{}'",
+        system.instance
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &["disk attached to an instance that is missing or deleted"],
+    );
+}
