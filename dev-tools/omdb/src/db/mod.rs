@@ -1,10 +1,11 @@
 //! `omdb db ...`: the database, read through `DataStore` (and written only by `users create`,
 //! `tokens create` and `tokens revoke`). This module only parses the
 //! subcommands and dispatches; its submodules depend one way: the commands ([`tables`],
-//! [`saga`], [`check`]) on [`store`] (the connection and the lookups they share), never on
+//! [`disks`], [`saga`], [`check`]) on [`store`] (the connection and the lookups they share), never on
 //! each other or on this module.
 
 mod check;
+mod disks;
 mod identity;
 mod saga;
 pub mod store;
@@ -55,6 +56,15 @@ enum DbCommand {
     },
     /// Sleds: capacity, what is reserved, how many live VMMs, when last seen, whether expunged.
     Sleds,
+    /// Disks: project, size, block size, state, the instance they are attached to, and how
+    /// many regions hold them; live ones, or all with --include-deleted.
+    Disks {
+        /// Deleted disks too.
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Regions (the replicas of disks): their disk, sled and size, oldest first.
+    Regions,
     /// Sled reservations: what each non-terminal VMM holds on its sled.
     Reservations,
     /// Live migrations, oldest first, with each side's state.
@@ -176,6 +186,10 @@ pub async fn run(args: &DbArgs, db_url: Option<&str>, json: bool) -> anyhow::Res
             .await?
         }
         DbCommand::Sleds => tables::cmd_sleds(&db, json).await?,
+        DbCommand::Disks { include_deleted } => {
+            disks::cmd_disks(&db, *include_deleted, json).await?
+        }
+        DbCommand::Regions => disks::cmd_regions(&db, json).await?,
         DbCommand::Reservations => tables::cmd_reservations(&db, json).await?,
         DbCommand::Migrations => tables::cmd_migrations(&db, json).await?,
         DbCommand::Sagas { all } => saga::cmd_sagas(&db, *all, json).await?,

@@ -266,6 +266,8 @@ async fn every_command_has_help_and_usage_errors_exit_1() {
         &["db", "vmms", "--help"],
         &["db", "sleds", "--help"],
         &["db", "reservations", "--help"],
+        &["db", "disks", "--help"],
+        &["db", "regions", "--help"],
         &["db", "migrations", "--help"],
         &["db", "sagas", "--help"],
         &["db", "saga", "--help"],

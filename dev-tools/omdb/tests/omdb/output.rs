@@ -463,3 +463,94 @@ async fn background_tasks_show_what_each_did_last() {
     let text = regex::Regex::new(" {2,}").unwrap().replace_all(&text, "  ");
     Snapshots::new().check("nexus-background-tasks", &text);
 }
+
+/// Disks and their regions, on three sleds with storage: `data` (1 GiB, attached to `vm`
+/// behind Nexus's back, as attaching is not omdb's concern), `logs` (1 MiB, 4096-byte
+/// blocks, detached) and `gone` (deleted: only with `--include-deleted`, and no regions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disks_and_regions_show_each_disk_and_where_its_replicas_are() {
+    use halyard_common::{BlockSize, ByteCount};
+    use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource};
+
+    let ctx = TestContext::with_storage(3, ByteCount::from_gibibytes_u32(2)).await;
+    let project = ctx.project("alpha").await;
+    let project_id = ctx.nexus().project_view(&project).await.unwrap().id();
+    let vm = ctx.instance_ready(&project, "vm", 1, false).await;
+    let disk = async |name: &str, size: ByteCount, block_size: u32| {
+        ctx.nexus()
+            .disk_create(
+                project_id,
+                DiskCreate {
+                    name: name.parse().unwrap(),
+                    description: String::new(),
+                    disk_backend: DiskBackend::Distributed(DiskSource::Blank {
+                        block_size: BlockSize::try_from(block_size).unwrap(),
+                    }),
+                    size,
+                },
+            )
+            .await
+            .unwrap()
+    };
+    let data = disk("data", ByteCount::from_gibibytes_u32(1), 512).await;
+    let logs = disk("logs", ByteCount::from_mebibytes_u32(1), 4096).await;
+    let gone = disk("gone", ByteCount::from_mebibytes_u32(1), 512).await;
+    ctx.nexus().disk_delete(&gone).await.unwrap();
+    ctx.sql(&format!(
+        "UPDATE disk SET state = 'attached', attach_instance_id = '{vm}' WHERE id = '{}'",
+        data.id()
+    ));
+
+    let mut redactor = Redactor::new();
+    redactor
+        .name(data.id(), "data")
+        .name(logs.id(), "logs")
+        .name(gone.id(), "gone")
+        .name(vm, "vm")
+        .anonymous();
+    // Which region is on which sled is placement's choice: every sled is `<sled>`.
+    for i in 0..3 {
+        redactor.name(ctx.sled_id(i), "sled");
+    }
+    let mut snapshots = Snapshots::new();
+    let run = async |args: &[&str]| redactor.redact(&ctx.omdb(args).await.ok());
+    snapshots.check("db-disks", &run(&["db", "disks"]).await);
+    snapshots.check(
+        "db-disks-include-deleted",
+        &run(&["db", "disks", "--include-deleted"]).await,
+    );
+    snapshots.check("db-regions", &run(&["db", "regions"]).await);
+    snapshots.finish();
+
+    // The same as JSON: each disk's regions on three distinct sleds, of its size.
+    let disks: Value = serde_json::from_str(&ctx.omdb(&["db", "disks", "--json"]).await.ok())
+        .unwrap();
+    let disks = disks.as_array().unwrap();
+    assert_eq!(disks.len(), 2);
+    assert_eq!(disks[0]["name"], "data");
+    assert_eq!(disks[0]["state"], "attached");
+    assert_eq!(disks[0]["instance"], "vm");
+    assert_eq!(disks[0]["block_size"], 512);
+    assert_eq!(disks[1]["name"], "logs");
+    assert_eq!(disks[1]["state"], "detached");
+    assert_eq!(disks[1]["instance"], Value::Null);
+    let regions: Value =
+        serde_json::from_str(&ctx.omdb(&["db", "regions", "--json"]).await.ok()).unwrap();
+    for disk in [&data, &logs] {
+        let of_disk: Vec<&Value> = regions
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["disk_id"] == disk.id().to_string())
+            .collect();
+        let sleds: std::collections::BTreeSet<&str> = of_disk
+            .iter()
+            .map(|r| r["sled"].as_str().unwrap())
+            .collect();
+        assert_eq!((of_disk.len(), sleds.len()), (3, 3), "{}", disk.name());
+        for region in of_disk {
+            assert_eq!(region["size"], serde_json::json!(disk.size()));
+        }
+    }
+    assert_eq!(regions.as_array().unwrap().len(), 6);
+}
