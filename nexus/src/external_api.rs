@@ -22,15 +22,14 @@ use halyard_nexus_external_api::pagination::{
 };
 use halyard_nexus_external_api::params::{
     DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
-    InstanceCreate, InstanceMigrate,
-    InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
-    OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
+    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
+    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
+    ProjectSelector,
 };
 use halyard_nexus_external_api::views::{
     Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Disk, DiskState, DiskType,
-    IdentityType, Instance,
-    InstanceSerialConsoleData, Migration, Project, ProjectRole, ProjectRolePolicy,
-    ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
+    IdentityType, Instance, InstanceSerialConsoleData, Migration, Project, ProjectRole,
+    ProjectRolePolicy, ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
 };
 use std::sync::Arc;
 

@@ -873,7 +873,11 @@ async fn every_saga_survives_a_crash_at_every_node() {
             instance_id: any_instance,
         }),
     ];
-    crash_every_node(Cluster::new(2, ByteCount::from_mebibytes_u32(0)).await, &sagas).await;
+    crash_every_node(
+        Cluster::new(2, ByteCount::from_mebibytes_u32(0)).await,
+        &sagas,
+    )
+    .await;
 }
 
 /// The disk sagas, on three sleds with storage (a disk's three regions need three).
@@ -896,7 +900,11 @@ async fn disk_sagas_survive_a_crash_at_every_node() {
             disk_id: halyard_common::ids::DiskUuid::new_v4(),
         }),
     ];
-    crash_every_node(Cluster::new(3, ByteCount::from_gibibytes_u32(1)).await, &sagas).await;
+    crash_every_node(
+        Cluster::new(3, ByteCount::from_gibibytes_u32(1)).await,
+        &sagas,
+    )
+    .await;
 }
 
 /// Crashes every node of each of `sagas` at every point (see the module's comment), one case
@@ -913,7 +921,6 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
         .await;
     assert!(matches!(answer, Some((201, _))), "{answer:?}");
     stop(nexus);
-
 
     // Forward: every node, right after `started`, right after its effects and right after
     // `succeeded`. Unwinding: a

@@ -626,7 +626,10 @@ impl CleanDisks {
     fn drop_constraint_refusing(&self, table: &str, definition: &str, sql: &str) {
         let cluster = shared_cluster();
         let refused = cluster.psql(self.ctx.db.name(), &format!("BEGIN; {sql}; COMMIT"));
-        assert!(refused.is_err(), "the database should have refused: {refused:?}");
+        assert!(
+            refused.is_err(),
+            "the database should have refused: {refused:?}"
+        );
         let name = self.ctx.sql(&format!(
             "SELECT conname FROM pg_constraint WHERE conrelid = '{table}'::regclass \
              AND pg_get_constraintdef(oid) LIKE '%{definition}%'"
@@ -706,10 +709,7 @@ async fn two_regions_of_a_disk_on_one_sled_are_flagged() {
          UPDATE sled SET reserved_storage = reserved_storage + {MIB} WHERE id = '{to}'"
     );
     // The unique index refuses it first; drop it (this test's database only).
-    let refused = shared_cluster().psql(
-        system.ctx.db.name(),
-        &format!("BEGIN; {move_it}; COMMIT"),
-    );
+    let refused = shared_cluster().psql(system.ctx.db.name(), &format!("BEGIN; {move_it}; COMMIT"));
     assert!(refused.is_err(), "{refused:?}");
     system.break_with("DROP INDEX region_one_per_sled_per_disk");
     system.break_with(&move_it);
@@ -741,9 +741,8 @@ async fn storage_totals_that_disagree_with_the_regions_are_flagged() {
 async fn storage_beyond_capacity_is_flagged() {
     let system = CleanDisks::new().await;
     let (_, sled) = system.region_of_a();
-    let overrun = format!(
-        "UPDATE sled SET reserved_storage = usable_storage + 1 WHERE id = '{sled}'"
-    );
+    let overrun =
+        format!("UPDATE sled SET reserved_storage = usable_storage + 1 WHERE id = '{sled}'");
     system.drop_constraint_refusing("sled", "reserved_storage <= usable_storage", &overrun);
     system.break_with(&overrun);
     assert_rules_broken(
@@ -762,10 +761,7 @@ async fn a_region_on_an_expunged_sled_is_flagged() {
     system.break_with(&format!(
         "UPDATE sled SET time_expunged = now() WHERE id = '{sled}'"
     ));
-    assert_rules_broken(
-        &system.violations().await,
-        &["region on an expunged sled"],
-    );
+    assert_rules_broken(&system.violations().await, &["region on an expunged sled"]);
 }
 
 #[tokio::test]

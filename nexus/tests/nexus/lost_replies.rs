@@ -625,7 +625,11 @@ async fn disk_actions_notice_their_effects_after_a_lost_reply() {
                     ),
                 );
                 let (regions, held) = disk_regions(ctx, params.disk_id);
-                assert_eq!((disks, regions, held), (1, 3, 3), "disks, region rows, held");
+                assert_eq!(
+                    (disks, regions, held),
+                    (1, 3, 3),
+                    "disks, region rows, held"
+                );
                 format!("1 detached disk, {regions} region rows, {held} on the sled agents")
             },
         )
@@ -668,7 +672,12 @@ async fn disk_undos_notice_their_effects_after_a_lost_reply() {
             async |ctx| detached_disk(ctx).await,
             async |ctx, params| {
                 // Back as faulted with its regions (see disk_delete.rs); then deleted for good.
-                let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+                let disk = ctx
+                    .nexus()
+                    .datastore()
+                    .disk_fetch(params.disk_id)
+                    .await
+                    .unwrap();
                 assert_eq!(disk.state(), halyard_common::DiskState::Faulted);
                 assert_eq!(disk_regions(ctx, params.disk_id), (3, 3));
                 ctx.nexus().disk_delete(&disk).await.unwrap();

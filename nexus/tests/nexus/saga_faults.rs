@@ -275,7 +275,8 @@ fn assert_disk_left_nothing(ctx: &TestContext, disk: halyard_common::ids::DiskUu
     );
     assert_eq!(
         ctx.sql("SELECT sum(reserved_storage) FROM sled").trim(),
-        ctx.sql("SELECT coalesce(sum(size_bytes), 0) FROM region").trim()
+        ctx.sql("SELECT coalesce(sum(size_bytes), 0) FROM region")
+            .trim()
     );
 }
 
@@ -296,9 +297,19 @@ async fn disk_create_unwinds_from_every_node_and_tolerates_repeats() {
         &ctx,
         async |_| disk_create_params(project_id),
         async |ctx, params| {
-            let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+            let disk = ctx
+                .nexus()
+                .datastore()
+                .disk_fetch(params.disk_id)
+                .await
+                .unwrap();
             assert_eq!(disk.state(), halyard_common::DiskState::Detached);
-            let regions = ctx.nexus().datastore().disk_regions(params.disk_id).await.unwrap();
+            let regions = ctx
+                .nexus()
+                .datastore()
+                .disk_regions(params.disk_id)
+                .await
+                .unwrap();
             assert_eq!(regions.len(), 3);
             // Leave room for the next round.
             ctx.nexus().disk_delete(&disk).await.unwrap();
@@ -311,7 +322,12 @@ async fn disk_create_unwinds_from_every_node_and_tolerates_repeats() {
 
 /// A new detached disk, to delete.
 async fn detached_disk(ctx: &TestContext) -> disk_delete::Params {
-    let project_id = ctx.nexus().project_view(&"p".parse().unwrap()).await.unwrap().id();
+    let project_id = ctx
+        .nexus()
+        .project_view(&"p".parse().unwrap())
+        .await
+        .unwrap()
+        .id();
     let params = disk_create_params(project_id);
     let disk = ctx
         .nexus()
@@ -333,13 +349,23 @@ async fn disk_delete_unwinds_from_every_node_and_tolerates_repeats() {
             // Unwound: the disk is still there (detached if the first node failed, else back
             // as faulted, as Oxide does: its regions may have been deleted and made again,
             // empty), with its three regions; it can be deleted.
-            let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+            let disk = ctx
+                .nexus()
+                .datastore()
+                .disk_fetch(params.disk_id)
+                .await
+                .unwrap();
             assert!(
                 disk_delete::DELETABLE.contains(&disk.state()),
                 "{:?}",
                 disk.state()
             );
-            let regions = ctx.nexus().datastore().disk_regions(params.disk_id).await.unwrap();
+            let regions = ctx
+                .nexus()
+                .datastore()
+                .disk_regions(params.disk_id)
+                .await
+                .unwrap();
             assert_eq!(regions.len(), 3);
             ctx.nexus().disk_delete(&disk).await.unwrap();
             ctx.assert_quiet_and_consistent().await;

@@ -162,7 +162,11 @@ async fn disk_sagas_replay_a_recorded_prefix_idempotently_over_existing_effects(
                 ctx.nexus().sled_http().clone(),
                 &log(),
             );
-            assert_eq!(fresh.resume_sagas().await.unwrap(), 1, "{saga_name} node {name}");
+            assert_eq!(
+                fresh.resume_sagas().await.unwrap(),
+                1,
+                "{saga_name} node {name}"
+            );
             ctx.eventually(
                 &format!("{saga_name} resumed at {name} to finish"),
                 async |ctx: &TestContext| {

@@ -37,13 +37,14 @@ fn instance_display(instance: &Option<String>) -> String {
 pub(super) async fn cmd_disks(db: &Db, include_deleted: bool, json: bool) -> anyhow::Result<()> {
     let projects = db.projects().await?;
     let instances = db.instances().await?;
-    let disks = db
-        .datastore
-        .disk_list_all()
-        .await
-        .map_err(|e| db.err(e))?;
+    let disks = db.datastore.disk_list_all().await.map_err(|e| db.err(e))?;
     let mut regions: BTreeMap<DiskUuid, usize> = BTreeMap::new();
-    for region in db.datastore.region_list(None).await.map_err(|e| db.err(e))? {
+    for region in db
+        .datastore
+        .region_list(None)
+        .await
+        .map_err(|e| db.err(e))?
+    {
         *regions.entry(region.disk_id()).or_default() += 1;
     }
     let mut rows: Vec<DiskRow> = disks
@@ -89,7 +90,11 @@ pub(super) async fn cmd_regions(db: &Db, json: bool) -> anyhow::Result<()> {
         .into_iter()
         .map(|d| (d.id(), d))
         .collect();
-    let regions = db.datastore.region_list(None).await.map_err(|e| db.err(e))?;
+    let regions = db
+        .datastore
+        .region_list(None)
+        .await
+        .map_err(|e| db.err(e))?;
     let rows: Vec<RegionRow> = regions
         .iter()
         .map(|r| {

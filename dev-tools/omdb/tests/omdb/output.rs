@@ -523,8 +523,8 @@ async fn disks_and_regions_show_each_disk_and_where_its_replicas_are() {
     snapshots.finish();
 
     // The same as JSON: each disk's regions on three distinct sleds, of its size.
-    let disks: Value = serde_json::from_str(&ctx.omdb(&["db", "disks", "--json"]).await.ok())
-        .unwrap();
+    let disks: Value =
+        serde_json::from_str(&ctx.omdb(&["db", "disks", "--json"]).await.ok()).unwrap();
     let disks = disks.as_array().unwrap();
     assert_eq!(disks.len(), 2);
     assert_eq!(disks[0]["name"], "data");

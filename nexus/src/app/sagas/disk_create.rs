@@ -103,11 +103,7 @@ async fn undo_create_record(ctx: &NexusActionContext) -> Result<(), anyhow::Erro
     let params = ctx.saga_params::<Params>()?;
     let datastore = ctx.user_data().nexus.datastore();
     match datastore
-        .disk_transition(
-            params.disk_id,
-            &[DiskState::Creating],
-            DiskState::Destroyed,
-        )
+        .disk_transition(params.disk_id, &[DiskState::Creating], DiskState::Destroyed)
         .await
     {
         Ok(DiskTransition::Applied(_) | DiskTransition::AlreadyDone(_)) => Ok(()),
