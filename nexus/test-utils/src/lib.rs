@@ -310,7 +310,16 @@ fn region_violations(
         if expunged.contains(&sled_id) {
             continue;
         }
-        let Some(held) = sled.agent().regions_now() else {
+        // A sled agent's own reads (its registration sums its regions) hold the table for a
+        // moment, on another worker thread: try again briefly before calling it busy.
+        let held = (0..100).find_map(|_| {
+            let held = sled.agent().regions_now();
+            if held.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            held
+        });
+        let Some(held) = held else {
             violations.push(format!(
                 "sled agent's regions could not be read at a quiet point: sled {sled_id}'s \
                  region table is locked (a region is being made or deleted)"
