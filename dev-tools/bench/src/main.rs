@@ -23,9 +23,16 @@
 //! `halyard-bench placement` does the same with a few clients at two scales, 10 sleds and
 //! then 1,000 (real sled agents, each its own HTTP server, all in this process), and prints
 //! the ratio of instance start latencies.
+//!
+//! `halyard-bench disks` starts the same system with K simulated sleds offering storage, then C
+//! clients each create a blank disk and delete it, again and again, for a fixed time (each
+//! create places three regions and makes them on three sled agents; each delete removes them).
+//! It prints disk creates and deletes per second, the latency of each, and the invariant
+//! checker's verdict.
 
 use clap::Parser;
 
+mod disks;
 mod lifecycles;
 mod placement;
 mod qemu;
@@ -42,6 +49,8 @@ enum Command {
     Lifecycles(lifecycles::LifecyclesArgs),
     /// Instance start latency with 10 sleds and with 1,000.
     Placement(placement::PlacementArgs),
+    /// Disk creates and deletes per second with C clients and K simulated sleds with storage.
+    Disks(disks::DisksArgs),
 }
 
 #[tokio::main]
@@ -50,5 +59,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Qemu(args) => qemu::run(args).await,
         Command::Lifecycles(args) => lifecycles::run(args).await,
         Command::Placement(args) => placement::run(args).await,
+        Command::Disks(args) => disks::run(args).await,
     }
 }

@@ -79,6 +79,17 @@ impl System {
     /// Starts `count` more simulated sled agents (zero-delay VMMs), each with room for
     /// `instances` benchmark instances, and waits until all sleds are registered.
     pub async fn add_sleds(&mut self, count: usize, instances: u32) -> anyhow::Result<()> {
+        self.add_sleds_with_storage(count, instances, ByteCount::from_mebibytes_u32(0))
+            .await
+    }
+
+    /// [`System::add_sleds`] whose sled agents also offer `storage` bytes for disks' regions.
+    pub async fn add_sleds_with_storage(
+        &mut self,
+        count: usize,
+        instances: u32,
+        storage: ByteCount,
+    ) -> anyhow::Result<()> {
         for _ in 0..count {
             let sled_id = SledUuid::new_v4();
             let config = halyard_sled_agent::Config {
@@ -96,7 +107,10 @@ impl System {
                 registration_interval_ms: 10_000,
                 sim: halyard_sled_agent::SimConfig::default(),
                 qemu: Default::default(),
-                storage: Default::default(),
+                storage: halyard_sled_agent::StorageConfig {
+                    capacity: storage,
+                    ..Default::default()
+                },
                 tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Sled(sled_id))?,
             };
             self.sleds
