@@ -920,6 +920,16 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
         )
         .await;
     assert!(matches!(answer, Some((201, _))), "{answer:?}");
+    // Every sled registered (with its storage) before the first case places anything.
+    let mut registered = false;
+    for _ in 0..1500 {
+        registered = cluster.sql("SELECT count(*) FROM sled") == cluster.sleds.len().to_string();
+        if registered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(registered, "the sled agents never all registered");
     stop(nexus);
 
     // Forward: every node, right after `started`, right after its effects and right after
