@@ -21,12 +21,14 @@ use halyard_nexus_external_api::pagination::{
     results_page_by_id, results_page_by_name_or_id, scan_params,
 };
 use halyard_nexus_external_api::params::{
-    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, InstanceCreate, InstanceMigrate,
+    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskPath, InstanceCreate,
+    InstanceMigrate,
     InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
     OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
 };
 use halyard_nexus_external_api::views::{
-    Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, IdentityType, Instance,
+    Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Disk, DiskState, DiskType,
+    IdentityType, Instance,
     InstanceSerialConsoleData, Migration, Project, ProjectRole, ProjectRolePolicy,
     ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
 };
@@ -86,10 +88,43 @@ fn instance_view(view: InstanceAndVmm) -> Instance {
         auto_restart_policy: None,
         auto_restart_cooldown_expiration: None,
         time_last_auto_restarted: None,
-        boot_disk_id: None,
+        boot_disk_id: instance.boot_disk().map(|id| id.into_untyped_uuid()),
         cpu_platform: None,
         enable_jumbo_frames: false,
         migration_id: instance.runtime.migration(),
+    }
+}
+
+/// A disk as Oxide shows it: its state names the instance it is attached to.
+fn disk_view(disk: halyard_db_model::Disk) -> Disk {
+    use halyard_common::DiskState as S;
+    let instance = disk.attached_to();
+    let state = match (disk.state(), instance) {
+        (S::Creating, _) => DiskState::Creating,
+        (S::Detached, _) => DiskState::Detached,
+        (S::Attaching, Some(id)) => DiskState::Attaching(id),
+        (S::Attached, Some(id)) => DiskState::Attached(id),
+        (S::Detaching, Some(id)) => DiskState::Detaching(id),
+        (S::Faulted, _) => DiskState::Faulted,
+        (S::Destroyed, _) => DiskState::Destroyed,
+        // The row's CHECK: these states name an instance.
+        (S::Attaching | S::Attached | S::Detaching, None) => DiskState::Faulted,
+    };
+    Disk {
+        id: disk.id(),
+        name: disk.name().clone(),
+        device_path: format!("/dev/disk/by-id/virtio-{}", disk.name()),
+        description: disk.description.clone(),
+        time_created: disk.time_created,
+        time_modified: disk.time_modified,
+        project_id: disk.project_id(),
+        snapshot_id: None,
+        image_id: None,
+        size: disk.size(),
+        block_size: disk.block_size(),
+        state,
+        disk_type: DiskType::Distributed,
+        read_only: false,
     }
 }
 
@@ -672,6 +707,79 @@ impl NexusExternalApi for NexusExternalImpl {
             Ok(HttpResponseOk(
                 migrations.into_iter().map(migration_view).collect(),
             ))
+        })
+        .await
+    }
+
+    // Instance disks
+
+    async fn instance_disk_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<OptionalProjectSelector>>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<ResultsPage<Disk>>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let query = query.into_inner();
+            let limit = rqctx.page_limit(&query)?;
+            let scan = scan_params(&query);
+            let page = paginated_by(name_or_id_pagination(&query, limit)?);
+            let instance = nexus
+                .instance_lookup_authorized(
+                    &opctx,
+                    scan.selector.project.as_ref(),
+                    &path.into_inner().instance,
+                    Action::ListChildren,
+                )
+                .await?;
+            let disks = nexus
+                .instance_disk_list(instance.instance.id(), &page)
+                .await?;
+            let views = disks.into_iter().map(disk_view).collect();
+            Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
+        })
+        .await
+    }
+
+    async fn instance_disk_attach(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+        disk_to_attach: TypedBody<DiskPath>,
+    ) -> Result<HttpResponseAccepted<Disk>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
+            let disk = disk_to_attach.into_inner().disk;
+            let attached = for_request(
+                rqctx,
+                nexus.instance_disk_attach(&instance.instance, &disk),
+            )
+            .await?;
+            Ok(HttpResponseAccepted(disk_view(attached)))
+        })
+        .await
+    }
+
+    async fn instance_disk_detach(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+        disk_to_detach: TypedBody<DiskPath>,
+    ) -> Result<HttpResponseAccepted<Disk>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
+            let disk = disk_to_detach.into_inner().disk;
+            let detached = for_request(
+                rqctx,
+                nexus.instance_disk_detach(&instance.instance, &disk),
+            )
+            .await?;
+            Ok(HttpResponseAccepted(disk_view(detached)))
         })
         .await
     }

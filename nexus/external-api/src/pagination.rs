@@ -34,7 +34,7 @@
 //! }
 //! ```
 
-use crate::views::{Instance, Project, Sled};
+use crate::views::{Disk, Instance, Project, Sled};
 use dropshot::{HttpError, PaginationOrder, PaginationParams, ResultsPage, WhichPage};
 use halyard_common::ids::GenericUuid;
 use halyard_common::{Name, NameOrId};
@@ -305,6 +305,18 @@ impl PageItemId for Instance {
 }
 
 impl PageItemName for Instance {
+    fn page_name(&self) -> &Name {
+        &self.name
+    }
+}
+
+impl PageItemId for Disk {
+    fn page_id(&self) -> Uuid {
+        self.id.into_untyped_uuid()
+    }
+}
+
+impl PageItemName for Disk {
     fn page_name(&self) -> &Name {
         &self.name
     }

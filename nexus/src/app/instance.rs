@@ -3,11 +3,11 @@
 use super::Nexus;
 use super::sagas::{instance_create, instance_delete, instance_migrate, instance_start};
 use super::sled::sled_agent_error;
-use halyard_common::ids::{GenericUuid, InstanceUuid, SledUuid};
+use halyard_common::ids::{DiskUuid, GenericUuid, InstanceUuid, ProjectUuid, SledUuid};
 use halyard_common::{ByteCount, Error, NameOrId, VmmState};
-use halyard_db_model::{Instance, Vmm};
+use halyard_db_model::{Instance, MAX_DISKS_PER_INSTANCE, Vmm};
 use halyard_db_queries::{PaginatedBy, validate_instance_shape};
-use halyard_nexus_external_api::params::InstanceCreate;
+use halyard_nexus_external_api::params::{InstanceCreate, InstanceDiskAttachment};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use slog::info;
 use std::sync::Arc;
@@ -134,6 +134,7 @@ impl Nexus {
             Err(Error::ObjectNotFound { .. }) => {}
             Err(e) => return Err(e),
         }
+        let disk_ids = self.instance_create_disk_ids(project.id(), &params).await?;
         let instance_id = InstanceUuid::new_v4();
         let start = params.start;
         let result = self
@@ -141,6 +142,7 @@ impl Nexus {
                 instance_id,
                 project_id: project.id(),
                 create: params,
+                disk_ids,
             })
             .await?;
         // The saga's last step returned the new instance's row: answer (or start) from it.
@@ -156,6 +158,58 @@ impl Nexus {
         } else {
             Ok(created)
         }
+    }
+
+    /// The disks a create request attaches, in attach order (its boot disk first, then
+    /// `disks`): each disk to attach looked up by name in the project (404 if there is none).
+    /// Refused before a saga is recorded: more than [`MAX_DISKS_PER_INSTANCE`] disks, one disk
+    /// named twice (400).
+    async fn instance_create_disk_ids(
+        &self,
+        project_id: ProjectUuid,
+        params: &InstanceCreate,
+    ) -> Result<Vec<DiskUuid>, Error> {
+        let attachments: Vec<&InstanceDiskAttachment> =
+            params.boot_disk.iter().chain(&params.disks).collect();
+        if attachments.len() > MAX_DISKS_PER_INSTANCE {
+            return Err(Error::invalid_value(
+                "disks",
+                format!(
+                    "an instance has at most {MAX_DISKS_PER_INSTANCE} disks, its boot disk                      included; this asks for {}",
+                    attachments.len()
+                ),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut ids = Vec::with_capacity(attachments.len());
+        for attachment in attachments {
+            let name = match attachment {
+                InstanceDiskAttachment::Attach { name } => name,
+                InstanceDiskAttachment::Create { name, .. } => name,
+            };
+            if !names.insert(name.clone()) {
+                return Err(Error::invalid_value(
+                    "disks",
+                    format!(
+                        "disk \"{name}\" is named twice (the boot disk is not also listed in \
+                         `disks`)"
+                    ),
+                ));
+            }
+            match attachment {
+                InstanceDiskAttachment::Attach { name } => {
+                    let disk = self.datastore().disk_fetch_by_name(project_id, name).await?;
+                    ids.push(disk.id());
+                }
+                InstanceDiskAttachment::Create { .. } => {
+                    return Err(Error::invalid_request(
+                        "creating disks in an instance create is not supported yet: create \
+                         the disk first (POST /v1/disks), then attach it by name",
+                    ));
+                }
+            }
+        }
+        Ok(ids)
     }
 
     /// Starts a stopped instance (the instance-start saga). Starting an instance that already

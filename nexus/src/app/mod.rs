@@ -8,6 +8,7 @@ pub mod background;
 pub mod crash_point;
 pub mod identity;
 pub mod instance;
+pub mod instance_disks;
 pub mod project;
 pub mod saga;
 pub mod sagas;

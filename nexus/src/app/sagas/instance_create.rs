@@ -1,11 +1,19 @@
-//! instance-create: records a new instance, stopped.
+//! instance-create: records a new instance, stopped, with its disks attached.
 //!
 //! ```text
-//!   create_record ──► mark_stopped
+//!   create_record ──► attach_disks ──► mark_stopped
 //! ```
 //!
 //! - `create_record` inserts the instance in `nexus_state` `creating` (idempotent by instance
-//!   id). Undo: marks it destroyed, which frees its name.
+//!   id), naming its boot disk. Undo: marks it destroyed, which frees its name (and detaches
+//!   any disk still naming it, in the same transaction).
+//! - `attach_disks` attaches the disks the request names (`Params::disk_ids`: the boot disk
+//!   first, then `disks`, each `detached` → `attaching` → `attached`, in slots 0, 1, ...):
+//!   `DataStore::disk_attach_begin` with `InstanceForDisks::Creating`, which only this saga
+//!   uses (the API attaches to stopped instances only), so while the instance is `creating` no
+//!   one else attaches to it. `Conflict` if a disk is not detached (or was deleted: not
+//!   found); the action then detaches what it attached before failing. Repeats find the disks
+//!   attached. Undo: detaches every disk naming the instance.
 //! - `mark_stopped` moves it to `no_vmm` (stopped), generation-guarded; a repeat finds it
 //!   already stopped. Last node: nothing after it can fail, so its undo is a no-op. Outputs
 //!   the instance's row as the transition returned it ([`created`]), which Nexus answers
@@ -16,8 +24,10 @@
 //! `start: true` Nexus runs instance-start after this saga finishes.
 
 use super::{NexusActionContext, action_failed, declare_saga};
-use halyard_common::ids::{InstanceUuid, ProjectUuid};
+use halyard_common::Error;
+use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid};
 use halyard_db_model::{Instance, NewInstanceParams};
+use halyard_db_queries::{DiskTransition, InstanceForDisks};
 use halyard_nexus_external_api::params::InstanceCreate;
 use serde::{Deserialize, Serialize};
 use steno::ActionError;
@@ -27,6 +37,7 @@ declare_saga! {
     action names "instance_create";
     // node     label           action static  action         undo
     "instance", "CreateRecord", CREATE_RECORD, create_record, undo_create_record;
+    "disks",    "AttachDisks",  ATTACH_DISKS,  attach_disks,  undo_attach_disks;
     "stopped",  "MarkStopped",  MARK_STOPPED,  mark_stopped,  -;
 }
 
@@ -36,6 +47,10 @@ pub struct Params {
     pub project_id: ProjectUuid,
     /// What the user asked for.
     pub create: InstanceCreate,
+    /// The disks to attach, in order (the request's boot disk first, then its `disks`),
+    /// looked up by Nexus before the saga was recorded. (Empty for a saga logged before.)
+    #[serde(default)]
+    pub disk_ids: Vec<DiskUuid>,
 }
 
 async fn create_record(ctx: &NexusActionContext) -> Result<InstanceUuid, ActionError> {
@@ -50,6 +65,12 @@ async fn create_record(ctx: &NexusActionContext) -> Result<InstanceUuid, ActionE
             ncpus: params.create.ncpus,
             memory: params.create.memory,
             hostname: params.create.hostname,
+            boot_disk_id: params
+                .create
+                .boot_disk
+                .is_some()
+                .then(|| params.disk_ids.first().copied())
+                .flatten(),
         })
         .await
         .map_err(action_failed)?;
@@ -64,6 +85,47 @@ async fn undo_create_record(ctx: &NexusActionContext) -> Result<(), anyhow::Erro
         Err(e) if e.error_code() == "ObjectNotFound" => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+async fn attach_disks(ctx: &NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let instance_id = params.instance_id;
+    for &disk_id in &params.disk_ids {
+        let attached = async {
+            datastore
+                .disk_attach_begin(instance_id, disk_id, InstanceForDisks::Creating)
+                .await?;
+            match datastore.disk_attach_finish(instance_id, disk_id).await? {
+                DiskTransition::Applied(_) | DiskTransition::AlreadyDone(_) => Ok(()),
+                DiskTransition::Conflict(disk) => Err(Error::conflict(format!(
+                    "disk \"{}\" stopped attaching meanwhile (it is {})",
+                    disk.name(),
+                    disk.state()
+                ))),
+            }
+        }
+        .await;
+        if let Err(e) = attached {
+            // A failed action's undo does not run: give back what this one attached.
+            datastore
+                .instance_detach_all_disks(instance_id)
+                .await
+                .map_err(action_failed)?;
+            return Err(action_failed(e));
+        }
+    }
+    Ok(())
+}
+
+async fn undo_attach_disks(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
+    let params = ctx.saga_params::<Params>()?;
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .instance_detach_all_disks(params.instance_id)
+        .await?;
+    Ok(())
 }
 
 /// The instance the finished saga `result` created, as its last step left it (`None` for a

@@ -5,9 +5,10 @@
 //! ```
 //!
 //! - `destroy_record` marks the instance destroyed (freeing its name), only if no VMM
-//!   incarnates it (else `Conflict`: stop it first); a repeat finds it already destroyed.
-//!   It is the only node, so there is nothing to undo: if it fails, nothing changed.
-//!   (Disks and IPs, when they exist, are detached by nodes before it.)
+//!   incarnates it (else `Conflict`: stop it first), and detaches every disk naming it, in one
+//!   transaction that holds the instance row's lock, so no attach lands after the detach
+//!   (`DataStore::instance_mark_destroyed`); a repeat finds it already destroyed. It is the
+//!   only node, so there is nothing to undo: if it fails, nothing changed.
 
 use super::{NexusActionContext, action_failed, declare_saga};
 use halyard_common::ids::InstanceUuid;
