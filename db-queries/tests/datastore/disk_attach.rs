@@ -134,7 +134,7 @@ async fn attach_and_detach_refuse_what_the_rules_forbid() {
 async fn an_instance_has_at_most_eight_disks_even_when_attaches_race() {
     let h = Harness::new();
     let project = h.project("p").await;
-    let instance = h.stopped_instance(&project, "i").await;
+    let instance = h.stopped_instance(&project, "i").await.id();
     let mut disks = Vec::new();
     for i in 0..12 {
         disks.push(h.detached_disk(&project, &format!("d{i}")).await.id());
@@ -143,7 +143,7 @@ async fn an_instance_has_at_most_eight_disks_even_when_attaches_race() {
     let mut tasks = tokio::task::JoinSet::new();
     for disk in disks {
         let h = h.clone();
-        tasks.spawn(async move { h.attach(instance.id(), disk).await });
+        tasks.spawn(async move { h.attach(instance, disk).await });
     }
     let outcomes = tasks.join_all().await;
     let won: Vec<&Disk> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
@@ -152,7 +152,7 @@ async fn an_instance_has_at_most_eight_disks_even_when_attaches_race() {
     let slots: BTreeSet<Option<i32>> = won.iter().map(|d| d.slot).collect();
     assert_eq!(slots, (0..8).map(Some).collect());
     // The losers hold nothing.
-    let listed = h.datastore.instance_attached_disks(instance.id()).await.unwrap();
+    let listed = h.datastore.instance_attached_disks(instance).await.unwrap();
     assert_eq!(listed.len(), MAX_DISKS_PER_INSTANCE);
 }
 
@@ -196,23 +196,23 @@ async fn an_attach_racing_a_start_never_leaves_the_vmm_without_the_disk() {
     let project = h.project("p").await;
     let mut outcomes = [0usize; 3];
     for round in 0..40 {
-        let instance = h.stopped_instance(&project, &format!("i{round}")).await;
-        let disk = h.detached_disk(&project, &format!("d{round}")).await;
+        let instance = h.stopped_instance(&project, &format!("i{round}")).await.id();
+        let disk = h.detached_disk(&project, &format!("d{round}")).await.id();
         let attach = {
             let h = h.clone();
-            tokio::spawn(async move { h.attach(instance.id(), disk.id()).await })
+            tokio::spawn(async move { h.attach(instance, disk).await })
         };
         let start = {
             let h = h.clone();
             tokio::spawn(async move {
                 let claimed = h
                     .datastore
-                    .instance_claim_for_start(instance.id(), VmmUuid::new_v4())
+                    .instance_claim_for_start(instance, VmmUuid::new_v4())
                     .await;
                 match claimed {
                     Ok((TransitionOutcome::Applied, _)) => Some(
                         h.datastore
-                            .instance_attached_disks(instance.id())
+                            .instance_attached_disks(instance)
                             .await
                             .unwrap()
                             .iter()
@@ -227,10 +227,10 @@ async fn an_attach_racing_a_start_never_leaves_the_vmm_without_the_disk() {
         };
         let attached = attach.await.unwrap();
         let vmm_disks = start.await.unwrap();
-        let now = h.datastore.disk_fetch(disk.id()).await.unwrap();
+        let now = h.datastore.disk_fetch(disk).await.unwrap();
         match (&attached, &vmm_disks) {
             (Ok(_), Some(vmm_disks)) => {
-                assert_eq!(vmm_disks, &[disk.id()], "round {round}: the VMM lacks the disk");
+                assert_eq!(vmm_disks, &[disk], "round {round}: the VMM lacks the disk");
                 outcomes[0] += 1;
             }
             (Ok(_), None) => outcomes[1] += 1,
