@@ -72,6 +72,7 @@ fn instance_view(view: InstanceAndVmm) -> Instance {
     let run_state = view.run_state();
     let time_run_state_updated = view.time_run_state_updated();
     let instance = view.instance;
+    let boot_disk_id = instance.boot_disk();
     Instance {
         id: instance.id(),
         name: instance.name().clone(),
@@ -88,7 +89,7 @@ fn instance_view(view: InstanceAndVmm) -> Instance {
         auto_restart_policy: None,
         auto_restart_cooldown_expiration: None,
         time_last_auto_restarted: None,
-        boot_disk_id: instance.boot_disk().map(|id| id.into_untyped_uuid()),
+        boot_disk_id: boot_disk_id.map(|id| id.into_untyped_uuid()),
         cpu_platform: None,
         enable_jumbo_frames: false,
         migration_id: instance.runtime.migration(),

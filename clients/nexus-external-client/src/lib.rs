@@ -10,7 +10,9 @@ progenitor::generate_api!(
     interface = Builder,
     derives = [PartialEq],
     replace = {
+        BlockSize = halyard_common::BlockSize,
         ByteCount = halyard_common::ByteCount,
+        DiskUuid = halyard_common::ids::DiskUuid,
         InstanceState = halyard_common::InstanceState,
         InstanceUuid = halyard_common::ids::InstanceUuid,
         MigrationState = halyard_common::MigrationState,

@@ -23,11 +23,12 @@
 //! a failure message prints.
 
 use crate::context::{SLED_RAM_GIB, SLED_THREADS, invariant_violations, log};
-use halyard_common::ids::{InstanceUuid, NexusUuid, ProjectUuid, SledUuid};
+use halyard_common::ids::{DiskUuid, InstanceUuid, NexusUuid, ProjectUuid, SledUuid};
 use halyard_common::{ByteCount, SledBackend};
 use halyard_nexus::app::crash_point::{CRASH_AT_ENV, CrashEvent, CrashPoint, FAIL_AT_ENV};
 use halyard_nexus::app::sagas::{
-    NexusSaga, create_saga_dag, instance_create, instance_delete, instance_migrate, instance_start,
+    NexusSaga, create_saga_dag, disk_attach, disk_detach, instance_create, instance_delete,
+    instance_migrate, instance_start,
 };
 use halyard_nexus_external_api::params::InstanceCreate;
 use halyard_test_db::{TestDatabase, shared_cluster};
@@ -446,6 +447,36 @@ fn node_effect(saga: &str, node: &str) -> Option<NodeEffect> {
                  AND v.state = 'migrating')",
             ),
         ),
+        ("disk-attach", "begin") => (
+            "the disk attaching to the instance",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM disk d JOIN instance i \
+                 ON i.id = d.attach_instance_id WHERE i.name = '{name}' \
+                 AND d.state IN ('attaching', 'attached'))",
+            ),
+        ),
+        ("disk-attach", "attached") => (
+            "the disk attached to the instance",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM disk d JOIN instance i \
+                 ON i.id = d.attach_instance_id WHERE i.name = '{name}' \
+                 AND d.state = 'attached')",
+            ),
+        ),
+        ("disk-detach", "begin") => (
+            "the disk detaching from the instance",
+            Probe::Sql(
+                "SELECT NOT EXISTS (SELECT 1 FROM disk WHERE name = '{name}-d' \
+                 AND state = 'attached')",
+            ),
+        ),
+        ("disk-detach", "detached") => (
+            "the disk detached",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM disk WHERE name = '{name}-d' \
+                 AND state = 'detached')",
+            ),
+        ),
         ("instance-delete", "destroyed") => (
             "the instance destroyed",
             Probe::Sql(
@@ -565,6 +596,29 @@ async fn run_case(
         );
         cluster.wait_for_state(name, &["running"]).await?;
     }
+    if saga == disk_attach::SagaDiskAttach::NAME || saga == disk_detach::SagaDiskDetach::NAME {
+        // A detached disk of the project, named after the instance, as a finished disk-create
+        // saga leaves it (a simulated sled's regions serve nothing).
+        cluster.sql(&format!(
+            "INSERT INTO disk (id, name, description, project_id, time_created, time_modified, \
+             size_bytes, block_size, state, state_generation, time_state_updated) \
+             SELECT gen_random_uuid(), '{name}-d', '', id, now(), now(), 1073741824, 4096, \
+             'detached', 1, now() FROM project WHERE name = 'p'"
+        ));
+    }
+    if saga == disk_detach::SagaDiskDetach::NAME {
+        let answer = cluster
+            .request(
+                "POST",
+                &format!("/v1/instances/{name}/disks/attach?project=p"),
+                Some(json!({"disk": format!("{name}-d")})),
+            )
+            .await;
+        check!(
+            matches!(answer, Some((202, _))),
+            "attaching {name}-d: {answer:?}"
+        );
+    }
     stop(healthy);
     let sled_before = cluster.active_sled(name);
 
@@ -590,6 +644,16 @@ async fn run_case(
             "POST",
             format!("/v1/instances/{name}/migrate?project=p"),
             Some(json!({})),
+        ),
+        "disk-attach" => (
+            "POST",
+            format!("/v1/instances/{name}/disks/attach?project=p"),
+            Some(json!({"disk": format!("{name}-d")})),
+        ),
+        "disk-detach" => (
+            "POST",
+            format!("/v1/instances/{name}/disks/detach?project=p"),
+            Some(json!({"disk": format!("{name}-d")})),
         ),
         _ => ("DELETE", format!("/v1/instances/{name}?project=p"), None),
     };
@@ -712,6 +776,7 @@ async fn check_recovery(
         ("instance-start", Outcome::Finished) => Some("running"),
         ("instance-start", Outcome::Unwound) => Some("stopped"),
         ("instance-migrate", _) => Some("running"),
+        ("disk-attach" | "disk-detach", _) => Some("stopped"),
         ("instance-delete", Outcome::Finished) => None,
         ("instance-delete", Outcome::Unwound) => Some("stopped"),
         (other, _) => return Err(format!("no expected end state for {other}")),
@@ -720,6 +785,28 @@ async fn check_recovery(
         state.as_deref() == expected_state,
         "the instance is {state:?}, expected {expected_state:?}"
     );
+    // The disk, as the outcome calls for: attached when an attach finished or a detach
+    // unwound, detached otherwise.
+    if case.saga.name == disk_attach::SagaDiskAttach::NAME
+        || case.saga.name == disk_detach::SagaDiskDetach::NAME
+    {
+        let attached = (case.saga.name == disk_attach::SagaDiskAttach::NAME)
+            == (outcome == Outcome::Finished);
+        let expected = if attached {
+            format!("attached {name}")
+        } else {
+            "detached ".to_string()
+        };
+        let disk = cluster.sql(&format!(
+            "SELECT d.state || ' ' || coalesce(i.name, '') FROM disk d \
+             LEFT JOIN instance i ON i.id = d.attach_instance_id WHERE d.name = '{name}-d'"
+        ));
+        check!(
+            disk == expected,
+            "after the {} {outcome:?}, the disk is {disk:?}, expected {expected:?}",
+            case.saga.name
+        );
+    }
     if case.saga.name == instance_migrate::SagaInstanceMigrate::NAME {
         let sled_after = cluster.active_sled(name);
         let moved = sled_after != sled_before;
@@ -776,6 +863,7 @@ async fn every_saga_survives_a_crash_at_every_node() {
                 1,
                 ByteCount::from_gibibytes_u32(1),
             ),
+            disk_ids: Vec::new(),
         }),
         SagaNodes::of::<instance_start::SagaInstanceStart>(instance_start::Params {
             instance_id: any_instance,
@@ -787,7 +875,23 @@ async fn every_saga_survives_a_crash_at_every_node() {
         SagaNodes::of::<instance_delete::SagaInstanceDelete>(instance_delete::Params {
             instance_id: any_instance,
         }),
+        SagaNodes::of::<disk_attach::SagaDiskAttach>(disk_attach::Params {
+            instance_id: any_instance,
+            disk_id: DiskUuid::new_v4(),
+        }),
+        SagaNodes::of::<disk_detach::SagaDiskDetach>(disk_detach::Params {
+            instance_id: any_instance,
+            disk_id: DiskUuid::new_v4(),
+        }),
     ];
+    // `HALYARD_CRASH_REPLAY_SAGAS=disk-attach,disk-detach` runs only those sagas' cases.
+    let only: Option<Vec<String>> = std::env::var("HALYARD_CRASH_REPLAY_SAGAS")
+        .ok()
+        .map(|list| list.split(',').map(str::to_string).collect());
+    let sagas: Vec<SagaNodes> = sagas
+        .into_iter()
+        .filter(|saga| only.as_ref().is_none_or(|only| only.iter().any(|n| n == saga.name)))
+        .collect();
 
     // Forward: every node, right after `started`, right after its effects and right after
     // `succeeded`. Unwinding: a

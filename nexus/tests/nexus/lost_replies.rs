@@ -15,11 +15,12 @@
 //! is printed.
 
 use crate::context::TestContext;
-use halyard_common::ids::{InstanceUuid, ProjectUuid};
-use halyard_common::{ByteCount, InstanceState};
+use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid};
+use halyard_common::{ByteCount, DiskState, InstanceState, NameOrId};
 use halyard_nexus::app::crash_point::LostReplyStep;
 use halyard_nexus::app::sagas::{
-    NexusSaga, create_saga_dag, instance_create, instance_delete, instance_migrate, instance_start,
+    NexusSaga, create_saga_dag, disk_attach, disk_detach, instance_create, instance_delete,
+    instance_migrate, instance_start,
 };
 use halyard_nexus_external_api::params::InstanceCreate;
 use halyard_sled_agent::SimConfig;
@@ -208,6 +209,34 @@ async fn stop(ctx: &TestContext, id: InstanceUuid) {
     ctx.assert_quiet_and_consistent().await;
 }
 
+/// A stopped instance and a detached disk of its project.
+async fn stopped_instance_and_disk(ctx: &TestContext) -> (InstanceUuid, DiskUuid) {
+    let instance = stopped_instance(ctx).await;
+    let name = format!("d-{}", &DiskUuid::new_v4().to_string()[..8]);
+    let disk =
+        crate::instance_disks::detached_disk(ctx, &NameOrId::Name("p".parse().unwrap()), &name)
+            .await;
+    (instance, disk)
+}
+
+async fn attach_now(ctx: &TestContext, instance_id: InstanceUuid, disk_id: DiskUuid) {
+    ctx.nexus()
+        .run_saga::<disk_attach::SagaDiskAttach>(disk_attach::Params {
+            instance_id,
+            disk_id,
+        })
+        .await
+        .unwrap();
+}
+
+/// The disks naming the instance.
+fn disks_naming(ctx: &TestContext, id: InstanceUuid) -> usize {
+    count(
+        ctx,
+        &format!("SELECT count(*) FROM disk WHERE attach_instance_id = '{id}'"),
+    )
+}
+
 fn print_summary(title: &str, outcome: &str, cases: &[LostReplyCase]) {
     println!("{title}");
     for case in cases {
@@ -242,6 +271,7 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
                         1,
                         ByteCount::from_gibibytes_u32(1),
                     ),
+                    disk_ids: Vec::new(),
                 }
             },
             async |ctx, params| {
@@ -399,6 +429,49 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
         .await,
     );
 
+    cases.extend(
+        lose_a_reply_at_every_node::<disk_attach::SagaDiskAttach>(
+            &ctx,
+            async |ctx| {
+                let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+                disk_attach::Params {
+                    instance_id,
+                    disk_id,
+                }
+            },
+            async |ctx, params| {
+                let attached = disks_naming(ctx, params.instance_id);
+                assert_eq!(attached, 1);
+                let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+                assert_eq!(disk.state(), DiskState::Attached);
+                format!("{attached} disk attached, slot {:?}", disk.slot)
+            },
+        )
+        .await,
+    );
+
+    cases.extend(
+        lose_a_reply_at_every_node::<disk_detach::SagaDiskDetach>(
+            &ctx,
+            async |ctx| {
+                let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+                attach_now(ctx, instance_id, disk_id).await;
+                disk_detach::Params {
+                    instance_id,
+                    disk_id,
+                }
+            },
+            async |ctx, params| {
+                let attached = disks_naming(ctx, params.instance_id);
+                assert_eq!(attached, 0);
+                let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+                assert_eq!(disk.state(), DiskState::Detached);
+                format!("{attached} disk attached, detached")
+            },
+        )
+        .await,
+    );
+
     print_summary(
         "lost replies per saga node (the action's effects landed, its reply was lost):",
         "finished",
@@ -407,8 +480,8 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
     let nodes = cases.len();
     let lost: usize = cases.iter().map(|c| c.lost).sum();
     println!("  {lost} lost replies at {nodes} saga nodes, every saga finished with one effect");
-    // Every node of the four sagas: 2 + 6 + 8 + 1.
-    assert_eq!(nodes, 17);
+    // Every node of the six sagas: 3 + 6 + 8 + 1 + 2 + 2.
+    assert_eq!(nodes, 22);
 }
 
 /// A stopped instance with nothing held, and nothing of the instance on the sled agents.
@@ -451,6 +524,7 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
                         1,
                         ByteCount::from_gibibytes_u32(1),
                     ),
+                    disk_ids: Vec::new(),
                 }
             },
             async |ctx, params| {
@@ -536,6 +610,50 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
         .await,
     );
 
+    cases.extend(
+        lose_an_undo_reply_at_every_node::<disk_attach::SagaDiskAttach>(
+            &ctx,
+            &["begin"],
+            async |ctx| {
+                let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+                disk_attach::Params {
+                    instance_id,
+                    disk_id,
+                }
+            },
+            async |ctx, params| {
+                let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+                assert_eq!((disk.state(), disk.attached_to()), (DiskState::Detached, None));
+                "the disk detached".to_string()
+            },
+        )
+        .await,
+    );
+
+    cases.extend(
+        lose_an_undo_reply_at_every_node::<disk_detach::SagaDiskDetach>(
+            &ctx,
+            &["begin"],
+            async |ctx| {
+                let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+                attach_now(ctx, instance_id, disk_id).await;
+                disk_detach::Params {
+                    instance_id,
+                    disk_id,
+                }
+            },
+            async |ctx, params| {
+                let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+                assert_eq!(
+                    (disk.state(), disk.attached_to()),
+                    (DiskState::Attached, Some(params.instance_id))
+                );
+                "the disk attached again".to_string()
+            },
+        )
+        .await,
+    );
+
     print_summary(
         "lost undo replies per saga node (a failure at the last node; the undo's effects \
          landed, its reply was lost):",
@@ -548,7 +666,7 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
          saga unwound completely",
         cases.len()
     );
-    // Every node but the last of the sagas with more than one: 1 + 5 + 7, of which 1 + 4 + 5
-    // have an undo.
-    assert_eq!((cases.len(), lost), (13, 10));
+    // Every node but the last of the sagas with more than one: 2 + 5 + 7 + 1 + 1, of which
+    // 2 + 4 + 5 + 1 + 1 have an undo.
+    assert_eq!((cases.len(), lost), (16, 13));
 }

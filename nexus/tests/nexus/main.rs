@@ -7,6 +7,7 @@ mod bad_input;
 mod context;
 mod crash_replay;
 mod external_api;
+mod instance_disks;
 mod instances;
 mod invariant_checker;
 mod lost_replies;
