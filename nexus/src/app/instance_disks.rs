@@ -5,7 +5,7 @@
 use super::Nexus;
 use super::sagas::{disk_attach, disk_detach};
 use halyard_common::ids::{DiskUuid, GenericUuid, InstanceUuid};
-use halyard_common::{Error, NameOrId, ResourceType};
+use halyard_common::{DiskState, Error, NameOrId, ResourceType};
 use halyard_db_model::{Disk, Instance};
 use halyard_db_queries::PaginatedBy;
 use std::sync::Arc;
@@ -47,6 +47,19 @@ impl Nexus {
         disk: &NameOrId,
     ) -> Result<Disk, Error> {
         let disk = self.instance_disk_lookup(instance, disk).await?;
+        // Refused before a saga is recorded; the saga's first statement decides races (two
+        // requests that both got here: the second to lock finds the disk taken, or, for the
+        // same instance, already attaching to it, which is the same end).
+        if disk.state() != DiskState::Detached {
+            return Err(Error::conflict(format!(
+                "disk \"{}\" is {}{}; only a detached disk can be attached",
+                disk.name(),
+                disk.state(),
+                disk.attached_to()
+                    .map(|id| format!(" (instance {id})"))
+                    .unwrap_or_default()
+            )));
+        }
         let result = self
             .run_saga::<disk_attach::SagaDiskAttach>(disk_attach::Params {
                 instance_id: instance.id(),
@@ -66,6 +79,14 @@ impl Nexus {
         disk: &NameOrId,
     ) -> Result<Disk, Error> {
         let disk = self.instance_disk_lookup(instance, disk).await?;
+        if disk.state() != DiskState::Attached || disk.attached_to() != Some(instance.id()) {
+            return Err(Error::conflict(format!(
+                "disk \"{}\" is not attached to instance \"{}\" (it is {})",
+                disk.name(),
+                instance.name(),
+                disk.state()
+            )));
+        }
         let result = self
             .run_saga::<disk_detach::SagaDiskDetach>(disk_detach::Params {
                 instance_id: instance.id(),
