@@ -25,7 +25,7 @@
 
 use crate::authn::Actor;
 use halyard_common::Error;
-use halyard_common::ids::{InstanceUuid, ProjectUuid, SiloUuid};
+use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid, SiloUuid};
 use halyard_common::{LookupType, ResourceType};
 use std::collections::BTreeSet;
 
@@ -137,6 +137,14 @@ pub struct Instance {
     pub lookup: LookupType,
 }
 
+/// A disk, with its project (whose roles apply to it, as to an instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub project: ProjectUuid,
+    pub id: DiskUuid,
+    pub lookup: LookupType,
+}
+
 /// A project's policy: its role assignments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectPolicy {
@@ -150,6 +158,7 @@ pub enum Resource {
     Silo(Silo),
     Project(Project),
     Instance(Instance),
+    Disk(Disk),
     ProjectPolicy(ProjectPolicy),
 }
 
@@ -160,6 +169,7 @@ impl Resource {
             Resource::Fleet(_) | Resource::Silo(_) => None,
             Resource::Project(p) => Some(p.id),
             Resource::Instance(i) => Some(i.project),
+            Resource::Disk(d) => Some(d.project),
             Resource::ProjectPolicy(p) => Some(p.project.id),
         }
     }
@@ -172,6 +182,7 @@ impl Resource {
                 (ResourceType::Project, p.lookup.clone())
             }
             Resource::Instance(i) => (ResourceType::Instance, i.lookup.clone()),
+            Resource::Disk(d) => (ResourceType::Disk, d.lookup.clone()),
             // Never hidden: see `decide`.
             Resource::Fleet(_) | Resource::Silo(_) => {
                 return Error::internal("the fleet and silos are never hidden");
@@ -248,7 +259,10 @@ pub fn decide(actor: &Actor, roles: &Roles, resource: &Resource, action: Action)
                 Decision::Forbidden
             }
         }
-        Resource::Project(_) | Resource::Instance(_) | Resource::ProjectPolicy(_) => {
+        Resource::Project(_)
+        | Resource::Instance(_)
+        | Resource::Disk(_)
+        | Resource::ProjectPolicy(_) => {
             let may = |action| {
                 (fleet_viewer
                     && matches!(

@@ -21,8 +21,8 @@ use halyard_nexus_external_api::pagination::{
     results_page_by_id, results_page_by_name_or_id, scan_params,
 };
 use halyard_nexus_external_api::params::{
-    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskPath, InstanceCreate,
-    InstanceMigrate,
+    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
+    InstanceCreate, InstanceMigrate,
     InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
     OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
 };
@@ -96,20 +96,20 @@ fn instance_view(view: InstanceAndVmm) -> Instance {
     }
 }
 
-/// A disk as Oxide shows it: its state names the instance it is attached to.
 fn disk_view(disk: halyard_db_model::Disk) -> Disk {
-    use halyard_common::DiskState as S;
-    let instance = disk.attached_to();
-    let state = match (disk.state(), instance) {
-        (S::Creating, _) => DiskState::Creating,
-        (S::Detached, _) => DiskState::Detached,
-        (S::Attaching, Some(id)) => DiskState::Attaching(id),
-        (S::Attached, Some(id)) => DiskState::Attached(id),
-        (S::Detaching, Some(id)) => DiskState::Detaching(id),
-        (S::Faulted, _) => DiskState::Faulted,
-        (S::Destroyed, _) => DiskState::Destroyed,
-        // The row's CHECK: these states name an instance.
-        (S::Attaching | S::Attached | S::Detaching, None) => DiskState::Faulted,
+    use halyard_common::DiskState as Stored;
+    let attached_to = || {
+        disk.attached_to()
+            .expect("a disk attaching, attached or detaching names its instance (a CHECK)")
+    };
+    let state = match disk.state() {
+        Stored::Creating => DiskState::Creating,
+        Stored::Detached => DiskState::Detached,
+        Stored::Attaching => DiskState::Attaching(attached_to()),
+        Stored::Attached => DiskState::Attached(attached_to()),
+        Stored::Detaching => DiskState::Detaching(attached_to()),
+        Stored::Faulted => DiskState::Faulted,
+        Stored::Destroyed => DiskState::Destroyed,
     };
     Disk {
         id: disk.id(),
@@ -127,6 +127,21 @@ fn disk_view(disk: halyard_db_model::Disk) -> Disk {
         disk_type: DiskType::Distributed,
         read_only: false,
     }
+}
+
+/// The disk a request names, if its caller may do `action` on it.
+async fn lookup_disk(
+    nexus: &Nexus,
+    opctx: &OpContext,
+    query: Query<OptionalProjectSelector>,
+    path: Path<DiskPath>,
+    action: Action,
+) -> Result<halyard_db_model::Disk, Error> {
+    let project = query.into_inner().project;
+    let disk = path.into_inner().disk;
+    nexus
+        .disk_lookup_authorized(opctx, project.as_ref(), &disk, action)
+        .await
 }
 
 fn migration_view(migration: halyard_db_model::Migration) -> Migration {
@@ -781,6 +796,76 @@ impl NexusExternalApi for NexusExternalImpl {
             )
             .await?;
             Ok(HttpResponseAccepted(disk_view(detached)))
+        })
+        .await
+    }
+
+    // Disks
+
+    async fn disk_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<ProjectSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<Disk>>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let query = query.into_inner();
+            let limit = rqctx.page_limit(&query)?;
+            let scan = scan_params(&query);
+            let page = paginated_by(name_or_id_pagination(&query, limit)?);
+            let nexus = rqctx.context();
+            let project = nexus
+                .project_lookup_authorized(&opctx, &scan.selector.project, Action::ListChildren)
+                .await?;
+            let disks = nexus.disk_list(project.id(), &page).await?;
+            let views = disks.into_iter().map(disk_view).collect();
+            Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
+        })
+        .await
+    }
+
+    async fn disk_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<ProjectSelector>,
+        body: TypedBody<DiskCreate>,
+    ) -> Result<HttpResponseCreated<Disk>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let project = nexus
+                .project_lookup_authorized(&opctx, &query.into_inner().project, Action::CreateChild)
+                .await?;
+            let created =
+                for_request(rqctx, nexus.disk_create(project.id(), body.into_inner())).await?;
+            Ok(HttpResponseCreated(disk_view(created)))
+        })
+        .await
+    }
+
+    async fn disk_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<DiskPath>,
+    ) -> Result<HttpResponseOk<Disk>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let disk = lookup_disk(nexus, &opctx, query, path, Action::Read).await?;
+            Ok(HttpResponseOk(disk_view(disk)))
+        })
+        .await
+    }
+
+    async fn disk_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<DiskPath>,
+    ) -> Result<HttpResponseDeleted, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let disk = lookup_disk(nexus, &opctx, query, path, Action::Delete).await?;
+            for_request(rqctx, nexus.disk_delete(&disk)).await?;
+            Ok(HttpResponseDeleted())
         })
         .await
     }

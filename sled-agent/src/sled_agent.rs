@@ -542,6 +542,13 @@ impl SledAgent {
         }
     }
 
+    /// The regions this sled holds, read without waiting (for the invariant checker, which
+    /// runs at quiet points and may not await): `None` if a region is being made or deleted
+    /// right now.
+    pub fn regions_now(&self) -> Option<Vec<halyard_sled_agent_api::RegionSummary>> {
+        self.storage.list_now()
+    }
+
     /// The process id of the daemon serving this sled's regions, if it runs one and it is up
     /// (for tests that kill it).
     pub fn storage_daemon_pid(&self) -> Option<u32> {

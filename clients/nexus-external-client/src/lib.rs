@@ -21,6 +21,7 @@ progenitor::generate_api!(
         NameOrId = halyard_common::NameOrId,
         ProjectUuid = halyard_common::ids::ProjectUuid,
         SledUuid = halyard_common::ids::SledUuid,
+        SnapshotUuid = halyard_common::ids::SnapshotUuid,
         VmmUuid = halyard_common::ids::VmmUuid,
     }
 );

@@ -201,6 +201,46 @@ impl DataStore {
     }
 }
 
+impl DataStore {
+    /// Brings a deleted disk back as `faulted` (its data is not to be trusted any more): the
+    /// undo of a disk delete that could not finish, so the disk and its regions show again
+    /// and the delete can be tried anew. Idempotent (a disk already back is returned as it
+    /// is). `ObjectAlreadyExists` if a live disk of its project took its name meanwhile.
+    pub async fn disk_undelete_faulted(&self, id: DiskUuid) -> Result<Disk, Error> {
+        let conn = &mut *self.connection().await?;
+        let now = Utc::now();
+        let updated = diesel::update(disk::table)
+            .filter(disk::id.eq(DbTypedUuid(id)))
+            .filter(disk::time_deleted.is_not_null())
+            .filter(disk::state.eq(DbEnum(DiskState::Destroyed)))
+            .set((
+                disk::state.eq(DbEnum(DiskState::Faulted)),
+                disk::attach_instance_id.eq(None::<DbTypedUuid<InstanceKind>>),
+                disk::state_generation.eq(disk::state_generation + 1),
+                disk::time_state_updated.eq(now),
+                disk::time_modified.eq(now),
+                disk::time_deleted.eq(None::<chrono::DateTime<Utc>>),
+            ))
+            .returning(Disk::as_returning())
+            .get_result(conn)
+            .await
+            .optional();
+        match updated {
+            Ok(Some(disk)) => Ok(disk),
+            Ok(None) => disk_fetch_any(conn, id)
+                .await
+                .map_err(TxnError::into_public)?
+                .filter(|found| found.time_deleted.is_none())
+                .ok_or_else(|| disk_not_found(id)),
+            Err(e) if is_unique_violation(&e) => Err(Error::ObjectAlreadyExists {
+                type_name: ResourceType::Disk,
+                name: format!("(the name of deleted disk {id})"),
+            }),
+            Err(e) => Err(public_error_from_diesel(e)),
+        }
+    }
+}
+
 pub(crate) async fn disk_fetch_any(
     conn: &mut AsyncPgConnection,
     id: DiskUuid,

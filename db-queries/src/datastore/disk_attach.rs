@@ -279,6 +279,25 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
+    /// The disks the instance's create made that are still attached to it: what its delete
+    /// deletes (a disk it made but that was detached since is the user's to keep).
+    pub async fn instance_created_disks(
+        &self,
+        instance_id: InstanceUuid,
+    ) -> Result<Vec<DiskUuid>, Error> {
+        let conn = &mut *self.connection().await?;
+        disk::table
+            .filter(disk::created_by_instance_id.eq(DbTypedUuid(instance_id)))
+            .filter(disk::attach_instance_id.eq(DbTypedUuid(instance_id)))
+            .filter(disk::time_deleted.is_null())
+            .order(disk::slot.asc())
+            .select(disk::id)
+            .load::<DbTypedUuid<DiskKind>>(conn)
+            .await
+            .map(|ids| ids.into_iter().map(|id| id.0).collect())
+            .map_err(public_error_from_diesel)
+    }
+
     /// One page of the disks attached to (or attaching to, or detaching from) an instance.
     pub async fn instance_disk_list(
         &self,

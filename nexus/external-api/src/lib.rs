@@ -22,8 +22,8 @@ use dropshot::{
 };
 use pagination::{PaginatedById, PaginatedByNameOrId};
 use params::{
-    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskPath, InstanceCreate,
-    InstanceMigrate,
+    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
+    InstanceCreate, InstanceMigrate,
     InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
     OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
 };
@@ -292,6 +292,44 @@ pub trait NexusExternalApi {
         path: Path<InstancePath>,
         disk_to_detach: TypedBody<DiskPath>,
     ) -> Result<HttpResponseAccepted<Disk>, HttpError>;
+
+    // Disks
+
+    /// List the disks of a project. `project` is required on the first page (later pages
+    /// carry it in `page_token`).
+    #[endpoint { method = GET, path = "/v1/disks", tags = ["disks"] }]
+    async fn disk_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<ProjectSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<Disk>>, HttpError>;
+
+    /// Create a disk in a project: a blank disk of `size` bytes (a whole number of blocks of
+    /// its `block_size`, at most 1023 GiB), kept as three replicas on three sleds. Answers
+    /// once it is `detached` (ready to attach). Too little storage: 507, nothing created.
+    #[endpoint { method = POST, path = "/v1/disks", tags = ["disks"] }]
+    async fn disk_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<ProjectSelector>,
+        body: TypedBody<DiskCreate>,
+    ) -> Result<HttpResponseCreated<Disk>, HttpError>;
+
+    /// Fetch a disk. `project` is required when `{disk}` is a name and must be absent when it
+    /// is an id.
+    #[endpoint { method = GET, path = "/v1/disks/{disk}", tags = ["disks"] }]
+    async fn disk_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<DiskPath>,
+    ) -> Result<HttpResponseOk<Disk>, HttpError>;
+
+    /// Delete a disk. Only a detached (or faulted) disk can be deleted: an attached one is
+    /// refused with 409. `project` as for `disk_view`.
+    #[endpoint { method = DELETE, path = "/v1/disks/{disk}", tags = ["disks"] }]
+    async fn disk_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<DiskPath>,
+    ) -> Result<HttpResponseDeleted, HttpError>;
 
     // System hardware
 

@@ -6,9 +6,9 @@
 use super::Nexus;
 use crate::authn::{Actor, OpContext};
 use crate::authz::{self, Action, FleetRole, ProjectRole, Resource, Roles};
-use halyard_common::ids::{GenericUuid, InstanceUuid, ProjectUuid, UserUuid};
+use halyard_common::ids::{DiskUuid, GenericUuid, InstanceUuid, ProjectUuid, UserUuid};
 use halyard_common::{Error, LookupType, Name, NameOrId};
-use halyard_db_model::{Project, RoleAssignment};
+use halyard_db_model::{Disk, Project, RoleAssignment};
 use halyard_db_queries::InstanceAndVmm;
 use halyard_db_queries::PaginatedBy;
 
@@ -111,6 +111,43 @@ impl Nexus {
             project: found.instance.project_id(),
             id: found.instance.id(),
             lookup: lookup_type(instance),
+        });
+        self.authorize(opctx, &resource, action).await?;
+        Ok(found)
+    }
+
+    /// A live disk the actor may do `action` on: by id (then no project may be given), or by
+    /// name within a project (which the actor must be able to read).
+    pub async fn disk_lookup_authorized(
+        &self,
+        opctx: &OpContext,
+        project: Option<&NameOrId>,
+        disk: &NameOrId,
+        action: Action,
+    ) -> Result<Disk, Error> {
+        let found = match (disk, project) {
+            (NameOrId::Id(id), None) => {
+                self.datastore()
+                    .disk_fetch(DiskUuid::from_untyped_uuid(*id))
+                    .await?
+            }
+            (NameOrId::Id(_), Some(_)) | (NameOrId::Name(_), None) => {
+                // The same 400 as the unchecked lookup gives.
+                return self.disk_lookup(project, disk).await;
+            }
+            (NameOrId::Name(name), Some(project)) => {
+                let project = self
+                    .project_lookup_authorized(opctx, project, Action::Read)
+                    .await?;
+                self.datastore()
+                    .disk_fetch_by_name(project.id(), name)
+                    .await?
+            }
+        };
+        let resource = Resource::Disk(authz::Disk {
+            project: found.project_id(),
+            id: found.id(),
+            lookup: lookup_type(disk),
         });
         self.authorize(opctx, &resource, action).await?;
         Ok(found)

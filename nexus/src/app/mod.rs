@@ -6,6 +6,7 @@
 pub mod authorized;
 pub mod background;
 pub mod crash_point;
+pub mod disk;
 pub mod identity;
 pub mod instance;
 pub mod instance_disks;

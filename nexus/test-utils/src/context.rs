@@ -94,6 +94,8 @@ pub struct TestContext {
     _nexus_internal_port: Option<ReservedPort>,
     /// The token of [`TEST_USER`], which every test client presents.
     pub token: String,
+    /// What each sled agent offers for regions ([`TestContext::with_storage`]; 0: none).
+    storage_capacity: ByteCount,
 }
 
 /// The user every test client acts as.
@@ -122,14 +124,26 @@ impl TestContext {
     }
 
     pub async fn with_sim(count: usize, sim: SimConfig) -> TestContext {
-        TestContext::start_with(count, SledKind::Sim(sim), None).await
+        TestContext::start_with(count, SledKind::Sim(sim), None, ByteCount::from_mebibytes_u32(0)).await
+    }
+
+    /// [`TestContext::with_sleds`] whose sled agents each offer `capacity` bytes of storage
+    /// for disks' regions (the others offer none, so hold no disk).
+    pub async fn with_storage(count: usize, capacity: ByteCount) -> TestContext {
+        TestContext::start_with(count, SledKind::Sim(SIM_DELAYS), None, capacity).await
     }
 
     /// [`TestContext::with_sleds`] with Nexus's internal API on a reserved port, so the test
     /// may stop Nexus ([`TestContext::stop_nexus`]) while its sled agents keep calling it.
     pub async fn with_stoppable_nexus(count: usize) -> TestContext {
         let port = halyard_test_db::reserve_port().unwrap();
-        TestContext::start_with(count, SledKind::Sim(SIM_DELAYS), Some(port)).await
+        TestContext::start_with(
+            count,
+            SledKind::Sim(SIM_DELAYS),
+            Some(port),
+            ByteCount::from_mebibytes_u32(0),
+        )
+        .await
     }
 
     /// Sleds that run real QEMU VMMs (TCG here), booting the guest image (built first if
@@ -150,6 +164,7 @@ impl TestContext {
                 ..Default::default()
             }),
             None,
+            ByteCount::from_mebibytes_u32(0),
         )
         .await
     }
@@ -158,6 +173,7 @@ impl TestContext {
         count: usize,
         kind: SledKind,
         nexus_internal_port: Option<ReservedPort>,
+        storage_capacity: ByteCount,
     ) -> TestContext {
         let db = TestDatabase::new();
         let config = Config {
@@ -185,7 +201,10 @@ impl TestContext {
                 registration_interval_ms: 1000,
                 sim: kind.sim(),
                 qemu: kind.qemu(),
-                storage: Default::default(),
+                storage: halyard_sled_agent::StorageConfig {
+                    capacity: storage_capacity,
+                    ..Default::default()
+                },
                 tls: tls_files(Role::Sled(sled_id)),
             };
             sleds.push(
@@ -202,6 +221,7 @@ impl TestContext {
             sleds,
             _nexus_internal_port: nexus_internal_port,
             token,
+            storage_capacity,
         };
         let want = count;
         ctx.eventually("every sled registered", async |ctx: &TestContext| {
@@ -227,7 +247,10 @@ impl TestContext {
             registration_interval_ms: 1000,
             sim,
             qemu: Default::default(),
-            storage: Default::default(),
+            storage: halyard_sled_agent::StorageConfig {
+                capacity: self.storage_capacity,
+                ..Default::default()
+            },
             tls: tls_files(Role::Sled(id)),
         };
         let new = halyard_sled_agent::Server::start(&config, &log())

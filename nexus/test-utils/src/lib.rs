@@ -5,6 +5,7 @@
 pub mod context;
 pub mod model;
 
+use halyard_db_model::REGIONS_PER_DISK;
 use halyard_test_db::{PostgresCluster, TestDatabase, shared_cluster};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +31,18 @@ use std::collections::{BTreeMap, BTreeSet};
 /// steno records such a saga as `done`); nothing a failed node left behind (a claim with no
 /// VMM record, a reservation with no live VMM, a `creating` VMM nothing points at) is older
 /// than [`LEFTOVER_BOUND_SECS`] (the leftover task releases it before).
+///
+/// Disks and regions (issue 19):
+/// - no region without a live disk, and no disk left `creating` once no saga runs;
+/// - a live disk past `creating` has exactly [`REGIONS_PER_DISK`] regions on as many distinct
+///   sleds, each of the disk's size; no region is on an expunged sled (there is no degraded
+///   handling yet: a disk that lost a sled is flagged until region replacement exists);
+/// - each sled's `reserved_storage` equals the sum of its regions' sizes and never exceeds its
+///   `usable_storage`;
+/// - a disk names an instance iff it is attaching, attached or detaching, and that instance
+///   exists and is not deleted;
+/// - sled by sled, the regions each sled agent holds are exactly the database's regions on
+///   that sled (expunged sleds excepted), of the same size and block size.
 ///
 /// Sled agents (invariant 6), sled by sled: every VMM a sled agent runs is live in the
 /// database, on that sled, for the same instance, in the same state; every live VMM in the
@@ -204,7 +217,133 @@ pub fn invariant_violations_in(
         "saga leftover not released within the leftover task's bound (kind, instance, VMM, since)",
     );
 
+    // Disks and regions.
+    check(
+        "SELECT r.id, r.disk_id, d.state, d.time_deleted FROM region r \
+         LEFT JOIN disk d ON d.id = r.disk_id WHERE d.id IS NULL OR d.time_deleted IS NOT NULL",
+        "region without a live disk (region, disk, disk state, disk deleted)",
+    );
+    check(
+        "SELECT id, name, time_created FROM disk WHERE time_deleted IS NULL AND state = 'creating'",
+        "disk left creating with no saga running (disk, name, created)",
+    );
+    check(
+        &format!(
+            "SELECT d.id, d.state, count(r.id), count(DISTINCT r.sled_id) FROM disk d \
+             LEFT JOIN region r ON r.disk_id = d.id \
+             WHERE d.time_deleted IS NULL AND d.state != 'creating' GROUP BY d.id, d.state \
+             HAVING count(r.id) != {REGIONS_PER_DISK} OR count(DISTINCT r.sled_id) != {REGIONS_PER_DISK}"
+        ),
+        "live disk without its regions on distinct sleds (disk, state, regions, distinct sleds)",
+    );
+    check(
+        "SELECT r.id, r.disk_id, r.size_bytes, d.size_bytes, r.block_size, d.block_size \
+         FROM region r JOIN disk d ON d.id = r.disk_id \
+         WHERE r.size_bytes != d.size_bytes OR r.block_size != d.block_size",
+        "region of another shape than its disk (region, disk, region size, disk size, region \
+         block size, disk block size)",
+    );
+    check(
+        "SELECT r.id, r.disk_id, r.sled_id FROM region r JOIN sled s ON s.id = r.sled_id \
+         WHERE s.time_expunged IS NOT NULL",
+        "region on an expunged sled (region, disk, sled)",
+    );
+    check(
+        "SELECT s.id, s.reserved_storage, coalesce(sum(r.size_bytes), 0) FROM sled s \
+         LEFT JOIN region r ON r.sled_id = s.id GROUP BY s.id \
+         HAVING s.reserved_storage != coalesce(sum(r.size_bytes), 0)",
+        "sled's reserved storage disagrees with its regions (sled, reserved, sum of regions)",
+    );
+    check(
+        "SELECT id, reserved_storage, usable_storage FROM sled \
+         WHERE reserved_storage > usable_storage",
+        "sled's reserved storage exceeds its capacity (sled, reserved, usable)",
+    );
+    check(
+        "SELECT id, state, attach_instance_id FROM disk WHERE time_deleted IS NULL \
+         AND (state IN ('attaching', 'attached', 'detaching')) != (attach_instance_id IS NOT NULL)",
+        "disk's instance pointer disagrees with its state (disk, state, instance)",
+    );
+    check(
+        "SELECT d.id, d.state, d.attach_instance_id, i.time_deleted FROM disk d \
+         LEFT JOIN instance i ON i.id = d.attach_instance_id \
+         WHERE d.time_deleted IS NULL AND d.attach_instance_id IS NOT NULL \
+           AND (i.id IS NULL OR i.time_deleted IS NOT NULL)",
+        "disk attached to an instance that is missing or deleted (disk, state, instance, \
+         instance deleted)",
+    );
+
     violations.extend(sled_agent_violations(&sql, sleds));
+    violations.extend(region_violations(&sql, sleds));
+    violations
+}
+
+/// The database's regions against what each sled agent holds, sled by sled (expunged sleds,
+/// whose agents no one asks, excepted).
+fn region_violations(
+    sql: &dyn Fn(&str) -> String,
+    sleds: &[halyard_sled_agent::Server],
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    // sled -> region -> (size, block size), as the database has them.
+    let mut in_db: BTreeMap<String, BTreeMap<String, (String, String)>> = BTreeMap::new();
+    for row in sql(
+        "SELECT r.sled_id, r.id, r.size_bytes, r.block_size FROM region r \
+         JOIN sled s ON s.id = r.sled_id WHERE s.time_expunged IS NULL",
+    )
+    .lines()
+    .filter(|l| !l.is_empty())
+    {
+        let columns: Vec<&str> = row.split('|').collect();
+        in_db.entry(columns[0].to_string()).or_default().insert(
+            columns[1].to_string(),
+            (columns[2].to_string(), columns[3].to_string()),
+        );
+    }
+    let expunged: BTreeSet<String> = sql("SELECT id FROM sled WHERE time_expunged IS NOT NULL")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    for sled in sleds {
+        let sled_id = sled.agent().id().to_string();
+        if expunged.contains(&sled_id) {
+            continue;
+        }
+        let Some(held) = sled.agent().regions_now() else {
+            violations.push(format!(
+                "sled agent's regions could not be read at a quiet point: sled {sled_id}'s \
+                 region table is locked (a region is being made or deleted)"
+            ));
+            continue;
+        };
+        let mut expected = in_db.remove(&sled_id).unwrap_or_default();
+        for region in held {
+            let id = region.region_id.to_string();
+            let size = region.size.to_bytes().to_string();
+            let block_size = region.block_size.to_bytes().to_string();
+            match expected.remove(&id) {
+                None => violations.push(format!(
+                    "region on a sled agent but not in the database on that sled: region {id} \
+                     on sled {sled_id}"
+                )),
+                Some(shape) if shape != (size.clone(), block_size.clone()) => {
+                    violations.push(format!(
+                        "region shape differs between the database and its sled agent: region \
+                         {id} on sled {sled_id} is {} bytes in blocks of {} in the database, \
+                         {size} in blocks of {block_size} on the sled agent",
+                        shape.0, shape.1
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for id in expected.keys() {
+            violations.push(format!(
+                "region in the database but not on its sled's agent: region {id} on sled {sled_id}"
+            ));
+        }
+    }
     violations
 }
 

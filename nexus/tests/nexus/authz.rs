@@ -130,11 +130,12 @@ async fn users(ctx: &TestContext) -> Users {
 }
 
 /// A project whose admin created it and gave the viewer and collaborator their roles, and
-/// (unless `empty`) a stopped instance in it.
+/// (unless `empty`) a stopped instance and a disk in it.
 struct Fixture {
     project: String,
     project_id: String,
     instance_id: Option<String>,
+    disk_id: Option<String>,
 }
 
 async fn fixture(ctx: &TestContext, users: &Users, name: &str, empty: bool) -> Fixture {
@@ -179,11 +180,38 @@ async fn fixture(ctx: &TestContext, users: &Users, name: &str, empty: bool) -> F
             .unwrap();
         Some(instance["id"].as_str().unwrap().to_string())
     };
+    let disk_id = if empty {
+        None
+    } else {
+        let disk: Value = admin
+            .post(format!("{}/v1/disks?project={name}", base(ctx)))
+            .json(&disk_body("disk"))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Some(disk["id"].as_str().unwrap().to_string())
+    };
     Fixture {
         project: name.to_string(),
         project_id: created["id"].as_str().unwrap().to_string(),
         instance_id,
+        disk_id,
     }
+}
+
+/// A small blank disk.
+fn disk_body(name: &str) -> Value {
+    json!({
+        "name": name,
+        "description": "",
+        "size": 1024 * 1024,
+        "disk_backend": {"type": "distributed", "disk_source": {"type": "blank", "block_size": 512}},
+    })
 }
 
 fn instance_body(name: &str) -> Value {
@@ -209,6 +237,7 @@ struct Request {
 
 fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Request {
     let instance = f.instance_id.clone().unwrap_or_default();
+    let disk = f.disk_id.clone().unwrap_or_default();
     let project = &f.project;
     let get = |path: String| Request {
         method: reqwest::Method::GET,
@@ -310,6 +339,14 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
                 "/v1/instances/{instance}/serial-console/stream?most_recent=100"
             ))
         },
+        "disk_list" => get(format!("/v1/disks?project={project}")),
+        "disk_create" => with(
+            M::POST,
+            format!("/v1/disks?project={project}"),
+            Some(disk_body("created")),
+        ),
+        "disk_view" => get(format!("/v1/disks/{disk}")),
+        "disk_delete" => with(M::DELETE, format!("/v1/disks/{disk}"), None),
         "sled_list" => get("/v1/system/hardware/sleds".into()),
         other => panic!(
             "operation {other} is in openapi/nexus-external.json but this test has no request \
@@ -399,7 +436,8 @@ async fn send(ctx: &TestContext, client: &reqwest::Client, request: &Request) ->
 
 #[tokio::test]
 async fn every_operation_as_every_caller_gets_the_expected_status() {
-    let ctx = TestContext::with_sleds(2).await;
+    // Sleds with storage: every fixture but an empty project's holds a disk.
+    let ctx = TestContext::with_storage(3, halyard_common::ByteCount::from_gibibytes_u32(1)).await;
     let users = users(&ctx).await;
     let operations = operations();
     let expected = expected();
@@ -466,14 +504,15 @@ async fn every_operation_as_every_caller_gets_the_expected_status() {
 }
 
 /// A caller who may not read a resource gets exactly what a caller gets for a missing one:
-/// same status, code and message, for every instance and project operation (by id and by
-/// name).
+/// same status, code and message, for every instance, disk and project operation (by id and
+/// by name).
 #[tokio::test]
 async fn another_projects_resources_look_missing() {
-    let ctx = TestContext::with_sleds(1).await;
+    let ctx = TestContext::with_storage(3, halyard_common::ByteCount::from_gibibytes_u32(1)).await;
     let users = users(&ctx).await;
     let f = fixture(&ctx, &users, "hidden", false).await;
     let instance = f.instance_id.clone().unwrap();
+    let disk = f.disk_id.clone().unwrap();
     let stranger = users.client("other_project");
     let admin = users.client("admin");
 
@@ -486,6 +525,9 @@ async fn another_projects_resources_look_missing() {
         format!("/v1/instances/inst?project={}", f.project),
         format!("/v1/instances/{instance}/migrations"),
         format!("/v1/instances/{instance}/serial-console?most_recent=10"),
+        format!("/v1/disks?project={}", f.project),
+        format!("/v1/disks/{disk}"),
+        format!("/v1/disks/disk?project={}", f.project),
     ];
     let mut hidden = Vec::new();
     for path in &paths {
@@ -498,13 +540,15 @@ async fn another_projects_resources_look_missing() {
         };
         hidden.push(send(&ctx, stranger, &request).await);
     }
-    // Now make them missing: delete the instance, then the project.
-    let deleted = admin
-        .delete(format!("{}/v1/instances/{instance}", base(&ctx)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    // Now make them missing: delete the instance and the disk, then the project.
+    for gone in [format!("instances/{instance}"), format!("disks/{disk}")] {
+        let deleted = admin
+            .delete(format!("{}/v1/{gone}", base(&ctx)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 204, "{gone}");
+    }
     let deleted = admin
         .delete(format!("{}/v1/projects/{}", base(&ctx), f.project))
         .send()

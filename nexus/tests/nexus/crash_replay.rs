@@ -27,10 +27,10 @@ use halyard_common::ids::{DiskUuid, InstanceUuid, NexusUuid, ProjectUuid, SledUu
 use halyard_common::{ByteCount, SledBackend};
 use halyard_nexus::app::crash_point::{CRASH_AT_ENV, CrashEvent, CrashPoint, FAIL_AT_ENV};
 use halyard_nexus::app::sagas::{
-    NexusSaga, create_saga_dag, disk_attach, disk_detach, instance_create, instance_delete,
-    instance_migrate, instance_start,
+    NexusSaga, create_saga_dag, disk_attach, disk_create, disk_delete, disk_detach,
+    instance_create, instance_delete, instance_migrate, instance_start,
 };
-use halyard_nexus_external_api::params::InstanceCreate;
+use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource, InstanceCreate};
 use halyard_test_db::{TestDatabase, shared_cluster};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,7 +91,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn new() -> Cluster {
+    /// `sleds` sim sled agents, each offering `storage` bytes for regions.
+    async fn new(sleds: usize, storage: ByteCount) -> Cluster {
         let db = TestDatabase::new();
         let external = free_address();
         let internal = free_address();
@@ -110,8 +111,9 @@ impl Cluster {
             ),
         )
         .unwrap();
+        let sled_count = sleds;
         let mut sleds = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..sled_count {
             let sled_id = SledUuid::new_v4();
             let config = halyard_sled_agent::Config {
                 sled_id,
@@ -128,7 +130,10 @@ impl Cluster {
                     migration_phase_delay_ms: 10,
                 },
                 qemu: Default::default(),
-                storage: Default::default(),
+                storage: halyard_sled_agent::StorageConfig {
+                    capacity: storage,
+                    ..Default::default()
+                },
                 tls: crate::context::tls_files(crate::context::Role::Sled(sled_id)),
             };
             sleds.push(
@@ -236,6 +241,18 @@ impl Cluster {
         Err(format!("{name} never reached {states:?} (last: {last:?})"))
     }
 
+    /// The disk's state, or `None` if there is no such disk (404).
+    async fn disk_state(&self, name: &str) -> Result<Option<String>, String> {
+        let answer = self
+            .request("GET", &format!("/v1/disks/{name}?project=p"), None)
+            .await;
+        match answer {
+            Some((200, body)) => Ok(Some(body["state"]["state"].as_str().unwrap().to_string())),
+            Some((404, _)) => Ok(None),
+            other => Err(format!("viewing disk {name}: {other:?}")),
+        }
+    }
+
     /// The sled of the instance's active VMM.
     fn active_sled(&self, name: &str) -> String {
         self.sql(&format!(
@@ -338,6 +355,9 @@ enum Probe {
     Sql(&'static str),
     /// The sled agents run this many VMMs of the instance.
     SledAgentVmms(usize),
+    /// The sled agents hold this many of the disk `{name}`'s regions (as the database has
+    /// them).
+    SledAgentRegions(usize),
 }
 
 impl NodeEffect {
@@ -355,6 +375,20 @@ impl NodeEffect {
                     .filter(|vmm| vmm.instance_id.to_string() == instance)
                     .count();
                 running == *count
+            }
+            Probe::SledAgentRegions(count) => {
+                let regions = cluster.sql(&format!(
+                    "SELECT r.id FROM region r JOIN disk d ON d.id = r.disk_id \
+                     WHERE d.name = '{name}'"
+                ));
+                let regions: BTreeSet<&str> = regions.lines().collect();
+                let held = cluster
+                    .sleds
+                    .iter()
+                    .flat_map(|sled| sled.agent().regions_now().expect("quiet sled agents"))
+                    .filter(|region| regions.contains(region.region_id.to_string().as_str()))
+                    .count();
+                held == *count
             }
         }
     }
@@ -447,6 +481,13 @@ fn node_effect(saga: &str, node: &str) -> Option<NodeEffect> {
                  AND v.state = 'migrating')",
             ),
         ),
+        ("instance-delete", "destroyed") => (
+            "the instance destroyed",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM instance WHERE name = '{name}' \
+                 AND time_deleted IS NOT NULL)",
+            ),
+        ),
         ("disk-attach", "begin") => (
             "the disk attaching to the instance",
             Probe::Sql(
@@ -477,11 +518,43 @@ fn node_effect(saga: &str, node: &str) -> Option<NodeEffect> {
                  AND state = 'detached')",
             ),
         ),
-        ("instance-delete", "destroyed") => (
-            "the instance destroyed",
+        ("disk-create", "disk") => (
+            "the disk record",
+            Probe::Sql("SELECT EXISTS (SELECT 1 FROM disk WHERE name = '{name}')"),
+        ),
+        ("disk-create", "regions") => (
+            "the disk's three region rows",
             Probe::Sql(
-                "SELECT EXISTS (SELECT 1 FROM instance WHERE name = '{name}' \
+                "SELECT count(*) = 3 FROM region r JOIN disk d ON d.id = r.disk_id \
+                 WHERE d.name = '{name}'",
+            ),
+        ),
+        ("disk-create", "ensured") => (
+            "the disk's regions on their sled agents",
+            Probe::SledAgentRegions(3),
+        ),
+        ("disk-create", "detached") => (
+            "the disk detached",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM disk WHERE name = '{name}' AND state = 'detached')",
+            ),
+        ),
+        ("disk-delete", "regions") => (
+            "the disk destroyed",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM disk WHERE name = '{name}' \
                  AND time_deleted IS NOT NULL)",
+            ),
+        ),
+        ("disk-delete", "deleted") => (
+            "the disk's regions gone from their sled agents",
+            Probe::SledAgentRegions(0),
+        ),
+        ("disk-delete", "released") => (
+            "the disk's region rows released",
+            Probe::Sql(
+                "SELECT NOT EXISTS (SELECT 1 FROM region r JOIN disk d ON d.id = r.disk_id \
+                 WHERE d.name = '{name}')",
             ),
         ),
         _ => return None,
@@ -568,12 +641,26 @@ async fn run_case(
     let name = &case.instance;
     let saga = case.saga.name;
     let create = json!({"name": name, "description": "", "hostname": "h", "ncpus": 1, "memory": 1u64 << 30, "start": false});
+    let disk = json!({"name": name, "description": "", "size": 1u64 << 20,
+        "disk_backend": {"type": "distributed", "disk_source": {"type": "blank", "block_size": 512}}});
+    // The sagas of a disk alone (attach and detach act on an instance).
+    let is_disk_saga =
+        saga == disk_create::SagaDiskCreate::NAME || saga == disk_delete::SagaDiskDelete::NAME;
     let log_file = |role: &str| cluster.stderr_dir.join(format!("{name}-{role}.stderr"));
 
     // Set the stage with a healthy Nexus: what the saga needs to start from.
     stderr.push(log_file("setup"));
     let healthy = cluster.nexus(stderr.last().unwrap(), None, None).await?;
-    if saga != instance_create::SagaInstanceCreate::NAME {
+    if saga == disk_delete::SagaDiskDelete::NAME {
+        let answer = cluster
+            .request("POST", "/v1/disks?project=p", Some(disk.clone()))
+            .await;
+        check!(
+            matches!(answer, Some((201, _))),
+            "creating disk {name}: {answer:?}"
+        );
+    }
+    if saga != instance_create::SagaInstanceCreate::NAME && !is_disk_saga {
         let answer = cluster
             .request("POST", "/v1/instances?project=p", Some(create.clone()))
             .await;
@@ -582,23 +669,9 @@ async fn run_case(
             "creating {name}: {answer:?}"
         );
     }
-    if saga == instance_migrate::SagaInstanceMigrate::NAME {
-        let answer = cluster
-            .request(
-                "POST",
-                &format!("/v1/instances/{name}/start?project=p"),
-                None,
-            )
-            .await;
-        check!(
-            matches!(answer, Some((202 | 200, _))),
-            "starting {name}: {answer:?}"
-        );
-        cluster.wait_for_state(name, &["running"]).await?;
-    }
     if saga == disk_attach::SagaDiskAttach::NAME || saga == disk_detach::SagaDiskDetach::NAME {
         // A detached disk of the project, named after the instance, as a finished disk-create
-        // saga leaves it (a simulated sled's regions serve nothing).
+        // saga leaves it (written straight to the database: no regions needed to attach).
         cluster.sql(&format!(
             "INSERT INTO disk (id, name, description, project_id, time_created, time_modified, \
              size_bytes, block_size, state, state_generation, time_state_updated) \
@@ -618,6 +691,20 @@ async fn run_case(
             matches!(answer, Some((202, _))),
             "attaching {name}-d: {answer:?}"
         );
+    }
+    if saga == instance_migrate::SagaInstanceMigrate::NAME {
+        let answer = cluster
+            .request(
+                "POST",
+                &format!("/v1/instances/{name}/start?project=p"),
+                None,
+            )
+            .await;
+        check!(
+            matches!(answer, Some((202 | 200, _))),
+            "starting {name}: {answer:?}"
+        );
+        cluster.wait_for_state(name, &["running"]).await?;
     }
     stop(healthy);
     let sled_before = cluster.active_sled(name);
@@ -655,6 +742,8 @@ async fn run_case(
             format!("/v1/instances/{name}/disks/detach?project=p"),
             Some(json!({"disk": format!("{name}-d")})),
         ),
+        "disk-create" => ("POST", "/v1/disks?project=p".to_string(), Some(disk)),
+        "disk-delete" => ("DELETE", format!("/v1/disks/{name}?project=p"), None),
         _ => ("DELETE", format!("/v1/instances/{name}?project=p"), None),
     };
     let answer = cluster.request(method, &path, body).await;
@@ -768,15 +857,27 @@ async fn check_recovery(
         case.expected_outcome()
     );
 
-    // The instance, as the outcome calls for.
-    let state = cluster.run_state(name).await?;
+    // The instance (or disk), as the outcome calls for.
+    let state = if case.saga.name == disk_create::SagaDiskCreate::NAME
+        || case.saga.name == disk_delete::SagaDiskDelete::NAME
+    {
+        cluster.disk_state(name).await?
+    } else {
+        cluster.run_state(name).await?
+    };
     let expected_state = match (case.saga.name, outcome) {
+        ("disk-create", Outcome::Finished) => Some("detached"),
+        ("disk-create", Outcome::Unwound) => None,
+        ("disk-delete", Outcome::Finished) => None,
+        // Oxide's choice: a delete that unwound after the record was destroyed brings the
+        // disk back faulted (see disk_delete.rs).
+        ("disk-delete", Outcome::Unwound) => Some("faulted"),
+        ("disk-attach" | "disk-detach", _) => Some("stopped"),
         ("instance-create", Outcome::Finished) => Some("stopped"),
         ("instance-create", Outcome::Unwound) => None,
         ("instance-start", Outcome::Finished) => Some("running"),
         ("instance-start", Outcome::Unwound) => Some("stopped"),
         ("instance-migrate", _) => Some("running"),
-        ("disk-attach" | "disk-detach", _) => Some("stopped"),
         ("instance-delete", Outcome::Finished) => None,
         ("instance-delete", Outcome::Unwound) => Some("stopped"),
         (other, _) => return Err(format!("no expected end state for {other}")),
@@ -795,7 +896,7 @@ async fn check_recovery(
         let expected = if attached {
             format!("attached {name}")
         } else {
-            "detached ".to_string()
+            "detached".to_string()
         };
         let disk = cluster.sql(&format!(
             "SELECT d.state || ' ' || coalesce(i.name, '') FROM disk d \
@@ -838,19 +939,6 @@ async fn check_recovery(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_saga_survives_a_crash_at_every_node() {
-    let cluster = Cluster::new().await;
-    let setup_log = cluster.stderr_dir.join("project-setup.stderr");
-    let nexus = cluster.nexus(&setup_log, None, None).await.unwrap();
-    let answer = cluster
-        .request(
-            "POST",
-            "/v1/projects",
-            Some(json!({"name": "p", "description": ""})),
-        )
-        .await;
-    assert!(matches!(answer, Some((201, _))), "{answer:?}");
-    stop(nexus);
-
     let any_instance = InstanceUuid::new_v4();
     let sagas = [
         SagaNodes::of::<instance_create::SagaInstanceCreate>(instance_create::Params {
@@ -864,6 +952,7 @@ async fn every_saga_survives_a_crash_at_every_node() {
                 ByteCount::from_gibibytes_u32(1),
             ),
             disk_ids: Vec::new(),
+            disks_to_create: Vec::new(),
         }),
         SagaNodes::of::<instance_start::SagaInstanceStart>(instance_start::Params {
             instance_id: any_instance,
@@ -874,6 +963,7 @@ async fn every_saga_survives_a_crash_at_every_node() {
         }),
         SagaNodes::of::<instance_delete::SagaInstanceDelete>(instance_delete::Params {
             instance_id: any_instance,
+            created_disk_ids: Vec::new(),
         }),
         SagaNodes::of::<disk_attach::SagaDiskAttach>(disk_attach::Params {
             instance_id: any_instance,
@@ -884,21 +974,63 @@ async fn every_saga_survives_a_crash_at_every_node() {
             disk_id: DiskUuid::new_v4(),
         }),
     ];
+    crash_every_node(Cluster::new(2, ByteCount::from_mebibytes_u32(0)).await, &sagas).await;
+}
+
+/// The disk sagas, on three sleds with storage (a disk's three regions need three).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_sagas_survive_a_crash_at_every_node() {
+    let block_size = halyard_common::BlockSize::try_from(512u32).unwrap();
+    let sagas = [
+        SagaNodes::of::<disk_create::SagaDiskCreate>(disk_create::Params {
+            disk_id: halyard_common::ids::DiskUuid::new_v4(),
+            project_id: ProjectUuid::new_v4(),
+            create: DiskCreate {
+                name: "x".parse().unwrap(),
+                description: String::new(),
+                disk_backend: DiskBackend::Distributed(DiskSource::Blank { block_size }),
+                size: ByteCount::from_mebibytes_u32(1),
+            },
+            block_size,
+            created_by_instance_id: None,
+        }),
+        SagaNodes::of::<disk_delete::SagaDiskDelete>(disk_delete::Params {
+            disk_id: halyard_common::ids::DiskUuid::new_v4(),
+        }),
+    ];
+    crash_every_node(Cluster::new(3, ByteCount::from_gibibytes_u32(1)).await, &sagas).await;
+}
+
+/// Crashes every node of each of `sagas` at every point (see the module's comment), one case
+/// after another on `cluster`, and prints a summary.
+async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
     // `HALYARD_CRASH_REPLAY_SAGAS=disk-attach,disk-detach` runs only those sagas' cases.
     let only: Option<Vec<String>> = std::env::var("HALYARD_CRASH_REPLAY_SAGAS")
         .ok()
         .map(|list| list.split(',').map(str::to_string).collect());
-    let sagas: Vec<SagaNodes> = sagas
-        .into_iter()
+    let sagas: Vec<&SagaNodes> = sagas
+        .iter()
         .filter(|saga| only.as_ref().is_none_or(|only| only.iter().any(|n| n == saga.name)))
         .collect();
+    let setup_log = cluster.stderr_dir.join("project-setup.stderr");
+    let nexus = cluster.nexus(&setup_log, None, None).await.unwrap();
+    let answer = cluster
+        .request(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": "p", "description": ""})),
+        )
+        .await;
+    assert!(matches!(answer, Some((201, _))), "{answer:?}");
+    stop(nexus);
+
 
     // Forward: every node, right after `started`, right after its effects and right after
     // `succeeded`. Unwinding: a
     // failure at the saga's last node, then every earlier node right after `undo_started`
     // and right after `undo_finished`.
     let mut cases = Vec::new();
-    for saga in &sagas {
+    for saga in sagas.iter().copied() {
         for node in &saga.nodes {
             for event in [
                 CrashEvent::Started,

@@ -6,6 +6,7 @@ mod authz;
 mod bad_input;
 mod context;
 mod crash_replay;
+mod disks;
 mod external_api;
 mod instance_disks;
 mod instances;

@@ -184,3 +184,108 @@ async fn disk_attach_and_detach_replay_idempotently_over_existing_effects() {
     }
     ctx.assert_quiet_and_consistent().await;
 }
+
+/// The disk sagas, each cut back to every node and resumed over effects that already exist
+/// (regions in the database and on the sled agents): the same disk, the same three regions,
+/// nothing made twice.
+#[tokio::test]
+async fn disk_sagas_replay_a_recorded_prefix_idempotently_over_existing_effects() {
+    use halyard_common::ByteCount;
+    use halyard_nexus::app::sagas::{NexusSaga, disk_create, disk_delete};
+    use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource};
+
+    let ctx = TestContext::with_storage(3, ByteCount::from_gibibytes_u32(1)).await;
+    let project = ctx.project("p").await;
+    let project_id = ctx.nexus().project_view(&project).await.unwrap().id();
+    let block_size = halyard_common::BlockSize::try_from(512u32).unwrap();
+    let create = |name: String| DiskCreate {
+        name: name.parse().unwrap(),
+        description: String::new(),
+        disk_backend: DiskBackend::Distributed(DiskSource::Blank { block_size }),
+        size: ByteCount::from_mebibytes_u32(1),
+    };
+    let names = |dag: steno::SagaDag| -> Vec<(usize, String)> {
+        dag.get_nodes()
+            .map(|n| (n.index().index(), n.name().as_ref().to_string()))
+            .collect()
+    };
+    let create_nodes = names(
+        create_saga_dag::<disk_create::SagaDiskCreate>(disk_create::Params {
+            disk_id: halyard_common::ids::DiskUuid::new_v4(),
+            project_id,
+            create: create("x".to_string()),
+            block_size,
+            created_by_instance_id: None,
+        })
+        .unwrap(),
+    );
+    let delete_nodes = names(
+        create_saga_dag::<disk_delete::SagaDiskDelete>(disk_delete::Params {
+            disk_id: halyard_common::ids::DiskUuid::new_v4(),
+        })
+        .unwrap(),
+    );
+
+    for (saga_name, nodes) in [
+        (disk_create::SagaDiskCreate::NAME, &create_nodes),
+        (disk_delete::SagaDiskDelete::NAME, &delete_nodes),
+    ] {
+        let start_node = nodes.len();
+        for (index, name) in nodes {
+            let disk = ctx
+                .nexus()
+                .disk_create(project_id, create(format!("d-{saga_name}-{index}")))
+                .await
+                .unwrap();
+            let regions_before = ctx.sql(&format!(
+                "SELECT id, sled_id FROM region WHERE disk_id = '{}' ORDER BY id",
+                disk.id()
+            ));
+            if saga_name == disk_delete::SagaDiskDelete::NAME {
+                ctx.nexus().disk_delete(&disk).await.unwrap();
+            }
+            let saga_id = ctx.sql(&format!(
+                "SELECT id FROM saga WHERE name = '{saga_name}' ORDER BY time_created DESC LIMIT 1"
+            ));
+            let saga_id = saga_id.trim();
+            ctx.sql(&format!(
+                "DELETE FROM saga_node_event WHERE saga_id = '{saga_id}' \
+                 AND node_id >= {index} AND node_id != {start_node} \
+                 AND NOT (node_id = {index} AND event_type = 'started'); \
+                 UPDATE saga SET saga_state = 'running' WHERE id = '{saga_id}'"
+            ));
+            let fresh = Nexus::new(
+                ctx.nexus().id(),
+                ctx.nexus().datastore().clone(),
+                ctx.nexus().sled_http().clone(),
+                &log(),
+            );
+            assert_eq!(fresh.resume_sagas().await.unwrap(), 1, "{saga_name} node {name}");
+            ctx.eventually(
+                &format!("{saga_name} resumed at {name} to finish"),
+                async |ctx: &TestContext| {
+                    ctx.sql(&format!(
+                        "SELECT saga_state FROM saga WHERE id = '{saga_id}'"
+                    ))
+                    .trim()
+                        == "done"
+                },
+            )
+            .await;
+            ctx.assert_quiet_and_consistent().await;
+            let regions_after = ctx.sql(&format!(
+                "SELECT id, sled_id FROM region WHERE disk_id = '{}' ORDER BY id",
+                disk.id()
+            ));
+            if saga_name == disk_create::SagaDiskCreate::NAME {
+                // The same three regions, and the disk detached, after the replay.
+                assert_eq!(regions_after, regions_before, "replay at {name}");
+                let replayed = fresh.datastore().disk_fetch(disk.id()).await.unwrap();
+                assert_eq!(replayed.state(), halyard_common::DiskState::Detached);
+            } else {
+                assert_eq!(regions_after.trim(), "", "replay at {name}");
+                assert!(fresh.datastore().disk_fetch(disk.id()).await.is_err());
+            }
+        }
+    }
+}

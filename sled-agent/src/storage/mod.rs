@@ -151,6 +151,17 @@ impl Storage {
             .collect()
     }
 
+    /// [`Storage::list`] without waiting: `None` while the table is locked.
+    pub(crate) fn list_now(&self) -> Option<Vec<RegionSummary>> {
+        let regions = self.regions.try_lock().ok()?;
+        Some(
+            regions
+                .iter()
+                .map(|(id, shape)| self.summary(*id, *shape))
+                .collect(),
+        )
+    }
+
     /// The storage daemon's process and restarts (none for simulated storage).
     pub(crate) fn daemon_status(&self) -> Option<DaemonStatus> {
         self.daemon.as_ref().map(|d| d.status())

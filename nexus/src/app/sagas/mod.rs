@@ -6,6 +6,8 @@
 
 pub mod disk_attach;
 pub mod disk_detach;
+pub mod disk_create;
+pub mod disk_delete;
 pub mod instance_create;
 pub mod instance_delete;
 pub mod instance_migrate;
@@ -68,6 +70,8 @@ pub fn action_registry() -> Arc<ActionRegistry> {
     instance_migrate::SagaInstanceMigrate::register_actions(&mut registry);
     disk_attach::SagaDiskAttach::register_actions(&mut registry);
     disk_detach::SagaDiskDetach::register_actions(&mut registry);
+    disk_create::SagaDiskCreate::register_actions(&mut registry);
+    disk_delete::SagaDiskDelete::register_actions(&mut registry);
     Arc::new(registry)
 }
 
