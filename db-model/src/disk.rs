@@ -2,12 +2,12 @@ use crate::schema::{disk, region};
 use crate::{DbByteCount, DbEnum, DbGeneration, DbName, DbTypedUuid};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use serde::{Deserialize, Serialize};
 use halyard_common::ids::{
     DiskKind, DiskUuid, InstanceKind, InstanceUuid, ProjectKind, ProjectUuid, RegionKind,
     RegionUuid, SledKind, SledUuid,
 };
 use halyard_common::{BlockSize, ByteCount, DiskState, Generation, Name};
+use serde::{Deserialize, Serialize};
 
 /// How many regions (replicas on distinct sleds) hold each disk's data.
 pub const REGIONS_PER_DISK: usize = 3;

@@ -3,8 +3,8 @@ use crate::{DbByteCount, DbEnum, DbGeneration, DbName, DbTypedUuid};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use halyard_common::ids::{
-    DiskKind, DiskUuid, InstanceKind, InstanceUuid, MigrationKind, MigrationUuid, ProjectKind, ProjectUuid, VmmKind,
-    VmmUuid,
+    DiskKind, DiskUuid, InstanceKind, InstanceUuid, MigrationKind, MigrationUuid, ProjectKind,
+    ProjectUuid, VmmKind, VmmUuid,
 };
 use halyard_common::{ByteCount, Generation, InstanceNexusState, Name};
 use serde::{Deserialize, Serialize};

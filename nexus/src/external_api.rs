@@ -22,15 +22,14 @@ use halyard_nexus_external_api::pagination::{
 };
 use halyard_nexus_external_api::params::{
     DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
-    InstanceCreate, InstanceMigrate,
-    InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
-    OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
+    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
+    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
+    ProjectSelector,
 };
 use halyard_nexus_external_api::views::{
     Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Disk, DiskState, DiskType,
-    IdentityType, Instance,
-    InstanceSerialConsoleData, Migration, Project, ProjectRole, ProjectRolePolicy,
-    ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
+    IdentityType, Instance, InstanceSerialConsoleData, Migration, Project, ProjectRole,
+    ProjectRolePolicy, ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
 };
 use std::sync::Arc;
 
@@ -769,11 +768,8 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             let disk = disk_to_attach.into_inner().disk;
-            let attached = for_request(
-                rqctx,
-                nexus.instance_disk_attach(&instance.instance, &disk),
-            )
-            .await?;
+            let attached =
+                for_request(rqctx, nexus.instance_disk_attach(&instance.instance, &disk)).await?;
             Ok(HttpResponseAccepted(disk_view(attached)))
         })
         .await
@@ -790,11 +786,8 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             let disk = disk_to_detach.into_inner().disk;
-            let detached = for_request(
-                rqctx,
-                nexus.instance_disk_detach(&instance.instance, &disk),
-            )
-            .await?;
+            let detached =
+                for_request(rqctx, nexus.instance_disk_detach(&instance.instance, &disk)).await?;
             Ok(HttpResponseAccepted(disk_view(detached)))
         })
         .await

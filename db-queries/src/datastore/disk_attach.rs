@@ -189,13 +189,10 @@ impl DataStore {
             conn.transaction(async |conn| {
                 let instance = lock_instance(conn, instance_id).await?;
                 let disk = lock_disk(conn, disk_id).await?;
-                if disk.attached_to() == Some(instance_id)
-                    && disk.state() == DiskState::Detaching
-                {
+                if disk.attached_to() == Some(instance_id) && disk.state() == DiskState::Detaching {
                     return Ok(DiskTransition::AlreadyDone(disk));
                 }
-                if disk.attached_to() != Some(instance_id) || disk.state() != DiskState::Attached
-                {
+                if disk.attached_to() != Some(instance_id) || disk.state() != DiskState::Attached {
                     return Err(TxnError::Public(Error::conflict(format!(
                         "disk \"{}\" is not attached to instance \"{}\" (it is {})",
                         disk.name(),
@@ -272,7 +269,10 @@ impl DataStore {
     /// Detaches every disk naming `instance_id`, whatever its attachment state; returns how
     /// many. For an instance being created (its create saga's undo) or destroyed: nothing
     /// else attaches to such an instance.
-    pub async fn instance_detach_all_disks(&self, instance_id: InstanceUuid) -> Result<usize, Error> {
+    pub async fn instance_detach_all_disks(
+        &self,
+        instance_id: InstanceUuid,
+    ) -> Result<usize, Error> {
         let conn = &mut *self.connection().await?;
         detach_all(conn, instance_id)
             .await
@@ -339,7 +339,11 @@ impl DataStore {
             .filter(disk::attach_instance_id.eq(DbTypedUuid(instance_id)))
             .filter(disk::state.eq(DbEnum(DiskState::Attached)))
             .filter(disk::time_deleted.is_null())
-            .order((disk::slot.asc(), region::time_created.asc(), region::id.asc()))
+            .order((
+                disk::slot.asc(),
+                region::time_created.asc(),
+                region::id.asc(),
+            ))
             .select((Disk::as_select(), Option::<Region>::as_select()))
             .load(conn)
             .await
@@ -468,10 +472,9 @@ pub(crate) async fn disks_changing(
     diesel::select(diesel::dsl::exists(
         disk::table
             .filter(disk::attach_instance_id.eq(DbTypedUuid(instance_id)))
-            .filter(disk::state.eq_any([
-                DbEnum(DiskState::Attaching),
-                DbEnum(DiskState::Detaching),
-            ])),
+            .filter(
+                disk::state.eq_any([DbEnum(DiskState::Attaching), DbEnum(DiskState::Detaching)]),
+            ),
     ))
     .get_result(conn)
     .await
@@ -538,8 +541,10 @@ fn require_instance_state(
     let state = runtime.nexus_state();
     let fits = match when {
         InstanceForDisks::Stopped => {
-            matches!(state, InstanceNexusState::NoVmm | InstanceNexusState::Failed)
-                && runtime.active_vmm().is_none()
+            matches!(
+                state,
+                InstanceNexusState::NoVmm | InstanceNexusState::Failed
+            ) && runtime.active_vmm().is_none()
                 && runtime.target_vmm().is_none()
         }
         InstanceForDisks::Creating => state == InstanceNexusState::Creating,
@@ -548,7 +553,9 @@ fn require_instance_state(
         return Ok(());
     }
     let why = match (when, state) {
-        (InstanceForDisks::Stopped, InstanceNexusState::Vmm) => "it has a VMM (running, starting or stopping); stop it first".to_string(),
+        (InstanceForDisks::Stopped, InstanceNexusState::Vmm) => {
+            "it has a VMM (running, starting or stopping); stop it first".to_string()
+        }
         (InstanceForDisks::Stopped, other) => format!("it is {other}; it must be stopped"),
         (InstanceForDisks::Creating, other) => format!("it is {other}, no longer being created"),
     };

@@ -85,7 +85,11 @@ async fn attach_takes_the_lowest_free_slot_and_detach_frees_it() {
     // Slot 0 is free again.
     assert_eq!(h.attach(instance.id(), c.id()).await.unwrap().slot, Some(0));
 
-    let attached = h.datastore.instance_attached_disks(instance.id()).await.unwrap();
+    let attached = h
+        .datastore
+        .instance_attached_disks(instance.id())
+        .await
+        .unwrap();
     let names: Vec<String> = attached.iter().map(|d| d.disk.name().to_string()).collect();
     assert_eq!(names, ["c", "b"], "in slot order");
 }
@@ -170,20 +174,38 @@ async fn the_boot_disk_cannot_be_detached() {
             .disk_attach_begin(created.id(), disk, InstanceForDisks::Creating)
             .await
             .unwrap();
-        h.datastore.disk_attach_finish(created.id(), disk).await.unwrap();
+        h.datastore
+            .disk_attach_finish(created.id(), disk)
+            .await
+            .unwrap();
     }
-    h.datastore.instance_mark_stopped(created.id()).await.unwrap();
+    h.datastore
+        .instance_mark_stopped(created.id())
+        .await
+        .unwrap();
 
     let refused = h.detach(created.id(), boot.id()).await;
     assert!(is_conflict(&refused), "{refused:?}");
     h.detach(created.id(), data.id()).await.unwrap();
     // The VMM gets the boot disk first.
-    let attached = h.datastore.instance_attached_disks(created.id()).await.unwrap();
+    let attached = h
+        .datastore
+        .instance_attached_disks(created.id())
+        .await
+        .unwrap();
     assert_eq!(attached[0].disk.id(), boot.id());
     // Deleting the instance detaches it.
-    assert!(h.datastore.instance_mark_destroyed(created.id()).await.unwrap());
+    assert!(
+        h.datastore
+            .instance_mark_destroyed(created.id())
+            .await
+            .unwrap()
+    );
     let after = h.datastore.disk_fetch(boot.id()).await.unwrap();
-    assert_eq!((after.state(), after.attached_to(), after.slot), (DiskState::Detached, None, None));
+    assert_eq!(
+        (after.state(), after.attached_to(), after.slot),
+        (DiskState::Detached, None, None)
+    );
 }
 
 /// An attach racing a start's claim: either the attach wins (the start refuses while the disk
@@ -196,7 +218,10 @@ async fn an_attach_racing_a_start_never_leaves_the_vmm_without_the_disk() {
     let project = h.project("p").await;
     let mut outcomes = [0usize; 3];
     for round in 0..40 {
-        let instance = h.stopped_instance(&project, &format!("i{round}")).await.id();
+        let instance = h
+            .stopped_instance(&project, &format!("i{round}"))
+            .await
+            .id();
         let disk = h.detached_disk(&project, &format!("d{round}")).await.id();
         let attach = {
             let h = h.clone();
@@ -246,5 +271,8 @@ async fn an_attach_racing_a_start_never_leaves_the_vmm_without_the_disk() {
             assert_eq!(now.state(), DiskState::Attached);
         }
     }
-    eprintln!("attach then start {}, start refused {}, attach refused {}", outcomes[0], outcomes[1], outcomes[2]);
+    eprintln!(
+        "attach then start {}, start refused {}, attach refused {}",
+        outcomes[0], outcomes[1], outcomes[2]
+    );
 }

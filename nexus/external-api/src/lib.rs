@@ -23,12 +23,13 @@ use dropshot::{
 use pagination::{PaginatedById, PaginatedByNameOrId};
 use params::{
     DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
-    InstanceCreate, InstanceMigrate,
-    InstancePath, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
-    OptionalProjectSelector, ProjectCreate, ProjectPath, ProjectSelector,
+    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
+    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
+    ProjectSelector,
 };
 use views::{
-    CurrentUser, Disk, Instance, InstanceSerialConsoleData, Migration, Project, ProjectRolePolicy, Sled,
+    CurrentUser, Disk, Instance, InstanceSerialConsoleData, Migration, Project, ProjectRolePolicy,
+    Sled,
 };
 
 #[dropshot::api_description]

@@ -76,7 +76,9 @@ impl Nexus {
             )),
             (NameOrId::Name(name), Some(project)) => {
                 let project = self.datastore().project_fetch(project).await?;
-                self.datastore().disk_fetch_by_name(project.id(), name).await
+                self.datastore()
+                    .disk_fetch_by_name(project.id(), name)
+                    .await
             }
         }
     }

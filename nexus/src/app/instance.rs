@@ -209,7 +209,10 @@ impl Nexus {
             }
             match attachment {
                 InstanceDiskAttachment::Attach { name } => {
-                    let disk = self.datastore().disk_fetch_by_name(project_id, name).await?;
+                    let disk = self
+                        .datastore()
+                        .disk_fetch_by_name(project_id, name)
+                        .await?;
                     ids.push(disk.id());
                 }
                 InstanceDiskAttachment::Create {

@@ -124,7 +124,13 @@ impl TestContext {
     }
 
     pub async fn with_sim(count: usize, sim: SimConfig) -> TestContext {
-        TestContext::start_with(count, SledKind::Sim(sim), None, ByteCount::from_mebibytes_u32(0)).await
+        TestContext::start_with(
+            count,
+            SledKind::Sim(sim),
+            None,
+            ByteCount::from_mebibytes_u32(0),
+        )
+        .await
     }
 
     /// [`TestContext::with_sleds`] whose sled agents each offer `capacity` bytes of storage

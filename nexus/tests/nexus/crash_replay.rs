@@ -670,14 +670,16 @@ async fn run_case(
         );
     }
     if saga == disk_attach::SagaDiskAttach::NAME || saga == disk_detach::SagaDiskDetach::NAME {
-        // A detached disk of the project, named after the instance, as a finished disk-create
-        // saga leaves it (written straight to the database: no regions needed to attach).
-        cluster.sql(&format!(
-            "INSERT INTO disk (id, name, description, project_id, time_created, time_modified, \
-             size_bytes, block_size, state, state_generation, time_state_updated) \
-             SELECT gen_random_uuid(), '{name}-d', '', id, now(), now(), 1073741824, 4096, \
-             'detached', 1, now() FROM project WHERE name = 'p'"
-        ));
+        // A detached disk of the project, named after the instance.
+        let mut disk = disk.clone();
+        disk["name"] = json!(format!("{name}-d"));
+        let answer = cluster
+            .request("POST", "/v1/disks?project=p", Some(disk))
+            .await;
+        check!(
+            matches!(answer, Some((201, _))),
+            "creating disk {name}-d: {answer:?}"
+        );
     }
     if saga == disk_detach::SagaDiskDetach::NAME {
         let answer = cluster
@@ -891,8 +893,8 @@ async fn check_recovery(
     if case.saga.name == disk_attach::SagaDiskAttach::NAME
         || case.saga.name == disk_detach::SagaDiskDetach::NAME
     {
-        let attached = (case.saga.name == disk_attach::SagaDiskAttach::NAME)
-            == (outcome == Outcome::Finished);
+        let attached =
+            (case.saga.name == disk_attach::SagaDiskAttach::NAME) == (outcome == Outcome::Finished);
         let expected = if attached {
             format!("attached {name}")
         } else {
@@ -965,19 +967,16 @@ async fn every_saga_survives_a_crash_at_every_node() {
             instance_id: any_instance,
             created_disk_ids: Vec::new(),
         }),
-        SagaNodes::of::<disk_attach::SagaDiskAttach>(disk_attach::Params {
-            instance_id: any_instance,
-            disk_id: DiskUuid::new_v4(),
-        }),
-        SagaNodes::of::<disk_detach::SagaDiskDetach>(disk_detach::Params {
-            instance_id: any_instance,
-            disk_id: DiskUuid::new_v4(),
-        }),
     ];
-    crash_every_node(Cluster::new(2, ByteCount::from_mebibytes_u32(0)).await, &sagas).await;
+    crash_every_node(
+        Cluster::new(2, ByteCount::from_mebibytes_u32(0)).await,
+        &sagas,
+    )
+    .await;
 }
 
-/// The disk sagas, on three sleds with storage (a disk's three regions need three).
+/// The disk sagas (and attach/detach, whose disks are real ones), on three sleds with storage
+/// (a disk's three regions need three).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_sagas_survive_a_crash_at_every_node() {
     let block_size = halyard_common::BlockSize::try_from(512u32).unwrap();
@@ -997,8 +996,20 @@ async fn disk_sagas_survive_a_crash_at_every_node() {
         SagaNodes::of::<disk_delete::SagaDiskDelete>(disk_delete::Params {
             disk_id: halyard_common::ids::DiskUuid::new_v4(),
         }),
+        SagaNodes::of::<disk_attach::SagaDiskAttach>(disk_attach::Params {
+            instance_id: InstanceUuid::new_v4(),
+            disk_id: DiskUuid::new_v4(),
+        }),
+        SagaNodes::of::<disk_detach::SagaDiskDetach>(disk_detach::Params {
+            instance_id: InstanceUuid::new_v4(),
+            disk_id: DiskUuid::new_v4(),
+        }),
     ];
-    crash_every_node(Cluster::new(3, ByteCount::from_gibibytes_u32(1)).await, &sagas).await;
+    crash_every_node(
+        Cluster::new(3, ByteCount::from_gibibytes_u32(1)).await,
+        &sagas,
+    )
+    .await;
 }
 
 /// Crashes every node of each of `sagas` at every point (see the module's comment), one case
@@ -1010,7 +1021,10 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
         .map(|list| list.split(',').map(str::to_string).collect());
     let sagas: Vec<&SagaNodes> = sagas
         .iter()
-        .filter(|saga| only.as_ref().is_none_or(|only| only.iter().any(|n| n == saga.name)))
+        .filter(|saga| {
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|n| n == saga.name))
+        })
         .collect();
     let setup_log = cluster.stderr_dir.join("project-setup.stderr");
     let nexus = cluster.nexus(&setup_log, None, None).await.unwrap();
@@ -1023,7 +1037,6 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
         .await;
     assert!(matches!(answer, Some((201, _))), "{answer:?}");
     stop(nexus);
-
 
     // Forward: every node, right after `started`, right after its effects and right after
     // `succeeded`. Unwinding: a

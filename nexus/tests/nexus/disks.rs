@@ -62,7 +62,10 @@ async fn post_raw(ctx: &TestContext, body: &Value) -> (u16, Value) {
         .unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// The sleds a disk's regions are on.
@@ -132,7 +135,11 @@ async fn a_disk_is_created_viewed_listed_and_deleted() {
     assert_eq!(viewed, created);
     for (disk, with_project, says) in [
         (by_id.clone(), true, "do not also give a project"),
-        (NameOrId::Name(name("data")), false, "its project must be given"),
+        (
+            NameOrId::Name(name("data")),
+            false,
+            "its project must be given",
+        ),
     ] {
         let mut request = client.disk_view().disk(disk);
         if with_project {
@@ -173,7 +180,12 @@ async fn a_disk_is_created_viewed_listed_and_deleted() {
         .await
         .unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
-    let err = client.disk_view().disk(by_id.clone()).send().await.unwrap_err();
+    let err = client
+        .disk_view()
+        .disk(by_id.clone())
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(err.status().unwrap().as_u16(), 404);
     assert!(region_sleds(&ctx, created.id).is_empty());
     assert_eq!(
@@ -210,9 +222,7 @@ async fn bad_disk_requests_are_refused_and_create_nothing() {
     // One disk that stays, so a duplicate name has something to collide with.
     let (status, body) = post_raw(&ctx, &blank_json("taken", GIB, 4096)).await;
     assert_eq!(status, 201, "{body}");
-    let with_backend = |backend: Value| {
-        json!({"name": "d", "description": "", "size": GIB, "disk_backend": backend})
-    };
+    let with_backend = |backend: Value| json!({"name": "d", "description": "", "size": GIB, "disk_backend": backend});
     let snapshot_id = uuid::Uuid::new_v4();
     let cases: Vec<(&str, Value, u16, &str)> = vec![
         ("size zero", blank_json("d", 0, 512), 400, "above zero"),
@@ -234,9 +244,24 @@ async fn bad_disk_requests_are_refused_and_create_nothing() {
             400,
             "",
         ),
-        ("unknown block size", blank_json("d", GIB, 1000), 400, "block"),
-        ("upper-case name", blank_json("Data", GIB, 4096), 400, "name"),
-        ("name starting with a digit", blank_json("1d", GIB, 4096), 400, "name"),
+        (
+            "unknown block size",
+            blank_json("d", GIB, 1000),
+            400,
+            "block",
+        ),
+        (
+            "upper-case name",
+            blank_json("Data", GIB, 4096),
+            400,
+            "name",
+        ),
+        (
+            "name starting with a digit",
+            blank_json("1d", GIB, 4096),
+            400,
+            "name",
+        ),
         (
             "local backend",
             with_backend(json!({"type": "local"})),
@@ -245,25 +270,33 @@ async fn bad_disk_requests_are_refused_and_create_nothing() {
         ),
         (
             "from a snapshot",
-            with_backend(json!({"type": "distributed", "disk_source": {"type": "snapshot", "snapshot_id": snapshot_id}})),
+            with_backend(
+                json!({"type": "distributed", "disk_source": {"type": "snapshot", "snapshot_id": snapshot_id}}),
+            ),
             400,
             "snapshots are not supported yet",
         ),
         (
             "read-only from a snapshot",
-            with_backend(json!({"type": "distributed", "disk_source": {"type": "snapshot", "snapshot_id": snapshot_id, "read_only": true}})),
+            with_backend(
+                json!({"type": "distributed", "disk_source": {"type": "snapshot", "snapshot_id": snapshot_id, "read_only": true}}),
+            ),
             400,
             "read-only disks are not supported",
         ),
         (
             "from an image",
-            with_backend(json!({"type": "distributed", "disk_source": {"type": "image", "image_id": uuid::Uuid::new_v4()}})),
+            with_backend(
+                json!({"type": "distributed", "disk_source": {"type": "image", "image_id": uuid::Uuid::new_v4()}}),
+            ),
             400,
             "no images",
         ),
         (
             "importing blocks",
-            with_backend(json!({"type": "distributed", "disk_source": {"type": "importing_blocks", "block_size": 512}})),
+            with_backend(
+                json!({"type": "distributed", "disk_source": {"type": "importing_blocks", "block_size": 512}}),
+            ),
             400,
             "import blocks are not supported",
         ),

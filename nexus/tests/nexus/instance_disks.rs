@@ -5,7 +5,8 @@
 use crate::context::TestContext;
 use halyard_common::ids::{DiskUuid, GenericUuid, InstanceUuid};
 use halyard_common::{BlockSize, ByteCount, DiskState, InstanceState, Name, NameOrId};
-use halyard_db_model::{MAX_DISKS_PER_INSTANCE, NewDiskParams};
+use halyard_db_model::MAX_DISKS_PER_INSTANCE;
+use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource};
 use halyard_nexus_external_client::types;
 use halyard_sled_agent_api::{VmmDisk, VmmRegisterBody};
 use std::collections::BTreeSet;
@@ -29,28 +30,34 @@ fn by_id(id: impl GenericUuid) -> NameOrId {
     NameOrId::Id(id.into_untyped_uuid())
 }
 
-/// A detached disk of 1 GiB in `project`, written straight to the database (as a finished
-/// disk-create saga leaves it; a simulated sled's regions serve nothing anyway).
+/// A new detached disk of 1 MiB in `project`, made by the disk-create saga (three regions
+/// on three sleds with storage: see [`context_with_storage`]).
 pub async fn detached_disk(ctx: &TestContext, project: &NameOrId, disk_name: &str) -> DiskUuid {
-    let datastore = ctx.nexus().datastore();
-    let project = datastore.project_fetch(project).await.unwrap();
-    let disk = datastore
-        .disk_insert(NewDiskParams {
-            id: DiskUuid::new_v4(),
-            project_id: project.id(),
-            name: name(disk_name),
-            description: String::new(),
-            size: ByteCount::from_gibibytes_u32(1),
-            block_size: BlockSize::try_from(4096u32).unwrap(),
-            created_by_instance_id: None,
-        })
+    let project = ctx
+        .nexus()
+        .datastore()
+        .project_fetch(project)
         .await
         .unwrap();
-    datastore
-        .disk_transition(disk.id(), &[DiskState::Creating], DiskState::Detached)
+    let block_size = BlockSize::try_from(512u32).unwrap();
+    ctx.nexus()
+        .disk_create(
+            project.id(),
+            DiskCreate {
+                name: name(disk_name),
+                description: String::new(),
+                disk_backend: DiskBackend::Distributed(DiskSource::Blank { block_size }),
+                size: ByteCount::from_mebibytes_u32(1),
+            },
+        )
         .await
-        .unwrap();
-    disk.id()
+        .unwrap()
+        .id()
+}
+
+/// A system whose sleds hold regions: three (a disk's regions go on three), 4 GiB each.
+pub async fn context_with_storage() -> TestContext {
+    TestContext::with_storage(3, ByteCount::from_gibibytes_u32(4)).await
 }
 
 async fn attach(
@@ -105,7 +112,10 @@ fn status<T: std::fmt::Debug>(
 }
 
 /// The disk's row as the database holds it: (state, instance, slot).
-async fn disk_row(ctx: &TestContext, disk: DiskUuid) -> (DiskState, Option<InstanceUuid>, Option<i32>) {
+async fn disk_row(
+    ctx: &TestContext,
+    disk: DiskUuid,
+) -> (DiskState, Option<InstanceUuid>, Option<i32>) {
     let found = ctx.nexus().datastore().disk_fetch(disk).await.unwrap();
     (found.state(), found.attached_to(), found.slot)
 }
@@ -129,7 +139,9 @@ async fn assert_attachments_consistent(ctx: &TestContext) {
             datastore
                 .instance_fetch(instance)
                 .await
-                .unwrap_or_else(|e| panic!("disk {} attached to a gone instance: {e}", disk.name()));
+                .unwrap_or_else(|e| {
+                    panic!("disk {} attached to a gone instance: {e}", disk.name())
+                });
         }
     }
     for instance in datastore.instance_list_all(false).await.unwrap() {
@@ -168,7 +180,12 @@ fn expected_vmm_disks(attached: Vec<halyard_db_queries::AttachedDisk>) -> Vec<Vm
 async fn assert_vmm_has_disks(ctx: &TestContext, instance: InstanceUuid) -> Vec<VmmDisk> {
     let vmm = ctx.active_vmm(instance).await;
     let sled = ctx.sled_client_for(vmm).await;
-    let found = ctx.nexus().datastore().instance_fetch(instance).await.unwrap();
+    let found = ctx
+        .nexus()
+        .datastore()
+        .instance_fetch(instance)
+        .await
+        .unwrap();
     let disks = expected_vmm_disks(
         ctx.nexus()
             .datastore()
@@ -205,7 +222,7 @@ async fn assert_vmm_has_disks(ctx: &TestContext, instance: InstanceUuid) -> Vec<
 
 #[tokio::test]
 async fn attach_detach_and_list_through_the_api() {
-    let ctx = TestContext::new().await;
+    let ctx = context_with_storage().await;
     let project = ctx.project("p").await;
     let instance = ctx.instance(&project, "vm", 1).await;
     let other = ctx.instance(&project, "other", 1).await;
@@ -213,13 +230,25 @@ async fn attach_detach_and_list_through_the_api() {
     let b = detached_disk(&ctx, &project, "b").await;
 
     // By name (in the instance's project) and by id.
-    let attached = attach(&ctx, instance, NameOrId::Name(name("a"))).await.unwrap();
+    let attached = attach(&ctx, instance, NameOrId::Name(name("a")))
+        .await
+        .unwrap();
     assert_eq!(attached.state, types::DiskState::Attached(instance));
     assert_eq!(attached.device_path, "/dev/disk/by-id/virtio-a");
     attach(&ctx, instance, by_id(b)).await.unwrap();
-    assert_eq!(disk_row(&ctx, a).await, (DiskState::Attached, Some(instance), Some(0)));
-    assert_eq!(disk_row(&ctx, b).await, (DiskState::Attached, Some(instance), Some(1)));
-    let names: Vec<String> = listed(&ctx, instance).await.iter().map(|d| d.name.to_string()).collect();
+    assert_eq!(
+        disk_row(&ctx, a).await,
+        (DiskState::Attached, Some(instance), Some(0))
+    );
+    assert_eq!(
+        disk_row(&ctx, b).await,
+        (DiskState::Attached, Some(instance), Some(1))
+    );
+    let names: Vec<String> = listed(&ctx, instance)
+        .await
+        .iter()
+        .map(|d| d.name.to_string())
+        .collect();
     assert_eq!(names, ["a", "b"]);
     assert!(listed(&ctx, other).await.is_empty());
 
@@ -228,15 +257,27 @@ async fn attach_detach_and_list_through_the_api() {
     assert_eq!(status(&attach(&ctx, other, by_id(a)).await), 409);
     // Detaching from the wrong instance: 409.
     assert_eq!(status(&detach(&ctx, other, by_id(a)).await), 409);
-    assert_eq!(disk_row(&ctx, a).await, (DiskState::Attached, Some(instance), Some(0)));
+    assert_eq!(
+        disk_row(&ctx, a).await,
+        (DiskState::Attached, Some(instance), Some(0))
+    );
     // An unknown disk: 404.
-    assert_eq!(status(&attach(&ctx, instance, NameOrId::Name(name("nope"))).await), 404);
+    assert_eq!(
+        status(&attach(&ctx, instance, NameOrId::Name(name("nope"))).await),
+        404
+    );
 
-    let detached = detach(&ctx, instance, NameOrId::Name(name("a"))).await.unwrap();
+    let detached = detach(&ctx, instance, NameOrId::Name(name("a")))
+        .await
+        .unwrap();
     assert_eq!(detached.state, types::DiskState::Detached);
     assert_eq!(disk_row(&ctx, a).await, (DiskState::Detached, None, None));
     assert_eq!(status(&detach(&ctx, instance, by_id(a)).await), 409);
-    let names: Vec<String> = listed(&ctx, instance).await.iter().map(|d| d.name.to_string()).collect();
+    let names: Vec<String> = listed(&ctx, instance)
+        .await
+        .iter()
+        .map(|d| d.name.to_string())
+        .collect();
     assert_eq!(names, ["b"]);
     // Now it attaches elsewhere.
     attach(&ctx, other, by_id(a)).await.unwrap();
@@ -245,7 +286,7 @@ async fn attach_detach_and_list_through_the_api() {
 
 #[tokio::test]
 async fn a_running_instance_refuses_attach_and_detach_and_its_vmm_has_its_disks() {
-    let ctx = TestContext::new().await;
+    let ctx = context_with_storage().await;
     let project = ctx.project("p").await;
     let instance = ctx.instance(&project, "vm", 1).await;
     let data = detached_disk(&ctx, &project, "data").await;
@@ -262,8 +303,14 @@ async fn a_running_instance_refuses_attach_and_detach_and_its_vmm_has_its_disks(
 
     assert_eq!(status(&attach(&ctx, instance, by_id(spare)).await), 409);
     assert_eq!(status(&detach(&ctx, instance, by_id(data)).await), 409);
-    assert_eq!(disk_row(&ctx, spare).await, (DiskState::Detached, None, None));
-    assert_eq!(disk_row(&ctx, data).await, (DiskState::Attached, Some(instance), Some(0)));
+    assert_eq!(
+        disk_row(&ctx, spare).await,
+        (DiskState::Detached, None, None)
+    );
+    assert_eq!(
+        disk_row(&ctx, data).await,
+        (DiskState::Attached, Some(instance), Some(0))
+    );
     assert_attachments_consistent(&ctx).await;
 
     // Stopped, it may change again.
@@ -284,7 +331,7 @@ async fn a_running_instance_refuses_attach_and_detach_and_its_vmm_has_its_disks(
 
 #[tokio::test]
 async fn a_ninth_disk_is_refused() {
-    let ctx = TestContext::new().await;
+    let ctx = context_with_storage().await;
     let project = ctx.project("p").await;
     let instance = ctx.instance(&project, "vm", 1).await;
     for i in 0..MAX_DISKS_PER_INSTANCE {
@@ -296,7 +343,10 @@ async fn a_ninth_disk_is_refused() {
     assert_eq!(status(&refused), 409);
     let message = format!("{refused:?}");
     assert!(message.contains("8 disks"), "{message}");
-    assert_eq!(disk_row(&ctx, ninth).await, (DiskState::Detached, None, None));
+    assert_eq!(
+        disk_row(&ctx, ninth).await,
+        (DiskState::Detached, None, None)
+    );
     assert_eq!(listed(&ctx, instance).await.len(), MAX_DISKS_PER_INSTANCE);
 
     // A create asking for nine: 400, nothing created.
@@ -321,14 +371,22 @@ async fn a_ninth_disk_is_refused() {
         .send()
         .await;
     assert_eq!(refused.unwrap_err().status().map(|s| s.as_u16()), Some(400));
-    assert_eq!(ctx.sql("SELECT count(*) FROM instance WHERE name = 'nine'").trim(), "0");
-    assert_eq!(ctx.sql("SELECT count(*) FROM saga WHERE name = 'instance-create'").trim(), "1");
+    assert_eq!(
+        ctx.sql("SELECT count(*) FROM instance WHERE name = 'nine'")
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        ctx.sql("SELECT count(*) FROM saga WHERE name = 'instance-create'")
+            .trim(),
+        "1"
+    );
     assert_attachments_consistent(&ctx).await;
 }
 
 #[tokio::test]
 async fn create_with_disks_attaches_them_boot_disk_first_and_delete_detaches_them() {
-    let ctx = TestContext::new().await;
+    let ctx = context_with_storage().await;
     let project = ctx.project("p").await;
     let boot = detached_disk(&ctx, &project, "boot").await;
     let data = detached_disk(&ctx, &project, "data").await;
@@ -343,8 +401,12 @@ async fn create_with_disks_attaches_them_boot_disk_first_and_delete_detaches_the
                 .ncpus(1u16)
                 .memory(ByteCount::from_gibibytes_u32(1))
                 .start(true)
-                .boot_disk(Some(types::InstanceDiskAttachment::Attach { name: name("boot") }))
-                .disks(vec![types::InstanceDiskAttachment::Attach { name: name("data") }]),
+                .boot_disk(Some(types::InstanceDiskAttachment::Attach {
+                    name: name("boot"),
+                }))
+                .disks(vec![types::InstanceDiskAttachment::Attach {
+                    name: name("data"),
+                }]),
         )
         .send()
         .await
@@ -352,8 +414,14 @@ async fn create_with_disks_attaches_them_boot_disk_first_and_delete_detaches_the
         .into_inner();
     let instance = created.id;
     assert_eq!(created.boot_disk_id, Some(boot.into_untyped_uuid()));
-    assert_eq!(disk_row(&ctx, boot).await, (DiskState::Attached, Some(instance), Some(0)));
-    assert_eq!(disk_row(&ctx, data).await, (DiskState::Attached, Some(instance), Some(1)));
+    assert_eq!(
+        disk_row(&ctx, boot).await,
+        (DiskState::Attached, Some(instance), Some(0))
+    );
+    assert_eq!(
+        disk_row(&ctx, data).await,
+        (DiskState::Attached, Some(instance), Some(1))
+    );
     ctx.wait_for(instance, InstanceState::Running).await;
     let names: Vec<String> = assert_vmm_has_disks(&ctx, instance)
         .await
@@ -373,14 +441,20 @@ async fn create_with_disks_attaches_them_boot_disk_first_and_delete_detaches_the
         .send()
         .await
         .unwrap();
-    assert_eq!(disk_row(&ctx, boot).await, (DiskState::Detached, None, None));
-    assert_eq!(disk_row(&ctx, data).await, (DiskState::Detached, None, None));
+    assert_eq!(
+        disk_row(&ctx, boot).await,
+        (DiskState::Detached, None, None)
+    );
+    assert_eq!(
+        disk_row(&ctx, data).await,
+        (DiskState::Detached, None, None)
+    );
     assert_attachments_consistent(&ctx).await;
 }
 
 #[tokio::test]
 async fn a_create_whose_disk_is_taken_creates_nothing_and_attaches_nothing() {
-    let ctx = TestContext::new().await;
+    let ctx = context_with_storage().await;
     let project = ctx.project("p").await;
     let holder = ctx.instance(&project, "holder", 1).await;
     let free = detached_disk(&ctx, &project, "free").await;
@@ -399,16 +473,28 @@ async fn a_create_whose_disk_is_taken_creates_nothing_and_attaches_nothing() {
                 .start(false)
                 .disks(vec![
                     types::InstanceDiskAttachment::Attach { name: name("free") },
-                    types::InstanceDiskAttachment::Attach { name: name("taken") },
+                    types::InstanceDiskAttachment::Attach {
+                        name: name("taken"),
+                    },
                 ]),
         )
         .send()
         .await;
     assert_eq!(refused.unwrap_err().status().map(|s| s.as_u16()), Some(409));
     // The disk it had attached before it failed is detached again; the other stays.
-    assert_eq!(disk_row(&ctx, free).await, (DiskState::Detached, None, None));
-    assert_eq!(disk_row(&ctx, taken).await, (DiskState::Attached, Some(holder), Some(0)));
-    assert_eq!(ctx.sql("SELECT count(*) FROM instance WHERE name = 'vm' AND time_deleted IS NULL").trim(), "0");
+    assert_eq!(
+        disk_row(&ctx, free).await,
+        (DiskState::Detached, None, None)
+    );
+    assert_eq!(
+        disk_row(&ctx, taken).await,
+        (DiskState::Attached, Some(holder), Some(0))
+    );
+    assert_eq!(
+        ctx.sql("SELECT count(*) FROM instance WHERE name = 'vm' AND time_deleted IS NULL")
+            .trim(),
+        "0"
+    );
     // The same disk named twice, or an unknown disk: refused before any saga.
     for disks in [
         vec![
@@ -445,7 +531,7 @@ async fn a_create_whose_disk_is_taken_creates_nothing_and_attaches_nothing() {
 /// other instance); a delete leaves the disk detached; nothing is left between states.
 #[tokio::test]
 async fn racing_attach_detach_delete_and_start_on_one_disk_and_instance() {
-    let ctx = TestContext::new().await;
+    let ctx = context_with_storage().await;
     let project = ctx.project("p").await;
     let mut seen = BTreeSet::new();
     for round in 0..6 {
@@ -481,13 +567,185 @@ async fn racing_attach_detach_delete_and_start_on_one_disk_and_instance() {
             api.instance_delete().instance(by_id(owner)).send(),
         );
         // Both may win (the detach first); whatever happened, the disk ends detached.
-        assert!(detached.is_ok() || deleted.is_ok(), "{detached:?} {deleted:?}");
+        assert!(
+            detached.is_ok() || deleted.is_ok(),
+            "{detached:?} {deleted:?}"
+        );
         if let Err(e) = &detached {
-            assert!(matches!(e.status().map(|s| s.as_u16()), Some(404 | 409)), "{e:?}");
+            assert!(
+                matches!(e.status().map(|s| s.as_u16()), Some(404 | 409)),
+                "{e:?}"
+            );
         }
         deleted.unwrap();
-        assert_eq!(disk_row(&ctx, disk).await, (DiskState::Detached, None, None));
+        assert_eq!(
+            disk_row(&ctx, disk).await,
+            (DiskState::Detached, None, None)
+        );
         assert_attachments_consistent(&ctx).await;
     }
     eprintln!("(attach to first won, start won) outcomes seen: {seen:?}");
+}
+
+fn new_disk(disk_name: &str) -> types::InstanceDiskAttachment {
+    types::InstanceDiskAttachment::Create {
+        name: name(disk_name),
+        description: String::new(),
+        disk_backend: types::DiskBackend::Distributed(types::DiskSource::Blank {
+            block_size: BlockSize::try_from(512u32).unwrap(),
+        }),
+        size: ByteCount::from_mebibytes_u32(64),
+    }
+}
+
+/// Live disks of that name, and the region rows of every disk (deleted or not) of that name.
+fn disks_and_regions_named(ctx: &TestContext, disk_name: &str) -> (String, String) {
+    (
+        ctx.sql(&format!(
+            "SELECT count(*) FROM disk WHERE name = '{disk_name}' AND time_deleted IS NULL"
+        ))
+        .trim()
+        .to_string(),
+        ctx.sql(&format!(
+            "SELECT count(*) FROM region r JOIN disk d ON d.id = r.disk_id \
+             WHERE d.name = '{disk_name}'"
+        ))
+        .trim()
+        .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn create_makes_its_new_disks_and_delete_deletes_them_but_not_the_attached_ones() {
+    let ctx = context_with_storage().await;
+    let project = ctx.project("p").await;
+    let kept = detached_disk(&ctx, &project, "kept").await;
+    let created = client(&ctx)
+        .instance_create()
+        .project(project.clone())
+        .body(
+            types::InstanceCreate::builder()
+                .name(name("vm"))
+                .description("")
+                .hostname("vm")
+                .ncpus(1u16)
+                .memory(ByteCount::from_gibibytes_u32(1))
+                .start(true)
+                .boot_disk(Some(new_disk("root")))
+                .disks(vec![types::InstanceDiskAttachment::Attach {
+                    name: name("kept"),
+                }]),
+        )
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    let instance = created.id;
+    let root = ctx
+        .nexus()
+        .datastore()
+        .disk_fetch_by_name(
+            ctx.nexus()
+                .datastore()
+                .project_fetch(&project)
+                .await
+                .unwrap()
+                .id(),
+            &name("root"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.boot_disk_id, Some(root.id().into_untyped_uuid()));
+    assert_eq!(root.created_by(), Some(instance));
+    assert_eq!(
+        disk_row(&ctx, root.id()).await,
+        (DiskState::Attached, Some(instance), Some(0))
+    );
+    assert_eq!(
+        disk_row(&ctx, kept).await,
+        (DiskState::Attached, Some(instance), Some(1))
+    );
+    assert_eq!(
+        disks_and_regions_named(&ctx, "root"),
+        ("1".into(), "3".into())
+    );
+    ctx.wait_for(instance, InstanceState::Running).await;
+    let names: Vec<String> = assert_vmm_has_disks(&ctx, instance)
+        .await
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["root", "kept"]);
+    // Deleting the boot disk is refused while the instance has it.
+    let refused = client(&ctx)
+        .disk_delete()
+        .disk(by_id(root.id()))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(409));
+    assert_attachments_consistent(&ctx).await;
+
+    ctx.stop(instance).await;
+    ctx.wait_for(instance, InstanceState::Stopped).await;
+    client(&ctx)
+        .instance_delete()
+        .instance(by_id(instance))
+        .send()
+        .await
+        .unwrap();
+    // The disk it made is gone with its regions; the one it attached is detached, kept.
+    assert_eq!(
+        disks_and_regions_named(&ctx, "root"),
+        ("0".into(), "0".into())
+    );
+    assert_eq!(
+        disk_row(&ctx, kept).await,
+        (DiskState::Detached, None, None)
+    );
+    assert_attachments_consistent(&ctx).await;
+}
+
+#[tokio::test]
+async fn a_failed_create_leaves_no_disk_it_made() {
+    let ctx = context_with_storage().await;
+    let project = ctx.project("p").await;
+    let holder = ctx.instance(&project, "holder", 1).await;
+    let taken = detached_disk(&ctx, &project, "taken").await;
+    attach(&ctx, holder, by_id(taken)).await.unwrap();
+    let refused = client(&ctx)
+        .instance_create()
+        .project(project.clone())
+        .body(
+            types::InstanceCreate::builder()
+                .name(name("vm"))
+                .description("")
+                .hostname("vm")
+                .ncpus(1u16)
+                .memory(ByteCount::from_gibibytes_u32(1))
+                .start(false)
+                .boot_disk(Some(new_disk("fresh")))
+                .disks(vec![types::InstanceDiskAttachment::Attach {
+                    name: name("taken"),
+                }]),
+        )
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.status().map(|s| s.as_u16()),
+        Some(409),
+        "{refused:?}"
+    );
+    // The disk-create subsaga unwound: no live disk, no region, nothing on the sled agents
+    // (the invariant checker compares each sled agent's regions with the database).
+    assert_eq!(
+        disks_and_regions_named(&ctx, "fresh"),
+        ("0".into(), "0".into())
+    );
+    assert_eq!(
+        disk_row(&ctx, taken).await,
+        (DiskState::Attached, Some(holder), Some(0))
+    );
+    assert_attachments_consistent(&ctx).await;
 }

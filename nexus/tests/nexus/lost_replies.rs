@@ -253,7 +253,7 @@ fn print_summary(title: &str, outcome: &str, cases: &[LostReplyCase]) {
 
 #[tokio::test]
 async fn every_action_notices_its_effect_after_a_lost_reply() {
-    let ctx = TestContext::new().await;
+    let ctx = crate::instance_disks::context_with_storage().await;
     let mut cases = Vec::new();
 
     cases.extend(
@@ -444,7 +444,12 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
             async |ctx, params| {
                 let attached = disks_naming(ctx, params.instance_id);
                 assert_eq!(attached, 1);
-                let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+                let disk = ctx
+                    .nexus()
+                    .datastore()
+                    .disk_fetch(params.disk_id)
+                    .await
+                    .unwrap();
                 assert_eq!(disk.state(), DiskState::Attached);
                 format!("{attached} disk attached, slot {:?}", disk.slot)
             },
@@ -466,7 +471,12 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
             async |ctx, params| {
                 let attached = disks_naming(ctx, params.instance_id);
                 assert_eq!(attached, 0);
-                let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+                let disk = ctx
+                    .nexus()
+                    .datastore()
+                    .disk_fetch(params.disk_id)
+                    .await
+                    .unwrap();
                 assert_eq!(disk.state(), DiskState::Detached);
                 format!("{attached} disk attached, detached")
             },
@@ -507,7 +517,7 @@ fn stopped_with_nothing_held(ctx: &TestContext, id: InstanceUuid) -> String {
 
 #[tokio::test]
 async fn every_undo_notices_its_effect_after_a_lost_reply() {
-    let ctx = TestContext::new().await;
+    let ctx = crate::instance_disks::context_with_storage().await;
     let mut cases = Vec::new();
 
     cases.extend(
@@ -625,8 +635,16 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
                 }
             },
             async |ctx, params| {
-                let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
-                assert_eq!((disk.state(), disk.attached_to()), (DiskState::Detached, None));
+                let disk = ctx
+                    .nexus()
+                    .datastore()
+                    .disk_fetch(params.disk_id)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (disk.state(), disk.attached_to()),
+                    (DiskState::Detached, None)
+                );
                 "the disk detached".to_string()
             },
         )
@@ -646,7 +664,12 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
                 }
             },
             async |ctx, params| {
-                let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+                let disk = ctx
+                    .nexus()
+                    .datastore()
+                    .disk_fetch(params.disk_id)
+                    .await
+                    .unwrap();
                 assert_eq!(
                     (disk.state(), disk.attached_to()),
                     (DiskState::Attached, Some(params.instance_id))
@@ -746,7 +769,11 @@ async fn disk_actions_notice_their_effects_after_a_lost_reply() {
                     ),
                 );
                 let (regions, held) = disk_regions(ctx, params.disk_id);
-                assert_eq!((disks, regions, held), (1, 3, 3), "disks, region rows, held");
+                assert_eq!(
+                    (disks, regions, held),
+                    (1, 3, 3),
+                    "disks, region rows, held"
+                );
                 format!("1 detached disk, {regions} region rows, {held} on the sled agents")
             },
         )
@@ -789,7 +816,12 @@ async fn disk_undos_notice_their_effects_after_a_lost_reply() {
             async |ctx| detached_disk(ctx).await,
             async |ctx, params| {
                 // Back as faulted with its regions (see disk_delete.rs); then deleted for good.
-                let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+                let disk = ctx
+                    .nexus()
+                    .datastore()
+                    .disk_fetch(params.disk_id)
+                    .await
+                    .unwrap();
                 assert_eq!(disk.state(), halyard_common::DiskState::Faulted);
                 assert_eq!(disk_regions(ctx, params.disk_id), (3, 3));
                 ctx.nexus().disk_delete(&disk).await.unwrap();

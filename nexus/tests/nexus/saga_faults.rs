@@ -7,8 +7,7 @@ use halyard_common::ids::{DiskUuid, InstanceUuid};
 use halyard_common::{ByteCount, DiskState, InstanceState, NameOrId};
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, disk_attach, disk_create, disk_delete, disk_detach,
-    instance_create, instance_delete,
-    instance_start,
+    instance_create, instance_delete, instance_start,
 };
 use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource, InstanceCreate};
 use std::num::NonZeroU32;
@@ -281,7 +280,8 @@ fn assert_disk_left_nothing(ctx: &TestContext, disk: halyard_common::ids::DiskUu
     );
     assert_eq!(
         ctx.sql("SELECT sum(reserved_storage) FROM sled").trim(),
-        ctx.sql("SELECT coalesce(sum(size_bytes), 0) FROM region").trim()
+        ctx.sql("SELECT coalesce(sum(size_bytes), 0) FROM region")
+            .trim()
     );
 }
 
@@ -302,9 +302,19 @@ async fn disk_create_unwinds_from_every_node_and_tolerates_repeats() {
         &ctx,
         async |_| disk_create_params(project_id),
         async |ctx, params| {
-            let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+            let disk = ctx
+                .nexus()
+                .datastore()
+                .disk_fetch(params.disk_id)
+                .await
+                .unwrap();
             assert_eq!(disk.state(), halyard_common::DiskState::Detached);
-            let regions = ctx.nexus().datastore().disk_regions(params.disk_id).await.unwrap();
+            let regions = ctx
+                .nexus()
+                .datastore()
+                .disk_regions(params.disk_id)
+                .await
+                .unwrap();
             assert_eq!(regions.len(), 3);
             // Leave room for the next round.
             ctx.nexus().disk_delete(&disk).await.unwrap();
@@ -317,7 +327,12 @@ async fn disk_create_unwinds_from_every_node_and_tolerates_repeats() {
 
 /// A new detached disk, to delete.
 async fn detached_disk(ctx: &TestContext) -> disk_delete::Params {
-    let project_id = ctx.nexus().project_view(&"p".parse().unwrap()).await.unwrap().id();
+    let project_id = ctx
+        .nexus()
+        .project_view(&"p".parse().unwrap())
+        .await
+        .unwrap()
+        .id();
     let params = disk_create_params(project_id);
     let disk = ctx
         .nexus()
@@ -339,13 +354,23 @@ async fn disk_delete_unwinds_from_every_node_and_tolerates_repeats() {
             // Unwound: the disk is still there (detached if the first node failed, else back
             // as faulted, as Oxide does: its regions may have been deleted and made again,
             // empty), with its three regions; it can be deleted.
-            let disk = ctx.nexus().datastore().disk_fetch(params.disk_id).await.unwrap();
+            let disk = ctx
+                .nexus()
+                .datastore()
+                .disk_fetch(params.disk_id)
+                .await
+                .unwrap();
             assert!(
                 disk_delete::DELETABLE.contains(&disk.state()),
                 "{:?}",
                 disk.state()
             );
-            let regions = ctx.nexus().datastore().disk_regions(params.disk_id).await.unwrap();
+            let regions = ctx
+                .nexus()
+                .datastore()
+                .disk_regions(params.disk_id)
+                .await
+                .unwrap();
             assert_eq!(regions.len(), 3);
             ctx.nexus().disk_delete(&disk).await.unwrap();
             ctx.assert_quiet_and_consistent().await;
@@ -383,7 +408,7 @@ async fn disk_state(ctx: &TestContext, disk: DiskUuid) -> (DiskState, Option<Ins
 
 #[tokio::test]
 async fn disk_attach_and_detach_unwind_from_every_node_and_tolerate_repeats() {
-    let ctx = TestContext::new().await;
+    let ctx = crate::instance_disks::context_with_storage().await;
     let covered = inject_error_at_every_node::<disk_attach::SagaDiskAttach>(
         &ctx,
         async |ctx| {
@@ -460,9 +485,15 @@ async fn disk_attach_and_detach_unwind_from_every_node_and_tolerate_repeats() {
 
 #[tokio::test]
 async fn instance_create_with_disks_unwinds_from_every_node_and_tolerates_repeats() {
-    let ctx = TestContext::new().await;
+    let ctx = crate::instance_disks::context_with_storage().await;
     let project = ctx.project("p").await;
-    let project_id = ctx.nexus().datastore().project_fetch(&project).await.unwrap().id();
+    let project_id = ctx
+        .nexus()
+        .datastore()
+        .project_fetch(&project)
+        .await
+        .unwrap()
+        .id();
     let with_disks = async |ctx: &TestContext| {
         let mut params = create_params(project_id);
         for _ in 0..2 {

@@ -124,7 +124,7 @@ async fn replay_from(ctx: &TestContext, saga_id: &str, index: usize, start_node:
 /// no state a crash leaves: after "begin started" the disk is at most detaching.)
 #[tokio::test]
 async fn disk_attach_and_detach_replay_idempotently_over_existing_effects() {
-    let ctx = TestContext::new().await;
+    let ctx = crate::instance_disks::context_with_storage().await;
     let project = ctx.project("p").await;
     let params = |instance_id, disk_id| disk_attach::Params {
         instance_id,
@@ -162,7 +162,11 @@ async fn disk_attach_and_detach_replay_idempotently_over_existing_effects() {
             "SELECT id FROM saga WHERE name = 'disk-attach' ORDER BY time_created DESC LIMIT 1",
         );
         replay_from(&ctx, saga_id.trim(), index, start_node).await;
-        assert_eq!(row(&ctx, disk).await, before, "replay of disk-attach at node {index}");
+        assert_eq!(
+            row(&ctx, disk).await,
+            before,
+            "replay of disk-attach at node {index}"
+        );
 
         if index == start_node - 1 {
             ctx.nexus()
@@ -179,7 +183,11 @@ async fn disk_attach_and_detach_replay_idempotently_over_existing_effects() {
                  LIMIT 1",
             );
             replay_from(&ctx, saga_id.trim(), index, start_node).await;
-            assert_eq!(row(&ctx, disk).await, before, "replay of disk-detach's last node");
+            assert_eq!(
+                row(&ctx, disk).await,
+                before,
+                "replay of disk-detach's last node"
+            );
         }
     }
     ctx.assert_quiet_and_consistent().await;
@@ -260,7 +268,11 @@ async fn disk_sagas_replay_a_recorded_prefix_idempotently_over_existing_effects(
                 ctx.nexus().sled_http().clone(),
                 &log(),
             );
-            assert_eq!(fresh.resume_sagas().await.unwrap(), 1, "{saga_name} node {name}");
+            assert_eq!(
+                fresh.resume_sagas().await.unwrap(),
+                1,
+                "{saga_name} node {name}"
+            );
             ctx.eventually(
                 &format!("{saga_name} resumed at {name} to finish"),
                 async |ctx: &TestContext| {

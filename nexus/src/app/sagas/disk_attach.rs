@@ -45,7 +45,11 @@ async fn begin_attach(ctx: &NexusActionContext) -> Result<(), ActionError> {
     ctx.user_data()
         .nexus
         .datastore()
-        .disk_attach_begin(params.instance_id, params.disk_id, InstanceForDisks::Stopped)
+        .disk_attach_begin(
+            params.instance_id,
+            params.disk_id,
+            InstanceForDisks::Stopped,
+        )
         .await
         .map_err(action_failed)?;
     Ok(())

@@ -20,8 +20,10 @@
 //!   agent (`DELETE /regions/{id}`, idempotent), skipping a sled that was expunged (its
 //!   storage is gone with it).
 //! - `mark_detached` moves the disk `creating` → `detached`; a repeat finds it already done.
-//!   Last node: nothing after it can fail, so it has no undo. Outputs the disk as the
-//!   transition returned it ([`created`]), which Nexus answers with.
+//!   Outputs the disk as the transition returned it ([`created`]), which Nexus answers with.
+//!   Undo (only as a subsaga of instance-create, when a later node of the outer saga fails:
+//!   on its own it is the last node): `detached` → `creating`, so `create_record`'s undo
+//!   destroys it.
 //!
 //! After a complete unwind the disk is destroyed (time_deleted set), holds no region row, no
 //! sled's `reserved_storage` counts it and no sled agent holds a region of it.
@@ -46,7 +48,7 @@ declare_saga! {
     "disk",      "CreateRecord",    CREATE_RECORD,    create_record,    undo_create_record;
     "regions",   "AllocateRegions", ALLOCATE_REGIONS, allocate_regions, undo_allocate_regions;
     "ensured",   "EnsureRegions",   ENSURE_REGIONS,   ensure_regions,   undo_ensure_regions;
-    "detached",  "MarkDetached",    MARK_DETACHED,    mark_detached,    -;
+    "detached",  "MarkDetached",    MARK_DETACHED,    mark_detached,    undo_mark_detached;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,11 +110,7 @@ async fn undo_create_record(ctx: &NexusActionContext) -> Result<(), anyhow::Erro
     let params = ctx.saga_params::<Params>()?;
     let datastore = ctx.user_data().nexus.datastore();
     match datastore
-        .disk_transition(
-            params.disk_id,
-            &[DiskState::Creating],
-            DiskState::Destroyed,
-        )
+        .disk_transition(params.disk_id, &[DiskState::Creating], DiskState::Destroyed)
         .await
     {
         Ok(DiskTransition::Applied(_) | DiskTransition::AlreadyDone(_)) => Ok(()),
@@ -222,6 +220,16 @@ pub(crate) async fn delete_region(nexus: &Nexus, region: &PlacedRegion) -> Resul
 /// The disk the finished saga `result` created, as its last step left it.
 pub fn created(result: &steno::SagaResultOk) -> Option<Disk> {
     result.lookup_node_output::<Disk>("detached").ok()
+}
+
+async fn undo_mark_detached(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
+    let disk_id = ctx.lookup::<DiskUuid>("disk")?;
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .disk_transition(disk_id, &[DiskState::Detached], DiskState::Creating)
+        .await?;
+    Ok(())
 }
 
 async fn mark_detached(ctx: &NexusActionContext) -> Result<Disk, ActionError> {

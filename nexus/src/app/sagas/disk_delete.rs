@@ -94,7 +94,11 @@ async fn destroy_record(ctx: &NexusActionContext) -> Result<Vec<PlacedRegion>, A
 async fn undo_destroy_record(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let params = ctx.saga_params::<Params>()?;
     let nexus = &ctx.user_data().nexus;
-    match nexus.datastore().disk_undelete_faulted(params.disk_id).await {
+    match nexus
+        .datastore()
+        .disk_undelete_faulted(params.disk_id)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(Error::ObjectAlreadyExists { .. }) => {
             // Its name was taken meanwhile: finish the delete instead.

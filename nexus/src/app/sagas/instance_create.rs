@@ -77,9 +77,8 @@ impl NexusSaga for SagaInstanceCreate {
         ));
         for (i, disk) in params.disks_to_create.iter().enumerate() {
             let params_node = format!("create_disk_params_{i}");
-            let mut subsaga = steno::DagBuilder::new(steno::SagaName::new(
-                disk_create::SagaDiskCreate::NAME,
-            ));
+            let mut subsaga =
+                steno::DagBuilder::new(steno::SagaName::new(disk_create::SagaDiskCreate::NAME));
             disk_create::SagaDiskCreate::make_dag(disk, &mut subsaga);
             let subsaga = subsaga
                 .build()

@@ -16,7 +16,9 @@
 //!   run (the disk comes back `faulted`, as a failed disk delete leaves it); the instance stays
 //!   deleted (its destruction is not undone) and the disk can be deleted by hand.
 
-use super::{ActionRegistry, NexusActionContext, NexusSaga, action_failed, declare_action, disk_delete};
+use super::{
+    ActionRegistry, NexusActionContext, NexusSaga, action_failed, declare_action, disk_delete,
+};
 use halyard_common::ids::{DiskUuid, InstanceUuid};
 use serde::{Deserialize, Serialize};
 use steno::ActionError;
@@ -46,9 +48,8 @@ impl NexusSaga for SagaInstanceDelete {
         for (i, &disk_id) in params.created_disk_ids.iter().enumerate() {
             let params_node = format!("delete_disk_params_{i}");
             let disk = disk_delete::Params { disk_id };
-            let mut subsaga = steno::DagBuilder::new(steno::SagaName::new(
-                disk_delete::SagaDiskDelete::NAME,
-            ));
+            let mut subsaga =
+                steno::DagBuilder::new(steno::SagaName::new(disk_delete::SagaDiskDelete::NAME));
             disk_delete::SagaDiskDelete::make_dag(&disk, &mut subsaga);
             let subsaga = subsaga
                 .build()

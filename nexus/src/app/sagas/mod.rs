@@ -5,9 +5,9 @@
 //! a Nexus resuming a saga looks its actions up by these names.
 
 pub mod disk_attach;
-pub mod disk_detach;
 pub mod disk_create;
 pub mod disk_delete;
+pub mod disk_detach;
 pub mod instance_create;
 pub mod instance_delete;
 pub mod instance_migrate;
