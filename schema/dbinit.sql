@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS instance (
     migration_id UUID,
     state_generation INT8 NOT NULL CHECK (state_generation >= 1),
     time_state_updated TIMESTAMPTZ NOT NULL,
+    -- The disk the instance boots from, one of its attached disks; NULL: none.
+    boot_disk_id UUID,
 
     -- Nexus says "vmm" exactly when there is an active VMM.
     CONSTRAINT vmm_state_iff_active_vmm CHECK (
@@ -308,6 +310,13 @@ CREATE TABLE IF NOT EXISTS disk (
     attach_instance_id UUID,
     state_generation INT8 NOT NULL CHECK (state_generation >= 1),
     time_state_updated TIMESTAMPTZ NOT NULL,
+    -- The disk's position on its instance (0..7: at most 8 disks per instance), set exactly
+    -- while it names an instance.
+    slot INT4 CONSTRAINT disk_slot_iff_attached CHECK (
+        (slot IS NULL) = (attach_instance_id IS NULL) AND (slot IS NULL OR slot BETWEEN 0 AND 7)
+    ),
+    -- The instance whose create made this disk (deleted with it); NULL: made by a disk create.
+    created_by_instance_id UUID,
     CONSTRAINT disk_size_whole_blocks CHECK (size_bytes % block_size = 0),
     -- A disk names an instance exactly while it is attaching, attached or detaching.
     CONSTRAINT disk_instance_iff_attached CHECK (
@@ -321,6 +330,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS lookup_disk_by_project
 CREATE INDEX IF NOT EXISTS disk_by_instance
     ON disk (attach_instance_id) WHERE attach_instance_id IS NOT NULL;
 
+-- One disk per slot of an instance: with the slot's range, at most 8 disks per instance.
+CREATE UNIQUE INDEX IF NOT EXISTS disk_one_per_slot
+    ON disk (attach_instance_id, slot) WHERE attach_instance_id IS NOT NULL;
+
+CREATE INDEX IF NOT EXISTS disk_by_creating_instance
+    ON disk (created_by_instance_id) WHERE created_by_instance_id IS NOT NULL;
+
 -- One replica of a disk's data on one sled: a storage reservation (its size counts in the
 -- sled's reserved_storage) and the name of the file the sled agent keeps. A row exists exactly
 -- while the space is held; releasing a region deletes it.
@@ -330,7 +346,11 @@ CREATE TABLE IF NOT EXISTS region (
     sled_id UUID NOT NULL REFERENCES sled (id),
     size_bytes INT8 NOT NULL CHECK (size_bytes > 0),
     block_size INT8 NOT NULL CHECK (block_size IN (512, 2048, 4096)),
-    time_created TIMESTAMPTZ NOT NULL
+    time_created TIMESTAMPTZ NOT NULL,
+    -- Where the region's sled serves it over NBD (host:port), recorded once the sled agent
+    -- made it; NULL for a simulated sled's regions and before then. The export's name is the
+    -- region's id.
+    export_address TEXT
 );
 
 -- Never two regions of one disk on one sled: losing a sled loses at most one replica.
@@ -339,5 +359,5 @@ CREATE UNIQUE INDEX IF NOT EXISTS region_one_per_sled_per_disk ON region (disk_i
 CREATE INDEX IF NOT EXISTS region_by_sled ON region (sled_id);
 
 INSERT INTO db_metadata (singleton, version, time_created, time_modified)
-    VALUES (TRUE, '1.4.0', now(), now())
+    VALUES (TRUE, '1.5.0', now(), now())
     ON CONFLICT (singleton) DO NOTHING;

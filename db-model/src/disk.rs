@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub const REGIONS_PER_DISK: usize = 3;
 
 /// A disk: a virtual block device in a project, whose data lives on its regions.
+///
+/// Serializable so that a saga's node can hand on the row its statement returned.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = disk, check_for_backend(diesel::pg::Pg))]
 pub struct Disk {
@@ -30,7 +32,16 @@ pub struct Disk {
     pub attach_instance_id: Option<DbTypedUuid<InstanceKind>>,
     pub state_generation: DbGeneration,
     pub time_state_updated: DateTime<Utc>,
+    /// Its position on the instance it names (`0..MAX_DISKS_PER_INSTANCE`), set exactly
+    /// while `attach_instance_id` is.
+    pub slot: Option<i32>,
+    /// The instance whose create made it; it is deleted with that instance.
+    pub created_by_instance_id: Option<DbTypedUuid<InstanceKind>>,
 }
+
+/// The most disks an instance has (Oxide's limit; the boot disk counts): the disk's `slot`
+/// column holds `0..MAX_DISKS_PER_INSTANCE`, one disk per slot of an instance.
+pub const MAX_DISKS_PER_INSTANCE: usize = 8;
 
 /// What a new disk is made of.
 #[derive(Debug, Clone)]
@@ -41,6 +52,8 @@ pub struct NewDiskParams {
     pub description: String,
     pub size: ByteCount,
     pub block_size: BlockSize,
+    /// The instance whose create makes this disk (then it is deleted with the instance).
+    pub created_by_instance_id: Option<InstanceUuid>,
 }
 
 impl Disk {
@@ -61,6 +74,8 @@ impl Disk {
             attach_instance_id: None,
             state_generation: Generation::new().into(),
             time_state_updated: now,
+            slot: None,
+            created_by_instance_id: params.created_by_instance_id.map(DbTypedUuid),
         }
     }
 
@@ -91,6 +106,10 @@ impl Disk {
     pub fn attached_to(&self) -> Option<InstanceUuid> {
         self.attach_instance_id.map(|id| id.0)
     }
+
+    pub fn created_by(&self) -> Option<InstanceUuid> {
+        self.created_by_instance_id.map(|id| id.0)
+    }
 }
 
 /// One replica of a disk's data on one sled: the storage it holds there (counted in the
@@ -104,6 +123,9 @@ pub struct Region {
     pub size_bytes: DbByteCount,
     pub block_size: i64,
     pub time_created: DateTime<Utc>,
+    /// Where its sled serves it over NBD (`host:port`; the export's name is the region's id),
+    /// once the sled agent made it; none on a simulated sled.
+    pub export_address: Option<String>,
 }
 
 impl Region {
@@ -115,6 +137,7 @@ impl Region {
             size_bytes: disk.size_bytes,
             block_size: disk.block_size,
             time_created: crate::now(),
+            export_address: None,
         }
     }
 

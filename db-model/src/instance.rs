@@ -3,8 +3,8 @@ use crate::{DbByteCount, DbEnum, DbGeneration, DbName, DbTypedUuid};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use halyard_common::ids::{
-    InstanceKind, InstanceUuid, MigrationKind, MigrationUuid, ProjectKind, ProjectUuid, VmmKind,
-    VmmUuid,
+    DiskKind, DiskUuid, InstanceKind, InstanceUuid, MigrationKind, MigrationUuid, ProjectKind,
+    ProjectUuid, VmmKind, VmmUuid,
 };
 use halyard_common::{ByteCount, Generation, InstanceNexusState, Name};
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,10 @@ pub struct Instance {
     pub hostname: String,
     #[diesel(embed)]
     pub runtime: InstanceRuntimeState,
+    /// The disk the instance boots from, one of its attached disks. (A row logged by a saga
+    /// before the column existed reads back as none.)
+    #[serde(default)]
+    pub boot_disk_id: Option<DbTypedUuid<DiskKind>>,
 }
 
 /// What a new instance is made of. The datastore validates it before inserting.
@@ -41,6 +45,8 @@ pub struct NewInstanceParams {
     pub ncpus: u16,
     pub memory: ByteCount,
     pub hostname: String,
+    /// The disk it will boot from (attached by the instance's create saga).
+    pub boot_disk_id: Option<DiskUuid>,
 }
 
 /// The fields of an instance that change as it runs, all protected by `state_generation`:
@@ -81,6 +87,7 @@ impl Instance {
                 state_generation: Generation::new().into(),
                 time_state_updated: now,
             },
+            boot_disk_id: params.boot_disk_id.map(DbTypedUuid),
         }
     }
 
@@ -94,6 +101,10 @@ impl Instance {
 
     pub fn name(&self) -> &Name {
         &self.name.0
+    }
+
+    pub fn boot_disk(&self) -> Option<DiskUuid> {
+        self.boot_disk_id.map(|id| id.0)
     }
 }
 

@@ -19,7 +19,7 @@ mod sql_types;
 mod vmm;
 
 pub use db_metadata::DbMetadata;
-pub use disk::{Disk, NewDiskParams, REGIONS_PER_DISK, Region};
+pub use disk::{Disk, MAX_DISKS_PER_INSTANCE, NewDiskParams, REGIONS_PER_DISK, Region};
 pub use identity::{
     AUDIT_ACTOR_UNAUTHENTICATED, AUDIT_ACTOR_USER, ApiToken, AuditLogEntry, DEFAULT_SILO_ID,
     DeviceAuthRequest, Silo, SiloUser, default_silo_id,

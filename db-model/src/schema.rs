@@ -69,6 +69,7 @@ diesel::table! {
         migration_id -> Nullable<Uuid>,
         state_generation -> Int8,
         time_state_updated -> Timestamptz,
+        boot_disk_id -> Nullable<Uuid>,
     }
 }
 
@@ -218,6 +219,8 @@ diesel::table! {
         attach_instance_id -> Nullable<Uuid>,
         state_generation -> Int8,
         time_state_updated -> Timestamptz,
+        slot -> Nullable<Int4>,
+        created_by_instance_id -> Nullable<Uuid>,
     }
 }
 
@@ -229,6 +232,7 @@ diesel::table! {
         size_bytes -> Int8,
         block_size -> Int8,
         time_created -> Timestamptz,
+        export_address -> Nullable<Text>,
     }
 }
 

@@ -24,10 +24,10 @@ mod schema_version;
 pub mod secret;
 
 pub use datastore::{
-    ConflictReason, DEVICE_AUTH_REQUEST_LIFETIME, DataStore, DeviceTokenPoll, DiskTransition,
-    InstanceAndVmm, LeftoverClaim, Leftovers, MAX_DISK_SIZE, MigrationReport, PoolConfig,
-    PoolStatistics, Release, ReportApplied, RetireOutcome, SledChoice, TokenOwner,
-    TransitionConflict, TransitionOutcome, VmmStateReport, validate_instance_shape,
+    AttachedDisk, ConflictReason, DEVICE_AUTH_REQUEST_LIFETIME, DataStore, DeviceTokenPoll,
+    DiskTransition, InstanceAndVmm, InstanceForDisks, LeftoverClaim, Leftovers, MAX_DISK_SIZE,
+    MigrationReport, PoolConfig, PoolStatistics, Release, ReportApplied, RetireOutcome, SledChoice,
+    TokenOwner, TransitionConflict, TransitionOutcome, VmmStateReport, validate_instance_shape,
     validate_new_disk, validate_new_instance,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};

@@ -71,6 +71,7 @@ fn instance_view(view: InstanceAndVmm) -> Instance {
     let run_state = view.run_state();
     let time_run_state_updated = view.time_run_state_updated();
     let instance = view.instance;
+    let boot_disk_id = instance.boot_disk();
     Instance {
         id: instance.id(),
         name: instance.name().clone(),
@@ -87,7 +88,7 @@ fn instance_view(view: InstanceAndVmm) -> Instance {
         auto_restart_policy: None,
         auto_restart_cooldown_expiration: None,
         time_last_auto_restarted: None,
-        boot_disk_id: None,
+        boot_disk_id: boot_disk_id.map(|id| id.into_untyped_uuid()),
         cpu_platform: None,
         enable_jumbo_frames: false,
         migration_id: instance.runtime.migration(),
@@ -724,6 +725,75 @@ impl NexusExternalApi for NexusExternalImpl {
         })
         .await
     }
+
+    // Instance disks
+
+    async fn instance_disk_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<OptionalProjectSelector>>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<ResultsPage<Disk>>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let query = query.into_inner();
+            let limit = rqctx.page_limit(&query)?;
+            let scan = scan_params(&query);
+            let page = paginated_by(name_or_id_pagination(&query, limit)?);
+            let instance = nexus
+                .instance_lookup_authorized(
+                    &opctx,
+                    scan.selector.project.as_ref(),
+                    &path.into_inner().instance,
+                    Action::ListChildren,
+                )
+                .await?;
+            let disks = nexus
+                .instance_disk_list(instance.instance.id(), &page)
+                .await?;
+            let views = disks.into_iter().map(disk_view).collect();
+            Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
+        })
+        .await
+    }
+
+    async fn instance_disk_attach(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+        disk_to_attach: TypedBody<DiskPath>,
+    ) -> Result<HttpResponseAccepted<Disk>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
+            let disk = disk_to_attach.into_inner().disk;
+            let attached =
+                for_request(rqctx, nexus.instance_disk_attach(&instance.instance, &disk)).await?;
+            Ok(HttpResponseAccepted(disk_view(attached)))
+        })
+        .await
+    }
+
+    async fn instance_disk_detach(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+        disk_to_detach: TypedBody<DiskPath>,
+    ) -> Result<HttpResponseAccepted<Disk>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
+            let disk = disk_to_detach.into_inner().disk;
+            let detached =
+                for_request(rqctx, nexus.instance_disk_detach(&instance.instance, &disk)).await?;
+            Ok(HttpResponseAccepted(disk_view(detached)))
+        })
+        .await
+    }
+
+    // Disks
 
     async fn disk_list(
         rqctx: RequestContext<Self::Context>,

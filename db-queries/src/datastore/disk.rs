@@ -173,6 +173,7 @@ impl DataStore {
             .set((
                 disk::state.eq(DbEnum(to)),
                 disk::attach_instance_id.eq(None::<DbTypedUuid<InstanceKind>>),
+                disk::slot.eq(None::<i32>),
                 disk::state_generation.eq(disk::state_generation + 1),
                 disk::time_state_updated.eq(now),
                 disk::time_modified.eq(now),

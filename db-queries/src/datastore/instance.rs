@@ -1,6 +1,7 @@
 //! Instances.
 
 use super::DataStore;
+use super::disk_attach::detach_all;
 use super::project::project_bump_rcgen;
 use crate::cached::CacheByText;
 use crate::error::{
@@ -172,31 +173,45 @@ impl DataStore {
         Ok(updated > 0)
     }
 
-    /// Marks an instance destroyed (and frees its name), only if no VMM incarnates it.
+    /// Marks an instance destroyed (and frees its name), only if no VMM incarnates it, and
+    /// detaches every disk naming it, in one transaction: the `UPDATE` takes the instance
+    /// row's lock first, which an attach takes too, so no attach lands between the two (see
+    /// `disk_attach.rs`).
     ///
     /// Returns `true` if this call destroyed it, `false` if it already was. An instance with
     /// an active or target VMM gets `Conflict`: stop it first.
     pub async fn instance_mark_destroyed(&self, id: InstanceUuid) -> Result<bool, Error> {
-        let conn = &mut *self.connection().await?;
-        let now = Utc::now();
-        let updated = diesel::update(instance::table)
-            .filter(instance::id.eq(DbTypedUuid(id)))
-            .filter(instance::time_deleted.is_null())
-            .filter(instance::active_propolis_id.is_null())
-            .filter(instance::target_propolis_id.is_null())
-            .set((
-                instance::time_deleted.eq(now),
-                instance::nexus_state.eq(DbEnum(InstanceNexusState::Destroyed)),
-                instance::state_generation.eq(instance::state_generation + 1),
-                instance::time_state_updated.eq(now),
-            ))
-            .cached_by_text()
-            .execute(conn)
-            .await
-            .map_err(public_error_from_diesel)?;
+        let updated = self
+            .retry_conflicts(|| async move {
+                let conn = &mut *self.connection().await?;
+                conn.transaction(async |conn| {
+                    let now = Utc::now();
+                    let updated = diesel::update(instance::table)
+                        .filter(instance::id.eq(DbTypedUuid(id)))
+                        .filter(instance::time_deleted.is_null())
+                        .filter(instance::active_propolis_id.is_null())
+                        .filter(instance::target_propolis_id.is_null())
+                        .set((
+                            instance::time_deleted.eq(now),
+                            instance::nexus_state.eq(DbEnum(InstanceNexusState::Destroyed)),
+                            instance::state_generation.eq(instance::state_generation + 1),
+                            instance::time_state_updated.eq(now),
+                        ))
+                        .cached_by_text()
+                        .execute(conn)
+                        .await?;
+                    if updated > 0 {
+                        detach_all(conn, id).await?;
+                    }
+                    Ok::<_, TxnError>(updated)
+                })
+                .await
+            })
+            .await?;
         if updated > 0 {
             return Ok(true);
         }
+        let conn = &mut *self.connection().await?;
         match instance_fetch_any(conn, id)
             .await
             .map_err(TxnError::into_public)?

@@ -8,12 +8,13 @@
 //! CockroachDB runs as well.
 
 use super::DataStore;
+use super::disk_attach::disks_changing;
 use super::instance::{instance_fetch_any, live_instance};
 use crate::cached::CacheByText;
 use crate::error::{TxnError, public_error_from_diesel};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{
     InstanceKind, InstanceUuid, MigrationKind, MigrationUuid, VmmKind, VmmUuid,
 };
@@ -77,28 +78,51 @@ impl DataStore {
         id: InstanceUuid,
         vmm_id: VmmUuid,
     ) -> Result<(TransitionOutcome, Instance), Error> {
-        let conn = &mut *self.connection().await?;
-        let claimed = diesel::update(live_row(id))
-            .filter(instance::active_propolis_id.is_null())
-            .filter(instance::nexus_state.eq_any([
-                DbEnum(InstanceNexusState::NoVmm),
-                DbEnum(InstanceNexusState::Failed),
-            ]))
-            .set((
-                instance::nexus_state.eq(DbEnum(InstanceNexusState::Vmm)),
-                instance::active_propolis_id.eq(Some(DbTypedUuid(vmm_id))),
-                instance::state_generation.eq(instance::state_generation + 1),
-                instance::time_state_updated.eq(Utc::now()),
-            ))
-            .returning(Instance::as_returning())
-            .cached_by_text()
-            .get_result(conn)
-            .await
-            .optional()
-            .map_err(public_error_from_diesel)?;
+        // The claim and the check of the instance's disks are one transaction, in this order:
+        // the `UPDATE` takes the instance row's lock (which a disk attach or detach takes
+        // first too), and the check, a new statement under READ COMMITTED, then sees every
+        // attach or detach that held the lock before; one that comes after finds the VMM and
+        // is refused. So a VMM never starts while a disk of its instance is between states
+        // (see `disk_attach.rs`). A disk between states rolls the claim back.
+        let claimed = self
+            .retry_conflicts(|| async move {
+                let conn = &mut *self.connection().await?;
+                conn.transaction(async |conn| {
+                    let claimed = diesel::update(live_row(id))
+                        .filter(instance::active_propolis_id.is_null())
+                        .filter(instance::nexus_state.eq_any([
+                            DbEnum(InstanceNexusState::NoVmm),
+                            DbEnum(InstanceNexusState::Failed),
+                        ]))
+                        .set((
+                            instance::nexus_state.eq(DbEnum(InstanceNexusState::Vmm)),
+                            instance::active_propolis_id.eq(Some(DbTypedUuid(vmm_id))),
+                            instance::state_generation.eq(instance::state_generation + 1),
+                            instance::time_state_updated.eq(Utc::now()),
+                        ))
+                        .returning(Instance::as_returning())
+                        .cached_by_text()
+                        .get_result(conn)
+                        .await
+                        .optional()?;
+                    match claimed {
+                        Some(claimed) if disks_changing(conn, id).await? => {
+                            Err(TxnError::Public(Error::conflict(format!(
+                                "instance \"{}\" has a disk being attached or detached; retry \
+                                 once that is done",
+                                claimed.name()
+                            ))))
+                        }
+                        claimed => Ok(claimed),
+                    }
+                })
+                .await
+            })
+            .await?;
         if let Some(claimed) = claimed {
             return Ok((TransitionOutcome::Applied, claimed));
         }
+        let conn = &mut *self.connection().await?;
         let found = live_instance(conn, id).await?;
         let runtime = &found.runtime;
         let reason = match runtime.active_vmm() {

@@ -2,6 +2,7 @@
 
 mod audit;
 mod disk;
+mod disk_attach;
 mod identity;
 mod instance;
 mod instance_transition;
@@ -16,6 +17,7 @@ mod sled;
 mod vmm;
 
 pub use disk::{DiskTransition, MAX_DISK_SIZE, validate_new_disk};
+pub use disk_attach::{AttachedDisk, InstanceForDisks};
 pub use identity::{DEVICE_AUTH_REQUEST_LIFETIME, DeviceTokenPoll, TokenOwner};
 pub use instance::{validate_instance_shape, validate_new_instance};
 pub use instance_transition::{ConflictReason, Release, TransitionConflict, TransitionOutcome};

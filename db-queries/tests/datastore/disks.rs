@@ -19,6 +19,7 @@ fn disk_params(project: &Project, name: &str, size_gib: u32) -> NewDiskParams {
         description: format!("disk {name}"),
         size: ByteCount::from_gibibytes_u32(size_gib),
         block_size: BlockSize::try_from(4096u32).unwrap(),
+        created_by_instance_id: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The datastore against a real PostgreSQL: one throwaway cluster for this test binary, one
 //! fresh database per test (see `halyard-test-db`).
 
+mod disk_attach;
 mod disks;
 mod identity;
 mod instance_transitions;
@@ -117,6 +118,7 @@ pub fn instance_params(project: &Project, name: &str) -> NewInstanceParams {
         ncpus: 2,
         memory: ByteCount::from_gibibytes_u32(1),
         hostname: name.to_string(),
+        boot_disk_id: None,
     }
 }
 

@@ -250,6 +250,50 @@ pub trait NexusExternalApi {
         path: Path<InstancePath>,
     ) -> Result<HttpResponseOk<Vec<Migration>>, HttpError>;
 
+    // Instance disks
+
+    /// List disks for instance
+    ///
+    /// The disks attached to the instance (and those being attached or detached), by name or id.
+    #[endpoint { method = GET, path = "/v1/instances/{instance}/disks", tags = ["instances"] }]
+    async fn instance_disk_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<OptionalProjectSelector>>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<ResultsPage<Disk>>, HttpError>;
+
+    /// Attach disk to instance
+    ///
+    /// The instance must be stopped and the disk detached (409 otherwise); an instance has at
+    /// most 8 disks. The disk is given by name (in the instance's project) or id.
+    #[endpoint {
+        method = POST,
+        path = "/v1/instances/{instance}/disks/attach",
+        tags = ["instances"],
+    }]
+    async fn instance_disk_attach(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+        disk_to_attach: TypedBody<DiskPath>,
+    ) -> Result<HttpResponseAccepted<Disk>, HttpError>;
+
+    /// Detach disk from instance
+    ///
+    /// The instance must be stopped and the disk attached to it (409 otherwise); its boot disk
+    /// cannot be detached.
+    #[endpoint {
+        method = POST,
+        path = "/v1/instances/{instance}/disks/detach",
+        tags = ["instances"],
+    }]
+    async fn instance_disk_detach(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+        disk_to_detach: TypedBody<DiskPath>,
+    ) -> Result<HttpResponseAccepted<Disk>, HttpError>;
+
     // Disks
 
     /// List the disks of a project. `project` is required on the first page (later pages

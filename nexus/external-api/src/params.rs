@@ -85,7 +85,7 @@ pub struct ProjectCreate {
 ///
 /// Everything Oxide's SDK 0.19 may send parses. What Halyard does not support yet is kept as
 /// opaque JSON, and the implementation refuses (400, naming the field) any value other than
-/// the default: `disks`, `boot_disk`, `external_ips`, `anti_affinity_groups`,
+/// the default: `external_ips`, `anti_affinity_groups`,
 /// `multicast_groups`, a non-empty `ssh_public_keys`, `network_interfaces` of type `create`,
 /// `enable_jumbo_frames: true`, `cpu_platform`, and a non-empty `user_data`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -115,10 +115,11 @@ pub struct InstanceCreate {
     /// refused.
     #[serde(default)]
     pub network_interfaces: InstanceNetworkInterfaceAttachment,
-    /// Disks to create or attach. Not supported yet: must be empty.
+    /// Disks to create or attach (at most 8 with the boot disk).
     #[serde(default)]
     pub disks: Vec<InstanceDiskAttachment>,
-    /// The disk to boot from. Not supported yet: must be absent or `null`.
+    /// The disk to boot from, created or attached like `disks` (and not also listed there):
+    /// the first disk the VMM gets.
     #[serde(default)]
     pub boot_disk: Option<InstanceDiskAttachment>,
     /// External IP addresses (Oxide's `ExternalIpCreate`). Not supported yet: must be empty.
@@ -195,12 +196,6 @@ impl InstanceCreate {
             InstanceNetworkInterfaceAttachment::Create(_)
         ) {
             unsupported.push("network_interfaces");
-        }
-        if !self.disks.is_empty() {
-            unsupported.push("disks");
-        }
-        if self.boot_disk.is_some() {
-            unsupported.push("boot_disk");
         }
         if !self.external_ips.is_empty() {
             unsupported.push("external_ips");

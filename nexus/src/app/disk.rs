@@ -49,6 +49,7 @@ pub fn validate_disk_create(params: &DiskCreate) -> Result<BlockSize, Error> {
         description: params.description.clone(),
         size: params.size,
         block_size,
+        created_by_instance_id: None,
     })?;
     Ok(block_size)
 }
@@ -121,6 +122,7 @@ impl Nexus {
                 project_id,
                 create: params,
                 block_size,
+                created_by_instance_id: None,
             })
             .await?;
         match disk_create::created(&result) {

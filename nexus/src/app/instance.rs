@@ -1,13 +1,16 @@
 //! Instances: what the external API's calls on instances do.
 
 use super::Nexus;
-use super::sagas::{instance_create, instance_delete, instance_migrate, instance_start};
+use super::disk::validate_disk_create;
+use super::sagas::{
+    disk_create, instance_create, instance_delete, instance_migrate, instance_start,
+};
 use super::sled::sled_agent_error;
-use halyard_common::ids::{GenericUuid, InstanceUuid, SledUuid};
+use halyard_common::ids::{DiskUuid, GenericUuid, InstanceUuid, ProjectUuid, SledUuid};
 use halyard_common::{ByteCount, Error, NameOrId, VmmState};
-use halyard_db_model::{Instance, Vmm};
+use halyard_db_model::{Instance, MAX_DISKS_PER_INSTANCE, Vmm};
 use halyard_db_queries::{PaginatedBy, validate_instance_shape};
-use halyard_nexus_external_api::params::InstanceCreate;
+use halyard_nexus_external_api::params::{DiskCreate, InstanceCreate, InstanceDiskAttachment};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use slog::info;
 use std::sync::Arc;
@@ -135,12 +138,17 @@ impl Nexus {
             Err(e) => return Err(e),
         }
         let instance_id = InstanceUuid::new_v4();
+        let (disk_ids, disks_to_create) = self
+            .instance_create_disks(project.id(), instance_id, &params)
+            .await?;
         let start = params.start;
         let result = self
             .run_saga::<instance_create::SagaInstanceCreate>(instance_create::Params {
                 instance_id,
                 project_id: project.id(),
                 create: params,
+                disk_ids,
+                disks_to_create,
             })
             .await?;
         // The saga's last step returned the new instance's row: answer (or start) from it.
@@ -156,6 +164,93 @@ impl Nexus {
         } else {
             Ok(created)
         }
+    }
+
+    /// The disks a create request attaches, in attach order (its boot disk first, then
+    /// `disks`): each disk to attach looked up by name in the project (404 if there is none),
+    /// each disk to create validated as a disk create is (`validate_disk_create`) and given a
+    /// new id and its disk-create parameters (made by `instance_id`). Refused before a saga is
+    /// recorded: more than [`MAX_DISKS_PER_INSTANCE`] disks, one disk named twice (400), a
+    /// disk to create whose name is taken (409).
+    async fn instance_create_disks(
+        &self,
+        project_id: ProjectUuid,
+        instance_id: InstanceUuid,
+        params: &InstanceCreate,
+    ) -> Result<(Vec<DiskUuid>, Vec<disk_create::Params>), Error> {
+        let attachments: Vec<&InstanceDiskAttachment> =
+            params.boot_disk.iter().chain(&params.disks).collect();
+        if attachments.len() > MAX_DISKS_PER_INSTANCE {
+            return Err(Error::invalid_value(
+                "disks",
+                format!(
+                    "an instance has at most {MAX_DISKS_PER_INSTANCE} disks, its boot disk \
+                     included; this asks for {}",
+                    attachments.len()
+                ),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut ids = Vec::with_capacity(attachments.len());
+        let mut to_create = Vec::new();
+        for attachment in attachments {
+            let name = match attachment {
+                InstanceDiskAttachment::Attach { name } => name,
+                InstanceDiskAttachment::Create { name, .. } => name,
+            };
+            if !names.insert(name.clone()) {
+                return Err(Error::invalid_value(
+                    "disks",
+                    format!(
+                        "disk \"{name}\" is named twice (the boot disk is not also listed in \
+                         `disks`)"
+                    ),
+                ));
+            }
+            match attachment {
+                InstanceDiskAttachment::Attach { name } => {
+                    let disk = self
+                        .datastore()
+                        .disk_fetch_by_name(project_id, name)
+                        .await?;
+                    ids.push(disk.id());
+                }
+                InstanceDiskAttachment::Create {
+                    name,
+                    description,
+                    disk_backend,
+                    size,
+                } => {
+                    let create = DiskCreate {
+                        name: name.clone(),
+                        description: description.clone(),
+                        disk_backend: disk_backend.clone(),
+                        size: *size,
+                    };
+                    let block_size = validate_disk_create(&create)?;
+                    match self.datastore().disk_fetch_by_name(project_id, name).await {
+                        Ok(_) => {
+                            return Err(Error::ObjectAlreadyExists {
+                                type_name: halyard_common::ResourceType::Disk,
+                                name: name.to_string(),
+                            });
+                        }
+                        Err(Error::ObjectNotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                    let disk_id = DiskUuid::new_v4();
+                    ids.push(disk_id);
+                    to_create.push(disk_create::Params {
+                        disk_id,
+                        project_id,
+                        create,
+                        block_size,
+                        created_by_instance_id: Some(instance_id),
+                    });
+                }
+            }
+        }
+        Ok((ids, to_create))
     }
 
     /// Starts a stopped instance (the instance-start saga). Starting an instance that already
@@ -310,8 +405,10 @@ impl Nexus {
 
     /// Deletes a stopped instance (the instance-delete saga).
     pub async fn instance_delete(self: &Arc<Self>, id: InstanceUuid) -> Result<(), Error> {
+        let created_disk_ids = self.datastore().instance_created_disks(id).await?;
         self.run_saga::<instance_delete::SagaInstanceDelete>(instance_delete::Params {
             instance_id: id,
+            created_disk_ids,
         })
         .await
         .map(|_| ())

@@ -9,6 +9,7 @@ pub mod crash_point;
 pub mod disk;
 pub mod identity;
 pub mod instance;
+pub mod instance_disks;
 pub mod project;
 pub mod saga;
 pub mod sagas;

@@ -318,6 +318,18 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
             Some(json!({"dst_sled_id": ctx.sled_id(1)})),
         ),
         "instance_migration_list" => get(format!("/v1/instances/{instance}/migrations")),
+        "instance_disk_list" => get(format!("/v1/instances/{instance}/disks")),
+        // A disk no one has: past authorization, the disk's own 404.
+        "instance_disk_attach" => with(
+            M::POST,
+            format!("/v1/instances/{instance}/disks/attach"),
+            Some(json!({"disk": uuid::Uuid::new_v4()})),
+        ),
+        "instance_disk_detach" => with(
+            M::POST,
+            format!("/v1/instances/{instance}/disks/detach"),
+            Some(json!({"disk": uuid::Uuid::new_v4()})),
+        ),
         "instance_serial_console" => get(format!(
             "/v1/instances/{instance}/serial-console?most_recent=100"
         )),

@@ -23,12 +23,12 @@
 //! a failure message prints.
 
 use crate::context::{SLED_RAM_GIB, SLED_THREADS, invariant_violations, log};
-use halyard_common::ids::{InstanceUuid, NexusUuid, ProjectUuid, SledUuid};
+use halyard_common::ids::{DiskUuid, InstanceUuid, NexusUuid, ProjectUuid, SledUuid};
 use halyard_common::{ByteCount, SledBackend};
 use halyard_nexus::app::crash_point::{CRASH_AT_ENV, CrashEvent, CrashPoint, FAIL_AT_ENV};
 use halyard_nexus::app::sagas::{
-    NexusSaga, create_saga_dag, disk_create, disk_delete, instance_create, instance_delete,
-    instance_migrate, instance_start,
+    NexusSaga, create_saga_dag, disk_attach, disk_create, disk_delete, disk_detach,
+    instance_create, instance_delete, instance_migrate, instance_start,
 };
 use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource, InstanceCreate};
 use halyard_test_db::{TestDatabase, shared_cluster};
@@ -488,6 +488,36 @@ fn node_effect(saga: &str, node: &str) -> Option<NodeEffect> {
                  AND time_deleted IS NOT NULL)",
             ),
         ),
+        ("disk-attach", "begin") => (
+            "the disk attaching to the instance",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM disk d JOIN instance i \
+                 ON i.id = d.attach_instance_id WHERE i.name = '{name}' \
+                 AND d.state IN ('attaching', 'attached'))",
+            ),
+        ),
+        ("disk-attach", "attached") => (
+            "the disk attached to the instance",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM disk d JOIN instance i \
+                 ON i.id = d.attach_instance_id WHERE i.name = '{name}' \
+                 AND d.state = 'attached')",
+            ),
+        ),
+        ("disk-detach", "begin") => (
+            "the disk detaching from the instance",
+            Probe::Sql(
+                "SELECT NOT EXISTS (SELECT 1 FROM disk WHERE name = '{name}-d' \
+                 AND state = 'attached')",
+            ),
+        ),
+        ("disk-detach", "detached") => (
+            "the disk detached",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM disk WHERE name = '{name}-d' \
+                 AND state = 'detached')",
+            ),
+        ),
         ("disk-create", "disk") => (
             "the disk record",
             Probe::Sql("SELECT EXISTS (SELECT 1 FROM disk WHERE name = '{name}')"),
@@ -613,7 +643,9 @@ async fn run_case(
     let create = json!({"name": name, "description": "", "hostname": "h", "ncpus": 1, "memory": 1u64 << 30, "start": false});
     let disk = json!({"name": name, "description": "", "size": 1u64 << 20,
         "disk_backend": {"type": "distributed", "disk_source": {"type": "blank", "block_size": 512}}});
-    let is_disk_saga = saga.starts_with("disk-");
+    // The sagas of a disk alone (attach and detach act on an instance).
+    let is_disk_saga =
+        saga == disk_create::SagaDiskCreate::NAME || saga == disk_delete::SagaDiskDelete::NAME;
     let log_file = |role: &str| cluster.stderr_dir.join(format!("{name}-{role}.stderr"));
 
     // Set the stage with a healthy Nexus: what the saga needs to start from.
@@ -635,6 +667,31 @@ async fn run_case(
         check!(
             matches!(answer, Some((201, _))),
             "creating {name}: {answer:?}"
+        );
+    }
+    if saga == disk_attach::SagaDiskAttach::NAME || saga == disk_detach::SagaDiskDetach::NAME {
+        // A detached disk of the project, named after the instance.
+        let mut disk = disk.clone();
+        disk["name"] = json!(format!("{name}-d"));
+        let answer = cluster
+            .request("POST", "/v1/disks?project=p", Some(disk))
+            .await;
+        check!(
+            matches!(answer, Some((201, _))),
+            "creating disk {name}-d: {answer:?}"
+        );
+    }
+    if saga == disk_detach::SagaDiskDetach::NAME {
+        let answer = cluster
+            .request(
+                "POST",
+                &format!("/v1/instances/{name}/disks/attach?project=p"),
+                Some(json!({"disk": format!("{name}-d")})),
+            )
+            .await;
+        check!(
+            matches!(answer, Some((202, _))),
+            "attaching {name}-d: {answer:?}"
         );
     }
     if saga == instance_migrate::SagaInstanceMigrate::NAME {
@@ -676,6 +733,16 @@ async fn run_case(
             "POST",
             format!("/v1/instances/{name}/migrate?project=p"),
             Some(json!({})),
+        ),
+        "disk-attach" => (
+            "POST",
+            format!("/v1/instances/{name}/disks/attach?project=p"),
+            Some(json!({"disk": format!("{name}-d")})),
+        ),
+        "disk-detach" => (
+            "POST",
+            format!("/v1/instances/{name}/disks/detach?project=p"),
+            Some(json!({"disk": format!("{name}-d")})),
         ),
         "disk-create" => ("POST", "/v1/disks?project=p".to_string(), Some(disk)),
         "disk-delete" => ("DELETE", format!("/v1/disks/{name}?project=p"), None),
@@ -793,7 +860,9 @@ async fn check_recovery(
     );
 
     // The instance (or disk), as the outcome calls for.
-    let state = if case.saga.name.starts_with("disk-") {
+    let state = if case.saga.name == disk_create::SagaDiskCreate::NAME
+        || case.saga.name == disk_delete::SagaDiskDelete::NAME
+    {
         cluster.disk_state(name).await?
     } else {
         cluster.run_state(name).await?
@@ -805,6 +874,7 @@ async fn check_recovery(
         // Oxide's choice: a delete that unwound after the record was destroyed brings the
         // disk back faulted (see disk_delete.rs).
         ("disk-delete", Outcome::Unwound) => Some("faulted"),
+        ("disk-attach" | "disk-detach", _) => Some("stopped"),
         ("instance-create", Outcome::Finished) => Some("stopped"),
         ("instance-create", Outcome::Unwound) => None,
         ("instance-start", Outcome::Finished) => Some("running"),
@@ -818,6 +888,28 @@ async fn check_recovery(
         state.as_deref() == expected_state,
         "the instance is {state:?}, expected {expected_state:?}"
     );
+    // The disk, as the outcome calls for: attached when an attach finished or a detach
+    // unwound, detached otherwise.
+    if case.saga.name == disk_attach::SagaDiskAttach::NAME
+        || case.saga.name == disk_detach::SagaDiskDetach::NAME
+    {
+        let attached =
+            (case.saga.name == disk_attach::SagaDiskAttach::NAME) == (outcome == Outcome::Finished);
+        let expected = if attached {
+            format!("attached {name}")
+        } else {
+            "detached".to_string()
+        };
+        let disk = cluster.sql(&format!(
+            "SELECT d.state || ' ' || coalesce(i.name, '') FROM disk d \
+             LEFT JOIN instance i ON i.id = d.attach_instance_id WHERE d.name = '{name}-d'"
+        ));
+        check!(
+            disk == expected,
+            "after the {} {outcome:?}, the disk is {disk:?}, expected {expected:?}",
+            case.saga.name
+        );
+    }
     if case.saga.name == instance_migrate::SagaInstanceMigrate::NAME {
         let sled_after = cluster.active_sled(name);
         let moved = sled_after != sled_before;
@@ -861,6 +953,8 @@ async fn every_saga_survives_a_crash_at_every_node() {
                 1,
                 ByteCount::from_gibibytes_u32(1),
             ),
+            disk_ids: Vec::new(),
+            disks_to_create: Vec::new(),
         }),
         SagaNodes::of::<instance_start::SagaInstanceStart>(instance_start::Params {
             instance_id: any_instance,
@@ -871,6 +965,7 @@ async fn every_saga_survives_a_crash_at_every_node() {
         }),
         SagaNodes::of::<instance_delete::SagaInstanceDelete>(instance_delete::Params {
             instance_id: any_instance,
+            created_disk_ids: Vec::new(),
         }),
     ];
     crash_every_node(
@@ -880,7 +975,8 @@ async fn every_saga_survives_a_crash_at_every_node() {
     .await;
 }
 
-/// The disk sagas, on three sleds with storage (a disk's three regions need three).
+/// The disk sagas (and attach/detach, whose disks are real ones), on three sleds with storage
+/// (a disk's three regions need three).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_sagas_survive_a_crash_at_every_node() {
     let block_size = halyard_common::BlockSize::try_from(512u32).unwrap();
@@ -895,9 +991,18 @@ async fn disk_sagas_survive_a_crash_at_every_node() {
                 size: ByteCount::from_mebibytes_u32(1),
             },
             block_size,
+            created_by_instance_id: None,
         }),
         SagaNodes::of::<disk_delete::SagaDiskDelete>(disk_delete::Params {
             disk_id: halyard_common::ids::DiskUuid::new_v4(),
+        }),
+        SagaNodes::of::<disk_attach::SagaDiskAttach>(disk_attach::Params {
+            instance_id: InstanceUuid::new_v4(),
+            disk_id: DiskUuid::new_v4(),
+        }),
+        SagaNodes::of::<disk_detach::SagaDiskDetach>(disk_detach::Params {
+            instance_id: InstanceUuid::new_v4(),
+            disk_id: DiskUuid::new_v4(),
         }),
     ];
     crash_every_node(
@@ -910,6 +1015,17 @@ async fn disk_sagas_survive_a_crash_at_every_node() {
 /// Crashes every node of each of `sagas` at every point (see the module's comment), one case
 /// after another on `cluster`, and prints a summary.
 async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
+    // `HALYARD_CRASH_REPLAY_SAGAS=disk-attach,disk-detach` runs only those sagas' cases.
+    let only: Option<Vec<String>> = std::env::var("HALYARD_CRASH_REPLAY_SAGAS")
+        .ok()
+        .map(|list| list.split(',').map(str::to_string).collect());
+    let sagas: Vec<&SagaNodes> = sagas
+        .iter()
+        .filter(|saga| {
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|n| n == saga.name))
+        })
+        .collect();
     let setup_log = cluster.stderr_dir.join("project-setup.stderr");
     let nexus = cluster.nexus(&setup_log, None, None).await.unwrap();
     let answer = cluster
@@ -937,7 +1053,7 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
     // failure at the saga's last node, then every earlier node right after `undo_started`
     // and right after `undo_finished`.
     let mut cases = Vec::new();
-    for saga in sagas {
+    for saga in sagas.iter().copied() {
         for node in &saga.nodes {
             for event in [
                 CrashEvent::Started,

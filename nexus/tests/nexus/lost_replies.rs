@@ -16,11 +16,11 @@
 
 use crate::context::TestContext;
 use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid};
-use halyard_common::{BlockSize, ByteCount, InstanceState};
+use halyard_common::{BlockSize, ByteCount, DiskState, InstanceState, NameOrId};
 use halyard_nexus::app::crash_point::LostReplyStep;
 use halyard_nexus::app::sagas::{
-    NexusSaga, create_saga_dag, disk_create, disk_delete, instance_create, instance_delete,
-    instance_migrate, instance_start,
+    NexusSaga, create_saga_dag, disk_attach, disk_create, disk_delete, disk_detach,
+    instance_create, instance_delete, instance_migrate, instance_start,
 };
 use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource, InstanceCreate};
 use halyard_sled_agent::SimConfig;
@@ -209,6 +209,34 @@ async fn stop(ctx: &TestContext, id: InstanceUuid) {
     ctx.assert_quiet_and_consistent().await;
 }
 
+/// A stopped instance and a detached disk of its project.
+async fn stopped_instance_and_disk(ctx: &TestContext) -> (InstanceUuid, DiskUuid) {
+    let instance = stopped_instance(ctx).await;
+    let name = format!("d-{}", &DiskUuid::new_v4().to_string()[..8]);
+    let disk =
+        crate::instance_disks::detached_disk(ctx, &NameOrId::Name("p".parse().unwrap()), &name)
+            .await;
+    (instance, disk)
+}
+
+async fn attach_now(ctx: &TestContext, instance_id: InstanceUuid, disk_id: DiskUuid) {
+    ctx.nexus()
+        .run_saga::<disk_attach::SagaDiskAttach>(disk_attach::Params {
+            instance_id,
+            disk_id,
+        })
+        .await
+        .unwrap();
+}
+
+/// The disks naming the instance.
+fn disks_naming(ctx: &TestContext, id: InstanceUuid) -> usize {
+    count(
+        ctx,
+        &format!("SELECT count(*) FROM disk WHERE attach_instance_id = '{id}'"),
+    )
+}
+
 fn print_summary(title: &str, outcome: &str, cases: &[LostReplyCase]) {
     println!("{title}");
     for case in cases {
@@ -225,7 +253,7 @@ fn print_summary(title: &str, outcome: &str, cases: &[LostReplyCase]) {
 
 #[tokio::test]
 async fn every_action_notices_its_effect_after_a_lost_reply() {
-    let ctx = TestContext::new().await;
+    let ctx = crate::instance_disks::context_with_storage().await;
     let mut cases = Vec::new();
 
     cases.extend(
@@ -243,6 +271,8 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
                         1,
                         ByteCount::from_gibibytes_u32(1),
                     ),
+                    disk_ids: Vec::new(),
+                    disks_to_create: Vec::new(),
                 }
             },
             async |ctx, params| {
@@ -381,6 +411,7 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
             &ctx,
             async |ctx| instance_delete::Params {
                 instance_id: stopped_instance(ctx).await,
+                created_disk_ids: Vec::new(),
             },
             async |ctx, params| {
                 let id = params.instance_id;
@@ -400,6 +431,59 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
         .await,
     );
 
+    cases.extend(
+        lose_a_reply_at_every_node::<disk_attach::SagaDiskAttach>(
+            &ctx,
+            async |ctx| {
+                let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+                disk_attach::Params {
+                    instance_id,
+                    disk_id,
+                }
+            },
+            async |ctx, params| {
+                let attached = disks_naming(ctx, params.instance_id);
+                assert_eq!(attached, 1);
+                let disk = ctx
+                    .nexus()
+                    .datastore()
+                    .disk_fetch(params.disk_id)
+                    .await
+                    .unwrap();
+                assert_eq!(disk.state(), DiskState::Attached);
+                format!("{attached} disk attached, slot {:?}", disk.slot)
+            },
+        )
+        .await,
+    );
+
+    cases.extend(
+        lose_a_reply_at_every_node::<disk_detach::SagaDiskDetach>(
+            &ctx,
+            async |ctx| {
+                let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+                attach_now(ctx, instance_id, disk_id).await;
+                disk_detach::Params {
+                    instance_id,
+                    disk_id,
+                }
+            },
+            async |ctx, params| {
+                let attached = disks_naming(ctx, params.instance_id);
+                assert_eq!(attached, 0);
+                let disk = ctx
+                    .nexus()
+                    .datastore()
+                    .disk_fetch(params.disk_id)
+                    .await
+                    .unwrap();
+                assert_eq!(disk.state(), DiskState::Detached);
+                format!("{attached} disk attached, detached")
+            },
+        )
+        .await,
+    );
+
     print_summary(
         "lost replies per saga node (the action's effects landed, its reply was lost):",
         "finished",
@@ -408,8 +492,8 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
     let nodes = cases.len();
     let lost: usize = cases.iter().map(|c| c.lost).sum();
     println!("  {lost} lost replies at {nodes} saga nodes, every saga finished with one effect");
-    // Every node of the four sagas: 2 + 6 + 8 + 1.
-    assert_eq!(nodes, 17);
+    // Every node of the six sagas: 3 + 6 + 8 + 1 + 2 + 2.
+    assert_eq!(nodes, 22);
 }
 
 /// A stopped instance with nothing held, and nothing of the instance on the sled agents.
@@ -433,13 +517,13 @@ fn stopped_with_nothing_held(ctx: &TestContext, id: InstanceUuid) -> String {
 
 #[tokio::test]
 async fn every_undo_notices_its_effect_after_a_lost_reply() {
-    let ctx = TestContext::new().await;
+    let ctx = crate::instance_disks::context_with_storage().await;
     let mut cases = Vec::new();
 
     cases.extend(
         lose_an_undo_reply_at_every_node::<instance_create::SagaInstanceCreate>(
             &ctx,
-            &["instance"],
+            &["instance", "disks"],
             async |ctx| {
                 let id = InstanceUuid::new_v4();
                 instance_create::Params {
@@ -452,6 +536,8 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
                         1,
                         ByteCount::from_gibibytes_u32(1),
                     ),
+                    disk_ids: Vec::new(),
+                    disks_to_create: Vec::new(),
                 }
             },
             async |ctx, params| {
@@ -537,6 +623,63 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
         .await,
     );
 
+    cases.extend(
+        lose_an_undo_reply_at_every_node::<disk_attach::SagaDiskAttach>(
+            &ctx,
+            &["begin"],
+            async |ctx| {
+                let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+                disk_attach::Params {
+                    instance_id,
+                    disk_id,
+                }
+            },
+            async |ctx, params| {
+                let disk = ctx
+                    .nexus()
+                    .datastore()
+                    .disk_fetch(params.disk_id)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (disk.state(), disk.attached_to()),
+                    (DiskState::Detached, None)
+                );
+                "the disk detached".to_string()
+            },
+        )
+        .await,
+    );
+
+    cases.extend(
+        lose_an_undo_reply_at_every_node::<disk_detach::SagaDiskDetach>(
+            &ctx,
+            &["begin"],
+            async |ctx| {
+                let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+                attach_now(ctx, instance_id, disk_id).await;
+                disk_detach::Params {
+                    instance_id,
+                    disk_id,
+                }
+            },
+            async |ctx, params| {
+                let disk = ctx
+                    .nexus()
+                    .datastore()
+                    .disk_fetch(params.disk_id)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (disk.state(), disk.attached_to()),
+                    (DiskState::Attached, Some(params.instance_id))
+                );
+                "the disk attached again".to_string()
+            },
+        )
+        .await,
+    );
+
     print_summary(
         "lost undo replies per saga node (a failure at the last node; the undo's effects \
          landed, its reply was lost):",
@@ -549,9 +692,9 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
          saga unwound completely",
         cases.len()
     );
-    // Every node but the last of the sagas with more than one: 1 + 5 + 7, of which 1 + 4 + 5
-    // have an undo.
-    assert_eq!((cases.len(), lost), (13, 10));
+    // Every node but the last of the sagas with more than one: 2 + 5 + 7 + 1 + 1, of which
+    // 2 + 4 + 5 + 1 + 1 have an undo.
+    assert_eq!((cases.len(), lost), (16, 13));
 }
 
 /// A disk-create request for a new 1 MiB blank disk in project `p`.
@@ -568,6 +711,7 @@ async fn disk_create_params(ctx: &TestContext) -> disk_create::Params {
             size: ByteCount::from_mebibytes_u32(1),
         },
         block_size,
+        created_by_instance_id: None,
     }
 }
 

@@ -8,6 +8,7 @@ mod context;
 mod crash_replay;
 mod disks;
 mod external_api;
+mod instance_disks;
 mod instances;
 mod invariant_checker;
 mod lost_replies;

@@ -3,11 +3,11 @@
 //! later sagas reuse them.
 
 use crate::context::TestContext;
-use halyard_common::ids::InstanceUuid;
-use halyard_common::{ByteCount, InstanceState};
+use halyard_common::ids::{DiskUuid, InstanceUuid};
+use halyard_common::{ByteCount, DiskState, InstanceState, NameOrId};
 use halyard_nexus::app::sagas::{
-    NexusSaga, create_saga_dag, disk_create, disk_delete, instance_create, instance_delete,
-    instance_start,
+    NexusSaga, create_saga_dag, disk_attach, disk_create, disk_delete, disk_detach,
+    instance_create, instance_delete, instance_start,
 };
 use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource, InstanceCreate};
 use std::num::NonZeroU32;
@@ -167,6 +167,8 @@ fn create_params(project_id: halyard_common::ids::ProjectUuid) -> instance_creat
             1,
             ByteCount::from_gibibytes_u32(1),
         ),
+        disk_ids: Vec::new(),
+        disks_to_create: Vec::new(),
     }
 }
 
@@ -194,7 +196,7 @@ async fn instance_create_and_delete_unwind_from_every_node_and_tolerate_repeats(
         },
     )
     .await;
-    assert_eq!(covered, 2);
+    assert_eq!(covered, 3);
     repeat_every_node::<instance_create::SagaInstanceCreate>(
         &ctx,
         async |_| create_params(project_id),
@@ -211,6 +213,7 @@ async fn instance_create_and_delete_unwind_from_every_node_and_tolerate_repeats(
         &ctx,
         async |ctx| instance_delete::Params {
             instance_id: stopped_instance(ctx).await,
+            created_disk_ids: Vec::new(),
         },
         async |ctx, params| {
             assert_eq!(
@@ -225,6 +228,7 @@ async fn instance_create_and_delete_unwind_from_every_node_and_tolerate_repeats(
         &ctx,
         async |ctx| instance_delete::Params {
             instance_id: stopped_instance(ctx).await,
+            created_disk_ids: Vec::new(),
         },
         async |ctx, params| {
             let err = ctx
@@ -252,6 +256,7 @@ fn disk_create_params(project_id: halyard_common::ids::ProjectUuid) -> disk_crea
             size: ByteCount::from_mebibytes_u32(1),
         },
         block_size,
+        created_by_instance_id: None,
     }
 }
 
@@ -381,4 +386,150 @@ async fn disk_delete_unwinds_from_every_node_and_tolerates_repeats() {
     )
     .await;
     assert_eq!(covered, 3);
+}
+
+/// A stopped instance and a detached disk of its project (see `instance_disks::detached_disk`).
+async fn stopped_instance_and_disk(ctx: &TestContext) -> (InstanceUuid, DiskUuid) {
+    let instance = stopped_instance(ctx).await;
+    let disk = crate::instance_disks::detached_disk(
+        ctx,
+        &NameOrId::Name("p".parse().unwrap()),
+        &format!("d-{}", &DiskUuid::new_v4().to_string()[..8]),
+    )
+    .await;
+    (instance, disk)
+}
+
+/// The disk's state and the instance it names.
+async fn disk_state(ctx: &TestContext, disk: DiskUuid) -> (DiskState, Option<InstanceUuid>) {
+    let found = ctx.nexus().datastore().disk_fetch(disk).await.unwrap();
+    (found.state(), found.attached_to())
+}
+
+#[tokio::test]
+async fn disk_attach_and_detach_unwind_from_every_node_and_tolerate_repeats() {
+    let ctx = crate::instance_disks::context_with_storage().await;
+    let covered = inject_error_at_every_node::<disk_attach::SagaDiskAttach>(
+        &ctx,
+        async |ctx| {
+            let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+            disk_attach::Params {
+                instance_id,
+                disk_id,
+            }
+        },
+        async |ctx, params| {
+            assert_eq!(
+                disk_state(ctx, params.disk_id).await,
+                (DiskState::Detached, None)
+            );
+            assert_stopped_with_nothing_held(ctx, params.instance_id).await;
+        },
+    )
+    .await;
+    assert_eq!(covered, 2);
+    repeat_every_node::<disk_attach::SagaDiskAttach>(
+        &ctx,
+        async |ctx| {
+            let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+            disk_attach::Params {
+                instance_id,
+                disk_id,
+            }
+        },
+        async |ctx, params| {
+            assert_eq!(
+                disk_state(ctx, params.disk_id).await,
+                (DiskState::Attached, Some(params.instance_id))
+            );
+        },
+    )
+    .await;
+
+    // Detach, from an attached disk.
+    let attached = async |ctx: &TestContext| {
+        let (instance_id, disk_id) = stopped_instance_and_disk(ctx).await;
+        ctx.nexus()
+            .run_saga::<disk_attach::SagaDiskAttach>(disk_attach::Params {
+                instance_id,
+                disk_id,
+            })
+            .await
+            .unwrap();
+        disk_detach::Params {
+            instance_id,
+            disk_id,
+        }
+    };
+    let covered = inject_error_at_every_node::<disk_detach::SagaDiskDetach>(
+        &ctx,
+        attached,
+        async |ctx, params| {
+            assert_eq!(
+                disk_state(ctx, params.disk_id).await,
+                (DiskState::Attached, Some(params.instance_id))
+            );
+        },
+    )
+    .await;
+    assert_eq!(covered, 2);
+    repeat_every_node::<disk_detach::SagaDiskDetach>(&ctx, attached, async |ctx, params| {
+        assert_eq!(
+            disk_state(ctx, params.disk_id).await,
+            (DiskState::Detached, None)
+        );
+    })
+    .await;
+    ctx.assert_quiet_and_consistent().await;
+}
+
+#[tokio::test]
+async fn instance_create_with_disks_unwinds_from_every_node_and_tolerates_repeats() {
+    let ctx = crate::instance_disks::context_with_storage().await;
+    let project = ctx.project("p").await;
+    let project_id = ctx
+        .nexus()
+        .datastore()
+        .project_fetch(&project)
+        .await
+        .unwrap()
+        .id();
+    let with_disks = async |ctx: &TestContext| {
+        let mut params = create_params(project_id);
+        for _ in 0..2 {
+            let name = format!("d-{}", &DiskUuid::new_v4().to_string()[..8]);
+            let id = crate::instance_disks::detached_disk(ctx, &project, &name).await;
+            params.disk_ids.push(id);
+        }
+        params
+    };
+    let covered = inject_error_at_every_node::<instance_create::SagaInstanceCreate>(
+        &ctx,
+        with_disks,
+        async |ctx, params| {
+            for &disk in &params.disk_ids {
+                assert_eq!(disk_state(ctx, disk).await, (DiskState::Detached, None));
+            }
+        },
+    )
+    .await;
+    assert_eq!(covered, 3);
+    repeat_every_node::<instance_create::SagaInstanceCreate>(
+        &ctx,
+        with_disks,
+        async |ctx, params| {
+            let attached = ctx
+                .nexus()
+                .datastore()
+                .instance_attached_disks(params.instance_id)
+                .await
+                .unwrap();
+            let ids: Vec<DiskUuid> = attached.iter().map(|d| d.disk.id()).collect();
+            assert_eq!(ids, params.disk_ids);
+            let slots: Vec<Option<i32>> = attached.iter().map(|d| d.disk.slot).collect();
+            assert_eq!(slots, [Some(0), Some(1)]);
+        },
+    )
+    .await;
+    ctx.assert_quiet_and_consistent().await;
 }

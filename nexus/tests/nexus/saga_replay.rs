@@ -1,4 +1,5 @@
-//! Idempotent replay of a recorded log prefix, for every node of instance-start.
+//! Idempotent replay of a recorded log prefix, for every node of instance-start (and of
+//! disk-attach, and disk-detach's last node).
 //!
 //! This is not a crash test. The saga first runs to its end, so every node's effects exist
 //! (its VMM record, its reservation, the VMM registered and running on its sled); only then is
@@ -9,10 +10,10 @@
 //! `started` point: Nexus killed right after the node's `started` event, before its action).
 
 use crate::context::{TestContext, log};
-use halyard_common::InstanceState;
-use halyard_common::ids::{GenericUuid, InstanceUuid};
+use halyard_common::ids::{DiskUuid, GenericUuid, InstanceUuid};
+use halyard_common::{DiskState, InstanceState};
 use halyard_nexus::Nexus;
-use halyard_nexus::app::sagas::{create_saga_dag, instance_start};
+use halyard_nexus::app::sagas::{create_saga_dag, disk_attach, disk_detach, instance_start};
 
 #[tokio::test]
 async fn instance_start_replays_a_recorded_prefix_idempotently_over_existing_effects() {
@@ -88,6 +89,110 @@ async fn instance_start_replays_a_recorded_prefix_idempotently_over_existing_eff
     }
 }
 
+/// Cuts saga `saga_id`'s log back to "node `index` started" (keeping steno's start node at
+/// `start_node`), marks it unfinished, and has a fresh Nexus resume it to its end.
+async fn replay_from(ctx: &TestContext, saga_id: &str, index: usize, start_node: usize) {
+    ctx.sql(&format!(
+        "DELETE FROM saga_node_event WHERE saga_id = '{saga_id}' \
+         AND node_id >= {index} AND node_id != {start_node} \
+         AND NOT (node_id = {index} AND event_type = 'started'); \
+         UPDATE saga SET saga_state = 'running' WHERE id = '{saga_id}'"
+    ));
+    let fresh = Nexus::new(
+        ctx.nexus().id(),
+        ctx.nexus().datastore().clone(),
+        ctx.nexus().sled_http().clone(),
+        &log(),
+    );
+    assert_eq!(fresh.resume_sagas().await.unwrap(), 1, "node {index}");
+    ctx.eventually(
+        &format!("the saga resumed at node {index} to finish"),
+        async |ctx: &TestContext| {
+            ctx.sql(&format!(
+                "SELECT saga_state FROM saga WHERE id = '{saga_id}'"
+            ))
+            .trim()
+                == "done"
+        },
+    )
+    .await;
+}
+
+/// The disk-attach saga replayed from each node over its finished effects changes nothing:
+/// the disk stays attached in the same slot, its state generation unchanged. Then the
+/// disk-detach saga's last node likewise. (Its first node replayed over a finished detach is
+/// no state a crash leaves: after "begin started" the disk is at most detaching.)
+#[tokio::test]
+async fn disk_attach_and_detach_replay_idempotently_over_existing_effects() {
+    let ctx = crate::instance_disks::context_with_storage().await;
+    let project = ctx.project("p").await;
+    let params = |instance_id, disk_id| disk_attach::Params {
+        instance_id,
+        disk_id,
+    };
+    let nodes: Vec<usize> = create_saga_dag::<disk_attach::SagaDiskAttach>(params(
+        InstanceUuid::new_v4(),
+        DiskUuid::new_v4(),
+    ))
+    .unwrap()
+    .get_nodes()
+    .map(|n| n.index().index())
+    .collect();
+    let start_node = nodes.len();
+    let row = async |ctx: &TestContext, disk| {
+        let found = ctx.nexus().datastore().disk_fetch(disk).await.unwrap();
+        (
+            found.state(),
+            found.attached_to(),
+            found.slot,
+            found.state_generation,
+        )
+    };
+    for index in nodes {
+        let instance = ctx.instance(&project, &format!("vm-{index}"), 1).await;
+        let disk =
+            crate::instance_disks::detached_disk(&ctx, &project, &format!("d-{index}")).await;
+        ctx.nexus()
+            .run_saga::<disk_attach::SagaDiskAttach>(params(instance, disk))
+            .await
+            .unwrap();
+        let before = row(&ctx, disk).await;
+        assert_eq!(before.0, DiskState::Attached);
+        let saga_id = ctx.sql(
+            "SELECT id FROM saga WHERE name = 'disk-attach' ORDER BY time_created DESC LIMIT 1",
+        );
+        replay_from(&ctx, saga_id.trim(), index, start_node).await;
+        assert_eq!(
+            row(&ctx, disk).await,
+            before,
+            "replay of disk-attach at node {index}"
+        );
+
+        if index == start_node - 1 {
+            ctx.nexus()
+                .run_saga::<disk_detach::SagaDiskDetach>(disk_detach::Params {
+                    instance_id: instance,
+                    disk_id: disk,
+                })
+                .await
+                .unwrap();
+            let before = row(&ctx, disk).await;
+            assert_eq!(before.0, DiskState::Detached);
+            let saga_id = ctx.sql(
+                "SELECT id FROM saga WHERE name = 'disk-detach' ORDER BY time_created DESC \
+                 LIMIT 1",
+            );
+            replay_from(&ctx, saga_id.trim(), index, start_node).await;
+            assert_eq!(
+                row(&ctx, disk).await,
+                before,
+                "replay of disk-detach's last node"
+            );
+        }
+    }
+    ctx.assert_quiet_and_consistent().await;
+}
+
 /// The disk sagas, each cut back to every node and resumed over effects that already exist
 /// (regions in the database and on the sled agents): the same disk, the same three regions,
 /// nothing made twice.
@@ -118,6 +223,7 @@ async fn disk_sagas_replay_a_recorded_prefix_idempotently_over_existing_effects(
             project_id,
             create: create("x".to_string()),
             block_size,
+            created_by_instance_id: None,
         })
         .unwrap(),
     );

@@ -20,8 +20,10 @@
 //!   agent (`DELETE /regions/{id}`, idempotent), skipping a sled that was expunged (its
 //!   storage is gone with it).
 //! - `mark_detached` moves the disk `creating` → `detached`; a repeat finds it already done.
-//!   Last node: nothing after it can fail, so it has no undo. Outputs the disk as the
-//!   transition returned it ([`created`]), which Nexus answers with.
+//!   Outputs the disk as the transition returned it ([`created`]), which Nexus answers with.
+//!   Undo (only as a subsaga of instance-create, when a later node of the outer saga fails:
+//!   on its own it is the last node): `detached` → `creating`, so `create_record`'s undo
+//!   destroys it.
 //!
 //! After a complete unwind the disk is destroyed (time_deleted set), holds no region row, no
 //! sled's `reserved_storage` counts it and no sled agent holds a region of it.
@@ -29,7 +31,7 @@
 use super::{NexusActionContext, action_failed, declare_saga};
 use crate::app::Nexus;
 use crate::app::sled::sled_agent_error;
-use halyard_common::ids::{DiskUuid, ProjectUuid, RegionUuid, SledUuid};
+use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid, RegionUuid, SledUuid};
 use halyard_common::{BlockSize, ByteCount, DiskState, Error, SledBackend};
 use halyard_db_model::{Disk, NewDiskParams, Region};
 use halyard_db_queries::DiskTransition;
@@ -46,7 +48,7 @@ declare_saga! {
     "disk",      "CreateRecord",    CREATE_RECORD,    create_record,    undo_create_record;
     "regions",   "AllocateRegions", ALLOCATE_REGIONS, allocate_regions, undo_allocate_regions;
     "ensured",   "EnsureRegions",   ENSURE_REGIONS,   ensure_regions,   undo_ensure_regions;
-    "detached",  "MarkDetached",    MARK_DETACHED,    mark_detached,    -;
+    "detached",  "MarkDetached",    MARK_DETACHED,    mark_detached,    undo_mark_detached;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +59,10 @@ pub struct Params {
     pub create: DiskCreate,
     /// The block size the request's source names (Nexus read it out while validating).
     pub block_size: BlockSize,
+    /// The instance whose create makes this disk (as a subsaga of instance-create): the disk
+    /// is deleted with it. `None` for a disk created on its own.
+    #[serde(default)]
+    pub created_by_instance_id: Option<InstanceUuid>,
 }
 
 /// A region as a saga node records it: where it is and its shape.
@@ -93,6 +99,7 @@ async fn create_record(ctx: &NexusActionContext) -> Result<DiskUuid, ActionError
             description: params.create.description,
             size: params.create.size,
             block_size: params.block_size,
+            created_by_instance_id: params.created_by_instance_id,
         })
         .await
         .map_err(action_failed)?;
@@ -213,6 +220,16 @@ pub(crate) async fn delete_region(nexus: &Nexus, region: &PlacedRegion) -> Resul
 /// The disk the finished saga `result` created, as its last step left it.
 pub fn created(result: &steno::SagaResultOk) -> Option<Disk> {
     result.lookup_node_output::<Disk>("detached").ok()
+}
+
+async fn undo_mark_detached(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
+    let disk_id = ctx.lookup::<DiskUuid>("disk")?;
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .disk_transition(disk_id, &[DiskState::Detached], DiskState::Creating)
+        .await?;
+    Ok(())
 }
 
 async fn mark_detached(ctx: &NexusActionContext) -> Result<Disk, ActionError> {

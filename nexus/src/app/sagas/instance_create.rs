@@ -1,11 +1,26 @@
-//! instance-create: records a new instance, stopped.
+//! instance-create: records a new instance, stopped, with its disks made and attached.
 //!
 //! ```text
-//!   create_record ──► mark_stopped
+//!   create_record ──► [create_disk_params_N ──► created_disk_N (disk-create subsaga)]... ──►
+//!   attach_disks ──► mark_stopped
 //! ```
 //!
 //! - `create_record` inserts the instance in `nexus_state` `creating` (idempotent by instance
-//!   id). Undo: marks it destroyed, which frees its name.
+//!   id), naming its boot disk. Undo: marks it destroyed, which frees its name (and detaches
+//!   any disk still naming it, in the same transaction).
+//! - `created_disk_N`, one per disk the request creates (`Params::disks_to_create`, its
+//!   parameters in the constant node `create_disk_params_N` before it): the disk-create saga
+//!   as a subsaga (`disk_create.rs`: record, three regions placed, made on their sled agents,
+//!   detached), the disk marked as made by this instance (`created_by_instance_id`, so the
+//!   instance's delete deletes it). Undo: the subsaga's own undos (regions deleted and
+//!   released, the disk destroyed): a failed create leaves no disk it made.
+//! - `attach_disks` attaches the disks the request names (`Params::disk_ids`: the boot disk
+//!   first, then `disks`, each `detached` → `attaching` → `attached`, in slots 0, 1, ...):
+//!   `DataStore::disk_attach_begin` with `InstanceForDisks::Creating`, which only this saga
+//!   uses (the API attaches to stopped instances only), so while the instance is `creating` no
+//!   one else attaches to it. `Conflict` if a disk is not detached (or was deleted: not
+//!   found); the action then detaches what it attached before failing. Repeats find the disks
+//!   attached. Undo: detaches every disk naming the instance.
 //! - `mark_stopped` moves it to `no_vmm` (stopped), generation-guarded; a repeat finds it
 //!   already stopped. Last node: nothing after it can fail, so its undo is a no-op. Outputs
 //!   the instance's row as the transition returned it ([`created`]), which Nexus answers
@@ -15,19 +30,80 @@
 //! validated by Nexus before the saga was recorded). Its `start` is Nexus's business: with
 //! `start: true` Nexus runs instance-start after this saga finishes.
 
-use super::{NexusActionContext, action_failed, declare_saga};
-use halyard_common::ids::{InstanceUuid, ProjectUuid};
+use super::{
+    ActionRegistry, NexusActionContext, NexusSaga, action_failed, declare_action, disk_create,
+};
+use halyard_common::Error;
+use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid};
 use halyard_db_model::{Instance, NewInstanceParams};
+use halyard_db_queries::{DiskTransition, InstanceForDisks};
 use halyard_nexus_external_api::params::InstanceCreate;
 use serde::{Deserialize, Serialize};
 use steno::ActionError;
 
-declare_saga! {
-    saga SagaInstanceCreate, named "instance-create", params Params;
-    action names "instance_create";
-    // node     label           action static  action         undo
-    "instance", "CreateRecord", CREATE_RECORD, create_record, undo_create_record;
-    "stopped",  "MarkStopped",  MARK_STOPPED,  mark_stopped,  -;
+// The saga's own actions; the DAG (with a disk-create subsaga per disk to make) is written
+// by hand below, since how many subsagas it has depends on the request.
+declare_action!(
+    CREATE_RECORD,
+    "instance_create.create_record",
+    create_record,
+    undo_create_record
+);
+declare_action!(
+    ATTACH_DISKS,
+    "instance_create.attach_disks",
+    attach_disks,
+    undo_attach_disks
+);
+declare_action!(MARK_STOPPED, "instance_create.mark_stopped", mark_stopped);
+
+pub struct SagaInstanceCreate;
+
+impl NexusSaga for SagaInstanceCreate {
+    const NAME: &'static str = "instance-create";
+    type Params = Params;
+
+    fn register_actions(registry: &mut ActionRegistry) {
+        for action in [&CREATE_RECORD, &ATTACH_DISKS, &MARK_STOPPED] {
+            registry.register((**action).clone());
+        }
+    }
+
+    fn make_dag(params: &Params, builder: &mut steno::DagBuilder) {
+        builder.append(steno::Node::action(
+            "instance",
+            "CreateRecord",
+            CREATE_RECORD.as_ref(),
+        ));
+        for (i, disk) in params.disks_to_create.iter().enumerate() {
+            let params_node = format!("create_disk_params_{i}");
+            let mut subsaga =
+                steno::DagBuilder::new(steno::SagaName::new(disk_create::SagaDiskCreate::NAME));
+            disk_create::SagaDiskCreate::make_dag(disk, &mut subsaga);
+            let subsaga = subsaga
+                .build()
+                .expect("disk-create's DAG is a chain of its declared nodes");
+            builder.append(steno::Node::constant(
+                &params_node,
+                serde_json::to_value(disk).expect("disk-create parameters serialize"),
+            ));
+            builder.append(steno::Node::subsaga(
+                format!("created_disk_{i}"),
+                subsaga,
+                &params_node,
+            ));
+        }
+        builder.append(steno::Node::action(
+            "disks",
+            "AttachDisks",
+            ATTACH_DISKS.as_ref(),
+        ));
+        builder.append(steno::Node::action(
+            "stopped",
+            "MarkStopped",
+            MARK_STOPPED.as_ref(),
+        ));
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +112,15 @@ pub struct Params {
     pub project_id: ProjectUuid,
     /// What the user asked for.
     pub create: InstanceCreate,
+    /// The disks to attach, in order (the request's boot disk first, then its `disks`),
+    /// looked up (or, for those it creates, given new ids) by Nexus before the saga was
+    /// recorded. (Empty for a saga logged before.)
+    #[serde(default)]
+    pub disk_ids: Vec<DiskUuid>,
+    /// The disks it creates first, each by a disk-create subsaga (their ids are in
+    /// `disk_ids`).
+    #[serde(default)]
+    pub disks_to_create: Vec<disk_create::Params>,
 }
 
 async fn create_record(ctx: &NexusActionContext) -> Result<InstanceUuid, ActionError> {
@@ -50,6 +135,12 @@ async fn create_record(ctx: &NexusActionContext) -> Result<InstanceUuid, ActionE
             ncpus: params.create.ncpus,
             memory: params.create.memory,
             hostname: params.create.hostname,
+            boot_disk_id: params
+                .create
+                .boot_disk
+                .is_some()
+                .then(|| params.disk_ids.first().copied())
+                .flatten(),
         })
         .await
         .map_err(action_failed)?;
@@ -64,6 +155,47 @@ async fn undo_create_record(ctx: &NexusActionContext) -> Result<(), anyhow::Erro
         Err(e) if e.error_code() == "ObjectNotFound" => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+async fn attach_disks(ctx: &NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let instance_id = params.instance_id;
+    for &disk_id in &params.disk_ids {
+        let attached = async {
+            datastore
+                .disk_attach_begin(instance_id, disk_id, InstanceForDisks::Creating)
+                .await?;
+            match datastore.disk_attach_finish(instance_id, disk_id).await? {
+                DiskTransition::Applied(_) | DiskTransition::AlreadyDone(_) => Ok(()),
+                DiskTransition::Conflict(disk) => Err(Error::conflict(format!(
+                    "disk \"{}\" stopped attaching meanwhile (it is {})",
+                    disk.name(),
+                    disk.state()
+                ))),
+            }
+        }
+        .await;
+        if let Err(e) = attached {
+            // A failed action's undo does not run: give back what this one attached.
+            datastore
+                .instance_detach_all_disks(instance_id)
+                .await
+                .map_err(action_failed)?;
+            return Err(action_failed(e));
+        }
+    }
+    Ok(())
+}
+
+async fn undo_attach_disks(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
+    let params = ctx.saga_params::<Params>()?;
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .instance_detach_all_disks(params.instance_id)
+        .await?;
+    Ok(())
 }
 
 /// The instance the finished saga `result` created, as its last step left it (`None` for a

@@ -4,8 +4,10 @@
 //! (e.g. `instance_start.reserve`) are stored in the saga log, so they must never change:
 //! a Nexus resuming a saga looks its actions up by these names.
 
+pub mod disk_attach;
 pub mod disk_create;
 pub mod disk_delete;
+pub mod disk_detach;
 pub mod instance_create;
 pub mod instance_delete;
 pub mod instance_migrate;
@@ -66,6 +68,8 @@ pub fn action_registry() -> Arc<ActionRegistry> {
     instance_start::SagaInstanceStart::register_actions(&mut registry);
     instance_delete::SagaInstanceDelete::register_actions(&mut registry);
     instance_migrate::SagaInstanceMigrate::register_actions(&mut registry);
+    disk_attach::SagaDiskAttach::register_actions(&mut registry);
+    disk_detach::SagaDiskDetach::register_actions(&mut registry);
     disk_create::SagaDiskCreate::register_actions(&mut registry);
     disk_delete::SagaDiskDelete::register_actions(&mut registry);
     Arc::new(registry)

@@ -8,8 +8,8 @@ use crate::app::sled::sled_agent_error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
 use halyard_common::{ByteCount, Error, VmmState};
 use halyard_db_model::{Instance, SledResources, Vmm};
-use halyard_db_queries::SledChoice;
-use halyard_sled_agent_api::{MigrationTarget, VmmRegisterBody};
+use halyard_db_queries::{AttachedDisk, SledChoice};
+use halyard_sled_agent_api::{MigrationTarget, NbdExport, VmmDisk, VmmRegisterBody};
 use serde::{Deserialize, Serialize};
 use steno::ActionError;
 
@@ -120,14 +120,24 @@ pub(super) async fn register(
     shape: &VmmShape,
     migration_target: Option<MigrationTarget>,
 ) -> Result<(), ActionError> {
+    // The instance has this VMM (claimed, or as a migration's target), so its disks cannot
+    // change until the VMM ends (see `db-queries/src/datastore/disk_attach.rs`): a repeat of
+    // this step sends the same body.
+    let disks = nexus
+        .datastore()
+        .instance_attached_disks(instance_id)
+        .await
+        .map_err(action_failed)?
+        .into_iter()
+        .map(vmm_disk)
+        .collect();
     let body = VmmRegisterBody {
         instance_id,
         ncpus: shape.ncpus,
         memory: shape.memory,
         hostname: shape.hostname.clone(),
         migration_target,
-        // Disks come with the disk attachment work (issue 19).
-        disks: Vec::new(),
+        disks,
     };
     nexus
         .ensure_vmm_not_retired(vmm_id)
@@ -139,6 +149,28 @@ pub(super) async fn register(
         .await
         .map_err(|e| action_failed(sled_agent_error(e)))?;
     Ok(())
+}
+
+/// An attached disk as its VMM gets it: its replicas' NBD exports, those whose sled agent has
+/// recorded where it serves them (a simulated sled's regions have none).
+fn vmm_disk(attached: AttachedDisk) -> VmmDisk {
+    let AttachedDisk { disk, regions } = attached;
+    VmmDisk {
+        disk_id: disk.id(),
+        name: disk.name().to_string(),
+        size: disk.size(),
+        block_size: disk.block_size(),
+        replicas: regions
+            .iter()
+            .filter_map(|region| {
+                let address = region.export_address.as_deref()?.parse().ok()?;
+                Some(NbdExport {
+                    address,
+                    name: region.id().to_string(),
+                })
+            })
+            .collect(),
+    }
 }
 
 pub(super) async fn unregister(
