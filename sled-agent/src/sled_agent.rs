@@ -515,6 +515,7 @@ impl SledAgent {
                 ncpus: entry.params.ncpus,
                 memory: entry.params.memory,
                 hostname: entry.params.hostname.clone(),
+                disks: entry.params.disks.iter().map(|d| d.disk_id).collect(),
                 state: *entry.state.borrow(),
             })
             .collect()
@@ -592,6 +593,7 @@ impl SledAgent {
                 ),
             ));
         }
+        crate::qemu::disks::validate(&params.disks)?;
         if params.hostname.is_empty() || params.hostname.len() > 253 {
             return Err(Error::invalid_value(
                 "hostname",

@@ -237,6 +237,9 @@ pub struct VmmSummary {
     pub ncpus: u16,
     pub memory: ByteCount,
     pub hostname: String,
+    /// The disks the VMM attached, in the order its guest sees them (the boot disk first).
+    #[serde(default)]
+    pub disks: Vec<DiskUuid>,
     pub state: SledVmmState,
 }
 

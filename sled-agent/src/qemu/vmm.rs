@@ -219,6 +219,8 @@ impl QemuBackend {
             ))
             // Paused until the sled agent is connected and Nexus asks it to run.
             .arg("-S");
+        // The disks, boot disk first; a migration target attaches the same exports.
+        command.args(super::disks::command_line_args(&params.disks));
         command
     }
 }
