@@ -13,14 +13,14 @@ use halyard_sled_agent_client::Client;
 use std::path::Path;
 use std::time::Duration;
 
-fn shape(mib: u32) -> RegionEnsureBody {
+pub fn shape(mib: u32) -> RegionEnsureBody {
     RegionEnsureBody {
         size: ByteCount::from_mebibytes_u32(mib),
         block_size: BlockSize::try_from(512u32).unwrap(),
     }
 }
 
-fn with_storage(mut config: Config, mib: u32) -> Config {
+pub fn with_storage(mut config: Config, mib: u32) -> Config {
     config.storage = StorageConfig {
         capacity: ByteCount::from_mebibytes_u32(mib),
         ..Default::default()
@@ -89,7 +89,7 @@ async fn a_sim_sled_keeps_regions_within_its_storage() {
 }
 
 /// Runs `qemu-io` on an NBD export; its output, or the error.
-async fn qemu_io(export: &RegionSummary, command: &str) -> Result<String, String> {
+pub async fn qemu_io(export: &RegionSummary, command: &str) -> Result<String, String> {
     let export = export
         .export
         .as_ref()
@@ -110,7 +110,7 @@ async fn qemu_io(export: &RegionSummary, command: &str) -> Result<String, String
     }
 }
 
-async fn wait_for_restart(sled: &Server, restarts: u64) {
+pub async fn wait_for_restart(sled: &Server, restarts: u64) {
     for _ in 0..1000 {
         if sled.agent().storage_daemon_restarts() > restarts
             && sled.agent().storage_daemon_pid().is_some()
