@@ -3,9 +3,13 @@
 //! the `qemu-storage-daemon` of each region's sled).
 //!
 //! - Writes go to every replica and succeed when at least [`VOTE_THRESHOLD`] of them do;
-//!   reads go to every replica and are decided by vote (`read-pattern=quorum`); a replica
-//!   outvoted on a read is rewritten with the majority's data (`rewrite-corrupted`), so a
-//!   replica that missed writes is repaired as the guest reads.
+//!   reads go to every replica and are decided by vote (`read-pattern=quorum`), so one
+//!   replica that missed writes or lost them is outvoted (QEMU reports it with a
+//!   `QUORUM_REPORT_BAD` event). It is not rewritten on the spot: quorum's `rewrite-corrupted`
+//!   takes write permission on the replicas when it opens them, which QEMU (10.0) refuses for
+//!   a migration target's still-inactive block nodes ("Permission 'write' unavailable on
+//!   inactive node"), and a VMM's disks must be the same wherever it runs. Bringing a stale
+//!   replica back is region replacement's job.
 //! - An `nbd` child whose server goes away (its storage daemon died and is being restarted)
 //!   holds its requests for up to [`RECONNECT_DELAY_S`] while it reconnects, then sends them
 //!   again; only a replica still unreachable after that fails its requests (and the other
@@ -131,7 +135,7 @@ pub(crate) fn command_line_args(disks: &[VmmDisk]) -> Vec<String> {
             "node-name": node,
             "vote-threshold": VOTE_THRESHOLD,
             "read-pattern": "quorum",
-            "rewrite-corrupted": true,
+            "rewrite-corrupted": false,
             "children": children,
         });
         let serial: String = disk.name.chars().take(MAX_SERIAL).collect();
