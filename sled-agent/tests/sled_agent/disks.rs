@@ -15,8 +15,8 @@ use crate::{Role, log, sled_client, wait_for_state_within};
 use futures::SinkExt;
 use halyard_common::ids::{DiskUuid, RegionUuid, VmmUuid};
 use halyard_common::{MigrationState, VmmState};
-use halyard_sled_agent::guest_console::BOOT_BANNER;
 use halyard_sled_agent::Server;
+use halyard_sled_agent::guest_console::BOOT_BANNER;
 use halyard_sled_agent_api::{RegionSummary, VmmDisk, VmmRegisterBody, VmmStateRequested};
 use halyard_sled_agent_client::Client;
 use std::path::Path;
@@ -195,7 +195,10 @@ async fn wait_for_records(client: &Client, id: VmmUuid, n: u64) -> u64 {
     let deadline = tokio::time::Instant::now() + COMMAND_TIMEOUT;
     loop {
         let text = console_text(client, id).await;
-        let highest = record_numbers(&text, "HQWROTE ").into_iter().max().unwrap_or(0);
+        let highest = record_numbers(&text, "HQWROTE ")
+            .into_iter()
+            .max()
+            .unwrap_or(0);
         if highest >= n {
             return highest;
         }
@@ -278,7 +281,11 @@ async fn a_disk_keeps_its_data_from_one_vmm_to_the_next_on_another_sled() {
     let body = with_disk("first", &disk);
     let first = boot(&sleds[0], &body).await;
     let listed = sleds[0].client.vmm_list().await.unwrap().into_inner();
-    assert_eq!(listed[0].disks, vec![disk.disk_id], "the VMM lists its disk");
+    assert_eq!(
+        listed[0].disks,
+        vec![disk.disk_id],
+        "the VMM lists its disk"
+    );
     // The guest sees the disk by its name, with its size and block size.
     let seen = run(
         &sleds[0].client,
@@ -307,7 +314,10 @@ async fn a_disk_keeps_its_data_from_one_vmm_to_the_next_on_another_sled() {
     // Another VMM, on another sled, attaches the same replicas and finds the file.
     let second = boot(&sleds[1], &with_disk("second", &disk)).await;
     mount(&sleds[1].client, second, false).await;
-    assert_eq!(checksum(&sleds[1].client, second, "/mnt/file").await, written);
+    assert_eq!(
+        checksum(&sleds[1].client, second, "/mnt/file").await,
+        written
+    );
     stop(&sleds[1], second).await;
     close(sleds).await;
 }
@@ -397,4 +407,53 @@ async fn a_guest_writing_to_its_disk_migrates_without_losing_a_record() {
     stop(&sleds[1], target_id).await;
     sleds[0].client.vmm_unregister(&source_id).await.unwrap();
     close(sleds).await;
+}
+
+/// A simulated sled takes disks too and keeps them with the VMM (its summary lists them), and
+/// refuses, like a QEMU sled, disks no VMM could attach.
+#[tokio::test]
+async fn a_sim_vmm_keeps_its_disks_and_bad_disks_are_refused() {
+    let env = crate::TestEnv::new(crate::visible_delays()).await;
+    let export = |port: u16| halyard_sled_agent_api::NbdExport {
+        address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        name: RegionUuid::new_v4().to_string(),
+    };
+    let disk = |name: &str| VmmDisk {
+        disk_id: DiskUuid::new_v4(),
+        name: name.into(),
+        size: shape(DISK_MIB).size,
+        block_size: shape(DISK_MIB).block_size,
+        replicas: vec![export(1), export(2), export(3)],
+    };
+    let (boot_disk, data) = (disk("boot"), disk("data"));
+    let body = VmmRegisterBody {
+        disks: vec![boot_disk.clone(), data.clone()],
+        ..crate::register_body()
+    };
+    let id = VmmUuid::new_v4();
+    env.client.vmm_register(&id, &body).await.unwrap();
+    let listed = env.client.vmm_list().await.unwrap().into_inner();
+    assert_eq!(listed[0].disks, vec![boot_disk.disk_id, data.disk_id]);
+
+    let mut one_replica = disk("lonely");
+    one_replica.replicas.truncate(1);
+    let mut odd_size = disk("odd");
+    odd_size.size = halyard_common::ByteCount::try_from(512u64 * 7 + 100).unwrap();
+    let mut twice = disk("twice");
+    twice.replicas[1] = twice.replicas[0].clone();
+    for bad in [one_replica, odd_size, twice, disk("Not-A-Name")] {
+        let body = VmmRegisterBody {
+            disks: vec![bad.clone()],
+            ..crate::register_body()
+        };
+        let status = env
+            .client
+            .vmm_register(&VmmUuid::new_v4(), &body)
+            .await
+            .expect_err("a disk no VMM could attach is refused")
+            .status()
+            .unwrap();
+        assert_eq!(status.as_u16(), 400, "{bad:?}");
+    }
+    assert_eq!(env.client.vmm_list().await.unwrap().into_inner().len(), 1);
 }
