@@ -185,9 +185,11 @@ async fn checksum(client: &Client, id: VmmUuid, file: &str) -> String {
 }
 
 /// The writer loop: appends numbered records to /mnt/log, syncing each, and prints every
-/// tenth number, until /tmp/stop exists; then prints how many it wrote.
+/// tenth number, until /tmp/stop exists; then prints how many it wrote. A record is 1 KiB, the
+/// file system's block: each lands in a block of its own that is never written again, so a
+/// replica that missed a write keeps missing it.
 const WRITER: &str = "rm -f /tmp/stop; (i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); \
-    printf 'record %d\\n' $i >>/mnt/log; sync; [ $((i % 10)) -ne 0 ] || echo \"HQWR\"\"OTE $i\"; \
+    printf 'record %8d %01007d\\n' $i 0 >>/mnt/log; sync; [ $((i % 10)) -ne 0 ] || echo \"HQWR\"\"OTE $i\"; \
     done; echo \"HQWRITER\"\"DONE $i\") & true";
 
 /// Waits until the writer has printed a record number of at least `n`; returns the highest.
@@ -259,6 +261,27 @@ async fn verify_records(client: &Client, id: VmmUuid, records: u64) -> String {
         "the log should hold records 1 to {records} in order, no gap, nothing else"
     );
     checksum(client, id, "/mnt/log").await
+}
+
+/// Fails the test unless the two regions hold the same bytes (read over NBD).
+async fn compare_replicas(a: &RegionSummary, b: &RegionSummary) {
+    let url = |r: &RegionSummary| {
+        let export = r.export.as_ref().expect("served");
+        format!("nbd://{}/{}", export.address, export.name)
+    };
+    let output = tokio::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw", &url(a), &url(b)])
+        .output()
+        .await
+        .expect("qemu-img runs");
+    assert!(
+        output.status.success(),
+        "replicas {} and {} differ: {}{}",
+        a.region_id,
+        b.region_id,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 async fn stop(sled: &QemuSled, id: VmmUuid) {
@@ -354,6 +377,12 @@ async fn writes_go_on_while_a_replicas_storage_daemon_is_killed_and_restarted() 
     let records = stop_writer(client, id).await;
     let sum = verify_records(client, id, records).await;
     stop(&sleds[0], id).await;
+
+    // Not only outvoted: the replica whose daemon was killed took every write (the VMM held
+    // its requests while it reconnected and sent them again), so all three are identical.
+    for other in &regions[..2] {
+        compare_replicas(other, &regions[2]).await;
+    }
 
     // What a new VMM reads from the replicas is exactly what the guest wrote.
     let reader = boot(&sleds[1], &with_disk("reader", &disk)).await;
