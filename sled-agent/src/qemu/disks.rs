@@ -158,6 +158,17 @@ pub(crate) fn command_line_args(disks: &[VmmDisk]) -> Vec<String> {
     args
 }
 
+/// The disk and replica that QEMU block node `node` (a quorum child) stands for.
+pub(crate) fn replica_of_node<'a>(
+    disks: &'a [VmmDisk],
+    node: &str,
+) -> Option<(&'a VmmDisk, &'a halyard_sled_agent_api::NbdExport)> {
+    let (disk, replica) = node.strip_prefix("disk")?.split_once("-replica")?;
+    let disk = disks.get(disk.parse::<usize>().ok()?)?;
+    let replica = disk.replicas.get(replica.parse::<usize>().ok()?)?;
+    Some((disk, replica))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +210,10 @@ mod tests {
         assert_eq!(device["serial"], "boot");
         assert_eq!(device["addr"], "0x08");
         assert_eq!(device["logical_block_size"], 4096);
+        let child = children[1]["node-name"].as_str().unwrap();
+        let (found, replica) = replica_of_node(&disks, child).unwrap();
+        assert_eq!((found, replica), (&disks[0], &disks[0].replicas[1]));
+        assert!(replica_of_node(&disks, "disk1-replica2").is_none());
         let second: serde_json::Value = serde_json::from_str(&args[7]).unwrap();
         assert_eq!(second["addr"], "0x09");
         assert_eq!(second["serial"], "a-very-long-disk-nam", "cut to 20 bytes");

@@ -28,7 +28,7 @@ use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
 use halyard_sled_agent_api::{
     Accelerator, MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget, SimFault,
-    VmmRegisterBody, VmmStateRequested,
+    VmmDisk, VmmRegisterBody, VmmStateRequested,
 };
 use qapi::qmp;
 use slog::{Logger, error, info, warn};
@@ -77,6 +77,10 @@ pub(crate) struct QemuVmm {
     lose_next_finish_reply: bool,
     /// Where a migration target listens (the sled agent's own address).
     listen_ip: IpAddr,
+    /// The disks attached (boot disk first), to name a replica QEMU reports about.
+    disks: Vec<VmmDisk>,
+    /// How many failed or outvoted requests QEMU reported per replica (block node).
+    bad_replica_reports: BTreeMap<String, u64>,
     stop_timeout: Duration,
     /// The process is meant to end (a stop, a migration out that completed, or the guest
     /// powering off): its exit means destroyed, not failed.
@@ -154,6 +158,8 @@ impl QemuBackend {
             target_gone: None,
             lose_next_finish_reply: false,
             listen_ip,
+            disks: params.disks.clone(),
+            bad_replica_reports: BTreeMap::new(),
             stop_timeout: self.config.stop_timeout(),
             exit_expected: false,
             hard_stop_at: None,
@@ -567,6 +573,31 @@ impl QemuVmm {
                 info!(self.log, "the guest rebooted"; "reason" => ?data.reason);
                 self.runtime.set_state(VmmState::Rebooting);
                 self.runtime.set_state(VmmState::Running);
+            }
+            // A replica failed a request or was outvoted on a read: the disk goes on on the
+            // others. Logged at the 1st, 2nd, 4th, 8th, ... report per replica (an unreachable
+            // replica fails every request).
+            qmp::Event::QUORUM_REPORT_BAD { data, .. } => {
+                let count = self
+                    .bad_replica_reports
+                    .entry(data.node_name.clone())
+                    .or_default();
+                *count += 1;
+                if count.is_power_of_two() {
+                    let replica = super::disks::replica_of_node(&self.disks, &data.node_name);
+                    warn!(self.log, "a disk replica failed a request or disagreed with the others";
+                        "disk_id" => ?replica.map(|(disk, _)| disk.disk_id),
+                        "replica" => ?replica.map(|(_, export)| export),
+                        "node" => %data.node_name, "op" => ?data.type_, "error" => ?data.error,
+                        "sector" => data.sector_num, "sectors" => data.sectors_count,
+                        "reports" => *count);
+                }
+            }
+            // Too few replicas agreed or answered: the guest saw an I/O error.
+            qmp::Event::QUORUM_FAILURE { data, .. } => {
+                error!(self.log, "a disk lost its quorum: the guest got an I/O error";
+                    "node" => %data.reference, "sector" => data.sector_num,
+                    "sectors" => data.sectors_count);
             }
             _ => {}
         }
