@@ -59,6 +59,7 @@ uuid_kinds! {
     AuditLogEntryKind => "audit_log_entry", AuditLogEntryUuid;
     DiskKind => "disk", DiskUuid;
     RegionKind => "region", RegionUuid;
+    SnapshotKind => "snapshot", SnapshotUuid;
 }
 
 #[cfg(test)]

@@ -79,6 +79,8 @@ pub(crate) struct QemuVmm {
     listen_ip: IpAddr,
     /// The disks attached (boot disk first), to name a replica QEMU reports about.
     disks: Vec<VmmDisk>,
+    /// Whether its vCPUs were paused through the API (QMP `stop`).
+    vcpus_paused: bool,
     /// How many failed or outvoted requests QEMU reported per replica (block node).
     bad_replica_reports: BTreeMap<String, u64>,
     stop_timeout: Duration,
@@ -160,6 +162,7 @@ impl QemuBackend {
             listen_ip,
             disks: params.disks.clone(),
             bad_replica_reports: BTreeMap::new(),
+            vcpus_paused: false,
             stop_timeout: self.config.stop_timeout(),
             exit_expected: false,
             hard_stop_at: None,
@@ -344,17 +347,41 @@ impl QemuVmm {
                 }
                 let _ = reply.send(Ok(self.runtime.snapshot()));
             }
+            Command::Vcpus { paused, reply } => {
+                let _ = reply.send(self.put_vcpus(paused, qmp).await);
+            }
             Command::Kill => self.end_now("it was unregistered"),
         }
     }
 
-    async fn request(&mut self, requested: VmmStateRequested, qmp: &Arc<Qmp>) -> Result<(), Error> {
-        let situation = VmmSituation {
+    fn situation(&self) -> VmmSituation {
+        VmmSituation {
             id: self.id,
             state: self.runtime.current(),
             is_migration_target: self.migration_target.is_some(),
             migrating_out: self.migrating_out.is_some(),
-        };
+        }
+    }
+
+    /// QMP `stop` (which drains the guest's block requests and flushes its disks before it
+    /// answers) or `cont`.
+    async fn put_vcpus(&mut self, paused: bool, qmp: &Arc<Qmp>) -> Result<(), Error> {
+        if !crate::admission::admit_vcpus(self.situation(), self.vcpus_paused, paused)? {
+            return Ok(());
+        }
+        if paused {
+            qmp.call(qmp::stop {}, "pause the guest").await?;
+        } else {
+            qmp.call(qmp::cont {}, "resume the guest").await?;
+        }
+        self.vcpus_paused = paused;
+        info!(self.log, "vCPUs paused or resumed"; "paused" => paused);
+        Ok(())
+    }
+
+    async fn request(&mut self, requested: VmmStateRequested, qmp: &Arc<Qmp>) -> Result<(), Error> {
+        let situation = self.situation();
+        crate::admission::refuse_while_paused(situation, self.vcpus_paused, &requested)?;
         let earlier_target = match &requested {
             VmmStateRequested::MigrateOut { migration_id, .. } => {
                 self.migrations_out.get(migration_id).copied()
@@ -376,6 +403,12 @@ impl QemuVmm {
             }
             Admission::Stop { never_ran: false } => {
                 self.runtime.set_state(VmmState::Stopping);
+                // A paused guest could not hear the power button.
+                if std::mem::take(&mut self.vcpus_paused)
+                    && let Err(e) = qmp.call(qmp::cont {}, "resume the guest to stop it").await
+                {
+                    warn!(self.log, "resuming the paused guest to stop it"; "error" => %e);
+                }
                 self.exit_expected = true;
                 self.hard_stop_at = Some(Instant::now() + self.stop_timeout);
                 if let Err(e) = qmp.call(qmp::system_powerdown {}, "power off").await {

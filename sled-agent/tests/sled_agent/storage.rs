@@ -17,6 +17,7 @@ pub fn shape(mib: u32) -> RegionEnsureBody {
     RegionEnsureBody {
         size: ByteCount::from_mebibytes_u32(mib),
         block_size: BlockSize::try_from(512u32).unwrap(),
+        source: None,
     }
 }
 
