@@ -143,6 +143,14 @@ impl Storage {
         body: RegionEnsureBody,
     ) -> Result<RegionSummary, Error> {
         let shape = body.shape();
+        let bytes = shape.size.to_bytes();
+        let block = u64::from(shape.block_size.to_bytes());
+        if bytes == 0 || bytes % block != 0 {
+            return Err(Error::invalid_request(format!(
+                "a region's size must be a positive multiple of its block size ({block}), \
+                 not {bytes}"
+            )));
+        }
         let mut contents = self.contents.lock().await;
         if let Some(existing) = contents.regions.get(&id) {
             if *existing != shape {

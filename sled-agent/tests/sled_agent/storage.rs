@@ -1,14 +1,18 @@
 //! Regions: simulated ones on a sim sled, and real ones (qcow2 files served over NBD by a
 //! `qemu-storage-daemon` the sled agent supervises) on a QEMU sled: data written through the
-//! export survives the daemon's death (`kill -9`) and a restart of the sled agent.
+//! export survives the daemon's death (`kill -9`) and a restart of the sled agent. Regions
+//! made as copies of another sled's export, and region snapshots: point-in-time, read-only,
+//! served like regions, counted in the sled's storage, and kept through restarts.
 
 use crate::qemu::{qemu_config, state_dir};
 use crate::recording_nexus::RecordingNexus;
 use crate::{Role, log, sled_client, sled_config};
-use halyard_common::ids::RegionUuid;
+use halyard_common::ids::{RegionUuid, SnapshotUuid, VmmUuid};
 use halyard_common::{BlockSize, ByteCount};
 use halyard_sled_agent::{Config, Server, SimConfig, StorageConfig};
-use halyard_sled_agent_api::{RegionEnsureBody, RegionSummary};
+use halyard_sled_agent_api::{
+    NbdExport, RegionEnsureBody, RegionSnapshotSummary, RegionSummary, VmmStateRequested, VmmVcpus,
+};
 use halyard_sled_agent_client::Client;
 use std::path::Path;
 use std::time::Duration;
@@ -89,12 +93,232 @@ async fn a_sim_sled_keeps_regions_within_its_storage() {
     sled.close().await.unwrap();
 }
 
+/// A raw request as Nexus (so malformed paths and bodies can be sent); its status.
+async fn raw_status(sled: &Server, method: reqwest::Method, path: &str, body: &str) -> u16 {
+    crate::http_as(Role::Nexus, halyard_tls::SLED_AGENT_NAME)
+        .request(method, format!("https://{}{path}", sled.local_addr()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn copy_of(mib: u32, source: &NbdExport) -> RegionEnsureBody {
+    RegionEnsureBody {
+        source: Some(source.clone()),
+        ..shape(mib)
+    }
+}
+
+#[tokio::test]
+async fn a_sim_sled_copies_and_snapshots_regions_and_pauses_vmms() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let config = with_storage(sled_config(nexus.address(), crate::visible_delays()), 100);
+    let sled = Server::start(&config, &log()).await.unwrap();
+    nexus.watch_sled(sled.local_addr());
+    let client = sled_client(sled.local_addr(), Role::Nexus);
+
+    // A region made as a copy: simulated, so nothing is copied, but the shape is kept and
+    // a repeat answers the same region whatever its source says.
+    let source = NbdExport {
+        address: "127.0.0.1:10809".parse().unwrap(),
+        name: RegionUuid::new_v4().to_string(),
+    };
+    let copy = RegionUuid::new_v4();
+    let made = client
+        .region_ensure(&copy, &copy_of(20, &source))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(made.size, ByteCount::from_mebibytes_u32(20));
+    assert_eq!(ensure(&client, copy, 20).await, made);
+
+    // Snapshots: idempotent, listed, counted in the sled's storage.
+    let region = RegionUuid::new_v4();
+    ensure(&client, region, 30).await;
+    let first = SnapshotUuid::new_v4();
+    let taken = client
+        .region_snapshot_ensure(&region, &first)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        taken,
+        RegionSnapshotSummary {
+            region_id: region,
+            snapshot_id: first,
+            size: ByteCount::from_mebibytes_u32(30),
+            block_size: shape(30).block_size,
+            export: None,
+        }
+    );
+    let again = client
+        .region_snapshot_ensure(&region, &first)
+        .await
+        .unwrap();
+    assert_eq!(again.into_inner(), taken);
+    assert_eq!(
+        client.region_snapshot_list().await.unwrap().into_inner(),
+        vec![taken.clone()]
+    );
+    let reserved = |client: Client| async move {
+        let inventory = client.inventory().await.unwrap().into_inner();
+        inventory.reserved_storage.to_bytes() / (1 << 20)
+    };
+    assert_eq!(reserved(client.clone()).await, 20 + 30 + 30);
+    // 20 MiB left: another snapshot of the 30 MiB region does not fit.
+    let second = SnapshotUuid::new_v4();
+    let status = refused(client.region_snapshot_ensure(&region, &second)).await;
+    assert_eq!(status, 507);
+    // An unknown region has no snapshot to take.
+    let unknown = RegionUuid::new_v4();
+    assert_eq!(
+        refused(client.region_snapshot_ensure(&unknown, &second)).await,
+        404
+    );
+    // Only Nexus takes snapshots; an operator may list them.
+    let operator = sled_client(sled.local_addr(), Role::Operator);
+    assert_eq!(
+        refused(operator.region_snapshot_ensure(&region, &second)).await,
+        403
+    );
+    assert_eq!(
+        operator.region_snapshot_list().await.unwrap().into_inner(),
+        vec![taken.clone()]
+    );
+
+    // Bad input: 400, and nothing made.
+    let block = shape(1).block_size.to_bytes();
+    for body in [
+        serde_json::json!({ "size": 0, "block_size": block }),
+        serde_json::json!({ "size": 1000, "block_size": block }),
+        serde_json::json!({ "size": 1 << 20, "block_size": 1000 }),
+        serde_json::json!({ "size": 1 << 20, "block_size": block, "source": "nbd://x/y" }),
+        serde_json::json!({ "size": 1 << 20, "block_size": block,
+            "source": { "address": "not an address", "name": "r" } }),
+    ] {
+        let path = format!("/regions/{}", RegionUuid::new_v4());
+        let status = raw_status(&sled, reqwest::Method::PUT, &path, &body.to_string()).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    for path in [
+        format!("/regions/{region}/snapshots/not-a-uuid"),
+        format!("/regions/not-a-uuid/snapshots/{first}"),
+    ] {
+        assert_eq!(
+            raw_status(&sled, reqwest::Method::PUT, &path, "").await,
+            400,
+            "{path}"
+        );
+    }
+    assert_eq!(client.region_list().await.unwrap().into_inner().len(), 2);
+    assert_eq!(
+        client
+            .region_snapshot_list()
+            .await
+            .unwrap()
+            .into_inner()
+            .len(),
+        1
+    );
+
+    // A snapshot outlives its region; deleting it is idempotent and frees its storage.
+    client.region_delete(&region).await.unwrap();
+    assert_eq!(
+        client.region_snapshot_list().await.unwrap().into_inner(),
+        vec![taken]
+    );
+    assert_eq!(reserved(client.clone()).await, 20 + 30);
+    client
+        .region_snapshot_delete(&region, &first)
+        .await
+        .unwrap();
+    client
+        .region_snapshot_delete(&region, &first)
+        .await
+        .unwrap();
+    assert!(
+        client
+            .region_snapshot_list()
+            .await
+            .unwrap()
+            .into_inner()
+            .is_empty()
+    );
+    assert_eq!(reserved(client.clone()).await, 20);
+
+    // Pausing a VMM's vCPUs: only a running one, idempotent, its state stays running, and
+    // while paused it cannot reboot; it can still stop.
+    let vmm = VmmUuid::new_v4();
+    client
+        .vmm_register(&vmm, &crate::register_body())
+        .await
+        .unwrap();
+    let pause = VmmVcpus { paused: true };
+    let resume = VmmVcpus { paused: false };
+    assert_eq!(refused(client.vmm_put_vcpus(&vmm, &pause)).await, 409);
+    let run = halyard_sled_agent_api::VmmPutStateBody {
+        state: VmmStateRequested::Run,
+    };
+    client.vmm_put_state(&vmm, &run).await.unwrap();
+    crate::wait_for_state(&client, vmm, halyard_common::VmmState::Running).await;
+    for _ in 0..2 {
+        let answer = client.vmm_put_vcpus(&vmm, &pause).await.unwrap();
+        assert_eq!(answer.into_inner(), pause);
+    }
+    let listed = client.vmm_list().await.unwrap().into_inner();
+    assert!(listed[0].vcpus_paused);
+    assert_eq!(
+        listed[0].state.vmm_state.state,
+        halyard_common::VmmState::Running
+    );
+    let reboot = halyard_sled_agent_api::VmmPutStateBody {
+        state: VmmStateRequested::Reboot,
+    };
+    assert_eq!(refused(client.vmm_put_state(&vmm, &reboot)).await, 409);
+    assert_eq!(
+        refused(operator.vmm_put_vcpus(&vmm, &resume)).await,
+        403,
+        "only Nexus pauses and resumes"
+    );
+    let path = format!("/vmms/{vmm}/vcpus");
+    assert_eq!(
+        raw_status(&sled, reqwest::Method::PUT, &path, r#"{"paused":"yes"}"#).await,
+        400
+    );
+    for _ in 0..2 {
+        client.vmm_put_vcpus(&vmm, &resume).await.unwrap();
+    }
+    assert!(!client.vmm_list().await.unwrap().into_inner()[0].vcpus_paused);
+    client.vmm_put_state(&vmm, &reboot).await.unwrap();
+    crate::wait_for_state(&client, vmm, halyard_common::VmmState::Running).await;
+    // Paused, then stopped: the stop goes through.
+    client.vmm_put_vcpus(&vmm, &pause).await.unwrap();
+    let stop = halyard_sled_agent_api::VmmPutStateBody {
+        state: VmmStateRequested::Stop,
+    };
+    client.vmm_put_state(&vmm, &stop).await.unwrap();
+    crate::wait_for_state(&client, vmm, halyard_common::VmmState::Destroyed).await;
+    sled.close().await.unwrap();
+}
+
 /// Runs `qemu-io` on an NBD export; its output, or the error.
 pub async fn qemu_io(export: &RegionSummary, command: &str) -> Result<String, String> {
-    let export = export
-        .export
-        .as_ref()
-        .expect("a QEMU sled's region is served");
+    qemu_io_on(
+        export
+            .export
+            .as_ref()
+            .expect("a QEMU sled's region is served"),
+        command,
+    )
+    .await
+}
+
+/// Runs `qemu-io` on an NBD export; its output, or the error.
+pub async fn qemu_io_on(export: &NbdExport, command: &str) -> Result<String, String> {
     let url = format!("nbd://{}/{}", export.address, export.name);
     let output = tokio::process::Command::new("qemu-io")
         .args(["-f", "raw", &url, "-c", command])
