@@ -558,23 +558,15 @@ async fn create_image(data: &Path, shape: RegionShape) -> Result<(), Error> {
     .map(|_| ())
 }
 
-/// The `json:` filename QEMU opens an NBD export with.
-fn nbd_filename(export: &NbdExport) -> String {
-    let filename = serde_json::json!({
-        "driver": "nbd",
-        "server": {
-            "type": "inet",
-            "host": export.address.ip().to_string(),
-            "port": export.address.port().to_string(),
-        },
-        "export": export.name,
-    });
-    format!("json:{filename}")
+/// The `nbd://` URL QEMU opens an NBD export with (`SocketAddr` puts an IPv6 address in
+/// brackets, as URLs want).
+fn nbd_url(export: &NbdExport) -> String {
+    format!("nbd://{}/{}", export.address, export.name)
 }
 
 /// Makes the qcow2 file `data` a copy of NBD export `source`, which must be the shape's size.
 async fn copy_export(source: &NbdExport, data: &Path, shape: RegionShape) -> Result<(), Error> {
-    let source_name = nbd_filename(source);
+    let source_name = nbd_url(source);
     let info = run_qemu_img(
         tokio::process::Command::new("qemu-img")
             .args(["info", "--output=json", "-f", "raw"])

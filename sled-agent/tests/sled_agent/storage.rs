@@ -317,10 +317,17 @@ pub async fn qemu_io(export: &RegionSummary, command: &str) -> Result<String, St
     .await
 }
 
-/// Runs `qemu-io` on an NBD export; its output, or the error.
+/// Runs `qemu-io` on an NBD export (opened read-only for a read, so a read-only export can be
+/// read); its output, or the error.
 pub async fn qemu_io_on(export: &NbdExport, command: &str) -> Result<String, String> {
     let url = format!("nbd://{}/{}", export.address, export.name);
+    let read_only: &[&str] = if command.starts_with("read ") {
+        &["-r"]
+    } else {
+        &[]
+    };
     let output = tokio::process::Command::new("qemu-io")
+        .args(read_only)
         .args(["-f", "raw", &url, "-c", command])
         .output()
         .await
@@ -463,5 +470,198 @@ async fn a_storage_daemon_an_earlier_sled_agent_left_is_ended_at_start() {
     qemu_io(&region, "write -P 0x11 0 64k").await.unwrap();
     qemu_io(&region, "read -P 0x11 0 64k").await.unwrap();
     sled.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fails the test unless the two exports hold the same bytes.
+pub async fn compare_exports(a: &NbdExport, b: &NbdExport) {
+    let url = |e: &NbdExport| format!("nbd://{}/{}", e.address, e.name);
+    let output = tokio::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw", &url(a), &url(b)])
+        .output()
+        .await
+        .expect("qemu-img runs");
+    assert!(
+        output.status.success(),
+        "{} and {} differ: {}{}",
+        url(a),
+        url(b),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn snapshot_files(regions_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(regions_dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_qemu_sled_copies_regions_from_nbd_and_keeps_point_in_time_snapshots() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let mut sleds = Vec::new();
+    for name in ["one", "two"] {
+        let mut config = with_storage(qemu_config(nexus.address(), &dir).await, 256);
+        config.storage.directory = Some(dir.join(name));
+        let sled = Server::start(&config, &log()).await.unwrap();
+        let client = sled_client(sled.local_addr(), Role::Nexus);
+        sleds.push((sled, client, config));
+    }
+    let (one, two) = (&sleds[0].1, &sleds[1].1);
+
+    // A replica with data at both ends, copied over NBD to a region on the other sled.
+    let original_id = RegionUuid::new_v4();
+    let original = ensure(one, original_id, 16).await;
+    let original_export = original.export.clone().unwrap();
+    qemu_io(&original, "write -P 0xa5 0 1M").await.unwrap();
+    qemu_io(&original, "write -P 0x3c 15M 1M").await.unwrap();
+    let copy_id = RegionUuid::new_v4();
+    let copy = two
+        .region_ensure(&copy_id, &copy_of(16, &original_export))
+        .await
+        .unwrap()
+        .into_inner();
+    compare_exports(&original_export, copy.export.as_ref().unwrap()).await;
+    qemu_io(&copy, "read -P 0x3c 15M 1M").await.unwrap();
+    // The copy is a region of its own: a write to it leaves the original as it was.
+    qemu_io(&copy, "write -P 0x77 0 4k").await.unwrap();
+    qemu_io(&original, "read -P 0xa5 0 4k").await.unwrap();
+    // Ensuring it again answers at once, without copying again.
+    let again = two
+        .region_ensure(&copy_id, &copy_of(16, &original_export))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, copy);
+    qemu_io(&copy, "read -P 0x77 0 4k").await.unwrap();
+
+    // A source of another size, or one that does not answer: refused, nothing left behind,
+    // and a retry with a good source makes the region.
+    let failed_id = RegionUuid::new_v4();
+    assert_eq!(
+        refused(two.region_ensure(&failed_id, &copy_of(8, &original_export))).await,
+        400
+    );
+    let nobody = NbdExport {
+        address: std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap(),
+        name: "nothing".into(),
+    };
+    assert_eq!(
+        refused(two.region_ensure(&failed_id, &copy_of(16, &nobody))).await,
+        503
+    );
+    let two_dir = dir.join("two");
+    assert_eq!(region_files(&two_dir), vec![format!("{copy_id}.qcow2")]);
+    assert_eq!(
+        two.region_list().await.unwrap().into_inner(),
+        vec![copy.clone()]
+    );
+    let retried = two
+        .region_ensure(&failed_id, &copy_of(16, &original_export))
+        .await
+        .unwrap()
+        .into_inner();
+    qemu_io(&retried, "read -P 0xa5 0 1M").await.unwrap();
+    two.region_delete(&failed_id).await.unwrap();
+
+    // A snapshot is the region as it was: later writes to the region do not reach it, and it
+    // cannot be written.
+    let snapshot_id = SnapshotUuid::new_v4();
+    let snapshot = one
+        .region_snapshot_ensure(&original_id, &snapshot_id)
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot_export = snapshot.export.clone().expect("a QEMU sled serves it");
+    assert_ne!(snapshot_export.name, original_export.name);
+    qemu_io(&original, "write -P 0x5a 0 1M").await.unwrap();
+    qemu_io_on(&snapshot_export, "read -P 0xa5 0 1M")
+        .await
+        .unwrap();
+    qemu_io_on(&snapshot_export, "read -P 0x3c 15M 1M")
+        .await
+        .unwrap();
+    assert!(
+        qemu_io_on(&snapshot_export, "read -P 0xa5 0 1M")
+            .await
+            .is_ok()
+            && qemu_io(&original, "read -P 0xa5 0 1M").await.is_err(),
+        "the region moved on, the snapshot did not"
+    );
+    assert!(
+        qemu_io_on(&snapshot_export, "write -P 0x11 0 4k")
+            .await
+            .is_err(),
+        "a snapshot is read-only"
+    );
+    let inventory = one.inventory().await.unwrap().into_inner();
+    assert_eq!(inventory.reserved_storage.to_bytes(), 32 << 20);
+    assert_eq!(
+        one.region_snapshot_ensure(&original_id, &snapshot_id)
+            .await
+            .unwrap()
+            .into_inner(),
+        snapshot
+    );
+
+    // A disk made from the snapshot: a region copied from its export.
+    let from_snapshot = two
+        .region_ensure(&RegionUuid::new_v4(), &copy_of(16, &snapshot_export))
+        .await
+        .unwrap()
+        .into_inner();
+    compare_exports(&snapshot_export, from_snapshot.export.as_ref().unwrap()).await;
+
+    // kill -9 the daemon: the restarted one serves the snapshot again, read-only.
+    let (sled, _, config) = &sleds[0];
+    let pid = sled.agent().storage_daemon_pid().unwrap();
+    let restarts = sled.agent().storage_daemon_restarts();
+    // SAFETY: kill(2) of the daemon's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    wait_for_restart(sled, restarts).await;
+    qemu_io_on(&snapshot_export, "read -P 0xa5 0 1M")
+        .await
+        .unwrap();
+    assert!(qemu_io_on(&snapshot_export, "write 0 4k").await.is_err());
+    qemu_io(&original, "read -P 0x5a 0 1M").await.unwrap();
+
+    // A new sled agent on the same directory lists and serves it too.
+    let config = config.clone();
+    let (sled, _, _) = sleds.remove(0);
+    sled.close().await.unwrap();
+    let sled = Server::start(&config, &log()).await.unwrap();
+    let one = sled_client(sled.local_addr(), Role::Nexus);
+    assert_eq!(
+        one.region_snapshot_list().await.unwrap().into_inner(),
+        vec![snapshot.clone()]
+    );
+    qemu_io_on(&snapshot_export, "read -P 0x3c 15M 1M")
+        .await
+        .unwrap();
+
+    // The snapshot outlives its region; deleted, it is served no more and its files are gone.
+    one.region_delete(&original_id).await.unwrap();
+    qemu_io_on(&snapshot_export, "read -P 0xa5 0 1M")
+        .await
+        .unwrap();
+    one.region_snapshot_delete(&original_id, &snapshot_id)
+        .await
+        .unwrap();
+    assert!(qemu_io_on(&snapshot_export, "read 0 4k").await.is_err());
+    assert!(snapshot_files(&dir.join("one")).is_empty());
+    let inventory = one.inventory().await.unwrap().into_inner();
+    assert_eq!(inventory.reserved_storage.to_bytes(), 0);
+    sled.close().await.unwrap();
+    for (sled, _, _) in sleds {
+        sled.close().await.unwrap();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
