@@ -3,21 +3,25 @@
 //! guest formats, mounts, writes and reads it through the serial console. The data outlives the
 //! VMM (a new VMM on another sled reads it back), a replica's storage daemon killed with -9
 //! while the guest writes (writes go on, the daemon is restarted, nothing is lost), and a live
-//! migration while the guest writes (every record is there afterwards).
+//! migration while the guest writes (every record is there afterwards). A crash-consistent
+//! snapshot of a writing guest's disk (vCPUs paused, the three regions snapshotted, resumed)
+//! holds the records up to the pause, and a disk made from it shows them to a new VMM.
 
 use crate::qemu::{
     BOOT_TIMEOUT, QemuSled, console_text, guest, pid_of, put, qemu_config, runs, start_migration,
     state_dir, wait_for_console,
 };
 use crate::recording_nexus::RecordingNexus;
-use crate::storage::{qemu_io, shape, wait_for_restart, with_storage};
+use crate::storage::{compare_exports, qemu_io, shape, wait_for_restart, with_storage};
 use crate::{Role, log, sled_client, wait_for_state_within};
 use futures::SinkExt;
-use halyard_common::ids::{DiskUuid, RegionUuid, VmmUuid};
+use halyard_common::ids::{DiskUuid, RegionUuid, SnapshotUuid, VmmUuid};
 use halyard_common::{MigrationState, VmmState};
 use halyard_sled_agent::Server;
 use halyard_sled_agent::guest_console::BOOT_BANNER;
-use halyard_sled_agent_api::{RegionSummary, VmmDisk, VmmRegisterBody, VmmStateRequested};
+use halyard_sled_agent_api::{
+    RegionEnsureBody, RegionSummary, VmmDisk, VmmRegisterBody, VmmStateRequested, VmmVcpus,
+};
 use halyard_sled_agent_client::Client;
 use std::path::Path;
 use std::sync::Arc;
@@ -435,6 +439,135 @@ async fn a_guest_writing_to_its_disk_migrates_without_losing_a_record() {
     verify_records(target, target_id, records).await;
     stop(&sleds[1], target_id).await;
     sleds[0].client.vmm_unregister(&source_id).await.unwrap();
+    close(sleds).await;
+}
+
+/// The longest run of records 1, 2, ... at the start of /mnt/log, and how many lines it has.
+async fn record_prefix(client: &Client, id: VmmUuid) -> (u64, u64) {
+    let output = run(
+        client,
+        id,
+        "awk 'BEGIN { ok = 1 } ok && $1 == \"record\" && $2 + 0 == NR { good = NR; next } \
+         { ok = 0 } END { print \"PREFIX\", good + 0, NR }' /mnt/log",
+    )
+    .await;
+    let counts: Vec<u64> = line_after(&output, "PREFIX ")
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (counts[0], counts[1])
+}
+
+#[tokio::test]
+async fn a_snapshot_of_a_writing_guest_paused_for_it_holds_every_record_up_to_the_pause() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let (sleds, disk, regions) = three_sleds_and_a_disk(&nexus, "snapped").await;
+    let id = boot(&sleds[0], &with_disk("snapped", &disk)).await;
+    let client = &sleds[0].client;
+    mount(client, id, true).await;
+    run(client, id, WRITER).await;
+    let before_pause = wait_for_records(client, id, 20).await;
+
+    // Pause: the VMM still counts as running; the guest's writes are drained and flushed.
+    let pause = VmmVcpus { paused: true };
+    assert_eq!(
+        client
+            .vmm_put_vcpus(&id, &pause)
+            .await
+            .unwrap()
+            .into_inner(),
+        pause
+    );
+    let listed = client.vmm_list().await.unwrap().into_inner();
+    assert!(listed[0].vcpus_paused);
+    assert_eq!(listed[0].state.vmm_state.state, VmmState::Running);
+    let snapshot_id = SnapshotUuid::new_v4();
+    let mut snapshots = Vec::new();
+    for (sled, region) in sleds.iter().zip(&regions) {
+        let snapshot = sled
+            .client
+            .region_snapshot_ensure(&region.region_id, &snapshot_id)
+            .await
+            .unwrap()
+            .into_inner();
+        snapshots.push(snapshot.export.expect("served"));
+    }
+    // One point in time: the three snapshots are identical, and equal to the regions while
+    // the guest is paused.
+    for (snapshot, region) in snapshots.iter().zip(&regions) {
+        compare_exports(&snapshots[0], snapshot).await;
+        compare_exports(snapshot, region.export.as_ref().unwrap()).await;
+    }
+    client
+        .vmm_put_vcpus(&id, &VmmVcpus { paused: false })
+        .await
+        .unwrap();
+    assert!(!client.vmm_list().await.unwrap().into_inner()[0].vcpus_paused);
+
+    // The guest writes on; the snapshots stay as they were.
+    wait_for_records(client, id, before_pause + 50).await;
+    let records = stop_writer(client, id).await;
+    verify_records(client, id, records).await;
+    stop(&sleds[0], id).await;
+    let differs = tokio::process::Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
+        .arg(format!(
+            "nbd://{}/{}",
+            snapshots[0].address, snapshots[0].name
+        ))
+        .arg({
+            let region = regions[0].export.as_ref().unwrap();
+            format!("nbd://{}/{}", region.address, region.name)
+        })
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(
+        differs.code(),
+        Some(1),
+        "the region moved on from its snapshot"
+    );
+
+    // A disk made from the snapshot: three new regions copied from the snapshot's exports
+    // (each from another sled's), read by a new VMM.
+    let mut copies = Vec::new();
+    for (i, sled) in sleds.iter().enumerate() {
+        let copy = sled
+            .client
+            .region_ensure(
+                &RegionUuid::new_v4(),
+                &RegionEnsureBody {
+                    source: Some(snapshots[(i + 1) % 3].clone()),
+                    ..shape(DISK_MIB)
+                },
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        copies.push(copy.export.expect("served"));
+    }
+    let restored = VmmDisk {
+        disk_id: DiskUuid::new_v4(),
+        name: "restored".into(),
+        replicas: copies,
+        ..disk.clone()
+    };
+    let reader = boot(&sleds[1], &with_disk("reader", &restored)).await;
+    mount(&sleds[1].client, reader, false).await;
+    let (prefix, lines) = record_prefix(&sleds[1].client, reader).await;
+    assert!(
+        prefix >= before_pause,
+        "the snapshot lost records: it holds 1 to {prefix}, the guest had synced {before_pause}"
+    );
+    assert!(
+        prefix < records,
+        "the snapshot holds records written after it was taken ({prefix} of {records})"
+    );
+    assert!(
+        lines <= prefix + 1,
+        "after record {prefix}, at most one record cut short by the pause ({lines} lines)"
+    );
+    stop(&sleds[1], reader).await;
     close(sleds).await;
 }
 
