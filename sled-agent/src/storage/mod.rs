@@ -145,7 +145,7 @@ impl Storage {
         let shape = body.shape();
         let bytes = shape.size.to_bytes();
         let block = u64::from(shape.block_size.to_bytes());
-        if bytes == 0 || bytes % block != 0 {
+        if bytes == 0 || !bytes.is_multiple_of(block) {
             return Err(Error::invalid_request(format!(
                 "a region's size must be a positive multiple of its block size ({block}), \
                  not {bytes}"
