@@ -481,6 +481,15 @@ async fn a_snapshot_of_a_writing_guest_paused_for_it_holds_every_record_up_to_th
     let listed = client.vmm_list().await.unwrap().into_inner();
     assert!(listed[0].vcpus_paused);
     assert_eq!(listed[0].state.vmm_state.state, VmmState::Running);
+    let reboot = halyard_sled_agent_api::VmmPutStateBody {
+        state: VmmStateRequested::Reboot,
+    };
+    let refused = client.vmm_put_state(&id, &reboot).await.unwrap_err();
+    assert_eq!(
+        refused.status().unwrap().as_u16(),
+        409,
+        "no reboot while paused"
+    );
     let snapshot_id = SnapshotUuid::new_v4();
     let mut snapshots = Vec::new();
     for (sled, region) in sleds.iter().zip(&regions) {
