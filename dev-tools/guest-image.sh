@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the tiny guest that the sled agent's QEMU backend boots, from Debian packages only:
 # the Debian cloud kernel (the dependency of linux-image-cloud-amd64) and busybox-static, with a
-# gzip'd newc initramfs holding busybox, the ACPI power-button modules and an /init script.
+# gzip'd newc initramfs holding busybox, the ACPI power-button and virtio block modules and an
+# /init script.
 # The result is built once per machine and cached.
 #
 #   bash dev-tools/guest-image.sh               build if missing or stale, print where it is
@@ -21,9 +22,13 @@
 #   HALYARD-HEARTBEAT n=N                        N = 1, 2, 3, ... about 4 times a second
 # Match these as substrings: the interactive shell's prompt and echoed input share the console,
 # so a heartbeat can follow a prompt on the same line. Input typed on the serial line runs in a
-# root shell (with ttyS0 as its controlling tty). ACPI powerdown (QMP system_powerdown) powers
-# the guest off at once ("poweroff -f"; there are no disks to sync), but only once the banner
-# is out: a powerdown requested earlier is lost. The guest needs -m 72 or more (less resets in a
+# root shell (with ttyS0 as its controlling tty).
+# Disks: the VMM's virtio disks are /dev/vda, /dev/vdb, ... in the order it attached them (the
+# boot disk first), each with the disk's name as its serial (/sys/block/vdX/serial). busybox has
+# mke2fs (ext2; the kernel's ext4 driver mounts it), mount, sync, sha256sum and md5sum.
+# ACPI powerdown (QMP system_powerdown) powers the guest off at once ("sync; poweroff -f": file
+# systems are synced, not unmounted), but only once the banner is out: a powerdown requested
+# earlier is lost. The guest needs -m 72 or more (less resets in a
 # loop, silently with "quiet").
 set -euo pipefail
 
@@ -47,7 +52,10 @@ export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in button evdev; do
+# In dependency order (no modprobe here): the power button, then virtio block devices (the
+# VMM's disks: /dev/vda, /dev/vdb, ... in the order the VMM attached them; ext4, which also
+# mounts ext2, is built into the kernel).
+for m in button evdev virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
     insmod "/lib/modules/$m.ko" || echo "halyard-init: insmod $m failed"
 done
 
@@ -74,6 +82,7 @@ while [ "$armed" -eq 0 ] && [ "$i" -lt 200 ]; do
             exec <"$dev" || exit 1
             : >/run/armed
             if dd bs=24 count=1 of=/dev/null 2>/dev/null; then
+                sync
                 poweroff -f
             fi
             echo "halyard-init: reading $dev failed; the power button will not work"
@@ -108,7 +117,7 @@ done
 EOF
 
 # What the build does, beyond /init; bump it when the image's layout changes.
-RECIPE="recipe 1: vmlinuz from the cloud kernel; busybox-static with applet symlinks; /lib/modules/{button,evdev}.ko"
+RECIPE="recipe 2: vmlinuz from the cloud kernel; busybox-static with applet symlinks; /mnt; /lib/modules/{button,evdev,virtio_ring,virtio,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_pci,virtio_blk}.ko"
 init_hash="$(printf '%s\n%s\n' "$RECIPE" "$INIT" | sha256sum | cut -d' ' -f1)"
 
 sudo=""
@@ -270,7 +279,7 @@ vmlinuz="$(echo "$work"/kernel/boot/vmlinuz-*)"
 
 echo "==> building the initramfs"
 root="$work/root"
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,root,etc,lib/modules}
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,root,etc,mnt,lib/modules}
 cp "$bb" "$root/bin/busybox"
 # One symlink per applet, where busybox expects it (bin/sh, sbin/poweroff, usr/bin/setsid, ...).
 while read -r applet; do
@@ -278,7 +287,11 @@ while read -r applet; do
     mkdir -p "$root/$(dirname "$applet")"
     ln -sf /bin/busybox "$root/$applet"
 done < <("$bb" --list-full)
-for m in drivers/acpi/button drivers/input/evdev; do
+# In the order /init loads them: each module's dependencies come before it.
+loaded=" "
+for m in drivers/acpi/button drivers/input/evdev drivers/virtio/virtio_ring drivers/virtio/virtio \
+    drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci_legacy_dev \
+    drivers/virtio/virtio_pci drivers/block/virtio_blk; do
     name="$(basename "$m")"
     src="$(find "$work/kernel/lib/modules" -path "*/kernel/$m.ko*" | head -n1)"
     [ -n "$src" ] || { echo "guest-image: $m.ko not in $kdeb" >&2; exit 1; }
@@ -292,9 +305,15 @@ for m in drivers/acpi/button drivers/input/evdev; do
             zstd -qdc "$src" >"$root/lib/modules/$name.ko" ;;
         *) echo "guest-image: cannot unpack module $src" >&2; exit 1 ;;
     esac
-    # /init insmods them without modprobe, so they must not need other modules.
+    # /init insmods them without modprobe, so what each needs must be loaded before it.
     deps="$(tr '\0' '\n' <"$root/lib/modules/$name.ko" | sed -n 's/^depends=//p')"
-    [ -z "$deps" ] || { echo "guest-image: $name.ko needs modules ($deps)" >&2; exit 1; }
+    for dep in ${deps//,/ }; do
+        case "$loaded" in
+            *" $dep "*) ;;
+            *) echo "guest-image: $name.ko needs $dep, which is not loaded before it" >&2; exit 1 ;;
+        esac
+    done
+    loaded="$loaded$name "
 done
 printf '%s\n' "$INIT" >"$root/init"
 chmod 755 "$root/init"

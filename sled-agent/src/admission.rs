@@ -113,6 +113,51 @@ pub(crate) fn conflict(id: VmmUuid, state: VmmState, what: &str, why: &str) -> E
     Error::conflict(format!("cannot {what} VMM {id}: it is {state}; {why}"))
 }
 
+/// Whether a VMM may have its vCPUs paused or resumed now (`want_paused`, from
+/// `already_paused`): a repeat is always fine; a change only while it runs and does not
+/// migrate out.
+pub(crate) fn admit_vcpus(
+    situation: VmmSituation,
+    already_paused: bool,
+    want_paused: bool,
+) -> Result<bool, Error> {
+    if already_paused == want_paused {
+        return Ok(false);
+    }
+    if situation.state != VmmState::Running || situation.migrating_out {
+        let what = if want_paused { "pause" } else { "resume" };
+        return Err(conflict(
+            situation.id,
+            situation.state,
+            what,
+            "only a running VMM that is not migrating can be paused or resumed",
+        ));
+    }
+    Ok(true)
+}
+
+/// Refuses a reboot or a migration of a VMM whose vCPUs are paused (a stop is fine).
+pub(crate) fn refuse_while_paused(
+    situation: VmmSituation,
+    paused: bool,
+    requested: &VmmStateRequested,
+) -> Result<(), Error> {
+    let refused = match requested {
+        VmmStateRequested::Reboot => "reboot",
+        VmmStateRequested::MigrateOut { .. } => "migrate",
+        VmmStateRequested::Run | VmmStateRequested::Stop => return Ok(()),
+    };
+    if paused {
+        return Err(conflict(
+            situation.id,
+            situation.state,
+            refused,
+            "its vCPUs are paused; resume them first",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

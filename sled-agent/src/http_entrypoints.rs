@@ -3,7 +3,7 @@
 //! Every caller comes through the TLS front with a certificate from the deployment's CA
 //! (`halyard_tls`), and every handler first checks whose: Nexus alone changes VMMs; Nexus or
 //! an operator (omdb, tests) reads them and injects simulated faults; Nexus alone creates and
-//! deletes regions; an inbound migration's
+//! deletes regions and region snapshots and pauses VMMs; an inbound migration's
 //! phases come only from the sled Nexus named as its source.
 
 use crate::console::{ConsoleOffset, ConsoleStream, SerialConsole};
@@ -18,9 +18,9 @@ use halyard_common::Error;
 use halyard_common::internal_api::SledVmmState;
 use halyard_sled_agent_api::{
     Inventory, MigrationInReply, MigrationInStep, MigrationTargetGone, RegionEnsureBody,
-    RegionPathParam, RegionSummary, SimFault, SledAgentApi, VmmPathParam, VmmPutStateBody,
-    VmmRegisterBody, VmmSerialConsoleData, VmmSerialConsoleRequest, VmmSerialConsoleStreamRequest,
-    VmmSummary,
+    RegionPathParam, RegionSnapshotPathParam, RegionSnapshotSummary, RegionSummary, SimFault,
+    SledAgentApi, VmmPathParam, VmmPutStateBody, VmmRegisterBody, VmmSerialConsoleData,
+    VmmSerialConsoleRequest, VmmSerialConsoleStreamRequest, VmmSummary, VmmVcpus,
 };
 use slog::{Logger, debug};
 use std::sync::Arc;
@@ -140,6 +140,20 @@ impl SledAgentApi for SledAgentImpl {
         ))
     }
 
+    async fn vmm_put_vcpus(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        body: TypedBody<VmmVcpus>,
+    ) -> Result<HttpResponseOk<VmmVcpus>, HttpError> {
+        require(&rqctx, NEXUS, "pause or resume a VMM")?;
+        let agent = rqctx.context();
+        let paused = body.into_inner().paused;
+        agent
+            .vmm_put_vcpus(path.into_inner().propolis_id, paused)
+            .await?;
+        Ok(HttpResponseOk(VmmVcpus { paused }))
+    }
+
     async fn vmm_inject_fault(
         rqctx: RequestContext<Self::Context>,
         path: Path<VmmPathParam>,
@@ -230,6 +244,44 @@ impl SledAgentApi for SledAgentImpl {
     ) -> Result<HttpResponseOk<Vec<RegionSummary>>, HttpError> {
         require(&rqctx, NEXUS_OR_OPERATOR, "list regions")?;
         Ok(HttpResponseOk(rqctx.context().storage().list().await))
+    }
+
+    async fn region_snapshot_ensure(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<RegionSnapshotPathParam>,
+    ) -> Result<HttpResponseOk<RegionSnapshotSummary>, HttpError> {
+        require(&rqctx, NEXUS, "snapshot a region")?;
+        let RegionSnapshotPathParam {
+            region_id,
+            snapshot_id,
+        } = path.into_inner();
+        let storage = rqctx.context().storage();
+        Ok(HttpResponseOk(
+            storage.snapshot_ensure(region_id, snapshot_id).await?,
+        ))
+    }
+
+    async fn region_snapshot_delete(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<RegionSnapshotPathParam>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        require(&rqctx, NEXUS, "delete a region snapshot")?;
+        let RegionSnapshotPathParam {
+            region_id,
+            snapshot_id,
+        } = path.into_inner();
+        let storage = rqctx.context().storage();
+        storage.snapshot_delete(region_id, snapshot_id).await?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn region_snapshot_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<RegionSnapshotSummary>>, HttpError> {
+        require(&rqctx, NEXUS_OR_OPERATOR, "list region snapshots")?;
+        Ok(HttpResponseOk(
+            rqctx.context().storage().snapshot_list().await,
+        ))
     }
 
     async fn metrics(

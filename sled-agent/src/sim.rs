@@ -92,6 +92,8 @@ pub(crate) struct SimVmm {
     migrating_out: Option<MigrationUuid>,
     /// Set when Nexus declares the target of the migration in progress gone for good.
     target_gone: Option<watch::Sender<bool>>,
+    /// Whether its vCPUs are paused (recorded only: nothing runs in a simulated guest).
+    vcpus_paused: bool,
     /// For the migration driver to talk back to this task.
     commands: mpsc::WeakSender<Command>,
     /// The HTTP client for other sled agents (a migration's target), with this sled's
@@ -127,6 +129,7 @@ impl SimVmm {
             migration_in_phase: None,
             migrations_out: BTreeMap::new(),
             migrating_out: None,
+            vcpus_paused: false,
             target_gone: None,
             commands,
             peer_http,
@@ -223,7 +226,28 @@ impl SimVmm {
                 let _ = reply.send(Ok(self.runtime.snapshot()));
                 None
             }
+            Command::Vcpus { paused, reply } => {
+                let situation = self.situation();
+                let result = crate::admission::admit_vcpus(situation, self.vcpus_paused, paused)
+                    .map(|changed| {
+                        if changed {
+                            info!(self.log, "vCPUs paused or resumed"; "paused" => paused);
+                            self.vcpus_paused = paused;
+                        }
+                    });
+                let _ = reply.send(result);
+                None
+            }
             Command::Kill => Some(VmmState::Destroyed),
+        }
+    }
+
+    fn situation(&self) -> VmmSituation {
+        VmmSituation {
+            id: self.id,
+            state: self.current(),
+            is_migration_target: self.migration_target.is_some(),
+            migrating_out: self.migrating_out.is_some(),
         }
     }
 
@@ -232,12 +256,11 @@ impl SimVmm {
     }
 
     fn request(&mut self, requested: VmmStateRequested) -> Result<(), Error> {
-        let situation = VmmSituation {
-            id: self.id,
-            state: self.current(),
-            is_migration_target: self.migration_target.is_some(),
-            migrating_out: self.migrating_out.is_some(),
-        };
+        let situation = self.situation();
+        crate::admission::refuse_while_paused(situation, self.vcpus_paused, &requested)?;
+        if requested == VmmStateRequested::Stop {
+            self.vcpus_paused = false;
+        }
         let earlier_target = match &requested {
             VmmStateRequested::MigrateOut { migration_id, .. } => self
                 .migrations_out

@@ -33,6 +33,8 @@ struct VmmEntry {
     console: Arc<SerialConsole>,
     /// The task that pushes its states to Nexus (it ends once the terminal one is taken).
     reporter: Option<tokio::task::JoinHandle<()>>,
+    /// Whether its vCPUs were paused through the API.
+    vcpus_paused: bool,
 }
 
 /// What runs this sled's VMMs.
@@ -261,6 +263,7 @@ impl SledAgent {
                 commands: Some(commands),
                 console: Arc::clone(&console),
                 reporter: Some(reporter),
+                vcpus_paused: false,
             },
         );
         drop(table);
@@ -397,8 +400,28 @@ impl SledAgent {
             VmmStateRequested::Reboot => "reboot",
             VmmStateRequested::MigrateOut { .. } => "migrate",
         };
-        self.ask(id, what, |reply| Command::Request { requested, reply })
-            .await
+        let state = self
+            .ask(id, what, |reply| Command::Request { requested, reply })
+            .await?;
+        if requested == VmmStateRequested::Stop {
+            self.set_vcpus_paused(id, false);
+        }
+        Ok(state)
+    }
+
+    /// Pauses or resumes VMM `id`'s vCPUs; its state does not change.
+    pub async fn vmm_put_vcpus(&self, id: VmmUuid, paused: bool) -> Result<(), Error> {
+        let what = if paused { "pause" } else { "resume" };
+        self.ask(id, what, |reply| Command::Vcpus { paused, reply })
+            .await?;
+        self.set_vcpus_paused(id, paused);
+        Ok(())
+    }
+
+    fn set_vcpus_paused(&self, id: VmmUuid, paused: bool) {
+        if let Some(entry) = self.table().get_mut(&id) {
+            entry.vcpus_paused = paused;
+        }
     }
 
     pub async fn vmm_migration_in(
@@ -515,6 +538,8 @@ impl SledAgent {
                 ncpus: entry.params.ncpus,
                 memory: entry.params.memory,
                 hostname: entry.params.hostname.clone(),
+                disks: entry.params.disks.iter().map(|d| d.disk_id).collect(),
+                vcpus_paused: entry.vcpus_paused,
                 state: *entry.state.borrow(),
             })
             .collect()
@@ -599,6 +624,7 @@ impl SledAgent {
                 ),
             ));
         }
+        crate::qemu::disks::validate(&params.disks)?;
         if params.hostname.is_empty() || params.hostname.len() > 253 {
             return Err(Error::invalid_value(
                 "hostname",

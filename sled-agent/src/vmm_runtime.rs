@@ -40,6 +40,11 @@ pub(crate) enum Command {
         migration_id: MigrationUuid,
         reply: oneshot::Sender<Result<SledVmmState, Error>>,
     },
+    /// Pause (`true`) or resume its vCPUs; its state does not change.
+    Vcpus {
+        paused: bool,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     /// Unregister: the VMM is destroyed at once.
     Kill,
 }

@@ -9,7 +9,9 @@ use dropshot::{
     HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, Query, RequestContext,
     TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
-use halyard_common::ids::{DiskUuid, InstanceUuid, MigrationUuid, RegionUuid, SledUuid, VmmUuid};
+use halyard_common::ids::{
+    DiskUuid, InstanceUuid, MigrationUuid, RegionUuid, SledUuid, SnapshotUuid, VmmUuid,
+};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{BlockSize, ByteCount, SledBackend};
 use schemars::JsonSchema;
@@ -82,6 +84,19 @@ pub trait SledAgentApi {
         body: TypedBody<MigrationTargetGone>,
     ) -> Result<HttpResponseOk<SledVmmState>, HttpError>;
 
+    /// Pause or resume a running VMM's vCPUs (QEMU: QMP `stop`, which also drains and
+    /// flushes the guest's block I/O, and `cont`), for a crash-consistent snapshot of its
+    /// disks. The VMM's reported state does not change (a paused VMM is still `running`);
+    /// `VmmSummary.vcpus_paused` shows it. Idempotent. Refused with 409 unless the VMM is
+    /// running and no migration of it is under way; while paused, reboot and migrate are
+    /// refused (409) and stop still works.
+    #[endpoint { method = PUT, path = "/vmms/{propolis_id}/vcpus" }]
+    async fn vmm_put_vcpus(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VmmPathParam>,
+        body: TypedBody<VmmVcpus>,
+    ) -> Result<HttpResponseOk<VmmVcpus>, HttpError>;
+
     /// Inject a fault into a VMM (simulated backend only, other backends refuse with 400;
     /// except the test hooks `panic` and `lose_next_finish_reply`, which every backend takes).
     #[endpoint { method = PUT, path = "/vmms/{propolis_id}/sim-fault" }]
@@ -119,8 +134,15 @@ pub trait SledAgentApi {
     ) -> WebsocketEndpointResult;
 
     /// Create a region (one replica of a disk) of this size in the sled's storage, and serve
-    /// it (idempotent: the same body again returns the region; another size for a known id is
-    /// refused with 409, as is a region that does not fit in what the sled has left).
+    /// it (idempotent: the same size and block size again returns the region at once,
+    /// whatever `source` says; another size for a known id is refused with 409, as is a region
+    /// that does not fit in what the sled has left).
+    ///
+    /// With a `source`, the region's content is first copied from that NBD export (a healthy
+    /// replica of the same disk, or a region snapshot's export), which must be exactly the
+    /// region's size (else 400); the region is listed and served only once the copy is
+    /// whole. A copy that fails (source unreachable, wrong size) answers an error and leaves
+    /// nothing behind: a retried ensure starts over.
     #[endpoint { method = PUT, path = "/regions/{region_id}" }]
     async fn region_ensure(
         rqctx: RequestContext<Self::Context>,
@@ -140,6 +162,31 @@ pub trait SledAgentApi {
     async fn region_list(
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<Vec<RegionSummary>>, HttpError>;
+
+    /// Take a snapshot of a region: a point-in-time, read-only, full copy of its data as it
+    /// is when the request arrives (consistent even while a VMM writes to the region), served
+    /// over NBD. It counts against the sled's storage like a region of the same size, and
+    /// outlives its region (deleting the region leaves it). Idempotent: an existing snapshot
+    /// is returned as it is. 404 for an unknown region; 409 if it does not fit.
+    #[endpoint { method = PUT, path = "/regions/{region_id}/snapshots/{snapshot_id}" }]
+    async fn region_snapshot_ensure(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<RegionSnapshotPathParam>,
+    ) -> Result<HttpResponseOk<RegionSnapshotSummary>, HttpError>;
+
+    /// Delete a region snapshot (idempotent: an unknown one is already gone; its region
+    /// need not exist any more).
+    #[endpoint { method = DELETE, path = "/regions/{region_id}/snapshots/{snapshot_id}" }]
+    async fn region_snapshot_delete(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<RegionSnapshotPathParam>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    /// Every region snapshot this sled holds, by region and snapshot id.
+    #[endpoint { method = GET, path = "/region-snapshots" }]
+    async fn region_snapshot_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<RegionSnapshotSummary>>, HttpError>;
 
     /// What this sled is and has.
     #[endpoint { method = GET, path = "/inventory" }]
@@ -237,7 +284,20 @@ pub struct VmmSummary {
     pub ncpus: u16,
     pub memory: ByteCount,
     pub hostname: String,
+    /// The disks the VMM attached, in the order its guest sees them (the boot disk first).
+    #[serde(default)]
+    pub disks: Vec<DiskUuid>,
+    /// Whether its vCPUs are paused (`PUT /vmms/{propolis_id}/vcpus`); its state stays
+    /// `running` meanwhile.
+    #[serde(default)]
+    pub vcpus_paused: bool,
     pub state: SledVmmState,
+}
+
+/// Whether a VMM's vCPUs are paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VmmVcpus {
+    pub paused: bool,
 }
 
 /// The phases of a live migration, in order. The source pushes each to the target.
@@ -383,7 +443,7 @@ pub struct Inventory {
     pub accelerator: Option<Accelerator>,
     /// What the sled offers for regions.
     pub usable_storage: ByteCount,
-    /// What its regions hold of that.
+    /// What its regions and region snapshots hold of that.
     pub reserved_storage: ByteCount,
 }
 
@@ -392,11 +452,53 @@ pub struct RegionPathParam {
     pub region_id: RegionUuid,
 }
 
-/// The shape of a region: its disk's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+/// The shape of a region (its disk's), and where its first content comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct RegionEnsureBody {
     pub size: ByteCount,
     pub block_size: BlockSize,
+    /// Copy the new region's content from this NBD export (a healthy replica of the same
+    /// disk, for region replacement; a region snapshot's export, for a disk made from a
+    /// snapshot) before serving it. Absent: the region starts zeroed.
+    #[serde(default)]
+    pub source: Option<NbdExport>,
+}
+
+impl RegionEnsureBody {
+    /// A region's shape, without a source.
+    pub fn shape(&self) -> RegionShape {
+        RegionShape {
+            size: self.size,
+            block_size: self.block_size,
+        }
+    }
+}
+
+/// A region's (or a region snapshot's) size and block size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct RegionShape {
+    pub size: ByteCount,
+    pub block_size: BlockSize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct RegionSnapshotPathParam {
+    pub region_id: RegionUuid,
+    pub snapshot_id: SnapshotUuid,
+}
+
+/// One region snapshot this sled holds: a read-only, point-in-time copy of a region.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct RegionSnapshotSummary {
+    pub region_id: RegionUuid,
+    pub snapshot_id: SnapshotUuid,
+    /// The region's size and block size when the snapshot was taken; the snapshot holds
+    /// this much of the sled's storage.
+    pub size: ByteCount,
+    pub block_size: BlockSize,
+    /// Where it is served, read-only, over NBD (QEMU sleds); none for a simulated sled's
+    /// snapshots, which hold no data.
+    pub export: Option<NbdExport>,
 }
 
 /// One region this sled holds.

@@ -5,6 +5,8 @@
 //!   where whatever an earlier run of this sled agent left is cleaned up at start
 //!   ([`leftovers`]).
 //! - [`vmm`]: one VMM's task: the process, its QMP connection and its serial console.
+//! - [`disks`]: a VMM's disks on QEMU's command line: virtio block devices over `quorum`
+//!   of the replicas' NBD exports.
 //! - [`migration`]: an outbound live migration, carried out by QEMU itself.
 //! - [`tls`]: the migration stream over mutual TLS: this sled's certificate in QEMU's
 //!   `tls-creds-x509` layout, and a target admitting only the source sled Nexus named.
@@ -15,6 +17,7 @@
 //! VMM reported destroyed or failed.
 
 mod accelerator;
+pub(crate) mod disks;
 mod leftovers;
 mod migration;
 pub(crate) mod qmp;

@@ -28,7 +28,7 @@ use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
 use halyard_sled_agent_api::{
     Accelerator, MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget, SimFault,
-    VmmRegisterBody, VmmStateRequested,
+    VmmDisk, VmmRegisterBody, VmmStateRequested,
 };
 use qapi::qmp;
 use slog::{Logger, error, info, warn};
@@ -77,6 +77,12 @@ pub(crate) struct QemuVmm {
     lose_next_finish_reply: bool,
     /// Where a migration target listens (the sled agent's own address).
     listen_ip: IpAddr,
+    /// The disks attached (boot disk first), to name a replica QEMU reports about.
+    disks: Vec<VmmDisk>,
+    /// Whether its vCPUs were paused through the API (QMP `stop`).
+    vcpus_paused: bool,
+    /// How many failed or outvoted requests QEMU reported per replica (block node).
+    bad_replica_reports: BTreeMap<String, u64>,
     stop_timeout: Duration,
     /// The process is meant to end (a stop, a migration out that completed, or the guest
     /// powering off): its exit means destroyed, not failed.
@@ -154,6 +160,9 @@ impl QemuBackend {
             target_gone: None,
             lose_next_finish_reply: false,
             listen_ip,
+            disks: params.disks.clone(),
+            bad_replica_reports: BTreeMap::new(),
+            vcpus_paused: false,
             stop_timeout: self.config.stop_timeout(),
             exit_expected: false,
             hard_stop_at: None,
@@ -219,6 +228,8 @@ impl QemuBackend {
             ))
             // Paused until the sled agent is connected and Nexus asks it to run.
             .arg("-S");
+        // The disks, boot disk first; a migration target attaches the same exports.
+        command.args(super::disks::command_line_args(&params.disks));
         command
     }
 }
@@ -336,17 +347,41 @@ impl QemuVmm {
                 }
                 let _ = reply.send(Ok(self.runtime.snapshot()));
             }
+            Command::Vcpus { paused, reply } => {
+                let _ = reply.send(self.put_vcpus(paused, qmp).await);
+            }
             Command::Kill => self.end_now("it was unregistered"),
         }
     }
 
-    async fn request(&mut self, requested: VmmStateRequested, qmp: &Arc<Qmp>) -> Result<(), Error> {
-        let situation = VmmSituation {
+    fn situation(&self) -> VmmSituation {
+        VmmSituation {
             id: self.id,
             state: self.runtime.current(),
             is_migration_target: self.migration_target.is_some(),
             migrating_out: self.migrating_out.is_some(),
-        };
+        }
+    }
+
+    /// QMP `stop` (which drains the guest's block requests and flushes its disks before it
+    /// answers) or `cont`.
+    async fn put_vcpus(&mut self, paused: bool, qmp: &Arc<Qmp>) -> Result<(), Error> {
+        if !crate::admission::admit_vcpus(self.situation(), self.vcpus_paused, paused)? {
+            return Ok(());
+        }
+        if paused {
+            qmp.call(qmp::stop {}, "pause the guest").await?;
+        } else {
+            qmp.call(qmp::cont {}, "resume the guest").await?;
+        }
+        self.vcpus_paused = paused;
+        info!(self.log, "vCPUs paused or resumed"; "paused" => paused);
+        Ok(())
+    }
+
+    async fn request(&mut self, requested: VmmStateRequested, qmp: &Arc<Qmp>) -> Result<(), Error> {
+        let situation = self.situation();
+        crate::admission::refuse_while_paused(situation, self.vcpus_paused, &requested)?;
         let earlier_target = match &requested {
             VmmStateRequested::MigrateOut { migration_id, .. } => {
                 self.migrations_out.get(migration_id).copied()
@@ -368,6 +403,12 @@ impl QemuVmm {
             }
             Admission::Stop { never_ran: false } => {
                 self.runtime.set_state(VmmState::Stopping);
+                // A paused guest could not hear the power button.
+                if std::mem::take(&mut self.vcpus_paused)
+                    && let Err(e) = qmp.call(qmp::cont {}, "resume the guest to stop it").await
+                {
+                    warn!(self.log, "resuming the paused guest to stop it"; "error" => %e);
+                }
                 self.exit_expected = true;
                 self.hard_stop_at = Some(Instant::now() + self.stop_timeout);
                 if let Err(e) = qmp.call(qmp::system_powerdown {}, "power off").await {
@@ -565,6 +606,31 @@ impl QemuVmm {
                 info!(self.log, "the guest rebooted"; "reason" => ?data.reason);
                 self.runtime.set_state(VmmState::Rebooting);
                 self.runtime.set_state(VmmState::Running);
+            }
+            // A replica failed a request or was outvoted on a read: the disk goes on on the
+            // others. Logged at the 1st, 2nd, 4th, 8th, ... report per replica (an unreachable
+            // replica fails every request).
+            qmp::Event::QUORUM_REPORT_BAD { data, .. } => {
+                let count = self
+                    .bad_replica_reports
+                    .entry(data.node_name.clone())
+                    .or_default();
+                *count += 1;
+                if count.is_power_of_two() {
+                    let replica = super::disks::replica_of_node(&self.disks, &data.node_name);
+                    warn!(self.log, "a disk replica failed a request or disagreed with the others";
+                        "disk_id" => ?replica.map(|(disk, _)| disk.disk_id),
+                        "replica" => ?replica.map(|(_, export)| export),
+                        "node" => %data.node_name, "op" => ?data.type_, "error" => ?data.error,
+                        "sector" => data.sector_num, "sectors" => data.sectors_count,
+                        "reports" => *count);
+                }
+            }
+            // Too few replicas agreed or answered: the guest saw an I/O error.
+            qmp::Event::QUORUM_FAILURE { data, .. } => {
+                error!(self.log, "a disk lost its quorum: the guest got an I/O error";
+                    "node" => %data.reference, "sector" => data.sector_num,
+                    "sectors" => data.sectors_count);
             }
             _ => {}
         }

@@ -7,24 +7,39 @@
 //! the sled agent; it is driven over QMP on `qsd.qmp` (`blockdev-add` + `block-export-add`
 //! to serve a region, `block-export-del` + `blockdev-del` to stop).
 //!
+//! A region made as a copy (`source`) is filled by `qemu-img convert` from the source export
+//! into `<id>.qcow2` before its shape file is written, so a copy cut short is not a region.
+//!
+//! A region snapshot `snapshots/<region>.<snapshot>.qcow2` (+ `.json`) is made inside the
+//! daemon by `blockdev-backup` with `sync: full` from the region's node: the job puts a
+//! copy-before-write filter over the region, so every write that arrives (from a VMM over NBD)
+//! after the job starts first saves the old data to the snapshot; the snapshot is the region as
+//! it was when the job started, even while writes go on. (qcow2 internal snapshots would be
+//! instant but live inside the region's file: they could not outlive it, and QEMU cannot serve
+//! one while the region's active layer is open.) The snapshot is then served read-only, as
+//! export `<region>.<snapshot>`.
+//!
 //! A supervisor task starts the daemon, serves every region in the table, and waits for the
 //! process; when it dies (a crash, a `kill -9`) the supervisor starts it again and serves
 //! every region again. The table's lock is held while the daemon's QMP connection is used, so
 //! a region is never created or deleted halfway through a restart.
 
+use super::Contents;
 use crate::qemu::qmp::Qmp;
 use halyard_common::Error;
-use halyard_common::ids::{GenericUuid, RegionUuid};
-use halyard_sled_agent_api::{NbdExport, RegionEnsureBody};
+use halyard_common::ids::{GenericUuid, RegionUuid, SnapshotUuid};
+use halyard_sled_agent_api::{NbdExport, RegionShape};
 use slog::{Logger, info, warn};
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-type RegionTable = Arc<tokio::sync::Mutex<BTreeMap<RegionUuid, RegionEnsureBody>>>;
+type RegionTable = Arc<tokio::sync::Mutex<Contents>>;
+
+/// The subdirectory of the region directory holding region snapshots.
+const SNAPSHOTS: &str = "snapshots";
 
 /// The daemon's pid file in the region directory (how a restarted sled agent finds the
 /// daemon an earlier run left).
@@ -85,10 +100,6 @@ impl StorageDaemon {
         Ok(daemon)
     }
 
-    pub(crate) fn directory(&self) -> PathBuf {
-        self.directory.clone()
-    }
-
     pub(crate) fn export_of(&self, id: RegionUuid) -> NbdExport {
         NbdExport {
             address: self.nbd,
@@ -104,26 +115,34 @@ impl StorageDaemon {
         }
     }
 
-    /// Creates region `id`'s file and serves it (the caller holds the table's lock). With the
-    /// daemon down, the file is made and the restart serves it.
+    pub(crate) fn snapshot_export_of(
+        &self,
+        region_id: RegionUuid,
+        snapshot_id: SnapshotUuid,
+    ) -> NbdExport {
+        NbdExport {
+            address: self.nbd,
+            name: snapshot_export_name(region_id, snapshot_id),
+        }
+    }
+
+    /// Creates region `id`'s file (a copy of `source` if given) and serves it (the caller
+    /// holds the table's lock). With the daemon down, the file is made and the restart serves
+    /// it.
     pub(crate) async fn create(
         &self,
         id: RegionUuid,
-        shape: RegionEnsureBody,
+        shape: RegionShape,
+        source: Option<&NbdExport>,
     ) -> Result<(), Error> {
         let data = self.directory.join(format!("{id}.qcow2"));
-        let output = tokio::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&data)
-            .arg(shape.size.to_bytes().to_string())
-            .output()
-            .await
-            .map_err(|e| Error::internal(format!("running qemu-img: {e}")))?;
-        if !output.status.success() {
-            return Err(Error::internal(format!(
-                "qemu-img could not create region {id}: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
+        let made = match source {
+            None => create_image(&data, shape).await,
+            Some(source) => copy_export(source, &data, shape).await,
+        };
+        if let Err(e) = made {
+            self.remove_files(id).await?;
+            return Err(e);
         }
         let shape_json = serde_json::to_vec(&shape).expect("a region shape serializes");
         tokio::fs::write(self.directory.join(format!("{id}.json")), shape_json)
@@ -136,6 +155,75 @@ impl StorageDaemon {
             let _ = unserve(qmp, id).await;
             self.remove_files(id).await?;
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Takes snapshot `snapshot_id` of region `region_id` (`blockdev-backup`, `sync: full`,
+    /// into a new qcow2 file) and serves it read-only (the caller holds the table's lock).
+    pub(crate) async fn snapshot(
+        &self,
+        region_id: RegionUuid,
+        snapshot_id: SnapshotUuid,
+        shape: RegionShape,
+    ) -> Result<(), Error> {
+        let qmp_guard = self.qmp.lock().await;
+        let Some(qmp) = &*qmp_guard else {
+            return Err(Error::unavailable(
+                "the storage daemon is restarting; take the snapshot again",
+            ));
+        };
+        let directory = self.directory.join(SNAPSHOTS);
+        tokio::fs::create_dir_all(&directory)
+            .await
+            .map_err(|e| Error::internal(format!("creating {}: {e}", directory.display())))?;
+        let data = directory.join(format!("{region_id}.{snapshot_id}.qcow2"));
+        let shape_file = directory.join(format!("{region_id}.{snapshot_id}.json"));
+        let taken = async {
+            create_image(&data, shape).await?;
+            backup(qmp, region_id, snapshot_id, &data).await?;
+            let shape_json = serde_json::to_vec(&shape).expect("a region shape serializes");
+            tokio::fs::write(&shape_file, shape_json)
+                .await
+                .map_err(|e| Error::internal(format!("recording a snapshot's shape: {e}")))?;
+            serve_snapshot(qmp, &self.directory, region_id, snapshot_id).await
+        }
+        .await;
+        if let Err(e) = taken {
+            let _ = unserve_node(qmp, &snapshot_node_name(region_id, snapshot_id)).await;
+            self.remove_snapshot_files(region_id, snapshot_id).await?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stops serving a region snapshot and deletes its files (the caller holds the lock).
+    pub(crate) async fn snapshot_delete(
+        &self,
+        region_id: RegionUuid,
+        snapshot_id: SnapshotUuid,
+    ) -> Result<(), Error> {
+        if let Some(qmp) = &*self.qmp.lock().await {
+            unserve_node(qmp, &snapshot_node_name(region_id, snapshot_id)).await?;
+        }
+        self.remove_snapshot_files(region_id, snapshot_id).await
+    }
+
+    async fn remove_snapshot_files(
+        &self,
+        region_id: RegionUuid,
+        snapshot_id: SnapshotUuid,
+    ) -> Result<(), Error> {
+        let directory = self.directory.join(SNAPSHOTS);
+        for file in [
+            format!("{region_id}.{snapshot_id}.json"),
+            format!("{region_id}.{snapshot_id}.qcow2"),
+        ] {
+            match tokio::fs::remove_file(directory.join(&file)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::internal(format!("removing {file}: {e}"))),
+            }
         }
         Ok(())
     }
@@ -219,14 +307,18 @@ impl StorageDaemon {
                 slog::debug!(log, "qemu-storage-daemon event"; "event" => ?event);
             }
         });
-        let regions = self.regions.lock().await;
-        for id in regions.keys() {
+        let contents = self.regions.lock().await;
+        for id in contents.regions.keys() {
             serve(&qmp, &self.directory, *id).await?;
+        }
+        for (region_id, snapshot_id) in contents.snapshots.keys() {
+            serve_snapshot(&qmp, &self.directory, *region_id, *snapshot_id).await?;
         }
         *self.qmp.lock().await = Some(qmp);
         self.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
         info!(self.log, "qemu-storage-daemon serving"; "nbd" => %self.nbd,
-            "regions" => regions.len(), "pid" => child.id());
+            "regions" => contents.regions.len(), "snapshots" => contents.snapshots.len(),
+            "pid" => child.id());
         Ok(child)
     }
 
@@ -291,10 +383,123 @@ async fn serve(qmp: &Qmp, directory: &Path, id: RegionUuid) -> Result<(), Error>
     Ok(())
 }
 
+/// Region snapshot `snapshot_id` of `region_id`'s block node name and export id: an `s`,
+/// then 15 hex digits of each id.
+fn snapshot_node_name(region_id: RegionUuid, snapshot_id: SnapshotUuid) -> String {
+    let region = region_id.into_untyped_uuid().simple().to_string();
+    let snapshot = snapshot_id.into_untyped_uuid().simple().to_string();
+    format!("s{}{}", &region[..15], &snapshot[..15])
+}
+
+/// A region snapshot's NBD export name.
+fn snapshot_export_name(region_id: RegionUuid, snapshot_id: SnapshotUuid) -> String {
+    format!("{region_id}.{snapshot_id}")
+}
+
+/// Serves a region snapshot's file read-only over NBD.
+async fn serve_snapshot(
+    qmp: &Qmp,
+    directory: &Path,
+    region_id: RegionUuid,
+    snapshot_id: SnapshotUuid,
+) -> Result<(), Error> {
+    let node = snapshot_node_name(region_id, snapshot_id);
+    let file = directory
+        .join(SNAPSHOTS)
+        .join(format!("{region_id}.{snapshot_id}.qcow2"));
+    qmp.call(
+        BlockdevAdd(serde_json::json!({
+            "driver": "qcow2",
+            "node-name": node,
+            "read-only": true,
+            "file": { "driver": "file", "filename": file, "read-only": true },
+        })),
+        "open a region snapshot's file",
+    )
+    .await?;
+    qmp.call(
+        BlockExportAdd(serde_json::json!({
+            "type": "nbd",
+            "id": node,
+            "node-name": node,
+            "name": snapshot_export_name(region_id, snapshot_id),
+            "writable": false,
+        })),
+        "serve a region snapshot over NBD",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Copies region `region_id` as it is now into the (new, empty) qcow2 file `data`: opens
+/// `data` as a node, runs `blockdev-backup` (`sync: full`) from the region's node into it and
+/// waits for the job to end, then closes `data` again.
+async fn backup(
+    qmp: &Qmp,
+    region_id: RegionUuid,
+    snapshot_id: SnapshotUuid,
+    data: &Path,
+) -> Result<(), Error> {
+    let target = format!("t{}", &snapshot_node_name(region_id, snapshot_id)[1..]);
+    qmp.call(
+        BlockdevAdd(serde_json::json!({
+            "driver": "qcow2",
+            "node-name": target,
+            "file": { "driver": "file", "filename": data },
+        })),
+        "open a new snapshot's file",
+    )
+    .await?;
+    let job = format!("j{}", &target[1..]);
+    let copied = async {
+        qmp.call(
+            BlockdevBackup(serde_json::json!({
+                "job-id": job,
+                "device": node_name(region_id),
+                "target": target,
+                "sync": "full",
+                "auto-dismiss": false,
+            })),
+            "copy a region into a snapshot",
+        )
+        .await?;
+        // The point in time is fixed once the job has started; wait for the copy to end.
+        loop {
+            let jobs = qmp
+                .call(qapi::qmp::query_jobs {}, "follow a snapshot's copy")
+                .await?;
+            let Some(info) = jobs.into_iter().find(|j| j.id == job) else {
+                return Err(Error::internal(format!("snapshot copy job {job} vanished")));
+            };
+            if info.status == qapi::qmp::JobStatus::concluded {
+                let _ = qmp
+                    .call(
+                        qapi::qmp::job_dismiss { id: job.clone() },
+                        "dismiss a copy job",
+                    )
+                    .await;
+                return match info.error {
+                    None => Ok(()),
+                    Some(e) => Err(Error::internal(format!("copying region {region_id}: {e}"))),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    .await;
+    unserve_node(qmp, &target).await?;
+    copied
+}
+
 /// Stops serving region `id`: its export (its clients are cut off), then its node.
 async fn unserve(qmp: &Qmp, id: RegionUuid) -> Result<(), Error> {
+    unserve_node(qmp, &node_name(id)).await
+}
+
+/// Removes the export named after a node (if any), then the node.
+async fn unserve_node(qmp: &Qmp, node: &str) -> Result<(), Error> {
     let export = qapi::qmp::block_export_del {
-        id: node_name(id),
+        id: node.to_string(),
         mode: Some(qapi::qmp::BlockExportRemoveMode::hard),
     };
     if let Err(e) = qmp.call(export, "stop serving a region").await
@@ -306,7 +511,7 @@ async fn unserve(qmp: &Qmp, id: RegionUuid) -> Result<(), Error> {
     let mut last = None;
     for _ in 0..50 {
         let del = qapi::qmp::blockdev_del {
-            node_name: node_name(id),
+            node_name: node.to_string(),
         };
         match qmp.call(del, "close a region's file").await {
             Ok(_) => return Ok(()),
@@ -338,38 +543,113 @@ macro_rules! json_qmp_command {
 
 json_qmp_command!(BlockdevAdd, "blockdev-add");
 json_qmp_command!(BlockExportAdd, "block-export-add");
+json_qmp_command!(BlockdevBackup, "blockdev-backup");
 
-/// The regions whose files are in `directory` (created if missing): those with a shape file.
-pub(crate) async fn regions_in(
-    directory: &Path,
-) -> anyhow::Result<BTreeMap<RegionUuid, RegionEnsureBody>> {
-    tokio::fs::create_dir_all(directory)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", directory.display()))?;
-    let mut regions = BTreeMap::new();
-    let mut entries = tokio::fs::read_dir(directory).await?;
-    while let Some(entry) = entries.next_entry().await? {
-        let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".json"))
-            .and_then(|n| n.parse::<RegionUuid>().ok())
-        else {
-            continue;
-        };
-        if let Some(shape) = region_shape(directory, id).await {
-            regions.insert(id, shape);
-        }
-    }
-    Ok(regions)
+/// Creates an empty qcow2 file of the shape's size.
+async fn create_image(data: &Path, shape: RegionShape) -> Result<(), Error> {
+    run_qemu_img(
+        tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(data)
+            .arg(shape.size.to_bytes().to_string()),
+        "create a region's file",
+    )
+    .await
+    .map(|_| ())
 }
 
-/// Region `id`'s shape, from its shape file.
-pub(crate) async fn region_shape(directory: &Path, id: RegionUuid) -> Option<RegionEnsureBody> {
-    let text = tokio::fs::read(directory.join(format!("{id}.json")))
+/// The `nbd://` URL QEMU opens an NBD export with (`SocketAddr` puts an IPv6 address in
+/// brackets, as URLs want).
+fn nbd_url(export: &NbdExport) -> String {
+    format!("nbd://{}/{}", export.address, export.name)
+}
+
+/// Makes the qcow2 file `data` a copy of NBD export `source`, which must be the shape's size.
+async fn copy_export(source: &NbdExport, data: &Path, shape: RegionShape) -> Result<(), Error> {
+    let source_name = nbd_url(source);
+    let info = run_qemu_img(
+        tokio::process::Command::new("qemu-img")
+            .args(["info", "--output=json", "-f", "raw"])
+            .arg(&source_name),
+        "read the size of the copy's source",
+    )
+    .await?;
+    let size = serde_json::from_slice::<serde_json::Value>(&info)
+        .ok()
+        .and_then(|info| info["virtual-size"].as_u64())
+        .ok_or_else(|| Error::internal("qemu-img info gave no size for the source"))?;
+    if size != shape.size.to_bytes() {
+        return Err(Error::invalid_request(format!(
+            "the source nbd://{}/{} holds {size} bytes, not the region's {}",
+            source.address, source.name, shape.size
+        )));
+    }
+    run_qemu_img(
+        tokio::process::Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(&source_name)
+            .arg(data),
+        "copy a region from its source",
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Runs qemu-img; its standard output, or its error as ours.
+async fn run_qemu_img(command: &mut tokio::process::Command, what: &str) -> Result<Vec<u8>, Error> {
+    let output = command
+        .output()
         .await
-        .ok()?;
-    serde_json::from_slice(&text).ok()
+        .map_err(|e| Error::internal(format!("running qemu-img: {e}")))?;
+    if !output.status.success() {
+        return Err(Error::unavailable(format!(
+            "qemu-img could not {what}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(output.stdout)
+}
+
+/// The regions and region snapshots whose files are in `directory` (created if missing):
+/// those with a shape file.
+pub(crate) async fn contents_of(directory: &Path) -> anyhow::Result<Contents> {
+    tokio::fs::create_dir_all(directory.join(SNAPSHOTS))
+        .await
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", directory.display()))?;
+    let mut contents = Contents::default();
+    for (name, shape) in shape_files(directory).await? {
+        if let Ok(id) = name.parse::<RegionUuid>() {
+            contents.regions.insert(id, shape);
+        }
+    }
+    for (name, shape) in shape_files(&directory.join(SNAPSHOTS)).await? {
+        let Some((region, snapshot)) = name.split_once('.') else {
+            continue;
+        };
+        if let (Ok(region), Ok(snapshot)) = (region.parse(), snapshot.parse()) {
+            contents.snapshots.insert((region, snapshot), shape);
+        }
+    }
+    Ok(contents)
+}
+
+/// The `<name>.json` shape files in `directory`, by name.
+async fn shape_files(directory: &Path) -> anyhow::Result<Vec<(String, RegionShape)>> {
+    let mut found = Vec::new();
+    let mut entries = tokio::fs::read_dir(directory).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        let Ok(text) = tokio::fs::read(entry.path()).await else {
+            continue;
+        };
+        if let Ok(shape) = serde_json::from_slice(&text) {
+            found.push((name.to_string(), shape));
+        }
+    }
+    Ok(found)
 }
 
 /// The NBD port kept in `directory/nbd-port`, or a free one chosen now and kept there.

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod console;
+mod disks;
 mod lifecycle;
 mod migration;
 mod mtls;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 
 /// TCG boots the guest in about 3 s when the machine is idle; leave room for a busy one.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds the guest image once per test process (a no-op when it is cached).
 pub async fn guest_image() -> PathBuf {
@@ -83,7 +83,7 @@ async fn qemu_sled(nexus: &Arc<RecordingNexus>, state_dir: &Path) -> QemuSled {
     }
 }
 
-fn guest(hostname: &str) -> VmmRegisterBody {
+pub fn guest(hostname: &str) -> VmmRegisterBody {
     VmmRegisterBody {
         instance_id: InstanceUuid::new_v4(),
         ncpus: 1,
@@ -94,7 +94,7 @@ fn guest(hostname: &str) -> VmmRegisterBody {
     }
 }
 
-async fn put(client: &Client, id: VmmUuid, state: VmmStateRequested) {
+pub async fn put(client: &Client, id: VmmUuid, state: VmmStateRequested) {
     client
         .vmm_put_state(&id, &VmmPutStateBody { state })
         .await
@@ -132,7 +132,7 @@ pub async fn wait_for_console(
 }
 
 /// The VMM's QEMU pid, from the pid file QEMU writes once it is up.
-async fn pid_of(config: &Config, id: VmmUuid) -> i32 {
+pub async fn pid_of(config: &Config, id: VmmUuid) -> i32 {
     let file = vmm_dir(config, id).join("qemu.pid");
     let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
     loop {
@@ -483,7 +483,7 @@ async fn a_migration_whose_target_qemu_dies_leaves_the_guest_on_the_source() {
 
 /// Registers a migration target for `source_id` on `target` and asks the source to migrate
 /// out to it; returns the target VMM's id.
-async fn start_migration(
+pub async fn start_migration(
     source: &QemuSled,
     source_id: VmmUuid,
     target: &QemuSled,

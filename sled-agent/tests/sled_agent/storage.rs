@@ -1,26 +1,31 @@
 //! Regions: simulated ones on a sim sled, and real ones (qcow2 files served over NBD by a
 //! `qemu-storage-daemon` the sled agent supervises) on a QEMU sled: data written through the
-//! export survives the daemon's death (`kill -9`) and a restart of the sled agent.
+//! export survives the daemon's death (`kill -9`) and a restart of the sled agent. Regions
+//! made as copies of another sled's export, and region snapshots: point-in-time, read-only,
+//! served like regions, counted in the sled's storage, and kept through restarts.
 
 use crate::qemu::{qemu_config, state_dir};
 use crate::recording_nexus::RecordingNexus;
 use crate::{Role, log, sled_client, sled_config};
-use halyard_common::ids::RegionUuid;
+use halyard_common::ids::{RegionUuid, SnapshotUuid, VmmUuid};
 use halyard_common::{BlockSize, ByteCount};
 use halyard_sled_agent::{Config, Server, SimConfig, StorageConfig};
-use halyard_sled_agent_api::{RegionEnsureBody, RegionSummary};
+use halyard_sled_agent_api::{
+    NbdExport, RegionEnsureBody, RegionSnapshotSummary, RegionSummary, VmmStateRequested, VmmVcpus,
+};
 use halyard_sled_agent_client::Client;
 use std::path::Path;
 use std::time::Duration;
 
-fn shape(mib: u32) -> RegionEnsureBody {
+pub fn shape(mib: u32) -> RegionEnsureBody {
     RegionEnsureBody {
         size: ByteCount::from_mebibytes_u32(mib),
         block_size: BlockSize::try_from(512u32).unwrap(),
+        source: None,
     }
 }
 
-fn with_storage(mut config: Config, mib: u32) -> Config {
+pub fn with_storage(mut config: Config, mib: u32) -> Config {
     config.storage = StorageConfig {
         capacity: ByteCount::from_mebibytes_u32(mib),
         ..Default::default()
@@ -88,14 +93,241 @@ async fn a_sim_sled_keeps_regions_within_its_storage() {
     sled.close().await.unwrap();
 }
 
+/// A raw request as Nexus (so malformed paths and bodies can be sent); its status.
+async fn raw_status(sled: &Server, method: reqwest::Method, path: &str, body: &str) -> u16 {
+    crate::http_as(Role::Nexus, halyard_tls::SLED_AGENT_NAME)
+        .request(method, format!("https://{}{path}", sled.local_addr()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn copy_of(mib: u32, source: &NbdExport) -> RegionEnsureBody {
+    RegionEnsureBody {
+        source: Some(source.clone()),
+        ..shape(mib)
+    }
+}
+
+#[tokio::test]
+async fn a_sim_sled_copies_and_snapshots_regions_and_pauses_vmms() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let config = with_storage(sled_config(nexus.address(), crate::visible_delays()), 100);
+    let sled = Server::start(&config, &log()).await.unwrap();
+    nexus.watch_sled(sled.local_addr());
+    let client = sled_client(sled.local_addr(), Role::Nexus);
+
+    // A region made as a copy: simulated, so nothing is copied, but the shape is kept and
+    // a repeat answers the same region whatever its source says.
+    let source = NbdExport {
+        address: "127.0.0.1:10809".parse().unwrap(),
+        name: RegionUuid::new_v4().to_string(),
+    };
+    let copy = RegionUuid::new_v4();
+    let made = client
+        .region_ensure(&copy, &copy_of(20, &source))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(made.size, ByteCount::from_mebibytes_u32(20));
+    assert_eq!(ensure(&client, copy, 20).await, made);
+
+    // Snapshots: idempotent, listed, counted in the sled's storage.
+    let region = RegionUuid::new_v4();
+    ensure(&client, region, 30).await;
+    let first = SnapshotUuid::new_v4();
+    let taken = client
+        .region_snapshot_ensure(&region, &first)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        taken,
+        RegionSnapshotSummary {
+            region_id: region,
+            snapshot_id: first,
+            size: ByteCount::from_mebibytes_u32(30),
+            block_size: shape(30).block_size,
+            export: None,
+        }
+    );
+    let again = client
+        .region_snapshot_ensure(&region, &first)
+        .await
+        .unwrap();
+    assert_eq!(again.into_inner(), taken);
+    assert_eq!(
+        client.region_snapshot_list().await.unwrap().into_inner(),
+        vec![taken.clone()]
+    );
+    let reserved = |client: Client| async move {
+        let inventory = client.inventory().await.unwrap().into_inner();
+        inventory.reserved_storage.to_bytes() / (1 << 20)
+    };
+    assert_eq!(reserved(client.clone()).await, 20 + 30 + 30);
+    // 20 MiB left: another snapshot of the 30 MiB region does not fit.
+    let second = SnapshotUuid::new_v4();
+    let status = refused(client.region_snapshot_ensure(&region, &second)).await;
+    assert_eq!(status, 507);
+    // An unknown region has no snapshot to take.
+    let unknown = RegionUuid::new_v4();
+    assert_eq!(
+        refused(client.region_snapshot_ensure(&unknown, &second)).await,
+        404
+    );
+    // Only Nexus takes snapshots; an operator may list them.
+    let operator = sled_client(sled.local_addr(), Role::Operator);
+    assert_eq!(
+        refused(operator.region_snapshot_ensure(&region, &second)).await,
+        403
+    );
+    assert_eq!(
+        operator.region_snapshot_list().await.unwrap().into_inner(),
+        vec![taken.clone()]
+    );
+
+    // Bad input: 400, and nothing made.
+    let block = shape(1).block_size.to_bytes();
+    for body in [
+        serde_json::json!({ "size": 0, "block_size": block }),
+        serde_json::json!({ "size": 1000, "block_size": block }),
+        serde_json::json!({ "size": 1 << 20, "block_size": 1000 }),
+        serde_json::json!({ "size": 1 << 20, "block_size": block, "source": "nbd://x/y" }),
+        serde_json::json!({ "size": 1 << 20, "block_size": block,
+            "source": { "address": "not an address", "name": "r" } }),
+    ] {
+        let path = format!("/regions/{}", RegionUuid::new_v4());
+        let status = raw_status(&sled, reqwest::Method::PUT, &path, &body.to_string()).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    for path in [
+        format!("/regions/{region}/snapshots/not-a-uuid"),
+        format!("/regions/not-a-uuid/snapshots/{first}"),
+    ] {
+        assert_eq!(
+            raw_status(&sled, reqwest::Method::PUT, &path, "").await,
+            400,
+            "{path}"
+        );
+    }
+    assert_eq!(client.region_list().await.unwrap().into_inner().len(), 2);
+    assert_eq!(
+        client
+            .region_snapshot_list()
+            .await
+            .unwrap()
+            .into_inner()
+            .len(),
+        1
+    );
+
+    // A snapshot outlives its region; deleting it is idempotent and frees its storage.
+    client.region_delete(&region).await.unwrap();
+    assert_eq!(
+        client.region_snapshot_list().await.unwrap().into_inner(),
+        vec![taken]
+    );
+    assert_eq!(reserved(client.clone()).await, 20 + 30);
+    client
+        .region_snapshot_delete(&region, &first)
+        .await
+        .unwrap();
+    client
+        .region_snapshot_delete(&region, &first)
+        .await
+        .unwrap();
+    assert!(
+        client
+            .region_snapshot_list()
+            .await
+            .unwrap()
+            .into_inner()
+            .is_empty()
+    );
+    assert_eq!(reserved(client.clone()).await, 20);
+
+    // Pausing a VMM's vCPUs: only a running one, idempotent, its state stays running, and
+    // while paused it cannot reboot; it can still stop.
+    let vmm = VmmUuid::new_v4();
+    client
+        .vmm_register(&vmm, &crate::register_body())
+        .await
+        .unwrap();
+    let pause = VmmVcpus { paused: true };
+    let resume = VmmVcpus { paused: false };
+    assert_eq!(refused(client.vmm_put_vcpus(&vmm, &pause)).await, 409);
+    let run = halyard_sled_agent_api::VmmPutStateBody {
+        state: VmmStateRequested::Run,
+    };
+    client.vmm_put_state(&vmm, &run).await.unwrap();
+    crate::wait_for_state(&client, vmm, halyard_common::VmmState::Running).await;
+    for _ in 0..2 {
+        let answer = client.vmm_put_vcpus(&vmm, &pause).await.unwrap();
+        assert_eq!(answer.into_inner(), pause);
+    }
+    let listed = client.vmm_list().await.unwrap().into_inner();
+    assert!(listed[0].vcpus_paused);
+    assert_eq!(
+        listed[0].state.vmm_state.state,
+        halyard_common::VmmState::Running
+    );
+    let reboot = halyard_sled_agent_api::VmmPutStateBody {
+        state: VmmStateRequested::Reboot,
+    };
+    assert_eq!(refused(client.vmm_put_state(&vmm, &reboot)).await, 409);
+    assert_eq!(
+        refused(operator.vmm_put_vcpus(&vmm, &resume)).await,
+        403,
+        "only Nexus pauses and resumes"
+    );
+    let path = format!("/vmms/{vmm}/vcpus");
+    assert_eq!(
+        raw_status(&sled, reqwest::Method::PUT, &path, r#"{"paused":"yes"}"#).await,
+        400
+    );
+    for _ in 0..2 {
+        client.vmm_put_vcpus(&vmm, &resume).await.unwrap();
+    }
+    assert!(!client.vmm_list().await.unwrap().into_inner()[0].vcpus_paused);
+    client.vmm_put_state(&vmm, &reboot).await.unwrap();
+    crate::wait_for_state(&client, vmm, halyard_common::VmmState::Running).await;
+    // Paused, then stopped: the stop goes through.
+    client.vmm_put_vcpus(&vmm, &pause).await.unwrap();
+    let stop = halyard_sled_agent_api::VmmPutStateBody {
+        state: VmmStateRequested::Stop,
+    };
+    client.vmm_put_state(&vmm, &stop).await.unwrap();
+    crate::wait_for_state(&client, vmm, halyard_common::VmmState::Destroyed).await;
+    sled.close().await.unwrap();
+}
+
 /// Runs `qemu-io` on an NBD export; its output, or the error.
-async fn qemu_io(export: &RegionSummary, command: &str) -> Result<String, String> {
-    let export = export
-        .export
-        .as_ref()
-        .expect("a QEMU sled's region is served");
+pub async fn qemu_io(export: &RegionSummary, command: &str) -> Result<String, String> {
+    qemu_io_on(
+        export
+            .export
+            .as_ref()
+            .expect("a QEMU sled's region is served"),
+        command,
+    )
+    .await
+}
+
+/// Runs `qemu-io` on an NBD export (opened read-only for a read, so a read-only export can be
+/// read); its output, or the error.
+pub async fn qemu_io_on(export: &NbdExport, command: &str) -> Result<String, String> {
     let url = format!("nbd://{}/{}", export.address, export.name);
+    let read_only: &[&str] = if command.starts_with("read ") {
+        &["-r"]
+    } else {
+        &[]
+    };
     let output = tokio::process::Command::new("qemu-io")
+        .args(read_only)
         .args(["-f", "raw", &url, "-c", command])
         .output()
         .await
@@ -110,7 +342,7 @@ async fn qemu_io(export: &RegionSummary, command: &str) -> Result<String, String
     }
 }
 
-async fn wait_for_restart(sled: &Server, restarts: u64) {
+pub async fn wait_for_restart(sled: &Server, restarts: u64) {
     for _ in 0..1000 {
         if sled.agent().storage_daemon_restarts() > restarts
             && sled.agent().storage_daemon_pid().is_some()
@@ -238,5 +470,198 @@ async fn a_storage_daemon_an_earlier_sled_agent_left_is_ended_at_start() {
     qemu_io(&region, "write -P 0x11 0 64k").await.unwrap();
     qemu_io(&region, "read -P 0x11 0 64k").await.unwrap();
     sled.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fails the test unless the two exports hold the same bytes.
+pub async fn compare_exports(a: &NbdExport, b: &NbdExport) {
+    let url = |e: &NbdExport| format!("nbd://{}/{}", e.address, e.name);
+    let output = tokio::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw", &url(a), &url(b)])
+        .output()
+        .await
+        .expect("qemu-img runs");
+    assert!(
+        output.status.success(),
+        "{} and {} differ: {}{}",
+        url(a),
+        url(b),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn snapshot_files(regions_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(regions_dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_qemu_sled_copies_regions_from_nbd_and_keeps_point_in_time_snapshots() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let mut sleds = Vec::new();
+    for name in ["one", "two"] {
+        let mut config = with_storage(qemu_config(nexus.address(), &dir).await, 256);
+        config.storage.directory = Some(dir.join(name));
+        let sled = Server::start(&config, &log()).await.unwrap();
+        let client = sled_client(sled.local_addr(), Role::Nexus);
+        sleds.push((sled, client, config));
+    }
+    let (one, two) = (&sleds[0].1, &sleds[1].1);
+
+    // A replica with data at both ends, copied over NBD to a region on the other sled.
+    let original_id = RegionUuid::new_v4();
+    let original = ensure(one, original_id, 16).await;
+    let original_export = original.export.clone().unwrap();
+    qemu_io(&original, "write -P 0xa5 0 1M").await.unwrap();
+    qemu_io(&original, "write -P 0x3c 15M 1M").await.unwrap();
+    let copy_id = RegionUuid::new_v4();
+    let copy = two
+        .region_ensure(&copy_id, &copy_of(16, &original_export))
+        .await
+        .unwrap()
+        .into_inner();
+    compare_exports(&original_export, copy.export.as_ref().unwrap()).await;
+    qemu_io(&copy, "read -P 0x3c 15M 1M").await.unwrap();
+    // The copy is a region of its own: a write to it leaves the original as it was.
+    qemu_io(&copy, "write -P 0x77 0 4k").await.unwrap();
+    qemu_io(&original, "read -P 0xa5 0 4k").await.unwrap();
+    // Ensuring it again answers at once, without copying again.
+    let again = two
+        .region_ensure(&copy_id, &copy_of(16, &original_export))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, copy);
+    qemu_io(&copy, "read -P 0x77 0 4k").await.unwrap();
+
+    // A source of another size, or one that does not answer: refused, nothing left behind,
+    // and a retry with a good source makes the region.
+    let failed_id = RegionUuid::new_v4();
+    assert_eq!(
+        refused(two.region_ensure(&failed_id, &copy_of(8, &original_export))).await,
+        400
+    );
+    let nobody = NbdExport {
+        address: std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap(),
+        name: "nothing".into(),
+    };
+    assert_eq!(
+        refused(two.region_ensure(&failed_id, &copy_of(16, &nobody))).await,
+        503
+    );
+    let two_dir = dir.join("two");
+    assert_eq!(region_files(&two_dir), vec![format!("{copy_id}.qcow2")]);
+    assert_eq!(
+        two.region_list().await.unwrap().into_inner(),
+        vec![copy.clone()]
+    );
+    let retried = two
+        .region_ensure(&failed_id, &copy_of(16, &original_export))
+        .await
+        .unwrap()
+        .into_inner();
+    qemu_io(&retried, "read -P 0xa5 0 1M").await.unwrap();
+    two.region_delete(&failed_id).await.unwrap();
+
+    // A snapshot is the region as it was: later writes to the region do not reach it, and it
+    // cannot be written.
+    let snapshot_id = SnapshotUuid::new_v4();
+    let snapshot = one
+        .region_snapshot_ensure(&original_id, &snapshot_id)
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot_export = snapshot.export.clone().expect("a QEMU sled serves it");
+    assert_ne!(snapshot_export.name, original_export.name);
+    qemu_io(&original, "write -P 0x5a 0 1M").await.unwrap();
+    qemu_io_on(&snapshot_export, "read -P 0xa5 0 1M")
+        .await
+        .unwrap();
+    qemu_io_on(&snapshot_export, "read -P 0x3c 15M 1M")
+        .await
+        .unwrap();
+    assert!(
+        qemu_io_on(&snapshot_export, "read -P 0xa5 0 1M")
+            .await
+            .is_ok()
+            && qemu_io(&original, "read -P 0xa5 0 1M").await.is_err(),
+        "the region moved on, the snapshot did not"
+    );
+    assert!(
+        qemu_io_on(&snapshot_export, "write -P 0x11 0 4k")
+            .await
+            .is_err(),
+        "a snapshot is read-only"
+    );
+    let inventory = one.inventory().await.unwrap().into_inner();
+    assert_eq!(inventory.reserved_storage.to_bytes(), 32 << 20);
+    assert_eq!(
+        one.region_snapshot_ensure(&original_id, &snapshot_id)
+            .await
+            .unwrap()
+            .into_inner(),
+        snapshot
+    );
+
+    // A disk made from the snapshot: a region copied from its export.
+    let from_snapshot = two
+        .region_ensure(&RegionUuid::new_v4(), &copy_of(16, &snapshot_export))
+        .await
+        .unwrap()
+        .into_inner();
+    compare_exports(&snapshot_export, from_snapshot.export.as_ref().unwrap()).await;
+
+    // kill -9 the daemon: the restarted one serves the snapshot again, read-only.
+    let (sled, _, config) = &sleds[0];
+    let pid = sled.agent().storage_daemon_pid().unwrap();
+    let restarts = sled.agent().storage_daemon_restarts();
+    // SAFETY: kill(2) of the daemon's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    wait_for_restart(sled, restarts).await;
+    qemu_io_on(&snapshot_export, "read -P 0xa5 0 1M")
+        .await
+        .unwrap();
+    assert!(qemu_io_on(&snapshot_export, "write 0 4k").await.is_err());
+    qemu_io(&original, "read -P 0x5a 0 1M").await.unwrap();
+
+    // A new sled agent on the same directory lists and serves it too.
+    let config = config.clone();
+    let (sled, _, _) = sleds.remove(0);
+    sled.close().await.unwrap();
+    let sled = Server::start(&config, &log()).await.unwrap();
+    let one = sled_client(sled.local_addr(), Role::Nexus);
+    assert_eq!(
+        one.region_snapshot_list().await.unwrap().into_inner(),
+        vec![snapshot.clone()]
+    );
+    qemu_io_on(&snapshot_export, "read -P 0x3c 15M 1M")
+        .await
+        .unwrap();
+
+    // The snapshot outlives its region; deleted, it is served no more and its files are gone.
+    one.region_delete(&original_id).await.unwrap();
+    qemu_io_on(&snapshot_export, "read -P 0xa5 0 1M")
+        .await
+        .unwrap();
+    one.region_snapshot_delete(&original_id, &snapshot_id)
+        .await
+        .unwrap();
+    assert!(qemu_io_on(&snapshot_export, "read 0 4k").await.is_err());
+    assert!(snapshot_files(&dir.join("one")).is_empty());
+    let inventory = one.inventory().await.unwrap().into_inner();
+    assert_eq!(inventory.reserved_storage.to_bytes(), 0);
+    sled.close().await.unwrap();
+    for (sled, _, _) in sleds {
+        sled.close().await.unwrap();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
