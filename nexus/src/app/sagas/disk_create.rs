@@ -193,6 +193,8 @@ pub(crate) async fn ensure_region(nexus: &Nexus, region: &PlacedRegion) -> Resul
             &RegionEnsureBody {
                 size: region.size,
                 block_size: region.block_size,
+                // A blank disk's regions start empty.
+                source: None,
             },
         )
         .await
