@@ -526,7 +526,7 @@ async fn a_create_whose_disk_is_taken_creates_nothing_and_attaches_nothing() {
 
 /// Rounds of conflicting requests on one disk and two instances at once: two attaches of the
 /// disk (to each instance) with a start of the first; then a detach racing the delete of the
-/// instance that has it. Exactly one attach wins; a start that wins after the attach runs a
+/// instance that has it; then an attach racing the disk's delete. Exactly one attach wins; a start that wins after the attach runs a
 /// VMM with the disk, one that wins before it leaves the disk detached (or attached to the
 /// other instance); a delete leaves the disk detached; nothing is left between states.
 #[tokio::test]
@@ -534,6 +534,7 @@ async fn racing_attach_detach_delete_and_start_on_one_disk_and_instance() {
     let ctx = context_with_storage().await;
     let project = ctx.project("p").await;
     let mut seen = BTreeSet::new();
+    let mut deletes = BTreeSet::new();
     for round in 0..6 {
         let first = ctx.instance(&project, &format!("first-{round}"), 1).await;
         let second = ctx.instance(&project, &format!("second-{round}"), 1).await;
@@ -582,9 +583,28 @@ async fn racing_attach_detach_delete_and_start_on_one_disk_and_instance() {
             disk_row(&ctx, disk).await,
             (DiskState::Detached, None, None)
         );
+
+        // An attach racing the disk's delete: exactly one wins.
+        let survivor = if owner == first { second } else { first };
+        let (attached, disk_deleted) = tokio::join!(
+            attach(&ctx, survivor, by_id(disk)),
+            api.disk_delete().disk(by_id(disk)).send(),
+        );
+        assert!(
+            attached.is_ok() != disk_deleted.is_ok(),
+            "round {round}: {attached:?} {disk_deleted:?}"
+        );
+        let live = ctx.nexus().datastore().disk_fetch(disk).await;
+        if attached.is_ok() {
+            assert_eq!(live.unwrap().attached_to(), Some(survivor));
+        } else {
+            assert!(live.is_err(), "the deleted disk is still live");
+        }
+        deletes.insert((attached.is_ok(), disk_deleted.is_ok()));
         assert_attachments_consistent(&ctx).await;
     }
     eprintln!("(attach to first won, start won) outcomes seen: {seen:?}");
+    eprintln!("(attach won, disk delete won) outcomes seen: {deletes:?}");
 }
 
 fn new_disk(disk_name: &str) -> types::InstanceDiskAttachment {

@@ -533,3 +533,83 @@ async fn instance_create_with_disks_unwinds_from_every_node_and_tolerates_repeat
     .await;
     ctx.assert_quiet_and_consistent().await;
 }
+
+#[tokio::test]
+async fn instance_create_making_a_disk_unwinds_from_every_node_and_tolerates_repeats() {
+    let ctx = crate::instance_disks::context_with_storage().await;
+    let project = ctx.project("p").await;
+    let project_id = ctx
+        .nexus()
+        .datastore()
+        .project_fetch(&project)
+        .await
+        .unwrap()
+        .id();
+    let making_one = async |ctx: &TestContext| {
+        let mut params = create_params(project_id);
+        let block_size = halyard_common::BlockSize::try_from(512u32).unwrap();
+        let disk_id = DiskUuid::new_v4();
+        params.disks_to_create.push(disk_create::Params {
+            disk_id,
+            project_id,
+            create: DiskCreate {
+                name: format!("new-{}", &disk_id.to_string()[..8])
+                    .parse()
+                    .unwrap(),
+                description: String::new(),
+                disk_backend: DiskBackend::Distributed(DiskSource::Blank { block_size }),
+                size: ByteCount::from_mebibytes_u32(1),
+            },
+            block_size,
+            created_by_instance_id: Some(params.instance_id),
+        });
+        params.disk_ids.push(disk_id);
+        let name = format!("old-{}", &DiskUuid::new_v4().to_string()[..8]);
+        let existing = crate::instance_disks::detached_disk(ctx, &project, &name).await;
+        params.disk_ids.push(existing);
+        params
+    };
+    // Every node, the subsaga's too: the made disk is gone with its regions (the invariant
+    // checker, run by the helper, compares the sled agents' regions with the database), the
+    // existing one detached.
+    let covered = inject_error_at_every_node::<instance_create::SagaInstanceCreate>(
+        &ctx,
+        making_one,
+        async |ctx, params| {
+            let made = params.disk_ids[0];
+            let live = ctx.sql(&format!(
+                "SELECT count(*) FROM disk WHERE id = '{made}' AND time_deleted IS NULL"
+            ));
+            let regions = ctx.sql(&format!(
+                "SELECT count(*) FROM region WHERE disk_id = '{made}'"
+            ));
+            assert_eq!((live.trim(), regions.trim()), ("0", "0"));
+            assert_eq!(
+                disk_state(ctx, params.disk_ids[1]).await,
+                (DiskState::Detached, None)
+            );
+        },
+    )
+    .await;
+    assert!(
+        covered > 3,
+        "the subsaga's nodes are covered too ({covered})"
+    );
+    repeat_every_node::<instance_create::SagaInstanceCreate>(
+        &ctx,
+        making_one,
+        async |ctx, params| {
+            let attached = ctx
+                .nexus()
+                .datastore()
+                .instance_attached_disks(params.instance_id)
+                .await
+                .unwrap();
+            let ids: Vec<DiskUuid> = attached.iter().map(|d| d.disk.id()).collect();
+            assert_eq!(ids, params.disk_ids);
+            assert_eq!(attached[0].regions.len(), 3);
+        },
+    )
+    .await;
+    ctx.assert_quiet_and_consistent().await;
+}
