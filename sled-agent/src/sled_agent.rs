@@ -624,7 +624,11 @@ impl SledAgent {
                 ),
             ));
         }
-        crate::qemu::disks::validate(&params.disks)?;
+        let replicas = match self.backend.kind() {
+            SledBackend::Qemu => crate::qemu::disks::Replicas::Served,
+            SledBackend::Sim => crate::qemu::disks::Replicas::Simulated,
+        };
+        crate::qemu::disks::validate(&params.disks, replicas)?;
         if params.hostname.is_empty() || params.hostname.len() > 253 {
             return Err(Error::invalid_value(
                 "hostname",

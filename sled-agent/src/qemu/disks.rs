@@ -42,8 +42,18 @@ const FIRST_DISK_SLOT: usize = 0x08;
 /// The longest serial number virtio-blk carries (`VIRTIO_BLK_ID_BYTES`).
 const MAX_SERIAL: usize = 20;
 
+/// What a sled's VMMs need of a disk's replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replicas {
+    /// A QEMU VMM reads and writes them: at least [`VOTE_THRESHOLD`] are needed.
+    Served,
+    /// A simulated VMM touches no data, and simulated regions are served nowhere: any
+    /// number will do (Nexus sends none for a disk on simulated sleds).
+    Simulated,
+}
+
 /// Refuses disks no VMM could attach, before anything starts (both backends).
-pub(crate) fn validate(disks: &[VmmDisk]) -> Result<(), Error> {
+pub(crate) fn validate(disks: &[VmmDisk], replicas: Replicas) -> Result<(), Error> {
     if disks.len() > MAX_DISKS {
         return Err(Error::invalid_value(
             "disks",
@@ -83,7 +93,7 @@ pub(crate) fn validate(disks: &[VmmDisk]) -> Result<(), Error> {
                 ),
             ));
         }
-        if disk.replicas.len() < VOTE_THRESHOLD {
+        if replicas == Replicas::Served && disk.replicas.len() < VOTE_THRESHOLD {
             return Err(Error::invalid_value(
                 "disks",
                 format!(
@@ -194,7 +204,7 @@ mod tests {
     #[test]
     fn each_disk_is_a_quorum_over_its_replicas_in_order() {
         let disks = vec![disk("boot", 3), disk("a-very-long-disk-name-indeed", 2)];
-        validate(&disks).unwrap();
+        validate(&disks, Replicas::Served).unwrap();
         let args = command_line_args(&disks);
         assert_eq!(args.len(), 8);
         let boot: serde_json::Value = serde_json::from_str(&args[1]).unwrap();
@@ -221,17 +231,18 @@ mod tests {
 
     #[test]
     fn disks_no_vmm_could_attach_are_refused() {
-        assert!(validate(&[disk("one-replica", 1)]).is_err());
-        assert!(validate(&[disk("Upper", 3)]).is_err());
-        assert!(validate(&[disk("", 3)]).is_err());
+        assert!(validate(&[disk("one-replica", 1)], Replicas::Served).is_err());
+        validate(&[disk("simulated", 0)], Replicas::Simulated).unwrap();
+        assert!(validate(&[disk("Upper", 3)], Replicas::Served).is_err());
+        assert!(validate(&[disk("", 3)], Replicas::Served).is_err());
         let mut odd = disk("odd", 3);
         odd.size = ByteCount::try_from(4096u64 * 3 + 512).unwrap();
-        assert!(validate(&[odd]).is_err());
+        assert!(validate(&[odd], Replicas::Served).is_err());
         let mut twice = disk("twice", 3);
         twice.replicas[2] = twice.replicas[0].clone();
-        assert!(validate(&[twice]).is_err());
+        assert!(validate(&[twice], Replicas::Served).is_err());
         let same = disk("same", 3);
-        assert!(validate(&[same.clone(), same]).is_err());
-        assert!(validate(&vec![disk("many", 3); 9]).is_err());
+        assert!(validate(&[same.clone(), same], Replicas::Served).is_err());
+        assert!(validate(&vec![disk("many", 3); 9], Replicas::Served).is_err());
     }
 }

@@ -606,13 +606,24 @@ async fn a_sim_vmm_keeps_its_disks_and_bad_disks_are_refused() {
     let listed = env.client.vmm_list().await.unwrap().into_inner();
     assert_eq!(listed[0].disks, vec![boot_disk.disk_id, data.disk_id]);
 
-    let mut one_replica = disk("lonely");
-    one_replica.replicas.truncate(1);
+    // Simulated regions are served nowhere, so a simulated VMM takes a disk with fewer
+    // replicas than a QEMU VMM could vote over (a QEMU sled refuses it: see the unit tests).
+    let mut unserved = disk("unserved");
+    unserved.replicas.clear();
+    let body = VmmRegisterBody {
+        disks: vec![unserved.clone()],
+        ..crate::register_body()
+    };
+    env.client
+        .vmm_register(&VmmUuid::new_v4(), &body)
+        .await
+        .unwrap();
+
     let mut odd_size = disk("odd");
     odd_size.size = halyard_common::ByteCount::try_from(512u64 * 7 + 100).unwrap();
     let mut twice = disk("twice");
     twice.replicas[1] = twice.replicas[0].clone();
-    for bad in [one_replica, odd_size, twice, disk("Not-A-Name")] {
+    for bad in [odd_size, twice, disk("Not-A-Name")] {
         let body = VmmRegisterBody {
             disks: vec![bad.clone()],
             ..crate::register_body()
@@ -626,5 +637,5 @@ async fn a_sim_vmm_keeps_its_disks_and_bad_disks_are_refused() {
             .unwrap();
         assert_eq!(status.as_u16(), 400, "{bad:?}");
     }
-    assert_eq!(env.client.vmm_list().await.unwrap().into_inner().len(), 1);
+    assert_eq!(env.client.vmm_list().await.unwrap().into_inner().len(), 2);
 }

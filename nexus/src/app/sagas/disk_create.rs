@@ -184,10 +184,11 @@ async fn undo_ensure_regions(ctx: &NexusActionContext) -> Result<(), anyhow::Err
     Ok(())
 }
 
-/// Makes a region on its sled agent (idempotent).
+/// Makes a region on its sled agent (idempotent) and records where the sled serves it over
+/// NBD, which the VMMs that attach the disk are told (a simulated sled serves nothing).
 pub(crate) async fn ensure_region(nexus: &Nexus, region: &PlacedRegion) -> Result<(), Error> {
     let client = nexus.sled_client(region.sled_id).await?;
-    client
+    let made = client
         .region_ensure(
             &region.region_id,
             &RegionEnsureBody {
@@ -198,7 +199,14 @@ pub(crate) async fn ensure_region(nexus: &Nexus, region: &PlacedRegion) -> Resul
             },
         )
         .await
-        .map_err(sled_agent_error)?;
+        .map_err(sled_agent_error)?
+        .into_inner();
+    if let Some(export) = made.export {
+        nexus
+            .datastore()
+            .region_set_export_address(region.region_id, export.address)
+            .await?;
+    }
     Ok(())
 }
 
