@@ -36,8 +36,9 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     sleds: u16,
     /// How many QEMU sled agents to run (real VMs; placement prefers them while they have
-    /// room). Their ports follow the simulated sleds'.
-    #[arg(long, default_value_t = 1)]
+    /// room). Their ports follow the simulated sleds'. Three, because a disk is three replicas
+    /// on three sleds and a QEMU guest's disk must be served by QEMU sleds.
+    #[arg(long, default_value_t = 3)]
     qemu_sleds: u16,
     /// PostgreSQL's port.
     #[arg(long, default_value_t = 32221)]
@@ -140,7 +141,11 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
                 migration_phase_delay_ms: 200,
             },
             qemu: Default::default(),
-            storage: Default::default(),
+            // Simulated regions hold no data: room for many disks.
+            storage: halyard_sled_agent::StorageConfig {
+                capacity: ByteCount::from_gibibytes_u32(1024),
+                ..Default::default()
+            },
             tls: pki.files(halyard_tls::Role::Sled(sled_id))?,
         };
         sleds.push(halyard_sled_agent::Server::start(&config, log).await?);
@@ -161,7 +166,13 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
             registration_interval_ms: 10_000,
             sim: Default::default(),
             qemu: halyard_sled_agent::QemuConfig::default(),
-            storage: Default::default(),
+            // Region files (sparse qcow2) next to the database, so disks outlive a restart
+            // the way the database's records of them do.
+            storage: halyard_sled_agent::StorageConfig {
+                capacity: ByteCount::from_gibibytes_u32(32),
+                directory: Some(args.dir.join(format!("qemu-sled-{i}-regions"))),
+                ..Default::default()
+            },
             tls: pki.files(halyard_tls::Role::Sled(sled_id))?,
         };
         sleds.push(
