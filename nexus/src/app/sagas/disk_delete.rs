@@ -8,7 +8,8 @@
 //! - `destroy_record` moves the disk from `detached` or `faulted` to `destroyed` and sets
 //!   `time_deleted` (freeing its name), one conditional `UPDATE` (`disk_transition`): a disk
 //!   that is being created, attached, or being attached or detached is a `Conflict` (409) and
-//!   nothing changes; a repeat finds it already destroyed. From here on no attach can pick the
+//!   nothing changes; so is a disk an instance create made that its create has not attached
+//!   yet (`disk_destroy_unless_held`: the create's undo must find the disk to destroy it); a repeat finds it already destroyed. From here on no attach can pick the
 //!   disk (only a `detached` disk is attached). Outputs the disk's regions (read after the
 //!   transition: they go only in `release_regions`). Undo: brings the disk back as `faulted`
 //!   (`disk_undelete_faulted`), Oxide's choice: by then its regions may have been deleted and
@@ -78,7 +79,7 @@ async fn destroy_record(ctx: &NexusActionContext) -> Result<Vec<PlacedRegion>, A
     let params = ctx.saga_params::<Params>()?;
     let datastore = ctx.user_data().nexus.datastore();
     let transition = datastore
-        .disk_transition(params.disk_id, &DELETABLE, DiskState::Destroyed)
+        .disk_destroy_unless_held(params.disk_id, &DELETABLE)
         .await
         .map_err(action_failed)?;
     if let DiskTransition::Conflict(disk) = transition {
