@@ -101,6 +101,7 @@ impl DataStore {
                         describe_disk_state(&disk)
                     ))));
                 }
+                refuse_disk_held_by_its_instance_create(conn, &disk, Some(instance_id)).await?;
                 let used = used_slots(conn, instance_id).await?;
                 let Some(slot) = (0..MAX_DISKS_PER_INSTANCE as i32).find(|s| !used.contains(s))
                 else {
@@ -140,6 +141,32 @@ impl DataStore {
             .await
         })
         .await
+    }
+
+    /// Deletes a disk's record: one of `from` → `destroyed` (as [`Self::disk_transition`]),
+    /// unless the disk is held by the instance create that makes it (that instance is still
+    /// `creating`): then `Conflict` and nothing changes. Deleting it in that window would fail
+    /// the create, whose undo could then not destroy the disk itself: a stuck saga. The check
+    /// needs no lock: an instance never goes back to `creating`, so once it is false it stays so.
+    pub async fn disk_destroy_unless_held(
+        &self,
+        disk_id: DiskUuid,
+        from: &[DiskState],
+    ) -> Result<DiskTransition, Error> {
+        {
+            let conn = &mut *self.connection().await?;
+            if let Some(disk) = disk_fetch_any(conn, disk_id)
+                .await
+                .map_err(TxnError::into_public)?
+                .filter(|disk| disk.time_deleted.is_none())
+            {
+                refuse_disk_held_by_its_instance_create(conn, &disk, None)
+                    .await
+                    .map_err(TxnError::into_public)?;
+            }
+        }
+        self.disk_transition(disk_id, from, DiskState::Destroyed)
+            .await
     }
 
     /// Finishes an attach: `attaching` → `attached`. `AlreadyDone` if it is attached to the
@@ -519,6 +546,42 @@ async fn lock_disk(conn: &mut AsyncPgConnection, id: DiskUuid) -> Result<Disk, T
         .await
         .optional()?
         .ok_or_else(|| TxnError::Public(disk_not_found(id)))
+}
+
+/// A disk an instance create makes (`created_by_instance_id`) is held for that create while
+/// the instance is `creating`: between the disk-create subsaga's last step (`detached`) and the
+/// create's `attach_disks`, an attach to any other instance (`attaching_to`), or a delete
+/// (`None`), is refused. Were it allowed, the
+/// create would fail and its subsaga's undo could not move the disk back to `creating` to
+/// destroy it: a stuck saga. Reading the creating instance's row needs no lock: an instance
+/// never goes back to `creating`, so a stale read can only refuse more, never less.
+async fn refuse_disk_held_by_its_instance_create(
+    conn: &mut AsyncPgConnection,
+    disk: &Disk,
+    attaching_to: Option<InstanceUuid>,
+) -> Result<(), TxnError> {
+    let Some(maker) = disk
+        .created_by()
+        .filter(|maker| Some(*maker) != attaching_to)
+    else {
+        return Ok(());
+    };
+    let maker_is_creating = instance::table
+        .filter(instance::id.eq(DbTypedUuid(maker)))
+        .filter(instance::time_deleted.is_null())
+        .filter(instance::nexus_state.eq(DbEnum(InstanceNexusState::Creating)))
+        .count()
+        .get_result::<i64>(conn)
+        .await?
+        > 0;
+    if maker_is_creating {
+        return Err(TxnError::Public(Error::conflict(format!(
+            "disk \"{}\" is being made by instance {maker}'s create, which attaches it; \
+             wait until that instance is created",
+            disk.name()
+        ))));
+    }
+    Ok(())
 }
 
 async fn used_slots(

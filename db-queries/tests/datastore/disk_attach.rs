@@ -276,3 +276,104 @@ async fn an_attach_racing_a_start_never_leaves_the_vmm_without_the_disk() {
         outcomes[0], outcomes[1], outcomes[2]
     );
 }
+
+/// A disk an instance create is making is that create's until it attaches it: between the
+/// disk-create subsaga's last step (`detached`) and the create's attach, an attach to another
+/// instance is refused (it would fail the create, whose undo could then not put the disk back
+/// to `creating`). Once the creating instance left `creating`, the disk is anyone's.
+#[tokio::test]
+async fn a_disk_made_by_an_instance_being_created_is_not_attached_elsewhere() {
+    let h = Harness::new();
+    let project = h.project("p").await;
+    let creating = h.instance(&project, "creating").await;
+    let other = h.stopped_instance(&project, "other").await;
+    let disk = h
+        .datastore
+        .disk_insert(NewDiskParams {
+            id: DiskUuid::new_v4(),
+            project_id: project.id(),
+            name: "made".parse().unwrap(),
+            description: String::new(),
+            size: ByteCount::from_gibibytes_u32(1),
+            block_size: BlockSize::try_from(4096u32).unwrap(),
+            created_by_instance_id: Some(creating.id()),
+        })
+        .await
+        .unwrap();
+    h.datastore
+        .disk_transition(disk.id(), &[DiskState::Creating], DiskState::Detached)
+        .await
+        .unwrap();
+
+    let refused = h.attach(other.id(), disk.id()).await;
+    assert!(is_conflict(&refused), "{refused:?}");
+    let unchanged = h.datastore.disk_fetch(disk.id()).await.unwrap();
+    assert_eq!(
+        (unchanged.state(), unchanged.attached_to()),
+        (DiskState::Detached, None)
+    );
+    // Its own create attaches it.
+    h.datastore
+        .disk_attach_begin(creating.id(), disk.id(), InstanceForDisks::Creating)
+        .await
+        .unwrap();
+    h.datastore
+        .disk_attach_undo(creating.id(), disk.id())
+        .await
+        .unwrap();
+    // Created (stopped): the disk is no longer held for it.
+    h.datastore
+        .instance_mark_stopped(creating.id())
+        .await
+        .unwrap();
+    let attached = h.attach(other.id(), disk.id()).await.unwrap();
+    assert_eq!(attached.attached_to(), Some(other.id()));
+}
+
+/// Nor is such a disk deleted in that window (the create's undo must find it to destroy it).
+#[tokio::test]
+async fn a_disk_made_by_an_instance_being_created_is_not_deleted_meanwhile() {
+    let h = Harness::new();
+    let project = h.project("p").await;
+    let creating = h.instance(&project, "creating").await;
+    let disk = h
+        .datastore
+        .disk_insert(NewDiskParams {
+            id: DiskUuid::new_v4(),
+            project_id: project.id(),
+            name: "made".parse().unwrap(),
+            description: String::new(),
+            size: ByteCount::from_gibibytes_u32(1),
+            block_size: BlockSize::try_from(4096u32).unwrap(),
+            created_by_instance_id: Some(creating.id()),
+        })
+        .await
+        .unwrap();
+    h.datastore
+        .disk_transition(disk.id(), &[DiskState::Creating], DiskState::Detached)
+        .await
+        .unwrap();
+
+    let refused = h
+        .datastore
+        .disk_destroy_unless_held(disk.id(), &[DiskState::Detached])
+        .await;
+    assert!(is_conflict(&refused), "{refused:?}");
+    assert_eq!(
+        h.datastore.disk_fetch(disk.id()).await.unwrap().state(),
+        DiskState::Detached
+    );
+    h.datastore
+        .instance_mark_stopped(creating.id())
+        .await
+        .unwrap();
+    let destroyed = h
+        .datastore
+        .disk_destroy_unless_held(disk.id(), &[DiskState::Detached])
+        .await
+        .unwrap();
+    assert!(
+        matches!(destroyed, DiskTransition::Applied(_)),
+        "{destroyed:?}"
+    );
+}

@@ -613,3 +613,99 @@ async fn instance_create_making_a_disk_unwinds_from_every_node_and_tolerates_rep
     .await;
     ctx.assert_quiet_and_consistent().await;
 }
+
+/// Instance delete deleting a disk its create made, with a failure at every node (the
+/// disk-delete subsaga's too). Before the disks: nothing changed (the instance stopped, the
+/// disk attached). In the subsaga: the instance stays deleted and the disk is left for the
+/// user to see and delete again: `detached` (failed before its record was destroyed) or
+/// `faulted` (its delete undone), still with its three regions, which the sled agents hold
+/// (the invariant checker, run by the helper, compares them); deleting it by hand then
+/// leaves no disk and no region. After the subsaga's last node, the disk stays deleted.
+/// (Before disk-delete's undos checked for released regions, a failure there brought the
+/// disk back `faulted` with no region row while its regions were made again on the sleds.)
+#[tokio::test]
+async fn instance_delete_deleting_a_made_disk_unwinds_from_every_node_and_leaks_nothing() {
+    let ctx = crate::instance_disks::context_with_storage().await;
+    let project = ctx.project("p").await;
+    let project_id = ctx
+        .nexus()
+        .datastore()
+        .project_fetch(&project)
+        .await
+        .unwrap()
+        .id();
+    let with_a_made_disk = async |ctx: &TestContext| {
+        let mut create = create_params(project_id);
+        let block_size = halyard_common::BlockSize::try_from(512u32).unwrap();
+        let disk_id = DiskUuid::new_v4();
+        create.disks_to_create.push(disk_create::Params {
+            disk_id,
+            project_id,
+            create: DiskCreate {
+                name: format!("made-{}", &disk_id.to_string()[..8])
+                    .parse()
+                    .unwrap(),
+                description: String::new(),
+                disk_backend: DiskBackend::Distributed(DiskSource::Blank { block_size }),
+                size: ByteCount::from_mebibytes_u32(1),
+            },
+            block_size,
+            created_by_instance_id: Some(create.instance_id),
+        });
+        create.disk_ids.push(disk_id);
+        ctx.nexus()
+            .run_saga::<instance_create::SagaInstanceCreate>(create.clone())
+            .await
+            .unwrap();
+        instance_delete::Params {
+            instance_id: create.instance_id,
+            created_disk_ids: vec![disk_id],
+        }
+    };
+    let covered = inject_error_at_every_node::<instance_delete::SagaInstanceDelete>(
+        &ctx,
+        with_a_made_disk,
+        async |ctx, params| {
+            let made = params.created_disk_ids[0];
+            let regions = || {
+                ctx.sql(&format!(
+                    "SELECT count(*) FROM region WHERE disk_id = '{made}'"
+                ))
+                .trim()
+                .to_string()
+            };
+            if ctx.nexus().instance_view(params.instance_id).await.is_ok() {
+                // Failed at its first node: nothing changed.
+                assert_eq!(
+                    disk_state(ctx, made).await,
+                    (DiskState::Attached, Some(params.instance_id))
+                );
+                assert_eq!(regions(), "3");
+                return;
+            }
+            let Ok(disk) = ctx.nexus().datastore().disk_fetch(made).await else {
+                // Failed after the subsaga's last node: the disk's delete stays complete.
+                assert_eq!(regions(), "0");
+                return;
+            };
+            assert!(
+                matches!(disk.state(), DiskState::Detached | DiskState::Faulted),
+                "a made disk whose delete failed shows as {:?}",
+                disk.state()
+            );
+            assert_eq!(disk.attached_to(), None);
+            assert_eq!(regions(), "3");
+            ctx.nexus().disk_delete(&disk).await.unwrap();
+            let live = ctx.sql(&format!(
+                "SELECT count(*) FROM disk WHERE id = '{made}' AND time_deleted IS NULL"
+            ));
+            assert_eq!((live.trim(), regions().as_str()), ("0", "0"));
+            ctx.assert_quiet_and_consistent().await;
+        },
+    )
+    .await;
+    assert!(
+        covered > 1,
+        "the subsaga's nodes are covered too ({covered})"
+    );
+}

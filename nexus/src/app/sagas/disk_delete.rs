@@ -8,7 +8,8 @@
 //! - `destroy_record` moves the disk from `detached` or `faulted` to `destroyed` and sets
 //!   `time_deleted` (freeing its name), one conditional `UPDATE` (`disk_transition`): a disk
 //!   that is being created, attached, or being attached or detached is a `Conflict` (409) and
-//!   nothing changes; a repeat finds it already destroyed. From here on no attach can pick the
+//!   nothing changes; so is a disk an instance create made that its create has not attached
+//!   yet (`disk_destroy_unless_held`: the create's undo must find the disk to destroy it); a repeat finds it already destroyed. From here on no attach can pick the
 //!   disk (only a `detached` disk is attached). Outputs the disk's regions (read after the
 //!   transition: they go only in `release_regions`). Undo: brings the disk back as `faulted`
 //!   (`disk_undelete_faulted`), Oxide's choice: by then its regions may have been deleted and
@@ -27,6 +28,11 @@
 //!   sleds skipped), so the database and the sled agents agree again.
 //! - `release_regions` deletes the region rows and gives their storage back to the sleds
 //!   (`disk_regions_release`, one transaction; a repeat releases none). Last node: no undo.
+//!   As a subsaga of instance-delete a later failure can unwind it after this node ran: then
+//!   the earlier undos see the disk's regions released (`delete_finished`) and leave the
+//!   delete complete (making the regions again would leak them on the sleds, with no row; a
+//!   `faulted` disk with no region would be a lie). The instance-delete then fails with the
+//!   disk gone.
 //!
 //! After the saga: the disk is destroyed, no region row names it, no sled counts its storage
 //! and no sled agent in service holds a region of it.
@@ -78,7 +84,7 @@ async fn destroy_record(ctx: &NexusActionContext) -> Result<Vec<PlacedRegion>, A
     let params = ctx.saga_params::<Params>()?;
     let datastore = ctx.user_data().nexus.datastore();
     let transition = datastore
-        .disk_transition(params.disk_id, &DELETABLE, DiskState::Destroyed)
+        .disk_destroy_unless_held(params.disk_id, &DELETABLE)
         .await
         .map_err(action_failed)?;
     if let DiskTransition::Conflict(disk) = transition {
@@ -92,6 +98,9 @@ async fn destroy_record(ctx: &NexusActionContext) -> Result<Vec<PlacedRegion>, A
 }
 
 async fn undo_destroy_record(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
+    if delete_finished(ctx).await? {
+        return Ok(());
+    }
     let params = ctx.saga_params::<Params>()?;
     let nexus = &ctx.user_data().nexus;
     match nexus
@@ -136,7 +145,25 @@ async fn delete_regions(ctx: &NexusActionContext) -> Result<(), ActionError> {
     Ok(())
 }
 
+/// Whether `release_regions` ran: the disk had regions and none are left in the database.
+/// Then the delete is complete, and the undos leave it so (only as a subsaga of
+/// instance-delete can a failure come after the last node).
+async fn delete_finished(ctx: &NexusActionContext) -> Result<bool, anyhow::Error> {
+    let params = ctx.saga_params::<Params>()?;
+    let regions = ctx.lookup::<Vec<PlacedRegion>>("regions")?;
+    let left = ctx
+        .user_data()
+        .nexus
+        .datastore()
+        .disk_regions(params.disk_id)
+        .await?;
+    Ok(!regions.is_empty() && left.is_empty())
+}
+
 async fn undo_delete_regions(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
+    if delete_finished(ctx).await? {
+        return Ok(());
+    }
     let regions = ctx.lookup::<Vec<PlacedRegion>>("regions")?;
     let nexus = &ctx.user_data().nexus;
     for region in &regions {

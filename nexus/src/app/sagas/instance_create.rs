@@ -14,6 +14,17 @@
 //!   detached), the disk marked as made by this instance (`created_by_instance_id`, so the
 //!   instance's delete deletes it). Undo: the subsaga's own undos (regions deleted and
 //!   released, the disk destroyed): a failed create leaves no disk it made.
+//!   **The window before `attach_disks`:** the subsaga leaves its disk `detached`, where a
+//!   user could see it. Had someone attached it elsewhere (or deleted it) then, the create
+//!   would fail and the subsaga's undo could not put the disk back to `creating` to destroy
+//!   it: a stuck saga. So while this instance is `creating`, the database refuses to attach a
+//!   disk it made to any other instance (`disk_attach_begin`) or to delete it
+//!   (`disk_destroy_unless_held`, disk-delete's first step): both `Conflict`, checked against
+//!   `created_by_instance_id` and the instance's state, which never returns to `creating`
+//!   (so the check needs no lock). Only this saga touches the disk until it is attached here,
+//!   and every undo finds it where its action left it. (The alternative, the subsaga's last
+//!   step going `creating` → `attached` directly, would give disk-create a second ending
+//!   and make its undo depend on the outer saga; this keeps the subsaga the saga it is.)
 //! - `attach_disks` attaches the disks the request names (`Params::disk_ids`: the boot disk
 //!   first, then `disks`, each `detached` → `attaching` → `attached`, in slots 0, 1, ...):
 //!   `DataStore::disk_attach_begin` with `InstanceForDisks::Creating`, which only this saga

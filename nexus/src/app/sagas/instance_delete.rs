@@ -13,8 +13,12 @@
 //!   it (`Params::created_disk_ids`, listed by Nexus before the saga was recorded; the
 //!   parameters in the constant node `delete_disk_params_N`): the disk-delete saga as a
 //!   subsaga (`disk_delete.rs`). The disk is detached by then. If one fails, its own undos
-//!   run (the disk comes back `faulted`, as a failed disk delete leaves it); the instance stays
-//!   deleted (its destruction is not undone) and the disk can be deleted by hand.
+//!   run (the disk comes back `faulted`, as a failed disk delete leaves it, with its regions;
+//!   or `detached` if it failed before the disk's record was destroyed); the instance stays
+//!   deleted (its destruction is not undone) and the disk shows in `GET /v1/disks` and can be
+//!   deleted again. A failure after a subsaga's last node leaves that disk deleted (its
+//!   regions were released; disk-delete's undos see that). No region leaks either way
+//!   (`saga_faults.rs`, with the invariant checker).
 
 use super::{
     ActionRegistry, NexusActionContext, NexusSaga, action_failed, declare_action, disk_delete,
