@@ -6,7 +6,7 @@
 
 use crate::context::TestContext;
 use futures::SinkExt;
-use halyard_common::ids::{GenericUuid, InstanceUuid};
+use halyard_common::ids::InstanceUuid;
 use halyard_common::{BlockSize, ByteCount, InstanceState, Name};
 use halyard_nexus_external_client::types;
 use halyard_sled_agent::guest_console::HEARTBEAT;
@@ -79,7 +79,7 @@ async fn vm_with_a_new_disk(name_: &str) -> (TestContext, InstanceUuid) {
         .await
         .unwrap()
         .into_inner();
-    let id = InstanceUuid::from_untyped_uuid(created.id);
+    let id: InstanceUuid = created.id;
     wait_for_state(&ctx, id, InstanceState::Running).await;
     // The disk's three regions are on the three sleds, each served.
     let regions = ctx.sql(
