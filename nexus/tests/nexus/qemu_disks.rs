@@ -81,6 +81,7 @@ async fn vm_with_a_new_disk(name_: &str) -> (TestContext, InstanceUuid) {
         .into_inner();
     let id: InstanceUuid = created.id;
     wait_for_state(&ctx, id, InstanceState::Running).await;
+    wait_for_shell(&ctx, name_).await;
     // The disk's three regions are on the three sleds, each served.
     let regions = ctx.sql(
         "SELECT count(DISTINCT r.sled_id), count(r.export_address) FROM region r \
@@ -225,6 +226,25 @@ async fn start(ctx: &TestContext, id: InstanceUuid, instance: &str) {
         .await
         .unwrap();
     wait_for_state(ctx, id, InstanceState::Running).await;
+    wait_for_shell(ctx, instance).await;
+}
+
+/// Waits for the guest's shell prompt on the console: what is typed before the shell reads
+/// its input is lost (a first command typed right after boot lost its first characters).
+async fn wait_for_shell(ctx: &TestContext, instance: &str) {
+    let prompt = format!("{instance}# ");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = console(ctx, instance).await;
+        if text.contains(&prompt) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the shell of {instance} never prompted; the console holds:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn stop(ctx: &TestContext, id: InstanceUuid, instance: &str) {
