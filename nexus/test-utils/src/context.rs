@@ -155,6 +155,13 @@ impl TestContext {
     /// Sleds that run real QEMU VMMs (TCG here), booting the guest image (built first if
     /// this machine has none yet).
     pub async fn with_qemu(count: usize) -> TestContext {
+        TestContext::with_qemu_storage(count, ByteCount::from_mebibytes_u32(0)).await
+    }
+
+    /// [`TestContext::with_qemu`] whose sled agents each offer `capacity` bytes of storage for
+    /// regions (qcow2 files below the sled's state directory, served over NBD by its
+    /// `qemu-storage-daemon`).
+    pub async fn with_qemu_storage(count: usize, capacity: ByteCount) -> TestContext {
         let guest_dir = halyard_sled_agent::build_guest_image().await.unwrap();
         // Short: unix socket paths live below it.
         let state_dir = std::env::temp_dir().join(format!(
@@ -170,7 +177,7 @@ impl TestContext {
                 ..Default::default()
             }),
             None,
-            ByteCount::from_mebibytes_u32(0),
+            capacity,
         )
         .await
     }

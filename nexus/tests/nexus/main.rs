@@ -19,6 +19,7 @@ mod mtls;
 mod observability;
 mod outages;
 mod qemu;
+mod qemu_disks;
 mod races;
 mod saga_faults;
 mod saga_replay;

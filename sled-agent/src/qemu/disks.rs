@@ -32,7 +32,15 @@ use serde_json::json;
 /// How many replicas must take a write, and agree on a read.
 pub(crate) const VOTE_THRESHOLD: usize = 2;
 /// How long an `nbd` child holds its requests while reconnecting to a replica's server.
-pub(crate) const RECONNECT_DELAY_S: u64 = 10;
+///
+/// QEMU's NBD connection thread retries with a doubling pause (1, 2, 4, 8, then 16 s:
+/// `nbd/client-connection.c`), so after a server dies it tries again about 0, 1, 3, 7 and
+/// 15 s later. A delay of 10 s caught only a storage daemon back within 7 s, which a
+/// restart on a loaded sled can miss (the replica then missed writes); 20 s catches one
+/// back within 15 s. The price: a replica gone for good holds the guest's writes once, for
+/// 20 s, before quorum goes on with the other two (quorum completes a write when every
+/// child has answered; Linux's virtio-blk has no request timeout, so the guest waits).
+pub(crate) const RECONNECT_DELAY_S: u64 = 20;
 /// How long an `nbd` child keeps trying to reach its server when QEMU starts.
 pub(crate) const OPEN_TIMEOUT_S: u64 = 5;
 /// The most disks a VMM takes (Oxide's limit per instance).
