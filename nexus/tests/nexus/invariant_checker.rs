@@ -779,6 +779,7 @@ async fn a_region_only_a_sled_agent_has_is_flagged() {
             &halyard_sled_agent_api::RegionEnsureBody {
                 size: ByteCount::from_mebibytes_u32(1),
                 block_size: halyard_common::BlockSize::try_from(512u32).unwrap(),
+                source: None,
             },
         )
         .await

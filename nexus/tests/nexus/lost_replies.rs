@@ -712,6 +712,7 @@ async fn disk_create_params(ctx: &TestContext) -> disk_create::Params {
         },
         block_size,
         created_by_instance_id: None,
+        source_snapshot_id: None,
     }
 }
 

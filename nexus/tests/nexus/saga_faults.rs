@@ -257,6 +257,7 @@ fn disk_create_params(project_id: halyard_common::ids::ProjectUuid) -> disk_crea
         },
         block_size,
         created_by_instance_id: None,
+        source_snapshot_id: None,
     }
 }
 

@@ -224,6 +224,7 @@ async fn disk_sagas_replay_a_recorded_prefix_idempotently_over_existing_effects(
             create: create("x".to_string()),
             block_size,
             created_by_instance_id: None,
+            source_snapshot_id: None,
         })
         .unwrap(),
     );
