@@ -51,8 +51,8 @@ CREATE TABLE IF NOT EXISTS sled (
     -- again, its registrations are refused, and its VMMs were failed and retired. NULL: in
     -- service.
     time_expunged TIMESTAMPTZ,
-    -- What the sled offers for regions, and the running total of its region rows' sizes
-    -- (kept like the reservation totals). 0: the sled holds no regions.
+    -- What the sled offers for regions, and the running total of its region and region
+    -- snapshot rows' sizes (kept like the reservation totals). 0: the sled holds no regions.
     usable_storage INT8 NOT NULL DEFAULT 0 CHECK (usable_storage >= 0),
     reserved_storage INT8 NOT NULL DEFAULT 0
         CHECK (reserved_storage >= 0 AND reserved_storage <= usable_storage),
@@ -358,6 +358,49 @@ CREATE UNIQUE INDEX IF NOT EXISTS region_one_per_sled_per_disk ON region (disk_i
 
 CREATE INDEX IF NOT EXISTS region_by_sled ON region (sled_id);
 
+-- A snapshot: a point-in-time, read-only copy of a disk, kept as one region snapshot on each
+-- of the disk's regions' sleds (see ARCHITECTURE.md, "Snapshots").
+CREATE TABLE IF NOT EXISTS snapshot (
+    id UUID NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    project_id UUID NOT NULL REFERENCES project (id),
+    disk_id UUID NOT NULL REFERENCES disk (id),
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ,
+    size_bytes INT8 NOT NULL CHECK (size_bytes > 0),
+    block_size INT8 NOT NULL CHECK (block_size IN (512, 2048, 4096)),
+    state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'faulted', 'destroyed')),
+    -- Deleted exactly when destroyed.
+    CONSTRAINT snapshot_deleted_iff_destroyed CHECK (
+        (state = 'destroyed') = (time_deleted IS NOT NULL)
+    )
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_snapshot_by_project
+    ON snapshot (project_id, name) WHERE time_deleted IS NULL;
+
+-- One region's point-in-time copy for a snapshot, on the region's sled: a storage reservation
+-- (its size counts in the sled's reserved_storage) like a region's. A row exists exactly while
+-- the space is held; releasing it deletes it. The region may be gone since (a disk deleted
+-- after its snapshot was taken keeps its snapshots).
+CREATE TABLE IF NOT EXISTS region_snapshot (
+    snapshot_id UUID NOT NULL REFERENCES snapshot (id),
+    region_id UUID NOT NULL,
+    sled_id UUID NOT NULL REFERENCES sled (id),
+    size_bytes INT8 NOT NULL CHECK (size_bytes > 0),
+    block_size INT8 NOT NULL CHECK (block_size IN (512, 2048, 4096)),
+    time_created TIMESTAMPTZ NOT NULL,
+    -- Where the sled serves it read-only over NBD (host:port; the export's name is
+    -- `<region_id>.<snapshot_id>`), recorded once the sled agent made it; NULL for a simulated
+    -- sled's and before then.
+    export_address TEXT,
+    PRIMARY KEY (snapshot_id, region_id)
+);
+
+CREATE INDEX IF NOT EXISTS region_snapshot_by_sled ON region_snapshot (sled_id);
+
 INSERT INTO db_metadata (singleton, version, time_created, time_modified)
-    VALUES (TRUE, '1.5.0', now(), now())
+    VALUES (TRUE, '1.6.0', now(), now())
     ON CONFLICT (singleton) DO NOTHING;

@@ -24,6 +24,8 @@ pub enum ResourceType {
     DeviceAuthRequest,
     Disk,
     Region,
+    Snapshot,
+    RegionSnapshot,
 }
 
 impl fmt::Display for ResourceType {
@@ -40,6 +42,8 @@ impl fmt::Display for ResourceType {
             ResourceType::User => "user",
             ResourceType::Disk => "disk",
             ResourceType::Region => "region",
+            ResourceType::Snapshot => "snapshot",
+            ResourceType::RegionSnapshot => "region snapshot",
             ResourceType::ApiToken => "API token",
             ResourceType::DeviceAuthRequest => "device authorization request",
         })

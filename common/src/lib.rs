@@ -24,5 +24,6 @@ pub use generation::{Generation, GenerationError};
 pub use labelled::{Labelled, UnknownLabel};
 pub use name::{Name, NameError, NameOrId};
 pub use states::{
-    DiskState, InstanceNexusState, InstanceState, MigrationState, SledBackend, VmmState,
+    DiskState, InstanceNexusState, InstanceState, MigrationState, SledBackend, SnapshotState,
+    VmmState,
 };

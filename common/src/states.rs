@@ -86,6 +86,20 @@ labelled_enum! {
 }
 
 labelled_enum! {
+    /// The state of a snapshot (Oxide's snapshot states).
+    pub enum SnapshotState {
+        /// The create saga has inserted the record and is snapshotting the disk's regions.
+        Creating => "creating",
+        /// Every region of the disk has its region snapshot: disks can be made from it.
+        Ready => "ready",
+        /// Its data can no longer be served.
+        Faulted => "faulted",
+        /// Deleted.
+        Destroyed => "destroyed",
+    }
+}
+
+labelled_enum! {
     /// What runs a sled's VMMs.
     pub enum SledBackend {
         /// In-memory simulated VMMs, for tests and scale.

@@ -15,6 +15,7 @@ mod role;
 mod saga;
 pub mod schema;
 mod sled;
+mod snapshot;
 mod sql_types;
 mod vmm;
 
@@ -32,6 +33,7 @@ pub use role::{
 };
 pub use saga::{Saga, SagaNodeEvent, SagaState};
 pub use sled::{Sled, SledBackend, SledReservation, SledResources};
+pub use snapshot::{NewSnapshotParams, RegionSnapshot, Snapshot};
 pub use sql_types::{DbByteCount, DbEnum, DbGeneration, DbName, DbTypedUuid};
 pub use vmm::{Vmm, VmmRuntimeState};
 

@@ -236,7 +236,38 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    snapshot (id) {
+        id -> Uuid,
+        name -> Text,
+        description -> Text,
+        project_id -> Uuid,
+        disk_id -> Uuid,
+        time_created -> Timestamptz,
+        time_modified -> Timestamptz,
+        time_deleted -> Nullable<Timestamptz>,
+        size_bytes -> Int8,
+        block_size -> Int8,
+        state -> Text,
+    }
+}
+
+diesel::table! {
+    region_snapshot (snapshot_id, region_id) {
+        snapshot_id -> Uuid,
+        region_id -> Uuid,
+        sled_id -> Uuid,
+        size_bytes -> Int8,
+        block_size -> Int8,
+        time_created -> Timestamptz,
+        export_address -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(instance -> project (project_id));
+diesel::joinable!(snapshot -> project (project_id));
+diesel::joinable!(region_snapshot -> snapshot (snapshot_id));
+diesel::joinable!(region_snapshot -> sled (sled_id));
 diesel::joinable!(disk -> project (project_id));
 diesel::joinable!(region -> disk (disk_id));
 diesel::joinable!(region -> sled (sled_id));
@@ -266,6 +297,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     role_assignment,
     disk,
     region,
+    snapshot,
+    region_snapshot,
 );
 
 // Metrics count VMMs by state and their sled's backend.

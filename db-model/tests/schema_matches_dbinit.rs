@@ -100,6 +100,8 @@ fn diesel_view() -> ColumnMap {
         role_assignment,
         disk,
         region,
+        snapshot,
+        region_snapshot,
     );
     map
 }

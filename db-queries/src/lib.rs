@@ -27,8 +27,8 @@ pub use datastore::{
     AttachedDisk, ConflictReason, DEVICE_AUTH_REQUEST_LIFETIME, DataStore, DeviceTokenPoll,
     DiskTransition, InstanceAndVmm, InstanceForDisks, LeftoverClaim, Leftovers, MAX_DISK_SIZE,
     MigrationReport, PoolConfig, PoolStatistics, Release, ReportApplied, RetireOutcome, SledChoice,
-    TokenOwner, TransitionConflict, TransitionOutcome, VmmStateReport, validate_instance_shape,
-    validate_new_disk, validate_new_instance,
+    SnapshotTransition, TokenOwner, TransitionConflict, TransitionOutcome, VmmStateReport,
+    validate_instance_shape, validate_new_disk, validate_new_instance,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
 pub use saga_store::{DbSecStore, saga_node_event_to_steno};

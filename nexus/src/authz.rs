@@ -25,7 +25,7 @@
 
 use crate::authn::Actor;
 use halyard_common::Error;
-use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid, SiloUuid};
+use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid, SiloUuid, SnapshotUuid};
 use halyard_common::{LookupType, ResourceType};
 use std::collections::BTreeSet;
 
@@ -145,6 +145,14 @@ pub struct Disk {
     pub lookup: LookupType,
 }
 
+/// A snapshot, with its project (whose roles apply to it, as to a disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub project: ProjectUuid,
+    pub id: SnapshotUuid,
+    pub lookup: LookupType,
+}
+
 /// A project's policy: its role assignments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectPolicy {
@@ -159,6 +167,7 @@ pub enum Resource {
     Project(Project),
     Instance(Instance),
     Disk(Disk),
+    Snapshot(Snapshot),
     ProjectPolicy(ProjectPolicy),
 }
 
@@ -170,6 +179,7 @@ impl Resource {
             Resource::Project(p) => Some(p.id),
             Resource::Instance(i) => Some(i.project),
             Resource::Disk(d) => Some(d.project),
+            Resource::Snapshot(s) => Some(s.project),
             Resource::ProjectPolicy(p) => Some(p.project.id),
         }
     }
@@ -183,6 +193,7 @@ impl Resource {
             }
             Resource::Instance(i) => (ResourceType::Instance, i.lookup.clone()),
             Resource::Disk(d) => (ResourceType::Disk, d.lookup.clone()),
+            Resource::Snapshot(s) => (ResourceType::Snapshot, s.lookup.clone()),
             // Never hidden: see `decide`.
             Resource::Fleet(_) | Resource::Silo(_) => {
                 return Error::internal("the fleet and silos are never hidden");
@@ -262,6 +273,7 @@ pub fn decide(actor: &Actor, roles: &Roles, resource: &Resource, action: Action)
         Resource::Project(_)
         | Resource::Instance(_)
         | Resource::Disk(_)
+        | Resource::Snapshot(_)
         | Resource::ProjectPolicy(_) => {
             let may = |action| {
                 (fleet_viewer

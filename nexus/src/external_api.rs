@@ -24,12 +24,13 @@ use halyard_nexus_external_api::params::{
     DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
     InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
     InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
-    ProjectSelector,
+    ProjectSelector, SnapshotCreate, SnapshotPath,
 };
 use halyard_nexus_external_api::views::{
     Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Disk, DiskState, DiskType,
     IdentityType, Instance, InstanceSerialConsoleData, Migration, Project, ProjectRole,
     ProjectRolePolicy, ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
+    Snapshot, SnapshotState,
 };
 use std::sync::Arc;
 
@@ -140,6 +141,41 @@ async fn lookup_disk(
     let disk = path.into_inner().disk;
     nexus
         .disk_lookup_authorized(opctx, project.as_ref(), &disk, action)
+        .await
+}
+
+fn snapshot_view(snapshot: halyard_db_model::Snapshot) -> Snapshot {
+    use halyard_common::SnapshotState as Stored;
+    Snapshot {
+        id: snapshot.id(),
+        name: snapshot.name().clone(),
+        description: snapshot.description.clone(),
+        time_created: snapshot.time_created,
+        time_modified: snapshot.time_modified,
+        project_id: snapshot.project_id(),
+        disk_id: snapshot.disk_id(),
+        size: snapshot.size(),
+        state: match snapshot.state() {
+            Stored::Creating => SnapshotState::Creating,
+            Stored::Ready => SnapshotState::Ready,
+            Stored::Faulted => SnapshotState::Faulted,
+            Stored::Destroyed => SnapshotState::Destroyed,
+        },
+    }
+}
+
+/// The snapshot a request names, if its caller may do `action` on it.
+async fn lookup_snapshot(
+    nexus: &Nexus,
+    opctx: &OpContext,
+    query: Query<OptionalProjectSelector>,
+    path: Path<SnapshotPath>,
+    action: Action,
+) -> Result<halyard_db_model::Snapshot, Error> {
+    let project = query.into_inner().project;
+    let snapshot = path.into_inner().snapshot;
+    nexus
+        .snapshot_lookup_authorized(opctx, project.as_ref(), &snapshot, action)
         .await
 }
 
@@ -858,6 +894,90 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let disk = lookup_disk(nexus, &opctx, query, path, Action::Delete).await?;
             for_request(rqctx, nexus.disk_delete(&disk)).await?;
+            Ok(HttpResponseDeleted())
+        })
+        .await
+    }
+
+    async fn snapshot_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<ProjectSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<Snapshot>>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let query = query.into_inner();
+            let limit = rqctx.page_limit(&query)?;
+            let scan = scan_params(&query);
+            let page = paginated_by(name_or_id_pagination(&query, limit)?);
+            let nexus = rqctx.context();
+            let project = nexus
+                .project_lookup_authorized(&opctx, &scan.selector.project, Action::ListChildren)
+                .await?;
+            let snapshots = nexus.datastore().snapshot_list(project.id(), &page).await?;
+            let views = snapshots.into_iter().map(snapshot_view).collect();
+            Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
+        })
+        .await
+    }
+
+    async fn snapshot_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<ProjectSelector>,
+        body: TypedBody<SnapshotCreate>,
+    ) -> Result<HttpResponseCreated<Snapshot>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let project_selector = query.into_inner().project;
+            let project = nexus
+                .project_lookup_authorized(&opctx, &project_selector, Action::CreateChild)
+                .await?;
+            let params = body.into_inner();
+            // The disk is read in the snapshot's project (by name), or by id, and must be
+            // readable by the caller.
+            let disk_project = match &params.disk {
+                halyard_common::NameOrId::Name(_) => Some(project_selector),
+                halyard_common::NameOrId::Id(_) => None,
+            };
+            let disk = nexus
+                .disk_lookup_authorized(&opctx, disk_project.as_ref(), &params.disk, Action::Read)
+                .await?;
+            if disk.project_id() != project.id() {
+                return Err(Error::invalid_request(
+                    "the disk to snapshot must be in the snapshot's project",
+                )
+                .into());
+            }
+            let created = for_request(rqctx, nexus.snapshot_create(&disk, params)).await?;
+            Ok(HttpResponseCreated(snapshot_view(created)))
+        })
+        .await
+    }
+
+    async fn snapshot_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<SnapshotPath>,
+    ) -> Result<HttpResponseOk<Snapshot>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let snapshot = lookup_snapshot(nexus, &opctx, query, path, Action::Read).await?;
+            Ok(HttpResponseOk(snapshot_view(snapshot)))
+        })
+        .await
+    }
+
+    async fn snapshot_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<SnapshotPath>,
+    ) -> Result<HttpResponseDeleted, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let snapshot = lookup_snapshot(nexus, &opctx, query, path, Action::Delete).await?;
+            for_request(rqctx, nexus.snapshot_delete(&snapshot)).await?;
             Ok(HttpResponseDeleted())
         })
         .await

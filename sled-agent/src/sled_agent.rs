@@ -574,6 +574,14 @@ impl SledAgent {
         self.storage.list_now()
     }
 
+    /// The region snapshots this sled holds, read without waiting (for the invariant checker):
+    /// `None` while the storage table is locked.
+    pub fn region_snapshots_now(
+        &self,
+    ) -> Option<Vec<halyard_sled_agent_api::RegionSnapshotSummary>> {
+        self.storage.snapshot_list_now()
+    }
+
     /// The process id of the daemon serving this sled's regions, if it runs one and it is up
     /// (for tests that kill it).
     pub fn storage_daemon_pid(&self) -> Option<u32> {

@@ -14,6 +14,7 @@ mod region;
 mod role;
 mod saga;
 mod sled;
+mod snapshot;
 mod vmm;
 
 pub use disk::{DiskTransition, MAX_DISK_SIZE, validate_new_disk};
@@ -24,6 +25,7 @@ pub use instance_transition::{ConflictReason, Release, TransitionConflict, Trans
 pub use instance_view::InstanceAndVmm;
 pub use leftover::{LeftoverClaim, Leftovers};
 pub use sled::SledChoice;
+pub use snapshot::SnapshotTransition;
 pub use vmm::{MigrationReport, ReportApplied, RetireOutcome, VmmStateReport};
 
 use crate::error::TxnError;

@@ -25,11 +25,11 @@ use params::{
     DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
     InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
     InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
-    ProjectSelector,
+    ProjectSelector, SnapshotCreate, SnapshotPath,
 };
 use views::{
     CurrentUser, Disk, Instance, InstanceSerialConsoleData, Migration, Project, ProjectRolePolicy,
-    Sled,
+    Sled, Snapshot,
 };
 
 #[dropshot::api_description]
@@ -330,6 +330,46 @@ pub trait NexusExternalApi {
         rqctx: RequestContext<Self::Context>,
         query: Query<OptionalProjectSelector>,
         path: Path<DiskPath>,
+    ) -> Result<HttpResponseDeleted, HttpError>;
+
+    // Snapshots
+
+    /// List the snapshots of a project. `project` is required on the first page (later pages
+    /// carry it in `page_token`).
+    #[endpoint { method = GET, path = "/v1/snapshots", tags = ["snapshots"] }]
+    async fn snapshot_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<ProjectSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<Snapshot>>, HttpError>;
+
+    /// Create a snapshot of a disk: a read-only copy of its data at one point in time, kept
+    /// beside each of the disk's three regions. A disk attached to a running instance is
+    /// snapshotted crash-consistently: the instance's vCPUs pause for the snapshot. Answers
+    /// once it is `ready`. `disk` is a name in `project`, or an id. Too little storage on a
+    /// region's sled: 507, nothing created.
+    #[endpoint { method = POST, path = "/v1/snapshots", tags = ["snapshots"] }]
+    async fn snapshot_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<ProjectSelector>,
+        body: TypedBody<SnapshotCreate>,
+    ) -> Result<HttpResponseCreated<Snapshot>, HttpError>;
+
+    /// Fetch a snapshot. `project` is required when `{snapshot}` is a name and must be absent
+    /// when it is an id.
+    #[endpoint { method = GET, path = "/v1/snapshots/{snapshot}", tags = ["snapshots"] }]
+    async fn snapshot_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<SnapshotPath>,
+    ) -> Result<HttpResponseOk<Snapshot>, HttpError>;
+
+    /// Delete a snapshot (a `ready` or `faulted` one; 409 while it is being created). Disks
+    /// made from it keep their data. `project` as for `snapshot_view`.
+    #[endpoint { method = DELETE, path = "/v1/snapshots/{snapshot}", tags = ["snapshots"] }]
+    async fn snapshot_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<SnapshotPath>,
     ) -> Result<HttpResponseDeleted, HttpError>;
 
     // System hardware

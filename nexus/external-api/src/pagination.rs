@@ -34,7 +34,7 @@
 //! }
 //! ```
 
-use crate::views::{Disk, Instance, Project, Sled};
+use crate::views::{Disk, Instance, Project, Sled, Snapshot};
 use dropshot::{HttpError, PaginationOrder, PaginationParams, ResultsPage, WhichPage};
 use halyard_common::ids::GenericUuid;
 use halyard_common::{Name, NameOrId};
@@ -325,5 +325,17 @@ impl PageItemName for Disk {
 impl PageItemId for Sled {
     fn page_id(&self) -> Uuid {
         self.id.into_untyped_uuid()
+    }
+}
+
+impl PageItemId for Snapshot {
+    fn page_id(&self) -> Uuid {
+        self.id.into_untyped_uuid()
+    }
+}
+
+impl PageItemName for Snapshot {
+    fn page_name(&self) -> &Name {
+        &self.name
     }
 }

@@ -6,9 +6,11 @@
 use super::Nexus;
 use crate::authn::{Actor, OpContext};
 use crate::authz::{self, Action, FleetRole, ProjectRole, Resource, Roles};
-use halyard_common::ids::{DiskUuid, GenericUuid, InstanceUuid, ProjectUuid, UserUuid};
+use halyard_common::ids::{
+    DiskUuid, GenericUuid, InstanceUuid, ProjectUuid, SnapshotUuid, UserUuid,
+};
 use halyard_common::{Error, LookupType, Name, NameOrId};
-use halyard_db_model::{Disk, Project, RoleAssignment};
+use halyard_db_model::{Disk, Project, RoleAssignment, Snapshot};
 use halyard_db_queries::InstanceAndVmm;
 use halyard_db_queries::PaginatedBy;
 
@@ -148,6 +150,50 @@ impl Nexus {
             project: found.project_id(),
             id: found.id(),
             lookup: lookup_type(disk),
+        });
+        self.authorize(opctx, &resource, action).await?;
+        Ok(found)
+    }
+
+    /// A live snapshot the actor may do `action` on: by id (then no project may be given), or
+    /// by name within a project (which the actor must be able to read).
+    pub async fn snapshot_lookup_authorized(
+        &self,
+        opctx: &OpContext,
+        project: Option<&NameOrId>,
+        snapshot: &NameOrId,
+        action: Action,
+    ) -> Result<Snapshot, Error> {
+        let found = match (snapshot, project) {
+            (NameOrId::Id(id), None) => {
+                self.datastore()
+                    .snapshot_fetch(SnapshotUuid::from_untyped_uuid(*id))
+                    .await?
+            }
+            (NameOrId::Id(_), Some(_)) => {
+                return Err(Error::invalid_request(
+                    "when the snapshot is given by id, do not also give a project",
+                ));
+            }
+            (NameOrId::Name(_), None) => {
+                return Err(Error::invalid_request(
+                    "when the snapshot is given by name, its project must be given too \
+                     (?project=<name or id>)",
+                ));
+            }
+            (NameOrId::Name(name), Some(project)) => {
+                let project = self
+                    .project_lookup_authorized(opctx, project, Action::Read)
+                    .await?;
+                self.datastore()
+                    .snapshot_fetch_by_name(project.id(), name)
+                    .await?
+            }
+        };
+        let resource = Resource::Snapshot(authz::Snapshot {
+            project: found.project_id(),
+            id: found.id(),
+            lookup: lookup_type(snapshot),
         });
         self.authorize(opctx, &resource, action).await?;
         Ok(found)

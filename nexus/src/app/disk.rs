@@ -3,9 +3,9 @@
 
 use super::Nexus;
 use super::sagas::{disk_create, disk_delete};
-use halyard_common::ids::{DiskUuid, GenericUuid, ProjectUuid};
-use halyard_common::{BlockSize, Error, NameOrId, ResourceType};
-use halyard_db_model::{Disk, NewDiskParams};
+use halyard_common::ids::{DiskUuid, GenericUuid, ProjectUuid, SnapshotUuid};
+use halyard_common::{BlockSize, Error, Labelled, NameOrId, ResourceType, SnapshotState};
+use halyard_db_model::{Disk, NewDiskParams, Snapshot};
 use halyard_db_queries::{PaginatedBy, validate_new_disk};
 use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource};
 use std::sync::Arc;
@@ -25,10 +25,11 @@ pub fn validate_disk_create(params: &DiskCreate) -> Result<BlockSize, Error> {
         DiskBackend::Distributed(DiskSource::Blank { block_size }) => *block_size,
         DiskBackend::Distributed(DiskSource::Snapshot { read_only, .. }) => {
             return Err(Error::invalid_request(if *read_only {
-                "read-only disks are not supported, and disks from snapshots are not \
-                 supported yet; create a blank disk"
+                "read-only disks are not supported; create a disk from the snapshot that is \
+                 not read-only"
             } else {
-                "disks from snapshots are not supported yet; create a blank disk"
+                "a disk from a snapshot is created with POST /v1/disks, not in an instance \
+                 create; create it first, then name it in \"disks\" as an attachment"
             }));
         }
         DiskBackend::Distributed(DiskSource::Image { .. }) => {
@@ -100,7 +101,36 @@ impl Nexus {
         project_id: ProjectUuid,
         params: DiskCreate,
     ) -> Result<Disk, Error> {
-        let block_size = validate_disk_create(&params)?;
+        let (params, block_size, source_snapshot_id) = match &params.disk_backend {
+            DiskBackend::Distributed(DiskSource::Snapshot {
+                snapshot_id,
+                read_only: false,
+            }) => {
+                let snapshot = self.disk_source_snapshot(project_id, *snapshot_id).await?;
+                if params.size != snapshot.size() {
+                    return Err(Error::invalid_request(format!(
+                        "a disk from a snapshot has the snapshot's size: \"size\" must be {} \
+                         (the snapshot's), not {}",
+                        snapshot.size().to_bytes(),
+                        params.size.to_bytes()
+                    )));
+                }
+                validate_new_disk(&NewDiskParams {
+                    id: DiskUuid::nil(),
+                    project_id,
+                    name: params.name.clone(),
+                    description: params.description.clone(),
+                    size: snapshot.size(),
+                    block_size: snapshot.block_size(),
+                    created_by_instance_id: None,
+                })?;
+                (params, snapshot.block_size(), Some(snapshot.id()))
+            }
+            _ => {
+                let block_size = validate_disk_create(&params)?;
+                (params, block_size, None)
+            }
+        };
         match self
             .datastore()
             .disk_fetch_by_name(project_id, &params.name)
@@ -123,12 +153,37 @@ impl Nexus {
                 create: params,
                 block_size,
                 created_by_instance_id: None,
+                source_snapshot_id,
             })
             .await?;
         match disk_create::created(&result) {
             Some(disk) => Ok(disk),
             None => self.datastore().disk_fetch(disk_id).await,
         }
+    }
+
+    /// The snapshot a disk is to be made from: a ready snapshot in the disk's project (one in
+    /// another project looks missing: 404; one not ready is 409).
+    async fn disk_source_snapshot(
+        &self,
+        project_id: ProjectUuid,
+        snapshot_id: SnapshotUuid,
+    ) -> Result<Snapshot, Error> {
+        let snapshot = self.datastore().snapshot_fetch(snapshot_id).await?;
+        if snapshot.project_id() != project_id {
+            return Err(Error::not_found_by_id(
+                ResourceType::Snapshot,
+                snapshot_id.into_untyped_uuid(),
+            ));
+        }
+        if snapshot.state() != SnapshotState::Ready {
+            return Err(Error::conflict(format!(
+                "snapshot \"{}\" is {}; a disk is made only from a ready snapshot",
+                snapshot.name(),
+                snapshot.state().label()
+            )));
+        }
+        Ok(snapshot)
     }
 
     /// Deletes a disk (the disk-delete saga). A disk attached to an instance, or being

@@ -246,6 +246,7 @@ impl Nexus {
                         create,
                         block_size,
                         created_by_instance_id: Some(instance_id),
+                        source_snapshot_id: None,
                     });
                 }
             }

@@ -15,6 +15,7 @@ pub mod saga;
 pub mod sagas;
 pub mod serial_console;
 pub mod sled;
+pub mod snapshot;
 pub mod vmm;
 
 use crate::metrics::{MeteredSecStore, NexusMetrics};

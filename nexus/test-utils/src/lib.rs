@@ -37,8 +37,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// - a live disk past `creating` has exactly [`REGIONS_PER_DISK`] regions on as many distinct
 ///   sleds, each of the disk's size; no region is on an expunged sled (there is no degraded
 ///   handling yet: a disk that lost a sled is flagged until region replacement exists);
-/// - each sled's `reserved_storage` equals the sum of its regions' sizes and never exceeds its
-///   `usable_storage`;
+/// - each sled's `reserved_storage` equals the sum of its regions' and region snapshots' sizes
+///   and never exceeds its `usable_storage`;
+/// - no region snapshot without a live snapshot, no snapshot left `creating` once no saga
+///   runs, a ready snapshot has a region snapshot on each of its disk's three sleds, and sled
+///   by sled the region snapshots each sled agent holds are exactly the database's;
 /// - a disk names an instance iff it is attaching, attached or detaching, and that instance
 ///   exists and is not deleted;
 /// - sled by sled, the regions each sled agent holds are exactly the database's regions on
@@ -249,10 +252,39 @@ pub fn invariant_violations_in(
         "region on an expunged sled (region, disk, sled)",
     );
     check(
-        "SELECT s.id, s.reserved_storage, coalesce(sum(r.size_bytes), 0) FROM sled s \
-         LEFT JOIN region r ON r.sled_id = s.id GROUP BY s.id \
-         HAVING s.reserved_storage != coalesce(sum(r.size_bytes), 0)",
-        "sled's reserved storage disagrees with its regions (sled, reserved, sum of regions)",
+        "SELECT s.id, s.reserved_storage, \
+           (SELECT coalesce(sum(r.size_bytes), 0) FROM region r WHERE r.sled_id = s.id), \
+           (SELECT coalesce(sum(rs.size_bytes), 0) FROM region_snapshot rs \
+            WHERE rs.sled_id = s.id) \
+         FROM sled s WHERE s.reserved_storage != \
+           (SELECT coalesce(sum(r.size_bytes), 0) FROM region r WHERE r.sled_id = s.id) + \
+           (SELECT coalesce(sum(rs.size_bytes), 0) FROM region_snapshot rs \
+            WHERE rs.sled_id = s.id)",
+        "sled's reserved storage disagrees with its regions and region snapshots (sled, \
+         reserved, sum of regions, sum of region snapshots)",
+    );
+    // Snapshots and region snapshots.
+    check(
+        "SELECT rs.snapshot_id, rs.region_id, s.state, s.time_deleted FROM region_snapshot rs \
+         LEFT JOIN snapshot s ON s.id = rs.snapshot_id \
+         WHERE s.id IS NULL OR s.time_deleted IS NOT NULL",
+        "region snapshot without a live snapshot (snapshot, region, snapshot state, deleted)",
+    );
+    check(
+        "SELECT id, name, time_created FROM snapshot \
+         WHERE time_deleted IS NULL AND state = 'creating'",
+        "snapshot left creating with no saga running (snapshot, name, created)",
+    );
+    check(
+        &format!(
+            "SELECT s.id, count(rs.region_id), count(DISTINCT rs.sled_id) FROM snapshot s \
+             LEFT JOIN region_snapshot rs ON rs.snapshot_id = s.id \
+             WHERE s.time_deleted IS NULL AND s.state = 'ready' GROUP BY s.id \
+             HAVING count(rs.region_id) != {REGIONS_PER_DISK} \
+                OR count(DISTINCT rs.sled_id) != {REGIONS_PER_DISK}"
+        ),
+        "ready snapshot without a region snapshot on each of its disk's sleds (snapshot, \
+         region snapshots, distinct sleds)",
     );
     check(
         "SELECT id, reserved_storage, usable_storage FROM sled \
@@ -275,6 +307,89 @@ pub fn invariant_violations_in(
 
     violations.extend(sled_agent_violations(&sql, sleds));
     violations.extend(region_violations(&sql, sleds));
+    violations.extend(region_snapshot_violations(&sql, sleds));
+    violations
+}
+
+/// The database's region snapshots against what each sled agent holds, sled by sled
+/// (expunged sleds excepted).
+fn region_snapshot_violations(
+    sql: &dyn Fn(&str) -> String,
+    sleds: &[halyard_sled_agent::Server],
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    // sled -> "region.snapshot" -> size, as the database has them.
+    let mut in_db: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    // A faulted snapshot's region snapshots (a delete that unwound after deleting some on
+    // their sleds) may be missing on their sled agents: its data is not to be trusted.
+    let mut faulted: BTreeSet<String> = BTreeSet::new();
+    for row in sql(
+        "SELECT rs.sled_id, rs.region_id || '.' || rs.snapshot_id, rs.size_bytes, \
+           sn.state = 'faulted' \
+         FROM region_snapshot rs JOIN sled s ON s.id = rs.sled_id \
+         LEFT JOIN snapshot sn ON sn.id = rs.snapshot_id \
+         WHERE s.time_expunged IS NULL",
+    )
+    .lines()
+    .filter(|l| !l.is_empty())
+    {
+        let columns: Vec<&str> = row.split('|').collect();
+        if columns[3] == "t" {
+            faulted.insert(columns[1].to_string());
+        }
+        in_db
+            .entry(columns[0].to_string())
+            .or_default()
+            .insert(columns[1].to_string(), columns[2].to_string());
+    }
+    let expunged: BTreeSet<String> = sql("SELECT id FROM sled WHERE time_expunged IS NOT NULL")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    for sled in sleds {
+        let sled_id = sled.agent().id().to_string();
+        if expunged.contains(&sled_id) {
+            continue;
+        }
+        let held = (0..100).find_map(|_| {
+            let held = sled.agent().region_snapshots_now();
+            if held.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            held
+        });
+        let Some(held) = held else {
+            violations.push(format!(
+                "sled agent's region snapshots could not be read at a quiet point: sled \
+                 {sled_id}'s storage table is locked"
+            ));
+            continue;
+        };
+        let mut expected = in_db.remove(&sled_id).unwrap_or_default();
+        for held in held {
+            let key = format!("{}.{}", held.region_id, held.snapshot_id);
+            let size = held.size.to_bytes().to_string();
+            match expected.remove(&key) {
+                None => violations.push(format!(
+                    "region snapshot on a sled agent but not in the database on that sled: \
+                     {key} on sled {sled_id}"
+                )),
+                Some(in_db_size) if in_db_size != size => violations.push(format!(
+                    "region snapshot size differs between the database and its sled agent: \
+                     {key} on sled {sled_id} is {in_db_size} bytes in the database, {size} on \
+                     the sled agent"
+                )),
+                Some(_) => {}
+            }
+        }
+        for key in expected.keys().filter(|key| !faulted.contains(*key)) {
+            violations.push(format!(
+                "region snapshot in the database but not on its sled's agent: {key} on sled \
+                 {sled_id}"
+            ));
+        }
+    }
     violations
 }
 

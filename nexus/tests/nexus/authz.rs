@@ -136,6 +136,7 @@ struct Fixture {
     project_id: String,
     instance_id: Option<String>,
     disk_id: Option<String>,
+    snapshot_id: Option<String>,
 }
 
 async fn fixture(ctx: &TestContext, users: &Users, name: &str, empty: bool) -> Fixture {
@@ -196,11 +197,29 @@ async fn fixture(ctx: &TestContext, users: &Users, name: &str, empty: bool) -> F
             .unwrap();
         Some(disk["id"].as_str().unwrap().to_string())
     };
+    let snapshot_id = match &disk_id {
+        None => None,
+        Some(disk_id) => {
+            let snapshot: Value = admin
+                .post(format!("{}/v1/snapshots?project={name}", base(ctx)))
+                .json(&json!({"name": "snap", "description": "", "disk": disk_id}))
+                .send()
+                .await
+                .unwrap()
+                .error_for_status()
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            Some(snapshot["id"].as_str().unwrap().to_string())
+        }
+    };
     Fixture {
         project: name.to_string(),
         project_id: created["id"].as_str().unwrap().to_string(),
         instance_id,
         disk_id,
+        snapshot_id,
     }
 }
 
@@ -238,6 +257,7 @@ struct Request {
 fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Request {
     let instance = f.instance_id.clone().unwrap_or_default();
     let disk = f.disk_id.clone().unwrap_or_default();
+    let snapshot = f.snapshot_id.clone().unwrap_or_default();
     let project = &f.project;
     let get = |path: String| Request {
         method: reqwest::Method::GET,
@@ -347,6 +367,14 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
         ),
         "disk_view" => get(format!("/v1/disks/{disk}")),
         "disk_delete" => with(M::DELETE, format!("/v1/disks/{disk}"), None),
+        "snapshot_list" => get(format!("/v1/snapshots?project={project}")),
+        "snapshot_create" => with(
+            M::POST,
+            format!("/v1/snapshots?project={project}"),
+            Some(json!({"name": "created", "description": "", "disk": disk})),
+        ),
+        "snapshot_view" => get(format!("/v1/snapshots/{snapshot}")),
+        "snapshot_delete" => with(M::DELETE, format!("/v1/snapshots/{snapshot}"), None),
         "sled_list" => get("/v1/system/hardware/sleds".into()),
         other => panic!(
             "operation {other} is in openapi/nexus-external.json but this test has no request \

@@ -992,6 +992,7 @@ async fn disk_sagas_survive_a_crash_at_every_node() {
             },
             block_size,
             created_by_instance_id: None,
+            source_snapshot_id: None,
         }),
         SagaNodes::of::<disk_delete::SagaDiskDelete>(disk_delete::Params {
             disk_id: halyard_common::ids::DiskUuid::new_v4(),

@@ -20,7 +20,8 @@ use halyard_common::{BlockSize, ByteCount, DiskState, InstanceState, NameOrId};
 use halyard_nexus::app::crash_point::LostReplyStep;
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, disk_attach, disk_create, disk_delete, disk_detach,
-    instance_create, instance_delete, instance_migrate, instance_start,
+    instance_create, instance_delete, instance_migrate, instance_start, snapshot_create,
+    snapshot_delete,
 };
 use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource, InstanceCreate};
 use halyard_sled_agent::SimConfig;
@@ -712,6 +713,7 @@ async fn disk_create_params(ctx: &TestContext) -> disk_create::Params {
         },
         block_size,
         created_by_instance_id: None,
+        source_snapshot_id: None,
     }
 }
 
@@ -841,4 +843,114 @@ async fn disk_undos_notice_their_effects_after_a_lost_reply() {
     let lost: usize = cases.iter().map(|c| c.lost).sum();
     // Every node but the last: 3 + 2, all with an undo.
     assert_eq!((cases.len(), lost), (5, 5));
+}
+
+/// A snapshot-create of a new detached disk in project "p" (made on the first call).
+async fn snapshot_create_params(ctx: &TestContext) -> snapshot_create::Params {
+    let project = match ctx.nexus().project_view(&"p".parse().unwrap()).await {
+        Ok(_) => halyard_common::NameOrId::Name("p".parse().unwrap()),
+        Err(_) => ctx.project("p").await,
+    };
+    let disk_id = crate::instance_disks::detached_disk(
+        ctx,
+        &project,
+        &format!("d-{}", &DiskUuid::new_v4().to_string()[..8]),
+    )
+    .await;
+    let snapshot_id = halyard_common::ids::SnapshotUuid::new_v4();
+    snapshot_create::Params {
+        snapshot_id,
+        disk_id,
+        name: format!("s-{}", &snapshot_id.to_string()[..8])
+            .parse()
+            .unwrap(),
+        description: String::new(),
+    }
+}
+
+/// The snapshot's region snapshot rows, and how many of them the sled agents hold.
+fn snapshot_rows(ctx: &TestContext, snapshot: halyard_common::ids::SnapshotUuid) -> (usize, usize) {
+    let rows = ctx.sql(&format!(
+        "SELECT region_id || '.' || snapshot_id FROM region_snapshot \
+         WHERE snapshot_id = '{snapshot}'"
+    ));
+    let rows: Vec<&str> = rows.lines().filter(|l| !l.is_empty()).collect();
+    let held = ctx
+        .sleds
+        .iter()
+        .flat_map(|sled| {
+            sled.agent()
+                .region_snapshots_now()
+                .expect("a quiet sled agent")
+        })
+        .filter(|s| rows.contains(&format!("{}.{}", s.region_id, s.snapshot_id).as_str()))
+        .count();
+    (rows.len(), held)
+}
+
+fn snapshot_gone(ctx: &TestContext, snapshot: halyard_common::ids::SnapshotUuid) -> String {
+    let live = count(
+        ctx,
+        &format!("SELECT count(*) FROM snapshot WHERE id = '{snapshot}' AND time_deleted IS NULL"),
+    );
+    let (rows, _) = snapshot_rows(ctx, snapshot);
+    assert_eq!((live, rows), (0, 0), "live snapshots, region snapshot rows");
+    "no snapshot, no region snapshot rows".to_string()
+}
+
+#[tokio::test]
+async fn snapshot_actions_and_undos_notice_their_effects_after_a_lost_reply() {
+    let ctx = TestContext::with_storage(3, ByteCount::from_gibibytes_u32(1)).await;
+    let mut cases = Vec::new();
+    cases.extend(
+        lose_a_reply_at_every_node::<snapshot_create::SagaSnapshotCreate>(
+            &ctx,
+            async |ctx| snapshot_create_params(ctx).await,
+            async |ctx, params| {
+                let ready = count(
+                    ctx,
+                    &format!(
+                        "SELECT count(*) FROM snapshot WHERE id = '{}' AND state = 'ready'",
+                        params.snapshot_id
+                    ),
+                );
+                let (rows, held) = snapshot_rows(ctx, params.snapshot_id);
+                assert_eq!((ready, rows, held), (1, 3, 3), "ready, rows, held");
+                format!("1 ready snapshot, {rows} region snapshot rows, {held} held")
+            },
+        )
+        .await,
+    );
+    cases.extend(
+        lose_a_reply_at_every_node::<snapshot_delete::SagaSnapshotDelete>(
+            &ctx,
+            async |ctx| {
+                let params = snapshot_create_params(ctx).await;
+                let snapshot_id = params.snapshot_id;
+                ctx.nexus()
+                    .run_saga::<snapshot_create::SagaSnapshotCreate>(params)
+                    .await
+                    .unwrap();
+                snapshot_delete::Params { snapshot_id }
+            },
+            async |ctx, params| snapshot_gone(ctx, params.snapshot_id),
+        )
+        .await,
+    );
+    cases.extend(
+        lose_an_undo_reply_at_every_node::<snapshot_create::SagaSnapshotCreate>(
+            &ctx,
+            &["snapshot", "reserved", "paused", "taken"],
+            async |ctx| snapshot_create_params(ctx).await,
+            async |ctx, params| snapshot_gone(ctx, params.snapshot_id),
+        )
+        .await,
+    );
+    print_summary(
+        "lost replies per snapshot saga node (action or undo effects landed, reply lost):",
+        "finished or unwound",
+        &cases,
+    );
+    // Forward: 6 + 3 nodes; undos: every snapshot-create node but the last.
+    assert_eq!(cases.len(), 6 + 3 + 5);
 }

@@ -25,4 +25,5 @@ mod saga_faults;
 mod saga_replay;
 mod serial_console;
 mod sled_expunge;
+mod snapshots;
 mod stuck;

@@ -7,7 +7,7 @@ use halyard_common::ids::{DiskUuid, InstanceUuid};
 use halyard_common::{ByteCount, DiskState, InstanceState, NameOrId};
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, disk_attach, disk_create, disk_delete, disk_detach,
-    instance_create, instance_delete, instance_start,
+    instance_create, instance_delete, instance_start, snapshot_create, snapshot_delete,
 };
 use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource, InstanceCreate};
 use std::num::NonZeroU32;
@@ -257,6 +257,7 @@ fn disk_create_params(project_id: halyard_common::ids::ProjectUuid) -> disk_crea
         },
         block_size,
         created_by_instance_id: None,
+        source_snapshot_id: None,
     }
 }
 
@@ -278,10 +279,18 @@ fn assert_disk_left_nothing(ctx: &TestContext, disk: halyard_common::ids::DiskUu
         .trim(),
         "0"
     );
+    assert_reserved_is_regions_and_region_snapshots(ctx);
+}
+
+/// The sleds reserve exactly what the regions and region snapshots left hold.
+fn assert_reserved_is_regions_and_region_snapshots(ctx: &TestContext) {
     assert_eq!(
         ctx.sql("SELECT sum(reserved_storage) FROM sled").trim(),
-        ctx.sql("SELECT coalesce(sum(size_bytes), 0) FROM region")
-            .trim()
+        ctx.sql(
+            "SELECT (SELECT coalesce(sum(size_bytes), 0) FROM region) + \
+             (SELECT coalesce(sum(size_bytes), 0) FROM region_snapshot)"
+        )
+        .trim()
     );
 }
 
@@ -562,6 +571,7 @@ async fn instance_create_making_a_disk_unwinds_from_every_node_and_tolerates_rep
             },
             block_size,
             created_by_instance_id: Some(params.instance_id),
+            source_snapshot_id: None,
         });
         params.disk_ids.push(disk_id);
         let name = format!("old-{}", &DiskUuid::new_v4().to_string()[..8]);
@@ -651,6 +661,7 @@ async fn instance_delete_deleting_a_made_disk_unwinds_from_every_node_and_leaks_
             },
             block_size,
             created_by_instance_id: Some(create.instance_id),
+            source_snapshot_id: None,
         });
         create.disk_ids.push(disk_id);
         ctx.nexus()
@@ -708,4 +719,145 @@ async fn instance_delete_deleting_a_made_disk_unwinds_from_every_node_and_leaks_
         covered > 1,
         "the subsaga's nodes are covered too ({covered})"
     );
+}
+
+/// A snapshot-create of a new detached disk (see `instance_disks::detached_disk`) in
+/// project "p".
+async fn snapshot_create_params(ctx: &TestContext) -> snapshot_create::Params {
+    let disk_id = crate::instance_disks::detached_disk(
+        ctx,
+        &NameOrId::Name("p".parse().unwrap()),
+        &format!("d-{}", &DiskUuid::new_v4().to_string()[..8]),
+    )
+    .await;
+    let snapshot_id = halyard_common::ids::SnapshotUuid::new_v4();
+    snapshot_create::Params {
+        snapshot_id,
+        disk_id,
+        name: format!("s-{}", &snapshot_id.to_string()[..8])
+            .parse()
+            .unwrap(),
+        description: String::new(),
+    }
+}
+
+/// No live snapshot and no region snapshot remains of `snapshot`; storage totals agree.
+fn assert_snapshot_left_nothing(ctx: &TestContext, snapshot: halyard_common::ids::SnapshotUuid) {
+    assert_eq!(
+        ctx.sql(&format!(
+            "SELECT count(*) FROM snapshot WHERE id = '{snapshot}' AND time_deleted IS NULL"
+        ))
+        .trim(),
+        "0"
+    );
+    assert_eq!(
+        ctx.sql(&format!(
+            "SELECT count(*) FROM region_snapshot WHERE snapshot_id = '{snapshot}'"
+        ))
+        .trim(),
+        "0"
+    );
+    assert_reserved_is_regions_and_region_snapshots(ctx);
+}
+
+#[tokio::test]
+async fn snapshot_create_unwinds_from_every_node_and_tolerates_repeats() {
+    let ctx = TestContext::with_storage(3, ByteCount::from_gibibytes_u32(1)).await;
+    ctx.project("p").await;
+    let covered = inject_error_at_every_node::<snapshot_create::SagaSnapshotCreate>(
+        &ctx,
+        async |ctx| snapshot_create_params(ctx).await,
+        async |ctx, params| assert_snapshot_left_nothing(ctx, params.snapshot_id),
+    )
+    .await;
+    assert_eq!(covered, 6);
+    let covered = repeat_every_node::<snapshot_create::SagaSnapshotCreate>(
+        &ctx,
+        async |ctx| snapshot_create_params(ctx).await,
+        async |ctx, params| {
+            let snapshot = ctx
+                .nexus()
+                .datastore()
+                .snapshot_fetch(params.snapshot_id)
+                .await
+                .unwrap();
+            assert_eq!(snapshot.state(), halyard_common::SnapshotState::Ready);
+            let rows = ctx
+                .nexus()
+                .datastore()
+                .region_snapshots(params.snapshot_id)
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), 3);
+            ctx.nexus().snapshot_delete(&snapshot).await.unwrap();
+            assert_snapshot_left_nothing(ctx, params.snapshot_id);
+        },
+    )
+    .await;
+    assert_eq!(covered, 6);
+}
+
+/// A new ready snapshot, to delete.
+async fn ready_snapshot(ctx: &TestContext) -> snapshot_delete::Params {
+    let params = snapshot_create_params(ctx).await;
+    let disk = ctx
+        .nexus()
+        .datastore()
+        .disk_fetch(params.disk_id)
+        .await
+        .unwrap();
+    let snapshot = ctx
+        .nexus()
+        .snapshot_create(
+            &disk,
+            halyard_nexus_external_api::params::SnapshotCreate {
+                name: params.name,
+                description: params.description,
+                disk: NameOrId::Id(halyard_common::ids::GenericUuid::into_untyped_uuid(
+                    params.disk_id,
+                )),
+            },
+        )
+        .await
+        .unwrap();
+    snapshot_delete::Params {
+        snapshot_id: snapshot.id(),
+    }
+}
+
+#[tokio::test]
+async fn snapshot_delete_unwinds_from_every_node_and_tolerates_repeats() {
+    let ctx = TestContext::with_storage(3, ByteCount::from_gibibytes_u32(1)).await;
+    ctx.project("p").await;
+    let covered = inject_error_at_every_node::<snapshot_delete::SagaSnapshotDelete>(
+        &ctx,
+        async |ctx| ready_snapshot(ctx).await,
+        async |ctx, params| {
+            // Unwound: the snapshot is still there (ready if the first node failed, else
+            // faulted), with its region snapshots; it can be deleted.
+            let snapshot = ctx
+                .nexus()
+                .datastore()
+                .snapshot_fetch(params.snapshot_id)
+                .await
+                .unwrap();
+            assert!(
+                snapshot_delete::DELETABLE.contains(&snapshot.state()),
+                "{:?}",
+                snapshot.state()
+            );
+            ctx.nexus().snapshot_delete(&snapshot).await.unwrap();
+            ctx.assert_quiet_and_consistent().await;
+            assert_snapshot_left_nothing(ctx, params.snapshot_id);
+        },
+    )
+    .await;
+    assert_eq!(covered, 3);
+    let covered = repeat_every_node::<snapshot_delete::SagaSnapshotDelete>(
+        &ctx,
+        async |ctx| ready_snapshot(ctx).await,
+        async |ctx, params| assert_snapshot_left_nothing(ctx, params.snapshot_id),
+    )
+    .await;
+    assert_eq!(covered, 3);
 }

@@ -224,6 +224,7 @@ async fn disk_sagas_replay_a_recorded_prefix_idempotently_over_existing_effects(
             create: create("x".to_string()),
             block_size,
             created_by_instance_id: None,
+            source_snapshot_id: None,
         })
         .unwrap(),
     );
@@ -297,6 +298,129 @@ async fn disk_sagas_replay_a_recorded_prefix_idempotently_over_existing_effects(
             } else {
                 assert_eq!(regions_after.trim(), "", "replay at {name}");
                 assert!(fresh.datastore().disk_fetch(disk.id()).await.is_err());
+            }
+        }
+    }
+}
+
+/// The snapshot sagas, each cut back to every node and resumed over effects that already exist
+/// (region snapshots in the database and on the sled agents): the same snapshot, the same
+/// region snapshots, nothing made twice.
+#[tokio::test]
+async fn snapshot_sagas_replay_a_recorded_prefix_idempotently_over_existing_effects() {
+    use halyard_common::ByteCount;
+    use halyard_common::ids::SnapshotUuid;
+    use halyard_nexus::app::sagas::{NexusSaga, snapshot_create, snapshot_delete};
+
+    let ctx = TestContext::with_storage(3, ByteCount::from_gibibytes_u32(1)).await;
+    let project = ctx.project("p").await;
+    let names = |dag: steno::SagaDag| -> Vec<(usize, String)> {
+        dag.get_nodes()
+            .map(|n| (n.index().index(), n.name().as_ref().to_string()))
+            .collect()
+    };
+    let create_nodes = names(
+        create_saga_dag::<snapshot_create::SagaSnapshotCreate>(snapshot_create::Params {
+            snapshot_id: SnapshotUuid::new_v4(),
+            disk_id: halyard_common::ids::DiskUuid::new_v4(),
+            name: "x".parse().unwrap(),
+            description: String::new(),
+        })
+        .unwrap(),
+    );
+    let delete_nodes = names(
+        create_saga_dag::<snapshot_delete::SagaSnapshotDelete>(snapshot_delete::Params {
+            snapshot_id: SnapshotUuid::new_v4(),
+        })
+        .unwrap(),
+    );
+
+    for (saga_name, nodes) in [
+        (snapshot_create::SagaSnapshotCreate::NAME, &create_nodes),
+        (snapshot_delete::SagaSnapshotDelete::NAME, &delete_nodes),
+    ] {
+        let start_node = nodes.len();
+        for (index, name) in nodes {
+            let disk_id = crate::instance_disks::detached_disk(
+                &ctx,
+                &project,
+                &format!("d-{saga_name}-{index}"),
+            )
+            .await;
+            let disk = ctx.nexus().datastore().disk_fetch(disk_id).await.unwrap();
+            let snapshot = ctx
+                .nexus()
+                .snapshot_create(
+                    &disk,
+                    halyard_nexus_external_api::params::SnapshotCreate {
+                        name: format!("s-{saga_name}-{index}").parse().unwrap(),
+                        description: String::new(),
+                        disk: halyard_common::NameOrId::Id(disk_id.into_untyped_uuid()),
+                    },
+                )
+                .await
+                .unwrap();
+            let rows = || {
+                ctx.sql(&format!(
+                    "SELECT region_id, sled_id FROM region_snapshot WHERE snapshot_id = '{}' \
+                     ORDER BY region_id",
+                    snapshot.id()
+                ))
+            };
+            let before = rows();
+            if saga_name == snapshot_delete::SagaSnapshotDelete::NAME {
+                ctx.nexus().snapshot_delete(&snapshot).await.unwrap();
+            }
+            let saga_id = ctx.sql(&format!(
+                "SELECT id FROM saga WHERE name = '{saga_name}' ORDER BY time_created DESC LIMIT 1"
+            ));
+            let saga_id = saga_id.trim();
+            ctx.sql(&format!(
+                "DELETE FROM saga_node_event WHERE saga_id = '{saga_id}' \
+                 AND node_id >= {index} AND node_id != {start_node} \
+                 AND NOT (node_id = {index} AND event_type = 'started'); \
+                 UPDATE saga SET saga_state = 'running' WHERE id = '{saga_id}'"
+            ));
+            let fresh = Nexus::new(
+                ctx.nexus().id(),
+                ctx.nexus().datastore().clone(),
+                ctx.nexus().sled_http().clone(),
+                &log(),
+            );
+            assert_eq!(
+                fresh.resume_sagas().await.unwrap(),
+                1,
+                "{saga_name} node {name}"
+            );
+            ctx.eventually(
+                &format!("{saga_name} resumed at {name} to finish"),
+                async |ctx: &TestContext| {
+                    ctx.sql(&format!(
+                        "SELECT saga_state FROM saga WHERE id = '{saga_id}'"
+                    ))
+                    .trim()
+                        == "done"
+                },
+            )
+            .await;
+            ctx.assert_quiet_and_consistent().await;
+            if saga_name == snapshot_create::SagaSnapshotCreate::NAME {
+                assert_eq!(rows(), before, "replay at {name}");
+                let replayed = fresh
+                    .datastore()
+                    .snapshot_fetch(snapshot.id())
+                    .await
+                    .unwrap();
+                assert_eq!(replayed.state(), halyard_common::SnapshotState::Ready);
+            } else {
+                assert_eq!(rows().trim(), "", "replay at {name}");
+                assert!(
+                    fresh
+                        .datastore()
+                        .snapshot_fetch(snapshot.id())
+                        .await
+                        .is_err()
+                );
             }
         }
     }

@@ -261,6 +261,18 @@ impl Storage {
         Ok(())
     }
 
+    /// [`Storage::snapshot_list`] without waiting: `None` while the table is locked.
+    pub(crate) fn snapshot_list_now(&self) -> Option<Vec<RegionSnapshotSummary>> {
+        let contents = self.contents.try_lock().ok()?;
+        Some(
+            contents
+                .snapshots
+                .iter()
+                .map(|(key, shape)| self.snapshot_summary(*key, *shape))
+                .collect(),
+        )
+    }
+
     pub(crate) async fn snapshot_list(&self) -> Vec<RegionSnapshotSummary> {
         let contents = self.contents.lock().await;
         contents

@@ -31,12 +31,16 @@
 use super::{NexusActionContext, action_failed, declare_saga};
 use crate::app::Nexus;
 use crate::app::sled::sled_agent_error;
-use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid, RegionUuid, SledUuid};
-use halyard_common::{BlockSize, ByteCount, DiskState, Error, SledBackend};
+use halyard_common::ids::{
+    DiskUuid, InstanceUuid, ProjectUuid, RegionUuid, SledUuid, SnapshotUuid,
+};
+use halyard_common::{
+    BlockSize, ByteCount, DiskState, Error, Labelled, SledBackend, SnapshotState,
+};
 use halyard_db_model::{Disk, NewDiskParams, Region};
 use halyard_db_queries::DiskTransition;
 use halyard_nexus_external_api::params::DiskCreate;
-use halyard_sled_agent_api::RegionEnsureBody;
+use halyard_sled_agent_api::{NbdExport, RegionEnsureBody};
 use serde::{Deserialize, Serialize};
 use slog::warn;
 use steno::ActionError;
@@ -63,6 +67,10 @@ pub struct Params {
     /// is deleted with it. `None` for a disk created on its own.
     #[serde(default)]
     pub created_by_instance_id: Option<InstanceUuid>,
+    /// The ready snapshot the disk's data is copied from (its size is the disk's); `None`:
+    /// a blank disk.
+    #[serde(default)]
+    pub source_snapshot_id: Option<SnapshotUuid>,
 }
 
 /// A region as a saga node records it: where it is and its shape.
@@ -155,10 +163,17 @@ async fn undo_allocate_regions(ctx: &NexusActionContext) -> Result<(), anyhow::E
 }
 
 async fn ensure_regions(ctx: &NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
     let regions = ctx.lookup::<Vec<PlacedRegion>>("regions")?;
     let nexus = &ctx.user_data().nexus;
+    let source = match params.source_snapshot_id {
+        Some(snapshot_id) => snapshot_source(nexus, snapshot_id)
+            .await
+            .map_err(action_failed)?,
+        None => None,
+    };
     for (made, region) in regions.iter().enumerate() {
-        if let Err(e) = ensure_region(nexus, region).await {
+        if let Err(e) = ensure_region(nexus, region, source.clone()).await {
             // Clean up what this action made (its undo is not run when it fails). A region a
             // sled agent does not give back now stays on it; the invariant checker compares
             // each sled agent with the database and names it.
@@ -184,24 +199,53 @@ async fn undo_ensure_regions(ctx: &NexusActionContext) -> Result<(), anyhow::Err
     Ok(())
 }
 
-/// Makes a region on its sled agent (idempotent) and records where the sled serves it over
-/// NBD, which the VMMs that attach the disk are told (a simulated sled serves nothing).
-pub(crate) async fn ensure_region(nexus: &Nexus, region: &PlacedRegion) -> Result<(), Error> {
+/// Where a disk made from `snapshot_id` copies its data from: the export of one of the
+/// snapshot's region snapshots (all hold the same point in time). `None` when none is served
+/// (a simulated sled's region snapshots hold no data, and their copies none either).
+/// `Conflict` for a snapshot that is no longer ready.
+async fn snapshot_source(
+    nexus: &Nexus,
+    snapshot_id: SnapshotUuid,
+) -> Result<Option<NbdExport>, Error> {
+    let snapshot = nexus.datastore().snapshot_fetch(snapshot_id).await?;
+    if snapshot.state() != SnapshotState::Ready {
+        return Err(Error::conflict(format!(
+            "snapshot \"{}\" is {}; a disk is made only from a ready snapshot",
+            snapshot.name(),
+            snapshot.state().label()
+        )));
+    }
+    let region_snapshots = nexus.datastore().region_snapshots(snapshot_id).await?;
+    Ok(region_snapshots.iter().find_map(|row| {
+        let address = row.export_address.as_deref()?.parse().ok()?;
+        Some(NbdExport {
+            address,
+            name: format!("{}.{}", row.region_id(), row.snapshot_id()),
+        })
+    }))
+}
+
+/// Makes a region on its sled agent (idempotent), copied from `source` if given, and records
+/// where the sled serves it (if it does).
+pub(crate) async fn ensure_region(
+    nexus: &Nexus,
+    region: &PlacedRegion,
+    source: Option<NbdExport>,
+) -> Result<(), Error> {
     let client = nexus.sled_client(region.sled_id).await?;
-    let made = client
+    let summary = client
         .region_ensure(
             &region.region_id,
             &RegionEnsureBody {
                 size: region.size,
                 block_size: region.block_size,
-                // A blank disk's regions start empty.
-                source: None,
+                source,
             },
         )
         .await
         .map_err(sled_agent_error)?
         .into_inner();
-    if let Some(export) = made.export {
+    if let Some(export) = summary.export {
         nexus
             .datastore()
             .region_set_export_address(region.region_id, export.address)

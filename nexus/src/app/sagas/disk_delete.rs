@@ -133,7 +133,7 @@ async fn delete_regions(ctx: &NexusActionContext) -> Result<(), ActionError> {
             // Put back what this action deleted (its undo is not run when it fails), so the
             // sled agents match the region rows the unwind keeps.
             for deleted in &regions[..deleted] {
-                if let Err(cleanup) = ensure_region(nexus, deleted).await {
+                if let Err(cleanup) = ensure_region(nexus, deleted, None).await {
                     warn!(nexus.log(), "disk-delete: making a region again after a failed delete";
                         "region_id" => %deleted.region_id, "sled_id" => %deleted.sled_id,
                         "error" => %cleanup);
@@ -171,7 +171,7 @@ async fn undo_delete_regions(ctx: &NexusActionContext) -> Result<(), anyhow::Err
         if sled.is_expunged() {
             continue;
         }
-        ensure_region(nexus, region).await?;
+        ensure_region(nexus, region, None).await?;
     }
     Ok(())
 }

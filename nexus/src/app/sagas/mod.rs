@@ -13,6 +13,8 @@ pub mod instance_delete;
 pub mod instance_migrate;
 pub mod instance_start;
 pub mod retry;
+pub mod snapshot_create;
+pub mod snapshot_delete;
 mod vmm_steps;
 
 use crate::app::Nexus;
@@ -72,6 +74,8 @@ pub fn action_registry() -> Arc<ActionRegistry> {
     disk_detach::SagaDiskDetach::register_actions(&mut registry);
     disk_create::SagaDiskCreate::register_actions(&mut registry);
     disk_delete::SagaDiskDelete::register_actions(&mut registry);
+    snapshot_create::SagaSnapshotCreate::register_actions(&mut registry);
+    snapshot_delete::SagaSnapshotDelete::register_actions(&mut registry);
     Arc::new(registry)
 }
 
