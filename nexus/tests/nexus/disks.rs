@@ -269,12 +269,12 @@ async fn bad_disk_requests_are_refused_and_create_nothing() {
             "local disks are not supported",
         ),
         (
-            "from a snapshot",
+            "from a snapshot that does not exist",
             with_backend(
                 json!({"type": "distributed", "disk_source": {"type": "snapshot", "snapshot_id": snapshot_id}}),
             ),
-            400,
-            "snapshots are not supported yet",
+            404,
+            "not found: snapshot with id",
         ),
         (
             "read-only from a snapshot",
@@ -351,10 +351,11 @@ async fn an_attached_disk_cannot_be_deleted() {
         .await
         .unwrap()
         .into_inner();
-    // Attach it behind Nexus's back (attaching is another piece of work).
+    // Attach it behind Nexus's back, in each state that names an instance.
     for state in ["attaching", "attached", "detaching"] {
         ctx.sql(&format!(
-            "UPDATE disk SET state = '{state}', attach_instance_id = '{instance}' WHERE id = '{}'",
+            "UPDATE disk SET state = '{state}', attach_instance_id = '{instance}', slot = 0 \
+             WHERE id = '{}'",
             disk.id
         ));
         let before = footprint(&ctx);
@@ -370,7 +371,7 @@ async fn an_attached_disk_cannot_be_deleted() {
         assert_eq!(footprint(&ctx), before, "{state}");
     }
     ctx.sql(&format!(
-        "UPDATE disk SET state = 'detached', attach_instance_id = NULL WHERE id = '{}'",
+        "UPDATE disk SET state = 'detached', attach_instance_id = NULL, slot = NULL WHERE id = '{}'",
         disk.id
     ));
     client
