@@ -324,9 +324,13 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let (status, body) = raw(&ctx, Method::GET, "/v1/instances/vm", None).await;
     assert_error(status, &body, 400, Some("InvalidRequest"));
     let (status, body) = raw(&ctx, Method::POST, "/v1/instances?project=p", Some(json!({"name": "vm", "disks": [{"type": "attach", "name": "d"}], "description": "", "hostname": "h", "ncpus": 1, "memory": 1 << 30}))).await;
-    assert_error(status, &body, 400, Some("InvalidRequest"));
+    // Disks are built: attaching one that does not exist is 404 (and creates no instance).
+    assert_error(status, &body, 404, Some("ObjectNotFound"));
     assert!(
-        body["message"].as_str().unwrap().contains("disks"),
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("disk with name \"d\""),
         "{body}"
     );
     let response = reqwest::Client::new()
