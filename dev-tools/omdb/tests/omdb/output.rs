@@ -497,7 +497,7 @@ async fn disks_and_regions_show_each_disk_and_where_its_replicas_are() {
     let gone = disk("gone", ByteCount::from_mebibytes_u32(1), 512).await;
     ctx.nexus().disk_delete(&gone).await.unwrap();
     ctx.sql(&format!(
-        "UPDATE disk SET state = 'attached', attach_instance_id = '{vm}' WHERE id = '{}'",
+        "UPDATE disk SET state = 'attached', attach_instance_id = '{vm}', slot = 0 WHERE id = '{}'",
         data.id()
     ));
 
