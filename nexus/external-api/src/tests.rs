@@ -8,7 +8,7 @@ use crate::pagination::{
     scan_params,
 };
 use crate::params::{
-    InstanceAutoRestartPolicy, InstanceCpuPlatform, InstanceCreate,
+    InstanceAutoRestartPolicy, InstanceCpuPlatform, InstanceCreate, InstanceDiskAttachment,
     InstanceNetworkInterfaceAttachment, ProjectCreate, ProjectSelector,
 };
 use crate::views::{
@@ -149,14 +149,18 @@ fn instance_create_with_everything_the_sdk_can_send() {
         create.auto_restart_policy,
         Some(InstanceAutoRestartPolicy::BestEffort)
     );
+    // Disks are supported: they parse into typed attachments, not opaque JSON.
+    assert_eq!(create.disks.len(), 2);
+    assert!(matches!(
+        create.boot_disk,
+        Some(InstanceDiskAttachment::Attach { .. })
+    ));
     assert_eq!(
         create.unsupported_fields(),
         vec![
             "user_data",
             "enable_jumbo_frames",
             "network_interfaces",
-            "disks",
-            "boot_disk",
             "external_ips",
             "ssh_public_keys",
             "auto_restart_policy",
