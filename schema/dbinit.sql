@@ -317,6 +317,10 @@ CREATE TABLE IF NOT EXISTS disk (
     ),
     -- The instance whose create made this disk (deleted with it); NULL: made by a disk create.
     created_by_instance_id UUID,
+    -- The region a region-replacement saga is replacing (one of the disk's regions, on an
+    -- expunged sled); NULL when none is. While set, the disk is not attached, detached,
+    -- deleted or snapshotted, and its instance is not started.
+    replacing_region_id UUID,
     CONSTRAINT disk_size_whole_blocks CHECK (size_bytes % block_size = 0),
     -- A disk names an instance exactly while it is attaching, attached or detaching.
     CONSTRAINT disk_instance_iff_attached CHECK (
@@ -402,5 +406,5 @@ CREATE TABLE IF NOT EXISTS region_snapshot (
 CREATE INDEX IF NOT EXISTS region_snapshot_by_sled ON region_snapshot (sled_id);
 
 INSERT INTO db_metadata (singleton, version, time_created, time_modified)
-    VALUES (TRUE, '1.6.0', now(), now())
+    VALUES (TRUE, '1.7.0', now(), now())
     ON CONFLICT (singleton) DO NOTHING;

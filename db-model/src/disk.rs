@@ -37,6 +37,9 @@ pub struct Disk {
     pub slot: Option<i32>,
     /// The instance whose create made it; it is deleted with that instance.
     pub created_by_instance_id: Option<DbTypedUuid<InstanceKind>>,
+    /// The region a region-replacement saga is replacing; while set, the disk is not
+    /// attached, detached, deleted or snapshotted, and its instance is not started.
+    pub replacing_region_id: Option<DbTypedUuid<RegionKind>>,
 }
 
 /// The most disks an instance has (Oxide's limit; the boot disk counts): the disk's `slot`
@@ -76,6 +79,7 @@ impl Disk {
             time_state_updated: now,
             slot: None,
             created_by_instance_id: params.created_by_instance_id.map(DbTypedUuid),
+            replacing_region_id: None,
         }
     }
 
@@ -109,6 +113,11 @@ impl Disk {
 
     pub fn created_by(&self) -> Option<InstanceUuid> {
         self.created_by_instance_id.map(|id| id.0)
+    }
+
+    /// The region a region-replacement saga is replacing, if one is.
+    pub fn replacing_region(&self) -> Option<RegionUuid> {
+        self.replacing_region_id.map(|id| id.0)
     }
 }
 

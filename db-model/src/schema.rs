@@ -221,6 +221,7 @@ diesel::table! {
         time_state_updated -> Timestamptz,
         slot -> Nullable<Int4>,
         created_by_instance_id -> Nullable<Uuid>,
+        replacing_region_id -> Nullable<Uuid>,
     }
 }
 

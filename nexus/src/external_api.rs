@@ -96,7 +96,27 @@ fn instance_view(view: InstanceAndVmm) -> Instance {
     }
 }
 
-fn disk_view(disk: halyard_db_model::Disk) -> Disk {
+/// The views of `disks`, each saying whether it is degraded (a replica lost with an expunged
+/// sled, not yet replaced).
+async fn disk_views(nexus: &Nexus, disks: Vec<halyard_db_model::Disk>) -> Result<Vec<Disk>, Error> {
+    let ids: Vec<_> = disks.iter().map(|d| d.id()).collect();
+    let degraded = nexus.datastore().disks_degraded(&ids).await?;
+    Ok(disks
+        .into_iter()
+        .map(|disk| {
+            let is_degraded = degraded.contains(&disk.id());
+            disk_view(disk, is_degraded)
+        })
+        .collect())
+}
+
+async fn one_disk_view(nexus: &Nexus, disk: halyard_db_model::Disk) -> Result<Disk, Error> {
+    let degraded = nexus.datastore().disks_degraded(&[disk.id()]).await?;
+    let is_degraded = degraded.contains(&disk.id());
+    Ok(disk_view(disk, is_degraded))
+}
+
+fn disk_view(disk: halyard_db_model::Disk, degraded: bool) -> Disk {
     use halyard_common::DiskState as Stored;
     let attached_to = || {
         disk.attached_to()
@@ -126,6 +146,7 @@ fn disk_view(disk: halyard_db_model::Disk) -> Disk {
         state,
         disk_type: DiskType::Distributed,
         read_only: false,
+        degraded,
     }
 }
 
@@ -787,7 +808,7 @@ impl NexusExternalApi for NexusExternalImpl {
             let disks = nexus
                 .instance_disk_list(instance.instance.id(), &page)
                 .await?;
-            let views = disks.into_iter().map(disk_view).collect();
+            let views = disk_views(nexus, disks).await?;
             Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
         })
         .await
@@ -806,7 +827,7 @@ impl NexusExternalApi for NexusExternalImpl {
             let disk = disk_to_attach.into_inner().disk;
             let attached =
                 for_request(rqctx, nexus.instance_disk_attach(&instance.instance, &disk)).await?;
-            Ok(HttpResponseAccepted(disk_view(attached)))
+            Ok(HttpResponseAccepted(one_disk_view(nexus, attached).await?))
         })
         .await
     }
@@ -824,7 +845,7 @@ impl NexusExternalApi for NexusExternalImpl {
             let disk = disk_to_detach.into_inner().disk;
             let detached =
                 for_request(rqctx, nexus.instance_disk_detach(&instance.instance, &disk)).await?;
-            Ok(HttpResponseAccepted(disk_view(detached)))
+            Ok(HttpResponseAccepted(one_disk_view(nexus, detached).await?))
         })
         .await
     }
@@ -846,7 +867,7 @@ impl NexusExternalApi for NexusExternalImpl {
                 .project_lookup_authorized(&opctx, &scan.selector.project, Action::ListChildren)
                 .await?;
             let disks = nexus.disk_list(project.id(), &page).await?;
-            let views = disks.into_iter().map(disk_view).collect();
+            let views = disk_views(nexus, disks).await?;
             Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
         })
         .await
@@ -865,7 +886,7 @@ impl NexusExternalApi for NexusExternalImpl {
                 .await?;
             let created =
                 for_request(rqctx, nexus.disk_create(project.id(), body.into_inner())).await?;
-            Ok(HttpResponseCreated(disk_view(created)))
+            Ok(HttpResponseCreated(one_disk_view(nexus, created).await?))
         })
         .await
     }
@@ -879,7 +900,7 @@ impl NexusExternalApi for NexusExternalImpl {
         external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
             let disk = lookup_disk(nexus, &opctx, query, path, Action::Read).await?;
-            Ok(HttpResponseOk(disk_view(disk)))
+            Ok(HttpResponseOk(one_disk_view(nexus, disk).await?))
         })
         .await
     }

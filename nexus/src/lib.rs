@@ -113,12 +113,14 @@ impl Server {
             nexus.spawn_retirement_task(Duration::from_millis(config.retirement_interval_ms));
         let leftovers =
             nexus.spawn_leftover_task(Duration::from_millis(config.retirement_interval_ms));
+        let region_replacement = nexus
+            .spawn_region_replacement_task(Duration::from_millis(config.retirement_interval_ms));
         Ok(Server {
             nexus,
             internal,
             internal_front,
             external,
-            background: vec![retirement, leftovers],
+            background: vec![retirement, leftovers, region_replacement],
         })
     }
 
@@ -133,6 +135,14 @@ impl Server {
 
     pub fn external_address(&self) -> SocketAddr {
         self.external.local_addr()
+    }
+
+    /// Stops the background tasks (a saga one of them started runs on): what a test does to
+    /// hold still a state a task would repair.
+    pub fn stop_background_tasks(&self) {
+        for task in &self.background {
+            task.abort();
+        }
     }
 
     pub async fn close(self) -> anyhow::Result<()> {

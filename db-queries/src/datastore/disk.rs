@@ -170,6 +170,7 @@ impl DataStore {
             .filter(disk::id.eq(DbTypedUuid(id)))
             .filter(disk::time_deleted.is_null())
             .filter(disk::state.eq_any(from))
+            .filter(disk::replacing_region_id.is_null())
             .set((
                 disk::state.eq(DbEnum(to)),
                 disk::attach_instance_id.eq(None::<DbTypedUuid<InstanceKind>>),
@@ -191,7 +192,7 @@ impl DataStore {
             .await
             .map_err(TxnError::into_public)?
             .ok_or_else(|| disk_not_found(id))?;
-        if found.state() == to {
+        if found.state() == to && found.replacing_region().is_none() {
             Ok(DiskTransition::AlreadyDone(found))
         } else if found.time_deleted.is_some() {
             Err(disk_not_found(id))

@@ -41,9 +41,9 @@ use crate::pagination::{PaginatedBy, paginate};
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use halyard_common::ids::{DiskKind, DiskUuid, InstanceKind, InstanceUuid, RegionUuid};
+use halyard_common::ids::{DiskKind, DiskUuid, InstanceKind, InstanceUuid, RegionUuid, SledKind};
 use halyard_common::{DiskState, Error, InstanceNexusState};
-use halyard_db_model::schema::{disk, instance, region};
+use halyard_db_model::schema::{disk, instance, region, sled};
 use halyard_db_model::{
     DbEnum, DbName, DbTypedUuid, Disk, Instance, MAX_DISKS_PER_INSTANCE, Region,
 };
@@ -94,6 +94,7 @@ impl DataStore {
                     ))));
                 }
                 require_instance_state(&instance, when, "attach a disk to")?;
+                refuse_disk_being_repaired(&disk)?;
                 if disk.state() != DiskState::Detached {
                     return Err(TxnError::Public(Error::conflict(format!(
                         "disk \"{}\" is {}; only a detached disk can be attached",
@@ -235,6 +236,7 @@ impl DataStore {
                     ))));
                 }
                 require_instance_state(&instance, InstanceForDisks::Stopped, "detach a disk from")?;
+                refuse_disk_being_repaired(&disk)?;
                 let now = Utc::now();
                 let detaching = diesel::update(live_disk(disk_id))
                     .filter(disk::state.eq(DbEnum(DiskState::Attached)))
@@ -375,8 +377,17 @@ impl DataStore {
             .load(conn)
             .await
             .map_err(public_error_from_diesel)?;
+        // A region on an expunged sled went with it: the VMM gets the replicas left (a
+        // degraded disk has two, and QEMU's quorum of two still votes).
+        let expunged: Vec<DbTypedUuid<SledKind>> = sled::table
+            .filter(sled::time_expunged.is_not_null())
+            .select(sled::id)
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
         let mut disks: Vec<AttachedDisk> = Vec::new();
         for (disk, region) in rows {
+            let region = region.filter(|r| !expunged.contains(&r.sled_id));
             match disks.last_mut() {
                 Some(last) if last.disk.id() == disk.id() => last.regions.extend(region),
                 _ => disks.push(AttachedDisk {
@@ -471,6 +482,21 @@ impl DataStore {
 }
 
 /// Detaches every disk naming the instance (one `UPDATE`).
+/// A disk of the instance having a region replaced, if any.
+pub(crate) async fn disk_being_repaired(
+    conn: &mut AsyncPgConnection,
+    instance_id: InstanceUuid,
+) -> Result<Option<DiskUuid>, diesel::result::Error> {
+    let found: Option<DbTypedUuid<DiskKind>> = disk::table
+        .filter(disk::attach_instance_id.eq(DbTypedUuid(instance_id)))
+        .filter(disk::replacing_region_id.is_not_null())
+        .select(disk::id)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(found.map(|id| id.0))
+}
+
 pub(crate) async fn detach_all(
     conn: &mut AsyncPgConnection,
     instance_id: InstanceUuid,
@@ -490,8 +516,9 @@ pub(crate) async fn detach_all(
         .await
 }
 
-/// Whether any disk of the instance is between states (`attaching`, `detaching`): a start
-/// must not claim it then (see the module's comment).
+/// Whether any disk of the instance is between states (`attaching`, `detaching`) or having a
+/// region replaced: a start must not claim it then (see the module's comment, and
+/// `region_replacement.rs`).
 pub(crate) async fn disks_changing(
     conn: &mut AsyncPgConnection,
     instance_id: InstanceUuid,
@@ -500,7 +527,9 @@ pub(crate) async fn disks_changing(
         disk::table
             .filter(disk::attach_instance_id.eq(DbTypedUuid(instance_id)))
             .filter(
-                disk::state.eq_any([DbEnum(DiskState::Attaching), DbEnum(DiskState::Detaching)]),
+                disk::state
+                    .eq_any([DbEnum(DiskState::Attaching), DbEnum(DiskState::Detaching)])
+                    .or(disk::replacing_region_id.is_not_null()),
             ),
     ))
     .get_result(conn)
@@ -520,7 +549,7 @@ fn live_disk(id: DiskUuid) -> LiveDisk {
 
 /// Locks the live instance's row (the lock attach, detach and a start's claim all take
 /// first); `ObjectNotFound` if it does not exist or was deleted.
-async fn lock_instance(
+pub(super) async fn lock_instance(
     conn: &mut AsyncPgConnection,
     id: InstanceUuid,
 ) -> Result<Instance, TxnError> {
@@ -536,7 +565,10 @@ async fn lock_instance(
 }
 
 /// Locks the live disk's row (after its instance's: the lock order).
-async fn lock_disk(conn: &mut AsyncPgConnection, id: DiskUuid) -> Result<Disk, TxnError> {
+pub(super) async fn lock_disk(
+    conn: &mut AsyncPgConnection,
+    id: DiskUuid,
+) -> Result<Disk, TxnError> {
     disk::table
         .filter(disk::id.eq(DbTypedUuid(id)))
         .filter(disk::time_deleted.is_null())
@@ -595,7 +627,7 @@ async fn used_slots(
         .await
 }
 
-fn require_instance_state(
+pub(super) fn require_instance_state(
     instance: &Instance,
     when: InstanceForDisks,
     what: &str,
@@ -628,7 +660,19 @@ fn require_instance_state(
     ))))
 }
 
-fn describe_disk_state(disk: &Disk) -> String {
+/// A disk having a region replaced is copied from a healthy replica: nothing attaches,
+/// detaches or writes it meanwhile.
+fn refuse_disk_being_repaired(disk: &Disk) -> Result<(), TxnError> {
+    match disk.replacing_region() {
+        Some(region) => Err(TxnError::Public(Error::conflict(format!(
+            "disk \"{}\" is having its lost region {region} replaced; retry when that is done",
+            disk.name()
+        )))),
+        None => Ok(()),
+    }
+}
+
+pub(super) fn describe_disk_state(disk: &Disk) -> String {
     match disk.attached_to() {
         Some(instance) => format!("{} (instance {instance})", disk.state()),
         None => disk.state().to_string(),

@@ -1,7 +1,7 @@
 //! Instances.
 
 use super::DataStore;
-use super::disk_attach::detach_all;
+use super::disk_attach::{detach_all, disk_being_repaired};
 use super::project::project_bump_rcgen;
 use crate::cached::CacheByText;
 use crate::error::{
@@ -201,6 +201,14 @@ impl DataStore {
                         .execute(conn)
                         .await?;
                     if updated > 0 {
+                        // A disk having a region replaced stays attached until that is done
+                        // (the replacement took this row's lock too, so it is ordered).
+                        if let Some(disk) = disk_being_repaired(conn, id).await? {
+                            return Err(TxnError::Public(Error::conflict(format!(
+                                "disk {disk} of this instance is having a lost region \
+                                 replaced; retry the delete when that is done"
+                            ))));
+                        }
                         detach_all(conn, id).await?;
                     }
                     Ok::<_, TxnError>(updated)

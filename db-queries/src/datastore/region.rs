@@ -116,7 +116,7 @@ impl DataStore {
     }
 }
 
-async fn regions_of(
+pub(super) async fn regions_of(
     conn: &mut AsyncPgConnection,
     disk_id: DiskUuid,
 ) -> Result<Vec<Region>, diesel::result::Error> {
@@ -208,7 +208,7 @@ type CandidateIds = diesel::dsl::IntoBoxed<
 
 /// The in-service `backend` sleds with room for `size` that hold no region of the disk: the
 /// one filter the claim and the explanation of a refused claim both use.
-fn candidates_with_room(
+pub(super) fn candidates_with_room(
     disk_id: DiskUuid,
     backend: SledBackend,
     size: DbByteCount,

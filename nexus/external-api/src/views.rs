@@ -283,6 +283,12 @@ pub struct Disk {
     pub disk_type: DiskType,
     /// Whether or not this disk is read-only.
     pub read_only: bool,
+    /// Halyard: whether one of the disk's three replicas was lost with a sled that was
+    /// expunged and is not replaced yet. A degraded disk keeps working on the two left; the
+    /// lost replica is replaced once the disk is detached or its instance stopped. (Absent
+    /// from Oxide's view: its clients ignore it.)
+    #[serde(default)]
+    pub degraded: bool,
 }
 
 /// State of a Disk (Oxide's, adjacently tagged: `{"state": "attached", "instance": id}`).

@@ -283,6 +283,13 @@ impl TestContext {
         &self.nexus
     }
 
+    /// Stops Nexus's background tasks, to hold still a state one of them would repair.
+    pub fn stop_background_tasks(&self) {
+        if let Some(server) = &self.server {
+            server.stop_background_tasks();
+        }
+    }
+
     /// Nexus's internal API, as omdb and sled agents reach it.
     pub fn nexus_url(&self) -> &str {
         &self.nexus_url

@@ -35,8 +35,12 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Disks and regions (issue 19):
 /// - no region without a live disk, and no disk left `creating` once no saga runs;
 /// - a live disk past `creating` has exactly [`REGIONS_PER_DISK`] regions on as many distinct
-///   sleds, each of the disk's size; no region is on an expunged sled (there is no degraded
-///   handling yet: a disk that lost a sled is flagged until region replacement exists);
+///   sleds, each of the disk's size;
+/// - a region on an expunged sled (its disk degraded) is left only while its disk cannot be
+///   repaired: attached to an instance with a VMM, or no in-service sled of its kind has room
+///   beside the disk's other regions (the region-replacement task replaces it otherwise,
+///   within [`REPLACEMENT_BOUND_SECS`] of the disk becoming free to repair); no
+///   disk stays marked as having a region replaced once no saga runs;
 /// - each sled's `reserved_storage` equals the sum of its regions' and region snapshots' sizes
 ///   and never exceeds its `usable_storage`;
 /// - no region snapshot without a live snapshot, no snapshot left `creating` once no saga
@@ -63,6 +67,11 @@ pub fn invariant_violations(
 /// no live VMM, a `creating` VMM nothing points at) may live: the leftover task's default
 /// grace period (60 s) and a few of its passes.
 pub const LEFTOVER_BOUND_SECS: u64 = 90;
+
+/// How long a region lost with an expunged sled may stay unreplaced once its disk is free to
+/// repair (the sled expunged, the disk and its instance unchanged, that long) before the
+/// checker flags it: the region-replacement task runs far more often.
+pub const REPLACEMENT_BOUND_SECS: u64 = 90;
 
 /// The VMM states after which a VMM never runs again and holds no reservation.
 const TERMINAL_VMM_STATES: &str = "('destroyed','failed','saga_unwound')";
@@ -246,10 +255,30 @@ pub fn invariant_violations_in(
         "region of another shape than its disk (region, disk, region size, disk size, region \
          block size, disk block size)",
     );
+    // A region lost with an expunged sled leaves its disk degraded until the region-replacement
+    // task replaces it, which it does as soon as nothing writes the disk and a sled has room.
     check(
-        "SELECT r.id, r.disk_id, r.sled_id FROM region r JOIN sled s ON s.id = r.sled_id \
-         WHERE s.time_expunged IS NOT NULL",
-        "region on an expunged sled (region, disk, sled)",
+        &format!(
+            "SELECT r.id, r.disk_id, r.sled_id FROM region r \
+         JOIN sled s ON s.id = r.sled_id JOIN disk d ON d.id = r.disk_id \
+         WHERE s.time_expunged IS NOT NULL AND d.time_deleted IS NULL \
+           AND d.replacing_region_id IS NULL \
+           AND s.time_expunged < now() - interval '{REPLACEMENT_BOUND_SECS} seconds' \
+           AND d.time_modified < now() - interval '{REPLACEMENT_BOUND_SECS} seconds' \
+           AND (d.state = 'detached' OR (d.state = 'attached' AND EXISTS ( \
+             SELECT 1 FROM instance i WHERE i.id = d.attach_instance_id \
+               AND i.active_propolis_id IS NULL AND i.target_propolis_id IS NULL \
+               AND i.time_state_updated < now() - interval '{REPLACEMENT_BOUND_SECS} seconds'))) \
+           AND EXISTS (SELECT 1 FROM sled c WHERE c.time_expunged IS NULL \
+             AND c.backend = s.backend AND c.usable_storage - c.reserved_storage >= d.size_bytes \
+             AND c.id NOT IN (SELECT sled_id FROM region WHERE disk_id = d.id))"
+        ),
+        "region lost with an expunged sled left unreplaced though its disk is free and a sled \
+         has room (region, disk, sled)",
+    );
+    check(
+        "SELECT id, name, replacing_region_id FROM disk WHERE replacing_region_id IS NOT NULL",
+        "disk marked as having a region replaced with no saga running (disk, name, region)",
     );
     check(
         "SELECT s.id, s.reserved_storage, \

@@ -755,13 +755,61 @@ async fn storage_beyond_capacity_is_flagged() {
 }
 
 #[tokio::test]
-async fn a_region_on_an_expunged_sled_is_flagged() {
+async fn a_lost_region_left_unreplaced_is_flagged() {
     let system = CleanDisks::new().await;
+    // The region-replacement task would repair it: hold the world still.
+    system.ctx.stop_background_tasks();
     let (_, sled) = system.region_of_a();
+    // Long ago: a lost region replaced within the bound is fine.
     system.break_with(&format!(
-        "UPDATE sled SET time_expunged = now() WHERE id = '{sled}'"
+        "UPDATE sled SET time_expunged = now() - interval '1 hour' WHERE id = '{sled}'; \
+         UPDATE disk SET time_modified = now() - interval '1 hour' WHERE id = '{}'",
+        system.a
     ));
-    assert_rules_broken(&system.violations().await, &["region on an expunged sled"]);
+    let violations = system.violations().await;
+    assert_rules_broken(
+        &violations,
+        &["region lost with an expunged sled left unreplaced"],
+    );
+}
+
+#[tokio::test]
+async fn a_lost_region_that_cannot_be_replaced_is_not_flagged() {
+    let system = CleanDisks::new().await;
+    system.ctx.stop_background_tasks();
+    // Four sleds, three regions per disk. Expunging the sled `a` lacks and one `a` has (one
+    // `b` lacks, if there is one) leaves neither disk a sled it could be repaired on: both stay
+    // degraded, rightly.
+    let lacking_a = system.sled_without_a();
+    let b = system.ctx.sql("SELECT id FROM disk WHERE name = 'b'");
+    let a_sled = system.ctx.sql(&format!(
+        "SELECT sled_id FROM region WHERE disk_id = '{a}' \
+         ORDER BY (sled_id IN (SELECT sled_id FROM region WHERE disk_id = '{b}')), sled_id \
+         LIMIT 1",
+        a = system.a,
+        b = b.trim()
+    ));
+    system.break_with(&format!(
+        "UPDATE sled SET time_expunged = now() - interval '1 hour' WHERE id IN ('{}', '{}'); \
+         UPDATE disk SET time_modified = now() - interval '1 hour'",
+        lacking_a.trim(),
+        a_sled.trim()
+    ));
+    assert_eq!(system.violations().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_replacement_mark_left_behind_is_flagged() {
+    let system = CleanDisks::new().await;
+    let (region, _) = system.region_of_a();
+    system.break_with(&format!(
+        "UPDATE disk SET replacing_region_id = '{region}' WHERE id = '{}'",
+        system.a
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &["disk marked as having a region replaced with no saga running"],
+    );
 }
 
 #[tokio::test]

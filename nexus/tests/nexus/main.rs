@@ -21,6 +21,7 @@ mod outages;
 mod qemu;
 mod qemu_disks;
 mod races;
+mod region_replacement;
 mod saga_faults;
 mod saga_replay;
 mod serial_console;

@@ -5,9 +5,10 @@
 //! outcome (a sentence saying what it did, or its error) are kept in memory; they describe this
 //! Nexus process since it started.
 //!
-//! The tasks, one file each: `vmm_retirement`, `leftover_release`.
+//! The tasks, one file each: `vmm_retirement`, `leftover_release`, `region_replacement`.
 
 pub mod leftover_release;
+pub mod region_replacement;
 pub mod vmm_retirement;
 
 use crate::app::Nexus;

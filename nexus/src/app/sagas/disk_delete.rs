@@ -66,6 +66,12 @@ pub const DELETABLE: [DiskState; 2] = [DiskState::Detached, DiskState::Faulted];
 
 /// Why a disk in a state not [`DELETABLE`] cannot be deleted (409).
 pub fn not_deletable(disk: &Disk) -> Error {
+    if let Some(region) = disk.replacing_region() {
+        return Error::conflict(format!(
+            "disk \"{}\" is having its lost region {region} replaced; retry when that is done",
+            disk.name()
+        ));
+    }
     let advice = match disk.state() {
         DiskState::Attaching | DiskState::Attached | DiskState::Detaching => {
             ": detach it from its instance first"

@@ -12,6 +12,7 @@ pub mod instance_create;
 pub mod instance_delete;
 pub mod instance_migrate;
 pub mod instance_start;
+pub mod region_replace;
 pub mod retry;
 pub mod snapshot_create;
 pub mod snapshot_delete;
@@ -76,6 +77,7 @@ pub fn action_registry() -> Arc<ActionRegistry> {
     disk_delete::SagaDiskDelete::register_actions(&mut registry);
     snapshot_create::SagaSnapshotCreate::register_actions(&mut registry);
     snapshot_delete::SagaSnapshotDelete::register_actions(&mut registry);
+    region_replace::SagaRegionReplace::register_actions(&mut registry);
     Arc::new(registry)
 }
 
