@@ -2,7 +2,9 @@
 //! disk on three QEMU sleds with storage (three regions, each served by its sled's
 //! `qemu-storage-daemon`), the guest formatting and writing it through the serial console,
 //! the data kept across a stop and a start on another sled, and a guest writing numbered
-//! records while it live-migrates, none lost.
+//! records while it live-migrates and one replica's storage daemon is killed, none lost;
+//! then that replica's sled expunged, the region replaced by a byte-identical copy on a fourth
+//! sled, and every record read back.
 
 use crate::context::TestContext;
 use futures::SinkExt;
@@ -45,11 +47,12 @@ fn client(ctx: &TestContext) -> halyard_nexus_external_client::Client {
     )
 }
 
-/// Three QEMU sleds with storage, project `p`, and a running 1-vCPU, 256 MiB instance
+/// `sleds` QEMU sleds with storage, project `p`, and a running 1-vCPU, 256 MiB instance
 /// `name` created with a new blank disk `data` (its only disk, so the guest's `vda`).
-async fn vm_with_a_new_disk(name_: &str) -> (TestContext, InstanceUuid) {
+async fn vm_with_a_new_disk(name_: &str, sleds: usize) -> (TestContext, InstanceUuid) {
     let ctx =
-        TestContext::with_qemu_storage(3, ByteCount::from_gibibytes_u32(SLED_STORAGE_GIB)).await;
+        TestContext::with_qemu_storage(sleds, ByteCount::from_gibibytes_u32(SLED_STORAGE_GIB))
+            .await;
     sdk(&ctx)
         .project_create()
         .body_map(|b| b.name("p").description(""))
@@ -260,7 +263,7 @@ async fn stop(ctx: &TestContext, id: InstanceUuid, instance: &str) {
 
 #[tokio::test]
 async fn a_new_disk_keeps_a_file_across_a_stop_and_a_start_on_another_sled() {
-    let (ctx, id) = vm_with_a_new_disk("keeper").await;
+    let (ctx, id) = vm_with_a_new_disk("keeper", 3).await;
     // The guest sees the disk by its name and its size.
     let seen = run(
         &ctx,
@@ -402,13 +405,14 @@ async fn verify_records(ctx: &TestContext, instance: &str, records: u64) {
     );
 }
 
-/// One test for both (each boots three QEMU sleds and a guest, and formats its disk): the
+/// One test for all three (each boots QEMU sleds and a guest, and formats its disk): the
 /// guest's writer runs through a live migration, then through a kill -9 of the storage
 /// daemon of a sled the VMM does not run on (its region's replica), which that sled agent
-/// restarts.
+/// restarts; then, the instance stopped, that sled is expunged and the region-replacement
+/// task copies a healthy replica to the fourth sled.
 #[tokio::test]
 async fn a_writing_guest_migrates_and_outlives_a_killed_storage_daemon_losing_no_record() {
-    let (ctx, id) = vm_with_a_new_disk("writer").await;
+    let (mut ctx, id) = vm_with_a_new_disk("writer", 4).await;
     run(
         &ctx,
         "writer",
@@ -438,12 +442,17 @@ async fn a_writing_guest_migrates_and_outlives_a_killed_storage_daemon_losing_no
     // numbers it prints from now on).
     let after_migration = wait_for_records(&ctx, "writer", 1).await;
 
-    // kill -9 the storage daemon of a sled the VMM does not run on.
-    let victim = ctx
+    // kill -9 the storage daemon of a sled holding a replica that the VMM does not run on.
+    let replica_sleds = data_region_sleds(&ctx);
+    let victim_index = ctx
         .sleds
         .iter()
-        .find(|sled| sled.agent().id().to_string() != target_sled)
+        .position(|sled| {
+            let id = sled.agent().id().to_string();
+            id != target_sled && replica_sleds.contains(&id)
+        })
         .unwrap();
+    let victim = &ctx.sleds[victim_index];
     let pid = victim.agent().storage_daemon_pid().expect("it runs");
     let restarts = victim.agent().storage_daemon_restarts();
     let killed = std::process::Command::new("kill")
@@ -467,6 +476,70 @@ async fn a_writing_guest_migrates_and_outlives_a_killed_storage_daemon_losing_no
 
     let records = stop_writer(&ctx, "writer").await;
     verify_records(&ctx, "writer", records).await;
+    let written = checksum(&ctx, "writer", "/mnt/log").await;
+    stop(&ctx, id, "writer").await;
+
+    // That sled dies and is expunged: the disk is degraded, and with its instance stopped the
+    // region-replacement task copies a healthy replica to the fourth sled.
+    let victim = ctx.sleds.remove(victim_index);
+    let victim_id = victim.agent().id();
+    victim.close().await.unwrap();
+    ctx.nexus().sled_expunge(victim_id).await.unwrap();
+    ctx.eventually_within(PATIENCE, "the lost region is replaced", async |ctx| {
+        let disk = client(ctx)
+            .disk_view()
+            .disk(halyard_common::NameOrId::Name(name("data")))
+            .project(halyard_common::NameOrId::Name(name("p")))
+            .send()
+            .await
+            .unwrap()
+            .into_inner();
+        !disk.degraded
+    })
+    .await;
+    let replicas = ctx.sql(
+        "SELECT r.id, r.export_address FROM region r JOIN disk d ON d.id = r.disk_id \
+         WHERE d.name = 'data' AND d.time_deleted IS NULL ORDER BY r.time_created",
+    );
+    let replicas: Vec<(&str, &str)> = replicas
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_once('|').unwrap())
+        .collect();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    assert!(!data_region_sleds(&ctx).contains(&victim_id.to_string()));
+    // The newest replica (the copy) holds exactly what the oldest does, byte for byte.
+    let export = |(region, address): (&str, &str)| format!("nbd://{address}/{region}");
+    let compared = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(export(replicas[0]))
+        .arg(export(replicas[2]))
+        .output()
+        .unwrap();
+    assert!(
+        compared.status.success(),
+        "the new replica differs from a healthy one: {}{}",
+        String::from_utf8_lossy(&compared.stdout),
+        String::from_utf8_lossy(&compared.stderr)
+    );
+
+    // Started again (its VMM on the three replicas), every record is there.
+    start(&ctx, id, "writer").await;
+    run(&ctx, "writer", "mount /dev/vda /mnt").await;
+    verify_records(&ctx, "writer", records).await;
+    assert_eq!(checksum(&ctx, "writer", "/mnt/log").await, written);
     stop(&ctx, id, "writer").await;
     ctx.assert_quiet_and_consistent().await;
+}
+
+/// The sleds holding the regions of disk `data`.
+fn data_region_sleds(ctx: &TestContext) -> Vec<String> {
+    ctx.sql(
+        "SELECT r.sled_id FROM region r JOIN disk d ON d.id = r.disk_id \
+         WHERE d.name = 'data' AND d.time_deleted IS NULL",
+    )
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(str::to_string)
+    .collect()
 }
