@@ -954,3 +954,43 @@ async fn snapshot_actions_and_undos_notice_their_effects_after_a_lost_reply() {
     // Forward: 6 + 3 nodes; undos: every snapshot-create node but the last.
     assert_eq!(cases.len(), 6 + 3 + 5);
 }
+
+#[tokio::test]
+async fn region_replacement_notices_its_effects_after_a_lost_reply() {
+    use halyard_nexus::app::sagas::region_replace::SagaRegionReplace;
+    // Nodes and undos: 4 + 3 cases, plus one listing of the DAG each.
+    let system = crate::region_replacement::DegradedDisks::new(16).await;
+    let mut cases = lose_a_reply_at_every_node::<SagaRegionReplace>(
+        &system.ctx,
+        async |_| system.next(),
+        async |_, params| {
+            system.assert_replaced(params);
+            "3 regions on sleds in service, the lost one gone, no mark".to_string()
+        },
+    )
+    .await;
+    print_summary(
+        "lost replies per region-replace node (the action's effects landed, its reply was lost):",
+        "finished",
+        &cases,
+    );
+    assert_eq!(cases.len(), 4);
+    cases = lose_an_undo_reply_at_every_node::<SagaRegionReplace>(
+        &system.ctx,
+        &["begin", "region", "ensured"],
+        async |_| system.next(),
+        async |_, params| {
+            system.assert_unreplaced(params);
+            "degraded as before, no new region anywhere, no mark".to_string()
+        },
+    )
+    .await;
+    print_summary(
+        "lost undo replies per region-replace node (a failure at the last node; the undo's \
+         effects landed, its reply was lost):",
+        "unwound",
+        &cases,
+    );
+    let lost: usize = cases.iter().map(|c| c.lost).sum();
+    assert_eq!((cases.len(), lost), (3, 3));
+}
