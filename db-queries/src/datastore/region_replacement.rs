@@ -66,8 +66,9 @@ impl DataStore {
     }
 
     /// Regions on expunged sleds that could be replaced now (one per disk, the oldest): their
-    /// disk is live and detached, or attached to an instance with no VMM, and no replacement
-    /// runs for it. What the region-replacement task starts sagas for.
+    /// disk is live and detached, or attached to an instance with no VMM, no replacement runs
+    /// for it, and an in-service sled of the lost region's kind has room for the copy beside
+    /// the disk's other regions. What the region-replacement task starts sagas for.
     pub async fn regions_to_replace(&self) -> Result<Vec<LostRegion>, Error> {
         let conn = &mut *self.connection().await?;
         let rows: Vec<(DbTypedUuid<_>, DbTypedUuid<RegionKind>)> = region::table
@@ -85,6 +86,13 @@ impl DataStore {
                          AND i.nexus_state IN ('no_vmm', 'failed'))",
                     ))),
             )
+            // Only where a replacement can go (else each pass would run a saga bound to fail).
+            .filter(sql::<diesel::sql_types::Bool>(
+                "EXISTS (SELECT 1 FROM sled c WHERE c.time_expunged IS NULL \
+                 AND c.backend = sled.backend \
+                 AND c.usable_storage - c.reserved_storage >= disk.size_bytes \
+                 AND c.id NOT IN (SELECT r2.sled_id FROM region r2 WHERE r2.disk_id = disk.id))",
+            ))
             .order((region::disk_id.asc(), region::time_created.asc()))
             .select((region::disk_id, region::id))
             .load(conn)

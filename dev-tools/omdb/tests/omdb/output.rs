@@ -553,4 +553,22 @@ async fn disks_and_regions_show_each_disk_and_where_its_replicas_are() {
         }
     }
     assert_eq!(regions.as_array().unwrap().len(), 6);
+
+    // One sled expunged: each disk lost the region it held there (and, with no fourth sled
+    // to copy to, stays degraded: nothing is being replaced).
+    let lost_sled = ctx.sled_id(0);
+    ctx.nexus().sled_expunge(lost_sled).await.unwrap();
+    let disks: Value =
+        serde_json::from_str(&ctx.omdb(&["db", "disks", "--json"]).await.ok()).unwrap();
+    for disk in disks.as_array().unwrap() {
+        assert_eq!(disk["regions"], 3, "{disk}");
+        assert_eq!(disk["lost"], 1, "{disk}");
+        assert_eq!(disk["replacing"], Value::Null, "{disk}");
+    }
+    let regions: Value =
+        serde_json::from_str(&ctx.omdb(&["db", "regions", "--json"]).await.ok()).unwrap();
+    for region in regions.as_array().unwrap() {
+        let on_lost_sled = region["sled"] == lost_sled.to_string();
+        assert_eq!(region["sled_expunged"], on_lost_sled, "{region}");
+    }
 }
