@@ -200,9 +200,10 @@ async fn undo_ensure_regions(ctx: &NexusActionContext) -> Result<(), anyhow::Err
 }
 
 /// Where a disk made from `snapshot_id` copies its data from: the export of one of the
-/// snapshot's region snapshots (all hold the same point in time). `None` when none is served
-/// (a simulated sled's region snapshots hold no data, and their copies none either).
-/// `Conflict` for a snapshot that is no longer ready.
+/// snapshot's region snapshots on a sled in service (all hold the same point in time). `None`
+/// when none is served (a simulated sled's region snapshots hold no data, and their copies
+/// none either). `Conflict` for a snapshot that is no longer ready, or whose every served
+/// copy was lost with expunged sleds.
 async fn snapshot_source(
     nexus: &Nexus,
     snapshot_id: SnapshotUuid,
@@ -216,13 +217,28 @@ async fn snapshot_source(
         )));
     }
     let region_snapshots = nexus.datastore().region_snapshots(snapshot_id).await?;
-    Ok(region_snapshots.iter().find_map(|row| {
-        let address = row.export_address.as_deref()?.parse().ok()?;
-        Some(NbdExport {
+    let mut served = false;
+    for row in &region_snapshots {
+        let Some(address) = row.export_address.as_deref().and_then(|a| a.parse().ok()) else {
+            continue;
+        };
+        served = true;
+        // One on an expunged sled went with it: copy from another.
+        if nexus.datastore().sled_fetch(row.sled_id()).await?.is_expunged() {
+            continue;
+        }
+        return Ok(Some(NbdExport {
             address,
             name: format!("{}.{}", row.region_id(), row.snapshot_id()),
-        })
-    }))
+        }));
+    }
+    if served {
+        return Err(Error::conflict(format!(
+            "snapshot \"{}\" has no copy left on a sled in service",
+            snapshot.name()
+        )));
+    }
+    Ok(None)
 }
 
 /// Makes a region on its sled agent (idempotent), copied from `source` if given, and records
