@@ -416,8 +416,8 @@ async fn background_tasks_show_what_each_did_last() {
     let ctx = TestContext::with_stoppable_nexus(1).await;
     let nexus_url = ctx.nexus_url().to_string();
     let args = ["nexus", "background-tasks", "--nexus-url", &nexus_url];
-    // Both tasks run every 200 ms here; with nothing to retire or release, what each did is
-    // always the same.
+    // Every task runs every 200 ms here; with nothing to retire, release or replace, what each
+    // did is always the same.
     let task = |tasks: &Value, name: &str| -> Value {
         tasks
             .as_array()
@@ -427,10 +427,10 @@ async fn background_tasks_show_what_each_did_last() {
             .cloned()
             .unwrap_or(Value::Null)
     };
-    ctx.eventually("both tasks have run", async |ctx: &TestContext| {
+    ctx.eventually("every task has run", async |ctx: &TestContext| {
         let json = ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok();
         let tasks: Value = serde_json::from_str(&json).unwrap();
-        ["vmm_retirement", "saga_leftover_release"]
+        ["vmm_retirement", "saga_leftover_release", "region_replacement"]
             .iter()
             .all(|name| {
                 task(&tasks, name)["runs"]
@@ -441,10 +441,11 @@ async fn background_tasks_show_what_each_did_last() {
     .await;
     let tasks: Value =
         serde_json::from_str(&ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok()).unwrap();
-    assert_eq!(tasks.as_array().unwrap().len(), 2, "{tasks:?}");
+    assert_eq!(tasks.as_array().unwrap().len(), 3, "{tasks:?}");
     for (name, outcome) in [
         ("vmm_retirement", "nothing to retire"),
         ("saga_leftover_release", "nothing left over"),
+        ("region_replacement", "no region replaced"),
     ] {
         let task = task(&tasks, name);
         assert_eq!(task["period_ms"], 200, "{task:?}");
