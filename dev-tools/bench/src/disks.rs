@@ -1,6 +1,8 @@
-//! `halyard-bench disks`: disk creates and deletes per second (see the crate docs).
+//! `halyard-bench disks`: disk creates and deletes per second, then instance lifecycles per
+//! second without a disk and with one new disk each, measured side by side in the same run
+//! (see the crate docs).
 
-use crate::system::{Figures, PROJECT, System, round};
+use crate::system::{Driven, Figures, Load, PROJECT, System, round};
 use anyhow::bail;
 use clap::Parser;
 use halyard_common::{BlockSize, ByteCount, Name, NameOrId};
@@ -22,6 +24,13 @@ pub struct DisksArgs {
     /// Size of each disk, in MiB (its three regions hold that much on three sleds).
     #[arg(long, default_value_t = 1024)]
     pub disk_mib: u32,
+    /// Measured time of each lifecycle window (without disks, then with one disk per
+    /// instance; each after a 2 s warm-up). 0: skip the lifecycle comparison.
+    #[arg(long, default_value_t = 15)]
+    pub lifecycle_secs: u64,
+    /// How often a lifecycle client waiting for running or stopped looks at the instance.
+    #[arg(long, default_value_t = 10)]
+    pub poll_ms: u64,
     /// Print the results as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -88,8 +97,9 @@ pub async fn run(args: DisksArgs) -> anyhow::Result<()> {
     // Room for every client's disk on every sled, so no create is refused for storage.
     let storage = ByteCount::try_from(disk_size.to_bytes() * u64::from(args.clients))?;
     let mut system = System::start(false).await?;
+    // Room on every sled for every client's instance too (the lifecycle windows).
     system
-        .add_sleds_with_storage(args.sleds, 1, storage)
+        .add_sleds_with_storage(args.sleds, args.clients, storage)
         .await?;
     let from = Instant::now();
     let until = from + Duration::from_secs(args.duration_secs);
@@ -104,6 +114,16 @@ pub async fn run(args: DisksArgs) -> anyhow::Result<()> {
         all.errors.extend(measured.errors);
     }
     let elapsed = from.elapsed().as_secs_f64();
+    let lifecycles = if args.lifecycle_secs > 0 {
+        let poll = Duration::from_millis(args.poll_ms);
+        let window = Duration::from_secs(args.lifecycle_secs);
+        let without = lifecycle_window(&system, args.clients, "n", poll, window, None).await?;
+        let with =
+            lifecycle_window(&system, args.clients, "w", poll, window, Some(disk_size)).await?;
+        Some((without, with))
+    } else {
+        None
+    };
     let violations = system.violations()?;
     let left = system.sql_u64("SELECT count(*) FROM region")?;
     system.close().await?;
@@ -125,6 +145,12 @@ pub async fn run(args: DisksArgs) -> anyhow::Result<()> {
             "errors": all.errors.len(),
             "first_errors": all.errors.iter().take(5).collect::<Vec<_>>(),
             "regions_left": left,
+            "lifecycles": lifecycles.as_ref().map(|(without, with)| json!({
+                "window_s": args.lifecycle_secs,
+                "without_disk": without.json(),
+                "with_one_disk": with.json(),
+                "rate_ratio_with_to_without": round(with.rate / without.rate.max(f64::MIN_POSITIVE)),
+            })),
             "violations": violations,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -144,6 +170,22 @@ pub async fn run(args: DisksArgs) -> anyhow::Result<()> {
         println!("first error: {e}");
     }
     println!("regions left after the last delete: {left}");
+    if let Some((without, with)) = &lifecycles {
+        println!(
+            "instance lifecycles (create, start, running, stop, stopped, delete), {} clients, \
+             {} s each, side by side:",
+            args.clients, args.lifecycle_secs
+        );
+        println!("{}", without.line("without a disk"));
+        println!(
+            "{}",
+            with.line(&format!("with one {} MiB disk", args.disk_mib))
+        );
+        println!(
+            "  with/without lifecycle rate: {:.2}",
+            with.rate / without.rate.max(f64::MIN_POSITIVE)
+        );
+    }
     if violations.is_empty() {
         println!("invariant checker: clean");
     } else {
@@ -153,4 +195,57 @@ pub async fn run(args: DisksArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One lifecycle window's result.
+struct LifecycleRate {
+    rate: f64,
+    whole: Figures,
+    errors: Vec<String>,
+}
+
+impl LifecycleRate {
+    fn line(&self, what: &str) -> String {
+        format!(
+            "  {what:20} {:.1} lifecycles/s, {} error(s); {}",
+            self.rate,
+            self.errors.len(),
+            self.whole.line("whole lifecycle").trim()
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "lifecycles_per_s": round(self.rate),
+            "whole_lifecycle": self.whole.json(),
+            "errors": self.errors.len(),
+            "first_errors": self.errors.iter().take(5).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Runs `clients` lifecycle clients (instances named `<prefix><c>-<n>`, each with a new disk
+/// of `disk` bytes if given) for a 2 s warm-up and then `window`, and measures the lifecycles
+/// that finished inside the window.
+async fn lifecycle_window(
+    system: &System,
+    clients: u32,
+    prefix: &str,
+    poll: Duration,
+    window: Duration,
+    disk: Option<ByteCount>,
+) -> anyhow::Result<LifecycleRate> {
+    let load = Load::start_with_disks(&system.client, clients, prefix, poll, disk);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let from = Instant::now();
+    tokio::time::sleep(window).await;
+    let to = Instant::now();
+    let Driven {
+        measured, errors, ..
+    } = load.finish(from, to).await?;
+    Ok(LifecycleRate {
+        rate: measured.len() as f64 / (to - from).as_secs_f64(),
+        whole: Figures::of(measured.iter().map(|l| l.total)),
+        errors,
+    })
 }

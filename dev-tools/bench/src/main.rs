@@ -27,8 +27,10 @@
 //! `halyard-bench disks` starts the same system with K simulated sleds offering storage, then C
 //! clients each create a blank disk and delete it, again and again, for a fixed time (each
 //! create places three regions and makes them on three sled agents; each delete removes them).
-//! It prints disk creates and deletes per second, the latency of each, and the invariant
-//! checker's verdict.
+//! It prints disk creates and deletes per second and the latency of each; then, on the same
+//! system, C clients do instance lifecycles for a window without disks and for a window in
+//! which each instance is created with a new disk (deleted with it), and it prints both rates
+//! side by side and their ratio; then the invariant checker's verdict.
 
 use clap::Parser;
 

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use halyard_common::ids::{GenericUuid, InstanceUuid, NexusUuid, SledUuid};
 use halyard_common::{ByteCount, InstanceState, SledBackend};
 use halyard_nexus_external_client::Client;
+use halyard_nexus_external_client::types::{DiskBackend, DiskSource, InstanceDiskAttachment};
 use halyard_test_db::PrivateCluster;
 use serde_json::json;
 use std::sync::Arc;
@@ -333,6 +334,18 @@ pub struct Driven {
 impl Load {
     /// Starts `clients` clients; client `c` names its instances `<prefix><c>-<n>`.
     pub fn start(client: &Client, clients: u32, prefix: &str, poll: Duration) -> Load {
+        Load::start_with_disks(client, clients, prefix, poll, None)
+    }
+
+    /// [`Load::start`] whose instances are each created with a new blank disk of `disk`
+    /// bytes (deleted with the instance), if given.
+    pub fn start_with_disks(
+        client: &Client,
+        clients: u32,
+        prefix: &str,
+        poll: Duration,
+        disk: Option<ByteCount>,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..clients)
             .map(|c| {
@@ -344,7 +357,8 @@ impl Load {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        match lifecycle(&client, &format!("{prefix}{n}"), poll).await {
+                        let name = format!("{prefix}{n}");
+                        match lifecycle(&client, &name, poll, disk).await {
                             Ok(lifecycle) => record.lifecycles.push((Instant::now(), lifecycle)),
                             Err(e) => {
                                 record.errors.push(format!("{e:#}"));
@@ -419,9 +433,6 @@ pub struct Lifecycle {
     pub polls: u32,
 }
 
-/// One client's full lifecycle of a new instance `name`: create (stopped), start, wait until
-/// running, stop, wait until stopped, delete. Waiting is polling the instance's view every
-/// `poll` (what a user's script does).
 /// A client of `nexus`'s external API that acts as the benchmark's own user (with a token
 /// made for it now), as every caller must.
 pub async fn authenticated_client(nexus: &halyard_nexus::Server) -> anyhow::Result<Client> {
@@ -443,7 +454,29 @@ pub async fn authenticated_client(nexus: &halyard_nexus::Server) -> anyhow::Resu
     ))
 }
 
-pub async fn lifecycle(client: &Client, name: &str, poll: Duration) -> anyhow::Result<Lifecycle> {
+/// One client's full lifecycle of a new instance `name`: create (stopped), start, wait until
+/// running, stop, wait until stopped, delete. Waiting is polling the instance's view every
+/// `poll` (what a user's script does).
+///
+/// With `disk`, the instance is created with a new blank disk of that many bytes (which its
+/// delete deletes).
+pub async fn lifecycle(
+    client: &Client,
+    name: &str,
+    poll: Duration,
+    disk: Option<ByteCount>,
+) -> anyhow::Result<Lifecycle> {
+    let disks: Vec<InstanceDiskAttachment> = disk
+        .into_iter()
+        .map(|size| InstanceDiskAttachment::Create {
+            name: format!("{name}-disk").parse().expect("a valid name"),
+            description: String::new(),
+            disk_backend: DiskBackend::Distributed(DiskSource::Blank {
+                block_size: halyard_common::BlockSize::try_from(4096u32).expect("a block size"),
+            }),
+            size,
+        })
+        .collect();
     let began = Instant::now();
     let created = client
         .instance_create()
@@ -454,6 +487,7 @@ pub async fn lifecycle(client: &Client, name: &str, poll: Duration) -> anyhow::R
                 .hostname(name.to_string())
                 .ncpus(1u16)
                 .memory(ByteCount::from_mebibytes_u32(INSTANCE_MEMORY_MIB))
+                .disks(disks)
                 .start(false)
         })
         .send()

@@ -430,13 +430,17 @@ async fn background_tasks_show_what_each_did_last() {
     ctx.eventually("every task has run", async |ctx: &TestContext| {
         let json = ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok();
         let tasks: Value = serde_json::from_str(&json).unwrap();
-        ["vmm_retirement", "saga_leftover_release", "region_replacement"]
-            .iter()
-            .all(|name| {
-                task(&tasks, name)["runs"]
-                    .as_u64()
-                    .is_some_and(|runs| runs >= 1)
-            })
+        [
+            "vmm_retirement",
+            "saga_leftover_release",
+            "region_replacement",
+        ]
+        .iter()
+        .all(|name| {
+            task(&tasks, name)["runs"]
+                .as_u64()
+                .is_some_and(|runs| runs >= 1)
+        })
     })
     .await;
     let tasks: Value =

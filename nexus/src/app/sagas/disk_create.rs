@@ -224,7 +224,12 @@ async fn snapshot_source(
         };
         served = true;
         // One on an expunged sled went with it: copy from another.
-        if nexus.datastore().sled_fetch(row.sled_id()).await?.is_expunged() {
+        if nexus
+            .datastore()
+            .sled_fetch(row.sled_id())
+            .await?
+            .is_expunged()
+        {
             continue;
         }
         return Ok(Some(NbdExport {
