@@ -40,13 +40,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// Fails the case with a message unless `$cond` holds.
 macro_rules! check {
     ($cond:expr, $($message:tt)+) => {
@@ -82,6 +75,8 @@ fn stderr_tail(path: &Path) -> String {
 /// Database, sled agents and configuration shared by the Nexus children.
 struct Cluster {
     db: TestDatabase,
+    /// The external and internal API's ports, held for the cluster's life.
+    _ports: [halyard_test_db::ReservedPort; 2],
     config_path: PathBuf,
     /// Where each child's stderr is kept.
     stderr_dir: PathBuf,
@@ -94,10 +89,22 @@ impl Cluster {
     /// `sleds` sim sled agents, each offering `storage` bytes for regions.
     async fn new(sleds: usize, storage: ByteCount) -> Cluster {
         let db = TestDatabase::new();
-        let external = free_address();
-        let internal = free_address();
-        let stderr_dir =
-            std::env::temp_dir().join(format!("halyard-crash-replay-{}", std::process::id()));
+        // Each Nexus child of this cluster binds these again after the one before died: ports
+        // outside the kernel's ephemeral range, that no other test picks while they are held,
+        // so nothing else takes them in between.
+        let ports = [
+            halyard_test_db::reserve_port().unwrap(),
+            halyard_test_db::reserve_port().unwrap(),
+        ];
+        let external = ports[0].address();
+        let internal = ports[1].address();
+        // One directory per cluster: the tests run at once in one process, and each cluster's
+        // children have their own configuration and stderr files.
+        let stderr_dir = std::env::temp_dir().join(format!(
+            "halyard-crash-replay-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
         std::fs::create_dir_all(&stderr_dir).unwrap();
         let config_path = stderr_dir.join("nexus.toml");
         std::fs::write(
@@ -146,6 +153,7 @@ impl Cluster {
         let token = crate::authn_support::test_user_token_in(db.url()).await;
         Cluster {
             db,
+            _ports: ports,
             config_path,
             stderr_dir,
             external,
