@@ -28,7 +28,8 @@ use halyard_common::{ByteCount, SledBackend};
 use halyard_nexus::app::crash_point::{CRASH_AT_ENV, CrashEvent, CrashPoint, FAIL_AT_ENV};
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, disk_attach, disk_create, disk_delete, disk_detach,
-    instance_create, instance_delete, instance_migrate, instance_start,
+    instance_create, instance_delete, instance_migrate, instance_start, snapshot_create,
+    snapshot_delete,
 };
 use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource, InstanceCreate};
 use halyard_test_db::{TestDatabase, shared_cluster};
@@ -261,6 +262,18 @@ impl Cluster {
         }
     }
 
+    /// The snapshot's state, as its view has it (`None`: not found).
+    async fn snapshot_state(&self, name: &str) -> Result<Option<String>, String> {
+        let answer = self
+            .request("GET", &format!("/v1/snapshots/{name}?project=p"), None)
+            .await;
+        match answer {
+            Some((200, body)) => Ok(Some(body["state"].as_str().unwrap_or("?").to_string())),
+            Some((404, _)) => Ok(None),
+            other => Err(format!("viewing snapshot {name}: {other:?}")),
+        }
+    }
+
     /// The sled of the instance's active VMM.
     fn active_sled(&self, name: &str) -> String {
         self.sql(&format!(
@@ -366,6 +379,8 @@ enum Probe {
     /// The sled agents hold this many of the disk `{name}`'s regions (as the database has
     /// them).
     SledAgentRegions(usize),
+    /// The sled agents hold this many region snapshots of the snapshot `{name}`.
+    SledAgentRegionSnapshots(usize),
 }
 
 impl NodeEffect {
@@ -395,6 +410,23 @@ impl NodeEffect {
                     .iter()
                     .flat_map(|sled| sled.agent().regions_now().expect("quiet sled agents"))
                     .filter(|region| regions.contains(region.region_id.to_string().as_str()))
+                    .count();
+                held == *count
+            }
+            Probe::SledAgentRegionSnapshots(count) => {
+                let snapshot = cluster.sql(&format!(
+                    "SELECT id FROM snapshot WHERE name = '{name}' ORDER BY time_created DESC \
+                     LIMIT 1"
+                ));
+                let held = cluster
+                    .sleds
+                    .iter()
+                    .flat_map(|sled| {
+                        sled.agent()
+                            .region_snapshots_now()
+                            .expect("quiet sled agents")
+                    })
+                    .filter(|held| held.snapshot_id.to_string() == snapshot)
                     .count();
                 held == *count
             }
@@ -565,6 +597,49 @@ fn node_effect(saga: &str, node: &str) -> Option<NodeEffect> {
                  WHERE d.name = '{name}')",
             ),
         ),
+        ("snapshot-create", "snapshot") => (
+            "the snapshot record",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM snapshot WHERE name = '{name}' \
+                 AND time_deleted IS NULL)",
+            ),
+        ),
+        ("snapshot-create", "reserved") => (
+            "the snapshot's region snapshot rows, one per region",
+            Probe::Sql(
+                "SELECT count(*) = 3 FROM region_snapshot rs JOIN snapshot s \
+                 ON s.id = rs.snapshot_id WHERE s.name = '{name}' AND s.time_deleted IS NULL",
+            ),
+        ),
+        ("snapshot-create", "taken") => (
+            "the region snapshots on their sled agents",
+            Probe::SledAgentRegionSnapshots(3),
+        ),
+        ("snapshot-delete", "deleted") => (
+            "the region snapshots gone from their sled agents",
+            Probe::SledAgentRegionSnapshots(0),
+        ),
+        ("snapshot-create", "ready") => (
+            "the snapshot ready",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM snapshot WHERE name = '{name}' \
+                 AND state = 'ready')",
+            ),
+        ),
+        ("snapshot-delete", "released") => (
+            "the snapshot's region snapshot rows released",
+            Probe::Sql(
+                "SELECT NOT EXISTS (SELECT 1 FROM region_snapshot rs JOIN snapshot s \
+                 ON s.id = rs.snapshot_id WHERE s.name = '{name}')",
+            ),
+        ),
+        ("snapshot-delete", "region_snapshots") => (
+            "the snapshot destroyed",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM snapshot WHERE name = '{name}' \
+                 AND time_deleted IS NOT NULL)",
+            ),
+        ),
         _ => return None,
     };
     Some(NodeEffect { what, probe })
@@ -651,21 +726,35 @@ async fn run_case(
     let create = json!({"name": name, "description": "", "hostname": "h", "ncpus": 1, "memory": 1u64 << 30, "start": false});
     let disk = json!({"name": name, "description": "", "size": 1u64 << 20,
         "disk_backend": {"type": "distributed", "disk_source": {"type": "blank", "block_size": 512}}});
-    // The sagas of a disk alone (attach and detach act on an instance).
-    let is_disk_saga =
-        saga == disk_create::SagaDiskCreate::NAME || saga == disk_delete::SagaDiskDelete::NAME;
+    // The sagas of a disk or a snapshot alone (attach and detach act on an instance).
+    let is_snapshot_saga = saga == snapshot_create::SagaSnapshotCreate::NAME
+        || saga == snapshot_delete::SagaSnapshotDelete::NAME;
+    let is_disk_saga = saga == disk_create::SagaDiskCreate::NAME
+        || saga == disk_delete::SagaDiskDelete::NAME
+        || is_snapshot_saga;
+    // A snapshot of disk `name`, named `name` too.
+    let snapshot = json!({"name": name, "description": "", "disk": name});
     let log_file = |role: &str| cluster.stderr_dir.join(format!("{name}-{role}.stderr"));
 
     // Set the stage with a healthy Nexus: what the saga needs to start from.
     stderr.push(log_file("setup"));
     let healthy = cluster.nexus(stderr.last().unwrap(), None, None).await?;
-    if saga == disk_delete::SagaDiskDelete::NAME {
+    if saga == disk_delete::SagaDiskDelete::NAME || is_snapshot_saga {
         let answer = cluster
             .request("POST", "/v1/disks?project=p", Some(disk.clone()))
             .await;
         check!(
             matches!(answer, Some((201, _))),
             "creating disk {name}: {answer:?}"
+        );
+    }
+    if saga == snapshot_delete::SagaSnapshotDelete::NAME {
+        let answer = cluster
+            .request("POST", "/v1/snapshots?project=p", Some(snapshot.clone()))
+            .await;
+        check!(
+            matches!(answer, Some((201, _))),
+            "creating snapshot {name}: {answer:?}"
         );
     }
     if saga != instance_create::SagaInstanceCreate::NAME && !is_disk_saga {
@@ -754,6 +843,12 @@ async fn run_case(
         ),
         "disk-create" => ("POST", "/v1/disks?project=p".to_string(), Some(disk)),
         "disk-delete" => ("DELETE", format!("/v1/disks/{name}?project=p"), None),
+        "snapshot-create" => (
+            "POST",
+            "/v1/snapshots?project=p".to_string(),
+            Some(snapshot),
+        ),
+        "snapshot-delete" => ("DELETE", format!("/v1/snapshots/{name}?project=p"), None),
         _ => ("DELETE", format!("/v1/instances/{name}?project=p"), None),
     };
     let answer = cluster.request(method, &path, body).await;
@@ -872,6 +967,10 @@ async fn check_recovery(
         || case.saga.name == disk_delete::SagaDiskDelete::NAME
     {
         cluster.disk_state(name).await?
+    } else if case.saga.name == snapshot_create::SagaSnapshotCreate::NAME
+        || case.saga.name == snapshot_delete::SagaSnapshotDelete::NAME
+    {
+        cluster.snapshot_state(name).await?
     } else {
         cluster.run_state(name).await?
     };
@@ -883,6 +982,11 @@ async fn check_recovery(
         // disk back faulted (see disk_delete.rs).
         ("disk-delete", Outcome::Unwound) => Some("faulted"),
         ("disk-attach" | "disk-detach", _) => Some("stopped"),
+        ("snapshot-create", Outcome::Finished) => Some("ready"),
+        ("snapshot-create", Outcome::Unwound) => None,
+        ("snapshot-delete", Outcome::Finished) => None,
+        // As a disk delete's: a snapshot whose delete unwound comes back faulted.
+        ("snapshot-delete", Outcome::Unwound) => Some("faulted"),
         ("instance-create", Outcome::Finished) => Some("stopped"),
         ("instance-create", Outcome::Unwound) => None,
         ("instance-start", Outcome::Finished) => Some("running"),
@@ -1012,6 +1116,27 @@ async fn disk_sagas_survive_a_crash_at_every_node() {
         SagaNodes::of::<disk_detach::SagaDiskDetach>(disk_detach::Params {
             instance_id: InstanceUuid::new_v4(),
             disk_id: DiskUuid::new_v4(),
+        }),
+    ];
+    crash_every_node(
+        Cluster::new(3, ByteCount::from_gibibytes_u32(1)).await,
+        &sagas,
+    )
+    .await;
+}
+
+/// The snapshot sagas, of a detached disk, on three sleds with storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_sagas_survive_a_crash_at_every_node() {
+    let sagas = [
+        SagaNodes::of::<snapshot_create::SagaSnapshotCreate>(snapshot_create::Params {
+            snapshot_id: halyard_common::ids::SnapshotUuid::new_v4(),
+            disk_id: DiskUuid::new_v4(),
+            name: "x".parse().unwrap(),
+            description: String::new(),
+        }),
+        SagaNodes::of::<snapshot_delete::SagaSnapshotDelete>(snapshot_delete::Params {
+            snapshot_id: halyard_common::ids::SnapshotUuid::new_v4(),
         }),
     ];
     crash_every_node(
