@@ -28,8 +28,8 @@ use halyard_common::{ByteCount, SledBackend};
 use halyard_nexus::app::crash_point::{CRASH_AT_ENV, CrashEvent, CrashPoint, FAIL_AT_ENV};
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, disk_attach, disk_create, disk_delete, disk_detach,
-    instance_create, instance_delete, instance_migrate, instance_start, snapshot_create,
-    snapshot_delete,
+    instance_create, instance_delete, instance_migrate, instance_start, region_replace,
+    snapshot_create, snapshot_delete,
 };
 use halyard_nexus_external_api::params::{DiskBackend, DiskCreate, DiskSource, InstanceCreate};
 use halyard_test_db::{TestDatabase, shared_cluster};
@@ -597,6 +597,32 @@ fn node_effect(saga: &str, node: &str) -> Option<NodeEffect> {
                  WHERE d.name = '{name}')",
             ),
         ),
+        ("region-replace", "begin") => (
+            "the disk marked as having its lost region replaced",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM disk WHERE name = '{name}' \
+                 AND time_deleted IS NULL AND replacing_region_id IS NOT NULL)",
+            ),
+        ),
+        ("region-replace", "region") => (
+            "the new region's row beside the three",
+            Probe::Sql(
+                "SELECT count(*) = 4 FROM region r JOIN disk d ON d.id = r.disk_id \
+                 WHERE d.name = '{name}' AND d.time_deleted IS NULL",
+            ),
+        ),
+        ("region-replace", "ensured") => (
+            "the new region on its sled agent (and the lost one still on the expunged sled's)",
+            Probe::SledAgentRegions(4),
+        ),
+        ("region-replace", "swapped") => (
+            "the lost region's row gone and the mark cleared",
+            Probe::Sql(
+                "SELECT count(*) = 3 AND bool_and(d.replacing_region_id IS NULL) FROM region r \
+                 JOIN disk d ON d.id = r.disk_id WHERE d.name = '{name}' \
+                 AND d.time_deleted IS NULL",
+            ),
+        ),
         ("snapshot-create", "snapshot") => (
             "the snapshot record",
             Probe::Sql(
@@ -729,9 +755,13 @@ async fn run_case(
     // The sagas of a disk or a snapshot alone (attach and detach act on an instance).
     let is_snapshot_saga = saga == snapshot_create::SagaSnapshotCreate::NAME
         || saga == snapshot_delete::SagaSnapshotDelete::NAME;
+    // Region replacement is started by Nexus's own background task, for a disk that lost a
+    // region with an expunged sled: no request starts it.
+    let is_region_replace = saga == region_replace::SagaRegionReplace::NAME;
     let is_disk_saga = saga == disk_create::SagaDiskCreate::NAME
         || saga == disk_delete::SagaDiskDelete::NAME
-        || is_snapshot_saga;
+        || is_snapshot_saga
+        || is_region_replace;
     // A snapshot of disk `name`, named `name` too.
     let snapshot = json!({"name": name, "description": "", "disk": name});
     let log_file = |role: &str| cluster.stderr_dir.join(format!("{name}-{role}.stderr"));
@@ -739,7 +769,7 @@ async fn run_case(
     // Set the stage with a healthy Nexus: what the saga needs to start from.
     stderr.push(log_file("setup"));
     let healthy = cluster.nexus(stderr.last().unwrap(), None, None).await?;
-    if saga == disk_delete::SagaDiskDelete::NAME || is_snapshot_saga {
+    if saga == disk_delete::SagaDiskDelete::NAME || is_snapshot_saga || is_region_replace {
         let answer = cluster
             .request("POST", "/v1/disks?project=p", Some(disk.clone()))
             .await;
@@ -806,6 +836,18 @@ async fn run_case(
         cluster.wait_for_state(name, &["running"]).await?;
     }
     stop(healthy);
+    if is_region_replace {
+        // While no Nexus runs, one of the disk's sleds is declared gone (an expunge of a sled
+        // with no VMM is this one write): the next Nexus's task finds the disk degraded. Its
+        // agent is left running, so the lost region is still there to count.
+        let lost_sled = cluster.sql(&format!(
+            "SELECT r.sled_id FROM region r JOIN disk d ON d.id = r.disk_id \
+             WHERE d.name = '{name}' AND d.time_deleted IS NULL ORDER BY r.sled_id LIMIT 1"
+        ));
+        cluster.sql(&format!(
+            "UPDATE sled SET time_expunged = now() WHERE id = '{lost_sled}'"
+        ));
+    }
     let sled_before = cluster.active_sled(name);
 
     // The crash.
@@ -851,7 +893,11 @@ async fn run_case(
         "snapshot-delete" => ("DELETE", format!("/v1/snapshots/{name}?project=p"), None),
         _ => ("DELETE", format!("/v1/instances/{name}?project=p"), None),
     };
-    let answer = cluster.request(method, &path, body).await;
+    let answer = if is_region_replace {
+        None
+    } else {
+        cluster.request(method, &path, body).await
+    };
     // The request made the saga; the crash point ends the process on its own. The bound only
     // turns "never reached" into a failure instead of a hang.
     let mut status = None;
@@ -965,6 +1011,7 @@ async fn check_recovery(
     // The instance (or disk), as the outcome calls for.
     let state = if case.saga.name == disk_create::SagaDiskCreate::NAME
         || case.saga.name == disk_delete::SagaDiskDelete::NAME
+        || case.saga.name == region_replace::SagaRegionReplace::NAME
     {
         cluster.disk_state(name).await?
     } else if case.saga.name == snapshot_create::SagaSnapshotCreate::NAME
@@ -982,6 +1029,8 @@ async fn check_recovery(
         // disk back faulted (see disk_delete.rs).
         ("disk-delete", Outcome::Unwound) => Some("faulted"),
         ("disk-attach" | "disk-detach", _) => Some("stopped"),
+        // Finished or unwound (and then repaired by the task), the disk stays detached.
+        ("region-replace", _) => Some("detached"),
         ("snapshot-create", Outcome::Finished) => Some("ready"),
         ("snapshot-create", Outcome::Unwound) => None,
         ("snapshot-delete", Outcome::Finished) => None,
@@ -1030,6 +1079,27 @@ async fn check_recovery(
             "after the migration {outcome:?}, the instance runs on sled {sled_after:?} \
              (before: {sled_before:?})"
         );
+    }
+
+    // Leave no disk for the next case's expunge to degrade too (so its Nexus's task finds
+    // that case's disk alone). After an unwind the task is repairing it again: a delete is
+    // refused (409) until that is done.
+    if case.saga.name == region_replace::SagaRegionReplace::NAME {
+        let mut answer = None;
+        for _ in 0..500 {
+            answer = cluster
+                .request("DELETE", &format!("/v1/disks/{name}?project=p"), None)
+                .await;
+            if !matches!(answer, Some((409, _))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        check!(
+            matches!(answer, Some((204, _))),
+            "deleting disk {name}: {answer:?}"
+        );
+        cluster.quiet_and_consistent().await?;
     }
 
     // Leave nothing running for the next case.
@@ -1120,6 +1190,25 @@ async fn disk_sagas_survive_a_crash_at_every_node() {
     ];
     crash_every_node(
         Cluster::new(3, ByteCount::from_gibibytes_u32(1)).await,
+        &sagas,
+    )
+    .await;
+}
+
+/// Region replacement, started by Nexus's task for a detached disk one of whose sleds was
+/// expunged just before: one sled per case (18 cases), and room for a disk's three regions and
+/// its replacement after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_replacement_survives_a_crash_at_every_node() {
+    let sagas = [SagaNodes::of::<region_replace::SagaRegionReplace>(
+        region_replace::Params {
+            disk_id: DiskUuid::new_v4(),
+            lost_region_id: halyard_common::ids::RegionUuid::new_v4(),
+            new_region_id: halyard_common::ids::RegionUuid::new_v4(),
+        },
+    )];
+    crash_every_node(
+        Cluster::new(22, ByteCount::from_gibibytes_u32(1)).await,
         &sagas,
     )
     .await;
