@@ -97,10 +97,10 @@ fn instance_view(view: InstanceAndVmm) -> Instance {
 }
 
 /// The views of `disks`, each saying whether it is degraded (a replica lost with an expunged
-/// sled, not yet replaced).
+/// sled and not yet replaced, or on a sled gone silent).
 async fn disk_views(nexus: &Nexus, disks: Vec<halyard_db_model::Disk>) -> Result<Vec<Disk>, Error> {
     let ids: Vec<_> = disks.iter().map(|d| d.id()).collect();
-    let degraded = nexus.datastore().disks_degraded(&ids).await?;
+    let degraded = nexus.disks_degraded(&ids).await?;
     Ok(disks
         .into_iter()
         .map(|disk| {
@@ -111,7 +111,7 @@ async fn disk_views(nexus: &Nexus, disks: Vec<halyard_db_model::Disk>) -> Result
 }
 
 async fn one_disk_view(nexus: &Nexus, disk: halyard_db_model::Disk) -> Result<Disk, Error> {
-    let degraded = nexus.datastore().disks_degraded(&[disk.id()]).await?;
+    let degraded = nexus.disks_degraded(&[disk.id()]).await?;
     let is_degraded = degraded.contains(&disk.id());
     Ok(disk_view(disk, is_degraded))
 }

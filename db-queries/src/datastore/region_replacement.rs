@@ -45,9 +45,14 @@ pub struct LostRegion {
 }
 
 impl DataStore {
-    /// Of `disks`, those with a region on an expunged sled (degraded: served by fewer than
-    /// three replicas until the region is replaced).
-    pub async fn disks_degraded(&self, disks: &[DiskUuid]) -> Result<BTreeSet<DiskUuid>, Error> {
+    /// Of `disks`, those with a region on an expunged sled (lost: served by fewer than three
+    /// replicas until the region is replaced) or on a sled not heard from since
+    /// `silent_since` (unreachable, maybe for good): degraded.
+    pub async fn disks_degraded(
+        &self,
+        disks: &[DiskUuid],
+        silent_since: chrono::DateTime<Utc>,
+    ) -> Result<BTreeSet<DiskUuid>, Error> {
         if disks.is_empty() {
             return Ok(BTreeSet::new());
         }
@@ -56,7 +61,11 @@ impl DataStore {
         let degraded: Vec<DbTypedUuid<_>> = region::table
             .inner_join(sled::table)
             .filter(region::disk_id.eq_any(ids))
-            .filter(sled::time_expunged.is_not_null())
+            .filter(
+                sled::time_expunged
+                    .is_not_null()
+                    .or(sled::time_last_seen.lt(silent_since)),
+            )
             .select(region::disk_id)
             .distinct()
             .load(conn)

@@ -283,10 +283,11 @@ pub struct Disk {
     pub disk_type: DiskType,
     /// Whether or not this disk is read-only.
     pub read_only: bool,
-    /// Halyard: whether one of the disk's three replicas was lost with a sled that was
-    /// expunged and is not replaced yet. A degraded disk keeps working on the two left; the
-    /// lost replica is replaced once the disk is detached or its instance stopped. (Absent
-    /// from Oxide's view: its clients ignore it.)
+    /// Halyard: whether one of the disk's three replicas is lost or out of reach: on a sled
+    /// that was expunged (the replica is replaced by a copy on another sled once the disk is
+    /// detached or its instance stopped), or on a sled not heard from for a while (it may
+    /// come back). A degraded disk keeps working on the two left. (Absent from Oxide's view:
+    /// its clients ignore it.)
     #[serde(default)]
     pub degraded: bool,
 }

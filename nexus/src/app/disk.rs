@@ -197,4 +197,18 @@ impl Nexus {
             .await
             .map(|_| ())
     }
+
+    /// Of `disks`, the degraded ones: with a region on an expunged sled, or on a sled not
+    /// heard from for [`Nexus::sled_silence_bound`].
+    pub async fn disks_degraded(
+        &self,
+        disks: &[DiskUuid],
+    ) -> Result<std::collections::BTreeSet<DiskUuid>, Error> {
+        let bound =
+            chrono::Duration::from_std(self.sled_silence_bound()).unwrap_or(chrono::Duration::MAX);
+        let silent_since = chrono::Utc::now()
+            .checked_sub_signed(bound)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        self.datastore().disks_degraded(disks, silent_since).await
+    }
 }

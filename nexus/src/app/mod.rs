@@ -39,6 +39,9 @@ pub struct Nexus {
     /// How old a leftover (see `background::leftover_release`) must be before the leftover
     /// task releases it.
     leftover_grace: std::sync::Mutex<Duration>,
+    /// How long a sled may go unheard (no registration) before the regions on it count as
+    /// unreachable: their disks show degraded (see [`Nexus::sled_silence_bound`]).
+    sled_silence_bound: std::sync::Mutex<Duration>,
     /// Test-only: a saga node whose action this process makes fail (`HALYARD_FAIL_AT`).
     injected_failure: Option<crash_point::InjectedFailure>,
     /// Test-only: a crash point after a node's effects (`HALYARD_CRASH_AT=...:after_effect`).
@@ -56,7 +59,30 @@ pub struct Nexus {
     log: Logger,
 }
 
+/// How long a sled may go unheard before the regions on it count as unreachable, unless set
+/// otherwise ([`Nexus::set_sled_silence_bound`]): three of a sled agent's default 10 s
+/// registrations missed.
+pub const DEFAULT_SLED_SILENCE_BOUND: Duration = Duration::from_secs(30);
+
 impl Nexus {
+    /// How long a sled may go unheard (no registration) before the regions on it count as
+    /// unreachable and their disks show degraded. Only an expunge makes a region lost for
+    /// good (and replaced): a silent sled may come back.
+    pub fn sled_silence_bound(&self) -> Duration {
+        *self
+            .sled_silence_bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes [`Nexus::sled_silence_bound`] (tests use a short one).
+    pub fn set_sled_silence_bound(&self, bound: Duration) {
+        *self
+            .sled_silence_bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = bound;
+    }
+
     /// `sled_http` is the HTTP client for sled agents (`TlsMaterial::http_client`, with
     /// Nexus's certificate).
     pub fn new(
@@ -101,6 +127,7 @@ impl Nexus {
             registry: sagas::action_registry(),
             saga_retry: std::sync::Mutex::new(SagaRetryPolicy::default()),
             leftover_grace: std::sync::Mutex::new(background::leftover_release::DEFAULT_GRACE),
+            sled_silence_bound: std::sync::Mutex::new(DEFAULT_SLED_SILENCE_BOUND),
             metrics,
             background_tasks: BackgroundTasks::default(),
             injected_failure,

@@ -398,3 +398,39 @@ async fn a_region_on_a_sled_in_service_is_not_replaced() {
     system.assert_unreplaced(&params);
     ctx.assert_quiet_and_consistent().await;
 }
+
+#[tokio::test]
+async fn a_disk_on_a_silent_sled_shows_degraded_but_is_not_replaced() {
+    let mut ctx = TestContext::with_storage(4, ByteCount::from_gibibytes_u32(1)).await;
+    // Test sled agents register every second: two seconds unheard is silence.
+    ctx.nexus()
+        .set_sled_silence_bound(std::time::Duration::from_secs(2));
+    let project = NameOrId::Name("p".parse().unwrap());
+    ctx.project("p").await;
+    let disk = crate::instance_disks::detached_disk(&ctx, &project, "d").await;
+    assert!(!disk_view(&ctx, disk).await.degraded);
+    let silent: SledUuid = ctx
+        .sql(&format!(
+            "SELECT sled_id FROM region WHERE disk_id = '{disk}' LIMIT 1"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    let index = (0..ctx.sleds.len())
+        .find(|i| ctx.sled_id(*i) == silent)
+        .unwrap();
+    // Its agent stops answering; nobody expunges it.
+    ctx.sleds.remove(index).close().await.unwrap();
+    ctx.eventually("the disk shows degraded", async |ctx: &TestContext| {
+        disk_view(ctx, disk).await.degraded
+    })
+    .await;
+    // A silent sled may come back: its region is not replaced.
+    let pass = ctx.nexus().replace_lost_regions().await.unwrap();
+    assert_eq!((pass.replaced, pass.failed.len()), (0, 0), "{pass:?}");
+    let sleds = ctx.sql(&format!(
+        "SELECT count(*) FROM region WHERE disk_id = '{disk}' AND sled_id = '{silent}'"
+    ));
+    assert_eq!(sleds.trim(), "1");
+    ctx.assert_quiet_and_consistent().await;
+}
