@@ -25,7 +25,7 @@ use halyard_db_model::schema::{disk, region, sled};
 use halyard_db_model::{DbByteCount, DbEnum, DbTypedUuid, Disk, REGIONS_PER_DISK, Region};
 
 /// How many times placement picks again after losing a race for the sleds it picked.
-const MAX_PLACEMENT_ATTEMPTS: u32 = 16;
+pub(super) const MAX_PLACEMENT_ATTEMPTS: u32 = 16;
 
 impl DataStore {
     /// Places a `creating` disk's regions: [`REGIONS_PER_DISK`] of them, each on its own
@@ -166,21 +166,7 @@ async fn allocate_once(
     }
     let size = disk.size_bytes;
     while regions.len() < REGIONS_PER_DISK {
-        let has_room = (sled::usable_storage - sled::reserved_storage).ge(size);
-        let pick = candidates_with_room(disk_id, backend, size)
-            .order(sql::<diesel::sql_types::Double>("random()").asc())
-            .limit(1);
-        let claimed: Option<DbTypedUuid<SledKind>> = diesel::update(sled::table)
-            .filter(sled::id.nullable().eq(pick.single_value()))
-            .filter(has_room)
-            .filter(sled::time_expunged.is_null())
-            .set(sled::reserved_storage.eq(sled::reserved_storage + size))
-            .returning(sled::id)
-            .cached_by_text()
-            .get_result(conn)
-            .await
-            .optional()?;
-        let Some(sled_id) = claimed else {
+        let Some(sled_id) = claim_storage(conn, disk_id, backend, size).await? else {
             return Err(no_room(conn, &disk, backend, regions.len()).await);
         };
         let region: Region = diesel::insert_into(region::table)
@@ -192,6 +178,31 @@ async fn allocate_once(
         regions.push(region);
     }
     Ok(regions)
+}
+
+/// Picks an in-service `backend` sled at random that has room for `size` and holds no region
+/// of the disk, and reserves `size` of its storage, in one statement: a sled filled meanwhile
+/// fails the row's re-checked `WHERE` and nothing is claimed (`None`: a lost race, or no room;
+/// [`candidates_with_room`] tells which).
+pub(super) async fn claim_storage(
+    conn: &mut AsyncPgConnection,
+    disk_id: DiskUuid,
+    backend: SledBackend,
+    size: DbByteCount,
+) -> Result<Option<DbTypedUuid<SledKind>>, diesel::result::Error> {
+    let pick = candidates_with_room(disk_id, backend, size)
+        .order(sql::<diesel::sql_types::Double>("random()").asc())
+        .limit(1);
+    diesel::update(sled::table)
+        .filter(sled::id.nullable().eq(pick.single_value()))
+        .filter((sled::usable_storage - sled::reserved_storage).ge(size))
+        .filter(sled::time_expunged.is_null())
+        .set(sled::reserved_storage.eq(sled::reserved_storage + size))
+        .returning(sled::id)
+        .cached_by_text()
+        .get_result(conn)
+        .await
+        .optional()
 }
 
 // The sleds a region may go on, read under another name: the claim's UPDATE writes `sled`.

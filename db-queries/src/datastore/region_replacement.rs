@@ -23,8 +23,7 @@ use super::disk::disk_not_found;
 use super::disk_attach::{
     InstanceForDisks, describe_disk_state, lock_disk, lock_instance, require_instance_state,
 };
-use super::region::{candidates_with_room, regions_of};
-use crate::cached::CacheByText;
+use super::region::{MAX_PLACEMENT_ATTEMPTS, candidates_with_room, claim_storage, regions_of};
 use crate::error::{TxnError, public_error_from_diesel};
 use chrono::Utc;
 use diesel::dsl::sql;
@@ -253,21 +252,22 @@ impl DataStore {
                     .first(conn)
                     .await?;
                 let size = disk.size_bytes;
-                let pick = candidates_with_room(disk_id, backend.0, size)
-                    .order(sql::<diesel::sql_types::Double>("random()").asc())
-                    .limit(1);
-                // One statement picks and claims, so a sled filled meanwhile is not claimed
-                // (its row's re-checked `WHERE` fails); the transaction is then retried.
-                let claimed: Option<DbTypedUuid<SledKind>> = diesel::update(sled::table)
-                    .filter(sled::id.nullable().eq(pick.single_value()))
-                    .filter((sled::usable_storage - sled::reserved_storage).ge(size))
-                    .filter(sled::time_expunged.is_null())
-                    .set(sled::reserved_storage.eq(sled::reserved_storage + size))
-                    .returning(sled::id)
-                    .cached_by_text()
-                    .get_result(conn)
-                    .await
-                    .optional()?;
+                // A claim that finds the sled it picked filled meanwhile picks again, while
+                // any sled has room.
+                let mut claimed = None;
+                for _ in 0..MAX_PLACEMENT_ATTEMPTS {
+                    claimed = claim_storage(conn, disk_id, backend.0, size).await?;
+                    if claimed.is_some() {
+                        break;
+                    }
+                    let room_left = candidates_with_room(disk_id, backend.0, size)
+                        .first::<DbTypedUuid<SledKind>>(conn)
+                        .await
+                        .optional()?;
+                    if room_left.is_none() {
+                        break;
+                    }
+                }
                 let Some(sled_id) = claimed else {
                     return Err(TxnError::Public(Error::insufficient_capacity(format!(
                         "no {} sled in service has {} free for a replica of disk \"{}\" \

@@ -35,10 +35,7 @@ impl DegradedDisks {
             "SELECT sled_id FROM region GROUP BY sled_id ORDER BY count(*) DESC, sled_id LIMIT 1",
         );
         let expunged: SledUuid = busiest.trim().parse().unwrap();
-        let index = (0..ctx.sleds.len())
-            .find(|i| ctx.sled_id(*i) == expunged)
-            .unwrap();
-        ctx.sleds.remove(index).close().await.unwrap();
+        silence(&mut ctx, expunged).await;
         ctx.nexus().sled_expunge(expunged).await.unwrap();
         let degraded = ctx
             .sql(&format!(
@@ -131,6 +128,14 @@ impl DegradedDisks {
             .trim()
             .to_string()
     }
+}
+
+/// Stops sled `sled`'s agent: it answers nothing from now on (and holds what it held).
+async fn silence(ctx: &mut TestContext, sled: SledUuid) {
+    let index = (0..ctx.sleds.len())
+        .find(|i| ctx.sled_id(*i) == sled)
+        .unwrap();
+    ctx.sleds.remove(index).close().await.unwrap();
 }
 
 fn client(ctx: &TestContext) -> halyard_nexus_external_client::Client {
@@ -287,10 +292,7 @@ async fn the_background_task_repairs_degraded_disks_on_its_own() {
         .trim()
         .parse()
         .unwrap();
-    let index = (0..ctx.sleds.len())
-        .find(|i| ctx.sled_id(*i) == lost)
-        .unwrap();
-    ctx.sleds.remove(index).close().await.unwrap();
+    silence(&mut ctx, lost).await;
     ctx.nexus().sled_expunge(lost).await.unwrap();
     ctx.eventually("the lost region is replaced", async |ctx: &TestContext| {
         !disk_view(ctx, disk).await.degraded
@@ -416,11 +418,8 @@ async fn a_disk_on_a_silent_sled_shows_degraded_but_is_not_replaced() {
         .trim()
         .parse()
         .unwrap();
-    let index = (0..ctx.sleds.len())
-        .find(|i| ctx.sled_id(*i) == silent)
-        .unwrap();
     // Its agent stops answering; nobody expunges it.
-    ctx.sleds.remove(index).close().await.unwrap();
+    silence(&mut ctx, silent).await;
     ctx.eventually("the disk shows degraded", async |ctx: &TestContext| {
         disk_view(ctx, disk).await.degraded
     })
