@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{GenericUuid, ProjectUuid};
 use halyard_common::{Error, NameOrId, ResourceType};
-use halyard_db_model::schema::{disk, instance, project};
+use halyard_db_model::schema::{disk, instance, project, snapshot};
 use halyard_db_model::{DbName, DbTypedUuid, Project};
 
 impl DataStore {
@@ -70,11 +70,11 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
-    /// Deletes a project, only if it holds no live instances and no live disks.
+    /// Deletes a project, only if it holds no live instances, disks or snapshots.
     ///
-    /// The emptiness check and the delete cannot race an instance insert: the delete is
-    /// conditional on the project's child generation (`rcgen`) that the check saw, and every
-    /// instance or disk insert bumps it.
+    /// The emptiness check and the delete cannot race an insert: the delete is conditional on
+    /// the project's child generation (`rcgen`) that the check saw, and every instance, disk
+    /// or snapshot insert bumps it.
     pub async fn project_delete(&self, which: &NameOrId) -> Result<ProjectUuid, Error> {
         self.retry_conflicts(|| async move {
             let conn = &mut *self.connection().await?;
@@ -101,6 +101,19 @@ impl DataStore {
             if disks > 0 {
                 return Err(Error::invalid_request(format!(
                     "project \"{}\" still holds {disks} disk(s); delete them first",
+                    found.name()
+                ))
+                .into());
+            }
+            let snapshots: i64 = snapshot::table
+                .filter(snapshot::project_id.eq(found.id))
+                .filter(snapshot::time_deleted.is_null())
+                .count()
+                .get_result(conn)
+                .await?;
+            if snapshots > 0 {
+                return Err(Error::invalid_request(format!(
+                    "project \"{}\" still holds {snapshots} snapshot(s); delete them first",
                     found.name()
                 ))
                 .into());

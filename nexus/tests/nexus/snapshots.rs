@@ -414,3 +414,37 @@ async fn a_disk_is_made_from_a_snapshot_that_outlives_its_disk() {
     assert_eq!(status(&refused), 404);
     ctx.assert_quiet_and_consistent().await;
 }
+
+#[tokio::test]
+async fn a_project_holding_only_a_snapshot_is_not_deleted() {
+    let ctx = context_with_storage().await;
+    let p = ctx.project("p").await;
+    let source = detached_disk(&ctx, &p, "source").await;
+    let snap = snapshot(&ctx, "snap", by_id(source)).await.unwrap();
+    ctx.nexus()
+        .disk_delete(&ctx.nexus().datastore().disk_fetch(source).await.unwrap())
+        .await
+        .unwrap();
+    // Its snapshot would be left holding storage in a project nobody can name.
+    let refused = client(&ctx)
+        .project_delete()
+        .project(project())
+        .send()
+        .await;
+    assert_eq!(status(&refused), 400);
+    let body = format!("{refused:?}");
+    assert!(body.contains("snapshot"), "{body}");
+    client(&ctx)
+        .snapshot_delete()
+        .snapshot(by_id(snap.id))
+        .send()
+        .await
+        .unwrap();
+    client(&ctx)
+        .project_delete()
+        .project(project())
+        .send()
+        .await
+        .unwrap();
+    ctx.assert_quiet_and_consistent().await;
+}
