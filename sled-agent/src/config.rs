@@ -232,6 +232,16 @@ impl Config {
                 "registration_interval_ms must be positive".into(),
             ));
         }
+        if self.listen_address.ip().is_unspecified() {
+            // The sled registers this address with Nexus, and a QEMU sled serves its regions
+            // on it to other sleds' VMMs: it must be one they can reach.
+            return Err(ConfigError::Invalid(format!(
+                "listen_address {} is unspecified; give the address Nexus and other sleds \
+                 reach this sled at (it is registered with Nexus and serves the sled's disk \
+                 regions)",
+                self.listen_address
+            )));
+        }
         Ok(())
     }
 
@@ -283,6 +293,16 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("stop_timeout_ms")
+        );
+        // An unspecified address cannot be registered with Nexus nor serve regions.
+        let anywhere: Config =
+            toml::from_str(&text.replace("127.0.0.1:0", "0.0.0.0:12400")).unwrap();
+        assert!(
+            anywhere
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("unspecified")
         );
     }
 }
