@@ -568,8 +568,14 @@ async fn another_projects_resources_look_missing() {
         };
         hidden.push(send(&ctx, stranger, &request).await);
     }
-    // Now make them missing: delete the instance and the disk, then the project.
-    for gone in [format!("instances/{instance}"), format!("disks/{disk}")] {
+    // Now make them missing: delete the instance, the disk and its snapshot, then the
+    // project (which refuses while it holds any of them).
+    let snapshot = f.snapshot_id.clone().unwrap();
+    for gone in [
+        format!("instances/{instance}"),
+        format!("snapshots/{snapshot}"),
+        format!("disks/{disk}"),
+    ] {
         let deleted = admin
             .delete(format!("{}/v1/{gone}", base(&ctx)))
             .send()
