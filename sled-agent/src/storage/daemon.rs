@@ -7,6 +7,14 @@
 //! the sled agent; it is driven over QMP on `qsd.qmp` (`blockdev-add` + `block-export-add`
 //! to serve a region, `block-export-del` + `blockdev-del` to stop).
 //!
+//! A region's export is `writethrough`: the daemon flushes (qcow2's metadata caches to the
+//! file, then the file to disk) before it acknowledges a write. Without it, a write that
+//! allocated a cluster was acknowledged while the cluster's L2 entry sat only in the daemon's
+//! memory, so a `kill -9` of the daemon lost it on that replica while the other two kept it:
+//! the VMM's NBD client resends only what was not acknowledged, and the replica came back
+//! stale with nobody knowing. The price, measured with `qemu-img bench` (4 KiB writes, 8 in
+//! flight, over loopback NBD): about 2,400 writes/s instead of about 17,000.
+//!
 //! A region made as a copy (`source`) is filled by `qemu-img convert` from the source export
 //! into `<id>.qcow2` before its shape file is written, so a copy cut short is not a region.
 //!
@@ -376,6 +384,8 @@ async fn serve(qmp: &Qmp, directory: &Path, id: RegionUuid) -> Result<(), Error>
             "node-name": node,
             "name": id.to_string(),
             "writable": true,
+            // Acknowledged means durable: see the module comment.
+            "writethrough": true,
         })),
         "serve a region over NBD",
     )

@@ -384,8 +384,9 @@ async fn writes_go_on_while_a_replicas_storage_daemon_is_killed_and_restarted() 
 
     // The two replicas never disturbed took every write. Not only outvoted: the replica
     // whose daemon was killed took every write too (the VMM held its requests while it
-    // reconnected, within the reconnect delay, and sent them again), so all three are
-    // identical. (With a 10 s delay it missed writes under load: QEMU's reconnect attempts
+    // reconnected, within the reconnect delay, and sent them again; and what the killed
+    // daemon had acknowledged was already on disk: its exports are writethrough), so all
+    // three are identical. (With a 10 s delay it missed writes under load: QEMU's reconnect attempts
     // 7 and 15 s after the break straddled it; see `RECONNECT_DELAY_S`.)
     compare_replicas(&regions[0], &regions[1]).await;
     compare_replicas(&regions[0], &regions[2]).await;

@@ -342,6 +342,31 @@ pub async fn qemu_io_on(export: &NbdExport, command: &str) -> Result<String, Str
     }
 }
 
+/// Starts `qemu-io` on the region's export with `command` (a write), without flushes (cache
+/// mode `unsafe`), and returns once the write is acknowledged, with the client still
+/// connected: the write is in the daemon's hands and nothing asked for it to be made durable.
+/// (A client that disconnects makes the daemon drain and flush.) Dropping the child ends it.
+async fn unflushed_write(region: &RegionSummary, command: &str) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let export = region.export.as_ref().expect("served");
+    // `stdbuf`: qemu-io's output to a pipe is otherwise held until it exits.
+    let mut child = tokio::process::Command::new("stdbuf")
+        .args(["-oL", "qemu-io", "-t", "unsafe", "-f", "raw"])
+        .arg(format!("nbd://{}/{}", export.address, export.name))
+        .args(["-c", command, "-c", "sleep 600000"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("qemu-io runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.starts_with("wrote ") {
+            return child;
+        }
+    }
+    panic!("qemu-io ended without acknowledging {command}");
+}
+
 pub async fn wait_for_restart(sled: &Server, restarts: u64) {
     for _ in 0..1000 {
         if sled.agent().storage_daemon_restarts() > restarts
@@ -383,8 +408,12 @@ async fn a_qemu_sleds_regions_keep_their_data_through_daemon_and_agent_restarts(
     // The check can fail: the wrong pattern is noticed.
     assert!(qemu_io(&region, "read -P 0x00 0 1M").await.is_err());
 
+    // A client still connected, whose last write was acknowledged but never flushed (as a
+    // VMM's writes are between the guest's flushes), into a cluster not yet allocated.
+    let holder = unflushed_write(&region, "write -P 0x3c 32M 64k").await;
+
     // kill -9 the daemon: the sled agent starts it again, serving the same data at the same
-    // address.
+    // address, acknowledged writes included.
     let pid = sled.agent().storage_daemon_pid().expect("the daemon runs");
     let restarts = sled.agent().storage_daemon_restarts();
     // SAFETY: kill(2) of the daemon's pid.
@@ -394,6 +423,10 @@ async fn a_qemu_sleds_regions_keep_their_data_through_daemon_and_agent_restarts(
     assert_eq!(ensure(&client, id, 64).await, region);
     qemu_io(&region, "read -P 0xa5 0 1M").await.unwrap();
     qemu_io(&region, "read -P 0x5a 63M 1M").await.unwrap();
+    drop(holder);
+    qemu_io(&region, "read -P 0x3c 32M 64k")
+        .await
+        .expect("an acknowledged write outlives the daemon");
 
     // A new sled agent on the same directory finds the region and its data.
     sled.close().await.unwrap();
