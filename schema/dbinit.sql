@@ -168,7 +168,10 @@ CREATE TABLE IF NOT EXISTS saga (
     -- Bumped whenever another Nexus adopts the saga.
     adopt_generation INT8 NOT NULL CHECK (adopt_generation >= 1),
     time_created TIMESTAMPTZ NOT NULL,
-    adopt_time TIMESTAMPTZ NOT NULL
+    adopt_time TIMESTAMPTZ NOT NULL,
+    -- Why the saga could not be resumed (its DAG or log unreadable, an action no longer
+    -- known); NULL for every saga that could. Reported, never a reason to refuse to start.
+    resume_failure TEXT
 );
 
 CREATE INDEX IF NOT EXISTS unfinished_saga_by_sec
@@ -184,8 +187,24 @@ CREATE TABLE IF NOT EXISTS saga_node_event (
     data JSONB,
     event_time TIMESTAMPTZ NOT NULL,
     creator UUID NOT NULL,
+    -- The owner's adoption generation when the event was written: a write is accepted only
+    -- from the saga's current owner at its current generation, so no (saga, generation) has
+    -- events from two writers.
+    adopt_generation INT8 NOT NULL DEFAULT 1,
     -- One event of each type per node: recording an event twice is a no-op.
     PRIMARY KEY (saga_id, node_id, event_type)
+);
+
+-- Every Nexus that has run against this database, and when it last said it was alive (the
+-- database's clock, so Nexus hosts' clocks never matter). A Nexus whose heartbeat is older
+-- than the bound is gone: a live one adopts its unfinished sagas.
+CREATE TABLE IF NOT EXISTS nexus (
+    id UUID NOT NULL PRIMARY KEY,
+    -- Random per process start: a second process started with the same id takes the row,
+    -- and the first learns at its next heartbeat that it was superseded.
+    incarnation UUID NOT NULL,
+    time_started TIMESTAMPTZ NOT NULL,
+    time_heartbeat TIMESTAMPTZ NOT NULL
 );
 
 -- Identity (see ARCHITECTURE.md, "Authentication"). A silo holds users; one default silo
@@ -406,5 +425,5 @@ CREATE TABLE IF NOT EXISTS region_snapshot (
 CREATE INDEX IF NOT EXISTS region_snapshot_by_sled ON region_snapshot (sled_id);
 
 INSERT INTO db_metadata (singleton, version, time_created, time_modified)
-    VALUES (TRUE, '1.7.0', now(), now())
+    VALUES (TRUE, '1.8.0', now(), now())
     ON CONFLICT (singleton) DO NOTHING;

@@ -10,6 +10,7 @@ mod disk;
 mod identity;
 mod instance;
 mod migration;
+mod nexus;
 mod project;
 mod role;
 mod saga;
@@ -27,6 +28,7 @@ pub use identity::{
 };
 pub use instance::{Instance, InstanceRuntimeState, NewInstanceParams};
 pub use migration::Migration;
+pub use nexus::NexusRecord;
 pub use project::Project;
 pub use role::{
     FLEET_ID, IDENTITY_TYPE_SILO_USER, RESOURCE_TYPE_FLEET, RESOURCE_TYPE_PROJECT, RoleAssignment,

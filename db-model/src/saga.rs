@@ -6,7 +6,7 @@ use halyard_common::ids::{NexusKind, SagaKind, SagaUuid};
 use halyard_common::{Labelled, UnknownLabel};
 
 /// A saga in the log, with the DAG (and parameters) needed to resume it.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = saga, check_for_backend(diesel::pg::Pg))]
 pub struct Saga {
     pub id: DbTypedUuid<SagaKind>,
@@ -18,6 +18,8 @@ pub struct Saga {
     pub adopt_generation: DbGeneration,
     pub time_created: DateTime<Utc>,
     pub adopt_time: DateTime<Utc>,
+    /// Why the saga could not be resumed, if it could not.
+    pub resume_failure: Option<String>,
 }
 
 impl Saga {
@@ -66,4 +68,6 @@ pub struct SagaNodeEvent {
     pub data: Option<serde_json::Value>,
     pub event_time: DateTime<Utc>,
     pub creator: DbTypedUuid<NexusKind>,
+    /// The writer's adoption generation of the saga when it wrote the event.
+    pub adopt_generation: DbGeneration,
 }

@@ -116,6 +116,7 @@ diesel::table! {
         adopt_generation -> Int8,
         time_created -> Timestamptz,
         adopt_time -> Timestamptz,
+        resume_failure -> Nullable<Text>,
     }
 }
 
@@ -127,6 +128,16 @@ diesel::table! {
         data -> Nullable<Jsonb>,
         event_time -> Timestamptz,
         creator -> Uuid,
+        adopt_generation -> Int8,
+    }
+}
+
+diesel::table! {
+    nexus (id) {
+        id -> Uuid,
+        incarnation -> Uuid,
+        time_started -> Timestamptz,
+        time_heartbeat -> Timestamptz,
     }
 }
 
@@ -300,6 +311,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     region,
     snapshot,
     region_snapshot,
+    nexus,
 );
 
 // Metrics count VMMs by state and their sled's backend.

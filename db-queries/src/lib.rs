@@ -25,12 +25,12 @@ pub mod secret;
 
 pub use datastore::{
     AttachedDisk, ConflictReason, DEVICE_AUTH_REQUEST_LIFETIME, DataStore, DeviceTokenPoll,
-    DiskTransition, InstanceAndVmm, InstanceForDisks, LeftoverClaim, Leftovers, LostRegion,
-    MAX_DISK_SIZE, MigrationReport, PoolConfig, PoolStatistics, Release, ReportApplied,
+    DiskTransition, EventsWritten, InstanceAndVmm, InstanceForDisks, LeftoverClaim, Leftovers,
+    LostRegion, MAX_DISK_SIZE, MigrationReport, PoolConfig, PoolStatistics, Release, ReportApplied,
     RetireOutcome, SledChoice, SnapshotTransition, TokenOwner, TransitionConflict,
     TransitionOutcome, VmmStateReport, validate_instance_shape, validate_new_disk,
     validate_new_instance,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
-pub use saga_store::{DbSecStore, saga_node_event_to_steno};
+pub use saga_store::{DbSecStore, SagaOwnership, saga_node_event_to_steno};
 pub use schema_version::SchemaVersionError;

@@ -13,16 +13,24 @@
 //! writer writes a lone event at once; batches form only while writes are already in flight
 //! (under load, when they save the most). A batch that fails is written again event by event,
 //! so one event the database refuses never holds up the others.
+//!
+//! Every write is fenced: it carries this Nexus's id and the saga's adoption generation as this
+//! Nexus knows it ([`SagaOwnership`]), and the database takes it only while both still match
+//! the saga's row. When another Nexus adopted the saga (this one was thought gone, or another
+//! process took over its id), the write is refused and this Nexus drops the saga: the write
+//! never returns to steno, so the saga goes no further here, and whoever waits for its outcome
+//! is told the saga moved ([`SagaOwnership::wait_dropped`]).
 
-use crate::DataStore;
+use crate::{DataStore, EventsWritten};
 use async_trait::async_trait;
 use chrono::Utc;
 use halyard_common::Generation;
 use halyard_common::ids::{GenericUuid, NexusUuid, SagaUuid};
 use halyard_db_model::{Saga, SagaNodeEvent, SagaState};
 use slog::{Logger, o, warn};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use steno::{SagaCachedState, SagaCreateParams, SagaId, SagaNodeEventType};
 use tokio::sync::{mpsc, oneshot};
@@ -32,21 +40,97 @@ const EVENT_WRITERS: usize = 4;
 /// The most events one statement writes (each size's statement is prepared once).
 const MAX_EVENT_BATCH: usize = 32;
 
+/// Which sagas this Nexus owns at which adoption generation, and which it dropped because
+/// another Nexus adopted them.
+#[derive(Debug)]
+pub struct SagaOwnership {
+    /// The sagas this Nexus resumed or adopted (generation > 1 possible); a saga it created
+    /// and that is not listed here is at the first generation.
+    generations: Mutex<HashMap<SagaUuid, Generation>>,
+    dropped: Mutex<HashSet<SagaUuid>>,
+    /// Bumped at each drop, to wake whoever waits for one.
+    drops: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for SagaOwnership {
+    fn default() -> Self {
+        SagaOwnership {
+            generations: Mutex::new(HashMap::new()),
+            dropped: Mutex::new(HashSet::new()),
+            drops: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl SagaOwnership {
+    /// This Nexus runs `saga` at `generation` (it resumed or adopted it).
+    pub fn own(&self, saga: SagaUuid, generation: Generation) {
+        lock(&self.generations).insert(saga, generation);
+    }
+
+    fn generation(&self, saga: SagaUuid) -> Generation {
+        lock(&self.generations)
+            .get(&saga)
+            .copied()
+            .unwrap_or_else(Generation::new)
+    }
+
+    fn finished(&self, saga: SagaUuid) {
+        lock(&self.generations).remove(&saga);
+    }
+
+    fn drop_saga(&self, saga: SagaUuid) {
+        lock(&self.generations).remove(&saga);
+        lock(&self.dropped).insert(saga);
+        self.drops.send_modify(|n| *n += 1);
+    }
+
+    /// Whether this Nexus dropped `saga` (another adopted it).
+    pub fn is_dropped(&self, saga: SagaUuid) -> bool {
+        lock(&self.dropped).contains(&saga)
+    }
+
+    /// Returns once this Nexus has dropped `saga` (never, if it keeps it).
+    pub async fn wait_dropped(&self, saga: SagaUuid) {
+        let mut drops = self.drops.subscribe();
+        while !self.is_dropped(saga) {
+            if drops.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every change under these locks is one insert or removal.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The saga log of one Nexus (one saga execution coordinator).
 #[derive(Debug, Clone)]
 pub struct DbSecStore {
     datastore: DataStore,
     sec_id: NexusUuid,
+    ownership: Arc<SagaOwnership>,
     /// Where node events wait for a writer; the writers start with the first event.
     events: Arc<OnceLock<mpsc::UnboundedSender<PendingEvent>>>,
     log: Logger,
 }
 
-/// A node event waiting to be written, and who waits for it.
+/// A node event waiting to be written, and who waits for it (told whether the write was
+/// refused: the saga is no longer this Nexus's).
 #[derive(Debug)]
 struct PendingEvent {
     row: SagaNodeEvent,
-    written: oneshot::Sender<Result<(), halyard_common::Error>>,
+    written: oneshot::Sender<Result<Written, halyard_common::Error>>,
+}
+
+/// What became of one log write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// Another Nexus adopted the saga: the write was refused.
+    Refused,
 }
 
 impl DbSecStore {
@@ -54,13 +138,19 @@ impl DbSecStore {
         DbSecStore {
             datastore,
             sec_id,
+            ownership: Arc::new(SagaOwnership::default()),
             events: Arc::new(OnceLock::new()),
             log: log.new(o!("component" => "SecStore")),
         }
     }
 
+    /// Which sagas this store's Nexus owns, and which it dropped.
+    pub fn ownership(&self) -> &Arc<SagaOwnership> {
+        &self.ownership
+    }
+
     /// Writes one node event, in whatever batch a writer puts it (see the module docs).
-    async fn write_event(&self, row: SagaNodeEvent) -> Result<(), halyard_common::Error> {
+    async fn write_event(&self, row: SagaNodeEvent) -> Result<Written, halyard_common::Error> {
         let queue = self.events.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
             let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
@@ -82,16 +172,25 @@ impl DbSecStore {
         })
     }
 
-    /// Runs a log write until it succeeds.
-    async fn until_written<F, Fut>(&self, what: &str, mut write: F)
+    /// Runs a log write of saga `saga` until it is written. If it is refused (another Nexus
+    /// adopted the saga), this Nexus drops the saga and the write never returns: steno must
+    /// not go on with a saga that is no longer this Nexus's.
+    async fn until_written<F, Fut>(&self, saga: SagaUuid, what: &str, mut write: F)
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(), halyard_common::Error>>,
+        Fut: Future<Output = Result<Written, halyard_common::Error>>,
     {
         let mut delay = Duration::from_millis(50);
         loop {
             match write().await {
-                Ok(()) => return,
+                Ok(Written::Yes) => return,
+                Ok(Written::Refused) => {
+                    warn!(self.log, "saga adopted by another Nexus: its log refused this \
+                        Nexus's write, so this Nexus drops the saga";
+                        "saga_id" => %saga, "what" => what);
+                    self.ownership.drop_saga(saga);
+                    std::future::pending::<()>().await;
+                }
                 Err(e) => {
                     warn!(self.log, "saga log write failed; retrying";
                         "what" => what, "error" => %e, "retry_in_ms" => delay.as_millis());
@@ -129,6 +228,7 @@ impl steno::SecStore for DbSecStore {
             adopt_generation: Generation::new().into(),
             time_created: now,
             adopt_time: now,
+            resume_failure: None,
         };
         Ok(self.datastore.saga_create(&saga).await?)
     }
@@ -142,16 +242,18 @@ impl steno::SecStore for DbSecStore {
             }
             other => (other.label(), None),
         };
+        let saga = saga_uuid(event.saga_id);
         let row = SagaNodeEvent {
-            saga_id: saga_uuid(event.saga_id).into(),
+            saga_id: saga.into(),
             node_id: i64::from(u32::from(event.node_id)),
             event_type: event_type.to_string(),
             data,
             event_time: Utc::now(),
             creator: self.sec_id.into(),
+            adopt_generation: self.ownership.generation(saga).into(),
         };
         let row = &row;
-        self.until_written("record_event", || async move {
+        self.until_written(saga, "record_event", || async move {
             self.write_event(row.clone()).await
         })
         .await;
@@ -159,13 +261,22 @@ impl steno::SecStore for DbSecStore {
 
     async fn saga_update(&self, id: SagaId, update: SagaCachedState) {
         let id = saga_uuid(id);
-        self.until_written("saga_update", || async move {
-            self.datastore
-                .saga_update_state(id, saga_state(update), self.sec_id)
-                .await
-                .map(|_| ())
+        let generation = self.ownership.generation(id);
+        self.until_written(id, "saga_update", || async move {
+            let applied = self
+                .datastore
+                .saga_update_state(id, saga_state(update), self.sec_id, generation)
+                .await?;
+            Ok(if applied {
+                Written::Yes
+            } else {
+                Written::Refused
+            })
         })
         .await;
+        if update == SagaCachedState::Done {
+            self.ownership.finished(id);
+        }
     }
 }
 
@@ -197,13 +308,24 @@ async fn write_events(
             // Whatever failed, let it fail only the event it concerns.
             for pending in batch {
                 let result = datastore.saga_record_events(&[&pending.row]).await;
-                let _ = pending.written.send(result);
+                let _ = pending
+                    .written
+                    .send(result.map(|w| written(&w, &pending.row)));
             }
             continue;
         }
         for pending in batch {
-            let _ = pending.written.send(result.clone());
+            let result = result.as_ref().map(|w| written(w, &pending.row));
+            let _ = pending.written.send(result.map_err(Clone::clone));
         }
+    }
+}
+
+fn written(batch: &EventsWritten, row: &SagaNodeEvent) -> Written {
+    if batch.refused.contains(&row.saga_id.0) {
+        Written::Refused
+    } else {
+        Written::Yes
     }
 }
 

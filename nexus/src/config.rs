@@ -11,6 +11,8 @@ use std::path::Path;
 /// external_address = "127.0.0.1:12220"          # the /v1 API
 /// internal_address = "127.0.0.1:12221"          # what sled agents call
 /// retirement_interval_ms = 5000                  # optional
+/// heartbeat_interval_ms = 1000                   # optional: how often it says it is alive
+/// nexus_gone_after_ms = 10000                    # optional: silence before its sagas move
 ///
 /// [tls]                                          # mutual TLS on the internal API
 /// ca_cert = ".halyard-dev/pki/ca.pem"
@@ -27,6 +29,12 @@ pub struct Config {
     /// How often the background task looks for VMMs whose retirement a crash interrupted.
     #[serde(default = "default_retirement_interval_ms")]
     pub retirement_interval_ms: u64,
+    /// How often this Nexus writes its heartbeat and looks for sagas of Nexus gone silent.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// How long a Nexus may go without a heartbeat before another adopts its sagas.
+    #[serde(default = "default_nexus_gone_after_ms")]
+    pub nexus_gone_after_ms: u64,
     /// Nexus's certificate (it serves the internal API with it and presents it to sled
     /// agents) and the deployment's CA (the only issuer of callers it accepts).
     pub tls: halyard_tls::TlsFiles,
@@ -34,6 +42,14 @@ pub struct Config {
 
 fn default_retirement_interval_ms() -> u64 {
     5_000
+}
+
+fn default_heartbeat_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_nexus_gone_after_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,10 @@
 //!   request is authenticated.
 //! - `internal_api`: the internal API sled agents call (registration, VMM reports).
 //!
-//! Start-up order: check the database's schema version, resume this Nexus's unfinished
-//! sagas, serve the APIs, start the background tasks.
+//! Start-up order: check the database's schema version, register this process (its id and a
+//! fresh incarnation), take over and resume this Nexus's unfinished sagas (one that cannot be
+//! resumed is marked, never a reason not to start), serve the APIs, start the background
+//! tasks (the heartbeat, which also adopts the sagas of Nexus gone silent, first).
 
 pub mod app;
 pub mod authn;
@@ -53,6 +55,11 @@ impl Server {
             .http_client(halyard_tls::SLED_AGENT_NAME)
             .context("building the sled agents' HTTP client")?;
         let nexus = Nexus::new(config.id, datastore, sled_http, log);
+        nexus.set_nexus_gone_after(Duration::from_millis(config.nexus_gone_after_ms));
+        nexus
+            .register()
+            .await
+            .context("registering this Nexus in the database")?;
         let resumed = nexus
             .resume_sagas()
             .await
@@ -109,6 +116,8 @@ impl Server {
             .start()
             .with_context(|| format!("starting the external API on {}", config.external_address))?;
 
+        let heartbeat =
+            nexus.spawn_heartbeat_task(Duration::from_millis(config.heartbeat_interval_ms));
         let retirement =
             nexus.spawn_retirement_task(Duration::from_millis(config.retirement_interval_ms));
         let leftovers =
@@ -120,7 +129,7 @@ impl Server {
             internal,
             internal_front,
             external,
-            background: vec![retirement, leftovers, region_replacement],
+            background: vec![heartbeat, retirement, leftovers, region_replacement],
         })
     }
 

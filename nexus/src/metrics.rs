@@ -4,7 +4,7 @@
 //!   (`halyard_observability::http`, fed by dropshot's per-request log record);
 //! - sagas: started, resumed and finished (by saga and outcome), saga and node durations,
 //!   undos run, counted by [`SagaMetrics`] as the saga log is written ([`MeteredSecStore`]),
-//!   and the stuck sagas in the database;
+//!   and the stuck and unresumable sagas in the database;
 //! - VMMs by state and backend, and each sled's reservations against its capacity, read from
 //!   the database when scraped;
 //! - the database connection pool (size, idle, waits) and the transient errors (503s) that
@@ -37,6 +37,7 @@ pub struct NexusMetrics {
     transient_errors: IntCounterVec,
     background_runs: IntCounterVec,
     sagas_stuck: IntGauge,
+    sagas_unresumable: IntGauge,
     vmms: IntGaugeVec,
     sled_threads: IntGaugeVec,
     sled_ram: IntGaugeVec,
@@ -147,6 +148,12 @@ impl NexusMetrics {
                 "Sagas in the database whose undo failed (they hold what they took until an \
                  operator steps in)",
             ),
+            sagas_unresumable: gauge(
+                r,
+                "halyard_sagas_unresumable",
+                "Unfinished sagas in the database that their owner could not resume (their \
+                 DAG or log unreadable, an action unknown): an operator must look",
+            ),
             vmms: gauges(
                 r,
                 "halyard_vmms",
@@ -223,6 +230,9 @@ impl NexusMetrics {
         let stuck = datastore.saga_count_stuck().await?;
         self.sagas_stuck
             .set(i64::try_from(stuck).unwrap_or(i64::MAX));
+        let unresumable = datastore.saga_count_unresumable().await?;
+        self.sagas_unresumable
+            .set(i64::try_from(unresumable).unwrap_or(i64::MAX));
         let vmms = datastore.vmm_count_by_state_and_backend().await?;
         self.vmms.reset();
         for (state, backend, count) in vmms {

@@ -9,6 +9,7 @@ mod instance_transition;
 mod instance_view;
 mod leftover;
 mod migration;
+mod nexus;
 mod project;
 mod region;
 mod region_replacement;
@@ -26,6 +27,7 @@ pub use instance_transition::{ConflictReason, Release, TransitionConflict, Trans
 pub use instance_view::InstanceAndVmm;
 pub use leftover::{LeftoverClaim, Leftovers};
 pub use region_replacement::LostRegion;
+pub use saga::EventsWritten;
 pub use sled::SledChoice;
 pub use snapshot::SnapshotTransition;
 pub use vmm::{MigrationReport, ReportApplied, RetireOutcome, VmmStateReport};

@@ -5,10 +5,17 @@ use crate::cached::CacheByText;
 use crate::error::public_error_from_diesel;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use halyard_common::Error;
-use halyard_common::ids::{GenericUuid, NexusUuid, SagaKind, SagaUuid};
+use halyard_common::ids::{GenericUuid, NexusKind, NexusUuid, SagaKind, SagaUuid};
+use halyard_common::{Error, Generation};
 use halyard_db_model::schema::{saga, saga_node_event};
-use halyard_db_model::{DbEnum, DbTypedUuid, Saga, SagaNodeEvent, SagaState};
+use halyard_db_model::{DbEnum, DbGeneration, DbTypedUuid, Saga, SagaNodeEvent, SagaState};
+
+/// What became of a batch of saga events: all written (or already there), except those of
+/// the sagas in `refused`, whose writer no longer owns them (another Nexus adopted them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventsWritten {
+    pub refused: Vec<SagaUuid>,
+}
 
 impl DataStore {
     /// Records a new saga. Recording the same saga twice is a no-op.
@@ -25,60 +32,97 @@ impl DataStore {
         Ok(())
     }
 
-    /// Appends an event to a saga's log. Recording the same event twice is a no-op (the key
-    /// is saga, node and event type), so a replayed action can record its events again.
-    pub async fn saga_record_event(&self, event: &SagaNodeEvent) -> Result<(), Error> {
+    /// Appends an event to a saga's log (see [`DataStore::saga_record_events`]).
+    pub async fn saga_record_event(&self, event: &SagaNodeEvent) -> Result<EventsWritten, Error> {
         self.saga_record_events(&[event]).await
     }
 
     /// Appends several events (of any sagas) to the saga log in one statement, so one commit.
-    /// As with [`DataStore::saga_record_event`], an event already recorded is left alone.
-    pub async fn saga_record_events(&self, events: &[&SagaNodeEvent]) -> Result<(), Error> {
+    ///
+    /// An event is written only if its writer (`creator`, `adopt_generation`) still owns the
+    /// saga: the saga's row is read `FOR SHARE`, so an adoption either commits first (and the
+    /// event is refused) or waits for this write (and the adopter, which reads the log after
+    /// its adoption commits, sees the event). An event already recorded (the key is saga, node
+    /// and event type) is left alone, so a replayed action can record its events again. The
+    /// answer names the sagas whose events were refused because their writer no longer owns
+    /// them.
+    pub async fn saga_record_events(
+        &self,
+        events: &[&SagaNodeEvent],
+    ) -> Result<EventsWritten, Error> {
+        use diesel::sql_types::{Array, Int8, Jsonb, Nullable, Text, Timestamptz, Uuid};
         if events.is_empty() {
-            return Ok(());
+            return Ok(EventsWritten::default());
         }
-        // Every column bound (a missing `data` as NULL rather than DEFAULT), so the statement's
-        // text depends on the number of events alone and each size is prepared once.
-        let rows: Vec<_> = events
-            .iter()
-            .map(|e| {
-                (
-                    saga_node_event::saga_id.eq(e.saga_id),
-                    saga_node_event::node_id.eq(e.node_id),
-                    saga_node_event::event_type.eq(&e.event_type),
-                    saga_node_event::data.eq(&e.data),
-                    saga_node_event::event_time.eq(e.event_time),
-                    saga_node_event::creator.eq(e.creator),
-                )
-            })
-            .collect();
         let conn = &mut *self.connection().await?;
-        diesel::insert_into(saga_node_event::table)
-            .values(rows)
-            .on_conflict((
-                saga_node_event::saga_id,
-                saga_node_event::node_id,
-                saga_node_event::event_type,
-            ))
-            .do_nothing()
-            .cached_by_text()
-            .execute(conn)
-            .await
-            .map_err(public_error_from_diesel)?;
-        Ok(())
+        // One statement for any number of events: the events as parallel arrays, unnested.
+        let written = diesel::sql_query(
+            "INSERT INTO saga_node_event \
+               (saga_id, node_id, event_type, data, event_time, creator, adopt_generation) \
+             SELECT e.saga_id, e.node_id, e.event_type, e.data, e.event_time, e.creator, \
+                    e.adopt_generation \
+             FROM unnest($1::UUID[], $2::INT8[], $3::TEXT[], $4::JSONB[], $5::TIMESTAMPTZ[], \
+                         $6::UUID[], $7::INT8[]) \
+               AS e (saga_id, node_id, event_type, data, event_time, creator, adopt_generation) \
+             JOIN saga s ON s.id = e.saga_id AND s.current_sec = e.creator \
+                        AND s.adopt_generation = e.adopt_generation \
+             FOR SHARE OF s \
+             ON CONFLICT (saga_id, node_id, event_type) DO NOTHING",
+        )
+        .bind::<Array<Uuid>, _>(events.iter().map(|e| e.saga_id).collect::<Vec<_>>())
+        .bind::<Array<Int8>, _>(events.iter().map(|e| e.node_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(events.iter().map(|e| &e.event_type).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Jsonb>>, _>(events.iter().map(|e| &e.data).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(events.iter().map(|e| e.event_time).collect::<Vec<_>>())
+        .bind::<Array<Uuid>, _>(events.iter().map(|e| e.creator).collect::<Vec<_>>())
+        .bind::<Array<Int8>, _>(
+            events
+                .iter()
+                .map(|e| e.adopt_generation)
+                .collect::<Vec<_>>(),
+        )
+        .cached_by_text()
+        .execute(conn)
+        .await
+        .map_err(public_error_from_diesel)?;
+        if written == events.len() {
+            return Ok(EventsWritten::default());
+        }
+        // Some were not written: already there, or refused. Which sagas are no longer the
+        // writers'?
+        let mut refused = Vec::new();
+        for event in events {
+            let owner: Option<(DbTypedUuid<NexusKind>, DbGeneration)> = saga::table
+                .filter(saga::id.eq(event.saga_id))
+                .select((saga::current_sec, saga::adopt_generation))
+                .first(conn)
+                .await
+                .optional()
+                .map_err(public_error_from_diesel)?;
+            let owned = owner.is_some_and(|(sec, generation)| {
+                sec == event.creator && generation == event.adopt_generation
+            });
+            if !owned && !refused.contains(&event.saga_id.0) {
+                refused.push(event.saga_id.0);
+            }
+        }
+        Ok(EventsWritten { refused })
     }
 
-    /// Updates a saga's cached state, only while `sec` owns it. Returns whether it applied.
+    /// Updates a saga's cached state, only while `sec` owns it at `generation`. Returns
+    /// whether it applied (not: the saga was adopted by another).
     pub async fn saga_update_state(
         &self,
         id: SagaUuid,
         state: SagaState,
         sec: NexusUuid,
+        generation: Generation,
     ) -> Result<bool, Error> {
         let conn = &mut *self.connection().await?;
         let updated = diesel::update(saga::table)
             .filter(saga::id.eq(DbTypedUuid(id)))
             .filter(saga::current_sec.eq(DbTypedUuid(sec)))
+            .filter(saga::adopt_generation.eq(DbGeneration(generation)))
             .set(saga::saga_state.eq(DbEnum(state)))
             .cached_by_text()
             .execute(conn)
@@ -101,7 +145,7 @@ impl DataStore {
             })
     }
 
-    /// The sagas `sec` owns that are not done: what it must resume when it starts.
+    /// The sagas `sec` owns that are not done, oldest first.
     pub async fn saga_list_unfinished(&self, sec: NexusUuid) -> Result<Vec<Saga>, Error> {
         let conn = &mut *self.connection().await?;
         saga::table
@@ -112,6 +156,90 @@ impl DataStore {
             .load(conn)
             .await
             .map_err(public_error_from_diesel)
+    }
+
+    /// Takes over, as `sec`, the unfinished sagas it owns: what a Nexus does as it starts,
+    /// before it resumes them. Each one's adoption generation is bumped, so a process started
+    /// earlier with the same id (still running: a mistake, or not yet dead) finds its writes
+    /// to them refused. Returns them, as taken, oldest first.
+    pub async fn saga_take_own(&self, sec: NexusUuid) -> Result<Vec<Saga>, Error> {
+        let conn = &mut *self.connection().await?;
+        let mut taken = diesel::update(saga::table)
+            .filter(saga::current_sec.eq(DbTypedUuid(sec)))
+            .filter(saga::saga_state.ne(DbEnum(SagaState::Done)))
+            .set((
+                saga::adopt_generation.eq(saga::adopt_generation + 1),
+                saga::adopt_time.eq(diesel::dsl::now),
+            ))
+            .returning(Saga::as_returning())
+            .get_results(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        taken.sort_by_key(|s| (s.time_created, s.id.0.into_untyped_uuid()));
+        Ok(taken)
+    }
+
+    /// Adopts, as `adopter`, every unfinished saga whose owner has not heartbeated within
+    /// `gone_after` (or never did: a saga of a Nexus from before heartbeats). One statement:
+    /// two adopters racing for a saga cannot both take it (the second's update finds the row
+    /// changed, owned by a live Nexus, and skips it). Each adopted saga's generation is bumped,
+    /// which fences its old owner. Returns the adopted sagas, oldest first.
+    pub async fn saga_adopt_from_gone(
+        &self,
+        adopter: NexusUuid,
+        gone_after: std::time::Duration,
+    ) -> Result<Vec<Saga>, Error> {
+        let conn = &mut *self.connection().await?;
+        let micros = i64::try_from(gone_after.as_micros()).unwrap_or(i64::MAX);
+        let mut adopted: Vec<Saga> = diesel::sql_query(
+            "UPDATE saga SET current_sec = $1, adopt_generation = adopt_generation + 1, \
+               adopt_time = now() \
+             WHERE saga_state != 'done' AND current_sec != $1 \
+               AND current_sec NOT IN ( \
+                 SELECT id FROM nexus \
+                 WHERE time_heartbeat >= now() - make_interval(secs => $2::FLOAT8 / 1e6)) \
+             RETURNING id, creator, current_sec, name, dag, saga_state, adopt_generation, \
+               time_created, adopt_time, resume_failure",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(DbTypedUuid(adopter))
+        .bind::<diesel::sql_types::Int8, _>(micros)
+        .cached_by_text()
+        .load(conn)
+        .await
+        .map_err(public_error_from_diesel)?;
+        adopted.sort_by_key(|s| (s.time_created, s.id.0.into_untyped_uuid()));
+        Ok(adopted)
+    }
+
+    /// Records why saga `id` could not be resumed (it stays unfinished, and is reported), or,
+    /// with `None`, that it was resumed after all.
+    pub async fn saga_set_resume_failure(
+        &self,
+        id: SagaUuid,
+        why: Option<&str>,
+    ) -> Result<(), Error> {
+        let conn = &mut *self.connection().await?;
+        diesel::update(saga::table)
+            .filter(saga::id.eq(DbTypedUuid(id)))
+            .set(saga::resume_failure.eq(why))
+            .cached_by_text()
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(())
+    }
+
+    /// How many unfinished sagas could not be resumed (for metrics).
+    pub async fn saga_count_unresumable(&self) -> Result<u64, Error> {
+        let conn = &mut *self.connection().await?;
+        let count: i64 = saga::table
+            .filter(saga::saga_state.ne(DbEnum(SagaState::Done)))
+            .filter(saga::resume_failure.is_not_null())
+            .count()
+            .get_result(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Every saga (only unfinished ones unless `include_done`), oldest first.

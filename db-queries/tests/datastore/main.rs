@@ -9,6 +9,7 @@ mod instances;
 mod operator;
 mod projects;
 mod reservations;
+mod saga_adoption;
 mod saga_log;
 mod schema;
 mod vmms;

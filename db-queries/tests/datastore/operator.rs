@@ -112,6 +112,7 @@ fn saga(nexus: NexusUuid) -> Saga {
         adopt_generation: Generation::new().into(),
         time_created: now,
         adopt_time: now,
+        resume_failure: None,
     }
 }
 
@@ -123,6 +124,7 @@ fn event(saga: &Saga, node_id: i64, event_type: &str, seconds: i64) -> SagaNodeE
         data: None,
         event_time: Utc::now() + ChronoDuration::seconds(seconds),
         creator: saga.creator,
+        adopt_generation: saga.adopt_generation,
     }
 }
 

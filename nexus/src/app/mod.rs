@@ -31,6 +31,13 @@ use std::time::Duration;
 /// The Nexus application: its database, its saga executor, and how it reaches sled agents.
 pub struct Nexus {
     id: NexusUuid,
+    /// This process's run of `id` (see `background::nexus_heartbeat`).
+    incarnation: uuid::Uuid,
+    /// Set when another process registered with this Nexus's id: this one starts no saga and
+    /// runs no background task.
+    superseded: std::sync::atomic::AtomicBool,
+    /// Which sagas this Nexus owns at which generation, and which it dropped.
+    ownership: Arc<halyard_db_queries::SagaOwnership>,
     datastore: DataStore,
     sec: steno::SecClient,
     registry: Arc<ActionRegistry>,
@@ -42,6 +49,8 @@ pub struct Nexus {
     /// How long a sled may go unheard (no registration) before the regions on it count as
     /// unreachable: their disks show degraded (see [`Nexus::sled_silence_bound`]).
     sled_silence_bound: std::sync::Mutex<Duration>,
+    /// How long a Nexus may go without a heartbeat before this one adopts its sagas.
+    nexus_gone_after: std::sync::Mutex<Duration>,
     /// Test-only: a saga node whose action this process makes fail (`HALYARD_FAIL_AT`).
     injected_failure: Option<crash_point::InjectedFailure>,
     /// Test-only: a crash point after a node's effects (`HALYARD_CRASH_AT=...:after_effect`).
@@ -93,6 +102,7 @@ impl Nexus {
     ) -> Arc<Nexus> {
         let log = log.new(o!("nexus_id" => id.to_string()));
         let store = DbSecStore::new(datastore.clone(), id, &log);
+        let ownership = Arc::clone(store.ownership());
         // Test-only settings; a malformed one is a broken test, never ignored.
         let crash_point = crash_point::CrashPoint::from_env().unwrap_or_else(|e| panic!("{e}"));
         let injected_failure =
@@ -122,12 +132,18 @@ impl Nexus {
         let sec = steno::sec(sec_log, store);
         Arc::new(Nexus {
             id,
+            incarnation: uuid::Uuid::new_v4(),
+            superseded: std::sync::atomic::AtomicBool::new(false),
+            ownership,
             datastore,
             sec,
             registry: sagas::action_registry(),
             saga_retry: std::sync::Mutex::new(SagaRetryPolicy::default()),
             leftover_grace: std::sync::Mutex::new(background::leftover_release::DEFAULT_GRACE),
             sled_silence_bound: std::sync::Mutex::new(DEFAULT_SLED_SILENCE_BOUND),
+            nexus_gone_after: std::sync::Mutex::new(
+                background::nexus_heartbeat::DEFAULT_GONE_AFTER,
+            ),
             metrics,
             background_tasks: BackgroundTasks::default(),
             injected_failure,
@@ -141,6 +157,21 @@ impl Nexus {
 
     pub fn id(&self) -> NexusUuid {
         self.id
+    }
+
+    /// This process's run of the Nexus id (random per start).
+    pub fn incarnation(&self) -> uuid::Uuid {
+        self.incarnation
+    }
+
+    /// Whether another process has since registered with this Nexus's id.
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Which sagas this Nexus owns, and which it dropped because another adopted them.
+    pub fn saga_ownership(&self) -> &halyard_db_queries::SagaOwnership {
+        &self.ownership
     }
 
     pub fn datastore(&self) -> &DataStore {

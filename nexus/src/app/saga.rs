@@ -5,9 +5,10 @@
 use super::sagas::{NexusSaga, SagaContext, create_saga_dag, error_from_action};
 use super::{Nexus, crash_point};
 use halyard_common::Error;
-use halyard_common::ids::GenericUuid;
+use halyard_common::ids::{GenericUuid, SagaUuid};
+use halyard_db_model::Saga;
 use halyard_db_queries::saga_node_event_to_steno;
-use slog::{Logger, error, info, o};
+use slog::{Logger, error, info, o, warn};
 use std::sync::Arc;
 use steno::{SagaDag, SagaId, SagaResult, SagaResultOk};
 
@@ -54,6 +55,12 @@ impl Nexus {
         self: &Arc<Self>,
         params: S::Params,
     ) -> Result<RunnableSaga, Error> {
+        if self.is_superseded() {
+            return Err(Error::unavailable(
+                "this Nexus was superseded by another process started with its id; it starts \
+                 no saga",
+            ));
+        }
         let dag = Arc::new(create_saga_dag::<S>(params)?);
         let id = SagaId::new_v4();
         let context = Arc::new(SagaContext {
@@ -94,8 +101,14 @@ impl Nexus {
             .saga_start(saga.id)
             .await
             .map_err(|e| Error::internal(format!("cannot start saga {}: {e:#}", saga.id)))?;
-        let result = saga.future.await;
-        saga_outcome(&self.log, result)
+        let id = saga.id;
+        tokio::select! {
+            result = saga.future => saga_outcome(&self.log, result),
+            () = self.ownership.wait_dropped(saga_uuid(id)) => Err(Error::unavailable(format!(
+                "saga {id} was adopted by another Nexus (this one was thought gone), which \
+                 drives it to its end; look for its outcome there"
+            ))),
+        }
     }
 
     pub async fn run_saga<S: NexusSaga>(
@@ -106,48 +119,114 @@ impl Nexus {
         self.saga_execute(saga).await
     }
 
-    /// Resumes every unfinished saga this Nexus owns, from the saga log. Returns how many.
+    /// Takes over the unfinished sagas this Nexus's id owns (bumping their adoption
+    /// generation, which fences an earlier process with the same id) and resumes them from
+    /// the saga log. A saga that cannot be resumed is marked so (see [`Nexus::resume_saga`])
+    /// and does not stop the others. Returns how many were resumed.
     pub async fn resume_sagas(self: &Arc<Self>) -> Result<usize, Error> {
-        let unfinished = self.datastore.saga_list_unfinished(self.id).await?;
-        for saga in &unfinished {
-            let events = self
-                .datastore
-                .saga_node_events(saga.id())
-                .await?
-                .iter()
-                .map(saga_node_event_to_steno)
-                .collect::<Result<Vec<_>, _>>()?;
-            let id = SagaId::from_untyped_uuid(saga.id().into_untyped_uuid());
-            let context = Arc::new(SagaContext {
-                nexus: Arc::clone(self),
-                saga_id: id,
-                dag: Arc::new(serde_json::from_value::<SagaDag>(saga.dag.clone()).map_err(
-                    |e| Error::internal(format!("cannot read the DAG of saga {id}: {e:#}")),
-                )?),
-            });
-            let future = self
-                .sec
-                .saga_resume(
-                    id,
-                    context,
-                    saga.dag.clone(),
-                    Arc::clone(&self.registry),
-                    events,
-                )
-                .await
-                .map_err(|e| Error::internal(format!("cannot resume saga {id}: {e:#}")))?;
-            self.sec
-                .saga_start(id)
-                .await
-                .map_err(|e| Error::internal(format!("cannot start saga {id}: {e:#}")))?;
-            self.metrics.sagas.resumed(id, &saga.name, &saga.dag);
-            info!(self.log, "resumed saga"; "saga_id" => %id, "saga_name" => &saga.name);
-            let log = self.log.new(o!("saga_id" => id.to_string()));
-            tokio::spawn(async move {
-                let _ = saga_outcome(&log, future.await);
-            });
+        let own = self.datastore.saga_take_own(self.id).await?;
+        Ok(self.resume_each(own).await)
+    }
+
+    /// Adopts the unfinished sagas of every Nexus silent for longer than `gone_after` (one
+    /// statement: no other Nexus can take the same ones) and resumes them. Returns how many
+    /// were adopted.
+    pub async fn adopt_sagas_of_gone_nexus(
+        self: &Arc<Self>,
+        gone_after: std::time::Duration,
+    ) -> Result<usize, Error> {
+        let adopted = self
+            .datastore
+            .saga_adopt_from_gone(self.id, gone_after)
+            .await?;
+        let count = adopted.len();
+        for saga in &adopted {
+            info!(self.log, "adopted saga from a Nexus gone silent"; "saga_id" => %saga.id(),
+                "saga_name" => &saga.name, "previous_owner" => %saga.creator.0,
+                "adopt_generation" => saga.adopt_generation.0.as_u64());
         }
-        Ok(unfinished.len())
+        self.resume_each(adopted).await;
+        Ok(count)
+    }
+
+    /// Resumes each saga this Nexus now owns; marks those that cannot be. Returns how many
+    /// resumed.
+    async fn resume_each(self: &Arc<Self>, sagas: Vec<Saga>) -> usize {
+        let mut resumed = 0;
+        for saga in sagas {
+            let id = saga.id();
+            match self.resume_saga(&saga).await {
+                Ok(()) => {
+                    resumed += 1;
+                    if saga.resume_failure.is_some() {
+                        let _ = self.datastore.saga_set_resume_failure(id, None).await;
+                    }
+                }
+                Err(e) => {
+                    error!(self.log, "cannot resume saga; marked unresumable";
+                        "saga_id" => %id, "saga_name" => &saga.name, "error" => %e);
+                    if let Err(mark) = self
+                        .datastore
+                        .saga_set_resume_failure(id, Some(&e.to_string()))
+                        .await
+                    {
+                        warn!(self.log, "cannot mark saga unresumable"; "saga_id" => %id,
+                            "error" => %mark);
+                    }
+                }
+            }
+        }
+        resumed
+    }
+
+    /// Resumes one saga this Nexus owns (at the generation in `saga`) from its log, and runs
+    /// it on a task of its own.
+    async fn resume_saga(self: &Arc<Self>, saga: &Saga) -> Result<(), Error> {
+        let events = self
+            .datastore
+            .saga_node_events(saga.id())
+            .await?
+            .iter()
+            .map(saga_node_event_to_steno)
+            .collect::<Result<Vec<_>, _>>()?;
+        let id = SagaId::from_untyped_uuid(saga.id().into_untyped_uuid());
+        let dag = serde_json::from_value::<SagaDag>(saga.dag.clone())
+            .map_err(|e| Error::internal(format!("cannot read the DAG of saga {id}: {e:#}")))?;
+        let context = Arc::new(SagaContext {
+            nexus: Arc::clone(self),
+            saga_id: id,
+            dag: Arc::new(dag),
+        });
+        self.ownership.own(saga.id(), saga.adopt_generation.0);
+        let future = self
+            .sec
+            .saga_resume(
+                id,
+                context,
+                saga.dag.clone(),
+                Arc::clone(&self.registry),
+                events,
+            )
+            .await
+            .map_err(|e| Error::internal(format!("cannot resume saga {id}: {e:#}")))?;
+        self.sec
+            .saga_start(id)
+            .await
+            .map_err(|e| Error::internal(format!("cannot start saga {id}: {e:#}")))?;
+        self.metrics.sagas.resumed(id, &saga.name, &saga.dag);
+        info!(self.log, "resumed saga"; "saga_id" => %id, "saga_name" => &saga.name,
+            "adopt_generation" => saga.adopt_generation.0.as_u64());
+        let log = self.log.new(o!("saga_id" => id.to_string()));
+        let ownership = Arc::clone(&self.ownership);
+        tokio::spawn(async move {
+            tokio::select! {
+                result = future => {
+                    let _ = saga_outcome(&log, result);
+                }
+                () = ownership.wait_dropped(saga_uuid(id)) => {}
+            }
+        });
+        Ok(())
     }
 
     /// The sagas the executor holds in memory, oldest id first.
@@ -180,6 +259,10 @@ impl Nexus {
             })
             .collect()
     }
+}
+
+fn saga_uuid(id: SagaId) -> SagaUuid {
+    SagaUuid::from_untyped_uuid(id.into_untyped_uuid())
 }
 
 fn saga_outcome(log: &Logger, result: SagaResult) -> Result<SagaResultOk, Error> {

@@ -5,9 +5,12 @@
 //! outcome (a sentence saying what it did, or its error) are kept in memory; they describe this
 //! Nexus process since it started.
 //!
-//! The tasks, one file each: `vmm_retirement`, `leftover_release`, `region_replacement`.
+//! The tasks, one file each: `nexus_heartbeat`, `vmm_retirement`, `leftover_release`,
+//! `region_replacement`. A superseded Nexus (another process took its id) runs none of them
+//! but the heartbeat.
 
 pub mod leftover_release;
+pub mod nexus_heartbeat;
 pub mod region_replacement;
 pub mod vmm_retirement;
 
@@ -88,6 +91,9 @@ impl Nexus {
 
     /// Runs one pass of a background task now and records it.
     pub(crate) async fn run_background_task(self: &Arc<Self>, name: &str, work: TaskWork) {
+        if self.is_superseded() && name != nexus_heartbeat::NEXUS_HEARTBEAT_TASK {
+            return;
+        }
         let started = Utc::now();
         let clock = Instant::now();
         // A task acts with its own built-in identity (sagas it starts carry it).

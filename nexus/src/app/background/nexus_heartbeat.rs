@@ -1,0 +1,94 @@
+//! The task `nexus_heartbeat`: several Nexus share one database, and none's sagas are lost.
+//!
+//! Each pass, this Nexus
+//! 1. says it is alive: its row in `nexus` gets the database's `now()` (so no Nexus host's
+//!    clock matters). If another process has since registered with the same id (its
+//!    incarnation is not ours), this one is superseded: it logs so, starts no more sagas and
+//!    runs no more background tasks (the sagas it was running are fenced already: the newcomer
+//!    took them over at its start, bumping their generation);
+//! 2. adopts the unfinished sagas of every Nexus whose heartbeat is older than the bound
+//!    ([`Nexus::nexus_gone_after`]), in one statement, and resumes them
+//!    (`Nexus::adopt_sagas_of_gone_nexus`).
+//!
+//! A Nexus only paused (SIGSTOP, a long GC-like stall, a partition from the database) past the
+//! bound is indistinguishable from a dead one; its sagas are adopted all the same. When it
+//! comes back, every write it makes to those sagas' logs is refused (the generation moved), so
+//! it drops them (`halyard_db_queries::SagaOwnership`): at most an action it was running when
+//! it stopped completes once more, which the actions' idempotence covers. The bound trades
+//! how long a dead Nexus's sagas wait against how long a stall may last before work moves.
+
+use crate::app::Nexus;
+use halyard_common::Error;
+use slog::error;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The name of the task.
+pub const NEXUS_HEARTBEAT_TASK: &str = "nexus_heartbeat";
+
+/// How long a Nexus may go without a heartbeat before another adopts its sagas, unless
+/// configured otherwise (`nexus_gone_after_ms`): ten of the default one-second heartbeats.
+pub const DEFAULT_GONE_AFTER: Duration = Duration::from_secs(10);
+
+impl Nexus {
+    /// How long a Nexus may go without a heartbeat before another adopts its sagas.
+    pub fn nexus_gone_after(&self) -> Duration {
+        *self
+            .nexus_gone_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes [`Nexus::nexus_gone_after`].
+    pub fn set_nexus_gone_after(&self, bound: Duration) {
+        *self
+            .nexus_gone_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = bound;
+    }
+
+    /// Records this process as the one running this Nexus's id (before it takes over its
+    /// sagas): an earlier process with the same id is superseded.
+    pub async fn register(&self) -> Result<(), Error> {
+        self.datastore
+            .nexus_register(self.id, self.incarnation)
+            .await
+    }
+
+    pub(crate) fn spawn_heartbeat_task(
+        self: &Arc<Self>,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        self.spawn_background_task(
+            NEXUS_HEARTBEAT_TASK,
+            "says this Nexus is alive (by the database's clock), and adopts and resumes the \
+             unfinished sagas of any Nexus silent past the bound",
+            interval,
+            |nexus| Box::pin(nexus.heartbeat_and_adopt()),
+        )
+    }
+
+    /// One pass of the task (see the module docs).
+    pub async fn heartbeat_and_adopt(self: &Arc<Self>) -> Result<String, Error> {
+        let alive = self
+            .datastore
+            .nexus_heartbeat(self.id, self.incarnation)
+            .await?;
+        if !alive {
+            if !self
+                .superseded
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                error!(self.log, "another process registered with this Nexus's id: this one \
+                    is superseded and starts no more sagas"; "incarnation" => %self.incarnation);
+            }
+            return Err(Error::unavailable(
+                "superseded: another process registered with this Nexus's id",
+            ));
+        }
+        let adopted = self
+            .adopt_sagas_of_gone_nexus(self.nexus_gone_after())
+            .await?;
+        Ok(format!("heartbeat written; adopted {adopted} saga(s)"))
+    }
+}
