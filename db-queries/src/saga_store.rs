@@ -44,8 +44,8 @@ const MAX_EVENT_BATCH: usize = 32;
 /// another Nexus adopted them.
 #[derive(Debug)]
 pub struct SagaOwnership {
-    /// The sagas this Nexus resumed or adopted (generation > 1 possible); a saga it created
-    /// and that is not listed here is at the first generation.
+    /// The sagas this Nexus runs (created, resumed or adopted), each at its generation,
+    /// until they finish.
     generations: Mutex<HashMap<SagaUuid, Generation>>,
     dropped: Mutex<HashSet<SagaUuid>>,
     /// Bumped at each drop, to wake whoever waits for one.
@@ -68,6 +68,11 @@ impl SagaOwnership {
         lock(&self.generations).insert(saga, generation);
     }
 
+    /// The adoption generation at which this Nexus runs `saga`.
+    pub fn generation_of(&self, saga: SagaUuid) -> Generation {
+        self.generation(saga)
+    }
+
     fn generation(&self, saga: SagaUuid) -> Generation {
         lock(&self.generations)
             .get(&saga)
@@ -75,11 +80,20 @@ impl SagaOwnership {
             .unwrap_or_else(Generation::new)
     }
 
+    /// Every saga this Nexus runs now, at its generation.
+    pub fn owned(&self) -> Vec<(SagaUuid, Generation)> {
+        lock(&self.generations)
+            .iter()
+            .map(|(saga, generation)| (*saga, *generation))
+            .collect()
+    }
+
     fn finished(&self, saga: SagaUuid) {
         lock(&self.generations).remove(&saga);
     }
 
-    fn drop_saga(&self, saga: SagaUuid) {
+    /// This Nexus gives `saga` up: another adopted it.
+    pub fn drop_saga(&self, saga: SagaUuid) {
         lock(&self.generations).remove(&saga);
         lock(&self.dropped).insert(saga);
         self.drops.send_modify(|n| *n += 1);
@@ -230,7 +244,9 @@ impl steno::SecStore for DbSecStore {
             adopt_time: now,
             resume_failure: None,
         };
-        Ok(self.datastore.saga_create(&saga).await?)
+        self.datastore.saga_create(&saga).await?;
+        self.ownership.own(saga.id.0, Generation::new());
+        Ok(())
     }
 
     async fn record_event(&self, event: steno::SagaNodeEvent) {

@@ -211,6 +211,25 @@ impl DataStore {
         Ok(adopted)
     }
 
+    /// The owner and adoption generation of each of `ids` (those that exist).
+    pub async fn saga_owners(
+        &self,
+        ids: &[SagaUuid],
+    ) -> Result<Vec<(SagaUuid, NexusUuid, Generation)>, Error> {
+        let conn = &mut *self.connection().await?;
+        let ids: Vec<DbTypedUuid<SagaKind>> = ids.iter().copied().map(DbTypedUuid).collect();
+        let rows: Vec<(DbTypedUuid<SagaKind>, DbTypedUuid<NexusKind>, DbGeneration)> = saga::table
+            .filter(saga::id.eq_any(ids))
+            .select((saga::id, saga::current_sec, saga::adopt_generation))
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, sec, generation)| (id.0, sec.0, generation.0))
+            .collect())
+    }
+
     /// Records why saga `id` could not be resumed (it stays unfinished, and is reported), or,
     /// with `None`, that it was resumed after all.
     pub async fn saga_set_resume_failure(

@@ -39,6 +39,8 @@ pub async fn run(args: QemuArgs) -> anyhow::Result<()> {
             external_address: "127.0.0.1:0".parse()?,
             internal_address: "127.0.0.1:0".parse()?,
             retirement_interval_ms: 1000,
+            heartbeat_interval_ms: 1_000,
+            nexus_gone_after_ms: 10_000,
             // The benchmark's own throwaway CA (mutual TLS, as in production).
             tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Nexus)?,
         },

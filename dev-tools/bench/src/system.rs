@@ -62,6 +62,8 @@ impl System {
                 external_address: "127.0.0.1:0".parse()?,
                 internal_address: "127.0.0.1:0".parse()?,
                 retirement_interval_ms: 5_000,
+                heartbeat_interval_ms: 1_000,
+                nexus_gone_after_ms: 10_000,
                 tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Nexus)?,
             },
             &log,

@@ -119,6 +119,8 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         external_address: args.external_address,
         internal_address: args.internal_address,
         retirement_interval_ms: 5_000,
+        heartbeat_interval_ms: 1_000,
+        nexus_gone_after_ms: 10_000,
         tls: pki.files(halyard_tls::Role::Nexus)?,
     };
     let nexus = halyard_nexus::Server::start(&nexus_config, log).await?;

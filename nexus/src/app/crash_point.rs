@@ -60,6 +60,9 @@ use steno::{
 };
 
 pub const CRASH_AT_ENV: &str = "HALYARD_CRASH_AT";
+/// As `HALYARD_CRASH_AT`, but the process stops itself (SIGSTOP) instead of dying, and goes on
+/// when sent SIGCONT: a Nexus stalled mid-saga, for the adoption and fencing tests.
+pub const STOP_AT_ENV: &str = "HALYARD_STOP_AT";
 pub const FAIL_AT_ENV: &str = "HALYARD_FAIL_AT";
 
 /// A malformed `HALYARD_CRASH_AT` or `HALYARD_FAIL_AT`.
@@ -140,16 +143,21 @@ pub struct CrashPoint {
     pub saga: String,
     pub node: String,
     pub event: CrashEvent,
+    /// Whether the process dies there, or only stops until continued.
+    pub stop_only: bool,
 }
 
 impl CrashPoint {
     /// The crash point the environment asks for, if any.
     pub fn from_env() -> Result<Option<CrashPoint>, BadInjectionSpec> {
-        let Ok(value) = std::env::var(CRASH_AT_ENV) else {
-            return Ok(None);
-        };
+        let (variable, value, stop_only) =
+            match (std::env::var(CRASH_AT_ENV), std::env::var(STOP_AT_ENV)) {
+                (Ok(value), _) => (CRASH_AT_ENV, value, false),
+                (Err(_), Ok(value)) => (STOP_AT_ENV, value, true),
+                (Err(_), Err(_)) => return Ok(None),
+            };
         let bad = || BadInjectionSpec {
-            variable: CRASH_AT_ENV,
+            variable,
             value: value.clone(),
             expected: "<saga>:<node>:<started|after_effect|succeeded|undo_started|undo_finished>",
         };
@@ -166,6 +174,7 @@ impl CrashPoint {
             saga: saga.to_string(),
             node: node.to_string(),
             event,
+            stop_only,
         }))
     }
 }
@@ -235,8 +244,21 @@ impl<S> CrashingSecStore<S> {
 }
 
 /// Kills this process (SIGKILL) at crash point `point`, reached in saga `saga_id` at node
-/// `node_index`, saying so first on stderr (which the crash replay test keeps).
-fn die(point: &CrashPoint, saga_id: SagaId, node_index: u32) -> ! {
+/// `node_index`, saying so first on stderr (which the crash replay test keeps); or, for a stop
+/// point, stops it (SIGSTOP) and returns once it is continued.
+fn die(point: &CrashPoint, saga_id: SagaId, node_index: u32) {
+    if point.stop_only {
+        eprintln!(
+            "{STOP_AT_ENV}: stop point {point} reached (saga {saga_id}, node index \
+             {node_index}); stopping this process"
+        );
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+        }
+        eprintln!("{STOP_AT_ENV}: continued after stop point {point}");
+        return;
+    }
     eprintln!(
         "{CRASH_AT_ENV}: crash point {point} reached (saga {saga_id}, node index {node_index}); \
          killing this process"

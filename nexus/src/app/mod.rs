@@ -51,6 +51,9 @@ pub struct Nexus {
     sled_silence_bound: std::sync::Mutex<Duration>,
     /// How long a Nexus may go without a heartbeat before this one adopts its sagas.
     nexus_gone_after: std::sync::Mutex<Duration>,
+    /// When this Nexus last wrote its heartbeat (or was made: a Nexus that never runs the
+    /// heartbeat task, as in tests, counts from then).
+    last_heartbeat: std::sync::Mutex<std::time::Instant>,
     /// Test-only: a saga node whose action this process makes fail (`HALYARD_FAIL_AT`).
     injected_failure: Option<crash_point::InjectedFailure>,
     /// Test-only: a crash point after a node's effects (`HALYARD_CRASH_AT=...:after_effect`).
@@ -144,6 +147,7 @@ impl Nexus {
             nexus_gone_after: std::sync::Mutex::new(
                 background::nexus_heartbeat::DEFAULT_GONE_AFTER,
             ),
+            last_heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
             metrics,
             background_tasks: BackgroundTasks::default(),
             injected_failure,

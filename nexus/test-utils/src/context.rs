@@ -197,6 +197,8 @@ impl TestContext {
                 .as_ref()
                 .map_or_else(|| "127.0.0.1:0".parse().unwrap(), |port| port.address()),
             retirement_interval_ms: 200,
+            heartbeat_interval_ms: 200,
+            nexus_gone_after_ms: 10_000,
             tls: tls_files(Role::Nexus),
         };
         let server = Server::start(&config, &log()).await.unwrap();

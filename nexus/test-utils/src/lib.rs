@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// - on an expunged sled nothing is reserved and no VMM is live.
 ///
 /// Sagas (invariants 4 and 5): no saga is unfinished, and no saga is stuck (an undo failed;
-/// steno records such a saga as `done`); nothing a failed node left behind (a claim with no
+/// steno records such a saga as `done`); no adoption generation of a saga's log has events
+/// from two Nexus (fencing), nor an event from a generation the saga never reached; nothing a failed node left behind (a claim with no
 /// VMM record, a reservation with no live VMM, a `creating` VMM nothing points at) is older
 /// than [`LEFTOVER_BOUND_SECS`] (the leftover task releases it before).
 ///
@@ -206,6 +207,19 @@ pub fn invariant_violations_in(
         "SELECT s.id, s.name, s.saga_state, e.node_id FROM saga s \
          JOIN saga_node_event e ON e.saga_id = s.id WHERE e.event_type = 'undo_failed'",
         "saga stuck after a failed undo (saga, name, state, node)",
+    );
+    // Fencing: each adoption generation of a saga has one writer.
+    check(
+        "SELECT saga_id, adopt_generation, count(DISTINCT creator) FROM saga_node_event \
+         GROUP BY saga_id, adopt_generation HAVING count(DISTINCT creator) > 1",
+        "saga log written by two Nexus in one adoption generation (saga, generation, writers)",
+    );
+    check(
+        "SELECT e.saga_id, e.node_id, e.event_type, e.adopt_generation, s.adopt_generation \
+         FROM saga_node_event e JOIN saga s ON s.id = e.saga_id \
+         WHERE e.adopt_generation > s.adopt_generation",
+        "saga event from a generation the saga never reached (saga, node, event, its \
+         generation, the saga's)",
     );
     // What a failed node whose effect landed leaves (no saga runs its undo): the leftover
     // task must have released it by now.

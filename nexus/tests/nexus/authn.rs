@@ -212,6 +212,8 @@ async fn the_oxide_sdk_logs_in_through_the_device_flow_and_no_token_reaches_the_
             external_address: "127.0.0.1:0".parse().unwrap(),
             internal_address: "127.0.0.1:0".parse().unwrap(),
             retirement_interval_ms: 200,
+            heartbeat_interval_ms: 200,
+            nexus_gone_after_ms: 10_000,
             tls: crate::context::tls_files(crate::context::Role::Nexus),
         },
         &logger_to_file(&log_path),

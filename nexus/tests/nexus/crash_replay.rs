@@ -16,8 +16,9 @@
 //! runs) is looked at before the restart: absent after `started`, present after
 //! `after_effect` and `succeeded`; so `started` and `after_effect`, which leave the same log,
 //! are proved to be different worlds. (Nodes with no external effect, which only pick ids or
-//! check, are named in the summary.) A fresh Nexus on the same database must then drive the
-//! saga to the outcome that
+//! check, are named in the summary.) Another Nexus (another id, on the same database) must
+//! then adopt the saga once the dead one's heartbeat is older than the bound (generation 2,
+//! checked), and drive it to the outcome that
 //! point calls for (finished forward; unwound after an undo crash), leave the instance in the
 //! matching state, and leave every invariant holding. Each child's stderr goes to a file that
 //! a failure message prints.
@@ -25,7 +26,9 @@
 use crate::context::{SLED_RAM_GIB, SLED_THREADS, invariant_violations, log};
 use halyard_common::ids::{DiskUuid, InstanceUuid, NexusUuid, ProjectUuid, SledUuid};
 use halyard_common::{ByteCount, SledBackend};
-use halyard_nexus::app::crash_point::{CRASH_AT_ENV, CrashEvent, CrashPoint, FAIL_AT_ENV};
+use halyard_nexus::app::crash_point::{
+    CRASH_AT_ENV, CrashEvent, CrashPoint, FAIL_AT_ENV, STOP_AT_ENV,
+};
 use halyard_nexus::app::sagas::{
     NexusSaga, create_saga_dag, disk_attach, disk_create, disk_delete, disk_detach,
     instance_create, instance_delete, instance_migrate, instance_start, region_replace,
@@ -79,6 +82,11 @@ struct Cluster {
     /// The external and internal API's ports, held for the cluster's life.
     _ports: [halyard_test_db::ReservedPort; 2],
     config_path: PathBuf,
+    /// Another Nexus (another id) on the same addresses: the one that recovers after a crash,
+    /// by adopting the dead one's saga once its heartbeat is older than the bound.
+    adopter_config_path: PathBuf,
+    /// The crashing Nexus's id and the adopter's.
+    ids: [NexusUuid; 2],
     /// Where each child's stderr is kept.
     stderr_dir: PathBuf,
     external: SocketAddr,
@@ -107,18 +115,11 @@ impl Cluster {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
         std::fs::create_dir_all(&stderr_dir).unwrap();
+        let ids = [NexusUuid::new_v4(), NexusUuid::new_v4()];
         let config_path = stderr_dir.join("nexus.toml");
-        std::fs::write(
-            &config_path,
-            format!(
-                "id = \"{}\"\ndatabase_url = \"{}\"\nexternal_address = \"{external}\"\n\
-                 internal_address = \"{internal}\"\nretirement_interval_ms = 200\n{}",
-                NexusUuid::new_v4(),
-                db.url(),
-                crate::context::tls_files(crate::context::Role::Nexus).toml_table(),
-            ),
-        )
-        .unwrap();
+        write_nexus_config(&config_path, ids[0], db.url(), external, internal);
+        let adopter_config_path = stderr_dir.join("adopter.toml");
+        write_nexus_config(&adopter_config_path, ids[1], db.url(), external, internal);
         let sled_count = sleds;
         let mut sleds = Vec::new();
         for _ in 0..sled_count {
@@ -156,6 +157,8 @@ impl Cluster {
             db,
             _ports: ports,
             config_path,
+            adopter_config_path,
+            ids,
             stderr_dir,
             external,
             sleds,
@@ -179,24 +182,44 @@ impl Cluster {
         crash_at: Option<&CrashPoint>,
         fail_at: Option<&str>,
     ) -> Result<Child, String> {
+        self.nexus_with(&self.config_path, self.external, stderr, crash_at, fail_at)
+            .await
+    }
+
+    /// Starts the Nexus of configuration `config` (external API on `external`), as
+    /// [`Cluster::nexus`] does.
+    async fn nexus_with(
+        &self,
+        config: &Path,
+        external: SocketAddr,
+        stderr: &Path,
+        crash_at: Option<&CrashPoint>,
+        fail_at: Option<&str>,
+    ) -> Result<Child, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_halyard-nexus"));
         command
             .arg("--config")
-            .arg(&self.config_path)
+            .arg(config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(stderr).unwrap())
             .env_remove(CRASH_AT_ENV)
+            .env_remove(STOP_AT_ENV)
             .env_remove(FAIL_AT_ENV);
         if let Some(point) = crash_at {
-            command.env(CRASH_AT_ENV, point.to_string());
+            let variable = if point.stop_only {
+                STOP_AT_ENV
+            } else {
+                CRASH_AT_ENV
+            };
+            command.env(variable, point.to_string());
         }
         if let Some(fail_at) = fail_at {
             command.env(FAIL_AT_ENV, fail_at);
         }
         let mut child = command.spawn().unwrap();
         for _ in 0..1500 {
-            let url = format!("http://{}/v1/projects", self.external);
+            let url = format!("http://{external}/v1/projects");
             if let Ok(response) = self.http.get(url).send().await
                 && response.status().is_success()
             {
@@ -324,6 +347,27 @@ impl Cluster {
         .map(str::to_string)
         .collect()
     }
+}
+
+/// A Nexus configuration: heartbeats every 100 ms, and a Nexus silent for a second is gone.
+fn write_nexus_config(
+    path: &Path,
+    id: NexusUuid,
+    database_url: &str,
+    external: SocketAddr,
+    internal: SocketAddr,
+) {
+    std::fs::write(
+        path,
+        format!(
+            "id = \"{id}\"\ndatabase_url = \"{database_url}\"\n\
+             external_address = \"{external}\"\ninternal_address = \"{internal}\"\n\
+             retirement_interval_ms = 200\nheartbeat_interval_ms = 100\n\
+             nexus_gone_after_ms = 1000\n{}",
+            crate::context::tls_files(crate::context::Role::Nexus).toml_table(),
+        ),
+    )
+    .unwrap();
 }
 
 /// Kills a child that is still running (a failed case's) and reaps it.
@@ -970,12 +1014,30 @@ async fn run_case(
         );
     }
 
-    // Recovery: a fresh Nexus resumes the saga from the log.
+    // Recovery: another Nexus (another id) adopts the saga once the dead one's heartbeat is
+    // older than the bound, and resumes it from the log.
     stderr.push(log_file("recover"));
-    let recovered = cluster.nexus(stderr.last().unwrap(), None, None).await?;
+    let recovered = cluster
+        .nexus_with(
+            &cluster.adopter_config_path,
+            cluster.external,
+            stderr.last().unwrap(),
+            None,
+            None,
+        )
+        .await?;
     let result = check_recovery(cluster, case, &saga_id, &sled_before).await;
     stop(recovered);
-    result
+    let outcome = result?;
+    let owner = cluster.sql(&format!(
+        "SELECT current_sec || ' ' || adopt_generation FROM saga WHERE id = '{saga_id}'"
+    ));
+    check!(
+        owner == format!("{} 2", cluster.ids[1]),
+        "the saga should have been adopted once, by the other Nexus; its owner and generation: \
+         {owner}"
+    );
+    Ok(outcome)
 }
 
 /// After recovery: the saga's outcome, the instance's state and the invariants.
@@ -1305,6 +1367,7 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
                 saga: saga.name.to_string(),
                 node: node.clone(),
                 event,
+                stop_only: false,
             },
             fail_at,
             instance: format!("vm-{number}"),
@@ -1395,4 +1458,175 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
     );
     assert_eq!(undo_covered.len(), undoable, "an undo was never crashed in");
     let _ = std::fs::remove_dir_all(&cluster.stderr_dir);
+}
+
+/// A Nexus stalled mid-saga (it stops itself, SIGSTOP, right after a node's `started` event)
+/// loses the saga to a live Nexus, which adopts it once the stalled one's heartbeat is older
+/// than the bound and finishes it. Continued (SIGCONT), the stalled one writes nothing more to
+/// that saga (its writes would be refused; it drops the saga before running the node's action
+/// again), and its client is told the saga moved (503). The log has one writer per
+/// generation and every invariant holds.
+#[tokio::test]
+async fn a_stalled_nexus_loses_its_saga_to_a_live_one_and_writes_nothing_more_to_it() {
+    let cluster = Cluster::new(2, ByteCount::from_mebibytes_u32(0)).await;
+    let setup_log = cluster.stderr_dir.join("stall-setup.stderr");
+    let setup = cluster.nexus(&setup_log, None, None).await.unwrap();
+    let answer = cluster
+        .request(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": "p", "description": ""})),
+        )
+        .await;
+    assert!(matches!(answer, Some((201, _))), "{answer:?}");
+    let answer = cluster
+        .request(
+            "POST",
+            "/v1/instances?project=p",
+            Some(
+                json!({"name": "s", "description": "", "hostname": "s", "ncpus": 1,
+                "memory": 1u64 << 30, "start": false}),
+            ),
+        )
+        .await;
+    assert!(matches!(answer, Some((201, _))), "{answer:?}");
+    let mut registered = false;
+    for _ in 0..1500 {
+        registered = cluster.sql("SELECT count(*) FROM sled") == cluster.sleds.len().to_string();
+        if registered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(registered, "the sled agents never all registered");
+    stop(setup);
+
+    // The stalling Nexus (the cluster's addresses) and a live one (the other id, addresses of
+    // its own).
+    let start = SagaNodes::of::<instance_start::SagaInstanceStart>(instance_start::Params {
+        instance_id: InstanceUuid::new_v4(),
+    });
+    let node = start.nodes[start.nodes.len() / 2].clone();
+    let point = CrashPoint {
+        saga: start.name.to_string(),
+        node: node.clone(),
+        event: CrashEvent::Started,
+        stop_only: true,
+    };
+    let stalled_log = cluster.stderr_dir.join("stalled.stderr");
+    let mut stalled = cluster
+        .nexus(&stalled_log, Some(&point), None)
+        .await
+        .unwrap();
+    let ports = [
+        halyard_test_db::reserve_port().unwrap(),
+        halyard_test_db::reserve_port().unwrap(),
+    ];
+    let live_config = cluster.stderr_dir.join("live.toml");
+    write_nexus_config(
+        &live_config,
+        cluster.ids[1],
+        cluster.db.url(),
+        ports[0].address(),
+        ports[1].address(),
+    );
+    let live_log = cluster.stderr_dir.join("live.stderr");
+    let live = cluster
+        .nexus_with(&live_config, ports[0].address(), &live_log, None, None)
+        .await
+        .unwrap();
+
+    // The start request, to the stalling Nexus: it stops at the point.
+    let http = cluster.http.clone();
+    let url = format!("http://{}/v1/instances/s/start?project=p", cluster.external);
+    let request = tokio::spawn(async move {
+        let response = http.post(url).send().await.ok()?;
+        Some(response.status().as_u16())
+    });
+    let mut stopped = false;
+    for _ in 0..1500 {
+        stopped = process_state(stalled.id()) == Some('T');
+        if stopped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        stopped,
+        "the Nexus never stopped at {point}:\n{}",
+        stderr_tail(&stalled_log)
+    );
+    let saga_id = cluster.sql("SELECT id FROM saga WHERE name = 'instance-start'");
+    let stalled_events = |cluster: &Cluster| {
+        cluster.sql(&format!(
+            "SELECT count(*) FROM saga_node_event WHERE saga_id = '{saga_id}' \
+             AND creator = '{}'",
+            cluster.ids[0]
+        ))
+    };
+    let written_before_stall = stalled_events(&cluster);
+
+    // The live Nexus adopts the saga (generation 2) and finishes it.
+    let mut finished = String::new();
+    for _ in 0..1500 {
+        finished = cluster.sql(&format!(
+            "SELECT saga_state || ' ' || current_sec || ' ' || adopt_generation FROM saga \
+             WHERE id = '{saga_id}'"
+        ));
+        if finished.starts_with("done") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        finished,
+        format!("done {} 2", cluster.ids[1]),
+        "the live Nexus should have adopted and finished the saga:\n{}",
+        stderr_tail(&live_log)
+    );
+
+    // Continued, the stalled Nexus drops the saga and answers its client 503.
+    // SAFETY: kill(2) of our child's pid.
+    assert_eq!(unsafe { libc::kill(stalled.id() as i32, libc::SIGCONT) }, 0);
+    let answer = tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .expect("the stalled Nexus answers once continued")
+        .unwrap();
+    assert_eq!(
+        answer,
+        Some(503),
+        "the stalled Nexus's client is told the saga moved:\n{}",
+        stderr_tail(&stalled_log)
+    );
+    let said = std::fs::read_to_string(&stalled_log).unwrap_or_default();
+    assert!(
+        said.contains("this Nexus drops the saga"),
+        "the stalled Nexus should say it dropped the saga:\n{}",
+        stderr_tail(&stalled_log)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        stalled_events(&cluster),
+        written_before_stall,
+        "the stalled Nexus wrote to the saga's log after it was adopted"
+    );
+    assert_eq!(
+        cluster.run_state("s").await.unwrap().as_deref(),
+        Some("running")
+    );
+    // Both still run and serve; every invariant holds (one writer per generation included).
+    cluster.quiet_and_consistent().await.unwrap();
+    assert!(
+        stalled.try_wait().unwrap().is_none(),
+        "the stalled Nexus still runs"
+    );
+    stop(stalled);
+    stop(live);
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T` for stopped, ...), from `/proc`.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses (which may hold spaces): " <state> ".
+    stat.rsplit_once(") ")?.1.chars().next()
 }

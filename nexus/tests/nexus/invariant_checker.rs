@@ -221,6 +221,53 @@ async fn a_stuck_saga_is_flagged_and_a_cleanly_unwound_one_is_not() {
 }
 
 #[tokio::test]
+async fn a_saga_log_written_by_two_nexus_in_one_generation_is_flagged() {
+    let system = CleanSystem::new().await;
+    let (fenced, unfenced) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    // Both adopted once (generation 2) from `first` by `second`. In one, `second`'s event is
+    // recorded at generation 1, beside `first`'s: two writers in one generation, which
+    // fencing forbids. The other is clean: `first` wrote generation 1, `second` generation 2.
+    for (saga, second_writes_at) in [(fenced, 1), (unfenced, 2)] {
+        system.break_with(&format!(
+            "INSERT INTO saga (id, creator, current_sec, name, dag, saga_state, \
+             adopt_generation, time_created, adopt_time) \
+             VALUES ('{saga}', '{first}', '{second}', 'instance-start', '{{}}', 'done', 2, \
+                     now(), now()); \
+             INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, \
+                                          creator, adopt_generation) \
+             VALUES ('{saga}', 0, 'started', NULL, now(), '{first}', 1), \
+                    ('{saga}', 0, 'succeeded', 'null', now(), '{second}', {second_writes_at})"
+        ));
+    }
+    // And one with an event from a generation it never reached.
+    let ahead = uuid::Uuid::new_v4();
+    system.break_with(&format!(
+        "INSERT INTO saga (id, creator, current_sec, name, dag, saga_state, adopt_generation, \
+         time_created, adopt_time) \
+         VALUES ('{ahead}', '{first}', '{first}', 'instance-start', '{{}}', 'done', 1, now(), \
+                 now()); \
+         INSERT INTO saga_node_event (saga_id, node_id, event_type, data, event_time, creator, \
+                                      adopt_generation) \
+         VALUES ('{ahead}', 0, 'started', NULL, now(), '{first}', 3)"
+    ));
+    let violations = system.violations().await;
+    assert_rules_broken(
+        &violations,
+        &[
+            "saga log written by two Nexus in one adoption generation",
+            "saga event from a generation the saga never reached",
+        ],
+    );
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    assert!(
+        violations[0].contains(&fenced.to_string()),
+        "{violations:?}"
+    );
+    assert!(violations[1].contains(&ahead.to_string()), "{violations:?}");
+}
+
+#[tokio::test]
 async fn an_unfinished_saga_is_flagged() {
     let system = CleanSystem::new().await;
     let (saga, sec) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());

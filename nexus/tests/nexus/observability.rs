@@ -339,6 +339,8 @@ async fn a_start_requests_id_is_in_the_nexus_and_sled_agent_logs() {
             external_address: "127.0.0.1:0".parse().unwrap(),
             internal_address: "127.0.0.1:0".parse().unwrap(),
             retirement_interval_ms: 200,
+            heartbeat_interval_ms: 200,
+            nexus_gone_after_ms: 10_000,
             tls: crate::context::tls_files(crate::context::Role::Nexus),
         },
         &file_logger(&nexus_log_path, "nexus"),

@@ -186,6 +186,8 @@ impl OutageSystem {
             external_address: "127.0.0.1:0".parse().unwrap(),
             internal_address: "127.0.0.1:0".parse().unwrap(),
             retirement_interval_ms: 200,
+            heartbeat_interval_ms: 200,
+            nexus_gone_after_ms: 10_000,
             tls: crate::context::tls_files(crate::context::Role::Nexus),
         };
         let nexus_log = CapturedLog::default();

@@ -52,7 +52,12 @@ impl Nexus {
     pub async fn register(&self) -> Result<(), Error> {
         self.datastore
             .nexus_register(self.id, self.incarnation)
-            .await
+            .await?;
+        *self
+            .last_heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        Ok(())
     }
 
     pub(crate) fn spawn_heartbeat_task(
@@ -68,12 +73,79 @@ impl Nexus {
         )
     }
 
+    /// Before a saga action or undo runs: if this Nexus has not written a heartbeat for half
+    /// the bound (it was stalled, stopped or cut off from the database), its sagas may have
+    /// been adopted meanwhile, so it looks: a saga no longer its own is dropped here, before
+    /// the action acts again (the call never returns). The common case costs a clock read.
+    pub(crate) async fn check_still_owner(&self, saga: halyard_common::ids::SagaUuid) {
+        if self.ownership.is_dropped(saga) {
+            std::future::pending::<()>().await;
+        }
+        let since = self
+            .last_heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        if since < self.nexus_gone_after() / 2 {
+            return;
+        }
+        let generation = self.ownership.generation_of(saga);
+        match self.datastore.saga_fetch(saga).await {
+            Ok(row) if row.current_sec.0 == self.id && row.adopt_generation.0 == generation => {}
+            Ok(row) => {
+                slog::warn!(self.log, "saga adopted by another Nexus while this one was \
+                    silent: this Nexus drops the saga before its next action";
+                    "saga_id" => %saga, "owner" => %row.current_sec.0,
+                    "adopt_generation" => row.adopt_generation.0.as_u64());
+                self.ownership.drop_saga(saga);
+                std::future::pending::<()>().await;
+            }
+            // The database is out of reach: the action's own writes will wait for it, and
+            // the log write that follows them is fenced anyway.
+            Err(_) => {}
+        }
+    }
+
+    /// Drops every saga this Nexus runs whose row names another owner or generation.
+    async fn drop_sagas_adopted_elsewhere(&self) -> Result<(), Error> {
+        let owned = self.ownership.owned();
+        let ids: Vec<_> = owned.iter().map(|(saga, _)| *saga).collect();
+        let rows = self.datastore.saga_owners(&ids).await?;
+        for (saga, generation) in owned {
+            let still_ours = rows
+                .iter()
+                .any(|(id, sec, g)| *id == saga && *sec == self.id && *g == generation);
+            if !still_ours {
+                slog::warn!(self.log, "saga adopted by another Nexus while this one was \
+                    silent: this Nexus drops the saga"; "saga_id" => %saga);
+                self.ownership.drop_saga(saga);
+            }
+        }
+        Ok(())
+    }
+
     /// One pass of the task (see the module docs).
     pub async fn heartbeat_and_adopt(self: &Arc<Self>) -> Result<String, Error> {
         let alive = self
             .datastore
             .nexus_heartbeat(self.id, self.incarnation)
             .await?;
+        if alive {
+            let gap = self
+                .last_heartbeat
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed();
+            if gap >= self.nexus_gone_after() / 2 {
+                // Silent long enough that others may have adopted some of this Nexus's sagas:
+                // drop those before the fresh heartbeat lets actions run unchecked.
+                self.drop_sagas_adopted_elsewhere().await?;
+            }
+            *self
+                .last_heartbeat
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        }
         if !alive {
             if !self
                 .superseded

@@ -135,6 +135,7 @@ where
     Fut: Future<Output = Result<T, ActionError>>,
 {
     let nexus = &ctx.user_data().nexus;
+    nexus.check_still_owner(saga_uuid(ctx)).await;
     let policy = nexus.saga_retry_policy();
     let what = format!("saga action {name} ({})", ctx.node_label());
     let transient = |error: &ActionError| {
@@ -178,6 +179,7 @@ where
     Fut: Future<Output = Result<(), anyhow::Error>>,
 {
     let nexus = &ctx.user_data().nexus;
+    nexus.check_still_owner(saga_uuid(ctx)).await;
     let what = format!("saga undo {name} ({})", ctx.node_label());
     let transient = |error: &anyhow::Error| {
         let transient = undo_error_is_transient(error);
@@ -296,4 +298,10 @@ mod tests {
         )));
         assert!(!undo_error_is_transient(&anyhow::anyhow!("error injected")));
     }
+}
+
+/// The saga an action runs in.
+fn saga_uuid(ctx: &NexusActionContext) -> halyard_common::ids::SagaUuid {
+    use halyard_common::ids::GenericUuid;
+    halyard_common::ids::SagaUuid::from_untyped_uuid(ctx.user_data().saga_id.into_untyped_uuid())
 }
