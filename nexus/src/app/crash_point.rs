@@ -32,9 +32,9 @@
 //!   replay test says which nodes those are.
 //!
 //! `HALYARD_FAIL_AT=<saga name>:<node name>` makes that node's action fail (steno's injected
-//! error) in every saga of that name this process creates, so the saga unwinds; with a crash
-//! point at an earlier node's `undo_*` event, the process dies mid-unwind and the next Nexus
-//! must finish the unwind from the log.
+//! error) in every saga of that name this process creates, resumes or adopts, so the saga
+//! unwinds; with a crash point at an earlier node's `undo_*` event, the process dies
+//! mid-unwind and the next Nexus must finish the unwind from the log.
 //!
 //! **Lost replies** ([`LostReplies`], armed by a test through `Nexus::inject_lost_reply`):
 //! the chosen node's action (or undo) runs to its end, its effects land, and then the same

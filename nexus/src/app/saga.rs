@@ -77,20 +77,27 @@ impl Nexus {
         // omdb show).
         info!(self.log, "saga created"; "saga_id" => %id, "saga_name" => S::NAME,
             "request_id" => halyard_observability::request_id::current());
-        if let Some(node) = self
+        self.inject_failure(id, S::NAME, &dag).await?;
+        Ok(RunnableSaga { id, dag, future })
+    }
+
+    /// Test-only: makes the node `HALYARD_FAIL_AT` names fail in saga `id` (named `name`),
+    /// whether this Nexus created, resumed or adopted it.
+    async fn inject_failure(&self, id: SagaId, name: &str, dag: &SagaDag) -> Result<(), Error> {
+        let Some(node) = self
             .injected_failure
             .as_ref()
-            .and_then(|failure| failure.node_for(S::NAME))
-        {
-            let index = dag
-                .get_index(node)
-                .map_err(|e| Error::internal(format!("cannot inject a failure: {e:#}")))?;
-            self.sec
-                .saga_inject_error(id, index)
-                .await
-                .map_err(|e| Error::internal(format!("cannot inject a failure: {e:#}")))?;
-        }
-        Ok(RunnableSaga { id, dag, future })
+            .and_then(|failure| failure.node_for(name))
+        else {
+            return Ok(());
+        };
+        let index = dag
+            .get_index(node)
+            .map_err(|e| Error::internal(format!("cannot inject a failure: {e:#}")))?;
+        self.sec
+            .saga_inject_error(id, index)
+            .await
+            .map_err(|e| Error::internal(format!("cannot inject a failure: {e:#}")))
     }
 
     /// Starts a prepared saga and waits for its outcome. A failed saga has fully unwound; its
@@ -192,10 +199,11 @@ impl Nexus {
         let id = SagaId::from_untyped_uuid(saga.id().into_untyped_uuid());
         let dag = serde_json::from_value::<SagaDag>(saga.dag.clone())
             .map_err(|e| Error::internal(format!("cannot read the DAG of saga {id}: {e:#}")))?;
+        let dag = Arc::new(dag);
         let context = Arc::new(SagaContext {
             nexus: Arc::clone(self),
             saga_id: id,
-            dag: Arc::new(dag),
+            dag: Arc::clone(&dag),
         });
         self.ownership.own(saga.id(), saga.adopt_generation.0);
         let future = self
@@ -209,6 +217,7 @@ impl Nexus {
             )
             .await
             .map_err(|e| Error::internal(format!("cannot resume saga {id}: {e:#}")))?;
+        self.inject_failure(id, &saga.name, &dag).await?;
         self.sec
             .saga_start(id)
             .await

@@ -1462,7 +1462,7 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
 
 /// A Nexus stalled mid-saga (it stops itself, SIGSTOP, right after a node's `started` event)
 /// loses the saga to a live Nexus, which adopts it once the stalled one's heartbeat is older
-/// than the bound and finishes it. Continued (SIGCONT), the stalled one writes nothing more to
+/// than the bound and (its last node made to fail) unwinds it. Continued (SIGCONT), the stalled one writes nothing more to
 /// that saga (its writes would be refused; it drops the saga before running the node's action
 /// again), and its client is told the saga moved (503). The log has one writer per
 /// generation and every invariant holds.
@@ -1531,8 +1531,19 @@ async fn a_stalled_nexus_loses_its_saga_to_a_live_one_and_writes_nothing_more_to
         ports[1].address(),
     );
     let live_log = cluster.stderr_dir.join("live.stderr");
+    // The live Nexus fails the saga's last node, so it unwinds what the stalled one did: a
+    // stalled Nexus going on with the saga's actions afterwards would leave them behind
+    // (and write events the live one never wrote).
+    let last = start.nodes.last().unwrap();
+    let fail_at = format!("{}:{last}", start.name);
     let live = cluster
-        .nexus_with(&live_config, ports[0].address(), &live_log, None, None)
+        .nexus_with(
+            &live_config,
+            ports[0].address(),
+            &live_log,
+            None,
+            Some(&fail_at),
+        )
         .await
         .unwrap();
 
@@ -1566,7 +1577,7 @@ async fn a_stalled_nexus_loses_its_saga_to_a_live_one_and_writes_nothing_more_to
     };
     let written_before_stall = stalled_events(&cluster);
 
-    // The live Nexus adopts the saga (generation 2) and finishes it.
+    // The live Nexus adopts the saga (generation 2) and unwinds it.
     let mut finished = String::new();
     for _ in 0..1500 {
         finished = cluster.sql(&format!(
@@ -1581,8 +1592,14 @@ async fn a_stalled_nexus_loses_its_saga_to_a_live_one_and_writes_nothing_more_to
     assert_eq!(
         finished,
         format!("done {} 2", cluster.ids[1]),
-        "the live Nexus should have adopted and finished the saga:\n{}",
+        "the live Nexus should have adopted and unwound the saga:\n{}",
         stderr_tail(&live_log)
+    );
+    let unwound_log = cluster.saga_log(&saga_id);
+    assert!(
+        unwound_log.iter().any(|e| e.ends_with(":failed"))
+            && unwound_log.iter().any(|e| e.ends_with(":undo_finished")),
+        "{unwound_log:?}"
     );
 
     // Continued, the stalled Nexus drops the saga and answers its client 503.
@@ -1610,9 +1627,11 @@ async fn a_stalled_nexus_loses_its_saga_to_a_live_one_and_writes_nothing_more_to
         written_before_stall,
         "the stalled Nexus wrote to the saga's log after it was adopted"
     );
+    assert_eq!(cluster.saga_log(&saga_id), unwound_log);
     assert_eq!(
         cluster.run_state("s").await.unwrap().as_deref(),
-        Some("running")
+        Some("stopped"),
+        "the unwound start left the instance stopped"
     );
     // Both still run and serve; every invariant holds (one writer per generation included).
     cluster.quiet_and_consistent().await.unwrap();

@@ -126,6 +126,9 @@ impl Nexus {
 
     /// One pass of the task (see the module docs).
     pub async fn heartbeat_and_adopt(self: &Arc<Self>) -> Result<String, Error> {
+        // The heartbeat counts from when it was sent: a stall between sending it and hearing
+        // back must not look like a fresh heartbeat to `check_still_owner`.
+        let sent = std::time::Instant::now();
         let alive = self
             .datastore
             .nexus_heartbeat(self.id, self.incarnation)
@@ -144,7 +147,7 @@ impl Nexus {
             *self
                 .last_heartbeat
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+                .unwrap_or_else(|e| e.into_inner()) = sent;
         }
         if !alive {
             if !self
