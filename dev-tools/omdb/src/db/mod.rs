@@ -76,6 +76,9 @@ enum DbCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Every Nexus that has run against this database: its current process, its last
+    /// heartbeat and how long it has been silent, and the unfinished sagas it owns.
+    Nexus,
     /// One saga: its DAG with the state of every node, from the saga log.
     Saga {
         /// The saga's id.
@@ -193,6 +196,7 @@ pub async fn run(args: &DbArgs, db_url: Option<&str>, json: bool) -> anyhow::Res
         DbCommand::Reservations => tables::cmd_reservations(&db, json).await?,
         DbCommand::Migrations => tables::cmd_migrations(&db, json).await?,
         DbCommand::Sagas { all } => saga::cmd_sagas(&db, *all, json).await?,
+        DbCommand::Nexus => saga::cmd_nexus(&db, json).await?,
         DbCommand::Saga { saga, dot } => saga::cmd_saga(&db, saga, *dot, json).await?,
         DbCommand::Check => return check::cmd_check(&db, json).await,
         DbCommand::Users { command: None } => identity::cmd_users(&db, json).await?,

@@ -262,6 +262,8 @@ fn outcome(saga: &Saga, events: &[SagaNodeEvent]) -> &'static str {
     let has = |t: &str| events.iter().any(|e| e.event_type == t);
     if has("undo_failed") {
         "STUCK"
+    } else if saga.saga_state.0 != SagaState::Done && saga.resume_failure.is_some() {
+        "UNRESUMABLE"
     } else if saga.saga_state.0 != SagaState::Done {
         "-"
     } else if has("failed") {
@@ -314,6 +316,10 @@ struct SagaRow {
     outcome: &'static str,
     /// The Nexus that runs it (`current_sec`).
     owner: NexusUuid,
+    /// Its adoption generation: 1, plus one per takeover (by another Nexus, or by a new
+    /// process of its owner's id).
+    #[tabled(rename = "GEN")]
+    generation: u64,
     #[tabled(display = "time")]
     created: DateTime<Utc>,
     current_node: String,
@@ -353,6 +359,7 @@ pub(super) async fn cmd_sagas(db: &Db, all: bool, json: bool) -> anyhow::Result<
                 state: saga.saga_state.0.label(),
                 outcome: outcome(saga, &events),
                 owner: saga.current_sec.0,
+                generation: saga.adopt_generation.0.as_u64(),
                 created: saga.time_created,
                 current_node: current_node(graph.as_ref(), &events),
             }
@@ -625,4 +632,48 @@ async fn fetch_saga(db: &Db, id: SagaUuid) -> anyhow::Result<Saga> {
         Err(Error::ObjectNotFound { .. }) => bail!("no saga with id {id}"),
         Err(e) => Err(db.err(e)),
     }
+}
+
+#[derive(Debug, Serialize, Tabled)]
+#[tabled(rename_all = "SCREAMING_SNAKE_CASE")]
+struct NexusRow {
+    id: NexusUuid,
+    /// The latest process started with this id.
+    incarnation: uuid::Uuid,
+    #[tabled(display = "time")]
+    started: DateTime<Utc>,
+    #[tabled(display = "time")]
+    last_heartbeat: DateTime<Utc>,
+    /// How long ago that was, by the database's clock: a Nexus silent longer than the
+    /// configured bound (`nexus_gone_after_ms`, 10 s unless set) has its sagas adopted.
+    silent_for: String,
+    /// The unfinished sagas it owns.
+    sagas: usize,
+    /// Of those, the ones it could not resume.
+    unresumable: usize,
+}
+
+/// Every Nexus that has run against this database, most recently heard first.
+pub(super) async fn cmd_nexus(db: &Db, json: bool) -> anyhow::Result<()> {
+    let listed = db.datastore.nexus_list().await.map_err(|e| db.err(e))?;
+    let unfinished = db.datastore.saga_list(false).await.map_err(|e| db.err(e))?;
+    let rows: Vec<NexusRow> = listed
+        .into_iter()
+        .map(|(nexus, silent)| {
+            let owned = unfinished
+                .iter()
+                .filter(|s| s.current_sec == nexus.id)
+                .collect::<Vec<_>>();
+            NexusRow {
+                id: nexus.id.0,
+                incarnation: nexus.incarnation,
+                started: nexus.time_started,
+                last_heartbeat: nexus.time_heartbeat,
+                silent_for: format!("{:.1}s", silent.as_secs_f64()),
+                sagas: owned.len(),
+                unresumable: owned.iter().filter(|s| s.resume_failure.is_some()).count(),
+            }
+        })
+        .collect();
+    print_rows(&rows, json, "no Nexus has run against this database")
 }

@@ -16,6 +16,7 @@
 //! a copy of unlucky's instance-start whose undo of `vmm` failed (stuck), and a copy of
 //! web's cut off while `vmm` runs, owned by another Nexus (in flight).
 
+use std::collections::BTreeMap;
 use crate::context::{RunOmdb, TestContext, omdb};
 use crate::snapshot::{Redactor, Snapshots};
 use halyard_common::InstanceState;
@@ -102,8 +103,12 @@ async fn scenario() -> Scenario {
     ));
     let in_flight = SagaUuid::new_v4();
     let other_nexus = NexusUuid::new_v4();
+    // Owned by another Nexus, alive (its heartbeat stays fresh for the test's length), so
+    // this one's heartbeat task leaves it alone.
     ctx.sql(&format!(
-        "INSERT INTO saga (id, creator, current_sec, name, dag, saga_state, adopt_generation, \
+        "INSERT INTO nexus (id, incarnation, time_started, time_heartbeat) \
+         VALUES ('{other_nexus}', gen_random_uuid(), now(), now() + interval '1 day'); \
+         INSERT INTO saga (id, creator, current_sec, name, dag, saga_state, adopt_generation, \
              time_created, adopt_time) \
          SELECT '{in_flight}', '{other_nexus}', '{other_nexus}', name, dag, 'running', 1, \
              now(), now() \
@@ -208,6 +213,29 @@ async fn output_of_every_command() {
     );
     snapshots.check("db-migrations", &stdout(&s, &["db", "migrations"]).await);
     snapshots.check("db-sagas", &stdout(&s, &["db", "sagas"]).await);
+    // Both Nexus, each with the unfinished sagas it owns (how long each has been silent
+    // varies: read from the JSON).
+    let nexus: Value =
+        serde_json::from_str(&s.ctx.omdb(&["db", "nexus", "--json"]).await.ok()).unwrap();
+    let owned: BTreeMap<String, (u64, u64)> = nexus
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                s.redactor.redact(n["id"].as_str().unwrap()),
+                (n["sagas"].as_u64().unwrap(), n["unresumable"].as_u64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        owned,
+        BTreeMap::from([
+            ("<nexus>".to_string(), (0, 0)),
+            ("<other-nexus>".to_string(), (1, 0))
+        ]),
+        "{nexus}"
+    );
     snapshots.check("db-sagas-all", &stdout(&s, &["db", "sagas", "--all"]).await);
 
     // The sagas, from the JSON listing: the first instance-start (web's, succeeded) and the
