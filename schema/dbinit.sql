@@ -340,6 +340,10 @@ CREATE TABLE IF NOT EXISTS disk (
     -- expunged sled); NULL when none is. While set, the disk is not attached, detached,
     -- deleted or snapshotted, and its instance is not started.
     replacing_region_id UUID,
+    -- The region that replacement creates (its saga's new region), set and cleared with
+    -- `replacing_region_id`: the mark names the replacement, so two replacements of the same
+    -- lost region cannot both pass it.
+    replacement_region_id UUID,
     CONSTRAINT disk_size_whole_blocks CHECK (size_bytes % block_size = 0),
     -- A disk names an instance exactly while it is attaching, attached or detaching.
     CONSTRAINT disk_instance_iff_attached CHECK (

@@ -40,6 +40,8 @@ pub struct Disk {
     /// The region a region-replacement saga is replacing; while set, the disk is not
     /// attached, detached, deleted or snapshotted, and its instance is not started.
     pub replacing_region_id: Option<DbTypedUuid<RegionKind>>,
+    /// The region that replacement creates (set and cleared with `replacing_region_id`).
+    pub replacement_region_id: Option<DbTypedUuid<RegionKind>>,
 }
 
 /// The most disks an instance has (Oxide's limit; the boot disk counts): the disk's `slot`
@@ -80,6 +82,7 @@ impl Disk {
             slot: None,
             created_by_instance_id: params.created_by_instance_id.map(DbTypedUuid),
             replacing_region_id: None,
+            replacement_region_id: None,
         }
     }
 
@@ -118,6 +121,12 @@ impl Disk {
     /// The region a region-replacement saga is replacing, if one is.
     pub fn replacing_region(&self) -> Option<RegionUuid> {
         self.replacing_region_id.map(|id| id.0)
+    }
+
+    /// The replacement under way, as (lost region, new region), if any.
+    pub fn replacement(&self) -> Option<(RegionUuid, Option<RegionUuid>)> {
+        self.replacing_region_id
+            .map(|lost| (lost.0, self.replacement_region_id.map(|new| new.0)))
     }
 }
 

@@ -233,6 +233,7 @@ diesel::table! {
         slot -> Nullable<Int4>,
         created_by_instance_id -> Nullable<Uuid>,
         replacing_region_id -> Nullable<Uuid>,
+        replacement_region_id -> Nullable<Uuid>,
     }
 }
 

@@ -127,6 +127,7 @@ impl DataStore {
         &self,
         disk_id: DiskUuid,
         region_id: RegionUuid,
+        new_region_id: RegionUuid,
     ) -> Result<Disk, Error> {
         self.retry_conflicts(|| async move {
             let conn = &mut *self.connection().await?;
@@ -139,7 +140,7 @@ impl DataStore {
                     None => None,
                 };
                 let disk = lock_disk(conn, disk_id).await?;
-                if disk.replacing_region() == Some(region_id) {
+                if disk.replacement() == Some((region_id, Some(new_region_id))) {
                     return Ok(disk);
                 }
                 if disk.attached_to() != unlocked.attached_to() {
@@ -150,7 +151,8 @@ impl DataStore {
                 }
                 if let Some(other) = disk.replacing_region() {
                     return Err(TxnError::Public(Error::conflict(format!(
-                        "disk \"{}\" already has its region {other} being replaced",
+                        "disk \"{}\" already has its region {other} being replaced (by \
+                         another replacement)",
                         disk.name()
                     ))));
                 }
@@ -191,6 +193,7 @@ impl DataStore {
                     .filter(disk::id.eq(DbTypedUuid(disk_id)))
                     .set((
                         disk::replacing_region_id.eq(Some(DbTypedUuid(region_id))),
+                        disk::replacement_region_id.eq(Some(DbTypedUuid(new_region_id))),
                         disk::time_modified.eq(Utc::now()),
                     ))
                     .returning(Disk::as_returning())
@@ -203,18 +206,24 @@ impl DataStore {
         .await
     }
 
-    /// Clears the mark [`Self::region_replacement_begin`] set, if it is for `region_id` (the
-    /// undo of a replacement). A disk marked for another region, or not at all, is left alone.
+    /// Clears the mark [`Self::region_replacement_begin`] set, if it is this replacement's
+    /// (`region_id` replaced by `new_region_id`; the undo of a replacement). A disk marked for
+    /// another replacement, or not at all, is left alone.
     pub async fn region_replacement_abandon(
         &self,
         disk_id: DiskUuid,
         region_id: RegionUuid,
+        new_region_id: RegionUuid,
     ) -> Result<(), Error> {
         let conn = &mut *self.connection().await?;
         diesel::update(disk::table)
             .filter(disk::id.eq(DbTypedUuid(disk_id)))
             .filter(disk::replacing_region_id.eq(DbTypedUuid(region_id)))
-            .set(disk::replacing_region_id.eq(None::<DbTypedUuid<RegionKind>>))
+            .filter(disk::replacement_region_id.eq(DbTypedUuid(new_region_id)))
+            .set((
+                disk::replacing_region_id.eq(None::<DbTypedUuid<RegionKind>>),
+                disk::replacement_region_id.eq(None::<DbTypedUuid<RegionKind>>),
+            ))
             .execute(conn)
             .await
             .map_err(public_error_from_diesel)?;
@@ -241,7 +250,7 @@ impl DataStore {
                 if let Some(placed) = regions.iter().find(|r| r.id() == new_region_id) {
                     return Ok(placed.clone());
                 }
-                require_marked(&disk, lost_region_id)?;
+                require_marked(&disk, lost_region_id, new_region_id)?;
                 let lost = regions
                     .iter()
                     .find(|r| r.id() == lost_region_id)
@@ -321,7 +330,7 @@ impl DataStore {
                 if disk.replacing_region().is_none() && !has(lost_region_id) && has(new_region_id) {
                     return Ok(disk);
                 }
-                require_marked(&disk, lost_region_id)?;
+                require_marked(&disk, lost_region_id, new_region_id)?;
                 if !has(new_region_id) {
                     return Err(TxnError::Public(region_not_found(new_region_id)));
                 }
@@ -330,6 +339,7 @@ impl DataStore {
                     .filter(disk::id.eq(DbTypedUuid(disk_id)))
                     .set((
                         disk::replacing_region_id.eq(None::<DbTypedUuid<RegionKind>>),
+                        disk::replacement_region_id.eq(None::<DbTypedUuid<RegionKind>>),
                         disk::time_modified.eq(Utc::now()),
                     ))
                     .returning(Disk::as_returning())
@@ -354,12 +364,17 @@ async fn disk_fetch_live(conn: &mut AsyncPgConnection, id: DiskUuid) -> Result<D
         .ok_or_else(|| TxnError::Public(disk_not_found(id)))
 }
 
-fn require_marked(disk: &Disk, lost_region_id: RegionUuid) -> Result<(), TxnError> {
-    if disk.replacing_region() == Some(lost_region_id) {
+fn require_marked(
+    disk: &Disk,
+    lost_region_id: RegionUuid,
+    new_region_id: RegionUuid,
+) -> Result<(), TxnError> {
+    if disk.replacement() == Some((lost_region_id, Some(new_region_id))) {
         return Ok(());
     }
     Err(TxnError::Public(Error::conflict(format!(
-        "disk \"{}\" is not having its region {lost_region_id} replaced",
+        "disk \"{}\" is not having its region {lost_region_id} replaced by region \
+         {new_region_id}",
         disk.name()
     ))))
 }

@@ -197,7 +197,7 @@ impl DataStore {
              WHERE saga_state != 'done' AND current_sec != $1 \
                AND current_sec NOT IN ( \
                  SELECT id FROM nexus \
-                 WHERE time_heartbeat >= now() - make_interval(secs => $2::FLOAT8 / 1e6)) \
+                 WHERE time_heartbeat >= now() - $2::INT8 * INTERVAL '1 microsecond') \
              RETURNING id, creator, current_sec, name, dag, saga_state, adopt_generation, \
                time_created, adopt_time, resume_failure",
         )

@@ -248,7 +248,25 @@ async fn a_disk_in_use_is_repaired_once_its_instance_stops_and_nothing_moves_it_
     ctx.wait_for(instance, InstanceState::Stopped).await;
     ctx.nexus()
         .datastore()
-        .region_replacement_begin(params.disk_id, params.lost_region_id)
+        .region_replacement_begin(params.disk_id, params.lost_region_id, params.new_region_id)
+        .await
+        .unwrap();
+    // Another replacement of the same region (another saga: another new region; e.g. one a
+    // live Nexus started while the first's saga waited to be adopted) cannot pass the mark; a
+    // repeat of the first can; the other's undo leaves the first's mark alone.
+    let datastore = ctx.nexus().datastore();
+    let other = halyard_common::ids::RegionUuid::new_v4();
+    let err = datastore
+        .region_replacement_begin(params.disk_id, params.lost_region_id, other)
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_code(), "Conflict", "{err:?}");
+    datastore
+        .region_replacement_abandon(params.disk_id, params.lost_region_id, other)
+        .await
+        .unwrap();
+    datastore
+        .region_replacement_begin(params.disk_id, params.lost_region_id, params.new_region_id)
         .await
         .unwrap();
     let err = ctx.nexus().instance_start(instance).await.unwrap_err();
@@ -266,7 +284,7 @@ async fn a_disk_in_use_is_repaired_once_its_instance_stops_and_nothing_moves_it_
     assert_eq!(ctx.view(instance).await.run_state(), InstanceState::Stopped);
     ctx.nexus()
         .datastore()
-        .region_replacement_abandon(params.disk_id, params.lost_region_id)
+        .region_replacement_abandon(params.disk_id, params.lost_region_id, params.new_region_id)
         .await
         .unwrap();
 

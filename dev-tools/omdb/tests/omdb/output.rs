@@ -16,7 +16,6 @@
 //! a copy of unlucky's instance-start whose undo of `vmm` failed (stuck), and a copy of
 //! web's cut off while `vmm` runs, owned by another Nexus (in flight).
 
-use std::collections::BTreeMap;
 use crate::context::{RunOmdb, TestContext, omdb};
 use crate::snapshot::{Redactor, Snapshots};
 use halyard_common::InstanceState;
@@ -24,6 +23,7 @@ use halyard_common::ids::{GenericUuid, InstanceUuid, NexusUuid, SagaUuid};
 use halyard_nexus::app::sagas::instance_start::{Params, SagaInstanceStart};
 use halyard_sled_agent_api::SimFault;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 struct Scenario {
     ctx: TestContext,
@@ -224,7 +224,10 @@ async fn output_of_every_command() {
         .map(|n| {
             (
                 s.redactor.redact(n["id"].as_str().unwrap()),
-                (n["sagas"].as_u64().unwrap(), n["unresumable"].as_u64().unwrap()),
+                (
+                    n["sagas"].as_u64().unwrap(),
+                    n["unresumable"].as_u64().unwrap(),
+                ),
             )
         })
         .collect();

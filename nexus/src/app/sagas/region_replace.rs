@@ -7,7 +7,7 @@
 //!
 //! | node | action | undo |
 //! |---|---|---|
-//! | `begin` | marks the disk as having the lost region replaced (`DataStore::region_replacement_begin`): only a detached disk, or one attached to a stopped instance, and only a region on an expunged sled. Takes the instance's lock then the disk's, as an attach does; while the mark is set, attach, detach, delete and a start of its instance are refused (409), so nothing writes the replicas being copied. `Conflict` otherwise; a repeat finds the mark set | clears the mark (if it is still this saga's) |
+//! | `begin` | marks the disk as having the lost region replaced (`DataStore::region_replacement_begin`): only a detached disk, or one attached to a stopped instance, and only a region on an expunged sled. Takes the instance's lock then the disk's, as an attach does; while the mark is set, attach, detach, delete and a start of its instance are refused (409), so nothing writes the replicas being copied. `Conflict` otherwise; a repeat finds the mark set. The mark names this saga's new region too, so a second replacement of the same lost region (e.g. started by a live Nexus while this saga waited to be adopted from one gone silent) is refused | clears the mark (if it is still this saga's) |
 //! | `allocate` | places the new region (`region_replacement_allocate`: on an in-service sled of the lost region's kind with room, holding none of the disk's regions; race-safe on the sled's `reserved_storage`; its id is in the saga's params, so a repeat finds it). `InsufficientCapacity` (507) when no sled has room. Outputs it | deletes the row and gives its storage back (`region_release`; a repeat finds none) |
 //! | `ensure` | asks its sled agent to make it as a copy of a healthy replica's NBD export (`PUT /regions/{id}` with a `source`; idempotent), and records where it is served. A simulated disk has no data: the region is made empty | deletes it on its sled agent (idempotent; skipped for an expunged sled) |
 //! | `swap` | one transaction: the lost region's row deleted (its storage given back to its sled's count), the mark cleared (`region_replacement_finish`). A repeat finds it done. Outputs the disk | — (last node) |
@@ -59,7 +59,7 @@ async fn begin(ctx: &NexusActionContext) -> Result<(), ActionError> {
     ctx.user_data()
         .nexus
         .datastore()
-        .region_replacement_begin(params.disk_id, params.lost_region_id)
+        .region_replacement_begin(params.disk_id, params.lost_region_id, params.new_region_id)
         .await
         .map_err(action_failed)?;
     Ok(())
@@ -70,7 +70,7 @@ async fn undo_begin(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     ctx.user_data()
         .nexus
         .datastore()
-        .region_replacement_abandon(params.disk_id, params.lost_region_id)
+        .region_replacement_abandon(params.disk_id, params.lost_region_id, params.new_region_id)
         .await?;
     Ok(())
 }
