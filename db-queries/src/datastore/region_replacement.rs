@@ -75,7 +75,7 @@ impl DataStore {
 
     /// Regions on expunged sleds that could be replaced now (one per disk, the oldest): their
     /// disk is live and detached, or attached to an instance with no VMM, no replacement runs
-    /// for it, and an in-service sled of the lost region's kind has room for the copy beside
+    /// for it (none marked, and no unfinished replacement saga names it), and an in-service sled of the lost region's kind has room for the copy beside
     /// the disk's other regions. What the region-replacement task starts sagas for.
     pub async fn regions_to_replace(&self) -> Result<Vec<LostRegion>, Error> {
         let conn = &mut *self.connection().await?;
@@ -94,6 +94,12 @@ impl DataStore {
                          AND i.nexus_state IN ('no_vmm', 'failed'))",
                     ))),
             )
+            // Not while an unfinished replacement saga names the disk, whichever Nexus owns it
+            // (one waiting to be adopted from a Nexus gone silent has not marked it yet).
+            .filter(sql::<diesel::sql_types::Bool>(
+                "NOT EXISTS (SELECT 1 FROM saga s WHERE s.saga_state != 'done' \
+                 AND s.name = 'region-replace' AND strpos(s.dag::TEXT, disk.id::TEXT) > 0)",
+            ))
             // Only where a replacement can go (else each pass would run a saga bound to fail).
             .filter(sql::<diesel::sql_types::Bool>(
                 "EXISTS (SELECT 1 FROM sled c WHERE c.time_expunged IS NULL \
