@@ -223,7 +223,10 @@ async fn output_of_every_command() {
         .iter()
         .map(|n| {
             (
-                s.redactor.redact(n["id"].as_str().unwrap()),
+                s.redactor
+                    .redact(n["id"].as_str().unwrap())
+                    .trim()
+                    .to_string(),
                 (
                     n["sagas"].as_u64().unwrap(),
                     n["unresumable"].as_u64().unwrap(),
@@ -462,6 +465,7 @@ async fn background_tasks_show_what_each_did_last() {
         let json = ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok();
         let tasks: Value = serde_json::from_str(&json).unwrap();
         [
+            "nexus_heartbeat",
             "vmm_retirement",
             "saga_leftover_release",
             "region_replacement",
@@ -476,8 +480,9 @@ async fn background_tasks_show_what_each_did_last() {
     .await;
     let tasks: Value =
         serde_json::from_str(&ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok()).unwrap();
-    assert_eq!(tasks.as_array().unwrap().len(), 3, "{tasks:?}");
+    assert_eq!(tasks.as_array().unwrap().len(), 4, "{tasks:?}");
     for (name, outcome) in [
+        ("nexus_heartbeat", "heartbeat written; adopted 0 saga(s)"),
         ("vmm_retirement", "nothing to retire"),
         ("saga_leftover_release", "nothing left over"),
         ("region_replacement", "no region replaced"),
