@@ -162,12 +162,28 @@ impl Nexus {
         let mut resumed = 0;
         for saga in sagas {
             let id = saga.id();
-            match self.resume_saga(&saga).await {
+            // A transient error (the database out of reach) is tried again a few times; one
+            // that outlasts them leaves the saga unmarked, to be resumed at the next start.
+            let mut result = self.resume_saga(&saga).await;
+            for _ in 0..RESUME_RETRIES {
+                match &result {
+                    Err(e) if e.is_retryable() => {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        result = self.resume_saga(&saga).await;
+                    }
+                    _ => break,
+                }
+            }
+            match result {
                 Ok(()) => {
                     resumed += 1;
                     if saga.resume_failure.is_some() {
                         let _ = self.datastore.saga_set_resume_failure(id, None).await;
                     }
+                }
+                Err(e) if e.is_retryable() => {
+                    error!(self.log, "cannot resume saga now (the next start tries again)";
+                        "saga_id" => %id, "saga_name" => &saga.name, "error" => %e);
                 }
                 Err(e) => {
                     error!(self.log, "cannot resume saga; marked unresumable";
@@ -269,6 +285,9 @@ impl Nexus {
             .collect()
     }
 }
+
+/// How many more times a saga whose resume met a transient error is tried, a second apart.
+const RESUME_RETRIES: usize = 5;
 
 fn saga_uuid(id: SagaId) -> SagaUuid {
     SagaUuid::from_untyped_uuid(id.into_untyped_uuid())
