@@ -211,6 +211,12 @@ where
     crate::authn::act_as(super::saga_actor(ctx), work).await
 }
 
+/// The saga an action runs in.
+fn saga_uuid(ctx: &NexusActionContext) -> halyard_common::ids::SagaUuid {
+    use halyard_common::ids::GenericUuid;
+    halyard_common::ids::SagaUuid::from_untyped_uuid(ctx.user_data().saga_id.into_untyped_uuid())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,10 +304,4 @@ mod tests {
         )));
         assert!(!undo_error_is_transient(&anyhow::anyhow!("error injected")));
     }
-}
-
-/// The saga an action runs in.
-fn saga_uuid(ctx: &NexusActionContext) -> halyard_common::ids::SagaUuid {
-    use halyard_common::ids::GenericUuid;
-    halyard_common::ids::SagaUuid::from_untyped_uuid(ctx.user_data().saga_id.into_untyped_uuid())
 }
