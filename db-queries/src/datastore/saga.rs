@@ -50,7 +50,7 @@ impl DataStore {
         &self,
         events: &[&SagaNodeEvent],
     ) -> Result<EventsWritten, Error> {
-        use diesel::sql_types::{Array, Int8, Jsonb, Nullable, Text, Timestamptz, Uuid};
+        use diesel::sql_types::{Array, Int8, Nullable, Text, Timestamptz, Uuid};
         if events.is_empty() {
             return Ok(EventsWritten::default());
         }
@@ -59,9 +59,9 @@ impl DataStore {
         let written = diesel::sql_query(
             "INSERT INTO saga_node_event \
                (saga_id, node_id, event_type, data, event_time, creator, adopt_generation) \
-             SELECT e.saga_id, e.node_id, e.event_type, e.data, e.event_time, e.creator, \
+             SELECT e.saga_id, e.node_id, e.event_type, e.data::JSONB, e.event_time, e.creator, \
                     e.adopt_generation \
-             FROM unnest($1::UUID[], $2::INT8[], $3::TEXT[], $4::JSONB[], $5::TIMESTAMPTZ[], \
+             FROM unnest($1::UUID[], $2::INT8[], $3::TEXT[], $4::TEXT[], $5::TIMESTAMPTZ[], \
                          $6::UUID[], $7::INT8[]) \
                AS e (saga_id, node_id, event_type, data, event_time, creator, adopt_generation) \
              JOIN saga s ON s.id = e.saga_id AND s.current_sec = e.creator \
@@ -72,7 +72,13 @@ impl DataStore {
         .bind::<Array<Uuid>, _>(events.iter().map(|e| e.saga_id).collect::<Vec<_>>())
         .bind::<Array<Int8>, _>(events.iter().map(|e| e.node_id).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(events.iter().map(|e| &e.event_type).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Jsonb>>, _>(events.iter().map(|e| &e.data).collect::<Vec<_>>())
+        // As text, cast in the statement: CockroachDB has no arrays of JSONB.
+        .bind::<Array<Nullable<Text>>, _>(
+            events
+                .iter()
+                .map(|e| e.data.as_ref().map(serde_json::Value::to_string))
+                .collect::<Vec<_>>(),
+        )
         .bind::<Array<Timestamptz>, _>(events.iter().map(|e| e.event_time).collect::<Vec<_>>())
         .bind::<Array<Uuid>, _>(events.iter().map(|e| e.creator).collect::<Vec<_>>())
         .bind::<Array<Int8>, _>(

@@ -432,8 +432,11 @@ impl ModelSystem {
 const STALL: &str = "model_saga_log_stall";
 
 /// How many statements recording saga events sleep in the stall.
+/// (The saga log's writers insert with one statement starting `INSERT INTO saga_node_event`;
+/// matching it by text is what this test can do. A sleeping statement that is not ended holds
+/// the saga rows it read `FOR SHARE`, which would hold up the next Nexus's takeover.)
 const STALLED: &str = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
-                       AND query LIKE 'INSERT INTO \"saga_node_event\"%'";
+                       AND query LIKE 'INSERT INTO saga_node_event%'";
 
 /// The saga log stalled (see [`ModelSystem::stall_saga_log`]) until this is dropped.
 pub struct SagaLogStall {
