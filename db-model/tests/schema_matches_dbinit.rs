@@ -102,6 +102,7 @@ fn diesel_view() -> ColumnMap {
         region,
         snapshot,
         region_snapshot,
+        nexus,
     );
     map
 }
