@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Fails the case with a message unless `$cond` holds.
 macro_rules! check {
@@ -308,13 +308,24 @@ impl Cluster {
     /// Waits until nothing is in flight (no unfinished saga, no live VMM mid-transition or
     /// waiting to be retired), then checks every invariant, once.
     async fn quiet_and_consistent(&self) -> Result<(), String> {
+        self.quiet_for_and_consistent(Duration::ZERO).await
+    }
+
+    /// As `quiet_and_consistent`, but the quiet must last `settle` first: a background task
+    /// that starts a saga of its own once the last one ended (region replacement, every
+    /// 200 ms, for a disk still degraded after an unwind) would otherwise start it between
+    /// the quiet moment and the invariant check.
+    async fn quiet_for_and_consistent(&self, settle: Duration) -> Result<(), String> {
         let unsettled =
             "SELECT count(*) FROM vmm WHERE time_deleted IS NULL AND state != 'running'";
         let mut quiet = false;
+        let mut quiet_since = None;
         for _ in 0..1500 {
             quiet = self.sql("SELECT count(*) FROM saga WHERE saga_state != 'done'") == "0"
                 && self.sql(unsettled) == "0";
-            if quiet {
+            if !quiet {
+                quiet_since = None;
+            } else if quiet_since.get_or_insert_with(Instant::now).elapsed() >= settle {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1048,7 +1059,14 @@ async fn check_recovery(
     sled_before: &str,
 ) -> Result<Outcome, String> {
     let name = &case.instance;
-    cluster.quiet_and_consistent().await?;
+    // After a replacement unwound, the recovering Nexus's task starts a new one for the
+    // still-degraded disk; wait for that one too.
+    let settle = if case.saga.name == region_replace::SagaRegionReplace::NAME {
+        Duration::from_secs(1)
+    } else {
+        Duration::ZERO
+    };
+    cluster.quiet_for_and_consistent(settle).await?;
     let log = cluster.saga_log(saga_id);
     let has = |event: String| log.contains(&event);
     let start_node = case.saga.start_node();
