@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS sled (
     usable_storage INT8 NOT NULL DEFAULT 0 CHECK (usable_storage >= 0),
     reserved_storage INT8 NOT NULL DEFAULT 0
         CHECK (reserved_storage >= 0 AND reserved_storage <= usable_storage),
+    -- When the instance watcher declared this sled's VMMs failed because its agent stayed
+    -- silent past the bound; NULL otherwise. While set, placement never picks the sled: when
+    -- its agent answers again, Nexus first has it destroy those VMMs, then clears it.
+    time_vmms_failed TIMESTAMPTZ,
     CONSTRAINT reservations_within_capacity CHECK (
         reserved_hardware_threads <= usable_hardware_threads
         AND reserved_physical_ram <= usable_physical_ram
@@ -96,6 +100,11 @@ CREATE TABLE IF NOT EXISTS instance (
     time_state_updated TIMESTAMPTZ NOT NULL,
     -- The disk the instance boots from, one of its attached disks; NULL: none.
     boot_disk_id UUID,
+    -- The auto-restart policy its owner set; NULL: the control plane's default (best effort).
+    auto_restart_policy TEXT CHECK (auto_restart_policy IN ('never', 'best_effort')),
+    -- When the control plane last restarted it on its own after it failed (the cooldown
+    -- counts from then); NULL: never.
+    time_last_auto_restarted TIMESTAMPTZ,
 
     -- Nexus says "vmm" exactly when there is an active VMM.
     CONSTRAINT vmm_state_iff_active_vmm CHECK (
@@ -429,5 +438,5 @@ CREATE TABLE IF NOT EXISTS region_snapshot (
 CREATE INDEX IF NOT EXISTS region_snapshot_by_sled ON region_snapshot (sled_id);
 
 INSERT INTO db_metadata (singleton, version, time_created, time_modified)
-    VALUES (TRUE, '1.8.0', now(), now())
+    VALUES (TRUE, '1.9.0', now(), now())
     ON CONFLICT (singleton) DO NOTHING;

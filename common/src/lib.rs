@@ -24,6 +24,7 @@ pub use generation::{Generation, GenerationError};
 pub use labelled::{Labelled, UnknownLabel};
 pub use name::{Name, NameError, NameOrId};
 pub use states::{
-    DiskState, InstanceNexusState, InstanceState, MigrationState, SledBackend, SnapshotState,
+    AutoRestartPolicy, DiskState, InstanceNexusState, InstanceState, MigrationState, SledBackend,
+    SnapshotState,
     VmmState,
 };

@@ -39,6 +39,18 @@ labelled_enum! {
 }
 
 labelled_enum! {
+    /// Whether the control plane restarts an instance on its own after it failed (Oxide's
+    /// `InstanceAutoRestartPolicy`). An instance with none set gets the default, best effort.
+    pub enum AutoRestartPolicy {
+        /// Never: a failed instance stays failed until someone starts it.
+        Never => "never",
+        /// A failed instance is started again (elsewhere if its sled is gone), at most once per
+        /// cooldown.
+        BestEffort => "best_effort",
+    }
+}
+
+labelled_enum! {
     /// The state of one VMM, as its sled agent reports it (plus `SagaUnwound`, which only Nexus
     /// writes when a start or migrate saga gives the VMM up).
     pub enum VmmState {

@@ -6,7 +6,7 @@ use halyard_common::ids::{
     DiskKind, DiskUuid, InstanceKind, InstanceUuid, MigrationKind, MigrationUuid, ProjectKind,
     ProjectUuid, VmmKind, VmmUuid,
 };
-use halyard_common::{ByteCount, Generation, InstanceNexusState, Name};
+use halyard_common::{AutoRestartPolicy, ByteCount, Generation, InstanceNexusState, Name};
 use serde::{Deserialize, Serialize};
 
 /// An instance: the virtual machine a user asked for, apart from any VMM that runs it.
@@ -33,6 +33,12 @@ pub struct Instance {
     /// before the column existed reads back as none.)
     #[serde(default)]
     pub boot_disk_id: Option<DbTypedUuid<DiskKind>>,
+    /// The auto-restart policy its owner set; `None`: the default (best effort).
+    #[serde(default)]
+    pub auto_restart_policy: Option<DbEnum<AutoRestartPolicy>>,
+    /// When the control plane last restarted it on its own after it failed.
+    #[serde(default)]
+    pub time_last_auto_restarted: Option<DateTime<Utc>>,
 }
 
 /// What a new instance is made of. The datastore validates it before inserting.
@@ -47,6 +53,8 @@ pub struct NewInstanceParams {
     pub hostname: String,
     /// The disk it will boot from (attached by the instance's create saga).
     pub boot_disk_id: Option<DiskUuid>,
+    /// The auto-restart policy asked for; `None`: the default.
+    pub auto_restart_policy: Option<AutoRestartPolicy>,
 }
 
 /// The fields of an instance that change as it runs, all protected by `state_generation`:
@@ -88,6 +96,8 @@ impl Instance {
                 time_state_updated: now,
             },
             boot_disk_id: params.boot_disk_id.map(DbTypedUuid),
+            auto_restart_policy: params.auto_restart_policy.map(DbEnum),
+            time_last_auto_restarted: None,
         }
     }
 

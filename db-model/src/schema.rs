@@ -37,6 +37,7 @@ diesel::table! {
         time_expunged -> Nullable<Timestamptz>,
         usable_storage -> Int8,
         reserved_storage -> Int8,
+        time_vmms_failed -> Nullable<Timestamptz>,
     }
 }
 
@@ -70,6 +71,8 @@ diesel::table! {
         state_generation -> Int8,
         time_state_updated -> Timestamptz,
         boot_disk_id -> Nullable<Uuid>,
+        auto_restart_policy -> Nullable<Text>,
+        time_last_auto_restarted -> Nullable<Timestamptz>,
     }
 }
 

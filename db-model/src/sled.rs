@@ -30,6 +30,9 @@ pub struct Sled {
     pub usable_storage: DbByteCount,
     /// The running total of its regions' sizes.
     pub reserved_storage: DbByteCount,
+    /// When the instance watcher failed this sled's VMMs for its agent's silence; `None`
+    /// otherwise. Placement skips the sled while set (see `Nexus::watch_sleds`).
+    pub time_vmms_failed: Option<DateTime<Utc>>,
 }
 
 /// An amount of a sled's resources: what a sled offers, or what one VMM needs.
@@ -63,6 +66,7 @@ impl Sled {
             time_expunged: None,
             usable_storage: ByteCount::try_from(0u64).expect("zero fits").into(),
             reserved_storage: ByteCount::try_from(0u64).expect("zero fits").into(),
+            time_vmms_failed: None,
         }
     }
 

@@ -13,6 +13,10 @@ use std::path::Path;
 /// retirement_interval_ms = 5000                  # optional
 /// heartbeat_interval_ms = 1000                   # optional: how often it says it is alive
 /// nexus_gone_after_ms = 10000                    # optional: silence before its sagas move
+/// instance_watcher_interval_ms = 1000            # optional: how often sled agents are asked
+/// instance_reincarnation_interval_ms = 1000      # optional: how often failed ones restart
+/// sled_unresponsive_after_ms = 20000             # optional: silence before a sled's VMMs fail
+/// auto_restart_cooldown_ms = 3600000             # optional: between two automatic restarts
 ///
 /// [tls]                                          # mutual TLS on the internal API
 /// ca_cert = ".halyard-dev/pki/ca.pem"
@@ -35,6 +39,19 @@ pub struct Config {
     /// How long a Nexus may go without a heartbeat before another adopts its sagas.
     #[serde(default = "default_nexus_gone_after_ms")]
     pub nexus_gone_after_ms: u64,
+    /// How often the instance watcher asks every sled agent for its VMMs.
+    #[serde(default = "default_instance_watcher_interval_ms")]
+    pub instance_watcher_interval_ms: u64,
+    /// How often the reincarnation task looks for failed instances to restart.
+    #[serde(default = "default_instance_watcher_interval_ms")]
+    pub instance_reincarnation_interval_ms: u64,
+    /// How long a sled agent may go unheard before its VMMs are declared failed.
+    #[serde(default = "default_sled_unresponsive_after_ms")]
+    pub sled_unresponsive_after_ms: u64,
+    /// How long after an automatic restart an instance that fails again waits before the
+    /// next (Oxide's cooldown: one hour).
+    #[serde(default = "default_auto_restart_cooldown_ms")]
+    pub auto_restart_cooldown_ms: u64,
     /// Nexus's certificate (it serves the internal API with it and presents it to sled
     /// agents) and the deployment's CA (the only issuer of callers it accepts).
     pub tls: halyard_tls::TlsFiles,
@@ -50,6 +67,18 @@ fn default_heartbeat_interval_ms() -> u64 {
 
 fn default_nexus_gone_after_ms() -> u64 {
     10_000
+}
+
+fn default_instance_watcher_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_sled_unresponsive_after_ms() -> u64 {
+    20_000
+}
+
+fn default_auto_restart_cooldown_ms() -> u64 {
+    3_600_000
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use dropshot::{
     HttpResponseOk, HttpResponseUpdatedNoContent, PaginationOrder as DropshotOrder, Path, Query,
     RequestContext, ResultsPage, TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
-use halyard_common::Error;
+use halyard_common::{AutoRestartPolicy, Error};
 use halyard_common::ids::{GenericUuid, UserUuid};
 use halyard_db_queries::DeviceTokenPoll;
 use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
@@ -23,7 +23,7 @@ use halyard_nexus_external_api::pagination::{
 use halyard_nexus_external_api::params::{
     DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
     InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
-    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
+    InstanceSerialConsoleStreamRequest, InstanceUpdate, OptionalProjectSelector, ProjectCreate, ProjectPath,
     ProjectSelector, SnapshotCreate, SnapshotPath,
 };
 use halyard_nexus_external_api::views::{
@@ -68,11 +68,20 @@ fn project_view(project: halyard_db_model::Project) -> Project {
     }
 }
 
-fn instance_view(view: InstanceAndVmm) -> Instance {
+/// The API's view of an instance; `cooldown` is the auto-restart cooldown Nexus applies.
+fn instance_view(view: InstanceAndVmm, cooldown: std::time::Duration) -> Instance {
     let run_state = view.run_state();
     let time_run_state_updated = view.time_run_state_updated();
     let instance = view.instance;
     let boot_disk_id = instance.boot_disk();
+    let auto_restart_policy = instance
+        .auto_restart_policy
+        .map_or(AutoRestartPolicy::BestEffort, |policy| policy.0);
+    // Oxide's rule: shown only while it is still ahead.
+    let auto_restart_cooldown_expiration = instance
+        .time_last_auto_restarted
+        .and_then(|last| chrono::Duration::from_std(cooldown).ok().map(|c| last + c))
+        .filter(|expiration| *expiration > chrono::Utc::now());
     Instance {
         id: instance.id(),
         name: instance.name().clone(),
@@ -85,10 +94,10 @@ fn instance_view(view: InstanceAndVmm) -> Instance {
         time_created: instance.time_created,
         time_modified: instance.time_modified,
         description: instance.description,
-        auto_restart_enabled: false,
-        auto_restart_policy: None,
-        auto_restart_cooldown_expiration: None,
-        time_last_auto_restarted: None,
+        auto_restart_enabled: auto_restart_policy == AutoRestartPolicy::BestEffort,
+        auto_restart_policy: instance.auto_restart_policy.map(|policy| policy.0.into()),
+        auto_restart_cooldown_expiration,
+        time_last_auto_restarted: instance.time_last_auto_restarted,
         boot_disk_id: boot_disk_id.map(|id| id.into_untyped_uuid()),
         cpu_platform: None,
         enable_jumbo_frames: false,
@@ -567,7 +576,7 @@ impl NexusExternalApi for NexusExternalImpl {
                     &page,
                 )
                 .await?;
-            let views = instances.into_iter().map(instance_view).collect();
+            let views = instances.into_iter().map(|view| instance_view(view, nexus.auto_restart_cooldown())).collect();
             Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
         })
         .await
@@ -590,7 +599,7 @@ impl NexusExternalApi for NexusExternalImpl {
                 rqctx.context().instance_create(&project, body.into_inner()),
             )
             .await?;
-            Ok(HttpResponseCreated(instance_view(created)))
+            Ok(HttpResponseCreated(instance_view(created, rqctx.context().auto_restart_cooldown())))
         })
         .await
     }
@@ -604,7 +613,27 @@ impl NexusExternalApi for NexusExternalImpl {
         external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, &opctx, query, path, Action::Read).await?;
-            Ok(HttpResponseOk(instance_view(instance)))
+            Ok(HttpResponseOk(instance_view(instance, nexus.auto_restart_cooldown())))
+        })
+        .await
+    }
+
+    async fn instance_update(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+        body: TypedBody<InstanceUpdate>,
+    ) -> Result<HttpResponseOk<Instance>, HttpError> {
+        let rqctx = &rqctx;
+        let update = body.into_inner();
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
+            let updated = nexus.instance_update_found(instance, update).await?;
+            Ok(HttpResponseOk(instance_view(
+                updated,
+                nexus.auto_restart_cooldown(),
+            )))
         })
         .await
     }
@@ -637,8 +666,7 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(rqctx, nexus.instance_start_found(instance)).await?,
-            )))
+                for_request(rqctx, nexus.instance_start_found(instance)).await?, nexus.auto_restart_cooldown())))
         })
         .await
     }
@@ -653,8 +681,7 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(rqctx, nexus.instance_stop_found(instance)).await?,
-            )))
+                for_request(rqctx, nexus.instance_stop_found(instance)).await?, nexus.auto_restart_cooldown())))
         })
         .await
     }
@@ -669,8 +696,7 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(rqctx, nexus.instance_reboot_found(instance)).await?,
-            )))
+                for_request(rqctx, nexus.instance_reboot_found(instance)).await?, nexus.auto_restart_cooldown())))
         })
         .await
     }
@@ -757,8 +783,7 @@ impl NexusExternalApi for NexusExternalImpl {
             nexus.fleet_authorize(&opctx, Action::Modify).await?;
             let destination = body.into_inner().dst_sled_id;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(rqctx, nexus.instance_migrate_found(instance, destination)).await?,
-            )))
+                for_request(rqctx, nexus.instance_migrate_found(instance, destination)).await?, nexus.auto_restart_cooldown())))
         })
         .await
     }

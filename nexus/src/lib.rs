@@ -56,6 +56,8 @@ impl Server {
             .context("building the sled agents' HTTP client")?;
         let nexus = Nexus::new(config.id, datastore, sled_http, log);
         nexus.set_nexus_gone_after(Duration::from_millis(config.nexus_gone_after_ms));
+        nexus.set_sled_unresponsive_after(Duration::from_millis(config.sled_unresponsive_after_ms));
+        nexus.set_auto_restart_cooldown(Duration::from_millis(config.auto_restart_cooldown_ms));
         nexus
             .register()
             .await
@@ -124,12 +126,25 @@ impl Server {
             nexus.spawn_leftover_task(Duration::from_millis(config.retirement_interval_ms));
         let region_replacement = nexus
             .spawn_region_replacement_task(Duration::from_millis(config.retirement_interval_ms));
+        let instance_watcher = nexus.spawn_instance_watcher_task(Duration::from_millis(
+            config.instance_watcher_interval_ms,
+        ));
+        let reincarnation = nexus.spawn_instance_reincarnation_task(Duration::from_millis(
+            config.instance_reincarnation_interval_ms,
+        ));
         Ok(Server {
             nexus,
             internal,
             internal_front,
             external,
-            background: vec![heartbeat, retirement, leftovers, region_replacement],
+            background: vec![
+                heartbeat,
+                retirement,
+                leftovers,
+                region_replacement,
+                instance_watcher,
+                reincarnation,
+            ],
         })
     }
 

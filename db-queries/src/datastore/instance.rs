@@ -11,10 +11,10 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{GenericUuid, InstanceUuid, ProjectUuid};
-use halyard_common::{Error, InstanceNexusState, Name, ResourceType};
+use halyard_common::{AutoRestartPolicy, Error, InstanceNexusState, Name, ResourceType};
 use halyard_db_model::schema::instance;
 use halyard_db_model::{
-    DbEnum, DbName, DbTypedUuid, Instance, InstanceRuntimeState, NewInstanceParams,
+    DbByteCount, DbEnum, DbName, DbTypedUuid, Instance, InstanceRuntimeState, NewInstanceParams,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -99,6 +99,94 @@ impl DataStore {
             .optional()
             .map_err(public_error_from_diesel)?
             .ok_or_else(|| Error::not_found_by_name(ResourceType::Instance, name))
+    }
+
+    /// Changes what may change of a live instance after creation: its size (`ncpus`,
+    /// `memory`) and its auto-restart policy (`None`: the default). A new size takes effect
+    /// at its next start, so it is refused (`Conflict`) while a VMM runs it; the same size is
+    /// always accepted. Returns the updated record.
+    pub async fn instance_reconfigure(
+        &self,
+        id: InstanceUuid,
+        ncpus: u16,
+        memory: halyard_common::ByteCount,
+        auto_restart_policy: Option<AutoRestartPolicy>,
+    ) -> Result<Instance, Error> {
+        let current = self.instance_fetch(id).await?;
+        validate_instance_shape(ncpus, memory, &current.description, &current.hostname)?;
+        let conn = &mut *self.connection().await?;
+        let same_size = instance::ncpus
+            .eq(i64::from(ncpus))
+            .and(instance::memory.eq(DbByteCount(memory)));
+        let updated: Option<Instance> = diesel::update(instance::table)
+            .filter(instance::id.eq(DbTypedUuid(id)))
+            .filter(instance::time_deleted.is_null())
+            .filter(
+                instance::nexus_state
+                    .ne(DbEnum(InstanceNexusState::Vmm))
+                    .or(same_size),
+            )
+            .set((
+                instance::ncpus.eq(i64::from(ncpus)),
+                instance::memory.eq(DbByteCount(memory)),
+                instance::auto_restart_policy.eq(auto_restart_policy.map(DbEnum)),
+                instance::time_modified.eq(Utc::now()),
+            ))
+            .returning(Instance::as_returning())
+            .get_result(conn)
+            .await
+            .optional()
+            .map_err(public_error_from_diesel)?;
+        match updated {
+            Some(instance) => Ok(instance),
+            None => {
+                let now = live_instance(conn, id).await?;
+                Err(Error::conflict(format!(
+                    "instance \"{}\" is running: stop it before changing its size ({} vCPUs, \
+                     {} now)",
+                    now.name(),
+                    now.ncpus,
+                    now.memory.0
+                )))
+            }
+        }
+    }
+
+    /// Failed instances the control plane may restart on its own now: live, failed (their
+    /// last VMM failed), whose auto-restart policy is best effort (set, or by default), and
+    /// not restarted automatically within `cooldown` (by the database's clock).
+    pub async fn instance_list_to_reincarnate(
+        &self,
+        cooldown: std::time::Duration,
+    ) -> Result<Vec<Instance>, Error> {
+        let conn = &mut *self.connection().await?;
+        reincarnation_candidates(cooldown)
+            .order((instance::time_state_updated.asc(), instance::id.asc()))
+            .select(Instance::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// Claims instance `id` for an automatic restart: records the restart's time if it is
+    /// still a candidate (see `instance_list_to_reincarnate`). Returns whether this caller
+    /// won it: of several Nexus that found it, exactly one does, and the cooldown starts.
+    pub async fn instance_claim_reincarnation(
+        &self,
+        id: InstanceUuid,
+        cooldown: std::time::Duration,
+    ) -> Result<bool, Error> {
+        let conn = &mut *self.connection().await?;
+        let claimed = diesel::update(instance::table)
+            .filter(instance::id.eq_any(reincarnation_candidates(cooldown).select(instance::id)))
+            .filter(instance::id.eq(DbTypedUuid(id)))
+            .set(instance::time_last_auto_restarted.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+            >("now()")))
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(claimed == 1)
     }
 
     /// Every instance in every project, oldest first; deleted ones too if `include_deleted`.
@@ -256,6 +344,32 @@ pub(crate) fn instance_not_found(id: InstanceUuid) -> Error {
 /// a row may hold); Nexus checks the same of a request, through [`validate_instance_shape`],
 /// before it records the saga that inserts the instance, so a bad request leaves no saga
 /// behind.
+/// Live failed instances whose policy allows an automatic restart and whose cooldown is over.
+fn reincarnation_candidates(
+    cooldown: std::time::Duration,
+) -> instance::BoxedQuery<'static, diesel::pg::Pg> {
+    let micros = i64::try_from(cooldown.as_micros()).unwrap_or(i64::MAX);
+    let cooled_down_since = diesel::dsl::sql::<
+        diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+    >(&format!(
+        "now() - {micros} * INTERVAL '1 microsecond'"
+    ));
+    instance::table
+        .filter(instance::time_deleted.is_null())
+        .filter(instance::nexus_state.eq(DbEnum(InstanceNexusState::Failed)))
+        .filter(
+            instance::auto_restart_policy
+                .is_null()
+                .or(instance::auto_restart_policy.eq(DbEnum(AutoRestartPolicy::BestEffort))),
+        )
+        .filter(
+            instance::time_last_auto_restarted
+                .is_null()
+                .or(instance::time_last_auto_restarted.lt(cooled_down_since)),
+        )
+        .into_boxed()
+}
+
 pub fn validate_new_instance(params: &NewInstanceParams) -> Result<(), Error> {
     validate_instance_shape(
         params.ncpus,

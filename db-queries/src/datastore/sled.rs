@@ -12,12 +12,16 @@
 //! claim's `UPDATE` requires `time_expunged IS NULL`, and since expunging writes the same row,
 //! a reservation and an expunge are ordered by the database too: a reservation either
 //! committed before the expunge (and the expunge's sweep sees it) or finds the sled expunged.
+//!
+//! Nor is a sled whose VMMs the instance watcher failed for its silence (`time_vmms_failed`
+//! set), until its agent answered and destroyed them (`sled_clear_vmms_failed`): the same
+//! claim requires `time_vmms_failed IS NULL`, and the mark is written to the same row.
 
 use super::DataStore;
 use crate::cached::CacheByText;
 use crate::error::{TxnError, public_error_from_diesel};
 use crate::pagination::{DataPageParams, paginate};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -25,9 +29,21 @@ use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{GenericUuid, InstanceUuid, SledKind, SledUuid, VmmUuid};
 use halyard_common::{ByteCount, Error, Labelled, ResourceType};
-use halyard_db_model::schema::{sled, sled_reservation};
+use halyard_db_model::schema::{sled, sled_reservation, vmm};
 use halyard_db_model::{DbByteCount, DbTypedUuid, Sled, SledReservation, SledResources};
+use std::time::Duration;
 use uuid::Uuid;
+
+/// `now() - bound`, by the database's clock (as a Nexus heartbeat's age is judged): a sled
+/// last seen before it is silent.
+fn silent_since(
+    bound: Duration,
+) -> diesel::expression::SqlLiteral<diesel::sql_types::Timestamptz> {
+    let micros = i64::try_from(bound.as_micros()).unwrap_or(i64::MAX);
+    diesel::dsl::sql::<diesel::sql_types::Timestamptz>(&format!(
+        "now() - {micros} * INTERVAL '1 microsecond'"
+    ))
+}
 
 /// How many times placement picks another sled after losing a race for the one it picked.
 const MAX_PLACEMENT_ATTEMPTS: u32 = 16;
@@ -142,6 +158,99 @@ impl DataStore {
             Some(sled) => Ok(sled),
             None => sled_fetch(conn, id).await.map_err(TxnError::into_public),
         }
+    }
+
+    /// Records that sled `id`'s agent answered just now (the instance watcher's probe), as a
+    /// registration does. An expunged sled's row is left alone.
+    pub async fn sled_mark_seen(&self, id: SledUuid) -> Result<(), Error> {
+        let conn = &mut *self.connection().await?;
+        diesel::update(sled::table)
+            .filter(sled::id.eq(DbTypedUuid(id)))
+            .filter(sled::time_expunged.is_null())
+            .set(sled::time_last_seen.eq(diesel::dsl::now))
+            .cached_by_text()
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(())
+    }
+
+    /// In-service sleds not heard from (registration or probe) for `bound`, by the
+    /// database's clock.
+    pub async fn sled_list_silent(&self, bound: Duration) -> Result<Vec<Sled>, Error> {
+        let conn = &mut *self.connection().await?;
+        sled::table
+            .filter(sled::time_expunged.is_null())
+            .filter(sled::time_last_seen.lt(silent_since(bound)))
+            .order(sled::id)
+            .select(Sled::as_select())
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)
+    }
+
+    /// Marks sled `id`'s VMMs as failed for its silence, if it is still in service and
+    /// silent for `bound`: placement skips it from then on. Returns the mark (an earlier one
+    /// is kept), or `None` when the sled answered meanwhile (or is expunged): then nothing
+    /// may be failed.
+    pub async fn sled_mark_vmms_failed(
+        &self,
+        id: SledUuid,
+        bound: Duration,
+    ) -> Result<Option<DateTime<Utc>>, Error> {
+        let conn = &mut *self.connection().await?;
+        diesel::update(sled::table)
+            .filter(sled::id.eq(DbTypedUuid(id)))
+            .filter(sled::time_expunged.is_null())
+            .filter(sled::time_last_seen.lt(silent_since(bound)))
+            .set(sled::time_vmms_failed.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+            >("coalesce(time_vmms_failed, now())")))
+            .returning(sled::time_vmms_failed)
+            .get_result::<Option<DateTime<Utc>>>(conn)
+            .await
+            .optional()
+            .map(Option::flatten)
+            .map_err(public_error_from_diesel)
+    }
+
+    /// Whether the sweep that followed sled `id`'s failed-VMMs mark `mark` is done: no VMM
+    /// made on the sled before the mark is still live.
+    pub async fn sled_vmms_failed_swept(
+        &self,
+        id: SledUuid,
+        mark: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let conn = &mut *self.connection().await?;
+        diesel::select(diesel::dsl::not(diesel::dsl::exists(
+            vmm::table
+                .filter(vmm::sled_id.eq(DbTypedUuid(id)))
+                .filter(vmm::time_deleted.is_null())
+                .filter(vmm::time_created.lt(mark)),
+        )))
+        .get_result(conn)
+        .await
+        .map_err(public_error_from_diesel)
+    }
+
+    /// Clears sled `id`'s failed-VMMs mark if it is still `mark` (a newer one is kept).
+    /// Returns whether it did. The caller has seen the sweep done
+    /// (`sled_vmms_failed_swept`) and then had the sled agent destroy every VMM the database
+    /// retired.
+    pub async fn sled_clear_vmms_failed(
+        &self,
+        id: SledUuid,
+        mark: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let conn = &mut *self.connection().await?;
+        let cleared = diesel::update(sled::table)
+            .filter(sled::id.eq(DbTypedUuid(id)))
+            .filter(sled::time_vmms_failed.eq(mark))
+            .set(sled::time_vmms_failed.eq(None::<DateTime<Utc>>))
+            .execute(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(cleared == 1)
     }
 
     pub async fn sled_fetch(&self, id: SledUuid) -> Result<Sled, Error> {
@@ -288,6 +397,7 @@ async fn reserve_once(
     let claim = diesel::update(sled::table)
         .filter(has_room)
         .filter(sled::time_expunged.is_null())
+        .filter(sled::time_vmms_failed.is_null())
         .set((
             sled::reserved_hardware_threads.eq(sled::reserved_hardware_threads + threads),
             sled::reserved_physical_ram.eq(sled::reserved_physical_ram + ram),
@@ -361,6 +471,7 @@ fn candidates_with_room(choice: SledChoice, resources: SledResources) -> Candida
         .into_boxed()
         .filter(candidate.field(sled::id).ne(DbTypedUuid(choice.excluded())))
         .filter(candidate.field(sled::time_expunged).is_null())
+        .filter(candidate.field(sled::time_vmms_failed).is_null())
         .filter(
             (candidate.field(sled::usable_hardware_threads)
                 - candidate.field(sled::reserved_hardware_threads))
@@ -413,6 +524,12 @@ async fn no_room(
             Err(e) => AttemptFailed::Final(e),
             Ok(found) if found.is_expunged() => {
                 AttemptFailed::Final(TxnError::Public(expunged_error(&found)))
+            }
+            Ok(found) if found.time_vmms_failed.is_some() => {
+                AttemptFailed::Final(TxnError::Public(Error::unavailable(format!(
+                    "sled {sled_id} stopped answering and its VMMs were declared failed; \
+                     nothing is placed on it until its agent answers again and destroys them"
+                ))))
             }
             Ok(found) => {
                 let free_threads = found.usable_hardware_threads - found.reserved_hardware_threads;

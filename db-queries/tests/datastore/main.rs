@@ -120,6 +120,7 @@ pub fn instance_params(project: &Project, name: &str) -> NewInstanceParams {
         memory: ByteCount::from_gibibytes_u32(1),
         hostname: name.to_string(),
         boot_disk_id: None,
+        auto_restart_policy: None,
     }
 }
 

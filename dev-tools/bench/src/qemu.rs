@@ -41,6 +41,11 @@ pub async fn run(args: QemuArgs) -> anyhow::Result<()> {
             retirement_interval_ms: 1000,
             heartbeat_interval_ms: 1_000,
             nexus_gone_after_ms: 10_000,
+            instance_watcher_interval_ms: 1_000,
+            // Off (an hour): the benchmark measures the lifecycles it drives, nothing else.
+            instance_reincarnation_interval_ms: 3_600_000,
+            sled_unresponsive_after_ms: 20_000,
+            auto_restart_cooldown_ms: 3_600_000,
             // The benchmark's own throwaway CA (mutual TLS, as in production).
             tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Nexus)?,
         },

@@ -121,6 +121,10 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         retirement_interval_ms: 5_000,
         heartbeat_interval_ms: 1_000,
         nexus_gone_after_ms: 10_000,
+        instance_watcher_interval_ms: 1_000,
+        instance_reincarnation_interval_ms: 1_000,
+        sled_unresponsive_after_ms: 20_000,
+        auto_restart_cooldown_ms: 3_600_000,
         tls: pki.files(halyard_tls::Role::Nexus)?,
     };
     let nexus = halyard_nexus::Server::start(&nexus_config, log).await?;

@@ -23,7 +23,7 @@ use dropshot::{
 use pagination::{PaginatedById, PaginatedByNameOrId};
 use params::{
     DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
-    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
+    InstanceCreate, InstanceMigrate, InstancePath, InstanceUpdate, InstanceSerialConsoleRequest,
     InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
     ProjectSelector, SnapshotCreate, SnapshotPath,
 };
@@ -157,6 +157,16 @@ pub trait NexusExternalApi {
         rqctx: RequestContext<Self::Context>,
         query: Query<OptionalProjectSelector>,
         path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<Instance>, HttpError>;
+
+    /// Update an instance: its size (taking effect at its next start; refused while it runs)
+    /// and its auto-restart policy (at any time). `project` as for `instance_view`.
+    #[endpoint { method = PUT, path = "/v1/instances/{instance}", tags = ["instances"] }]
+    async fn instance_update(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+        body: TypedBody<InstanceUpdate>,
     ) -> Result<HttpResponseOk<Instance>, HttpError>;
 
     /// Delete an instance. Only a stopped (or failed) instance can be deleted. `project` is

@@ -129,9 +129,8 @@ pub struct InstanceCreate {
     /// none (Halyard has no user keys); a non-empty list is refused.
     #[serde(default)]
     pub ssh_public_keys: Option<Vec<serde_json::Value>>,
-    /// Whether the control plane restarts the instance after a failure. Halyard never
-    /// restarts instances by itself; `never` and absent/`null` are accepted, `best_effort` is
-    /// refused.
+    /// Whether the control plane restarts the instance after it fails. Absent or `null`: the
+    /// default, which is best effort (as `best_effort`).
     #[serde(default)]
     pub auto_restart_policy: Option<InstanceAutoRestartPolicy>,
     /// Anti-affinity groups to join (names or ids). Not supported yet: must be empty.
@@ -202,9 +201,6 @@ impl InstanceCreate {
         }
         if self.ssh_public_keys.as_ref().is_some_and(|k| !k.is_empty()) {
             unsupported.push("ssh_public_keys");
-        }
-        if self.auto_restart_policy == Some(InstanceAutoRestartPolicy::BestEffort) {
-            unsupported.push("auto_restart_policy");
         }
         if !self.anti_affinity_groups.is_empty() {
             unsupported.push("anti_affinity_groups");
@@ -332,6 +328,68 @@ pub enum InstanceAutoRestartPolicy {
     Never,
     /// The control plane makes a best-effort attempt to restart the instance if it fails.
     BestEffort,
+}
+
+/// What may change of an instance after creation (Oxide's `InstanceUpdate`; every field is
+/// sent, as Oxide's SDK does). A new size takes effect at the next start, so it is refused
+/// while the instance runs; the auto-restart policy may change at any time.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceUpdate {
+    /// The number of vCPUs.
+    pub ncpus: u16,
+    /// The memory, in bytes (a whole number of MiB).
+    pub memory: ByteCount,
+    /// The auto-restart policy; `null` unsets it (the default, best effort, applies).
+    pub auto_restart_policy: Option<InstanceAutoRestartPolicy>,
+    /// The disk to boot from. Changing it is not supported yet: it must name the instance's
+    /// current boot disk (by name or id), or be `null` when it has none.
+    #[serde(default)]
+    pub boot_disk: Option<NameOrId>,
+    /// A required CPU platform. Not supported yet: must be absent or `null`.
+    #[serde(default)]
+    pub cpu_platform: Option<InstanceCpuPlatform>,
+    /// Jumbo frames on the primary interface. Not supported yet: must be absent or `false`.
+    #[serde(default)]
+    pub enable_jumbo_frames: bool,
+    /// Multicast groups. Not supported yet: must be absent or empty.
+    #[serde(default)]
+    pub multicast_groups: Option<Vec<serde_json::Value>>,
+}
+
+impl InstanceUpdate {
+    /// The fields whose values Halyard does not support yet (the boot disk is checked against
+    /// the instance by the implementation).
+    pub fn unsupported_fields(&self) -> Vec<&'static str> {
+        let mut unsupported = Vec::new();
+        if self.cpu_platform.is_some() {
+            unsupported.push("cpu_platform");
+        }
+        if self.enable_jumbo_frames {
+            unsupported.push("enable_jumbo_frames");
+        }
+        if self.multicast_groups.as_ref().is_some_and(|g| !g.is_empty()) {
+            unsupported.push("multicast_groups");
+        }
+        unsupported
+    }
+}
+
+impl From<InstanceAutoRestartPolicy> for halyard_common::AutoRestartPolicy {
+    fn from(policy: InstanceAutoRestartPolicy) -> Self {
+        match policy {
+            InstanceAutoRestartPolicy::Never => halyard_common::AutoRestartPolicy::Never,
+            InstanceAutoRestartPolicy::BestEffort => halyard_common::AutoRestartPolicy::BestEffort,
+        }
+    }
+}
+
+impl From<halyard_common::AutoRestartPolicy> for InstanceAutoRestartPolicy {
+    fn from(policy: halyard_common::AutoRestartPolicy) -> Self {
+        match policy {
+            halyard_common::AutoRestartPolicy::Never => InstanceAutoRestartPolicy::Never,
+            halyard_common::AutoRestartPolicy::BestEffort => InstanceAutoRestartPolicy::BestEffort,
+        }
+    }
 }
 
 /// A required CPU platform for an instance.

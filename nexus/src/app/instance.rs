@@ -10,7 +10,9 @@ use halyard_common::ids::{DiskUuid, GenericUuid, InstanceUuid, ProjectUuid, Sled
 use halyard_common::{ByteCount, Error, NameOrId, VmmState};
 use halyard_db_model::{Instance, MAX_DISKS_PER_INSTANCE, Vmm};
 use halyard_db_queries::{PaginatedBy, validate_instance_shape};
-use halyard_nexus_external_api::params::{DiskCreate, InstanceCreate, InstanceDiskAttachment};
+use halyard_nexus_external_api::params::{
+    DiskCreate, InstanceCreate, InstanceDiskAttachment, InstanceUpdate,
+};
 use halyard_sled_agent_api::{VmmPutStateBody, VmmStateRequested};
 use slog::info;
 use std::sync::Arc;
@@ -35,24 +37,7 @@ fn validate_instance_create(params: &InstanceCreate) -> Result<(), Error> {
             unsupported.join(", ")
         )));
     }
-    if params.ncpus == 0 || params.ncpus > MAX_NCPUS {
-        return Err(Error::invalid_value(
-            "ncpus",
-            format!(
-                "an instance has 1 to {MAX_NCPUS} vCPUs, not {}",
-                params.ncpus
-            ),
-        ));
-    }
-    if params.memory < MIN_MEMORY || params.memory > MAX_MEMORY {
-        return Err(Error::invalid_value(
-            "memory",
-            format!(
-                "an instance has {MIN_MEMORY} to {MAX_MEMORY} of memory, not {}",
-                params.memory
-            ),
-        ));
-    }
+    validate_size(params.ncpus, params.memory)?;
     validate_instance_shape(
         params.ncpus,
         params.memory,
@@ -61,8 +46,67 @@ fn validate_instance_create(params: &InstanceCreate) -> Result<(), Error> {
     )
 }
 
+/// The vCPU and memory bounds an instance's size must fall within.
+fn validate_size(ncpus: u16, memory: ByteCount) -> Result<(), Error> {
+    if ncpus == 0 || ncpus > MAX_NCPUS {
+        return Err(Error::invalid_value(
+            "ncpus",
+            format!("an instance has 1 to {MAX_NCPUS} vCPUs, not {ncpus}"),
+        ));
+    }
+    if memory < MIN_MEMORY || memory > MAX_MEMORY {
+        return Err(Error::invalid_value(
+            "memory",
+            format!("an instance has {MIN_MEMORY} to {MAX_MEMORY} of memory, not {memory}"),
+        ));
+    }
+    Ok(())
+}
+
 impl Nexus {
     // Instances
+
+    /// Changes an instance found by a lookup as `update` says (see `InstanceUpdate`).
+    pub async fn instance_update_found(
+        &self,
+        found: InstanceAndVmm,
+        update: InstanceUpdate,
+    ) -> Result<InstanceAndVmm, Error> {
+        let unsupported = update.unsupported_fields();
+        if !unsupported.is_empty() {
+            return Err(Error::invalid_request(format!(
+                "Halyard does not support these instance features yet: {}; leave them unset",
+                unsupported.join(", ")
+            )));
+        }
+        validate_size(update.ncpus, update.memory)?;
+        let instance = &found.instance;
+        if let Some(asked) = &update.boot_disk {
+            let current = match instance.boot_disk() {
+                Some(id) => Some(self.datastore().disk_fetch(id).await?),
+                None => None,
+            };
+            let same = current.as_ref().is_some_and(|disk| match asked {
+                NameOrId::Id(id) => *id == disk.id().into_untyped_uuid(),
+                NameOrId::Name(name) => name == disk.name(),
+            });
+            if !same {
+                return Err(Error::invalid_request(
+                    "changing an instance's boot disk is not supported yet: send its current \
+                     boot disk, or null to leave it as it is",
+                ));
+            }
+        }
+        self.datastore()
+            .instance_reconfigure(
+                instance.id(),
+                update.ncpus,
+                update.memory,
+                update.auto_restart_policy.map(Into::into),
+            )
+            .await?;
+        self.instance_view(instance.id()).await
+    }
 
     /// Finds a live instance and its active VMM (one statement, so the two agree): by id
     /// (then no project may be given), or by name within a project.

@@ -51,6 +51,10 @@ pub struct Nexus {
     sled_silence_bound: std::sync::Mutex<Duration>,
     /// How long a Nexus may go without a heartbeat before this one adopts its sagas.
     nexus_gone_after: std::sync::Mutex<Duration>,
+    /// How long a sled agent may go unheard before the instance watcher fails its VMMs.
+    sled_unresponsive_after: std::sync::Mutex<Duration>,
+    /// How long after an automatic restart a failed instance waits for the next one.
+    auto_restart_cooldown: std::sync::Mutex<Duration>,
     /// When this Nexus last wrote its heartbeat (or was made: a Nexus that never runs the
     /// heartbeat task, as in tests, counts from then).
     last_heartbeat: std::sync::Mutex<std::time::Instant>,
@@ -93,6 +97,40 @@ impl Nexus {
             .sled_silence_bound
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = bound;
+    }
+
+    /// How long a sled agent may go unheard (no registration, no answer to the instance
+    /// watcher) before its VMMs are declared failed (see `background::instance_watcher`).
+    pub fn sled_unresponsive_after(&self) -> Duration {
+        *self
+            .sled_unresponsive_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes [`Nexus::sled_unresponsive_after`] (configuration; tests use a short one).
+    pub fn set_sled_unresponsive_after(&self, bound: Duration) {
+        *self
+            .sled_unresponsive_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = bound;
+    }
+
+    /// How long after an automatic restart a failed instance waits for the next one (see
+    /// `background::instance_reincarnation`).
+    pub fn auto_restart_cooldown(&self) -> Duration {
+        *self
+            .auto_restart_cooldown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes [`Nexus::auto_restart_cooldown`] (configuration; tests use a short one).
+    pub fn set_auto_restart_cooldown(&self, cooldown: Duration) {
+        *self
+            .auto_restart_cooldown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = cooldown;
     }
 
     /// `sled_http` is the HTTP client for sled agents (`TlsMaterial::http_client`, with
@@ -148,6 +186,12 @@ impl Nexus {
                 background::nexus_heartbeat::DEFAULT_GONE_AFTER,
             ),
             last_heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
+            sled_unresponsive_after: std::sync::Mutex::new(
+                background::instance_watcher::DEFAULT_SLED_UNRESPONSIVE_AFTER,
+            ),
+            auto_restart_cooldown: std::sync::Mutex::new(
+                background::instance_reincarnation::DEFAULT_AUTO_RESTART_COOLDOWN,
+            ),
             metrics,
             background_tasks: BackgroundTasks::default(),
             injected_failure,

@@ -139,7 +139,17 @@ impl Nexus {
     /// A sled agent that stops answering is left alone: its VMMs may well still run, so they
     /// keep their reservations until the sled agent answers again, or until an operator
     /// declares the sled gone (`Nexus::sled_expunge`), which fails and retires them.
+    ///
+    /// A sled whose VMMs the instance watcher failed for its silence (see
+    /// `background::instance_watcher`) gets its mark cleared here, so placement may pick it
+    /// again, once this pass has had it destroy every VMM the database retired, which the
+    /// sweep that followed the mark had finished before this pass listed them.
     pub async fn reconcile_sled(&self, sled_id: SledUuid) -> Result<(), Error> {
+        let mark = self.datastore().sled_fetch(sled_id).await?.time_vmms_failed;
+        let clear_mark = match mark {
+            Some(mark) => self.datastore().sled_vmms_failed_swept(sled_id, mark).await?,
+            None => false,
+        };
         let client = self.sled_client(sled_id).await?;
         let on_sled: std::collections::BTreeSet<VmmUuid> = client
             .vmm_list()
@@ -182,6 +192,13 @@ impl Nexus {
                 self.unregister_vmm(sled_id, *stray).await?;
             }
         }
+        if let Some(mark) = mark.filter(|_| clear_mark)
+            && self.datastore().sled_clear_vmms_failed(sled_id, mark).await?
+        {
+            info!(self.log(), "sled agent answers again and destroyed the VMMs failed for its \
+                silence; placement may pick the sled again";
+                "sled_id" => %sled_id, "time_vmms_failed" => %mark);
+        }
         Ok(())
     }
 
@@ -193,13 +210,26 @@ impl Nexus {
             .ok_or_else(|| Error::internal(format!("sled {sled_id} is not marked expunged")))?;
         warn!(self.log(), "sled expunged: failing and retiring its VMMs";
             "sled_id" => %sled_id, "time_expunged" => %time_expunged);
-        let mut expunged = SledExpunged {
+        let swept = self.fail_vmms_on_sled(sled_id, "expunged").await?;
+        Ok(SledExpunged {
             sled_id,
             time_expunged,
-            vmms_failed: Vec::new(),
-            instances_failed: Vec::new(),
-            migration_targets_retired: Vec::new(),
-        };
+            vmms_failed: swept.vmms_failed,
+            instances_failed: swept.instances_failed,
+            migration_targets_retired: swept.migration_targets_retired,
+        })
+    }
+
+    /// Fails and retires every live VMM on sled `sled_id`, which the caller has declared gone
+    /// (`why`: expunged, or silent past the instance watcher's bound), with what follows
+    /// (steps 2, 3 and 5 of the module doc). Idempotent: a repeat finishes what an interrupted
+    /// sweep left.
+    pub(crate) async fn fail_vmms_on_sled(
+        &self,
+        sled_id: SledUuid,
+        why: &'static str,
+    ) -> Result<SledSwept, Error> {
+        let mut swept = SledSwept::default();
         for vmm in self.datastore().vmm_list(Some(sled_id), false).await? {
             let was_active = match self.datastore().instance_fetch(vmm.instance_id()).await {
                 Ok(instance) => instance.runtime.active_vmm() == Some(vmm.id()),
@@ -208,12 +238,12 @@ impl Nexus {
             };
             let outcome = self.datastore().vmm_retire_lost(vmm.id()).await?;
             if outcome.vmm_marked_deleted {
-                info!(self.log(), "VMM on an expunged sled failed and retired";
-                    "sled_id" => %sled_id, "propolis_id" => %vmm.id(),
+                info!(self.log(), "VMM on a sled declared gone failed and retired";
+                    "sled_id" => %sled_id, "why" => why, "propolis_id" => %vmm.id(),
                     "instance_id" => %vmm.instance_id(), "was_active" => was_active);
-                expunged.vmms_failed.push(vmm.id());
+                swept.vmms_failed.push(vmm.id());
                 if was_active && outcome.instance_updated {
-                    expunged.instances_failed.push(vmm.instance_id());
+                    swept.instances_failed.push(vmm.instance_id());
                 }
             }
         }
@@ -224,12 +254,12 @@ impl Nexus {
             .vmm_list_orphaned_targets_from(sled_id)
             .await?
         {
-            info!(self.log(), "retiring a migration target whose source's sled was expunged";
-                "sled_id" => %sled_id, "propolis_id" => %target.id(),
+            info!(self.log(), "retiring a migration target whose source's sled was declared gone";
+                "sled_id" => %sled_id, "why" => why, "propolis_id" => %target.id(),
                 "target_sled_id" => %target.sled_id());
             self.retire_vmm(target.sled_id(), target.id(), VmmState::SagaUnwound)
                 .await?;
-            expunged.migration_targets_retired.push(target.id());
+            swept.migration_targets_retired.push(target.id());
         }
         // Sources on other sleds that may be paused for good on a target that was here.
         for migration in self
@@ -239,7 +269,7 @@ impl Nexus {
         {
             self.migration_target_gone(sled_id, &migration).await?;
         }
-        Ok(expunged)
+        Ok(swept)
     }
 
     /// Tells the source of `migration`, whose target was on expunged sled `sled_id`, that
@@ -279,6 +309,14 @@ impl Nexus {
             Err(e) => Err(sled_agent_error(e)),
         }
     }
+}
+
+/// What declaring a sled gone did to the VMMs on it and to migrations touching it.
+#[derive(Debug, Default)]
+pub(crate) struct SledSwept {
+    pub vmms_failed: Vec<VmmUuid>,
+    pub instances_failed: Vec<halyard_common::ids::InstanceUuid>,
+    pub migration_targets_retired: Vec<VmmUuid>,
 }
 
 /// Maps a sled agent client error to an API error: the sled agent's own 4xx keeps its

@@ -199,6 +199,12 @@ impl TestContext {
             retirement_interval_ms: 200,
             heartbeat_interval_ms: 200,
             nexus_gone_after_ms: 10_000,
+            instance_watcher_interval_ms: 1_000,
+            // Off (an hour): tests that fail instances expect them to stay
+            // failed; auto-restart's tests run the reincarnation pass themselves.
+            instance_reincarnation_interval_ms: 3_600_000,
+            sled_unresponsive_after_ms: 20_000,
+            auto_restart_cooldown_ms: 3_600_000,
             tls: tls_files(Role::Nexus),
         };
         let server = Server::start(&config, &log()).await.unwrap();

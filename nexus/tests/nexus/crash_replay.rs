@@ -360,7 +360,8 @@ impl Cluster {
     }
 }
 
-/// A Nexus configuration: heartbeats every 100 ms, and a Nexus silent for a second is gone.
+/// A Nexus configuration: heartbeats every 100 ms, and a Nexus silent for a second is gone;
+/// no automatic restarts (the checks expect a failed instance to stay failed).
 fn write_nexus_config(
     path: &Path,
     id: NexusUuid,
@@ -374,7 +375,8 @@ fn write_nexus_config(
             "id = \"{id}\"\ndatabase_url = \"{database_url}\"\n\
              external_address = \"{external}\"\ninternal_address = \"{internal}\"\n\
              retirement_interval_ms = 200\nheartbeat_interval_ms = 100\n\
-             nexus_gone_after_ms = 1000\n{}",
+             nexus_gone_after_ms = 1000\n\
+             instance_reincarnation_interval_ms = 3600000\n{}",
             crate::context::tls_files(crate::context::Role::Nexus).toml_table(),
         ),
     )

@@ -188,6 +188,10 @@ impl OutageSystem {
             retirement_interval_ms: 200,
             heartbeat_interval_ms: 200,
             nexus_gone_after_ms: 10_000,
+            instance_watcher_interval_ms: 1_000,
+            instance_reincarnation_interval_ms: 1_000,
+            sled_unresponsive_after_ms: 20_000,
+            auto_restart_cooldown_ms: 3_600_000,
             tls: crate::context::tls_files(crate::context::Role::Nexus),
         };
         let nexus_log = CapturedLog::default();

@@ -152,6 +152,7 @@ async fn create_record(ctx: &NexusActionContext) -> Result<InstanceUuid, ActionE
                 .is_some()
                 .then(|| params.disk_ids.first().copied())
                 .flatten(),
+            auto_restart_policy: params.create.auto_restart_policy.map(Into::into),
         })
         .await
         .map_err(action_failed)?;
