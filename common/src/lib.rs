@@ -25,6 +25,5 @@ pub use labelled::{Labelled, UnknownLabel};
 pub use name::{Name, NameError, NameOrId};
 pub use states::{
     AutoRestartPolicy, DiskState, InstanceNexusState, InstanceState, MigrationState, SledBackend,
-    SnapshotState,
-    VmmState,
+    SnapshotState, VmmState,
 };

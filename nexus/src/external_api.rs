@@ -11,8 +11,8 @@ use dropshot::{
     HttpResponseOk, HttpResponseUpdatedNoContent, PaginationOrder as DropshotOrder, Path, Query,
     RequestContext, ResultsPage, TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
-use halyard_common::{AutoRestartPolicy, Error};
 use halyard_common::ids::{GenericUuid, UserUuid};
+use halyard_common::{AutoRestartPolicy, Error};
 use halyard_db_queries::DeviceTokenPoll;
 use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
 use halyard_nexus_external_api::NexusExternalApi;
@@ -23,8 +23,8 @@ use halyard_nexus_external_api::pagination::{
 use halyard_nexus_external_api::params::{
     DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
     InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
-    InstanceSerialConsoleStreamRequest, InstanceUpdate, OptionalProjectSelector, ProjectCreate, ProjectPath,
-    ProjectSelector, SnapshotCreate, SnapshotPath,
+    InstanceSerialConsoleStreamRequest, InstanceUpdate, OptionalProjectSelector, ProjectCreate,
+    ProjectPath, ProjectSelector, SnapshotCreate, SnapshotPath,
 };
 use halyard_nexus_external_api::views::{
     Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Disk, DiskState, DiskType,
@@ -576,7 +576,10 @@ impl NexusExternalApi for NexusExternalImpl {
                     &page,
                 )
                 .await?;
-            let views = instances.into_iter().map(|view| instance_view(view, nexus.auto_restart_cooldown())).collect();
+            let views = instances
+                .into_iter()
+                .map(|view| instance_view(view, nexus.auto_restart_cooldown()))
+                .collect();
             Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
         })
         .await
@@ -599,7 +602,10 @@ impl NexusExternalApi for NexusExternalImpl {
                 rqctx.context().instance_create(&project, body.into_inner()),
             )
             .await?;
-            Ok(HttpResponseCreated(instance_view(created, rqctx.context().auto_restart_cooldown())))
+            Ok(HttpResponseCreated(instance_view(
+                created,
+                rqctx.context().auto_restart_cooldown(),
+            )))
         })
         .await
     }
@@ -613,7 +619,10 @@ impl NexusExternalApi for NexusExternalImpl {
         external_request(rqctx, move |opctx| async move {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, &opctx, query, path, Action::Read).await?;
-            Ok(HttpResponseOk(instance_view(instance, nexus.auto_restart_cooldown())))
+            Ok(HttpResponseOk(instance_view(
+                instance,
+                nexus.auto_restart_cooldown(),
+            )))
         })
         .await
     }
@@ -666,7 +675,9 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(rqctx, nexus.instance_start_found(instance)).await?, nexus.auto_restart_cooldown())))
+                for_request(rqctx, nexus.instance_start_found(instance)).await?,
+                nexus.auto_restart_cooldown(),
+            )))
         })
         .await
     }
@@ -681,7 +692,9 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(rqctx, nexus.instance_stop_found(instance)).await?, nexus.auto_restart_cooldown())))
+                for_request(rqctx, nexus.instance_stop_found(instance)).await?,
+                nexus.auto_restart_cooldown(),
+            )))
         })
         .await
     }
@@ -696,7 +709,9 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let instance = lookup_instance(nexus, &opctx, query, path, Action::Modify).await?;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(rqctx, nexus.instance_reboot_found(instance)).await?, nexus.auto_restart_cooldown())))
+                for_request(rqctx, nexus.instance_reboot_found(instance)).await?,
+                nexus.auto_restart_cooldown(),
+            )))
         })
         .await
     }
@@ -783,7 +798,9 @@ impl NexusExternalApi for NexusExternalImpl {
             nexus.fleet_authorize(&opctx, Action::Modify).await?;
             let destination = body.into_inner().dst_sled_id;
             Ok(HttpResponseAccepted(instance_view(
-                for_request(rqctx, nexus.instance_migrate_found(instance, destination)).await?, nexus.auto_restart_cooldown())))
+                for_request(rqctx, nexus.instance_migrate_found(instance, destination)).await?,
+                nexus.auto_restart_cooldown(),
+            )))
         })
         .await
     }

@@ -351,9 +351,7 @@ fn reincarnation_candidates(
     let micros = i64::try_from(cooldown.as_micros()).unwrap_or(i64::MAX);
     let cooled_down_since = diesel::dsl::sql::<
         diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
-    >(&format!(
-        "now() - {micros} * INTERVAL '1 microsecond'"
-    ));
+    >(&format!("now() - {micros} * INTERVAL '1 microsecond'"));
     instance::table
         .filter(instance::time_deleted.is_null())
         .filter(instance::nexus_state.eq(DbEnum(InstanceNexusState::Failed)))

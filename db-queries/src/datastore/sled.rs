@@ -36,9 +36,7 @@ use uuid::Uuid;
 
 /// `now() - bound`, by the database's clock (as a Nexus heartbeat's age is judged): a sled
 /// last seen before it is silent.
-fn silent_since(
-    bound: Duration,
-) -> diesel::expression::SqlLiteral<diesel::sql_types::Timestamptz> {
+fn silent_since(bound: Duration) -> diesel::expression::SqlLiteral<diesel::sql_types::Timestamptz> {
     let micros = i64::try_from(bound.as_micros()).unwrap_or(i64::MAX);
     diesel::dsl::sql::<diesel::sql_types::Timestamptz>(&format!(
         "now() - {micros} * INTERVAL '1 microsecond'"

@@ -23,9 +23,9 @@ use dropshot::{
 use pagination::{PaginatedById, PaginatedByNameOrId};
 use params::{
     DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
-    InstanceCreate, InstanceMigrate, InstancePath, InstanceUpdate, InstanceSerialConsoleRequest,
-    InstanceSerialConsoleStreamRequest, OptionalProjectSelector, ProjectCreate, ProjectPath,
-    ProjectSelector, SnapshotCreate, SnapshotPath,
+    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
+    InstanceSerialConsoleStreamRequest, InstanceUpdate, OptionalProjectSelector, ProjectCreate,
+    ProjectPath, ProjectSelector, SnapshotCreate, SnapshotPath,
 };
 use views::{
     CurrentUser, Disk, Instance, InstanceSerialConsoleData, Migration, Project, ProjectRolePolicy,

@@ -367,7 +367,11 @@ impl InstanceUpdate {
         if self.enable_jumbo_frames {
             unsupported.push("enable_jumbo_frames");
         }
-        if self.multicast_groups.as_ref().is_some_and(|g| !g.is_empty()) {
+        if self
+            .multicast_groups
+            .as_ref()
+            .is_some_and(|g| !g.is_empty())
+        {
             unsupported.push("multicast_groups");
         }
         unsupported

@@ -147,7 +147,11 @@ impl Nexus {
     pub async fn reconcile_sled(&self, sled_id: SledUuid) -> Result<(), Error> {
         let mark = self.datastore().sled_fetch(sled_id).await?.time_vmms_failed;
         let clear_mark = match mark {
-            Some(mark) => self.datastore().sled_vmms_failed_swept(sled_id, mark).await?,
+            Some(mark) => {
+                self.datastore()
+                    .sled_vmms_failed_swept(sled_id, mark)
+                    .await?
+            }
             None => false,
         };
         let client = self.sled_client(sled_id).await?;
@@ -193,7 +197,10 @@ impl Nexus {
             }
         }
         if let Some(mark) = mark.filter(|_| clear_mark)
-            && self.datastore().sled_clear_vmms_failed(sled_id, mark).await?
+            && self
+                .datastore()
+                .sled_clear_vmms_failed(sled_id, mark)
+                .await?
         {
             info!(self.log(), "sled agent answers again and destroyed the VMMs failed for its \
                 silence; placement may pick the sled again";

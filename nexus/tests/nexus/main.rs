@@ -9,6 +9,7 @@ mod crash_replay;
 mod disks;
 mod external_api;
 mod instance_disks;
+mod instance_watcher;
 mod instances;
 mod invariant_checker;
 mod lost_replies;
