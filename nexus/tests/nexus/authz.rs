@@ -329,6 +329,14 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
         ),
         "instance_view" => get(format!("/v1/instances/{instance}")),
         "instance_delete" => with(M::DELETE, format!("/v1/instances/{instance}"), None),
+        "instance_update" => with(
+            M::PUT,
+            format!("/v1/instances/{instance}"),
+            Some(json!({
+                "ncpus": 2, "memory": 1073741824, "auto_restart_policy": "never",
+                "boot_disk": null, "cpu_platform": null, "enable_jumbo_frames": false,
+            })),
+        ),
         "instance_start" => with(M::POST, format!("/v1/instances/{instance}/start"), None),
         "instance_stop" => with(M::POST, format!("/v1/instances/{instance}/stop"), None),
         "instance_reboot" => with(M::POST, format!("/v1/instances/{instance}/reboot"), None),

@@ -136,6 +136,13 @@ async fn malformed_requests_to_every_endpoint_get_their_code_and_change_nothing(
         .to_string()
     };
     let create_instance = "/v1/instances?project=p";
+    let update_instance = "/v1/instances/vm?project=p";
+    let update_body = |ncpus: &str, memory: &str, policy: &str, platform: &str, boot: &str| {
+        format!(
+            "{{\"ncpus\": {ncpus}, \"memory\": {memory}, \"auto_restart_policy\": {policy}, \
+             \"cpu_platform\": {platform}, \"boot_disk\": {boot}, \"enable_jumbo_frames\": false}}"
+        )
+    };
     let too_long = "é".repeat(MAX_DESCRIPTION_CHARS + 1);
 
     let mut cases = vec![
@@ -511,6 +518,63 @@ async fn malformed_requests_to_every_endpoint_get_their_code_and_change_nothing(
             "POST",
             format!("/v1/instances/{unknown}/stop"),
             "",
+            404,
+            NOT_FOUND,
+        ),
+        case(External, "PUT", update_instance, "{}", 400, UNPARSED),
+        case(
+            External,
+            "PUT",
+            update_instance,
+            update_body("0", "1073741824", "null", "null", "null"),
+            400,
+            INVALID_VALUE,
+        ),
+        case(
+            External,
+            "PUT",
+            update_instance,
+            update_body("70000", "1073741824", "null", "null", "null"),
+            400,
+            UNPARSED,
+        ),
+        case(
+            External,
+            "PUT",
+            update_instance,
+            update_body("1", "1000000", "null", "null", "null"),
+            400,
+            INVALID_VALUE,
+        ),
+        case(
+            External,
+            "PUT",
+            update_instance,
+            update_body("1", "1073741824", "\"sometimes\"", "null", "null"),
+            400,
+            UNPARSED,
+        ),
+        case(
+            External,
+            "PUT",
+            update_instance,
+            update_body("1", "1073741824", "null", "\"amd_milan\"", "null"),
+            400,
+            INVALID_REQUEST,
+        ), // not supported yet
+        case(
+            External,
+            "PUT",
+            update_instance,
+            update_body("1", "1073741824", "null", "null", "\"other-disk\""),
+            400,
+            INVALID_REQUEST,
+        ), // changing the boot disk: not supported yet
+        case(
+            External,
+            "PUT",
+            format!("/v1/instances/{unknown}"),
+            update_body("1", "1073741824", "null", "null", "null"),
             404,
             NOT_FOUND,
         ),

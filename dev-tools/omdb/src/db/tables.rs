@@ -303,6 +303,10 @@ struct SledRow {
     /// When an operator declared the sled gone (`omdb nexus sled-expunge`); `-`: in service.
     #[tabled(display = "opt_time")]
     expunged: Option<DateTime<Utc>>,
+    /// When the instance watcher failed its VMMs because its agent went silent; placement
+    /// skips it until its agent answers and destroys them. `-`: not.
+    #[tabled(display = "opt_time")]
+    vmms_failed: Option<DateTime<Utc>>,
 }
 
 pub(super) async fn cmd_sleds(db: &Db, json: bool) -> anyhow::Result<()> {
@@ -325,6 +329,7 @@ pub(super) async fn cmd_sleds(db: &Db, json: bool) -> anyhow::Result<()> {
             vmms: vmms.iter().filter(|v| v.sled_id() == s.id()).count(),
             last_seen: s.time_last_seen,
             expunged: s.time_expunged,
+            vmms_failed: s.time_vmms_failed,
         })
         .collect();
     print_rows(&rows, json, "no sleds (no sled agent has registered)")
