@@ -450,8 +450,9 @@ async fn background_tasks_show_what_each_did_last() {
     let ctx = TestContext::with_stoppable_nexus(1).await;
     let nexus_url = ctx.nexus_url().to_string();
     let args = ["nexus", "background-tasks", "--nexus-url", &nexus_url];
-    // Every task runs every 200 ms here; with nothing to retire, release or replace, what each
-    // did is always the same.
+    // Every task runs every 200 ms here, but the instance watcher (every second) and the
+    // reincarnation task (hourly: off in tests); with nothing to retire, release, replace or
+    // restart, and the one sled answering, what each did is always the same.
     let task = |tasks: &Value, name: &str| -> Value {
         tasks
             .as_array()
@@ -469,6 +470,7 @@ async fn background_tasks_show_what_each_did_last() {
             "vmm_retirement",
             "saga_leftover_release",
             "region_replacement",
+            "instance_watcher",
         ]
         .iter()
         .all(|name| {
@@ -480,15 +482,28 @@ async fn background_tasks_show_what_each_did_last() {
     .await;
     let tasks: Value =
         serde_json::from_str(&ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok()).unwrap();
-    assert_eq!(tasks.as_array().unwrap().len(), 4, "{tasks:?}");
-    for (name, outcome) in [
-        ("nexus_heartbeat", "heartbeat written; adopted 0 saga(s)"),
-        ("vmm_retirement", "nothing to retire"),
-        ("saga_leftover_release", "nothing left over"),
-        ("region_replacement", "no region replaced"),
+    assert_eq!(tasks.as_array().unwrap().len(), 6, "{tasks:?}");
+    assert_eq!(
+        task(&tasks, "instance_reincarnation")["period_ms"],
+        3_600_000
+    );
+    for (name, period_ms, outcome) in [
+        (
+            "nexus_heartbeat",
+            200,
+            "heartbeat written; adopted 0 saga(s)",
+        ),
+        ("vmm_retirement", 200, "nothing to retire"),
+        ("saga_leftover_release", 200, "nothing left over"),
+        ("region_replacement", 200, "no region replaced"),
+        (
+            "instance_watcher",
+            1000,
+            "1 sled(s) answered, 0 silent; 0 VMM(s) failed",
+        ),
     ] {
         let task = task(&tasks, name);
-        assert_eq!(task["period_ms"], 200, "{task:?}");
+        assert_eq!(task["period_ms"], period_ms, "{task:?}");
         assert_eq!(task["last_run"]["succeeded"], true, "{task:?}");
         assert_eq!(task["last_run"]["outcome"], outcome, "{task:?}");
         assert_eq!(task["last_error"], Value::Null, "{task:?}");
@@ -497,7 +512,7 @@ async fn background_tasks_show_what_each_did_last() {
     // The table, with what varies from run to run (times, how long a run took, how many runs
     // so far) redacted.
     let text = Redactor::new().redact(&ctx.omdb(&args).await.ok());
-    let varying = regex::Regex::new(r"(?m)^(\w+ +200 ms +)\d+( +<time> +)\d+ ms").unwrap();
+    let varying = regex::Regex::new(r"(?m)^(\w+ +[\d.]+ \w+ +)\d+( +<time> +)\d+ ms").unwrap();
     let text = varying.replace_all(&text, "${1}N${2}N ms");
     // Column widths follow the redacted values (a run took 1 ms or 12 ms): one gap between
     // columns, whatever their width.
