@@ -217,3 +217,156 @@ impl Drop for Haproxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ReservedPort, http, reserve_port};
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread::JoinHandle;
+
+    /// A tiny HTTP server that answers every request with 200 and its name, until stopped
+    /// (then its port refuses connections, as a dead Nexus's would).
+    struct Responder {
+        address: SocketAddr,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+        _port: ReservedPort,
+    }
+
+    impl Responder {
+        fn start(name: &'static str) -> Responder {
+            let port = reserve_port().unwrap();
+            let listener = TcpListener::bind(port.address()).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    for stream in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let Ok(mut stream) = stream else { continue };
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut request = Vec::new();
+                        let mut buf = [0; 1024];
+                        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => request.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+                            name.len()
+                        );
+                    }
+                })
+            };
+            Responder {
+                address: port.address(),
+                stop,
+                thread: Some(thread),
+                _port: port,
+            }
+        }
+
+        /// Closes its listening socket: connections are refused from now on.
+        fn stop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect(self.address);
+            if let Some(thread) = self.thread.take() {
+                thread.join().unwrap();
+            }
+        }
+    }
+
+    impl Drop for Responder {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    /// One request through HAProxy: which responder answered, or why it failed.
+    fn ask(frontend: SocketAddr) -> Result<String, String> {
+        match http::get(frontend, "/v1/projects", Duration::from_secs(5)) {
+            Ok((200, body)) => Ok(body),
+            Ok((status, body)) => Err(format!("{status}: {body}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Two servers behind HAProxy, reached over an HTTP frontend (HTTP health checks) and a
+    /// TCP one (TCP checks); one dies, and no request through either frontend fails, also
+    /// those sent before the health checks noticed. (Without `option redispatch` the first
+    /// request to the dead one fails.)
+    #[test]
+    fn requests_still_succeed_when_one_backend_dies() {
+        let a = Responder::start("a");
+        let mut b = Responder::start("b");
+        let http_port = reserve_port().unwrap();
+        let tcp_port = reserve_port().unwrap();
+        let frontends = [
+            Frontend {
+                name: "http".into(),
+                listen: http_port.address(),
+                mode: ProxyMode::Http,
+                check: HealthCheck::Http {
+                    path: "/v1/ping".into(),
+                },
+                backends: vec![a.address, b.address],
+            },
+            Frontend {
+                name: "tcp".into(),
+                listen: tcp_port.address(),
+                mode: ProxyMode::Tcp,
+                check: HealthCheck::Tcp,
+                backends: vec![a.address, b.address],
+            },
+        ];
+        let dir = crate::fresh_temp_root("haproxy").unwrap();
+        let proxy = Haproxy::start(&dir, &frontends).unwrap_or_else(|e| panic!("{e}"));
+        let config = fs::read_to_string(proxy.config_path()).unwrap();
+        assert!(config.contains("option httpchk GET /v1/ping"), "{config}");
+
+        // Both are used (round robin), through both frontends.
+        for frontend in &frontends {
+            let mut answers: Vec<String> = (0..6).map(|_| ask(frontend.listen).unwrap()).collect();
+            answers.sort();
+            answers.dedup();
+            assert_eq!(answers, ["a", "b"], "frontend {}", frontend.name);
+        }
+
+        // b dies; ask at once, before any health check can have run, then for two seconds.
+        b.stop();
+        let died = Instant::now();
+        let mut sent = 0;
+        let mut failures = Vec::new();
+        while died.elapsed() < Duration::from_secs(2) {
+            for frontend in &frontends {
+                sent += 1;
+                match ask(frontend.listen) {
+                    Ok(body) => assert_eq!(body, "a"),
+                    Err(e) => {
+                        failures.push(format!("{} after {:?}: {e}", frontend.name, died.elapsed()))
+                    }
+                }
+            }
+        }
+        println!("{sent} requests after b died, {} failed", failures.len());
+        assert!(failures.is_empty(), "{failures:#?}");
+        let log = fs::read_to_string(proxy.log_path()).unwrap_or_default();
+        println!("HAProxy's log:\n{log}");
+        drop(proxy);
+        assert!(
+            TcpStream::connect(http_port.address()).is_err(),
+            "HAProxy still listens after the drop"
+        );
+        drop(a);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
