@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Halyard check on a fresh Debian machine: installs what is missing (PostgreSQL for
-# the test harness; QEMU and the guest image for the QEMU backend's tests), then formatting,
+# the test harness; Patroni, etcd and HAProxy for the replicated-database and proxy tests; QEMU
+# and the guest image for the QEMU backend's tests), then formatting,
 # clippy and every test. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,12 +9,22 @@ cd "$(dirname "$0")/.."
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# The replicated database (three PostgreSQL under Patroni, with etcd) and HAProxy in front of
+# several Nexus. Their packages may enable system services (etcd on 2379, HAProxy); nothing
+# here uses those, so the ones installed here are stopped and disabled again.
+services=()
+command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+command -v etcd >/dev/null 2>&1 || { missing+=(etcd-server); services+=(etcd); }
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { missing+=(haproxy); services+=(haproxy); }
 if ((${#missing[@]})); then
     echo "==> installing: ${missing[*]}"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+    for service in "${services[@]}"; do
+        $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true
+    done
 fi
 
 echo "==> guest image for the QEMU tests (installs qemu-system-x86; built once per machine)"
