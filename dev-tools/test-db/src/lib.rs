@@ -49,6 +49,14 @@
 //!
 //! PostgreSQL is found under `/usr/lib/postgresql/<version>/bin` (the Debian
 //! and Ubuntu layout); the highest version wins.
+//!
+//! # Replication and proxies
+//!
+//! [`PatroniCluster`] ([`patroni`]) is a replicated PostgreSQL: three members under Patroni
+//! with one etcd, synchronous replication, a multi-host URL that finds the primary, and a way
+//! to kill the primary and wait for the next. [`Haproxy`] ([`haproxy`]) runs HAProxy in front of
+//! several copies of a server (two Nexus). Both need their Debian packages (`patroni`,
+//! `etcd-server`, `haproxy`), which `dev-tools/run-tests.sh` installs.
 
 pub mod haproxy;
 mod http;
