@@ -350,6 +350,14 @@ async fn run(
         "  Nexus internal API:  https://{internal} (mutual TLS; certificates in {})",
         pki_dir.display()
     );
+    println!(
+        "    metrics (Prometheus text): {curl_as_operator} --resolve {}:{}:{} https://{}:{}/metrics",
+        halyard_tls::NEXUS_NAME,
+        internal.port(),
+        internal.ip(),
+        halyard_tls::NEXUS_NAME,
+        internal.port()
+    );
     if let Some(haproxy) = &haproxy {
         println!(
             "  {} Nexus behind HAProxy (configuration {}, log {}):",
@@ -366,14 +374,6 @@ async fn run(
             );
         }
     }
-    println!(
-        "    metrics (Prometheus text): {curl_as_operator} --resolve {}:{}:{} https://{}:{}/metrics",
-        halyard_tls::NEXUS_NAME,
-        internal.port(),
-        internal.ip(),
-        halyard_tls::NEXUS_NAME,
-        internal.port()
-    );
     for sled in &sleds {
         let inventory = sled.agent().inventory().await;
         let backend = match inventory.accelerator {
@@ -402,7 +402,8 @@ async fn run(
     // omdb's defaults are this environment's default addresses; say so when they differ.
     let mut omdb = "cargo run -q -p halyard-omdb --".to_string();
     if database_url != "postgresql://postgres@127.0.0.1:32221/halyard" {
-        omdb.push_str(&format!(" --db-url {database_url}"));
+        // Quoted: a multi-host URL has a `?`, which the shell would take for a pattern.
+        omdb.push_str(&format!(" --db-url '{database_url}'"));
     }
     if pki_dir != std::path::Path::new(".halyard-dev/pki") {
         omdb.push_str(&format!(" --tls-dir {}", pki_dir.display()));

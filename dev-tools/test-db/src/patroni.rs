@@ -33,9 +33,11 @@
 //! # Processes and users
 //!
 //! etcd and each Patroni are children of this process, each in its own process group. Patroni
-//! starts PostgreSQL in a session of its own (so that PostgreSQL outlives a Patroni crash);
-//! [`PatroniCluster::kill_primary`] therefore kills both the Patroni process group and the
-//! postmaster's (read from `postmaster.pid`). PostgreSQL refuses to run as root: when root,
+//! starts PostgreSQL in a session of its own (through a helper process that calls `setsid`
+//! and then runs the postmaster, so the postmaster leads no group: its group is the helper's),
+//! so that PostgreSQL outlives a Patroni crash; [`PatroniCluster::kill_primary`] therefore
+//! kills both the Patroni process group and the postmaster's (the postmaster's pid read from
+//! `postmaster.pid`, its group from the kernel). PostgreSQL refuses to run as root: when root,
 //! Patroni runs as the `postgres` user (the member directories belong to it), and so do the
 //! `initdb`, `pg_basebackup` and PostgreSQL it starts.
 //!
@@ -570,7 +572,14 @@ postgresql:
         kill_group(patroni.id() as i32, libc::SIGKILL);
         let _ = patroni.wait();
         if let Some(pid) = postmaster {
-            kill_group(pid, libc::SIGKILL);
+            // SAFETY: getpgid and getpgrp have no memory-safety preconditions.
+            let (group, ours) = unsafe { (libc::getpgid(pid), libc::getpgrp()) };
+            // Its session's group holds only PostgreSQL's processes; never signal ours.
+            if group > 1 && group != ours {
+                kill_group(group, libc::SIGKILL);
+            }
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         self.killed_at[i] = Some(Instant::now());
         let _ = fs::remove_file(self.pid_file(&self.members[i].name));
