@@ -231,7 +231,8 @@ impl PatroniCluster {
 
     /// The watchdog: once this process is gone, kill every process group whose leader's pid
     /// is in `run/*.pid` (etcd, each Patroni), stop each member's PostgreSQL, and for a
-    /// private cluster remove the directory.
+    /// private cluster remove the directory. (`kill -9 -<pgid>`, without `--`: dash's `kill`,
+    /// Debian's `sh`, refuses `--`.)
     fn spawn_watchdog(&self) -> Result<u32, ClusterError> {
         let run = self.dir.join("run");
         let _ = fs::remove_dir_all(&run);
@@ -239,8 +240,7 @@ impl PatroniCluster {
             .map_err(|e| ClusterError::io(format!("creating {}", run.display()), e))?;
         let mut script = b"for f in ".to_vec();
         script.extend(shell_quote(run.as_os_str()));
-        script
-            .extend(b"/*.pid; do [ -f \"$f\" ] && kill -9 -- \"-$(cat \"$f\")\"; done 2>/dev/null");
+        script.extend(b"/*.pid; do [ -f \"$f\" ] && kill -9 \"-$(cat \"$f\")\"; done 2>/dev/null");
         for member in &self.members {
             script.extend(b"; ");
             script.extend(pg_ctl_stop_immediate_words(
