@@ -37,8 +37,10 @@ cargo clippy -j2 --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 # The crash-replay, lost-reply, racing-operations and reference-model tests run on their own,
 # so their summaries (which saga nodes were crashed and recovered; which lost their reply;
-# which seeds ran how many operations; how many model cases and steps) show here.
-cargo test -j2 --workspace -- --skip crash_replay:: --skip lost_replies:: --skip races:: --skip model_test::
+# which seeds ran how many operations; how many model cases and steps) show here; so do the
+# replicated database's failover and HAProxy's (the failover window, requests after a death).
+cargo test -j2 --workspace -- --skip crash_replay:: --skip lost_replies:: --skip races:: --skip model_test:: \
+    --skip patroni:: --skip haproxy::
 
 # `cargo test <args>` for tests selected by name; fails if the selection ran no test at all
 # (a renamed or moved module would otherwise "pass" in silence).
@@ -58,6 +60,8 @@ run_selected_tests() {
     echo "==> cargo test $*: $passed passed"
 }
 
+echo "==> replicated PostgreSQL (Patroni): kill the primary; HAProxy: kill a backend"
+run_selected_tests -j2 -p halyard-test-db --lib -- --nocapture patroni:: haproxy::
 echo "==> crash replay at every saga node"
 run_selected_tests -j2 -p halyard-nexus --test nexus crash_replay:: -- --nocapture
 echo "==> lost replies at every saga node"

@@ -267,6 +267,10 @@ impl PatroniCluster {
         let client = format!("http://{LISTEN_ADDRESS}:{}", self.ports.etcd_client);
         let peer = format!("http://{LISTEN_ADDRESS}:{}", self.ports.etcd_peer);
         let mut command = Command::new(etcd);
+        if cfg!(target_arch = "aarch64") {
+            // etcd 3.4 refuses to start on arm64 unless told it may.
+            command.env("ETCD_UNSUPPORTED_ARCH", "arm64");
+        }
         command
             .arg("--name=halyard")
             .arg(format!("--data-dir={}", data.display()))
