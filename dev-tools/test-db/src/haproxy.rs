@@ -328,8 +328,8 @@ mod tests {
                 backends: vec![a.address, b.address],
             },
         ];
-        let dir = crate::fresh_temp_root("haproxy").unwrap();
-        let proxy = Haproxy::start(&dir, &frontends).unwrap_or_else(|e| panic!("{e}"));
+        let dir = RemoveOnDrop(crate::fresh_temp_root("haproxy").unwrap());
+        let proxy = Haproxy::start(&dir.0, &frontends).unwrap_or_else(|e| panic!("{e}"));
         let config = fs::read_to_string(proxy.config_path()).unwrap();
         assert!(config.contains("option httpchk GET /v1/ping"), "{config}");
 
@@ -367,6 +367,14 @@ mod tests {
             "HAProxy still listens after the drop"
         );
         drop(a);
-        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Removes its directory when dropped, also when the test fails.
+    struct RemoveOnDrop(PathBuf);
+
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
 }
