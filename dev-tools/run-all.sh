@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the whole system for development: PostgreSQL (data in .halyard-dev/, kept across runs;
 # pass --fresh to wipe it), Nexus, simulated sled agents and a QEMU sled agent. Installs what is
-# missing first (PostgreSQL; QEMU and the guest image, built once per machine).
+# missing first (PostgreSQL; Patroni, etcd and HAProxy for --replicated-db and --nexus-count; QEMU
+# and the guest image, built once per machine).
 # Ctrl-C stops everything. Options are halyard-run-all's (--help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,11 +10,21 @@ missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # jq: the printed example that reads a serial console uses it.
 command -v jq >/dev/null 2>&1 || missing+=(jq)
+# The replicated database (three PostgreSQL under Patroni, with etcd) and HAProxy in front of
+# several Nexus. Their packages may enable system services (etcd on 2379, HAProxy); nothing
+# here uses those, so the ones installed here are stopped and disabled again.
+services=()
+command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+command -v etcd >/dev/null 2>&1 || { missing+=(etcd-server); services+=(etcd); }
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { missing+=(haproxy); services+=(haproxy); }
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+    for service in "${services[@]}"; do
+        $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true
+    done
 fi
 # Without QEMU the system still runs, on simulated sleds only; the reason is the last line
 # guest-image.sh printed.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Halyard check on a fresh Debian machine: installs what is missing (PostgreSQL for
-# the test harness; QEMU and the guest image for the QEMU backend's tests), then formatting,
+# the test harness; Patroni, etcd and HAProxy for the replicated-database and proxy tests; QEMU
+# and the guest image for the QEMU backend's tests), then formatting,
 # clippy and every test. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,12 +9,22 @@ cd "$(dirname "$0")/.."
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# The replicated database (three PostgreSQL under Patroni, with etcd) and HAProxy in front of
+# several Nexus. Their packages may enable system services (etcd on 2379, HAProxy); nothing
+# here uses those, so the ones installed here are stopped and disabled again.
+services=()
+command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+command -v etcd >/dev/null 2>&1 || { missing+=(etcd-server); services+=(etcd); }
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { missing+=(haproxy); services+=(haproxy); }
 if ((${#missing[@]})); then
     echo "==> installing: ${missing[*]}"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+    for service in "${services[@]}"; do
+        $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true
+    done
 fi
 
 echo "==> guest image for the QEMU tests (installs qemu-system-x86; built once per machine)"
@@ -26,8 +37,10 @@ cargo clippy -j2 --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 # The crash-replay, lost-reply, racing-operations and reference-model tests run on their own,
 # so their summaries (which saga nodes were crashed and recovered; which lost their reply;
-# which seeds ran how many operations; how many model cases and steps) show here.
-cargo test -j2 --workspace -- --skip crash_replay:: --skip lost_replies:: --skip races:: --skip model_test::
+# which seeds ran how many operations; how many model cases and steps) show here; so do the
+# replicated database's failover and HAProxy's (the failover window, requests after a death).
+cargo test -j2 --workspace -- --skip crash_replay:: --skip lost_replies:: --skip races:: --skip model_test:: \
+    --skip patroni:: --skip haproxy::
 
 # `cargo test <args>` for tests selected by name; fails if the selection ran no test at all
 # (a renamed or moved module would otherwise "pass" in silence).
@@ -47,6 +60,8 @@ run_selected_tests() {
     echo "==> cargo test $*: $passed passed"
 }
 
+echo "==> replicated PostgreSQL (Patroni): kill the primary; HAProxy: kill a backend"
+run_selected_tests -j2 -p halyard-test-db --lib -- --nocapture patroni:: haproxy::
 echo "==> crash replay at every saga node"
 run_selected_tests -j2 -p halyard-nexus --test nexus crash_replay:: -- --nocapture
 echo "==> lost replies at every saga node"

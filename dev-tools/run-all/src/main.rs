@@ -8,13 +8,25 @@
 //!
 //! Identities (Nexus's, each sled's) are kept under `.halyard-dev/` too, so a restarted
 //! environment resumes its unfinished sagas and its sleds keep their ids.
+//!
+//! `--replicated-db` runs the database as three PostgreSQL members under Patroni (with one
+//! etcd; `halyard_test_db::PatroniCluster`, synchronous replication) instead of one server,
+//! and Nexus connects to it with a multi-host URL that finds the primary.
+//! `--nexus-count N` (N > 1) runs N Nexus (each its own id and ports from `--nexus-first-port`)
+//! behind HAProxy, which listens at the usual external and internal addresses: the external
+//! API as HTTP, the internal API passed through as TCP (mutual TLS stays between the sled agent
+//! and the Nexus it reaches), both health-checked every 500 ms, with a failed connection
+//! retried on another Nexus.
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use halyard_common::ids::{NexusUuid, SledUuid};
 use halyard_common::{ByteCount, SledBackend};
 use halyard_db_queries::{DataStore, PoolConfig};
-use halyard_test_db::{ClusterOptions, PostgresCluster};
+use halyard_test_db::{
+    ClusterOptions, Frontend, Haproxy, HealthCheck, PatroniCluster, PatroniPorts, PostgresCluster,
+    ProxyMode,
+};
 use slog::{Drain, Logger, info, o};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,15 +52,30 @@ struct Args {
     /// on three sleds and a QEMU guest's disk must be served by QEMU sleds.
     #[arg(long, default_value_t = 3)]
     qemu_sleds: u16,
-    /// PostgreSQL's port.
+    /// PostgreSQL's port. With --replicated-db, the first of eight: the three members'
+    /// PostgreSQL, their Patroni REST APIs, then etcd's client and peer ports.
     #[arg(long, default_value_t = 32221)]
     db_port: u16,
+    /// Run the database as three PostgreSQL members under Patroni (with etcd; data in
+    /// <dir>/patroni, kept across runs) instead of one server; Nexus connects with a
+    /// multi-host URL that finds the primary.
+    #[arg(long)]
+    replicated_db: bool,
     /// Nexus's external (/v1) API.
     #[arg(long, default_value = "127.0.0.1:12220")]
     external_address: SocketAddr,
     /// Nexus's internal API (for sled agents).
     #[arg(long, default_value = "127.0.0.1:12221")]
     internal_address: SocketAddr,
+    /// How many Nexus to run. More than one: each gets its own id and ports (external, then
+    /// internal, from --nexus-first-port on), and HAProxy listens at --external-address and
+    /// --internal-address in front of them all.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    nexus_count: u16,
+    /// With --nexus-count above 1: the first Nexus's external port; its internal port is the
+    /// next, and each further Nexus takes the next two.
+    #[arg(long, default_value_t = 12230)]
+    nexus_first_port: u16,
     /// The first sled agent's port; the others follow.
     #[arg(long, default_value_t = 12400)]
     first_sled_port: u16,
@@ -81,18 +108,41 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
 
+    if args.replicated_db {
+        info!(
+            log,
+            "starting PostgreSQL under Patroni (three members, etcd)"
+        );
+        let cluster = PatroniCluster::start(
+            &args.dir.join("patroni"),
+            PatroniPorts::consecutive(args.db_port),
+        )
+        .context("starting the replicated database (Patroni, etcd, PostgreSQL)")?;
+        let database_url = cluster
+            .create_database(DATABASE)
+            .context("creating the database")?;
+        let result = run(&args, &database_url, Some(&cluster), &log).await;
+        info!(log, "stopping Patroni, PostgreSQL and etcd");
+        drop(cluster);
+        return result;
+    }
     let cluster = PostgresCluster::start(ClusterOptions {
         port: Some(args.db_port),
         ..ClusterOptions::new(args.dir.join("postgres"))
     })
     .context("starting PostgreSQL")?;
-    let result = run(&args, &cluster, &log).await;
+    let result = create_database(&cluster);
+    let result = match result {
+        Ok(database_url) => run(&args, &database_url, None, &log).await,
+        Err(e) => Err(e),
+    };
     info!(log, "stopping PostgreSQL");
     cluster.stop().context("stopping PostgreSQL")?;
     result
 }
 
-async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Result<()> {
+/// Creates the database unless it exists; returns its URL.
+fn create_database(cluster: &PostgresCluster) -> anyhow::Result<String> {
     let exists = cluster.psql(
         "postgres",
         &format!("SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"),
@@ -100,7 +150,16 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     if exists.trim().is_empty() {
         cluster.psql("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
     }
-    let database_url = cluster.url_for(DATABASE);
+    Ok(cluster.url_for(DATABASE))
+}
+
+async fn run(
+    args: &Args,
+    database_url: &str,
+    patroni: Option<&PatroniCluster>,
+    log: &Logger,
+) -> anyhow::Result<()> {
+    let database_url = database_url.to_string();
     let datastore = DataStore::new(log, &database_url, PoolConfig::default());
     let version = datastore
         .apply_schema_migrations()
@@ -113,21 +172,69 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     let pki_dir = args.dir.join("pki");
     let pki = halyard_tls::pki::DevPki::create("run-all", &pki_dir)
         .context("making the development CA")?;
-    let nexus_config = halyard_nexus::Config {
-        id: NexusUuid::from_str(&identity(&args.dir.join("nexus-id"))?)?,
-        database_url: database_url.clone(),
-        external_address: args.external_address,
-        internal_address: args.internal_address,
-        retirement_interval_ms: 5_000,
-        heartbeat_interval_ms: 1_000,
-        nexus_gone_after_ms: 10_000,
-        instance_watcher_interval_ms: 1_000,
-        instance_reincarnation_interval_ms: 1_000,
-        sled_unresponsive_after_ms: 20_000,
-        auto_restart_cooldown_ms: 3_600_000,
-        tls: pki.files(halyard_tls::Role::Nexus)?,
+    // One Nexus listens at the given addresses; several get ports of their own, with HAProxy
+    // at the given addresses in front of them.
+    let mut nexuses = Vec::new();
+    for i in 0..args.nexus_count {
+        let (external_address, internal_address) = if args.nexus_count == 1 {
+            (args.external_address, args.internal_address)
+        } else {
+            let port = args.nexus_first_port + 2 * i;
+            (
+                SocketAddr::new(args.external_address.ip(), port),
+                SocketAddr::new(args.internal_address.ip(), port + 1),
+            )
+        };
+        // The first keeps the single Nexus's identity file, so its unfinished sagas resume.
+        let id_file = match i {
+            0 => args.dir.join("nexus-id"),
+            i => args.dir.join(format!("nexus-{i}-id")),
+        };
+        let nexus_config = halyard_nexus::Config {
+            id: NexusUuid::from_str(&identity(&id_file)?)?,
+            database_url: database_url.clone(),
+            external_address,
+            internal_address,
+            retirement_interval_ms: 5_000,
+            heartbeat_interval_ms: 1_000,
+            nexus_gone_after_ms: 10_000,
+            instance_watcher_interval_ms: 1_000,
+            instance_reincarnation_interval_ms: 1_000,
+            sled_unresponsive_after_ms: 20_000,
+            auto_restart_cooldown_ms: 3_600_000,
+            tls: pki.files(halyard_tls::Role::Nexus)?,
+        };
+        nexuses.push(halyard_nexus::Server::start(&nexus_config, log).await?);
+    }
+    let haproxy = if nexuses.len() > 1 {
+        // The external API has no unauthenticated health endpoint (Oxide's `GET /v1/ping` is
+        // not there yet), so both frontends check with a TCP connection.
+        let frontends = [
+            Frontend {
+                name: "nexus-external".into(),
+                listen: args.external_address,
+                mode: ProxyMode::Http,
+                check: HealthCheck::Tcp,
+                backends: nexuses.iter().map(|n| n.external_address()).collect(),
+            },
+            Frontend {
+                name: "nexus-internal".into(),
+                listen: args.internal_address,
+                mode: ProxyMode::Tcp,
+                check: HealthCheck::Tcp,
+                backends: nexuses.iter().map(|n| n.internal_address()).collect(),
+            },
+        ];
+        Some(
+            Haproxy::start(&args.dir.join("haproxy"), &frontends)
+                .context("starting HAProxy in front of the Nexus")?,
+        )
+    } else {
+        None
     };
-    let nexus = halyard_nexus::Server::start(&nexus_config, log).await?;
+    let nexus = &nexuses[0];
+    // Where clients and sled agents reach Nexus: HAProxy's addresses when there is one.
+    let (external_address, internal_address) = (args.external_address, args.internal_address);
 
     let mut sleds = Vec::new();
     for i in 0..args.sleds {
@@ -135,7 +242,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         let config = halyard_sled_agent::Config {
             sled_id,
             listen_address: SocketAddr::new(args.internal_address.ip(), args.first_sled_port + i),
-            nexus_address: nexus.internal_address(),
+            nexus_address: internal_address,
             backend: SledBackend::Sim,
             hardware_threads: 32,
             physical_ram: ByteCount::from_gibibytes_u32(64),
@@ -164,7 +271,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
                 args.internal_address.ip(),
                 args.first_sled_port + args.sleds + i,
             ),
-            nexus_address: nexus.internal_address(),
+            nexus_address: internal_address,
             backend: SledBackend::Qemu,
             // Room for a few small guests (under TCG each vCPU is a busy host thread).
             hardware_threads: 4,
@@ -200,7 +307,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     // first, so nothing scrolls it away.
     tokio::time::sleep(Duration::from_millis(200)).await;
     println!();
-    let external = format!("http://{}", nexus.external_address());
+    let external = format!("http://{external_address}");
     println!("Halyard is running.");
     println!("  Nexus external API:  {external}");
     println!(
@@ -242,7 +349,7 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         operator.cert.display(),
         operator.key.display()
     );
-    let internal = nexus.internal_address();
+    let internal = internal_address;
     println!(
         "  Nexus internal API:  https://{internal} (mutual TLS; certificates in {})",
         pki_dir.display()
@@ -255,6 +362,22 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
         halyard_tls::NEXUS_NAME,
         internal.port()
     );
+    if let Some(haproxy) = &haproxy {
+        println!(
+            "  {} Nexus behind HAProxy (configuration {}, log {}):",
+            nexuses.len(),
+            haproxy.config_path().display(),
+            haproxy.log_path().display()
+        );
+        for nexus in &nexuses {
+            println!(
+                "    Nexus {}: external http://{}, internal https://{}",
+                nexus.nexus().id(),
+                nexus.external_address(),
+                nexus.internal_address()
+            );
+        }
+    }
     for sled in &sleds {
         let inventory = sled.agent().inventory().await;
         let backend = match inventory.accelerator {
@@ -269,18 +392,30 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     }
     println!("  database:            {database_url}");
     println!("    psql \"{database_url}\"");
+    if let Some(patroni) = patroni {
+        let config = patroni.dir().join("member-0").join("patroni.yml");
+        println!(
+            "    three members under Patroni (primary now: {}); their state:",
+            patroni
+                .primary()
+                .map(|i| patroni.member_name(i).to_string())
+                .unwrap_or_else(|e| e.to_string())
+        );
+        println!("    patronictl -c {} list", config.display());
+    }
     // omdb's defaults are this environment's default addresses; say so when they differ.
     let mut omdb = "cargo run -q -p halyard-omdb --".to_string();
     if database_url != "postgresql://postgres@127.0.0.1:32221/halyard" {
-        omdb.push_str(&format!(" --db-url {database_url}"));
+        // Quoted: a multi-host URL has a `?`, which the shell would take for a pattern.
+        omdb.push_str(&format!(" --db-url '{database_url}'"));
     }
     if pki_dir != std::path::Path::new(".halyard-dev/pki") {
         omdb.push_str(&format!(" --tls-dir {}", pki_dir.display()));
     }
-    let nexus_flag = if nexus.internal_address().to_string() == "127.0.0.1:12221" {
+    let nexus_flag = if internal_address.to_string() == "127.0.0.1:12221" {
         String::new()
     } else {
-        format!(" --nexus-url https://{}", nexus.internal_address())
+        format!(" --nexus-url https://{internal_address}")
     };
     println!("  omdb, to inspect it (the database, Nexus, the sled agents):");
     println!("    {omdb} db instances");
@@ -302,7 +437,11 @@ async fn run(args: &Args, cluster: &PostgresCluster, log: &Logger) -> anyhow::Re
     for sled in sleds {
         sled.close().await?;
     }
-    nexus.close().await
+    drop(haproxy);
+    for nexus in nexuses {
+        nexus.close().await?;
+    }
+    Ok(())
 }
 
 /// A UUID kept in `path`: read if present, else made and written.

@@ -49,9 +49,22 @@
 //!
 //! PostgreSQL is found under `/usr/lib/postgresql/<version>/bin` (the Debian
 //! and Ubuntu layout); the highest version wins.
+//!
+//! # Replication and proxies
+//!
+//! [`PatroniCluster`] ([`patroni`]) is a replicated PostgreSQL: three members under Patroni
+//! with one etcd, synchronous replication, a multi-host URL that finds the primary, and a way
+//! to kill the primary and wait for the next. [`Haproxy`] ([`haproxy`]) runs HAProxy in front of
+//! several copies of a server (two Nexus). Both need their Debian packages (`patroni`,
+//! `etcd-server`, `haproxy`), which `dev-tools/run-tests.sh` installs.
 
+pub mod haproxy;
+mod http;
+pub mod patroni;
 mod ports;
 
+pub use haproxy::{Frontend, Haproxy, HealthCheck, ProxyMode};
+pub use patroni::{MemberPorts, PatroniCluster, PatroniPorts};
 pub use ports::{ReservedPort, reserve_port};
 
 use std::ffi::{CString, OsStr, OsString};
@@ -122,6 +135,12 @@ pub enum ClusterError {
         /// The last lines of the server log, when the server failed to start.
         server_log_tail: Option<String>,
     },
+    /// A program (Patroni, etcd, HAProxy) is not installed.
+    MissingProgram {
+        program: String,
+        /// The Debian package that has it.
+        package: String,
+    },
     /// A file-system or process-spawning operation failed.
     Io {
         /// What we were doing.
@@ -171,6 +190,11 @@ impl fmt::Display for ClusterError {
                 }
                 Ok(())
             }
+            ClusterError::MissingProgram { program, package } => write!(
+                f,
+                "{program} is not installed: run \
+                 \"apt-get update && apt-get install -y {package}\""
+            ),
             ClusterError::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -567,16 +591,7 @@ impl PostgresCluster {
     }
 
     fn psql_argv(&self, database: &str) -> Argv {
-        let psql = self.bin_dir.join("psql");
-        let psql = if psql.is_file() {
-            psql
-        } else {
-            PathBuf::from("psql")
-        };
-        Argv::new(psql)
-            .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-At", "-w"])
-            .args(["-h", LISTEN_ADDRESS, "-p", &self.port.to_string()])
-            .args(["-U", SUPERUSER, "-d", database])
+        psql_argv(&self.bin_dir, self.port, database)
     }
 
     /// Runs `sql` in `database` as the superuser; returns psql's unaligned,
@@ -605,6 +620,21 @@ impl PostgresCluster {
             .run()
             .map(drop)
     }
+}
+
+/// `psql` as the superuser over TCP to `127.0.0.1:<port>`: unaligned, tuples only, stopping at
+/// the first error, never asking for a password.
+fn psql_argv(bin_dir: &Path, port: u16, database: &str) -> Argv {
+    let psql = bin_dir.join("psql");
+    let psql = if psql.is_file() {
+        psql
+    } else {
+        PathBuf::from("psql")
+    };
+    Argv::new(psql)
+        .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-At", "-w"])
+        .args(["-h", LISTEN_ADDRESS, "-p", &port.to_string()])
+        .args(["-U", SUPERUSER, "-d", database])
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, ClusterError> {
@@ -741,10 +771,7 @@ extern "C" fn remove_shared_at_exit() {
 }
 
 /// Starts a detached `sh` that waits for process `pid` to go away, then stops
-/// the cluster in `data_dir` and removes `remove`. It covers deaths that skip
-/// `atexit` handlers (SIGKILL, signals, aborts). It gets its own process
-/// group, so a Ctrl-C aimed at the tests does not reach it, and null stdio, so
-/// it does not hold the test runner's pipes open.
+/// the cluster in `data_dir` and removes `remove` (see [`spawn_watchdog_script`]).
 fn spawn_watchdog(
     pid: u32,
     bin_dir: &Path,
@@ -752,19 +779,45 @@ fn spawn_watchdog(
     user: Option<ServerUser>,
     remove: &Path,
 ) -> Result<(), ClusterError> {
-    let stop = Argv::as_user(user, &bin_dir.join("pg_ctl"))
+    let mut cleanup = pg_ctl_stop_immediate_words(bin_dir, data_dir, user);
+    cleanup.extend(b" >/dev/null 2>&1");
+    spawn_watchdog_script(pid, &cleanup, Some(remove)).map(drop)
+}
+
+/// `pg_ctl -w -D <data_dir> -m immediate stop` (as the server user) as shell words.
+fn pg_ctl_stop_immediate_words(
+    bin_dir: &Path,
+    data_dir: &Path,
+    user: Option<ServerUser>,
+) -> Vec<u8> {
+    Argv::as_user(user, &bin_dir.join("pg_ctl"))
         .arg("-w")
         .arg("-D")
         .arg(data_dir)
-        .args(["-m", "immediate", "stop"]);
+        .args(["-m", "immediate", "stop"])
+        .shell_words()
+}
+
+/// Starts a detached `sh` that waits for process `pid` to go away, then runs the shell
+/// commands `cleanup` and removes `remove` (if given). It covers deaths that skip `atexit`
+/// handlers and destructors (SIGKILL, signals, aborts). It gets its own process group, so a
+/// Ctrl-C aimed at the tests does not reach it, and null stdio, so it does not hold the test
+/// runner's pipes open. Returns the watchdog's pid (to end it early: SIGKILL).
+fn spawn_watchdog_script(
+    pid: u32,
+    cleanup: &[u8],
+    remove: Option<&Path>,
+) -> Result<u32, ClusterError> {
     let mut script = format!("while kill -0 {pid} 2>/dev/null; do sleep 1; done; ").into_bytes();
-    script.extend(stop.shell_words());
-    script.extend(b" >/dev/null 2>&1; rm -rf -- ");
-    script.extend(shell_quote(remove.as_os_str()));
+    script.extend(cleanup);
+    if let Some(remove) = remove {
+        script.extend(b"; rm -rf -- ");
+        script.extend(shell_quote(remove.as_os_str()));
+    }
 
     // Never waited for: it outlives this process by design (and is reaped by
     // init), and while this process lives it does not exit.
-    Command::new("/bin/sh")
+    let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(OsString::from_vec(script))
         .stdin(Stdio::null())
@@ -774,7 +827,30 @@ fn spawn_watchdog(
         .process_group(0)
         .spawn()
         .map_err(|e| ClusterError::io("starting the clean-up watchdog (/bin/sh)", e))?;
-    Ok(())
+    Ok(child.id())
+}
+
+/// A fresh `$TMPDIR/halyard-test-pg-<kind>-<pid>-<n>-<nanos>`, readable by all (the server
+/// user must reach the data directories inside).
+fn fresh_temp_root(kind: &str) -> Result<PathBuf, ClusterError> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let pid = std::process::id();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let root = std::env::temp_dir().join(format!("halyard-test-pg-{kind}-{pid}-{n}-{nanos}"));
+    fs::create_dir(&root)
+        .map_err(|e| ClusterError::io(format!("creating {}", root.display()), e))?;
+    if let Err(e) = fs::set_permissions(&root, fs::Permissions::from_mode(0o755)) {
+        let _ = fs::remove_dir_all(&root);
+        return Err(ClusterError::io(
+            format!("setting permissions on {}", root.display()),
+            e,
+        ));
+    }
+    Ok(root)
 }
 
 // ---------------------------------------------------------------------------
@@ -798,26 +874,14 @@ pub struct PrivateCluster {
 impl PrivateCluster {
     /// Initialises and starts a new cluster on a free port.
     pub fn start() -> Result<PrivateCluster, ClusterError> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
         let bin_dir = postgres_bin_dir()?;
         let user = server_user()?;
         let pid = std::process::id();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let root = std::env::temp_dir().join(format!("halyard-test-pg-private-{pid}-{n}-{nanos}"));
-        fs::create_dir(&root)
-            .map_err(|e| ClusterError::io(format!("creating {}", root.display()), e))?;
+        let root = fresh_temp_root("private")?;
         let remove_root = |e: ClusterError| {
             let _ = fs::remove_dir_all(&root);
             e
         };
-        // The server user must be able to reach the data directory inside.
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
-            .map_err(|e| ClusterError::io(format!("setting permissions on {}", root.display()), e))
-            .map_err(remove_root)?;
         let data_dir = root.join("data");
         spawn_watchdog(pid, &bin_dir, &data_dir, user, &root).map_err(remove_root)?;
         let mut options = ClusterOptions::new(&data_dir);
