@@ -146,7 +146,7 @@ async fn a_frozen_sled_agent_loses_its_vmms_and_destroys_them_when_it_thaws() {
     let frozen = SledAgentProcess::start(ctx.server().internal_address());
     ctx.eventually(
         "the sled agent process registered",
-        async |ctx: &TestContext| sql(&ctx, "SELECT count(*) FROM sled") == "3",
+        async |ctx: &TestContext| sql(ctx, "SELECT count(*) FROM sled") == "3",
     )
     .await;
     let project = ctx.project("p").await;
@@ -176,7 +176,7 @@ async fn a_frozen_sled_agent_loses_its_vmms_and_destroys_them_when_it_thaws() {
         "the frozen sled's VMMs failed",
         async |ctx: &TestContext| {
             sql(
-                &ctx,
+                ctx,
                 &format!(
                     "SELECT count(*) FROM vmm WHERE sled_id = '{sled}' AND time_deleted IS NULL"
                 ),
