@@ -12,6 +12,7 @@ mod reservations;
 mod saga_adoption;
 mod saga_log;
 mod schema;
+mod sled_silence;
 mod vmms;
 
 use halyard_common::ids::{InstanceUuid, ProjectUuid, SledUuid};

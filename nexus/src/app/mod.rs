@@ -58,6 +58,9 @@ pub struct Nexus {
     /// When this Nexus last wrote its heartbeat (or was made: a Nexus that never runs the
     /// heartbeat task, as in tests, counts from then).
     last_heartbeat: std::sync::Mutex<std::time::Instant>,
+    /// When this Nexus was made: the instance watcher judges a sled silent only on what it
+    /// has watched itself for at least the bound (see `background::instance_watcher`).
+    started_at: std::time::Instant,
     /// Test-only: a saga node whose action this process makes fail (`HALYARD_FAIL_AT`).
     injected_failure: Option<crash_point::InjectedFailure>,
     /// Test-only: a crash point after a node's effects (`HALYARD_CRASH_AT=...:after_effect`).
@@ -114,6 +117,11 @@ impl Nexus {
             .sled_unresponsive_after
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = bound;
+    }
+
+    /// How long this Nexus has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started_at.elapsed()
     }
 
     /// How long after an automatic restart a failed instance waits for the next one (see
@@ -186,6 +194,7 @@ impl Nexus {
                 background::nexus_heartbeat::DEFAULT_GONE_AFTER,
             ),
             last_heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
+            started_at: std::time::Instant::now(),
             sled_unresponsive_after: std::sync::Mutex::new(
                 background::instance_watcher::DEFAULT_SLED_UNRESPONSIVE_AFTER,
             ),

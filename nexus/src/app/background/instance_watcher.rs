@@ -19,6 +19,10 @@
 //! reconciliation (`Nexus::reconcile_sled`) has it destroy every VMM the database retired,
 //! and only then clears the mark: nothing new runs there before those are gone.
 //!
+//! A Nexus fails nothing before it has itself been running for the bound: after an outage of
+//! every Nexus, each sled's last sighting is old, and a sled agent slow to answer the first
+//! probe is not silent for that.
+//!
 //! Idempotent, and safe with several Nexus running it at once: the mark keeps the first time,
 //! each VMM's retirement is one transaction that a second finds done.
 //!
@@ -117,6 +121,12 @@ impl Nexus {
                         "sled_id" => %sled.id(), "error" => %e);
                 }
             }
+        }
+        if self.uptime() < bound {
+            // A sled last seen before this Nexus started (after a long outage of every Nexus)
+            // looks silent before it had a fair chance to answer this one: judge only after
+            // watching for the bound.
+            return Ok(pass);
         }
         for sled in self.datastore().sled_list_silent(bound).await? {
             let Some(mark) = self
