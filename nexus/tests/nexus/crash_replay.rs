@@ -92,11 +92,36 @@ struct Cluster {
     external: SocketAddr,
     sleds: Vec<halyard_sled_agent::Server>,
     http: reqwest::Client,
+    /// Where `request` sends: the external API at `external`, unless a test points it at
+    /// another Nexus (`send_requests_to`).
+    api: std::sync::Mutex<SocketAddr>,
+    /// With a live peer (`Cluster::with_live_peer`): HAProxy in front of both Nexus's internal
+    /// APIs, which the sled agents call, and the peer's own addresses.
+    peer: Option<LivePeer>,
+}
+
+/// A second Nexus running beside the crashing ones, and what lets sled agents reach either.
+struct LivePeer {
+    _proxy: halyard_test_db::Haproxy,
+    _ports: [halyard_test_db::ReservedPort; 3],
+    external: SocketAddr,
+    config_path: PathBuf,
 }
 
 impl Cluster {
     /// `sleds` sim sled agents, each offering `storage` bytes for regions.
     async fn new(sleds: usize, storage: ByteCount) -> Cluster {
+        Cluster::build(sleds, storage, false).await
+    }
+
+    /// As `new`, plus room for a second Nexus (the adopter's id, addresses of its own) that
+    /// runs beside the crashing ones: the sled agents call HAProxy, which forwards to whichever
+    /// of the two internal APIs answers.
+    async fn with_live_peer(sleds: usize, storage: ByteCount) -> Cluster {
+        Cluster::build(sleds, storage, true).await
+    }
+
+    async fn build(sleds: usize, storage: ByteCount, live_peer: bool) -> Cluster {
         let db = TestDatabase::new();
         // Each Nexus child of this cluster binds these again after the one before died: ports
         // outside the kernel's ephemeral range, that no other test picks while they are held,
@@ -120,6 +145,35 @@ impl Cluster {
         write_nexus_config(&config_path, ids[0], db.url(), external, internal);
         let adopter_config_path = stderr_dir.join("adopter.toml");
         write_nexus_config(&adopter_config_path, ids[1], db.url(), external, internal);
+        let peer = live_peer.then(|| {
+            let ports = [
+                halyard_test_db::reserve_port().unwrap(),
+                halyard_test_db::reserve_port().unwrap(),
+                halyard_test_db::reserve_port().unwrap(),
+            ];
+            let (peer_external, peer_internal) = (ports[0].address(), ports[1].address());
+            let config_path = stderr_dir.join("peer.toml");
+            write_nexus_config(&config_path, ids[1], db.url(), peer_external, peer_internal);
+            let frontend = halyard_test_db::Frontend {
+                name: "nexus-internal".to_string(),
+                listen: ports[2].address(),
+                mode: halyard_test_db::ProxyMode::Tcp,
+                check: halyard_test_db::HealthCheck::Tcp,
+                backends: vec![internal, peer_internal],
+            };
+            let proxy = halyard_test_db::Haproxy::start(&stderr_dir.join("haproxy"), &[frontend])
+                .unwrap_or_else(|e| panic!("{e}"));
+            LivePeer {
+                _proxy: proxy,
+                _ports: ports,
+                external: peer_external,
+                config_path,
+            }
+        });
+        let sled_nexus_address = match &peer {
+            Some(peer) => peer._ports[2].address(),
+            None => internal,
+        };
         let sled_count = sleds;
         let mut sleds = Vec::new();
         for _ in 0..sled_count {
@@ -127,7 +181,7 @@ impl Cluster {
             let config = halyard_sled_agent::Config {
                 sled_id,
                 listen_address: "127.0.0.1:0".parse().unwrap(),
-                nexus_address: internal,
+                nexus_address: sled_nexus_address,
                 backend: SledBackend::Sim,
                 hardware_threads: SLED_THREADS,
                 physical_ram: ByteCount::from_gibibytes_u32(SLED_RAM_GIB),
@@ -163,7 +217,14 @@ impl Cluster {
             external,
             sleds,
             http: crate::authn_support::http_client(&token),
+            api: std::sync::Mutex::new(external),
+            peer,
         }
+    }
+
+    /// Sends later requests to the external API at `address`.
+    fn send_requests_to(&self, address: SocketAddr) {
+        *self.api.lock().unwrap() = address;
     }
 
     fn sql(&self, query: &str) -> String {
@@ -237,7 +298,7 @@ impl Cluster {
     async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
         let mut request = self.http.request(
             method.parse().unwrap(),
-            format!("http://{}{path}", self.external),
+            format!("http://{}{path}", *self.api.lock().unwrap()),
         );
         if let Some(body) = body {
             request = request.json(&body);
@@ -1319,6 +1380,46 @@ async fn snapshot_sagas_survive_a_crash_at_every_node() {
 
 /// Crashes every node of each of `sagas` at every point (see the module's comment), one case
 /// after another on `cluster`, and prints a summary.
+/// Every crash point of `sagas`, with the node to fail for the unwinding ones. Forward: every
+/// node, right after `started`, right after its effects and right after `succeeded`.
+/// Unwinding: a failure at the saga's last node, then every earlier node right after
+/// `undo_started` and right after `undo_finished`.
+fn crash_cases<'a>(sagas: &[&'a SagaNodes]) -> Vec<Case<'a>> {
+    let mut cases = Vec::new();
+    for saga in sagas.iter().copied() {
+        for node in &saga.nodes {
+            for event in [
+                CrashEvent::Started,
+                CrashEvent::AfterEffect,
+                CrashEvent::Succeeded,
+            ] {
+                cases.push((saga, node.clone(), event, None));
+            }
+        }
+        let (last, earlier) = saga.nodes.split_last().unwrap();
+        for node in earlier {
+            for event in [CrashEvent::UndoStarted, CrashEvent::UndoFinished] {
+                cases.push((saga, node.clone(), event, Some(last.clone())));
+            }
+        }
+    }
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(number, (saga, node, event, fail_at))| Case {
+            saga,
+            point: CrashPoint {
+                saga: saga.name.to_string(),
+                node,
+                event,
+                stop_only: false,
+            },
+            fail_at,
+            instance: format!("vm-{number}"),
+        })
+        .collect()
+}
+
 async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
     // `HALYARD_CRASH_REPLAY_SAGAS=disk-attach,disk-detach` runs only those sagas' cases.
     let only: Option<Vec<String>> = std::env::var("HALYARD_CRASH_REPLAY_SAGAS")
@@ -1353,45 +1454,13 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
     assert!(registered, "the sled agents never all registered");
     stop(nexus);
 
-    // Forward: every node, right after `started`, right after its effects and right after
-    // `succeeded`. Unwinding: a
-    // failure at the saga's last node, then every earlier node right after `undo_started`
-    // and right after `undo_finished`.
-    let mut cases = Vec::new();
-    for saga in sagas.iter().copied() {
-        for node in &saga.nodes {
-            for event in [
-                CrashEvent::Started,
-                CrashEvent::AfterEffect,
-                CrashEvent::Succeeded,
-            ] {
-                cases.push((saga, node.clone(), event, None));
-            }
-        }
-        let (last, earlier) = saga.nodes.split_last().unwrap();
-        for node in earlier {
-            for event in [CrashEvent::UndoStarted, CrashEvent::UndoFinished] {
-                cases.push((saga, node.clone(), event, Some(last.clone())));
-            }
-        }
-    }
-
+    let cases = crash_cases(&sagas);
     let mut summary = BTreeMap::<&str, Summary>::new();
     let mut covered = BTreeSet::new();
     let mut undo_covered = BTreeSet::new();
     let mut without_effect = Vec::new();
-    for (number, (saga, node, event, fail_at)) in cases.into_iter().enumerate() {
-        let case = Case {
-            saga,
-            point: CrashPoint {
-                saga: saga.name.to_string(),
-                node: node.clone(),
-                event,
-                stop_only: false,
-            },
-            fail_at,
-            instance: format!("vm-{number}"),
-        };
+    for case in &cases {
+        let (saga, node, event) = (case.saga, &case.point.node, case.point.event);
         let mut stderr = Vec::new();
         let outcome = match run_case(&cluster, &case, &mut stderr).await {
             Ok(outcome) => outcome,
@@ -1417,7 +1486,7 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
         }
         if event.is_undo() {
             entry.undo_crashes += 1;
-            undo_covered.insert((saga.name, node));
+            undo_covered.insert((saga.name, node.clone()));
         } else {
             if event == CrashEvent::AfterEffect {
                 match node_effect(saga.name, &node) {
@@ -1425,7 +1494,7 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
                     None => without_effect.push(format!("{}:{node}", saga.name)),
                 }
             }
-            covered.insert((saga.name, node, event));
+            covered.insert((saga.name, node.clone(), event));
         }
     }
 
@@ -1668,4 +1737,143 @@ fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command name in parentheses (which may hold spaces): " <state> ".
     stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// kill -9 of one of two running Nexus at every crash point of instance-start (forward and
+/// unwinding): the other one, up all along on addresses of its own (the sled agents reach
+/// either through HAProxy), adopts the dead one's saga once its heartbeat is older than the
+/// bound, and finishes or unwinds it; the outcome, the instance and every invariant are
+/// checked (among them: no generation of a saga's log written by two Nexus).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_running_nexus_killed_at_every_node_the_other_adopts() {
+    let cluster = Cluster::with_live_peer(2, ByteCount::from_mebibytes_u32(0)).await;
+    let peer = cluster.peer.as_ref().unwrap();
+    let peer_log = cluster.stderr_dir.join("peer.stderr");
+    let live = cluster
+        .nexus_with(&peer.config_path, peer.external, &peer_log, None, None)
+        .await
+        .unwrap();
+    cluster.send_requests_to(peer.external);
+    let answer = cluster
+        .request(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": "p", "description": ""})),
+        )
+        .await;
+    assert!(matches!(answer, Some((201, _))), "{answer:?}");
+    let mut registered = false;
+    for _ in 0..1500 {
+        registered = cluster.sql("SELECT count(*) FROM sled") == cluster.sleds.len().to_string();
+        if registered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(registered, "the sled agents never all registered");
+
+    let start = SagaNodes::of::<instance_start::SagaInstanceStart>(instance_start::Params {
+        instance_id: InstanceUuid::new_v4(),
+    });
+    let cases = crash_cases(&[&start]);
+    let (mut finished, mut unwound) = (0, 0);
+    for case in &cases {
+        let crash_log = cluster
+            .stderr_dir
+            .join(format!("{}-crash.stderr", case.instance));
+        match crash_beside_a_live_peer(&cluster, case, &crash_log).await {
+            Ok(Outcome::Finished) => finished += 1,
+            Ok(Outcome::Unwound) => unwound += 1,
+            Err(message) => panic!(
+                "crash at {}{}: {message}\n\n{}\n{}",
+                case.point,
+                case.fail_at
+                    .as_ref()
+                    .map(|node| format!(" (failure injected at {node})"))
+                    .unwrap_or_default(),
+                stderr_tail(&crash_log),
+                stderr_tail(&peer_log)
+            ),
+        }
+    }
+    stop(live);
+    println!(
+        "crash replay beside a running Nexus: {} kills of one of two Nexus ({} nodes of {}), \
+         each saga adopted by the other: {finished} finished, {unwound} unwound",
+        cases.len(),
+        start.nodes.len(),
+        start.name
+    );
+}
+
+/// One case of `one_of_two_running_nexus_killed_at_every_node_the_other_adopts`.
+async fn crash_beside_a_live_peer(
+    cluster: &Cluster,
+    case: &Case<'_>,
+    crash_log: &Path,
+) -> Result<Outcome, String> {
+    let peer = cluster.peer.as_ref().unwrap();
+    let name = &case.instance;
+    let create = json!({"name": name, "description": "", "hostname": "h", "ncpus": 1,
+        "memory": 1u64 << 30, "start": false});
+    let answer = cluster
+        .request("POST", "/v1/instances?project=p", Some(create))
+        .await;
+    check!(
+        matches!(answer, Some((201, _))),
+        "creating {name}: {answer:?}"
+    );
+    let fail_at = case
+        .fail_at
+        .as_ref()
+        .map(|node| format!("{}:{node}", case.saga.name));
+    let mut crashing = cluster
+        .nexus(crash_log, Some(&case.point), fail_at.as_deref())
+        .await?;
+    cluster.send_requests_to(cluster.external);
+    let answer = cluster
+        .request(
+            "POST",
+            &format!("/v1/instances/{name}/start?project=p"),
+            None,
+        )
+        .await;
+    cluster.send_requests_to(peer.external);
+    let mut status = None;
+    for _ in 0..3000 {
+        status = crashing.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Some(status) = status else {
+        stop(crashing);
+        return Err(format!(
+            "the crash point was never reached in 30 s (the request answered {answer:?})"
+        ));
+    };
+    check!(
+        status.signal() == Some(libc::SIGKILL),
+        "Nexus was not killed by SIGKILL: {status} (the request answered {answer:?})"
+    );
+    let saga_id = cluster.sql(&format!(
+        "SELECT s.id FROM saga s WHERE s.name = '{}' AND s.creator = '{}' \
+         AND s.dag::TEXT LIKE '%' || (SELECT id::TEXT FROM instance WHERE name = '{name}') || '%'",
+        case.saga.name, cluster.ids[0]
+    ));
+    check!(
+        !saga_id.is_empty() && !saga_id.contains('\n'),
+        "expected one {} saga created by the killed Nexus for {name}, found {saga_id:?}",
+        case.saga.name
+    );
+    let outcome = check_recovery(cluster, case, &saga_id, "").await?;
+    let owner = cluster.sql(&format!(
+        "SELECT current_sec || ' ' || adopt_generation FROM saga WHERE id = '{saga_id}'"
+    ));
+    check!(
+        owner == format!("{} 2", cluster.ids[1]),
+        "the running Nexus should have adopted the saga once; its owner and generation: {owner}"
+    );
+    Ok(outcome)
 }
