@@ -1462,7 +1462,7 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
     for case in &cases {
         let (saga, node, event) = (case.saga, &case.point.node, case.point.event);
         let mut stderr = Vec::new();
-        let outcome = match run_case(&cluster, &case, &mut stderr).await {
+        let outcome = match run_case(&cluster, case, &mut stderr).await {
             Ok(outcome) => outcome,
             Err(message) => panic!(
                 "crash at {}{}: {message}\n\nstderr of this case's Nexus processes:\n{}",
@@ -1489,7 +1489,7 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
             undo_covered.insert((saga.name, node.clone()));
         } else {
             if event == CrashEvent::AfterEffect {
-                match node_effect(saga.name, &node) {
+                match node_effect(saga.name, node) {
                     Some(_) => entry.effects_proved += 1,
                     None => without_effect.push(format!("{}:{node}", saga.name)),
                 }
