@@ -34,5 +34,6 @@ if ! bash dev-tools/guest-image.sh 2> >(tee /tmp/halyard-guest-image.$$ >&2); th
     qemu_args=(--qemu-sleds 0 --no-qemu-reason "${why#guest-image: }")
 fi
 rm -f /tmp/halyard-guest-image.$$
-cargo build -j2 -p halyard-run-all
+# halyard-nexus too: with --nexus-count above 1, each Nexus runs as a process of its own.
+cargo build -j2 -p halyard-run-all -p halyard-nexus
 exec target/debug/halyard-run-all "${qemu_args[@]}" "$@"

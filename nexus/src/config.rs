@@ -1,7 +1,7 @@
 //! Nexus's TOML configuration.
 
 use halyard_common::ids::NexusUuid;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -23,7 +23,7 @@ use std::path::Path;
 /// cert = ".halyard-dev/pki/nexus.pem"
 /// key = ".halyard-dev/pki/nexus-key.pem"
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub id: NexusUuid,
@@ -96,6 +96,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The configuration as a TOML file says it (what `from_file` reads back).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a Nexus configuration is plain TOML")
+    }
+
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let display = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -122,6 +122,28 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
+    /// A new never-expiring token for the default silo's user `name`, made (and granted the
+    /// fleet's `admin` role) if missing: how development environments, benchmarks and tests
+    /// get a caller without a login. The secret is returned this once.
+    pub async fn default_silo_admin_token(&self, name: &Name) -> Result<(SiloUser, Secret), Error> {
+        let silo = halyard_db_model::default_silo_id();
+        let user = match self.user_fetch_by_name(silo, name).await {
+            Ok(user) => user,
+            Err(Error::ObjectNotFound { .. }) => match self.user_create(silo, name.clone()).await {
+                Ok(user) => user,
+                // Another caller made it meanwhile.
+                Err(Error::ObjectAlreadyExists { .. }) => {
+                    self.user_fetch_by_name(silo, name).await?
+                }
+                Err(e) => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        self.fleet_role_grant(user.id(), "admin").await?;
+        let (_, secret) = self.token_create(user.id(), None).await?;
+        Ok((user, secret))
+    }
+
     /// Makes a token for a live user, expiring at `time_expires` (never if `None`). The
     /// secret is returned this once; only its hash is stored.
     pub async fn token_create(

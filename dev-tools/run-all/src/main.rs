@@ -17,6 +17,8 @@
 //! API as HTTP, the internal API passed through as TCP (mutual TLS stays between the sled agent
 //! and the Nexus it reaches), both health-checked every 500 ms, with a failed connection
 //! retried on another Nexus.
+//! Each of those Nexus is a `halyard-nexus` process of its own (see `nexus_process`), so one
+//! can be killed while the other serves and adopts its sagas.
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -32,6 +34,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+
+mod nexus_process;
+use nexus_process::RunningNexus;
 
 #[derive(Parser)]
 #[command(
@@ -204,7 +209,12 @@ async fn run(
             auto_restart_cooldown_ms: 3_600_000,
             tls: pki.files(halyard_tls::Role::Nexus)?,
         };
-        nexuses.push(halyard_nexus::Server::start(&nexus_config, log).await?);
+        // Several: each a process of its own, so one can die alone.
+        nexuses.push(if args.nexus_count == 1 {
+            RunningNexus::in_process(&nexus_config, log).await?
+        } else {
+            RunningNexus::process(&nexus_config, &args.dir, args.log_level).await?
+        });
     }
     let haproxy = if nexuses.len() > 1 {
         // The external API has no unauthenticated health endpoint (Oxide's `GET /v1/ping` is
@@ -232,7 +242,6 @@ async fn run(
     } else {
         None
     };
-    let nexus = &nexuses[0];
     // Where clients and sled agents reach Nexus: HAProxy's addresses when there is one.
     let (external_address, internal_address) = (args.external_address, args.internal_address);
 
@@ -297,9 +306,8 @@ async fn run(
     wait_for_sleds(&datastore, usize::from(args.sleds + args.qemu_sleds)).await?;
     // Every external request needs a token: the default user gets a new one each start
     // (tokens are kept only as hashes, so an old one cannot be shown again).
-    let (user, token) = nexus
-        .nexus()
-        .default_silo_user_token(&DEFAULT_USER.parse()?)
+    let (user, token) = datastore
+        .default_silo_admin_token(&DEFAULT_USER.parse()?)
         .await
         .context("making the default user's token")?;
 
@@ -372,11 +380,18 @@ async fn run(
         for nexus in &nexuses {
             println!(
                 "    Nexus {}: external http://{}, internal https://{}",
-                nexus.nexus().id(),
+                nexus.id(),
                 nexus.external_address(),
                 nexus.internal_address()
             );
+            if let Some((pid, log_path)) = nexus.process_details() {
+                println!("      pid {pid}, log {}", log_path.display());
+            }
         }
+        println!(
+            "    kill -9 one of them: HAProxy sends everything to the other, which adopts its \
+             unfinished sagas once its heartbeat is 10 s old"
+        );
     }
     for sled in &sleds {
         let inventory = sled.agent().inventory().await;

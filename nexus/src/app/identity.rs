@@ -68,18 +68,6 @@ impl Nexus {
         &self,
         name: &halyard_common::Name,
     ) -> Result<(SiloUser, Secret), Error> {
-        let silo = halyard_db_model::default_silo_id();
-        let user = match self.datastore().user_fetch_by_name(silo, name).await {
-            Ok(user) => user,
-            Err(Error::ObjectNotFound { .. }) => {
-                self.datastore().user_create(silo, name.clone()).await?
-            }
-            Err(e) => return Err(e),
-        };
-        self.datastore()
-            .fleet_role_grant(user.id(), crate::authz::FleetRole::Admin.name())
-            .await?;
-        let (_, secret) = self.datastore().token_create(user.id(), None).await?;
-        Ok((user, secret))
+        self.datastore().default_silo_admin_token(name).await
     }
 }

@@ -10,16 +10,10 @@ pub async fn test_user_token_in(database_url: &str) -> String {
         database_url,
         halyard_db_queries::PoolConfig::default(),
     );
-    let silo = halyard_db_model::default_silo_id();
-    let user = datastore
-        .user_create(silo, TEST_USER.parse().unwrap())
+    let (_, secret) = datastore
+        .default_silo_admin_token(&TEST_USER.parse().unwrap())
         .await
-        .expect("creating the test user");
-    datastore
-        .fleet_role_grant(user.id(), "admin")
-        .await
-        .expect("making the test user a fleet admin");
-    let (_, secret) = datastore.token_create(user.id(), None).await.unwrap();
+        .expect("making the test user and its token");
     secret.expose().to_string()
 }
 
