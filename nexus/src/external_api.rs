@@ -28,9 +28,9 @@ use halyard_nexus_external_api::params::{
 };
 use halyard_nexus_external_api::views::{
     Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Disk, DiskState, DiskType,
-    IdentityType, Instance, InstanceSerialConsoleData, Migration, Project, ProjectRole,
-    ProjectRolePolicy, ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
-    Snapshot, SnapshotState,
+    IdentityType, Instance, InstanceSerialConsoleData, Migration, Ping, PingStatus, Project,
+    ProjectRole, ProjectRolePolicy, ProjectRoleRoleAssignment, Sled, SledPolicy,
+    SledProvisionPolicy, SledState, Snapshot, SnapshotState,
 };
 use std::sync::Arc;
 
@@ -1042,6 +1042,15 @@ impl NexusExternalApi for NexusExternalImpl {
             let snapshot = lookup_snapshot(nexus, &opctx, query, path, Action::Delete).await?;
             for_request(rqctx, nexus.snapshot_delete(&snapshot)).await?;
             Ok(HttpResponseDeleted())
+        })
+        .await
+    }
+
+    async fn ping(rqctx: RequestContext<Self::Context>) -> Result<HttpResponseOk<Ping>, HttpError> {
+        unauthenticated_request(&rqctx, async {
+            Ok(HttpResponseOk(Ping {
+                status: PingStatus::Ok,
+            }))
         })
         .await
     }

@@ -217,14 +217,16 @@ async fn run(
         });
     }
     let haproxy = if nexuses.len() > 1 {
-        // The external API has no unauthenticated health endpoint (Oxide's `GET /v1/ping` is
-        // not there yet), so both frontends check with a TCP connection.
+        // The external API is checked with Oxide's `GET /v1/ping` (no token needed); the
+        // internal one, mutual TLS passed through, with a TCP connection.
         let frontends = [
             Frontend {
                 name: "nexus-external".into(),
                 listen: args.external_address,
                 mode: ProxyMode::Http,
-                check: HealthCheck::Tcp,
+                check: HealthCheck::Http {
+                    path: "/v1/ping".into(),
+                },
                 backends: nexuses.iter().map(|n| n.external_address()).collect(),
             },
             Frontend {

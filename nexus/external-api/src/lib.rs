@@ -28,8 +28,8 @@ use params::{
     ProjectPath, ProjectSelector, SnapshotCreate, SnapshotPath,
 };
 use views::{
-    CurrentUser, Disk, Instance, InstanceSerialConsoleData, Migration, Project, ProjectRolePolicy,
-    Sled, Snapshot,
+    CurrentUser, Disk, Instance, InstanceSerialConsoleData, Migration, Ping, Project,
+    ProjectRolePolicy, Sled, Snapshot,
 };
 
 #[dropshot::api_description]
@@ -381,6 +381,13 @@ pub trait NexusExternalApi {
         query: Query<OptionalProjectSelector>,
         path: Path<SnapshotPath>,
     ) -> Result<HttpResponseDeleted, HttpError>;
+
+    // System status
+
+    /// Ping the API: answers `{"status": "ok"}` whenever it answers at all, with no token
+    /// needed (what a load balancer's health check asks).
+    #[endpoint { method = GET, path = "/v1/ping", tags = ["system/status"] }]
+    async fn ping(rqctx: RequestContext<Self::Context>) -> Result<HttpResponseOk<Ping>, HttpError>;
 
     // System hardware
 

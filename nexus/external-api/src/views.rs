@@ -347,3 +347,17 @@ pub enum SnapshotState {
     Faulted,
     Destroyed,
 }
+
+/// The answer to `GET /v1/ping`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct Ping {
+    /// Whether the external API is reachable: always `ok` if the endpoint answers at all.
+    pub status: PingStatus,
+}
+
+/// See [`Ping`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PingStatus {
+    Ok,
+}

@@ -327,6 +327,7 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
             format!("/v1/instances?project={project}"),
             Some(instance_body("created")),
         ),
+        "ping" => get("/v1/ping".to_string()),
         "instance_view" => get(format!("/v1/instances/{instance}")),
         "instance_delete" => with(M::DELETE, format!("/v1/instances/{instance}"), None),
         "instance_update" => with(

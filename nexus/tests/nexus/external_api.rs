@@ -46,6 +46,9 @@ async fn the_oxide_sdk_drives_the_system_unmodified() {
         .await
         .unwrap();
     assert_eq!(project.name.to_string(), "demo");
+    // The health check a load balancer asks (no token needed, but one is fine).
+    let ping = client.ping().send().await.unwrap();
+    assert_eq!(ping.status, oxide::types::PingStatus::Ok);
     for name in ["web-b", "web-a", "web-c"] {
         let created = client
             .instance_create()
