@@ -61,7 +61,7 @@ const PROJECT: &str = "load";
 const DATABASE: &str = "halyard";
 
 /// One request's outcome, as its client saw it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Exchange {
     sent: Instant,
     answered: Instant,
@@ -410,11 +410,33 @@ async fn lifecycle_load_through_haproxy_survives_losing_the_primary() {
         stopped - killed_at,
         quiet.elapsed()
     );
+    // The requests the kill caught in flight: sent before it, answered after.
+    let caught: Vec<String> = exchanges
+        .iter()
+        .filter(|e| e.sent < killed_at && e.answered > killed_at)
+        .map(|e| {
+            format!(
+                "{} -> {:?} after {:.1?}",
+                e.what,
+                e.status,
+                e.answered - e.sent
+            )
+        })
+        .collect();
+    println!("in flight at the kill: {caught:#?}");
     assert!(failures.is_empty(), "clients failed: {failures:#?}");
     let out_of_window: Vec<String> = exchanges
         .iter()
         .filter(|e| e.status != Some(503) && !e.status.is_some_and(|s| (200..300).contains(&s)))
-        .map(|e| format!("{e:?}"))
+        .map(|e| {
+            format!(
+                "{} answered {:?} {:?}, {:.1?} after the kill",
+                e.what,
+                e.status,
+                e.error,
+                e.answered.saturating_duration_since(killed_at)
+            )
+        })
         .chain(
             unavailable
                 .iter()
@@ -423,7 +445,7 @@ async fn lifecycle_load_through_haproxy_survives_losing_the_primary() {
                     format!(
                         "503 to {} answered {:.1?} after the kill",
                         e.what,
-                        e.answered - killed_at
+                        e.answered.saturating_duration_since(killed_at)
                     )
                 }),
         )
