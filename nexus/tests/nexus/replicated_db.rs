@@ -424,6 +424,17 @@ async fn lifecycle_load_through_haproxy_survives_losing_the_primary() {
         })
         .collect();
     println!("in flight at the kill: {caught:#?}");
+    let answered_503: Vec<String> = unavailable
+        .iter()
+        .map(|e| {
+            format!(
+                "{} at {:.1?} after the kill",
+                e.what,
+                e.answered.saturating_duration_since(killed_at)
+            )
+        })
+        .collect();
+    println!("answered 503: {answered_503:#?}");
     assert!(failures.is_empty(), "clients failed: {failures:#?}");
     let out_of_window: Vec<String> = exchanges
         .iter()
