@@ -16,6 +16,11 @@
 //! goes on [`LOAD_AFTER_FAILOVER`] after a new primary is up; then the clients finish the
 //! lifecycle they are in and stop.
 //!
+//! While no primary takes connections, a request waits for one up to the pool's
+//! `connection_timeout` (5 s) and is then answered 503; a saga's log writes are retried until
+//! the new primary takes them, so a request that waits for its saga (create, start, stop,
+//! delete) is answered once the failover is over, with its outcome.
+//!
 //! The failover window runs from the kill to the first 2xx answer to a request sent after it
 //! (every request needs the database: authentication reads the token). 503s may still come
 //! a little after that: each Nexus's pool holds connections to the dead primary, and each one
