@@ -40,7 +40,7 @@ echo "==> cargo test"
 # which seeds ran how many operations; how many model cases and steps) show here; so do the
 # replicated database's failover and HAProxy's (the failover window, requests after a death).
 cargo test -j2 --workspace -- --skip crash_replay:: --skip lost_replies:: --skip races:: --skip model_test:: \
-    --skip patroni:: --skip haproxy::
+    --skip patroni:: --skip haproxy:: --skip replicated_db::
 
 # `cargo test <args>` for tests selected by name; fails if the selection ran no test at all
 # (a renamed or moved module would otherwise "pass" in silence).
@@ -62,6 +62,8 @@ run_selected_tests() {
 
 echo "==> replicated PostgreSQL (Patroni): kill the primary; HAProxy: kill a backend"
 run_selected_tests -j2 -p halyard-test-db --lib -- --nocapture patroni:: haproxy::
+echo "==> lifecycle load through HAProxy and two Nexus while the Patroni primary is killed"
+run_selected_tests -j2 -p halyard-nexus --test nexus replicated_db:: -- --nocapture
 echo "==> crash replay at every saga node"
 run_selected_tests -j2 -p halyard-nexus --test nexus crash_replay:: -- --nocapture
 echo "==> lost replies at every saga node"

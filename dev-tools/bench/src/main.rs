@@ -31,10 +31,21 @@
 //! system, C clients do instance lifecycles for a window without disks and for a window in
 //! which each instance is created with a new disk (deleted with it), and it prints both rates
 //! side by side and their ratio; then the invariant checker's verdict.
+//!
+//! `halyard-bench ha` measures, in one run, C clients' lifecycles/s (through HAProxy, K
+//! simulated sleds whose sled agents also reach Nexus through HAProxy) in four windows: (a) one
+//! Nexus on one PostgreSQL (the test settings, but `synchronous_commit` on for Halyard's
+//! database); (b) two Nexus on the same PostgreSQL and sleds; (c) one Nexus on a Patroni
+//! cluster of three members with synchronous replication (fsync off too); (d) two Nexus on it
+//! (`--skip-two-on-patroni` leaves it out). It prints each rate and the ratios b/a (what a
+//! second Nexus adds), c/a (what synchronous replication costs) and d/c; then the invariant
+//! checker's verdict on both databases. Each window is `--duration-secs` (10) after
+//! `--warmup-secs` (3).
 
 use clap::Parser;
 
 mod disks;
+mod ha;
 mod lifecycles;
 mod placement;
 mod qemu;
@@ -53,6 +64,9 @@ enum Command {
     Placement(placement::PlacementArgs),
     /// Disk creates and deletes per second with C clients and K simulated sleds with storage.
     Disks(disks::DisksArgs),
+    /// Lifecycles per second with one Nexus and with two behind HAProxy, on one PostgreSQL
+    /// and on a replicated one (Patroni, synchronous replication), in one run.
+    Ha(ha::HaArgs),
 }
 
 #[tokio::main]
@@ -62,5 +76,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Lifecycles(args) => lifecycles::run(args).await,
         Command::Placement(args) => placement::run(args).await,
         Command::Disks(args) => disks::run(args).await,
+        Command::Ha(args) => ha::run(args).await,
     }
 }

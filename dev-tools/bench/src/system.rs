@@ -443,6 +443,15 @@ pub struct Lifecycle {
 /// A client of `nexus`'s external API that acts as the benchmark's own user (with a token
 /// made for it now), as every caller must.
 pub async fn authenticated_client(nexus: &halyard_nexus::Server) -> anyhow::Result<Client> {
+    authenticated_client_at(nexus, &format!("http://{}", nexus.external_address())).await
+}
+
+/// [`authenticated_client`] that sends its requests to `base_url` (HAProxy in front of
+/// `nexus` and others on the same database) instead of `nexus` itself.
+pub async fn authenticated_client_at(
+    nexus: &halyard_nexus::Server,
+    base_url: &str,
+) -> anyhow::Result<Client> {
     let (_, token) = nexus
         .nexus()
         .default_silo_user_token(&"bench".parse()?)
@@ -455,10 +464,7 @@ pub async fn authenticated_client(nexus: &halyard_nexus::Server) -> anyhow::Resu
     let http = reqwest::Client::builder()
         .default_headers(headers)
         .build()?;
-    Ok(Client::new_with_client(
-        &format!("http://{}", nexus.external_address()),
-        http,
-    ))
+    Ok(Client::new_with_client(base_url, http))
 }
 
 /// One client's full lifecycle of a new instance `name`: create (stopped), start, wait until

@@ -67,6 +67,26 @@ pub use haproxy::{Frontend, Haproxy, HealthCheck, ProxyMode};
 pub use patroni::{MemberPorts, PatroniCluster, PatroniPorts};
 pub use ports::{ReservedPort, reserve_port};
 
+/// Something that runs SQL with psql in one of its databases: a [`PostgresCluster`], or a
+/// [`PatroniCluster`] (on its current primary). For checkers that only read the database and
+/// do not care which kind of cluster holds it.
+pub trait RunSql {
+    /// Runs `sql` in `database`; psql's unaligned, tuples-only output.
+    fn run_sql(&self, database: &str, sql: &str) -> Result<String, ClusterError>;
+}
+
+impl RunSql for PostgresCluster {
+    fn run_sql(&self, database: &str, sql: &str) -> Result<String, ClusterError> {
+        self.psql(database, sql)
+    }
+}
+
+impl RunSql for PatroniCluster {
+    fn run_sql(&self, database: &str, sql: &str) -> Result<String, ClusterError> {
+        self.psql(database, sql)
+    }
+}
+
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::fs;

@@ -6,7 +6,7 @@ pub mod context;
 pub mod model;
 
 use halyard_db_model::REGIONS_PER_DISK;
-use halyard_test_db::{PostgresCluster, TestDatabase, shared_cluster};
+use halyard_test_db::{RunSql, TestDatabase, shared_cluster};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Every invariant violation in this database and these sled agents, not just the first.
@@ -77,13 +77,14 @@ pub const REPLACEMENT_BOUND_SECS: u64 = 90;
 /// The VMM states after which a VMM never runs again and holds no reservation.
 const TERMINAL_VMM_STATES: &str = "('destroyed','failed','saga_unwound')";
 
-/// [`invariant_violations`] for database `database` of `cluster` (a test's private cluster).
+/// [`invariant_violations`] for database `database` of `cluster` (a test's private cluster, or
+/// a replicated one: a [`halyard_test_db::PatroniCluster`] answers from its primary).
 pub fn invariant_violations_in(
-    cluster: &PostgresCluster,
+    cluster: &impl RunSql,
     database: &str,
     sleds: &[halyard_sled_agent::Server],
 ) -> Vec<String> {
-    let sql = |query: &str| cluster.psql(database, query).expect("psql");
+    let sql = |query: &str| cluster.run_sql(database, query).expect("psql");
     let mut violations = Vec::new();
     let mut check = |query: &str, rule: &str| {
         for row in sql(query).lines().filter(|l| !l.is_empty()) {

@@ -23,6 +23,7 @@ mod qemu;
 mod qemu_disks;
 mod races;
 mod region_replacement;
+mod replicated_db;
 mod saga_faults;
 mod saga_replay;
 mod serial_console;
