@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 ///   for its VMM's instance, and of that instance's size (threads = vCPUs, memory);
 /// - each sled's reserved totals equal the sum of its reservations and stay within its
 ///   capacity, hardware threads and memory alike;
-/// - on an expunged sled nothing is reserved and no VMM is live.
+/// - on an expunged sled nothing is reserved and no VMM is live; on a sled whose VMMs the
+///   instance watcher failed for its silence, nothing made before that is.
 ///
 /// Sagas (invariants 4 and 5): no saga is unfinished, and no saga is stuck (an undo failed;
 /// steno records such a saga as `done`); no adoption generation of a saga's log has events
@@ -197,6 +198,17 @@ pub fn invariant_violations_in(
         "SELECT r.vmm_id, r.sled_id FROM sled_reservation r JOIN sled s ON s.id = r.sled_id \
          WHERE s.time_expunged IS NOT NULL",
         "reservation on an expunged sled (VMM, sled)",
+    );
+    check(
+        "SELECT v.id, v.sled_id FROM vmm v JOIN sled s ON s.id = v.sled_id \
+         WHERE s.time_vmms_failed IS NOT NULL AND v.time_deleted IS NULL \
+           AND v.time_created < s.time_vmms_failed",
+        "live VMM made before its sled's VMMs were failed for silence (VMM, sled)",
+    );
+    check(
+        "SELECT r.vmm_id, r.sled_id FROM sled_reservation r JOIN sled s ON s.id = r.sled_id \
+         WHERE s.time_vmms_failed IS NOT NULL AND r.time_created < s.time_vmms_failed",
+        "reservation made before its sled's VMMs were failed for silence (VMM, sled)",
     );
 
     // Sagas.

@@ -549,6 +549,22 @@ async fn a_live_vmm_and_a_reservation_on_an_expunged_sled_are_flagged() {
 }
 
 #[tokio::test]
+async fn a_live_vmm_and_a_reservation_older_than_a_silent_sleds_mark_are_flagged() {
+    let system = CleanSystem::new().await;
+    system.break_with(&format!(
+        "UPDATE sled SET time_vmms_failed = now() WHERE id = '{}'",
+        system.a.sled
+    ));
+    assert_rules_broken(
+        &system.violations().await,
+        &[
+            "live VMM made before its sled's VMMs were failed for silence",
+            "reservation made before its sled's VMMs were failed for silence",
+        ],
+    );
+}
+
+#[tokio::test]
 async fn saga_leftovers_older_than_the_bound_are_flagged() {
     let system = CleanSystem::new().await;
     // The leftover task must not release them while the checker looks.

@@ -127,12 +127,15 @@ impl ModelSystem {
             std::process::id(),
         ));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        // No automatic restarts: the model keeps a failed instance failed until it is started
+        // (auto-restart has its own tests, in instance_watcher.rs).
         let config_path = dir.join("nexus.toml");
         std::fs::write(
             &config_path,
             format!(
                 "id = \"{}\"\ndatabase_url = \"{url}\"\nexternal_address = \"{external}\"\n\
-                 internal_address = \"{internal}\"\nretirement_interval_ms = 200\n{}",
+                 internal_address = \"{internal}\"\nretirement_interval_ms = 200\n\
+                 instance_reincarnation_interval_ms = 3600000\n{}",
                 NexusUuid::new_v4(),
                 crate::context::tls_files(crate::context::Role::Nexus).toml_table(),
             ),
