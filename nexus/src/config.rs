@@ -96,6 +96,31 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// A configuration with every optional setting at its default (as a file that leaves
+    /// them out gets).
+    pub fn new(
+        id: NexusUuid,
+        database_url: impl Into<String>,
+        external_address: SocketAddr,
+        internal_address: SocketAddr,
+        tls: halyard_tls::TlsFiles,
+    ) -> Config {
+        Config {
+            id,
+            database_url: database_url.into(),
+            external_address,
+            internal_address,
+            retirement_interval_ms: default_retirement_interval_ms(),
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            nexus_gone_after_ms: default_nexus_gone_after_ms(),
+            instance_watcher_interval_ms: default_instance_watcher_interval_ms(),
+            instance_reincarnation_interval_ms: default_instance_watcher_interval_ms(),
+            sled_unresponsive_after_ms: default_sled_unresponsive_after_ms(),
+            auto_restart_cooldown_ms: default_auto_restart_cooldown_ms(),
+            tls,
+        }
+    }
+
     /// The configuration as a TOML file says it (what `from_file` reads back).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a Nexus configuration is plain TOML")

@@ -15,10 +15,10 @@ mod schema;
 mod sled_silence;
 mod vmms;
 
-use halyard_common::ids::{InstanceUuid, ProjectUuid, SledUuid};
+use halyard_common::ids::{InstanceUuid, ProjectUuid, SledUuid, VmmUuid};
 use halyard_common::{ByteCount, InstanceNexusState, Name, SledBackend};
 use halyard_db_model::{Instance, NewInstanceParams, Project, Sled, SledResources};
-use halyard_db_queries::{DataStore, PoolConfig};
+use halyard_db_queries::{DataStore, PoolConfig, SledChoice};
 use halyard_test_db::TestDatabase;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -88,6 +88,28 @@ impl Harness {
                 .unwrap()
         );
         self.datastore.instance_fetch(created.id()).await.unwrap()
+    }
+
+    /// Places (and releases) twenty one-VMM reservations on any sled and checks each landed
+    /// on sled `only`.
+    pub async fn assert_placement_picks_only(&self, only: SledUuid) {
+        for _ in 0..20 {
+            let reservation = self
+                .datastore
+                .sled_reserve(
+                    VmmUuid::new_v4(),
+                    InstanceUuid::new_v4(),
+                    SledChoice::Any,
+                    one_vmm(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(reservation.sled_id(), only);
+            self.datastore
+                .sled_reservation_release(reservation.vmm_id())
+                .await
+                .unwrap();
+        }
     }
 
     pub async fn sled(&self, hardware_threads: u32, ram_gib: u32) -> Sled {

@@ -354,23 +354,7 @@ async fn an_expunged_sled_is_never_picked_nor_registered_again() {
     );
 
     // Placement skips it, though it has all its room free.
-    for _ in 0..20 {
-        let reservation = h
-            .datastore
-            .sled_reserve(
-                VmmUuid::new_v4(),
-                InstanceUuid::new_v4(),
-                SledChoice::Any,
-                one_vmm(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(reservation.sled_id(), other.id());
-        h.datastore
-            .sled_reservation_release(reservation.vmm_id())
-            .await
-            .unwrap();
-    }
+    h.assert_placement_picks_only(other.id()).await;
     let named = h
         .datastore
         .sled_reserve(

@@ -50,23 +50,7 @@ async fn a_silent_sled_is_marked_once_and_never_picked_until_cleared() {
     assert_eq!(again, Some(mark));
 
     // Placement skips it, though it has all its room free; named, it is unavailable (503).
-    for _ in 0..20 {
-        let reservation = h
-            .datastore
-            .sled_reserve(
-                VmmUuid::new_v4(),
-                InstanceUuid::new_v4(),
-                SledChoice::Any,
-                one_vmm(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(reservation.sled_id(), other.id());
-        h.datastore
-            .sled_reservation_release(reservation.vmm_id())
-            .await
-            .unwrap();
-    }
+    h.assert_placement_picks_only(other.id()).await;
     let named = h
         .datastore
         .sled_reserve(

@@ -60,19 +60,15 @@ fn nexus_config(
     internal: &ReservedPort,
 ) -> anyhow::Result<halyard_nexus::Config> {
     Ok(halyard_nexus::Config {
-        id: NexusUuid::new_v4(),
-        database_url: url.to_string(),
-        external_address: external.address(),
-        internal_address: internal.address(),
-        retirement_interval_ms: 5_000,
-        heartbeat_interval_ms: 1_000,
-        nexus_gone_after_ms: 10_000,
-        instance_watcher_interval_ms: 1_000,
         // Off (an hour): the benchmark measures the lifecycles it drives, nothing else.
         instance_reincarnation_interval_ms: 3_600_000,
-        sled_unresponsive_after_ms: 20_000,
-        auto_restart_cooldown_ms: 3_600_000,
-        tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Nexus)?,
+        ..halyard_nexus::Config::new(
+            NexusUuid::new_v4(),
+            url.to_string(),
+            external.address(),
+            internal.address(),
+            halyard_tls::pki::test_pki().files(halyard_tls::Role::Nexus)?,
+        )
     })
 }
 

@@ -34,20 +34,16 @@ pub async fn run(args: QemuArgs) -> anyhow::Result<()> {
     let log = slog::Logger::root(figures.clone(), slog::o!());
     let nexus = halyard_nexus::Server::start(
         &halyard_nexus::Config {
-            id: NexusUuid::new_v4(),
-            database_url: db.url().to_string(),
-            external_address: "127.0.0.1:0".parse()?,
-            internal_address: "127.0.0.1:0".parse()?,
             retirement_interval_ms: 1000,
-            heartbeat_interval_ms: 1_000,
-            nexus_gone_after_ms: 10_000,
-            instance_watcher_interval_ms: 1_000,
             // Off (an hour): the benchmark measures the lifecycles it drives, nothing else.
             instance_reincarnation_interval_ms: 3_600_000,
-            sled_unresponsive_after_ms: 20_000,
-            auto_restart_cooldown_ms: 3_600_000,
-            // The benchmark's own throwaway CA (mutual TLS, as in production).
-            tls: halyard_tls::pki::test_pki().files(halyard_tls::Role::Nexus)?,
+            ..halyard_nexus::Config::new(
+                NexusUuid::new_v4(),
+                db.url().to_string(),
+                "127.0.0.1:0".parse()?,
+                "127.0.0.1:0".parse()?,
+                halyard_tls::pki::test_pki().files(halyard_tls::Role::Nexus)?,
+            )
         },
         &log,
     )

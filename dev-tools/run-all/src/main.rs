@@ -195,20 +195,13 @@ async fn run(
             0 => args.dir.join("nexus-id"),
             i => args.dir.join(format!("nexus-{i}-id")),
         };
-        let nexus_config = halyard_nexus::Config {
-            id: NexusUuid::from_str(&identity(&id_file)?)?,
-            database_url: database_url.clone(),
+        let nexus_config = halyard_nexus::Config::new(
+            NexusUuid::from_str(&identity(&id_file)?)?,
+            database_url.clone(),
             external_address,
             internal_address,
-            retirement_interval_ms: 5_000,
-            heartbeat_interval_ms: 1_000,
-            nexus_gone_after_ms: 10_000,
-            instance_watcher_interval_ms: 1_000,
-            instance_reincarnation_interval_ms: 1_000,
-            sled_unresponsive_after_ms: 20_000,
-            auto_restart_cooldown_ms: 3_600_000,
-            tls: pki.files(halyard_tls::Role::Nexus)?,
-        };
+            pki.files(halyard_tls::Role::Nexus)?,
+        );
         // Several: each a process of its own, so one can die alone.
         nexuses.push(if args.nexus_count == 1 {
             RunningNexus::in_process(&nexus_config, log).await?

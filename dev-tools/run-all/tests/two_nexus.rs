@@ -77,18 +77,13 @@ async fn the_other_nexus_answers_when_one_stops() {
     for _ in 0..2 {
         let (external, internal) = (reserve_port().unwrap(), reserve_port().unwrap());
         let config = halyard_nexus::Config {
-            id: NexusUuid::new_v4(),
-            database_url: db.url().to_string(),
-            external_address: external.address(),
-            internal_address: internal.address(),
-            retirement_interval_ms: 5_000,
-            heartbeat_interval_ms: 1_000,
-            nexus_gone_after_ms: 10_000,
-            instance_watcher_interval_ms: 1_000,
-            instance_reincarnation_interval_ms: 1_000,
-            sled_unresponsive_after_ms: 20_000,
-            auto_restart_cooldown_ms: 3_600_000,
-            tls: halyard_tls::pki::test_pki().files(Role::Nexus).unwrap(),
+            ..halyard_nexus::Config::new(
+                NexusUuid::new_v4(),
+                db.url().to_string(),
+                external.address(),
+                internal.address(),
+                halyard_tls::pki::test_pki().files(Role::Nexus).unwrap(),
+            )
         };
         ports.push((external, internal));
         nexuses.push(halyard_nexus::Server::start(&config, &log).await.unwrap());

@@ -190,22 +190,20 @@ impl TestContext {
     ) -> TestContext {
         let db = TestDatabase::new();
         let config = Config {
-            id: NexusUuid::new_v4(),
-            database_url: db.url().to_string(),
-            external_address: "127.0.0.1:0".parse().unwrap(),
-            internal_address: nexus_internal_port
-                .as_ref()
-                .map_or_else(|| "127.0.0.1:0".parse().unwrap(), |port| port.address()),
             retirement_interval_ms: 200,
             heartbeat_interval_ms: 200,
-            nexus_gone_after_ms: 10_000,
-            instance_watcher_interval_ms: 1_000,
             // Off (an hour): tests that fail instances expect them to stay
             // failed; auto-restart's tests run the reincarnation pass themselves.
             instance_reincarnation_interval_ms: 3_600_000,
-            sled_unresponsive_after_ms: 20_000,
-            auto_restart_cooldown_ms: 3_600_000,
-            tls: tls_files(Role::Nexus),
+            ..Config::new(
+                NexusUuid::new_v4(),
+                db.url().to_string(),
+                "127.0.0.1:0".parse().unwrap(),
+                nexus_internal_port
+                    .as_ref()
+                    .map_or_else(|| "127.0.0.1:0".parse().unwrap(), |port| port.address()),
+                tls_files(Role::Nexus),
+            )
         };
         let server = Server::start(&config, &log()).await.unwrap();
         let token = test_user_token(server.nexus()).await;

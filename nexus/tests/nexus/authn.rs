@@ -207,18 +207,15 @@ async fn the_oxide_sdk_logs_in_through_the_device_flow_and_no_token_reaches_the_
     let log_path = dir.join("nexus.log");
     let server = halyard_nexus::Server::start(
         &halyard_nexus::Config {
-            id: NexusUuid::new_v4(),
-            database_url: db.url().to_string(),
-            external_address: "127.0.0.1:0".parse().unwrap(),
-            internal_address: "127.0.0.1:0".parse().unwrap(),
             retirement_interval_ms: 200,
             heartbeat_interval_ms: 200,
-            nexus_gone_after_ms: 10_000,
-            instance_watcher_interval_ms: 1_000,
-            instance_reincarnation_interval_ms: 1_000,
-            sled_unresponsive_after_ms: 20_000,
-            auto_restart_cooldown_ms: 3_600_000,
-            tls: crate::context::tls_files(crate::context::Role::Nexus),
+            ..halyard_nexus::Config::new(
+                NexusUuid::new_v4(),
+                db.url().to_string(),
+                "127.0.0.1:0".parse().unwrap(),
+                "127.0.0.1:0".parse().unwrap(),
+                crate::context::tls_files(crate::context::Role::Nexus),
+            )
         },
         &logger_to_file(&log_path),
     )

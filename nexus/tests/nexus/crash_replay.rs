@@ -222,6 +222,20 @@ impl Cluster {
         }
     }
 
+    /// Waits until every sled agent has registered (with its storage), so placement may use
+    /// them all.
+    async fn wait_for_sleds_registered(&self) {
+        let mut registered = false;
+        for _ in 0..1500 {
+            registered = self.sql("SELECT count(*) FROM sled") == self.sleds.len().to_string();
+            if registered {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(registered, "the sled agents never all registered");
+    }
+
     /// Sends later requests to the external API at `address`.
     fn send_requests_to(&self, address: SocketAddr) {
         *self.api.lock().unwrap() = address;
@@ -1443,15 +1457,7 @@ async fn crash_every_node(cluster: Cluster, sagas: &[SagaNodes]) {
         .await;
     assert!(matches!(answer, Some((201, _))), "{answer:?}");
     // Every sled registered (with its storage) before the first case places anything.
-    let mut registered = false;
-    for _ in 0..1500 {
-        registered = cluster.sql("SELECT count(*) FROM sled") == cluster.sleds.len().to_string();
-        if registered {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(registered, "the sled agents never all registered");
+    cluster.wait_for_sleds_registered().await;
     stop(nexus);
 
     let cases = crash_cases(&sagas);
@@ -1579,15 +1585,7 @@ async fn a_stalled_nexus_loses_its_saga_to_a_live_one_and_writes_nothing_more_to
         )
         .await;
     assert!(matches!(answer, Some((201, _))), "{answer:?}");
-    let mut registered = false;
-    for _ in 0..1500 {
-        registered = cluster.sql("SELECT count(*) FROM sled") == cluster.sleds.len().to_string();
-        if registered {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(registered, "the sled agents never all registered");
+    cluster.wait_for_sleds_registered().await;
     stop(setup);
 
     // The stalling Nexus (the cluster's addresses) and a live one (the other id, addresses of
@@ -1762,15 +1760,7 @@ async fn one_of_two_running_nexus_killed_at_every_node_the_other_adopts() {
         )
         .await;
     assert!(matches!(answer, Some((201, _))), "{answer:?}");
-    let mut registered = false;
-    for _ in 0..1500 {
-        registered = cluster.sql("SELECT count(*) FROM sled") == cluster.sleds.len().to_string();
-        if registered {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(registered, "the sled agents never all registered");
+    cluster.wait_for_sleds_registered().await;
 
     let start = SagaNodes::of::<instance_start::SagaInstanceStart>(instance_start::Params {
         instance_id: InstanceUuid::new_v4(),

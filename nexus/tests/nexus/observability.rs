@@ -334,18 +334,15 @@ async fn a_start_requests_id_is_in_the_nexus_and_sled_agent_logs() {
     let sled_log_path = dir.join("sled-agent.log");
     let nexus = halyard_nexus::Server::start(
         &halyard_nexus::Config {
-            id: NexusUuid::new_v4(),
-            database_url: db.url().to_string(),
-            external_address: "127.0.0.1:0".parse().unwrap(),
-            internal_address: "127.0.0.1:0".parse().unwrap(),
             retirement_interval_ms: 200,
             heartbeat_interval_ms: 200,
-            nexus_gone_after_ms: 10_000,
-            instance_watcher_interval_ms: 1_000,
-            instance_reincarnation_interval_ms: 1_000,
-            sled_unresponsive_after_ms: 20_000,
-            auto_restart_cooldown_ms: 3_600_000,
-            tls: crate::context::tls_files(crate::context::Role::Nexus),
+            ..halyard_nexus::Config::new(
+                NexusUuid::new_v4(),
+                db.url().to_string(),
+                "127.0.0.1:0".parse().unwrap(),
+                "127.0.0.1:0".parse().unwrap(),
+                crate::context::tls_files(crate::context::Role::Nexus),
+            )
         },
         &file_logger(&nexus_log_path, "nexus"),
     )

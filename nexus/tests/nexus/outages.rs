@@ -181,18 +181,15 @@ impl OutageSystem {
             .create_database(DATABASE)
             .unwrap_or_else(|e| panic!("{e}"));
         let config = halyard_nexus::Config {
-            id: NexusUuid::new_v4(),
-            database_url: url,
-            external_address: "127.0.0.1:0".parse().unwrap(),
-            internal_address: "127.0.0.1:0".parse().unwrap(),
             retirement_interval_ms: 200,
             heartbeat_interval_ms: 200,
-            nexus_gone_after_ms: 10_000,
-            instance_watcher_interval_ms: 1_000,
-            instance_reincarnation_interval_ms: 1_000,
-            sled_unresponsive_after_ms: 20_000,
-            auto_restart_cooldown_ms: 3_600_000,
-            tls: crate::context::tls_files(crate::context::Role::Nexus),
+            ..halyard_nexus::Config::new(
+                NexusUuid::new_v4(),
+                url,
+                "127.0.0.1:0".parse().unwrap(),
+                "127.0.0.1:0".parse().unwrap(),
+                crate::context::tls_files(crate::context::Role::Nexus),
+            )
         };
         let nexus_log = CapturedLog::default();
         let server = halyard_nexus::Server::start(&config, &nexus_log.logger())

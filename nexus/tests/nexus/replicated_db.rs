@@ -248,19 +248,16 @@ async fn lifecycle_load_through_haproxy_survives_losing_the_primary() {
     for _ in 0..2 {
         let (external, internal) = (reserve_port().unwrap(), reserve_port().unwrap());
         let config = halyard_nexus::Config {
-            id: NexusUuid::new_v4(),
-            database_url: url.clone(),
-            external_address: external.address(),
-            internal_address: internal.address(),
-            retirement_interval_ms: 5_000,
-            heartbeat_interval_ms: 1_000,
             // Longer than the failover: neither Nexus takes the other for gone meanwhile.
             nexus_gone_after_ms: 60_000,
-            instance_watcher_interval_ms: 1_000,
-            instance_reincarnation_interval_ms: 1_000,
             sled_unresponsive_after_ms: 60_000,
-            auto_restart_cooldown_ms: 3_600_000,
-            tls: crate::context::tls_files(Role::Nexus),
+            ..halyard_nexus::Config::new(
+                NexusUuid::new_v4(),
+                url.clone(),
+                external.address(),
+                internal.address(),
+                crate::context::tls_files(Role::Nexus),
+            )
         };
         ports.push((external, internal));
         nexuses.push(halyard_nexus::Server::start(&config, &log).await.unwrap());
