@@ -316,12 +316,22 @@ async fn the_background_task_repairs_degraded_disks_on_its_own() {
         !disk_view(ctx, disk).await.degraded
     })
     .await;
-    let tasks = ctx.nexus().background_tasks().list();
-    let task = tasks
-        .iter()
-        .find(|t| t.name == "region_replacement")
-        .unwrap();
-    assert!(task.runs > 0);
+    // By the task (nothing else here starts a replacement): its pass records a run once the
+    // saga it started has returned, which is after the disk stopped showing degraded (the
+    // saga's swap), so wait for that too.
+    ctx.eventually("the task's pass recorded", async |ctx: &TestContext| {
+        ctx.nexus()
+            .background_tasks()
+            .list()
+            .iter()
+            .any(|t| t.name == "region_replacement" && t.runs > 0)
+    })
+    .await;
+    assert_eq!(
+        ctx.sql("SELECT count(*) || ' ' || saga_state FROM saga WHERE name = 'region-replace' GROUP BY saga_state")
+            .trim(),
+        "1 done"
+    );
     ctx.assert_quiet_and_consistent().await;
 }
 
