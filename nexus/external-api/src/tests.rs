@@ -163,7 +163,6 @@ fn instance_create_with_everything_the_sdk_can_send() {
             "network_interfaces",
             "external_ips",
             "ssh_public_keys",
-            "auto_restart_policy",
             "anti_affinity_groups",
             "cpu_platform",
             "multicast_groups",
