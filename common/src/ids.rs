@@ -60,6 +60,9 @@ uuid_kinds! {
     DiskKind => "disk", DiskUuid;
     RegionKind => "region", RegionUuid;
     SnapshotKind => "snapshot", SnapshotUuid;
+    VpcKind => "vpc", VpcUuid;
+    VpcSubnetKind => "vpc_subnet", VpcSubnetUuid;
+    NetworkInterfaceKind => "network_interface", NetworkInterfaceUuid;
 }
 
 #[cfg(test)]

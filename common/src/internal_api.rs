@@ -52,4 +52,9 @@ pub struct SledAgentInfo {
     pub physical_ram: ByteCount,
     /// Storage available to regions (replicas of disks); 0 for a sled that holds none.
     pub usable_storage: ByteCount,
+    /// The sled's address on the underlay network, where other sleds send its guests'
+    /// tunnelled traffic. Absent: the sled reports none (a simulated sled's mappings are
+    /// then addressed to its API's IP).
+    #[serde(default)]
+    pub underlay_address: Option<std::net::IpAddr>,
 }

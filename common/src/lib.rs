@@ -14,6 +14,7 @@ pub mod ids;
 pub mod internal_api;
 mod labelled;
 mod name;
+pub mod net;
 mod states;
 
 pub use block_size::{BlockSize, BlockSizeError};

@@ -19,8 +19,9 @@ use halyard_common::internal_api::SledVmmState;
 use halyard_sled_agent_api::{
     Inventory, MigrationInReply, MigrationInStep, MigrationTargetGone, RegionEnsureBody,
     RegionPathParam, RegionSnapshotPathParam, RegionSnapshotSummary, RegionSummary, SimFault,
-    SledAgentApi, VmmPathParam, VmmPutStateBody, VmmRegisterBody, VmmSerialConsoleData,
-    VmmSerialConsoleRequest, VmmSerialConsoleStreamRequest, VmmSummary, VmmVcpus,
+    SledAgentApi, V2pApplied, VmmPathParam, VmmPutStateBody, VmmRegisterBody, VmmSerialConsoleData,
+    VmmSerialConsoleRequest, VmmSerialConsoleStreamRequest, VmmSummary, VmmVcpus, VniPathParam,
+    VpcMappings,
 };
 use slog::{Logger, debug};
 use std::sync::Arc;
@@ -209,6 +210,30 @@ impl SledAgentApi for SledAgentImpl {
         let stream = console.stream(from);
         let log = rqctx.log.new(slog::o!("propolis_id" => id.to_string()));
         websocket.handle(move |connection| serve_console(connection, console, stream, log))
+    }
+
+    async fn v2p_put(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VniPathParam>,
+        body: TypedBody<VpcMappings>,
+    ) -> Result<HttpResponseOk<V2pApplied>, HttpError> {
+        require(&rqctx, NEXUS, "set VPC mappings")?;
+        let vni = path.into_inner().vni;
+        let set = body.into_inner();
+        if set.vni != vni {
+            return Err(HttpError::for_bad_request(
+                None,
+                format!("the body's vni ({}) is not the path's ({vni})", set.vni),
+            ));
+        }
+        Ok(HttpResponseOk(rqctx.context().v2p_put(set).await?))
+    }
+
+    async fn v2p_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<VpcMappings>>, HttpError> {
+        require(&rqctx, NEXUS_OR_OPERATOR, "read VPC mappings")?;
+        Ok(HttpResponseOk(rqctx.context().v2p_list().await))
     }
 
     async fn inventory(

@@ -26,6 +26,7 @@ mod reporter;
 mod sim;
 pub mod sled_agent;
 mod storage;
+mod v2p;
 mod vmm_runtime;
 
 pub use config::{AcceleratorChoice, Config, QemuConfig, SimConfig, StorageConfig};

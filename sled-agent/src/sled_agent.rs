@@ -14,8 +14,8 @@ use halyard_common::ids::{GenericUuid, MigrationUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState, VmmRuntimeState};
 use halyard_common::{ByteCount, Error, Labelled, ResourceType, SledBackend};
 use halyard_sled_agent_api::{
-    Inventory, MigrationInReply, MigrationInStep, SimFault, VmmRegisterBody, VmmStateRequested,
-    VmmSummary,
+    Inventory, MigrationInReply, MigrationInStep, SimFault, V2pApplied, VmmRegisterBody,
+    VmmStateRequested, VmmSummary, VpcMappings,
 };
 use slog::{Logger, info, o, warn};
 use std::collections::BTreeMap;
@@ -71,6 +71,10 @@ pub struct SledAgent {
     /// Proves a request came through this sled agent's TLS front (`halyard_tls::front`).
     front_secret: halyard_tls::peer::FrontSecret,
     metrics: SledMetrics,
+    /// The VPCs' virtual-to-physical mappings Nexus pushed. A tokio lock: the QEMU backend
+    /// programs its switch while holding it, so two sets for one VPC reach the switch in the
+    /// order the table took them.
+    v2p: tokio::sync::Mutex<crate::v2p::V2pTable>,
     log: Logger,
 }
 
@@ -102,6 +106,7 @@ impl SledAgent {
             peer_http,
             front_secret,
             metrics: SledMetrics::new(),
+            v2p: tokio::sync::Mutex::new(crate::v2p::V2pTable::default()),
             log: log.new(o!("sled_id" => config.sled_id.to_string())),
         }))
     }
@@ -175,7 +180,26 @@ impl SledAgent {
             hardware_threads: self.hardware_threads,
             physical_ram: self.physical_ram,
             usable_storage: self.storage.capacity(),
+            underlay_address: None,
         }
+    }
+
+    /// Takes a VPC's mapping set if it is newer than the one held (see `v2p`).
+    pub async fn v2p_put(&self, set: VpcMappings) -> Result<V2pApplied, Error> {
+        let mut table = self.v2p.lock().await;
+        let vni = set.vni;
+        let answer = table.apply(set);
+        if answer.applied {
+            info!(self.log, "VPC mappings set"; "vni" => %vni,
+                "generation" => %answer.generation,
+                "mappings" => table.get(vni).map_or(0, |held| held.mappings.len()));
+        }
+        Ok(answer)
+    }
+
+    /// Every VPC's mapping set this sled holds.
+    pub async fn v2p_list(&self) -> Vec<VpcMappings> {
+        self.v2p.lock().await.list()
     }
 
     pub(crate) fn storage(&self) -> &Storage {

@@ -49,6 +49,13 @@ progenitor::generate_api!(
         VmmStateRequested = halyard_sled_agent_api::VmmStateRequested,
         VmmSummary = halyard_sled_agent_api::VmmSummary,
         VmmVcpus = halyard_sled_agent_api::VmmVcpus,
+        V2pApplied = halyard_sled_agent_api::V2pApplied,
+        V2pMapping = halyard_sled_agent_api::V2pMapping,
+        VmmNic = halyard_sled_agent_api::VmmNic,
+        Vni = halyard_common::net::Vni,
+        VpcMappings = halyard_sled_agent_api::VpcMappings,
+        MacAddr = halyard_common::net::MacAddr,
+        Ipv4Net = halyard_common::net::Ipv4Net,
         VmmState = halyard_common::VmmState,
         VmmUuid = halyard_common::ids::VmmUuid,
     }

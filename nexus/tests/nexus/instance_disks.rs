@@ -200,6 +200,7 @@ async fn assert_vmm_has_disks(ctx: &TestContext, instance: InstanceUuid) -> Vec<
         hostname: found.hostname.clone(),
         migration_target: None,
         disks,
+        nics: Vec::new(),
     };
     sled.vmm_register(&vmm, &body(disks.clone()))
         .await

@@ -324,6 +324,7 @@ async fn a_vmm_on_two_sleds_is_flagged() {
                 hostname: "a".to_string(),
                 migration_target: None,
                 disks: Vec::new(),
+                nics: Vec::new(),
             },
         )
         .unwrap();
@@ -354,6 +355,7 @@ async fn a_vmm_unknown_to_the_database_is_flagged() {
                 hostname: "a".to_string(),
                 migration_target: None,
                 disks: Vec::new(),
+                nics: Vec::new(),
             },
         )
         .unwrap();

@@ -102,6 +102,7 @@ async fn a_sled_agent_cannot_register_or_report_as_another_sled() {
         hardware_threads: crate::context::SLED_THREADS,
         physical_ram: halyard_common::ByteCount::from_gibibytes_u32(crate::context::SLED_RAM_GIB),
         usable_storage: halyard_common::ByteCount::from_mebibytes_u32(0),
+        underlay_address: None,
     };
     let response = as_sled_a
         .put(format!("{internal}/sled-agents/{}", sled_b.agent().id()))

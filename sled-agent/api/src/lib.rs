@@ -10,13 +10,15 @@ use dropshot::{
     TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
 use halyard_common::ids::{
-    DiskUuid, InstanceUuid, MigrationUuid, RegionUuid, SledUuid, SnapshotUuid, VmmUuid,
+    DiskUuid, InstanceUuid, MigrationUuid, NetworkInterfaceUuid, RegionUuid, SledUuid,
+    SnapshotUuid, VmmUuid,
 };
 use halyard_common::internal_api::SledVmmState;
-use halyard_common::{BlockSize, ByteCount, SledBackend};
+use halyard_common::net::{Ipv4Net, MacAddr, Vni};
+use halyard_common::{BlockSize, ByteCount, Generation, SledBackend};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 #[dropshot::api_description]
 pub trait SledAgentApi {
@@ -188,6 +190,26 @@ pub trait SledAgentApi {
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<Vec<RegionSnapshotSummary>>, HttpError>;
 
+    /// Set this sled's virtual-to-physical mappings for one VPC (by its VNI): which sled's
+    /// underlay address hosts each private address and MAC of the VPC. The set replaces the
+    /// VNI's previous one, and only if its generation is newer than the one held (so a stale
+    /// set, pushed late by a slower Nexus, never overwrites a newer one; a repeat is a no-op).
+    /// An empty set removes the VPC's mappings. The answer says whether the set was applied
+    /// and which generation the sled now holds.
+    #[endpoint { method = PUT, path = "/v2p/{vni}" }]
+    async fn v2p_put(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<VniPathParam>,
+        body: TypedBody<VpcMappings>,
+    ) -> Result<HttpResponseOk<V2pApplied>, HttpError>;
+
+    /// Every VPC's mappings this sled holds (VPCs whose last set was empty are listed with
+    /// no mappings, so their generation shows).
+    #[endpoint { method = GET, path = "/v2p" }]
+    async fn v2p_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<VpcMappings>>, HttpError>;
+
     /// What this sled is and has.
     #[endpoint { method = GET, path = "/inventory" }]
     async fn inventory(
@@ -221,6 +243,69 @@ pub struct VmmRegisterBody {
     /// replicas, nothing is copied.
     #[serde(default)]
     pub disks: Vec<VmmDisk>,
+    /// The network interfaces the VMM attaches (the primary first). A migration target is
+    /// given the same interfaces, with the same MACs and addresses.
+    #[serde(default)]
+    pub nics: Vec<VmmNic>,
+}
+
+/// A network interface as a VMM attaches it: a virtio NIC with the interface's MAC on the
+/// sled's virtual switch for the VPC (by its VNI), whose guest is handed its private address
+/// (on the kernel command line, for the QEMU backend's guest).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VmmNic {
+    pub nic_id: NetworkInterfaceUuid,
+    /// The interface's name in the API (for logs; the guest names its devices itself).
+    pub name: String,
+    pub mac: MacAddr,
+    /// The interface's private IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The subnet the address is in (its prefix is the guest's netmask).
+    pub subnet: Ipv4Net,
+    /// The VPC's virtual network identifier.
+    pub vni: Vni,
+    /// The instance's primary interface (the guest's first NIC).
+    pub primary: bool,
+    /// The interface's position among the VMM's NICs (0 for the primary), which fixes its
+    /// PCI slot, so a migration target's guest sees the same devices.
+    pub slot: u8,
+}
+
+/// Path parameter: a VPC's virtual network identifier.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
+pub struct VniPathParam {
+    pub vni: Vni,
+}
+
+/// One VPC's virtual-to-physical mappings as a sled holds them: for every interface of the
+/// VPC that a VMM incarnates somewhere, its private address and MAC and the sled (and that
+/// sled's underlay address) that hosts it. Versioned by the VPC's mapping generation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VpcMappings {
+    pub vni: Vni,
+    pub generation: Generation,
+    pub mappings: Vec<V2pMapping>,
+}
+
+/// Where one private address of a VPC lives.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+pub struct V2pMapping {
+    pub virtual_ip: Ipv4Addr,
+    pub virtual_mac: MacAddr,
+    /// The sled that hosts the interface.
+    pub sled_id: SledUuid,
+    /// That sled's underlay address: where tunnelled frames for the MAC are sent.
+    pub underlay_ip: IpAddr,
+}
+
+/// The answer to a mapping set: whether it was applied (false: the sled already held this
+/// generation or a newer one) and the generation the sled holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct V2pApplied {
+    pub applied: bool,
+    pub generation: Generation,
 }
 
 /// A disk as a VMM attaches it: one virtio block device over the disk's replicas (its

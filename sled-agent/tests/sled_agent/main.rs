@@ -113,6 +113,7 @@ pub fn register_body() -> VmmRegisterBody {
         hostname: "guest".into(),
         migration_target: None,
         disks: Vec::new(),
+        nics: Vec::new(),
     }
 }
 

@@ -91,6 +91,7 @@ pub fn guest(hostname: &str) -> VmmRegisterBody {
         hostname: hostname.into(),
         migration_target: None,
         disks: Vec::new(),
+        nics: Vec::new(),
     }
 }
 

@@ -114,6 +114,7 @@ async fn a_vmm_a_sled_runs_that_the_database_never_heard_of() {
                 hostname: "stranger".to_string(),
                 migration_target: None,
                 disks: Vec::new(),
+                nics: Vec::new(),
             },
         )
         .await

@@ -138,6 +138,7 @@ pub(super) async fn register(
         hostname: shape.hostname.clone(),
         migration_target,
         disks,
+        nics: Vec::new(),
     };
     nexus
         .ensure_vmm_not_retired(vmm_id)
