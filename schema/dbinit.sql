@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS sled (
     -- silent past the bound; NULL otherwise. While set, placement never picks the sled: when
     -- its agent answers again, Nexus first has it destroy those VMMs, then clears it.
     time_vmms_failed TIMESTAMPTZ,
+    -- The sled's address on the underlay network (where other sleds tunnel its guests'
+    -- traffic), as its agent reports it; NULL: none reported (mappings then name the agent's
+    -- own IP).
+    underlay_ip INET,
     CONSTRAINT reservations_within_capacity CHECK (
         reserved_hardware_threads <= usable_hardware_threads
         AND reserved_physical_ram <= usable_physical_ram
@@ -437,6 +441,88 @@ CREATE TABLE IF NOT EXISTS region_snapshot (
 
 CREATE INDEX IF NOT EXISTS region_snapshot_by_sled ON region_snapshot (sled_id);
 
+-- A VPC: a project's private network. Its VNI tags its traffic between sleds, so VPCs never
+-- see each other's packets, even with the same private addresses. Its mapping generation
+-- orders the virtual-to-physical sets Nexus pushes to sleds: it is bumped each time a set is
+-- read, so a newer set always comes from a later read.
+CREATE TABLE IF NOT EXISTS vpc (
+    id UUID NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    project_id UUID NOT NULL REFERENCES project (id),
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ,
+    dns_name TEXT NOT NULL,
+    vni INT8 NOT NULL CHECK (vni BETWEEN 1024 AND 16777215),
+    ipv6_prefix INET NOT NULL,
+    v2p_generation INT8 NOT NULL CHECK (v2p_generation >= 1),
+    -- Child resource generation: every subnet insert bumps it (subnets may not overlap).
+    rcgen INT8 NOT NULL CHECK (rcgen >= 1)
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_vpc_by_project
+    ON vpc (project_id, name) WHERE time_deleted IS NULL;
+
+CREATE UNIQUE INDEX IF NOT EXISTS vpc_by_vni ON vpc (vni) WHERE time_deleted IS NULL;
+
+-- A subnet of a VPC: the IPv4 block its interfaces' private addresses come from (the first
+-- five and the last address are reserved), and an IPv6 /64 of the VPC's prefix.
+CREATE TABLE IF NOT EXISTS vpc_subnet (
+    id UUID NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    vpc_id UUID NOT NULL REFERENCES vpc (id),
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ,
+    ipv4_block INET NOT NULL,
+    ipv6_block INET NOT NULL
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_vpc_subnet_by_vpc
+    ON vpc_subnet (vpc_id, name) WHERE time_deleted IS NULL;
+
+-- An instance's network interface: a MAC and a private address in one subnet of one VPC,
+-- allocated when it is made and given back when it is deleted. Added and removed only while
+-- its instance is stopped. `slot` is its position on the instance (the primary is 0).
+CREATE TABLE IF NOT EXISTS network_interface (
+    id UUID NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    instance_id UUID NOT NULL REFERENCES instance (id),
+    vpc_id UUID NOT NULL REFERENCES vpc (id),
+    subnet_id UUID NOT NULL REFERENCES vpc_subnet (id),
+    time_created TIMESTAMPTZ NOT NULL,
+    time_modified TIMESTAMPTZ NOT NULL,
+    time_deleted TIMESTAMPTZ,
+    mac INT8 NOT NULL CHECK (mac BETWEEN 0 AND 281474976710655),
+    ip INET NOT NULL,
+    ipv6 INET,
+    is_primary BOOL NOT NULL,
+    slot INT2 NOT NULL CHECK (slot BETWEEN 0 AND 7)
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS lookup_network_interface_by_instance
+    ON network_interface (instance_id, name) WHERE time_deleted IS NULL;
+
+-- No two live interfaces share an address in a subnet: racing allocations that picked the
+-- same address lose here, and the loser picks again.
+CREATE UNIQUE INDEX IF NOT EXISTS network_interface_ip_in_subnet
+    ON network_interface (subnet_id, ip) WHERE time_deleted IS NULL;
+
+CREATE UNIQUE INDEX IF NOT EXISTS network_interface_mac_in_vpc
+    ON network_interface (vpc_id, mac) WHERE time_deleted IS NULL;
+
+CREATE UNIQUE INDEX IF NOT EXISTS network_interface_slot_on_instance
+    ON network_interface (instance_id, slot) WHERE time_deleted IS NULL;
+
+CREATE UNIQUE INDEX IF NOT EXISTS network_interface_primary_on_instance
+    ON network_interface (instance_id) WHERE is_primary AND time_deleted IS NULL;
+
+CREATE INDEX IF NOT EXISTS network_interface_by_vpc
+    ON network_interface (vpc_id) WHERE time_deleted IS NULL;
+
 INSERT INTO db_metadata (singleton, version, time_created, time_modified)
-    VALUES (TRUE, '1.9.0', now(), now())
+    VALUES (TRUE, '1.10.0', now(), now())
     ON CONFLICT (singleton) DO NOTHING;

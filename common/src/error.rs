@@ -26,6 +26,9 @@ pub enum ResourceType {
     Region,
     Snapshot,
     RegionSnapshot,
+    Vpc,
+    VpcSubnet,
+    NetworkInterface,
 }
 
 impl fmt::Display for ResourceType {
@@ -41,6 +44,9 @@ impl fmt::Display for ResourceType {
             ResourceType::Silo => "silo",
             ResourceType::User => "user",
             ResourceType::Disk => "disk",
+            ResourceType::Vpc => "vpc",
+            ResourceType::VpcSubnet => "vpc subnet",
+            ResourceType::NetworkInterface => "network interface",
             ResourceType::Region => "region",
             ResourceType::Snapshot => "snapshot",
             ResourceType::RegionSnapshot => "region snapshot",

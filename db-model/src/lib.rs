@@ -10,6 +10,7 @@ mod disk;
 mod identity;
 mod instance;
 mod migration;
+mod network;
 mod nexus;
 mod project;
 mod role;
@@ -28,6 +29,10 @@ pub use identity::{
 };
 pub use instance::{Instance, InstanceRuntimeState, NewInstanceParams};
 pub use migration::Migration;
+pub use network::{
+    DEFAULT_SUBNET_BLOCK, DEFAULT_VPC_NAME, MAX_NICS_PER_INSTANCE, NetworkInterface,
+    RESERVED_ADDRESSES_AT_START, Vpc, VpcSubnet,
+};
 pub use nexus::NexusRecord;
 pub use project::Project;
 pub use role::{

@@ -38,6 +38,7 @@ diesel::table! {
         usable_storage -> Int8,
         reserved_storage -> Int8,
         time_vmms_failed -> Nullable<Timestamptz>,
+        underlay_ip -> Nullable<Inet>,
     }
 }
 
@@ -280,7 +281,62 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    vpc (id) {
+        id -> Uuid,
+        name -> Text,
+        description -> Text,
+        project_id -> Uuid,
+        time_created -> Timestamptz,
+        time_modified -> Timestamptz,
+        time_deleted -> Nullable<Timestamptz>,
+        dns_name -> Text,
+        vni -> Int8,
+        ipv6_prefix -> Inet,
+        v2p_generation -> Int8,
+        rcgen -> Int8,
+    }
+}
+
+diesel::table! {
+    vpc_subnet (id) {
+        id -> Uuid,
+        name -> Text,
+        description -> Text,
+        vpc_id -> Uuid,
+        time_created -> Timestamptz,
+        time_modified -> Timestamptz,
+        time_deleted -> Nullable<Timestamptz>,
+        ipv4_block -> Inet,
+        ipv6_block -> Inet,
+    }
+}
+
+diesel::table! {
+    network_interface (id) {
+        id -> Uuid,
+        name -> Text,
+        description -> Text,
+        instance_id -> Uuid,
+        vpc_id -> Uuid,
+        subnet_id -> Uuid,
+        time_created -> Timestamptz,
+        time_modified -> Timestamptz,
+        time_deleted -> Nullable<Timestamptz>,
+        mac -> Int8,
+        ip -> Inet,
+        ipv6 -> Nullable<Inet>,
+        is_primary -> Bool,
+        slot -> Int2,
+    }
+}
+
 diesel::joinable!(instance -> project (project_id));
+diesel::joinable!(vpc -> project (project_id));
+diesel::joinable!(vpc_subnet -> vpc (vpc_id));
+diesel::joinable!(network_interface -> instance (instance_id));
+diesel::joinable!(network_interface -> vpc (vpc_id));
+diesel::joinable!(network_interface -> vpc_subnet (subnet_id));
 diesel::joinable!(snapshot -> project (project_id));
 diesel::joinable!(region_snapshot -> snapshot (snapshot_id));
 diesel::joinable!(region_snapshot -> sled (sled_id));
@@ -316,6 +372,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     snapshot,
     region_snapshot,
     nexus,
+    vpc,
+    vpc_subnet,
+    network_interface,
 );
 
 // Metrics count VMMs by state and their sled's backend.

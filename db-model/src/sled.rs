@@ -33,6 +33,8 @@ pub struct Sled {
     /// When the instance watcher failed this sled's VMMs for its agent's silence; `None`
     /// otherwise. Placement skips the sled while set (see `Nexus::watch_sleds`).
     pub time_vmms_failed: Option<DateTime<Utc>>,
+    /// The sled's underlay address, as its agent reported it (none: it reported none).
+    pub underlay_ip: Option<IpNet>,
 }
 
 /// An amount of a sled's resources: what a sled offers, or what one VMM needs.
@@ -67,7 +69,20 @@ impl Sled {
             usable_storage: ByteCount::try_from(0u64).expect("zero fits").into(),
             reserved_storage: ByteCount::try_from(0u64).expect("zero fits").into(),
             time_vmms_failed: None,
+            underlay_ip: None,
         }
+    }
+
+    /// The same sled, with the underlay address its agent reported.
+    pub fn with_underlay(mut self, underlay: Option<std::net::IpAddr>) -> Sled {
+        self.underlay_ip = underlay.map(IpNet::from);
+        self
+    }
+
+    /// Where other sleds send this sled's guests' tunnelled traffic: its reported underlay
+    /// address, else its agent's IP (a simulated sled's mappings name that).
+    pub fn underlay_address(&self) -> std::net::IpAddr {
+        self.underlay_ip.map_or(self.ip.addr(), |ip| ip.addr())
     }
 
     /// The same sled, offering `storage` for regions.

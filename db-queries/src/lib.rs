@@ -25,7 +25,9 @@ pub mod secret;
 
 pub use datastore::{
     AttachedDisk, ConflictReason, DEVICE_AUTH_REQUEST_LIFETIME, DataStore, DeviceTokenPoll,
-    DiskTransition, EventsWritten, InstanceAndVmm, InstanceForDisks, LeftoverClaim, Leftovers,
+    DiskTransition, EventsWritten, HostedInterface, InstanceAndVmm, InstanceForNics,
+    NewNetworkInterface, SUBNET_PREFIX_RANGE, VpcMappingsRead, validate_ipv4_block,
+    validate_vpc_ipv6_prefix, InstanceForDisks, LeftoverClaim, Leftovers,
     LostRegion, MAX_DISK_SIZE, MigrationReport, PoolConfig, PoolStatistics, Release, ReportApplied,
     RetireOutcome, SledChoice, SnapshotTransition, TokenOwner, TransitionConflict,
     TransitionOutcome, VmmStateReport, validate_instance_shape, validate_new_disk,

@@ -9,6 +9,7 @@ mod instance_transition;
 mod instance_view;
 mod leftover;
 mod migration;
+mod network;
 mod nexus;
 mod project;
 mod region;
@@ -26,6 +27,10 @@ pub use instance::{validate_instance_shape, validate_new_instance};
 pub use instance_transition::{ConflictReason, Release, TransitionConflict, TransitionOutcome};
 pub use instance_view::InstanceAndVmm;
 pub use leftover::{LeftoverClaim, Leftovers};
+pub use network::{
+    HostedInterface, InstanceForNics, NewNetworkInterface, SUBNET_PREFIX_RANGE, VpcMappingsRead,
+    validate_ipv4_block, validate_vpc_ipv6_prefix,
+};
 pub use region_replacement::LostRegion;
 pub use saga::EventsWritten;
 pub use sled::SledChoice;

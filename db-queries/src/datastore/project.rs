@@ -6,7 +6,8 @@ use crate::error::{TxnError, is_unique_violation, public_error_from_diesel};
 use crate::pagination::{PaginatedBy, paginate};
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use super::network::{project_default_vpc_insert, project_vpcs_delete};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{GenericUuid, ProjectUuid};
 use halyard_common::{Error, NameOrId, ResourceType};
 use halyard_db_model::schema::{disk, instance, project, snapshot};
@@ -17,23 +18,33 @@ impl DataStore {
     /// holds control characters, and with `ObjectAlreadyExists` if the name is taken.
     pub async fn project_create(&self, new: Project) -> Result<Project, Error> {
         halyard_common::validate_description(&new.description)?;
-        let conn = &mut *self.connection().await?;
-        diesel::insert_into(project::table)
-            .values(&new)
-            .returning(Project::as_returning())
-            .cached_by_text()
-            .get_result(conn)
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    Error::ObjectAlreadyExists {
-                        type_name: ResourceType::Project,
-                        name: new.name().to_string(),
-                    }
-                } else {
-                    public_error_from_diesel(e)
-                }
+        let new = &new;
+        // The project and its default VPC (with its default subnet) in one transaction.
+        self.retry_conflicts(|| async move {
+            let conn = &mut *self.connection().await?;
+            conn.transaction(async |conn| {
+                let inserted = diesel::insert_into(project::table)
+                    .values(new)
+                    .returning(Project::as_returning())
+                    .cached_by_text()
+                    .get_result(conn)
+                    .await
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            TxnError::Public(Error::ObjectAlreadyExists {
+                                type_name: ResourceType::Project,
+                                name: new.name().to_string(),
+                            })
+                        } else {
+                            TxnError::Database(e)
+                        }
+                    })?;
+                project_default_vpc_insert(conn, inserted.id()).await?;
+                Ok(inserted)
             })
+            .await
+        })
+        .await
     }
 
     /// A live (not deleted) project, by name or id.
@@ -118,13 +129,23 @@ impl DataStore {
                 ))
                 .into());
             }
-            let updated = diesel::update(project::table)
-                .filter(project::id.eq(found.id))
-                .filter(project::time_deleted.is_null())
-                .filter(project::rcgen.eq(found.rcgen))
-                .set(project::time_deleted.eq(Utc::now()))
-                .cached_by_text()
-                .execute(conn)
+            // The project and its VPCs go together (its instances, and so their interfaces,
+            // are gone).
+            let updated = conn
+                .transaction(async |conn| {
+                    let updated = diesel::update(project::table)
+                        .filter(project::id.eq(found.id))
+                        .filter(project::time_deleted.is_null())
+                        .filter(project::rcgen.eq(found.rcgen))
+                        .set(project::time_deleted.eq(Utc::now()))
+                        .cached_by_text()
+                        .execute(conn)
+                        .await?;
+                    if updated > 0 {
+                        project_vpcs_delete(conn, found.id()).await?;
+                    }
+                    Ok::<_, TxnError>(updated)
+                })
                 .await?;
             if updated == 0 {
                 // An instance was created (or the project deleted) since we looked.

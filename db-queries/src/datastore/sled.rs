@@ -104,6 +104,7 @@ impl DataStore {
                 sled::usable_hardware_threads.eq(excluded(sled::usable_hardware_threads)),
                 sled::usable_physical_ram.eq(excluded(sled::usable_physical_ram)),
                 sled::usable_storage.eq(excluded(sled::usable_storage)),
+                sled::underlay_ip.eq(excluded(sled::underlay_ip)),
             ));
         // `ON CONFLICT ... DO UPDATE ... WHERE`: an expunged sled's row is not updated.
         let upserted =

@@ -108,7 +108,8 @@ impl Nexus {
             .datastore()
             .sled_upsert(
                 Sled::new(id, info.address, info.backend, resources)
-                    .with_usable_storage(info.usable_storage),
+                    .with_usable_storage(info.usable_storage)
+                    .with_underlay(info.underlay_address),
             )
             .await
             .inspect_err(|e| {
