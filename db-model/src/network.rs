@@ -212,7 +212,7 @@ pub struct NetworkInterface {
     pub ip: IpNet,
     pub ipv6: Option<IpNet>,
     pub is_primary: bool,
-    pub slot: i16,
+    pub slot: i32,
 }
 
 impl NetworkInterface {

@@ -327,7 +327,7 @@ diesel::table! {
         ip -> Inet,
         ipv6 -> Nullable<Inet>,
         is_primary -> Bool,
-        slot -> Int2,
+        slot -> Int4,
     }
 }
 

@@ -102,6 +102,9 @@ fn diesel_view() -> ColumnMap {
         region,
         snapshot,
         region_snapshot,
+        vpc,
+        vpc_subnet,
+        network_interface,
         nexus,
     );
     map

@@ -992,7 +992,7 @@ async fn nic_insert(
         return Ok(existing);
     }
     let found = lock_instance_for_nics(conn, new.instance_id, allowed).await?;
-    let slots: Vec<i16> = network_interface::table
+    let slots: Vec<i32> = network_interface::table
         .filter(network_interface::instance_id.eq(DbTypedUuid(new.instance_id)))
         .filter(network_interface::time_deleted.is_null())
         .select(network_interface::slot)
@@ -1006,7 +1006,7 @@ async fn nic_insert(
         ))
         .into());
     }
-    let slot = (0..MAX_NICS_PER_INSTANCE as i16)
+    let slot = (0..MAX_NICS_PER_INSTANCE as i32)
         .find(|slot| !slots.contains(slot))
         .expect("fewer than the most interfaces");
     let subnet = &new.subnet;
@@ -1047,7 +1047,7 @@ async fn nic_insert(
     .bind::<sql_types::Inet, _>(host(IpAddr::V6(subnet.ipv6_block().network())))
     .bind::<sql_types::Inet, _>(host(IpAddr::V4(subnet.ipv4_block().network())))
     .bind::<sql_types::Bool, _>(slots.is_empty())
-    .bind::<sql_types::Int2, _>(slot)
+    .bind::<sql_types::Int4, _>(slot)
     .bind::<sql_types::Int8, _>(i64::from(first - u32::from(subnet.ipv4_block().network())))
     .bind::<sql_types::Int8, _>(i64::from(start))
     .bind::<sql_types::Int8, _>(i64::from(size))

@@ -86,7 +86,8 @@ pub struct ProjectCreate {
 /// Everything Oxide's SDK 0.19 may send parses. What Halyard does not support yet is kept as
 /// opaque JSON, and the implementation refuses (400, naming the field) any value other than
 /// the default: `external_ips`, `anti_affinity_groups`,
-/// `multicast_groups`, a non-empty `ssh_public_keys`, `network_interfaces` of type `create`,
+/// `multicast_groups`, a non-empty `ssh_public_keys`, `network_interfaces` Halyard cannot make
+/// (IPv6-only, transit IPs; see `InstanceNetworkInterfaceAttachment::interfaces`),
 /// `enable_jumbo_frames: true`, `cpu_platform`, and a non-empty `user_data`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 pub struct InstanceCreate {
@@ -110,9 +111,8 @@ pub struct InstanceCreate {
     /// be `false`.
     #[serde(default)]
     pub enable_jumbo_frames: bool,
-    /// The network interfaces to be created for this instance. Halyard has no networking yet:
-    /// the `default_*` kinds and `none` are accepted and create no interface; `create` is
-    /// refused.
+    /// The network interfaces to be created for this instance (absent: one dual-stack
+    /// interface in the project's default VPC and subnet, as `default_dual_stack`).
     #[serde(default)]
     pub network_interfaces: InstanceNetworkInterfaceAttachment,
     /// Disks to create or attach (at most 8 with the boot disk).
@@ -190,10 +190,7 @@ impl InstanceCreate {
         if self.enable_jumbo_frames {
             unsupported.push("enable_jumbo_frames");
         }
-        if matches!(
-            self.network_interfaces,
-            InstanceNetworkInterfaceAttachment::Create(_)
-        ) {
+        if self.network_interfaces.interfaces().is_err() {
             unsupported.push("network_interfaces");
         }
         if !self.external_ips.is_empty() {
@@ -306,17 +303,234 @@ pub struct SnapshotCreate {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "type", content = "params", rename_all = "snake_case")]
 pub enum InstanceNetworkInterfaceAttachment {
-    /// Create these interfaces (Oxide's `InstanceNetworkInterfaceCreate`s). Not supported yet.
-    Create(Vec<serde_json::Value>),
-    /// The default IPv4 interface.
+    /// Create these interfaces (at most 8; the first is the primary).
+    Create(Vec<InstanceNetworkInterfaceCreate>),
+    /// One interface, `net0`, in the project's `default` VPC and subnet, with an IPv4 address.
     DefaultIpv4,
-    /// The default IPv6 interface.
+    /// The default IPv6-only interface. Not supported (Halyard's guests are reached over
+    /// IPv4): refused with 400.
     DefaultIpv6,
-    /// The default dual-stack interface (the SDK's default).
+    /// One interface, `net0`, in the project's `default` VPC and subnet, with an IPv4 address
+    /// and the IPv6 address that goes with it (the SDK's default).
     #[default]
     DefaultDualStack,
     /// No network interfaces at all.
     None,
+}
+
+/// The name of the interface a `default_*` attachment makes.
+pub const DEFAULT_INTERFACE_NAME: &str = "net0";
+
+impl InstanceNetworkInterfaceAttachment {
+    /// The interfaces this attachment makes, in order (the first is the primary), or why it
+    /// cannot be had.
+    pub fn interfaces(&self) -> Result<Vec<InstanceNetworkInterfaceCreate>, String> {
+        let default = |ip_config: PrivateIpStackCreate| InstanceNetworkInterfaceCreate {
+            name: DEFAULT_INTERFACE_NAME.parse().expect("a valid name"),
+            description: "The default network interface".to_string(),
+            vpc_name: "default".parse().expect("a valid name"),
+            subnet_name: "default".parse().expect("a valid name"),
+            ip_config,
+        };
+        match self {
+            InstanceNetworkInterfaceAttachment::Create(list) => {
+                if list.len() > MAX_NETWORK_INTERFACES {
+                    return Err(format!(
+                        "an instance has at most {MAX_NETWORK_INTERFACES} network interfaces,                          not {}",
+                        list.len()
+                    ));
+                }
+                for (i, nic) in list.iter().enumerate() {
+                    nic.ip_config.resolve()?;
+                    if list[..i].iter().any(|other| other.name == nic.name) {
+                        return Err(format!(
+                            "network interface name \"{}\" is given twice",
+                            nic.name
+                        ));
+                    }
+                }
+                Ok(list.clone())
+            }
+            InstanceNetworkInterfaceAttachment::DefaultIpv4 => {
+                Ok(vec![default(PrivateIpStackCreate::V4(PrivateIpv4StackCreate {
+                    ip: Ipv4Assignment::Auto,
+                    transit_ips: Vec::new(),
+                }))])
+            }
+            InstanceNetworkInterfaceAttachment::DefaultDualStack => {
+                Ok(vec![default(PrivateIpStackCreate::default())])
+            }
+            InstanceNetworkInterfaceAttachment::DefaultIpv6 => Err(
+                "IPv6-only network interfaces are not supported: use default_ipv4 or \
+                 default_dual_stack"
+                    .to_string(),
+            ),
+            InstanceNetworkInterfaceAttachment::None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The most network interfaces an instance has.
+pub const MAX_NETWORK_INTERFACES: usize = 8;
+
+/// Create-time parameters for an `InstanceNetworkInterface`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceNetworkInterfaceCreate {
+    pub name: Name,
+    pub description: String,
+    /// The VPC in which to create the interface (in the instance's project).
+    pub vpc_name: Name,
+    /// The VPC Subnet in which to create the interface.
+    pub subnet_name: Name,
+    /// The IP stack configuration for this interface. Defaults to dual-stack with
+    /// automatically-assigned addresses.
+    #[serde(default)]
+    pub ip_config: PrivateIpStackCreate,
+}
+
+/// How an interface's private addresses are chosen (Oxide's enum, adjacently tagged:
+/// `{"type": "v4", "value": {"ip": {"type": "auto"}}}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum PrivateIpStackCreate {
+    /// An IPv4 address only.
+    V4(PrivateIpv4StackCreate),
+    /// An IPv6 address only. Not supported: refused with 400.
+    V6(PrivateIpv6StackCreate),
+    /// Both; Halyard's IPv6 address is the subnet's IPv6 /64 plus the IPv4 address's offset
+    /// in its block, so the IPv6 part must be `auto`.
+    DualStack {
+        v4: PrivateIpv4StackCreate,
+        v6: PrivateIpv6StackCreate,
+    },
+}
+
+impl Default for PrivateIpStackCreate {
+    fn default() -> Self {
+        PrivateIpStackCreate::DualStack {
+            v4: PrivateIpv4StackCreate {
+                ip: Ipv4Assignment::Auto,
+                transit_ips: Vec::new(),
+            },
+            v6: PrivateIpv6StackCreate {
+                ip: Ipv6Assignment::Auto,
+                transit_ips: Vec::new(),
+            },
+        }
+    }
+}
+
+/// What a `PrivateIpStackCreate` asks of the allocator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedIpConfig {
+    /// The IPv4 address asked for; `None`: any free one.
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    /// Whether the interface also gets its IPv6 address.
+    pub dual_stack: bool,
+}
+
+impl PrivateIpStackCreate {
+    /// What this asks of the allocator, or why Halyard cannot do it.
+    pub fn resolve(&self) -> Result<ResolvedIpConfig, String> {
+        let (v4, v6) = match self {
+            PrivateIpStackCreate::V4(v4) => (v4, None),
+            PrivateIpStackCreate::DualStack { v4, v6 } => (v4, Some(v6)),
+            PrivateIpStackCreate::V6(_) => {
+                return Err("IPv6-only network interfaces are not supported: use an ip_config \
+                            of type v4 or dual_stack"
+                    .to_string());
+            }
+        };
+        if !v4.transit_ips.is_empty() || v6.is_some_and(|v6| !v6.transit_ips.is_empty()) {
+            return Err("transit IPs are not supported: transit_ips must be empty".to_string());
+        }
+        if let Some(PrivateIpv6StackCreate {
+            ip: Ipv6Assignment::Explicit(ip),
+            ..
+        }) = v6
+        {
+            return Err(format!(
+                "an explicit IPv6 address ({ip}) is not supported: the IPv6 address follows \
+                 the IPv4 one; use {{\"type\": \"auto\"}}"
+            ));
+        }
+        Ok(ResolvedIpConfig {
+            ipv4: match v4.ip {
+                Ipv4Assignment::Auto => None,
+                Ipv4Assignment::Explicit(ip) => Some(ip),
+            },
+            dual_stack: v6.is_some(),
+        })
+    }
+}
+
+/// The IPv4 part of an interface's `ip_config`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct PrivateIpv4StackCreate {
+    /// The address: `auto` (the first free one) or `explicit`.
+    pub ip: Ipv4Assignment,
+    /// Additional IPv4 networks the interface may send from. Not supported: must be empty.
+    #[serde(default)]
+    pub transit_ips: Vec<halyard_common::net::Ipv4Net>,
+}
+
+/// The IPv6 part of an interface's `ip_config`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct PrivateIpv6StackCreate {
+    /// The address: must be `auto` (see `PrivateIpStackCreate`).
+    pub ip: Ipv6Assignment,
+    /// Additional IPv6 networks the interface may send from. Not supported: must be empty.
+    #[serde(default)]
+    pub transit_ips: Vec<halyard_common::net::Ipv6Net>,
+}
+
+/// How an IPv4 address is assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum Ipv4Assignment {
+    Auto,
+    Explicit(std::net::Ipv4Addr),
+}
+
+/// How an IPv6 address is assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum Ipv6Assignment {
+    Auto,
+    Explicit(std::net::Ipv6Addr),
+}
+
+/// Create-time parameters for a `Vpc`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VpcCreate {
+    pub name: Name,
+    pub description: String,
+    pub dns_name: Name,
+    /// The IPv6 prefix for this VPC: a /48 of `fd00::/8`. Absent: a random one.
+    #[serde(default)]
+    pub ipv6_prefix: Option<halyard_common::net::Ipv6Net>,
+    /// Defaults for the VPC's default subnet (Oxide's `VpcCreateDefaults`; it has no field
+    /// Halyard uses). Accepted and ignored.
+    #[serde(default)]
+    pub defaults: Option<serde_json::Value>,
+}
+
+/// Create-time parameters for a `VpcSubnet`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VpcSubnetCreate {
+    pub name: Name,
+    pub description: String,
+    /// The IPv4 address range for this subnet: private (RFC 1918), a /8 to a /26, not
+    /// overlapping another subnet of the VPC.
+    pub ipv4_block: halyard_common::net::Ipv4Net,
+    /// The IPv6 address range for this subnet: a /64 of the VPC's prefix. Absent: the first
+    /// free one.
+    #[serde(default)]
+    pub ipv6_block: Option<halyard_common::net::Ipv6Net>,
+    /// A custom router for the subnet. Not supported (Halyard has no routers): must be
+    /// absent.
+    #[serde(default)]
+    pub custom_router: Option<NameOrId>,
 }
 
 /// A policy determining when an instance should be automatically restarted by the control

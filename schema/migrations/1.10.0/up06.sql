@@ -15,5 +15,5 @@ CREATE TABLE IF NOT EXISTS network_interface (
     ip INET NOT NULL,
     ipv6 INET,
     is_primary BOOL NOT NULL,
-    slot INT2 NOT NULL CHECK (slot BETWEEN 0 AND 7)
+    slot INT4 NOT NULL CHECK (slot BETWEEN 0 AND 7)
 );
