@@ -17,6 +17,8 @@ use std::path::Path;
 /// instance_reincarnation_interval_ms = 1000      # optional: how often failed ones restart
 /// sled_unresponsive_after_ms = 20000             # optional: silence before a sled's VMMs fail
 /// auto_restart_cooldown_ms = 3600000             # optional: between two automatic restarts
+/// v2p_reconciliation_interval_ms = 10000         # optional: how often sleds' VPC mappings
+///                                                #   are compared with the database's
 ///
 /// [tls]                                          # mutual TLS on the internal API
 /// ca_cert = ".halyard-dev/pki/ca.pem"
@@ -52,9 +54,17 @@ pub struct Config {
     /// next (Oxide's cooldown: one hour).
     #[serde(default = "default_auto_restart_cooldown_ms")]
     pub auto_restart_cooldown_ms: u64,
+    /// How often every sled's VPC mappings are compared with the database's (and pushed
+    /// where they differ).
+    #[serde(default = "default_v2p_reconciliation_interval_ms")]
+    pub v2p_reconciliation_interval_ms: u64,
     /// Nexus's certificate (it serves the internal API with it and presents it to sled
     /// agents) and the deployment's CA (the only issuer of callers it accepts).
     pub tls: halyard_tls::TlsFiles,
+}
+
+fn default_v2p_reconciliation_interval_ms() -> u64 {
+    10_000
 }
 
 fn default_retirement_interval_ms() -> u64 {
@@ -117,6 +127,7 @@ impl Config {
             instance_reincarnation_interval_ms: default_instance_watcher_interval_ms(),
             sled_unresponsive_after_ms: default_sled_unresponsive_after_ms(),
             auto_restart_cooldown_ms: default_auto_restart_cooldown_ms(),
+            v2p_reconciliation_interval_ms: default_v2p_reconciliation_interval_ms(),
             tls,
         }
     }

@@ -132,6 +132,9 @@ impl Server {
         let reincarnation = nexus.spawn_instance_reincarnation_task(Duration::from_millis(
             config.instance_reincarnation_interval_ms,
         ));
+        let v2p = nexus.spawn_v2p_reconciliation_task(Duration::from_millis(
+            config.v2p_reconciliation_interval_ms,
+        ));
         Ok(Server {
             nexus,
             internal,
@@ -144,6 +147,7 @@ impl Server {
                 region_replacement,
                 instance_watcher,
                 reincarnation,
+                v2p,
             ],
         })
     }

@@ -298,6 +298,8 @@ impl DataStore {
                             ))));
                         }
                         detach_all(conn, id).await?;
+                        // Its interfaces go with it: their addresses and MACs are free again.
+                        super::network::instance_interfaces_delete_in(conn, id).await?;
                     }
                     Ok::<_, TxnError>(updated)
                 })

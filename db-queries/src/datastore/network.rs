@@ -35,8 +35,8 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{
-    GenericUuid, InstanceUuid, NetworkInterfaceUuid, ProjectUuid, SledUuid, VmmUuid,
-    VpcSubnetUuid, VpcUuid,
+    GenericUuid, InstanceUuid, NetworkInterfaceUuid, ProjectUuid, SledUuid, VmmUuid, VpcSubnetUuid,
+    VpcUuid,
 };
 use halyard_common::net::{Ipv4Net, Ipv6Net, MacAddr, Vni};
 use halyard_common::{
@@ -44,8 +44,8 @@ use halyard_common::{
 };
 use halyard_db_model::schema::{instance, network_interface, sled, vmm, vpc, vpc_subnet};
 use halyard_db_model::{
-    DEFAULT_SUBNET_BLOCK, DEFAULT_VPC_NAME, DbName, DbTypedUuid, Instance,
-    MAX_NICS_PER_INSTANCE, NetworkInterface, Vpc, VpcSubnet,
+    DEFAULT_SUBNET_BLOCK, DEFAULT_VPC_NAME, DbName, DbTypedUuid, Instance, MAX_NICS_PER_INSTANCE,
+    NetworkInterface, Vpc, VpcSubnet,
 };
 use ipnet::IpNet;
 use rand::Rng;
@@ -204,7 +204,11 @@ impl DataStore {
     pub async fn vpc_list_all(&self) -> Result<Vec<Vpc>, Error> {
         let conn = &mut *self.connection().await?;
         vpc::table
-            .order((vpc::project_id.asc(), vpc::name.asc(), vpc::time_created.asc()))
+            .order((
+                vpc::project_id.asc(),
+                vpc::name.asc(),
+                vpc::time_created.asc(),
+            ))
             .select(Vpc::as_select())
             .load(conn)
             .await
@@ -307,9 +311,7 @@ impl DataStore {
             .await
             .optional()
             .map_err(public_error_from_diesel)?
-            .ok_or_else(|| {
-                Error::not_found_by_id(ResourceType::VpcSubnet, id.into_untyped_uuid())
-            })
+            .ok_or_else(|| Error::not_found_by_id(ResourceType::VpcSubnet, id.into_untyped_uuid()))
     }
 
     /// One page of a VPC's live subnets.
@@ -337,12 +339,8 @@ impl DataStore {
             let conn = &mut *self.connection().await?;
             conn.transaction(async |conn| {
                 lock_vpc(conn, subnet.vpc_id()).await?;
-                refuse_if_interfaces(
-                    conn,
-                    network_interface::subnet_id.eq(subnet.id),
-                    "subnet",
-                )
-                .await?;
+                refuse_if_interfaces(conn, network_interface::subnet_id.eq(subnet.id), "subnet")
+                    .await?;
                 diesel::update(vpc_subnet::table)
                     .filter(vpc_subnet::id.eq(subnet.id))
                     .filter(vpc_subnet::time_deleted.is_null())
@@ -442,9 +440,7 @@ impl DataStore {
             .into_boxed();
         let query = match which {
             NameOrId::Id(id) => query.filter(network_interface::id.eq(*id)),
-            NameOrId::Name(name) => {
-                query.filter(network_interface::name.eq(DbName(name.clone())))
-            }
+            NameOrId::Name(name) => query.filter(network_interface::name.eq(DbName(name.clone()))),
         };
         query
             .select(NetworkInterface::as_select())
@@ -503,7 +499,10 @@ impl DataStore {
     pub async fn network_interface_list_all(&self) -> Result<Vec<NetworkInterface>, Error> {
         let conn = &mut *self.connection().await?;
         network_interface::table
-            .order((network_interface::instance_id.asc(), network_interface::slot.asc()))
+            .order((
+                network_interface::instance_id.asc(),
+                network_interface::slot.asc(),
+            ))
             .select(NetworkInterface::as_select())
             .load(conn)
             .await
@@ -573,21 +572,17 @@ impl DataStore {
         .await
     }
 
-    /// Deletes every live interface of an instance, whatever its state (instance-create's
-    /// undo and instance-delete, when the instance has no VMM and is going away). Returns
-    /// how many it deleted.
+    /// Deletes every live interface of an instance, whatever its state (a failed
+    /// instance-create's cleanup; instance-delete deletes them with the instance, in
+    /// `instance_mark_destroyed`'s transaction). Returns how many it deleted.
     pub async fn instance_network_interfaces_delete(
         &self,
         instance_id: InstanceUuid,
     ) -> Result<usize, Error> {
         let conn = &mut *self.connection().await?;
-        diesel::update(network_interface::table)
-            .filter(network_interface::instance_id.eq(DbTypedUuid(instance_id)))
-            .filter(network_interface::time_deleted.is_null())
-            .set(network_interface::time_deleted.eq(Utc::now()))
-            .execute(conn)
+        instance_interfaces_delete_in(conn, instance_id)
             .await
-            .map_err(public_error_from_diesel)
+            .map_err(TxnError::into_public)
     }
 
     /// The VPCs an instance has interfaces in (deleted interfaces too, within `include_deleted`
@@ -662,9 +657,7 @@ impl DataStore {
                         })?;
                 let mut query = network_interface::table
                     .inner_join(instance::table)
-                    .inner_join(
-                        vmm::table.on(instance::active_propolis_id.eq(vmm::id.nullable())),
-                    )
+                    .inner_join(vmm::table.on(instance::active_propolis_id.eq(vmm::id.nullable())))
                     .inner_join(sled::table.on(sled::id.eq(vmm::sled_id)))
                     .filter(network_interface::vpc_id.eq(DbTypedUuid(vpc_id)))
                     .filter(network_interface::time_deleted.is_null())
@@ -675,13 +668,15 @@ impl DataStore {
                 if let Some(excluded) = excluding {
                     query = query.filter(vmm::id.ne(DbTypedUuid(excluded)));
                 }
-                let rows: Vec<(NetworkInterface, halyard_db_model::Sled)> = if deleted.is_some()
-                {
+                let rows: Vec<(NetworkInterface, halyard_db_model::Sled)> = if deleted.is_some() {
                     Vec::new()
                 } else {
                     query
                         .order(network_interface::ip.asc())
-                        .select((NetworkInterface::as_select(), halyard_db_model::Sled::as_select()))
+                        .select((
+                            NetworkInterface::as_select(),
+                            halyard_db_model::Sled::as_select(),
+                        ))
                         .load(conn)
                         .await?
                 };
@@ -710,6 +705,20 @@ impl DataStore {
         })
         .await
     }
+}
+
+/// Deletes an instance's live interfaces, inside the caller's transaction or on a plain
+/// connection.
+pub(crate) async fn instance_interfaces_delete_in(
+    conn: &mut AsyncPgConnection,
+    instance_id: InstanceUuid,
+) -> Result<usize, TxnError> {
+    Ok(diesel::update(network_interface::table)
+        .filter(network_interface::instance_id.eq(DbTypedUuid(instance_id)))
+        .filter(network_interface::time_deleted.is_null())
+        .set(network_interface::time_deleted.eq(Utc::now()))
+        .execute(conn)
+        .await?)
 }
 
 /// What a new VPC is made of.
@@ -960,7 +969,10 @@ async fn lock_instance_for_nics(
     let ok = match allowed {
         InstanceForNics::Creating => state == InstanceNexusState::Creating,
         InstanceForNics::Stopped => {
-            matches!(state, InstanceNexusState::NoVmm | InstanceNexusState::Failed)
+            matches!(
+                state,
+                InstanceNexusState::NoVmm | InstanceNexusState::Failed
+            )
         }
     };
     if !ok {

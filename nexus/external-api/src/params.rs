@@ -351,12 +351,12 @@ impl InstanceNetworkInterfaceAttachment {
                 }
                 Ok(list.clone())
             }
-            InstanceNetworkInterfaceAttachment::DefaultIpv4 => {
-                Ok(vec![default(PrivateIpStackCreate::V4(PrivateIpv4StackCreate {
+            InstanceNetworkInterfaceAttachment::DefaultIpv4 => Ok(vec![default(
+                PrivateIpStackCreate::V4(PrivateIpv4StackCreate {
                     ip: Ipv4Assignment::Auto,
                     transit_ips: Vec::new(),
-                }))])
-            }
+                }),
+            )]),
             InstanceNetworkInterfaceAttachment::DefaultDualStack => {
                 Ok(vec![default(PrivateIpStackCreate::default())])
             }
@@ -436,9 +436,11 @@ impl PrivateIpStackCreate {
             PrivateIpStackCreate::V4(v4) => (v4, None),
             PrivateIpStackCreate::DualStack { v4, v6 } => (v4, Some(v6)),
             PrivateIpStackCreate::V6(_) => {
-                return Err("IPv6-only network interfaces are not supported: use an ip_config \
+                return Err(
+                    "IPv6-only network interfaces are not supported: use an ip_config \
                             of type v4 or dual_stack"
-                    .to_string());
+                        .to_string(),
+                );
             }
         };
         if !v4.transit_ips.is_empty() || v6.is_some_and(|v6| !v6.transit_ips.is_empty()) {

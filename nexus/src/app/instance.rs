@@ -25,11 +25,52 @@ const MAX_NCPUS: u16 = 64;
 const MIN_MEMORY: ByteCount = ByteCount::from_mebibytes_u32(64);
 const MAX_MEMORY: ByteCount = ByteCount::from_gibibytes_u32(1024);
 
+impl Nexus {
+    /// The interfaces an instance create makes, their VPCs and subnets looked up in the
+    /// project (404 naming the missing one) and their ids chosen, before the saga is recorded.
+    pub async fn instance_create_interfaces(
+        &self,
+        project_id: halyard_common::ids::ProjectUuid,
+        params: &InstanceCreate,
+    ) -> Result<Vec<instance_create::InterfaceToCreate>, Error> {
+        let mut interfaces = Vec::new();
+        for nic in params
+            .network_interfaces
+            .interfaces()
+            .map_err(Error::invalid_request)?
+        {
+            let resolved = nic.ip_config.resolve().map_err(Error::invalid_request)?;
+            let vpc = self
+                .datastore()
+                .vpc_fetch(project_id, &NameOrId::Name(nic.vpc_name.clone()))
+                .await?;
+            let subnet = self
+                .datastore()
+                .vpc_subnet_fetch(vpc.id(), &NameOrId::Name(nic.subnet_name.clone()))
+                .await?;
+            interfaces.push(instance_create::InterfaceToCreate {
+                id: halyard_common::ids::NetworkInterfaceUuid::new_v4(),
+                name: nic.name,
+                description: nic.description,
+                subnet_id: subnet.id(),
+                ip: resolved.ipv4,
+                dual_stack: resolved.dual_stack,
+            });
+        }
+        Ok(interfaces)
+    }
+}
+
 /// Every rule a request to create an instance must meet, checked once, before anything is
 /// read or recorded: no feature Halyard does not support yet (400 naming the fields), a size
 /// Nexus accepts, and what the instance's row may hold (`validate_instance_shape`: whole MiB
 /// of memory, a description of printable text, a well-formed hostname).
 fn validate_instance_create(params: &InstanceCreate) -> Result<(), Error> {
+    // The interfaces first: their refusal says exactly what cannot be had.
+    params
+        .network_interfaces
+        .interfaces()
+        .map_err(Error::invalid_request)?;
     let unsupported = params.unsupported_fields();
     if !unsupported.is_empty() {
         return Err(Error::invalid_request(format!(
@@ -185,6 +226,9 @@ impl Nexus {
         let (disk_ids, disks_to_create) = self
             .instance_create_disks(project.id(), instance_id, &params)
             .await?;
+        let interfaces = self
+            .instance_create_interfaces(project.id(), &params)
+            .await?;
         let start = params.start;
         let result = self
             .run_saga::<instance_create::SagaInstanceCreate>(instance_create::Params {
@@ -193,6 +237,7 @@ impl Nexus {
                 create: params,
                 disk_ids,
                 disks_to_create,
+                interfaces,
             })
             .await?;
         // The saga's last step returned the new instance's row: answer (or start) from it.

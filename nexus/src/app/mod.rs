@@ -16,6 +16,7 @@ pub mod sagas;
 pub mod serial_console;
 pub mod sled;
 pub mod snapshot;
+pub mod v2p;
 pub mod vmm;
 
 use crate::metrics::{MeteredSecStore, NexusMetrics};

@@ -207,6 +207,8 @@ impl Nexus {
                 silence; placement may pick the sled again";
                 "sled_id" => %sled_id, "time_vmms_failed" => %mark);
         }
+        // Its VPC mappings: a sled agent that restarted holds none.
+        self.reconcile_sled_mappings(sled_id).await?;
         Ok(())
     }
 

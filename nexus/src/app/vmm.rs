@@ -3,7 +3,8 @@
 
 use super::Nexus;
 use super::sled::sled_agent_error;
-use halyard_common::ids::{SledUuid, VmmUuid};
+use super::v2p::PushScope;
+use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
 use halyard_db_model::{Vmm, VmmRuntimeState};
@@ -94,6 +95,9 @@ impl Nexus {
             info!(self.log(), "migration completed"; "migration_id" => %id,
                 "instance_id" => %instance_id, "active" => %target);
             let source_vmm = self.datastore().vmm_fetch(source).await?;
+            // The guest runs on the target now: its peers' sleds send to the target's sled.
+            self.push_mappings_best_effort(instance_id, source_vmm.sled_id())
+                .await;
             self.unregister_vmm(source_vmm.sled_id(), source).await?;
         }
         Ok(())
@@ -183,6 +187,10 @@ impl Nexus {
     ) -> Result<(), Error> {
         self.unregister_vmm(sled_id, vmm_id).await?;
         self.datastore.vmm_retire(vmm_id, final_state).await?;
+        // No sled keeps a mapping for a guest that is gone (its sled gets the empty set if it
+        // hosts no other interface of the VPC).
+        let instance_id = self.datastore.vmm_fetch(vmm_id).await?.instance_id();
+        self.push_mappings_best_effort(instance_id, sled_id).await;
         // By query, not from what this retirement cleared: an earlier attempt may have
         // cleared the instance's pointer to the target and then failed to unregister it.
         for target in self
@@ -193,6 +201,21 @@ impl Nexus {
             self.retire_orphaned_target(&target).await?;
         }
         Ok(())
+    }
+
+    /// Pushes the instance's VPCs' mapping sets after one of its VMMs changed or ended on
+    /// `sled_id` (which is told too); a failure is logged and left to reconciliation (the
+    /// VMM's change is done either way).
+    async fn push_mappings_best_effort(&self, instance_id: InstanceUuid, sled_id: SledUuid) {
+        let scope = PushScope {
+            also: &[sled_id],
+            excluding: None,
+            must_reach: None,
+        };
+        if let Err(e) = self.push_instance_mappings(instance_id, scope).await {
+            warn!(self.log, "cannot push VPC mappings; reconciliation will";
+                "instance_id" => %instance_id, "sled_id" => %sled_id, "error" => %e);
+        }
     }
 
     pub(crate) async fn retire_orphaned_target(

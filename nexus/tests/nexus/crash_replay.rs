@@ -1294,6 +1294,7 @@ async fn every_saga_survives_a_crash_at_every_node() {
             ),
             disk_ids: Vec::new(),
             disks_to_create: Vec::new(),
+            interfaces: Vec::new(),
         }),
         SagaNodes::of::<instance_start::SagaInstanceStart>(instance_start::Params {
             instance_id: any_instance,

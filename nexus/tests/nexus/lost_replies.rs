@@ -262,18 +262,27 @@ async fn every_action_notices_its_effect_after_a_lost_reply() {
             &ctx,
             async |ctx| {
                 let id = InstanceUuid::new_v4();
+                let project_id = project_id(ctx).await;
+                let create = InstanceCreate::new(
+                    format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
+                    "",
+                    "vm",
+                    1,
+                    ByteCount::from_gibibytes_u32(1),
+                );
+                // The default interface, so the interfaces node has work to lose.
+                let interfaces = ctx
+                    .nexus()
+                    .instance_create_interfaces(project_id, &create)
+                    .await
+                    .unwrap();
                 instance_create::Params {
                     instance_id: id,
-                    project_id: project_id(ctx).await,
-                    create: InstanceCreate::new(
-                        format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
-                        "",
-                        "vm",
-                        1,
-                        ByteCount::from_gibibytes_u32(1),
-                    ),
+                    project_id,
+                    create,
                     disk_ids: Vec::new(),
                     disks_to_create: Vec::new(),
+                    interfaces,
                 }
             },
             async |ctx, params| {
@@ -524,21 +533,30 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
     cases.extend(
         lose_an_undo_reply_at_every_node::<instance_create::SagaInstanceCreate>(
             &ctx,
-            &["instance", "disks"],
+            &["instance", "disks", "interfaces"],
             async |ctx| {
                 let id = InstanceUuid::new_v4();
+                let project_id = project_id(ctx).await;
+                let create = InstanceCreate::new(
+                    format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
+                    "",
+                    "vm",
+                    1,
+                    ByteCount::from_gibibytes_u32(1),
+                );
+                // The default interface, so the interfaces node has work to lose.
+                let interfaces = ctx
+                    .nexus()
+                    .instance_create_interfaces(project_id, &create)
+                    .await
+                    .unwrap();
                 instance_create::Params {
                     instance_id: id,
-                    project_id: project_id(ctx).await,
-                    create: InstanceCreate::new(
-                        format!("vm-{}", &id.to_string()[..8]).parse().unwrap(),
-                        "",
-                        "vm",
-                        1,
-                        ByteCount::from_gibibytes_u32(1),
-                    ),
+                    project_id,
+                    create,
                     disk_ids: Vec::new(),
                     disks_to_create: Vec::new(),
+                    interfaces,
                 }
             },
             async |ctx, params| {

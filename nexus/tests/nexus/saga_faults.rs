@@ -155,6 +155,20 @@ async fn instance_start_repeated_at_every_node_ends_as_one_run() {
     assert_eq!(covered, 6);
 }
 
+/// `params` with the default interface its `create` asks for (`net0` in the project's default
+/// VPC and subnet), as Nexus resolves it before recording the saga.
+async fn with_default_interface(
+    ctx: &TestContext,
+    mut params: instance_create::Params,
+) -> instance_create::Params {
+    params.interfaces = ctx
+        .nexus()
+        .instance_create_interfaces(params.project_id, &params.create)
+        .await
+        .unwrap();
+    params
+}
+
 fn create_params(project_id: halyard_common::ids::ProjectUuid) -> instance_create::Params {
     let id = InstanceUuid::new_v4();
     instance_create::Params {
@@ -169,6 +183,7 @@ fn create_params(project_id: halyard_common::ids::ProjectUuid) -> instance_creat
         ),
         disk_ids: Vec::new(),
         disks_to_create: Vec::new(),
+        interfaces: Vec::new(),
     }
 }
 
@@ -185,7 +200,7 @@ async fn instance_create_and_delete_unwind_from_every_node_and_tolerate_repeats(
 
     let covered = inject_error_at_every_node::<instance_create::SagaInstanceCreate>(
         &ctx,
-        async |_| create_params(project_id),
+        async |ctx| with_default_interface(ctx, create_params(project_id)).await,
         async |ctx, params| {
             let err = ctx
                 .nexus()
@@ -193,18 +208,32 @@ async fn instance_create_and_delete_unwind_from_every_node_and_tolerate_repeats(
                 .await
                 .unwrap_err();
             assert_eq!(err.error_code(), "ObjectNotFound");
+            let interfaces = ctx
+                .nexus()
+                .datastore()
+                .instance_network_interfaces(params.instance_id)
+                .await
+                .unwrap();
+            assert!(interfaces.is_empty(), "an unwound create left {interfaces:?}");
         },
     )
     .await;
-    assert_eq!(covered, 3);
+    assert_eq!(covered, 4);
     repeat_every_node::<instance_create::SagaInstanceCreate>(
         &ctx,
-        async |_| create_params(project_id),
+        async |ctx| with_default_interface(ctx, create_params(project_id)).await,
         async |ctx, params| {
             assert_eq!(
                 ctx.view(params.instance_id).await.run_state(),
                 InstanceState::Stopped
             );
+            let interfaces = ctx
+                .nexus()
+                .datastore()
+                .instance_network_interfaces(params.instance_id)
+                .await
+                .unwrap();
+            assert_eq!(interfaces.len(), 1, "repeats made one interface: {interfaces:?}");
         },
     )
     .await;

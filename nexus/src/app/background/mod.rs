@@ -6,7 +6,7 @@
 //! Nexus process since it started.
 //!
 //! The tasks, one file each: `nexus_heartbeat`, `vmm_retirement`, `leftover_release`,
-//! `region_replacement`, `instance_watcher`, `instance_reincarnation`. A superseded Nexus (another process took its id) runs none of them
+//! `region_replacement`, `instance_watcher`, `instance_reincarnation`, `v2p_reconciliation`. A superseded Nexus (another process took its id) runs none of them
 //! but the heartbeat.
 
 pub mod instance_reincarnation;
@@ -14,6 +14,7 @@ pub mod instance_watcher;
 pub mod leftover_release;
 pub mod nexus_heartbeat;
 pub mod region_replacement;
+pub mod v2p_reconciliation;
 pub mod vmm_retirement;
 
 use crate::app::Nexus;

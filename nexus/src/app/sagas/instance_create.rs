@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   create_record ──► [create_disk_params_N ──► created_disk_N (disk-create subsaga)]... ──►
-//!   attach_disks ──► mark_stopped
+//!   attach_disks ──► create_interfaces ──► mark_stopped
 //! ```
 //!
 //! - `create_record` inserts the instance in `nexus_state` `creating` (idempotent by instance
@@ -32,6 +32,12 @@
 //!   one else attaches to it. `Conflict` if a disk is not detached (or was deleted: not
 //!   found); the action then detaches what it attached before failing. Repeats find the disks
 //!   attached. Undo: detaches every disk naming the instance.
+//! - `interfaces` makes the interfaces the request asks for (`Params::interfaces`: a
+//!   `default_*` attachment makes `net0` in the project's `default` VPC and subnet), each
+//!   with its MAC and private address allocated as it is inserted
+//!   (`DataStore::network_interface_create` with `InstanceForNics::Creating`; a full subnet is
+//!   `Conflict`); the action deletes what it made before failing. Repeats find each by its id.
+//!   Undo: deletes every interface of the instance (their addresses free again).
 //! - `mark_stopped` moves it to `no_vmm` (stopped), generation-guarded; a repeat finds it
 //!   already stopped. Last node: nothing after it can fail, so its undo is a no-op. Outputs
 //!   the instance's row as the transition returned it ([`created`]), which Nexus answers
@@ -45,11 +51,15 @@ use super::{
     ActionRegistry, NexusActionContext, NexusSaga, action_failed, declare_action, disk_create,
 };
 use halyard_common::Error;
-use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid};
+use halyard_common::Name;
+use halyard_common::ids::{
+    DiskUuid, InstanceUuid, NetworkInterfaceUuid, ProjectUuid, VpcSubnetUuid,
+};
 use halyard_db_model::{Instance, NewInstanceParams};
-use halyard_db_queries::{DiskTransition, InstanceForDisks};
+use halyard_db_queries::{DiskTransition, InstanceForDisks, InstanceForNics, NewNetworkInterface};
 use halyard_nexus_external_api::params::InstanceCreate;
 use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
 use steno::ActionError;
 
 // The saga's own actions; the DAG (with a disk-create subsaga per disk to make) is written
@@ -66,6 +76,12 @@ declare_action!(
     attach_disks,
     undo_attach_disks
 );
+declare_action!(
+    CREATE_INTERFACES,
+    "instance_create.create_interfaces",
+    create_interfaces,
+    undo_create_interfaces
+);
 declare_action!(MARK_STOPPED, "instance_create.mark_stopped", mark_stopped);
 
 pub struct SagaInstanceCreate;
@@ -75,7 +91,12 @@ impl NexusSaga for SagaInstanceCreate {
     type Params = Params;
 
     fn register_actions(registry: &mut ActionRegistry) {
-        for action in [&CREATE_RECORD, &ATTACH_DISKS, &MARK_STOPPED] {
+        for action in [
+            &CREATE_RECORD,
+            &ATTACH_DISKS,
+            &CREATE_INTERFACES,
+            &MARK_STOPPED,
+        ] {
             registry.register((**action).clone());
         }
     }
@@ -110,6 +131,11 @@ impl NexusSaga for SagaInstanceCreate {
             ATTACH_DISKS.as_ref(),
         ));
         builder.append(steno::Node::action(
+            "interfaces",
+            "CreateInterfaces",
+            CREATE_INTERFACES.as_ref(),
+        ));
+        builder.append(steno::Node::action(
             "stopped",
             "MarkStopped",
             MARK_STOPPED.as_ref(),
@@ -132,6 +158,23 @@ pub struct Params {
     /// `disk_ids`).
     #[serde(default)]
     pub disks_to_create: Vec<disk_create::Params>,
+    /// The interfaces to make, in order (the first is the primary), their subnets looked up
+    /// and ids chosen by Nexus before the saga was recorded. (Empty for a saga logged
+    /// before.)
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceToCreate>,
+}
+
+/// One network interface instance-create makes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InterfaceToCreate {
+    pub id: NetworkInterfaceUuid,
+    pub name: Name,
+    pub description: String,
+    pub subnet_id: VpcSubnetUuid,
+    /// The address asked for; `None`: any free one.
+    pub ip: Option<Ipv4Addr>,
+    pub dual_stack: bool,
 }
 
 async fn create_record(ctx: &NexusActionContext) -> Result<InstanceUuid, ActionError> {
@@ -206,6 +249,51 @@ async fn undo_attach_disks(ctx: &NexusActionContext) -> Result<(), anyhow::Error
         .nexus
         .datastore()
         .instance_detach_all_disks(params.instance_id)
+        .await?;
+    Ok(())
+}
+
+async fn create_interfaces(ctx: &NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let datastore = ctx.user_data().nexus.datastore();
+    let instance_id = params.instance_id;
+    for nic in &params.interfaces {
+        let made = async {
+            let subnet = datastore.vpc_subnet_fetch_by_id(nic.subnet_id).await?;
+            datastore
+                .network_interface_create(
+                    NewNetworkInterface {
+                        id: nic.id,
+                        instance_id,
+                        name: nic.name.clone(),
+                        description: nic.description.clone(),
+                        subnet,
+                        ip: nic.ip,
+                        dual_stack: nic.dual_stack,
+                    },
+                    InstanceForNics::Creating,
+                )
+                .await
+        }
+        .await;
+        if let Err(e) = made {
+            // A failed action's undo does not run: give back what this one made.
+            datastore
+                .instance_network_interfaces_delete(instance_id)
+                .await
+                .map_err(action_failed)?;
+            return Err(action_failed(e));
+        }
+    }
+    Ok(())
+}
+
+async fn undo_create_interfaces(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
+    let params = ctx.saga_params::<Params>()?;
+    ctx.user_data()
+        .nexus
+        .datastore()
+        .instance_network_interfaces_delete(params.instance_id)
         .await?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! instance-start: gives a stopped instance a new VMM on a sled with room, and runs it.
 //!
 //! ```text
-//!   propolis_id ──► claim ──► reservation ──► vmm ──► registered ──► running
+//!   propolis_id ──► claim ──► reservation ──► vmm ──► registered ──► mappings ──► running
 //! ```
 //!
 //! | node | action | undo |
@@ -11,6 +11,7 @@
 //! | `reservation` | picks a sled with room and reserves the VMM's threads and memory there, in one statement | releases the reservation |
 //! | `vmm` | inserts the VMM record (state `creating`) at the sled agent's address | retires the VMM as `saga_unwound`: terminal state, record deleted, reservation released, the instance's pointer cleared, in one transaction |
 //! | `registered` | registers the VMM with the sled agent | unregisters it (idempotent) |
+//! | `mappings` | pushes the mapping set of every VPC the instance has interfaces in to every sled hosting one of them (now including the new VMM's sled, whose push must succeed; the others' are best effort, left to reconciliation), so its peers reach the guest once it runs (`Nexus::push_instance_mappings`, `app/v2p.rs`; a repeat pushes a newer set with the same content) | pushes the sets without the new VMM, to the same sleds and the new VMM's sled (which then holds none of it unless another of its VMMs has an interface in the VPC) |
 //! | `running` | asks the sled agent to run it and records the state it answers; outputs the VMM's record as that left it (`None` if the VMM was retired meanwhile) | — (unregistering stops it) |
 //!
 //! Nexus answers the start with the claim's instance row and the `running` node's VMM row
@@ -24,6 +25,7 @@
 use super::vmm_steps::{self, VmmShape};
 use super::{NexusActionContext, action_failed, declare_saga};
 use crate::app::sled::sled_agent_error;
+use crate::app::v2p::PushScope;
 use halyard_common::Error;
 use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
 use halyard_db_model::{Instance, Vmm};
@@ -43,6 +45,7 @@ declare_saga! {
     "reservation", "Reserve",            RESERVE,              reserve,              undo_reserve;
     "vmm",         "CreateVmm",          CREATE_VMM,           create_vmm,           undo_create_vmm;
     "registered",  "Register",           REGISTER,             register,             undo_register;
+    "mappings",    "PushMappings",       PUSH_MAPPINGS,        push_mappings,        undo_push_mappings;
     "running",     "Run",                RUN,                  run,                  -;
 }
 
@@ -183,6 +186,43 @@ async fn undo_register(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
     let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
     let sled_id = ctx.lookup::<SledUuid>("reservation")?;
     vmm_steps::unregister(&ctx.user_data().nexus, propolis_id, sled_id).await
+}
+
+async fn push_mappings(ctx: &NexusActionContext) -> Result<(), ActionError> {
+    let params = ctx.saga_params::<Params>()?;
+    let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    ctx.user_data()
+        .nexus
+        .push_instance_mappings(
+            params.instance_id,
+            PushScope {
+                also: &[],
+                excluding: None,
+                must_reach: Some(sled_id),
+            },
+        )
+        .await
+        .map_err(action_failed)
+}
+
+async fn undo_push_mappings(ctx: &NexusActionContext) -> Result<(), anyhow::Error> {
+    let params = ctx.saga_params::<Params>()?;
+    let propolis_id = ctx.lookup::<VmmUuid>("propolis_id")?;
+    let sled_id = ctx.lookup::<SledUuid>("reservation")?;
+    // Best effort everywhere, the VMM's own sled included: its unregister (the next undo)
+    // removes the VMM's taps there, and reconciliation empties what is left.
+    ctx.user_data()
+        .nexus
+        .push_instance_mappings(
+            params.instance_id,
+            PushScope {
+                also: &[sled_id],
+                excluding: Some(propolis_id),
+                must_reach: None,
+            },
+        )
+        .await?;
+    Ok(())
 }
 
 async fn run(ctx: &NexusActionContext) -> Result<Option<Vmm>, ActionError> {

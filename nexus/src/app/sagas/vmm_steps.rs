@@ -9,7 +9,7 @@ use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
 use halyard_common::{ByteCount, Error, VmmState};
 use halyard_db_model::{Instance, SledResources, Vmm};
 use halyard_db_queries::{AttachedDisk, SledChoice};
-use halyard_sled_agent_api::{MigrationTarget, NbdExport, VmmDisk, VmmRegisterBody};
+use halyard_sled_agent_api::{MigrationTarget, NbdExport, VmmDisk, VmmNic, VmmRegisterBody};
 use serde::{Deserialize, Serialize};
 use steno::ActionError;
 
@@ -131,6 +131,24 @@ pub(super) async fn register(
         .into_iter()
         .map(vmm_disk)
         .collect();
+    // Likewise its interfaces: they are added and removed only while it has no VMM.
+    let nics = nexus
+        .datastore()
+        .instance_network_interfaces(instance_id)
+        .await
+        .map_err(action_failed)?
+        .into_iter()
+        .map(|(nic, subnet, vpc)| VmmNic {
+            nic_id: nic.id(),
+            name: nic.name().to_string(),
+            mac: nic.mac(),
+            ip: nic.ip(),
+            subnet: subnet.ipv4_block(),
+            vni: vpc.vni(),
+            primary: nic.is_primary,
+            slot: u8::try_from(nic.slot).expect("the slot column's CHECK"),
+        })
+        .collect();
     let body = VmmRegisterBody {
         instance_id,
         ncpus: shape.ncpus,
@@ -138,7 +156,7 @@ pub(super) async fn register(
         hostname: shape.hostname.clone(),
         migration_target,
         disks,
-        nics: Vec::new(),
+        nics,
     };
     nexus
         .ensure_vmm_not_retired(vmm_id)
