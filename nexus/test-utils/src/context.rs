@@ -28,6 +28,15 @@ pub fn operator_http(server_name: &str) -> reqwest::Client {
         .unwrap()
 }
 
+/// One mapping a sled agent holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldMapping {
+    /// The sled whose agent holds it.
+    pub holder: SledUuid,
+    pub vni: halyard_common::net::Vni,
+    pub mapping: halyard_sled_agent_api::V2pMapping,
+}
+
 /// A client for the sled agent at `address`, with `role`'s certificate (an operator reads and
 /// injects faults; only Nexus changes VMMs).
 pub fn sled_client(address: SocketAddr, role: Role) -> halyard_sled_agent_client::Client {
@@ -337,6 +346,53 @@ impl TestContext {
     pub fn sled_client(&self, i: usize) -> halyard_sled_agent_client::Client {
         // Tests change VMMs behind Nexus's back, as Nexus would.
         sled_client(self.sled_address(i), Role::Nexus)
+    }
+
+    /// Every mapping the sled agents hold now (VPCs' virtual-to-physical mappings), with the
+    /// sled holding it and the VPC's VNI.
+    pub async fn held_mappings(&self) -> Vec<HeldMapping> {
+        let mut held = Vec::new();
+        for sled in &self.sleds {
+            for set in sled.agent().v2p_list().await {
+                for mapping in set.mappings {
+                    held.push(HeldMapping {
+                        holder: sled.agent().id(),
+                        vni: set.vni,
+                        mapping,
+                    });
+                }
+            }
+        }
+        held
+    }
+
+    /// Waits (up to 10 s) until the sled agents' mappings satisfy `check` (pushes after a VMM
+    /// ends are made as its retirement finishes, after the instance already shows stopped).
+    pub async fn wait_for_mappings(&self, what: &str, check: impl Fn(&[HeldMapping]) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let held = self.held_mappings().await;
+            if check(&held) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sled agents' mappings never came to {what}: {held:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The instance's interfaces' private addresses.
+    pub async fn interface_ips(&self, id: InstanceUuid) -> Vec<std::net::Ipv4Addr> {
+        self.nexus()
+            .datastore()
+            .instance_network_interfaces(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(nic, _, _)| nic.ip())
+            .collect()
     }
 
     /// The sled a VMM runs (or ran) on, as the database has it.

@@ -105,6 +105,13 @@ async fn stopped_instance(ctx: &TestContext) -> InstanceUuid {
 async fn assert_stopped_with_nothing_held(ctx: &TestContext, id: InstanceUuid) {
     let view = ctx.view(id).await;
     assert_eq!(view.run_state(), InstanceState::Stopped);
+    // No sled keeps a mapping for its interface.
+    let ips = ctx.interface_ips(id).await;
+    assert_eq!(ips.len(), 1, "the instance has its default interface");
+    ctx.wait_for_mappings("no mapping for the unwound start's interface", |held| {
+        held.iter().all(|h| !ips.contains(&h.mapping.virtual_ip))
+    })
+    .await;
     assert_eq!(view.instance.runtime.active_vmm(), None);
     let live = ctx.sql(&format!(
         "SELECT count(*) FROM vmm WHERE instance_id = '{id}' AND time_deleted IS NULL"
@@ -124,7 +131,7 @@ async fn instance_start_unwinds_from_every_node() {
         async |ctx, params| assert_stopped_with_nothing_held(ctx, params.instance_id).await,
     )
     .await;
-    assert_eq!(covered, 6);
+    assert_eq!(covered, 7);
 }
 
 #[tokio::test]
@@ -145,14 +152,30 @@ async fn instance_start_repeated_at_every_node_ends_as_one_run() {
                 .await
                 .unwrap();
             assert_eq!(history.len(), 1);
+            // Its interface is mapped once, to the VMM's sled, held by that sled.
+            let ips = ctx.interface_ips(params.instance_id).await;
+            let sled = history[0].sled_id();
+            let mine = |held: &[halyard_nexus_test_utils::context::HeldMapping]| {
+                held.iter()
+                    .filter(|h| ips.contains(&h.mapping.virtual_ip))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            let held = mine(&ctx.held_mappings().await);
+            assert_eq!(held.len(), 1, "{held:#?}");
+            assert_eq!((held[0].holder, held[0].mapping.sled_id), (sled, sled));
             // Leave room for the next round.
             ctx.nexus().instance_stop(params.instance_id).await.unwrap();
             ctx.wait_for(params.instance_id, InstanceState::Stopped)
                 .await;
+            ctx.wait_for_mappings("no mapping for the stopped instance", |held| {
+                mine(held).is_empty()
+            })
+            .await;
         },
     )
     .await;
-    assert_eq!(covered, 6);
+    assert_eq!(covered, 7);
 }
 
 /// `params` with the default interface its `create` asks for (`net0` in the project's default
@@ -214,7 +237,10 @@ async fn instance_create_and_delete_unwind_from_every_node_and_tolerate_repeats(
                 .instance_network_interfaces(params.instance_id)
                 .await
                 .unwrap();
-            assert!(interfaces.is_empty(), "an unwound create left {interfaces:?}");
+            assert!(
+                interfaces.is_empty(),
+                "an unwound create left {interfaces:?}"
+            );
         },
     )
     .await;
@@ -233,7 +259,11 @@ async fn instance_create_and_delete_unwind_from_every_node_and_tolerate_repeats(
                 .instance_network_interfaces(params.instance_id)
                 .await
                 .unwrap();
-            assert_eq!(interfaces.len(), 1, "repeats made one interface: {interfaces:?}");
+            assert_eq!(
+                interfaces.len(),
+                1,
+                "repeats made one interface: {interfaces:?}"
+            );
         },
     )
     .await;
@@ -551,7 +581,7 @@ async fn instance_create_with_disks_unwinds_from_every_node_and_tolerates_repeat
         },
     )
     .await;
-    assert_eq!(covered, 3);
+    assert_eq!(covered, 4);
     repeat_every_node::<instance_create::SagaInstanceCreate>(
         &ctx,
         with_disks,
