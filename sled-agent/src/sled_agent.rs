@@ -202,6 +202,12 @@ impl SledAgent {
         self.v2p.lock().await.list()
     }
 
+    /// Every VPC's mapping set, read without waiting (for the invariant checker, which may not
+    /// await): `None` while a set is being applied.
+    pub fn v2p_now(&self) -> Option<Vec<VpcMappings>> {
+        self.v2p.try_lock().ok().map(|table| table.list())
+    }
+
     pub(crate) fn storage(&self) -> &Storage {
         &self.storage
     }

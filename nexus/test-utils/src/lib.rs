@@ -53,6 +53,17 @@ use std::collections::{BTreeMap, BTreeSet};
 /// - sled by sled, the regions each sled agent holds are exactly the database's regions on
 ///   that sled (expunged sleds excepted), of the same size and block size.
 ///
+/// Networking (issue 21):
+/// - a live interface belongs to a live instance and lies in a live subnet of a live VPC, the
+///   subnet's VPC being the interface's;
+/// - its address is one of its subnet's assignable addresses (in the block, not the first five
+///   nor the last), and no two live interfaces share an address in a subnet or a MAC in a VPC;
+/// - an instance with interfaces has exactly one primary, and no two share a slot;
+/// - sled by sled (expunged sleds excepted), the mappings each sled agent holds are exactly the
+///   database's: for each VPC with an interface on a live VMM of the sled, every interface of
+///   the VPC on a live VMM (address, MAC, sled, the sled's underlay address); for any other
+///   VPC, none.
+///
 /// Sled agents (invariant 6), sled by sled: every VMM a sled agent runs is live in the
 /// database, on that sled, for the same instance, in the same state; every live VMM in the
 /// database runs on the sled agent of its sled; no VMM runs on two sleds. At a quiet point the
@@ -364,6 +375,7 @@ pub fn invariant_violations_in(
     violations.extend(sled_agent_violations(&sql, sleds));
     violations.extend(region_violations(&sql, sleds));
     violations.extend(region_snapshot_violations(&sql, sleds));
+    violations.extend(network_violations(&sql, sleds));
     violations
 }
 
@@ -522,6 +534,154 @@ fn region_violations(
             violations.push(format!(
                 "region in the database but not on its sled's agent: region {id} on sled {sled_id}"
             ));
+        }
+    }
+    violations
+}
+
+/// The networking rules (see [`invariant_violations`]).
+fn network_violations(
+    sql: &dyn Fn(&str) -> String,
+    sleds: &[halyard_sled_agent::Server],
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut check = |query: &str, rule: &str| {
+        for row in sql(query).lines().filter(|l| !l.is_empty()) {
+            violations.push(format!("{rule}: {row}"));
+        }
+    };
+    check(
+        "SELECT n.id, n.instance_id FROM network_interface n JOIN instance i ON i.id = n.instance_id \
+         WHERE n.time_deleted IS NULL AND i.time_deleted IS NOT NULL",
+        "live interface of a deleted instance (interface, instance)",
+    );
+    check(
+        "SELECT n.id, n.subnet_id, s.vpc_id, n.vpc_id, s.time_deleted, v.time_deleted \
+         FROM network_interface n JOIN vpc_subnet s ON s.id = n.subnet_id \
+         JOIN vpc v ON v.id = n.vpc_id \
+         WHERE n.time_deleted IS NULL \
+           AND (s.vpc_id != n.vpc_id OR s.time_deleted IS NOT NULL OR v.time_deleted IS NOT NULL)",
+        "live interface in a deleted subnet or VPC, or in another VPC's subnet (interface, \
+         subnet, its VPC, the interface's VPC, subnet deleted, VPC deleted)",
+    );
+    check(
+        "SELECT n.id, host(n.ip), s.ipv4_block FROM network_interface n \
+         JOIN vpc_subnet s ON s.id = n.subnet_id \
+         WHERE n.time_deleted IS NULL \
+           AND (NOT (n.ip << s.ipv4_block) OR n.ip - network(s.ipv4_block) < 5 \
+                OR host(n.ip) = host(broadcast(s.ipv4_block)))",
+        "interface address not assignable in its subnet (interface, address, block)",
+    );
+    check(
+        "SELECT subnet_id, host(ip), count(*) FROM network_interface WHERE time_deleted IS NULL \
+         GROUP BY subnet_id, ip HAVING count(*) > 1",
+        "address given to two live interfaces of a subnet (subnet, address, interfaces)",
+    );
+    check(
+        "SELECT vpc_id, mac, count(*) FROM network_interface WHERE time_deleted IS NULL \
+         GROUP BY vpc_id, mac HAVING count(*) > 1",
+        "MAC given to two live interfaces of a VPC (VPC, MAC, interfaces)",
+    );
+    check(
+        "SELECT instance_id, count(*) FILTER (WHERE is_primary), count(*), \
+                count(DISTINCT slot) FROM network_interface WHERE time_deleted IS NULL \
+         GROUP BY instance_id \
+         HAVING count(*) FILTER (WHERE is_primary) != 1 OR count(DISTINCT slot) != count(*)",
+        "instance's interfaces without exactly one primary, or sharing a slot (instance, \
+         primaries, interfaces, slots)",
+    );
+
+    // vni -> the mappings the database implies; vni -> the sleds hosting an interface of it.
+    let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut hosts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for row in sql(&format!(
+        "SELECT v.vni, host(n.ip), n.mac, vm.sled_id, host(coalesce(s.underlay_ip, s.ip)) \
+         FROM network_interface n JOIN instance i ON i.id = n.instance_id \
+         JOIN vmm vm ON vm.id = i.active_propolis_id JOIN sled s ON s.id = vm.sled_id \
+         JOIN vpc v ON v.id = n.vpc_id \
+         WHERE n.time_deleted IS NULL AND i.time_deleted IS NULL AND vm.time_deleted IS NULL \
+           AND vm.state NOT IN {TERMINAL_VMM_STATES}"
+    ))
+    .lines()
+    .filter(|l| !l.is_empty())
+    {
+        let c: Vec<&str> = row.split('|').collect();
+        let mac = halyard_common::net::MacAddr::from_u64(c[2].parse().expect("a MAC number"));
+        wanted
+            .entry(c[0].to_string())
+            .or_default()
+            .insert(format!("{} {mac} {} {}", c[1], c[3], c[4]));
+        hosts
+            .entry(c[0].to_string())
+            .or_default()
+            .insert(c[3].to_string());
+    }
+    let expunged: BTreeSet<String> = sql("SELECT id FROM sled WHERE time_expunged IS NOT NULL")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    for sled in sleds {
+        let sled_id = sled.agent().id().to_string();
+        if expunged.contains(&sled_id) {
+            continue;
+        }
+        let held = (0..100).find_map(|_| {
+            let held = sled.agent().v2p_now();
+            if held.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            held
+        });
+        let Some(held) = held else {
+            violations.push(format!(
+                "sled agent's mappings could not be read at a quiet point: sled {sled_id}'s \
+                 table is locked (a set is being applied)"
+            ));
+            continue;
+        };
+        let mut held: BTreeMap<String, BTreeSet<String>> = held
+            .into_iter()
+            .map(|set| {
+                let entries = set
+                    .mappings
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{} {} {} {}",
+                            m.virtual_ip, m.virtual_mac, m.sled_id, m.underlay_ip
+                        )
+                    })
+                    .collect();
+                (set.vni.to_string(), entries)
+            })
+            .collect();
+        for (vni, sleds_hosting) in &hosts {
+            if !sleds_hosting.contains(&sled_id) {
+                continue;
+            }
+            let have = held.remove(vni).unwrap_or_default();
+            let want = &wanted[vni];
+            for missing in want.difference(&have) {
+                violations.push(format!(
+                    "mapping the database implies is missing on a sled hosting the VPC: vni \
+                     {vni}, sled {sled_id}: {missing}"
+                ));
+            }
+            for extra in have.difference(want) {
+                violations.push(format!(
+                    "mapping a sled holds that the database does not imply: vni {vni}, sled \
+                     {sled_id}: {extra}"
+                ));
+            }
+        }
+        for (vni, have) in held {
+            for extra in have {
+                violations.push(format!(
+                    "mapping held by a sled hosting no interface of the VPC: vni {vni}, sled \
+                     {sled_id}: {extra}"
+                ));
+            }
         }
     }
     violations
