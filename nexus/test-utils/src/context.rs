@@ -448,12 +448,26 @@ impl TestContext {
     }
 
     pub async fn instance(&self, project: &NameOrId, name: &str, ncpus: u16) -> InstanceUuid {
+        self.instance_with(project, name, ncpus, Default::default())
+            .await
+    }
+
+    /// Creates a stopped instance like [`TestContext::instance`], with the network interfaces
+    /// `interfaces` asks for (`Default`: the default interface; `None`: none).
+    pub async fn instance_with(
+        &self,
+        project: &NameOrId,
+        name: &str,
+        ncpus: u16,
+        interfaces: halyard_nexus_external_api::params::InstanceNetworkInterfaceAttachment,
+    ) -> InstanceUuid {
         let created = self
             .nexus()
             .instance_create(
                 project,
                 InstanceCreate {
                     start: false,
+                    network_interfaces: interfaces,
                     ..InstanceCreate::new(
                         name.parse().unwrap(),
                         "",

@@ -7,6 +7,7 @@
 use crate::context::{SLED_RAM_GIB, SLED_THREADS, TestContext};
 use halyard_common::ids::{GenericUuid, InstanceUuid, SledUuid, VmmUuid};
 use halyard_common::{ByteCount, InstanceState};
+use halyard_nexus_external_api::params::InstanceNetworkInterfaceAttachment;
 use halyard_sled_agent_api::VmmRegisterBody;
 use halyard_test_db::shared_cluster;
 
@@ -31,7 +32,11 @@ impl CleanSystem {
         let project = ctx.project("p").await;
         let mut running = Vec::new();
         for name in ["a", "b"] {
-            let instance = ctx.instance(&project, name, 2).await;
+            // Without interfaces: these breaks are of VMMs and reservations, and the mappings'
+            // rules (which a misplaced VMM breaks too) have tests of their own below.
+            let instance = ctx
+                .instance_with(&project, name, 2, InstanceNetworkInterfaceAttachment::None)
+                .await;
             ctx.nexus().instance_start(instance).await.unwrap();
             ctx.wait_for(instance, InstanceState::Running).await;
             let vmm = ctx.view(instance).await.active_vmm.unwrap();
@@ -942,8 +947,108 @@ async fn a_disk_attached_to_a_missing_or_deleted_instance_is_flagged() {
     ));
     assert_rules_broken(
         &system.violations().await,
-        &["disk attached to an instance that is missing or deleted"],
+        &[
+            "disk attached to an instance that is missing or deleted",
+            // Its default interface outlives it too.
+            "live interface of a deleted instance",
+        ],
     );
+}
+
+/// Two running instances with their default interfaces (in the project's default VPC), on
+/// two sleds, and the sleds' mappings as Nexus pushed them.
+async fn clean_network() -> (TestContext, [Running; 2]) {
+    let ctx = TestContext::new().await;
+    let project = ctx.project("p").await;
+    let mut running = Vec::new();
+    for name in ["a", "b"] {
+        let instance = ctx.instance(&project, name, 2).await;
+        ctx.nexus().instance_start(instance).await.unwrap();
+        ctx.wait_for(instance, InstanceState::Running).await;
+        let vmm = ctx.view(instance).await.active_vmm.unwrap();
+        running.push(Running {
+            instance,
+            vmm: vmm.id(),
+            sled: vmm.sled_id(),
+        });
+    }
+    ctx.assert_quiet_and_consistent().await;
+    assert_eq!(ctx.invariant_violations().await, Vec::<String>::new());
+    assert_eq!(
+        ctx.held_mappings().await.len() % 2,
+        0,
+        "each hosting sled holds both"
+    );
+    (ctx, [running[0], running[1]])
+}
+
+#[tokio::test]
+async fn an_interface_on_a_reserved_address_or_in_a_deleted_subnet_is_flagged() {
+    let (ctx, [a, _]) = clean_network().await;
+    let sql = |query: &str| shared_cluster().run_sql(ctx.db.name(), query).unwrap();
+    // The subnet's gateway address: reserved. (The mappings follow the database, which now
+    // says another address.)
+    sql(&format!(
+        "UPDATE network_interface SET ip = '172.30.0.1' WHERE instance_id = '{}'",
+        a.instance
+    ));
+    assert_rules_broken(
+        &ctx.invariant_violations().await,
+        &[
+            "interface address not assignable in its subnet",
+            "mapping the database implies is missing",
+            "mapping a sled holds that the database does not imply",
+        ],
+    );
+    sql("UPDATE vpc_subnet SET time_deleted = now()");
+    let violations = ctx.invariant_violations().await;
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.starts_with("live interface in a deleted subnet or VPC")),
+        "{violations:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_sled_missing_a_mapping_or_holding_a_stale_one_is_flagged() {
+    let (ctx, [a, _]) = clean_network().await;
+    let index = ctx.sled_of(a.vmm).await;
+    let client = ctx.sled_client(index);
+    let held = client.v2p_list().await.unwrap().into_inner();
+    let mut set = held
+        .into_iter()
+        .find(|set| !set.mappings.is_empty())
+        .expect("a's sled holds its VPC's set");
+    // A newer set without the first mapping: the sled forgot one.
+    let forgotten = set.mappings.remove(0);
+    set.generation = set.generation.next();
+    client.v2p_put(&set.vni, &set).await.unwrap();
+    assert_rules_broken(
+        &ctx.invariant_violations().await,
+        &["mapping the database implies is missing on a sled hosting the VPC"],
+    );
+    // The same with the mapping pointing at the wrong sled: stale.
+    let mut stale = forgotten.clone();
+    stale.sled_id = SledUuid::new_v4();
+    set.mappings.push(stale);
+    set.generation = set.generation.next();
+    client.v2p_put(&set.vni, &set).await.unwrap();
+    assert_rules_broken(
+        &ctx.invariant_violations().await,
+        &[
+            "mapping the database implies is missing on a sled hosting the VPC",
+            "mapping a sled holds that the database does not imply",
+        ],
+    );
+    // Reconciliation puts it right.
+    let pushed = ctx
+        .nexus()
+        .reconcile_sled_mappings(ctx.sled_id(index))
+        .await
+        .unwrap();
+    assert_eq!(pushed, 1);
+    assert_eq!(ctx.invariant_violations().await, Vec::<String>::new());
 }
 
 /// A clean system with disks (see [`CleanDisks`]) and a ready snapshot of disk `a`.
