@@ -29,7 +29,7 @@ mod storage;
 mod v2p;
 mod vmm_runtime;
 
-pub use config::{AcceleratorChoice, Config, QemuConfig, SimConfig, StorageConfig};
+pub use config::{AcceleratorChoice, Config, QemuConfig, SimConfig, StorageConfig, UnderlayConfig};
 pub use qemu::build_guest_image;
 pub use sled_agent::SledAgent;
 
@@ -162,6 +162,7 @@ impl Server {
         // Still serving while the QEMU VMMs end: Nexus may ask about them as their last
         // reports arrive.
         self.agent.end_qemu_vmms().await;
+        self.agent.remove_switch().await;
         self.agent.storage().stop().await;
         self.front.close();
         self.http
