@@ -16,8 +16,8 @@
 //!   shutdown. QEMU itself stays in the root namespace: its QMP sockets, its NBD connections
 //!   and its migration stream need it there.
 //! - **Per VPC (VNI) with a NIC on this sled, a segment**: a bridge `br<vni>` and, with an
-//!   underlay, a VXLAN device `vx<vni>` (`nolearning proxy`, a port of the bridge). It is made
-//!   when the VNI's first NIC appears and removed with its last.
+//!   underlay, a VXLAN device `vx<vni>` (`nolearning proxy`, a port of the bridge that does
+//!   not learn either). It is made when the VNI's first NIC appears and removed with its last.
 //! - **Per NIC a tap** `hv<first 8 hex of the VMM id>n<slot>`: QEMU makes it in the root
 //!   namespace (`-netdev tap,ifname=...`), the sled agent moves it into the sled's namespace
 //!   once QEMU is up and makes it a port of its VNI's bridge. It goes with its QEMU (a tap
@@ -410,6 +410,10 @@ impl Switch {
             ])
             .await?;
             self.ip(&["link", "set", &vxlan, "master", &bridge, "up"])
+                .await?;
+            // The bridge learns no MAC behind the VXLAN port either: a guest that migrates
+            // here must not stay remembered as remote.
+            self.bridge(&["link", "set", "dev", &vxlan, "learning", "off"])
                 .await?;
         }
         self.ip(&["link", "set", &bridge, "up"]).await?;
