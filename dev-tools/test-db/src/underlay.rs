@@ -78,16 +78,19 @@ impl Drop for Underlay {
     }
 }
 
-/// Shell commands that delete every network namespace with a link that is a port of `bridge`,
-/// then the bridge.
+/// Shell commands that delete every port of `bridge` and the network namespace at its other
+/// end (a veth's peer), then the bridge.
 fn cleanup_script(bridge: &str) -> Vec<u8> {
     let quoted = shell_quote(OsStr::new(bridge));
     let mut script = b"br=".to_vec();
     script.extend(quoted);
     script.extend(
-        b"; for ns in $(ip -o link show master \"$br\" 2>/dev/null | \
-          sed -n 's/.* link-netns \\([^ ]*\\).*/\\1/p'); do \
-          ip netns del \"$ns\" 2>/dev/null; done; \
+        b"; for port in $(ip -o link show master \"$br\" 2>/dev/null | \
+          sed -n 's/^[0-9]*: \\([^@:]*\\).*/\\1/p'); do \
+          ns=$(ip -o link show dev \"$port\" 2>/dev/null | \
+          sed -n 's/.* link-netns \\([^ ]*\\).*/\\1/p'); \
+          [ -z \"$ns\" ] || ip netns del \"$ns\" 2>/dev/null; \
+          ip link del dev \"$port\" >/dev/null 2>&1; done; \
           ip link del \"$br\" >/dev/null 2>&1",
     );
     script
@@ -157,6 +160,10 @@ mod tests {
         run(&["link", "set", &veth, "master", &bridge]).unwrap();
         drop(underlay);
         assert!(!std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists());
+        assert!(
+            !std::path::Path::new(&format!("/sys/class/net/{veth}")).exists(),
+            "the bridge's ports are gone at once"
+        );
         let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
         assert!(
             !String::from_utf8_lossy(&namespaces.stdout)

@@ -334,9 +334,13 @@ impl Switch {
         tap: &str,
         vni: Vni,
     ) -> Result<(), NetworkError> {
-        if !state.segments.contains_key(&vni) {
-            self.make_segment(vni).await?;
-            state.segments.insert(vni, Segment::default());
+        if let std::collections::btree_map::Entry::Vacant(entry) = state.segments.entry(vni) {
+            if let Err(error) = self.make_segment(vni).await {
+                // What was made of it goes, so the next NIC of the VNI starts afresh.
+                self.remove_segment(vni).await;
+                return Err(error);
+            }
+            entry.insert(Segment::default());
             if let Some(set) = state.sets.get(&vni).cloned() {
                 self.program_segment(state, &set).await?;
             }

@@ -9,7 +9,7 @@ use crate::qemu::{BOOT_TIMEOUT, QemuSled, guest, qemu_config, start_migration, s
 use crate::recording_nexus::RecordingNexus;
 use crate::{Role, log, sled_client, wait_for_state_within};
 use halyard_common::Generation;
-use halyard_common::ids::{NetworkInterfaceUuid, VmmUuid};
+use halyard_common::ids::{NetworkInterfaceUuid, SledUuid, VmmUuid};
 use halyard_common::net::{MacAddr, Vni};
 use halyard_common::{MigrationState, VmmState};
 use halyard_sled_agent::{Server, UnderlayConfig};
@@ -47,14 +47,22 @@ fn underlay_ip(sled: &QemuSled) -> IpAddr {
 
 /// The sled's network namespace (the sled agent's naming: `hl-` and 8 hex digits of its id).
 fn namespace(sled: &QemuSled) -> String {
-    format!("hl-{}", &sled.config.sled_id.to_string()[..8])
+    namespace_of(sled.config.sled_id)
+}
+
+fn namespace_of(sled_id: SledUuid) -> String {
+    format!("hl-{}", &sled_id.to_string()[..8])
 }
 
 /// `ip -n <the sled's namespace> args`'s output.
 fn ip_in(sled: &QemuSled, args: &[&str]) -> String {
+    ip_in_namespace(&namespace(sled), args)
+}
+
+fn ip_in_namespace(namespace: &str, args: &[&str]) -> String {
     let output = std::process::Command::new("ip")
         .arg("-n")
-        .arg(namespace(sled))
+        .arg(namespace)
         .args(args)
         .output()
         .unwrap();
@@ -68,7 +76,11 @@ fn ip_in(sled: &QemuSled, args: &[&str]) -> String {
 
 /// The names of the links in the sled's namespace.
 fn links(sled: &QemuSled) -> Vec<String> {
-    ip_in(sled, &["-br", "link"])
+    links_in(&namespace(sled))
+}
+
+fn links_in(namespace: &str) -> Vec<String> {
+    ip_in_namespace(namespace, &["-br", "link"])
         .lines()
         .filter_map(|line| line.split_whitespace().next())
         .map(|name| name.split('@').next().unwrap().to_string())
@@ -432,4 +444,113 @@ async fn a_guest_with_a_nic_migrates_and_its_peer_reaches_it_again() {
     for sled in [sled1, sled2, sled3] {
         sled.server.close().await.unwrap();
     }
+}
+
+/// A sled agent killed with SIGKILL leaves its namespace (with its guest's tap in it) and its
+/// underlay link; started again with the same sled id, it removes them (and the orphan QEMU)
+/// and makes them afresh, and its new VMM's NIC is connected. The sled agent killed again,
+/// the underlay's removal takes the namespace it left.
+#[tokio::test]
+async fn a_restarted_sled_agent_replaces_the_namespace_its_killed_run_left() {
+    let underlay = Underlay::create().unwrap();
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let mut config = qemu_config(nexus.address(), &dir).await;
+    let port = halyard_test_db::reserve_port().unwrap();
+    config.listen_address = port.address();
+    let address = underlay.next_address();
+    let file = dir.join("sled.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "sled_id = \"{}\"\nlisten_address = \"{}\"\nnexus_address = \"{}\"\n\
+             backend = \"qemu\"\nhardware_threads = 4\nphysical_ram = {}\n\
+             [qemu]\nguest_dir = \"{}\"\nstate_dir = \"{}\"\n\
+             [qemu.underlay]\nbridge = \"{}\"\naddress = \"{address}\"\n{}",
+            config.sled_id,
+            config.listen_address,
+            config.nexus_address,
+            config.physical_ram.to_bytes(),
+            config.qemu.guest_dir.display(),
+            config.qemu.state_dir.display(),
+            underlay.bridge(),
+            config.tls.toml_table(),
+        ),
+    )
+    .unwrap();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_halyard-sled-agent"))
+            .arg("--config")
+            .arg(&file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let client = sled_client(config.listen_address, Role::Nexus);
+    let ns = namespace_of(config.sled_id);
+    let mut agent = start();
+    crate::qemu::wait_until_up(&client).await;
+    let vpc = vni(4096);
+    let first = VmmUuid::new_v4();
+    client
+        .vmm_register(&first, &with_nic("first", &nic(vpc, 5)))
+        .await
+        .unwrap();
+    let first_tap = format!("hv{}n0", &first.to_string()[..8]);
+    crate::eventually("the first VMM's tap in the sled's namespace", || {
+        std::process::Command::new("ip")
+            .args(["-n", &ns, "link", "show", "dev", &first_tap])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .await;
+    let first_pid = crate::qemu::pid_of(&config, first).await;
+    agent.kill().unwrap(); // SIGKILL
+    agent.wait().unwrap();
+    assert!(
+        namespaces().contains(&ns),
+        "the killed sled agent left its namespace"
+    );
+
+    let mut agent = start();
+    crate::qemu::wait_until_up(&client).await;
+    assert!(!crate::qemu::runs(first_pid), "the orphan QEMU was ended");
+    let fresh = links_in(&ns);
+    assert_eq!(fresh, ["lo", "underlay"], "a fresh namespace");
+    let ports = std::process::Command::new("ip")
+        .args(["-br", "link", "show", "master", underlay.bridge()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ports.stdout).lines().count(),
+        1,
+        "one underlay link for the sled"
+    );
+    let second = VmmUuid::new_v4();
+    client
+        .vmm_register(&second, &with_nic("second", &nic(vpc, 5)))
+        .await
+        .unwrap();
+    let second_tap = format!("hv{}n0", &second.to_string()[..8]);
+    crate::eventually("the second VMM's tap on VPC 4096's bridge", || {
+        std::process::Command::new("ip")
+            .args(["-n", &ns, "-br", "link", "show", "master", "br4096"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&second_tap))
+    })
+    .await;
+    let second_pid = crate::qemu::pid_of(&config, second).await;
+
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    // The orphan of the second run is this test's to end (no sled agent comes back for it).
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &second_pid.to_string()])
+        .status();
+    drop(underlay);
+    assert!(
+        !namespaces().contains(&ns),
+        "the underlay's removal took the namespace the killed sled agent left"
+    );
+    drop(port);
 }

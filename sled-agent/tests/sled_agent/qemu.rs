@@ -759,7 +759,7 @@ async fn a_sled_agent_killed_and_restarted_leaves_no_orphan_qemu() {
     drop(port);
 }
 
-async fn wait_until_up(client: &Client) {
+pub async fn wait_until_up(client: &Client) {
     let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
     while client.inventory().await.is_err() {
         assert!(
