@@ -63,6 +63,20 @@ impl Server {
                 )
             }
         };
+        // A QEMU sled's switch (its network namespace) is removed if the rest cannot start.
+        let switch = match &backend {
+            Backend::Sim(_) => None,
+            Backend::Qemu(qemu) => Some(qemu.switch_handle()),
+        };
+        let started = Server::serve(config, backend, log).await;
+        if let (Err(_), Some(switch)) = (&started, switch) {
+            switch.shut_down().await;
+        }
+        started
+    }
+
+    /// Starts serving with `backend`, then begins registering with Nexus.
+    async fn serve(config: &Config, backend: Backend, log: &Logger) -> anyhow::Result<Server> {
         let tls = config
             .tls
             .load()

@@ -107,7 +107,7 @@ const MAX_SOCKET_PATH: usize = 107;
 impl QemuBackend {
     /// Cleans up after an earlier run of this sled agent, checks the guest image, writes
     /// this sled's certificate (`tls`) where its QEMUs read it for the migration stream,
-    /// and decides the accelerator.
+    /// decides the accelerator, and makes the sled's virtual switch.
     pub(crate) async fn start(
         config: &QemuConfig,
         sled_id: SledUuid,
@@ -127,10 +127,6 @@ impl QemuBackend {
             MAX_SOCKET_PATH
         );
         leftovers::clean_up(&vmm_root, log).await?;
-        // After the leftover QEMUs are gone (their taps with them).
-        let switch = Switch::start(sled_id, config.underlay.as_ref(), log)
-            .await
-            .map_err(|e| anyhow::anyhow!("making the sled's virtual switch: {e}"))?;
         std::fs::create_dir_all(&vmm_root).map_err(|e| {
             anyhow::anyhow!(
                 "creating the VMM state directory {}: {e}",
@@ -146,6 +142,11 @@ impl QemuBackend {
         })?;
         let image = GuestImage::find(&config.guest_dir)?;
         let accelerator = accelerator::decide(config, &image, log).await;
+        // Last, so that nothing above failing leaves a namespace behind; after the leftover
+        // QEMUs are gone (their taps with them).
+        let switch = Switch::start(sled_id, config.underlay.as_ref(), log)
+            .await
+            .map_err(|e| anyhow::anyhow!("making the sled's virtual switch: {e}"))?;
         info!(log, "QEMU backend ready"; "accelerator" => %accelerator,
             "binary" => %config.binary.display(), "guest_dir" => %config.guest_dir.display(),
             "vmm_root" => %vmm_root.display(), "migration_tls" => %credentials.display());
@@ -164,6 +165,10 @@ impl QemuBackend {
 
     pub(crate) fn switch(&self) -> &Switch {
         &self.switch
+    }
+
+    pub(crate) fn switch_handle(&self) -> Arc<Switch> {
+        Arc::clone(&self.switch)
     }
 
     /// A VMM's task died (panicked) before it reaped its QEMU and removed its directory:

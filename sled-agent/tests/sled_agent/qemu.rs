@@ -756,6 +756,11 @@ async fn a_sled_agent_killed_and_restarted_leaves_no_orphan_qemu() {
     assert!(client.vmm_list().await.unwrap().into_inner().is_empty());
     agent.kill().unwrap();
     agent.wait().unwrap();
+    // What the killed sled agent left for its next start to remove: its network namespace.
+    let namespace = format!("hl-{}", &config.sled_id.to_string()[..8]);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &namespace])
+        .status();
     drop(port);
 }
 
