@@ -141,6 +141,29 @@ fn run(args: &[&str]) -> Result<(), ClusterError> {
 mod tests {
     use super::*;
 
+    /// The watchdog's part: once the process it watches dies (here a `sleep` killed with
+    /// SIGKILL), the bridge goes.
+    #[test]
+    fn the_watchdog_removes_the_bridge_of_a_process_that_died() {
+        let bridge = format!("{PREFIX}t{:x}", std::process::id());
+        run(&["link", "add", &bridge, "type", "bridge"]).unwrap();
+        let mut doomed = Command::new("sleep").arg("60").spawn().unwrap();
+        spawn_watchdog_script(doomed.id(), &cleanup_script(&bridge), None).unwrap();
+        let path = format!("/sys/class/net/{bridge}");
+        assert!(std::path::Path::new(&path).exists());
+        doomed.kill().unwrap();
+        doomed.wait().unwrap();
+        // The watchdog checks once a second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::path::Path::new(&path).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watchdog left {bridge}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     #[test]
     fn an_underlay_is_a_bridge_that_goes_away_with_its_namespaces() {
         let underlay = Underlay::create().unwrap();
