@@ -307,20 +307,20 @@ impl Switch {
         }
         self.check_available(nics)?;
         let mut state = self.state.lock().await;
-        state.vmms.entry(vmm).or_default();
         for nic in nics {
             let tap = tap_name(vmm, nic.slot);
+            // Recorded first, so that a failure half way is undone by `detach`.
+            state
+                .vmms
+                .entry(vmm)
+                .or_default()
+                .push((tap.clone(), nic.vni));
             let attached = self.attach_one(&mut state, &tap, nic.vni).await;
             if let Err(error) = attached {
                 drop(state);
                 self.detach(vmm).await;
                 return Err(error);
             }
-            state
-                .vmms
-                .get_mut(&vmm)
-                .expect("inserted above")
-                .push((tap.clone(), nic.vni));
             info!(self.log, "NIC connected"; "propolis_id" => %vmm, "nic_id" => %nic.nic_id,
                 "nic" => &nic.name, "tap" => &tap, "vni" => %nic.vni, "mac" => %nic.mac,
                 "ip" => %nic.ip);

@@ -554,3 +554,48 @@ async fn a_restarted_sled_agent_replaces_the_namespace_its_killed_run_left() {
     );
     drop(port);
 }
+
+/// A QEMU sled without `[qemu.underlay]`: it reports no underlay address and makes no VXLAN
+/// device, yet its guests in one VPC reach each other through the VPC's bridge (no mapping
+/// needed), and a guest in another VPC with the same address is another guest. NICs no VMM
+/// could attach are refused before any QEMU starts.
+#[tokio::test]
+async fn guests_on_a_sled_without_an_underlay_reach_each_other_locally() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let dir = state_dir();
+    let config = qemu_config(nexus.address(), &dir).await;
+    let server = Server::start(&config, &log()).await.unwrap();
+    let sled = QemuSled {
+        client: sled_client(server.local_addr(), Role::Nexus),
+        server,
+        config,
+    };
+    assert_eq!(sled.server.agent().registration().underlay_address, None);
+
+    let mut twice = with_nic("bad", &nic(vni(4096), 5));
+    twice.nics.push(nic(vni(4096), 5));
+    twice.nics[1].primary = false;
+    let error = sled
+        .client
+        .vmm_register(&VmmUuid::new_v4(), &twice)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status().map(|s| s.as_u16()), Some(400), "{error}");
+    assert!(error.to_string().contains("twice"), "{error}");
+
+    let (one, two, other) = (nic(vni(4096), 5), nic(vni(4096), 6), nic(vni(4097), 6));
+    let (one_id, _two_id, _other_id) = tokio::join!(
+        boot_with(&sled, "one", &one),
+        boot_with(&sled, "two", &two),
+        boot_with(&sled, "other", &other),
+    );
+    let links = links(&sled);
+    assert!(
+        links.iter().any(|l| l == "br4096") && !links.iter().any(|l| l.starts_with("vx")),
+        "a bridge and no VXLAN device: {links:?}"
+    );
+    assert!(pings(&sled, one_id, "172.30.0.6", 2).await, "one pings two");
+    assert_eq!(echo(&sled, one_id, "172.30.0.6", "local").await, "local");
+    assert_eq!(hostname_at(&sled, one_id, "172.30.0.6").await, "two");
+    sled.server.close().await.unwrap();
+}
