@@ -584,18 +584,34 @@ async fn guests_on_a_sled_without_an_underlay_reach_each_other_locally() {
     assert!(error.to_string().contains("twice"), "{error}");
 
     let (one, two, other) = (nic(vni(4096), 5), nic(vni(4096), 6), nic(vni(4097), 6));
-    let (one_id, _two_id, _other_id) = tokio::join!(
+    let (one_id, _two_id, other_id) = tokio::join!(
         boot_with(&sled, "one", &one),
         boot_with(&sled, "two", &two),
         boot_with(&sled, "other", &other),
     );
-    let links = links(&sled);
+    let made = links(&sled);
     assert!(
-        links.iter().any(|l| l == "br4096") && !links.iter().any(|l| l.starts_with("vx")),
-        "a bridge and no VXLAN device: {links:?}"
+        made.iter().any(|l| l == "br4096") && !made.iter().any(|l| l.starts_with("vx")),
+        "a bridge and no VXLAN device: {made:?}"
     );
     assert!(pings(&sled, one_id, "172.30.0.6", 2).await, "one pings two");
     assert_eq!(echo(&sled, one_id, "172.30.0.6", "local").await, "local");
     assert_eq!(hostname_at(&sled, one_id, "172.30.0.6").await, "two");
+
+    // A QEMU killed with SIGKILL: by the time its VMM is reported failed, its tap and its
+    // VPC's bridge (it was the VPC's only NIC here) are gone.
+    let other_tap = format!("hv{}n0", &other_id.to_string()[..8]);
+    assert!(crate::qemu::runs(
+        crate::qemu::pid_of(&sled.config, other_id).await
+    ));
+    assert!(links(&sled).contains(&other_tap));
+    crate::qemu::kill_9(crate::qemu::pid_of(&sled.config, other_id).await);
+    wait_for_state_within(&sled.client, other_id, VmmState::Failed, BOOT_TIMEOUT).await;
+    let left = links(&sled);
+    assert!(
+        !left.contains(&other_tap) && !left.iter().any(|l| l == "br4097"),
+        "{left:?}"
+    );
+    assert!(left.iter().any(|l| l == "br4096"), "{left:?}");
     sled.server.close().await.unwrap();
 }

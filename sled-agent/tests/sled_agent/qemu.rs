@@ -169,7 +169,7 @@ pub fn runs(pid: i32) -> bool {
     })
 }
 
-fn kill_9(pid: i32) {
+pub fn kill_9(pid: i32) {
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
