@@ -389,6 +389,13 @@ async fn a_guest_with_a_nic_migrates_and_its_peer_reaches_it_again() {
         MigrationState::Completed
     );
     let migrated = started.elapsed();
+    // The target's NIC made the VPC's segment on sled 2, programmed at once from the set the
+    // sled already held (pushed before any NIC of the VPC was there).
+    let held_then = forwarding(&sled2, vpc);
+    assert!(
+        held_then.contains(&peer.mac.to_string()),
+        "sled 2 programmed its held set when the NIC appeared: {held_then}"
+    );
     let after = set(
         vpc,
         2,
