@@ -622,3 +622,21 @@ async fn guests_on_a_sled_without_an_underlay_reach_each_other_locally() {
     assert!(left.iter().any(|l| l == "br4096"), "{left:?}");
     sled.server.close().await.unwrap();
 }
+
+/// A sled whose `[qemu.underlay]` names no bridge does not start, says why, and leaves no
+/// namespace behind.
+#[tokio::test]
+async fn a_sled_with_a_missing_underlay_bridge_does_not_start() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let mut config = qemu_config(nexus.address(), &state_dir()).await;
+    config.qemu.underlay = Some(UnderlayConfig {
+        bridge: "hlu-nowhere".into(),
+        address: "10.200.0.1/24".parse().unwrap(),
+    });
+    let error = Server::start(&config, &log()).await.err().unwrap();
+    assert!(
+        format!("{error:#}").contains("the underlay bridge hlu-nowhere does not exist"),
+        "{error:#}"
+    );
+    assert!(!namespaces().contains(&namespace_of(config.sled_id)));
+}
