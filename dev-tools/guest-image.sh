@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the tiny guest that the sled agent's QEMU backend boots, from Debian packages only:
 # the Debian cloud kernel (the dependency of linux-image-cloud-amd64) and busybox-static, with a
-# gzip'd newc initramfs holding busybox, the ACPI power-button and virtio block modules and an
-# /init script.
+# gzip'd newc initramfs holding busybox, the ACPI power-button, virtio block and virtio network
+# modules and an /init script.
 # The result is built once per machine and cached.
 #
 #   bash dev-tools/guest-image.sh               build if missing or stale, print where it is
@@ -16,7 +16,15 @@
 # recipe; the image is rebuilt when that hash changes (a newer Debian kernel only with --force).
 #
 # Kernel command line contract (what the sled agent passes; nothing else is needed):
-#   console=ttyS0 quiet panic=-1 halyard.hostname=NAME
+#   console=ttyS0 quiet panic=-1 halyard.hostname=NAME [halyard.nic=MAC,ADDRESS/PREFIX ...]
+# One halyard.nic per NIC, in slot order; MAC in lower case (a8:40:25:f0:00:01), ADDRESS/PREFIX
+# an IPv4 address with its subnet's prefix length (172.30.0.5/22). The guest brings lo up and
+# gives the interface with that MAC (a virtio-net device; /sys/class/net/*/address) the address
+# (so a route to the subnet), and brings it up, all before the banner; no gateway, no DHCP.
+# With at least one NIC it then serves, on every address:
+#   TCP port 7    echo (RFC 862): sends back what it receives, until the client's EOF
+#   TCP port 79   answers the guest's hostname and a newline, then closes
+# busybox has ping, nc (echo hi | nc ADDRESS 7), ip and arping for use from the console.
 # The guest then prints on the serial console:
 #   HALYARD-GUEST BOOTED hostname=NAME          once, when the power button is already armed
 #   HALYARD-HEARTBEAT n=N                        N = 1, 2, 3, ... about 4 times a second
@@ -54,8 +62,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 # In dependency order (no modprobe here): the power button, then virtio block devices (the
 # VMM's disks: /dev/vda, /dev/vdb, ... in the order the VMM attached them; ext4, which also
-# mounts ext2, is built into the kernel).
-for m in button evdev virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+# mounts ext2, is built into the kernel), then virtio network devices (the VMM's NICs).
+for m in button evdev virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk \
+    failover net_failover virtio_net; do
     insmod "/lib/modules/$m.ko" || echo "halyard-init: insmod $m failed"
 done
 
@@ -66,6 +75,42 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 hostname "$name"
+
+# Network: one halyard.nic=MAC,ADDRESS/PREFIX per NIC. The interface whose MAC matches gets
+# the address and is brought up; then an echo server listens on TCP port 7 and a server
+# answering the guest's hostname on TCP port 79.
+ip link set lo up
+nics=0
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        halyard.nic=?*,?*) ;;
+        *) continue ;;
+    esac
+    spec="${arg#halyard.nic=}"
+    mac="${spec%%,*}"
+    address="${spec#*,}"
+    dev=""
+    i=0
+    while [ -z "$dev" ] && [ "$i" -lt 100 ]; do
+        for d in /sys/class/net/*; do
+            [ "$(cat "$d/address" 2>/dev/null)" = "$mac" ] && dev="${d##*/}"
+        done
+        [ -n "$dev" ] || { i=$((i + 1)); usleep 10000; }
+    done
+    if [ -z "$dev" ]; then
+        echo "halyard-init: no network interface with MAC $mac"
+        continue
+    fi
+    if ip addr add "$address" dev "$dev" && ip link set "$dev" up; then
+        nics=$((nics + 1))
+    else
+        echo "halyard-init: configuring $dev ($mac) with $address failed"
+    fi
+done
+if [ "$nics" -gt 0 ]; then
+    nc -ll -p 7 -e cat </dev/null >/dev/null 2>&1 &
+    nc -ll -p 79 -e hostname </dev/null >/dev/null 2>&1 &
+fi
 
 # Power button: open every input device named "Power Button" before the banner, so that a
 # powerdown requested as soon as the banner is seen is not missed (evdev queues events from the
@@ -117,7 +162,7 @@ done
 EOF
 
 # What the build does, beyond /init; bump it when the image's layout changes.
-RECIPE="recipe 2: vmlinuz from the cloud kernel; busybox-static with applet symlinks; /mnt; /lib/modules/{button,evdev,virtio_ring,virtio,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_pci,virtio_blk}.ko"
+RECIPE="recipe 3: vmlinuz from the cloud kernel; busybox-static with applet symlinks; /mnt; /lib/modules/{button,evdev,virtio_ring,virtio,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_pci,virtio_blk,failover,net_failover,virtio_net}.ko"
 init_hash="$(printf '%s\n%s\n' "$RECIPE" "$INIT" | sha256sum | cut -d' ' -f1)"
 
 sudo=""
@@ -291,7 +336,8 @@ done < <("$bb" --list-full)
 loaded=" "
 for m in drivers/acpi/button drivers/input/evdev drivers/virtio/virtio_ring drivers/virtio/virtio \
     drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci_legacy_dev \
-    drivers/virtio/virtio_pci drivers/block/virtio_blk; do
+    drivers/virtio/virtio_pci drivers/block/virtio_blk net/core/failover drivers/net/net_failover \
+    drivers/net/virtio_net; do
     name="$(basename "$m")"
     src="$(find "$work/kernel/lib/modules" -path "*/kernel/$m.ko*" | head -n1)"
     [ -n "$src" ] || { echo "guest-image: $m.ko not in $kdeb" >&2; exit 1; }

@@ -1,6 +1,7 @@
 //! The sled agent's TOML configuration.
 
 use halyard_common::ids::SledUuid;
+use halyard_common::net::Ipv4Net;
 use halyard_common::{ByteCount, SledBackend};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -36,6 +37,12 @@ use std::time::Duration;
 ///                                       # the [tls] files for QEMU in <sled_id>-tls/
 /// accelerator = "auto"                  # "auto" (kvm if a probe guest boots), "kvm", "tcg"
 /// stop_timeout_ms = 10000               # ACPI powerdown, then a hard stop
+///
+/// [qemu.underlay]                       # optional: without it, guests reach only guests
+///                                       # of this sled (no VXLAN uplink)
+/// bridge = "hlu0"                       # a bridge in the root namespace that the
+///                                       # environment made, joining the sleds
+/// address = "10.200.0.3/24"             # this sled's underlay address (reported to Nexus)
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +109,22 @@ pub struct QemuConfig {
     /// QEMU process is ended.
     #[serde(default = "default_stop_timeout_ms")]
     pub stop_timeout_ms: u64,
+    /// Where the sled's virtual switch reaches other sleds' (VXLAN over it); none: guests
+    /// reach only guests of this sled.
+    #[serde(default)]
+    pub underlay: Option<UnderlayConfig>,
+}
+
+/// The sled's link to the underlay, the network joining the sleds: a veth pair from the
+/// sled's network namespace to `bridge`, with `address` on the namespace's end.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnderlayConfig {
+    /// A bridge in the root network namespace, made by the environment (not the sled agent).
+    pub bridge: String,
+    /// This sled's underlay address and the underlay's prefix length, e.g. `10.200.0.3/24`:
+    /// VXLAN frames leave from it, and it is the address the sled reports to Nexus.
+    pub address: Ipv4Net,
 }
 
 impl Default for QemuConfig {
@@ -112,6 +135,7 @@ impl Default for QemuConfig {
             state_dir: default_state_dir(),
             accelerator: AcceleratorChoice::default(),
             stop_timeout_ms: default_stop_timeout_ms(),
+            underlay: None,
         }
     }
 }
@@ -227,6 +251,26 @@ impl Config {
                 "qemu.stop_timeout_ms must be positive".into(),
             ));
         }
+        if let Some(underlay) = &self.qemu.underlay {
+            // An interface name: at most 15 bytes (IFNAMSIZ with its NUL), no '/' or space.
+            let bridge = &underlay.bridge;
+            if bridge.is_empty()
+                || bridge.len() > 15
+                || bridge.contains(|c: char| c == '/' || c.is_whitespace())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "qemu.underlay.bridge {bridge:?} is not an interface name (1 to 15 \
+                     bytes, no '/' or white space)"
+                )));
+            }
+            if underlay.address.prefix_len() >= 31 {
+                return Err(ConfigError::Invalid(format!(
+                    "qemu.underlay.address {} needs a prefix shorter than /31 (the underlay \
+                     joins several sleds)",
+                    underlay.address
+                )));
+            }
+        }
         if self.registration_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "registration_interval_ms must be positive".into(),
@@ -288,6 +332,19 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(qemu.qemu.accelerator, AcceleratorChoice::Tcg);
+        assert_eq!(qemu.qemu.underlay, None);
+        let with_underlay: Config = toml::from_str(&format!(
+            "{}[qemu]\n[qemu.underlay]\nbridge = \"hlu0\"\naddress = \"10.200.0.3/24\"\n",
+            text.replace("\"sim\"", "\"qemu\"")
+        ))
+        .unwrap();
+        with_underlay.validate().unwrap();
+        let underlay = with_underlay.qemu.underlay.clone().unwrap();
+        assert_eq!(underlay.bridge, "hlu0");
+        assert_eq!(underlay.address.to_string(), "10.200.0.3/24");
+        let mut long_name = with_underlay.clone();
+        long_name.qemu.underlay.as_mut().unwrap().bridge = "a-very-long-bridge".into();
+        assert!(long_name.validate().is_err());
         assert!(
             qemu.validate()
                 .unwrap_err()

@@ -29,7 +29,7 @@ mod storage;
 mod v2p;
 mod vmm_runtime;
 
-pub use config::{AcceleratorChoice, Config, QemuConfig, SimConfig, StorageConfig};
+pub use config::{AcceleratorChoice, Config, QemuConfig, SimConfig, StorageConfig, UnderlayConfig};
 pub use qemu::build_guest_image;
 pub use sled_agent::SledAgent;
 
@@ -63,6 +63,20 @@ impl Server {
                 )
             }
         };
+        // A QEMU sled's switch (its network namespace) is removed if the rest cannot start.
+        let switch = match &backend {
+            Backend::Sim(_) => None,
+            Backend::Qemu(qemu) => Some(qemu.switch_handle()),
+        };
+        let started = Server::serve(config, backend, log).await;
+        if let (Err(_), Some(switch)) = (&started, switch) {
+            switch.shut_down().await;
+        }
+        started
+    }
+
+    /// Starts serving with `backend`, then begins registering with Nexus.
+    async fn serve(config: &Config, backend: Backend, log: &Logger) -> anyhow::Result<Server> {
         let tls = config
             .tls
             .load()
@@ -162,6 +176,7 @@ impl Server {
         // Still serving while the QEMU VMMs end: Nexus may ask about them as their last
         // reports arrive.
         self.agent.end_qemu_vmms().await;
+        self.agent.remove_switch().await;
         self.agent.storage().stop().await;
         self.front.close();
         self.http

@@ -180,11 +180,18 @@ impl SledAgent {
             hardware_threads: self.hardware_threads,
             physical_ram: self.physical_ram,
             usable_storage: self.storage.capacity(),
-            underlay_address: None,
+            underlay_address: match &self.backend {
+                Backend::Sim(_) => None,
+                Backend::Qemu(qemu) => qemu.switch().underlay_address(),
+            },
         }
     }
 
-    /// Takes a VPC's mapping set if it is newer than the one held (see `v2p`).
+    /// Takes a VPC's mapping set if it is newer than the one held (see `v2p`). A QEMU sled
+    /// then programs its switch with the set it holds, under the table's lock (so sets reach
+    /// the switch in the order the table took them); programming is idempotent, so a repeated
+    /// or stale set retries what an earlier, failed programming left undone and changes
+    /// nothing else. A failure to program is a 503 (the table has taken the set).
     pub async fn v2p_put(&self, set: VpcMappings) -> Result<V2pApplied, Error> {
         let mut table = self.v2p.lock().await;
         let vni = set.vni;
@@ -193,6 +200,13 @@ impl SledAgent {
             info!(self.log, "VPC mappings set"; "vni" => %vni,
                 "generation" => %answer.generation,
                 "mappings" => table.get(vni).map_or(0, |held| held.mappings.len()));
+        }
+        if let (Backend::Qemu(qemu), Some(held)) = (&self.backend, table.get(vni)) {
+            qemu.switch().program(held).await.map_err(|e| {
+                slog::error!(self.log, "cannot program the VPC's mappings into the switch";
+                    "vni" => %vni, "generation" => %held.generation, "error" => %e);
+                Error::from(e)
+            })?;
         }
         Ok(answer)
     }
@@ -557,6 +571,13 @@ impl SledAgent {
         }
     }
 
+    /// Removes a QEMU sled's virtual switch (its network namespace), once its VMMs are gone.
+    pub(crate) async fn remove_switch(&self) {
+        if let Backend::Qemu(qemu) = &self.backend {
+            qemu.switch().shut_down().await;
+        }
+    }
+
     /// The live VMMs.
     pub fn vmm_list(&self) -> Vec<VmmSummary> {
         self.table()
@@ -667,6 +688,10 @@ impl SledAgent {
             SledBackend::Sim => crate::qemu::disks::Replicas::Simulated,
         };
         crate::qemu::disks::validate(&params.disks, replicas)?;
+        crate::qemu::network::validate(&params.nics)?;
+        if let Backend::Qemu(qemu) = &self.backend {
+            qemu.switch().check_available(&params.nics)?;
+        }
         if params.hostname.is_empty() || params.hostname.len() > 253 {
             return Err(Error::invalid_value(
                 "hostname",

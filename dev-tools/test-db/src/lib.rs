@@ -57,15 +57,23 @@
 //! to kill the primary and wait for the next. [`Haproxy`] ([`haproxy`]) runs HAProxy in front of
 //! several copies of a server (two Nexus). Both need their Debian packages (`patroni`,
 //! `etcd-server`, `haproxy`), which `dev-tools/run-tests.sh` installs.
+//!
+//! # Networks
+//!
+//! [`Underlay`] ([`underlay`]) is a bridge joining QEMU sled agents' virtual switches (their
+//! `[qemu.underlay]`), handing out their addresses; it goes away with the namespaces linked to
+//! it when dropped, or by a watchdog if the process dies. Needs root.
 
 pub mod haproxy;
 mod http;
 pub mod patroni;
 mod ports;
+pub mod underlay;
 
 pub use haproxy::{Frontend, Haproxy, HealthCheck, ProxyMode};
 pub use patroni::{MemberPorts, PatroniCluster, PatroniPorts};
 pub use ports::{ReservedPort, reserve_port};
+pub use underlay::Underlay;
 
 /// Something that runs SQL with psql in one of its databases: a [`PostgresCluster`], or a
 /// [`PatroniCluster`] (on its current primary). For checkers that only read the database and

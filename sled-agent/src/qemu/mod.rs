@@ -10,6 +10,8 @@
 //! - [`migration`]: an outbound live migration, carried out by QEMU itself.
 //! - [`tls`]: the migration stream over mutual TLS: this sled's certificate in QEMU's
 //!   `tls-creds-x509` layout, and a target admitting only the source sled Nexus named.
+//! - [`network`]: the sled's virtual switch: a network namespace of its own, a bridge (and a
+//!   VXLAN device over the underlay) per VPC, a tap per NIC, forwarding from the V2P table.
 //!
 //! Each VMM has a directory `<state_dir>/<sled_id>/<vmm_id>/` holding its QMP socket, its
 //! console socket, its pid file and QEMU's own log. The directory exists exactly as long as
@@ -20,6 +22,7 @@ mod accelerator;
 pub(crate) mod disks;
 mod leftovers;
 mod migration;
+pub(crate) mod network;
 pub(crate) mod qmp;
 mod tls;
 pub(crate) mod vmm;
@@ -28,8 +31,10 @@ use crate::config::QemuConfig;
 use halyard_common::Error;
 use halyard_common::ids::{GenericUuid, SledUuid, VmmUuid};
 use halyard_sled_agent_api::Accelerator;
+use network::Switch;
 use slog::{Logger, info};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The files the guest boots from, as `dev-tools/guest-image.sh` builds them.
 #[derive(Debug, Clone)]
@@ -92,6 +97,8 @@ pub(crate) struct QemuBackend {
     vmm_root: PathBuf,
     /// This sled's certificate, key and CA in QEMU's layout ([`tls::credentials_dir`]).
     credentials: PathBuf,
+    /// The sled's virtual switch, shared with each VMM's task (which connects its NICs).
+    switch: Arc<Switch>,
 }
 
 /// The longest path a unix socket can have (`sun_path`, with its terminating NUL).
@@ -100,7 +107,7 @@ const MAX_SOCKET_PATH: usize = 107;
 impl QemuBackend {
     /// Cleans up after an earlier run of this sled agent, checks the guest image, writes
     /// this sled's certificate (`tls`) where its QEMUs read it for the migration stream,
-    /// and decides the accelerator.
+    /// decides the accelerator, and makes the sled's virtual switch.
     pub(crate) async fn start(
         config: &QemuConfig,
         sled_id: SledUuid,
@@ -135,6 +142,11 @@ impl QemuBackend {
         })?;
         let image = GuestImage::find(&config.guest_dir)?;
         let accelerator = accelerator::decide(config, &image, log).await;
+        // Last, so that nothing above failing leaves a namespace behind; after the leftover
+        // QEMUs are gone (their taps with them).
+        let switch = Switch::start(sled_id, config.underlay.as_ref(), log)
+            .await
+            .map_err(|e| anyhow::anyhow!("making the sled's virtual switch: {e}"))?;
         info!(log, "QEMU backend ready"; "accelerator" => %accelerator,
             "binary" => %config.binary.display(), "guest_dir" => %config.guest_dir.display(),
             "vmm_root" => %vmm_root.display(), "migration_tls" => %credentials.display());
@@ -143,11 +155,20 @@ impl QemuBackend {
             accelerator,
             vmm_root,
             credentials,
+            switch: Arc::new(switch),
         })
     }
 
     pub(crate) fn accelerator(&self) -> Accelerator {
         self.accelerator
+    }
+
+    pub(crate) fn switch(&self) -> &Switch {
+        &self.switch
+    }
+
+    pub(crate) fn switch_handle(&self) -> Arc<Switch> {
+        Arc::clone(&self.switch)
     }
 
     /// A VMM's task died (panicked) before it reaped its QEMU and removed its directory:
@@ -158,5 +179,6 @@ impl QemuBackend {
             slog::error!(log, "cannot clean up after a VMM task that died";
                 "propolis_id" => %id, "error" => %e);
         }
+        self.switch.detach(id).await;
     }
 }

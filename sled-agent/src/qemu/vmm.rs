@@ -18,6 +18,7 @@
 //! console closed and the VMM's directory removed.
 
 use super::migration::OutboundMigration;
+use super::network::Switch;
 use super::qmp::Qmp;
 use super::{GuestImage, QemuBackend, tls};
 use crate::admission::{Admission, VmmSituation, admit};
@@ -28,7 +29,7 @@ use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
 use halyard_sled_agent_api::{
     Accelerator, MigrationInReply, MigrationInStep, MigrationPhase, MigrationTarget, SimFault,
-    VmmDisk, VmmRegisterBody, VmmStateRequested,
+    VmmDisk, VmmNic, VmmRegisterBody, VmmStateRequested,
 };
 use qapi::qmp;
 use slog::{Logger, error, info, warn};
@@ -79,6 +80,9 @@ pub(crate) struct QemuVmm {
     listen_ip: IpAddr,
     /// The disks attached (boot disk first), to name a replica QEMU reports about.
     disks: Vec<VmmDisk>,
+    /// Its NICs, connected to the sled's switch once QEMU is up (QEMU made their taps).
+    nics: Vec<VmmNic>,
+    switch: Arc<Switch>,
     /// Whether its vCPUs were paused through the API (QMP `stop`).
     vcpus_paused: bool,
     /// How many failed or outvoted requests QEMU reported per replica (block node).
@@ -123,7 +127,7 @@ impl QemuBackend {
         std::fs::create_dir_all(&dir).map_err(|e| internal("creating the directory", e))?;
         let log_file = std::fs::File::create(dir.join(QEMU_LOG))
             .map_err(|e| internal("creating QEMU's log", e))?;
-        let mut command = self.command_line(params, &image, &dir);
+        let mut command = self.command_line(id, params, &image, &dir);
         command.args(tls::object_args(
             &self.credentials,
             params.migration_target.as_ref(),
@@ -161,6 +165,8 @@ impl QemuBackend {
             lose_next_finish_reply: false,
             listen_ip,
             disks: params.disks.clone(),
+            nics: params.nics.clone(),
+            switch: Arc::clone(&self.switch),
             bad_replica_reports: BTreeMap::new(),
             vcpus_paused: false,
             stop_timeout: self.config.stop_timeout(),
@@ -175,6 +181,7 @@ impl QemuBackend {
 
     fn command_line(
         &self,
+        id: VmmUuid,
         params: &VmmRegisterBody,
         image: &GuestImage,
         dir: &std::path::Path,
@@ -222,14 +229,22 @@ impl QemuBackend {
             .arg("-initrd")
             .arg(&image.initramfs)
             .arg("-append")
-            .arg(format!(
-                "console=ttyS0 quiet panic=-1 halyard.hostname={}",
-                params.hostname
-            ))
+            .arg(
+                [format!(
+                    "console=ttyS0 quiet panic=-1 halyard.hostname={}",
+                    params.hostname
+                )]
+                .into_iter()
+                .chain(super::network::kernel_args(&params.nics))
+                .collect::<Vec<_>>()
+                .join(" "),
+            )
             // Paused until the sled agent is connected and Nexus asks it to run.
             .arg("-S");
         // The disks, boot disk first; a migration target attaches the same exports.
         command.args(super::disks::command_line_args(&params.disks));
+        // The NICs: taps QEMU makes in the root namespace, moved to the switch by the task.
+        command.args(super::network::command_line_args(id, &params.nics));
         command
     }
 }
@@ -255,6 +270,13 @@ impl QemuVmm {
                 return self.exited(status).await;
             }
         };
+        // QEMU answers on QMP only once its taps exist: connect them before the guest runs.
+        if let Err(e) = self.switch.attach(self.id, &self.nics).await {
+            error!(self.log, "could not connect the VMM's NICs"; "error" => %e);
+            let _ = self.child.start_kill();
+            let status = self.child.wait().await;
+            return self.exited(status).await;
+        }
         loop {
             let hard_stop_at = self.hard_stop_at;
             let wakeup = tokio::select! {
@@ -656,6 +678,9 @@ impl QemuVmm {
             VmmState::Failed
         };
         self.console.close();
+        // Its taps (gone with QEMU's file descriptors, or deleted here) and any VNI segment
+        // left without a NIC, before the VMM is reported gone.
+        self.switch.detach(self.id).await;
         if let Err(e) = tokio::fs::remove_dir_all(&self.dir).await {
             warn!(self.log, "removing the VMM's directory"; "dir" => %self.dir.display(),
                 "error" => %e);

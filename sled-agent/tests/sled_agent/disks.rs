@@ -89,7 +89,7 @@ fn with_disk(hostname: &str, disk: &VmmDisk) -> VmmRegisterBody {
 }
 
 /// Registers and runs a VMM, and waits for its shell's prompt.
-async fn boot(sled: &QemuSled, body: &VmmRegisterBody) -> VmmUuid {
+pub async fn boot(sled: &QemuSled, body: &VmmRegisterBody) -> VmmUuid {
     let id = VmmUuid::new_v4();
     sled.client.vmm_register(&id, body).await.unwrap();
     put(&sled.client, id, VmmStateRequested::Run).await;
@@ -125,7 +125,15 @@ fn marker(word: &str, n: u64) -> (String, String) {
 
 /// Runs `script` in the guest's shell and returns what it printed (heartbeats left out),
 /// failing the test if it exits non-zero.
-async fn run(client: &Client, id: VmmUuid, script: &str) -> String {
+pub async fn run(client: &Client, id: VmmUuid, script: &str) -> String {
+    let (rc, output) = run_status(client, id, script).await;
+    assert_eq!(rc, "0", "`{script}` failed in the guest:\n{output}");
+    output
+}
+
+/// Runs `script` in the guest's shell; returns its exit status and what it printed
+/// (heartbeats left out).
+pub async fn run_status(client: &Client, id: VmmUuid, script: &str) -> (String, String) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
     let (typed_begin, begin) = marker("HQBEGIN", n);
@@ -148,8 +156,7 @@ async fn run(client: &Client, id: VmmUuid, script: &str) -> String {
                 .filter(|l| !l.contains(halyard_sled_agent::guest_console::HEARTBEAT))
                 .map(|l| format!("{}\n", l.trim_end_matches('\r')))
                 .collect();
-            assert_eq!(rc, "0", "`{script}` failed in the guest:\n{output}");
-            return output;
+            return (rc, output);
         }
         assert!(
             tokio::time::Instant::now() < deadline,

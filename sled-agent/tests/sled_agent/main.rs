@@ -7,6 +7,7 @@ mod disks;
 mod lifecycle;
 mod migration;
 mod mtls;
+mod network;
 mod nexus_outage;
 mod qemu;
 mod recording_nexus;

@@ -169,7 +169,7 @@ pub fn runs(pid: i32) -> bool {
     })
 }
 
-fn kill_9(pid: i32) {
+pub fn kill_9(pid: i32) {
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -756,10 +756,15 @@ async fn a_sled_agent_killed_and_restarted_leaves_no_orphan_qemu() {
     assert!(client.vmm_list().await.unwrap().into_inner().is_empty());
     agent.kill().unwrap();
     agent.wait().unwrap();
+    // What the killed sled agent left for its next start to remove: its network namespace.
+    let namespace = format!("hl-{}", &config.sled_id.to_string()[..8]);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &namespace])
+        .status();
     drop(port);
 }
 
-async fn wait_until_up(client: &Client) {
+pub async fn wait_until_up(client: &Client) {
     let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
     while client.inventory().await.is_err() {
         assert!(
