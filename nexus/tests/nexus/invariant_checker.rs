@@ -985,7 +985,7 @@ async fn clean_network() -> (TestContext, [Running; 2]) {
 #[tokio::test]
 async fn an_interface_on_a_reserved_address_or_in_a_deleted_subnet_is_flagged() {
     let (ctx, [a, _]) = clean_network().await;
-    let sql = |query: &str| shared_cluster().run_sql(ctx.db.name(), query).unwrap();
+    let sql = |query: &str| ctx.sql(query);
     // The subnet's gateway address: reserved. (The mappings follow the database, which now
     // says another address.)
     sql(&format!(
