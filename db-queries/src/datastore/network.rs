@@ -633,6 +633,51 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
+    /// Every live VPC's hosted interfaces, by VNI, as the database has them now, without
+    /// taking a mapping generation (for operators and checks, which compare them with what
+    /// the sleds hold).
+    pub async fn v2p_current_all(&self) -> Result<Vec<(Vni, HostedInterface)>, Error> {
+        let conn = &mut *self.connection().await?;
+        let rows: Vec<(i64, NetworkInterface, halyard_db_model::Sled)> = network_interface::table
+            .inner_join(instance::table)
+            .inner_join(vmm::table.on(instance::active_propolis_id.eq(vmm::id.nullable())))
+            .inner_join(sled::table.on(sled::id.eq(vmm::sled_id)))
+            .inner_join(vpc::table)
+            .filter(vpc::time_deleted.is_null())
+            .filter(network_interface::time_deleted.is_null())
+            .filter(instance::time_deleted.is_null())
+            .filter(vmm::time_deleted.is_null())
+            .filter(vmm::state.eq_any(LIVE_VMM_STATES))
+            .order((vpc::vni.asc(), network_interface::ip.asc()))
+            .select((
+                vpc::vni,
+                NetworkInterface::as_select(),
+                halyard_db_model::Sled::as_select(),
+            ))
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(rows
+            .into_iter()
+            .map(|(vni, nic, sled)| {
+                let vni = u32::try_from(vni)
+                    .ok()
+                    .and_then(|vni| Vni::try_from(vni).ok())
+                    .expect("the vni column's CHECK");
+                (
+                    vni,
+                    HostedInterface {
+                        nic_id: nic.id(),
+                        ip: nic.ip(),
+                        mac: nic.mac(),
+                        sled_id: sled.id(),
+                        underlay_ip: sled.underlay_address(),
+                    },
+                )
+            })
+            .collect())
+    }
+
     /// Reads a VPC's mapping set for the sleds, taking the next mapping generation (see the
     /// module's documentation). `excluding`: a VMM whose interfaces are left out as if it had
     /// ended (an undo that is about to end it). A deleted VPC reads as an empty set.
