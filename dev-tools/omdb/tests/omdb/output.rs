@@ -215,7 +215,11 @@ async fn output_of_every_command() {
     let nics = nics.as_array().unwrap();
     let running: Vec<&Value> = nics.iter().filter(|n| !n["sled"].is_null()).collect();
     assert_eq!(nics.len(), 6, "{nics:#?}");
-    assert!(nics.iter().all(|n| n["name"] == "net0" && n["primary"] == true), "{nics:#?}");
+    assert!(
+        nics.iter()
+            .all(|n| n["name"] == "net0" && n["primary"] == true),
+        "{nics:#?}"
+    );
     assert!(
         nics.iter()
             .all(|n| n["subnet"] == "default (172.30.0.0/22)" && n["vpc"] == "default"),
@@ -511,7 +515,7 @@ async fn background_tasks_show_what_each_did_last() {
     let tasks: Value =
         serde_json::from_str(&ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok()).unwrap();
     assert_eq!(tasks.as_array().unwrap().len(), 7, "{tasks:?}");
-    assert_eq!(task(&tasks, "v2p_reconciliation")["period_ms"], 10_000);
+    assert_eq!(task(&tasks, "v2p_reconciliation")["period_ms"], 3_600_000);
     assert_eq!(
         task(&tasks, "instance_reincarnation")["period_ms"],
         3_600_000
