@@ -117,8 +117,8 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
-    /// Inserts a project and makes `admin` its admin, in one transaction (a project is never
-    /// without the admin who created it). Errors as [`DataStore::project_create`].
+    /// Inserts a project with its default VPC and subnet and makes `admin` its admin, in one
+    /// transaction (a project is never without the admin who created it). Errors as [`DataStore::project_create`].
     pub async fn project_create_with_admin(
         &self,
         new: Project,
@@ -142,6 +142,8 @@ impl DataStore {
                 ))
                 .execute(conn)
                 .await?;
+            // Every project starts with its default VPC and subnet.
+            super::network::project_default_vpc_insert(conn, created.id()).await?;
             Ok::<_, TxnError>(created)
         })
         .await
