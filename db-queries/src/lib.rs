@@ -25,13 +25,12 @@ pub mod secret;
 
 pub use datastore::{
     AttachedDisk, ConflictReason, DEVICE_AUTH_REQUEST_LIFETIME, DataStore, DeviceTokenPoll,
-    DiskTransition, EventsWritten, HostedInterface, InstanceAndVmm, InstanceForNics,
-    NewNetworkInterface, SUBNET_PREFIX_RANGE, VpcMappingsRead, validate_ipv4_block,
-    validate_vpc_ipv6_prefix, InstanceForDisks, LeftoverClaim, Leftovers,
-    LostRegion, MAX_DISK_SIZE, MigrationReport, PoolConfig, PoolStatistics, Release, ReportApplied,
-    RetireOutcome, SledChoice, SnapshotTransition, TokenOwner, TransitionConflict,
-    TransitionOutcome, VmmStateReport, validate_instance_shape, validate_new_disk,
-    validate_new_instance,
+    DiskTransition, EventsWritten, HostedInterface, InstanceAndVmm, InstanceForDisks,
+    InstanceForNics, LeftoverClaim, Leftovers, LostRegion, MAX_DISK_SIZE, MigrationReport,
+    NewNetworkInterface, PoolConfig, PoolStatistics, Release, ReportApplied, RetireOutcome,
+    SUBNET_PREFIX_RANGE, SledChoice, SnapshotTransition, TokenOwner, TransitionConflict,
+    TransitionOutcome, VmmStateReport, VpcMappingsRead, validate_instance_shape,
+    validate_ipv4_block, validate_new_disk, validate_new_instance, validate_vpc_ipv6_prefix,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
 pub use saga_store::{DbSecStore, SagaOwnership, saga_node_event_to_steno};

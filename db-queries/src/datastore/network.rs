@@ -15,6 +15,10 @@
 //!   against the live interfaces of the subnet. Two racing inserts that picked the same
 //!   address meet at the unique index `network_interface_ip_in_subnet`; the loser's
 //!   transaction runs again and picks another. No row: the subnet is full (409).
+//! - An interface is inserted only into a live subnet: the insert holds the subnet's row
+//!   `FOR SHARE` until it commits, and a subnet or VPC delete first marks the subnet deleted
+//!   (waiting for such inserts) and only then counts the subnet's interfaces, so it either
+//!   sees the new interface (409, nothing deleted) or the insert finds the subnet gone (404).
 //! - Interfaces are added and removed only while their instance has no VMM: the transaction
 //!   locks the instance row (`FOR UPDATE`) and checks its state, and the start saga's claim
 //!   updates the same row, so an interface insert and a claim run one after the other.
@@ -35,8 +39,8 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{
-    GenericUuid, InstanceUuid, NetworkInterfaceUuid, ProjectUuid, SledUuid, VmmUuid,
-    VpcSubnetUuid, VpcUuid,
+    GenericUuid, InstanceUuid, NetworkInterfaceUuid, ProjectUuid, SledUuid, VmmUuid, VpcSubnetUuid,
+    VpcUuid,
 };
 use halyard_common::net::{Ipv4Net, Ipv6Net, MacAddr, Vni};
 use halyard_common::{
@@ -44,8 +48,8 @@ use halyard_common::{
 };
 use halyard_db_model::schema::{instance, network_interface, sled, vmm, vpc, vpc_subnet};
 use halyard_db_model::{
-    DEFAULT_SUBNET_BLOCK, DEFAULT_VPC_NAME, DbName, DbTypedUuid, Instance,
-    MAX_NICS_PER_INSTANCE, NetworkInterface, Vpc, VpcSubnet,
+    DEFAULT_SUBNET_BLOCK, DEFAULT_VPC_NAME, DbName, DbTypedUuid, Instance, MAX_NICS_PER_INSTANCE,
+    NetworkInterface, Vpc, VpcSubnet,
 };
 use ipnet::IpNet;
 use rand::Rng;
@@ -204,7 +208,11 @@ impl DataStore {
     pub async fn vpc_list_all(&self) -> Result<Vec<Vpc>, Error> {
         let conn = &mut *self.connection().await?;
         vpc::table
-            .order((vpc::project_id.asc(), vpc::name.asc(), vpc::time_created.asc()))
+            .order((
+                vpc::project_id.asc(),
+                vpc::name.asc(),
+                vpc::time_created.asc(),
+            ))
             .select(Vpc::as_select())
             .load(conn)
             .await
@@ -217,14 +225,17 @@ impl DataStore {
             let conn = &mut *self.connection().await?;
             conn.transaction(async |conn| {
                 lock_vpc(conn, id).await?;
-                refuse_if_interfaces(conn, network_interface::vpc_id.eq(DbTypedUuid(id)), "VPC")
-                    .await?;
+                // Subnets first: the update locks their rows, so it waits for an interface
+                // insert holding one (`FOR SHARE`, see `nic_insert`), and the count below, a
+                // later statement, sees what that insert committed. Refusing rolls it back.
                 let now = Utc::now();
                 diesel::update(vpc_subnet::table)
                     .filter(vpc_subnet::vpc_id.eq(DbTypedUuid(id)))
                     .filter(vpc_subnet::time_deleted.is_null())
                     .set(vpc_subnet::time_deleted.eq(now))
                     .execute(conn)
+                    .await?;
+                refuse_if_interfaces(conn, network_interface::vpc_id.eq(DbTypedUuid(id)), "VPC")
                     .await?;
                 diesel::update(vpc::table)
                     .filter(vpc::id.eq(DbTypedUuid(id)))
@@ -307,9 +318,7 @@ impl DataStore {
             .await
             .optional()
             .map_err(public_error_from_diesel)?
-            .ok_or_else(|| {
-                Error::not_found_by_id(ResourceType::VpcSubnet, id.into_untyped_uuid())
-            })
+            .ok_or_else(|| Error::not_found_by_id(ResourceType::VpcSubnet, id.into_untyped_uuid()))
     }
 
     /// One page of a VPC's live subnets.
@@ -337,17 +346,15 @@ impl DataStore {
             let conn = &mut *self.connection().await?;
             conn.transaction(async |conn| {
                 lock_vpc(conn, subnet.vpc_id()).await?;
-                refuse_if_interfaces(
-                    conn,
-                    network_interface::subnet_id.eq(subnet.id),
-                    "subnet",
-                )
-                .await?;
+                // The update first, as in `vpc_delete`: it waits for an interface insert
+                // holding the subnet's row, and the count then sees that interface.
                 diesel::update(vpc_subnet::table)
                     .filter(vpc_subnet::id.eq(subnet.id))
                     .filter(vpc_subnet::time_deleted.is_null())
                     .set(vpc_subnet::time_deleted.eq(Utc::now()))
                     .execute(conn)
+                    .await?;
+                refuse_if_interfaces(conn, network_interface::subnet_id.eq(subnet.id), "subnet")
                     .await?;
                 Ok(())
             })
@@ -442,9 +449,7 @@ impl DataStore {
             .into_boxed();
         let query = match which {
             NameOrId::Id(id) => query.filter(network_interface::id.eq(*id)),
-            NameOrId::Name(name) => {
-                query.filter(network_interface::name.eq(DbName(name.clone())))
-            }
+            NameOrId::Name(name) => query.filter(network_interface::name.eq(DbName(name.clone()))),
         };
         query
             .select(NetworkInterface::as_select())
@@ -503,7 +508,10 @@ impl DataStore {
     pub async fn network_interface_list_all(&self) -> Result<Vec<NetworkInterface>, Error> {
         let conn = &mut *self.connection().await?;
         network_interface::table
-            .order((network_interface::instance_id.asc(), network_interface::slot.asc()))
+            .order((
+                network_interface::instance_id.asc(),
+                network_interface::slot.asc(),
+            ))
             .select(NetworkInterface::as_select())
             .load(conn)
             .await
@@ -662,9 +670,7 @@ impl DataStore {
                         })?;
                 let mut query = network_interface::table
                     .inner_join(instance::table)
-                    .inner_join(
-                        vmm::table.on(instance::active_propolis_id.eq(vmm::id.nullable())),
-                    )
+                    .inner_join(vmm::table.on(instance::active_propolis_id.eq(vmm::id.nullable())))
                     .inner_join(sled::table.on(sled::id.eq(vmm::sled_id)))
                     .filter(network_interface::vpc_id.eq(DbTypedUuid(vpc_id)))
                     .filter(network_interface::time_deleted.is_null())
@@ -675,13 +681,15 @@ impl DataStore {
                 if let Some(excluded) = excluding {
                     query = query.filter(vmm::id.ne(DbTypedUuid(excluded)));
                 }
-                let rows: Vec<(NetworkInterface, halyard_db_model::Sled)> = if deleted.is_some()
-                {
+                let rows: Vec<(NetworkInterface, halyard_db_model::Sled)> = if deleted.is_some() {
                     Vec::new()
                 } else {
                     query
                         .order(network_interface::ip.asc())
-                        .select((NetworkInterface::as_select(), halyard_db_model::Sled::as_select()))
+                        .select((
+                            NetworkInterface::as_select(),
+                            halyard_db_model::Sled::as_select(),
+                        ))
                         .load(conn)
                         .await?
                 };
@@ -960,7 +968,10 @@ async fn lock_instance_for_nics(
     let ok = match allowed {
         InstanceForNics::Creating => state == InstanceNexusState::Creating,
         InstanceForNics::Stopped => {
-            matches!(state, InstanceNexusState::NoVmm | InstanceNexusState::Failed)
+            matches!(
+                state,
+                InstanceNexusState::NoVmm | InstanceNexusState::Failed
+            )
         }
     };
     if !ok {
@@ -992,6 +1003,24 @@ async fn nic_insert(
         return Ok(existing);
     }
     let found = lock_instance_for_nics(conn, new.instance_id, allowed).await?;
+    // The subnet must still be live, and stays so until this transaction ends: `FOR SHARE`
+    // conflicts with the update by which a subnet or VPC delete marks it, which then waits
+    // and counts this interface (or, if it committed first, this finds no row).
+    let live_subnet: Option<DbTypedUuid<halyard_common::ids::VpcSubnetKind>> = vpc_subnet::table
+        .filter(vpc_subnet::id.eq(new.subnet.id))
+        .filter(vpc_subnet::time_deleted.is_null())
+        .select(vpc_subnet::id)
+        .for_share()
+        .first(conn)
+        .await
+        .optional()?;
+    if live_subnet.is_none() {
+        return Err(Error::not_found_by_id(
+            ResourceType::VpcSubnet,
+            new.subnet.id().into_untyped_uuid(),
+        )
+        .into());
+    }
     let slots: Vec<i32> = network_interface::table
         .filter(network_interface::instance_id.eq(DbTypedUuid(new.instance_id)))
         .filter(network_interface::time_deleted.is_null())

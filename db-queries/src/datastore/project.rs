@@ -1,12 +1,12 @@
 //! Projects.
 
 use super::DataStore;
+use super::network::{project_default_vpc_insert, project_vpcs_delete};
 use crate::cached::CacheByText;
 use crate::error::{TxnError, is_unique_violation, public_error_from_diesel};
 use crate::pagination::{PaginatedBy, paginate};
 use chrono::Utc;
 use diesel::prelude::*;
-use super::network::{project_default_vpc_insert, project_vpcs_delete};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{GenericUuid, ProjectUuid};
 use halyard_common::{Error, NameOrId, ResourceType};

@@ -45,6 +45,30 @@ pub struct SnapshotPath {
     pub snapshot: NameOrId,
 }
 
+/// `{vpc}`: a VPC, by name (then `?project=` is required) or id (then `?project=` must be
+/// absent).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VpcPath {
+    /// Name or ID of the VPC
+    pub vpc: NameOrId,
+}
+
+/// `{subnet}`: a VPC subnet, by name (then `?vpc=` is required, and `?project=` when the VPC
+/// is a name) or id (then neither may be given).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct SubnetPath {
+    /// Name or ID of the subnet
+    pub subnet: NameOrId,
+}
+
+/// `{interface}`: a network interface, by name (then `?instance=` is required, and
+/// `?project=` when the instance is a name) or id (then neither may be given).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct NetworkInterfacePath {
+    /// Name or ID of the network interface
+    pub interface: NameOrId,
+}
+
 // Query selectors
 
 /// `?project=`, required: the project to list instances of, or to create an instance in.
@@ -63,6 +87,47 @@ pub struct ProjectSelector {
 pub struct OptionalProjectSelector {
     /// Name or ID of the project, only required if `instance` is provided as a `Name`
     pub project: Option<NameOrId>,
+}
+
+/// `?vpc=` (required) and `?project=` (required when the VPC is a name, absent when it is an
+/// id): the VPC to list subnets of, or to create a subnet in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VpcSelector {
+    /// Name or ID of the project, only required if `vpc` is provided as a `Name`
+    pub project: Option<NameOrId>,
+    /// Name or ID of the VPC
+    pub vpc: NameOrId,
+}
+
+/// `?vpc=` and `?project=`, optional: qualify a subnet named in the path (both absent when
+/// the subnet is an id; `vpc` required when it is a name, `project` when `vpc` is a name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct OptionalVpcSelector {
+    /// Name or ID of the project, only required if `vpc` is provided as a `Name`
+    pub project: Option<NameOrId>,
+    /// Name or ID of the VPC
+    pub vpc: Option<NameOrId>,
+}
+
+/// `?instance=` (required) and `?project=` (required when the instance is a name, absent
+/// when it is an id): the instance to list interfaces of, or to create an interface on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceSelector {
+    /// Name or ID of the project, only required if `instance` is provided as a `Name`
+    pub project: Option<NameOrId>,
+    /// Name or ID of the instance
+    pub instance: NameOrId,
+}
+
+/// `?instance=` and `?project=`, optional: qualify an interface named in the path (both
+/// absent when the interface is an id; `instance` required when it is a name, `project`
+/// when `instance` is a name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct OptionalInstanceSelector {
+    /// Name or ID of the project, only required if `instance` is provided as a `Name`
+    pub project: Option<NameOrId>,
+    /// Name or ID of the instance
+    pub instance: Option<NameOrId>,
 }
 
 // Projects
@@ -336,7 +401,8 @@ impl InstanceNetworkInterfaceAttachment {
             InstanceNetworkInterfaceAttachment::Create(list) => {
                 if list.len() > MAX_NETWORK_INTERFACES {
                     return Err(format!(
-                        "an instance has at most {MAX_NETWORK_INTERFACES} network interfaces,                          not {}",
+                        "an instance has at most {MAX_NETWORK_INTERFACES} network interfaces, \
+                         not {}",
                         list.len()
                     ));
                 }
@@ -351,12 +417,12 @@ impl InstanceNetworkInterfaceAttachment {
                 }
                 Ok(list.clone())
             }
-            InstanceNetworkInterfaceAttachment::DefaultIpv4 => {
-                Ok(vec![default(PrivateIpStackCreate::V4(PrivateIpv4StackCreate {
+            InstanceNetworkInterfaceAttachment::DefaultIpv4 => Ok(vec![default(
+                PrivateIpStackCreate::V4(PrivateIpv4StackCreate {
                     ip: Ipv4Assignment::Auto,
                     transit_ips: Vec::new(),
-                }))])
-            }
+                }),
+            )]),
             InstanceNetworkInterfaceAttachment::DefaultDualStack => {
                 Ok(vec![default(PrivateIpStackCreate::default())])
             }
@@ -436,9 +502,11 @@ impl PrivateIpStackCreate {
             PrivateIpStackCreate::V4(v4) => (v4, None),
             PrivateIpStackCreate::DualStack { v4, v6 } => (v4, Some(v6)),
             PrivateIpStackCreate::V6(_) => {
-                return Err("IPv6-only network interfaces are not supported: use an ip_config \
+                return Err(
+                    "IPv6-only network interfaces are not supported: use an ip_config \
                             of type v4 or dual_stack"
-                    .to_string());
+                        .to_string(),
+                );
             }
         };
         if !v4.transit_ips.is_empty() || v6.is_some_and(|v6| !v6.transit_ips.is_empty()) {
