@@ -234,7 +234,10 @@ async fn fixture(ctx: &TestContext, users: &Users, name: &str, empty: bool) -> F
         found["id"].as_str().unwrap().to_string()
     };
     let vpc_id = get_id(format!("/v1/vpcs/default?project={name}")).await;
-    let subnet_id = get_id(format!("/v1/vpc-subnets/default?project={name}&vpc=default")).await;
+    let subnet_id = get_id(format!(
+        "/v1/vpc-subnets/default?project={name}&vpc=default"
+    ))
+    .await;
     let nic_id = match &instance_id {
         None => None,
         Some(instance_id) => {
