@@ -590,3 +590,103 @@ async fn sixty_four_racing_interface_creates_fill_a_26_with_exactly_58() {
     assert_eq!(live_in_subnet(), again);
     ctx.assert_quiet_and_consistent().await;
 }
+
+/// A subnet deleted while interfaces are being made in it, round after round: either the
+/// delete wins (204, and every create finds the subnet gone: 404) or the creates it raced do
+/// (the delete is 409 and they are all made); never a live interface in a deleted subnet.
+#[tokio::test]
+async fn a_subnet_delete_racing_interface_creates_leaves_none_in_a_deleted_subnet() {
+    const INSTANCES: usize = 8;
+    const ROUNDS: usize = 7; // an instance holds at most 8 interfaces
+    let ctx = TestContext::new().await;
+    let http = crate::authn_support::http_client(&ctx.token);
+    let base = ctx.external_url();
+    let send = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let http = http.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let mut request = http.request(method, url);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    use reqwest::Method as M;
+    let (status, _) = send(
+        M::POST,
+        "/v1/projects".into(),
+        Some(json!({"name": "p", "description": ""})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    for i in 0..INSTANCES {
+        let (status, body) = send(
+            M::POST,
+            "/v1/instances?project=p".into(),
+            Some(json!({"name": format!("vm{i}"), "description": "",
+                        "hostname": format!("vm{i}"), "ncpus": 1, "memory": 1u64 << 30,
+                        "start": false, "network_interfaces": {"type": "none"}})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (mut delete_won, mut creates_won) = (0, 0);
+    for round in 0..ROUNDS {
+        let (status, body) = send(
+            M::POST,
+            "/v1/vpc-subnets?project=p&vpc=default".into(),
+            Some(json!({"name": format!("s{round}"), "description": "",
+                        "ipv4_block": format!("10.{}.0.0/24", 20 + round)})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let subnet_id = body["id"].as_str().unwrap().to_string();
+        let creates = futures::future::join_all((0..INSTANCES).map(|i| {
+            send(
+                M::POST,
+                format!("/v1/network-interfaces?project=p&instance=vm{i}"),
+                Some(json!({"name": format!("n{round}"), "description": "",
+                            "vpc_name": "default", "subnet_name": format!("s{round}")})),
+            )
+        }));
+        let delete = async {
+            // Let some creates get under way first.
+            tokio::time::sleep(Duration::from_millis(2 * round as u64)).await;
+            send(M::DELETE, format!("/v1/vpc-subnets/{subnet_id}"), None).await
+        };
+        let (creates, (deleted, delete_body)) = futures::join!(creates, delete);
+        let made = creates.iter().filter(|(s, _)| *s == 201).count();
+        let gone = creates.iter().filter(|(s, _)| *s == 404).count();
+        assert_eq!(made + gone, INSTANCES, "{creates:?}");
+        match deleted {
+            204 => {
+                delete_won += 1;
+                assert_eq!(made, 0, "the subnet was deleted, yet: {creates:?}");
+            }
+            409 => {
+                creates_won += 1;
+                assert_eq!(delete_body["error_code"], "Conflict");
+                assert_eq!(gone, 0, "the delete was refused, yet: {creates:?}");
+            }
+            other => panic!("subnet delete answered {other}: {delete_body}"),
+        }
+        assert_eq!(
+            ctx.sql(
+                "SELECT count(*) FROM network_interface n JOIN vpc_subnet s \
+                 ON s.id = n.subnet_id \
+                 WHERE n.time_deleted IS NULL AND s.time_deleted IS NOT NULL"
+            )
+            .trim(),
+            "0",
+            "a live interface in a deleted subnet (round {round})"
+        );
+    }
+    eprintln!("delete won {delete_won} rounds, the creates {creates_won}");
+    ctx.assert_quiet_and_consistent().await;
+}
