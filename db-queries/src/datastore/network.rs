@@ -121,8 +121,9 @@ const LIVE_VMM_STATES: [&str; 7] = [
 ];
 
 impl DataStore {
-    /// Makes a VPC with its `default` subnet (172.30.0.0/22 and the first /64 of its IPv6
-    /// prefix). `ipv6_prefix`: a /48 of `fd00::/8` the user chose; `None`: a random one.
+    /// Makes a VPC, with its `default` subnet (172.30.0.0/22 and the first /64 of its IPv6
+    /// prefix) if `default_subnet`. `ipv6_prefix`: a /48 of `fd00::/8` the user chose;
+    /// `None`: a random one.
     pub async fn vpc_create(
         &self,
         project_id: ProjectUuid,
@@ -130,7 +131,8 @@ impl DataStore {
         description: String,
         dns_name: Name,
         ipv6_prefix: Option<Ipv6Net>,
-    ) -> Result<(Vpc, VpcSubnet), Error> {
+        default_subnet: bool,
+    ) -> Result<(Vpc, Option<VpcSubnet>), Error> {
         halyard_common::validate_description(&description)?;
         if let Some(prefix) = ipv6_prefix {
             validate_vpc_ipv6_prefix(prefix)?;
@@ -141,6 +143,7 @@ impl DataStore {
             description,
             dns_name,
             ipv6_prefix,
+            default_subnet,
         };
         let request = &request;
         self.retry_conflicts(|| async move {
@@ -727,14 +730,16 @@ struct VpcRequest {
     description: String,
     dns_name: Name,
     ipv6_prefix: Option<Ipv6Net>,
+    /// Whether it gets its `default` subnet.
+    default_subnet: bool,
 }
 
-/// Inserts a VPC and its `default` subnet inside the caller's transaction (project create
-/// uses it for the project's `default` VPC), bumping the project's child generation.
+/// Inserts a VPC and (if asked) its `default` subnet inside the caller's transaction (project
+/// create uses it for the project's `default` VPC), bumping the project's child generation.
 async fn vpc_insert_with_default_subnet(
     conn: &mut AsyncPgConnection,
     request: &VpcRequest,
-) -> Result<(Vpc, VpcSubnet), TxnError> {
+) -> Result<(Vpc, Option<VpcSubnet>), TxnError> {
     let new = Vpc::new(
         VpcUuid::new_v4(),
         request.project_id,
@@ -766,6 +771,9 @@ async fn vpc_insert_with_default_subnet(
             _ => TxnError::Database(e),
         })?;
     project_bump_rcgen(conn, request.project_id).await?;
+    if !request.default_subnet {
+        return Ok((inserted, None));
+    }
     let subnet = subnet_insert(
         conn,
         &inserted,
@@ -775,7 +783,7 @@ async fn vpc_insert_with_default_subnet(
         None,
     )
     .await?;
-    Ok((inserted, subnet))
+    Ok((inserted, Some(subnet)))
 }
 
 /// Inserts the `default` VPC (and subnet) of a new project, inside its transaction.
@@ -792,6 +800,7 @@ pub(crate) async fn project_default_vpc_insert(
             description: "Default VPC".to_string(),
             dns_name: default,
             ipv6_prefix: None,
+            default_subnet: true,
         },
     )
     .await?;

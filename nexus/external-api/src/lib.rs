@@ -396,7 +396,8 @@ pub trait NexusExternalApi {
     ) -> Result<HttpResponseOk<ResultsPage<Vpc>>, HttpError>;
 
     /// Create a VPC in a project, with a subnet named `default` (172.30.0.0/22 and the first
-    /// /64 of the VPC's IPv6 prefix). Its VNI is chosen by the system.
+    /// /64 of the VPC's IPv6 prefix) unless `defaults` omits it. Its VNI is chosen by the
+    /// system.
     #[endpoint { method = POST, path = "/v1/vpcs", tags = ["vpcs"] }]
     async fn vpc_create(
         rqctx: RequestContext<Self::Context>,

@@ -577,11 +577,34 @@ pub struct VpcCreate {
     /// The IPv6 prefix for this VPC: a /48 of `fd00::/8`. Absent: a random one.
     #[serde(default)]
     pub ipv6_prefix: Option<halyard_common::net::Ipv6Net>,
-    /// Defaults for the VPC's default subnet (Oxide's `VpcCreateDefaults`; it has no field
-    /// Halyard uses). Accepted and ignored.
+    /// Default resources to create in the VPC. Absent or `null`: all of them (the `default`
+    /// subnet); an object names those to create (`{}`: none, `{"subnet": {}}`: the subnet).
     #[serde(default)]
-    pub defaults: Option<serde_json::Value>,
+    pub defaults: Option<VpcCreateDefaults>,
 }
+
+impl VpcCreate {
+    /// Whether the VPC gets its `default` subnet.
+    pub fn creates_default_subnet(&self) -> bool {
+        self.defaults
+            .as_ref()
+            .is_none_or(|defaults| defaults.subnet.is_some())
+    }
+}
+
+/// Which default resources to create in a new VPC (Oxide's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VpcCreateDefaults {
+    /// Create the default subnet: `{}` to create it; absent or `null` to skip it.
+    #[serde(default)]
+    pub subnet: Option<SubnetCreateDefaults>,
+}
+
+/// How to create a VPC's default subnet (Oxide's: no options yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetCreateDefaults {}
 
 /// Create-time parameters for a `VpcSubnet`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

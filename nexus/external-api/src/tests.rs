@@ -499,3 +499,30 @@ fn sled_pages_go_by_id() {
     assert_eq!(page.direction, PaginationOrder::Ascending);
     assert!(query::<PaginatedById>(&[("sort_by", "name_ascending")]).is_err());
 }
+
+#[test]
+fn vpc_create_defaults_as_oxide_has_them() {
+    use crate::params::VpcCreate;
+    let with = |defaults: Option<serde_json::Value>| {
+        let mut body = json!({ "name": "v", "description": "", "dns_name": "v" });
+        if let Some(defaults) = defaults {
+            body["defaults"] = defaults;
+        }
+        serde_json::from_value::<VpcCreate>(body)
+    };
+    assert!(with(None).unwrap().creates_default_subnet());
+    assert!(with(Some(json!(null))).unwrap().creates_default_subnet());
+    assert!(!with(Some(json!({}))).unwrap().creates_default_subnet());
+    assert!(
+        !with(Some(json!({ "subnet": null })))
+            .unwrap()
+            .creates_default_subnet()
+    );
+    assert!(
+        with(Some(json!({ "subnet": {} })))
+            .unwrap()
+            .creates_default_subnet()
+    );
+    assert!(with(Some(json!({ "router": {} }))).is_err());
+    assert!(with(Some(json!({ "subnet": { "block": "10.0.0.0/8" } }))).is_err());
+}

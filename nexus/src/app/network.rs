@@ -18,12 +18,13 @@ use halyard_nexus_external_api::params::{
 use slog::info;
 
 impl Nexus {
-    /// Makes a VPC in a project, with its `default` subnet.
+    /// Makes a VPC in a project, with its `default` subnet unless `defaults` says otherwise.
     pub async fn vpc_create(
         &self,
         project_id: halyard_common::ids::ProjectUuid,
         params: VpcCreate,
-    ) -> Result<(Vpc, VpcSubnet), Error> {
+    ) -> Result<(Vpc, Option<VpcSubnet>), Error> {
+        let default_subnet = params.creates_default_subnet();
         let (vpc, subnet) = self
             .datastore()
             .vpc_create(
@@ -32,11 +33,12 @@ impl Nexus {
                 params.description,
                 params.dns_name,
                 params.ipv6_prefix,
+                default_subnet,
             )
             .await?;
         info!(self.log(), "VPC created";
             "vpc_id" => %vpc.id(), "project_id" => %project_id, "vni" => %vpc.vni(),
-            "default_subnet_id" => %subnet.id());
+            "default_subnet_id" => ?subnet.as_ref().map(|s| s.id()));
         Ok((vpc, subnet))
     }
 

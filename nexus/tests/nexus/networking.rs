@@ -123,6 +123,46 @@ async fn the_oxide_sdk_manages_vpcs_subnets_and_interfaces() {
         .await
         .unwrap();
     assert_ne!(net.id, default.id);
+    // `defaults: {}` asks for no default subnet; `{"subnet": {}}` for it.
+    for (name, defaults, subnets) in [
+        ("bare", oxide::types::VpcCreateDefaults { subnet: None }, 0),
+        (
+            "full",
+            oxide::types::VpcCreateDefaults {
+                subnet: Some(oxide::types::SubnetCreateDefaults {}),
+            },
+            1,
+        ),
+    ] {
+        client
+            .vpc_create()
+            .project("p")
+            .body_map(|b| {
+                b.name(name)
+                    .description("")
+                    .dns_name(name)
+                    .defaults(defaults)
+            })
+            .send()
+            .await
+            .unwrap();
+        let found: Vec<oxide::types::VpcSubnet> = client
+            .vpc_subnet_list()
+            .project("p")
+            .vpc(name)
+            .stream()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(found.len(), subnets, "{name}");
+        client
+            .vpc_delete()
+            .project("p")
+            .vpc(name)
+            .send()
+            .await
+            .unwrap();
+    }
     let small = client
         .vpc_subnet_create()
         .project("p")
