@@ -19,6 +19,8 @@
 //!   `FOR SHARE` until it commits, and a subnet or VPC delete first marks the subnet deleted
 //!   (waiting for such inserts) and only then counts the subnet's interfaces, so it either
 //!   sees the new interface (409, nothing deleted) or the insert finds the subnet gone (404).
+//! - An instance's interfaces are all in one VPC (400 otherwise), checked under the lock on
+//!   the instance's row.
 //! - Interfaces are added and removed only while their instance has no VMM: the transaction
 //!   locks the instance row (`FOR UPDATE`) and checks its state, and the start saga's claim
 //!   updates the same row, so an interface insert and a claim run one after the other.
@@ -1030,12 +1032,26 @@ async fn nic_insert(
         )
         .into());
     }
-    let slots: Vec<i32> = network_interface::table
+    let existing: Vec<(i32, DbTypedUuid<halyard_common::ids::VpcKind>)> = network_interface::table
         .filter(network_interface::instance_id.eq(DbTypedUuid(new.instance_id)))
         .filter(network_interface::time_deleted.is_null())
-        .select(network_interface::slot)
+        .select((network_interface::slot, network_interface::vpc_id))
         .load(conn)
         .await?;
+    // An instance's interfaces are all in one VPC (as in the system we follow): its guest
+    // sits in one private network.
+    if existing
+        .iter()
+        .any(|(_, vpc_id)| *vpc_id != new.subnet.vpc_id)
+    {
+        return Err(Error::invalid_request(format!(
+            "instance \"{}\" already has network interfaces in another VPC: all of an \
+             instance's interfaces are in one VPC",
+            found.name()
+        ))
+        .into());
+    }
+    let slots: Vec<i32> = existing.into_iter().map(|(slot, _)| slot).collect();
     if slots.len() >= MAX_NICS_PER_INSTANCE {
         return Err(Error::invalid_request(format!(
             "instance \"{}\" already has {MAX_NICS_PER_INSTANCE} network interfaces, the most \

@@ -333,6 +333,27 @@ async fn the_oxide_sdk_manages_vpcs_subnets_and_interfaces() {
     );
     assert_eq!((status, code.as_str()), (409, "Conflict"), "{message}");
     assert!(message.contains("10.2.0.100"), "{message}");
+    // All of an instance's interfaces are in one VPC.
+    let (status, code, message) = sdk_error(
+        client
+            .instance_network_interface_create()
+            .project("p")
+            .instance("vm")
+            .body_map(|b| {
+                b.name("net2")
+                    .description("")
+                    .vpc_name("default")
+                    .subnet_name("default")
+            })
+            .send()
+            .await,
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (400, "InvalidRequest"),
+        "{message}"
+    );
+    assert!(message.contains("another VPC"), "{message}");
     assert_eq!(nic_names(&client, "vm").await, ["net0", "net1"]);
     let viewed = client
         .instance_network_interface_view()
