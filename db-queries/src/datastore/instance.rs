@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use halyard_common::ids::{GenericUuid, InstanceUuid, ProjectUuid};
 use halyard_common::{AutoRestartPolicy, Error, InstanceNexusState, Name, ResourceType};
-use halyard_db_model::schema::instance;
+use halyard_db_model::schema::{instance, network_interface};
 use halyard_db_model::{
     DbByteCount, DbEnum, DbName, DbTypedUuid, Instance, InstanceRuntimeState, NewInstanceParams,
 };
@@ -262,7 +262,7 @@ impl DataStore {
     }
 
     /// Marks an instance destroyed (and frees its name), only if no VMM incarnates it, and
-    /// detaches every disk naming it, in one transaction: the `UPDATE` takes the instance
+    /// detaches every disk naming it and deletes its network interfaces, in one transaction: the `UPDATE` takes the instance
     /// row's lock first, which an attach takes too, so no attach lands between the two (see
     /// `disk_attach.rs`).
     ///
@@ -298,6 +298,14 @@ impl DataStore {
                             ))));
                         }
                         detach_all(conn, id).await?;
+                        // Its network interfaces go with it (their addresses and MACs free
+                        // again): it has no VMM, so no sled holds them.
+                        diesel::update(network_interface::table)
+                            .filter(network_interface::instance_id.eq(DbTypedUuid(id)))
+                            .filter(network_interface::time_deleted.is_null())
+                            .set(network_interface::time_deleted.eq(now))
+                            .execute(conn)
+                            .await?;
                     }
                     Ok::<_, TxnError>(updated)
                 })

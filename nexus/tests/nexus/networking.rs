@@ -498,6 +498,49 @@ async fn the_oxide_sdk_manages_vpcs_subnets_and_interfaces() {
     assert_eq!(names, ["default"]);
     let (status, _, _) = sdk_error(client.vpc_view().vpc(net.id.to_string()).send().await);
     assert_eq!(status, 404);
+
+    // Deleting an instance deletes its interfaces: the default subnet can go afterwards.
+    let last = client
+        .instance_network_interface_create()
+        .project("p")
+        .instance("vm")
+        .body_map(|b| {
+            b.name("last")
+                .description("")
+                .vpc_name("default")
+                .subnet_name("default")
+        })
+        .send()
+        .await
+        .unwrap();
+    client
+        .instance_delete()
+        .project("p")
+        .instance("vm")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, _) = sdk_error(
+        client
+            .instance_network_interface_view()
+            .interface(last.id.to_string())
+            .send()
+            .await,
+    );
+    assert_eq!(status, 404);
+    assert_eq!(
+        ctx.sql("SELECT count(*) FROM network_interface WHERE time_deleted IS NULL")
+            .trim(),
+        "0"
+    );
+    client
+        .vpc_subnet_delete()
+        .project("p")
+        .vpc("default")
+        .subnet("default")
+        .send()
+        .await
+        .unwrap();
     ctx.assert_quiet_and_consistent().await;
 }
 
