@@ -157,6 +157,12 @@ impl DataStore {
                     .execute(conn)
                     .await?;
                 project_default_vpc_insert(conn, created.id()).await?;
+                // As it is now: the VPC's insert bumped its child generation.
+                let created = project::table
+                    .filter(project::id.eq(created.id))
+                    .select(Project::as_select())
+                    .first(conn)
+                    .await?;
                 Ok::<_, TxnError>(created)
             })
             .await
