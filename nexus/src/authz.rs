@@ -384,6 +384,54 @@ mod tests {
     ];
 
     #[test]
+    fn networking_resources_follow_their_projects_roles() {
+        let actor = user(SiloUuid::new_v4());
+        let project = ProjectUuid::new_v4();
+        let lookup = LookupType::ByName("n".into());
+        for resource in [
+            Resource::Vpc(Vpc {
+                project,
+                id: VpcUuid::new_v4(),
+                lookup: lookup.clone(),
+            }),
+            Resource::VpcSubnet(VpcSubnet {
+                project,
+                id: VpcSubnetUuid::new_v4(),
+                lookup: lookup.clone(),
+            }),
+            Resource::NetworkInterface(NetworkInterface {
+                project,
+                id: NetworkInterfaceUuid::new_v4(),
+                lookup: lookup.clone(),
+            }),
+        ] {
+            assert_eq!(resource.project(), Some(project));
+            let viewer = roles(&[], &[ProjectRole::Viewer]);
+            let collaborator = roles(&[], &[ProjectRole::Collaborator]);
+            assert_eq!(
+                decide(&actor, &viewer, &resource, Action::Read),
+                Decision::Allowed
+            );
+            assert_eq!(
+                decide(&actor, &viewer, &resource, Action::Delete),
+                Decision::Forbidden
+            );
+            for action in [Action::CreateChild, Action::Delete] {
+                assert_eq!(
+                    decide(&actor, &collaborator, &resource, action),
+                    Decision::Allowed
+                );
+            }
+            // A stranger gets the resource's own not-found error.
+            let refused = check(&actor, &Roles::default(), &resource, Action::Read).unwrap_err();
+            assert!(
+                matches!(refused, Error::ObjectNotFound { .. }),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
     fn project_roles_nest_and_strangers_see_nothing() {
         let silo = SiloUuid::new_v4();
         let actor = user(silo);
