@@ -40,7 +40,13 @@ impl DataStore {
                         }
                     })?;
                 project_default_vpc_insert(conn, inserted.id()).await?;
-                Ok(inserted)
+                // As it is now: the VPC's insert bumped its child generation.
+                let created = project::table
+                    .filter(project::id.eq(inserted.id))
+                    .select(Project::as_select())
+                    .first(conn)
+                    .await?;
+                Ok(created)
             })
             .await
         })
