@@ -599,8 +599,8 @@ impl DataStore {
             .map_err(TxnError::into_public)
     }
 
-    /// The VPCs an instance has interfaces in (deleted interfaces too, within `include_deleted`
-    /// : a VPC the instance just left still needs its sleds told).
+    /// The VPCs an instance has live interfaces in (the VPCs whose sleds a change of where
+    /// the instance runs concerns).
     pub async fn instance_vpcs(&self, instance_id: InstanceUuid) -> Result<Vec<VpcUuid>, Error> {
         let conn = &mut *self.connection().await?;
         let ids: Vec<DbTypedUuid<halyard_common::ids::VpcKind>> = network_interface::table
@@ -1066,6 +1066,15 @@ async fn nic_insert(
         .await
         .optional()?
     {
+        // A repeat finds its interface; one deleted since (its instance's create unwound, or
+        // a user deleted it) is not made again under the same id.
+        if existing.time_deleted.is_some() {
+            return Err(Error::conflict(format!(
+                "network interface {} was deleted meanwhile",
+                existing.id()
+            ))
+            .into());
+        }
         return Ok(existing);
     }
     let found = lock_instance_for_nics(conn, new.instance_id, allowed).await?;
