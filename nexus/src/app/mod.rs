@@ -38,6 +38,9 @@ pub struct Nexus {
     /// Set when another process registered with this Nexus's id: this one starts no saga and
     /// runs no background task.
     superseded: std::sync::atomic::AtomicBool,
+    /// Changes of where interfaces live whose mapping pushes have not finished (see
+    /// `v2p::PendingPush`).
+    pending_mapping_pushes: Arc<std::sync::atomic::AtomicUsize>,
     /// Which sagas this Nexus owns at which generation, and which it dropped.
     ownership: Arc<halyard_db_queries::SagaOwnership>,
     datastore: DataStore,
@@ -185,6 +188,7 @@ impl Nexus {
             id,
             incarnation: uuid::Uuid::new_v4(),
             superseded: std::sync::atomic::AtomicBool::new(false),
+            pending_mapping_pushes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             ownership,
             datastore,
             sec,

@@ -239,6 +239,7 @@ impl Nexus {
         sled_id: SledUuid,
         why: &'static str,
     ) -> Result<SledSwept, Error> {
+        let _pending = self.mapping_push_pending();
         let mut swept = SledSwept::default();
         for vmm in self.datastore().vmm_list(Some(sled_id), false).await? {
             let was_active = match self.datastore().instance_fetch(vmm.instance_id()).await {

@@ -46,7 +46,32 @@ pub(crate) struct PushScope<'a> {
     pub must_reach: Option<SledUuid>,
 }
 
+/// A change of where interfaces live (a retirement, a migration's completion, a sled's VMMs
+/// failed, a reconciliation) whose mapping pushes have not finished: taken before the change
+/// is written and dropped once its pushes are done, so "nothing pending" means every sled was
+/// told (or its push failed and was logged). Tests wait for it at their quiet points.
+pub(crate) struct PendingPush(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for PendingPush {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl Nexus {
+    /// Marks a mapping push pending until the guard is dropped.
+    pub(crate) fn mapping_push_pending(&self) -> PendingPush {
+        self.pending_mapping_pushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        PendingPush(std::sync::Arc::clone(&self.pending_mapping_pushes))
+    }
+
+    /// How many changes' mapping pushes are still under way (0 at a quiet point).
+    pub fn mapping_pushes_pending(&self) -> usize {
+        self.pending_mapping_pushes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Pushes the mapping set of every VPC the instance has interfaces in (see the module's
     /// documentation). Nothing to do for an instance without interfaces.
     pub(crate) async fn push_instance_mappings(
@@ -115,6 +140,7 @@ impl Nexus {
     /// VPC's set that differs (a sled back from an outage, or restarted, gets its full sets;
     /// one that missed a push gets it). Returns how many sets it pushed.
     pub async fn reconcile_sled_mappings(&self, sled_id: SledUuid) -> Result<usize, Error> {
+        let _pending = self.mapping_push_pending();
         let client = self.sled_client(sled_id).await?;
         let held: BTreeMap<_, _> = client
             .v2p_list()

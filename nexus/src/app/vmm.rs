@@ -84,6 +84,7 @@ impl Nexus {
         &self,
         id: halyard_common::ids::MigrationUuid,
     ) -> Result<(), Error> {
+        let _pending = self.mapping_push_pending();
         let record = self.datastore().migration_fetch(id).await?;
         let (source, target) = (record.source_propolis_id.0, record.target_propolis_id.0);
         let instance_id = record.instance_id.0;
@@ -185,6 +186,7 @@ impl Nexus {
         vmm_id: VmmUuid,
         final_state: halyard_common::VmmState,
     ) -> Result<(), Error> {
+        let _pending = self.mapping_push_pending();
         self.unregister_vmm(sled_id, vmm_id).await?;
         self.datastore.vmm_retire(vmm_id, final_state).await?;
         // No sled keeps a mapping for a guest that is gone (its sled gets the empty set if it

@@ -582,7 +582,9 @@ impl TestContext {
     pub async fn assert_quiet_and_consistent(&self) {
         let mut quiet = false;
         for _ in 0..1000 {
-            quiet = self.sql("SELECT count(*) FROM saga WHERE saga_state != 'done'").trim() == "0"
+            // Every change of where an interface lives has told the sleds.
+            quiet = self.nexus().mapping_pushes_pending() == 0
+                && self.sql("SELECT count(*) FROM saga WHERE saga_state != 'done'").trim() == "0"
                 && self
                     .sql("SELECT count(*) FROM vmm WHERE time_deleted IS NULL AND state IN ('creating','starting','stopping','stopped','rebooting','migrating','destroyed','failed','saga_unwound')")
                     .trim()

@@ -238,25 +238,15 @@ async fn fixture(ctx: &TestContext, users: &Users, name: &str, empty: bool) -> F
         "/v1/vpc-subnets/default?project={name}&vpc=default"
     ))
     .await;
+    // The instance's default interface, which its create made.
     let nic_id = match &instance_id {
         None => None,
-        Some(instance_id) => {
-            let nic: Value = admin
-                .post(format!(
-                    "{}/v1/network-interfaces?instance={instance_id}",
-                    base(ctx)
-                ))
-                .json(&nic_body("net0"))
-                .send()
-                .await
-                .unwrap()
-                .error_for_status()
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            Some(nic["id"].as_str().unwrap().to_string())
-        }
+        Some(instance_id) => Some(
+            get_id(format!(
+                "/v1/network-interfaces/net0?instance={instance_id}"
+            ))
+            .await,
+        ),
     };
     Fixture {
         project: name.to_string(),

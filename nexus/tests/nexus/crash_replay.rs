@@ -383,7 +383,10 @@ impl Cluster {
     /// Waits until nothing is in flight (no unfinished saga, no live VMM mid-transition or
     /// waiting to be retired), then checks every invariant, once.
     async fn quiet_and_consistent(&self) -> Result<(), String> {
-        self.quiet_for_and_consistent(Duration::ZERO).await
+        // Half a second of quiet: a retirement or a migration's completion pushes VPC mappings
+        // to the sleds just after its database write, from a Nexus process this test cannot see.
+        self.quiet_for_and_consistent(Duration::from_millis(500))
+            .await
     }
 
     /// As `quiet_and_consistent`, but the quiet must last `settle` first: a background task

@@ -372,11 +372,17 @@ impl ModelSystem {
         let unfinished = "SELECT count(*) FROM saga WHERE saga_state != 'done'";
         let unsettled =
             "SELECT count(*) FROM vmm WHERE time_deleted IS NULL AND state != 'running'";
-        let quiet = self
-            .eventually("the system to quiesce", || {
-                self.sql(unfinished).trim() == "0" && self.sql(unsettled).trim() == "0"
-            })
-            .await;
+        let is_quiet = || self.sql(unfinished).trim() == "0" && self.sql(unsettled).trim() == "0";
+        let mut quiet = self.eventually("the system to quiesce", is_quiet).await;
+        // Quiet for half a second: a retirement or a migration's completion pushes VPC
+        // mappings to the sleds just after its database write, from the Nexus process.
+        while quiet.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if is_quiet() {
+                break;
+            }
+            quiet = self.eventually("the system to quiesce", is_quiet).await;
+        }
         if let Err(timed_out) = quiet {
             return Err(format!(
                 "{timed_out}:\nunfinished sagas:\n{}\nunsettled VMMs:\n{}\ninstances:\n{}",

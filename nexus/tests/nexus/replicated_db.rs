@@ -519,6 +519,16 @@ async fn lifecycle_load_through_haproxy_survives_losing_the_primary() {
         "every lifecycle ran to its delete"
     );
 
+    // Every change of where an interface lives has told the sleds.
+    for _ in 0..500 {
+        if nexuses
+            .iter()
+            .all(|n| n.nexus().mapping_pushes_pending() == 0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let violations = tokio::task::block_in_place(|| {
         halyard_nexus_test_utils::invariant_violations_in(&cluster, DATABASE, &sleds)
     });
