@@ -193,6 +193,15 @@ async fn assert_vmm_has_disks(ctx: &TestContext, instance: InstanceUuid) -> Vec<
             .await
             .unwrap(),
     );
+    let nics: Vec<_> = ctx
+        .nexus()
+        .datastore()
+        .instance_network_interfaces(instance)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(halyard_nexus::app::sagas::vmm_nic)
+        .collect();
     let body = |disks: Vec<VmmDisk>| VmmRegisterBody {
         instance_id: instance,
         ncpus: u16::try_from(found.ncpus).unwrap(),
@@ -200,7 +209,7 @@ async fn assert_vmm_has_disks(ctx: &TestContext, instance: InstanceUuid) -> Vec<
         hostname: found.hostname.clone(),
         migration_target: None,
         disks,
-        nics: Vec::new(),
+        nics: nics.clone(),
     };
     sled.vmm_register(&vmm, &body(disks.clone()))
         .await

@@ -327,6 +327,18 @@ async fn the_background_task_repairs_degraded_disks_on_its_own() {
             .any(|t| t.name == "region_replacement" && t.runs > 0)
     })
     .await;
+    // ... and for the saga to end (under load, its last step can follow the swap by a while).
+    ctx.eventually(
+        "the replacement saga finished",
+        async |ctx: &TestContext| {
+            ctx.sql(
+                "SELECT count(*) FROM saga WHERE name = 'region-replace' AND saga_state != 'done'",
+            )
+            .trim()
+                == "0"
+        },
+    )
+    .await;
     assert_eq!(
         ctx.sql("SELECT count(*) || ' ' || saga_state FROM saga WHERE name = 'region-replace' GROUP BY saga_state")
             .trim(),

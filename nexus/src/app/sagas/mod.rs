@@ -17,6 +17,7 @@ pub mod retry;
 pub mod snapshot_create;
 pub mod snapshot_delete;
 mod vmm_steps;
+pub use vmm_steps::vmm_nic;
 
 use crate::app::Nexus;
 use halyard_common::Error;

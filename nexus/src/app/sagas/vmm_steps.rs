@@ -138,16 +138,7 @@ pub(super) async fn register(
         .await
         .map_err(action_failed)?
         .into_iter()
-        .map(|(nic, subnet, vpc)| VmmNic {
-            nic_id: nic.id(),
-            name: nic.name().to_string(),
-            mac: nic.mac(),
-            ip: nic.ip(),
-            subnet: subnet.ipv4_block(),
-            vni: vpc.vni(),
-            primary: nic.is_primary,
-            slot: u8::try_from(nic.slot).expect("the slot column's CHECK"),
-        })
+        .map(vmm_nic)
         .collect();
     let body = VmmRegisterBody {
         instance_id,
@@ -168,6 +159,26 @@ pub(super) async fn register(
         .await
         .map_err(|e| action_failed(sled_agent_error(e)))?;
     Ok(())
+}
+
+/// A network interface as its VMM gets it (with its subnet's block and its VPC's VNI).
+pub fn vmm_nic(
+    (nic, subnet, vpc): (
+        halyard_db_model::NetworkInterface,
+        halyard_db_model::VpcSubnet,
+        halyard_db_model::Vpc,
+    ),
+) -> VmmNic {
+    VmmNic {
+        nic_id: nic.id(),
+        name: nic.name().to_string(),
+        mac: nic.mac(),
+        ip: nic.ip(),
+        subnet: subnet.ipv4_block(),
+        vni: vpc.vni(),
+        primary: nic.is_primary,
+        slot: u8::try_from(nic.slot).expect("the slot column's CHECK"),
+    }
 }
 
 /// An attached disk as its VMM gets it: its replicas' NBD exports, those whose sled agent has
