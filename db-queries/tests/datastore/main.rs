@@ -6,6 +6,7 @@ mod disks;
 mod identity;
 mod instance_transitions;
 mod instances;
+mod network;
 mod operator;
 mod projects;
 mod reservations;
