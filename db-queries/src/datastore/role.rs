@@ -3,6 +3,7 @@
 //! These queries store and read roles; what a role allows is decided in Nexus (`authz`).
 
 use super::DataStore;
+use super::network::project_default_vpc_insert;
 use crate::error::{TxnError, is_unique_violation, public_error_from_diesel};
 use crate::pagination::{PaginatedBy, paginate};
 use diesel::prelude::*;
@@ -125,33 +126,42 @@ impl DataStore {
         admin: UserUuid,
     ) -> Result<Project, Error> {
         halyard_common::validate_description(&new.description)?;
-        let conn = &mut *self.connection().await?;
-        let name = new.name().to_string();
-        conn.transaction(async |conn| {
-            let created = diesel::insert_into(project::table)
-                .values(&new)
-                .returning(Project::as_returning())
-                .get_result(conn)
-                .await?;
-            diesel::insert_into(role_assignment::table)
-                .values(&user_role(
-                    RESOURCE_TYPE_PROJECT,
-                    created.id().into_untyped_uuid(),
-                    admin,
-                    "admin",
-                ))
-                .execute(conn)
-                .await?;
-            Ok::<_, TxnError>(created)
+        let new = &new;
+        // The project, its admin and its default VPC (with its default subnet) in one
+        // transaction, as `project_create` makes them.
+        self.retry_conflicts(|| async move {
+            let conn = &mut *self.connection().await?;
+            conn.transaction(async |conn| {
+                let created = diesel::insert_into(project::table)
+                    .values(new)
+                    .returning(Project::as_returning())
+                    .get_result(conn)
+                    .await
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            TxnError::Public(Error::ObjectAlreadyExists {
+                                type_name: ResourceType::Project,
+                                name: new.name().to_string(),
+                            })
+                        } else {
+                            TxnError::Database(e)
+                        }
+                    })?;
+                diesel::insert_into(role_assignment::table)
+                    .values(&user_role(
+                        RESOURCE_TYPE_PROJECT,
+                        created.id().into_untyped_uuid(),
+                        admin,
+                        "admin",
+                    ))
+                    .execute(conn)
+                    .await?;
+                project_default_vpc_insert(conn, created.id()).await?;
+                Ok::<_, TxnError>(created)
+            })
+            .await
         })
         .await
-        .map_err(|e| match e {
-            TxnError::Database(e) if is_unique_violation(&e) => Error::ObjectAlreadyExists {
-                type_name: ResourceType::Project,
-                name,
-            },
-            e => e.into_public(),
-        })
     }
 
     /// One page of the live projects on which `user` holds any role (all live projects when
