@@ -4,6 +4,7 @@
 
 use super::DataStore;
 use super::network::project_default_vpc_insert;
+use super::project::project_reread;
 use crate::error::{TxnError, is_unique_violation, public_error_from_diesel};
 use crate::pagination::{PaginatedBy, paginate};
 use diesel::prelude::*;
@@ -157,7 +158,7 @@ impl DataStore {
                     .execute(conn)
                     .await?;
                 project_default_vpc_insert(conn, created.id()).await?;
-                Ok::<_, TxnError>(created)
+                project_reread(conn, created.id()).await
             })
             .await
         })

@@ -227,6 +227,14 @@ async fn every_project_gets_a_default_vpc_and_subnet_however_it_is_created() {
         )
         .await
         .unwrap();
+    // What a create returns is the project as committed (its VPC's insert bumped its rcgen).
+    for project in [&plain, &administered] {
+        let fetched = ds
+            .project_fetch(&NameOrId::Id(project.id().into_untyped_uuid()))
+            .await
+            .unwrap();
+        assert_eq!(&fetched, project);
+    }
     let default: NameOrId = NameOrId::Name("default".parse().unwrap());
     let mut vnis = Vec::new();
     for project in [&plain, &administered] {
