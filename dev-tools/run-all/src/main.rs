@@ -273,7 +273,7 @@ async fn run(
         sleds.push(halyard_sled_agent::Server::start(&config, log).await?);
     }
     // The network joining the QEMU sleds' virtual switches (VXLAN between them). Without it
-    // (making a bridge needs root) each QEMU sled's guests reach only that sled's guests.
+    // (making a bridge needs root) QEMU guests reach no other sled's guests.
     let underlay = match args.qemu_sleds {
         0 => Err("no QEMU sled".to_string()),
         _ => Underlay::create().map_err(|e| e.to_string()),
