@@ -89,6 +89,22 @@ const SIM_DELAYS: SimConfig = SimConfig {
     migration_phase_delay_ms: 10,
 };
 
+/// Network namespaces removed when dropped: a QEMU sled agent removes its own at `close`, but
+/// one dropped without it (a test that ends without [`TestContext::close`]) leaves it behind.
+struct SledNamespaces(Vec<String>);
+
+impl Drop for SledNamespaces {
+    fn drop(&mut self) {
+        for namespace in &self.0 {
+            // Already gone after a close: nothing to do.
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", namespace])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// QEMU sleds (TCG here) booting the guest image (built first if this machine has none yet),
 /// each under a fresh state directory.
 async fn qemu_kind() -> SledKind {
@@ -117,6 +133,8 @@ pub struct TestContext {
     /// The underlay the QEMU sleds are joined by ([`TestContext::with_qemu_underlay`]);
     /// declared after `sleds`, so it is dropped (with the namespaces linked to it) after them.
     underlay: Option<Underlay>,
+    /// The QEMU sleds' network namespaces, removed when the context is dropped.
+    _namespaces: SledNamespaces,
     /// Nexus's internal API port, when reserved ([`TestContext::with_stoppable_nexus`]): once
     /// Nexus is stopped, no other test's server may take it and receive this test's sled
     /// agents' calls.
@@ -275,6 +293,13 @@ impl TestContext {
             nexus: Arc::clone(server.nexus()),
             nexus_url: format!("https://{}", server.internal_address()),
             server: Some(server),
+            _namespaces: SledNamespaces(match kind {
+                SledKind::Qemu(_) => sleds
+                    .iter()
+                    .map(|sled| halyard_sled_agent::qemu_namespace_name(sled.agent().id()))
+                    .collect(),
+                SledKind::Sim(_) => Vec::new(),
+            }),
             sleds,
             underlay,
             _nexus_internal_port: nexus_internal_port,

@@ -160,10 +160,9 @@ async fn hostname_at(ctx: &TestContext, project: &str, from: &str, ip: Ipv4Addr)
     line_after(&output, "NAME-").to_string()
 }
 
-/// The links in sled `i`'s network namespace (the sled agent's naming: `hl-` and the first
-/// 8 hex digits of its id), as `ip -n <namespace> link` lists them.
+/// The links in sled `i`'s network namespace, as `ip -n <namespace> link` lists them.
 fn links(ctx: &TestContext, i: usize) -> Vec<String> {
-    let namespace = format!("hl-{}", &ctx.sled_id(i).to_string()[..8]);
+    let namespace = halyard_sled_agent::qemu_namespace_name(ctx.sled_id(i));
     let output = std::process::Command::new("ip")
         .args(["-n", &namespace, "-br", "link"])
         .output()
