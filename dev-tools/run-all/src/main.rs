@@ -2,7 +2,7 @@
 //!
 //! Starts PostgreSQL (data under `.halyard-dev/` in the current directory, kept across runs;
 //! `--fresh` wipes it), creates or upgrades the schema, starts Nexus, several simulated sled
-//! agents and a QEMU sled agent (real VMs, booting the guest image `dev-tools/guest-image.sh`
+//! agents and QEMU sled agents (real VMs, booting the guest image `dev-tools/guest-image.sh`
 //! builds) in this process, waits until every sled has registered, prints where everything
 //! is, and on Ctrl-C (or SIGTERM) stops it all, PostgreSQL and QEMU included.
 //!
