@@ -217,7 +217,9 @@ impl TestContext {
     /// [`TestContext::with_qemu`] on a fresh `test-db` [`Underlay`]: each sled agent's
     /// `[qemu.underlay]` names its bridge and the next address on it, so guests in one VPC
     /// reach each other across sleds (once Nexus pushed the VPC's mappings). The underlay is
-    /// removed with the context.
+    /// removed with the context. The sled agents register every 10 s (as run-all's), not every
+    /// second: a registration reconciles the sled's mappings, which would hide a push Nexus
+    /// failed to make for 10 s at most rather than 1.
     pub async fn with_qemu_underlay(count: usize) -> TestContext {
         let underlay = Underlay::create().expect("making the underlay bridge (needs root)");
         TestContext::start_with(
@@ -273,7 +275,9 @@ impl TestContext {
                 backend: kind.backend(),
                 hardware_threads: SLED_THREADS,
                 physical_ram: ByteCount::from_gibibytes_u32(SLED_RAM_GIB),
-                registration_interval_ms: 1000,
+                // On an underlay, as run-all's: each registration also reconciles the sled's
+                // mappings, and once a second would hide whether Nexus pushed them itself.
+                registration_interval_ms: if underlay.is_some() { 10_000 } else { 1000 },
                 sim: kind.sim(),
                 qemu,
                 storage: halyard_sled_agent::StorageConfig {

@@ -254,9 +254,11 @@ async fn instances_reach_each_other_across_sleds_through_a_migration_until_stopp
     bravo_vmms.push(target);
     let migrated = migration_began.elapsed();
     let (third_id, alpha_sled_id) = (ctx.sled_id(third), ctx.sled_id(alpha_sled));
-    ctx.wait_for_mappings(
+    ctx.eventually_within(
+        PATIENCE,
         "bravo's address mapped to the third sled on the sleds hosting the VPC",
-        |held| {
+        async |ctx| {
+            let held = ctx.held_mappings().await;
             let bravo: Vec<_> = held
                 .iter()
                 .filter(|m| m.mapping.virtual_ip == std::net::IpAddr::V4(bravo_ip))
