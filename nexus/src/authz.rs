@@ -2,7 +2,9 @@
 //!
 //! Resources form a tree: the [`Fleet`] (its sleds, `/v1/system/*`), a [`Silo`] (its users
 //! create projects in it), a [`Project`] in the silo, an [`Instance`] in a project, and a
-//! project's policy ([`ProjectPolicy`], its role assignments). Roles are held on the fleet
+//! project's policy ([`ProjectPolicy`], its role assignments); a project's VPCs ([`Vpc`]),
+//! their subnets ([`VpcSubnet`]) and its instances' interfaces ([`NetworkInterface`]) are
+//! governed by the project's roles, as its instances are. Roles are held on the fleet
 //! ([`FleetRole`]) or on a project ([`ProjectRole`]) and are inherited downwards: a fleet
 //! admin may do everything anywhere, a fleet viewer may read everything, and a project's
 //! roles apply to the project's instances and policy.
@@ -25,7 +27,10 @@
 
 use crate::authn::Actor;
 use halyard_common::Error;
-use halyard_common::ids::{DiskUuid, InstanceUuid, ProjectUuid, SiloUuid, SnapshotUuid};
+use halyard_common::ids::{
+    DiskUuid, InstanceUuid, NetworkInterfaceUuid, ProjectUuid, SiloUuid, SnapshotUuid,
+    VpcSubnetUuid, VpcUuid,
+};
 use halyard_common::{LookupType, ResourceType};
 use std::collections::BTreeSet;
 
@@ -153,6 +158,30 @@ pub struct Snapshot {
     pub lookup: LookupType,
 }
 
+/// A VPC, with its project (whose roles apply to it, as to an instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vpc {
+    pub project: ProjectUuid,
+    pub id: VpcUuid,
+    pub lookup: LookupType,
+}
+
+/// A VPC subnet, with its VPC's project (whose roles apply to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpcSubnet {
+    pub project: ProjectUuid,
+    pub id: VpcSubnetUuid,
+    pub lookup: LookupType,
+}
+
+/// An instance's network interface, with the instance's project (whose roles apply to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInterface {
+    pub project: ProjectUuid,
+    pub id: NetworkInterfaceUuid,
+    pub lookup: LookupType,
+}
+
 /// A project's policy: its role assignments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectPolicy {
@@ -168,6 +197,9 @@ pub enum Resource {
     Instance(Instance),
     Disk(Disk),
     Snapshot(Snapshot),
+    Vpc(Vpc),
+    VpcSubnet(VpcSubnet),
+    NetworkInterface(NetworkInterface),
     ProjectPolicy(ProjectPolicy),
 }
 
@@ -180,6 +212,9 @@ impl Resource {
             Resource::Instance(i) => Some(i.project),
             Resource::Disk(d) => Some(d.project),
             Resource::Snapshot(s) => Some(s.project),
+            Resource::Vpc(v) => Some(v.project),
+            Resource::VpcSubnet(s) => Some(s.project),
+            Resource::NetworkInterface(n) => Some(n.project),
             Resource::ProjectPolicy(p) => Some(p.project.id),
         }
     }
@@ -194,6 +229,9 @@ impl Resource {
             Resource::Instance(i) => (ResourceType::Instance, i.lookup.clone()),
             Resource::Disk(d) => (ResourceType::Disk, d.lookup.clone()),
             Resource::Snapshot(s) => (ResourceType::Snapshot, s.lookup.clone()),
+            Resource::Vpc(v) => (ResourceType::Vpc, v.lookup.clone()),
+            Resource::VpcSubnet(s) => (ResourceType::VpcSubnet, s.lookup.clone()),
+            Resource::NetworkInterface(n) => (ResourceType::NetworkInterface, n.lookup.clone()),
             // Never hidden: see `decide`.
             Resource::Fleet(_) | Resource::Silo(_) => {
                 return Error::internal("the fleet and silos are never hidden");
@@ -274,6 +312,9 @@ pub fn decide(actor: &Actor, roles: &Roles, resource: &Resource, action: Action)
         | Resource::Instance(_)
         | Resource::Disk(_)
         | Resource::Snapshot(_)
+        | Resource::Vpc(_)
+        | Resource::VpcSubnet(_)
+        | Resource::NetworkInterface(_)
         | Resource::ProjectPolicy(_) => {
             let may = |action| {
                 (fleet_viewer
@@ -341,6 +382,54 @@ mod tests {
         Action::ReadPolicy,
         Action::ModifyPolicy,
     ];
+
+    #[test]
+    fn networking_resources_follow_their_projects_roles() {
+        let actor = user(SiloUuid::new_v4());
+        let project = ProjectUuid::new_v4();
+        let lookup = LookupType::ByName("n".into());
+        for resource in [
+            Resource::Vpc(Vpc {
+                project,
+                id: VpcUuid::new_v4(),
+                lookup: lookup.clone(),
+            }),
+            Resource::VpcSubnet(VpcSubnet {
+                project,
+                id: VpcSubnetUuid::new_v4(),
+                lookup: lookup.clone(),
+            }),
+            Resource::NetworkInterface(NetworkInterface {
+                project,
+                id: NetworkInterfaceUuid::new_v4(),
+                lookup: lookup.clone(),
+            }),
+        ] {
+            assert_eq!(resource.project(), Some(project));
+            let viewer = roles(&[], &[ProjectRole::Viewer]);
+            let collaborator = roles(&[], &[ProjectRole::Collaborator]);
+            assert_eq!(
+                decide(&actor, &viewer, &resource, Action::Read),
+                Decision::Allowed
+            );
+            assert_eq!(
+                decide(&actor, &viewer, &resource, Action::Delete),
+                Decision::Forbidden
+            );
+            for action in [Action::CreateChild, Action::Delete] {
+                assert_eq!(
+                    decide(&actor, &collaborator, &resource, action),
+                    Decision::Allowed
+                );
+            }
+            // A stranger gets the resource's own not-found error.
+            let refused = check(&actor, &Roles::default(), &resource, Action::Read).unwrap_err();
+            assert!(
+                matches!(refused, Error::ObjectNotFound { .. }),
+                "{refused:?}"
+            );
+        }
+    }
 
     #[test]
     fn project_roles_nest_and_strangers_see_nothing() {

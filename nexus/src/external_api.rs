@@ -26,11 +26,17 @@ use halyard_nexus_external_api::params::{
     InstanceSerialConsoleStreamRequest, InstanceUpdate, OptionalProjectSelector, ProjectCreate,
     ProjectPath, ProjectSelector, SnapshotCreate, SnapshotPath,
 };
+use halyard_nexus_external_api::params::{
+    InstanceNetworkInterfaceCreate, InstanceSelector, NetworkInterfacePath,
+    OptionalInstanceSelector, OptionalVpcSelector, SubnetPath, VpcCreate, VpcPath, VpcSelector,
+    VpcSubnetCreate,
+};
 use halyard_nexus_external_api::views::{
     Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Disk, DiskState, DiskType,
-    IdentityType, Instance, InstanceSerialConsoleData, Migration, Ping, PingStatus, Project,
-    ProjectRole, ProjectRolePolicy, ProjectRoleRoleAssignment, Sled, SledPolicy,
-    SledProvisionPolicy, SledState, Snapshot, SnapshotState,
+    IdentityType, Instance, InstanceNetworkInterface, InstanceSerialConsoleData, Migration, Ping,
+    PingStatus, PrivateIpStack, PrivateIpv4Stack, PrivateIpv6Stack, Project, ProjectRole,
+    ProjectRolePolicy, ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
+    Snapshot, SnapshotState, Vpc, VpcSubnet,
 };
 use std::sync::Arc;
 
@@ -191,6 +197,67 @@ fn snapshot_view(snapshot: halyard_db_model::Snapshot) -> Snapshot {
             Stored::Faulted => SnapshotState::Faulted,
             Stored::Destroyed => SnapshotState::Destroyed,
         },
+    }
+}
+
+fn vpc_view(vpc: halyard_db_model::Vpc) -> Vpc {
+    Vpc {
+        id: vpc.id(),
+        name: vpc.name().clone(),
+        description: vpc.description.clone(),
+        time_created: vpc.time_created,
+        time_modified: vpc.time_modified,
+        project_id: vpc.project_id(),
+        dns_name: vpc.dns_name.0.clone(),
+        ipv6_prefix: vpc.ipv6_prefix(),
+        // Halyard has no routers: the VPC's own id stands for its implicit system router
+        // (stable, and naming no other VPC's).
+        system_router_id: vpc.id().into_untyped_uuid(),
+    }
+}
+
+fn vpc_subnet_view(subnet: halyard_db_model::VpcSubnet) -> VpcSubnet {
+    VpcSubnet {
+        id: subnet.id(),
+        name: subnet.name().clone(),
+        description: subnet.description.clone(),
+        time_created: subnet.time_created,
+        time_modified: subnet.time_modified,
+        vpc_id: subnet.vpc_id(),
+        ipv4_block: subnet.ipv4_block(),
+        ipv6_block: subnet.ipv6_block(),
+        custom_router_id: None,
+    }
+}
+
+/// An interface's view: `v4` when it has no IPv6 address, else `dual_stack`.
+fn network_interface_view(nic: halyard_db_model::NetworkInterface) -> InstanceNetworkInterface {
+    let v4 = PrivateIpv4Stack {
+        ip: nic.ip(),
+        transit_ips: Vec::new(),
+    };
+    let ip_stack = match nic.ipv6() {
+        None => PrivateIpStack::V4(v4),
+        Some(ip) => PrivateIpStack::DualStack {
+            v4,
+            v6: PrivateIpv6Stack {
+                ip,
+                transit_ips: Vec::new(),
+            },
+        },
+    };
+    InstanceNetworkInterface {
+        id: nic.id(),
+        name: nic.name().clone(),
+        description: nic.description.clone(),
+        time_created: nic.time_created,
+        time_modified: nic.time_modified,
+        instance_id: nic.instance_id(),
+        vpc_id: nic.vpc_id(),
+        subnet_id: nic.subnet_id(),
+        mac: nic.mac(),
+        ip_stack,
+        primary: nic.is_primary,
     }
 }
 
@@ -1041,6 +1108,284 @@ impl NexusExternalApi for NexusExternalImpl {
             let nexus = rqctx.context();
             let snapshot = lookup_snapshot(nexus, &opctx, query, path, Action::Delete).await?;
             for_request(rqctx, nexus.snapshot_delete(&snapshot)).await?;
+            Ok(HttpResponseDeleted())
+        })
+        .await
+    }
+
+    async fn vpc_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<ProjectSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<Vpc>>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let query = query.into_inner();
+            let limit = rqctx.page_limit(&query)?;
+            let scan = scan_params(&query);
+            let page = paginated_by(name_or_id_pagination(&query, limit)?);
+            let nexus = rqctx.context();
+            let project = nexus
+                .project_lookup_authorized(&opctx, &scan.selector.project, Action::ListChildren)
+                .await?;
+            let vpcs = nexus.datastore().vpc_list(project.id(), &page).await?;
+            let views = vpcs.into_iter().map(vpc_view).collect();
+            Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
+        })
+        .await
+    }
+
+    async fn vpc_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<ProjectSelector>,
+        body: TypedBody<VpcCreate>,
+    ) -> Result<HttpResponseCreated<Vpc>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let project = nexus
+                .project_lookup_authorized(&opctx, &query.into_inner().project, Action::CreateChild)
+                .await?;
+            let (vpc, _subnet) = nexus.vpc_create(project.id(), body.into_inner()).await?;
+            Ok(HttpResponseCreated(vpc_view(vpc)))
+        })
+        .await
+    }
+
+    async fn vpc_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<VpcPath>,
+    ) -> Result<HttpResponseOk<Vpc>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let vpc = nexus
+                .vpc_lookup_authorized(
+                    &opctx,
+                    query.into_inner().project.as_ref(),
+                    &path.into_inner().vpc,
+                    Action::Read,
+                )
+                .await?;
+            Ok(HttpResponseOk(vpc_view(vpc)))
+        })
+        .await
+    }
+
+    async fn vpc_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<VpcPath>,
+    ) -> Result<HttpResponseDeleted, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let vpc = nexus
+                .vpc_lookup_authorized(
+                    &opctx,
+                    query.into_inner().project.as_ref(),
+                    &path.into_inner().vpc,
+                    Action::Delete,
+                )
+                .await?;
+            nexus.vpc_delete(&vpc).await?;
+            Ok(HttpResponseDeleted())
+        })
+        .await
+    }
+
+    async fn vpc_subnet_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<VpcSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<VpcSubnet>>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let query = query.into_inner();
+            let limit = rqctx.page_limit(&query)?;
+            let scan = scan_params(&query);
+            let page = paginated_by(name_or_id_pagination(&query, limit)?);
+            let nexus = rqctx.context();
+            let vpc = nexus
+                .vpc_lookup_authorized(
+                    &opctx,
+                    scan.selector.project.as_ref(),
+                    &scan.selector.vpc,
+                    Action::ListChildren,
+                )
+                .await?;
+            let subnets = nexus.datastore().vpc_subnet_list(vpc.id(), &page).await?;
+            let views = subnets.into_iter().map(vpc_subnet_view).collect();
+            Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
+        })
+        .await
+    }
+
+    async fn vpc_subnet_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<VpcSelector>,
+        body: TypedBody<VpcSubnetCreate>,
+    ) -> Result<HttpResponseCreated<VpcSubnet>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let selector = query.into_inner();
+            let vpc = nexus
+                .vpc_lookup_authorized(
+                    &opctx,
+                    selector.project.as_ref(),
+                    &selector.vpc,
+                    Action::CreateChild,
+                )
+                .await?;
+            let subnet = nexus.vpc_subnet_create(&vpc, body.into_inner()).await?;
+            Ok(HttpResponseCreated(vpc_subnet_view(subnet)))
+        })
+        .await
+    }
+
+    async fn vpc_subnet_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalVpcSelector>,
+        path: Path<SubnetPath>,
+    ) -> Result<HttpResponseOk<VpcSubnet>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let selector = query.into_inner();
+            let (subnet, _vpc) = nexus
+                .vpc_subnet_lookup_authorized(
+                    &opctx,
+                    selector.project.as_ref(),
+                    selector.vpc.as_ref(),
+                    &path.into_inner().subnet,
+                    Action::Read,
+                )
+                .await?;
+            Ok(HttpResponseOk(vpc_subnet_view(subnet)))
+        })
+        .await
+    }
+
+    async fn vpc_subnet_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalVpcSelector>,
+        path: Path<SubnetPath>,
+    ) -> Result<HttpResponseDeleted, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let selector = query.into_inner();
+            let (subnet, _vpc) = nexus
+                .vpc_subnet_lookup_authorized(
+                    &opctx,
+                    selector.project.as_ref(),
+                    selector.vpc.as_ref(),
+                    &path.into_inner().subnet,
+                    Action::Delete,
+                )
+                .await?;
+            nexus.vpc_subnet_delete(&subnet).await?;
+            Ok(HttpResponseDeleted())
+        })
+        .await
+    }
+
+    async fn instance_network_interface_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<InstanceSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<InstanceNetworkInterface>>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let query = query.into_inner();
+            let limit = rqctx.page_limit(&query)?;
+            let scan = scan_params(&query);
+            let page = paginated_by(name_or_id_pagination(&query, limit)?);
+            let nexus = rqctx.context();
+            let instance = nexus
+                .instance_lookup_authorized(
+                    &opctx,
+                    scan.selector.project.as_ref(),
+                    &scan.selector.instance,
+                    Action::ListChildren,
+                )
+                .await?;
+            let nics = nexus
+                .datastore()
+                .network_interface_list(instance.instance.id(), &page)
+                .await?;
+            let views = nics.into_iter().map(network_interface_view).collect();
+            Ok(HttpResponseOk(results_page_by_name_or_id(views, scan)?))
+        })
+        .await
+    }
+
+    async fn instance_network_interface_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<InstanceSelector>,
+        body: TypedBody<InstanceNetworkInterfaceCreate>,
+    ) -> Result<HttpResponseCreated<InstanceNetworkInterface>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let selector = query.into_inner();
+            let instance = nexus
+                .instance_lookup_authorized(
+                    &opctx,
+                    selector.project.as_ref(),
+                    &selector.instance,
+                    Action::CreateChild,
+                )
+                .await?;
+            let nic = nexus
+                .network_interface_create(&instance.instance, body.into_inner())
+                .await?;
+            Ok(HttpResponseCreated(network_interface_view(nic)))
+        })
+        .await
+    }
+
+    async fn instance_network_interface_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalInstanceSelector>,
+        path: Path<NetworkInterfacePath>,
+    ) -> Result<HttpResponseOk<InstanceNetworkInterface>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let selector = query.into_inner();
+            let nic = nexus
+                .network_interface_lookup_authorized(
+                    &opctx,
+                    selector.project.as_ref(),
+                    selector.instance.as_ref(),
+                    &path.into_inner().interface,
+                    Action::Read,
+                )
+                .await?;
+            Ok(HttpResponseOk(network_interface_view(nic)))
+        })
+        .await
+    }
+
+    async fn instance_network_interface_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalInstanceSelector>,
+        path: Path<NetworkInterfacePath>,
+    ) -> Result<HttpResponseDeleted, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let selector = query.into_inner();
+            let nic = nexus
+                .network_interface_lookup_authorized(
+                    &opctx,
+                    selector.project.as_ref(),
+                    selector.instance.as_ref(),
+                    &path.into_inner().interface,
+                    Action::Delete,
+                )
+                .await?;
+            nexus.network_interface_delete(&nic).await?;
             Ok(HttpResponseDeleted())
         })
         .await

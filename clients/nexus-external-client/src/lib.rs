@@ -22,9 +22,12 @@ progenitor::generate_api!(
         MigrationUuid = halyard_common::ids::MigrationUuid,
         Name = halyard_common::Name,
         NameOrId = halyard_common::NameOrId,
+        NetworkInterfaceUuid = halyard_common::ids::NetworkInterfaceUuid,
         ProjectUuid = halyard_common::ids::ProjectUuid,
         SledUuid = halyard_common::ids::SledUuid,
         SnapshotUuid = halyard_common::ids::SnapshotUuid,
         VmmUuid = halyard_common::ids::VmmUuid,
+        VpcSubnetUuid = halyard_common::ids::VpcSubnetUuid,
+        VpcUuid = halyard_common::ids::VpcUuid,
     }
 );

@@ -262,7 +262,7 @@ impl DataStore {
     }
 
     /// Marks an instance destroyed (and frees its name), only if no VMM incarnates it, and
-    /// detaches every disk naming it, in one transaction: the `UPDATE` takes the instance
+    /// detaches every disk naming it and deletes its network interfaces, in one transaction: the `UPDATE` takes the instance
     /// row's lock first, which an attach takes too, so no attach lands between the two (see
     /// `disk_attach.rs`).
     ///

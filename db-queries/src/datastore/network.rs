@@ -15,6 +15,12 @@
 //!   against the live interfaces of the subnet. Two racing inserts that picked the same
 //!   address meet at the unique index `network_interface_ip_in_subnet`; the loser's
 //!   transaction runs again and picks another. No row: the subnet is full (409).
+//! - An interface is inserted only into a live subnet: the insert holds the subnet's row
+//!   `FOR SHARE` until it commits, and a subnet or VPC delete first marks the subnet deleted
+//!   (waiting for such inserts) and only then counts the subnet's interfaces, so it either
+//!   sees the new interface (409, nothing deleted) or the insert finds the subnet gone (404).
+//! - An instance's interfaces are all in one VPC (400 otherwise), checked under the lock on
+//!   the instance's row.
 //! - Interfaces are added and removed only while their instance has no VMM: the transaction
 //!   locks the instance row (`FOR UPDATE`) and checks its state, and the start saga's claim
 //!   updates the same row, so an interface insert and a claim run one after the other.
@@ -117,8 +123,9 @@ const LIVE_VMM_STATES: [&str; 7] = [
 ];
 
 impl DataStore {
-    /// Makes a VPC with its `default` subnet (172.30.0.0/22 and the first /64 of its IPv6
-    /// prefix). `ipv6_prefix`: a /48 of `fd00::/8` the user chose; `None`: a random one.
+    /// Makes a VPC, with its `default` subnet (172.30.0.0/22 and the first /64 of its IPv6
+    /// prefix) if `default_subnet`. `ipv6_prefix`: a /48 of `fd00::/8` the user chose;
+    /// `None`: a random one.
     pub async fn vpc_create(
         &self,
         project_id: ProjectUuid,
@@ -126,7 +133,8 @@ impl DataStore {
         description: String,
         dns_name: Name,
         ipv6_prefix: Option<Ipv6Net>,
-    ) -> Result<(Vpc, VpcSubnet), Error> {
+        default_subnet: bool,
+    ) -> Result<(Vpc, Option<VpcSubnet>), Error> {
         halyard_common::validate_description(&description)?;
         if let Some(prefix) = ipv6_prefix {
             validate_vpc_ipv6_prefix(prefix)?;
@@ -137,6 +145,7 @@ impl DataStore {
             description,
             dns_name,
             ipv6_prefix,
+            default_subnet,
         };
         let request = &request;
         self.retry_conflicts(|| async move {
@@ -221,14 +230,17 @@ impl DataStore {
             let conn = &mut *self.connection().await?;
             conn.transaction(async |conn| {
                 lock_vpc(conn, id).await?;
-                refuse_if_interfaces(conn, network_interface::vpc_id.eq(DbTypedUuid(id)), "VPC")
-                    .await?;
+                // Subnets first: the update locks their rows, so it waits for an interface
+                // insert holding one (`FOR SHARE`, see `nic_insert`), and the count below, a
+                // later statement, sees what that insert committed. Refusing rolls it back.
                 let now = Utc::now();
                 diesel::update(vpc_subnet::table)
                     .filter(vpc_subnet::vpc_id.eq(DbTypedUuid(id)))
                     .filter(vpc_subnet::time_deleted.is_null())
                     .set(vpc_subnet::time_deleted.eq(now))
                     .execute(conn)
+                    .await?;
+                refuse_if_interfaces(conn, network_interface::vpc_id.eq(DbTypedUuid(id)), "VPC")
                     .await?;
                 diesel::update(vpc::table)
                     .filter(vpc::id.eq(DbTypedUuid(id)))
@@ -339,13 +351,15 @@ impl DataStore {
             let conn = &mut *self.connection().await?;
             conn.transaction(async |conn| {
                 lock_vpc(conn, subnet.vpc_id()).await?;
-                refuse_if_interfaces(conn, network_interface::subnet_id.eq(subnet.id), "subnet")
-                    .await?;
+                // The update first, as in `vpc_delete`: it waits for an interface insert
+                // holding the subnet's row, and the count then sees that interface.
                 diesel::update(vpc_subnet::table)
                     .filter(vpc_subnet::id.eq(subnet.id))
                     .filter(vpc_subnet::time_deleted.is_null())
                     .set(vpc_subnet::time_deleted.eq(Utc::now()))
                     .execute(conn)
+                    .await?;
+                refuse_if_interfaces(conn, network_interface::subnet_id.eq(subnet.id), "subnet")
                     .await?;
                 Ok(())
             })
@@ -585,8 +599,8 @@ impl DataStore {
             .map_err(TxnError::into_public)
     }
 
-    /// The VPCs an instance has interfaces in (deleted interfaces too, within `include_deleted`
-    /// : a VPC the instance just left still needs its sleds told).
+    /// The VPCs an instance has live interfaces in (the VPCs whose sleds a change of where
+    /// the instance runs concerns).
     pub async fn instance_vpcs(&self, instance_id: InstanceUuid) -> Result<Vec<VpcUuid>, Error> {
         let conn = &mut *self.connection().await?;
         let ids: Vec<DbTypedUuid<halyard_common::ids::VpcKind>> = network_interface::table
@@ -631,6 +645,51 @@ impl DataStore {
             .await
             .optional()
             .map_err(public_error_from_diesel)
+    }
+
+    /// Every live VPC's hosted interfaces, by VNI, as the database has them now, without
+    /// taking a mapping generation (for operators and checks, which compare them with what
+    /// the sleds hold).
+    pub async fn v2p_current_all(&self) -> Result<Vec<(Vni, HostedInterface)>, Error> {
+        let conn = &mut *self.connection().await?;
+        let rows: Vec<(i64, NetworkInterface, halyard_db_model::Sled)> = network_interface::table
+            .inner_join(instance::table)
+            .inner_join(vmm::table.on(instance::active_propolis_id.eq(vmm::id.nullable())))
+            .inner_join(sled::table.on(sled::id.eq(vmm::sled_id)))
+            .inner_join(vpc::table)
+            .filter(vpc::time_deleted.is_null())
+            .filter(network_interface::time_deleted.is_null())
+            .filter(instance::time_deleted.is_null())
+            .filter(vmm::time_deleted.is_null())
+            .filter(vmm::state.eq_any(LIVE_VMM_STATES))
+            .order((vpc::vni.asc(), network_interface::ip.asc()))
+            .select((
+                vpc::vni,
+                NetworkInterface::as_select(),
+                halyard_db_model::Sled::as_select(),
+            ))
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(rows
+            .into_iter()
+            .map(|(vni, nic, sled)| {
+                let vni = u32::try_from(vni)
+                    .ok()
+                    .and_then(|vni| Vni::try_from(vni).ok())
+                    .expect("the vni column's CHECK");
+                (
+                    vni,
+                    HostedInterface {
+                        nic_id: nic.id(),
+                        ip: nic.ip(),
+                        mac: nic.mac(),
+                        sled_id: sled.id(),
+                        underlay_ip: sled.underlay_address(),
+                    },
+                )
+            })
+            .collect())
     }
 
     /// Reads a VPC's mapping set for the sleds, taking the next mapping generation (see the
@@ -728,14 +787,16 @@ struct VpcRequest {
     description: String,
     dns_name: Name,
     ipv6_prefix: Option<Ipv6Net>,
+    /// Whether it gets its `default` subnet.
+    default_subnet: bool,
 }
 
-/// Inserts a VPC and its `default` subnet inside the caller's transaction (project create
-/// uses it for the project's `default` VPC), bumping the project's child generation.
+/// Inserts a VPC and (if asked) its `default` subnet inside the caller's transaction (project
+/// create uses it for the project's `default` VPC), bumping the project's child generation.
 async fn vpc_insert_with_default_subnet(
     conn: &mut AsyncPgConnection,
     request: &VpcRequest,
-) -> Result<(Vpc, VpcSubnet), TxnError> {
+) -> Result<(Vpc, Option<VpcSubnet>), TxnError> {
     let new = Vpc::new(
         VpcUuid::new_v4(),
         request.project_id,
@@ -767,6 +828,9 @@ async fn vpc_insert_with_default_subnet(
             _ => TxnError::Database(e),
         })?;
     project_bump_rcgen(conn, request.project_id).await?;
+    if !request.default_subnet {
+        return Ok((inserted, None));
+    }
     let subnet = subnet_insert(
         conn,
         &inserted,
@@ -776,7 +840,7 @@ async fn vpc_insert_with_default_subnet(
         None,
     )
     .await?;
-    Ok((inserted, subnet))
+    Ok((inserted, Some(subnet)))
 }
 
 /// Inserts the `default` VPC (and subnet) of a new project, inside its transaction.
@@ -793,6 +857,7 @@ pub(crate) async fn project_default_vpc_insert(
             description: "Default VPC".to_string(),
             dns_name: default,
             ipv6_prefix: None,
+            default_subnet: true,
         },
     )
     .await?;
@@ -1001,15 +1066,56 @@ async fn nic_insert(
         .await
         .optional()?
     {
+        // A repeat finds its interface; one deleted since (its instance's create unwound, or
+        // a user deleted it) is not made again under the same id.
+        if existing.time_deleted.is_some() {
+            return Err(Error::conflict(format!(
+                "network interface {} was deleted meanwhile",
+                existing.id()
+            ))
+            .into());
+        }
         return Ok(existing);
     }
     let found = lock_instance_for_nics(conn, new.instance_id, allowed).await?;
-    let slots: Vec<i32> = network_interface::table
+    // The subnet must still be live, and stays so until this transaction ends: `FOR SHARE`
+    // conflicts with the update by which a subnet or VPC delete marks it, which then waits
+    // and counts this interface (or, if it committed first, this finds no row).
+    let live_subnet: Option<DbTypedUuid<halyard_common::ids::VpcSubnetKind>> = vpc_subnet::table
+        .filter(vpc_subnet::id.eq(new.subnet.id))
+        .filter(vpc_subnet::time_deleted.is_null())
+        .select(vpc_subnet::id)
+        .for_share()
+        .first(conn)
+        .await
+        .optional()?;
+    if live_subnet.is_none() {
+        return Err(Error::not_found_by_id(
+            ResourceType::VpcSubnet,
+            new.subnet.id().into_untyped_uuid(),
+        )
+        .into());
+    }
+    let existing: Vec<(i32, DbTypedUuid<halyard_common::ids::VpcKind>)> = network_interface::table
         .filter(network_interface::instance_id.eq(DbTypedUuid(new.instance_id)))
         .filter(network_interface::time_deleted.is_null())
-        .select(network_interface::slot)
+        .select((network_interface::slot, network_interface::vpc_id))
         .load(conn)
         .await?;
+    // An instance's interfaces are all in one VPC (as in the system we follow): its guest
+    // sits in one private network.
+    if existing
+        .iter()
+        .any(|(_, vpc_id)| *vpc_id != new.subnet.vpc_id)
+    {
+        return Err(Error::invalid_request(format!(
+            "instance \"{}\" already has network interfaces in another VPC: all of an \
+             instance's interfaces are in one VPC",
+            found.name()
+        ))
+        .into());
+    }
+    let slots: Vec<i32> = existing.into_iter().map(|(slot, _)| slot).collect();
     if slots.len() >= MAX_NICS_PER_INSTANCE {
         return Err(Error::invalid_request(format!(
             "instance \"{}\" already has {MAX_NICS_PER_INSTANCE} network interfaces, the most \

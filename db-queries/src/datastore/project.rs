@@ -40,7 +40,13 @@ impl DataStore {
                         }
                     })?;
                 project_default_vpc_insert(conn, inserted.id()).await?;
-                project_reread(conn, inserted.id()).await
+                // As it is now: the VPC's insert bumped its child generation.
+                let created = project::table
+                    .filter(project::id.eq(inserted.id))
+                    .select(Project::as_select())
+                    .first(conn)
+                    .await?;
+                Ok(created)
             })
             .await
         })
@@ -203,17 +209,4 @@ pub(crate) async fn project_bump_rcgen(
         return Err(Error::not_found_by_id(ResourceType::Project, id.into_untyped_uuid()).into());
     }
     Ok(())
-}
-
-/// The project's row as it stands in the caller's transaction: what a create returns once the
-/// default VPC's insert bumped its `rcgen`.
-pub(crate) async fn project_reread(
-    conn: &mut AsyncPgConnection,
-    id: ProjectUuid,
-) -> Result<Project, TxnError> {
-    Ok(project::table
-        .filter(project::id.eq(DbTypedUuid(id)))
-        .select(Project::as_select())
-        .get_result(conn)
-        .await?)
 }

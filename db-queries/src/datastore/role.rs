@@ -4,7 +4,6 @@
 
 use super::DataStore;
 use super::network::project_default_vpc_insert;
-use super::project::project_reread;
 use crate::error::{TxnError, is_unique_violation, public_error_from_diesel};
 use crate::pagination::{PaginatedBy, paginate};
 use diesel::prelude::*;
@@ -129,7 +128,7 @@ impl DataStore {
         halyard_common::validate_description(&new.description)?;
         let new = &new;
         // The project, its admin and its default VPC (with its default subnet) in one
-        // transaction, as `project_create` makes them.
+        // transaction, run again on a serialization conflict (a VNI taken meanwhile).
         self.retry_conflicts(|| async move {
             let conn = &mut *self.connection().await?;
             conn.transaction(async |conn| {
@@ -158,7 +157,13 @@ impl DataStore {
                     .execute(conn)
                     .await?;
                 project_default_vpc_insert(conn, created.id()).await?;
-                project_reread(conn, created.id()).await
+                // As it is now: the VPC's insert bumped its child generation.
+                let created = project::table
+                    .filter(project::id.eq(created.id))
+                    .select(Project::as_select())
+                    .first(conn)
+                    .await?;
+                Ok::<_, TxnError>(created)
             })
             .await
         })

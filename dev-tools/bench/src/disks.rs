@@ -2,7 +2,7 @@
 //! second without a disk and with one new disk each, measured side by side in the same run
 //! (see the crate docs).
 
-use crate::system::{Driven, Figures, Load, PROJECT, System, round};
+use crate::system::{Extras, Figures, PROJECT, System, lifecycle_window, round};
 use anyhow::bail;
 use clap::Parser;
 use halyard_common::{BlockSize, ByteCount, Name, NameOrId};
@@ -117,9 +117,24 @@ pub async fn run(args: DisksArgs) -> anyhow::Result<()> {
     let lifecycles = if args.lifecycle_secs > 0 {
         let poll = Duration::from_millis(args.poll_ms);
         let window = Duration::from_secs(args.lifecycle_secs);
-        let without = lifecycle_window(&system, args.clients, "n", poll, window, None).await?;
-        let with =
-            lifecycle_window(&system, args.clients, "w", poll, window, Some(disk_size)).await?;
+        // Both windows without a network interface, so the disk is the only difference.
+        let bare = Extras {
+            disk: None,
+            nic: false,
+        };
+        let without = lifecycle_window(&system, args.clients, "n", poll, window, bare).await?;
+        let with = lifecycle_window(
+            &system,
+            args.clients,
+            "w",
+            poll,
+            window,
+            Extras {
+                disk: Some(disk_size),
+                ..bare
+            },
+        )
+        .await?;
         Some((without, with))
     } else {
         None
@@ -195,57 +210,4 @@ pub async fn run(args: DisksArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// One lifecycle window's result.
-struct LifecycleRate {
-    rate: f64,
-    whole: Figures,
-    errors: Vec<String>,
-}
-
-impl LifecycleRate {
-    fn line(&self, what: &str) -> String {
-        format!(
-            "  {what:20} {:.1} lifecycles/s, {} error(s); {}",
-            self.rate,
-            self.errors.len(),
-            self.whole.line("whole lifecycle").trim()
-        )
-    }
-
-    fn json(&self) -> serde_json::Value {
-        json!({
-            "lifecycles_per_s": round(self.rate),
-            "whole_lifecycle": self.whole.json(),
-            "errors": self.errors.len(),
-            "first_errors": self.errors.iter().take(5).collect::<Vec<_>>(),
-        })
-    }
-}
-
-/// Runs `clients` lifecycle clients (instances named `<prefix><c>-<n>`, each with a new disk
-/// of `disk` bytes if given) for a 2 s warm-up and then `window`, and measures the lifecycles
-/// that finished inside the window.
-async fn lifecycle_window(
-    system: &System,
-    clients: u32,
-    prefix: &str,
-    poll: Duration,
-    window: Duration,
-    disk: Option<ByteCount>,
-) -> anyhow::Result<LifecycleRate> {
-    let load = Load::start_with_disks(&system.client, clients, prefix, poll, disk);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let from = Instant::now();
-    tokio::time::sleep(window).await;
-    let to = Instant::now();
-    let Driven {
-        measured, errors, ..
-    } = load.finish(from, to).await?;
-    Ok(LifecycleRate {
-        rate: measured.len() as f64 / (to - from).as_secs_f64(),
-        whole: Figures::of(measured.iter().map(|l| l.total)),
-        errors,
-    })
 }

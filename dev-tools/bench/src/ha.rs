@@ -62,6 +62,8 @@ fn nexus_config(
     Ok(halyard_nexus::Config {
         // Off (an hour): the benchmark measures the lifecycles it drives, nothing else.
         instance_reincarnation_interval_ms: 3_600_000,
+        // Sagas and retirements push mappings themselves; a periodic pass would only add load.
+        v2p_reconciliation_interval_ms: 3_600_000,
         ..halyard_nexus::Config::new(
             NexusUuid::new_v4(),
             url.to_string(),

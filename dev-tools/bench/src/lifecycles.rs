@@ -1,7 +1,9 @@
 //! `halyard-bench lifecycles`: instance lifecycles per second against the database's own
 //! commit rate (see the crate docs).
 
-use crate::system::{DATABASE, Driven, Figures, Lifecycle, Load, System, round};
+use crate::system::{
+    DATABASE, Driven, Extras, Figures, Lifecycle, Load, System, lifecycle_window, round,
+};
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use serde_json::json;
@@ -35,6 +37,11 @@ pub struct LifecyclesArgs {
     /// time (0: off).
     #[arg(long, default_value_t = 0)]
     pub profile: usize,
+    /// Measured time of each of two more windows, side by side after the main one: instances
+    /// without a network interface, then with the default one (as in the main window). 0:
+    /// skip the comparison.
+    #[arg(long, default_value_t = 10)]
+    pub nic_window_secs: u64,
     /// Print the results as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -135,6 +142,24 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
         total_lifecycles,
     } = load.finish(window_start, window_end).await?;
     let window = window_end - window_start;
+
+    // Instances without and with a network interface, side by side (each window starts from
+    // an idle system: the main window's clients have finished).
+    let nic_comparison = if args.nic_window_secs > 0 {
+        let window = Duration::from_secs(args.nic_window_secs);
+        let poll = Duration::from_millis(args.poll_ms);
+        let without = Extras {
+            disk: None,
+            nic: false,
+        };
+        let with = Extras::default();
+        Some((
+            lifecycle_window(&system, args.clients, "n", poll, window, without).await?,
+            lifecycle_window(&system, args.clients, "i", poll, window, with).await?,
+        ))
+    } else {
+        None
+    };
 
     let violations = system.violations()?;
 
@@ -262,6 +287,12 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
             "first_errors": errors.iter().take(5).collect::<Vec<_>>(),
             "violations": violations,
             "goals": goals.iter().map(|(k, ok)| (k.to_string(), json!(ok))).collect::<serde_json::Map<_, _>>(),
+            "nic_comparison": nic_comparison.as_ref().map(|(without, with)| json!({
+                "window_s": args.nic_window_secs,
+                "without_nic": without.json(),
+                "with_one_nic": with.json(),
+                "rate_ratio_with_to_without": round(with.rate / without.rate.max(f64::MIN_POSITIVE)),
+            })),
             "statements": statements.as_deref().map(|s| s.lines().collect::<Vec<_>>()),
             "saga_steps": saga_steps.as_deref().map(|s| s.lines().collect::<Vec<_>>()),
         });
@@ -326,6 +357,19 @@ pub async fn run(args: LifecyclesArgs) -> anyhow::Result<()> {
         ratio * 100.0,
         write_ratio * 100.0
     );
+    if let Some((without, with)) = &nic_comparison {
+        println!(
+            "instance lifecycles without and with a network interface, {} clients, {} s each, \
+             side by side:",
+            args.clients, args.nic_window_secs
+        );
+        println!("{}", without.line("without a NIC"));
+        println!("{}", with.line("with one NIC"));
+        println!(
+            "  with/without lifecycle rate: {:.2}",
+            with.rate / without.rate.max(f64::MIN_POSITIVE)
+        );
+    }
     if let Some(statements) = &statements {
         print_statements(statements, n as f64);
     }

@@ -6,7 +6,9 @@ use anyhow::{Context, bail};
 use halyard_common::ids::{GenericUuid, InstanceUuid, NexusUuid, SledUuid};
 use halyard_common::{ByteCount, InstanceState, SledBackend};
 use halyard_nexus_external_client::Client;
-use halyard_nexus_external_client::types::{DiskBackend, DiskSource, InstanceDiskAttachment};
+use halyard_nexus_external_client::types::{
+    DiskBackend, DiskSource, InstanceDiskAttachment, InstanceNetworkInterfaceAttachment,
+};
 use halyard_test_db::PrivateCluster;
 use serde_json::json;
 use std::sync::Arc;
@@ -59,6 +61,8 @@ impl System {
             &halyard_nexus::Config {
                 // Off (an hour): the benchmark measures the lifecycles it drives, nothing else.
                 instance_reincarnation_interval_ms: 3_600_000,
+                // Sagas and retirements push mappings themselves; a periodic pass would only add load.
+                v2p_reconciliation_interval_ms: 3_600_000,
                 ..halyard_nexus::Config::new(
                     NexusUuid::new_v4(),
                     url,
@@ -335,19 +339,19 @@ pub struct Driven {
 }
 
 impl Load {
-    /// Starts `clients` clients; client `c` names its instances `<prefix><c>-<n>`.
+    /// Starts `clients` clients; client `c` names its instances `<prefix><c>-<n>`. Each
+    /// instance has the default network interface (what a user's instance gets).
     pub fn start(client: &Client, clients: u32, prefix: &str, poll: Duration) -> Load {
-        Load::start_with_disks(client, clients, prefix, poll, None)
+        Load::start_with(client, clients, prefix, poll, Extras::default())
     }
 
-    /// [`Load::start`] whose instances are each created with a new blank disk of `disk`
-    /// bytes (deleted with the instance), if given.
-    pub fn start_with_disks(
+    /// [`Load::start`] whose instances are created with `extras`.
+    pub fn start_with(
         client: &Client,
         clients: u32,
         prefix: &str,
         poll: Duration,
-        disk: Option<ByteCount>,
+        extras: Extras,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..clients)
@@ -361,7 +365,7 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
                         let name = format!("{prefix}{n}");
-                        match lifecycle(&client, &name, poll, disk).await {
+                        match lifecycle(&client, &name, poll, extras).await {
                             Ok(lifecycle) => record.lifecycles.push((Instant::now(), lifecycle)),
                             Err(e) => {
                                 record.errors.push(format!("{e:#}"));
@@ -436,6 +440,79 @@ pub struct Lifecycle {
     pub polls: u32,
 }
 
+/// What each benchmark instance is created with besides its size.
+#[derive(Debug, Clone, Copy)]
+pub struct Extras {
+    /// A new blank disk of this many bytes (deleted with the instance).
+    pub disk: Option<ByteCount>,
+    /// The default network interface (in the project's default VPC and subnet); `false`:
+    /// none.
+    pub nic: bool,
+}
+
+impl Default for Extras {
+    /// What a user's instance gets when it asks for nothing: one interface, no disk.
+    fn default() -> Extras {
+        Extras {
+            disk: None,
+            nic: true,
+        }
+    }
+}
+
+/// One lifecycle window's result.
+pub struct LifecycleRate {
+    pub rate: f64,
+    pub whole: Figures,
+    pub errors: Vec<String>,
+}
+
+impl LifecycleRate {
+    pub fn line(&self, what: &str) -> String {
+        format!(
+            "  {what:20} {:.1} lifecycles/s, {} error(s); {}",
+            self.rate,
+            self.errors.len(),
+            self.whole.line("whole lifecycle").trim()
+        )
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "lifecycles_per_s": round(self.rate),
+            "whole_lifecycle": self.whole.json(),
+            "errors": self.errors.len(),
+            "first_errors": self.errors.iter().take(5).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Runs `clients` lifecycle clients (instances named `<prefix><c>-<n>`, created with
+/// `extras`) for a 2 s warm-up and then `window`, and measures the lifecycles that finished
+/// inside the window.
+pub async fn lifecycle_window(
+    system: &System,
+    clients: u32,
+    prefix: &str,
+    poll: Duration,
+    window: Duration,
+    extras: Extras,
+) -> anyhow::Result<LifecycleRate> {
+    let load = Load::start_with(&system.client, clients, prefix, poll, extras);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let from = Instant::now();
+    tokio::time::sleep(window).await;
+    let to = Instant::now();
+    let Driven {
+        measured, errors, ..
+    } = load.finish(from, to).await?;
+    Ok(LifecycleRate {
+        rate: measured.len() as f64 / (to - from).as_secs_f64(),
+        whole: Figures::of(measured.iter().map(|l| l.total)),
+        errors,
+    })
+}
+
 /// A client of `nexus`'s external API that acts as the benchmark's own user (with a token
 /// made for it now), as every caller must.
 pub async fn authenticated_client(nexus: &halyard_nexus::Server) -> anyhow::Result<Client> {
@@ -467,15 +544,21 @@ pub async fn authenticated_client_at(
 /// running, stop, wait until stopped, delete. Waiting is polling the instance's view every
 /// `poll` (what a user's script does).
 ///
-/// With `disk`, the instance is created with a new blank disk of that many bytes (which its
-/// delete deletes).
+/// The instance is created with `extras`: a new blank disk (which its delete deletes), and
+/// the default network interface or none.
 pub async fn lifecycle(
     client: &Client,
     name: &str,
     poll: Duration,
-    disk: Option<ByteCount>,
+    extras: Extras,
 ) -> anyhow::Result<Lifecycle> {
-    let disks: Vec<InstanceDiskAttachment> = disk
+    let network_interfaces = if extras.nic {
+        InstanceNetworkInterfaceAttachment::DefaultDualStack
+    } else {
+        InstanceNetworkInterfaceAttachment::None
+    };
+    let disks: Vec<InstanceDiskAttachment> = extras
+        .disk
         .into_iter()
         .map(|size| InstanceDiskAttachment::Create {
             name: format!("{name}-disk").parse().expect("a valid name"),
@@ -497,6 +580,7 @@ pub async fn lifecycle(
                 .ncpus(1u16)
                 .memory(ByteCount::from_mebibytes_u32(INSTANCE_MEMORY_MIB))
                 .disks(disks)
+                .network_interfaces(network_interfaces)
                 .start(false)
         })
         .send()

@@ -7,7 +7,8 @@
 //! names are Oxide's, so the `oxide` crate (0.19) works against a Halyard Nexus unmodified.
 //!
 //! - [`params`]: request bodies and selectors (`ProjectCreate`, `InstanceCreate`, ...).
-//! - [`views`]: what the API returns (`Project`, `Instance`, `Sled`).
+//! - [`views`]: what the API returns (`Project`, `Instance`, `Sled`, `Vpc`, `VpcSubnet`,
+//!   `InstanceNetworkInterface`, ...).
 //! - [`pagination`]: Oxide's list parameters (`limit`, `page_token`, `sort_by`) on dropshot's
 //!   pagination, and the helpers handlers use to read a page request and build a page.
 
@@ -23,13 +24,15 @@ use dropshot::{
 use pagination::{PaginatedById, PaginatedByNameOrId};
 use params::{
     DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
-    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
-    InstanceSerialConsoleStreamRequest, InstanceUpdate, OptionalProjectSelector, ProjectCreate,
-    ProjectPath, ProjectSelector, SnapshotCreate, SnapshotPath,
+    InstanceCreate, InstanceMigrate, InstanceNetworkInterfaceCreate, InstancePath,
+    InstanceSelector, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
+    InstanceUpdate, NetworkInterfacePath, OptionalInstanceSelector, OptionalProjectSelector,
+    OptionalVpcSelector, ProjectCreate, ProjectPath, ProjectSelector, SnapshotCreate, SnapshotPath,
+    SubnetPath, VpcCreate, VpcPath, VpcSelector, VpcSubnetCreate,
 };
 use views::{
-    CurrentUser, Disk, Instance, InstanceSerialConsoleData, Migration, Ping, Project,
-    ProjectRolePolicy, Sled, Snapshot,
+    CurrentUser, Disk, Instance, InstanceNetworkInterface, InstanceSerialConsoleData, Migration,
+    Ping, Project, ProjectRolePolicy, Sled, Snapshot, Vpc, VpcSubnet,
 };
 
 #[dropshot::api_description]
@@ -380,6 +383,128 @@ pub trait NexusExternalApi {
         rqctx: RequestContext<Self::Context>,
         query: Query<OptionalProjectSelector>,
         path: Path<SnapshotPath>,
+    ) -> Result<HttpResponseDeleted, HttpError>;
+
+    // VPCs
+
+    /// List the VPCs of a project. `project` is required on the first page (later pages
+    /// carry it in `page_token`). Every project has a VPC named `default`.
+    #[endpoint { method = GET, path = "/v1/vpcs", tags = ["vpcs"] }]
+    async fn vpc_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<ProjectSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<Vpc>>, HttpError>;
+
+    /// Create a VPC in a project, with a subnet named `default` (172.30.0.0/22 and the first
+    /// /64 of the VPC's IPv6 prefix) unless `defaults` omits it. Its VNI is chosen by the
+    /// system.
+    #[endpoint { method = POST, path = "/v1/vpcs", tags = ["vpcs"] }]
+    async fn vpc_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<ProjectSelector>,
+        body: TypedBody<VpcCreate>,
+    ) -> Result<HttpResponseCreated<Vpc>, HttpError>;
+
+    /// Fetch a VPC. `project` is required when `{vpc}` is a name and must be absent when it
+    /// is an id.
+    #[endpoint { method = GET, path = "/v1/vpcs/{vpc}", tags = ["vpcs"] }]
+    async fn vpc_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<VpcPath>,
+    ) -> Result<HttpResponseOk<Vpc>, HttpError>;
+
+    /// Delete a VPC and its subnets. Refused with 409 while any network interface is in it.
+    /// `project` as for `vpc_view`.
+    #[endpoint { method = DELETE, path = "/v1/vpcs/{vpc}", tags = ["vpcs"] }]
+    async fn vpc_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<VpcPath>,
+    ) -> Result<HttpResponseDeleted, HttpError>;
+
+    // VPC subnets
+
+    /// List the subnets of a VPC. `vpc` is required on the first page, and `project` when
+    /// `vpc` is a name (later pages carry them in `page_token`).
+    #[endpoint { method = GET, path = "/v1/vpc-subnets", tags = ["vpcs"] }]
+    async fn vpc_subnet_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<VpcSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<VpcSubnet>>, HttpError>;
+
+    /// Create a subnet in a VPC: a private IPv4 block (RFC 1918, a /8 to a /26) that
+    /// overlaps no other subnet of the VPC, and a /64 of the VPC's IPv6 prefix. The first
+    /// five addresses of the IPv4 block and its last are reserved. `custom_router` is not
+    /// supported (400).
+    #[endpoint { method = POST, path = "/v1/vpc-subnets", tags = ["vpcs"] }]
+    async fn vpc_subnet_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<VpcSelector>,
+        body: TypedBody<VpcSubnetCreate>,
+    ) -> Result<HttpResponseCreated<VpcSubnet>, HttpError>;
+
+    /// Fetch a subnet. When `{subnet}` is a name, `vpc` is required (and `project` when `vpc`
+    /// is a name); when it is an id, neither may be given.
+    #[endpoint { method = GET, path = "/v1/vpc-subnets/{subnet}", tags = ["vpcs"] }]
+    async fn vpc_subnet_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalVpcSelector>,
+        path: Path<SubnetPath>,
+    ) -> Result<HttpResponseOk<VpcSubnet>, HttpError>;
+
+    /// Delete a subnet. Refused with 409 while any network interface is in it. Selectors as
+    /// for `vpc_subnet_view`.
+    #[endpoint { method = DELETE, path = "/v1/vpc-subnets/{subnet}", tags = ["vpcs"] }]
+    async fn vpc_subnet_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalVpcSelector>,
+        path: Path<SubnetPath>,
+    ) -> Result<HttpResponseDeleted, HttpError>;
+
+    // Network interfaces
+
+    /// List the network interfaces of an instance. `instance` is required on the first page,
+    /// and `project` when `instance` is a name (later pages carry them in `page_token`).
+    #[endpoint { method = GET, path = "/v1/network-interfaces", tags = ["instances"] }]
+    async fn instance_network_interface_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<PaginatedByNameOrId<InstanceSelector>>,
+    ) -> Result<HttpResponseOk<ResultsPage<InstanceNetworkInterface>>, HttpError>;
+
+    /// Create a network interface on an instance, in a subnet of a VPC of the instance's
+    /// project. Only while the instance is stopped (409 otherwise). Its MAC and IPv4 address
+    /// are chosen by the system unless an explicit IPv4 address is given; a full subnet or
+    /// a taken address is 409. An instance has at most 8 interfaces; its first is its
+    /// primary.
+    #[endpoint { method = POST, path = "/v1/network-interfaces", tags = ["instances"] }]
+    async fn instance_network_interface_create(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<InstanceSelector>,
+        body: TypedBody<InstanceNetworkInterfaceCreate>,
+    ) -> Result<HttpResponseCreated<InstanceNetworkInterface>, HttpError>;
+
+    /// Fetch a network interface. When `{interface}` is a name, `instance` is required (and
+    /// `project` when `instance` is a name); when it is an id, neither may be given.
+    #[endpoint { method = GET, path = "/v1/network-interfaces/{interface}", tags = ["instances"] }]
+    async fn instance_network_interface_view(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalInstanceSelector>,
+        path: Path<NetworkInterfacePath>,
+    ) -> Result<HttpResponseOk<InstanceNetworkInterface>, HttpError>;
+
+    /// Delete a network interface (its address and MAC are free again). Only while the
+    /// instance is stopped (409 otherwise); the primary interface only when it is the last
+    /// (400 otherwise). Selectors as for `instance_network_interface_view`.
+    #[endpoint {
+        method = DELETE,
+        path = "/v1/network-interfaces/{interface}",
+        tags = ["instances"],
+    }]
+    async fn instance_network_interface_delete(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalInstanceSelector>,
+        path: Path<NetworkInterfacePath>,
     ) -> Result<HttpResponseDeleted, HttpError>;
 
     // System status

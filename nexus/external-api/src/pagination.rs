@@ -34,7 +34,9 @@
 //! }
 //! ```
 
-use crate::views::{Disk, Instance, Project, Sled, Snapshot};
+use crate::views::{
+    Disk, Instance, InstanceNetworkInterface, Project, Sled, Snapshot, Vpc, VpcSubnet,
+};
 use dropshot::{HttpError, PaginationOrder, PaginationParams, ResultsPage, WhichPage};
 use halyard_common::ids::GenericUuid;
 use halyard_common::{Name, NameOrId};
@@ -335,6 +337,42 @@ impl PageItemId for Snapshot {
 }
 
 impl PageItemName for Snapshot {
+    fn page_name(&self) -> &Name {
+        &self.name
+    }
+}
+
+impl PageItemId for Vpc {
+    fn page_id(&self) -> Uuid {
+        self.id.into_untyped_uuid()
+    }
+}
+
+impl PageItemName for Vpc {
+    fn page_name(&self) -> &Name {
+        &self.name
+    }
+}
+
+impl PageItemId for VpcSubnet {
+    fn page_id(&self) -> Uuid {
+        self.id.into_untyped_uuid()
+    }
+}
+
+impl PageItemName for VpcSubnet {
+    fn page_name(&self) -> &Name {
+        &self.name
+    }
+}
+
+impl PageItemId for InstanceNetworkInterface {
+    fn page_id(&self) -> Uuid {
+        self.id.into_untyped_uuid()
+    }
+}
+
+impl PageItemName for InstanceNetworkInterface {
     fn page_name(&self) -> &Name {
         &self.name
     }

@@ -45,6 +45,30 @@ pub struct SnapshotPath {
     pub snapshot: NameOrId,
 }
 
+/// `{vpc}`: a VPC, by name (then `?project=` is required) or id (then `?project=` must be
+/// absent).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VpcPath {
+    /// Name or ID of the VPC
+    pub vpc: NameOrId,
+}
+
+/// `{subnet}`: a VPC subnet, by name (then `?vpc=` is required, and `?project=` when the VPC
+/// is a name) or id (then neither may be given).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct SubnetPath {
+    /// Name or ID of the subnet
+    pub subnet: NameOrId,
+}
+
+/// `{interface}`: a network interface, by name (then `?instance=` is required, and
+/// `?project=` when the instance is a name) or id (then neither may be given).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct NetworkInterfacePath {
+    /// Name or ID of the network interface
+    pub interface: NameOrId,
+}
+
 // Query selectors
 
 /// `?project=`, required: the project to list instances of, or to create an instance in.
@@ -63,6 +87,47 @@ pub struct ProjectSelector {
 pub struct OptionalProjectSelector {
     /// Name or ID of the project, only required if `instance` is provided as a `Name`
     pub project: Option<NameOrId>,
+}
+
+/// `?vpc=` (required) and `?project=` (required when the VPC is a name, absent when it is an
+/// id): the VPC to list subnets of, or to create a subnet in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct VpcSelector {
+    /// Name or ID of the project, only required if `vpc` is provided as a `Name`
+    pub project: Option<NameOrId>,
+    /// Name or ID of the VPC
+    pub vpc: NameOrId,
+}
+
+/// `?vpc=` and `?project=`, optional: qualify a subnet named in the path (both absent when
+/// the subnet is an id; `vpc` required when it is a name, `project` when `vpc` is a name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct OptionalVpcSelector {
+    /// Name or ID of the project, only required if `vpc` is provided as a `Name`
+    pub project: Option<NameOrId>,
+    /// Name or ID of the VPC
+    pub vpc: Option<NameOrId>,
+}
+
+/// `?instance=` (required) and `?project=` (required when the instance is a name, absent
+/// when it is an id): the instance to list interfaces of, or to create an interface on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceSelector {
+    /// Name or ID of the project, only required if `instance` is provided as a `Name`
+    pub project: Option<NameOrId>,
+    /// Name or ID of the instance
+    pub instance: NameOrId,
+}
+
+/// `?instance=` and `?project=`, optional: qualify an interface named in the path (both
+/// absent when the interface is an id; `instance` required when it is a name, `project`
+/// when `instance` is a name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct OptionalInstanceSelector {
+    /// Name or ID of the project, only required if `instance` is provided as a `Name`
+    pub project: Option<NameOrId>,
+    /// Name or ID of the instance
+    pub instance: Option<NameOrId>,
 }
 
 // Projects
@@ -336,7 +401,8 @@ impl InstanceNetworkInterfaceAttachment {
             InstanceNetworkInterfaceAttachment::Create(list) => {
                 if list.len() > MAX_NETWORK_INTERFACES {
                     return Err(format!(
-                        "an instance has at most {MAX_NETWORK_INTERFACES} network interfaces,                          not {}",
+                        "an instance has at most {MAX_NETWORK_INTERFACES} network interfaces, \
+                         not {}",
                         list.len()
                     ));
                 }
@@ -511,11 +577,34 @@ pub struct VpcCreate {
     /// The IPv6 prefix for this VPC: a /48 of `fd00::/8`. Absent: a random one.
     #[serde(default)]
     pub ipv6_prefix: Option<halyard_common::net::Ipv6Net>,
-    /// Defaults for the VPC's default subnet (Oxide's `VpcCreateDefaults`; it has no field
-    /// Halyard uses). Accepted and ignored.
+    /// Default resources to create in the VPC. Absent or `null`: all of them (the `default`
+    /// subnet); an object names those to create (`{}`: none, `{"subnet": {}}`: the subnet).
     #[serde(default)]
-    pub defaults: Option<serde_json::Value>,
+    pub defaults: Option<VpcCreateDefaults>,
 }
+
+impl VpcCreate {
+    /// Whether the VPC gets its `default` subnet.
+    pub fn creates_default_subnet(&self) -> bool {
+        self.defaults
+            .as_ref()
+            .is_none_or(|defaults| defaults.subnet.is_some())
+    }
+}
+
+/// Which default resources to create in a new VPC (Oxide's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VpcCreateDefaults {
+    /// Create the default subnet: `{}` to create it; absent or `null` to skip it.
+    #[serde(default)]
+    pub subnet: Option<SubnetCreateDefaults>,
+}
+
+/// How to create a VPC's default subnet (Oxide's: no options yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetCreateDefaults {}
 
 /// Create-time parameters for a `VpcSubnet`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -137,7 +137,8 @@ fn instance_create_with_everything_the_sdk_can_send() {
         "ncpus": 4,
         "network_interfaces": { "type": "create", "params": [
             { "name": "net0", "description": "", "vpc_name": "default",
-              "subnet_name": "default", "ip_config": { "type": "dual_stack" } }
+              "subnet_name": "default", "ip_config": { "type": "dual_stack", "value": {
+                  "v4": { "ip": { "type": "auto" } }, "v6": { "ip": { "type": "auto" } } } } }
         ] },
         "ssh_public_keys": ["my-key"],
         "start": true,
@@ -160,7 +161,6 @@ fn instance_create_with_everything_the_sdk_can_send() {
         vec![
             "user_data",
             "enable_jumbo_frames",
-            "network_interfaces",
             "external_ips",
             "ssh_public_keys",
             "anti_affinity_groups",
@@ -171,6 +171,16 @@ fn instance_create_with_everything_the_sdk_can_send() {
     for platform in ["amd_milan", "amd_turin"] {
         serde_json::from_value::<InstanceCpuPlatform>(json!(platform)).unwrap();
     }
+    // Network interfaces are supported: `create` resolves to the interfaces to make.
+    let nics = create.network_interfaces.interfaces().unwrap();
+    assert_eq!(nics.len(), 1);
+    assert_eq!(
+        nics[0].ip_config.resolve().unwrap(),
+        crate::params::ResolvedIpConfig {
+            ipv4: None,
+            dual_stack: true
+        }
+    );
     for nics in ["default_ipv4", "default_ipv6", "default_dual_stack", "none"] {
         serde_json::from_value::<InstanceNetworkInterfaceAttachment>(json!({ "type": nics }))
             .unwrap();
@@ -488,4 +498,31 @@ fn sled_pages_go_by_id() {
     assert_eq!(page.marker, Some(&sled_id.into_untyped_uuid()));
     assert_eq!(page.direction, PaginationOrder::Ascending);
     assert!(query::<PaginatedById>(&[("sort_by", "name_ascending")]).is_err());
+}
+
+#[test]
+fn vpc_create_defaults_as_oxide_has_them() {
+    use crate::params::VpcCreate;
+    let with = |defaults: Option<serde_json::Value>| {
+        let mut body = json!({ "name": "v", "description": "", "dns_name": "v" });
+        if let Some(defaults) = defaults {
+            body["defaults"] = defaults;
+        }
+        serde_json::from_value::<VpcCreate>(body)
+    };
+    assert!(with(None).unwrap().creates_default_subnet());
+    assert!(with(Some(json!(null))).unwrap().creates_default_subnet());
+    assert!(!with(Some(json!({}))).unwrap().creates_default_subnet());
+    assert!(
+        !with(Some(json!({ "subnet": null })))
+            .unwrap()
+            .creates_default_subnet()
+    );
+    assert!(
+        with(Some(json!({ "subnet": {} })))
+            .unwrap()
+            .creates_default_subnet()
+    );
+    assert!(with(Some(json!({ "router": {} }))).is_err());
+    assert!(with(Some(json!({ "subnet": { "block": "10.0.0.0/8" } }))).is_err());
 }

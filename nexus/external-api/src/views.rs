@@ -4,11 +4,14 @@
 use crate::params::{InstanceAutoRestartPolicy, InstanceCpuPlatform};
 use chrono::{DateTime, Utc};
 use halyard_common::ids::{
-    DiskUuid, InstanceUuid, MigrationUuid, ProjectUuid, SledUuid, SnapshotUuid, VmmUuid,
+    DiskUuid, InstanceUuid, MigrationUuid, NetworkInterfaceUuid, ProjectUuid, SledUuid,
+    SnapshotUuid, VmmUuid, VpcSubnetUuid, VpcUuid,
 };
+use halyard_common::net::{Ipv4Net, Ipv6Net, MacAddr};
 use halyard_common::{BlockSize, ByteCount, InstanceState, MigrationState, Name};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use uuid::Uuid;
 
 /// View of a Project
@@ -360,4 +363,118 @@ pub struct Ping {
 #[serde(rename_all = "snake_case")]
 pub enum PingStatus {
     Ok,
+}
+
+/// View of a VPC
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct Vpc {
+    /// Unique, immutable, system-controlled identifier for each resource
+    pub id: VpcUuid,
+    /// Unique, mutable, user-controlled identifier for each resource
+    pub name: Name,
+    /// Human-readable free-form text about a resource
+    pub description: String,
+    /// Timestamp when this resource was created
+    pub time_created: DateTime<Utc>,
+    /// Timestamp when this resource was last modified
+    pub time_modified: DateTime<Utc>,
+    /// ID for the project containing this VPC
+    pub project_id: ProjectUuid,
+    /// The name used for the VPC in DNS.
+    pub dns_name: Name,
+    /// The unique local IPv6 address range for subnets in this VPC
+    pub ipv6_prefix: Ipv6Net,
+    /// ID for the system router where subnet default routes are registered. Halyard has no
+    /// routers: this is the VPC's own id, stable and unique, so a client that keeps it keeps
+    /// a value that names this VPC's (implicit) router and no other.
+    pub system_router_id: Uuid,
+}
+
+/// A VPC subnet represents a logical grouping for instances that allows network traffic
+/// between them, within an IPv4 subnetwork and an IPv6 subnetwork.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct VpcSubnet {
+    /// Unique, immutable, system-controlled identifier for each resource
+    pub id: VpcSubnetUuid,
+    /// Unique, mutable, user-controlled identifier for each resource
+    pub name: Name,
+    /// Human-readable free-form text about a resource
+    pub description: String,
+    /// Timestamp when this resource was created
+    pub time_created: DateTime<Utc>,
+    /// Timestamp when this resource was last modified
+    pub time_modified: DateTime<Utc>,
+    /// The VPC to which the subnet belongs.
+    pub vpc_id: VpcUuid,
+    /// The IPv4 subnet CIDR block.
+    pub ipv4_block: Ipv4Net,
+    /// The IPv6 subnet CIDR block.
+    pub ipv6_block: Ipv6Net,
+    /// ID for an attached custom router. Halyard has no routers: always absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_router_id: Option<Uuid>,
+}
+
+/// An `InstanceNetworkInterface` represents a virtual network interface device attached to an
+/// instance.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceNetworkInterface {
+    /// Unique, immutable, system-controlled identifier for each resource
+    pub id: NetworkInterfaceUuid,
+    /// Unique, mutable, user-controlled identifier for each resource
+    pub name: Name,
+    /// Human-readable free-form text about a resource
+    pub description: String,
+    /// Timestamp when this resource was created
+    pub time_created: DateTime<Utc>,
+    /// Timestamp when this resource was last modified
+    pub time_modified: DateTime<Utc>,
+    /// The Instance to which the interface belongs.
+    pub instance_id: InstanceUuid,
+    /// The VPC to which the interface belongs.
+    pub vpc_id: VpcUuid,
+    /// The subnet to which the interface belongs.
+    pub subnet_id: VpcSubnetUuid,
+    /// The MAC address assigned to this interface.
+    pub mac: MacAddr,
+    /// The VPC-private IP stack for this interface.
+    pub ip_stack: PrivateIpStack,
+    /// True if this interface is the primary for the instance to which it's attached.
+    pub primary: bool,
+}
+
+/// The VPC-private IP stack for a network interface (Oxide's, adjacently tagged:
+/// `{"type": "v4", "value": {...}}`, `{"type": "dual_stack", "value": {"v4": ..., "v6": ...}}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum PrivateIpStack {
+    /// The interface has only an IPv4 stack.
+    V4(PrivateIpv4Stack),
+    /// The interface has only an IPv6 stack (Halyard makes none).
+    V6(PrivateIpv6Stack),
+    /// The interface is dual-stack IPv4 and IPv6.
+    DualStack {
+        v4: PrivateIpv4Stack,
+        v6: PrivateIpv6Stack,
+    },
+}
+
+/// The VPC-private IPv4 stack for a network interface
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct PrivateIpv4Stack {
+    /// The VPC-private IPv4 address for the interface.
+    pub ip: Ipv4Addr,
+    /// A set of additional IPv4 networks that this interface may send and receive traffic on
+    /// (Halyard: always empty).
+    pub transit_ips: Vec<Ipv4Net>,
+}
+
+/// The VPC-private IPv6 stack for a network interface
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct PrivateIpv6Stack {
+    /// The VPC-private IPv6 address for the interface.
+    pub ip: Ipv6Addr,
+    /// A set of additional IPv6 networks that this interface may send and receive traffic on
+    /// (Halyard: always empty).
+    pub transit_ips: Vec<Ipv6Net>,
 }

@@ -7,10 +7,11 @@ use super::Nexus;
 use crate::authn::{Actor, OpContext};
 use crate::authz::{self, Action, FleetRole, ProjectRole, Resource, Roles};
 use halyard_common::ids::{
-    DiskUuid, GenericUuid, InstanceUuid, ProjectUuid, SnapshotUuid, UserUuid,
+    DiskUuid, GenericUuid, InstanceUuid, NetworkInterfaceUuid, ProjectUuid, SnapshotUuid, UserUuid,
+    VpcSubnetUuid, VpcUuid,
 };
 use halyard_common::{Error, LookupType, Name, NameOrId};
-use halyard_db_model::{Disk, Project, RoleAssignment, Snapshot};
+use halyard_db_model::{Disk, NetworkInterface, Project, RoleAssignment, Snapshot, Vpc, VpcSubnet};
 use halyard_db_queries::InstanceAndVmm;
 use halyard_db_queries::PaginatedBy;
 
@@ -194,6 +195,148 @@ impl Nexus {
             project: found.project_id(),
             id: found.id(),
             lookup: lookup_type(snapshot),
+        });
+        self.authorize(opctx, &resource, action).await?;
+        Ok(found)
+    }
+
+    /// A live VPC the actor may do `action` on: by id (then no project may be given), or by
+    /// name within a project (which the actor must be able to read).
+    pub async fn vpc_lookup_authorized(
+        &self,
+        opctx: &OpContext,
+        project: Option<&NameOrId>,
+        vpc: &NameOrId,
+        action: Action,
+    ) -> Result<Vpc, Error> {
+        let found = match (vpc, project) {
+            (NameOrId::Id(id), None) => {
+                self.datastore()
+                    .vpc_fetch_by_id(VpcUuid::from_untyped_uuid(*id))
+                    .await?
+            }
+            (NameOrId::Id(_), Some(_)) => {
+                return Err(Error::invalid_request(
+                    "when the VPC is given by id, do not also give a project",
+                ));
+            }
+            (NameOrId::Name(_), None) => {
+                return Err(Error::invalid_request(
+                    "when the VPC is given by name, its project must be given too \
+                     (?project=<name or id>)",
+                ));
+            }
+            (NameOrId::Name(_), Some(project)) => {
+                let project = self
+                    .project_lookup_authorized(opctx, project, Action::Read)
+                    .await?;
+                self.datastore().vpc_fetch(project.id(), vpc).await?
+            }
+        };
+        let resource = Resource::Vpc(authz::Vpc {
+            project: found.project_id(),
+            id: found.id(),
+            lookup: lookup_type(vpc),
+        });
+        self.authorize(opctx, &resource, action).await?;
+        Ok(found)
+    }
+
+    /// A live subnet the actor may do `action` on, with its VPC: by id (then neither a VPC
+    /// nor a project may be given), or by name within a VPC (named as for
+    /// [`Nexus::vpc_lookup_authorized`], and readable by the actor).
+    pub async fn vpc_subnet_lookup_authorized(
+        &self,
+        opctx: &OpContext,
+        project: Option<&NameOrId>,
+        vpc: Option<&NameOrId>,
+        subnet: &NameOrId,
+        action: Action,
+    ) -> Result<(VpcSubnet, Vpc), Error> {
+        let (found, vpc) = match (subnet, vpc) {
+            (NameOrId::Id(id), None) if project.is_none() => {
+                let found = self
+                    .datastore()
+                    .vpc_subnet_fetch_by_id(VpcSubnetUuid::from_untyped_uuid(*id))
+                    .await?;
+                let vpc = self.datastore().vpc_fetch_by_id(found.vpc_id()).await?;
+                (found, vpc)
+            }
+            (NameOrId::Id(_), _) => {
+                return Err(Error::invalid_request(
+                    "when the subnet is given by id, do not also give a VPC or a project",
+                ));
+            }
+            (NameOrId::Name(_), None) => {
+                return Err(Error::invalid_request(
+                    "when the subnet is given by name, its VPC must be given too \
+                     (?vpc=<name or id>, and ?project= when the VPC is a name)",
+                ));
+            }
+            (NameOrId::Name(_), Some(vpc)) => {
+                let vpc = self
+                    .vpc_lookup_authorized(opctx, project, vpc, Action::Read)
+                    .await?;
+                let found = self.datastore().vpc_subnet_fetch(vpc.id(), subnet).await?;
+                (found, vpc)
+            }
+        };
+        let resource = Resource::VpcSubnet(authz::VpcSubnet {
+            project: vpc.project_id(),
+            id: found.id(),
+            lookup: lookup_type(subnet),
+        });
+        self.authorize(opctx, &resource, action).await?;
+        Ok((found, vpc))
+    }
+
+    /// A live network interface the actor may do `action` on: by id (then neither an
+    /// instance nor a project may be given), or by name on an instance (named as for
+    /// [`Nexus::instance_lookup_authorized`], and readable by the actor).
+    pub async fn network_interface_lookup_authorized(
+        &self,
+        opctx: &OpContext,
+        project: Option<&NameOrId>,
+        instance: Option<&NameOrId>,
+        interface: &NameOrId,
+        action: Action,
+    ) -> Result<NetworkInterface, Error> {
+        let (found, project_id) = match (interface, instance) {
+            (NameOrId::Id(id), None) if project.is_none() => {
+                let found = self
+                    .datastore()
+                    .network_interface_fetch(NetworkInterfaceUuid::from_untyped_uuid(*id))
+                    .await?;
+                let vpc = self.datastore().vpc_fetch_by_id(found.vpc_id()).await?;
+                (found, vpc.project_id())
+            }
+            (NameOrId::Id(_), _) => {
+                return Err(Error::invalid_request(
+                    "when the network interface is given by id, do not also give an instance \
+                     or a project",
+                ));
+            }
+            (NameOrId::Name(_), None) => {
+                return Err(Error::invalid_request(
+                    "when the network interface is given by name, its instance must be given \
+                     too (?instance=<name or id>, and ?project= when the instance is a name)",
+                ));
+            }
+            (NameOrId::Name(_), Some(instance)) => {
+                let instance = self
+                    .instance_lookup_authorized(opctx, project, instance, Action::Read)
+                    .await?;
+                let found = self
+                    .datastore()
+                    .network_interface_fetch_on(instance.instance.id(), interface)
+                    .await?;
+                (found, instance.instance.project_id())
+            }
+        };
+        let resource = Resource::NetworkInterface(authz::NetworkInterface {
+            project: project_id,
+            id: found.id(),
+            lookup: lookup_type(interface),
         });
         self.authorize(opctx, &resource, action).await?;
         Ok(found)

@@ -34,6 +34,7 @@ impl Nexus {
         params: &InstanceCreate,
     ) -> Result<Vec<instance_create::InterfaceToCreate>, Error> {
         let mut interfaces = Vec::new();
+        let mut first_vpc = None;
         for nic in params
             .network_interfaces
             .interfaces()
@@ -44,6 +45,19 @@ impl Nexus {
                 .datastore()
                 .vpc_fetch(project_id, &NameOrId::Name(nic.vpc_name.clone()))
                 .await?;
+            // All in one VPC (as the interface insert checks again): refused before the saga.
+            match &first_vpc {
+                None => first_vpc = Some(vpc.name().clone()),
+                Some(first) if first != vpc.name() => {
+                    return Err(Error::invalid_request(format!(
+                        "an instance's network interfaces must all be in one VPC: \
+                         \"{}\" is in \"{}\", the first in \"{first}\"",
+                        nic.name,
+                        vpc.name()
+                    )));
+                }
+                Some(_) => {}
+            }
             let subnet = self
                 .datastore()
                 .vpc_subnet_fetch(vpc.id(), &NameOrId::Name(nic.subnet_name.clone()))

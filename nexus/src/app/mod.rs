@@ -10,6 +10,7 @@ pub mod disk;
 pub mod identity;
 pub mod instance;
 pub mod instance_disks;
+pub mod network;
 pub mod project;
 pub mod saga;
 pub mod sagas;

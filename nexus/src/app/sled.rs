@@ -255,6 +255,10 @@ impl Nexus {
                 if was_active && outcome.instance_updated {
                     swept.instances_failed.push(vmm.instance_id());
                 }
+                // The other sleds stop sending to it (the gone sled itself is told when it
+                // answers again, by reconciliation).
+                self.push_mappings_best_effort(vmm.instance_id(), sled_id)
+                    .await;
             }
         }
         // Migration targets elsewhere that lost their source with the sled: unregister them

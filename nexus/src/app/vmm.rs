@@ -206,7 +206,11 @@ impl Nexus {
     /// Pushes the instance's VPCs' mapping sets after one of its VMMs changed or ended on
     /// `sled_id` (which is told too); a failure is logged and left to reconciliation (the
     /// VMM's change is done either way).
-    async fn push_mappings_best_effort(&self, instance_id: InstanceUuid, sled_id: SledUuid) {
+    pub(crate) async fn push_mappings_best_effort(
+        &self,
+        instance_id: InstanceUuid,
+        sled_id: SledUuid,
+    ) {
         let scope = PushScope {
             also: &[sled_id],
             excluding: None,

@@ -246,6 +246,8 @@ impl TestContext {
             // Off (an hour): tests that fail instances expect them to stay
             // failed; auto-restart's tests run the reincarnation pass themselves.
             instance_reincarnation_interval_ms: 3_600_000,
+            // Sagas and retirements push mappings themselves; a periodic pass would only add load.
+            v2p_reconciliation_interval_ms: 3_600_000,
             ..Config::new(
                 NexusUuid::new_v4(),
                 db.url().to_string(),

@@ -5,7 +5,8 @@
 //! The callers: no token, a revoked token, the project's viewer, collaborator and admin, a
 //! user who holds roles only on another project, and a fleet operator (fleet admin). Each
 //! request that may change state (every method but GET) runs against its own fresh project
-//! and instance, so no result depends on what ran before it.
+//! and instance (with an interface in the project's default VPC), so no result depends on
+//! what ran before it.
 
 use crate::authn_support::http_client;
 use crate::context::TestContext;
@@ -137,6 +138,11 @@ struct Fixture {
     instance_id: Option<String>,
     disk_id: Option<String>,
     snapshot_id: Option<String>,
+    /// The project's `default` VPC and subnet.
+    vpc_id: String,
+    subnet_id: String,
+    /// An interface of the instance, in the default subnet.
+    nic_id: Option<String>,
 }
 
 async fn fixture(ctx: &TestContext, users: &Users, name: &str, empty: bool) -> Fixture {
@@ -214,13 +220,59 @@ async fn fixture(ctx: &TestContext, users: &Users, name: &str, empty: bool) -> F
             Some(snapshot["id"].as_str().unwrap().to_string())
         }
     };
+    let get_id = async |path: String| -> String {
+        let found: Value = admin
+            .get(format!("{}{path}", base(ctx)))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        found["id"].as_str().unwrap().to_string()
+    };
+    let vpc_id = get_id(format!("/v1/vpcs/default?project={name}")).await;
+    let subnet_id = get_id(format!(
+        "/v1/vpc-subnets/default?project={name}&vpc=default"
+    ))
+    .await;
+    let nic_id = match &instance_id {
+        None => None,
+        Some(instance_id) => {
+            let nic: Value = admin
+                .post(format!(
+                    "{}/v1/network-interfaces?instance={instance_id}",
+                    base(ctx)
+                ))
+                .json(&nic_body("net0"))
+                .send()
+                .await
+                .unwrap()
+                .error_for_status()
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            Some(nic["id"].as_str().unwrap().to_string())
+        }
+    };
     Fixture {
         project: name.to_string(),
         project_id: created["id"].as_str().unwrap().to_string(),
         instance_id,
         disk_id,
         snapshot_id,
+        vpc_id,
+        subnet_id,
+        nic_id,
     }
+}
+
+/// An interface in the project's default subnet.
+fn nic_body(name: &str) -> Value {
+    json!({"name": name, "description": "", "vpc_name": "default", "subnet_name": "default"})
 }
 
 /// A small blank disk.
@@ -258,6 +310,8 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
     let instance = f.instance_id.clone().unwrap_or_default();
     let disk = f.disk_id.clone().unwrap_or_default();
     let snapshot = f.snapshot_id.clone().unwrap_or_default();
+    let nic = f.nic_id.clone().unwrap_or_default();
+    let (vpc, subnet) = (&f.vpc_id, &f.subnet_id);
     let project = &f.project;
     let get = |path: String| Request {
         method: reqwest::Method::GET,
@@ -384,6 +438,36 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
         ),
         "snapshot_view" => get(format!("/v1/snapshots/{snapshot}")),
         "snapshot_delete" => with(M::DELETE, format!("/v1/snapshots/{snapshot}"), None),
+        "vpc_list" => get(format!("/v1/vpcs?project={project}")),
+        "vpc_create" => with(
+            M::POST,
+            format!("/v1/vpcs?project={project}"),
+            Some(json!({"name": "created", "description": "", "dns_name": "created"})),
+        ),
+        "vpc_view" => get(format!("/v1/vpcs/{vpc}")),
+        // The default VPC holds the instance's interface: past authorization, 409.
+        "vpc_delete" => with(M::DELETE, format!("/v1/vpcs/{vpc}"), None),
+        "vpc_subnet_list" => get(format!("/v1/vpc-subnets?vpc={vpc}")),
+        "vpc_subnet_create" => with(
+            M::POST,
+            format!("/v1/vpc-subnets?vpc={vpc}"),
+            Some(json!({"name": "created", "description": "", "ipv4_block": "10.1.0.0/24"})),
+        ),
+        "vpc_subnet_view" => get(format!("/v1/vpc-subnets/{subnet}")),
+        // Holds the instance's interface: past authorization, 409.
+        "vpc_subnet_delete" => with(M::DELETE, format!("/v1/vpc-subnets/{subnet}"), None),
+        "instance_network_interface_list" => {
+            get(format!("/v1/network-interfaces?instance={instance}"))
+        }
+        "instance_network_interface_create" => with(
+            M::POST,
+            format!("/v1/network-interfaces?instance={instance}"),
+            Some(nic_body("created")),
+        ),
+        "instance_network_interface_view" => get(format!("/v1/network-interfaces/{nic}")),
+        "instance_network_interface_delete" => {
+            with(M::DELETE, format!("/v1/network-interfaces/{nic}"), None)
+        }
         "sled_list" => get("/v1/system/hardware/sleds".into()),
         other => panic!(
             "operation {other} is in openapi/nexus-external.json but this test has no request \

@@ -1,7 +1,8 @@
 //! Bad input, table-driven: malformed requests to every external and internal endpoint each
 //! get the status and error code their row expects, with the error body (request_id, message),
 //! and a dump of every column of every table confirms nothing changed (no saga recorded
-//! either). Strings carry NUL, control characters and non-ASCII text; numbers are negative,
+//! either). VPCs, subnets and network interfaces too: bad prefixes and blocks, reserved and
+//! foreign addresses, unsupported IP stacks, selectors missing or contradicting. Strings carry NUL, control characters and non-ASCII text; numbers are negative,
 //! too large for their type, or too large for Halyard; list limits are huge.
 //!
 //! Dropshot's own 400s (a body or path or query that does not parse into the endpoint's types)
@@ -144,6 +145,22 @@ async fn malformed_requests_to_every_endpoint_get_their_code_and_change_nothing(
         )
     };
     let too_long = "é".repeat(MAX_DESCRIPTION_CHARS + 1);
+    let create_vpc = "/v1/vpcs?project=p";
+    let vpc_body = |name: &str, description: &str, ipv6_prefix: Option<&str>| {
+        json!({"name": name, "description": description, "dns_name": "dns",
+               "ipv6_prefix": ipv6_prefix})
+        .to_string()
+    };
+    let create_subnet = "/v1/vpc-subnets?project=p&vpc=default";
+    let subnet_body = |name: &str, block: &str| {
+        json!({"name": name, "description": "", "ipv4_block": block}).to_string()
+    };
+    let create_nic = "/v1/network-interfaces?project=p&instance=vm";
+    let nic_body = |name: &str, description: &str, vpc: &str, subnet: &str, ip_config: Value| {
+        json!({"name": name, "description": description, "vpc_name": vpc,
+               "subnet_name": subnet, "ip_config": ip_config})
+        .to_string()
+    };
 
     let mut cases = vec![
         // Projects.
@@ -823,6 +840,416 @@ async fn malformed_requests_to_every_endpoint_get_their_code_and_change_nothing(
             404,
             NOT_FOUND,
         ), // unknown sled
+        // VPCs.
+        case(External, "GET", "/v1/vpcs", "", 400, UNPARSED),
+        case(External, "GET", "/v1/vpcs?project=p%00", "", 400, UNPARSED),
+        case(
+            External,
+            "GET",
+            "/v1/vpcs?project=p&limit=0",
+            "",
+            400,
+            UNPARSED,
+        ),
+        case(
+            External,
+            "POST",
+            create_vpc,
+            vpc_body("default", "", None),
+            400,
+            ALREADY_EXISTS,
+        ),
+        case(
+            External,
+            "POST",
+            create_vpc,
+            vpc_body("Bad", "", None),
+            400,
+            UNPARSED,
+        ),
+        case(
+            External,
+            "POST",
+            create_vpc,
+            json!({"name": "v2", "description": "", "dns_name": "-dns"}).to_string(),
+            400,
+            UNPARSED,
+        ),
+        // Not a /48, not unique local, not a prefix at all.
+        case(
+            External,
+            "POST",
+            create_vpc,
+            vpc_body("v2", "", Some("fd00::/64")),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            create_vpc,
+            vpc_body("v2", "", Some("2001:db8::/48")),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            create_vpc,
+            vpc_body("v2", "", Some("fd00::/129")),
+            400,
+            UNPARSED,
+        ),
+        case(
+            External,
+            "POST",
+            create_vpc,
+            vpc_body("v2", &too_long, None),
+            400,
+            INVALID_VALUE,
+        ),
+        case(
+            External,
+            "GET",
+            "/v1/vpcs/default",
+            "",
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "GET",
+            format!("/v1/vpcs/{unknown}?project=p"),
+            "",
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "GET",
+            format!("/v1/vpcs/{unknown}"),
+            "",
+            404,
+            NOT_FOUND,
+        ),
+        case(
+            External,
+            "DELETE",
+            "/v1/vpcs/nope?project=p",
+            "",
+            404,
+            NOT_FOUND,
+        ),
+        case(
+            External,
+            "GET",
+            "/v1/vpcs/NOPE?project=p",
+            "",
+            400,
+            UNPARSED,
+        ),
+        // VPC subnets.
+        case(
+            External,
+            "GET",
+            "/v1/vpc-subnets?project=p",
+            "",
+            400,
+            UNPARSED,
+        ),
+        case(
+            External,
+            "GET",
+            "/v1/vpc-subnets?vpc=default",
+            "",
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "GET",
+            "/v1/vpc-subnets?vpc=nope&project=p",
+            "",
+            404,
+            NOT_FOUND,
+        ),
+        // Not private; too small; not a prefix; overlapping the default subnet.
+        case(
+            External,
+            "POST",
+            create_subnet,
+            subnet_body("s2", "8.8.8.0/24"),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            create_subnet,
+            subnet_body("s2", "10.0.0.0/27"),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            create_subnet,
+            subnet_body("s2", "10.0.0.0/33"),
+            400,
+            UNPARSED,
+        ),
+        case(
+            External,
+            "POST",
+            create_subnet,
+            subnet_body("s2", "172.30.1.0/24"),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            create_subnet,
+            subnet_body("default", "10.5.0.0/24"),
+            400,
+            ALREADY_EXISTS,
+        ),
+        case(
+            External,
+            "POST",
+            create_subnet,
+            json!({"name": "s2", "description": "", "ipv4_block": "10.5.0.0/24",
+                   "custom_router": "r"})
+            .to_string(),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            create_subnet,
+            json!({"name": "s2", "description": "", "ipv4_block": "10.5.0.0/24",
+                   "ipv6_block": "fd00:1:2:3::/80"})
+            .to_string(),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "GET",
+            "/v1/vpc-subnets/default?project=p",
+            "",
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "GET",
+            format!("/v1/vpc-subnets/{unknown}?vpc=default&project=p"),
+            "",
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "GET",
+            format!("/v1/vpc-subnets/{unknown}"),
+            "",
+            404,
+            NOT_FOUND,
+        ),
+        case(
+            External,
+            "DELETE",
+            "/v1/vpc-subnets/nope?project=p&vpc=default",
+            "",
+            404,
+            NOT_FOUND,
+        ),
+        // Network interfaces.
+        case(
+            External,
+            "GET",
+            "/v1/network-interfaces?project=p",
+            "",
+            400,
+            UNPARSED,
+        ),
+        case(
+            External,
+            "GET",
+            "/v1/network-interfaces?instance=vm",
+            "",
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            create_nic,
+            nic_body(
+                "n",
+                "",
+                "nope",
+                "default",
+                json!({"type": "v4", "value": {"ip": {"type": "auto"}}}),
+            ),
+            404,
+            NOT_FOUND,
+        ),
+        case(
+            External,
+            "POST",
+            create_nic,
+            nic_body(
+                "n",
+                "",
+                "default",
+                "nope",
+                json!({"type": "v4", "value": {"ip": {"type": "auto"}}}),
+            ),
+            404,
+            NOT_FOUND,
+        ),
+        case(
+            External,
+            "POST",
+            create_nic,
+            nic_body(
+                "n",
+                "",
+                "default",
+                "default",
+                json!({"type": "v6", "value": {"ip": {"type": "auto"}}}),
+            ),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            create_nic,
+            nic_body(
+                "n",
+                "",
+                "default",
+                "default",
+                json!({"type": "v4", "value": {"ip": {"type": "auto"}, "transit_ips": ["10.0.0.0/8"]}}),
+            ),
+            400,
+            INVALID_REQUEST,
+        ),
+        // Reserved (the first five), outside the subnet, not an address.
+        case(
+            External,
+            "POST",
+            create_nic,
+            nic_body(
+                "n",
+                "",
+                "default",
+                "default",
+                json!({"type": "v4", "value": {"ip": {"type": "explicit", "value": "172.30.0.1"}}}),
+            ),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            create_nic,
+            nic_body(
+                "n",
+                "",
+                "default",
+                "default",
+                json!({"type": "v4", "value": {"ip": {"type": "explicit", "value": "10.0.0.5"}}}),
+            ),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            create_nic,
+            nic_body(
+                "n",
+                "",
+                "default",
+                "default",
+                json!({"type": "v4", "value": {"ip": {"type": "explicit", "value": "300.1.1.1"}}}),
+            ),
+            400,
+            UNPARSED,
+        ),
+        case(
+            External,
+            "POST",
+            create_nic,
+            nic_body("n", "", "default", "default", json!({"type": "bogus"})),
+            400,
+            UNPARSED,
+        ),
+        case(
+            External,
+            "POST",
+            "/v1/network-interfaces?instance=vm",
+            nic_body(
+                "n",
+                "",
+                "default",
+                "default",
+                json!({"type": "v4", "value": {"ip": {"type": "auto"}}}),
+            ),
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "POST",
+            format!("/v1/network-interfaces?instance={unknown}"),
+            nic_body(
+                "n",
+                "",
+                "default",
+                "default",
+                json!({"type": "v4", "value": {"ip": {"type": "auto"}}}),
+            ),
+            404,
+            NOT_FOUND,
+        ),
+        case(
+            External,
+            "GET",
+            "/v1/network-interfaces/net0?project=p",
+            "",
+            400,
+            INVALID_REQUEST,
+        ),
+        case(
+            External,
+            "GET",
+            format!("/v1/network-interfaces/{unknown}"),
+            "",
+            404,
+            NOT_FOUND,
+        ),
+        case(
+            External,
+            "DELETE",
+            "/v1/network-interfaces/nope?project=p&instance=vm",
+            "",
+            404,
+            NOT_FOUND,
+        ),
+        case(
+            External,
+            "DELETE",
+            format!("/v1/network-interfaces/{unknown}?instance=vm"),
+            "",
+            400,
+            INVALID_REQUEST,
+        ),
     ];
     // NUL and control characters in every free-text field: project and instance
     // descriptions (refused by Halyard, `InvalidValue`), names and hostnames.
@@ -866,6 +1293,58 @@ async fn malformed_requests_to_every_endpoint_get_their_code_and_change_nothing(
             instance_body("a", "", &format!("h{bad}")),
             400,
             INVALID_VALUE,
+        ));
+        cases.push(case(
+            External,
+            "POST",
+            create_vpc,
+            vpc_body("v2", bad, None),
+            400,
+            INVALID_VALUE,
+        ));
+        cases.push(case(
+            External,
+            "POST",
+            create_vpc,
+            vpc_body(&format!("v2{bad}"), "", None),
+            400,
+            UNPARSED,
+        ));
+        cases.push(case(
+            External,
+            "POST",
+            create_subnet,
+            json!({"name": "s2", "description": bad, "ipv4_block": "10.5.0.0/24"}).to_string(),
+            400,
+            INVALID_VALUE,
+        ));
+        cases.push(case(
+            External,
+            "POST",
+            create_nic,
+            nic_body(
+                "n",
+                bad,
+                "default",
+                "default",
+                json!({"type": "v4", "value": {"ip": {"type": "auto"}}}),
+            ),
+            400,
+            INVALID_VALUE,
+        ));
+        cases.push(case(
+            External,
+            "POST",
+            create_nic,
+            nic_body(
+                &format!("n{bad}"),
+                "",
+                "default",
+                "default",
+                json!({"type": "v4", "value": {"ip": {"type": "auto"}}}),
+            ),
+            400,
+            UNPARSED,
         ));
     }
     let mut wrong_type = case(External, "POST", "/v1/projects", "name=p", 400, UNPARSED);

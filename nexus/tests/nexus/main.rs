@@ -17,6 +17,7 @@ mod migration;
 mod model_system;
 mod model_test;
 mod mtls;
+mod networking;
 mod observability;
 mod outages;
 mod qemu;

@@ -12,7 +12,10 @@
 //!   capacity;
 //! - a sled agent that cannot be reached (its VMMs are then not compared);
 //! - a live VMM on an expunged sled (expunging retires them all). An expunged sled's agent is
-//!   not asked: the sled is gone.
+//!   not asked: the sled is gone;
+//! - sled by sled, the VPC mappings it holds against those the database implies (`omdb db
+//!   v2p`): a sled hosting an interface of a VPC must hold exactly the VPC's mappings, any
+//!   other sled none of them.
 //!
 //! The database is read first, then the sled agents, so work in flight (a saga between two
 //! steps, a report on its way) can show up as a passing disagreement: run it again to
@@ -265,6 +268,14 @@ pub(super) async fn cmd_check(db: &Db, json: bool) -> anyhow::Result<Outcome> {
         }
     }
 
+    // Each reachable sled's VPC mappings against what the database implies.
+    let reachable: Vec<(SledUuid, std::net::SocketAddr)> = sleds
+        .iter()
+        .filter(|s| listed.contains_key(&s.id()))
+        .map(|s| (s.id(), s.address()))
+        .collect();
+    found.extend(mapping_disagreements(db, &reachable).await?);
+
     found.sort_by(|a, b| (a.kind, &a.id, &a.detail).cmp(&(b.kind, &b.id, &b.detail)));
     if json {
         print_rows(&found, true, "")?;
@@ -291,6 +302,110 @@ pub(super) async fn cmd_check(db: &Db, json: bool) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Disagreements
     })
+}
+
+/// Sled by sled, the VPC mappings each holds against those the database implies: a sled
+/// hosting an interface of a VPC holds all of the VPC's mappings, any other sled none.
+async fn mapping_disagreements(
+    db: &Db,
+    sleds: &[(SledUuid, std::net::SocketAddr)],
+) -> anyhow::Result<Vec<Disagreement>> {
+    type Entry = (
+        std::net::Ipv4Addr,
+        halyard_common::net::MacAddr,
+        SledUuid,
+        std::net::IpAddr,
+    );
+    let implied = super::network::implied_mappings(db).await?;
+    let mut wanted: BTreeMap<halyard_common::net::Vni, BTreeSet<Entry>> = BTreeMap::new();
+    let mut hosts: BTreeMap<halyard_common::net::Vni, BTreeSet<SledUuid>> = BTreeMap::new();
+    for m in &implied {
+        wanted
+            .entry(m.vni)
+            .or_default()
+            .insert((m.ip, m.mac, m.sled, m.underlay));
+        hosts.entry(m.vni).or_default().insert(m.sled);
+    }
+    let mut found = Vec::new();
+    for &(sled_id, address) in sleds {
+        let held = match crate::sled_agent::client(address) {
+            Ok(client) => client
+                .v2p_list()
+                .await
+                .map_err(|e| crate::sled_agent::error_chain(&e)),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let held = match held {
+            Ok(held) => held.into_inner(),
+            Err(why) => {
+                found.push(Disagreement {
+                    kind: "sled-unreachable",
+                    id: sled_id.to_string(),
+                    sled: Some(sled_id),
+                    detail: format!(
+                        "cannot read the VPC mappings of sled {sled_id} ({address}): {why}"
+                    ),
+                });
+                continue;
+            }
+        };
+        let mut held: BTreeMap<_, BTreeSet<Entry>> = held
+            .into_iter()
+            .map(|set| {
+                let entries = set
+                    .mappings
+                    .iter()
+                    .map(|m| (m.virtual_ip, m.virtual_mac, m.sled_id, m.underlay_ip))
+                    .collect();
+                (set.vni, entries)
+            })
+            .collect();
+        for (vni, hosting) in &hosts {
+            if !hosting.contains(&sled_id) {
+                continue;
+            }
+            let have = held.remove(vni).unwrap_or_default();
+            for (ip, mac, on, underlay) in wanted[vni].difference(&have) {
+                found.push(Disagreement {
+                    kind: "mapping-missing-on-sled",
+                    id: sled_id.to_string(),
+                    sled: Some(sled_id),
+                    detail: format!(
+                        "sled {sled_id} hosts an interface of VNI {vni} but lacks the mapping                          {ip} ({mac}) on sled {on} via {underlay}; reconciliation                          (v2p_reconciliation) pushes it"
+                    ),
+                });
+            }
+            for entry in have.difference(&wanted[vni]) {
+                found.push(mapping_not_implied(sled_id, *vni, entry));
+            }
+        }
+        for (vni, have) in held {
+            for entry in &have {
+                found.push(mapping_not_implied(sled_id, vni, entry));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn mapping_not_implied(
+    sled_id: SledUuid,
+    vni: halyard_common::net::Vni,
+    (ip, mac, on, underlay): &(
+        std::net::Ipv4Addr,
+        halyard_common::net::MacAddr,
+        SledUuid,
+        std::net::IpAddr,
+    ),
+) -> Disagreement {
+    Disagreement {
+        kind: "mapping-not-implied",
+        id: sled_id.to_string(),
+        sled: Some(sled_id),
+        detail: format!(
+            "sled {sled_id} holds the mapping {ip} ({mac}) on sled {on} via {underlay} for VNI              {vni}, which the database does not imply (the interface moved, stopped or is              gone, or this sled hosts none of the VPC's); reconciliation removes it"
+        ),
+    }
 }
 
 fn bytes(n: i64) -> String {

@@ -7,6 +7,7 @@
 mod check;
 mod disks;
 mod identity;
+mod network;
 mod saga;
 pub mod store;
 mod tables;
@@ -65,6 +66,19 @@ enum DbCommand {
     },
     /// Regions (the replicas of disks): their disk, sled and size, oldest first.
     Regions,
+    /// Network interfaces: instance, project, VPC (and its VNI), subnet, private addresses,
+    /// MAC, primary, slot, and the sled their instance runs on; live ones, or all with
+    /// --include-deleted.
+    Nics {
+        /// Deleted interfaces too.
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// The virtual-to-physical mappings the database implies: for every interface of a
+    /// running instance, its VPC's VNI, address, MAC, and the sled (and underlay address)
+    /// hosting it. Every sled hosting an interface of a VPC should hold all of the VPC's
+    /// (`omdb db check` compares).
+    V2p,
     /// Sled reservations: what each non-terminal VMM holds on its sled.
     Reservations,
     /// Live migrations, oldest first, with each side's state.
@@ -193,6 +207,10 @@ pub async fn run(args: &DbArgs, db_url: Option<&str>, json: bool) -> anyhow::Res
             disks::cmd_disks(&db, *include_deleted, json).await?
         }
         DbCommand::Regions => disks::cmd_regions(&db, json).await?,
+        DbCommand::Nics { include_deleted } => {
+            network::cmd_nics(&db, *include_deleted, json).await?
+        }
+        DbCommand::V2p => network::cmd_v2p(&db, json).await?,
         DbCommand::Reservations => tables::cmd_reservations(&db, json).await?,
         DbCommand::Migrations => tables::cmd_migrations(&db, json).await?,
         DbCommand::Sagas { all } => saga::cmd_sagas(&db, *all, json).await?,

@@ -119,7 +119,7 @@ async fn scenario() -> Scenario {
              '{other_nexus}' \
          FROM saga_node_event WHERE saga_id = (SELECT id FROM saga \
                  WHERE name = 'instance-start' ORDER BY time_created LIMIT 1) \
-             AND (node_id IN (6, 0, 1, 2) OR (node_id = 3 AND event_type = 'started'));"
+             AND (node_id IN (7, 0, 1, 2) OR (node_id = 3 AND event_type = 'started'));"
     ));
 
     let mut redactor = Redactor::new();
@@ -207,6 +207,38 @@ async fn output_of_every_command() {
         &stdout(&s, &["db", "vmms", "--sled", &sled]).await,
     );
     snapshots.check("db-sleds", &stdout(&s, &["db", "sleds"]).await);
+    // Interfaces and mappings: their addresses, MACs and VNIs are random, so they are checked
+    // through the JSON rather than a snapshot. Every instance has its default interface; the
+    // running ones' are mapped to their sled.
+    let nics: Value =
+        serde_json::from_str(&s.ctx.omdb(&["db", "nics", "--json"]).await.ok()).unwrap();
+    let nics = nics.as_array().unwrap();
+    let running: Vec<&Value> = nics.iter().filter(|n| !n["sled"].is_null()).collect();
+    assert_eq!(nics.len(), 6, "{nics:#?}");
+    assert!(
+        nics.iter()
+            .all(|n| n["name"] == "net0" && n["primary"] == true),
+        "{nics:#?}"
+    );
+    assert!(
+        nics.iter()
+            .all(|n| n["subnet"] == "default (172.30.0.0/22)" && n["vpc"] == "default"),
+        "{nics:#?}"
+    );
+    let v2p: Value =
+        serde_json::from_str(&s.ctx.omdb(&["db", "v2p", "--json"]).await.ok()).unwrap();
+    let v2p = v2p.as_array().unwrap();
+    assert_eq!(v2p.len(), running.len(), "{v2p:#?}");
+    for nic in &running {
+        let mapping = v2p
+            .iter()
+            .find(|m| m["interface"] == nic["id"])
+            .unwrap_or_else(|| panic!("no mapping for {nic}: {v2p:#?}"));
+        assert_eq!(mapping["ip"], nic["ip"]);
+        assert_eq!(mapping["mac"], nic["mac"]);
+        assert_eq!(mapping["sled"], nic["sled"]);
+        assert_eq!(mapping["sled"], s.ctx.sled_id(0).to_string());
+    }
     snapshots.check(
         "db-reservations",
         &stdout(&s, &["db", "reservations"]).await,
@@ -482,7 +514,8 @@ async fn background_tasks_show_what_each_did_last() {
     .await;
     let tasks: Value =
         serde_json::from_str(&ctx.omdb(&[&args[..], &["--json"]].concat()).await.ok()).unwrap();
-    assert_eq!(tasks.as_array().unwrap().len(), 6, "{tasks:?}");
+    assert_eq!(tasks.as_array().unwrap().len(), 7, "{tasks:?}");
+    assert_eq!(task(&tasks, "v2p_reconciliation")["period_ms"], 3_600_000);
     assert_eq!(
         task(&tasks, "instance_reincarnation")["period_ms"],
         3_600_000
