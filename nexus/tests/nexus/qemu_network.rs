@@ -1,6 +1,7 @@
 //! VPC networking end to end through Nexus's API with real QEMU (TCG here): QEMU sled agents
 //! joined by a `test-db` `Underlay` (each sled's `[qemu.underlay]`), instances created with
-//! their default NIC in their project's default VPC, and their guests, driven through the
+//! their default NIC in their project's default VPC (addresses read from
+//! `/v1/network-interfaces`), and their guests, driven through the
 //! serial console, reaching each other by private address across sleds: ping, TCP echo (port
 //! 7) and hostname (port 79). A live migration while a peer pings (the gap printed), a stop
 //! (nothing of the VMM left on any sled: no tap, no mapping), and two projects using the same
@@ -72,11 +73,35 @@ async fn project(ctx: &TestContext, name: &str) {
         .unwrap();
 }
 
-/// The instance's one private address, as the database has its NIC.
-async fn ip_of(ctx: &TestContext, id: InstanceUuid) -> Ipv4Addr {
-    let ips = ctx.interface_ips(id).await;
-    assert_eq!(ips.len(), 1, "one NIC: {ips:?}");
-    ips[0]
+/// The instance's one private IPv4 address, as a user reads it (`GET /v1/network-interfaces`),
+/// checked against the database's record of its NIC.
+async fn ip_of(ctx: &TestContext, project: &str, name: &str, id: InstanceUuid) -> Ipv4Addr {
+    let response = crate::authn_support::http_client(&ctx.token)
+        .get(format!(
+            "{}/v1/network-interfaces?project={project}&instance={name}",
+            ctx.external_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let list: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{list}");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "one NIC: {list}");
+    let stack = &items[0]["ip_stack"];
+    let v4 = match stack["type"].as_str() {
+        Some("dual_stack") => &stack["value"]["v4"],
+        Some("v4") => &stack["value"],
+        _ => panic!("no IPv4 stack: {stack}"),
+    };
+    let ip: Ipv4Addr = v4["ip"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        ctx.interface_ips(id).await,
+        [ip],
+        "the API's address is the database's"
+    );
+    ip
 }
 
 /// The index of the sled the instance's active VMM runs on.
@@ -214,7 +239,8 @@ async fn instances_reach_each_other_across_sleds_through_a_migration_until_stopp
         create(&ctx, "p", "bravo", None),
     );
     println!("two guests booted after {:?}", started.elapsed());
-    let (alpha_ip, bravo_ip) = (ip_of(&ctx, alpha).await, ip_of(&ctx, bravo).await);
+    let alpha_ip = ip_of(&ctx, "p", "alpha", alpha).await;
+    let bravo_ip = ip_of(&ctx, "p", "bravo", bravo).await;
     assert_ne!(alpha_ip, bravo_ip);
     let alpha_sled = sled_index(&ctx, alpha).await;
     let mut bravo_vmms = vec![ctx.active_vmm(bravo).await];
@@ -369,7 +395,8 @@ async fn projects_with_the_same_addresses_reach_only_their_own_guests() {
         create(&ctx, "p1", "alpha1", None),
         create(&ctx, "p1", "bravo1", None),
     );
-    let (alpha_ip, bravo1_ip) = (ip_of(&ctx, alpha1).await, ip_of(&ctx, bravo1).await);
+    let alpha_ip = ip_of(&ctx, "p1", "alpha1", alpha1).await;
+    let bravo1_ip = ip_of(&ctx, "p1", "bravo1", bravo1).await;
     // An address project 1 does not use (its addresses are chosen at random).
     let bravo2_ip = [20, 21, 22]
         .map(|host| Ipv4Addr::new(172, 30, 0, host))
@@ -380,8 +407,12 @@ async fn projects_with_the_same_addresses_reach_only_their_own_guests() {
         create(&ctx, "p2", "alpha2", Some(alpha_ip)),
         create(&ctx, "p2", "bravo2", Some(bravo2_ip)),
     );
-    assert_eq!(ip_of(&ctx, alpha2).await, alpha_ip, "the same address");
-    assert_eq!(ip_of(&ctx, bravo2).await, bravo2_ip);
+    assert_eq!(
+        ip_of(&ctx, "p2", "alpha2", alpha2).await,
+        alpha_ip,
+        "the same address"
+    );
+    assert_eq!(ip_of(&ctx, "p2", "bravo2", bravo2).await, bravo2_ip);
     assert_eq!(
         ctx.sql("SELECT count(DISTINCT vni) FROM vpc WHERE time_deleted IS NULL")
             .trim(),
