@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the whole system for development: PostgreSQL (data in .halyard-dev/, kept across runs;
-# pass --fresh to wipe it), Nexus, simulated sled agents and a QEMU sled agent. Installs what is
+# pass --fresh to wipe it), Nexus, simulated sled agents and QEMU sled agents (joined by an
+# underlay bridge, so guests of one VPC reach each other; run as root). Installs what is
 # missing first (PostgreSQL; Patroni, etcd and HAProxy for --replicated-db and --nexus-count; QEMU
 # and the guest image, built once per machine).
 # Ctrl-C stops everything. Options are halyard-run-all's (--help).

@@ -31,6 +31,7 @@ mod vmm_runtime;
 
 pub use config::{AcceleratorChoice, Config, QemuConfig, SimConfig, StorageConfig, UnderlayConfig};
 pub use qemu::build_guest_image;
+pub use qemu::network::namespace_name as qemu_namespace_name;
 pub use sled_agent::SledAgent;
 
 use anyhow::Context;

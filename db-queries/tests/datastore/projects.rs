@@ -200,3 +200,67 @@ async fn a_project_delete_racing_instance_creates_never_orphans_an_instance() {
         );
     }
 }
+
+/// Both ways of creating a project (the plain one, and the external API's, which makes its
+/// creator the admin) give it the `default` VPC with the `default` subnet, each project its own
+/// VNI: an instance's default interface needs them.
+#[tokio::test]
+async fn every_project_gets_a_default_vpc_and_subnet_however_it_is_created() {
+    let h = Harness::new();
+    let ds = &h.datastore;
+    let plain = h.project("plain").await;
+    let admin = ds
+        .user_create(
+            halyard_db_model::default_silo_id(),
+            "owner".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+    let administered = ds
+        .project_create_with_admin(
+            Project::new(
+                ProjectUuid::new_v4(),
+                "administered".parse().unwrap(),
+                String::new(),
+            ),
+            admin.id(),
+        )
+        .await
+        .unwrap();
+    // What a create returns is the project as committed (its VPC's insert bumped its rcgen).
+    for project in [&plain, &administered] {
+        let fetched = ds
+            .project_fetch(&NameOrId::Id(project.id().into_untyped_uuid()))
+            .await
+            .unwrap();
+        assert_eq!(&fetched, project);
+    }
+    let default: NameOrId = NameOrId::Name("default".parse().unwrap());
+    let mut vnis = Vec::new();
+    for project in [&plain, &administered] {
+        let vpc = ds
+            .vpc_fetch(project.id(), &default)
+            .await
+            .unwrap_or_else(|e| panic!("project {}: {e}", project.name()));
+        ds.vpc_subnet_fetch(vpc.id(), &default)
+            .await
+            .unwrap_or_else(|e| panic!("project {}: {e}", project.name()));
+        vnis.push(vpc.vni());
+    }
+    assert_ne!(vnis[0], vnis[1], "each project's VPC its own VNI");
+    let duplicate = ds
+        .project_create_with_admin(
+            Project::new(
+                ProjectUuid::new_v4(),
+                "administered".parse().unwrap(),
+                String::new(),
+            ),
+            admin.id(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&duplicate, Error::ObjectAlreadyExists { type_name: ResourceType::Project, name } if name == "administered"),
+        "{duplicate:?}"
+    );
+}

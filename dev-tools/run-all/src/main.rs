@@ -2,9 +2,14 @@
 //!
 //! Starts PostgreSQL (data under `.halyard-dev/` in the current directory, kept across runs;
 //! `--fresh` wipes it), creates or upgrades the schema, starts Nexus, several simulated sled
-//! agents and a QEMU sled agent (real VMs, booting the guest image `dev-tools/guest-image.sh`
+//! agents and QEMU sled agents (real VMs, booting the guest image `dev-tools/guest-image.sh`
 //! builds) in this process, waits until every sled has registered, prints where everything
 //! is, and on Ctrl-C (or SIGTERM) stops it all, PostgreSQL and QEMU included.
+//!
+//! The QEMU sled agents' virtual switches are joined by an underlay (`halyard_test_db::Underlay`:
+//! a bridge in the root network namespace, removed at exit, or by its watchdog if this process
+//! is killed), each sled with its own address on it (`[qemu.underlay]`), so guests of one VPC
+//! reach each other across the QEMU sleds.
 //!
 //! Identities (Nexus's, each sled's) are kept under `.halyard-dev/` too, so a restarted
 //! environment resumes its unfinished sagas and its sleds keep their ids.
@@ -27,9 +32,9 @@ use halyard_common::{ByteCount, SledBackend};
 use halyard_db_queries::{DataStore, PoolConfig};
 use halyard_test_db::{
     ClusterOptions, Frontend, Haproxy, HealthCheck, PatroniCluster, PatroniPorts, PostgresCluster,
-    ProxyMode,
+    ProxyMode, Underlay,
 };
-use slog::{Drain, Logger, info, o};
+use slog::{Drain, Logger, info, o, warn};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -267,7 +272,30 @@ async fn run(
         };
         sleds.push(halyard_sled_agent::Server::start(&config, log).await?);
     }
+    // The network joining the QEMU sleds' virtual switches (VXLAN between them). Without it
+    // (making a bridge needs root) QEMU guests reach no other sled's guests.
+    let underlay = match args.qemu_sleds {
+        0 => Err("no QEMU sled".to_string()),
+        _ => Underlay::create().map_err(|e| e.to_string()),
+    };
+    match &underlay {
+        Ok(underlay) => info!(log, "underlay made"; "bridge" => underlay.bridge()),
+        Err(error) if args.qemu_sleds > 0 => {
+            warn!(log, "no underlay: QEMU guests reach no other sled's guests"; "error" => error)
+        }
+        Err(_) => {}
+    }
     for i in 0..args.qemu_sleds {
+        let qemu = halyard_sled_agent::QemuConfig {
+            underlay: underlay
+                .as_ref()
+                .ok()
+                .map(|underlay| halyard_sled_agent::UnderlayConfig {
+                    bridge: underlay.bridge().to_string(),
+                    address: underlay.next_address(),
+                }),
+            ..Default::default()
+        };
         let sled_id = SledUuid::from_str(&identity(&args.dir.join(format!("qemu-sled-{i}-id")))?)?;
         let config = halyard_sled_agent::Config {
             sled_id,
@@ -282,7 +310,7 @@ async fn run(
             physical_ram: ByteCount::from_gibibytes_u32(4),
             registration_interval_ms: 10_000,
             sim: Default::default(),
-            qemu: halyard_sled_agent::QemuConfig::default(),
+            qemu,
             // Region files (sparse qcow2) next to the database, so disks outlive a restart
             // the way the database's records of them do.
             storage: halyard_sled_agent::StorageConfig {
@@ -342,6 +370,14 @@ async fn run(
             "    websocat -H \"authorization: Bearer $OXIDE_TOKEN\" '{}/v1/instances/web/serial-console/stream?project=demo'   # live, and type into its shell",
             external.replacen("http", "ws", 1)
         );
+        println!(
+            "    # each instance gets a NIC in its project's default VPC (172.30.0.0/22); in a guest's \
+             shell, ip -4 addr shows its address,"
+        );
+        println!(
+            "    # and with another instance's: ping -c 3 ADDRESS, echo hi | nc ADDRESS 7 (echo), \
+             nc ADDRESS 79 (its hostname)"
+        );
     }
     // The internal APIs take only callers with a certificate from this run's CA: the
     // operator's is in the pki directory (curl checks the certificate's name, not the address).
@@ -395,10 +431,26 @@ async fn run(
             None => inventory.backend.to_string(),
         };
         let address = sled.local_addr();
+        let underlay_address = match sled.agent().registration().underlay_address {
+            Some(ip) => format!(", underlay {ip}"),
+            None => String::new(),
+        };
         println!(
-            "  sled agent {} ({backend}):  https://{address}",
+            "  sled agent {} ({backend}{underlay_address}):  https://{address}",
             sled.agent().id(),
         );
+    }
+    match &underlay {
+        Ok(underlay) => println!(
+            "  underlay:            bridge {} (ip -br link show master {}), joining the QEMU \
+             sleds' network namespaces (ip netns list: hl-<sled id's first 8 hex>)",
+            underlay.bridge(),
+            underlay.bridge()
+        ),
+        Err(error) if args.qemu_sleds > 0 => {
+            println!("  No underlay ({error}): QEMU guests reach no other sled's guests")
+        }
+        Err(_) => {}
     }
     println!("  database:            {database_url}");
     println!("    psql \"{database_url}\"");
@@ -447,6 +499,8 @@ async fn run(
     for sled in sleds {
         sled.close().await?;
     }
+    // After the sled agents: their namespaces' links to it are gone by now.
+    drop(underlay);
     drop(haproxy);
     for nexus in nexuses {
         nexus.close().await?;

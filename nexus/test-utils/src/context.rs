@@ -7,8 +7,8 @@ use halyard_common::{ByteCount, InstanceState, Name, NameOrId, SledBackend};
 use halyard_nexus::app::instance::InstanceAndVmm;
 use halyard_nexus::{Config, Nexus, Server};
 use halyard_nexus_external_api::params::InstanceCreate;
-use halyard_sled_agent::{QemuConfig, SimConfig};
-use halyard_test_db::{ReservedPort, TestDatabase, shared_cluster};
+use halyard_sled_agent::{QemuConfig, SimConfig, UnderlayConfig};
+use halyard_test_db::{ReservedPort, TestDatabase, Underlay, shared_cluster};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +89,39 @@ const SIM_DELAYS: SimConfig = SimConfig {
     migration_phase_delay_ms: 10,
 };
 
+/// Network namespaces removed when dropped: a QEMU sled agent removes its own at `close`, but
+/// one dropped without it (a test that ends without [`TestContext::close`]) leaves it behind.
+struct SledNamespaces(Vec<String>);
+
+impl Drop for SledNamespaces {
+    fn drop(&mut self) {
+        for namespace in &self.0 {
+            // Already gone after a close: nothing to do.
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", namespace])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// QEMU sleds (TCG here) booting the guest image (built first if this machine has none yet),
+/// each under a fresh state directory.
+async fn qemu_kind() -> SledKind {
+    let guest_dir = halyard_sled_agent::build_guest_image().await.unwrap();
+    // Short: unix socket paths live below it.
+    let state_dir = std::env::temp_dir().join(format!(
+        "hq-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    SledKind::Qemu(QemuConfig {
+        guest_dir,
+        state_dir,
+        stop_timeout_ms: 10_000,
+        ..Default::default()
+    })
+}
+
 pub struct TestContext {
     pub db: TestDatabase,
     /// `None` once stopped with [`TestContext::stop_nexus`].
@@ -97,6 +130,11 @@ pub struct TestContext {
     nexus: Arc<Nexus>,
     nexus_url: String,
     pub sleds: Vec<halyard_sled_agent::Server>,
+    /// The underlay the QEMU sleds are joined by ([`TestContext::with_qemu_underlay`]);
+    /// declared after `sleds`, so it is dropped (with the namespaces linked to it) after them.
+    underlay: Option<Underlay>,
+    /// The QEMU sleds' network namespaces, removed when the context is dropped.
+    _namespaces: SledNamespaces,
     /// Nexus's internal API port, when reserved ([`TestContext::with_stoppable_nexus`]): once
     /// Nexus is stopped, no other test's server may take it and receive this test's sled
     /// agents' calls.
@@ -138,6 +176,7 @@ impl TestContext {
             SledKind::Sim(sim),
             None,
             ByteCount::from_mebibytes_u32(0),
+            None,
         )
         .await
     }
@@ -145,7 +184,7 @@ impl TestContext {
     /// [`TestContext::with_sleds`] whose sled agents each offer `capacity` bytes of storage
     /// for disks' regions (the others offer none, so hold no disk).
     pub async fn with_storage(count: usize, capacity: ByteCount) -> TestContext {
-        TestContext::start_with(count, SledKind::Sim(SIM_DELAYS), None, capacity).await
+        TestContext::start_with(count, SledKind::Sim(SIM_DELAYS), None, capacity, None).await
     }
 
     /// [`TestContext::with_sleds`] with Nexus's internal API on a reserved port, so the test
@@ -157,6 +196,7 @@ impl TestContext {
             SledKind::Sim(SIM_DELAYS),
             Some(port),
             ByteCount::from_mebibytes_u32(0),
+            None,
         )
         .await
     }
@@ -171,22 +211,23 @@ impl TestContext {
     /// regions (qcow2 files below the sled's state directory, served over NBD by its
     /// `qemu-storage-daemon`).
     pub async fn with_qemu_storage(count: usize, capacity: ByteCount) -> TestContext {
-        let guest_dir = halyard_sled_agent::build_guest_image().await.unwrap();
-        // Short: unix socket paths live below it.
-        let state_dir = std::env::temp_dir().join(format!(
-            "hq-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
+        TestContext::start_with(count, qemu_kind().await, None, capacity, None).await
+    }
+
+    /// [`TestContext::with_qemu`] on a fresh `test-db` [`Underlay`]: each sled agent's
+    /// `[qemu.underlay]` names its bridge and the next address on it, so guests in one VPC
+    /// reach each other across sleds (once Nexus pushed the VPC's mappings). The underlay is
+    /// removed with the context. The sled agents register every 10 s (as run-all's), not every
+    /// second: a registration reconciles the sled's mappings, which would hide a push Nexus
+    /// failed to make for 10 s at most rather than 1.
+    pub async fn with_qemu_underlay(count: usize) -> TestContext {
+        let underlay = Underlay::create().expect("making the underlay bridge (needs root)");
         TestContext::start_with(
             count,
-            SledKind::Qemu(QemuConfig {
-                guest_dir,
-                state_dir,
-                stop_timeout_ms: 10_000,
-                ..Default::default()
-            }),
+            qemu_kind().await,
             None,
-            capacity,
+            ByteCount::from_mebibytes_u32(0),
+            Some(underlay),
         )
         .await
     }
@@ -196,6 +237,7 @@ impl TestContext {
         kind: SledKind,
         nexus_internal_port: Option<ReservedPort>,
         storage_capacity: ByteCount,
+        underlay: Option<Underlay>,
     ) -> TestContext {
         let db = TestDatabase::new();
         let config = Config {
@@ -221,6 +263,13 @@ impl TestContext {
         let mut sleds = Vec::new();
         for _ in 0..count {
             let sled_id = SledUuid::new_v4();
+            let mut qemu = kind.qemu();
+            if let Some(underlay) = &underlay {
+                qemu.underlay = Some(UnderlayConfig {
+                    bridge: underlay.bridge().to_string(),
+                    address: underlay.next_address(),
+                });
+            }
             let sled_config = halyard_sled_agent::Config {
                 sled_id,
                 listen_address: "127.0.0.1:0".parse().unwrap(),
@@ -228,9 +277,11 @@ impl TestContext {
                 backend: kind.backend(),
                 hardware_threads: SLED_THREADS,
                 physical_ram: ByteCount::from_gibibytes_u32(SLED_RAM_GIB),
-                registration_interval_ms: 1000,
+                // On an underlay, as run-all's: each registration also reconciles the sled's
+                // mappings, and once a second would hide whether Nexus pushed them itself.
+                registration_interval_ms: if underlay.is_some() { 10_000 } else { 1000 },
                 sim: kind.sim(),
-                qemu: kind.qemu(),
+                qemu,
                 storage: halyard_sled_agent::StorageConfig {
                     capacity: storage_capacity,
                     ..Default::default()
@@ -248,7 +299,15 @@ impl TestContext {
             nexus: Arc::clone(server.nexus()),
             nexus_url: format!("https://{}", server.internal_address()),
             server: Some(server),
+            _namespaces: SledNamespaces(match kind {
+                SledKind::Qemu(_) => sleds
+                    .iter()
+                    .map(|sled| halyard_sled_agent::qemu_namespace_name(sled.agent().id()))
+                    .collect(),
+                SledKind::Sim(_) => Vec::new(),
+            }),
             sleds,
+            underlay,
             _nexus_internal_port: nexus_internal_port,
             token,
             storage_capacity,
@@ -323,6 +382,7 @@ impl TestContext {
         for sled in self.sleds {
             let _ = sled.close().await;
         }
+        drop(self.underlay);
         if let Some(server) = self.server {
             let _ = server.close().await;
         }

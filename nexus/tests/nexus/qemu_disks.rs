@@ -7,22 +7,15 @@
 //! sled, and every record read back.
 
 use crate::context::TestContext;
-use futures::SinkExt;
+use crate::real_vm::{
+    self, PATIENCE, line_after, request_migration, sdk, wait_for_shell, wait_for_state,
+};
 use halyard_common::ids::InstanceUuid;
 use halyard_common::{BlockSize, ByteCount, InstanceState, Name};
 use halyard_nexus_external_client::types;
-use halyard_sled_agent::guest_console::HEARTBEAT;
 use oxide::prelude::*;
-use serde_json::json;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
-/// How long a boot, a stop or a command typed into the guest may take: TCG on a busy
-/// machine is slow (a liveness bound, not a timing assertion).
-const PATIENCE: Duration = Duration::from_secs(180);
 /// The disk the instance is created with: Oxide's smallest usual size. ext2 formats it in
 /// seconds: only the inode tables and bitmaps are written.
 const DISK_GIB: u32 = 1;
@@ -34,10 +27,6 @@ const MOST_STARTS: usize = 10;
 
 fn name(n: &str) -> Name {
     n.parse().unwrap()
-}
-
-fn sdk(ctx: &TestContext) -> oxide::Client {
-    crate::authn_support::sdk(&ctx.external_url(), &ctx.token)
 }
 
 fn client(ctx: &TestContext) -> halyard_nexus_external_client::Client {
@@ -84,7 +73,7 @@ async fn vm_with_a_new_disk(name_: &str, sleds: usize) -> (TestContext, Instance
         .into_inner();
     let id: InstanceUuid = created.id;
     wait_for_state(&ctx, id, InstanceState::Running).await;
-    wait_for_shell(&ctx, name_).await;
+    wait_for_shell(&ctx, "p", name_).await;
     // The disk's three regions are on the three sleds, each served.
     let regions = ctx.sql(
         "SELECT count(DISTINCT r.sled_id), count(r.export_address) FROM region r \
@@ -92,22 +81,6 @@ async fn vm_with_a_new_disk(name_: &str, sleds: usize) -> (TestContext, Instance
     );
     assert_eq!(regions.trim(), "3|3", "three served regions on three sleds");
     (ctx, id)
-}
-
-async fn wait_for_state(ctx: &TestContext, id: InstanceUuid, state: InstanceState) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let view = ctx.view(id).await;
-        if view.run_state() == state {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "instance {id} never reached {state}; it is {}",
-            view.run_state()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The sled of the instance's active VMM.
@@ -118,89 +91,14 @@ async fn vmm_sled(ctx: &TestContext, id: InstanceUuid) -> String {
         .to_string()
 }
 
-/// Everything the instance's current VMM's console holds.
+/// Everything the instance's current VMM's console holds (project `p`).
 async fn console(ctx: &TestContext, instance: &str) -> String {
-    let data = sdk(ctx)
-        .instance_serial_console()
-        .project("p")
-        .instance(instance)
-        .from_start(0u64)
-        .max_bytes(1u64 << 20)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
-    String::from_utf8_lossy(&data.data).into_owned()
+    real_vm::console(ctx, "p", instance).await
 }
 
-/// Types `line` on the instance's serial console (the live stream).
-async fn type_line(ctx: &TestContext, instance: &str, line: &str) {
-    let upgraded = sdk(ctx)
-        .instance_serial_console_stream()
-        .project("p")
-        .instance(instance)
-        .most_recent(0u64)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
-    let mut stream = WebSocketStream::from_raw_socket(upgraded, Role::Client, None).await;
-    stream
-        .send(Message::Binary(format!("{line}\n").into_bytes().into()))
-        .await
-        .unwrap();
-    stream.close(None).await.unwrap();
-}
-
-/// A marker the guest prints whose typed (echoed) form differs: the shell joins the two
-/// quoted halves, the echo of the input shows them apart.
-fn marker(word: &str, n: u64) -> (String, String) {
-    let (a, b) = word.split_at(word.len() / 2);
-    (format!("\"{a}\"\"{b}-{n}\""), format!("{word}-{n}"))
-}
-
-/// Runs `script` in the guest's shell and returns what it printed (heartbeats left out),
-/// failing the test if it exits non-zero.
+/// Runs `script` in the guest's shell (project `p`); fails the test if it exits non-zero.
 async fn run(ctx: &TestContext, instance: &str, script: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let (typed_begin, begin) = marker("HQBEGIN", n);
-    let (typed_end, end) = marker("HQEND", n);
-    type_line(
-        ctx,
-        instance,
-        &format!("echo {typed_begin}; {script}; echo {typed_end} rc=$?"),
-    )
-    .await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let text = console(ctx, instance).await;
-        if let Some((_, after)) = text.split_once(&format!("{begin}\r\n"))
-            && let Some((output, rest)) = after.split_once(&format!("{end} rc="))
-        {
-            let rc: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            let output: String = output
-                .lines()
-                .filter(|l| !l.contains(HEARTBEAT))
-                .map(|l| format!("{}\n", l.trim_end_matches('\r')))
-                .collect();
-            assert_eq!(rc, "0", "`{script}` failed in the guest:\n{output}");
-            return output;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "`{script}` never finished in the guest; the console holds:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn line_after<'a>(output: &'a str, prefix: &str) -> &'a str {
-    output
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{output}"))
-        .trim()
+    real_vm::run(ctx, "p", instance, script).await
 }
 
 /// The file's sha256, read from the disk (the guest's page cache dropped first).
@@ -229,25 +127,7 @@ async fn start(ctx: &TestContext, id: InstanceUuid, instance: &str) {
         .await
         .unwrap();
     wait_for_state(ctx, id, InstanceState::Running).await;
-    wait_for_shell(ctx, instance).await;
-}
-
-/// Waits for the guest's shell prompt on the console: what is typed before the shell reads
-/// its input is lost (a first command typed right after boot lost its first characters).
-async fn wait_for_shell(ctx: &TestContext, instance: &str) {
-    let prompt = format!("{instance}# ");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let text = console(ctx, instance).await;
-        if text.contains(&prompt) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the shell of {instance} never prompted; the console holds:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_shell(ctx, "p", instance).await;
 }
 
 async fn stop(ctx: &TestContext, id: InstanceUuid, instance: &str) {
@@ -310,22 +190,6 @@ async fn a_new_disk_keeps_a_file_across_a_stop_and_a_start_on_another_sled() {
     );
     stop(&ctx, id, "keeper").await;
     ctx.assert_quiet_and_consistent().await;
-}
-
-/// Asks Nexus to live-migrate instance `instance` of project `p` anywhere (a Halyard
-/// extension, so not in the Oxide SDK).
-async fn request_migration(ctx: &TestContext, instance: &str) {
-    let response = crate::authn_support::http_client(&ctx.token)
-        .post(format!(
-            "{}/v1/instances/{instance}/migrate?project=p",
-            ctx.external_url()
-        ))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    assert_eq!(status, 202, "{}", response.text().await.unwrap());
 }
 
 /// The writer loop: appends numbered 1 KiB records to /mnt/log, syncing each, and prints
@@ -425,7 +289,7 @@ async fn a_writing_guest_migrates_and_outlives_a_killed_storage_daemon_losing_no
     // Live migration while the writer runs: the target attaches the same three exports.
     let source_vmm = ctx.view(id).await.active_vmm.expect("a VMM runs").id();
     let source_sled = vmm_sled(&ctx, id).await;
-    request_migration(&ctx, "writer").await;
+    request_migration(&ctx, "p", "writer", None).await;
     ctx.eventually_within(PATIENCE, "the instance runs on its new VMM", async |ctx| {
         let view = ctx.view(id).await;
         view.run_state() == InstanceState::Running

@@ -90,8 +90,9 @@ impl From<NetworkError> for halyard_common::Error {
     }
 }
 
-/// The sled's namespace name for `sled_id`.
-pub(crate) fn namespace_name(sled_id: SledUuid) -> String {
+/// The network namespace of the QEMU sled `sled_id` (`hl-` and the first 8 hex digits of
+/// its id).
+pub fn namespace_name(sled_id: SledUuid) -> String {
     format!("hl-{}", &sled_id.to_string()[..8])
 }
 
