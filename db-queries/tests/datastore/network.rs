@@ -54,7 +54,13 @@ async fn subnets_of_a_vpc_never_overlap_and_a_project_starts_with_its_default() 
     for bad in ["8.8.8.0/24", "10.0.0.0/27", "10.0.0.0/7"] {
         let err = h
             .datastore
-            .vpc_subnet_create(vpc.id(), "bad".parse().unwrap(), String::new(), block(bad), None)
+            .vpc_subnet_create(
+                vpc.id(),
+                "bad".parse().unwrap(),
+                String::new(),
+                block(bad),
+                None,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, Error::InvalidRequest { .. }), "{bad}: {err}");
@@ -113,11 +119,17 @@ async fn addresses_come_from_the_assignable_range_and_are_freed_by_delete() {
             )
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::InvalidRequest { .. }), "{reserved}: {err}");
+        assert!(
+            matches!(err, Error::InvalidRequest { .. }),
+            "{reserved}: {err}"
+        );
     }
     let explicit = h
         .datastore
-        .network_interface_create(new("a", Some("10.1.0.5".parse().unwrap())), InstanceForNics::Stopped)
+        .network_interface_create(
+            new("a", Some("10.1.0.5".parse().unwrap())),
+            InstanceForNics::Stopped,
+        )
         .await
         .unwrap();
     assert!(explicit.is_primary);
@@ -126,7 +138,10 @@ async fn addresses_come_from_the_assignable_range_and_are_freed_by_delete() {
     assert_eq!(explicit.ipv6(), Some(subnet.ipv6_for(explicit.ip())));
     let taken = h
         .datastore
-        .network_interface_create(new("b", Some("10.1.0.5".parse().unwrap())), InstanceForNics::Stopped)
+        .network_interface_create(
+            new("b", Some("10.1.0.5".parse().unwrap())),
+            InstanceForNics::Stopped,
+        )
         .await
         .unwrap_err();
     assert!(matches!(taken, Error::Conflict { .. }), "{taken}");
@@ -138,9 +153,11 @@ async fn addresses_come_from_the_assignable_range_and_are_freed_by_delete() {
     assert!(!auto.is_primary);
     assert_eq!(auto.slot, 1);
     let n = u32::from(auto.ip());
-    assert!((u32::from("10.1.0.5".parse::<std::net::Ipv4Addr>().unwrap())
-        ..=u32::from("10.1.0.62".parse::<std::net::Ipv4Addr>().unwrap()))
-        .contains(&n));
+    assert!(
+        (u32::from("10.1.0.5".parse::<std::net::Ipv4Addr>().unwrap())
+            ..=u32::from("10.1.0.62".parse::<std::net::Ipv4Addr>().unwrap()))
+            .contains(&n)
+    );
     assert_ne!(auto.ip(), explicit.ip());
     // The primary goes last; then the address is free again.
     let err = h
@@ -150,15 +167,19 @@ async fn addresses_come_from_the_assignable_range_and_are_freed_by_delete() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidRequest { .. }), "{err}");
     for nic in [&auto, &explicit] {
-        assert!(h
-            .datastore
-            .network_interface_delete(nic.id(), InstanceForNics::Stopped)
-            .await
-            .unwrap());
+        assert!(
+            h.datastore
+                .network_interface_delete(nic.id(), InstanceForNics::Stopped)
+                .await
+                .unwrap()
+        );
     }
     let again = h
         .datastore
-        .network_interface_create(new("d", Some("10.1.0.5".parse().unwrap())), InstanceForNics::Stopped)
+        .network_interface_create(
+            new("d", Some("10.1.0.5".parse().unwrap())),
+            InstanceForNics::Stopped,
+        )
         .await
         .unwrap();
     assert!(again.is_primary);
@@ -195,10 +216,9 @@ async fn racing_mapping_reads_take_distinct_increasing_generations() {
     let first = h.datastore.vpc_mappings_read(vpc.id(), None).await.unwrap();
     assert_eq!(first.vni, vpc.vni());
     assert!(first.mappings.is_empty(), "no instance runs");
-    let reads = futures::future::join_all(
-        (0..16).map(|_| h.datastore.vpc_mappings_read(vpc.id(), None)),
-    )
-    .await;
+    let reads =
+        futures::future::join_all((0..16).map(|_| h.datastore.vpc_mappings_read(vpc.id(), None)))
+            .await;
     let generations: BTreeSet<u64> = reads
         .into_iter()
         .map(|r| r.unwrap().generation.as_u64())
