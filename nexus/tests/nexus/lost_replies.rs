@@ -712,9 +712,9 @@ async fn every_undo_notices_its_effect_after_a_lost_reply() {
          saga unwound completely",
         cases.len()
     );
-    // Every node but the last of the sagas with more than one: 2 + 5 + 7 + 1 + 1, of which
-    // 2 + 4 + 5 + 1 + 1 have an undo.
-    assert_eq!((cases.len(), lost), (16, 13));
+    // Every node but the last of the sagas with more than one: 3 (create: its interfaces) + 6
+    // (start: its mappings) + 7 + 1 + 1, of which 3 + 5 + 5 + 1 + 1 have an undo.
+    assert_eq!((cases.len(), lost), (18, 15));
 }
 
 /// A disk-create request for a new 1 MiB blank disk in project `p`.
