@@ -11,6 +11,8 @@ missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # jq: the printed example that reads a serial console uses it.
 command -v jq >/dev/null 2>&1 || missing+=(jq)
+# ip and bridge (iproute2): the QEMU sleds' virtual switches and the underlay between them.
+command -v bridge >/dev/null 2>&1 || missing+=(iproute2)
 # The replicated database (three PostgreSQL under Patroni, with etcd) and HAProxy in front of
 # several Nexus. Their packages may enable system services (etcd on 2379, HAProxy); nothing
 # here uses those, so the ones installed here are stopped and disabled again.

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# ip and bridge (iproute2): the QEMU sleds' virtual switches (namespaces, bridges, VXLAN, taps).
+command -v bridge >/dev/null 2>&1 || missing+=(iproute2)
 # The replicated database (three PostgreSQL under Patroni, with etcd) and HAProxy in front of
 # several Nexus. Their packages may enable system services (etcd on 2379, HAProxy); nothing
 # here uses those, so the ones installed here are stopped and disabled again.
