@@ -410,23 +410,13 @@ fn region_snapshot_violations(
             .or_default()
             .insert(columns[1].to_string(), columns[2].to_string());
     }
-    let expunged: BTreeSet<String> = sql("SELECT id FROM sled WHERE time_expunged IS NOT NULL")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let expunged = expunged_sleds(sql);
     for sled in sleds {
         let sled_id = sled.agent().id().to_string();
         if expunged.contains(&sled_id) {
             continue;
         }
-        let held = (0..100).find_map(|_| {
-            let held = sled.agent().region_snapshots_now();
-            if held.is_none() {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            held
-        });
+        let held = read_now(|| sled.agent().region_snapshots_now());
         let Some(held) = held else {
             violations.push(format!(
                 "sled agent's region snapshots could not be read at a quiet point: sled \
@@ -483,25 +473,13 @@ fn region_violations(
             (columns[2].to_string(), columns[3].to_string()),
         );
     }
-    let expunged: BTreeSet<String> = sql("SELECT id FROM sled WHERE time_expunged IS NOT NULL")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let expunged = expunged_sleds(sql);
     for sled in sleds {
         let sled_id = sled.agent().id().to_string();
         if expunged.contains(&sled_id) {
             continue;
         }
-        // A sled agent's own reads (its registration sums its regions) hold the table for a
-        // moment, on another worker thread: try again briefly before calling it busy.
-        let held = (0..100).find_map(|_| {
-            let held = sled.agent().regions_now();
-            if held.is_none() {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            held
-        });
+        let held = read_now(|| sled.agent().regions_now());
         let Some(held) = held else {
             violations.push(format!(
                 "sled agent's regions could not be read at a quiet point: sled {sled_id}'s \
@@ -616,23 +594,13 @@ fn network_violations(
             .or_default()
             .insert(c[3].to_string());
     }
-    let expunged: BTreeSet<String> = sql("SELECT id FROM sled WHERE time_expunged IS NOT NULL")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let expunged = expunged_sleds(sql);
     for sled in sleds {
         let sled_id = sled.agent().id().to_string();
         if expunged.contains(&sled_id) {
             continue;
         }
-        let held = (0..100).find_map(|_| {
-            let held = sled.agent().v2p_now();
-            if held.is_none() {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            held
-        });
+        let held = read_now(|| sled.agent().v2p_now());
         let Some(held) = held else {
             violations.push(format!(
                 "sled agent's mappings could not be read at a quiet point: sled {sled_id}'s \
@@ -685,6 +653,28 @@ fn network_violations(
         }
     }
     violations
+}
+
+/// The ids of the expunged sleds (their agents are not compared: the sleds are gone).
+fn expunged_sleds(sql: &dyn Fn(&str) -> String) -> BTreeSet<String> {
+    sql("SELECT id FROM sled WHERE time_expunged IS NOT NULL")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A sled agent's table read without waiting (`read` is `None` while the table is locked):
+/// its own work (a registration summing its regions, a set being applied) holds a table for a
+/// moment on another worker thread, so it is tried again briefly before being called busy.
+fn read_now<T>(read: impl Fn() -> Option<T>) -> Option<T> {
+    (0..100).find_map(|_| {
+        let held = read();
+        if held.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        held
+    })
 }
 
 /// A live VMM as the database has it.
