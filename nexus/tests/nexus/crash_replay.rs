@@ -516,6 +516,8 @@ enum Probe {
     SledAgentRegions(usize),
     /// The sled agents hold this many region snapshots of the snapshot `{name}`.
     SledAgentRegionSnapshots(usize),
+    /// Some sled agent holds a VPC mapping for the instance's interface address.
+    SledAgentMapping,
 }
 
 impl NodeEffect {
@@ -533,6 +535,21 @@ impl NodeEffect {
                     .filter(|vmm| vmm.instance_id.to_string() == instance)
                     .count();
                 running == *count
+            }
+            Probe::SledAgentMapping => {
+                let ip = cluster.sql(&format!(
+                    "SELECT host(n.ip) FROM network_interface n JOIN instance i \
+                     ON i.id = n.instance_id WHERE i.name = '{name}' \
+                     AND i.time_deleted IS NULL AND n.time_deleted IS NULL"
+                ));
+                cluster.sleds.iter().any(|sled| {
+                    sled.agent()
+                        .v2p_now()
+                        .expect("quiet sled agents")
+                        .iter()
+                        .flat_map(|set| set.mappings.iter())
+                        .any(|m| m.virtual_ip.to_string() == ip)
+                })
             }
             Probe::SledAgentRegions(count) => {
                 let regions = cluster.sql(&format!(
@@ -577,6 +594,13 @@ fn node_effect(saga: &str, node: &str) -> Option<NodeEffect> {
             "the instance record",
             Probe::Sql("SELECT EXISTS (SELECT 1 FROM instance WHERE name = '{name}')"),
         ),
+        ("instance-create", "interfaces") => (
+            "the instance's default interface",
+            Probe::Sql(
+                "SELECT EXISTS (SELECT 1 FROM network_interface n JOIN instance i \
+                 ON i.id = n.instance_id WHERE i.name = '{name}' AND n.time_deleted IS NULL)",
+            ),
+        ),
         ("instance-create", "stopped") => (
             "the instance stopped (no_vmm)",
             Probe::Sql(
@@ -608,6 +632,10 @@ fn node_effect(saga: &str, node: &str) -> Option<NodeEffect> {
         ("instance-start", "registered") => (
             "the VMM registered with its sled agent",
             Probe::SledAgentVmms(1),
+        ),
+        ("instance-start", "mappings") => (
+            "its interface's mapping pushed to its sled",
+            Probe::SledAgentMapping,
         ),
         ("instance-start", "running") => (
             "the VMM asked to run, as recorded from the sled agent's answer",
