@@ -13,15 +13,19 @@ fn block(text: &str) -> Ipv4Net {
     text.parse().unwrap()
 }
 
+/// The VPC every project starts with.
+async fn default_vpc(h: &Harness, project: &halyard_db_model::Project) -> halyard_db_model::Vpc {
+    h.datastore
+        .vpc_fetch(project.id(), &NameOrId::Name("default".parse().unwrap()))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn subnets_of_a_vpc_never_overlap_and_a_project_starts_with_its_default() {
     let h = Harness::new();
     let project = h.project("p").await;
-    let vpc = h
-        .datastore
-        .vpc_fetch(project.id(), &NameOrId::Name("default".parse().unwrap()))
-        .await
-        .unwrap();
+    let vpc = default_vpc(&h, &project).await;
     let default = h
         .datastore
         .vpc_subnet_fetch(vpc.id(), &NameOrId::Name("default".parse().unwrap()))
@@ -83,11 +87,7 @@ async fn subnets_of_a_vpc_never_overlap_and_a_project_starts_with_its_default() 
 async fn addresses_come_from_the_assignable_range_and_are_freed_by_delete() {
     let h = Harness::new();
     let project = h.project("p").await;
-    let vpc = h
-        .datastore
-        .vpc_fetch(project.id(), &NameOrId::Name("default".parse().unwrap()))
-        .await
-        .unwrap();
+    let vpc = default_vpc(&h, &project).await;
     // A /26: 64 addresses, 58 assignable (the first five and the last are reserved).
     let subnet = h
         .datastore
@@ -208,11 +208,7 @@ async fn addresses_come_from_the_assignable_range_and_are_freed_by_delete() {
 async fn racing_mapping_reads_take_distinct_increasing_generations() {
     let h = Harness::new();
     let project = h.project("p").await;
-    let vpc = h
-        .datastore
-        .vpc_fetch(project.id(), &NameOrId::Name("default".parse().unwrap()))
-        .await
-        .unwrap();
+    let vpc = default_vpc(&h, &project).await;
     let first = h.datastore.vpc_mappings_read(vpc.id(), None).await.unwrap();
     assert_eq!(first.vni, vpc.vni());
     assert!(first.mappings.is_empty(), "no instance runs");
