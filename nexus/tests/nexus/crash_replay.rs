@@ -516,8 +516,6 @@ enum Probe {
     SledAgentRegions(usize),
     /// The sled agents hold this many region snapshots of the snapshot `{name}`.
     SledAgentRegionSnapshots(usize),
-    /// Some sled agent holds a VPC mapping for the instance's interface address.
-    SledAgentMapping,
 }
 
 impl NodeEffect {
@@ -535,21 +533,6 @@ impl NodeEffect {
                     .filter(|vmm| vmm.instance_id.to_string() == instance)
                     .count();
                 running == *count
-            }
-            Probe::SledAgentMapping => {
-                let ip = cluster.sql(&format!(
-                    "SELECT host(n.ip) FROM network_interface n JOIN instance i \
-                     ON i.id = n.instance_id WHERE i.name = '{name}' \
-                     AND i.time_deleted IS NULL AND n.time_deleted IS NULL"
-                ));
-                cluster.sleds.iter().any(|sled| {
-                    sled.agent()
-                        .v2p_now()
-                        .expect("quiet sled agents")
-                        .iter()
-                        .flat_map(|set| set.mappings.iter())
-                        .any(|m| m.virtual_ip.to_string() == ip)
-                })
             }
             Probe::SledAgentRegions(count) => {
                 let regions = cluster.sql(&format!(
@@ -633,10 +616,9 @@ fn node_effect(saga: &str, node: &str) -> Option<NodeEffect> {
             "the VMM registered with its sled agent",
             Probe::SledAgentVmms(1),
         ),
-        ("instance-start", "mappings") => (
-            "its interface's mapping pushed to its sled",
-            Probe::SledAgentMapping,
-        ),
+        // `mappings` has no probe: its push is not the only way a mapping reaches a sled (a
+        // sled agent's re-registration reconciles its mappings with the database, where the
+        // VMM is live from `vmm` on), so a mapping may be held before the node runs.
         ("instance-start", "running") => (
             "the VMM asked to run, as recorded from the sled agent's answer",
             Probe::Sql(
