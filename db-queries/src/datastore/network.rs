@@ -57,6 +57,12 @@ use ipnet::IpNet;
 use rand::Rng;
 use std::net::{IpAddr, Ipv4Addr};
 
+#[diesel::declare_sql_function]
+extern "SQL" {
+    /// SQL's `GREATEST` of two integers (PostgreSQL and CockroachDB both have it).
+    fn greatest(a: sql_types::BigInt, b: sql_types::BigInt) -> sql_types::BigInt;
+}
+
 /// How many addresses one allocation attempt considers (from a random start, wrapping): all
 /// of a subnet up to a /20; a larger subnet is sampled, and only called full once its live
 /// interfaces fill it.
@@ -694,19 +700,24 @@ impl DataStore {
 
     /// Reads a VPC's mapping set for the sleds, taking the next mapping generation (see the
     /// module's documentation). `excluding`: a VMM whose interfaces are left out as if it had
-    /// ended (an undo that is about to end it). A deleted VPC reads as an empty set.
+    /// ended (an undo that is about to end it). `past`: a generation the read must exceed,
+    /// because a sled already holds a set that new (one pushed by hand, or by a Nexus whose
+    /// database was restored from a backup); without it such a sled would turn the
+    /// read's set away as stale. A deleted VPC reads as an empty set.
     pub async fn vpc_mappings_read(
         &self,
         vpc_id: VpcUuid,
         excluding: Option<VmmUuid>,
+        past: Option<Generation>,
     ) -> Result<VpcMappingsRead, Error> {
+        let floor = past.map_or(0, |past| past.next().as_i64());
         self.retry_conflicts(|| async move {
             let conn = &mut *self.connection().await?;
             conn.transaction(async |conn| {
                 let (vni, generation, deleted): (i64, i64, Option<chrono::DateTime<Utc>>) =
                     diesel::update(vpc::table)
                         .filter(vpc::id.eq(DbTypedUuid(vpc_id)))
-                        .set(vpc::v2p_generation.eq(vpc::v2p_generation + 1))
+                        .set(vpc::v2p_generation.eq(greatest(vpc::v2p_generation + 1, floor)))
                         .returning((vpc::vni, vpc::v2p_generation, vpc::time_deleted))
                         .get_result(conn)
                         .await

@@ -209,16 +209,48 @@ async fn racing_mapping_reads_take_distinct_increasing_generations() {
     let h = Harness::new();
     let project = h.project("p").await;
     let vpc = default_vpc(&h, &project).await;
-    let first = h.datastore.vpc_mappings_read(vpc.id(), None).await.unwrap();
+    let first = h
+        .datastore
+        .vpc_mappings_read(vpc.id(), None, None)
+        .await
+        .unwrap();
     assert_eq!(first.vni, vpc.vni());
     assert!(first.mappings.is_empty(), "no instance runs");
-    let reads =
-        futures::future::join_all((0..16).map(|_| h.datastore.vpc_mappings_read(vpc.id(), None)))
-            .await;
+    let reads = futures::future::join_all(
+        (0..16).map(|_| h.datastore.vpc_mappings_read(vpc.id(), None, None)),
+    )
+    .await;
     let generations: BTreeSet<u64> = reads
         .into_iter()
         .map(|r| r.unwrap().generation.as_u64())
         .collect();
     assert_eq!(generations.len(), 16, "{generations:?}");
     assert!(generations.iter().all(|g| *g > first.generation.as_u64()));
+}
+
+#[tokio::test]
+async fn a_mappings_read_past_a_generation_exceeds_it() {
+    let h = Harness::new();
+    let project = h.project("p").await;
+    let vpc = default_vpc(&h, &project).await;
+    let first = h
+        .datastore
+        .vpc_mappings_read(vpc.id(), None, None)
+        .await
+        .unwrap();
+    // A sled holds a set far newer than the database's: the read skips past it.
+    let held = halyard_common::Generation::try_from(first.generation.as_u64() + 100).unwrap();
+    let past = h
+        .datastore
+        .vpc_mappings_read(vpc.id(), None, Some(held))
+        .await
+        .unwrap();
+    assert_eq!(past.generation, held.next());
+    // An older `past` changes nothing: the read still takes the next generation.
+    let next = h
+        .datastore
+        .vpc_mappings_read(vpc.id(), None, Some(first.generation))
+        .await
+        .unwrap();
+    assert_eq!(next.generation, past.generation.next());
 }

@@ -94,7 +94,7 @@ impl Nexus {
     ) -> Result<(), Error> {
         let read = self
             .datastore()
-            .vpc_mappings_read(vpc_id, scope.excluding)
+            .vpc_mappings_read(vpc_id, scope.excluding, None)
             .await?;
         let mut sleds: BTreeSet<SledUuid> = read.mappings.iter().map(|m| m.sled_id).collect();
         sleds.extend(scope.also.iter().copied());
@@ -167,7 +167,13 @@ impl Nexus {
         for (vni, vpc_id) in vpcs {
             let set = match vpc_id {
                 Some(vpc_id) => {
-                    let read = self.datastore().vpc_mappings_read(vpc_id, None).await?;
+                    // Past what the sled holds: a set newer than the database's (pushed by
+                    // hand, or by a Nexus whose database was restored) would turn ours away.
+                    let past = held.get(&vni).map(|have| have.generation);
+                    let read = self
+                        .datastore()
+                        .vpc_mappings_read(vpc_id, None, past)
+                        .await?;
                     set_for_sled(sled_id, &read)
                 }
                 // A deleted VPC's mappings: no newer set will ever come, so one past the held

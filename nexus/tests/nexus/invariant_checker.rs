@@ -1020,9 +1020,10 @@ async fn a_sled_missing_a_mapping_or_holding_a_stale_one_is_flagged() {
         .into_iter()
         .find(|set| !set.mappings.is_empty())
         .expect("a's sled holds its VPC's set");
-    // A newer set without the first mapping: the sled forgot one.
+    // A set without the first mapping, far newer than the database's generation (as if
+    // pushed by a Nexus whose database was restored): the sled forgot one.
     let forgotten = set.mappings.remove(0);
-    set.generation = set.generation.next();
+    set.generation = halyard_common::Generation::try_from(set.generation.as_u64() + 100).unwrap();
     client.v2p_put(&set.vni, &set).await.unwrap();
     assert_rules_broken(
         &ctx.invariant_violations().await,
