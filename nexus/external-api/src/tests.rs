@@ -322,6 +322,9 @@ fn project_and_sled_views_have_every_field_the_sdk_requires() {
         state: SledState::Active,
         usable_hardware_threads: 32,
         usable_physical_ram: ByteCount::from_gibibytes_u32(64),
+        reserved_hardware_threads: 4,
+        reserved_physical_ram: ByteCount::from_gibibytes_u32(8),
+        live_vmms: 2,
     };
     let value = serde_json::to_value(&sled).unwrap();
     assert_eq!(
@@ -329,8 +332,11 @@ fn project_and_sled_views_have_every_field_the_sdk_requires() {
         [
             "baseboard",
             "id",
+            "live_vmms",
             "policy",
             "rack_id",
+            "reserved_hardware_threads",
+            "reserved_physical_ram",
             "slot",
             "state",
             "time_created",
@@ -488,6 +494,9 @@ fn sled_pages_go_by_id() {
         state: SledState::Active,
         usable_hardware_threads: 1,
         usable_physical_ram: ByteCount::from_gibibytes_u32(1),
+        reserved_hardware_threads: 0,
+        reserved_physical_ram: ByteCount::from_gibibytes_u32(0),
+        live_vmms: 0,
     };
     let token = results_page_by_id(vec![sled], scan_params(&first))
         .unwrap()
