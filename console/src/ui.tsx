@@ -248,7 +248,7 @@ export function ShortId({ id }: { id: string | null | undefined }) {
 
 export function TableWrap({ label, children }: { label: string; children: ReactNode }) {
   return (
-    <div className="table-wrap" role="region" aria-label={label} tabIndex={0}>
+    <div className="table-wrap" role="region" aria-label={`${label} table`} tabIndex={0}>
       {children}
     </div>
   );

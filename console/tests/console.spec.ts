@@ -118,7 +118,7 @@ test('admin: project, instance, live state, serial console, stop, sign out', asy
     await expect(stateBadge(page)).toHaveText(/creating|starting|running/);
     await expect(stateBadge(page)).toHaveText('running', { timeout: BOOT_MINUTES * 60 * 1000 });
     // The active VMM and its sled are shown, and the history lists it.
-    const history = page.getByRole('region', { name: 'VMM history' });
+    const history = page.getByRole('region', { name: 'VMM history table' });
     await expect(history).toContainText('active');
     await expect(history).toContainText('running');
     await shot(page, '04-instance');
@@ -179,7 +179,7 @@ test('admin: project, instance, live state, serial console, stop, sign out', asy
 
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'System' }).click();
     await expect(page).toHaveURL(/\/system\/sleds$/);
-    const sleds = page.getByRole('region', { name: 'Sleds' });
+    const sleds = page.getByRole('region', { name: 'Sleds table' });
     await expect(sleds.getByRole('row')).not.toHaveCount(0);
     await expect(sleds).toContainText('/');
     await expect(page.getByRole('link', { name: 'Metrics (Prometheus)' })).toHaveAttribute('href', '/v1/system/metrics');
@@ -189,7 +189,7 @@ test('admin: project, instance, live state, serial console, stop, sign out', asy
     await expect(page.getByRole('alert')).toHaveCount(0);
     await shot(page, '11-system-sagas');
     await page.getByRole('navigation', { name: 'System' }).getByRole('link', { name: 'Background tasks' }).click();
-    await expect(page.getByRole('region', { name: 'Background tasks' })).toBeVisible();
+    await expect(page.getByRole('region', { name: 'Background tasks table' })).toBeVisible();
     await shot(page, '12-system-tasks');
     await page.getByRole('link', { name: 'Authorize a CLI' }).click();
     await expect(page.getByLabel('User code')).toBeVisible();
