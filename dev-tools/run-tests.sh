@@ -11,6 +11,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 # ip and bridge (iproute2): the QEMU sleds' virtual switches (namespaces, bridges, VXLAN, taps).
 command -v bridge >/dev/null 2>&1 || missing+=(iproute2)
+# The web console's build and browser tests: Node.js and npm (its packages, from
+# console/package-lock.json), and Debian's Chromium, which Playwright drives headless.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # The replicated database (three PostgreSQL under Patroni, with etcd) and HAProxy in front of
 # several Nexus. Their packages may enable system services (etcd on 2379, HAProxy); nothing
 # here uses those, so the ones installed here are stopped and disabled again.
@@ -32,6 +36,14 @@ fi
 echo "==> guest image for the QEMU tests (installs qemu-system-x86; built once per machine)"
 bash dev-tools/guest-image.sh
 
+echo "==> web console: npm ci, and the checked-in build reproduced from the lock file"
+(cd console && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund && npm run build)
+if [ -n "$(git status --porcelain -- console/dist)" ]; then
+    git status --short -- console/dist
+    echo "error: console/dist differs from what 'npm run build' makes: rebuild and commit it" >&2
+    exit 1
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
@@ -42,7 +54,7 @@ echo "==> cargo test"
 # which seeds ran how many operations; how many model cases and steps) show here; so do the
 # replicated database's failover and HAProxy's (the failover window, requests after a death).
 cargo test -j2 --workspace -- --skip crash_replay:: --skip lost_replies:: --skip races:: --skip model_test:: \
-    --skip patroni:: --skip haproxy:: --skip replicated_db::
+    --skip patroni:: --skip haproxy:: --skip replicated_db:: --skip console::the_console_in_a_real_browser
 
 # `cargo test <args>` for tests selected by name; fails if the selection ran no test at all
 # (a renamed or moved module would otherwise "pass" in silence).
@@ -62,6 +74,8 @@ run_selected_tests() {
     echo "==> cargo test $*: $passed passed"
 }
 
+echo "==> the web console in headless Chromium (Playwright; screenshots in target/console-screenshots)"
+run_selected_tests -j2 -p halyard-nexus --test nexus console::the_console_in_a_real_browser -- --nocapture
 echo "==> replicated PostgreSQL (Patroni): kill the primary; HAProxy: kill a backend"
 run_selected_tests -j2 -p halyard-test-db --lib -- --nocapture patroni:: haproxy::
 echo "==> lifecycle load through HAProxy and two Nexus while the Patroni primary is killed"

@@ -5,6 +5,7 @@
 //! sizes, user-facing names, the state machines of instances, VMMs and migrations, and the one
 //! error type the API speaks. Nothing here talks to a database or the network.
 
+pub mod background_task;
 mod block_size;
 mod byte_count;
 mod description;

@@ -4,12 +4,14 @@
 //! Every external handler runs its work through [`external_request`] (or, for the two device
 //! login endpoints a client calls before it has a token, [`unauthenticated_request`]). It
 //!
-//! 1. authenticates the caller from `Authorization: Bearer <token>`: the token is looked up by
-//!    its SHA-256 and must be neither revoked nor expired, its user not deleted. Anything
-//!    else (no header, several, a value that is not ASCII, too long, not `Bearer`, not
-//!    token-shaped, unknown, expired, revoked) is 401 with Oxide's body (`Unauthorized`,
-//!    "credentials missing or invalid"), the same for every case; which one it was is logged
-//!    (never the token);
+//! 1. authenticates the caller from `Authorization: Bearer <token>`, or, on a request without
+//!    that header, from the web console's `session` cookie (see [`crate::console`]; refused
+//!    on a request whose `Origin` is another origin): the token (a session is one too) is
+//!    looked up by its SHA-256 and must be neither revoked nor expired, its user not deleted.
+//!    Anything else (no credentials, several, a value that is not ASCII, too long, not
+//!    `Bearer`, not token-shaped, a cookie sent cross-origin, unknown, expired, revoked) is
+//!    401 with Oxide's body (`Unauthorized`, "credentials missing or invalid"), the same for
+//!    every case; which one it was is logged (never the token);
 //! 2. hands the work an [`OpContext`] naming the [`Actor`]: what authorization (coming next)
 //!    decides from;
 //! 3. records a mutating request (POST, PUT, DELETE) in the audit log before the work starts
@@ -18,6 +20,7 @@
 //!    not made (503).
 
 use crate::app::Nexus;
+use crate::console;
 use dropshot::{
     Body, HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted,
     HttpResponseOk, HttpResponseUpdatedNoContent, RequestContext,
@@ -104,6 +107,8 @@ pub const SAGA_ACTOR_PARAM: &str = "actor";
 enum Refusal {
     Missing,
     Repeated,
+    SessionRepeated,
+    SessionCrossOrigin,
     NotVisibleAscii,
     TooLong,
     NotBearer,
@@ -114,8 +119,10 @@ enum Refusal {
 impl Refusal {
     fn label(self) -> &'static str {
         match self {
-            Refusal::Missing => "no Authorization header",
+            Refusal::Missing => "no Authorization header or session cookie",
             Refusal::Repeated => "more than one Authorization header",
+            Refusal::SessionRepeated => "more than one session cookie",
+            Refusal::SessionCrossOrigin => "session cookie on a request from another origin",
             Refusal::NotVisibleAscii => "Authorization header is not visible ASCII",
             Refusal::TooLong => "Authorization header too long",
             Refusal::NotBearer => "Authorization scheme is not Bearer",
@@ -147,13 +154,29 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<&str, Refusal> {
     Ok(token)
 }
 
+/// A request's credentials: its bearer token, or, with no `Authorization` header, its
+/// console session (`tls`: whether the request came over TLS, for its origin).
+fn credentials(headers: &http::HeaderMap, tls: bool) -> Result<&str, Refusal> {
+    if headers.contains_key(http::header::AUTHORIZATION) {
+        return bearer_token(headers);
+    }
+    match console::cookie_values(headers, console::SESSION_COOKIE).as_slice() {
+        [] => Err(Refusal::Missing),
+        [_] if !console::same_origin(headers, tls) => Err(Refusal::SessionCrossOrigin),
+        [secret] if looks_like_token(secret) => Ok(secret),
+        [_] => Err(Refusal::Malformed),
+        _ => Err(Refusal::SessionRepeated),
+    }
+}
+
 /// Authenticates a request: the one function that learns who is calling.
 async fn authenticate(rqctx: &RequestContext<Arc<Nexus>>) -> Result<OpContext, Error> {
     let refused = |refusal: Refusal| {
         info!(rqctx.log, "request refused: not authenticated"; "reason" => refusal.label());
         Error::unauthenticated(refusal.label())
     };
-    let token = bearer_token(rqctx.request.headers()).map_err(refused)?;
+    let tls = rqctx.server.using_tls();
+    let token = credentials(rqctx.request.headers(), tls).map_err(refused)?;
     let owner = rqctx
         .context()
         .datastore()

@@ -6,13 +6,14 @@ use crate::app::instance::InstanceAndVmm;
 use crate::app::serial_console::{ConsoleOffset, relay_serial_console};
 use crate::authn::{OpContext, WebsocketUpgraded, external_request, unauthenticated_request};
 use crate::authz::{Action, ProjectRole as AuthzProjectRole};
+use crate::console;
 use dropshot::{
     Body, HttpError, HttpResponseAccepted, HttpResponseCreated, HttpResponseDeleted,
     HttpResponseOk, HttpResponseUpdatedNoContent, PaginationOrder as DropshotOrder, Path, Query,
     RequestContext, ResultsPage, TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
 use halyard_common::ids::{GenericUuid, UserUuid};
-use halyard_common::{AutoRestartPolicy, Error};
+use halyard_common::{AutoRestartPolicy, Error, Labelled};
 use halyard_db_queries::DeviceTokenPoll;
 use halyard_db_queries::{DataPageParams, PaginatedBy, PaginationOrder};
 use halyard_nexus_external_api::NexusExternalApi;
@@ -21,10 +22,10 @@ use halyard_nexus_external_api::pagination::{
     results_page_by_id, results_page_by_name_or_id, scan_params,
 };
 use halyard_nexus_external_api::params::{
-    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
-    InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
+    ConsolePath, DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate,
+    DiskPath, InstanceCreate, InstanceMigrate, InstancePath, InstanceSerialConsoleRequest,
     InstanceSerialConsoleStreamRequest, InstanceUpdate, OptionalProjectSelector, ProjectCreate,
-    ProjectPath, ProjectSelector, SnapshotCreate, SnapshotPath,
+    ProjectPath, ProjectSelector, SnapshotCreate, SnapshotPath, TokenLogin,
 };
 use halyard_nexus_external_api::params::{
     InstanceNetworkInterfaceCreate, InstanceSelector, NetworkInterfacePath,
@@ -33,10 +34,11 @@ use halyard_nexus_external_api::params::{
 };
 use halyard_nexus_external_api::views::{
     Baseboard, CurrentUser, DeviceAccessTokenGrant, DeviceAuthResponse, Disk, DiskState, DiskType,
-    IdentityType, Instance, InstanceNetworkInterface, InstanceSerialConsoleData, Migration, Ping,
-    PingStatus, PrivateIpStack, PrivateIpv4Stack, PrivateIpv6Stack, Project, ProjectRole,
-    ProjectRolePolicy, ProjectRoleRoleAssignment, Sled, SledPolicy, SledProvisionPolicy, SledState,
-    Snapshot, SnapshotState, Vpc, VpcSubnet,
+    IdentityType, Instance, InstanceNetworkInterface, InstanceSerialConsoleData, InstanceVmm,
+    InstanceVmmRole, Migration, Ping, PingStatus, PrivateIpStack, PrivateIpv4Stack,
+    PrivateIpv6Stack, Project, ProjectRole, ProjectRolePolicy, ProjectRoleRoleAssignment,
+    SagaInProgress, Sled, SledPolicy, SledProvisionPolicy, SledState, Snapshot, SnapshotState, Vpc,
+    VpcSubnet,
 };
 use std::sync::Arc;
 
@@ -291,7 +293,8 @@ fn migration_view(migration: halyard_db_model::Migration) -> Migration {
     }
 }
 
-fn sled_view(sled: halyard_db_model::Sled) -> Sled {
+/// The API's view of a sled; `live_vmms`: how many live VMMs it holds.
+fn sled_view(sled: halyard_db_model::Sled, live_vmms: u32) -> Sled {
     Sled {
         id: sled.id(),
         time_created: sled.time_created,
@@ -320,6 +323,32 @@ fn sled_view(sled: halyard_db_model::Sled) -> Sled {
         },
         usable_hardware_threads: u32::try_from(sled.usable_hardware_threads).unwrap_or(u32::MAX),
         usable_physical_ram: sled.usable_physical_ram.0,
+        reserved_hardware_threads: u32::try_from(sled.reserved_hardware_threads)
+            .unwrap_or(u32::MAX),
+        reserved_physical_ram: sled.reserved_physical_ram.0,
+        live_vmms,
+    }
+}
+
+/// The API's view of one of an instance's VMMs.
+fn instance_vmm_view(
+    instance: &halyard_db_model::Instance,
+    vmm: halyard_db_model::Vmm,
+) -> InstanceVmm {
+    let role = if instance.runtime.active_vmm() == Some(vmm.id()) {
+        InstanceVmmRole::Active
+    } else if instance.runtime.target_vmm() == Some(vmm.id()) {
+        InstanceVmmRole::Target
+    } else {
+        InstanceVmmRole::Past
+    };
+    InstanceVmm {
+        id: vmm.id(),
+        sled_id: vmm.sled_id(),
+        state: vmm.state(),
+        role,
+        time_created: vmm.time_created,
+        time_state_updated: vmm.runtime.time_state_updated,
     }
 }
 
@@ -511,6 +540,51 @@ impl NexusExternalApi for NexusExternalImpl {
                 time_created: user.time_created,
                 time_modified: user.time_modified,
             }))
+        })
+        .await
+    }
+
+    async fn login_token(
+        rqctx: RequestContext<Self::Context>,
+        body: TypedBody<TokenLogin>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        let rqctx = &rqctx;
+        unauthenticated_request(rqctx, async move {
+            let tls = rqctx.server.using_tls();
+            if !console::same_origin(rqctx.request.headers(), tls) {
+                return Err(Error::forbidden("console sign-in from another origin").into());
+            }
+            let secret = rqctx
+                .context()
+                .console_session_create(&body.into_inner().token, console::SESSION_LIFETIME)
+                .await?;
+            console::no_content_setting(&console::session_cookie(
+                Some(secret.expose()),
+                console::SESSION_LIFETIME,
+                tls,
+            ))
+        })
+        .await
+    }
+
+    async fn logout(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        let rqctx = &rqctx;
+        unauthenticated_request(rqctx, async move {
+            let tls = rqctx.server.using_tls();
+            if !console::same_origin(rqctx.request.headers(), tls) {
+                return Err(Error::forbidden("console sign-out from another origin").into());
+            }
+            let headers = rqctx.request.headers();
+            for session in console::cookie_values(headers, console::SESSION_COOKIE) {
+                rqctx.context().console_session_end(session).await?;
+            }
+            console::no_content_setting(&console::session_cookie(
+                None,
+                console::SESSION_LIFETIME,
+                tls,
+            ))
         })
         .await
     }
@@ -887,6 +961,30 @@ impl NexusExternalApi for NexusExternalImpl {
             let migrations = nexus.datastore().migration_list(Some(id)).await?;
             Ok(HttpResponseOk(
                 migrations.into_iter().map(migration_view).collect(),
+            ))
+        })
+        .await
+    }
+
+    async fn instance_vmm_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<Vec<InstanceVmm>>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            let instance = lookup_instance(nexus, &opctx, query, path, Action::ListChildren)
+                .await?
+                .instance;
+            let vmms = nexus
+                .datastore()
+                .instance_vmm_history(instance.id())
+                .await?;
+            Ok(HttpResponseOk(
+                vmms.into_iter()
+                    .map(|vmm| instance_vmm_view(&instance, vmm))
+                    .collect(),
             ))
         })
         .await
@@ -1418,13 +1516,112 @@ impl NexusExternalApi for NexusExternalImpl {
                 direction: order(page.direction),
                 limit: page.limit,
             };
-            let sleds = rqctx.context().datastore().sled_list(&params).await?;
-            let views = sleds.into_iter().map(sled_view).collect();
+            let datastore = rqctx.context().datastore();
+            let sleds = datastore.sled_list(&params).await?;
+            let ids: Vec<_> = sleds.iter().map(|sled| sled.id()).collect();
+            let live_vmms = datastore.sled_live_vmm_counts(&ids).await?;
+            let views = sleds
+                .into_iter()
+                .map(|sled| {
+                    let count = live_vmms.get(&sled.id()).copied().unwrap_or(0);
+                    sled_view(sled, count)
+                })
+                .collect();
             Ok(HttpResponseOk(results_page_by_id(
                 views,
                 scan_params(&query),
             )?))
         })
         .await
+    }
+
+    async fn system_saga_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<SagaInProgress>>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            nexus.fleet_authorize(&opctx, Action::Read).await?;
+            let sagas = nexus.datastore().saga_list(false).await?;
+            Ok(HttpResponseOk(
+                sagas
+                    .into_iter()
+                    .map(|saga| SagaInProgress {
+                        id: saga.id(),
+                        name: saga.name,
+                        state: saga.saga_state.0.label().to_string(),
+                        creator: saga.creator.0.into_untyped_uuid(),
+                        current_sec: saga.current_sec.0.into_untyped_uuid(),
+                        time_created: saga.time_created,
+                        resume_failure: saga.resume_failure,
+                    })
+                    .collect(),
+            ))
+        })
+        .await
+    }
+
+    async fn system_background_task_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<halyard_common::background_task::BackgroundTask>>, HttpError>
+    {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            nexus.fleet_authorize(&opctx, Action::Read).await?;
+            Ok(HttpResponseOk(nexus.background_tasks().list()))
+        })
+        .await
+    }
+
+    async fn system_metrics(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        let rqctx = &rqctx;
+        external_request(rqctx, move |opctx| async move {
+            let nexus = rqctx.context();
+            nexus.fleet_authorize(&opctx, Action::Read).await?;
+            nexus.metrics_response().await
+        })
+        .await
+    }
+
+    async fn console_root(
+        _rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        console::page()
+    }
+
+    async fn console_login(
+        _rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        console::page()
+    }
+
+    async fn console_projects(
+        _rqctx: RequestContext<Self::Context>,
+        _path: Path<ConsolePath>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        console::page()
+    }
+
+    async fn console_system(
+        _rqctx: RequestContext<Self::Context>,
+        _path: Path<ConsolePath>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        console::page()
+    }
+
+    async fn console_device_verify(
+        _rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        console::page()
+    }
+
+    async fn console_asset(
+        _rqctx: RequestContext<Self::Context>,
+        path: Path<ConsolePath>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        console::asset(&path.into_inner().path)
     }
 }

@@ -16,6 +16,7 @@ pub mod app;
 pub mod authn;
 pub mod authz;
 pub mod config;
+mod console;
 mod external_api;
 mod internal_api;
 pub mod metrics;

@@ -117,8 +117,8 @@ pub struct HostedInterface {
 }
 
 /// The VMM states in which a VMM's interfaces are on its sled's switch (it was registered and
-/// has not ended).
-const LIVE_VMM_STATES: [&str; 7] = [
+/// has not ended; the sled list counts these as its live VMMs).
+pub(super) const LIVE_VMM_STATES: [&str; 7] = [
     "creating",
     "starting",
     "running",

@@ -18,6 +18,7 @@
 //! claim requires `time_vmms_failed IS NULL`, and the mark is written to the same row.
 
 use super::DataStore;
+use super::network::LIVE_VMM_STATES;
 use crate::cached::CacheByText;
 use crate::error::{TxnError, public_error_from_diesel};
 use crate::pagination::{DataPageParams, paginate};
@@ -85,6 +86,29 @@ impl<E: Into<TxnError>> From<E> for AttemptFailed {
 }
 
 impl DataStore {
+    /// How many live VMMs (registered and not ended) each sled holds, for the sleds in
+    /// `sleds`; a sled holding none is absent.
+    pub async fn sled_live_vmm_counts(
+        &self,
+        sleds: &[SledUuid],
+    ) -> Result<std::collections::BTreeMap<SledUuid, u32>, Error> {
+        let conn = &mut *self.connection().await?;
+        let ids: Vec<DbTypedUuid<SledKind>> = sleds.iter().copied().map(DbTypedUuid).collect();
+        let counts: Vec<(DbTypedUuid<SledKind>, i64)> = vmm::table
+            .filter(vmm::sled_id.eq_any(ids))
+            .filter(vmm::time_deleted.is_null())
+            .filter(vmm::state.eq_any(LIVE_VMM_STATES))
+            .group_by(vmm::sled_id)
+            .select((vmm::sled_id, diesel::dsl::count_star()))
+            .load(conn)
+            .await
+            .map_err(public_error_from_diesel)?;
+        Ok(counts
+            .into_iter()
+            .map(|(sled, count)| (sled.0, u32::try_from(count).unwrap_or(u32::MAX)))
+            .collect())
+    }
+
     /// Records a sled agent's registration: a new sled, or a known one's new address,
     /// backend and capacity (its reservations are kept). Refuses, with `Conflict`, a capacity
     /// below what is already reserved on the sled, and any registration of an expunged sled

@@ -341,6 +341,7 @@ async fn run(
     let external = format!("http://{external_address}");
     println!("Halyard is running.");
     println!("  Nexus external API:  {external}");
+    println!("  web console:         {external}/  (sign in with the token below)");
     println!(
         "    user \"{}\" (id {}) has a new token; for curl, the oxide CLI and the SDK:",
         user.name(),

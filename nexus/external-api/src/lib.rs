@@ -21,18 +21,19 @@ use dropshot::{
     HttpResponseOk, HttpResponseUpdatedNoContent, Path, Query, RequestContext, ResultsPage,
     TypedBody, WebsocketEndpointResult, WebsocketUpgrade,
 };
+use halyard_common::background_task::BackgroundTask;
 use pagination::{PaginatedById, PaginatedByNameOrId};
 use params::{
-    DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate, DiskPath,
-    InstanceCreate, InstanceMigrate, InstanceNetworkInterfaceCreate, InstancePath,
+    ConsolePath, DeviceAccessTokenRequest, DeviceAuthRequest, DeviceAuthVerify, DiskCreate,
+    DiskPath, InstanceCreate, InstanceMigrate, InstanceNetworkInterfaceCreate, InstancePath,
     InstanceSelector, InstanceSerialConsoleRequest, InstanceSerialConsoleStreamRequest,
     InstanceUpdate, NetworkInterfacePath, OptionalInstanceSelector, OptionalProjectSelector,
     OptionalVpcSelector, ProjectCreate, ProjectPath, ProjectSelector, SnapshotCreate, SnapshotPath,
-    SubnetPath, VpcCreate, VpcPath, VpcSelector, VpcSubnetCreate,
+    SubnetPath, TokenLogin, VpcCreate, VpcPath, VpcSelector, VpcSubnetCreate,
 };
 use views::{
-    CurrentUser, Disk, Instance, InstanceNetworkInterface, InstanceSerialConsoleData, Migration,
-    Ping, Project, ProjectRolePolicy, Sled, Snapshot, Vpc, VpcSubnet,
+    CurrentUser, Disk, Instance, InstanceNetworkInterface, InstanceSerialConsoleData, InstanceVmm,
+    Migration, Ping, Project, ProjectRolePolicy, SagaInProgress, Sled, Snapshot, Vpc, VpcSubnet,
 };
 
 #[dropshot::api_description]
@@ -87,6 +88,27 @@ pub trait NexusExternalApi {
     async fn current_user_view(
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseOk<CurrentUser>, HttpError>;
+
+    /// Sign in to the web console with an API token (a Halyard extension)
+    ///
+    /// Exchanges an API token the caller holds for a console session: 204 with a `session`
+    /// cookie (`HttpOnly`, `SameSite=Strict`, `Secure` over TLS) that authenticates every
+    /// `/v1` request from the same site until it expires (8 hours) or `/v1/logout` ends it.
+    /// A token that does not authenticate is 401, and no cookie is set.
+    #[endpoint { method = POST, path = "/v1/login/token", tags = ["console-auth"] }]
+    async fn login_token(
+        rqctx: RequestContext<Self::Context>,
+        body: TypedBody<TokenLogin>,
+    ) -> Result<http::Response<Body>, HttpError>;
+
+    /// Sign out of the web console
+    ///
+    /// Ends the request's console session (204, the cookie cleared). A request with no
+    /// session, or an ended one, gets the same answer.
+    #[endpoint { method = POST, path = "/v1/logout", tags = ["console-auth"] }]
+    async fn logout(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<Body>, HttpError>;
 
     // Projects
 
@@ -262,6 +284,15 @@ pub trait NexusExternalApi {
         query: Query<OptionalProjectSelector>,
         path: Path<InstancePath>,
     ) -> Result<HttpResponseOk<Vec<Migration>>, HttpError>;
+
+    /// An instance's VMMs, oldest first (a Halyard extension): the active one, a migration's
+    /// target, and every one it had before, each with its sled and state.
+    #[endpoint { method = GET, path = "/v1/instances/{instance}/vmms", tags = ["instances"] }]
+    async fn instance_vmm_list(
+        rqctx: RequestContext<Self::Context>,
+        query: Query<OptionalProjectSelector>,
+        path: Path<InstancePath>,
+    ) -> Result<HttpResponseOk<Vec<InstanceVmm>>, HttpError>;
 
     // Instance disks
 
@@ -522,6 +553,68 @@ pub trait NexusExternalApi {
         rqctx: RequestContext<Self::Context>,
         query: Query<PaginatedById>,
     ) -> Result<HttpResponseOk<ResultsPage<Sled>>, HttpError>;
+
+    /// Sagas in progress on every Nexus, oldest first (a Halyard extension; fleet viewers).
+    #[endpoint { method = GET, path = "/v1/system/sagas", tags = ["system/status"] }]
+    async fn system_saga_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<SagaInProgress>>, HttpError>;
+
+    /// This Nexus's background tasks and what each did last (a Halyard extension; fleet
+    /// viewers).
+    #[endpoint { method = GET, path = "/v1/system/background-tasks", tags = ["system/status"] }]
+    async fn system_background_task_list(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<Vec<BackgroundTask>>, HttpError>;
+
+    /// This Nexus's metrics in Prometheus's text format (a Halyard extension; fleet viewers):
+    /// what the internal API's `/metrics` serves, for an operator's browser.
+    #[endpoint { method = GET, path = "/v1/system/metrics", tags = ["system/status"] }]
+    async fn system_metrics(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<Body>, HttpError>;
+
+    // The web console: its page for every route it draws, and its built assets. Not part of
+    // the API (unpublished); the page calls the endpoints above like any client.
+
+    /// The console's page.
+    #[endpoint { method = GET, path = "/", unpublished = true }]
+    async fn console_root(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<Body>, HttpError>;
+
+    /// The console's sign-in page.
+    #[endpoint { method = GET, path = "/login", unpublished = true }]
+    async fn console_login(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<Body>, HttpError>;
+
+    /// The console's pages of projects and what is in them.
+    #[endpoint { method = GET, path = "/projects/{path:.*}", unpublished = true }]
+    async fn console_projects(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ConsolePath>,
+    ) -> Result<http::Response<Body>, HttpError>;
+
+    /// The console's operator pages.
+    #[endpoint { method = GET, path = "/system/{path:.*}", unpublished = true }]
+    async fn console_system(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ConsolePath>,
+    ) -> Result<http::Response<Body>, HttpError>;
+
+    /// The console's page where a signed-in user confirms a CLI's device login.
+    #[endpoint { method = GET, path = "/device/verify", unpublished = true }]
+    async fn console_device_verify(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<http::Response<Body>, HttpError>;
+
+    /// The console's built assets (script and style).
+    #[endpoint { method = GET, path = "/assets/{path:.*}", unpublished = true }]
+    async fn console_asset(
+        rqctx: RequestContext<Self::Context>,
+        path: Path<ConsolePath>,
+    ) -> Result<http::Response<Body>, HttpError>;
 }
 
 #[cfg(test)]

@@ -767,6 +767,19 @@ pub struct DeviceAuthRequest {
     pub ttl_seconds: Option<std::num::NonZeroU32>,
 }
 
+/// Sign in to the web console: an API token the user already holds, exchanged for a session.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLogin {
+    pub token: String,
+}
+
+/// A path under one of the web console's pages (any depth).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+pub struct ConsolePath {
+    pub path: Vec<String>,
+}
+
 /// A user confirms the grant whose user code the client showed them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct DeviceAuthVerify {

@@ -129,6 +129,12 @@ pub struct Sled {
     pub usable_hardware_threads: u32,
     /// Amount of RAM which may be used by the Sled's OS
     pub usable_physical_ram: ByteCount,
+    /// Hardware threads reserved by the VMMs placed here (a Halyard extension).
+    pub reserved_hardware_threads: u32,
+    /// Memory reserved by the VMMs placed here (a Halyard extension).
+    pub reserved_physical_ram: ByteCount,
+    /// How many live (not yet ended) VMMs the sled holds (a Halyard extension).
+    pub live_vmms: u32,
 }
 
 /// Properties that uniquely identify an Oxide hardware component
@@ -477,4 +483,47 @@ pub struct PrivateIpv6Stack {
     /// A set of additional IPv6 networks that this interface may send and receive traffic on
     /// (Halyard: always empty).
     pub transit_ips: Vec<Ipv6Net>,
+}
+
+/// One VMM of an instance (a Halyard extension): each start and each migration made one, and
+/// an instance keeps the record of every one it had.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct InstanceVmm {
+    pub id: VmmUuid,
+    /// The sled the VMM runs (or ran) on.
+    pub sled_id: SledUuid,
+    /// The VMM's own state (its sled agent's last report).
+    pub state: halyard_common::VmmState,
+    pub role: InstanceVmmRole,
+    pub time_created: DateTime<Utc>,
+    pub time_state_updated: DateTime<Utc>,
+}
+
+/// What a VMM is to its instance now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceVmmRole {
+    /// The VMM that incarnates the instance.
+    Active,
+    /// The target of the live migration in progress.
+    Target,
+    /// A VMM the instance had before.
+    Past,
+}
+
+/// A saga not finished yet, on any Nexus (a Halyard extension, for operators).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct SagaInProgress {
+    pub id: halyard_common::ids::SagaUuid,
+    /// What the saga does (`instance-start`, `disk-create`, ...).
+    pub name: String,
+    /// `running` (going forward) or `unwinding` (undoing after a failure).
+    pub state: String,
+    /// The Nexus that created it.
+    pub creator: Uuid,
+    /// The Nexus that drives it now (another one after an adoption).
+    pub current_sec: Uuid,
+    pub time_created: DateTime<Utc>,
+    /// Why this saga could not be resumed after a restart, if it could not.
+    pub resume_failure: Option<String>,
 }

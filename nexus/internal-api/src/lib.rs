@@ -8,6 +8,7 @@ use dropshot::{
     ErrorStatusCode, HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path, RequestContext,
     TypedBody,
 };
+pub use halyard_common::background_task::{BackgroundTask, BackgroundTaskError, BackgroundTaskRun};
 use halyard_common::ids::{InstanceUuid, SagaUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::{SledAgentInfo, SledVmmState};
 use schemars::JsonSchema;
@@ -86,40 +87,6 @@ fn not_implemented(message: &str) -> HttpError {
         internal_message: message.to_string(),
         headers: None,
     }
-}
-
-/// A background task of Nexus and what it did last.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
-pub struct BackgroundTask {
-    /// A stable name, e.g. `vmm_retirement`.
-    pub name: String,
-    /// What the task is for.
-    pub description: String,
-    /// How often it runs, in milliseconds.
-    pub period_ms: u64,
-    /// How many times it has run since Nexus started.
-    pub runs: u64,
-    /// The last run, if it has run since Nexus started.
-    pub last_run: Option<BackgroundTaskRun>,
-    /// The most recent run that failed, if any has.
-    pub last_error: Option<BackgroundTaskError>,
-}
-
-/// One run of a background task.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
-pub struct BackgroundTaskRun {
-    pub started: DateTime<Utc>,
-    pub duration_ms: u64,
-    /// What it did, in words (e.g. "retired 2 VMM(s)"), or the error that ended it.
-    pub outcome: String,
-    pub succeeded: bool,
-}
-
-/// The last failed run of a background task.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
-pub struct BackgroundTaskError {
-    pub time: DateTime<Utc>,
-    pub message: String,
 }
 
 /// What expunging a sled did.

@@ -1,12 +1,13 @@
-//! Identity as the external API offers it: the current user, and the device login (OAuth 2.0
-//! Device Authorization Grant) that gives a client a token for a user who confirmed it.
+//! Identity as the external API offers it: the current user, the device login (OAuth 2.0
+//! Device Authorization Grant) that gives a client a token for a user who confirmed it, and
+//! the web console's sessions (an API token exchanged for a short-lived one).
 
 use super::Nexus;
 use crate::authn::OpContext;
 use halyard_common::Error;
 use halyard_db_model::{DeviceAuthRequest, Silo, SiloUser};
 use halyard_db_queries::DeviceTokenPoll;
-use halyard_db_queries::secret::{Secret, looks_like_device_code};
+use halyard_db_queries::secret::{Secret, looks_like_device_code, looks_like_token};
 
 impl Nexus {
     /// The user acting, with their silo.
@@ -42,6 +43,42 @@ impl Nexus {
         self.datastore()
             .device_auth_confirm(user_code, user_id)
             .await
+    }
+
+    /// Starts a console session for the user whose API token `token` is: a new token of
+    /// theirs that expires after `lifetime`, returned this once (the session cookie's value).
+    /// A token that does not authenticate is `Unauthenticated`, whatever the reason.
+    pub async fn console_session_create(
+        &self,
+        token: &str,
+        lifetime: chrono::TimeDelta,
+    ) -> Result<Secret, Error> {
+        let refused =
+            || Error::unauthenticated("console sign-in with a token that does not authenticate");
+        if !looks_like_token(token) {
+            return Err(refused());
+        }
+        let owner = self
+            .datastore()
+            .token_authenticate(token)
+            .await?
+            .ok_or_else(refused)?;
+        let (_, secret) = self
+            .datastore()
+            .token_create(owner.user.id(), Some(chrono::Utc::now() + lifetime))
+            .await?;
+        Ok(secret)
+    }
+
+    /// Ends the console session whose secret `session` is, if it is a live one.
+    pub async fn console_session_end(&self, session: &str) -> Result<(), Error> {
+        if !looks_like_token(session) {
+            return Ok(());
+        }
+        if let Some(owner) = self.datastore().token_authenticate(session).await? {
+            self.datastore().token_revoke(owner.token.id()).await?;
+        }
+        Ok(())
     }
 
     /// A client polls for the token of its device login.

@@ -391,6 +391,7 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
             Some(json!({"dst_sled_id": ctx.sled_id(1)})),
         ),
         "instance_migration_list" => get(format!("/v1/instances/{instance}/migrations")),
+        "instance_vmm_list" => get(format!("/v1/instances/{instance}/vmms")),
         "instance_disk_list" => get(format!("/v1/instances/{instance}/disks")),
         // A disk no one has: past authorization, the disk's own 404.
         "instance_disk_attach" => with(
@@ -459,6 +460,15 @@ fn request(ctx: &TestContext, operation: &str, users: &Users, f: &Fixture) -> Re
             with(M::DELETE, format!("/v1/network-interfaces/{nic}"), None)
         }
         "sled_list" => get("/v1/system/hardware/sleds".into()),
+        "system_saga_list" => get("/v1/system/sagas".into()),
+        "system_background_task_list" => get("/v1/system/background-tasks".into()),
+        "system_metrics" => get("/v1/system/metrics".into()),
+        "login_token" => with(
+            M::POST,
+            "/v1/login/token".into(),
+            Some(json!({"token": "halyard_not-a-token"})),
+        ),
+        "logout" => with(M::POST, "/v1/logout".into(), None),
         other => panic!(
             "operation {other} is in openapi/nexus-external.json but this test has no request \
              for it: add one here and its row to authz_expected.txt"

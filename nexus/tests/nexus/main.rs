@@ -4,6 +4,7 @@ mod authn;
 mod authn_support;
 mod authz;
 mod bad_input;
+mod console;
 mod context;
 mod crash_replay;
 mod disks;
