@@ -190,14 +190,23 @@ export interface Saga {
   creator?: string | null;
   current_sec?: string | null;
   time_created?: string;
+  resume_failure?: string | null;
 }
 export interface BackgroundTask {
   name: string;
   description?: string;
   period_ms?: number;
   runs?: number;
-  last_run?: { start?: string; elapsed_ms?: number; summary?: unknown } | null;
-  last_error?: string | null;
+  last_run?: {
+    started?: string;
+    start?: string;
+    duration_ms?: number;
+    elapsed_ms?: number;
+    outcome?: string;
+    summary?: unknown;
+    succeeded?: boolean;
+  } | null;
+  last_error?: string | { time?: string; message?: string } | null;
   [k: string]: unknown;
 }
 

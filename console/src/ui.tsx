@@ -196,6 +196,8 @@ export function ConfirmDialog({
 }
 
 const STATE_CLASS: Record<string, string> = {
+  ok: 'ok',
+  in_service: 'ok',
   running: 'ok',
   ready: 'ok',
   attached: 'ok',
@@ -205,6 +207,9 @@ const STATE_CLASS: Record<string, string> = {
   past: 'neutral',
   destroyed: 'neutral',
   failed: 'bad',
+  saga_unwound: 'bad',
+  expunged: 'bad',
+  decommissioned: 'neutral',
   faulted: 'bad',
   unwinding: 'bad',
 };

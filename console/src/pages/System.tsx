@@ -122,6 +122,7 @@ function Sagas() {
                 <th scope="col">Creator</th>
                 <th scope="col">Current SEC</th>
                 <th scope="col">Created</th>
+                <th scope="col">Resume failure</th>
               </tr>
             </thead>
             <tbody>
@@ -137,6 +138,7 @@ function Sagas() {
                   <td>{s.creator ? <ShortId id={s.creator} /> : '—'}</td>
                   <td>{s.current_sec ? <ShortId id={s.current_sec} /> : '—'}</td>
                   <td>{fmtTime(s.time_created)}</td>
+                  <td className="wrap">{s.resume_failure ? <span className="error-text">{s.resume_failure}</span> : '—'}</td>
                 </tr>
               ))}
             </tbody>
@@ -151,6 +153,36 @@ function summary(v: unknown): string {
   if (v === null || v === undefined) return '';
   if (typeof v === 'string') return v;
   return JSON.stringify(v);
+}
+
+function LastRun({ run }: { run: BackgroundTask['last_run'] }) {
+  if (!run) return <span className="muted">not yet</span>;
+  const started = run.started ?? run.start;
+  const ms = run.duration_ms ?? run.elapsed_ms;
+  const outcome = run.outcome ?? summary(run.summary);
+  return (
+    <>
+      {typeof run.succeeded === 'boolean' && (
+        <>
+          <StateBadge state={run.succeeded ? 'ok' : 'failed'} />{' '}
+        </>
+      )}
+      {fmtTime(started)}
+      {typeof ms === 'number' && <span className="muted"> ({ms} ms)</span>}
+      {outcome && <div className="small summary">{outcome}</div>}
+    </>
+  );
+}
+
+function LastError({ err }: { err: BackgroundTask['last_error'] }) {
+  if (!err) return <span className="muted">—</span>;
+  if (typeof err === 'string') return <span className="error-text">{err}</span>;
+  return (
+    <>
+      <span className="error-text">{err.message ?? JSON.stringify(err)}</span>
+      {err.time && <div className="muted small">{fmtTime(err.time)}</div>}
+    </>
+  );
 }
 
 function Tasks() {
@@ -181,22 +213,12 @@ function Tasks() {
                   </td>
                   <td>{typeof t.period_ms === 'number' ? `${(t.period_ms / 1000).toLocaleString()} s` : '—'}</td>
                   <td>{t.runs ?? '—'}</td>
-                  <td>
-                    {t.last_run ? (
-                      <>
-                        {fmtTime(t.last_run.start)}
-                        {typeof t.last_run.elapsed_ms === 'number' && (
-                          <span className="muted"> ({t.last_run.elapsed_ms} ms)</span>
-                        )}
-                        {t.last_run.summary !== undefined && t.last_run.summary !== null && (
-                          <div className="small summary">{summary(t.last_run.summary)}</div>
-                        )}
-                      </>
-                    ) : (
-                      <span className="muted">not yet</span>
-                    )}
+                  <td className="wrap">
+                    <LastRun run={t.last_run} />
                   </td>
-                  <td>{t.last_error ? <span className="error-text">{t.last_error}</span> : <span className="muted">—</span>}</td>
+                  <td className="wrap">
+                    <LastError err={t.last_error} />
+                  </td>
                 </tr>
               ))}
             </tbody>
