@@ -50,7 +50,7 @@ function Usage({ used, total, fmt }: { used?: number; total?: number; fmt: (n: n
       <span>
         {fmt(u)} / {fmt(total)}
       </span>
-      <meter min={0} max={total || 1} value={u} aria-label={`${pct}% used`} />
+      <meter min={0} max={total || 1} value={u} aria-label={`${pct}% used`} title={`${pct}% used`} />
     </div>
   );
 }
@@ -68,11 +68,10 @@ function Sleds() {
             <thead>
               <tr>
                 <th scope="col">Sled</th>
-                <th scope="col">Serial</th>
                 <th scope="col">State</th>
                 <th scope="col">Policy</th>
-                <th scope="col">CPU threads (used / total)</th>
-                <th scope="col">Memory (used / total)</th>
+                <th scope="col">CPU threads used</th>
+                <th scope="col">Memory used</th>
                 <th scope="col">Live VMMs</th>
               </tr>
             </thead>
@@ -80,9 +79,13 @@ function Sleds() {
               {data.map((s) => (
                 <tr key={s.id}>
                   <td>
+                    {s.baseboard?.serial && s.baseboard.serial !== s.id && (
+                      <div>
+                        <strong>{s.baseboard.serial}</strong>
+                      </div>
+                    )}
                     <ShortId id={s.id} />
                   </td>
-                  <td>{s.baseboard?.serial ?? '—'}</td>
                   <td>
                     <StateBadge state={str(s.state)} />
                   </td>
