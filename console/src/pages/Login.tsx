@@ -52,9 +52,9 @@ export function LoginPage({ onSignedIn }: { onSignedIn: () => Promise<void> }) {
           <h2>How to get a token</h2>
           <ul>
             <li>
-              Log in with the CLI (<code>oxide auth login --host {location.origin}</code>, or Halyard's
-              CLI) and approve it in a signed-in console under “Authorize a CLI”; the CLI then holds
-              an API token.
+              Log in with the CLI's device login (<code>oxide auth login --host {location.origin}</code>)
+              and approve its code in a signed-in console under “Authorize a CLI”; the CLI then holds an
+              API token.
             </li>
             <li>
               On a development system, <code>run-all</code> prints a fleet administrator's API token when it
