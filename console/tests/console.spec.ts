@@ -313,3 +313,33 @@ test('login page at phone width', async ({ page }) => {
   await noHorizontalOverflow(page);
   await shot(page, '22-phone-login');
 });
+
+test('admin: an API error in a dialog flow is shown; delete the instance and the project', async ({ page }) => {
+  await page.goto(instancePath);
+  await signIn(page, TOKEN!);
+  await expect(page).toHaveURL(new RegExp(`${instancePath}$`));
+  await expect(stateBadge(page)).toHaveText('stopped');
+
+  // Migrating a stopped instance is refused: the API's message is shown.
+  await page.getByRole('button', { name: 'Migrate', exact: true }).click();
+  const mig = page.getByRole('dialog', { name: 'Migrate instance' });
+  await expect(mig.getByLabel('Destination sled')).toBeVisible();
+  await mig.getByRole('button', { name: 'Migrate instance' }).click();
+  await expect(mig).toBeHidden();
+  await expect(page.getByRole('alert')).toBeVisible();
+  await expect(page.getByRole('alert')).toContainText(/HTTP [45]\d\d/);
+  await shot(page, '23-instance-error');
+
+  await page.getByRole('button', { name: 'Delete', exact: true }).click();
+  const del = page.getByRole('dialog', { name: 'Delete instance' });
+  await del.getByRole('button', { name: 'Delete instance' }).click();
+  await expect(page).toHaveURL(new RegExp(`/projects/${project}/instances$`));
+  await expect(page.getByText('No instances in this project.')).toBeVisible();
+
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Projects' }).click();
+  await page.getByRole('button', { name: `Delete project ${project}` }).click();
+  const dp = page.getByRole('dialog', { name: 'Delete project' });
+  await dp.getByRole('button', { name: 'Delete project' }).click();
+  await expect(page.getByRole('link', { name: project })).toHaveCount(0);
+  await expect(page.getByRole('alert')).toHaveCount(0);
+});
