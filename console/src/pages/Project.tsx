@@ -1,4 +1,4 @@
-import { useState, type FormEvent } from 'react';
+import { useEffect, useState, type FormEvent } from 'react';
 import { api, enc, listAll, type Disk, type Instance, type Snapshot } from '../api';
 import { Link, navigate } from '../router';
 import {
@@ -135,6 +135,9 @@ function CreateInstance({
   const [start, setStart] = useState(true);
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
+  useEffect(() => {
+    if (open) setError(null);
+  }, [open]);
   const submit = async (e: FormEvent) => {
     e.preventDefault();
     setBusy(true);
@@ -347,6 +350,9 @@ function CreateDisk({
   const [blockSize, setBlockSize] = useState('512');
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
+  useEffect(() => {
+    if (open) setError(null);
+  }, [open]);
   const submit = async (e: FormEvent) => {
     e.preventDefault();
     setBusy(true);
@@ -540,6 +546,9 @@ function CreateSnapshot({
   const [disk, setDisk] = useState('');
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
+  useEffect(() => {
+    if (open) setError(null);
+  }, [open]);
   const submit = async (e: FormEvent) => {
     e.preventDefault();
     setBusy(true);

@@ -1,4 +1,4 @@
-import { useState, type FormEvent } from 'react';
+import { useEffect, useState, type FormEvent } from 'react';
 import { api, enc, listAll, type Project } from '../api';
 import { Link, navigate } from '../router';
 import { ConfirmDialog, ErrorAlert, Field, fmtTime, Modal, PageHeader, TableWrap, usePoll } from '../ui';
@@ -104,6 +104,9 @@ function CreateProject({
   const [description, setDescription] = useState('');
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
+  useEffect(() => {
+    if (open) setError(null);
+  }, [open]);
   const submit = async (e: FormEvent) => {
     e.preventDefault();
     setBusy(true);
