@@ -122,6 +122,14 @@ test('admin: project, instance, live state, serial console, stop, sign out', asy
     await expect(history).toContainText('active');
     await expect(history).toContainText('running');
     await shot(page, '04-instance');
+    // The operators' view of the sled meanwhile: a live VMM and its reservation.
+    const ops = await page.context().newPage();
+    await ops.goto('/system/sleds');
+    const sledRow = ops.getByRole('region', { name: 'Sleds table' }).getByRole('row').nth(1);
+    await expect(sledRow.getByRole('cell').last()).toHaveText(/^[1-9]\d*$/);
+    await expect(sledRow).toContainText(/[1-9]\d* \/ \d+/);
+    await shot(ops, '10-system-sleds-running');
+    await ops.close();
     await page.getByRole('link', { name: `${project}` }).first().click();
     await expect(page.getByRole('link', { name: instance })).toBeVisible();
     await shot(page, '05-project-instances');
@@ -153,6 +161,14 @@ test('admin: project, instance, live state, serial console, stop, sign out', asy
     }
     expect(seen, 'a line "42" in the console after typing echo $((6*7))').toBe(true);
     await shot(page, '07-instance-console-typed');
+
+    // A new connection replays the history first: the banner and the answer again.
+    await page.getByRole('button', { name: 'Restart connection' }).click();
+    await expect(page.locator('.console-status [role=status]')).toHaveText('connected');
+    await expect
+      .poll(() => consoleText(page), { timeout: 60 * 1000, message: 'the history replayed' })
+      .toContain(`HALYARD-GUEST BOOTED hostname=${instance}`);
+    await expect.poll(async () => hasLine42(await consoleText(page)), { timeout: 60 * 1000 }).toBe(true);
   });
 
   await test.step('stop with confirmation; the state changes live', async () => {
