@@ -82,6 +82,10 @@ test('an unauthenticated visit goes to sign-in', async ({ page }) => {
 
 test('admin: project, instance, live state, serial console, stop, sign out', async ({ page }) => {
   test.setTimeout(20 * 60 * 1000);
+  const cspViolations: string[] = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
+  });
 
   await test.step('sign in with the form', async () => {
     await page.goto('/');
@@ -154,6 +158,12 @@ test('admin: project, instance, live state, serial console, stop, sign out', asy
       await page.keyboard.press('Enter');
       try {
         await expect.poll(async () => hasLine42(await consoleText(page)), { timeout: 60 * 1000 }).toBe(true);
+
+    // The terminal is no keyboard trap: Shift+Tab leaves it.
+    await page.locator('.terminal-host').click();
+    await expect(page.locator('.terminal-host textarea')).toBeFocused();
+    await page.keyboard.press('Shift+Tab');
+    await expect(page.locator('.terminal-host textarea')).not.toBeFocused();
         seen = true;
       } catch {
         /* the shell may not have been reading yet: type again */
@@ -169,6 +179,12 @@ test('admin: project, instance, live state, serial console, stop, sign out', asy
       .poll(() => consoleText(page), { timeout: 60 * 1000, message: 'the history replayed' })
       .toContain(`HALYARD-GUEST BOOTED hostname=${instance}`);
     await expect.poll(async () => hasLine42(await consoleText(page)), { timeout: 60 * 1000 }).toBe(true);
+
+    // The terminal is no keyboard trap: Shift+Tab leaves it.
+    await page.locator('.terminal-host').click();
+    await expect(page.locator('.terminal-host textarea')).toBeFocused();
+    await page.keyboard.press('Shift+Tab');
+    await expect(page.locator('.terminal-host textarea')).not.toBeFocused();
   });
 
   await test.step('stop with confirmation; the state changes live', async () => {
@@ -237,6 +253,7 @@ test('admin: project, instance, live state, serial console, stop, sign out', asy
     await expect(page).toHaveURL(/\/login/);
     const me = await page.request.get('/v1/me');
     expect(me.status()).toBe(401);
+    expect(cspViolations, 'the page runs under the CSP Nexus sends').toEqual([]);
   });
 });
 

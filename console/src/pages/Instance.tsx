@@ -84,7 +84,7 @@ export function InstancePage({
           <>
             {instance}{' '}
             {inst && (
-              <span className="title-state" data-testid="instance-state">
+              <span className="title-state" data-testid="instance-state" aria-live="polite">
                 <StateBadge state={inst.run_state} label="Instance state" />
               </span>
             )}

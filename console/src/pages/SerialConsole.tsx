@@ -66,6 +66,18 @@ export function SerialConsole({
     doFit();
     const ro = new ResizeObserver(doFit);
     ro.observe(host.current!);
+    // Not a keyboard trap: Shift+Tab, or Esc then Tab, moves focus out of the terminal
+    // (a plain Tab goes to the guest, for the shell's completion).
+    let escAt = 0;
+    term.attachCustomKeyEventHandler((e) => {
+      if (e.type !== 'keydown') return true;
+      if (e.key === 'Escape') {
+        escAt = Date.now();
+        return true;
+      }
+      if (e.key === 'Tab' && (e.shiftKey || Date.now() - escAt < 1500)) return false;
+      return true;
+    });
     const enc8 = new TextEncoder();
     const sub = term.onData((d) => {
       const ws = wsRef.current;
@@ -139,7 +151,10 @@ export function SerialConsole({
         </p>
       )}
       <div className="terminal-host" ref={host} role="region" aria-label="Serial console terminal" />
-      <p className="muted hint">Click the terminal (or tab into it) and type; keystrokes go to the guest.</p>
+      <p className="muted hint">
+        Click the terminal (or tab into it) and type; keystrokes go to the guest. Shift+Tab, or Esc then Tab, leaves
+        the terminal.
+      </p>
     </section>
   );
 }
