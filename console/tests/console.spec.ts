@@ -245,7 +245,25 @@ test('admin: project, instance, live state, serial console, stop, sign out', asy
     await shot(page, '12-system-tasks');
     await page.getByRole('link', { name: 'Authorize a CLI' }).click();
     await expect(page.getByLabel('User code')).toBeVisible();
+    // A wrong code is refused with the API's message.
+    await page.getByLabel('User code').fill('NOPE-NOPE');
+    await page.getByRole('button', { name: 'Authorize' }).click();
+    await expect(page.getByRole('alert')).toContainText(/HTTP 4\d\d/);
+    // A real device login, as a CLI does it: the code it shows, confirmed here, gets it a token.
+    const clientId = crypto.randomUUID();
+    const auth = await page.request.post('/device/auth', { form: { client_id: clientId } });
+    expect(auth.ok()).toBe(true);
+    const { user_code, device_code } = await auth.json();
+    await page.goto(`/device/verify?user_code=${encodeURIComponent(user_code)}`);
+    await expect(page.getByLabel('User code')).toHaveValue(user_code);
+    await page.getByRole('button', { name: 'Authorize' }).click();
+    await expect(page.getByRole('status')).toContainText('is authorized');
     await shot(page, '13-authorize-cli');
+    const tok = await page.request.post('/device/token', {
+      form: { grant_type: 'urn:ietf:params:oauth:grant-type:device_code', device_code, client_id: clientId },
+    });
+    expect(tok.status()).toBe(200);
+    expect(typeof (await tok.json()).access_token).toBe('string');
   });
 
   await test.step('sign out', async () => {
