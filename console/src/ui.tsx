@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useRef, useState, type ReactNode } from 'react';
+import { useCallback, useEffect, useLayoutEffect, useRef, useState, type ReactNode } from 'react';
 import { ApiError } from './api';
 
 /** Loads now and every `intervalMs` (no overlapping requests); `reload` forces a refresh. */
@@ -252,8 +252,21 @@ export function ShortId({ id }: { id: string | null | undefined }) {
 }
 
 export function TableWrap({ label, children }: { label: string; children: ReactNode }) {
+  const ref = useRef<HTMLDivElement>(null);
+  // Each cell carries its column's name, shown before it when a narrow screen stacks the rows.
+  useLayoutEffect(() => {
+    const t = ref.current?.querySelector('table');
+    if (!t) return;
+    const heads = Array.from(t.querySelectorAll('thead th')).map((th) => th.textContent ?? '');
+    t.querySelectorAll('tbody tr').forEach((tr) => {
+      Array.from(tr.children).forEach((td, i) => {
+        const l = heads[i] ?? '';
+        if (td.getAttribute('data-label') !== l) td.setAttribute('data-label', l);
+      });
+    });
+  });
   return (
-    <div className="table-wrap" role="region" aria-label={`${label} table`} tabIndex={0}>
+    <div className="table-wrap" role="region" aria-label={`${label} table`} tabIndex={0} ref={ref}>
       {children}
     </div>
   );
