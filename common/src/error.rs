@@ -121,7 +121,12 @@ pub enum Error {
     /// The caller may see the resource but not do this to it (one who may not see it gets
     /// `ObjectNotFound`, as if it did not exist).
     #[error("forbidden: {internal_message}")]
-    Forbidden { internal_message: String },
+    Forbidden {
+        /// What the client is told after "Forbidden" (empty: nothing more).
+        #[serde(default)]
+        reason: String,
+        internal_message: String,
+    },
 
     #[error("internal error: {internal_message}")]
     InternalError { internal_message: String },
@@ -181,6 +186,19 @@ impl Error {
 
     pub fn forbidden(internal_message: impl Into<String>) -> Error {
         Error::Forbidden {
+            reason: String::new(),
+            internal_message: internal_message.into(),
+        }
+    }
+
+    /// A refusal whose `reason` (safe to show: it names no other user's resource) the
+    /// client is told: "Forbidden: {reason}".
+    pub fn forbidden_because(
+        reason: impl Into<String>,
+        internal_message: impl Into<String>,
+    ) -> Error {
+        Error::Forbidden {
+            reason: reason.into(),
             internal_message: internal_message.into(),
         }
     }
@@ -227,7 +245,8 @@ impl Error {
         match self {
             Error::InternalError { .. } => "Internal Server Error".to_string(),
             Error::Unauthenticated { .. } => "credentials missing or invalid".to_string(),
-            Error::Forbidden { .. } => "Forbidden".to_string(),
+            Error::Forbidden { reason, .. } if reason.is_empty() => "Forbidden".to_string(),
+            Error::Forbidden { reason, .. } => format!("Forbidden: {reason}"),
             other => other.to_string(),
         }
     }

@@ -46,6 +46,21 @@ pub enum Action {
     ModifyPolicy,
 }
 
+impl Action {
+    /// The action in words, as in "to {verb} this instance".
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::ListChildren => "list what is in",
+            Action::CreateChild => "create anything in",
+            Action::Modify => "change",
+            Action::Delete => "delete",
+            Action::ReadPolicy => "read the roles on",
+            Action::ModifyPolicy => "change the roles on",
+        }
+    }
+}
+
 /// A role on the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FleetRole {
@@ -204,6 +219,24 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// What kind of resource it is, in words.
+    fn kind(&self) -> &'static str {
+        match self {
+            Resource::Fleet(_) => "fleet",
+            Resource::Silo(_) => "silo",
+            Resource::Project(_) => "project",
+            Resource::Instance(_) => "instance",
+            Resource::Disk(_) => "disk",
+            Resource::Snapshot(_) => "snapshot",
+            Resource::Vpc(_) => "VPC",
+            Resource::VpcSubnet(_) => "VPC subnet",
+            Resource::NetworkInterface(_) => "network interface",
+            Resource::ProjectPolicy(_) => "project",
+        }
+    }
+}
+
+impl Resource {
     /// The project whose roles apply, if any.
     pub fn project(&self) -> Option<ProjectUuid> {
         match self {
@@ -347,9 +380,14 @@ pub fn check(
 ) -> Result<(), Error> {
     match decide(actor, roles, resource, action) {
         Decision::Allowed => Ok(()),
-        Decision::Forbidden => Err(Error::forbidden(format!(
-            "{actor:?} may not {action:?} {resource:?}"
-        ))),
+        Decision::Forbidden => Err(Error::forbidden_because(
+            format!(
+                "your roles do not allow you to {} this {}",
+                action.verb(),
+                resource.kind()
+            ),
+            format!("{actor:?} may not {action:?} {resource:?}"),
+        )),
         Decision::NotFound => Err(resource.not_found()),
     }
 }

@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn only_this_origin_passes() {
         let host = (http::header::HOST, "127.0.0.1:12220");
-        assert!(same_origin(&headers(&[host.clone()]), false));
+        assert!(same_origin(&headers(std::slice::from_ref(&host)), false));
         let same = (http::header::ORIGIN, "http://127.0.0.1:12220");
         assert!(same_origin(&headers(&[host.clone(), same.clone()]), false));
         assert!(!same_origin(&headers(&[host.clone(), same]), true));

@@ -552,7 +552,11 @@ impl NexusExternalApi for NexusExternalImpl {
         unauthenticated_request(rqctx, async move {
             let tls = rqctx.server.using_tls();
             if !console::same_origin(rqctx.request.headers(), tls) {
-                return Err(Error::forbidden("console sign-in from another origin").into());
+                return Err(Error::forbidden_because(
+                    "a console session starts only from this server's own page",
+                    "console sign-in from another origin",
+                )
+                .into());
             }
             let secret = rqctx
                 .context()
@@ -574,7 +578,11 @@ impl NexusExternalApi for NexusExternalImpl {
         unauthenticated_request(rqctx, async move {
             let tls = rqctx.server.using_tls();
             if !console::same_origin(rqctx.request.headers(), tls) {
-                return Err(Error::forbidden("console sign-out from another origin").into());
+                return Err(Error::forbidden_because(
+                    "a console session ends only from this server's own page",
+                    "console sign-out from another origin",
+                )
+                .into());
             }
             let headers = rqctx.request.headers();
             for session in console::cookie_values(headers, console::SESSION_COOKIE) {

@@ -407,6 +407,11 @@ async fn the_console_reads_an_instances_vmms_and_the_fleets_state() {
             .await
             .unwrap();
         assert_eq!(refused.status().as_u16(), 403, "{path}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(
+            body["message"], "Forbidden: your roles do not allow you to read this fleet",
+            "the refusal says why: {body}"
+        );
     }
     ctx.assert_quiet_and_consistent().await;
 }
