@@ -132,6 +132,22 @@ impl DataStore {
                     return Ok(false);
                 }
                 retire(conn, source, VmmState::Destroyed).await?;
+                // The target has the guest, but its own reports may not have landed yet (held
+                // up by an outage, while the source's got through): a record still `creating`
+                // would show the instance as starting, as if it had restarted. Until the
+                // target speaks, it is still migrating in. The generation stays the sled's:
+                // every report the target sends after `creating` is newer and wins.
+                use halyard_db_model::schema::vmm;
+                diesel::update(vmm::table)
+                    .filter(vmm::id.eq(DbTypedUuid(target)))
+                    .filter(vmm::state.eq(DbEnum(VmmState::Creating)))
+                    .set((
+                        vmm::state.eq(DbEnum(VmmState::Migrating)),
+                        vmm::time_state_updated.eq(now),
+                    ))
+                    .cached_by_text()
+                    .execute(conn)
+                    .await?;
                 // The target resumed the guest (the commit point), so the source's side has
                 // completed too, whether or not its report ever comes: a source that lost
                 // the reply to `finish` is unregistered before it learns the outcome.

@@ -524,3 +524,63 @@ async fn a_retirement_waiting_for_its_instance_holds_no_sled_row() {
         "0"
     );
 }
+
+/// The source's report of a completed migration can land before any report of the target
+/// (the target's were held up, say by a database outage): the instance then runs on a VMM
+/// whose record still says `creating`. It must show as migrating, never as starting (it did
+/// not restart), until the target's own reports arrive and win by their generations.
+#[tokio::test]
+async fn a_migration_completed_before_the_target_reports_shows_migrating() {
+    let h = Harness::new();
+    let (a, b) = (h.sled(16, 16).await, h.sled(16, 16).await);
+    let (instance, source) = running_instance(&h, &a, "vm").await;
+    let (_, target, migration) = migrating(&h, &instance, &source, &b).await;
+    let shown = async || {
+        h.datastore
+            .instance_fetch_with_vmm(instance.id())
+            .await
+            .unwrap()
+            .run_state()
+    };
+
+    assert!(
+        h.datastore
+            .instance_migration_complete(instance.id(), migration.id(), source.id(), target.id())
+            .await
+            .unwrap()
+    );
+    assert_eq!(shown().await, halyard_common::InstanceState::Migrating);
+    let stored = h.datastore.vmm_fetch(target.id()).await.unwrap();
+    assert_eq!(
+        stored.runtime.generation().as_u64(),
+        1,
+        "the sled's numbering is kept"
+    );
+
+    // The target's first state (generation 1, `creating`), late: it changes nothing.
+    let (applied, _) = h
+        .datastore
+        .vmm_apply_report(&report(&target, VmmState::Creating, 1))
+        .await
+        .unwrap();
+    assert!(!applied.vmm_updated);
+    assert_eq!(shown().await, halyard_common::InstanceState::Migrating);
+
+    // Its later ones apply as they always do.
+    for (state, generation, expected) in [
+        (
+            VmmState::Migrating,
+            2,
+            halyard_common::InstanceState::Migrating,
+        ),
+        (VmmState::Running, 3, halyard_common::InstanceState::Running),
+    ] {
+        let (applied, _) = h
+            .datastore
+            .vmm_apply_report(&report(&target, state, generation))
+            .await
+            .unwrap();
+        assert!(applied.vmm_updated);
+        assert_eq!(shown().await, expected);
+    }
+}
