@@ -331,7 +331,7 @@ fn ms(d: Duration) -> f64 {
 
 /// One goal of the benchmark: what it asks, what was measured, met or missed.
 fn print_goal(goal: &str, measured: &str, met: bool) {
-    let verdict = if met { "MET" } else { "MISSED" };
+    let verdict = if met { "met" } else { "MISSED" };
     println!("goal: {goal}: {measured} — {verdict}");
 }
 
