@@ -97,12 +97,16 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         || args.clients == 0
         || args.per_project < 100
     {
-        bail!("need 0 < --instances-small < --instances-large, --clients >= 1, --per-project >= 100");
+        bail!(
+            "need 0 < --instances-small < --instances-large, --clients >= 1, --per-project >= 100"
+        );
     }
     let mut system = System::start(true).await?;
     system.add_sleds(args.sleds, SLED_ROOM).await?;
     let template_rcgen: i64 = system
-        .sql(&format!("SELECT rcgen FROM project WHERE name = '{PROJECT}'"))?
+        .sql(&format!(
+            "SELECT rcgen FROM project WHERE name = '{PROJECT}'"
+        ))?
         .trim()
         .parse()?;
     // The real instances: one per client for starts and stops, in the bench project.
@@ -159,14 +163,14 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     for want in [args.instances_small, args.instances_large] {
         let seeding = Instant::now();
         // The real instances count: seed the rest.
-        seeder.seed(&system, want.saturating_sub(real.len()), args.per_project)?;
+        let seeded = want.saturating_sub(real.len());
+        seeder.seed(&system, seeded - seeder.instances, args.per_project)?;
         system.sql("VACUUM ANALYZE")?;
         let seed = seeding.elapsed();
-        let projects = system.sql_u64("SELECT count(*) FROM project WHERE time_deleted IS NULL")?
-            as usize;
-        let instances = system
-            .sql_u64("SELECT count(*) FROM instance WHERE time_deleted IS NULL")?
-            as usize;
+        let projects =
+            system.sql_u64("SELECT count(*) FROM project WHERE time_deleted IS NULL")? as usize;
+        let instances =
+            system.sql_u64("SELECT count(*) FROM instance WHERE time_deleted IS NULL")? as usize;
         if !args.json {
             println!(
                 "{instances} instances in {projects} projects (seeded in {:.1} s); measuring \
@@ -176,7 +180,6 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
                 args.clients
             );
         }
-        system.sql("SELECT pg_stat_statements_reset()")?;
         let scale = measure(&system, &args, &real, instances, projects, seed, &url).await?;
         scales.push(scale);
     }
@@ -345,7 +348,10 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         }
     }
     if !violations.is_empty() {
-        bail!("the invariant checker found {} violation(s)", violations.len());
+        bail!(
+            "the invariant checker found {} violation(s)",
+            violations.len()
+        );
     }
     Ok(())
 }
@@ -448,6 +454,8 @@ async fn measure(
             .collect(),
     );
     let list_project = "scale-000000".to_string();
+    // From here on, what Halyard's database runs is what the plans below are of.
+    system.sql("SELECT pg_stat_statements_reset()")?;
     let view = timed_window(&system.client, args.clients, window, &errors, {
         let ids = ids.clone();
         let next = Arc::new(AtomicUsize::new(0));
@@ -520,7 +528,12 @@ async fn measure(
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         });
     let (explained, unexplainable, seq_scans) = explain(system)?;
-    let omdb = vec![omdb(url, "instances"), omdb(url, "check")];
+    let pki = halyard_tls::pki::test_pki();
+    pki.files(halyard_tls::Role::Operator)?;
+    let omdb = vec![
+        omdb(url, pki.dir(), "instances"),
+        omdb(url, pki.dir(), "check"),
+    ];
     let errors = errors.lock().unwrap().clone();
     Ok(Scale {
         instances,
@@ -724,8 +737,9 @@ fn max_parameter(query: &str) -> usize {
 }
 
 /// Runs the real `omdb --db-url URL db <what>` (the binary next to this one, or
-/// `$HALYARD_OMDB`) and times it.
-fn omdb(url: &str, what: &'static str) -> OmdbRun {
+/// `$HALYARD_OMDB`) and times it. It reaches the sled agents with an operator certificate of
+/// this process's CA, in `tls_dir`.
+fn omdb(url: &str, tls_dir: &std::path::Path, what: &'static str) -> OmdbRun {
     let binary = std::env::var_os("HALYARD_OMDB")
         .map(std::path::PathBuf::from)
         .or_else(|| {
@@ -737,7 +751,9 @@ fn omdb(url: &str, what: &'static str) -> OmdbRun {
     let began = Instant::now();
     let out = tokio::task::block_in_place(|| {
         std::process::Command::new(&binary)
-            .args(["--db-url", url, "db", what])
+            .args(["--db-url", url, "--tls-dir"])
+            .arg(tls_dir)
+            .args(["db", what])
             .stdin(std::process::Stdio::null())
             .output()
     });
@@ -748,17 +764,24 @@ fn omdb(url: &str, what: &'static str) -> OmdbRun {
             took,
             ok: out.status.success(),
             detail: if out.status.success() {
-                format!("{} lines", String::from_utf8_lossy(&out.stdout).lines().count())
-            } else {
                 format!(
-                    "{}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                        .lines()
-                        .take(3)
-                        .collect::<Vec<_>>()
-                        .join(" / ")
+                    "{} lines",
+                    String::from_utf8_lossy(&out.stdout).lines().count()
                 )
+            } else {
+                {
+                    // `omdb db check` exits 2 when it found disagreements (on stdout).
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    let tail: Vec<&str> = stdout
+                        .lines()
+                        .rev()
+                        .take(2)
+                        .chain(stderr.lines().take(3))
+                        .filter(|l| !l.trim().is_empty())
+                        .collect();
+                    format!("{}: {}", out.status, tail.join(" / "))
+                }
             },
         },
         Err(e) => OmdbRun {
