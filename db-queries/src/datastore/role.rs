@@ -51,8 +51,11 @@ impl DataStore {
     /// The roles `user` holds on the fleet.
     pub async fn fleet_roles_of_user(&self, user: UserUuid) -> Result<Vec<String>, Error> {
         let conn = &mut *self.connection().await?;
+        // The fleet's id too, so the primary key finds the rows (by identity alone, a user
+        // with roles on many projects has many rows to sift).
         role_assignment::table
             .filter(role_assignment::resource_type.eq(RESOURCE_TYPE_FLEET))
+            .filter(role_assignment::resource_id.eq(FLEET_ID))
             .filter(role_assignment::identity_type.eq(IDENTITY_TYPE_SILO_USER))
             .filter(role_assignment::identity_id.eq(user.into_untyped_uuid()))
             .select(role_assignment::role_name)
