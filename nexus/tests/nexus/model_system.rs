@@ -52,15 +52,6 @@ fn thread_cluster() -> Result<Arc<Mutex<PrivateCluster>>, String> {
 /// resuming its sagas, sled agents retrying their reports with backoff) before a wait fails.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A free port on the loopback interface, for an address that must stay the same across
-/// Nexus restarts.
-fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// Nexus, its database and its sled agents, for one case of the model test.
 pub struct ModelSystem {
     /// The running Nexus process (`None` between a kill and the next start), and how many
@@ -72,6 +63,10 @@ pub struct ModelSystem {
     dir: PathBuf,
     pub external: SocketAddr,
     pub internal: SocketAddr,
+    /// Hold `external` and `internal` for this system's life (every Nexus it starts binds
+    /// them): no other test picks them meanwhile. A port picked by binding port 0 and closing
+    /// it may be handed out again at once (it was: both APIs got one port, in CI).
+    _ports: [halyard_test_db::ReservedPort; 2],
     pub sleds: Vec<halyard_sled_agent::Server>,
     /// The token of the test user, made in this case's database before Nexus started.
     pub token: String,
@@ -121,7 +116,11 @@ impl ModelSystem {
             (database, url, cluster.port())
         };
         let token = crate::authn_support::test_user_token_in(&url).await;
-        let (external, internal) = (free_address(), free_address());
+        let ports = [
+            halyard_test_db::reserve_port().map_err(|e| e.to_string())?,
+            halyard_test_db::reserve_port().map_err(|e| e.to_string())?,
+        ];
+        let (external, internal) = (ports[0].address(), ports[1].address());
         let dir = std::env::temp_dir().join(format!(
             "halyard-model-{}-{port}-{case}",
             std::process::id(),
@@ -147,6 +146,7 @@ impl ModelSystem {
             dir,
             external,
             internal,
+            _ports: ports,
             sleds: Vec::new(),
             token,
             sim,
