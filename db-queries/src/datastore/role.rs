@@ -48,35 +48,39 @@ impl DataStore {
             .map_err(public_error_from_diesel)
     }
 
-    /// The roles `user` holds on the fleet.
-    pub async fn fleet_roles_of_user(&self, user: UserUuid) -> Result<Vec<String>, Error> {
-        let conn = &mut *self.connection().await?;
-        role_assignment::table
-            .filter(role_assignment::resource_type.eq(RESOURCE_TYPE_FLEET))
-            .filter(role_assignment::identity_type.eq(IDENTITY_TYPE_SILO_USER))
-            .filter(role_assignment::identity_id.eq(user.into_untyped_uuid()))
-            .select(role_assignment::role_name)
-            .load(conn)
-            .await
-            .map_err(public_error_from_diesel)
-    }
-
-    /// The roles `user` holds on one project.
-    pub async fn project_roles_of_user(
+    /// The roles `user` holds on the fleet and, given `project`, on that project, in one
+    /// statement (every authorization asks both): `(fleet roles, project roles)`.
+    pub async fn roles_of_user(
         &self,
-        project: ProjectUuid,
         user: UserUuid,
-    ) -> Result<Vec<String>, Error> {
+        project: Option<ProjectUuid>,
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
         let conn = &mut *self.connection().await?;
-        role_assignment::table
-            .filter(role_assignment::resource_type.eq(RESOURCE_TYPE_PROJECT))
-            .filter(role_assignment::resource_id.eq(project.into_untyped_uuid()))
+        let on_fleet = role_assignment::resource_type
+            .eq(RESOURCE_TYPE_FLEET)
+            .and(role_assignment::resource_id.eq(FLEET_ID));
+        let mut query = role_assignment::table
             .filter(role_assignment::identity_type.eq(IDENTITY_TYPE_SILO_USER))
             .filter(role_assignment::identity_id.eq(user.into_untyped_uuid()))
-            .select(role_assignment::role_name)
-            .load(conn)
-            .await
-            .map_err(public_error_from_diesel)
+            .select((role_assignment::resource_type, role_assignment::role_name))
+            .into_boxed();
+        query = match project {
+            Some(project) => query.filter(
+                on_fleet.or(role_assignment::resource_type
+                    .eq(RESOURCE_TYPE_PROJECT)
+                    .and(role_assignment::resource_id.eq(project.into_untyped_uuid()))),
+            ),
+            None => query.filter(on_fleet),
+        };
+        let rows: Vec<(String, String)> =
+            query.load(conn).await.map_err(public_error_from_diesel)?;
+        let (fleet, project): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|(resource_type, _)| resource_type == RESOURCE_TYPE_FLEET);
+        Ok((
+            fleet.into_iter().map(|(_, role)| role).collect(),
+            project.into_iter().map(|(_, role)| role).collect(),
+        ))
     }
 
     /// Grants `user` a fleet role (`admin` or `viewer`); granting one held already is a no-op.

@@ -41,6 +41,19 @@
 //! second Nexus adds), c/a (what synchronous replication costs) and d/c; then the invariant
 //! checker's verdict on both databases. Each window is `--duration-secs` (10) after
 //! `--warmup-secs` (3).
+//!
+//! `halyard-bench scale` starts the same system with `--sleds` (4) simulated sleds, makes
+//! `--clients` (8) real stopped instances through the API, and seeds the database by SQL to
+//! `--instances-small` (1,000) instances, `--per-project` (100) to a project, every seeded row
+//! a copy of a real one (project, its admin role, its `default` VPC and subnet; a stopped
+//! instance without VMM). With C clients for `--duration-secs` (10) each it measures the p50
+//! and p99 of an instance view, a page of 100 instances, and starts and stops of the real
+//! instances (to the API's answer and to running or stopped); it times the real `omdb db
+//! instances` and `omdb db check`, reads Nexus's resident memory (this process's VmRSS), and
+//! prints the generic plan of every statement run in the window that has a sequential scan.
+//! Then it grows the database to `--instances-large` (100,000) and does it all again, and
+//! prints the p99 ratios and its goals (each p99 ratio <= 2; each omdb command < 5 s at the
+//! large scale); then the invariant checker's verdict (violations fail the run).
 
 use clap::Parser;
 
@@ -49,6 +62,7 @@ mod ha;
 mod lifecycles;
 mod placement;
 mod qemu;
+mod scale;
 mod system;
 
 #[derive(Parser)]
@@ -67,6 +81,9 @@ enum Command {
     /// Lifecycles per second with one Nexus and with two behind HAProxy, on one PostgreSQL
     /// and on a replicated one (Patroni, synchronous replication), in one run.
     Ha(ha::HaArgs),
+    /// p99 of instance view, list, start and stop, omdb's time, and Nexus's memory at 1,000
+    /// instances and at 100,000 (seeded, mostly stopped), side by side.
+    Scale(scale::ScaleArgs),
 }
 
 #[tokio::main]
@@ -77,5 +94,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Placement(args) => placement::run(args).await,
         Command::Disks(args) => disks::run(args).await,
         Command::Ha(args) => ha::run(args).await,
+        Command::Scale(args) => scale::run(args).await,
     }
 }

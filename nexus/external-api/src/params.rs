@@ -172,8 +172,8 @@ pub struct InstanceCreate {
     /// Halyard runs no guest agent: must be empty.
     #[serde(default)]
     pub user_data: String,
-    /// Enable jumbo frames on the primary network interface. Halyard has no networking: must
-    /// be `false`.
+    /// Enable jumbo frames on the primary network interface. Halyard's virtual switch carries
+    /// standard frames only: must be `false`.
     #[serde(default)]
     pub enable_jumbo_frames: bool,
     /// The network interfaces to be created for this instance (absent: one dual-stack

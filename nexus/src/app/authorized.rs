@@ -37,16 +37,11 @@ impl Nexus {
         let Actor::User { user_id, .. } = opctx.actor else {
             return Ok(Roles::default());
         };
-        let fleet = parse_roles(self.datastore().fleet_roles_of_user(user_id).await?)?;
-        let project = match project {
-            Some(project) => parse_roles(
-                self.datastore()
-                    .project_roles_of_user(project, user_id)
-                    .await?,
-            )?,
-            None => Default::default(),
-        };
-        Ok(Roles { fleet, project })
+        let (fleet, project) = self.datastore().roles_of_user(user_id, project).await?;
+        Ok(Roles {
+            fleet: parse_roles(fleet)?,
+            project: parse_roles(project)?,
+        })
     }
 
     /// Whether `opctx`'s actor may do `action` on `resource`: `Ok`, `Forbidden` (it may read

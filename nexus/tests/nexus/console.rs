@@ -13,6 +13,24 @@ fn base(ctx: &TestContext) -> String {
     ctx.external_url()
 }
 
+/// `GET {base}{path}` with `client`: the response.
+async fn get(ctx: &TestContext, client: &reqwest::Client, path: &str) -> reqwest::Response {
+    client
+        .get(format!("{}{path}", base(ctx)))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `GET {base}{path}` with `client`, whose body is JSON.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    ctx: &TestContext,
+    client: &reqwest::Client,
+    path: &str,
+) -> T {
+    get(ctx, client, path).await.json().await.unwrap()
+}
+
 /// A user of the default silo holding `fleet_role` (if any), and a token of theirs.
 async fn user(ctx: &TestContext, name: &str, fleet_role: Option<&str>) -> (UserUuid, String) {
     let datastore = ctx.nexus().datastore();
@@ -244,11 +262,7 @@ async fn every_console_route_gets_the_page_and_assets_are_served_with_their_type
         "/system/sleds",
         "/device/verify?user_code=ABCD-EFGH",
     ] {
-        let response = client
-            .get(format!("{}{path}", base(&ctx)))
-            .send()
-            .await
-            .unwrap();
+        let response = get(&ctx, &client, path).await;
         assert_eq!(response.status().as_u16(), 200, "{path}");
         let headers = response.headers().clone();
         assert_eq!(
@@ -267,11 +281,7 @@ async fn every_console_route_gets_the_page_and_assets_are_served_with_their_type
         ("console.js", "text/javascript; charset=utf-8"),
         ("console.css", "text/css; charset=utf-8"),
     ] {
-        let response = client
-            .get(format!("{}/assets/{asset}", base(&ctx)))
-            .send()
-            .await
-            .unwrap();
+        let response = get(&ctx, &client, &format!("/assets/{asset}")).await;
         assert_eq!(response.status().as_u16(), 200, "{asset}");
         assert_eq!(response.headers()["content-type"], content_type);
         assert!(!response.bytes().await.unwrap().is_empty(), "{asset}");
@@ -282,11 +292,7 @@ async fn every_console_route_gets_the_page_and_assets_are_served_with_their_type
         "/assets/a/console.js",
         "/nowhere",
     ] {
-        let response = client
-            .get(format!("{}{missing}", base(&ctx)))
-            .send()
-            .await
-            .unwrap();
+        let response = get(&ctx, &client, missing).await;
         assert_eq!(response.status().as_u16(), 404, "{missing}");
         let body: Value = response.json().await.unwrap();
         assert!(body["message"].is_string(), "{missing}: {body}");
@@ -302,14 +308,7 @@ async fn the_console_reads_an_instances_vmms_and_the_fleets_state() {
     ctx.start(id).await;
     ctx.stop(id).await;
     ctx.start(id).await;
-    let vmms: Vec<Value> = admin
-        .get(format!("{}/v1/instances/{id}/vmms", base(&ctx)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let vmms: Vec<Value> = get_json(&ctx, &admin, &format!("/v1/instances/{id}/vmms")).await;
     assert_eq!(vmms.len(), 2, "{vmms:#?}");
     assert_eq!(vmms[0]["role"], "past");
     assert_eq!(vmms[0]["state"], "destroyed");
@@ -317,26 +316,12 @@ async fn the_console_reads_an_instances_vmms_and_the_fleets_state() {
     assert_eq!(vmms[1]["state"], "running");
     assert_eq!(vmms[1]["id"], json!(ctx.active_vmm(id).await));
     // By name under its project, as the console asks.
-    let by_name: Vec<Value> = admin
-        .get(format!("{}/v1/instances/vm/vmms?project=p", base(&ctx)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_name: Vec<Value> = get_json(&ctx, &admin, "/v1/instances/vm/vmms?project=p").await;
     assert_eq!(by_name, vmms);
 
     // The sled holding it shows its reservation and one live VMM; the other none.
     let sled = vmms[1]["sled_id"].as_str().unwrap().to_string();
-    let sleds: Value = admin
-        .get(format!("{}/v1/system/hardware/sleds", base(&ctx)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sleds: Value = get_json(&ctx, &admin, "/v1/system/hardware/sleds").await;
     let items = sleds["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
     for item in items {
@@ -355,32 +340,14 @@ async fn the_console_reads_an_instances_vmms_and_the_fleets_state() {
     }
 
     // Operators' reads: sagas in progress (none now), background tasks, metrics.
-    let sagas: Vec<Value> = admin
-        .get(format!("{}/v1/system/sagas", base(&ctx)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sagas: Vec<Value> = get_json(&ctx, &admin, "/v1/system/sagas").await;
     assert!(sagas.is_empty(), "{sagas:#?}");
-    let tasks: Vec<Value> = admin
-        .get(format!("{}/v1/system/background-tasks", base(&ctx)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tasks: Vec<Value> = get_json(&ctx, &admin, "/v1/system/background-tasks").await;
     assert!(
         tasks.iter().any(|task| task["name"] == "vmm_retirement"),
         "{tasks:#?}"
     );
-    let metrics = admin
-        .get(format!("{}/v1/system/metrics", base(&ctx)))
-        .send()
-        .await
-        .unwrap();
+    let metrics = get(&ctx, &admin, "/v1/system/metrics").await;
     assert_eq!(metrics.status().as_u16(), 200);
     assert!(
         metrics.text().await.unwrap().contains("# TYPE"),
@@ -394,18 +361,9 @@ async fn the_console_reads_an_instances_vmms_and_the_fleets_state() {
         "/v1/system/background-tasks",
         "/v1/system/metrics",
     ] {
-        let url = format!("{}{path}", base(&ctx));
-        let seen = crate::authn_support::http_client(&viewer)
-            .get(&url)
-            .send()
-            .await
-            .unwrap();
+        let seen = get(&ctx, &crate::authn_support::http_client(&viewer), path).await;
         assert_eq!(seen.status().as_u16(), 200, "{path}");
-        let refused = crate::authn_support::http_client(&nobody)
-            .get(&url)
-            .send()
-            .await
-            .unwrap();
+        let refused = get(&ctx, &crate::authn_support::http_client(&nobody), path).await;
         assert_eq!(refused.status().as_u16(), 403, "{path}");
         let body: Value = refused.json().await.unwrap();
         assert_eq!(

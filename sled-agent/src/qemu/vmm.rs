@@ -5,6 +5,7 @@
 //!  creating ──run (cont)──► starting ──► running ──reboot (system_reset)──► rebooting ─► running
 //!     │                                   │
 //!     └──stop (kill)──┐                   └──stop (ACPI powerdown; after stop_timeout, kill)──► stopping
+//!                     │                       (still booting, power button not armed: kill)
 //!                     ▼                                                                        │
 //!                  stopped ◄───────────────────── the process exits ◄───────────────────────────┘
 //!  running ──migrate out──► migrating ──QEMU sends it──► (target resumes) ──► stopped
@@ -23,6 +24,7 @@ use super::qmp::Qmp;
 use super::{GuestImage, QemuBackend, tls};
 use crate::admission::{Admission, VmmSituation, admit};
 use crate::console::SerialConsole;
+use crate::guest_console::BannerScanner;
 use crate::vmm_runtime::{Command, Ended, FinishHook, VmmRuntime, sleep_until, target_gone_signal};
 use halyard_common::ids::{MigrationUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
@@ -38,6 +40,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -85,6 +88,10 @@ pub(crate) struct QemuVmm {
     switch: Arc<Switch>,
     /// Whether its vCPUs were paused through the API (QMP `stop`).
     vcpus_paused: bool,
+    /// Whether the guest listens to its power button: set when its console shows the boot
+    /// banner (see `guest_console`), cleared by a reboot. A stop before it ends QEMU at once:
+    /// a powerdown the guest cannot hear would only wait out `stop_timeout`.
+    power_button_armed: Arc<AtomicBool>,
     /// How many failed or outvoted requests QEMU reported per replica (block node).
     bad_replica_reports: BTreeMap<String, u64>,
     stop_timeout: Duration,
@@ -169,6 +176,8 @@ impl QemuBackend {
             switch: Arc::clone(&self.switch),
             bad_replica_reports: BTreeMap::new(),
             vcpus_paused: false,
+            // A migration target's guest was running on its source.
+            power_button_armed: Arc::new(AtomicBool::new(params.migration_target.is_some())),
             stop_timeout: self.config.stop_timeout(),
             exit_expected: false,
             hard_stop_at: None,
@@ -309,7 +318,12 @@ impl QemuVmm {
         let console_socket =
             wait_for_socket(&self.dir.join(CONSOLE_SOCKET), &mut self.child).await?;
         let (qmp, events) = Qmp::negotiate(qmp_socket, &self.log).await?;
-        pump_console(console_socket, Arc::clone(&self.console), self.log.clone());
+        pump_console(
+            console_socket,
+            Arc::clone(&self.console),
+            Arc::clone(&self.power_button_armed),
+            self.log.clone(),
+        );
         Ok((Arc::new(qmp), events))
     }
 
@@ -423,6 +437,13 @@ impl QemuVmm {
                 self.end_now("it was stopped before it ran");
                 Ok(())
             }
+            Admission::Stop { never_ran: false }
+                if !self.power_button_armed.load(Ordering::SeqCst) =>
+            {
+                self.runtime.set_state(VmmState::Stopping);
+                self.end_now("it was stopped while the guest was still booting (before it armed its power button)");
+                Ok(())
+            }
             Admission::Stop { never_ran: false } => {
                 self.runtime.set_state(VmmState::Stopping);
                 // A paused guest could not hear the power button.
@@ -441,6 +462,8 @@ impl QemuVmm {
             }
             Admission::Reboot => {
                 self.runtime.set_state(VmmState::Rebooting);
+                // The guest boots again: deaf to its power button until its banner.
+                self.power_button_armed.store(false, Ordering::SeqCst);
                 let reset = qmp.call(qmp::system_reset {}, "reset the guest").await;
                 self.runtime.set_state(VmmState::Running);
                 reset.map(|_| ())
@@ -717,17 +740,28 @@ async fn wait_for_socket(path: &std::path::Path, child: &mut Child) -> anyhow::R
     }
 }
 
-/// Copies console output into the ring buffer and typed input to the guest, until the
-/// socket closes.
-fn pump_console(socket: UnixStream, console: Arc<SerialConsole>, log: Logger) {
+/// Copies console output into the ring buffer (setting `power_button_armed` when the boot
+/// banner goes by) and typed input to the guest, until the socket closes.
+fn pump_console(
+    socket: UnixStream,
+    console: Arc<SerialConsole>,
+    power_button_armed: Arc<AtomicBool>,
+    log: Logger,
+) {
     let (mut reader, mut writer) = tokio::io::split(socket);
     let output = Arc::clone(&console);
     tokio::spawn(async move {
         let mut buffer = vec![0u8; 4096];
+        let mut banner = BannerScanner::default();
         loop {
             match reader.read(&mut buffer).await {
                 Ok(0) => return,
-                Ok(n) => output.record_output(&buffer[..n]),
+                Ok(n) => {
+                    output.record_output(&buffer[..n]);
+                    if banner.saw_banner(&buffer[..n]) {
+                        power_button_armed.store(true, Ordering::SeqCst);
+                    }
+                }
                 Err(e) => {
                     warn!(log, "reading the serial console"; "error" => %e);
                     return;

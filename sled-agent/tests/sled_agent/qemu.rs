@@ -242,6 +242,65 @@ async fn a_qemu_vmm_boots_reboots_and_stops_for_real() {
     sled.server.close().await.unwrap();
 }
 
+/// A stop is a stop: a guest still booting (its power button not armed: no banner yet) ends
+/// at once, and so does one rebooting; a booted guest powers off on ACPI's powerdown. The
+/// sled waits 10 minutes for a guest to power off before it kills QEMU, so a stop that waited
+/// for a powerdown the guest cannot hear would not end within the boot bound.
+#[tokio::test]
+async fn a_stop_never_waits_for_a_guest_that_cannot_hear_its_power_button() {
+    let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
+    let mut config = qemu_config(nexus.address(), &state_dir()).await;
+    config.qemu.stop_timeout_ms = 600_000;
+    let server = Server::start(&config, &log()).await.unwrap();
+    nexus.watch_sled(server.local_addr());
+    let client = crate::sled_client(server.local_addr(), crate::Role::Nexus);
+
+    // Stopped right after it was started: still booting.
+    let booting = VmmUuid::new_v4();
+    client
+        .vmm_register(&booting, &guest("booting"))
+        .await
+        .unwrap();
+    put(&client, booting, VmmStateRequested::Run).await;
+    put(&client, booting, VmmStateRequested::Stop).await;
+    wait_for_state_within(&client, booting, VmmState::Destroyed, BOOT_TIMEOUT).await;
+    eventually("Nexus hears the booting guest destroyed", || {
+        nexus.final_report(booting).is_some()
+    })
+    .await;
+    let report = nexus.final_report(booting).unwrap();
+    assert_eq!(report.state.vmm_state.state, VmmState::Destroyed);
+
+    // Booted: the powerdown is heard. Then a reboot, stopped before its second banner.
+    let booted = VmmUuid::new_v4();
+    client
+        .vmm_register(&booted, &guest("booted"))
+        .await
+        .unwrap();
+    put(&client, booted, VmmStateRequested::Run).await;
+    wait_for_console(&client, booted, "the banner", |text| {
+        text.contains(BOOT_BANNER)
+    })
+    .await;
+    put(&client, booted, VmmStateRequested::Stop).await;
+    wait_for_state_within(&client, booted, VmmState::Destroyed, BOOT_TIMEOUT).await;
+
+    let rebooting = VmmUuid::new_v4();
+    client
+        .vmm_register(&rebooting, &guest("rebooting"))
+        .await
+        .unwrap();
+    put(&client, rebooting, VmmStateRequested::Run).await;
+    wait_for_console(&client, rebooting, "the banner", |text| {
+        text.contains(BOOT_BANNER)
+    })
+    .await;
+    put(&client, rebooting, VmmStateRequested::Reboot).await;
+    put(&client, rebooting, VmmStateRequested::Stop).await;
+    wait_for_state_within(&client, rebooting, VmmState::Destroyed, BOOT_TIMEOUT).await;
+    server.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_qemu_killed_with_sigkill_is_reported_failed() {
     let nexus = RecordingNexus::start("127.0.0.1:0".parse().unwrap());
