@@ -14,6 +14,16 @@
 //! (under load, when they save the most). A batch that fails is written again event by event,
 //! so one event the database refuses never holds up the others.
 //!
+//! A node's `started` event is not written on its own. It waits (in this Nexus's memory) for
+//! the node's next event of its saga, usually the node's result, and goes into the same
+//! statement: one commit per node instead of two. If the action is still running after
+//! [`STARTED_WRITE_DELAY`], the event is written then, so that the log (and omdb) shows which
+//! node a slow saga is in. This is safe because steno treats a node whose log has `started`
+//! but no result exactly like one that never started: on resume it runs the action again
+//! (every action is idempotent). A `started` can be missing only from the end of a saga's
+//! log, for nodes still running when the process died, and only while the saga moves forward:
+//! once a node fails, every `started` before it is written with the failure.
+//!
 //! Every write is fenced: it carries this Nexus's id and the saga's adoption generation as this
 //! Nexus knows it ([`SagaOwnership`]), and the database takes it only while both still match
 //! the saga's row. When another Nexus adopted the saga (this one was thought gone, or another
@@ -39,6 +49,9 @@ use tokio::sync::{mpsc, oneshot};
 const EVENT_WRITERS: usize = 4;
 /// The most events one statement writes (each size's statement is prepared once).
 const MAX_EVENT_BATCH: usize = 32;
+/// How long a node's `started` event may wait for the node's result before it is written on
+/// its own (see the module docs).
+pub const STARTED_WRITE_DELAY: Duration = Duration::from_millis(200);
 
 /// Which sagas this Nexus owns at which adoption generation, and which it dropped because
 /// another Nexus adopted them.
@@ -128,14 +141,16 @@ pub struct DbSecStore {
     ownership: Arc<SagaOwnership>,
     /// Where node events wait for a writer; the writers start with the first event.
     events: Arc<OnceLock<mpsc::UnboundedSender<PendingEvent>>>,
+    /// Each saga's `started` events not written yet (see the module docs).
+    deferred_starts: Arc<Mutex<HashMap<SagaUuid, Vec<SagaNodeEvent>>>>,
     log: Logger,
 }
 
-/// A node event waiting to be written, and who waits for it (told whether the write was
-/// refused: the saga is no longer this Nexus's).
+/// Node events of one saga to be written in one statement, and who waits for them (told
+/// whether the write was refused: the saga is no longer this Nexus's).
 #[derive(Debug)]
 struct PendingEvent {
-    row: SagaNodeEvent,
+    rows: Vec<SagaNodeEvent>,
     written: oneshot::Sender<Result<Written, halyard_common::Error>>,
 }
 
@@ -154,6 +169,7 @@ impl DbSecStore {
             sec_id,
             ownership: Arc::new(SagaOwnership::default()),
             events: Arc::new(OnceLock::new()),
+            deferred_starts: Arc::new(Mutex::new(HashMap::new())),
             log: log.new(o!("component" => "SecStore")),
         }
     }
@@ -163,18 +179,22 @@ impl DbSecStore {
         &self.ownership
     }
 
-    /// Writes one node event, in whatever batch a writer puts it (see the module docs).
-    async fn write_event(&self, row: SagaNodeEvent) -> Result<Written, halyard_common::Error> {
+    /// Writes node events of one saga in one statement, in whatever batch a writer puts them
+    /// (see the module docs).
+    async fn write_events(
+        &self,
+        rows: Vec<SagaNodeEvent>,
+    ) -> Result<Written, halyard_common::Error> {
         let queue = self.events.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
             let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
             for _ in 0..EVENT_WRITERS {
-                tokio::spawn(write_events(self.datastore.clone(), Arc::clone(&receiver)));
+                tokio::spawn(event_writer(self.datastore.clone(), Arc::clone(&receiver)));
             }
             sender
         });
         let (written, done) = oneshot::channel();
-        if queue.send(PendingEvent { row, written }).is_err() {
+        if queue.send(PendingEvent { rows, written }).is_err() {
             return Err(halyard_common::Error::unavailable(
                 "the saga log's writers have stopped",
             ));
@@ -208,6 +228,59 @@ impl DbSecStore {
                 Err(e) => {
                     warn!(self.log, "saga log write failed; retrying";
                         "what" => what, "error" => %e, "retry_in_ms" => delay.as_millis());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+impl DbSecStore {
+    /// Writes `rows` of `saga` together with the saga's deferred `started` events, in one
+    /// statement, until written (see [`DbSecStore::until_written`]).
+    async fn write_with_deferred_starts(
+        &self,
+        saga: SagaUuid,
+        what: &str,
+        mut rows: Vec<SagaNodeEvent>,
+    ) {
+        if let Some(starts) = lock(&self.deferred_starts).remove(&saga) {
+            rows.splice(0..0, starts);
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let rows = &rows;
+        self.until_written(saga, what, || async move {
+            self.write_events(rows.clone()).await
+        })
+        .await;
+    }
+
+    /// After [`STARTED_WRITE_DELAY`], writes `start` if its node's result has not taken it
+    /// along yet: the action is slow, and the log should say which node the saga is in. The
+    /// event stays deferred (the result's write carries it again, harmlessly: a repeated
+    /// event is left alone), so the result never commits without it.
+    async fn write_start_if_slow(self, start: SagaNodeEvent) {
+        tokio::time::sleep(STARTED_WRITE_DELAY).await;
+        let saga = start.saga_id.0;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let still_deferred = lock(&self.deferred_starts)
+                .get(&saga)
+                .is_some_and(|rows| rows.iter().any(|row| row.node_id == start.node_id));
+            if !still_deferred || self.ownership.is_dropped(saga) {
+                return;
+            }
+            match self.write_events(vec![start.clone()]).await {
+                Ok(Written::Yes) => return,
+                // The saga's next write finds out too, and drops the saga.
+                Ok(Written::Refused) => return,
+                Err(e) => {
+                    warn!(self.log, "saga log write of a slow node's start failed; retrying";
+                        "saga_id" => %saga, "node_id" => start.node_id, "error" => %e,
+                        "retry_in_ms" => delay.as_millis());
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -268,15 +341,23 @@ impl steno::SecStore for DbSecStore {
             creator: self.sec_id.into(),
             adopt_generation: self.ownership.generation(saga).into(),
         };
-        let row = &row;
-        self.until_written(saga, "record_event", || async move {
-            self.write_event(row.clone()).await
-        })
-        .await;
+        if matches!(event.event_type, SagaNodeEventType::Started) {
+            lock(&self.deferred_starts)
+                .entry(saga)
+                .or_default()
+                .push(row.clone());
+            tokio::spawn(self.clone().write_start_if_slow(row));
+            return;
+        }
+        self.write_with_deferred_starts(saga, "record_event", vec![row])
+            .await;
     }
 
     async fn saga_update(&self, id: SagaId, update: SagaCachedState) {
         let id = saga_uuid(id);
+        // The log first: a saga's cached state never runs ahead of its events.
+        self.write_with_deferred_starts(id, "saga_update", Vec::new())
+            .await;
         let generation = self.ownership.generation(id);
         self.until_written(id, "saga_update", || async move {
             let applied = self
@@ -292,6 +373,7 @@ impl steno::SecStore for DbSecStore {
         .await;
         if update == SagaCachedState::Done {
             self.ownership.finished(id);
+            lock(&self.deferred_starts).remove(&id);
         }
     }
 }
@@ -299,7 +381,7 @@ impl steno::SecStore for DbSecStore {
 /// One writer of node events: takes a waiting event and every other one waiting with it (up
 /// to [`MAX_EVENT_BATCH`]), writes them in one statement and tells each waiter. Ends when the
 /// store is gone.
-async fn write_events(
+async fn event_writer(
     datastore: DataStore,
     receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<PendingEvent>>>,
 ) {
@@ -318,27 +400,31 @@ async fn write_events(
             }
             batch
         };
-        let rows: Vec<&SagaNodeEvent> = batch.iter().map(|p| &p.row).collect();
+        let rows: Vec<&SagaNodeEvent> = batch.iter().flat_map(|p| &p.rows).collect();
         let result = datastore.saga_record_events(&rows).await;
         if result.is_err() && batch.len() > 1 {
             // Whatever failed, let it fail only the event it concerns.
             for pending in batch {
-                let result = datastore.saga_record_events(&[&pending.row]).await;
+                let rows: Vec<&SagaNodeEvent> = pending.rows.iter().collect();
+                let result = datastore.saga_record_events(&rows).await;
                 let _ = pending
                     .written
-                    .send(result.map(|w| written(&w, &pending.row)));
+                    .send(result.map(|w| written(&w, &pending.rows)));
             }
             continue;
         }
         for pending in batch {
-            let result = result.as_ref().map(|w| written(w, &pending.row));
+            let result = result.as_ref().map(|w| written(w, &pending.rows));
             let _ = pending.written.send(result.map_err(Clone::clone));
         }
     }
 }
 
-fn written(batch: &EventsWritten, row: &SagaNodeEvent) -> Written {
-    if batch.refused.contains(&row.saga_id.0) {
+fn written(batch: &EventsWritten, rows: &[SagaNodeEvent]) -> Written {
+    if rows
+        .iter()
+        .any(|row| batch.refused.contains(&row.saga_id.0))
+    {
         Written::Refused
     } else {
         Written::Yes

@@ -266,3 +266,56 @@ async fn a_failed_saga_unwinds_and_its_log_says_so() {
     let row = h.datastore.saga_node_events(id).await.unwrap().remove(0);
     h.datastore.saga_record_event(&row).await.unwrap();
 }
+
+/// A node that finishes quickly costs one commit: its `started` waits for its result and goes
+/// into the same statement (the rows share a transaction id, `xmin`). A slow node's `started`
+/// is written on its own, while the action still runs, so the log shows where the saga is.
+#[tokio::test]
+async fn a_quick_nodes_start_commits_with_its_result_and_a_slow_ones_alone() {
+    let h = Harness::new();
+    let nexus = NexusUuid::new_v4();
+    let context = Arc::new(Context::default());
+    let sec = steno::sec(
+        log(),
+        Arc::new(DbSecStore::new(h.datastore.clone(), nexus, &log())),
+    );
+    let saga_id = SagaId::new_v4();
+    let id = SagaUuid::from_untyped_uuid(saga_id.into_untyped_uuid());
+    let done = sec
+        .saga_create(saga_id, context.clone(), dag(), registry())
+        .await
+        .unwrap();
+    sec.saga_start(saga_id).await.unwrap();
+    // `second` is held: its start shows up in the log while it runs.
+    wait_for_event(&h, id, 1, "started").await;
+    let events = h.datastore.saga_node_events(id).await.unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.node_id == 1 && e.event_type == "succeeded")
+    );
+    context.release_second.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(30), done)
+        .await
+        .unwrap()
+        .kind
+        .unwrap();
+
+    let xmin = |node: i64, event: &str| {
+        h.sql(&format!(
+            "SELECT xmin FROM saga_node_event WHERE saga_id = '{id}' AND node_id = {node} \
+             AND event_type = '{event}'"
+        ))
+        .trim()
+        .to_string()
+    };
+    assert!(!xmin(0, "started").is_empty());
+    assert_eq!(
+        xmin(0, "started"),
+        xmin(0, "succeeded"),
+        "node 0: one commit"
+    );
+    assert_ne!(xmin(1, "started"), xmin(1, "succeeded"), "node 1 was slow");
+    assert_eq!(context.first_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(context.second_runs.load(Ordering::SeqCst), 1);
+}

@@ -4,24 +4,26 @@
 //! a saga unwinds; and lost replies (invariant 4).
 //!
 //! `HALYARD_CRASH_AT=<saga name>:<node name>:<event>` (e.g. `instance-start:registered:started`)
-//! kills the process right after that node's `<event>` is durably recorded in the saga log,
-//! where `<event>` is one of `started`, `succeeded`, `undo_started`, `undo_finished` (the
-//! labels of steno's events and of `saga_node_event.event_type`), or right after the node's
-//! action did its work, for `<event>` `after_effect`. A log-event point is named by the last
-//! event of the saga log it leaves behind, and every such point is a distinct log state:
+//! kills the process right after that node's `<event>` is handed to the saga log (and, but
+//! for `started`, durably recorded), where `<event>` is one of `started`, `succeeded`,
+//! `undo_started`, `undo_finished` (the labels of steno's events and of
+//! `saga_node_event.event_type`), or right after the node's action did its work, for
+//! `<event>` `after_effect`:
 //!
-//! - `started`: the node's action has not run yet (steno records `started` first and waits for
-//!   it), so none of its effects exist; recovery runs it for the first time.
-//! - `succeeded`: the action ran and its output is recorded; recovery goes on with the next
-//!   node. Together with `started` of the next node these are the two log states between two
-//!   nodes. (A point "before `started` of node N" would leave exactly the log of "after
-//!   `succeeded` of node N-1", so it is not a point of its own.)
+//! - `started`: steno has handed the node's `started` to the log and is about to run its
+//!   action, so none of its effects exist; recovery runs it for the first time. The log does
+//!   not hold this `started` yet (it is written with the node's result, or on its own once the
+//!   action has run for a while: see `halyard_db_queries::saga_store`), so the log ends with
+//!   the previous node's events.
+//! - `succeeded`: the action ran and its output is recorded, with its `started`; recovery
+//!   goes on with the next node.
 //! - `undo_started` / `undo_finished`: the same two states of the node's undo, while the saga
 //!   unwinds (see `HALYARD_FAIL_AT`).
 //! - `after_effect`: no log event of its own. The node's action has run to its end (every
 //!   database write it makes committed, every sled-agent call it makes answered) and returned
 //!   `Ok`, but steno has not been handed the result, so `succeeded` is not written: the log
-//!   reads exactly as for `started`, but the effects exist. Recovery runs the action again
+//!   reads as for `started` (plus the node's `started`, if its action ran long enough for it
+//!   to be written alone), but the effects exist. Recovery runs the action again
 //!   over its own effects, so this point proves that an action notices they already exist.
 //!   The hook is [`action_effect_done`], which every forward action passes through (the
 //!   `declare_action!` wrapper calls it in `sagas::retry::retry_action` on every `Ok`), so no
@@ -103,14 +105,6 @@ impl CrashEvent {
             CrashEvent::Succeeded => "succeeded",
             CrashEvent::UndoStarted => "undo_started",
             CrashEvent::UndoFinished => "undo_finished",
-        }
-    }
-
-    /// The saga log event a crash at this point leaves last.
-    pub fn last_log_event(self) -> &'static str {
-        match self {
-            CrashEvent::AfterEffect => CrashEvent::Started.label(),
-            other => other.label(),
         }
     }
 
