@@ -28,9 +28,10 @@ pub use datastore::{
     DiskTransition, EventsWritten, HostedInterface, InstanceAndVmm, InstanceForDisks,
     InstanceForNics, LeftoverClaim, Leftovers, LostRegion, MAX_DISK_SIZE, MigrationReport,
     NewNetworkInterface, PoolConfig, PoolStatistics, Release, ReportApplied, RetireOutcome,
-    SUBNET_PREFIX_RANGE, SledChoice, SnapshotTransition, TokenOwner, TransitionConflict,
-    TransitionOutcome, VmmStateReport, VpcMappingsRead, validate_instance_shape,
-    validate_ipv4_block, validate_new_disk, validate_new_instance, validate_vpc_ipv6_prefix,
+    SUBNET_PREFIX_RANGE, SledAgentAt, SledChoice, SnapshotTransition, TokenOwner,
+    TransitionConflict, TransitionOutcome, VmmStateReport, VpcMappingsRead,
+    validate_instance_shape, validate_ipv4_block, validate_new_disk, validate_new_instance,
+    validate_vpc_ipv6_prefix,
 };
 pub use pagination::{DataPageParams, PaginatedBy, PaginationOrder};
 pub use saga_store::{DbSecStore, SagaOwnership, saga_node_event_to_steno};

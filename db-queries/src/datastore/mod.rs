@@ -28,8 +28,8 @@ pub use instance_transition::{ConflictReason, Release, TransitionConflict, Trans
 pub use instance_view::InstanceAndVmm;
 pub use leftover::{LeftoverClaim, Leftovers};
 pub use network::{
-    HostedInterface, InstanceForNics, NewNetworkInterface, SUBNET_PREFIX_RANGE, VpcMappingsRead,
-    validate_ipv4_block, validate_vpc_ipv6_prefix,
+    HostedInterface, InstanceForNics, NewNetworkInterface, SUBNET_PREFIX_RANGE, SledAgentAt,
+    VpcMappingsRead, validate_ipv4_block, validate_vpc_ipv6_prefix,
 };
 pub use region_replacement::LostRegion;
 pub use saga::EventsWritten;

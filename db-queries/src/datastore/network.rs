@@ -104,6 +104,16 @@ pub struct VpcMappingsRead {
     pub vni: Vni,
     pub generation: Generation,
     pub mappings: Vec<HostedInterface>,
+    /// The sled agent of each sled in `mappings`, as the same read found it: where Nexus
+    /// pushes the set, without reading each sled again.
+    pub sled_agents: std::collections::BTreeMap<SledUuid, SledAgentAt>,
+}
+
+/// Where a sled's agent listens, and whether the sled was expunged (then nothing is sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SledAgentAt {
+    pub address: std::net::SocketAddr,
+    pub expunged: bool,
 }
 
 /// One interface where a live VMM incarnates its instance.
@@ -754,11 +764,22 @@ impl DataStore {
                     .ok()
                     .and_then(|vni| Vni::try_from(vni).ok())
                     .expect("the vni column's CHECK");
+                let sled_agents = rows
+                    .iter()
+                    .map(|(_, sled)| {
+                        let at = SledAgentAt {
+                            address: sled.address(),
+                            expunged: sled.is_expunged(),
+                        };
+                        (sled.id(), at)
+                    })
+                    .collect();
                 Ok(VpcMappingsRead {
                     vpc_id,
                     vni,
                     generation: Generation::try_from(generation)
                         .expect("the v2p_generation column's CHECK"),
+                    sled_agents,
                     mappings: rows
                         .into_iter()
                         .map(|(nic, sled)| HostedInterface {

@@ -68,6 +68,7 @@ use halyard_common::ids::{SledUuid, VmmUuid};
 use halyard_common::internal_api::SledAgentInfo;
 use halyard_common::{Error, VmmState};
 use halyard_db_model::{Migration, Sled, SledResources};
+use halyard_db_queries::SledAgentAt;
 use halyard_nexus_internal_api::SledExpunged;
 use halyard_sled_agent_api::MigrationTargetGone;
 use slog::{info, warn};
@@ -81,13 +82,29 @@ impl Nexus {
         sled_id: SledUuid,
     ) -> Result<halyard_sled_agent_client::Client, Error> {
         let sled = self.datastore.sled_fetch(sled_id).await?;
-        if sled.is_expunged() {
+        self.sled_client_at(
+            sled_id,
+            SledAgentAt {
+                address: sled.address(),
+                expunged: sled.is_expunged(),
+            },
+        )
+    }
+
+    /// A client for a sled's agent at an address the caller read from the database already
+    /// (in the same read as what it sends), so the sled is not read again.
+    pub(crate) fn sled_client_at(
+        &self,
+        sled_id: SledUuid,
+        at: SledAgentAt,
+    ) -> Result<halyard_sled_agent_client::Client, Error> {
+        if at.expunged {
             return Err(Error::conflict(format!(
                 "sled {sled_id} was expunged (declared gone for good); nothing runs there"
             )));
         }
         Ok(halyard_sled_agent_client::Client::new_with_client(
-            &format!("https://{}", sled.address()),
+            &format!("https://{}", at.address),
             self.sled_http.clone(),
         ))
     }

@@ -124,7 +124,11 @@ impl Nexus {
         read: &VpcMappingsRead,
     ) -> Result<(), Error> {
         let set = set_for_sled(sled_id, read);
-        let client = self.sled_client(sled_id).await?;
+        let client = match read.sled_agents.get(&sled_id) {
+            Some(&at) => self.sled_client_at(sled_id, at)?,
+            // A sled in the push's scope that hosts none of the VPC's interfaces.
+            None => self.sled_client(sled_id).await?,
+        };
         let answer = client
             .v2p_put(&set.vni, &set)
             .await

@@ -8,7 +8,7 @@ use halyard_common::ids::{InstanceUuid, SledUuid, VmmUuid};
 use halyard_common::internal_api::SledVmmState;
 use halyard_common::{Error, MigrationState, VmmState};
 use halyard_db_model::{Vmm, VmmRuntimeState};
-use halyard_db_queries::{MigrationReport, VmmStateReport};
+use halyard_db_queries::{MigrationReport, SledAgentAt, VmmStateReport};
 use slog::{info, warn};
 use std::time::Duration;
 
@@ -156,10 +156,17 @@ impl Nexus {
     /// expunged sled there is nothing to unregister: the sled is gone, and what it ran counts
     /// for nothing.
     pub async fn unregister_vmm(&self, sled_id: SledUuid, vmm_id: VmmUuid) -> Result<(), Error> {
-        if self.datastore.sled_fetch(sled_id).await?.is_expunged() {
+        let sled = self.datastore.sled_fetch(sled_id).await?;
+        if sled.is_expunged() {
             return Ok(());
         }
-        let client = self.sled_client(sled_id).await?;
+        let client = self.sled_client_at(
+            sled_id,
+            SledAgentAt {
+                address: sled.address(),
+                expunged: false,
+            },
+        )?;
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=4 {
             match client.vmm_unregister(&vmm_id).await {
