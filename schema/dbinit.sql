@@ -532,6 +532,15 @@ CREATE INDEX IF NOT EXISTS instance_by_active_vmm
 CREATE INDEX IF NOT EXISTS instance_by_target_vmm
     ON instance (target_propolis_id) WHERE target_propolis_id IS NOT NULL;
 
+-- The leftover pass looks, every few seconds, for instances claimed for a VMM and for VMMs
+-- still `creating`, both older than its grace period: a few rows among all instances (most
+-- stopped) and all VMMs ever made (history is kept), so each has a partial index.
+CREATE INDEX IF NOT EXISTS instance_with_vmm_by_time_state_updated
+    ON instance (time_state_updated) WHERE nexus_state = 'vmm' AND time_deleted IS NULL;
+
+CREATE INDEX IF NOT EXISTS creating_vmm_by_time_state_updated
+    ON vmm (time_state_updated) WHERE state = 'creating' AND time_deleted IS NULL;
+
 INSERT INTO db_metadata (singleton, version, time_created, time_modified)
-    VALUES (TRUE, '1.11.0', now(), now())
+    VALUES (TRUE, '1.12.0', now(), now())
     ON CONFLICT (singleton) DO NOTHING;

@@ -15,14 +15,17 @@
 //! so one event the database refuses never holds up the others.
 //!
 //! A node's `started` event is not written on its own. It waits (in this Nexus's memory) for
-//! the node's next event of its saga, usually the node's result, and goes into the same
-//! statement: one commit per node instead of two. If the action is still running after
-//! [`STARTED_WRITE_DELAY`], the event is written then, so that the log (and omdb) shows which
-//! node a slow saga is in. This is safe because steno treats a node whose log has `started`
-//! but no result exactly like one that never started: on resume it runs the action again
-//! (every action is idempotent). A `started` can be missing only from the end of a saga's
-//! log, for nodes still running when the process died, and only while the saga moves forward:
-//! once a node fails, every `started` before it is written with the failure.
+//! the saga's next event, usually the node's result, and goes into the same statement: one
+//! commit per node instead of two. So does the result of steno's start node, which does
+//! nothing and whose output is the saga's parameters: a new saga's first commit after its
+//! record holds its start node and its first node's result. If an action is still running
+//! after [`STARTED_WRITE_DELAY`], what waits is written then, so that the log (and omdb) shows
+//! which node a slow saga is in. This is safe because steno treats a node whose log has
+//! `started` but no result exactly like one that never started (on resume it runs the action
+//! again, and every action is idempotent), and the start node's result is the same every time
+//! it is made. Events can be missing only from the end of a saga's log, for nodes still running
+//! when the process died, and only while the saga moves forward: once a node fails, every
+//! event before it is written with the failure.
 //!
 //! Every write is fenced: it carries this Nexus's id and the saga's adoption generation as this
 //! Nexus knows it ([`SagaOwnership`]), and the database takes it only while both still match
@@ -49,8 +52,8 @@ use tokio::sync::{mpsc, oneshot};
 const EVENT_WRITERS: usize = 4;
 /// The most events one statement writes (each size's statement is prepared once).
 const MAX_EVENT_BATCH: usize = 32;
-/// How long a node's `started` event may wait for the node's result before it is written on
-/// its own (see the module docs).
+/// How long a node's `started` event may wait for the saga's next event before it is written
+/// on its own (see the module docs).
 pub const STARTED_WRITE_DELAY: Duration = Duration::from_millis(200);
 
 /// Which sagas this Nexus owns at which adoption generation, and which it dropped because
@@ -141,8 +144,10 @@ pub struct DbSecStore {
     ownership: Arc<SagaOwnership>,
     /// Where node events wait for a writer; the writers start with the first event.
     events: Arc<OnceLock<mpsc::UnboundedSender<PendingEvent>>>,
-    /// Each saga's `started` events not written yet (see the module docs).
-    deferred_starts: Arc<Mutex<HashMap<SagaUuid, Vec<SagaNodeEvent>>>>,
+    /// Each saga's events that wait for its next one (see the module docs).
+    deferred: Arc<Mutex<HashMap<SagaUuid, Vec<SagaNodeEvent>>>>,
+    /// The start node of each saga this store created, from its DAG: its result waits too.
+    start_nodes: Arc<Mutex<HashMap<SagaUuid, i64>>>,
     log: Logger,
 }
 
@@ -169,7 +174,8 @@ impl DbSecStore {
             sec_id,
             ownership: Arc::new(SagaOwnership::default()),
             events: Arc::new(OnceLock::new()),
-            deferred_starts: Arc::new(Mutex::new(HashMap::new())),
+            deferred: Arc::new(Mutex::new(HashMap::new())),
+            start_nodes: Arc::new(Mutex::new(HashMap::new())),
             log: log.new(o!("component" => "SecStore")),
         }
     }
@@ -223,6 +229,8 @@ impl DbSecStore {
                         Nexus's write, so this Nexus drops the saga";
                         "saga_id" => %saga, "what" => what);
                     self.ownership.drop_saga(saga);
+                    lock(&self.deferred).remove(&saga);
+                    lock(&self.start_nodes).remove(&saga);
                     std::future::pending::<()>().await;
                 }
                 Err(e) => {
@@ -237,16 +245,11 @@ impl DbSecStore {
 }
 
 impl DbSecStore {
-    /// Writes `rows` of `saga` together with the saga's deferred `started` events, in one
-    /// statement, until written (see [`DbSecStore::until_written`]).
-    async fn write_with_deferred_starts(
-        &self,
-        saga: SagaUuid,
-        what: &str,
-        mut rows: Vec<SagaNodeEvent>,
-    ) {
-        if let Some(starts) = lock(&self.deferred_starts).remove(&saga) {
-            rows.splice(0..0, starts);
+    /// Writes `rows` of `saga` together with the saga's deferred events, in one statement,
+    /// until written (see [`DbSecStore::until_written`]).
+    async fn write_with_deferred(&self, saga: SagaUuid, what: &str, mut rows: Vec<SagaNodeEvent>) {
+        if let Some(waiting) = lock(&self.deferred).remove(&saga) {
+            rows.splice(0..0, waiting);
         }
         if rows.is_empty() {
             return;
@@ -258,22 +261,34 @@ impl DbSecStore {
         .await;
     }
 
-    /// After [`STARTED_WRITE_DELAY`], writes `start` if its node's result has not taken it
-    /// along yet: the action is slow, and the log should say which node the saga is in. The
-    /// event stays deferred (the result's write carries it again, harmlessly: a repeated
-    /// event is left alone), so the result never commits without it.
-    async fn write_start_if_slow(self, start: SagaNodeEvent) {
+    /// Whether `event` may wait for its saga's next one (see the module docs).
+    fn may_wait(&self, saga: SagaUuid, event: &steno::SagaNodeEvent) -> bool {
+        match event.event_type {
+            SagaNodeEventType::Started => true,
+            SagaNodeEventType::Succeeded(_) => lock(&self.start_nodes)
+                .get(&saga)
+                .is_some_and(|&start| start == i64::from(u32::from(event.node_id))),
+            _ => false,
+        }
+    }
+
+    /// After [`STARTED_WRITE_DELAY`], if node `start`'s `started` still waits (its action is
+    /// slow, and the log should say which node the saga is in), writes it and whatever else
+    /// of its saga waits. The events stay deferred (the next write carries them again,
+    /// harmlessly: a repeated event is left alone), so no later event commits without them.
+    async fn write_if_slow(self, start: SagaNodeEvent) {
         tokio::time::sleep(STARTED_WRITE_DELAY).await;
         let saga = start.saga_id.0;
         let mut delay = Duration::from_millis(50);
         loop {
-            let still_deferred = lock(&self.deferred_starts)
-                .get(&saga)
-                .is_some_and(|rows| rows.iter().any(|row| row.node_id == start.node_id));
-            if !still_deferred || self.ownership.is_dropped(saga) {
+            let waiting = lock(&self.deferred).get(&saga).cloned().unwrap_or_default();
+            let still_waits = waiting
+                .iter()
+                .any(|row| row.node_id == start.node_id && row.event_type == start.event_type);
+            if !still_waits || self.ownership.is_dropped(saga) {
                 return;
             }
-            match self.write_events(vec![start.clone()]).await {
+            match self.write_events(waiting).await {
                 Ok(Written::Yes) => return,
                 // The saga's next write finds out too, and drops the saga.
                 Ok(Written::Refused) => return,
@@ -319,6 +334,14 @@ impl steno::SecStore for DbSecStore {
         };
         self.datastore.saga_create(&saga).await?;
         self.ownership.own(saga.id.0, Generation::new());
+        // steno's DAG names its start node by index (a node id of the log).
+        if let Some(start) = saga
+            .dag
+            .get("start_node")
+            .and_then(serde_json::Value::as_i64)
+        {
+            lock(&self.start_nodes).insert(saga.id.0, start);
+        }
         Ok(())
     }
 
@@ -341,22 +364,24 @@ impl steno::SecStore for DbSecStore {
             creator: self.sec_id.into(),
             adopt_generation: self.ownership.generation(saga).into(),
         };
-        if matches!(event.event_type, SagaNodeEventType::Started) {
-            lock(&self.deferred_starts)
+        if self.may_wait(saga, &event) {
+            lock(&self.deferred)
                 .entry(saga)
                 .or_default()
                 .push(row.clone());
-            tokio::spawn(self.clone().write_start_if_slow(row));
+            if matches!(event.event_type, SagaNodeEventType::Started) {
+                tokio::spawn(self.clone().write_if_slow(row));
+            }
             return;
         }
-        self.write_with_deferred_starts(saga, "record_event", vec![row])
+        self.write_with_deferred(saga, "record_event", vec![row])
             .await;
     }
 
     async fn saga_update(&self, id: SagaId, update: SagaCachedState) {
         let id = saga_uuid(id);
         // The log first: a saga's cached state never runs ahead of its events.
-        self.write_with_deferred_starts(id, "saga_update", Vec::new())
+        self.write_with_deferred(id, "saga_update", Vec::new())
             .await;
         let generation = self.ownership.generation(id);
         self.until_written(id, "saga_update", || async move {
@@ -373,7 +398,8 @@ impl steno::SecStore for DbSecStore {
         .await;
         if update == SagaCachedState::Done {
             self.ownership.finished(id);
-            lock(&self.deferred_starts).remove(&id);
+            lock(&self.deferred).remove(&id);
+            lock(&self.start_nodes).remove(&id);
         }
     }
 }

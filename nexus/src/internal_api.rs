@@ -47,8 +47,8 @@ impl NexusInternalApi for NexusInternalImpl {
         let peer = nexus.internal_peer(&rqctx.request)?;
         let vmm_id = path.into_inner().propolis_id;
         // Only the sled the VMM runs on reports its state.
-        let vmm = nexus.datastore().vmm_fetch(vmm_id).await?;
-        peer.require(&[Role::Sled(vmm.sled_id())], "report this VMM's state")?;
+        let sled_id = nexus.vmm_sled(vmm_id).await?;
+        peer.require(&[Role::Sled(sled_id)], "report this VMM's state")?;
         nexus.apply_vmm_report(vmm_id, body.into_inner()).await?;
         Ok(HttpResponseUpdatedNoContent())
     }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 /// The schema version this build of Halyard reads and writes.
-pub const SCHEMA_VERSION: SchemaVersion = SchemaVersion::new(1, 11, 0);
+pub const SCHEMA_VERSION: SchemaVersion = SchemaVersion::new(1, 12, 0);
 
 /// The SQL that creates the whole schema at [`SCHEMA_VERSION`].
 pub const DBINIT_SQL: &str = include_str!("../dbinit.sql");

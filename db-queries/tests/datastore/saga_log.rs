@@ -268,8 +268,9 @@ async fn a_failed_saga_unwinds_and_its_log_says_so() {
 }
 
 /// A node that finishes quickly costs one commit: its `started` waits for its result and goes
-/// into the same statement (the rows share a transaction id, `xmin`). A slow node's `started`
-/// is written on its own, while the action still runs, so the log shows where the saga is.
+/// into the same statement (the rows share a transaction id, `xmin`), as do steno's start
+/// node's events with the first node's. A slow node's `started` is written on its own, while
+/// the action still runs, so the log shows where the saga is.
 #[tokio::test]
 async fn a_quick_nodes_start_commits_with_its_result_and_a_slow_ones_alone() {
     let h = Harness::new();
@@ -314,6 +315,18 @@ async fn a_quick_nodes_start_commits_with_its_result_and_a_slow_ones_alone() {
         xmin(0, "started"),
         xmin(0, "succeeded"),
         "node 0: one commit"
+    );
+    // steno's start node (after the saga's own nodes) does nothing: its events wait for the
+    // first node's result too.
+    assert_eq!(
+        xmin(2, "started"),
+        xmin(0, "succeeded"),
+        "start node: the same commit"
+    );
+    assert_eq!(
+        xmin(2, "succeeded"),
+        xmin(0, "succeeded"),
+        "start node: the same commit"
     );
     assert_ne!(xmin(1, "started"), xmin(1, "succeeded"), "node 1 was slow");
     assert_eq!(context.first_runs.load(Ordering::SeqCst), 1);

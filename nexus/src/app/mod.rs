@@ -41,6 +41,8 @@ pub struct Nexus {
     /// Changes of where interfaces live whose mapping pushes have not finished (see
     /// `v2p::PendingPush`).
     pending_mapping_pushes: Arc<std::sync::atomic::AtomicUsize>,
+    /// The sled of each VMM that reported lately (see [`Nexus::vmm_sled`]).
+    vmm_sleds: vmm::VmmSleds,
     /// Which sagas this Nexus owns at which generation, and which it dropped.
     ownership: Arc<halyard_db_queries::SagaOwnership>,
     datastore: DataStore,
@@ -189,6 +191,7 @@ impl Nexus {
             incarnation: uuid::Uuid::new_v4(),
             superseded: std::sync::atomic::AtomicBool::new(false),
             pending_mapping_pushes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            vmm_sleds: vmm::VmmSleds::default(),
             ownership,
             datastore,
             sec,

@@ -12,7 +12,50 @@ use halyard_db_queries::{MigrationReport, SledAgentAt, VmmStateReport};
 use slog::{info, warn};
 use std::time::Duration;
 
+/// The sled of each VMM that reported lately. A VMM never moves (a migration makes a new
+/// one), so an entry is never stale: only the first report of a VMM reads its sled from the
+/// database to check who may report it. Bounded: past [`VmmSleds::CAPACITY`] entries it starts
+/// over (an entry is also dropped when its VMM ends).
+#[derive(Debug, Default)]
+pub(crate) struct VmmSleds(std::sync::Mutex<std::collections::HashMap<VmmUuid, SledUuid>>);
+
+impl VmmSleds {
+    const CAPACITY: usize = 65_536;
+
+    fn get(&self, vmm: VmmUuid) -> Option<SledUuid> {
+        self.lock().get(&vmm).copied()
+    }
+
+    fn insert(&self, vmm: VmmUuid, sled: SledUuid) {
+        let mut map = self.lock();
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(vmm, sled);
+    }
+
+    fn remove(&self, vmm: VmmUuid) {
+        self.lock().remove(&vmm);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<VmmUuid, SledUuid>> {
+        // Every change under this lock is one insert, removal or clear.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Nexus {
+    /// The sled a VMM was placed on (which alone may report its state): remembered, since it
+    /// never changes, so a VMM's later reports do not read it again.
+    pub async fn vmm_sled(&self, vmm_id: VmmUuid) -> Result<SledUuid, Error> {
+        if let Some(sled) = self.vmm_sleds.get(vmm_id) {
+            return Ok(sled);
+        }
+        let sled = self.datastore.vmm_fetch(vmm_id).await?.sled_id();
+        self.vmm_sleds.insert(vmm_id, sled);
+        Ok(sled)
+    }
+
     /// Applies a sled agent's report of a VMM (only what is newer than what Nexus has), and
     /// retires the VMM if the report says it is gone.
     ///
@@ -67,6 +110,7 @@ impl Nexus {
         }
         let reported = state.vmm_state.state;
         if reported.is_terminal() {
+            self.vmm_sleds.remove(id);
             if vmm.time_deleted.is_none() {
                 self.retire_vmm(vmm.sled_id(), id, reported).await?;
             }

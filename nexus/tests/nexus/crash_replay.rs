@@ -10,10 +10,11 @@
 //!
 //! Each case proves where Nexus died: the child was killed by SIGKILL, its stderr names the
 //! crash point, saga and node, exactly one saga is unfinished, and its log is exactly what a
-//! crash at that point leaves (the node and event asked for are the last event; at `started`
-//! and `after_effect` the node has no event yet, because the saga log writes a quick node's
-//! `started` together with its result, except that a slow action's `started` may be there at
-//! `after_effect`; every node before it has its full history; no node after it has any). For
+//! crash at that point leaves (the node and event asked for are the last event, `started` for
+//! `after_effect`; every node before it has its full history; no node after it has any), but
+//! for the events the saga log holds back until the next one: the crash node's `started` (and
+//! for a saga's first node, steno's start node's events) are missing at `started`, and at
+//! `after_effect` unless the action ran long enough for them to be written alone. For
 //! the forward points, the node's effect ([`node_effect`]: a row, a state, a VMM a sled agent
 //! runs) is looked at before the restart: absent after `started`, present after
 //! `after_effect` and `succeeded`; so `started` and `after_effect`, which leave the same log,
@@ -845,17 +846,33 @@ impl Case<'_> {
 
     /// The saga log a crash at this point leaves, in the order written (a linear DAG: nodes
     /// run one after another and undo in reverse).
-    /// The saga logs a crash at this point may leave: one, except at `after_effect`, where
-    /// the crash node's `started` is there if its action ran longer than the log lets a
-    /// `started` wait for its result (`STARTED_WRITE_DELAY`), and not otherwise.
+    /// The saga logs a crash at this point may leave. The saga log writes a node's `started`
+    /// (and steno's start node's events) together with the next event, so at `started` and
+    /// `after_effect` the crash node's `started` is missing (and, for the first node, the
+    /// start node's events); at `after_effect` they are there if the action ran longer than
+    /// they may wait (`STARTED_WRITE_DELAY`).
     fn expected_logs(&self) -> Vec<Vec<String>> {
-        let log = self.expected_log();
-        if self.point.event != CrashEvent::AfterEffect {
-            return vec![log];
+        let full = self.expected_log();
+        let forward_before_result = self.fail_at.is_none()
+            && matches!(
+                self.point.event,
+                CrashEvent::Started | CrashEvent::AfterEffect
+            );
+        if !forward_before_result {
+            return vec![full];
         }
-        let mut written_alone = log.clone();
-        written_alone.push(format!("{}:started", self.saga.index(&self.point.node)));
-        vec![log, written_alone]
+        let crash_node = self.saga.index(&self.point.node);
+        let start_node = self.saga.start_node();
+        let waiting = |event: &String| {
+            *event == format!("{crash_node}:started")
+                || (crash_node == 0 && event.starts_with(&format!("{start_node}:")))
+        };
+        let unwritten: Vec<String> = full.iter().filter(|e| !waiting(e)).cloned().collect();
+        if self.point.event == CrashEvent::Started {
+            vec![unwritten]
+        } else {
+            vec![unwritten, full]
+        }
     }
 
     fn expected_log(&self) -> Vec<String> {
@@ -870,18 +887,11 @@ impl Case<'_> {
             None => crash_node,
         };
         for index in 0..=last_forward {
-            // A quick node's `started` is written with its result: at `started` and (as a
-            // rule) at `after_effect` the crash node has no event yet.
-            if index == crash_node
-                && self.fail_at.is_none()
-                && self.point.event != CrashEvent::Succeeded
-            {
-                break;
-            }
             log.push(format!("{index}:started"));
             if index == last_forward && self.fail_at.is_some() {
                 log.push(format!("{index}:failed"));
             } else if index < last_forward || self.point.event == CrashEvent::Succeeded {
+                // (`after_effect` leaves the crash node at `started`, like `started`.)
                 log.push(format!("{index}:succeeded"));
             }
         }
