@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use halyard_common::ids::{GenericUuid, InstanceKind, InstanceUuid, VmmKind, VmmUuid};
-use halyard_common::{Error, InstanceNexusState, VmmState};
+use halyard_common::{Error, InstanceNexusState, Labelled, VmmState};
 use halyard_db_model::schema::{instance, saga, saga_node_event, sled_reservation, vmm};
 use halyard_db_model::{DbEnum, DbTypedUuid, SagaState, SledReservation, Vmm};
 
@@ -56,7 +56,13 @@ impl DataStore {
         let conn = &mut *self.connection().await?;
         let claims: Vec<ClaimRow> = instance::table
             .filter(instance::time_deleted.is_null())
-            .filter(instance::nexus_state.eq(DbEnum(InstanceNexusState::Vmm)))
+            // As a literal, not a parameter: so every plan, the generic one too, can use the
+            // partial index `instance_with_vmm_by_time_state_updated` (most instances are
+            // stopped; this is the few that are not).
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+                "\"instance\".\"nexus_state\" = '{}'",
+                InstanceNexusState::Vmm.label()
+            )))
             .filter(instance::time_state_updated.lt(older_than))
             .filter(diesel::dsl::not(diesel::dsl::exists(
                 vmm::table.filter(vmm::id.nullable().eq(instance::active_propolis_id)),
@@ -84,7 +90,11 @@ impl DataStore {
             .map_err(public_error_from_diesel)?;
         let creating_vmms: Vec<Vmm> = vmm::table
             .filter(vmm::time_deleted.is_null())
-            .filter(vmm::state.eq(DbEnum(VmmState::Creating)))
+            // A literal, for the partial index `creating_vmm_by_time_state_updated` (see above).
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+                "\"vmm\".\"state\" = '{}'",
+                VmmState::Creating.label()
+            )))
             .filter(vmm::time_state_updated.lt(older_than))
             .filter(diesel::dsl::not(diesel::dsl::exists(
                 instance::table.filter(
@@ -162,7 +172,13 @@ impl DataStore {
         let updated = diesel::update(
             instance::table
                 .filter(instance::id.eq(DbTypedUuid(instance_id)))
-                .filter(instance::nexus_state.eq(DbEnum(InstanceNexusState::Vmm)))
+                // As a literal, not a parameter: so every plan, the generic one too, can use the
+            // partial index `instance_with_vmm_by_time_state_updated` (most instances are
+            // stopped; this is the few that are not).
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+                "\"instance\".\"nexus_state\" = '{}'",
+                InstanceNexusState::Vmm.label()
+            )))
                 .filter(instance::active_propolis_id.eq(DbTypedUuid(vmm_id)))
                 .filter(diesel::dsl::not(diesel::dsl::exists(
                     vmm::table.filter(vmm::id.eq(DbTypedUuid(vmm_id))),
