@@ -20,9 +20,14 @@
 //! commit rate pgbench reaches with C clients on the same cluster right after, and the ratio
 //! of the two; then the invariant checker's verdict.
 //!
-//! `halyard-bench placement` does the same with a few clients at two scales, 10 sleds and
-//! then 1,000 (real sled agents, each its own HTTP server, all in this process), and prints
-//! the ratio of instance start latencies.
+//! `halyard-bench placement --sleds 10,1000` does the same with a few clients at each number
+//! of sleds in turn (real simulated sled agents, each its own HTTP server, re-registering every
+//! 10 s, all in a child process: this program run as the hidden `sled-host`, so that this
+//! process's resident memory is Nexus's, and the child's the sled agents'). At each scale it
+//! prints the start latencies, Nexus's and the sled agents' resident memory; at the first, the
+//! sled agents' memory per simulated VMM (the child's growth while `--held-vmms` instances run,
+//! divided by them); then each scale's start ratios against the first and the goal (start p99
+//! at N sleds <= 2x at the first scale).
 //!
 //! `halyard-bench disks` starts the same system with K simulated sleds offering storage, then C
 //! clients each create a blank disk and delete it, again and again, for a fixed time (each
@@ -63,6 +68,7 @@ mod lifecycles;
 mod placement;
 mod qemu;
 mod scale;
+mod sled_host;
 mod system;
 
 #[derive(Parser)]
@@ -74,7 +80,8 @@ enum Command {
     /// Instance lifecycles per second with C clients and K simulated sleds, against the
     /// commit rate pgbench reaches on the same PostgreSQL cluster.
     Lifecycles(lifecycles::LifecyclesArgs),
-    /// Instance start latency with 10 sleds and with 1,000.
+    /// Instance start latency, and Nexus's and the sled agents' memory, at several numbers of
+    /// sleds (10 and 1,000 by default).
     Placement(placement::PlacementArgs),
     /// Disk creates and deletes per second with C clients and K simulated sleds with storage.
     Disks(disks::DisksArgs),
@@ -84,10 +91,15 @@ enum Command {
     /// p99 of instance view, list, start and stop, omdb's time, and Nexus's memory at 1,000
     /// instances and at 100,000 (seeded, mostly stopped), side by side.
     Scale(scale::ScaleArgs),
+    /// Simulated sled agents in a child process of `placement` (not run by hand).
+    #[command(hide = true)]
+    SledHost(sled_host::SledHostArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Thousands of sled agents (and Nexus's connections to them) hold several sockets each.
+    system::raise_open_files(1 << 20);
     match Command::parse() {
         Command::Qemu(args) => qemu::run(args).await,
         Command::Lifecycles(args) => lifecycles::run(args).await,
@@ -95,5 +107,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Disks(args) => disks::run(args).await,
         Command::Ha(args) => ha::run(args).await,
         Command::Scale(args) => scale::run(args).await,
+        Command::SledHost(args) => sled_host::run(args).await,
     }
 }

@@ -28,7 +28,10 @@ const PATIENCE: Duration = Duration::from_secs(120);
 pub struct System {
     pg: PrivateCluster,
     pub nexus: halyard_nexus::Server,
+    /// The sled agents in this process.
     pub sleds: Vec<halyard_sled_agent::Server>,
+    /// The child processes hosting more sled agents (see [`System::add_sleds_in_child`]).
+    pub sled_hosts: Vec<crate::sled_host::SledHost>,
     pub client: Client,
     log: slog::Logger,
 }
@@ -79,6 +82,7 @@ impl System {
             pg,
             nexus,
             sleds: Vec::new(),
+            sled_hosts: Vec::new(),
             client,
             log,
         })
@@ -124,8 +128,38 @@ impl System {
             self.sleds
                 .push(halyard_sled_agent::Server::start(&config, &self.log).await?);
         }
-        let want = self.sleds.len();
-        wait_until(&format!("{want} sleds to register"), || async {
+        self.registered().await
+    }
+
+    /// Starts `count` more simulated sled agents (zero-delay VMMs, no storage), each with room
+    /// for `instances` benchmark instances, in a new child process (this program run as
+    /// `sled-host`), so that this process's memory is Nexus's alone; waits until all sleds are
+    /// registered.
+    pub async fn add_sleds_in_child(&mut self, count: usize, instances: u32) -> anyhow::Result<()> {
+        let first = self.sled_count();
+        let host = crate::sled_host::SledHost::spawn(
+            self.nexus.internal_address(),
+            count,
+            first,
+            instances,
+        )
+        .await?;
+        self.sled_hosts.push(host);
+        self.registered().await
+    }
+
+    /// Sled agents started so far, in this process and in children.
+    pub fn sled_count(&self) -> usize {
+        self.sleds.len() + self.sled_hosts.iter().map(|h| h.sleds).sum::<usize>()
+    }
+
+    /// Waits until every sled agent started is registered; creates project [`PROJECT`] the
+    /// first time.
+    async fn registered(&self) -> anyhow::Result<()> {
+        let want = self.sled_count();
+        // A sled agent registers as soon as it has started: many take a while.
+        let patience = PATIENCE + Duration::from_millis(20) * want as u32;
+        wait_until_within(&format!("{want} sleds to register"), patience, || async {
             Ok(self.sql_u64("SELECT count(*) FROM sled")? as usize >= want)
         })
         .await?;
@@ -185,7 +219,8 @@ impl System {
     }
 
     /// Every invariant violation (docs/design.md) the test suites' checker finds, plus instances
-    /// and VMMs that ended failed.
+    /// and VMMs that ended failed. Sled agents in child processes are not compared with the
+    /// database (the database's own rules are all checked).
     pub fn violations(&self) -> anyhow::Result<Vec<String>> {
         let mut violations = tokio::task::block_in_place(|| {
             halyard_nexus_test_utils::invariant_violations_in(
@@ -237,9 +272,16 @@ impl System {
                 postgres += s.own;
             }
         }
+        let sled_hosts = self
+            .sled_hosts
+            .iter()
+            .filter_map(|h| proc_stat(&h.pid().to_string()))
+            .map(|s| s.own as f64 / ticks)
+            .sum();
         Ok(CpuTimes {
             halyard,
             children,
+            sled_hosts,
             postgres: postgres as f64 / ticks,
         })
     }
@@ -280,6 +322,9 @@ impl System {
         for sled in self.sleds {
             sled.close().await?;
         }
+        for host in self.sled_hosts {
+            host.close().await?;
+        }
         self.nexus.close().await?;
         drop(self.pg);
         Ok(())
@@ -306,10 +351,12 @@ pub struct DbCounters {
 /// CPU time used so far, in seconds.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuTimes {
-    /// This process: Nexus, the sled agents and the clients.
+    /// This process: Nexus, the sled agents in it and the clients.
     pub halyard: f64,
     /// The processes this one started and waited for (psql, pgbench).
     pub children: f64,
+    /// The child processes hosting sled agents, live.
+    pub sled_hosts: f64,
     /// The PostgreSQL server: its postmaster and every backend, live or ended.
     pub postgres: f64,
 }
@@ -402,6 +449,43 @@ impl Load {
             driven.errors.extend(record.errors);
         }
         Ok(driven)
+    }
+}
+
+/// Resident memory of process `pid` ("self": this one), in bytes (`VmRSS`).
+pub fn resident_bytes(pid: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Raises this process's open-file limit to `want` (root may raise the hard limit too), or as
+/// far as it may: thousands of sled agents hold several sockets each. Children inherit it.
+pub fn raise_open_files(want: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= want {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want.max(limit.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 
@@ -651,11 +735,11 @@ pub async fn lifecycle(
     })
 }
 
-fn by_id(id: InstanceUuid) -> halyard_common::NameOrId {
+pub fn by_id(id: InstanceUuid) -> halyard_common::NameOrId {
     halyard_common::NameOrId::from(id.into_untyped_uuid())
 }
 
-async fn wait_for_state(
+pub async fn wait_for_state(
     client: &Client,
     id: InstanceUuid,
     mut state: InstanceState,
@@ -685,12 +769,24 @@ async fn wait_for_state(
     Ok(())
 }
 
-pub async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+pub async fn wait_until<F, Fut>(what: &str, check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    let deadline = Instant::now() + PATIENCE;
+    wait_until_within(what, PATIENCE, check).await
+}
+
+pub async fn wait_until_within<F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + patience;
     while !check().await? {
         if Instant::now() > deadline {
             bail!("timed out waiting for {what}");
