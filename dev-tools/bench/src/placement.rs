@@ -68,6 +68,8 @@ struct Scale {
     /// clients), the sled agents' processes.
     nexus_rss: u64,
     sled_agents_rss: u64,
+    /// Nexus's open file descriptors (sockets mostly) after the measured window.
+    nexus_fds: usize,
     statements: Option<String>,
 }
 
@@ -140,6 +142,7 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
         } = load.finish(from, to).await?;
         let nexus_rss = resident_bytes("self").unwrap_or(0);
         let sled_agents_rss = sled_agents_rss(&system);
+        let nexus_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
         let n = measured.len().max(1) as f64;
         let pool = (
             (after.pool.gets - before.pool.gets) as f64 / n,
@@ -165,6 +168,7 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
             cpu,
             nexus_rss,
             sled_agents_rss,
+            nexus_fds,
             statements,
         });
         if i == 0 && args.held_vmms > 0 {
@@ -222,6 +226,7 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
                     "sled_agents": round(s.cpu.2), "cores_busy": round(s.cpu.3),
                 },
                 "nexus_rss_mib": round(s.nexus_rss as f64 / MIB),
+                "nexus_open_files": s.nexus_fds,
                 "sled_agents_rss_mib": round(s.sled_agents_rss as f64 / MIB),
                 "sled_agent_rss_per_sled_kib":
                     round(s.sled_agents_rss as f64 / 1024.0 / s.sleds as f64),
@@ -276,11 +281,12 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
         );
         println!(
             "  resident memory: Nexus {:.1} MiB (this process: Nexus and {} clients); \
-             sled agents {:.1} MiB ({:.1} KiB a sled)",
+             sled agents {:.1} MiB ({:.1} KiB a sled); Nexus's open files {}",
             s.nexus_rss as f64 / MIB,
             args.clients,
             s.sled_agents_rss as f64 / MIB,
             s.sled_agents_rss as f64 / 1024.0 / s.sleds as f64,
+            s.nexus_fds,
         );
         if let Some(statements) = &s.statements {
             crate::lifecycles::print_statements(

@@ -37,6 +37,10 @@ pub struct SledHostArgs {
     pub registration_interval_ms: u64,
 }
 
+/// The most sled agents one child hosts: each holds about five file descriptors (its
+/// listening sockets, its connections to Nexus and from its TLS front).
+pub const MAX_SLEDS_A_HOST: usize = 2_000;
+
 /// What the child prints on its standard output once every sled agent has started.
 const READY: &str = "ready";
 

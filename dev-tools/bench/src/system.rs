@@ -134,17 +134,23 @@ impl System {
     /// Starts `count` more simulated sled agents (zero-delay VMMs, no storage), each with room
     /// for `instances` benchmark instances, in a new child process (this program run as
     /// `sled-host`), so that this process's memory is Nexus's alone; waits until all sleds are
-    /// registered.
+    /// registered. Many sled agents are spread over several children.
     pub async fn add_sleds_in_child(&mut self, count: usize, instances: u32) -> anyhow::Result<()> {
-        let first = self.sled_count();
-        let host = crate::sled_host::SledHost::spawn(
-            self.nexus.internal_address(),
-            count,
-            first,
-            instances,
-        )
-        .await?;
-        self.sled_hosts.push(host);
+        let mut left = count;
+        while left > 0 {
+            // A process may not open more than its limit of files (here 20,000, which the
+            // container does not let root raise): each sled agent holds a few sockets.
+            let these = left.min(crate::sled_host::MAX_SLEDS_A_HOST);
+            let host = crate::sled_host::SledHost::spawn(
+                self.nexus.internal_address(),
+                these,
+                self.sled_count(),
+                instances,
+            )
+            .await?;
+            self.sled_hosts.push(host);
+            left -= these;
+        }
         self.registered().await
     }
 
