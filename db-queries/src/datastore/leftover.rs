@@ -172,13 +172,7 @@ impl DataStore {
         let updated = diesel::update(
             instance::table
                 .filter(instance::id.eq(DbTypedUuid(instance_id)))
-                // As a literal, not a parameter: so every plan, the generic one too, can use the
-            // partial index `instance_with_vmm_by_time_state_updated` (most instances are
-            // stopped; this is the few that are not).
-            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-                "\"instance\".\"nexus_state\" = '{}'",
-                InstanceNexusState::Vmm.label()
-            )))
+                .filter(instance::nexus_state.eq(DbEnum(InstanceNexusState::Vmm)))
                 .filter(instance::active_propolis_id.eq(DbTypedUuid(vmm_id)))
                 .filter(diesel::dsl::not(diesel::dsl::exists(
                     vmm::table.filter(vmm::id.eq(DbTypedUuid(vmm_id))),
