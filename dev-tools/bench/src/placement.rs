@@ -2,14 +2,13 @@
 //! crate docs).
 
 use crate::system::{
-    Driven, Figures, INSTANCE_MEMORY_MIB, Load, PROJECT, System, by_id, resident_bytes, round,
-    wait_for_state,
+    Driven, Figures, Load, System, by_id, create_instance, resident_bytes, round, wait_for_state,
 };
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
+use halyard_common::InstanceState;
 use halyard_common::ids::InstanceUuid;
-use halyard_common::{ByteCount, InstanceState};
 use halyard_nexus_external_client::types::InstanceNetworkInterfaceAttachment;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -359,23 +358,14 @@ async fn hold_vmms(
     let ids: Vec<InstanceUuid> = futures::stream::iter(0..held)
         .map(|n| async move {
             let name = format!("held-{n}");
-            let created = client
-                .instance_create()
-                .project(PROJECT)
-                .body_map(|body| {
-                    body.name(name.parse::<halyard_common::Name>().expect("a valid name"))
-                        .description(String::new())
-                        .hostname(name.clone())
-                        .ncpus(1u16)
-                        .memory(ByteCount::from_mebibytes_u32(INSTANCE_MEMORY_MIB))
-                        .disks(Vec::new())
-                        .network_interfaces(InstanceNetworkInterfaceAttachment::DefaultDualStack)
-                        .start(true)
-                })
-                .send()
-                .await
-                .with_context(|| format!("creating {name}"))?
-                .into_inner();
+            let created = create_instance(
+                client,
+                &name,
+                Vec::new(),
+                InstanceNetworkInterfaceAttachment::DefaultDualStack,
+                true,
+            )
+            .await?;
             let mut polls = 0;
             wait_for_state(
                 client,

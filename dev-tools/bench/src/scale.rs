@@ -1,11 +1,11 @@
 //! `halyard-bench scale`: the cost of reads, starts, stops and omdb at a small and a large
 //! number of instances (see the crate docs).
 
-use crate::system::{DATABASE, Figures, INSTANCE_MEMORY_MIB, PROJECT, System, round};
+use crate::system::{DATABASE, Figures, PROJECT, System, round};
 use anyhow::{Context, bail};
 use clap::Parser;
 use halyard_common::ids::{GenericUuid, InstanceUuid};
-use halyard_common::{ByteCount, InstanceState, NameOrId};
+use halyard_common::{InstanceState, NameOrId};
 use halyard_nexus_external_client::Client;
 use halyard_nexus_external_client::types::InstanceNetworkInterfaceAttachment;
 use serde_json::json;
@@ -113,24 +113,14 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     let mut real = Vec::new();
     for i in 0..args.clients {
         let name = format!("real-{i}");
-        let created = system
-            .client
-            .instance_create()
-            .project(PROJECT)
-            .body_map(|body| {
-                body.name(name.parse::<halyard_common::Name>().expect("a valid name"))
-                    .description(String::new())
-                    .hostname(name.clone())
-                    .ncpus(1u16)
-                    .memory(ByteCount::from_mebibytes_u32(INSTANCE_MEMORY_MIB))
-                    .disks(Vec::new())
-                    .network_interfaces(InstanceNetworkInterfaceAttachment::None)
-                    .start(false)
-            })
-            .send()
-            .await
-            .with_context(|| format!("creating {name}"))?
-            .into_inner();
+        let created = crate::system::create_instance(
+            &system.client,
+            &name,
+            Vec::new(),
+            InstanceNetworkInterfaceAttachment::None,
+            false,
+        )
+        .await?;
         real.push(created.id);
     }
     let template_project = system

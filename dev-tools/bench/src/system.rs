@@ -630,6 +630,34 @@ pub async fn authenticated_client_at(
     Ok(Client::new_with_client(base_url, http))
 }
 
+/// Creates a benchmark instance `name` in the bench project: 1 vCPU and
+/// [`INSTANCE_MEMORY_MIB`], with `disks` and `network_interfaces`, started at once if `start`.
+pub async fn create_instance(
+    client: &Client,
+    name: &str,
+    disks: Vec<InstanceDiskAttachment>,
+    network_interfaces: InstanceNetworkInterfaceAttachment,
+    start: bool,
+) -> anyhow::Result<halyard_nexus_external_client::types::Instance> {
+    Ok(client
+        .instance_create()
+        .project(PROJECT)
+        .body_map(|body| {
+            body.name(name.parse::<halyard_common::Name>().expect("a valid name"))
+                .description(String::new())
+                .hostname(name.to_string())
+                .ncpus(1u16)
+                .memory(ByteCount::from_mebibytes_u32(INSTANCE_MEMORY_MIB))
+                .disks(disks)
+                .network_interfaces(network_interfaces)
+                .start(start)
+        })
+        .send()
+        .await
+        .with_context(|| format!("creating {name}"))?
+        .into_inner())
+}
+
 /// One client's full lifecycle of a new instance `name`: create (stopped), start, wait until
 /// running, stop, wait until stopped, delete. Waiting is polling the instance's view every
 /// `poll` (what a user's script does).
@@ -660,23 +688,7 @@ pub async fn lifecycle(
         })
         .collect();
     let began = Instant::now();
-    let created = client
-        .instance_create()
-        .project(PROJECT)
-        .body_map(|body| {
-            body.name(name.parse::<halyard_common::Name>().expect("a valid name"))
-                .description(String::new())
-                .hostname(name.to_string())
-                .ncpus(1u16)
-                .memory(ByteCount::from_mebibytes_u32(INSTANCE_MEMORY_MIB))
-                .disks(disks)
-                .network_interfaces(network_interfaces)
-                .start(false)
-        })
-        .send()
-        .await
-        .with_context(|| format!("creating {name}"))?
-        .into_inner();
+    let created = create_instance(client, name, disks, network_interfaces, false).await?;
     let create = began.elapsed();
     let id = created.id;
     let mut polls = 0;
